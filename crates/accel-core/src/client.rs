@@ -1,0 +1,431 @@
+//! A client: one connection, the analogue of `struct drm_file`.
+//!
+//! It owns per-client handle tables (generational: a closed handle's slot gets a
+//! new version, so the old value never resolves again) and everything it
+//! created. Dropping the client — on close or on crash — cancels its jobs,
+//! releases its device lease and frees every object only it referenced.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use accel_uapi::{
+    BoHandle, BufView, ClientUsage, Errno, FenceHandle, FenceStatus, MatView, Op, QueueHandle, SignalPoint,
+    SyncobjHandle, WaitPoint,
+};
+use slotmap::{Key, KeyData, SlotMap};
+
+use crate::bo::{BoMatrix, BoRange, BufferObject, Charge};
+use crate::counters::{Kind, Tracked};
+use crate::device::Device;
+use crate::driver::JobOp;
+use crate::fence::{wait_fences, Fence, Syncobj};
+use crate::mem::HostMemory;
+use crate::sched::{Job, UsageCounters};
+use crate::{bail, lock, Error, Result, Subsystem};
+
+/// Most handles of one kind a client may hold.
+pub const MAX_HANDLES: usize = 1 << 16;
+/// Most wait or signal points in one request.
+pub const MAX_POINTS: usize = 64;
+/// Largest GEMM dimension accepted.
+pub const MAX_GEMM_DIM: u64 = 1 << 20;
+
+slotmap::new_key_type! {
+    struct BoKey;
+    struct QueueKey;
+    struct FenceKey;
+    struct SyncobjKey;
+}
+
+fn key<K: From<KeyData>>(raw: u64) -> K {
+    KeyData::from_ffi(raw).into()
+}
+
+fn raw<K: Key>(k: K) -> u64 {
+    k.data().as_ffi()
+}
+
+/// Peer credentials read from the socket (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PeerCred {
+    /// Process id.
+    pub pid: i32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// What the subsystem keeps about a client for usage listings.
+#[derive(Debug)]
+pub(crate) struct ClientRecord {
+    pub(crate) cred: PeerCred,
+    pub(crate) name: Mutex<String>,
+    pub(crate) device: Mutex<Option<u32>>,
+    pub(crate) usage: Arc<UsageCounters>,
+    pub(crate) memory_bytes: AtomicU64,
+}
+
+impl ClientRecord {
+    pub(crate) fn usage(&self, client_id: u64) -> ClientUsage {
+        ClientUsage {
+            client_id,
+            pid: self.cred.pid,
+            name: lock(&self.name).clone(),
+            device: *lock(&self.device),
+            engine_ns: self.usage.engine_ns.load(Ordering::Relaxed),
+            jobs_completed: self.usage.jobs_completed.load(Ordering::Relaxed),
+            memory_bytes: self.memory_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Queue {
+    id: u64,
+    timeout: Duration,
+    _tracked: Tracked,
+}
+
+/// One connected client.
+pub struct Client {
+    id: u64,
+    sub: Arc<Subsystem>,
+    record: Arc<ClientRecord>,
+    device: Option<Arc<Device>>,
+    bos: SlotMap<BoKey, Arc<BufferObject>>,
+    queues: SlotMap<QueueKey, Queue>,
+    fences: SlotMap<FenceKey, Arc<Fence>>,
+    syncobjs: SlotMap<SyncobjKey, Arc<Syncobj>>,
+    next_queue_id: u64,
+    _tracked: Tracked,
+}
+
+fn insert<K: Key, V>(table: &mut SlotMap<K, V>, what: &str, v: V) -> Result<u64> {
+    if table.len() >= MAX_HANDLES {
+        bail!(ENOSPC, "too many {what} handles (limit {MAX_HANDLES})");
+    }
+    Ok(raw(table.insert(v)))
+}
+
+fn lookup<'a, K: Key + From<KeyData>, V>(table: &'a SlotMap<K, V>, what: &str, h: u64) -> Result<&'a V> {
+    table.get(key(h)).ok_or_else(|| Error::new(Errno::ENOENT, format!("no {what} with handle {h:#x} (stale or never issued)")))
+}
+
+fn to_usize(v: u64, what: &str) -> Result<usize> {
+    usize::try_from(v).map_err(|_| Error::new(Errno::EOVERFLOW, format!("{what} {v} overflows")))
+}
+
+impl Client {
+    pub(crate) fn new(id: u64, sub: Arc<Subsystem>, record: Arc<ClientRecord>) -> Client {
+        let tracked = Tracked::new(&sub.counters, Kind::Client);
+        Client {
+            id,
+            sub,
+            record,
+            device: None,
+            bos: SlotMap::with_key(),
+            queues: SlotMap::with_key(),
+            fences: SlotMap::with_key(),
+            syncobjs: SlotMap::with_key(),
+            next_queue_id: 1,
+            _tracked: tracked,
+        }
+    }
+
+    /// The id the subsystem gave this client.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The subsystem this client belongs to.
+    pub fn subsystem(&self) -> &Arc<Subsystem> {
+        &self.sub
+    }
+
+    /// Sets the name shown in usage listings.
+    pub fn set_name(&self, name: &str) {
+        *lock(&self.record.name) = name.chars().take(64).collect();
+    }
+
+    /// Opens device `minor`; the client then works on that device only.
+    pub fn open(&mut self, minor: u32) -> Result<&Arc<Device>> {
+        if let Some(d) = &self.device {
+            bail!(EINVAL, "this connection already has accel{} open; open another connection", d.minor);
+        }
+        let dev = self.sub.device(minor)?.clone();
+        dev.open(self.id)?;
+        *lock(&self.record.device) = Some(minor);
+        Ok(self.device.insert(dev))
+    }
+
+    fn device(&self) -> Result<&Arc<Device>> {
+        self.device.as_ref().ok_or_else(|| Error::new(Errno::ENODEV, "no device open on this connection: send Open first"))
+    }
+
+    fn add_bo(&mut self, bo: Arc<BufferObject>) -> Result<BoHandle> {
+        let size = bo.size();
+        let h = insert(&mut self.bos, "buffer", bo)?;
+        self.record.memory_bytes.fetch_add(size, Ordering::Relaxed);
+        Ok(BoHandle(h))
+    }
+
+    /// Creates a zero-filled buffer of `size` bytes (rounded up to the page size).
+    pub fn bo_create(&mut self, size: u64) -> Result<(BoHandle, u64)> {
+        let dev = self.device()?.clone();
+        if size == 0 {
+            bail!(EINVAL, "buffer size must be non-zero");
+        }
+        let page = rustix::param::page_size() as u64;
+        let Some(size) = size.checked_next_multiple_of(page) else { bail!(EOVERFLOW, "buffer size {size} overflows") };
+        let Some(charge) = Charge::try_new(&dev.mem_used, size, dev.info.memory_bytes) else {
+            bail!(ENOMEM, "accel{}: {size} bytes exceed the {} bytes of device memory left", dev.minor,
+                dev.info.memory_bytes.saturating_sub(dev.mem_used.load(Ordering::Relaxed)));
+        };
+        let mem = HostMemory::new(&format!("accel{}-bo", dev.minor), size)?;
+        let h = self.add_bo(BufferObject::new(&self.sub.counters, mem, Some(charge)))?;
+        Ok((h, size))
+    }
+
+    fn bo(&self, h: BoHandle) -> Result<&Arc<BufferObject>> {
+        lookup(&self.bos, "buffer", h.0)
+    }
+
+    /// Size of a buffer.
+    pub fn bo_size(&self, h: BoHandle) -> Result<u64> {
+        Ok(self.bo(h)?.size())
+    }
+
+    /// Drops the handle; the buffer lives on while jobs, mappings or other clients use it.
+    pub fn bo_close(&mut self, h: BoHandle) -> Result<()> {
+        let bo = self.bos.remove(key(h.0)).ok_or_else(|| Error::new(Errno::ENOENT, format!("no buffer with handle {:#x}", h.0)))?;
+        self.record.memory_bytes.fetch_sub(bo.size(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A descriptor the client maps to reach the buffer.
+    pub fn bo_mmap(&self, h: BoHandle) -> Result<OwnedFd> {
+        self.bo(h)?.memory().dup_fd()
+    }
+
+    /// Exports the buffer (PRIME export): any client may import the descriptor.
+    pub fn bo_export(&self, h: BoHandle) -> Result<OwnedFd> {
+        let bo = self.bo(h)?;
+        self.sub.register_export(bo);
+        bo.memory().dup_fd()
+    }
+
+    /// Imports a buffer descriptor (PRIME import): an exported buffer resolves to the
+    /// same object, so both clients see the same pages.
+    pub fn bo_import(&mut self, fd: OwnedFd) -> Result<(BoHandle, u64)> {
+        self.device()?;
+        let bo = match self.sub.find_export(&fd) {
+            Some(bo) => bo,
+            None => {
+                let bo = BufferObject::new(&self.sub.counters, HostMemory::import(fd)?, None);
+                self.sub.register_export(&bo);
+                bo
+            }
+        };
+        let size = bo.size();
+        Ok((self.add_bo(bo)?, size))
+    }
+
+    /// Creates a queue; `timeout_ms == 0` takes the device default.
+    pub fn queue_create(&mut self, timeout_ms: u64) -> Result<QueueHandle> {
+        let dev = self.device()?;
+        let timeout = if timeout_ms == 0 { dev.job_timeout } else { Duration::from_millis(timeout_ms) };
+        let id = self.next_queue_id;
+        self.next_queue_id += 1;
+        let q = Queue { id, timeout, _tracked: Tracked::new(&self.sub.counters, Kind::Queue) };
+        Ok(QueueHandle(insert(&mut self.queues, "queue", q)?))
+    }
+
+    /// Destroys a queue, cancelling its queued jobs.
+    pub fn queue_destroy(&mut self, h: QueueHandle) -> Result<()> {
+        let q = self.queues.remove(key(h.0)).ok_or_else(|| Error::new(Errno::ENOENT, format!("no queue with handle {:#x}", h.0)))?;
+        self.device()?.sched.cancel(self.id, Some(q.id));
+        Ok(())
+    }
+
+    fn range(&self, v: &BufView) -> Result<BoRange> {
+        let bo = self.bo(v.bo)?;
+        match v.offset.checked_add(v.len) {
+            Some(end) if end <= bo.size() => {}
+            Some(end) => bail!(ERANGE, "view [{}, {end}) is outside buffer {:#x} of {} bytes", v.offset, v.bo.0, bo.size()),
+            None => bail!(EOVERFLOW, "view offset {} + length {} overflows", v.offset, v.len),
+        }
+        Ok(BoRange { bo: bo.clone(), offset: to_usize(v.offset, "offset")?, len: to_usize(v.len, "length")? })
+    }
+
+    fn matrix(&self, name: &str, v: &MatView, rows: u64, cols: u64) -> Result<BoMatrix> {
+        if v.offset % 4 != 0 {
+            bail!(EINVAL, "matrix {name}: offset {} is not 4-byte aligned", v.offset);
+        }
+        if v.row_stride < cols {
+            bail!(EINVAL, "matrix {name}: row stride {} is below its {cols} columns", v.row_stride);
+        }
+        let span = (rows - 1)
+            .checked_mul(v.row_stride)
+            .and_then(|e| e.checked_add(cols))
+            .and_then(|e| e.checked_mul(4))
+            .ok_or_else(|| Error::new(Errno::EOVERFLOW, format!("matrix {name}: size overflows")))?;
+        let range = self.range(&BufView { bo: v.bo, offset: v.offset, len: span })
+            .map_err(|e| Error::new(e.code, format!("matrix {name}: {}", e.message)))?;
+        Ok(BoMatrix { range, rows: to_usize(rows, "rows")?, cols: to_usize(cols, "cols")?, row_stride: to_usize(v.row_stride, "stride")? })
+    }
+
+    fn resolve_op(&self, op: &Op) -> Result<JobOp> {
+        Ok(match op {
+            Op::Nop => JobOp::Nop,
+            Op::Fill { dst, pattern } => {
+                let dst = self.range(dst)?;
+                if dst.len % 4 != 0 {
+                    bail!(EINVAL, "fill length {} is not a multiple of 4", dst.len);
+                }
+                JobOp::Fill { dst, pattern: *pattern }
+            }
+            Op::Copy { src, dst } => {
+                if src.len != dst.len {
+                    bail!(EINVAL, "copy lengths differ: source {} bytes, destination {} bytes", src.len, dst.len);
+                }
+                JobOp::Copy { src: self.range(src)?, dst: self.range(dst)? }
+            }
+            Op::GemmF32(g) => {
+                for (name, d) in [("m", g.m), ("n", g.n), ("k", g.k)] {
+                    if d == 0 || d > MAX_GEMM_DIM {
+                        bail!(EINVAL, "gemm dimension {name} = {d} is outside 1..={MAX_GEMM_DIM}");
+                    }
+                }
+                let a = self.matrix("A", &g.a, g.m, g.k)?;
+                let b = self.matrix("B", &g.b, g.k, g.n)?;
+                let c = self.matrix("C", &g.c, g.m, g.n)?;
+                if c.range.overlaps(&a.range) || c.range.overlaps(&b.range) {
+                    bail!(EINVAL, "gemm destination C overlaps operand A or B");
+                }
+                JobOp::GemmF32 { a, b, c, alpha: g.alpha, beta: g.beta }
+            }
+            Op::Driver { code, args } => JobOp::Driver { code: *code, args: *args },
+        })
+    }
+
+    fn syncobj(&self, h: SyncobjHandle) -> Result<&Arc<Syncobj>> {
+        lookup(&self.syncobjs, "syncobj", h.0)
+    }
+
+    fn resolve_wait(&self, p: &WaitPoint) -> Result<Arc<Fence>> {
+        match p {
+            WaitPoint::Fence(h) => lookup(&self.fences, "fence", h.0).cloned(),
+            WaitPoint::Syncobj { handle, point } => self.syncobj(*handle)?.fence_for(*point),
+        }
+    }
+
+    fn resolve_waits(&self, points: &[WaitPoint]) -> Result<Vec<Arc<Fence>>> {
+        if points.len() > MAX_POINTS {
+            bail!(E2BIG, "{} wait points exceed the limit of {MAX_POINTS}", points.len());
+        }
+        points.iter().map(|p| self.resolve_wait(p)).collect()
+    }
+
+    /// Queues a job; returns its fence handle and device sequence number.
+    ///
+    /// Everything is validated before anything changes, so a rejected submit has no effect.
+    pub fn submit(&mut self, queue: QueueHandle, op: &Op, wait: &[WaitPoint], signal: &[SignalPoint]) -> Result<(FenceHandle, u64)> {
+        let dev = self.device()?.clone();
+        let q = lookup(&self.queues, "queue", queue.0)?;
+        let (queue_id, timeout) = (q.id, q.timeout);
+        if dev.sched.is_wedged() {
+            bail!(EIO, "accel{} is wedged (engine reset failed)", dev.minor);
+        }
+        if !dev.info.ops.contains(&op.kind()) {
+            bail!(EOPNOTSUPP, "accel{} ({}) does not support the {} operation", dev.minor, dev.info.driver, op.kind().name());
+        }
+        let job_op = self.resolve_op(op)?;
+        let deps = self.resolve_waits(wait)?;
+        if signal.len() > MAX_POINTS {
+            bail!(E2BIG, "{} signal points exceed the limit of {MAX_POINTS}", signal.len());
+        }
+        let mut syncs = Vec::with_capacity(signal.len());
+        for (i, s) in signal.iter().enumerate() {
+            if signal[..i].iter().any(|o| o.handle == s.handle) {
+                bail!(EINVAL, "syncobj {:#x} appears twice in the signal list", s.handle.0);
+            }
+            let so = self.syncobj(s.handle)?;
+            so.check_attach(s.point)?;
+            syncs.push((so.clone(), s.point));
+        }
+        if self.fences.len() >= MAX_HANDLES {
+            bail!(ENOSPC, "too many fence handles (limit {MAX_HANDLES}); close fences you no longer need");
+        }
+        let fence = Fence::new(&self.sub.counters);
+        for (so, point) in syncs {
+            so.attach(point, fence.clone())?;
+        }
+        let seqno = dev.next_seqno();
+        let counters = &self.sub.counters;
+        let job = Job::new(counters, self.id, queue_id, job_op, deps, fence.clone(), timeout, self.record.usage.clone());
+        dev.sched.push(job);
+        Ok((FenceHandle(insert(&mut self.fences, "fence", fence)?), seqno))
+    }
+
+    /// Waits for all or any of `points`; see [`wait_fences`].
+    pub fn wait(&self, points: &[WaitPoint], all: bool, timeout: Duration, interrupted: &dyn Fn() -> bool) -> Result<(u32, Vec<FenceStatus>)> {
+        let fences = self.resolve_waits(points)?;
+        wait_fences(&fences, all, timeout, interrupted)
+    }
+
+    /// Drops a fence handle.
+    pub fn fence_close(&mut self, h: FenceHandle) -> Result<()> {
+        self.fences.remove(key(h.0)).map(drop).ok_or_else(|| Error::new(Errno::ENOENT, format!("no fence with handle {:#x}", h.0)))
+    }
+
+    /// An eventfd that becomes readable (value 1) when the point signals.
+    pub fn export_sync_fd(&self, p: &WaitPoint) -> Result<OwnedFd> {
+        use rustix::event::{eventfd, EventfdFlags};
+        let fence = self.resolve_wait(p)?;
+        let efd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(|e| Error::new(Errno::ENOMEM, format!("eventfd: {e}")))?;
+        let ours = rustix::io::fcntl_dupfd_cloexec(&efd, 0).map_err(|e| Error::new(Errno::EBADF, format!("dup: {e}")))?;
+        fence.on_signal(move |_| {
+            let _ = rustix::io::write(&ours, &1u64.to_ne_bytes());
+        });
+        Ok(efd)
+    }
+
+    /// Creates a syncobj.
+    pub fn syncobj_create(&mut self, timeline: bool, signaled: bool) -> Result<SyncobjHandle> {
+        let c = &self.sub.counters;
+        let so = Arc::new(if timeline { Syncobj::timeline(c) } else { Syncobj::binary(c, signaled) });
+        Ok(SyncobjHandle(insert(&mut self.syncobjs, "syncobj", so)?))
+    }
+
+    /// Destroys a syncobj handle.
+    pub fn syncobj_destroy(&mut self, h: SyncobjHandle) -> Result<()> {
+        self.syncobjs.remove(key(h.0)).map(drop).ok_or_else(|| Error::new(Errno::ENOENT, format!("no syncobj with handle {:#x}", h.0)))
+    }
+
+    /// Signals a syncobj point from the host.
+    pub fn syncobj_signal(&self, h: SyncobjHandle, point: u64) -> Result<()> {
+        self.syncobj(h)?.signal(point)
+    }
+
+    /// Resets a binary syncobj.
+    pub fn syncobj_reset(&self, h: SyncobjHandle) -> Result<()> {
+        self.syncobj(h)?.reset()
+    }
+
+    /// A syncobj's current value (see [`Syncobj::query`]).
+    pub fn syncobj_query(&self, h: SyncobjHandle) -> Result<u64> {
+        Ok(self.syncobj(h)?.query())
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(dev) = &self.device {
+            dev.sched.cancel(self.id, None);
+            dev.close(self.id);
+        }
+        self.sub.forget_client(self.id);
+    }
+}

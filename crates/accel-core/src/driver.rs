@@ -1,0 +1,126 @@
+//! The driver interface: what a driver implements to get device nodes, memory
+//! handles, scheduling, fences and accounting from the core.
+//!
+//! The hooks mirror `drm_sched_backend_ops`: [`Driver::run_job`] runs one job on
+//! the engine, [`Driver::timedout_job`] resets the engine after the watchdog
+//! fired. Buffers are host memory the core allocates (memfd), so a host-memory
+//! driver needs no allocator of its own.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use accel_uapi::{Category, Errno, OpKind};
+
+use crate::bo::{BoMatrix, BoRange};
+use crate::lock;
+
+/// What a driver says about its device.
+#[derive(Debug, Clone)]
+pub struct DriverInfo {
+    /// Driver name (`cpu`, `testdev`).
+    pub driver: &'static str,
+    /// Device name.
+    pub name: String,
+    /// Vendor.
+    pub vendor: String,
+    /// Categories the hardware supports; the first is the default.
+    pub categories: Vec<Category>,
+    /// Operations the driver runs; others are refused with `EOPNOTSUPP`.
+    pub ops: Vec<OpKind>,
+    /// Memory the device may allocate, in bytes.
+    pub memory_bytes: u64,
+    /// Compute units (threads for the cpu driver).
+    pub compute_units: u32,
+}
+
+/// A job's operation with every buffer view resolved and bounds-checked by the core.
+#[derive(Debug, Clone)]
+pub enum JobOp {
+    /// No work.
+    Nop,
+    /// Fill with a 32-bit pattern; `dst.len` is a multiple of 4.
+    Fill {
+        /// Destination.
+        dst: BoRange,
+        /// Pattern.
+        pattern: u32,
+    },
+    /// Copy; lengths are equal; ranges may overlap (memmove semantics).
+    Copy {
+        /// Source.
+        src: BoRange,
+        /// Destination.
+        dst: BoRange,
+    },
+    /// `C = alpha·A·B + beta·C`; C does not overlap A or B.
+    GemmF32 {
+        /// m×k.
+        a: BoMatrix,
+        /// k×n.
+        b: BoMatrix,
+        /// m×n.
+        c: BoMatrix,
+        /// Product scale.
+        alpha: f32,
+        /// C scale.
+        beta: f32,
+    },
+    /// Driver-private operation.
+    Driver {
+        /// Driver-defined code.
+        code: u32,
+        /// Driver-defined arguments.
+        args: [u64; 4],
+    },
+}
+
+/// Lets the core stop a running job: set when the job timed out or its client went away.
+#[derive(Debug, Clone, Default)]
+pub struct AbortToken(Arc<(Mutex<bool>, Condvar)>);
+
+impl AbortToken {
+    /// Requests that the job stop.
+    pub fn abort(&self) {
+        *lock(&self.0 .0) = true;
+        self.0 .1.notify_all();
+    }
+
+    /// Whether an abort was requested.
+    pub fn is_aborted(&self) -> bool {
+        *lock(&self.0 .0)
+    }
+
+    /// Sleeps up to `timeout`, waking early on abort; returns true if aborted.
+    pub fn sleep(&self, timeout: Duration) -> bool {
+        let g = lock(&self.0 .0);
+        let (g, _) = self.0 .1.wait_timeout_while(g, timeout, |a| !*a).unwrap_or_else(|e| e.into_inner());
+        *g
+    }
+}
+
+/// What a running job can see of its context.
+#[derive(Debug, Clone)]
+pub struct JobCtx {
+    /// Set when the job must stop; long-running work should check it.
+    pub abort: AbortToken,
+    /// Client that submitted the job.
+    pub client_id: u64,
+}
+
+/// One accelerator driver.
+pub trait Driver: Send + Sync + 'static {
+    /// Describes the device.
+    fn info(&self) -> DriverInfo;
+
+    /// Runs a job to completion on the calling (scheduler) thread.
+    ///
+    /// An error becomes the job fence's error. Work that can take long must
+    /// return once `ctx.abort` is set.
+    fn run_job(&self, op: &JobOp, ctx: &JobCtx) -> Result<(), Errno>;
+
+    /// Called after the watchdog aborted a job that exceeded its timeout: reset
+    /// the engine. An error means the reset failed.
+    fn timedout_job(&self, _ctx: &JobCtx) -> Result<(), Errno> {
+        Ok(())
+    }
+}

@@ -1,0 +1,127 @@
+//! accel-core: the accelerator subsystem without any I/O (the analogue of the DRM
+//! core, `drm_accel.c` and `drm_sched`).
+//!
+//! A [`Subsystem`] owns the registered [`device::Device`]s. Each connection becomes
+//! a [`client::Client`] that owns handles to buffer objects, queues, fences and
+//! syncobjs. Drivers implement [`driver::Driver`]. The daemon turns socket
+//! messages into calls on these types; nothing here knows about sockets.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use accel_core::{Subsystem, client::PeerCred};
+//! let sub = Subsystem::new(vec![]).unwrap();
+//! let client = sub.connect(PeerCred::default(), "doc");
+//! assert_eq!(sub.stats().clients, 1);
+//! drop(client);
+//! assert_eq!(sub.stats().clients, 0);
+//! ```
+
+pub mod bo;
+pub mod client;
+pub mod counters;
+pub mod device;
+pub mod driver;
+mod error;
+pub mod fence;
+pub mod mem;
+pub mod sched;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use accel_uapi::{ClientUsage, DeviceInfo, ObjectCounts};
+
+pub use error::{Error, Result};
+
+use bo::BufferObject;
+use client::{Client, ClientRecord, PeerCred};
+use counters::Counters;
+use device::{Device, DeviceConfig};
+
+/// Locks a mutex, ignoring poisoning: state behind the core's mutexes stays
+/// consistent at every unlock point, so a panicked holder leaves nothing half-done.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The subsystem: device registry, clients, exported buffers, object counts.
+pub struct Subsystem {
+    devices: Vec<Arc<Device>>,
+    pub(crate) counters: Arc<Counters>,
+    next_client: AtomicU64,
+    exports: Mutex<HashMap<(u64, u64), Weak<BufferObject>>>,
+    clients: Mutex<BTreeMap<u64, Arc<ClientRecord>>>,
+}
+
+impl Subsystem {
+    /// Registers devices as `accel0`, `accel1`, … in the order given.
+    pub fn new(devices: Vec<DeviceConfig>) -> Result<Arc<Subsystem>> {
+        let devices = devices
+            .into_iter()
+            .enumerate()
+            .map(|(i, cfg)| Device::new(i as u32, cfg).map(Arc::new))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(Subsystem {
+            devices,
+            counters: Arc::new(Counters::default()),
+            next_client: AtomicU64::new(1),
+            exports: Mutex::new(HashMap::new()),
+            clients: Mutex::new(BTreeMap::new()),
+        }))
+    }
+
+    /// A new client for a connection from a peer with these credentials.
+    pub fn connect(self: &Arc<Self>, cred: PeerCred, name: &str) -> Client {
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let record = Arc::new(ClientRecord {
+            cred,
+            name: Mutex::new(String::new()),
+            device: Mutex::new(None),
+            usage: Default::default(),
+            memory_bytes: AtomicU64::new(0),
+        });
+        lock(&self.clients).insert(id, record.clone());
+        let client = Client::new(id, self.clone(), record);
+        client.set_name(name);
+        client
+    }
+
+    pub(crate) fn forget_client(&self, id: u64) {
+        lock(&self.clients).remove(&id);
+    }
+
+    /// Device `minor`, or `ENODEV`.
+    pub fn device(&self, minor: u32) -> Result<&Arc<Device>> {
+        self.devices
+            .get(minor as usize)
+            .ok_or_else(|| Error::new(accel_uapi::Errno::ENODEV, format!("no device accel{minor}")))
+    }
+
+    /// Every device's description.
+    pub fn list_devices(&self) -> Vec<DeviceInfo> {
+        self.devices.iter().map(|d| d.describe()).collect()
+    }
+
+    /// Live object counts.
+    pub fn stats(&self) -> ObjectCounts {
+        self.counters.snapshot()
+    }
+
+    /// Usage of every connected client.
+    pub fn client_usage(&self) -> Vec<ClientUsage> {
+        lock(&self.clients).iter().map(|(id, r)| r.usage(*id)).collect()
+    }
+
+    fn register_export(&self, bo: &Arc<BufferObject>) {
+        let mut exports = lock(&self.exports);
+        exports.retain(|_, w| w.strong_count() > 0);
+        exports.insert(bo.memory().inode(), Arc::downgrade(bo));
+    }
+
+    fn find_export(&self, fd: &OwnedFd) -> Option<Arc<BufferObject>> {
+        let st = rustix::fs::fstat(fd).ok()?;
+        lock(&self.exports).get(&(st.st_dev, st.st_ino)).and_then(Weak::upgrade)
+    }
+}

@@ -1,0 +1,148 @@
+//! Host-visible memory backed by a sealed memfd, mapped in the daemon and
+//! shareable with clients by descriptor.
+//!
+//! Sealing matters: a client that could shrink the file would make the daemon's
+//! own mapping fault (`SIGBUS`) on access. Every memfd the core maps carries
+//! `F_SEAL_SHRINK`, and imports without it are refused.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::mm::{MapFlags, ProtFlags};
+
+use crate::{bail, Error, Result};
+use accel_uapi::Errno;
+
+/// A shared mapping of a sealed memfd.
+#[derive(Debug)]
+pub struct HostMemory {
+    fd: OwnedFd,
+    ptr: NonNull<u8>,
+    len: usize,
+    inode: (u64, u64),
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; the pointer is only
+// handed out as a raw pointer, and unmapping happens once, in Drop.
+unsafe impl Send for HostMemory {}
+// SAFETY: as above; &HostMemory gives no safe access to the bytes.
+unsafe impl Sync for HostMemory {}
+
+fn os_err(code: Errno, what: &str) -> impl FnOnce(rustix::io::Errno) -> Error + '_ {
+    move |e| Error::new(code, format!("{what}: {e}"))
+}
+
+impl HostMemory {
+    /// Allocates `len` zeroed bytes in a new sealed memfd (a fresh memfd's pages read as zero).
+    pub fn new(name: &str, len: u64) -> Result<Self> {
+        if len == 0 {
+            bail!(EINVAL, "buffer size must be non-zero");
+        }
+        let Ok(size) = usize::try_from(len) else { bail!(ENOMEM, "buffer size {len} does not fit in memory") };
+        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(os_err(Errno::ENOMEM, "memfd_create"))?;
+        rustix::fs::ftruncate(&fd, len).map_err(os_err(Errno::ENOMEM, "ftruncate"))?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+            .map_err(os_err(Errno::EIO, "sealing memfd"))?;
+        Self::map(fd, size)
+    }
+
+    /// Maps a descriptor a client passed in. It must be a memfd sealed against shrinking.
+    pub fn import(fd: OwnedFd) -> Result<Self> {
+        let seals = rustix::fs::fcntl_get_seals(&fd)
+            .map_err(|_| Error::new(Errno::EINVAL, "descriptor is not a memfd (no seals); only accel buffer fds can be imported"))?;
+        if !seals.contains(SealFlags::SHRINK) {
+            bail!(EINVAL, "memfd is not sealed against shrinking; refusing to map it");
+        }
+        let stat = rustix::fs::fstat(&fd).map_err(os_err(Errno::EBADF, "fstat"))?;
+        let size = usize::try_from(stat.st_size).unwrap_or(0);
+        if size == 0 {
+            bail!(EINVAL, "imported memfd is empty");
+        }
+        Self::map(fd, size)
+    }
+
+    fn map(fd: OwnedFd, len: usize) -> Result<Self> {
+        let stat = rustix::fs::fstat(&fd).map_err(os_err(Errno::EBADF, "fstat"))?;
+        // SAFETY: a fresh shared mapping chosen by the kernel (null hint) overlaps nothing
+        // of ours; the file is sealed against shrinking so the mapping never faults.
+        let ptr = unsafe {
+            rustix::mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &fd, 0)
+        }
+        .map_err(os_err(Errno::ENOMEM, "mmap"))?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| Error::new(Errno::ENOMEM, "mmap returned null"))?;
+        Ok(HostMemory { fd, ptr, len, inode: (stat.st_dev, stat.st_ino) })
+    }
+
+    /// Start of the mapping.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: zero-length memory is refused at creation.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The memfd.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// A new close-on-exec descriptor for the same memory, to send to a client.
+    pub fn dup_fd(&self) -> Result<OwnedFd> {
+        rustix::io::fcntl_dupfd_cloexec(&self.fd, 0).map_err(os_err(Errno::EBADF, "dup"))
+    }
+
+    /// (device, inode) of the memfd: the identity an import is matched by.
+    pub fn inode(&self) -> (u64, u64) {
+        self.inode
+    }
+}
+
+impl Drop for HostMemory {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly the mapping created in `map`, unmapped only here.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_memory_is_zeroed_and_sealed() {
+        let m = HostMemory::new("t", 8192).unwrap();
+        // SAFETY: the mapping is 8192 bytes and nobody else writes it.
+        let bytes = unsafe { std::slice::from_raw_parts(m.as_ptr(), m.len()) };
+        assert!(bytes.iter().all(|&b| b == 0));
+        let err = rustix::fs::ftruncate(m.fd(), 10).unwrap_err();
+        assert_eq!(err, rustix::io::Errno::PERM);
+    }
+
+    #[test]
+    fn unsealed_fd_is_refused() {
+        let fd = rustix::fs::memfd_create("x", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
+        assert_eq!(HostMemory::import(fd).unwrap_err().code, Errno::EINVAL);
+    }
+
+    #[test]
+    fn import_maps_the_same_pages() {
+        let a = HostMemory::new("a", 4096).unwrap();
+        let b = HostMemory::import(a.dup_fd().unwrap()).unwrap();
+        // SAFETY: both mappings are 4096 bytes long.
+        unsafe {
+            *a.as_ptr().add(100) = 42;
+            assert_eq!(*b.as_ptr().add(100), 42);
+        }
+        assert_eq!(a.inode(), b.inode());
+    }
+}

@@ -1,0 +1,12 @@
+//! accel wire ABI (the analogue of `include/uapi/drm`).
+//!
+//! Types only: the message header ([`wire`]), requests and replies ([`proto`]) and
+//! errno-style codes ([`Errno`]). Both the daemon and the client library depend on
+//! this crate and on nothing else of each other.
+
+pub mod errno;
+pub mod proto;
+pub mod wire;
+
+pub use errno::Errno;
+pub use proto::*;

@@ -1,0 +1,467 @@
+//! Control messages: requests a client sends and the replies it gets.
+//!
+//! Every request gets exactly one reply, matched by the header's sequence number.
+//! Messages that carry a file descriptor (mmap, export, import) pass it as
+//! `SCM_RIGHTS` ancillary data beside the message.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Errno;
+
+macro_rules! handle_type {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub struct $name(pub u64);
+    };
+}
+
+handle_type!(
+    /// A buffer-object handle, local to one client (GEM handle).
+    BoHandle
+);
+handle_type!(
+    /// A queue (scheduler entity) handle, local to one client.
+    QueueHandle
+);
+handle_type!(
+    /// A fence handle, local to one client.
+    FenceHandle
+);
+handle_type!(
+    /// A syncobj handle, local to one client.
+    SyncobjHandle
+);
+
+/// Device category, as agreed for accelerators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Category {
+    /// Single-shot data processor: stateless jobs, any client.
+    Oneshot,
+    /// Single-user offload: one client at a time holds the device.
+    Exclusive,
+    /// Multi-application: many clients are scheduled on the device.
+    Shared,
+}
+
+impl Category {
+    /// Lower-case name used by the CLI and config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Category::Oneshot => "oneshot",
+            Category::Exclusive => "exclusive",
+            Category::Shared => "shared",
+        }
+    }
+
+    /// Parses a lower-case category name.
+    pub fn parse(s: &str) -> Option<Category> {
+        match s {
+            "oneshot" => Some(Category::Oneshot),
+            "exclusive" => Some(Category::Exclusive),
+            "shared" => Some(Category::Shared),
+            _ => None,
+        }
+    }
+}
+
+/// The portable operations a driver may advertise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OpKind {
+    /// Does nothing; signals its fence.
+    Nop,
+    /// Fills a buffer range with a 32-bit pattern.
+    Fill,
+    /// Copies between buffer ranges.
+    Copy,
+    /// f32 general matrix multiply.
+    GemmF32,
+    /// A driver-private operation.
+    Driver,
+}
+
+impl OpKind {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Nop => "nop",
+            OpKind::Fill => "fill",
+            OpKind::Copy => "copy",
+            OpKind::GemmF32 => "gemm-f32",
+            OpKind::Driver => "driver",
+        }
+    }
+}
+
+/// What a device is, as `accel list` / `accel info` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Minor number: the device is `accel<minor>`.
+    pub minor: u32,
+    /// Driver name (`cpu`, `testdev`, `cuda`).
+    pub driver: String,
+    /// Human-readable device name.
+    pub name: String,
+    /// Vendor string.
+    pub vendor: String,
+    /// Category this device runs in.
+    pub category: Category,
+    /// Categories the hardware supports.
+    pub supported_categories: Vec<Category>,
+    /// Operations the driver accepts.
+    pub ops: Vec<OpKind>,
+    /// Host-visible memory the device may allocate, in bytes.
+    pub memory_bytes: u64,
+    /// Number of compute engines (threads, SMs, ...).
+    pub compute_units: u32,
+    /// Clients that currently have the device open.
+    pub open_clients: u32,
+    /// Client id holding an exclusive device, if any.
+    pub exclusive_owner: Option<u64>,
+}
+
+/// A byte range of a buffer object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BufView {
+    /// Buffer object.
+    pub bo: BoHandle,
+    /// Byte offset into the buffer.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// A row-major f32 matrix operand inside a buffer object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatView {
+    /// Buffer object.
+    pub bo: BoHandle,
+    /// Byte offset of element (0, 0); must be 4-byte aligned.
+    pub offset: u64,
+    /// Distance between rows, in elements (≥ the number of columns).
+    pub row_stride: u64,
+}
+
+/// `C = alpha * A·B + beta * C` with A m×k, B k×n, C m×n, all row-major f32.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GemmF32 {
+    /// Rows of A and C.
+    pub m: u64,
+    /// Columns of B and C.
+    pub n: u64,
+    /// Columns of A, rows of B.
+    pub k: u64,
+    /// Left operand.
+    pub a: MatView,
+    /// Right operand.
+    pub b: MatView,
+    /// Destination (read when beta ≠ 0).
+    pub c: MatView,
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Scale of the existing C.
+    pub beta: f32,
+}
+
+/// The work a job does.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// No work.
+    Nop,
+    /// Fill `dst` with the little-endian 32-bit `pattern`; `dst.len` must be a multiple of 4.
+    Fill {
+        /// Destination range.
+        dst: BufView,
+        /// Pattern repeated over the range.
+        pattern: u32,
+    },
+    /// Copy `src` to `dst`; the lengths must match.
+    Copy {
+        /// Source range.
+        src: BufView,
+        /// Destination range.
+        dst: BufView,
+    },
+    /// f32 GEMM.
+    GemmF32(GemmF32),
+    /// Driver-private operation; `code` and `args` mean what the driver says.
+    Driver {
+        /// Driver-defined operation code.
+        code: u32,
+        /// Driver-defined arguments.
+        args: [u64; 4],
+    },
+}
+
+impl Op {
+    /// Which kind of operation this is.
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Op::Nop => OpKind::Nop,
+            Op::Fill { .. } => OpKind::Fill,
+            Op::Copy { .. } => OpKind::Copy,
+            Op::GemmF32(_) => OpKind::GemmF32,
+            Op::Driver { .. } => OpKind::Driver,
+        }
+    }
+}
+
+/// Something a job or a wait can depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WaitPoint {
+    /// A fence.
+    Fence(FenceHandle),
+    /// A syncobj; `point` is the timeline point (ignored for binary syncobjs).
+    Syncobj {
+        /// The syncobj.
+        handle: SyncobjHandle,
+        /// Timeline point.
+        point: u64,
+    },
+}
+
+/// A syncobj a job signals when it completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalPoint {
+    /// The syncobj.
+    pub handle: SyncobjHandle,
+    /// Timeline point (must be 0 for binary syncobjs).
+    pub point: u64,
+}
+
+/// State of a fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FenceStatus {
+    /// Not signalled yet.
+    Pending,
+    /// Signalled without error.
+    Signaled,
+    /// Signalled with an error (the job failed, hung or was cancelled).
+    Error(Errno),
+}
+
+/// Live object counts of the whole daemon (for leak checks and `accel info`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectCounts {
+    /// Connected clients.
+    pub clients: u64,
+    /// Buffer objects.
+    pub buffers: u64,
+    /// Bytes of buffer memory.
+    pub buffer_bytes: u64,
+    /// Fences.
+    pub fences: u64,
+    /// Syncobjs.
+    pub syncobjs: u64,
+    /// Queues.
+    pub queues: u64,
+    /// Jobs submitted and not yet freed.
+    pub jobs: u64,
+}
+
+/// Per-client usage, in the spirit of DRM fdinfo `drm-usage-stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientUsage {
+    /// Client id.
+    pub client_id: u64,
+    /// Process id of the peer.
+    pub pid: i32,
+    /// Client name given at handshake.
+    pub name: String,
+    /// Device minor the client opened, if any.
+    pub device: Option<u32>,
+    /// Nanoseconds of engine time used (`drm-engine-compute`).
+    pub engine_ns: u64,
+    /// Jobs completed.
+    pub jobs_completed: u64,
+    /// Bytes of buffers the client holds (`drm-memory-host`).
+    pub memory_bytes: u64,
+}
+
+/// Requests a client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Version handshake; must be the first message on a connection.
+    Hello {
+        /// ABI major version the client speaks.
+        abi_major: u16,
+        /// ABI minor version the client speaks.
+        abi_minor: u16,
+        /// Client name for usage stats.
+        name: String,
+    },
+    /// List the devices.
+    ListDevices,
+    /// Describe one device.
+    DeviceInfo {
+        /// Minor number.
+        minor: u32,
+    },
+    /// Open a device; this connection becomes that device's open file.
+    Open {
+        /// Minor number.
+        minor: u32,
+    },
+    /// Create a buffer object of `size` bytes, zero-filled.
+    BoCreate {
+        /// Size in bytes.
+        size: u64,
+    },
+    /// Describe a buffer object.
+    BoInfo {
+        /// The buffer.
+        handle: BoHandle,
+    },
+    /// Drop this client's handle to a buffer object.
+    BoClose {
+        /// The buffer.
+        handle: BoHandle,
+    },
+    /// Get a descriptor the client can `mmap` to reach the buffer's memory.
+    BoMmap {
+        /// The buffer.
+        handle: BoHandle,
+    },
+    /// Export the buffer as a descriptor another client can import (PRIME export).
+    BoExport {
+        /// The buffer.
+        handle: BoHandle,
+    },
+    /// Import the buffer whose descriptor travels with this message (PRIME import).
+    BoImport,
+    /// Create a queue (scheduler entity).
+    QueueCreate {
+        /// Per-job timeout in milliseconds; 0 means the device default.
+        timeout_ms: u64,
+    },
+    /// Destroy a queue; its queued jobs are cancelled.
+    QueueDestroy {
+        /// The queue.
+        handle: QueueHandle,
+    },
+    /// Submit a job.
+    Submit {
+        /// Queue to submit on.
+        queue: QueueHandle,
+        /// The work.
+        op: Op,
+        /// Dependencies that must signal before the job runs.
+        wait: Vec<WaitPoint>,
+        /// Syncobjs the job's fence is attached to.
+        signal: Vec<SignalPoint>,
+    },
+    /// Wait for fences or syncobj points.
+    Wait {
+        /// What to wait on.
+        points: Vec<WaitPoint>,
+        /// Wait for all (true) or any (false).
+        all: bool,
+        /// Relative timeout in nanoseconds; 0 polls.
+        timeout_ns: u64,
+    },
+    /// Drop a fence handle.
+    FenceClose {
+        /// The fence.
+        handle: FenceHandle,
+    },
+    /// Get an eventfd that becomes readable when the wait point signals.
+    ExportSyncFd {
+        /// What to export.
+        point: WaitPoint,
+    },
+    /// Create a syncobj.
+    SyncobjCreate {
+        /// Timeline (true) or binary (false).
+        timeline: bool,
+        /// Binary only: start signalled.
+        signaled: bool,
+    },
+    /// Destroy a syncobj handle.
+    SyncobjDestroy {
+        /// The syncobj.
+        handle: SyncobjHandle,
+    },
+    /// Signal a syncobj point from the host.
+    SyncobjSignal {
+        /// The syncobj.
+        handle: SyncobjHandle,
+        /// Timeline point (0 for binary).
+        point: u64,
+    },
+    /// Reset a binary syncobj to unsignalled.
+    SyncobjReset {
+        /// The syncobj.
+        handle: SyncobjHandle,
+    },
+    /// Read a timeline syncobj's highest signalled point.
+    SyncobjQuery {
+        /// The syncobj.
+        handle: SyncobjHandle,
+    },
+    /// Live object counts across the daemon.
+    Stats,
+    /// Per-client usage of every client.
+    Clients,
+}
+
+/// Replies the daemon sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Handshake accepted.
+    Hello {
+        /// ABI major the daemon speaks.
+        abi_major: u16,
+        /// ABI minor the daemon speaks.
+        abi_minor: u16,
+        /// Id the daemon gave this client.
+        client_id: u64,
+        /// Daemon version string.
+        server: String,
+    },
+    /// Success with nothing to return.
+    Ok,
+    /// Device list.
+    Devices(Vec<DeviceInfo>),
+    /// One device.
+    Device(DeviceInfo),
+    /// A buffer object handle and its size.
+    Bo {
+        /// The handle.
+        handle: BoHandle,
+        /// Size in bytes.
+        size: u64,
+    },
+    /// A descriptor travels with this reply.
+    Fd,
+    /// A queue handle.
+    Queue(QueueHandle),
+    /// A job was queued.
+    Submitted {
+        /// Fence signalled when the job completes.
+        fence: FenceHandle,
+        /// Per-device sequence number of the job.
+        seqno: u64,
+    },
+    /// A wait completed.
+    Waited {
+        /// Index of the first signalled point (for wait-any).
+        first: u32,
+        /// Status of each point waited on.
+        status: Vec<FenceStatus>,
+    },
+    /// A syncobj handle.
+    Syncobj(SyncobjHandle),
+    /// A timeline value.
+    Point(u64),
+    /// Object counts.
+    Stats(ObjectCounts),
+    /// Client usage.
+    Clients(Vec<ClientUsage>),
+    /// The request failed.
+    Error {
+        /// errno-style code.
+        code: Errno,
+        /// What went wrong, for humans.
+        message: String,
+    },
+}
