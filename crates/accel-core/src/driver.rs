@@ -124,3 +124,26 @@ pub trait Driver: Send + Sync + 'static {
         Ok(())
     }
 }
+
+/// Host-memory implementations of the simple portable ops, for drivers whose
+/// buffers are host memory (cpu, testdev).
+pub mod host {
+    use super::BoRange;
+
+    /// Fills `dst` with the little-endian `pattern`.
+    pub fn fill(dst: &BoRange, pattern: u32) {
+        let bytes = pattern.to_le_bytes();
+        let p = dst.ptr();
+        for i in 0..dst.len {
+            // SAFETY: i < dst.len and the range lies inside the live mapping (checked by core).
+            unsafe { p.add(i).write_volatile(bytes[i % 4]) };
+        }
+    }
+
+    /// Copies `src` to `dst` (equal lengths; overlap allowed).
+    pub fn copy(src: &BoRange, dst: &BoRange) {
+        // SAFETY: both ranges lie inside live mappings and have the same length (checked by
+        // core); `copy` is memmove, so overlap is fine.
+        unsafe { std::ptr::copy(src.ptr(), dst.ptr(), dst.len.min(src.len)) };
+    }
+}

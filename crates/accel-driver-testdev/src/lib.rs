@@ -1,1 +1,94 @@
-//! placeholder
+//! The `testdev` driver: deterministic fault injection for tests.
+//!
+//! Jobs are told what to do with driver-private ops ([`accel_uapi::Op::Driver`]):
+//! take N ms ([`OP_DELAY`]), fail with an errno ([`OP_FAIL`]), hang until the
+//! watchdog resets the engine ([`OP_HANG`]), or make the next reset fail
+//! ([`OP_BREAK_RESET`]). Portable ops nop/fill/copy run on host memory; GEMM is
+//! refused, which exercises the "not supported" path.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use accel_core::driver::{host, Driver, DriverInfo, JobCtx, JobOp};
+use accel_uapi::{Category, Errno, OpKind};
+
+/// `args[0]` = milliseconds to take (ends early, with `ETIME` from the core, on abort).
+pub const OP_DELAY: u32 = 1;
+/// `args[0]` = raw errno the job fails with (`EIO` if unknown).
+pub const OP_FAIL: u32 = 2;
+/// Never completes on its own; ends when the watchdog aborts it.
+pub const OP_HANG: u32 = 3;
+/// The next engine reset fails, which wedges the device.
+pub const OP_BREAK_RESET: u32 = 4;
+
+/// A fault-injection device.
+#[derive(Debug, Default)]
+pub struct TestDevice {
+    resets: AtomicU64,
+    break_reset: AtomicBool,
+}
+
+impl TestDevice {
+    /// A new test device.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Engine resets performed so far.
+    pub fn resets(&self) -> u64 {
+        self.resets.load(Ordering::Relaxed)
+    }
+}
+
+impl Driver for TestDevice {
+    fn info(&self) -> DriverInfo {
+        DriverInfo {
+            driver: "testdev",
+            name: "accel fault-injection test device".into(),
+            vendor: "accel".into(),
+            categories: vec![Category::Shared, Category::Exclusive, Category::Oneshot],
+            ops: vec![OpKind::Nop, OpKind::Fill, OpKind::Copy, OpKind::Driver],
+            memory_bytes: 1 << 30,
+            compute_units: 1,
+        }
+    }
+
+    fn run_job(&self, op: &JobOp, ctx: &JobCtx) -> Result<(), Errno> {
+        match op {
+            JobOp::Nop => Ok(()),
+            JobOp::Fill { dst, pattern } => {
+                host::fill(dst, *pattern);
+                Ok(())
+            }
+            JobOp::Copy { src, dst } => {
+                host::copy(src, dst);
+                Ok(())
+            }
+            JobOp::GemmF32 { .. } => Err(Errno::EOPNOTSUPP),
+            JobOp::Driver { code: OP_DELAY, args } => {
+                ctx.abort.sleep(Duration::from_millis(args[0]));
+                Ok(())
+            }
+            JobOp::Driver { code: OP_FAIL, args } => {
+                Err(u32::try_from(args[0]).ok().and_then(Errno::from_raw).unwrap_or(Errno::EIO))
+            }
+            JobOp::Driver { code: OP_HANG, .. } => {
+                while !ctx.abort.sleep(Duration::from_secs(3600)) {}
+                Ok(())
+            }
+            JobOp::Driver { code: OP_BREAK_RESET, .. } => {
+                self.break_reset.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            JobOp::Driver { .. } => Err(Errno::EINVAL),
+        }
+    }
+
+    fn timedout_job(&self, _ctx: &JobCtx) -> Result<(), Errno> {
+        self.resets.fetch_add(1, Ordering::Relaxed);
+        if self.break_reset.swap(false, Ordering::Relaxed) {
+            return Err(Errno::EIO);
+        }
+        Ok(())
+    }
+}

@@ -6,6 +6,7 @@
 
 pub mod errno;
 pub mod proto;
+pub mod transport;
 pub mod wire;
 
 pub use errno::Errno;

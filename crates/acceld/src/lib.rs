@@ -1,1 +1,154 @@
-//! placeholder
+//! acceld: the accel daemon. It owns the devices (an [`accel_core::Subsystem`])
+//! and serves clients over a `SOCK_SEQPACKET` Unix socket.
+//!
+//! One connection is one client (an open file of one device). Each connection
+//! gets a thread that reads a request, calls the core, and writes exactly one
+//! reply. Nothing a client sends can panic the daemon: every message is decoded
+//! and validated, and a bad one gets an errno-style error reply.
+
+mod dispatch;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use accel_core::client::PeerCred;
+use accel_core::device::DeviceConfig;
+use accel_core::Subsystem;
+use accel_uapi::{transport, Category};
+use rustix::net::SocketAddrUnix;
+
+pub use dispatch::serve_connection;
+
+/// Errors starting the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A device could not be registered.
+    #[error("device setup: {0}")]
+    Device(#[from] accel_core::Error),
+    /// The socket could not be set up.
+    #[error("socket {path}: {source}")]
+    Socket {
+        /// Socket path.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// A device spec on the command line was wrong.
+    #[error("bad device spec {0:?}: expected DRIVER[:CATEGORY], DRIVER one of cpu, testdev")]
+    BadDeviceSpec(String),
+}
+
+/// Parses `DRIVER[:CATEGORY]` (e.g. `cpu`, `testdev:exclusive`) into a device config.
+pub fn parse_device_spec(spec: &str) -> Result<DeviceConfig, DaemonError> {
+    let bad = || DaemonError::BadDeviceSpec(spec.to_string());
+    let (driver, category) = match spec.split_once(':') {
+        Some((d, c)) => (d, Some(Category::parse(c).ok_or_else(bad)?)),
+        None => (spec, None),
+    };
+    let driver: Arc<dyn accel_core::driver::Driver> = match driver {
+        "cpu" => Arc::new(accel_driver_cpu::CpuDevice::new()),
+        "testdev" => Arc::new(accel_driver_testdev::TestDevice::new()),
+        _ => return Err(bad()),
+    };
+    let mut cfg = DeviceConfig::new(driver);
+    cfg.category = category;
+    Ok(cfg)
+}
+
+/// A bound daemon, ready to serve.
+pub struct Daemon {
+    sub: Arc<Subsystem>,
+    listener: OwnedFd,
+    path: PathBuf,
+}
+
+fn sock_err(path: &Path) -> impl FnOnce(rustix::io::Errno) -> DaemonError + '_ {
+    move |e| DaemonError::Socket { path: path.to_path_buf(), source: e.into() }
+}
+
+impl Daemon {
+    /// Registers `devices` and binds the socket at `path`.
+    ///
+    /// A stale socket file (nobody listening) is replaced; a live one is an error,
+    /// so two daemons never fight over one path.
+    pub fn bind(path: &Path, devices: Vec<DeviceConfig>) -> Result<Daemon, DaemonError> {
+        let sub = Subsystem::new(devices)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| DaemonError::Socket { path: dir.to_path_buf(), source: e })?;
+        }
+        if path.exists() {
+            if transport::connect(path).is_ok() {
+                return Err(DaemonError::Socket {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::new(std::io::ErrorKind::AddrInUse, "another daemon is serving this socket"),
+                });
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        let listener = transport::socket().map_err(sock_err(path))?;
+        rustix::net::bind(&listener, &SocketAddrUnix::new(path).map_err(sock_err(path))?).map_err(sock_err(path))?;
+        rustix::net::listen(&listener, 128).map_err(sock_err(path))?;
+        Ok(Daemon { sub, listener, path: path.to_path_buf() })
+    }
+
+    /// The subsystem this daemon serves.
+    pub fn subsystem(&self) -> &Arc<Subsystem> {
+        &self.sub
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Accepts connections forever, one thread per client.
+    pub fn serve(&self) -> std::io::Result<()> {
+        loop {
+            let conn = match rustix::net::accept_with(&self.listener, rustix::net::SocketFlags::CLOEXEC) {
+                Ok(c) => c,
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,
+                Err(e @ (rustix::io::Errno::MFILE | rustix::io::Errno::NFILE | rustix::io::Errno::NOMEM)) => {
+                    tracing::warn!("accept: {e}; backing off");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let cred = match rustix::net::sockopt::socket_peercred(conn.as_fd()) {
+                Ok(c) => PeerCred { pid: c.pid.as_raw_nonzero().get(), uid: c.uid.as_raw(), gid: c.gid.as_raw() },
+                Err(e) => {
+                    tracing::warn!("SO_PEERCRED failed: {e}; dropping connection");
+                    continue;
+                }
+            };
+            let sub = self.sub.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("client-pid{}", cred.pid))
+                .spawn(move || serve_connection(&sub, conn, cred));
+            if let Err(e) = spawned {
+                tracing::warn!("cannot start a client thread: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Removes the socket file and exits when SIGTERM or SIGINT arrives.
+pub fn exit_on_signals(path: PathBuf) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!("signal {sig}: shutting down");
+            let _ = std::fs::remove_file(&path);
+            std::process::exit(0);
+        }
+    })?;
+    Ok(())
+}
