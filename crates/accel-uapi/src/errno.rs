@@ -34,6 +34,7 @@ macro_rules! errnos {
 errnos! {
     EPERM = 1, "operation not permitted";
     ENOENT = 2, "no such object";
+    EINTR = 4, "interrupted";
     EIO = 5, "input/output error";
     E2BIG = 7, "argument list too long";
     EBADF = 9, "bad file descriptor";
@@ -45,6 +46,7 @@ errnos! {
     ENODEV = 19, "no such device";
     EINVAL = 22, "invalid argument";
     ENOSPC = 28, "no space left on device";
+    EPIPE = 32, "broken pipe";
     ERANGE = 34, "result out of range";
     ENOSYS = 38, "function not implemented";
     ETIME = 62, "timer expired";
@@ -53,7 +55,8 @@ errnos! {
     EUSERS = 87, "too many users";
     EMSGSIZE = 90, "message too long";
     EOPNOTSUPP = 95, "operation not supported";
-    ETIMEDOUT = 110, "connection timed out";
+    ETIMEDOUT = 110, "timed out";
+    ECONNREFUSED = 111, "connection refused";
     ECANCELED = 125, "operation canceled";
 }
 

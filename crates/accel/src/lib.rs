@@ -1,1 +1,187 @@
-//! placeholder
+//! The accel client library: open a device, allocate buffers, submit jobs, wait on fences.
+//!
+//! Every call is a request to the accel daemon over its Unix socket; buffers are
+//! shared memory mapped into this process, so reading and writing them costs no
+//! message.
+//!
+//! ```no_run
+//! use accel::{Device, Op};
+//! # fn main() -> accel::Result<()> {
+//! let dev = Device::open(0)?;                      // accel0
+//! let buf = dev.alloc(4096)?;                      // zero-filled, mapped here
+//! let queue = dev.create_queue()?;
+//! let fence = queue.submit(Op::Fill { dst: buf.view(0, 4096), pattern: 0xdead_beef })?;
+//! fence.wait()?;                                   // a failed job returns its error
+//! let mut word = [0u8; 4];
+//! buf.read(0, &mut word)?;
+//! assert_eq!(u32::from_le_bytes(word), 0xdead_beef);
+//! # Ok(()) }
+//! ```
+
+mod buffer;
+mod conn;
+mod sync;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub use accel_uapi::{
+    BufView, Category, ClientUsage, DeviceInfo, Errno, FenceStatus, GemmF32, MatView, ObjectCounts, Op, OpKind,
+    SignalPoint, WaitPoint,
+};
+use accel_uapi::{Reply, Request};
+
+pub use buffer::Buffer;
+pub use conn::Connection;
+pub use sync::{Fence, Queue, Syncobj};
+
+/// An error from the daemon (or from reaching it): errno-style code plus message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.name())]
+pub struct Error {
+    /// errno-style code.
+    pub code: Errno,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl Error {
+    pub(crate) fn new(code: Errno, message: impl Into<String>) -> Self {
+        Error { code, message: message.into() }
+    }
+
+    pub(crate) fn os(what: &str, e: rustix::io::Errno) -> Self {
+        let code = u32::try_from(e.raw_os_error()).ok().and_then(Errno::from_raw).unwrap_or(Errno::EIO);
+        Error::new(code, format!("{what}: {e}"))
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where the daemon listens: `$ACCEL_SOCKET`, else `$XDG_RUNTIME_DIR/accel/accel.sock`,
+/// else `/run/accel/accel.sock`.
+pub fn default_socket_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("ACCEL_SOCKET") {
+        return p.into();
+    }
+    let dir = std::env::var_os("XDG_RUNTIME_DIR").map_or_else(|| PathBuf::from("/run"), PathBuf::from);
+    dir.join("accel").join("accel.sock")
+}
+
+fn timeout_ns(timeout: Duration) -> u64 {
+    u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX)
+}
+
+pub(crate) struct Shared {
+    conn: Mutex<Connection>,
+    info: DeviceInfo,
+}
+
+impl Shared {
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn call(&self, req: &Request) -> Result<Reply> {
+        self.conn().call(req)
+    }
+
+    pub(crate) fn call_fd(&self, req: &Request, fd: Option<BorrowedFd<'_>>) -> Result<(Reply, Option<OwnedFd>)> {
+        self.conn().call_fd(req, fd)
+    }
+
+    /// Fire-and-forget release used by destructors: errors are ignored because the
+    /// daemon frees everything of a client when its connection closes anyway.
+    pub(crate) fn release(&self, req: &Request) {
+        let _ = self.call(req);
+    }
+}
+
+/// An open device: one connection to the daemon, bound to one `accelN`.
+///
+/// Cloning is cheap and shares the connection.
+#[derive(Clone)]
+pub struct Device {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").field("minor", &self.shared.info.minor).field("driver", &self.shared.info.driver).finish()
+    }
+}
+
+impl Device {
+    /// Opens `accel<minor>` through the daemon at [`default_socket_path`].
+    pub fn open(minor: u32) -> Result<Device> {
+        Self::open_at(&default_socket_path(), minor)
+    }
+
+    /// Opens `accel<minor>` through the daemon listening at `socket`.
+    pub fn open_at(socket: &Path, minor: u32) -> Result<Device> {
+        let mut conn = Connection::connect(socket)?;
+        let info = match conn.call(&Request::Open { minor })? {
+            Reply::Device(info) => info,
+            other => return Err(conn::unexpected(&other)),
+        };
+        Ok(Device { shared: Arc::new(Shared { conn: Mutex::new(conn), info }) })
+    }
+
+    /// The device as it was when opened.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.shared.info
+    }
+
+    /// This client's id in the daemon.
+    pub fn client_id(&self) -> u64 {
+        self.shared.conn().client_id()
+    }
+
+    /// Allocates a zero-filled buffer of at least `size` bytes, mapped into this process.
+    pub fn alloc(&self, size: u64) -> Result<Buffer> {
+        match self.shared.call(&Request::BoCreate { size })? {
+            Reply::Bo { handle, size } => Buffer::map(self.shared.clone(), handle, size),
+            other => Err(conn::unexpected(&other)),
+        }
+    }
+
+    /// Imports a buffer another client exported ([`Buffer::export`]); both see the same memory.
+    pub fn import(&self, fd: impl AsFd) -> Result<Buffer> {
+        match self.shared.call_fd(&Request::BoImport, Some(fd.as_fd()))?.0 {
+            Reply::Bo { handle, size } => Buffer::map(self.shared.clone(), handle, size),
+            other => Err(conn::unexpected(&other)),
+        }
+    }
+
+    /// Creates a queue whose jobs time out after the device default (10 s).
+    pub fn create_queue(&self) -> Result<Queue> {
+        Queue::create(self.shared.clone(), 0)
+    }
+
+    /// Creates a queue whose jobs time out after `timeout` (at least 1 ms).
+    pub fn create_queue_with_timeout(&self, timeout: Duration) -> Result<Queue> {
+        Queue::create(self.shared.clone(), u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1))
+    }
+
+    /// Creates a syncobj: a timeline (points 1, 2, …) or a binary one.
+    pub fn create_syncobj(&self, timeline: bool) -> Result<Syncobj> {
+        Syncobj::create(self.shared.clone(), timeline)
+    }
+
+    /// Waits for all (or any) of `points`. Returns the first signalled index and
+    /// every point's status; `ETIMEDOUT` if time runs out.
+    pub fn wait(&self, points: &[WaitPoint], all: bool, timeout: Duration) -> Result<(u32, Vec<FenceStatus>)> {
+        match self.shared.call(&Request::Wait { points: points.to_vec(), all, timeout_ns: timeout_ns(timeout) })? {
+            Reply::Waited { first, status } => Ok((first, status)),
+            other => Err(conn::unexpected(&other)),
+        }
+    }
+
+    /// Sends any request on this device's connection (for tools and tests).
+    pub fn request(&self, req: &Request) -> Result<Reply> {
+        self.shared.call(req)
+    }
+}

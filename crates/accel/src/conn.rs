@@ -1,0 +1,115 @@
+//! One connection to the daemon: handshake, numbered requests, replies with descriptors.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use accel_uapi::wire::{self, Kind, ABI_MAJOR, ABI_MINOR, MAX_MESSAGE};
+use accel_uapi::{transport, ClientUsage, DeviceInfo, Errno, ObjectCounts, Reply, Request};
+
+use crate::{Error, Result};
+
+pub(crate) fn unexpected(reply: &Reply) -> Error {
+    Error::new(Errno::EPROTO, format!("unexpected reply from daemon: {reply:?}"))
+}
+
+/// A handshaken connection to the daemon. [`crate::Device`] wraps one; use it
+/// directly for device-independent requests (`list`, `info`, stats).
+pub struct Connection {
+    sock: OwnedFd,
+    seq: u32,
+    buf: Vec<u8>,
+    client_id: u64,
+    server: String,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("client_id", &self.client_id).field("server", &self.server).finish()
+    }
+}
+
+impl Connection {
+    /// Connects to the daemon at `socket` and performs the version handshake.
+    pub fn connect(socket: &Path) -> Result<Connection> {
+        let sock = transport::connect(socket)
+            .map_err(|e| Error::os(&format!("cannot reach the accel daemon at {} (is `accel daemon` running?)", socket.display()), e))?;
+        let mut conn = Connection { sock, seq: 0, buf: vec![0; MAX_MESSAGE + 1], client_id: 0, server: String::new() };
+        let name = std::env::args().next().unwrap_or_default();
+        let name = Path::new(&name).file_name().map_or(name.clone(), |n| n.to_string_lossy().into_owned());
+        match conn.call(&Request::Hello { abi_major: ABI_MAJOR, abi_minor: ABI_MINOR, name })? {
+            Reply::Hello { client_id, server, .. } => {
+                conn.client_id = client_id;
+                conn.server = server;
+                Ok(conn)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Id the daemon gave this client.
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// Daemon version string.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Sends a request and returns its reply; an error reply becomes `Err`.
+    pub fn call(&mut self, req: &Request) -> Result<Reply> {
+        Ok(self.call_fd(req, None)?.0)
+    }
+
+    /// Sends a request with an optional descriptor; returns the reply and any descriptor in it.
+    pub fn call_fd(&mut self, req: &Request, fd: Option<BorrowedFd<'_>>) -> Result<(Reply, Option<OwnedFd>)> {
+        self.seq = self.seq.wrapping_add(1);
+        let bytes = wire::encode(Kind::Request, self.seq, req).map_err(|c| Error::new(c, "request too large"))?;
+        self.call_raw(&bytes, fd)
+    }
+
+    /// Sends raw bytes as one message and reads one reply (tests use it to send garbage).
+    pub fn call_raw(&mut self, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> Result<(Reply, Option<OwnedFd>)> {
+        transport::send(self.sock.as_fd(), bytes, fd).map_err(|e| Error::os("send to daemon", e))?;
+        let r = transport::recv(self.sock.as_fd(), &mut self.buf)
+            .map_err(|e| Error::os("receive from daemon", e))?
+            .ok_or_else(|| Error::new(Errno::EPIPE, "the daemon closed the connection"))?;
+        let (_, reply) = wire::decode::<Reply>(Kind::Reply, &self.buf[..r.len]).map_err(|e| Error::new(e.code, e.message))?;
+        match reply {
+            Reply::Error { code, message } => Err(Error { code, message }),
+            reply => Ok((reply, r.fd)),
+        }
+    }
+
+    /// All devices.
+    pub fn list_devices(&mut self) -> Result<Vec<DeviceInfo>> {
+        match self.call(&Request::ListDevices)? {
+            Reply::Devices(d) => Ok(d),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// One device.
+    pub fn device_info(&mut self, minor: u32) -> Result<DeviceInfo> {
+        match self.call(&Request::DeviceInfo { minor })? {
+            Reply::Device(d) => Ok(d),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Live object counts of the whole daemon.
+    pub fn stats(&mut self) -> Result<ObjectCounts> {
+        match self.call(&Request::Stats)? {
+            Reply::Stats(s) => Ok(s),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Usage of every client.
+    pub fn clients(&mut self) -> Result<Vec<ClientUsage>> {
+        match self.call(&Request::Clients)? {
+            Reply::Clients(c) => Ok(c),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
