@@ -1,1 +1,182 @@
-fn main(){}
+//! `accel`: run the daemon, inspect devices, run the demo and the benchmarks.
+
+mod bench;
+mod demo;
+mod spawn;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "accel",
+    version,
+    about = "accel: userspace accelerator subsystem"
+)]
+struct Cli {
+    /// Daemon socket (default: $ACCEL_SOCKET, else $XDG_RUNTIME_DIR/accel/accel.sock, else /run/accel/accel.sock).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon in the foreground.
+    Daemon {
+        /// Device to register, DRIVER[:CATEGORY] (cpu, testdev; shared, exclusive, oneshot). Repeatable.
+        #[arg(long = "device", default_values = ["cpu"])]
+        devices: Vec<String>,
+        /// Default job timeout in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        job_timeout_ms: u64,
+    },
+    /// List devices.
+    List {
+        /// Print JSON-like debug output instead of a table.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Show one device.
+    Info {
+        /// Minor number N of accelN.
+        minor: u32,
+    },
+    /// Show live object counts and per-client usage.
+    Stats,
+    /// Start a daemon with the cpu device, run a GEMM through it and verify the result.
+    Demo {
+        /// Matrix size n (n×n GEMM).
+        #[arg(long, default_value_t = 512)]
+        n: usize,
+    },
+    /// Benchmarks; each prints one JSON object per line.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ACCEL_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let socket = cli.socket.unwrap_or_else(accel::default_socket_path);
+    match cli.cmd {
+        Cmd::Daemon {
+            devices,
+            job_timeout_ms,
+        } => run_daemon(socket, &devices, job_timeout_ms),
+        Cmd::List { verbose } => list(&socket, verbose),
+        Cmd::Info { minor } => info(&socket, minor),
+        Cmd::Stats => stats(&socket),
+        Cmd::Demo { n } => demo::run(n),
+        Cmd::Bench { which } => bench::run(which),
+    }
+}
+
+fn run_daemon(socket: PathBuf, specs: &[String], job_timeout_ms: u64) -> Result<()> {
+    let mut devices = Vec::new();
+    for spec in specs {
+        let mut cfg = acceld::parse_device_spec(spec)?;
+        cfg.job_timeout = std::time::Duration::from_millis(job_timeout_ms.max(1));
+        devices.push(cfg);
+    }
+    let daemon = acceld::Daemon::bind(&socket, devices)?;
+    acceld::exit_on_signals(socket.clone())?;
+    for d in daemon.subsystem().list_devices() {
+        tracing::info!(
+            "accel{}: {} ({}), {}",
+            d.minor,
+            d.driver,
+            d.name,
+            d.category.name()
+        );
+    }
+    tracing::info!("listening on {}", socket.display());
+    daemon.serve().context("accept loop failed")
+}
+
+fn connect(socket: &std::path::Path) -> Result<accel::Connection> {
+    Ok(accel::Connection::connect(socket)?)
+}
+
+fn list(socket: &std::path::Path, verbose: bool) -> Result<()> {
+    let devices = connect(socket)?.list_devices()?;
+    if verbose {
+        for d in &devices {
+            println!("{d:#?}");
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<8} {:<8} {:<10} {:>8} {:>12}  NAME",
+        "DEVICE", "DRIVER", "CATEGORY", "CLIENTS", "MEMORY"
+    );
+    for d in devices {
+        println!(
+            "accel{:<3} {:<8} {:<10} {:>8} {:>9} MiB  {}",
+            d.minor,
+            d.driver,
+            d.category.name(),
+            d.open_clients,
+            d.memory_bytes >> 20,
+            d.name
+        );
+    }
+    Ok(())
+}
+
+fn info(socket: &std::path::Path, minor: u32) -> Result<()> {
+    let d = connect(socket)?.device_info(minor)?;
+    let names = |v: Vec<&str>| v.join(", ");
+    println!("accel{}", d.minor);
+    println!("  driver:      {}", d.driver);
+    println!("  name:        {}", d.name);
+    println!("  vendor:      {}", d.vendor);
+    println!(
+        "  category:    {} (supports {})",
+        d.category.name(),
+        names(d.supported_categories.iter().map(|c| c.name()).collect())
+    );
+    println!(
+        "  ops:         {}",
+        names(d.ops.iter().map(|o| o.name()).collect())
+    );
+    println!("  memory:      {} MiB", d.memory_bytes >> 20);
+    println!("  compute:     {} units", d.compute_units);
+    println!("  clients:     {}", d.open_clients);
+    if let Some(owner) = d.exclusive_owner {
+        println!("  held by:     client {owner}");
+    }
+    Ok(())
+}
+
+fn stats(socket: &std::path::Path) -> Result<()> {
+    let mut conn = connect(socket)?;
+    let s = conn.stats()?;
+    println!(
+        "clients {}  buffers {} ({} bytes)  fences {}  syncobjs {}  queues {}  jobs {}",
+        s.clients, s.buffers, s.buffer_bytes, s.fences, s.syncobjs, s.queues, s.jobs
+    );
+    println!(
+        "{:>6} {:>8} {:<16} {:>7} {:>14} {:>10} {:>12}",
+        "CLIENT", "PID", "NAME", "DEVICE", "ENGINE-NS", "JOBS", "MEMORY"
+    );
+    for c in conn.clients()? {
+        let dev = c.device.map_or("-".to_string(), |d| format!("accel{d}"));
+        println!(
+            "{:>6} {:>8} {:<16} {:>7} {:>14} {:>10} {:>12}",
+            c.client_id, c.pid, c.name, dev, c.engine_ns, c.jobs_completed, c.memory_bytes
+        );
+    }
+    Ok(())
+}

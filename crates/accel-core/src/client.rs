@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use accel_uapi::{
-    BoHandle, BufView, ClientUsage, Errno, FenceHandle, FenceStatus, MatView, Op, QueueHandle, SignalPoint,
-    SyncobjHandle, WaitPoint,
+    BoHandle, BufView, ClientUsage, Errno, FenceHandle, FenceStatus, MatView, Op, QueueHandle,
+    SignalPoint, SyncobjHandle, WaitPoint,
 };
 use slotmap::{Key, KeyData, SlotMap};
 
@@ -109,8 +109,17 @@ fn insert<K: Key, V>(table: &mut SlotMap<K, V>, what: &str, v: V) -> Result<u64>
     Ok(raw(table.insert(v)))
 }
 
-fn lookup<'a, K: Key + From<KeyData>, V>(table: &'a SlotMap<K, V>, what: &str, h: u64) -> Result<&'a V> {
-    table.get(key(h)).ok_or_else(|| Error::new(Errno::ENOENT, format!("no {what} with handle {h:#x} (stale or never issued)")))
+fn lookup<'a, K: Key + From<KeyData>, V>(
+    table: &'a SlotMap<K, V>,
+    what: &str,
+    h: u64,
+) -> Result<&'a V> {
+    table.get(key(h)).ok_or_else(|| {
+        Error::new(
+            Errno::ENOENT,
+            format!("no {what} with handle {h:#x} (stale or never issued)"),
+        )
+    })
 }
 
 fn to_usize(v: u64, what: &str) -> Result<usize> {
@@ -152,7 +161,11 @@ impl Client {
     /// Opens device `minor`; the client then works on that device only.
     pub fn open(&mut self, minor: u32) -> Result<&Arc<Device>> {
         if let Some(d) = &self.device {
-            bail!(EINVAL, "this connection already has accel{} open; open another connection", d.minor);
+            bail!(
+                EINVAL,
+                "this connection already has accel{} open; open another connection",
+                d.minor
+            );
         }
         let dev = self.sub.device(minor)?.clone();
         dev.open(self.id)?;
@@ -161,7 +174,12 @@ impl Client {
     }
 
     fn device(&self) -> Result<&Arc<Device>> {
-        self.device.as_ref().ok_or_else(|| Error::new(Errno::ENODEV, "no device open on this connection: send Open first"))
+        self.device.as_ref().ok_or_else(|| {
+            Error::new(
+                Errno::ENODEV,
+                "no device open on this connection: send Open first",
+            )
+        })
     }
 
     fn add_bo(&mut self, bo: Arc<BufferObject>) -> Result<BoHandle> {
@@ -178,10 +196,18 @@ impl Client {
             bail!(EINVAL, "buffer size must be non-zero");
         }
         let page = rustix::param::page_size() as u64;
-        let Some(size) = size.checked_next_multiple_of(page) else { bail!(EOVERFLOW, "buffer size {size} overflows") };
+        let Some(size) = size.checked_next_multiple_of(page) else {
+            bail!(EOVERFLOW, "buffer size {size} overflows")
+        };
         let Some(charge) = Charge::try_new(&dev.mem_used, size, dev.info.memory_bytes) else {
-            bail!(ENOMEM, "accel{}: {size} bytes exceed the {} bytes of device memory left", dev.minor,
-                dev.info.memory_bytes.saturating_sub(dev.mem_used.load(Ordering::Relaxed)));
+            bail!(
+                ENOMEM,
+                "accel{}: {size} bytes exceed the {} bytes of device memory left",
+                dev.minor,
+                dev.info
+                    .memory_bytes
+                    .saturating_sub(dev.mem_used.load(Ordering::Relaxed))
+            );
         };
         let mem = HostMemory::new(&format!("accel{}-bo", dev.minor), size)?;
         let h = self.add_bo(BufferObject::new(&self.sub.counters, mem, Some(charge)))?;
@@ -199,8 +225,12 @@ impl Client {
 
     /// Drops the handle; the buffer lives on while jobs, mappings or other clients use it.
     pub fn bo_close(&mut self, h: BoHandle) -> Result<()> {
-        let bo = self.bos.remove(key(h.0)).ok_or_else(|| Error::new(Errno::ENOENT, format!("no buffer with handle {:#x}", h.0)))?;
-        self.record.memory_bytes.fetch_sub(bo.size(), Ordering::Relaxed);
+        let bo = self.bos.remove(key(h.0)).ok_or_else(|| {
+            Error::new(Errno::ENOENT, format!("no buffer with handle {:#x}", h.0))
+        })?;
+        self.record
+            .memory_bytes
+            .fetch_sub(bo.size(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -235,16 +265,27 @@ impl Client {
     /// Creates a queue; `timeout_ms == 0` takes the device default.
     pub fn queue_create(&mut self, timeout_ms: u64) -> Result<QueueHandle> {
         let dev = self.device()?;
-        let timeout = if timeout_ms == 0 { dev.job_timeout } else { Duration::from_millis(timeout_ms) };
+        let timeout = if timeout_ms == 0 {
+            dev.job_timeout
+        } else {
+            Duration::from_millis(timeout_ms)
+        };
         let id = self.next_queue_id;
         self.next_queue_id += 1;
-        let q = Queue { id, timeout, _tracked: Tracked::new(&self.sub.counters, Kind::Queue) };
+        let q = Queue {
+            id,
+            timeout,
+            _tracked: Tracked::new(&self.sub.counters, Kind::Queue),
+        };
         Ok(QueueHandle(insert(&mut self.queues, "queue", q)?))
     }
 
     /// Destroys a queue, cancelling its queued jobs.
     pub fn queue_destroy(&mut self, h: QueueHandle) -> Result<()> {
-        let q = self.queues.remove(key(h.0)).ok_or_else(|| Error::new(Errno::ENOENT, format!("no queue with handle {:#x}", h.0)))?;
+        let q = self
+            .queues
+            .remove(key(h.0))
+            .ok_or_else(|| Error::new(Errno::ENOENT, format!("no queue with handle {:#x}", h.0)))?;
         self.device()?.sched.cancel(self.id, Some(q.id));
         Ok(())
     }
@@ -253,27 +294,62 @@ impl Client {
         let bo = self.bo(v.bo)?;
         match v.offset.checked_add(v.len) {
             Some(end) if end <= bo.size() => {}
-            Some(end) => bail!(ERANGE, "view [{}, {end}) is outside buffer {:#x} of {} bytes", v.offset, v.bo.0, bo.size()),
-            None => bail!(EOVERFLOW, "view offset {} + length {} overflows", v.offset, v.len),
+            Some(end) => bail!(
+                ERANGE,
+                "view [{}, {end}) is outside buffer {:#x} of {} bytes",
+                v.offset,
+                v.bo.0,
+                bo.size()
+            ),
+            None => bail!(
+                EOVERFLOW,
+                "view offset {} + length {} overflows",
+                v.offset,
+                v.len
+            ),
         }
-        Ok(BoRange { bo: bo.clone(), offset: to_usize(v.offset, "offset")?, len: to_usize(v.len, "length")? })
+        Ok(BoRange {
+            bo: bo.clone(),
+            offset: to_usize(v.offset, "offset")?,
+            len: to_usize(v.len, "length")?,
+        })
     }
 
     fn matrix(&self, name: &str, v: &MatView, rows: u64, cols: u64) -> Result<BoMatrix> {
         if v.offset % 4 != 0 {
-            bail!(EINVAL, "matrix {name}: offset {} is not 4-byte aligned", v.offset);
+            bail!(
+                EINVAL,
+                "matrix {name}: offset {} is not 4-byte aligned",
+                v.offset
+            );
         }
         if v.row_stride < cols {
-            bail!(EINVAL, "matrix {name}: row stride {} is below its {cols} columns", v.row_stride);
+            bail!(
+                EINVAL,
+                "matrix {name}: row stride {} is below its {cols} columns",
+                v.row_stride
+            );
         }
         let span = (rows - 1)
             .checked_mul(v.row_stride)
             .and_then(|e| e.checked_add(cols))
             .and_then(|e| e.checked_mul(4))
-            .ok_or_else(|| Error::new(Errno::EOVERFLOW, format!("matrix {name}: size overflows")))?;
-        let range = self.range(&BufView { bo: v.bo, offset: v.offset, len: span })
+            .ok_or_else(|| {
+                Error::new(Errno::EOVERFLOW, format!("matrix {name}: size overflows"))
+            })?;
+        let range = self
+            .range(&BufView {
+                bo: v.bo,
+                offset: v.offset,
+                len: span,
+            })
             .map_err(|e| Error::new(e.code, format!("matrix {name}: {}", e.message)))?;
-        Ok(BoMatrix { range, rows: to_usize(rows, "rows")?, cols: to_usize(cols, "cols")?, row_stride: to_usize(v.row_stride, "stride")? })
+        Ok(BoMatrix {
+            range,
+            rows: to_usize(rows, "rows")?,
+            cols: to_usize(cols, "cols")?,
+            row_stride: to_usize(v.row_stride, "stride")?,
+        })
     }
 
     fn resolve_op(&self, op: &Op) -> Result<JobOp> {
@@ -284,18 +360,32 @@ impl Client {
                 if dst.len % 4 != 0 {
                     bail!(EINVAL, "fill length {} is not a multiple of 4", dst.len);
                 }
-                JobOp::Fill { dst, pattern: *pattern }
+                JobOp::Fill {
+                    dst,
+                    pattern: *pattern,
+                }
             }
             Op::Copy { src, dst } => {
                 if src.len != dst.len {
-                    bail!(EINVAL, "copy lengths differ: source {} bytes, destination {} bytes", src.len, dst.len);
+                    bail!(
+                        EINVAL,
+                        "copy lengths differ: source {} bytes, destination {} bytes",
+                        src.len,
+                        dst.len
+                    );
                 }
-                JobOp::Copy { src: self.range(src)?, dst: self.range(dst)? }
+                JobOp::Copy {
+                    src: self.range(src)?,
+                    dst: self.range(dst)?,
+                }
             }
             Op::GemmF32(g) => {
                 for (name, d) in [("m", g.m), ("n", g.n), ("k", g.k)] {
                     if d == 0 || d > MAX_GEMM_DIM {
-                        bail!(EINVAL, "gemm dimension {name} = {d} is outside 1..={MAX_GEMM_DIM}");
+                        bail!(
+                            EINVAL,
+                            "gemm dimension {name} = {d} is outside 1..={MAX_GEMM_DIM}"
+                        );
                     }
                 }
                 let a = self.matrix("A", &g.a, g.m, g.k)?;
@@ -304,9 +394,18 @@ impl Client {
                 if c.range.overlaps(&a.range) || c.range.overlaps(&b.range) {
                     bail!(EINVAL, "gemm destination C overlaps operand A or B");
                 }
-                JobOp::GemmF32 { a, b, c, alpha: g.alpha, beta: g.beta }
+                JobOp::GemmF32 {
+                    a,
+                    b,
+                    c,
+                    alpha: g.alpha,
+                    beta: g.beta,
+                }
             }
-            Op::Driver { code, args } => JobOp::Driver { code: *code, args: *args },
+            Op::Driver { code, args } => JobOp::Driver {
+                code: *code,
+                args: *args,
+            },
         })
     }
 
@@ -323,7 +422,11 @@ impl Client {
 
     fn resolve_waits(&self, points: &[WaitPoint]) -> Result<Vec<Arc<Fence>>> {
         if points.len() > MAX_POINTS {
-            bail!(E2BIG, "{} wait points exceed the limit of {MAX_POINTS}", points.len());
+            bail!(
+                E2BIG,
+                "{} wait points exceed the limit of {MAX_POINTS}",
+                points.len()
+            );
         }
         points.iter().map(|p| self.resolve_wait(p)).collect()
     }
@@ -331,7 +434,13 @@ impl Client {
     /// Queues a job; returns its fence handle and device sequence number.
     ///
     /// Everything is validated before anything changes, so a rejected submit has no effect.
-    pub fn submit(&mut self, queue: QueueHandle, op: &Op, wait: &[WaitPoint], signal: &[SignalPoint]) -> Result<(FenceHandle, u64)> {
+    pub fn submit(
+        &mut self,
+        queue: QueueHandle,
+        op: &Op,
+        wait: &[WaitPoint],
+        signal: &[SignalPoint],
+    ) -> Result<(FenceHandle, u64)> {
         let dev = self.device()?.clone();
         let q = lookup(&self.queues, "queue", queue.0)?;
         let (queue_id, timeout) = (q.id, q.timeout);
@@ -339,24 +448,41 @@ impl Client {
             bail!(EIO, "accel{} is wedged (engine reset failed)", dev.minor);
         }
         if !dev.info.ops.contains(&op.kind()) {
-            bail!(EOPNOTSUPP, "accel{} ({}) does not support the {} operation", dev.minor, dev.info.driver, op.kind().name());
+            bail!(
+                EOPNOTSUPP,
+                "accel{} ({}) does not support the {} operation",
+                dev.minor,
+                dev.info.driver,
+                op.kind().name()
+            );
         }
         let job_op = self.resolve_op(op)?;
         let deps = self.resolve_waits(wait)?;
         if signal.len() > MAX_POINTS {
-            bail!(E2BIG, "{} signal points exceed the limit of {MAX_POINTS}", signal.len());
+            bail!(
+                E2BIG,
+                "{} signal points exceed the limit of {MAX_POINTS}",
+                signal.len()
+            );
         }
         let mut syncs = Vec::with_capacity(signal.len());
         for (i, s) in signal.iter().enumerate() {
             if signal[..i].iter().any(|o| o.handle == s.handle) {
-                bail!(EINVAL, "syncobj {:#x} appears twice in the signal list", s.handle.0);
+                bail!(
+                    EINVAL,
+                    "syncobj {:#x} appears twice in the signal list",
+                    s.handle.0
+                );
             }
             let so = self.syncobj(s.handle)?;
             so.check_attach(s.point)?;
             syncs.push((so.clone(), s.point));
         }
         if self.fences.len() >= MAX_HANDLES {
-            bail!(ENOSPC, "too many fence handles (limit {MAX_HANDLES}); close fences you no longer need");
+            bail!(
+                ENOSPC,
+                "too many fence handles (limit {MAX_HANDLES}); close fences you no longer need"
+            );
         }
         let fence = Fence::new(&self.sub.counters);
         for (so, point) in syncs {
@@ -364,28 +490,51 @@ impl Client {
         }
         let seqno = dev.next_seqno();
         let counters = &self.sub.counters;
-        let job = Job::new(counters, self.id, queue_id, job_op, deps, fence.clone(), timeout, self.record.usage.clone());
+        let job = Job::new(
+            counters,
+            self.id,
+            queue_id,
+            job_op,
+            deps,
+            fence.clone(),
+            timeout,
+            self.record.usage.clone(),
+        );
         dev.sched.push(job);
-        Ok((FenceHandle(insert(&mut self.fences, "fence", fence)?), seqno))
+        Ok((
+            FenceHandle(insert(&mut self.fences, "fence", fence)?),
+            seqno,
+        ))
     }
 
     /// Waits for all or any of `points`; see [`wait_fences`].
-    pub fn wait(&self, points: &[WaitPoint], all: bool, timeout: Duration, interrupted: &dyn Fn() -> bool) -> Result<(u32, Vec<FenceStatus>)> {
+    pub fn wait(
+        &self,
+        points: &[WaitPoint],
+        all: bool,
+        timeout: Duration,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<(u32, Vec<FenceStatus>)> {
         let fences = self.resolve_waits(points)?;
         wait_fences(&fences, all, timeout, interrupted)
     }
 
     /// Drops a fence handle.
     pub fn fence_close(&mut self, h: FenceHandle) -> Result<()> {
-        self.fences.remove(key(h.0)).map(drop).ok_or_else(|| Error::new(Errno::ENOENT, format!("no fence with handle {:#x}", h.0)))
+        self.fences
+            .remove(key(h.0))
+            .map(drop)
+            .ok_or_else(|| Error::new(Errno::ENOENT, format!("no fence with handle {:#x}", h.0)))
     }
 
     /// An eventfd that becomes readable (value 1) when the point signals.
     pub fn export_sync_fd(&self, p: &WaitPoint) -> Result<OwnedFd> {
         use rustix::event::{eventfd, EventfdFlags};
         let fence = self.resolve_wait(p)?;
-        let efd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(|e| Error::new(Errno::ENOMEM, format!("eventfd: {e}")))?;
-        let ours = rustix::io::fcntl_dupfd_cloexec(&efd, 0).map_err(|e| Error::new(Errno::EBADF, format!("dup: {e}")))?;
+        let efd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map_err(|e| Error::new(Errno::ENOMEM, format!("eventfd: {e}")))?;
+        let ours = rustix::io::fcntl_dupfd_cloexec(&efd, 0)
+            .map_err(|e| Error::new(Errno::EBADF, format!("dup: {e}")))?;
         fence.on_signal(move |_| {
             let _ = rustix::io::write(&ours, &1u64.to_ne_bytes());
         });
@@ -395,13 +544,20 @@ impl Client {
     /// Creates a syncobj.
     pub fn syncobj_create(&mut self, timeline: bool, signaled: bool) -> Result<SyncobjHandle> {
         let c = &self.sub.counters;
-        let so = Arc::new(if timeline { Syncobj::timeline(c) } else { Syncobj::binary(c, signaled) });
+        let so = Arc::new(if timeline {
+            Syncobj::timeline(c)
+        } else {
+            Syncobj::binary(c, signaled)
+        });
         Ok(SyncobjHandle(insert(&mut self.syncobjs, "syncobj", so)?))
     }
 
     /// Destroys a syncobj handle.
     pub fn syncobj_destroy(&mut self, h: SyncobjHandle) -> Result<()> {
-        self.syncobjs.remove(key(h.0)).map(drop).ok_or_else(|| Error::new(Errno::ENOENT, format!("no syncobj with handle {:#x}", h.0)))
+        self.syncobjs
+            .remove(key(h.0))
+            .map(drop)
+            .ok_or_else(|| Error::new(Errno::ENOENT, format!("no syncobj with handle {:#x}", h.0)))
     }
 
     /// Signals a syncobj point from the host.

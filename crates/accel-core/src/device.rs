@@ -23,7 +23,11 @@ pub struct DeviceConfig {
 impl DeviceConfig {
     /// A device with the driver's default category and a 10 s job timeout.
     pub fn new(driver: Arc<dyn Driver>) -> Self {
-        DeviceConfig { driver, category: None, job_timeout: Duration::from_secs(10) }
+        DeviceConfig {
+            driver,
+            category: None,
+            job_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -50,12 +54,23 @@ impl Device {
     pub fn new(minor: u32, config: DeviceConfig) -> Result<Device> {
         let info = config.driver.info();
         let category = match config.category {
-            None => *info.categories.first().ok_or_else(|| Error::new(accel_uapi::Errno::EINVAL, "driver supports no category"))?,
+            None => *info.categories.first().ok_or_else(|| {
+                Error::new(accel_uapi::Errno::EINVAL, "driver supports no category")
+            })?,
             Some(c) if info.categories.contains(&c) => c,
-            Some(c) => bail!(EINVAL, "driver {} does not support the {} category", info.driver, c.name()),
+            Some(c) => bail!(
+                EINVAL,
+                "driver {} does not support the {} category",
+                info.driver,
+                c.name()
+            ),
         };
-        let sched = Scheduler::new(config.driver, &format!("accel{minor}"))
-            .map_err(|e| Error::new(accel_uapi::Errno::ENOMEM, format!("starting scheduler: {e}")))?;
+        let sched = Scheduler::new(config.driver, &format!("accel{minor}")).map_err(|e| {
+            Error::new(
+                accel_uapi::Errno::ENOMEM,
+                format!("starting scheduler: {e}"),
+            )
+        })?;
         Ok(Device {
             minor,
             info,
@@ -91,7 +106,11 @@ impl Device {
         if self.category == Category::Exclusive {
             let mut owner = lock(&self.owner);
             if let Some(o) = *owner {
-                bail!(EBUSY, "accel{} is exclusive and held by client {o}", self.minor);
+                bail!(
+                    EBUSY,
+                    "accel{} is exclusive and held by client {o}",
+                    self.minor
+                );
             }
             *owner = Some(client_id);
         }

@@ -93,7 +93,11 @@ impl AbortToken {
     /// Sleeps up to `timeout`, waking early on abort; returns true if aborted.
     pub fn sleep(&self, timeout: Duration) -> bool {
         let g = lock(&self.0 .0);
-        let (g, _) = self.0 .1.wait_timeout_while(g, timeout, |a| !*a).unwrap_or_else(|e| e.into_inner());
+        let (g, _) = self
+            .0
+             .1
+            .wait_timeout_while(g, timeout, |a| !*a)
+            .unwrap_or_else(|e| e.into_inner());
         *g
     }
 }

@@ -29,7 +29,9 @@ pub struct Fence {
 
 impl std::fmt::Debug for Fence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fence").field("status", &self.status()).finish()
+        f.debug_struct("Fence")
+            .field("status", &self.status())
+            .finish()
     }
 }
 
@@ -37,7 +39,10 @@ impl Fence {
     /// A new unsignalled fence.
     pub fn new(counters: &Arc<Counters>) -> Arc<Fence> {
         Arc::new(Fence {
-            state: Mutex::new(FenceState { status: FenceStatus::Pending, callbacks: Vec::new() }),
+            state: Mutex::new(FenceState {
+                status: FenceStatus::Pending,
+                callbacks: Vec::new(),
+            }),
             cond: Condvar::new(),
             _tracked: Tracked::new(counters, Kind::Fence),
         })
@@ -175,14 +180,21 @@ pub fn wait_fences(
         if interrupted() {
             bail!(ECANCELED, "wait interrupted: client went away");
         }
-        guard = waker.1.wait_timeout(guard, remaining.min(INTERRUPT_POLL)).unwrap_or_else(|e| e.into_inner()).0;
+        guard = waker
+            .1
+            .wait_timeout(guard, remaining.min(INTERRUPT_POLL))
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
     }
 }
 
 enum SyncobjState {
     Binary(Option<Arc<Fence>>),
     /// Points not yet known to have signalled successfully, above `base`.
-    Timeline { base: u64, points: BTreeMap<u64, Arc<Fence>> },
+    Timeline {
+        base: u64,
+        points: BTreeMap<u64, Arc<Fence>>,
+    },
 }
 
 /// A synchronisation object: a binary slot for a fence, or a timeline of points.
@@ -201,22 +213,37 @@ impl Syncobj {
 
     /// A timeline syncobj at point 0.
     pub fn timeline(counters: &Arc<Counters>) -> Syncobj {
-        Self::with(counters, SyncobjState::Timeline { base: 0, points: BTreeMap::new() })
+        Self::with(
+            counters,
+            SyncobjState::Timeline {
+                base: 0,
+                points: BTreeMap::new(),
+            },
+        )
     }
 
     fn with(counters: &Arc<Counters>, state: SyncobjState) -> Syncobj {
-        Syncobj { state: Mutex::new(state), counters: counters.clone(), _tracked: Tracked::new(counters, Kind::Syncobj) }
+        Syncobj {
+            state: Mutex::new(state),
+            counters: counters.clone(),
+            _tracked: Tracked::new(counters, Kind::Syncobj),
+        }
     }
 
     /// Checks that `attach(point, _)` would succeed, without attaching.
     pub fn check_attach(&self, point: u64) -> Result<()> {
         match &*lock(&self.state) {
-            SyncobjState::Binary(_) if point != 0 => bail!(EINVAL, "binary syncobj takes point 0, got {point}"),
+            SyncobjState::Binary(_) if point != 0 => {
+                bail!(EINVAL, "binary syncobj takes point 0, got {point}")
+            }
             SyncobjState::Binary(_) => Ok(()),
             SyncobjState::Timeline { base, points } => {
                 let last = points.keys().next_back().copied().unwrap_or(*base);
                 if point <= last {
-                    bail!(EINVAL, "timeline point {point} must be above the last point {last}");
+                    bail!(
+                        EINVAL,
+                        "timeline point {point} must be above the last point {last}"
+                    );
                 }
                 Ok(())
             }
@@ -290,7 +317,10 @@ impl Syncobj {
     /// Binary: 1 if signalled, else 0.
     pub fn query(&self) -> u64 {
         match &mut *lock(&self.state) {
-            SyncobjState::Binary(f) => u64::from(f.as_ref().is_some_and(|f| f.status() != FenceStatus::Pending)),
+            SyncobjState::Binary(f) => u64::from(
+                f.as_ref()
+                    .is_some_and(|f| f.status() != FenceStatus::Pending),
+            ),
             SyncobjState::Timeline { base, points } => {
                 Self::prune(base, points);
                 *base
@@ -330,7 +360,10 @@ mod tests {
     #[test]
     fn wait_times_out_with_etimedout() {
         let c = counters();
-        let err = wait_fences(&[Fence::new(&c)], true, Duration::from_millis(20), &|| false).unwrap_err();
+        let err = wait_fences(&[Fence::new(&c)], true, Duration::from_millis(20), &|| {
+            false
+        })
+        .unwrap_err();
         assert_eq!(err.code, Errno::ETIMEDOUT);
     }
 

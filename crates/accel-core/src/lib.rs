@@ -111,7 +111,10 @@ impl Subsystem {
 
     /// Usage of every connected client.
     pub fn client_usage(&self) -> Vec<ClientUsage> {
-        lock(&self.clients).iter().map(|(id, r)| r.usage(*id)).collect()
+        lock(&self.clients)
+            .iter()
+            .map(|(id, r)| r.usage(*id))
+            .collect()
     }
 
     fn register_export(&self, bo: &Arc<BufferObject>) {
@@ -122,6 +125,8 @@ impl Subsystem {
 
     fn find_export(&self, fd: &OwnedFd) -> Option<Arc<BufferObject>> {
         let st = rustix::fs::fstat(fd).ok()?;
-        lock(&self.exports).get(&(st.st_dev, st.st_ino)).and_then(Weak::upgrade)
+        lock(&self.exports)
+            .get(&(st.st_dev, st.st_ino))
+            .and_then(Weak::upgrade)
     }
 }

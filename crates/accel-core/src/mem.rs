@@ -39,7 +39,9 @@ impl HostMemory {
         if len == 0 {
             bail!(EINVAL, "buffer size must be non-zero");
         }
-        let Ok(size) = usize::try_from(len) else { bail!(ENOMEM, "buffer size {len} does not fit in memory") };
+        let Ok(size) = usize::try_from(len) else {
+            bail!(ENOMEM, "buffer size {len} does not fit in memory")
+        };
         let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
             .map_err(os_err(Errno::ENOMEM, "memfd_create"))?;
         rustix::fs::ftruncate(&fd, len).map_err(os_err(Errno::ENOMEM, "ftruncate"))?;
@@ -50,10 +52,17 @@ impl HostMemory {
 
     /// Maps a descriptor a client passed in. It must be a memfd sealed against shrinking.
     pub fn import(fd: OwnedFd) -> Result<Self> {
-        let seals = rustix::fs::fcntl_get_seals(&fd)
-            .map_err(|_| Error::new(Errno::EINVAL, "descriptor is not a memfd (no seals); only accel buffer fds can be imported"))?;
+        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| {
+            Error::new(
+                Errno::EINVAL,
+                "descriptor is not a memfd (no seals); only accel buffer fds can be imported",
+            )
+        })?;
         if !seals.contains(SealFlags::SHRINK) {
-            bail!(EINVAL, "memfd is not sealed against shrinking; refusing to map it");
+            bail!(
+                EINVAL,
+                "memfd is not sealed against shrinking; refusing to map it"
+            );
         }
         let stat = rustix::fs::fstat(&fd).map_err(os_err(Errno::EBADF, "fstat"))?;
         let size = usize::try_from(stat.st_size).unwrap_or(0);
@@ -68,11 +77,24 @@ impl HostMemory {
         // SAFETY: a fresh shared mapping chosen by the kernel (null hint) overlaps nothing
         // of ours; the file is sealed against shrinking so the mapping never faults.
         let ptr = unsafe {
-            rustix::mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &fd, 0)
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )
         }
         .map_err(os_err(Errno::ENOMEM, "mmap"))?;
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| Error::new(Errno::ENOMEM, "mmap returned null"))?;
-        Ok(HostMemory { fd, ptr, len, inode: (stat.st_dev, stat.st_ino) })
+        let ptr = NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| Error::new(Errno::ENOMEM, "mmap returned null"))?;
+        Ok(HostMemory {
+            fd,
+            ptr,
+            len,
+            inode: (stat.st_dev, stat.st_ino),
+        })
     }
 
     /// Start of the mapping.

@@ -59,7 +59,16 @@ impl Job {
         timeout: Duration,
         usage: Arc<UsageCounters>,
     ) -> Job {
-        Job { client_id, queue_id, op, deps, fence, timeout, usage, _tracked: Tracked::new(counters, Kind::Job) }
+        Job {
+            client_id,
+            queue_id,
+            op,
+            deps,
+            fence,
+            timeout,
+            usage,
+            _tracked: Tracked::new(counters, Kind::Job),
+        }
     }
 
     fn belongs_to(&self, client_id: u64, queue_id: Option<u64>) -> bool {
@@ -106,8 +115,12 @@ impl Scheduler {
         });
         let (w, d) = (shared.clone(), shared.clone());
         let threads = vec![
-            std::thread::Builder::new().name(format!("{name}-sched")).spawn(move || w.worker())?,
-            std::thread::Builder::new().name(format!("{name}-watchdog")).spawn(move || d.watchdog())?,
+            std::thread::Builder::new()
+                .name(format!("{name}-sched"))
+                .spawn(move || w.worker())?,
+            std::thread::Builder::new()
+                .name(format!("{name}-watchdog"))
+                .spawn(move || d.watchdog())?,
         ];
         Ok(Scheduler { shared, threads })
     }
@@ -123,8 +136,9 @@ impl Scheduler {
     pub fn cancel(&self, client_id: u64, queue_id: Option<u64>) {
         let cancelled: Vec<Job> = {
             let mut jobs = lock(&self.shared.jobs);
-            let (out, keep): (VecDeque<Job>, VecDeque<Job>) =
-                std::mem::take(&mut *jobs).into_iter().partition(|j| j.belongs_to(client_id, queue_id));
+            let (out, keep): (VecDeque<Job>, VecDeque<Job>) = std::mem::take(&mut *jobs)
+                .into_iter()
+                .partition(|j| j.belongs_to(client_id, queue_id));
             *jobs = keep;
             out.into()
         };
@@ -133,7 +147,10 @@ impl Scheduler {
         }
         let mut running = lock(&self.shared.running);
         if let Some(r) = running.as_mut() {
-            if r.client_id == client_id && queue_id.is_none_or(|q| q == r.queue_id) && r.reason.is_none() {
+            if r.client_id == client_id
+                && queue_id.is_none_or(|q| q == r.queue_id)
+                && r.reason.is_none()
+            {
                 r.reason = Some(Errno::ECANCELED);
                 r.ctx.abort.abort();
             }
@@ -185,7 +202,10 @@ impl Shared {
 
     fn worker(&self) {
         while let Some(job) = self.next_job() {
-            let ctx = JobCtx { abort: AbortToken::default(), client_id: job.client_id };
+            let ctx = JobCtx {
+                abort: AbortToken::default(),
+                client_id: job.client_id,
+            };
             *lock(&self.running) = Some(Running {
                 client_id: job.client_id,
                 queue_id: job.queue_id,
@@ -193,7 +213,9 @@ impl Shared {
                 ctx: ctx.clone(),
                 reason: None,
             });
-            let result = self.wait_deps(&job, &ctx).and_then(|()| self.run(&job, &ctx));
+            let result = self
+                .wait_deps(&job, &ctx)
+                .and_then(|()| self.run(&job, &ctx));
             let reason = lock(&self.running).take().and_then(|r| r.reason);
             job.fence.signal(reason.map_or(result, Err));
             // Dropping the job here releases its buffers before the next one starts.
@@ -204,8 +226,15 @@ impl Shared {
         if job.deps.is_empty() {
             return Ok(());
         }
-        let (_, status) = wait_fences(&job.deps, true, Duration::MAX, &|| ctx.abort.is_aborted()).map_err(|e| e.code)?;
-        match status.into_iter().find_map(|s| if let FenceStatus::Error(e) = s { Some(e) } else { None }) {
+        let (_, status) = wait_fences(&job.deps, true, Duration::MAX, &|| ctx.abort.is_aborted())
+            .map_err(|e| e.code)?;
+        match status.into_iter().find_map(|s| {
+            if let FenceStatus::Error(e) = s {
+                Some(e)
+            } else {
+                None
+            }
+        }) {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -221,7 +250,9 @@ impl Shared {
         }
         self.running_cond.notify_all();
         let result = self.driver.run_job(&job.op, ctx);
-        job.usage.engine_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        job.usage
+            .engine_ns
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         job.usage.jobs_completed.fetch_add(1, Ordering::Relaxed);
         result
     }
@@ -244,10 +275,18 @@ impl Shared {
                     running = lock(&self.running);
                     continue;
                 }
-                Some(Running { deadline: Some(d), reason: None, .. }) => *d - now,
+                Some(Running {
+                    deadline: Some(d),
+                    reason: None,
+                    ..
+                }) => *d - now,
                 _ => Duration::from_secs(1),
             };
-            running = self.running_cond.wait_timeout(running, wait).unwrap_or_else(|e| e.into_inner()).0;
+            running = self
+                .running_cond
+                .wait_timeout(running, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }

@@ -2,8 +2,8 @@
 //! threads. GEMM runs on the `gemm` crate (SIMD micro-kernels, multithreaded
 //! through rayon for large problems).
 
-use accel_core::driver::{host, Driver, DriverInfo, JobCtx, JobOp};
 use accel_core::bo::BoMatrix;
+use accel_core::driver::{host, Driver, DriverInfo, JobCtx, JobOp};
 use accel_uapi::{Category, Errno, OpKind};
 
 /// Below this many multiply-adds a GEMM runs on one thread: spawning costs more.
@@ -20,7 +20,10 @@ impl CpuDevice {
     /// A device using every available CPU and up to half the machine's memory.
     pub fn new() -> Self {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        CpuDevice { threads, memory_bytes: mem_total().map_or(1 << 32, |m| m / 2) }
+        CpuDevice {
+            threads,
+            memory_bytes: mem_total().map_or(1 << 32, |m| m / 2),
+        }
     }
 
     /// Sets how many threads a GEMM may use.
@@ -44,7 +47,12 @@ impl Default for CpuDevice {
 
 fn mem_total() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb = info.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim();
+    let kb = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim();
     kb.parse::<u64>().ok().map(|k| k * 1024)
 }
 
@@ -56,38 +64,57 @@ fn cpu_model() -> (String, String) {
             .and_then(|l| l.split_once(':'))
             .map(|(_, v)| v.trim().to_string())
     };
-    (field("model name").unwrap_or_else(|| "host CPU".into()), field("vendor_id").unwrap_or_else(|| "unknown".into()))
+    (
+        field("model name").unwrap_or_else(|| "host CPU".into()),
+        field("vendor_id").unwrap_or_else(|| "unknown".into()),
+    )
 }
 
-/// `C = alpha·A·B + beta·C` on row-major matrices, with `threads` threads.
+/// `C = alpha·A·B + beta·C` on row-major f32 matrices (A m×k, B k×n, C m×n;
+/// `lda`/`ldb`/`ldc` are row strides in elements), with up to `threads` threads.
+///
+/// The bench calls this same function in-process as the baseline for the daemon.
 ///
 /// # Safety
-/// The matrices must describe memory that stays mapped for the call, with C not
-/// overlapping A or B. accel-core guarantees both for every job it hands a driver.
-pub unsafe fn gemm_f32(a: &BoMatrix, b: &BoMatrix, c: &BoMatrix, alpha: f32, beta: f32, threads: usize) {
-    let (m, n, k) = (c.rows, c.cols, a.cols);
+/// The pointers must be valid for the spans the dimensions and strides describe,
+/// for the whole call, with C not overlapping A or B.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+    threads: usize,
+) {
     let parallelism = if threads > 1 && m * n * k >= PARALLEL_MIN_FLOPS {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: per this function's contract; strides are in elements, rows are contiguous.
+    // SAFETY: per this function's contract; column stride 1, row strides as given.
     // The gemm crate computes dst := alpha·dst + beta·lhs·rhs, so BLAS alpha/beta swap.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.range.ptr().cast::<f32>(),
+            c,
             1,
-            c.row_stride as isize,
+            ldc as isize,
             beta != 0.0,
-            a.range.ptr().cast::<f32>(),
+            a,
             1,
-            a.row_stride as isize,
-            b.range.ptr().cast::<f32>(),
+            lda as isize,
+            b,
             1,
-            b.row_stride as isize,
+            ldb as isize,
             beta,
             alpha,
             false,
@@ -96,6 +123,43 @@ pub unsafe fn gemm_f32(a: &BoMatrix, b: &BoMatrix, c: &BoMatrix, alpha: f32, bet
             parallelism,
         )
     }
+}
+
+fn gemm_job(
+    a: &BoMatrix,
+    b: &BoMatrix,
+    c: &BoMatrix,
+    alpha: f32,
+    beta: f32,
+    threads: usize,
+) -> Result<(), Errno> {
+    let (pa, pb, pc) = (
+        a.range.ptr().cast::<f32>(),
+        b.range.ptr().cast::<f32>(),
+        c.range.ptr().cast::<f32>(),
+    );
+    if !pa.is_aligned() || !pb.is_aligned() || !pc.is_aligned() {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: core validated the views (in bounds, C disjoint from A and B) and the job
+    // holds the buffers, so the memory stays mapped for the call.
+    unsafe {
+        sgemm(
+            c.rows,
+            c.cols,
+            a.cols,
+            pa,
+            a.row_stride,
+            pb,
+            b.row_stride,
+            pc,
+            c.row_stride,
+            alpha,
+            beta,
+            threads,
+        )
+    };
+    Ok(())
 }
 
 impl Driver for CpuDevice {
@@ -117,14 +181,13 @@ impl Driver for CpuDevice {
             JobOp::Nop => {}
             JobOp::Fill { dst, pattern } => host::fill(dst, *pattern),
             JobOp::Copy { src, dst } => host::copy(src, dst),
-            JobOp::GemmF32 { a, b, c, alpha, beta } => {
-                if a.range.ptr().align_offset(4) != 0 || b.range.ptr().align_offset(4) != 0 || c.range.ptr().align_offset(4) != 0 {
-                    return Err(Errno::EINVAL);
-                }
-                // SAFETY: core validated the views (in bounds, C disjoint from A and B) and the
-                // job holds the buffers, so the memory stays mapped.
-                unsafe { gemm_f32(a, b, c, *alpha, *beta, self.threads) }
-            }
+            JobOp::GemmF32 {
+                a,
+                b,
+                c,
+                alpha,
+                beta,
+            } => gemm_job(a, b, c, *alpha, *beta, self.threads)?,
             JobOp::Driver { .. } => return Err(Errno::EOPNOTSUPP),
         }
         Ok(())

@@ -65,18 +65,28 @@ impl Driver for TestDevice {
                 Ok(())
             }
             JobOp::GemmF32 { .. } => Err(Errno::EOPNOTSUPP),
-            JobOp::Driver { code: OP_DELAY, args } => {
+            JobOp::Driver {
+                code: OP_DELAY,
+                args,
+            } => {
                 ctx.abort.sleep(Duration::from_millis(args[0]));
                 Ok(())
             }
-            JobOp::Driver { code: OP_FAIL, args } => {
-                Err(u32::try_from(args[0]).ok().and_then(Errno::from_raw).unwrap_or(Errno::EIO))
-            }
+            JobOp::Driver {
+                code: OP_FAIL,
+                args,
+            } => Err(u32::try_from(args[0])
+                .ok()
+                .and_then(Errno::from_raw)
+                .unwrap_or(Errno::EIO)),
             JobOp::Driver { code: OP_HANG, .. } => {
                 while !ctx.abort.sleep(Duration::from_secs(3600)) {}
                 Ok(())
             }
-            JobOp::Driver { code: OP_BREAK_RESET, .. } => {
+            JobOp::Driver {
+                code: OP_BREAK_RESET,
+                ..
+            } => {
                 self.break_reset.store(true, Ordering::Relaxed);
                 Ok(())
             }

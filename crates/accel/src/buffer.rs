@@ -28,7 +28,10 @@ unsafe impl Sync for Buffer {}
 
 impl std::fmt::Debug for Buffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Buffer").field("handle", &self.handle).field("size", &self.len).finish()
+        f.debug_struct("Buffer")
+            .field("handle", &self.handle)
+            .field("size", &self.len)
+            .finish()
     }
 }
 
@@ -45,10 +48,20 @@ impl Buffer {
                 return Err(e);
             }
         };
-        let len = usize::try_from(size).map_err(|_| Error::new(Errno::EOVERFLOW, "buffer larger than address space"))?;
+        let len = usize::try_from(size)
+            .map_err(|_| Error::new(Errno::EOVERFLOW, "buffer larger than address space"))?;
         // SAFETY: a new shared mapping at a kernel-chosen address; the daemon seals the
         // memfd against shrinking, so the mapping stays valid for its whole length.
-        let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &fd, 0) };
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )
+        };
         let ptr = match ptr.map(|p| NonNull::new(p.cast::<u8>())) {
             Ok(Some(p)) => p,
             Ok(None) | Err(_) => {
@@ -56,7 +69,12 @@ impl Buffer {
                 return Err(Error::new(Errno::ENOMEM, "mmap of buffer failed"));
             }
         };
-        Ok(Buffer { dev, handle, ptr, len })
+        Ok(Buffer {
+            dev,
+            handle,
+            ptr,
+            len,
+        })
     }
 
     /// The daemon's handle for this buffer.
@@ -71,7 +89,11 @@ impl Buffer {
 
     /// A byte range, for use in job operands.
     pub fn view(&self, offset: u64, len: u64) -> BufView {
-        BufView { bo: self.handle, offset, len }
+        BufView {
+            bo: self.handle,
+            offset,
+            len,
+        }
     }
 
     /// The whole buffer as a view.
@@ -81,13 +103,20 @@ impl Buffer {
 
     /// A row-major f32 matrix starting at byte `offset` with `row_stride` elements per row.
     pub fn matrix(&self, offset: u64, row_stride: u64) -> MatView {
-        MatView { bo: self.handle, offset, row_stride }
+        MatView {
+            bo: self.handle,
+            offset,
+            row_stride,
+        }
     }
 
     fn check(&self, offset: usize, len: usize) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len => Ok(()),
-            _ => Err(Error::new(Errno::ERANGE, format!("[{offset}, +{len}) is outside the {}-byte buffer", self.len))),
+            _ => Err(Error::new(
+                Errno::ERANGE,
+                format!("[{offset}, +{len}) is outside the {}-byte buffer", self.len),
+            )),
         }
     }
 
@@ -95,7 +124,9 @@ impl Buffer {
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
         self.check(offset, data.len())?;
         // SAFETY: in bounds (checked); raw copy into shared memory, no reference formed.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len())
+        };
         Ok(())
     }
 
@@ -103,7 +134,13 @@ impl Buffer {
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
         self.check(offset, out.len())?;
         // SAFETY: in bounds (checked); raw copy out of shared memory.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), out.as_mut_ptr(), out.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        };
         Ok(())
     }
 
@@ -115,9 +152,17 @@ impl Buffer {
 
     /// Reads `count` f32 values starting at byte `offset`.
     pub fn read_f32(&self, offset: usize, count: usize) -> Result<Vec<f32>> {
-        let mut bytes = vec![0u8; count.checked_mul(4).ok_or_else(|| Error::new(Errno::EOVERFLOW, "count overflows"))?];
+        let mut bytes = vec![
+            0u8;
+            count
+                .checked_mul(4)
+                .ok_or_else(|| Error::new(Errno::EOVERFLOW, "count overflows"))?
+        ];
         self.read(offset, &mut bytes)?;
-        Ok(bytes.chunks_exact(4).map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
 
     /// Raw pointer to the mapping, for zero-copy use; valid while `self` lives.
@@ -127,7 +172,12 @@ impl Buffer {
 
     /// Exports the buffer as a descriptor another client can [`crate::Device::import`].
     pub fn export(&self) -> Result<OwnedFd> {
-        match self.dev.call_fd(&Request::BoExport { handle: self.handle }, None)? {
+        match self.dev.call_fd(
+            &Request::BoExport {
+                handle: self.handle,
+            },
+            None,
+        )? {
             (Reply::Fd, Some(fd)) => Ok(fd),
             (other, _) => Err(unexpected(&other)),
         }
@@ -138,6 +188,8 @@ impl Drop for Buffer {
     fn drop(&mut self) {
         // SAFETY: exactly the mapping made in `map`, unmapped once.
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
-        self.dev.release(&Request::BoClose { handle: self.handle });
+        self.dev.release(&Request::BoClose {
+            handle: self.handle,
+        });
     }
 }

@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub use accel_uapi::{
-    BufView, Category, ClientUsage, DeviceInfo, Errno, FenceStatus, GemmF32, MatView, ObjectCounts, Op, OpKind,
-    SignalPoint, WaitPoint,
+    BufView, Category, ClientUsage, DeviceInfo, Errno, FenceStatus, GemmF32, MatView, ObjectCounts,
+    Op, OpKind, SignalPoint, WaitPoint,
 };
 use accel_uapi::{Reply, Request};
 
@@ -49,11 +49,17 @@ pub struct Error {
 
 impl Error {
     pub(crate) fn new(code: Errno, message: impl Into<String>) -> Self {
-        Error { code, message: message.into() }
+        Error {
+            code,
+            message: message.into(),
+        }
     }
 
     pub(crate) fn os(what: &str, e: rustix::io::Errno) -> Self {
-        let code = u32::try_from(e.raw_os_error()).ok().and_then(Errno::from_raw).unwrap_or(Errno::EIO);
+        let code = u32::try_from(e.raw_os_error())
+            .ok()
+            .and_then(Errno::from_raw)
+            .unwrap_or(Errno::EIO);
         Error::new(code, format!("{what}: {e}"))
     }
 }
@@ -67,7 +73,8 @@ pub fn default_socket_path() -> PathBuf {
     if let Some(p) = std::env::var_os("ACCEL_SOCKET") {
         return p.into();
     }
-    let dir = std::env::var_os("XDG_RUNTIME_DIR").map_or_else(|| PathBuf::from("/run"), PathBuf::from);
+    let dir =
+        std::env::var_os("XDG_RUNTIME_DIR").map_or_else(|| PathBuf::from("/run"), PathBuf::from);
     dir.join("accel").join("accel.sock")
 }
 
@@ -89,7 +96,11 @@ impl Shared {
         self.conn().call(req)
     }
 
-    pub(crate) fn call_fd(&self, req: &Request, fd: Option<BorrowedFd<'_>>) -> Result<(Reply, Option<OwnedFd>)> {
+    pub(crate) fn call_fd(
+        &self,
+        req: &Request,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<(Reply, Option<OwnedFd>)> {
         self.conn().call_fd(req, fd)
     }
 
@@ -110,7 +121,10 @@ pub struct Device {
 
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Device").field("minor", &self.shared.info.minor).field("driver", &self.shared.info.driver).finish()
+        f.debug_struct("Device")
+            .field("minor", &self.shared.info.minor)
+            .field("driver", &self.shared.info.driver)
+            .finish()
     }
 }
 
@@ -127,7 +141,12 @@ impl Device {
             Reply::Device(info) => info,
             other => return Err(conn::unexpected(&other)),
         };
-        Ok(Device { shared: Arc::new(Shared { conn: Mutex::new(conn), info }) })
+        Ok(Device {
+            shared: Arc::new(Shared {
+                conn: Mutex::new(conn),
+                info,
+            }),
+        })
     }
 
     /// The device as it was when opened.
@@ -163,7 +182,12 @@ impl Device {
 
     /// Creates a queue whose jobs time out after `timeout` (at least 1 ms).
     pub fn create_queue_with_timeout(&self, timeout: Duration) -> Result<Queue> {
-        Queue::create(self.shared.clone(), u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1))
+        Queue::create(
+            self.shared.clone(),
+            u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        )
     }
 
     /// Creates a syncobj: a timeline (points 1, 2, …) or a binary one.
@@ -173,8 +197,17 @@ impl Device {
 
     /// Waits for all (or any) of `points`. Returns the first signalled index and
     /// every point's status; `ETIMEDOUT` if time runs out.
-    pub fn wait(&self, points: &[WaitPoint], all: bool, timeout: Duration) -> Result<(u32, Vec<FenceStatus>)> {
-        match self.shared.call(&Request::Wait { points: points.to_vec(), all, timeout_ns: timeout_ns(timeout) })? {
+    pub fn wait(
+        &self,
+        points: &[WaitPoint],
+        all: bool,
+        timeout: Duration,
+    ) -> Result<(u32, Vec<FenceStatus>)> {
+        match self.shared.call(&Request::Wait {
+            points: points.to_vec(),
+            all,
+            timeout_ns: timeout_ns(timeout),
+        })? {
             Reply::Waited { first, status } => Ok((first, status)),
             other => Err(conn::unexpected(&other)),
         }

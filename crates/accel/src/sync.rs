@@ -4,7 +4,10 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use accel_uapi::{Errno, FenceHandle, FenceStatus, Op, QueueHandle, Reply, Request, SignalPoint, SyncobjHandle, WaitPoint};
+use accel_uapi::{
+    Errno, FenceHandle, FenceStatus, Op, QueueHandle, Reply, Request, SignalPoint, SyncobjHandle,
+    WaitPoint,
+};
 
 use crate::{conn::unexpected, timeout_ns, Error, Result, Shared};
 
@@ -29,9 +32,18 @@ impl Queue {
 
     /// Submits a job that waits for `wait` and, when done, signals `signal`.
     pub fn submit_with(&self, op: Op, wait: &[WaitPoint], signal: &[SignalPoint]) -> Result<Fence> {
-        let req = Request::Submit { queue: self.handle, op, wait: wait.to_vec(), signal: signal.to_vec() };
+        let req = Request::Submit {
+            queue: self.handle,
+            op,
+            wait: wait.to_vec(),
+            signal: signal.to_vec(),
+        };
         match self.dev.call(&req)? {
-            Reply::Submitted { fence, seqno } => Ok(Fence { dev: self.dev.clone(), handle: fence, seqno }),
+            Reply::Submitted { fence, seqno } => Ok(Fence {
+                dev: self.dev.clone(),
+                handle: fence,
+                seqno,
+            }),
             other => Err(unexpected(&other)),
         }
     }
@@ -39,7 +51,9 @@ impl Queue {
 
 impl Drop for Queue {
     fn drop(&mut self) {
-        self.dev.release(&Request::QueueDestroy { handle: self.handle });
+        self.dev.release(&Request::QueueDestroy {
+            handle: self.handle,
+        });
     }
 }
 
@@ -52,8 +66,15 @@ pub struct Fence {
 }
 
 fn wait_status(dev: &Shared, point: WaitPoint, timeout: Duration) -> Result<FenceStatus> {
-    match dev.call(&Request::Wait { points: vec![point], all: true, timeout_ns: timeout_ns(timeout) })? {
-        Reply::Waited { status, .. } => status.first().copied().ok_or_else(|| Error::new(Errno::EPROTO, "wait returned no status")),
+    match dev.call(&Request::Wait {
+        points: vec![point],
+        all: true,
+        timeout_ns: timeout_ns(timeout),
+    })? {
+        Reply::Waited { status, .. } => status
+            .first()
+            .copied()
+            .ok_or_else(|| Error::new(Errno::EPROTO, "wait returned no status")),
         other => Err(unexpected(&other)),
     }
 }
@@ -61,8 +82,14 @@ fn wait_status(dev: &Shared, point: WaitPoint, timeout: Duration) -> Result<Fenc
 fn wait_one(dev: &Shared, point: WaitPoint, timeout: Duration) -> Result<()> {
     match wait_status(dev, point, timeout)? {
         FenceStatus::Signaled => Ok(()),
-        FenceStatus::Error(code) => Err(Error::new(code, format!("job failed: {}", code.description()))),
-        FenceStatus::Pending => Err(Error::new(Errno::EPROTO, "wait returned while still pending")),
+        FenceStatus::Error(code) => Err(Error::new(
+            code,
+            format!("job failed: {}", code.description()),
+        )),
+        FenceStatus::Pending => Err(Error::new(
+            Errno::EPROTO,
+            "wait returned while still pending",
+        )),
     }
 }
 
@@ -110,7 +137,9 @@ fn export_sync_fd(dev: &Shared, point: WaitPoint) -> Result<OwnedFd> {
 
 impl Drop for Fence {
     fn drop(&mut self) {
-        self.dev.release(&Request::FenceClose { handle: self.handle });
+        self.dev.release(&Request::FenceClose {
+            handle: self.handle,
+        });
     }
 }
 
@@ -122,7 +151,10 @@ pub struct Syncobj {
 
 impl Syncobj {
     pub(crate) fn create(dev: Arc<Shared>, timeline: bool) -> Result<Syncobj> {
-        match dev.call(&Request::SyncobjCreate { timeline, signaled: false })? {
+        match dev.call(&Request::SyncobjCreate {
+            timeline,
+            signaled: false,
+        })? {
             Reply::Syncobj(handle) => Ok(Syncobj { dev, handle }),
             other => Err(unexpected(&other)),
         }
@@ -130,27 +162,44 @@ impl Syncobj {
 
     /// Point `point` as a dependency (0 for a binary syncobj).
     pub fn point(&self, point: u64) -> WaitPoint {
-        WaitPoint::Syncobj { handle: self.handle, point }
+        WaitPoint::Syncobj {
+            handle: self.handle,
+            point,
+        }
     }
 
     /// Point `point` as something a job signals (0 for a binary syncobj).
     pub fn signal_point(&self, point: u64) -> SignalPoint {
-        SignalPoint { handle: self.handle, point }
+        SignalPoint {
+            handle: self.handle,
+            point,
+        }
     }
 
     /// Signals `point` from the host.
     pub fn signal(&self, point: u64) -> Result<()> {
-        self.dev.call(&Request::SyncobjSignal { handle: self.handle, point }).map(drop)
+        self.dev
+            .call(&Request::SyncobjSignal {
+                handle: self.handle,
+                point,
+            })
+            .map(drop)
     }
 
     /// Binary only: back to unsignalled.
     pub fn reset(&self) -> Result<()> {
-        self.dev.call(&Request::SyncobjReset { handle: self.handle }).map(drop)
+        self.dev
+            .call(&Request::SyncobjReset {
+                handle: self.handle,
+            })
+            .map(drop)
     }
 
     /// Timeline: highest point reached; binary: 1 if signalled.
     pub fn query(&self) -> Result<u64> {
-        match self.dev.call(&Request::SyncobjQuery { handle: self.handle })? {
+        match self.dev.call(&Request::SyncobjQuery {
+            handle: self.handle,
+        })? {
             Reply::Point(p) => Ok(p),
             other => Err(unexpected(&other)),
         }
@@ -169,6 +218,8 @@ impl Syncobj {
 
 impl Drop for Syncobj {
     fn drop(&mut self) {
-        self.dev.release(&Request::SyncobjDestroy { handle: self.handle });
+        self.dev.release(&Request::SyncobjDestroy {
+            handle: self.handle,
+        });
     }
 }

@@ -1,0 +1,70 @@
+//! A daemon started as a child process on a private socket, stopped on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// A running `accel daemon` child.
+pub struct SpawnedDaemon {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl SpawnedDaemon {
+    /// Starts `accel daemon` with `devices` and waits until it accepts connections.
+    pub fn start(devices: &[&str]) -> Result<SpawnedDaemon> {
+        let dir = std::env::temp_dir().join(format!(
+            "accel-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let socket = dir.join("accel.sock");
+        let exe = std::env::current_exe().context("locating the accel binary")?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("daemon")
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::null());
+        if std::env::var_os("ACCEL_LOG").is_none() {
+            cmd.env("ACCEL_LOG", "warn");
+        }
+        for d in devices {
+            cmd.arg("--device").arg(d);
+        }
+        let child = cmd.spawn().context("starting accel daemon")?;
+        let mut daemon = SpawnedDaemon { child, dir, socket };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while accel::Connection::connect(&daemon.socket).is_err() {
+            if let Some(status) = daemon.child.try_wait()? {
+                bail!("accel daemon exited early: {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("accel daemon did not come up within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(daemon)
+    }
+
+    /// Its socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for SpawnedDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
