@@ -49,6 +49,14 @@ impl Queue {
     }
 }
 
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("handle", &self.handle)
+            .finish()
+    }
+}
+
 impl Drop for Queue {
     fn drop(&mut self) {
         self.dev.release(&Request::QueueDestroy {
@@ -135,6 +143,15 @@ fn export_sync_fd(dev: &Shared, point: WaitPoint) -> Result<OwnedFd> {
     }
 }
 
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fence")
+            .field("handle", &self.handle)
+            .field("seqno", &self.seqno)
+            .finish()
+    }
+}
+
 impl Drop for Fence {
     fn drop(&mut self) {
         self.dev.release(&Request::FenceClose {
@@ -213,6 +230,14 @@ impl Syncobj {
     /// An eventfd that becomes readable when `point` is reached.
     pub fn sync_fd(&self, point: u64) -> Result<OwnedFd> {
         export_sync_fd(&self.dev, self.point(point))
+    }
+}
+
+impl std::fmt::Debug for Syncobj {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Syncobj")
+            .field("handle", &self.handle)
+            .finish()
     }
 }
 

@@ -1,0 +1,741 @@
+//! End-to-end tests: a real `accel daemon` process, real client processes, a real socket.
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use accel::{Connection, Device, Errno, FenceStatus, GemmF32, ObjectCounts, Op, WaitPoint};
+use accel_driver_testdev::{OP_DELAY, OP_FAIL, OP_HANG};
+use accel_uapi::wire::{self, Header, Kind, ABI_MAJOR, MAGIC};
+use accel_uapi::{BoHandle, BufView, Request};
+
+/// A daemon process on a private socket, killed on drop.
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(devices: &[&str]) -> Daemon {
+        Self::start_with(devices, &[])
+    }
+
+    fn start_with(devices: &[&str], extra: &[&str]) -> Daemon {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("accel-e2e-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_accel"));
+        cmd.arg("daemon")
+            .arg("--socket")
+            .arg(dir.join("s"))
+            .args(extra)
+            .env("ACCEL_LOG", "warn");
+        for d in devices {
+            cmd.arg("--device").arg(d);
+        }
+        let child = cmd.spawn().unwrap();
+        let d = Daemon { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Connection::connect(d.socket()).is_err() {
+            assert!(Instant::now() < deadline, "daemon did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        d
+    }
+
+    fn socket(&self) -> &Path {
+        // Path is stable for the daemon's life.
+        Box::leak(self.dir.join("s").into_boxed_path())
+    }
+
+    fn open(&self, minor: u32) -> Device {
+        Device::open_at(self.socket(), minor).unwrap()
+    }
+
+    fn stats(&self) -> ObjectCounts {
+        Connection::connect(self.socket()).unwrap().stats().unwrap()
+    }
+
+    /// Polls until the object counts equal `want` (minus the polling connection itself).
+    fn wait_for_counts(&self, want: ObjectCounts) -> ObjectCounts {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut s = self.stats();
+            s.clients -= 1;
+            if s == want || Instant::now() > deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs this test binary again as a client process playing `role`.
+fn spawn_role(role: &str, socket: &Path, envs: &[(&str, String)]) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "child_entry",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+        "--quiet",
+    ])
+    .env("ACCEL_TEST_ROLE", role)
+    .env("ACCEL_SOCKET", socket)
+    .stdout(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+/// Reads the child's stdout until it prints `ready`.
+fn wait_ready(child: &mut Child) {
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.trim() == "ready" => break,
+            Some(Ok(_)) => continue,
+            other => panic!("child ended before ready: {other:?}"),
+        }
+    }
+    // Keep the pipe open (the child may still print) by leaking the reader.
+    std::mem::forget(lines);
+}
+
+fn code<T: std::fmt::Debug>(r: accel::Result<T>) -> Errno {
+    r.unwrap_err().code
+}
+
+fn driver_op(code: u32, arg: u64) -> Op {
+    Op::Driver {
+        code,
+        args: [arg, 0, 0, 0],
+    }
+}
+
+/// Entry point of child processes; a no-op in the normal test run.
+#[test]
+fn child_entry() {
+    let Ok(role) = std::env::var("ACCEL_TEST_ROLE") else {
+        return;
+    };
+    let socket = PathBuf::from(std::env::var("ACCEL_SOCKET").unwrap());
+    let dev = Device::open_at(&socket, 0).unwrap();
+    match role.as_str() {
+        "import-and-write" => {
+            let raw: i32 = std::env::var("ACCEL_TEST_FD").unwrap().parse().unwrap();
+            // SAFETY: the parent passed this descriptor to us, open and owned by nobody else here.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            let buf = dev.import(fd).unwrap();
+            let mut seen = vec![0u8; 4096];
+            buf.read(0, &mut seen).unwrap();
+            assert!(
+                seen.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8),
+                "child saw different bytes"
+            );
+            buf.write(4096, b"written by the child").unwrap();
+        }
+        "hold" => {
+            println!("ready");
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        "busy-then-die" => {
+            let bufs: Vec<_> = (0..4).map(|_| dev.alloc(1 << 20).unwrap()).collect();
+            let q = dev.create_queue().unwrap();
+            let tl = dev.create_syncobj(true).unwrap();
+            let hang = q
+                .submit_with(driver_op(OP_HANG, 0), &[], &[tl.signal_point(1)])
+                .unwrap();
+            let queued = q
+                .submit_with(
+                    Op::Fill {
+                        dst: bufs[0].whole(),
+                        pattern: 7,
+                    },
+                    &[hang.point()],
+                    &[],
+                )
+                .unwrap();
+            let _fd = hang.sync_fd().unwrap();
+            let _keep = (hang, queued, bufs, tl);
+            println!("ready");
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        other => panic!("unknown role {other}"),
+    }
+    std::process::exit(0);
+}
+
+#[test]
+fn buffer_shared_between_processes_sees_same_bytes() {
+    let d = Daemon::start(&["cpu"]);
+    let dev = d.open(0);
+    let buf = dev.alloc(8192).unwrap();
+    let pattern: Vec<u8> = (0..4096).map(|i| (i % 251) as u8).collect();
+    buf.write(0, &pattern).unwrap();
+    let fd = buf.export().unwrap();
+    // Let the child inherit the descriptor.
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).unwrap();
+    let mut child = spawn_role(
+        "import-and-write",
+        d.socket(),
+        &[("ACCEL_TEST_FD", fd.as_raw_fd().to_string())],
+    );
+    drop(fd);
+    assert!(child.wait().unwrap().success(), "child failed");
+    let mut back = [0u8; 20];
+    buf.read(4096, &mut back).unwrap();
+    assert_eq!(&back, b"written by the child");
+}
+
+#[test]
+fn import_in_same_daemon_resolves_to_same_object() {
+    let d = Daemon::start(&["cpu"]);
+    let (a, b) = (d.open(0), d.open(0));
+    let buf = a.alloc(4096).unwrap();
+    let before = d.stats().buffers;
+    let imported = b.import(buf.export().unwrap()).unwrap();
+    assert_eq!(
+        d.stats().buffers,
+        before,
+        "import created a second object instead of sharing"
+    );
+    assert_eq!(imported.size(), 4096);
+}
+
+fn naive_gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    for i in 0..m {
+        for j in 0..n {
+            let dot: f64 = (0..k)
+                .map(|p| f64::from(a[i * lda + p]) * f64::from(b[p * ldb + j]))
+                .sum();
+            c[i * ldc + j] =
+                (f64::from(alpha) * dot + f64::from(beta) * f64::from(c[i * ldc + j])) as f32;
+        }
+    }
+}
+
+#[test]
+fn gemm_matches_naive_reference() {
+    let d = Daemon::start(&["cpu"]);
+    let dev = d.open(0);
+    // Strided operands (row stride > columns) and non-trivial alpha/beta.
+    let (m, n, k, lda, ldb, ldc) = (67usize, 45usize, 33usize, 40usize, 50usize, 48usize);
+    let gen = |len: usize, s: u32| -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(s)) % 1000) as f32 / 500.0 - 1.0
+            })
+            .collect()
+    };
+    let (av, bv, cv) = (gen(m * lda, 1), gen(k * ldb, 2), gen(m * ldc, 3));
+    let (a, b, c) = (
+        dev.alloc((av.len() * 4) as u64).unwrap(),
+        dev.alloc((bv.len() * 4) as u64).unwrap(),
+        dev.alloc((cv.len() * 4) as u64 + 64).unwrap(),
+    );
+    a.write_f32(0, &av).unwrap();
+    b.write_f32(0, &bv).unwrap();
+    c.write_f32(64, &cv).unwrap();
+    let q = dev.create_queue().unwrap();
+    let op = GemmF32 {
+        m: m as u64,
+        n: n as u64,
+        k: k as u64,
+        a: a.matrix(0, lda as u64),
+        b: b.matrix(0, ldb as u64),
+        c: c.matrix(64, ldc as u64),
+        alpha: 1.5,
+        beta: -0.5,
+    };
+    q.submit(Op::GemmF32(op)).unwrap().wait().unwrap();
+    let got = c.read_f32(64, m * ldc).unwrap();
+    let mut want = cv.clone();
+    naive_gemm(m, n, k, &av, lda, &bv, ldb, &mut want, ldc, 1.5, -0.5);
+    for i in 0..m {
+        for j in 0..ldc {
+            let (g, w) = (got[i * ldc + j], want[i * ldc + j]);
+            if j < n {
+                assert!((g - w).abs() < 1e-4, "C[{i}][{j}] = {g}, want {w}");
+            } else {
+                assert_eq!(g, cv[i * ldc + j], "padding C[{i}][{j}] was touched");
+            }
+        }
+    }
+}
+
+#[test]
+fn failed_job_error_propagates_to_fence_syncobj_and_dependents() {
+    let d = Daemon::start(&["testdev"]);
+    let dev = d.open(0);
+    let q = dev.create_queue().unwrap();
+    let buf = dev.alloc(4096).unwrap();
+    let tl = dev.create_syncobj(true).unwrap();
+    let failed = q
+        .submit_with(
+            driver_op(OP_FAIL, Errno::EIO.raw().into()),
+            &[],
+            &[tl.signal_point(1)],
+        )
+        .unwrap();
+    let dependent = q
+        .submit_with(
+            Op::Fill {
+                dst: buf.whole(),
+                pattern: 0xffff_ffff,
+            },
+            &[failed.point()],
+            &[],
+        )
+        .unwrap();
+    assert_eq!(failed.wait().unwrap_err().code, Errno::EIO);
+    assert_eq!(dependent.wait().unwrap_err().code, Errno::EIO);
+    assert_eq!(
+        tl.wait(1, Duration::from_secs(5)).unwrap_err().code,
+        Errno::EIO
+    );
+    assert_eq!(dependent.status().unwrap(), FenceStatus::Error(Errno::EIO));
+    let mut word = [0u8; 4];
+    buf.read(0, &mut word).unwrap();
+    assert_eq!(word, [0; 4], "a job whose dependency failed must not run");
+    // The device keeps working.
+    q.submit(Op::Nop).unwrap().wait().unwrap();
+}
+
+#[test]
+fn hung_job_times_out_with_etime_and_device_recovers() {
+    let d = Daemon::start(&["testdev"]);
+    let dev = d.open(0);
+    let q = dev
+        .create_queue_with_timeout(Duration::from_millis(200))
+        .unwrap();
+    let t = Instant::now();
+    let hang = q.submit(driver_op(OP_HANG, 0)).unwrap();
+    let next = q.submit(Op::Nop).unwrap();
+    assert_eq!(hang.wait().unwrap_err().code, Errno::ETIME);
+    next.wait().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn wait_any_all_and_timeout() {
+    let d = Daemon::start(&["testdev"]);
+    let dev = d.open(0);
+    let q = dev.create_queue().unwrap();
+    let slow = q.submit(driver_op(OP_DELAY, 400)).unwrap();
+    assert_eq!(
+        code(dev.wait(&[slow.point()], true, Duration::from_millis(50))),
+        Errno::ETIMEDOUT
+    );
+    let host = dev.create_syncobj(false).unwrap();
+    host.signal(0).unwrap();
+    let (first, status) = dev
+        .wait(
+            &[slow.point(), host.point(0)],
+            false,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(
+        (first, status),
+        (1, vec![FenceStatus::Pending, FenceStatus::Signaled])
+    );
+    let (_, status) = dev
+        .wait(&[slow.point(), host.point(0)], true, Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(status, vec![FenceStatus::Signaled, FenceStatus::Signaled]);
+}
+
+#[test]
+fn sync_fd_becomes_readable_when_fence_signals() {
+    let d = Daemon::start(&["testdev"]);
+    let dev = d.open(0);
+    let q = dev.create_queue().unwrap();
+    let f = q.submit(driver_op(OP_DELAY, 100)).unwrap();
+    let fd = f.sync_fd().unwrap();
+    let mut pfd = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let five = rustix::time::Timespec {
+        tv_sec: 5,
+        tv_nsec: 0,
+    };
+    assert_eq!(rustix::event::poll(&mut pfd, Some(&five)).unwrap(), 1);
+    let mut v = [0u8; 8];
+    rustix::io::read(&fd, &mut v).unwrap();
+    assert_eq!(u64::from_ne_bytes(v), 1);
+    assert_eq!(f.status().unwrap(), FenceStatus::Signaled);
+}
+
+#[test]
+fn timeline_and_binary_syncobjs_order_jobs() {
+    let d = Daemon::start(&["cpu"]);
+    let dev = d.open(0);
+    let q = dev.create_queue().unwrap();
+    let buf = dev.alloc(4096).unwrap();
+    let tl = dev.create_syncobj(true).unwrap();
+    let bin = dev.create_syncobj(false).unwrap();
+    q.submit_with(
+        Op::Fill {
+            dst: buf.view(0, 16),
+            pattern: 1,
+        },
+        &[],
+        &[tl.signal_point(1)],
+    )
+    .unwrap();
+    q.submit_with(
+        Op::Copy {
+            src: buf.view(0, 16),
+            dst: buf.view(16, 16),
+        },
+        &[tl.point(1)],
+        &[tl.signal_point(2), bin.signal_point(0)],
+    )
+    .unwrap();
+    bin.wait(0, Duration::from_secs(5)).unwrap();
+    assert_eq!(tl.query().unwrap(), 2);
+    assert_eq!(buf.read_f32(16, 1).unwrap()[0].to_bits(), 1);
+    // Points must increase; a point nothing was submitted for is an error, not a hang.
+    assert_eq!(
+        q.submit_with(Op::Nop, &[], &[tl.signal_point(2)])
+            .unwrap_err()
+            .code,
+        Errno::EINVAL
+    );
+    assert_eq!(
+        tl.wait(7, Duration::from_secs(1)).unwrap_err().code,
+        Errno::EINVAL
+    );
+    tl.signal(7).unwrap();
+    tl.wait(7, Duration::from_secs(1)).unwrap();
+}
+
+#[test]
+fn exclusive_device_is_ebusy_until_owner_exits() {
+    let d = Daemon::start(&["testdev:exclusive"]);
+    let mut holder = spawn_role("hold", d.socket(), &[]);
+    wait_ready(&mut holder);
+    let err = Device::open_at(d.socket(), 0).unwrap_err();
+    assert_eq!(err.code, Errno::EBUSY);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let dev = loop {
+        match Device::open_at(d.socket(), 0) {
+            Ok(dev) => break dev,
+            Err(e) if e.code == Errno::EBUSY && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("open after the owner died: {e}"),
+        }
+    };
+    assert_eq!(dev.info().exclusive_owner, Some(dev.client_id()));
+    // A clean close releases the lease too.
+    drop(dev);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Device::open_at(d.socket(), 0).is_err() {
+        assert!(Instant::now() < deadline, "lease not released on close");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn stale_and_forged_handles_are_rejected() {
+    let d = Daemon::start(&["cpu"]);
+    let dev = d.open(0);
+    let q = dev.create_queue().unwrap();
+    let buf = dev.alloc(4096).unwrap();
+    let stale = buf.handle();
+    drop(buf);
+    // The slot is reused by the next buffer, under a new generation.
+    let fresh = dev.alloc(4096).unwrap();
+    assert_ne!(fresh.handle(), stale);
+    let fill = |bo| Op::Fill {
+        dst: BufView {
+            bo,
+            offset: 0,
+            len: 4,
+        },
+        pattern: 0,
+    };
+    assert_eq!(q.submit(fill(stale)).unwrap_err().code, Errno::ENOENT);
+    assert_eq!(
+        q.submit(fill(BoHandle(0xdead_beef_0000_0007)))
+            .unwrap_err()
+            .code,
+        Errno::ENOENT
+    );
+    assert_eq!(
+        dev.request(&Request::BoClose { handle: stale })
+            .unwrap_err()
+            .code,
+        Errno::ENOENT
+    );
+    assert_eq!(
+        dev.wait(
+            &[WaitPoint::Fence(accel_uapi::FenceHandle(42))],
+            true,
+            Duration::ZERO
+        )
+        .unwrap_err()
+        .code,
+        Errno::ENOENT
+    );
+    q.submit(fill(fresh.handle())).unwrap().wait().unwrap();
+}
+
+#[test]
+fn invalid_jobs_are_refused_with_exact_codes() {
+    let d = Daemon::start(&["cpu", "testdev"]);
+    let (cpu, test) = (d.open(0), d.open(1));
+    let (qc, qt) = (cpu.create_queue().unwrap(), test.create_queue().unwrap());
+    let buf = cpu.alloc(4096).unwrap();
+    let tbuf = test.alloc(4096).unwrap();
+    let gemm = |b: &accel::Buffer| GemmF32 {
+        m: 4,
+        n: 4,
+        k: 4,
+        a: b.matrix(0, 4),
+        b: b.matrix(64, 4),
+        c: b.matrix(128, 4),
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    assert_eq!(
+        qt.submit(Op::GemmF32(gemm(&tbuf))).unwrap_err().code,
+        Errno::EOPNOTSUPP
+    );
+    assert_eq!(
+        qc.submit(Op::Fill {
+            dst: buf.view(4000, 200),
+            pattern: 0
+        })
+        .unwrap_err()
+        .code,
+        Errno::ERANGE
+    );
+    assert_eq!(
+        qc.submit(Op::Fill {
+            dst: buf.view(u64::MAX, 2),
+            pattern: 0
+        })
+        .unwrap_err()
+        .code,
+        Errno::EOVERFLOW
+    );
+    assert_eq!(
+        qc.submit(Op::Fill {
+            dst: buf.view(0, 3),
+            pattern: 0
+        })
+        .unwrap_err()
+        .code,
+        Errno::EINVAL
+    );
+    assert_eq!(
+        qc.submit(Op::Copy {
+            src: buf.view(0, 8),
+            dst: buf.view(8, 16)
+        })
+        .unwrap_err()
+        .code,
+        Errno::EINVAL
+    );
+    let overlap = GemmF32 {
+        c: buf.matrix(32, 4),
+        ..gemm(&buf)
+    };
+    assert_eq!(
+        qc.submit(Op::GemmF32(overlap)).unwrap_err().code,
+        Errno::EINVAL
+    );
+    let huge = GemmF32 {
+        m: 1 << 19,
+        ..gemm(&buf)
+    };
+    assert_eq!(
+        qc.submit(Op::GemmF32(huge)).unwrap_err().code,
+        Errno::ERANGE
+    );
+    let bad_stride = GemmF32 {
+        a: buf.matrix(0, 2),
+        ..gemm(&buf)
+    };
+    assert_eq!(
+        qc.submit(Op::GemmF32(bad_stride)).unwrap_err().code,
+        Errno::EINVAL
+    );
+    assert_eq!(
+        qc.submit(Op::Driver {
+            code: 1,
+            args: [0; 4]
+        })
+        .unwrap_err()
+        .code,
+        Errno::EOPNOTSUPP
+    );
+    assert_eq!(cpu.alloc(0).unwrap_err().code, Errno::EINVAL);
+    assert_eq!(cpu.alloc(u64::MAX).unwrap_err().code, Errno::EOVERFLOW);
+    assert_eq!(cpu.alloc(1 << 60).unwrap_err().code, Errno::ENOMEM);
+    assert_eq!(
+        Device::open_at(d.socket(), 9).unwrap_err().code,
+        Errno::ENODEV
+    );
+    qc.submit(Op::GemmF32(gemm(&buf))).unwrap().wait().unwrap();
+}
+
+#[test]
+fn malformed_messages_get_error_replies_and_daemon_keeps_serving() {
+    let d = Daemon::start(&["cpu"]);
+    let bystander = d.open(0);
+    let mut conn = Connection::connect(d.socket()).unwrap();
+    assert_eq!(code(conn.call_raw(b"garbage", None)), Errno::EPROTO);
+    assert_eq!(
+        code(conn.call_raw(&[], None)),
+        Errno::EPIPE,
+        "an empty datagram reads as a hang-up"
+    );
+    let mut conn = Connection::connect(d.socket()).unwrap();
+    let header = |len: u32, major: u16| Header {
+        magic: MAGIC,
+        abi_major: major,
+        kind: Kind::Request as u16,
+        seq: 5,
+        body_len: len,
+    };
+    let mut bytes = zerocopy::IntoBytes::as_bytes(&header(3, ABI_MAJOR)).to_vec();
+    bytes.extend_from_slice(&[0xff, 0xff, 0xff]);
+    assert_eq!(
+        code(conn.call_raw(&bytes, None)),
+        Errno::EINVAL,
+        "undecodable body"
+    );
+    bytes.truncate(bytes.len() - 1);
+    assert_eq!(
+        code(conn.call_raw(&bytes, None)),
+        Errno::EPROTO,
+        "truncated body"
+    );
+    let mut future = zerocopy::IntoBytes::as_bytes(&header(0, ABI_MAJOR + 1)).to_vec();
+    future.push(0);
+    assert_eq!(
+        code(conn.call_raw(&future, None)),
+        Errno::EPROTO,
+        "unknown ABI major"
+    );
+    let oversized = vec![0u8; wire::MAX_MESSAGE + 4096];
+    assert_eq!(code(conn.call_raw(&oversized, None)), Errno::EMSGSIZE);
+    let memfd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    let list = wire::encode(Kind::Request, 6, &Request::ListDevices).unwrap();
+    assert_eq!(
+        code(conn.call_raw(&list, Some(rustix::fd::AsFd::as_fd(&memfd)))),
+        Errno::EBADF,
+        "unexpected descriptor"
+    );
+    assert_eq!(
+        code(conn.call_fd(&Request::BoImport, Some(rustix::fd::AsFd::as_fd(&memfd)))),
+        Errno::ENODEV
+    );
+    // Skipping the handshake is refused.
+    let raw = accel_uapi::transport::connect(d.socket()).unwrap();
+    accel_uapi::transport::send(rustix::fd::AsFd::as_fd(&raw), &list, None).unwrap();
+    let mut buf = vec![0u8; wire::MAX_MESSAGE + 1];
+    let r = accel_uapi::transport::recv(rustix::fd::AsFd::as_fd(&raw), &mut buf)
+        .unwrap()
+        .unwrap();
+    let (_, reply) = wire::decode::<accel_uapi::Reply>(Kind::Reply, &buf[..r.len]).unwrap();
+    assert!(
+        matches!(
+            reply,
+            accel_uapi::Reply::Error {
+                code: Errno::EPROTO,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    // The same connection and everyone else keep working.
+    assert_eq!(conn.list_devices().unwrap().len(), 1);
+    let q = bystander.create_queue().unwrap();
+    q.submit(Op::Nop).unwrap().wait().unwrap();
+}
+
+#[test]
+fn importing_a_foreign_or_unsealed_fd_is_refused() {
+    let d = Daemon::start(&["cpu"]);
+    let dev = d.open(0);
+    let memfd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&memfd, 4096).unwrap();
+    assert_eq!(dev.import(&memfd).unwrap_err().code, Errno::EINVAL);
+    let file = std::fs::File::open("/proc/self/status").unwrap();
+    assert_eq!(dev.import(&file).unwrap_err().code, Errno::EINVAL);
+}
+
+#[test]
+fn new_buffers_are_zeroed_even_after_another_client_freed_memory() {
+    let d = Daemon::start(&["cpu"]);
+    let a = d.open(0);
+    let buf = a.alloc(1 << 20).unwrap();
+    buf.write(0, &vec![0x5a; 1 << 20]).unwrap();
+    drop(buf);
+    drop(a);
+    let b = d.open(0);
+    let fresh = b.alloc(1 << 20).unwrap();
+    let mut bytes = vec![1u8; 1 << 20];
+    fresh.read(0, &mut bytes).unwrap();
+    assert!(bytes.iter().all(|&x| x == 0));
+}
+
+#[test]
+fn sigkilled_client_mid_job_leaks_nothing() {
+    let d = Daemon::start(&["testdev"]);
+    let baseline = d.wait_for_counts(ObjectCounts::default());
+    assert_eq!(baseline, ObjectCounts::default());
+    let mut child = spawn_role("busy-then-die", d.socket(), &[]);
+    wait_ready(&mut child);
+    let busy = d.stats();
+    assert_eq!(
+        (busy.buffers, busy.queues, busy.syncobjs, busy.jobs),
+        (4, 1, 1, 2),
+        "{busy:?}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let after = d.wait_for_counts(baseline);
+    assert_eq!(after, baseline, "objects leaked after SIGKILL");
+    // The device still serves others: the hung job of the dead client was aborted.
+    let dev = d.open(0);
+    dev.create_queue()
+        .unwrap()
+        .submit(Op::Nop)
+        .unwrap()
+        .wait_timeout(Duration::from_secs(5))
+        .unwrap();
+}
