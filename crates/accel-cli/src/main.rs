@@ -27,7 +27,7 @@ struct Cli {
 enum Cmd {
     /// Run the daemon in the foreground.
     Daemon {
-        /// Device to register, DRIVER[:CATEGORY] (cpu, testdev; shared, exclusive, oneshot). Repeatable.
+        /// Device to register, `DRIVER[:CATEGORY]` (cpu, testdev; shared, exclusive, oneshot). Repeatable.
         #[arg(long = "device", default_values = ["cpu"])]
         devices: Vec<String>,
         /// Default job timeout in milliseconds.
@@ -60,7 +60,18 @@ enum Cmd {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, like other system tools; the chain of causes is joined with ": ".
+            eprintln!("accel: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ACCEL_LOG")

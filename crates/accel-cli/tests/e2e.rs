@@ -216,6 +216,7 @@ fn import_in_same_daemon_resolves_to_same_object() {
     assert_eq!(imported.size(), 4096);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn naive_gemm(
     m: usize,
     n: usize,

@@ -316,7 +316,7 @@ impl Client {
     }
 
     fn matrix(&self, name: &str, v: &MatView, rows: u64, cols: u64) -> Result<BoMatrix> {
-        if v.offset % 4 != 0 {
+        if !v.offset.is_multiple_of(4) {
             bail!(
                 EINVAL,
                 "matrix {name}: offset {} is not 4-byte aligned",
@@ -357,7 +357,7 @@ impl Client {
             Op::Nop => JobOp::Nop,
             Op::Fill { dst, pattern } => {
                 let dst = self.range(dst)?;
-                if dst.len % 4 != 0 {
+                if !dst.len.is_multiple_of(4) {
                     bail!(EINVAL, "fill length {} is not a multiple of 4", dst.len);
                 }
                 JobOp::Fill {

@@ -27,7 +27,7 @@ pub enum DaemonError {
     #[error("device setup: {0}")]
     Device(#[from] accel_core::Error),
     /// The socket could not be set up.
-    #[error("socket {path}: {source}")]
+    #[error("socket {}", path.display())]
     Socket {
         /// Socket path.
         path: PathBuf,
