@@ -585,3 +585,207 @@ impl Drop for Client {
         self.sub.forget_client(self.id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{device, FakeDriver};
+    use accel_uapi::{Category, ObjectCounts};
+
+    fn setup() -> (Arc<FakeDriver>, Arc<Subsystem>, Client) {
+        let drv = Arc::new(FakeDriver::default());
+        let sub = Subsystem::new(vec![device(&drv)]).unwrap();
+        let mut c = sub.connect(PeerCred::default(), "t");
+        c.open(0).unwrap();
+        (drv, sub, c)
+    }
+
+    fn tag(t: u64) -> Op {
+        Op::Driver {
+            code: 1,
+            args: [t, 0, 0, 0],
+        }
+    }
+
+    fn wait(c: &Client, f: FenceHandle) -> FenceStatus {
+        c.wait(
+            &[WaitPoint::Fence(f)],
+            true,
+            Duration::from_secs(5),
+            &|| false,
+        )
+        .unwrap()
+        .1[0]
+    }
+
+    #[test]
+    fn jobs_run_in_submission_order_across_queues() {
+        let (drv, _sub, mut c) = setup();
+        let (q1, q2) = (c.queue_create(0).unwrap(), c.queue_create(0).unwrap());
+        let mut last = None;
+        for t in 0..20 {
+            last = Some(
+                c.submit(if t % 2 == 0 { q1 } else { q2 }, &tag(t), &[], &[])
+                    .unwrap()
+                    .0,
+            );
+        }
+        assert_eq!(wait(&c, last.unwrap()), FenceStatus::Signaled);
+        assert_eq!(*drv.ran.lock().unwrap(), (0..20).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn stale_handle_is_rejected() {
+        let (_drv, _sub, mut c) = setup();
+        let (h, _) = c.bo_create(100).unwrap();
+        c.bo_close(h).unwrap();
+        let (h2, size) = c.bo_create(100).unwrap();
+        assert_eq!(size, rustix::param::page_size() as u64);
+        assert_ne!(h, h2);
+        assert_eq!(c.bo_size(h).unwrap_err().code, Errno::ENOENT);
+        assert_eq!(c.bo_close(h).unwrap_err().code, Errno::ENOENT);
+    }
+
+    #[test]
+    fn rejected_submit_changes_nothing() {
+        let (_drv, sub, mut c) = setup();
+        let q = c.queue_create(0).unwrap();
+        let tl = c.syncobj_create(true, false).unwrap();
+        let before = sub.stats();
+        // The second signal point is invalid (point 0 on a timeline), so nothing may be attached.
+        let signal = [SignalPoint {
+            handle: tl,
+            point: 0,
+        }];
+        assert_eq!(
+            c.submit(q, &Op::Nop, &[], &signal).unwrap_err().code,
+            Errno::EINVAL
+        );
+        let dup = [
+            SignalPoint {
+                handle: tl,
+                point: 1,
+            },
+            SignalPoint {
+                handle: tl,
+                point: 2,
+            },
+        ];
+        assert_eq!(
+            c.submit(q, &Op::Nop, &[], &dup).unwrap_err().code,
+            Errno::EINVAL
+        );
+        assert_eq!(sub.stats(), before);
+        assert_eq!(c.syncobj_query(tl).unwrap(), 0);
+        c.submit(
+            q,
+            &Op::Nop,
+            &[],
+            &[SignalPoint {
+                handle: tl,
+                point: 1,
+            }],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn hung_job_times_out_and_later_jobs_run() {
+        let (drv, _sub, mut c) = setup();
+        let q = c.queue_create(0).unwrap();
+        let (hang, _) = c
+            .submit(
+                q,
+                &Op::Driver {
+                    code: 3,
+                    args: [0; 4],
+                },
+                &[],
+                &[],
+            )
+            .unwrap();
+        let (after, _) = c.submit(q, &tag(7), &[], &[]).unwrap();
+        assert_eq!(wait(&c, hang), FenceStatus::Error(Errno::ETIME));
+        assert_eq!(wait(&c, after), FenceStatus::Signaled);
+        assert_eq!(*drv.ran.lock().unwrap(), vec![7]);
+    }
+
+    #[test]
+    fn dependency_error_fails_job_without_running_it() {
+        let (drv, _sub, mut c) = setup();
+        let q = c.queue_create(0).unwrap();
+        let (bad, _) = c
+            .submit(
+                q,
+                &Op::Driver {
+                    code: 2,
+                    args: [0; 4],
+                },
+                &[],
+                &[],
+            )
+            .unwrap();
+        let (dep, _) = c.submit(q, &tag(1), &[WaitPoint::Fence(bad)], &[]).unwrap();
+        assert_eq!(wait(&c, dep), FenceStatus::Error(Errno::EIO));
+        assert!(drv.ran.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn dropping_client_cancels_its_work_and_frees_everything() {
+        let (_drv, sub, mut c) = setup();
+        let q = c.queue_create(0).unwrap();
+        let (bo, _) = c.bo_create(4096).unwrap();
+        c.submit(
+            q,
+            &Op::Driver {
+                code: 3,
+                args: [0; 4],
+            },
+            &[],
+            &[],
+        )
+        .unwrap();
+        let fill = Op::Fill {
+            dst: BufView {
+                bo,
+                offset: 0,
+                len: 4096,
+            },
+            pattern: 1,
+        };
+        c.submit(q, &fill, &[], &[]).unwrap();
+        c.syncobj_create(false, true).unwrap();
+        drop(c);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while sub.stats() != ObjectCounts::default() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(sub.stats(), ObjectCounts::default());
+    }
+
+    #[test]
+    fn exclusive_device_admits_one_client() {
+        let drv = Arc::new(FakeDriver::default());
+        let mut cfg = device(&drv);
+        cfg.category = Some(Category::Exclusive);
+        let sub = Subsystem::new(vec![cfg]).unwrap();
+        let mut a = sub.connect(PeerCred::default(), "a");
+        let mut b = sub.connect(PeerCred::default(), "b");
+        a.open(0).unwrap();
+        assert_eq!(b.open(0).unwrap_err().code, Errno::EBUSY);
+        drop(a);
+        b.open(0).unwrap();
+        assert_eq!(
+            sub.device(0).unwrap().describe().exclusive_owner,
+            Some(b.id())
+        );
+    }
+
+    #[test]
+    fn unsupported_category_is_refused() {
+        let drv = Arc::new(FakeDriver::default());
+        let mut cfg = device(&drv);
+        cfg.category = Some(Category::Oneshot);
+        assert_eq!(Subsystem::new(vec![cfg]).err().unwrap().code, Errno::EINVAL);
+    }
+}

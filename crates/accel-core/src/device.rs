@@ -49,6 +49,16 @@ pub struct Device {
     seqno: AtomicU64,
 }
 
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("minor", &self.minor)
+            .field("driver", &self.info.driver)
+            .field("category", &self.category)
+            .finish()
+    }
+}
+
 impl Device {
     /// Registers a device under `minor` and starts its scheduler.
     pub fn new(minor: u32, config: DeviceConfig) -> Result<Device> {

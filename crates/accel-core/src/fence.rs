@@ -406,3 +406,56 @@ mod tests {
         assert_eq!(s.fence_for(0).unwrap().status(), FenceStatus::Signaled);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A timeline's value is the highest attached point below which every point
+        /// signalled without error, whatever order the fences signal in.
+        #[test]
+        fn timeline_value_matches_model(
+            steps in proptest::collection::vec(1u64..4, 1..12),
+            order in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+            fail in proptest::option::of(any::<prop::sample::Index>()),
+        ) {
+            let c = Arc::new(Counters::default());
+            let t = Syncobj::timeline(&c);
+            let mut point = 0;
+            let mut fences = Vec::new();
+            for s in steps {
+                point += s;
+                let f = Fence::new(&c);
+                t.attach(point, f.clone()).unwrap();
+                fences.push((point, f));
+            }
+            let failing = fail.map(|i| i.index(fences.len()));
+            let mut signalled = vec![false; fences.len()];
+            for i in order {
+                let i = i.index(fences.len());
+                fences[i].1.signal(if Some(i) == failing { Err(Errno::EIO) } else { Ok(()) });
+                signalled[i] = true;
+            }
+            let model = fences.iter().zip(&signalled).enumerate()
+                .take_while(|(i, (_, s))| **s && Some(*i) != failing)
+                .last()
+                .map_or(0, |(_, ((p, _), _))| *p);
+            prop_assert_eq!(t.query(), model);
+            // Waiting on any point reports the first error at or below it, or success.
+            for (i, (p, _)) in fences.iter().enumerate() {
+                let status = t.fence_for(*p).unwrap().status();
+                let upto = &signalled[..=i];
+                let want = if failing.is_some_and(|f| f <= i && signalled[f]) && upto.iter().all(|s| *s) {
+                    FenceStatus::Error(Errno::EIO)
+                } else if upto.iter().all(|s| *s) {
+                    FenceStatus::Signaled
+                } else {
+                    FenceStatus::Pending
+                };
+                prop_assert_eq!(status, want, "point {}", p);
+            }
+        }
+    }
+}

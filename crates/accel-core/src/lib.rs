@@ -130,3 +130,52 @@ impl Subsystem {
             .and_then(Weak::upgrade)
     }
 }
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A small fake driver for the core's own tests.
+
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use accel_uapi::{Category, Errno, OpKind};
+
+    use crate::device::DeviceConfig;
+    use crate::driver::{Driver, DriverInfo, JobCtx, JobOp};
+
+    /// `Driver { code: 1, args[0] = tag }` records the tag; code 2 fails with EIO; code 3 hangs.
+    #[derive(Default)]
+    pub struct FakeDriver {
+        pub ran: Mutex<Vec<u64>>,
+    }
+
+    impl Driver for FakeDriver {
+        fn info(&self) -> DriverInfo {
+            DriverInfo {
+                driver: "fake",
+                name: "fake".into(),
+                vendor: "test".into(),
+                categories: vec![Category::Shared, Category::Exclusive],
+                ops: vec![OpKind::Nop, OpKind::Fill, OpKind::Driver],
+                memory_bytes: 1 << 24,
+                compute_units: 1,
+            }
+        }
+
+        fn run_job(&self, op: &JobOp, ctx: &JobCtx) -> Result<(), Errno> {
+            match op {
+                JobOp::Driver { code: 1, args } => self.ran.lock().unwrap().push(args[0]),
+                JobOp::Driver { code: 2, .. } => return Err(Errno::EIO),
+                JobOp::Driver { code: 3, .. } => while !ctx.abort.sleep(Duration::from_secs(60)) {},
+                _ => {}
+            }
+            Ok(())
+        }
+    }
+
+    pub fn device(driver: &Arc<FakeDriver>) -> DeviceConfig {
+        let mut cfg = DeviceConfig::new(driver.clone());
+        cfg.job_timeout = Duration::from_millis(200);
+        cfg
+    }
+}
