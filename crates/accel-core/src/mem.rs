@@ -6,10 +6,9 @@
 //! `F_SEAL_SHRINK`, and imports without it are refused.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::ptr::NonNull;
 
+use accel_uapi::shm::Mapping;
 use rustix::fs::{MemfdFlags, SealFlags};
-use rustix::mm::{MapFlags, ProtFlags};
 
 use crate::{bail, Error, Result};
 use accel_uapi::Errno;
@@ -17,17 +16,10 @@ use accel_uapi::Errno;
 /// A shared mapping of a sealed memfd.
 #[derive(Debug)]
 pub struct HostMemory {
+    map: Mapping,
     fd: OwnedFd,
-    ptr: NonNull<u8>,
-    len: usize,
     inode: (u64, u64),
 }
-
-// SAFETY: the mapping is plain shared memory owned by this value; the pointer is only
-// handed out as a raw pointer, and unmapping happens once, in Drop.
-unsafe impl Send for HostMemory {}
-// SAFETY: as above; &HostMemory gives no safe access to the bytes.
-unsafe impl Sync for HostMemory {}
 
 fn os_err(code: Errno, what: &str) -> impl FnOnce(rustix::io::Errno) -> Error + '_ {
     move |e| Error::new(code, format!("{what}: {e}"))
@@ -74,42 +66,28 @@ impl HostMemory {
 
     fn map(fd: OwnedFd, len: usize) -> Result<Self> {
         let stat = rustix::fs::fstat(&fd).map_err(os_err(Errno::EBADF, "fstat"))?;
-        // SAFETY: a fresh shared mapping chosen by the kernel (null hint) overlaps nothing
-        // of ours; the file is sealed against shrinking so the mapping never faults.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &fd,
-                0,
-            )
-        }
-        .map_err(os_err(Errno::ENOMEM, "mmap"))?;
-        let ptr = NonNull::new(ptr.cast::<u8>())
-            .ok_or_else(|| Error::new(Errno::ENOMEM, "mmap returned null"))?;
+        // Callers checked the shrink seal, so the mapping stays valid for its whole length.
+        let map = Mapping::new(&fd, len).map_err(os_err(Errno::ENOMEM, "mmap"))?;
         Ok(HostMemory {
+            map,
             fd,
-            ptr,
-            len,
             inode: (stat.st_dev, stat.st_ino),
         })
     }
 
     /// Start of the mapping.
     pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
+        self.map.as_ptr()
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.map.len()
     }
 
     /// Always false: zero-length memory is refused at creation.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.map.is_empty()
     }
 
     /// The memfd.
@@ -125,13 +103,6 @@ impl HostMemory {
     /// (device, inode) of the memfd: the identity an import is matched by.
     pub fn inode(&self) -> (u64, u64) {
         self.inode
-    }
-}
-
-impl Drop for HostMemory {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len are exactly the mapping created in `map`, unmapped only here.
-        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 

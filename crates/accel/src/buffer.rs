@@ -1,11 +1,10 @@
 //! Buffers: device memory mapped into this process.
 
 use std::os::fd::OwnedFd;
-use std::ptr::NonNull;
 use std::sync::Arc;
 
+use accel_uapi::shm::Mapping;
 use accel_uapi::{BoHandle, BufView, Errno, MatView, Reply, Request};
-use rustix::mm::{MapFlags, ProtFlags};
 
 use crate::{conn::unexpected, Error, Result, Shared};
 
@@ -17,20 +16,14 @@ use crate::{conn::unexpected, Error, Result, Shared};
 pub struct Buffer {
     dev: Arc<Shared>,
     handle: BoHandle,
-    ptr: NonNull<u8>,
-    len: usize,
+    map: Mapping,
 }
-
-// SAFETY: the mapping is owned by this value and only reached through copies.
-unsafe impl Send for Buffer {}
-// SAFETY: as above; &Buffer allows only copies in and out.
-unsafe impl Sync for Buffer {}
 
 impl std::fmt::Debug for Buffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Buffer")
             .field("handle", &self.handle)
-            .field("size", &self.len)
+            .field("size", &self.map.len())
             .finish()
     }
 }
@@ -50,31 +43,14 @@ impl Buffer {
         };
         let len = usize::try_from(size)
             .map_err(|_| Error::new(Errno::EOVERFLOW, "buffer larger than address space"))?;
-        // SAFETY: a new shared mapping at a kernel-chosen address; the daemon seals the
-        // memfd against shrinking, so the mapping stays valid for its whole length.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &fd,
-                0,
-            )
-        };
-        let ptr = match ptr.map(|p| NonNull::new(p.cast::<u8>())) {
-            Ok(Some(p)) => p,
-            Ok(None) | Err(_) => {
+        // The daemon seals buffer memfds against shrinking, so the mapping stays valid.
+        match Mapping::new(&fd, len) {
+            Ok(map) => Ok(Buffer { dev, handle, map }),
+            Err(e) => {
                 dev.release(&Request::BoClose { handle });
-                return Err(Error::new(Errno::ENOMEM, "mmap of buffer failed"));
+                Err(Error::os("mmap of buffer", e))
             }
-        };
-        Ok(Buffer {
-            dev,
-            handle,
-            ptr,
-            len,
-        })
+        }
     }
 
     /// The daemon's handle for this buffer.
@@ -84,7 +60,7 @@ impl Buffer {
 
     /// Size in bytes.
     pub fn size(&self) -> u64 {
-        self.len as u64
+        self.map.len() as u64
     }
 
     /// A byte range, for use in job operands.
@@ -112,10 +88,13 @@ impl Buffer {
 
     fn check(&self, offset: usize, len: usize) -> Result<()> {
         match offset.checked_add(len) {
-            Some(end) if end <= self.len => Ok(()),
+            Some(end) if end <= self.map.len() => Ok(()),
             _ => Err(Error::new(
                 Errno::ERANGE,
-                format!("[{offset}, +{len}) is outside the {}-byte buffer", self.len),
+                format!(
+                    "[{offset}, +{len}) is outside the {}-byte buffer",
+                    self.map.len()
+                ),
             )),
         }
     }
@@ -125,7 +104,7 @@ impl Buffer {
         self.check(offset, data.len())?;
         // SAFETY: in bounds (checked); raw copy into shared memory, no reference formed.
         unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len())
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_ptr().add(offset), data.len())
         };
         Ok(())
     }
@@ -136,7 +115,7 @@ impl Buffer {
         // SAFETY: in bounds (checked); raw copy out of shared memory.
         unsafe {
             std::ptr::copy_nonoverlapping(
-                self.ptr.as_ptr().add(offset),
+                self.map.as_ptr().add(offset),
                 out.as_mut_ptr(),
                 out.len(),
             )
@@ -167,7 +146,7 @@ impl Buffer {
 
     /// Raw pointer to the mapping, for zero-copy use; valid while `self` lives.
     pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
+        self.map.as_ptr()
     }
 
     /// Exports the buffer as a descriptor another client can [`crate::Device::import`].
@@ -186,8 +165,6 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in `map`, unmapped once.
-        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
         self.dev.release(&Request::BoClose {
             handle: self.handle,
         });
