@@ -68,20 +68,7 @@ fn gemm(sizes: &[usize], reps: usize) -> Result<()> {
             let t = Instant::now();
             // SAFETY: the three vectors hold n×n elements each and C is distinct from A and B.
             unsafe {
-                accel_driver_cpu::sgemm(
-                    n,
-                    n,
-                    n,
-                    av.as_ptr(),
-                    n,
-                    bv.as_ptr(),
-                    n,
-                    cv.as_mut_ptr(),
-                    n,
-                    1.0,
-                    0.0,
-                    threads,
-                )
+                accel_driver_cpu::sgemm(n, n, n, av.as_ptr(), n, bv.as_ptr(), n, cv.as_mut_ptr(), n, 1.0, 0.0, threads)
             };
             let local_s = t.elapsed().as_secs_f64();
             if rep > 0 {
@@ -90,10 +77,7 @@ fn gemm(sizes: &[usize], reps: usize) -> Result<()> {
             }
         }
         let check = c.read_f32(0, 16)?;
-        anyhow::ensure!(
-            check.iter().zip(&cv).all(|(x, y)| x == y),
-            "daemon and in-process results differ"
-        );
+        anyhow::ensure!(check.iter().zip(&cv).all(|(x, y)| x == y), "daemon and in-process results differ");
         let (accel_g, local_g) = (flops / median(accel_t) / 1e9, flops / median(local_t) / 1e9);
         println!(
             "{{\"bench\":\"gemm\",\"n\":{n},\"reps\":{reps},\"threads\":{threads},\"accel_gflops\":{accel_g:.2},\"inproc_gflops\":{local_g:.2},\"ratio\":{:.3}}}",

@@ -41,11 +41,7 @@ fn reference(a: &[f32], b: &[f32], n: usize) -> Vec<f64> {
 pub fn run(n: usize) -> Result<()> {
     ensure!((1..=4096).contains(&n), "n must be in 1..=4096");
     let daemon = SpawnedDaemon::start(&["cpu"])?;
-    println!(
-        "daemon     pid {} on {}",
-        daemon.pid(),
-        daemon.socket().display()
-    );
+    println!("daemon     pid {} on {}", daemon.pid(), daemon.socket().display());
 
     let dev = Device::open_at(daemon.socket(), 0)?;
     let info = dev.info();
@@ -67,10 +63,7 @@ pub fn run(n: usize) -> Result<()> {
     let queue = dev.create_queue()?;
     let timeline = dev.create_syncobj(true)?;
     let start = Instant::now();
-    let fill = queue.submit(Op::Fill {
-        dst: c.whole(),
-        pattern: 1.0f32.to_bits(),
-    })?;
+    let fill = queue.submit(Op::Fill { dst: c.whole(), pattern: 1.0f32.to_bits() })?;
     let gemm = GemmF32 {
         m: n as u64,
         n: n as u64,
@@ -81,29 +74,21 @@ pub fn run(n: usize) -> Result<()> {
         alpha: 1.0,
         beta: 0.5,
     };
-    let job = queue.submit_with(
-        Op::GemmF32(gemm),
-        &[fill.point()],
-        &[timeline.signal_point(1)],
-    )?;
+    let job = queue.submit_with(Op::GemmF32(gemm), &[fill.point()], &[timeline.signal_point(1)])?;
     timeline.wait(1, Duration::from_secs(60))?;
     let elapsed = start.elapsed();
     job.wait()?;
 
     let got = c.read_f32(0, n * n)?;
     let want = reference(&av, &bv, n);
-    let max_err = got
-        .iter()
-        .zip(&want)
-        .map(|(g, w)| (f64::from(*g) - (w + 0.5)).abs())
-        .fold(0.0, f64::max);
+    let max_err = got.iter().zip(&want).map(|(g, w)| (f64::from(*g) - (w + 0.5)).abs()).fold(0.0, f64::max);
     let gflops = 2.0 * (n as f64).powi(3) / elapsed.as_secs_f64() / 1e9;
-    println!("gemm       {n}×{n}×{n} f32 after a fill, {:.2} ms, {gflops:.1} GFLOP/s (incl. fill and round trips)", elapsed.as_secs_f64() * 1e3);
-    println!("verify     max |C - (A·B + 0.5)| = {max_err:.2e} against an f64 reference");
-    ensure!(
-        max_err < 1e-3 * n as f64,
-        "GEMM result is wrong: max error {max_err}"
+    println!(
+        "gemm       {n}×{n}×{n} f32 after a fill, {:.2} ms, {gflops:.1} GFLOP/s (incl. fill and round trips)",
+        elapsed.as_secs_f64() * 1e3
     );
+    println!("verify     max |C - (A·B + 0.5)| = {max_err:.2e} against an f64 reference");
+    ensure!(max_err < 1e-3 * n as f64, "GEMM result is wrong: max error {max_err}");
     println!("timeline   point {} reached", timeline.query()?);
 
     // PRIME-style sharing: a second client imports C and sees the same bytes.
@@ -113,16 +98,10 @@ pub fn run(n: usize) -> Result<()> {
     let mut seen = [0u8; 64];
     c.read(0, &mut first)?;
     shared.read(0, &mut seen)?;
-    ensure!(
-        first == seen,
-        "imported buffer differs from the exported one"
-    );
+    ensure!(first == seen, "imported buffer differs from the exported one");
     shared.write(0, &[0xAB; 4])?;
     c.read(0, &mut first[..4])?;
-    ensure!(
-        first[..4] == [0xAB; 4],
-        "write through the import is not visible to the exporter"
-    );
+    ensure!(first[..4] == [0xAB; 4], "write through the import is not visible to the exporter");
     println!(
         "sharing    client {} imported client {}'s buffer: same pages (write seen both ways)",
         other.client_id(),

@@ -10,11 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "accel",
-    version,
-    about = "accel: userspace accelerator subsystem"
-)]
+#[command(name = "accel", version, about = "accel: userspace accelerator subsystem")]
 struct Cli {
     /// Daemon socket (default: $ACCEL_SOCKET, else $XDG_RUNTIME_DIR/accel/accel.sock, else /run/accel/accel.sock).
     #[arg(long, global = true)]
@@ -33,6 +29,9 @@ enum Cmd {
         /// Default job timeout in milliseconds.
         #[arg(long, default_value_t = 10_000)]
         job_timeout_ms: u64,
+        /// Hung jobs after which a queue is banned.
+        #[arg(long, default_value_t = 2)]
+        hang_limit: u32,
     },
     /// List devices.
     List {
@@ -73,19 +72,13 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ACCEL_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ACCEL_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let socket = cli.socket.unwrap_or_else(accel::default_socket_path);
     match cli.cmd {
-        Cmd::Daemon {
-            devices,
-            job_timeout_ms,
-        } => run_daemon(socket, &devices, job_timeout_ms),
+        Cmd::Daemon { devices, job_timeout_ms, hang_limit } => run_daemon(socket, &devices, job_timeout_ms, hang_limit),
         Cmd::List { verbose } => list(&socket, verbose),
         Cmd::Info { minor } => info(&socket, minor),
         Cmd::Stats => stats(&socket),
@@ -94,23 +87,18 @@ fn run() -> Result<()> {
     }
 }
 
-fn run_daemon(socket: PathBuf, specs: &[String], job_timeout_ms: u64) -> Result<()> {
+fn run_daemon(socket: PathBuf, specs: &[String], job_timeout_ms: u64, hang_limit: u32) -> Result<()> {
     let mut devices = Vec::new();
     for spec in specs {
         let mut cfg = acceld::parse_device_spec(spec)?;
         cfg.job_timeout = std::time::Duration::from_millis(job_timeout_ms.max(1));
+        cfg.hang_limit = hang_limit.max(1);
         devices.push(cfg);
     }
     let daemon = acceld::Daemon::bind(&socket, devices)?;
     acceld::exit_on_signals(socket.clone())?;
     for d in daemon.subsystem().list_devices() {
-        tracing::info!(
-            "accel{}: {} ({}), {}",
-            d.minor,
-            d.driver,
-            d.name,
-            d.category.name()
-        );
+        tracing::info!("accel{}: {} ({}), {}", d.minor, d.driver, d.name, d.category.name());
     }
     tracing::info!("listening on {}", socket.display());
     daemon.serve().context("accept loop failed")
@@ -128,10 +116,7 @@ fn list(socket: &std::path::Path, verbose: bool) -> Result<()> {
         }
         return Ok(());
     }
-    println!(
-        "{:<8} {:<8} {:<10} {:>8} {:>12}  NAME",
-        "DEVICE", "DRIVER", "CATEGORY", "CLIENTS", "MEMORY"
-    );
+    println!("{:<8} {:<8} {:<10} {:>8} {:>12}  NAME", "DEVICE", "DRIVER", "CATEGORY", "CLIENTS", "MEMORY");
     for d in devices {
         println!(
             "accel{:<3} {:<8} {:<10} {:>8} {:>9} MiB  {}",
@@ -158,10 +143,7 @@ fn info(socket: &std::path::Path, minor: u32) -> Result<()> {
         d.category.name(),
         names(d.supported_categories.iter().map(|c| c.name()).collect())
     );
-    println!(
-        "  ops:         {}",
-        names(d.ops.iter().map(|o| o.name()).collect())
-    );
+    println!("  ops:         {}", names(d.ops.iter().map(|o| o.name()).collect()));
     println!("  memory:      {} MiB", d.memory_bytes >> 20);
     println!("  compute:     {} units", d.compute_units);
     println!("  clients:     {}", d.open_clients);

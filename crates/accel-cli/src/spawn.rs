@@ -16,19 +16,13 @@ pub struct SpawnedDaemon {
 impl SpawnedDaemon {
     /// Starts `accel daemon` with `devices` and waits until it accepts connections.
     pub fn start(devices: &[&str]) -> Result<SpawnedDaemon> {
-        let dir = std::env::temp_dir().join(format!(
-            "accel-{}-{}",
-            std::process::id(),
-            Instant::now().elapsed().as_nanos()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("accel-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos()));
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("accel.sock");
         let exe = std::env::current_exe().context("locating the accel binary")?;
         let mut cmd = Command::new(exe);
-        cmd.arg("daemon")
-            .arg("--socket")
-            .arg(&socket)
-            .stdin(Stdio::null());
+        cmd.arg("daemon").arg("--socket").arg(&socket).stdin(Stdio::null());
         if std::env::var_os("ACCEL_LOG").is_none() {
             cmd.env("ACCEL_LOG", "warn");
         }

@@ -28,11 +28,7 @@ impl Daemon {
         let dir = std::env::temp_dir().join(format!("accel-e2e-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_accel"));
-        cmd.arg("daemon")
-            .arg("--socket")
-            .arg(dir.join("s"))
-            .args(extra)
-            .env("ACCEL_LOG", "warn");
+        cmd.arg("daemon").arg("--socket").arg(dir.join("s")).args(extra).env("ACCEL_LOG", "warn");
         for d in devices {
             cmd.arg("--device").arg(d);
         }
@@ -84,16 +80,10 @@ impl Drop for Daemon {
 /// Runs this test binary again as a client process playing `role`.
 fn spawn_role(role: &str, socket: &Path, envs: &[(&str, String)]) -> Child {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "child_entry",
-        "--exact",
-        "--nocapture",
-        "--test-threads=1",
-        "--quiet",
-    ])
-    .env("ACCEL_TEST_ROLE", role)
-    .env("ACCEL_SOCKET", socket)
-    .stdout(Stdio::piped());
+    cmd.args(["child_entry", "--exact", "--nocapture", "--test-threads=1", "--quiet"])
+        .env("ACCEL_TEST_ROLE", role)
+        .env("ACCEL_SOCKET", socket)
+        .stdout(Stdio::piped());
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -120,10 +110,7 @@ fn code<T: std::fmt::Debug>(r: accel::Result<T>) -> Errno {
 }
 
 fn driver_op(code: u32, arg: u64) -> Op {
-    Op::Driver {
-        code,
-        args: [arg, 0, 0, 0],
-    }
+    Op::Driver { code, args: [arg, 0, 0, 0] }
 }
 
 /// Entry point of child processes; a no-op in the normal test run.
@@ -142,10 +129,7 @@ fn child_entry() {
             let buf = dev.import(fd).unwrap();
             let mut seen = vec![0u8; 4096];
             buf.read(0, &mut seen).unwrap();
-            assert!(
-                seen.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8),
-                "child saw different bytes"
-            );
+            assert!(seen.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8), "child saw different bytes");
             buf.write(4096, b"written by the child").unwrap();
         }
         "hold" => {
@@ -156,19 +140,8 @@ fn child_entry() {
             let bufs: Vec<_> = (0..4).map(|_| dev.alloc(1 << 20).unwrap()).collect();
             let q = dev.create_queue().unwrap();
             let tl = dev.create_syncobj(true).unwrap();
-            let hang = q
-                .submit_with(driver_op(OP_HANG, 0), &[], &[tl.signal_point(1)])
-                .unwrap();
-            let queued = q
-                .submit_with(
-                    Op::Fill {
-                        dst: bufs[0].whole(),
-                        pattern: 7,
-                    },
-                    &[hang.point()],
-                    &[],
-                )
-                .unwrap();
+            let hang = q.submit_with(driver_op(OP_HANG, 0), &[], &[tl.signal_point(1)]).unwrap();
+            let queued = q.submit_with(Op::Fill { dst: bufs[0].whole(), pattern: 7 }, &[hang.point()], &[]).unwrap();
             let _fd = hang.sync_fd().unwrap();
             let _keep = (hang, queued, bufs, tl);
             println!("ready");
@@ -189,11 +162,7 @@ fn buffer_shared_between_processes_sees_same_bytes() {
     let fd = buf.export().unwrap();
     // Let the child inherit the descriptor.
     rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).unwrap();
-    let mut child = spawn_role(
-        "import-and-write",
-        d.socket(),
-        &[("ACCEL_TEST_FD", fd.as_raw_fd().to_string())],
-    );
+    let mut child = spawn_role("import-and-write", d.socket(), &[("ACCEL_TEST_FD", fd.as_raw_fd().to_string())]);
     drop(fd);
     assert!(child.wait().unwrap().success(), "child failed");
     let mut back = [0u8; 20];
@@ -208,11 +177,7 @@ fn import_in_same_daemon_resolves_to_same_object() {
     let buf = a.alloc(4096).unwrap();
     let before = d.stats().buffers;
     let imported = b.import(buf.export().unwrap()).unwrap();
-    assert_eq!(
-        d.stats().buffers,
-        before,
-        "import created a second object instead of sharing"
-    );
+    assert_eq!(d.stats().buffers, before, "import created a second object instead of sharing");
     assert_eq!(imported.size(), 4096);
 }
 
@@ -232,11 +197,8 @@ fn naive_gemm(
 ) {
     for i in 0..m {
         for j in 0..n {
-            let dot: f64 = (0..k)
-                .map(|p| f64::from(a[i * lda + p]) * f64::from(b[p * ldb + j]))
-                .sum();
-            c[i * ldc + j] =
-                (f64::from(alpha) * dot + f64::from(beta) * f64::from(c[i * ldc + j])) as f32;
+            let dot: f64 = (0..k).map(|p| f64::from(a[i * lda + p]) * f64::from(b[p * ldb + j])).sum();
+            c[i * ldc + j] = (f64::from(alpha) * dot + f64::from(beta) * f64::from(c[i * ldc + j])) as f32;
         }
     }
 }
@@ -248,11 +210,7 @@ fn gemm_matches_naive_reference() {
     // Strided operands (row stride > columns) and non-trivial alpha/beta.
     let (m, n, k, lda, ldb, ldc) = (67usize, 45usize, 33usize, 40usize, 50usize, 48usize);
     let gen = |len: usize, s: u32| -> Vec<f32> {
-        (0..len)
-            .map(|i| {
-                (((i as u32).wrapping_mul(2654435761).wrapping_add(s)) % 1000) as f32 / 500.0 - 1.0
-            })
-            .collect()
+        (0..len).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(s)) % 1000) as f32 / 500.0 - 1.0).collect()
     };
     let (av, bv, cv) = (gen(m * lda, 1), gen(k * ldb, 2), gen(m * ldc, 3));
     let (a, b, c) = (
@@ -297,29 +255,11 @@ fn failed_job_error_propagates_to_fence_syncobj_and_dependents() {
     let q = dev.create_queue().unwrap();
     let buf = dev.alloc(4096).unwrap();
     let tl = dev.create_syncobj(true).unwrap();
-    let failed = q
-        .submit_with(
-            driver_op(OP_FAIL, Errno::EIO.raw().into()),
-            &[],
-            &[tl.signal_point(1)],
-        )
-        .unwrap();
-    let dependent = q
-        .submit_with(
-            Op::Fill {
-                dst: buf.whole(),
-                pattern: 0xffff_ffff,
-            },
-            &[failed.point()],
-            &[],
-        )
-        .unwrap();
+    let failed = q.submit_with(driver_op(OP_FAIL, Errno::EIO.raw().into()), &[], &[tl.signal_point(1)]).unwrap();
+    let dependent = q.submit_with(Op::Fill { dst: buf.whole(), pattern: 0xffff_ffff }, &[failed.point()], &[]).unwrap();
     assert_eq!(failed.wait().unwrap_err().code, Errno::EIO);
     assert_eq!(dependent.wait().unwrap_err().code, Errno::EIO);
-    assert_eq!(
-        tl.wait(1, Duration::from_secs(5)).unwrap_err().code,
-        Errno::EIO
-    );
+    assert_eq!(tl.wait(1, Duration::from_secs(5)).unwrap_err().code, Errno::EIO);
     assert_eq!(dependent.status().unwrap(), FenceStatus::Error(Errno::EIO));
     let mut word = [0u8; 4];
     buf.read(0, &mut word).unwrap();
@@ -332,9 +272,7 @@ fn failed_job_error_propagates_to_fence_syncobj_and_dependents() {
 fn hung_job_times_out_with_etime_and_device_recovers() {
     let d = Daemon::start(&["testdev"]);
     let dev = d.open(0);
-    let q = dev
-        .create_queue_with_timeout(Duration::from_millis(200))
-        .unwrap();
+    let q = dev.create_queue_with_timeout(Duration::from_millis(200)).unwrap();
     let t = Instant::now();
     let hang = q.submit(driver_op(OP_HANG, 0)).unwrap();
     let next = q.submit(Op::Nop).unwrap();
@@ -349,27 +287,15 @@ fn wait_any_all_and_timeout() {
     let dev = d.open(0);
     let q = dev.create_queue().unwrap();
     let slow = q.submit(driver_op(OP_DELAY, 400)).unwrap();
-    assert_eq!(
-        code(dev.wait(&[slow.point()], true, Duration::from_millis(50))),
-        Errno::ETIMEDOUT
-    );
+    assert_eq!(code(dev.wait(&[slow.point()], true, Duration::from_millis(50))), Errno::ETIMEDOUT);
     let host = dev.create_syncobj(false).unwrap();
     host.signal(0).unwrap();
-    let (first, status) = dev
-        .wait(
-            &[slow.point(), host.point(0)],
-            false,
-            Duration::from_secs(5),
-        )
-        .unwrap();
-    assert_eq!(
-        (first, status),
-        (1, vec![FenceStatus::Pending, FenceStatus::Signaled])
-    );
-    let (_, status) = dev
-        .wait(&[slow.point(), host.point(0)], true, Duration::from_secs(5))
-        .unwrap();
-    assert_eq!(status, vec![FenceStatus::Signaled, FenceStatus::Signaled]);
+    let any = dev.wait(&[slow.point(), host.point(0)], false, Duration::from_secs(5)).unwrap();
+    assert_eq!((any.first, any.status), (1, vec![FenceStatus::Pending, FenceStatus::Signaled]));
+    assert_eq!(any.timestamps[0], 0);
+    let all = dev.wait(&[slow.point(), host.point(0)], true, Duration::from_secs(5)).unwrap();
+    assert_eq!(all.status, vec![FenceStatus::Signaled, FenceStatus::Signaled]);
+    assert!(all.timestamps[0] > all.timestamps[1], "the slow job signalled after the host syncobj");
 }
 
 #[test]
@@ -379,14 +305,8 @@ fn sync_fd_becomes_readable_when_fence_signals() {
     let q = dev.create_queue().unwrap();
     let f = q.submit(driver_op(OP_DELAY, 100)).unwrap();
     let fd = f.sync_fd().unwrap();
-    let mut pfd = [rustix::event::PollFd::new(
-        &fd,
-        rustix::event::PollFlags::IN,
-    )];
-    let five = rustix::time::Timespec {
-        tv_sec: 5,
-        tv_nsec: 0,
-    };
+    let mut pfd = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+    let five = rustix::time::Timespec { tv_sec: 5, tv_nsec: 0 };
     assert_eq!(rustix::event::poll(&mut pfd, Some(&five)).unwrap(), 1);
     let mut v = [0u8; 8];
     rustix::io::read(&fd, &mut v).unwrap();
@@ -402,20 +322,9 @@ fn timeline_and_binary_syncobjs_order_jobs() {
     let buf = dev.alloc(4096).unwrap();
     let tl = dev.create_syncobj(true).unwrap();
     let bin = dev.create_syncobj(false).unwrap();
+    q.submit_with(Op::Fill { dst: buf.view(0, 16), pattern: 1 }, &[], &[tl.signal_point(1)]).unwrap();
     q.submit_with(
-        Op::Fill {
-            dst: buf.view(0, 16),
-            pattern: 1,
-        },
-        &[],
-        &[tl.signal_point(1)],
-    )
-    .unwrap();
-    q.submit_with(
-        Op::Copy {
-            src: buf.view(0, 16),
-            dst: buf.view(16, 16),
-        },
+        Op::Copy { src: buf.view(0, 16), dst: buf.view(16, 16) },
         &[tl.point(1)],
         &[tl.signal_point(2), bin.signal_point(0)],
     )
@@ -424,16 +333,8 @@ fn timeline_and_binary_syncobjs_order_jobs() {
     assert_eq!(tl.query().unwrap(), 2);
     assert_eq!(buf.read_f32(16, 1).unwrap()[0].to_bits(), 1);
     // Points must increase; a point nothing was submitted for is an error, not a hang.
-    assert_eq!(
-        q.submit_with(Op::Nop, &[], &[tl.signal_point(2)])
-            .unwrap_err()
-            .code,
-        Errno::EINVAL
-    );
-    assert_eq!(
-        tl.wait(7, Duration::from_secs(1)).unwrap_err().code,
-        Errno::EINVAL
-    );
+    assert_eq!(q.submit_with(Op::Nop, &[], &[tl.signal_point(2)]).unwrap_err().code, Errno::EINVAL);
+    assert_eq!(tl.wait(7, Duration::from_secs(1)).unwrap_err().code, Errno::EINVAL);
     tl.signal(7).unwrap();
     tl.wait(7, Duration::from_secs(1)).unwrap();
 }
@@ -478,35 +379,12 @@ fn stale_and_forged_handles_are_rejected() {
     // The slot is reused by the next buffer, under a new generation.
     let fresh = dev.alloc(4096).unwrap();
     assert_ne!(fresh.handle(), stale);
-    let fill = |bo| Op::Fill {
-        dst: BufView {
-            bo,
-            offset: 0,
-            len: 4,
-        },
-        pattern: 0,
-    };
+    let fill = |bo| Op::Fill { dst: BufView { bo, offset: 0, len: 4 }, pattern: 0 };
     assert_eq!(q.submit(fill(stale)).unwrap_err().code, Errno::ENOENT);
+    assert_eq!(q.submit(fill(BoHandle(0xdead_beef_0000_0007))).unwrap_err().code, Errno::ENOENT);
+    assert_eq!(dev.request(&Request::BoClose { handle: stale }).unwrap_err().code, Errno::ENOENT);
     assert_eq!(
-        q.submit(fill(BoHandle(0xdead_beef_0000_0007)))
-            .unwrap_err()
-            .code,
-        Errno::ENOENT
-    );
-    assert_eq!(
-        dev.request(&Request::BoClose { handle: stale })
-            .unwrap_err()
-            .code,
-        Errno::ENOENT
-    );
-    assert_eq!(
-        dev.wait(
-            &[WaitPoint::Fence(accel_uapi::FenceHandle(42))],
-            true,
-            Duration::ZERO
-        )
-        .unwrap_err()
-        .code,
+        dev.wait(&[WaitPoint::Fence(accel_uapi::FenceHandle(42))], true, Duration::ZERO).unwrap_err().code,
         Errno::ENOENT
     );
     q.submit(fill(fresh.handle())).unwrap().wait().unwrap();
@@ -529,86 +407,22 @@ fn invalid_jobs_are_refused_with_exact_codes() {
         alpha: 1.0,
         beta: 0.0,
     };
-    assert_eq!(
-        qt.submit(Op::GemmF32(gemm(&tbuf))).unwrap_err().code,
-        Errno::EOPNOTSUPP
-    );
-    assert_eq!(
-        qc.submit(Op::Fill {
-            dst: buf.view(4000, 200),
-            pattern: 0
-        })
-        .unwrap_err()
-        .code,
-        Errno::ERANGE
-    );
-    assert_eq!(
-        qc.submit(Op::Fill {
-            dst: buf.view(u64::MAX, 2),
-            pattern: 0
-        })
-        .unwrap_err()
-        .code,
-        Errno::EOVERFLOW
-    );
-    assert_eq!(
-        qc.submit(Op::Fill {
-            dst: buf.view(0, 3),
-            pattern: 0
-        })
-        .unwrap_err()
-        .code,
-        Errno::EINVAL
-    );
-    assert_eq!(
-        qc.submit(Op::Copy {
-            src: buf.view(0, 8),
-            dst: buf.view(8, 16)
-        })
-        .unwrap_err()
-        .code,
-        Errno::EINVAL
-    );
-    let overlap = GemmF32 {
-        c: buf.matrix(32, 4),
-        ..gemm(&buf)
-    };
-    assert_eq!(
-        qc.submit(Op::GemmF32(overlap)).unwrap_err().code,
-        Errno::EINVAL
-    );
-    let huge = GemmF32 {
-        m: 1 << 19,
-        ..gemm(&buf)
-    };
-    assert_eq!(
-        qc.submit(Op::GemmF32(huge)).unwrap_err().code,
-        Errno::ERANGE
-    );
-    let bad_stride = GemmF32 {
-        a: buf.matrix(0, 2),
-        ..gemm(&buf)
-    };
-    assert_eq!(
-        qc.submit(Op::GemmF32(bad_stride)).unwrap_err().code,
-        Errno::EINVAL
-    );
-    assert_eq!(
-        qc.submit(Op::Driver {
-            code: 1,
-            args: [0; 4]
-        })
-        .unwrap_err()
-        .code,
-        Errno::EOPNOTSUPP
-    );
+    assert_eq!(qt.submit(Op::GemmF32(gemm(&tbuf))).unwrap_err().code, Errno::EOPNOTSUPP);
+    assert_eq!(qc.submit(Op::Fill { dst: buf.view(4000, 200), pattern: 0 }).unwrap_err().code, Errno::ERANGE);
+    assert_eq!(qc.submit(Op::Fill { dst: buf.view(u64::MAX, 2), pattern: 0 }).unwrap_err().code, Errno::EOVERFLOW);
+    assert_eq!(qc.submit(Op::Fill { dst: buf.view(0, 3), pattern: 0 }).unwrap_err().code, Errno::EINVAL);
+    assert_eq!(qc.submit(Op::Copy { src: buf.view(0, 8), dst: buf.view(8, 16) }).unwrap_err().code, Errno::EINVAL);
+    let overlap = GemmF32 { c: buf.matrix(32, 4), ..gemm(&buf) };
+    assert_eq!(qc.submit(Op::GemmF32(overlap)).unwrap_err().code, Errno::EINVAL);
+    let huge = GemmF32 { m: 1 << 19, ..gemm(&buf) };
+    assert_eq!(qc.submit(Op::GemmF32(huge)).unwrap_err().code, Errno::ERANGE);
+    let bad_stride = GemmF32 { a: buf.matrix(0, 2), ..gemm(&buf) };
+    assert_eq!(qc.submit(Op::GemmF32(bad_stride)).unwrap_err().code, Errno::EINVAL);
+    assert_eq!(qc.submit(Op::Driver { code: 1, args: [0; 4] }).unwrap_err().code, Errno::EOPNOTSUPP);
     assert_eq!(cpu.alloc(0).unwrap_err().code, Errno::EINVAL);
     assert_eq!(cpu.alloc(u64::MAX).unwrap_err().code, Errno::EOVERFLOW);
     assert_eq!(cpu.alloc(1 << 60).unwrap_err().code, Errno::ENOMEM);
-    assert_eq!(
-        Device::open_at(d.socket(), 9).unwrap_err().code,
-        Errno::ENODEV
-    );
+    assert_eq!(Device::open_at(d.socket(), 9).unwrap_err().code, Errno::ENODEV);
     qc.submit(Op::GemmF32(gemm(&buf))).unwrap().wait().unwrap();
 }
 
@@ -618,11 +432,7 @@ fn malformed_messages_get_error_replies_and_daemon_keeps_serving() {
     let bystander = d.open(0);
     let mut conn = Connection::connect(d.socket()).unwrap();
     assert_eq!(code(conn.call_raw(b"garbage", None)), Errno::EPROTO);
-    assert_eq!(
-        code(conn.call_raw(&[], None)),
-        Errno::EPIPE,
-        "an empty datagram reads as a hang-up"
-    );
+    assert_eq!(code(conn.call_raw(&[], None)), Errno::EPIPE, "an empty datagram reads as a hang-up");
     let mut conn = Connection::connect(d.socket()).unwrap();
     let header = |len: u32, major: u16| Header {
         magic: MAGIC,
@@ -633,24 +443,12 @@ fn malformed_messages_get_error_replies_and_daemon_keeps_serving() {
     };
     let mut bytes = zerocopy::IntoBytes::as_bytes(&header(3, ABI_MAJOR)).to_vec();
     bytes.extend_from_slice(&[0xff, 0xff, 0xff]);
-    assert_eq!(
-        code(conn.call_raw(&bytes, None)),
-        Errno::EINVAL,
-        "undecodable body"
-    );
+    assert_eq!(code(conn.call_raw(&bytes, None)), Errno::EINVAL, "undecodable body");
     bytes.truncate(bytes.len() - 1);
-    assert_eq!(
-        code(conn.call_raw(&bytes, None)),
-        Errno::EPROTO,
-        "truncated body"
-    );
+    assert_eq!(code(conn.call_raw(&bytes, None)), Errno::EPROTO, "truncated body");
     let mut future = zerocopy::IntoBytes::as_bytes(&header(0, ABI_MAJOR + 1)).to_vec();
     future.push(0);
-    assert_eq!(
-        code(conn.call_raw(&future, None)),
-        Errno::EPROTO,
-        "unknown ABI major"
-    );
+    assert_eq!(code(conn.call_raw(&future, None)), Errno::EPROTO, "unknown ABI major");
     let oversized = vec![0u8; wire::MAX_MESSAGE + 4096];
     assert_eq!(code(conn.call_raw(&oversized, None)), Errno::EMSGSIZE);
     let memfd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
@@ -660,28 +458,14 @@ fn malformed_messages_get_error_replies_and_daemon_keeps_serving() {
         Errno::EBADF,
         "unexpected descriptor"
     );
-    assert_eq!(
-        code(conn.call_fd(&Request::BoImport, Some(rustix::fd::AsFd::as_fd(&memfd)))),
-        Errno::ENODEV
-    );
+    assert_eq!(code(conn.call_fd(&Request::BoImport, Some(rustix::fd::AsFd::as_fd(&memfd)))), Errno::ENODEV);
     // Skipping the handshake is refused.
     let raw = accel_uapi::transport::connect(d.socket()).unwrap();
     accel_uapi::transport::send(rustix::fd::AsFd::as_fd(&raw), &list, None).unwrap();
     let mut buf = vec![0u8; wire::MAX_MESSAGE + 1];
-    let r = accel_uapi::transport::recv(rustix::fd::AsFd::as_fd(&raw), &mut buf)
-        .unwrap()
-        .unwrap();
+    let r = accel_uapi::transport::recv(rustix::fd::AsFd::as_fd(&raw), &mut buf).unwrap().unwrap();
     let (_, reply) = wire::decode::<accel_uapi::Reply>(Kind::Reply, &buf[..r.len]).unwrap();
-    assert!(
-        matches!(
-            reply,
-            accel_uapi::Reply::Error {
-                code: Errno::EPROTO,
-                ..
-            }
-        ),
-        "{reply:?}"
-    );
+    assert!(matches!(reply, accel_uapi::Reply::Error { code: Errno::EPROTO, .. }), "{reply:?}");
     // The same connection and everyone else keep working.
     assert_eq!(conn.list_devices().unwrap().len(), 1);
     let q = bystander.create_queue().unwrap();
@@ -722,21 +506,12 @@ fn sigkilled_client_mid_job_leaks_nothing() {
     let mut child = spawn_role("busy-then-die", d.socket(), &[]);
     wait_ready(&mut child);
     let busy = d.stats();
-    assert_eq!(
-        (busy.buffers, busy.queues, busy.syncobjs, busy.jobs),
-        (4, 1, 1, 2),
-        "{busy:?}"
-    );
+    assert_eq!((busy.buffers, busy.queues, busy.syncobjs, busy.jobs), (4, 1, 1, 2), "{busy:?}");
     child.kill().unwrap();
     child.wait().unwrap();
     let after = d.wait_for_counts(baseline);
     assert_eq!(after, baseline, "objects leaked after SIGKILL");
     // The device still serves others: the hung job of the dead client was aborted.
     let dev = d.open(0);
-    dev.create_queue()
-        .unwrap()
-        .submit(Op::Nop)
-        .unwrap()
-        .wait_timeout(Duration::from_secs(5))
-        .unwrap();
+    dev.create_queue().unwrap().submit(Op::Nop).unwrap().wait_timeout(Duration::from_secs(5)).unwrap();
 }

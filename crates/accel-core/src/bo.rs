@@ -16,14 +16,9 @@ pub struct Charge {
 impl Charge {
     /// Adds `bytes` to `used` if the total stays within `limit`.
     pub fn try_new(used: &Arc<AtomicU64>, bytes: u64, limit: u64) -> Option<Charge> {
-        used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-            u.checked_add(bytes).filter(|t| *t <= limit)
-        })
-        .ok()
-        .map(|_| Charge {
-            used: used.clone(),
-            bytes,
-        })
+        used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_add(bytes).filter(|t| *t <= limit))
+            .ok()
+            .map(|_| Charge { used: used.clone(), bytes })
     }
 }
 
@@ -45,11 +40,7 @@ impl BufferObject {
     /// Wraps memory; `charge` is what it counts against a device's memory, if anything.
     pub fn new(counters: &Arc<Counters>, mem: HostMemory, charge: Option<Charge>) -> Arc<Self> {
         let bytes = mem.len() as u64;
-        Arc::new(BufferObject {
-            mem,
-            _charge: charge,
-            _tracked: Tracked::with_bytes(counters, Kind::Buffer, bytes),
-        })
+        Arc::new(BufferObject { mem, _charge: charge, _tracked: Tracked::with_bytes(counters, Kind::Buffer, bytes) })
     }
 
     /// Size in bytes.

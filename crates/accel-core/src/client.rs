@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use accel_uapi::{
-    BoHandle, BufView, ClientUsage, Errno, FenceHandle, FenceStatus, MatView, Op, QueueHandle,
-    SignalPoint, SyncobjHandle, WaitPoint,
+    BoHandle, BufView, ClientUsage, Errno, FenceHandle, FenceStatus, MatView, Op, Priority, QueueHandle, SignalPoint,
+    SyncobjHandle, WaitPoint,
 };
 use slotmap::{Key, KeyData, SlotMap};
 
@@ -22,7 +22,7 @@ use crate::device::Device;
 use crate::driver::JobOp;
 use crate::fence::{wait_fences, Fence, Syncobj};
 use crate::mem::HostMemory;
-use crate::sched::{Job, UsageCounters};
+use crate::sched::{EntityId, EntityParams, Job, UsageCounters, DEFAULT_WEIGHT, MAX_WEIGHT};
 use crate::{bail, lock, Error, Result, Subsystem};
 
 /// Most handles of one kind a client may hold.
@@ -82,10 +82,17 @@ impl ClientRecord {
     }
 }
 
+/// A queue: a handle on a scheduler entity. Dropping it removes the entity.
 struct Queue {
-    id: u64,
-    timeout: Duration,
+    entity: EntityId,
+    device: Arc<Device>,
     _tracked: Tracked,
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        self.device.sched.destroy_entity(self.entity);
+    }
 }
 
 /// One connected client.
@@ -98,7 +105,6 @@ pub struct Client {
     queues: SlotMap<QueueKey, Queue>,
     fences: SlotMap<FenceKey, Arc<Fence>>,
     syncobjs: SlotMap<SyncobjKey, Arc<Syncobj>>,
-    next_queue_id: u64,
     _tracked: Tracked,
 }
 
@@ -109,17 +115,10 @@ fn insert<K: Key, V>(table: &mut SlotMap<K, V>, what: &str, v: V) -> Result<u64>
     Ok(raw(table.insert(v)))
 }
 
-fn lookup<'a, K: Key + From<KeyData>, V>(
-    table: &'a SlotMap<K, V>,
-    what: &str,
-    h: u64,
-) -> Result<&'a V> {
-    table.get(key(h)).ok_or_else(|| {
-        Error::new(
-            Errno::ENOENT,
-            format!("no {what} with handle {h:#x} (stale or never issued)"),
-        )
-    })
+fn lookup<'a, K: Key + From<KeyData>, V>(table: &'a SlotMap<K, V>, what: &str, h: u64) -> Result<&'a V> {
+    table
+        .get(key(h))
+        .ok_or_else(|| Error::new(Errno::ENOENT, format!("no {what} with handle {h:#x} (stale or never issued)")))
 }
 
 fn to_usize(v: u64, what: &str) -> Result<usize> {
@@ -138,7 +137,6 @@ impl Client {
             queues: SlotMap::with_key(),
             fences: SlotMap::with_key(),
             syncobjs: SlotMap::with_key(),
-            next_queue_id: 1,
             _tracked: tracked,
         }
     }
@@ -159,27 +157,23 @@ impl Client {
     }
 
     /// Opens device `minor`; the client then works on that device only.
-    pub fn open(&mut self, minor: u32) -> Result<&Arc<Device>> {
+    ///
+    /// For an exclusive device held by someone else, `wait` is how long to queue for
+    /// the lease (zero: `EBUSY` at once); `interrupted` ends the wait early.
+    pub fn open(&mut self, minor: u32, wait: Duration, interrupted: &dyn Fn() -> bool) -> Result<&Arc<Device>> {
         if let Some(d) = &self.device {
-            bail!(
-                EINVAL,
-                "this connection already has accel{} open; open another connection",
-                d.minor
-            );
+            bail!(EINVAL, "this connection already has accel{} open; open another connection", d.minor);
         }
         let dev = self.sub.device(minor)?.clone();
-        dev.open(self.id)?;
+        dev.open(self.id, wait, interrupted)?;
         *lock(&self.record.device) = Some(minor);
         Ok(self.device.insert(dev))
     }
 
     fn device(&self) -> Result<&Arc<Device>> {
-        self.device.as_ref().ok_or_else(|| {
-            Error::new(
-                Errno::ENODEV,
-                "no device open on this connection: send Open first",
-            )
-        })
+        self.device
+            .as_ref()
+            .ok_or_else(|| Error::new(Errno::ENODEV, "no device open on this connection: send Open first"))
     }
 
     fn add_bo(&mut self, bo: Arc<BufferObject>) -> Result<BoHandle> {
@@ -196,17 +190,13 @@ impl Client {
             bail!(EINVAL, "buffer size must be non-zero");
         }
         let page = rustix::param::page_size() as u64;
-        let Some(size) = size.checked_next_multiple_of(page) else {
-            bail!(EOVERFLOW, "buffer size {size} overflows")
-        };
+        let Some(size) = size.checked_next_multiple_of(page) else { bail!(EOVERFLOW, "buffer size {size} overflows") };
         let Some(charge) = Charge::try_new(&dev.mem_used, size, dev.info.memory_bytes) else {
             bail!(
                 ENOMEM,
                 "accel{}: {size} bytes exceed the {} bytes of device memory left",
                 dev.minor,
-                dev.info
-                    .memory_bytes
-                    .saturating_sub(dev.mem_used.load(Ordering::Relaxed))
+                dev.info.memory_bytes.saturating_sub(dev.mem_used.load(Ordering::Relaxed))
             );
         };
         let mem = HostMemory::new(&format!("accel{}-bo", dev.minor), size)?;
@@ -225,12 +215,11 @@ impl Client {
 
     /// Drops the handle; the buffer lives on while jobs, mappings or other clients use it.
     pub fn bo_close(&mut self, h: BoHandle) -> Result<()> {
-        let bo = self.bos.remove(key(h.0)).ok_or_else(|| {
-            Error::new(Errno::ENOENT, format!("no buffer with handle {:#x}", h.0))
-        })?;
-        self.record
-            .memory_bytes
-            .fetch_sub(bo.size(), Ordering::Relaxed);
+        let bo = self
+            .bos
+            .remove(key(h.0))
+            .ok_or_else(|| Error::new(Errno::ENOENT, format!("no buffer with handle {:#x}", h.0)))?;
+        self.record.memory_bytes.fetch_sub(bo.size(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -262,87 +251,67 @@ impl Client {
         Ok((self.add_bo(bo)?, size))
     }
 
-    /// Creates a queue; `timeout_ms == 0` takes the device default.
-    pub fn queue_create(&mut self, timeout_ms: u64) -> Result<QueueHandle> {
-        let dev = self.device()?;
-        let timeout = if timeout_ms == 0 {
-            dev.job_timeout
-        } else {
-            Duration::from_millis(timeout_ms)
-        };
-        let id = self.next_queue_id;
-        self.next_queue_id += 1;
-        let q = Queue {
-            id,
-            timeout,
-            _tracked: Tracked::new(&self.sub.counters, Kind::Queue),
-        };
+    /// Creates a queue (scheduler entity); `timeout_ms == 0` takes the device default,
+    /// `weight == 0` takes [`DEFAULT_WEIGHT`]. The high and kernel classes are for the
+    /// daemon's own user and root, like DRM's `CAP_SYS_NICE` rule for high priority.
+    pub fn queue_create(&mut self, timeout_ms: u64, priority: Priority, weight: u32) -> Result<QueueHandle> {
+        let dev = self.device()?.clone();
+        let timeout = if timeout_ms == 0 { dev.job_timeout } else { Duration::from_millis(timeout_ms) };
+        let weight = if weight == 0 { DEFAULT_WEIGHT } else { weight };
+        if weight > MAX_WEIGHT {
+            bail!(EINVAL, "weight {weight} is above the limit of {MAX_WEIGHT}");
+        }
+        let uid = self.record.cred.uid;
+        if priority > Priority::Normal && uid != 0 && uid != rustix::process::getuid().as_raw() {
+            bail!(
+                EACCES,
+                "the {} priority class needs root or the daemon's user (uid {uid} is neither)",
+                priority.name()
+            );
+        }
+        if self.queues.len() >= MAX_HANDLES {
+            bail!(ENOSPC, "too many queue handles (limit {MAX_HANDLES})");
+        }
+        let params = EntityParams { priority, weight, timeout };
+        let entity = dev.sched.create_entity(self.id, params, self.record.usage.clone());
+        let q = Queue { entity, device: dev, _tracked: Tracked::new(&self.sub.counters, Kind::Queue) };
         Ok(QueueHandle(insert(&mut self.queues, "queue", q)?))
     }
 
     /// Destroys a queue, cancelling its queued jobs.
     pub fn queue_destroy(&mut self, h: QueueHandle) -> Result<()> {
-        let q = self
-            .queues
+        self.queues
             .remove(key(h.0))
-            .ok_or_else(|| Error::new(Errno::ENOENT, format!("no queue with handle {:#x}", h.0)))?;
-        self.device()?.sched.cancel(self.id, Some(q.id));
-        Ok(())
+            .map(drop)
+            .ok_or_else(|| Error::new(Errno::ENOENT, format!("no queue with handle {:#x}", h.0)))
     }
 
     fn range(&self, v: &BufView) -> Result<BoRange> {
         let bo = self.bo(v.bo)?;
         match v.offset.checked_add(v.len) {
             Some(end) if end <= bo.size() => {}
-            Some(end) => bail!(
-                ERANGE,
-                "view [{}, {end}) is outside buffer {:#x} of {} bytes",
-                v.offset,
-                v.bo.0,
-                bo.size()
-            ),
-            None => bail!(
-                EOVERFLOW,
-                "view offset {} + length {} overflows",
-                v.offset,
-                v.len
-            ),
+            Some(end) => {
+                bail!(ERANGE, "view [{}, {end}) is outside buffer {:#x} of {} bytes", v.offset, v.bo.0, bo.size())
+            }
+            None => bail!(EOVERFLOW, "view offset {} + length {} overflows", v.offset, v.len),
         }
-        Ok(BoRange {
-            bo: bo.clone(),
-            offset: to_usize(v.offset, "offset")?,
-            len: to_usize(v.len, "length")?,
-        })
+        Ok(BoRange { bo: bo.clone(), offset: to_usize(v.offset, "offset")?, len: to_usize(v.len, "length")? })
     }
 
     fn matrix(&self, name: &str, v: &MatView, rows: u64, cols: u64) -> Result<BoMatrix> {
         if !v.offset.is_multiple_of(4) {
-            bail!(
-                EINVAL,
-                "matrix {name}: offset {} is not 4-byte aligned",
-                v.offset
-            );
+            bail!(EINVAL, "matrix {name}: offset {} is not 4-byte aligned", v.offset);
         }
         if v.row_stride < cols {
-            bail!(
-                EINVAL,
-                "matrix {name}: row stride {} is below its {cols} columns",
-                v.row_stride
-            );
+            bail!(EINVAL, "matrix {name}: row stride {} is below its {cols} columns", v.row_stride);
         }
         let span = (rows - 1)
             .checked_mul(v.row_stride)
             .and_then(|e| e.checked_add(cols))
             .and_then(|e| e.checked_mul(4))
-            .ok_or_else(|| {
-                Error::new(Errno::EOVERFLOW, format!("matrix {name}: size overflows"))
-            })?;
+            .ok_or_else(|| Error::new(Errno::EOVERFLOW, format!("matrix {name}: size overflows")))?;
         let range = self
-            .range(&BufView {
-                bo: v.bo,
-                offset: v.offset,
-                len: span,
-            })
+            .range(&BufView { bo: v.bo, offset: v.offset, len: span })
             .map_err(|e| Error::new(e.code, format!("matrix {name}: {}", e.message)))?;
         Ok(BoMatrix {
             range,
@@ -360,32 +329,18 @@ impl Client {
                 if !dst.len.is_multiple_of(4) {
                     bail!(EINVAL, "fill length {} is not a multiple of 4", dst.len);
                 }
-                JobOp::Fill {
-                    dst,
-                    pattern: *pattern,
-                }
+                JobOp::Fill { dst, pattern: *pattern }
             }
             Op::Copy { src, dst } => {
                 if src.len != dst.len {
-                    bail!(
-                        EINVAL,
-                        "copy lengths differ: source {} bytes, destination {} bytes",
-                        src.len,
-                        dst.len
-                    );
+                    bail!(EINVAL, "copy lengths differ: source {} bytes, destination {} bytes", src.len, dst.len);
                 }
-                JobOp::Copy {
-                    src: self.range(src)?,
-                    dst: self.range(dst)?,
-                }
+                JobOp::Copy { src: self.range(src)?, dst: self.range(dst)? }
             }
             Op::GemmF32(g) => {
                 for (name, d) in [("m", g.m), ("n", g.n), ("k", g.k)] {
                     if d == 0 || d > MAX_GEMM_DIM {
-                        bail!(
-                            EINVAL,
-                            "gemm dimension {name} = {d} is outside 1..={MAX_GEMM_DIM}"
-                        );
+                        bail!(EINVAL, "gemm dimension {name} = {d} is outside 1..={MAX_GEMM_DIM}");
                     }
                 }
                 let a = self.matrix("A", &g.a, g.m, g.k)?;
@@ -394,18 +349,9 @@ impl Client {
                 if c.range.overlaps(&a.range) || c.range.overlaps(&b.range) {
                     bail!(EINVAL, "gemm destination C overlaps operand A or B");
                 }
-                JobOp::GemmF32 {
-                    a,
-                    b,
-                    c,
-                    alpha: g.alpha,
-                    beta: g.beta,
-                }
+                JobOp::GemmF32 { a, b, c, alpha: g.alpha, beta: g.beta }
             }
-            Op::Driver { code, args } => JobOp::Driver {
-                code: *code,
-                args: *args,
-            },
+            Op::Driver { code, args } => JobOp::Driver { code: *code, args: *args },
         })
     }
 
@@ -422,11 +368,7 @@ impl Client {
 
     fn resolve_waits(&self, points: &[WaitPoint]) -> Result<Vec<Arc<Fence>>> {
         if points.len() > MAX_POINTS {
-            bail!(
-                E2BIG,
-                "{} wait points exceed the limit of {MAX_POINTS}",
-                points.len()
-            );
+            bail!(E2BIG, "{} wait points exceed the limit of {MAX_POINTS}", points.len());
         }
         points.iter().map(|p| self.resolve_wait(p)).collect()
     }
@@ -442,10 +384,12 @@ impl Client {
         signal: &[SignalPoint],
     ) -> Result<(FenceHandle, u64)> {
         let dev = self.device()?.clone();
-        let q = lookup(&self.queues, "queue", queue.0)?;
-        let (queue_id, timeout) = (q.id, q.timeout);
+        let entity = lookup(&self.queues, "queue", queue.0)?.entity;
         if dev.sched.is_wedged() {
             bail!(EIO, "accel{} is wedged (engine reset failed)", dev.minor);
+        }
+        if dev.sched.is_banned(entity) {
+            bail!(ECANCELED, "queue {:#x} is banned after hung jobs; create a new context", queue.0);
         }
         if !dev.info.ops.contains(&op.kind()) {
             bail!(
@@ -459,52 +403,33 @@ impl Client {
         let job_op = self.resolve_op(op)?;
         let deps = self.resolve_waits(wait)?;
         if signal.len() > MAX_POINTS {
-            bail!(
-                E2BIG,
-                "{} signal points exceed the limit of {MAX_POINTS}",
-                signal.len()
-            );
+            bail!(E2BIG, "{} signal points exceed the limit of {MAX_POINTS}", signal.len());
         }
         let mut syncs = Vec::with_capacity(signal.len());
         for (i, s) in signal.iter().enumerate() {
             if signal[..i].iter().any(|o| o.handle == s.handle) {
-                bail!(
-                    EINVAL,
-                    "syncobj {:#x} appears twice in the signal list",
-                    s.handle.0
-                );
+                bail!(EINVAL, "syncobj {:#x} appears twice in the signal list", s.handle.0);
             }
             let so = self.syncobj(s.handle)?;
             so.check_attach(s.point)?;
             syncs.push((so.clone(), s.point));
         }
         if self.fences.len() >= MAX_HANDLES {
-            bail!(
-                ENOSPC,
-                "too many fence handles (limit {MAX_HANDLES}); close fences you no longer need"
-            );
+            bail!(ENOSPC, "too many fence handles (limit {MAX_HANDLES}); close fences you no longer need");
         }
         let fence = Fence::new(&self.sub.counters);
         for (so, point) in syncs {
             so.attach(point, fence.clone())?;
         }
         let seqno = dev.next_seqno();
-        let counters = &self.sub.counters;
-        let job = Job::new(
-            counters,
-            self.id,
-            queue_id,
-            job_op,
-            deps,
-            fence.clone(),
-            timeout,
-            self.record.usage.clone(),
-        );
-        dev.sched.push(job);
-        Ok((
-            FenceHandle(insert(&mut self.fences, "fence", fence)?),
-            seqno,
-        ))
+        let job = Job::new(&self.sub.counters, job_op, deps, fence.clone());
+        if let Err(e) = dev.sched.push(entity, job) {
+            // Lost a race with a ban or a wedge: the fence already sits in syncobjs, so it
+            // must still signal, with the reason.
+            fence.signal(Err(e.code));
+            return Err(e);
+        }
+        Ok((FenceHandle(insert(&mut self.fences, "fence", fence)?), seqno))
     }
 
     /// Waits for all or any of `points`; see [`wait_fences`].
@@ -514,9 +439,10 @@ impl Client {
         all: bool,
         timeout: Duration,
         interrupted: &dyn Fn() -> bool,
-    ) -> Result<(u32, Vec<FenceStatus>)> {
+    ) -> Result<(u32, Vec<FenceStatus>, Vec<u64>)> {
         let fences = self.resolve_waits(points)?;
-        wait_fences(&fences, all, timeout, interrupted)
+        let (first, status) = wait_fences(&fences, all, timeout, interrupted)?;
+        Ok((first, status, fences.iter().map(|f| f.timestamp()).collect()))
     }
 
     /// Drops a fence handle.
@@ -533,8 +459,8 @@ impl Client {
         let fence = self.resolve_wait(p)?;
         let efd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(|e| Error::new(Errno::ENOMEM, format!("eventfd: {e}")))?;
-        let ours = rustix::io::fcntl_dupfd_cloexec(&efd, 0)
-            .map_err(|e| Error::new(Errno::EBADF, format!("dup: {e}")))?;
+        let ours =
+            rustix::io::fcntl_dupfd_cloexec(&efd, 0).map_err(|e| Error::new(Errno::EBADF, format!("dup: {e}")))?;
         fence.on_signal(move |_| {
             let _ = rustix::io::write(&ours, &1u64.to_ne_bytes());
         });
@@ -544,11 +470,7 @@ impl Client {
     /// Creates a syncobj.
     pub fn syncobj_create(&mut self, timeline: bool, signaled: bool) -> Result<SyncobjHandle> {
         let c = &self.sub.counters;
-        let so = Arc::new(if timeline {
-            Syncobj::timeline(c)
-        } else {
-            Syncobj::binary(c, signaled)
-        });
+        let so = Arc::new(if timeline { Syncobj::timeline(c) } else { Syncobj::binary(c, signaled) });
         Ok(SyncobjHandle(insert(&mut self.syncobjs, "syncobj", so)?))
     }
 
@@ -570,6 +492,18 @@ impl Client {
         self.syncobj(h)?.reset()
     }
 
+    /// Exports a syncobj (like `DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD`): any client of any device
+    /// can import the descriptor and wait on or signal the same syncobj.
+    pub fn syncobj_export(&self, h: SyncobjHandle) -> Result<OwnedFd> {
+        self.sub.export_syncobj(self.syncobj(h)?)
+    }
+
+    /// Imports a syncobj descriptor another client exported.
+    pub fn syncobj_import(&mut self, fd: OwnedFd) -> Result<SyncobjHandle> {
+        let so = self.sub.import_syncobj(&fd)?;
+        Ok(SyncobjHandle(insert(&mut self.syncobjs, "syncobj", so)?))
+    }
+
     /// A syncobj's current value (see [`Syncobj::query`]).
     pub fn syncobj_query(&self, h: SyncobjHandle) -> Result<u64> {
         Ok(self.syncobj(h)?.query())
@@ -579,7 +513,7 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         if let Some(dev) = &self.device {
-            dev.sched.cancel(self.id, None);
+            dev.sched.cancel_client(self.id);
             dev.close(self.id);
         }
         self.sub.forget_client(self.id);
@@ -596,42 +530,75 @@ mod tests {
         let drv = Arc::new(FakeDriver::default());
         let sub = Subsystem::new(vec![device(&drv)]).unwrap();
         let mut c = sub.connect(PeerCred::default(), "t");
-        c.open(0).unwrap();
+        c.open(0, Duration::ZERO, &|| false).unwrap();
         (drv, sub, c)
     }
 
     fn tag(t: u64) -> Op {
-        Op::Driver {
-            code: 1,
-            args: [t, 0, 0, 0],
-        }
+        Op::Driver { code: 1, args: [t, 0, 0, 0] }
     }
 
     fn wait(c: &Client, f: FenceHandle) -> FenceStatus {
-        c.wait(
-            &[WaitPoint::Fence(f)],
-            true,
-            Duration::from_secs(5),
-            &|| false,
-        )
-        .unwrap()
-        .1[0]
+        c.wait(&[WaitPoint::Fence(f)], true, Duration::from_secs(5), &|| false).unwrap().1[0]
     }
 
     #[test]
-    fn jobs_run_in_submission_order_across_queues() {
+    fn jobs_of_one_queue_run_in_submission_order() {
         let (drv, _sub, mut c) = setup();
-        let (q1, q2) = (c.queue_create(0).unwrap(), c.queue_create(0).unwrap());
-        let mut last = None;
+        let (q1, q2) =
+            (c.queue_create(0, Priority::Normal, 0).unwrap(), c.queue_create(0, Priority::Normal, 0).unwrap());
+        let mut fences = Vec::new();
         for t in 0..20 {
-            last = Some(
-                c.submit(if t % 2 == 0 { q1 } else { q2 }, &tag(t), &[], &[])
-                    .unwrap()
-                    .0,
-            );
+            let (q, tag_value) = if t % 2 == 0 { (q1, t) } else { (q2, 100 + t) };
+            fences.push(c.submit(q, &tag(tag_value), &[], &[]).unwrap().0);
         }
-        assert_eq!(wait(&c, last.unwrap()), FenceStatus::Signaled);
-        assert_eq!(*drv.ran.lock().unwrap(), (0..20).collect::<Vec<_>>());
+        for f in fences {
+            assert_eq!(wait(&c, f), FenceStatus::Signaled);
+        }
+        let ran = drv.ran.lock().unwrap().clone();
+        let (low, high): (Vec<u64>, Vec<u64>) = ran.iter().partition(|t| **t < 100);
+        assert_eq!(low, (0..20).step_by(2).collect::<Vec<_>>());
+        assert_eq!(high, (1..20).step_by(2).map(|t| t + 100).collect::<Vec<_>>());
+    }
+
+    /// Blocks the engine with a hanging job, queues `work` behind it, then cancels the
+    /// blocker and returns the order in which the tags ran.
+    fn run_behind_gate(c: &mut Client, drv: &FakeDriver, work: &[(QueueHandle, u64)]) -> Vec<u64> {
+        let q = c.queue_create(0, Priority::Kernel, 0).unwrap();
+        // The blocker hangs until its queue is destroyed; everything else waits behind it.
+        let (blocker, _) = c.submit(q, &Op::Driver { code: 3, args: [0; 4] }, &[], &[]).unwrap();
+        while c.device().unwrap().sched.queued() > 0 {
+            std::thread::yield_now();
+        }
+        let fences: Vec<FenceHandle> = work.iter().map(|(q, t)| c.submit(*q, &tag(*t), &[], &[]).unwrap().0).collect();
+        c.queue_destroy(q).unwrap();
+        assert_eq!(wait(c, blocker), FenceStatus::Error(Errno::ECANCELED));
+        for f in fences {
+            assert_eq!(wait(c, f), FenceStatus::Signaled);
+        }
+        std::mem::take(&mut *drv.ran.lock().unwrap())
+    }
+
+    #[test]
+    fn higher_priority_classes_run_first() {
+        let (drv, _sub, mut c) = setup();
+        let low = c.queue_create(0, Priority::Low, 0).unwrap();
+        let normal = c.queue_create(0, Priority::Normal, 0).unwrap();
+        let high = c.queue_create(0, Priority::High, 0).unwrap();
+        let order = run_behind_gate(&mut c, &drv, &[(low, 1), (normal, 2), (high, 3), (normal, 4), (high, 5)]);
+        assert_eq!(order, vec![3, 5, 2, 4, 1]);
+    }
+
+    #[test]
+    fn lower_class_is_served_within_the_starvation_bound() {
+        let (drv, _sub, mut c) = setup();
+        let low = c.queue_create(0, Priority::Low, 0).unwrap();
+        let high = c.queue_create(0, Priority::High, 0).unwrap();
+        let mut work: Vec<(QueueHandle, u64)> = vec![(low, 0)];
+        work.extend((1..=40).map(|t| (high, t)));
+        let order = run_behind_gate(&mut c, &drv, &work);
+        let pos = order.iter().position(|t| *t == 0).unwrap();
+        assert_eq!(pos, crate::sched::STARVATION_LIMIT as usize, "low job ran at {pos}: {order:?}");
     }
 
     #[test]
@@ -649,61 +616,24 @@ mod tests {
     #[test]
     fn rejected_submit_changes_nothing() {
         let (_drv, sub, mut c) = setup();
-        let q = c.queue_create(0).unwrap();
+        let q = c.queue_create(0, Priority::Normal, 0).unwrap();
         let tl = c.syncobj_create(true, false).unwrap();
         let before = sub.stats();
         // The second signal point is invalid (point 0 on a timeline), so nothing may be attached.
-        let signal = [SignalPoint {
-            handle: tl,
-            point: 0,
-        }];
-        assert_eq!(
-            c.submit(q, &Op::Nop, &[], &signal).unwrap_err().code,
-            Errno::EINVAL
-        );
-        let dup = [
-            SignalPoint {
-                handle: tl,
-                point: 1,
-            },
-            SignalPoint {
-                handle: tl,
-                point: 2,
-            },
-        ];
-        assert_eq!(
-            c.submit(q, &Op::Nop, &[], &dup).unwrap_err().code,
-            Errno::EINVAL
-        );
+        let signal = [SignalPoint { handle: tl, point: 0 }];
+        assert_eq!(c.submit(q, &Op::Nop, &[], &signal).unwrap_err().code, Errno::EINVAL);
+        let dup = [SignalPoint { handle: tl, point: 1 }, SignalPoint { handle: tl, point: 2 }];
+        assert_eq!(c.submit(q, &Op::Nop, &[], &dup).unwrap_err().code, Errno::EINVAL);
         assert_eq!(sub.stats(), before);
         assert_eq!(c.syncobj_query(tl).unwrap(), 0);
-        c.submit(
-            q,
-            &Op::Nop,
-            &[],
-            &[SignalPoint {
-                handle: tl,
-                point: 1,
-            }],
-        )
-        .unwrap();
+        c.submit(q, &Op::Nop, &[], &[SignalPoint { handle: tl, point: 1 }]).unwrap();
     }
 
     #[test]
     fn hung_job_times_out_and_later_jobs_run() {
         let (drv, _sub, mut c) = setup();
-        let q = c.queue_create(0).unwrap();
-        let (hang, _) = c
-            .submit(
-                q,
-                &Op::Driver {
-                    code: 3,
-                    args: [0; 4],
-                },
-                &[],
-                &[],
-            )
-            .unwrap();
+        let q = c.queue_create(0, Priority::Normal, 0).unwrap();
+        let (hang, _) = c.submit(q, &Op::Driver { code: 3, args: [0; 4] }, &[], &[]).unwrap();
         let (after, _) = c.submit(q, &tag(7), &[], &[]).unwrap();
         assert_eq!(wait(&c, hang), FenceStatus::Error(Errno::ETIME));
         assert_eq!(wait(&c, after), FenceStatus::Signaled);
@@ -713,18 +643,8 @@ mod tests {
     #[test]
     fn dependency_error_fails_job_without_running_it() {
         let (drv, _sub, mut c) = setup();
-        let q = c.queue_create(0).unwrap();
-        let (bad, _) = c
-            .submit(
-                q,
-                &Op::Driver {
-                    code: 2,
-                    args: [0; 4],
-                },
-                &[],
-                &[],
-            )
-            .unwrap();
+        let q = c.queue_create(0, Priority::Normal, 0).unwrap();
+        let (bad, _) = c.submit(q, &Op::Driver { code: 2, args: [0; 4] }, &[], &[]).unwrap();
         let (dep, _) = c.submit(q, &tag(1), &[WaitPoint::Fence(bad)], &[]).unwrap();
         assert_eq!(wait(&c, dep), FenceStatus::Error(Errno::EIO));
         assert!(drv.ran.lock().unwrap().is_empty());
@@ -733,26 +653,10 @@ mod tests {
     #[test]
     fn dropping_client_cancels_its_work_and_frees_everything() {
         let (_drv, sub, mut c) = setup();
-        let q = c.queue_create(0).unwrap();
+        let q = c.queue_create(0, Priority::Normal, 0).unwrap();
         let (bo, _) = c.bo_create(4096).unwrap();
-        c.submit(
-            q,
-            &Op::Driver {
-                code: 3,
-                args: [0; 4],
-            },
-            &[],
-            &[],
-        )
-        .unwrap();
-        let fill = Op::Fill {
-            dst: BufView {
-                bo,
-                offset: 0,
-                len: 4096,
-            },
-            pattern: 1,
-        };
+        c.submit(q, &Op::Driver { code: 3, args: [0; 4] }, &[], &[]).unwrap();
+        let fill = Op::Fill { dst: BufView { bo, offset: 0, len: 4096 }, pattern: 1 };
         c.submit(q, &fill, &[], &[]).unwrap();
         c.syncobj_create(false, true).unwrap();
         drop(c);
@@ -771,14 +675,11 @@ mod tests {
         let sub = Subsystem::new(vec![cfg]).unwrap();
         let mut a = sub.connect(PeerCred::default(), "a");
         let mut b = sub.connect(PeerCred::default(), "b");
-        a.open(0).unwrap();
-        assert_eq!(b.open(0).unwrap_err().code, Errno::EBUSY);
+        a.open(0, Duration::ZERO, &|| false).unwrap();
+        assert_eq!(b.open(0, Duration::ZERO, &|| false).unwrap_err().code, Errno::EBUSY);
         drop(a);
-        b.open(0).unwrap();
-        assert_eq!(
-            sub.device(0).unwrap().describe().exclusive_owner,
-            Some(b.id())
-        );
+        b.open(0, Duration::ZERO, &|| false).unwrap();
+        assert_eq!(sub.device(0).unwrap().describe().exclusive_owner, Some(b.id()));
     }
 
     #[test]

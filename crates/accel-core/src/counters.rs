@@ -65,19 +65,13 @@ impl Tracked {
     pub fn with_bytes(counters: &Arc<Counters>, kind: Kind, bytes: u64) -> Self {
         counters.counts[kind as usize].fetch_add(1, Ordering::Relaxed);
         counters.buffer_bytes.fetch_add(bytes, Ordering::Relaxed);
-        Tracked {
-            counters: counters.clone(),
-            kind,
-            bytes,
-        }
+        Tracked { counters: counters.clone(), kind, bytes }
     }
 }
 
 impl Drop for Tracked {
     fn drop(&mut self) {
         self.counters.counts[self.kind as usize].fetch_sub(1, Ordering::Relaxed);
-        self.counters
-            .buffer_bytes
-            .fetch_sub(self.bytes, Ordering::Relaxed);
+        self.counters.buffer_bytes.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }

@@ -1,13 +1,14 @@
 //! A registered device: driver, category and open policy, scheduler, memory accounting.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-use accel_uapi::{Category, DeviceInfo};
+use accel_uapi::{Category, DeviceInfo, Errno};
 
 use crate::driver::{Driver, DriverInfo};
-use crate::sched::Scheduler;
+use crate::sched::{SchedConfig, Scheduler};
 use crate::{bail, lock, Error, Result};
 
 /// How a device is registered.
@@ -18,17 +19,27 @@ pub struct DeviceConfig {
     pub category: Option<Category>,
     /// Job timeout for queues that do not set one.
     pub job_timeout: Duration,
+    /// Hangs after which a queue is banned.
+    pub hang_limit: u32,
 }
 
 impl DeviceConfig {
-    /// A device with the driver's default category and a 10 s job timeout.
+    /// A device with the driver's default category, a 10 s job timeout and a hang limit of 2.
     pub fn new(driver: Arc<dyn Driver>) -> Self {
         DeviceConfig {
             driver,
             category: None,
             job_timeout: Duration::from_secs(10),
+            hang_limit: SchedConfig::default().hang_limit,
         }
     }
+}
+
+/// Who holds an exclusive device, and who queues for it (FIFO).
+#[derive(Default)]
+struct Lease {
+    owner: Option<u64>,
+    waiters: VecDeque<u64>,
 }
 
 /// One device node, `accel<minor>`.
@@ -44,7 +55,8 @@ pub struct Device {
     /// The device's scheduler.
     pub sched: Scheduler,
     pub(crate) mem_used: Arc<AtomicU64>,
-    owner: Mutex<Option<u64>>,
+    lease: Mutex<Lease>,
+    lease_cond: Condvar,
     open_clients: AtomicU32,
     seqno: AtomicU64,
 }
@@ -59,28 +71,21 @@ impl std::fmt::Debug for Device {
     }
 }
 
+/// How often a lease waiter checks whether its client went away.
+const LEASE_POLL: Duration = Duration::from_millis(50);
+
 impl Device {
     /// Registers a device under `minor` and starts its scheduler.
     pub fn new(minor: u32, config: DeviceConfig) -> Result<Device> {
         let info = config.driver.info();
         let category = match config.category {
-            None => *info.categories.first().ok_or_else(|| {
-                Error::new(accel_uapi::Errno::EINVAL, "driver supports no category")
-            })?,
+            None => *info.categories.first().ok_or_else(|| Error::new(Errno::EINVAL, "driver supports no category"))?,
             Some(c) if info.categories.contains(&c) => c,
-            Some(c) => bail!(
-                EINVAL,
-                "driver {} does not support the {} category",
-                info.driver,
-                c.name()
-            ),
+            Some(c) => bail!(EINVAL, "driver {} does not support the {} category", info.driver, c.name()),
         };
-        let sched = Scheduler::new(config.driver, &format!("accel{minor}")).map_err(|e| {
-            Error::new(
-                accel_uapi::Errno::ENOMEM,
-                format!("starting scheduler: {e}"),
-            )
-        })?;
+        let sched_config = SchedConfig { hang_limit: config.hang_limit, fifo: category == Category::Oneshot };
+        let sched = Scheduler::new(config.driver, &format!("accel{minor}"), sched_config)
+            .map_err(|e| Error::new(Errno::ENOMEM, format!("starting scheduler: {e}")))?;
         Ok(Device {
             minor,
             info,
@@ -88,7 +93,8 @@ impl Device {
             job_timeout: config.job_timeout,
             sched,
             mem_used: Arc::new(AtomicU64::new(0)),
-            owner: Mutex::new(None),
+            lease: Mutex::new(Lease::default()),
+            lease_cond: Condvar::new(),
             open_clients: AtomicU32::new(0),
             seqno: AtomicU64::new(0),
         })
@@ -106,33 +112,73 @@ impl Device {
             ops: self.info.ops.clone(),
             memory_bytes: self.info.memory_bytes,
             compute_units: self.info.compute_units,
+            engines: self.info.engines.clone(),
+            queued_jobs: self.sched.queued() as u64,
+            resets: self.sched.resets(),
+            wedged: self.sched.is_wedged(),
             open_clients: self.open_clients.load(Ordering::Relaxed),
-            exclusive_owner: *lock(&self.owner),
+            exclusive_owner: lock(&self.lease).owner,
         }
     }
 
-    /// Opens the device for a client; an exclusive device held by another client is `EBUSY`.
-    pub(crate) fn open(&self, client_id: u64) -> Result<()> {
+    /// Opens the device for a client.
+    ///
+    /// An exclusive device held by another client is `EBUSY` at once when `wait` is
+    /// zero; otherwise the client queues (first come, first served) for up to `wait`.
+    /// A waiter whose client went away (`interrupted`) leaves the queue with `ECANCELED`.
+    pub(crate) fn open(&self, client_id: u64, wait: Duration, interrupted: &dyn Fn() -> bool) -> Result<()> {
         if self.category == Category::Exclusive {
-            let mut owner = lock(&self.owner);
-            if let Some(o) = *owner {
-                bail!(
-                    EBUSY,
-                    "accel{} is exclusive and held by client {o}",
-                    self.minor
-                );
-            }
-            *owner = Some(client_id);
+            self.acquire_lease(client_id, wait, interrupted)?;
         }
         self.open_clients.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Closes the device for a client, releasing an exclusive lease it held.
+    fn acquire_lease(&self, client_id: u64, wait: Duration, interrupted: &dyn Fn() -> bool) -> Result<()> {
+        let mut lease = lock(&self.lease);
+        if lease.owner.is_none() && lease.waiters.is_empty() {
+            lease.owner = Some(client_id);
+            return Ok(());
+        }
+        if wait.is_zero() {
+            let holder = lease.owner.map_or("a waiting client".into(), |o| format!("client {o}"));
+            bail!(EBUSY, "accel{} is exclusive and held by {holder}", self.minor);
+        }
+        lease.waiters.push_back(client_id);
+        let deadline = Instant::now().checked_add(wait);
+        loop {
+            if lease.owner.is_none() && lease.waiters.front() == Some(&client_id) {
+                lease.waiters.pop_front();
+                lease.owner = Some(client_id);
+                return Ok(());
+            }
+            let now = Instant::now();
+            let give_up = if deadline.is_some_and(|d| d <= now) {
+                Some(Error::new(Errno::EBUSY, format!("accel{} still held after waiting {wait:?}", self.minor)))
+            } else if interrupted() {
+                Some(Error::new(Errno::ECANCELED, "client went away while waiting for the lease"))
+            } else {
+                None
+            };
+            if let Some(err) = give_up {
+                lease.waiters.retain(|w| *w != client_id);
+                self.lease_cond.notify_all();
+                return Err(err);
+            }
+            let slice = deadline.map_or(LEASE_POLL, |d| (d - now).min(LEASE_POLL));
+            lease = self.lease_cond.wait_timeout(lease, slice).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Closes the device for a client, handing an exclusive lease it held to the next waiter.
+    ///
+    /// The leaving client's buffers were freed with it, and new buffers are fresh zeroed
+    /// memfds, so the next holder finds no trace of the previous one (scrubbed hand-over).
     pub(crate) fn close(&self, client_id: u64) {
-        let mut owner = lock(&self.owner);
-        if *owner == Some(client_id) {
-            *owner = None;
+        let mut lease = lock(&self.lease);
+        if lease.owner == Some(client_id) {
+            lease.owner = None;
+            self.lease_cond.notify_all();
         }
         self.open_clients.fetch_sub(1, Ordering::Relaxed);
     }

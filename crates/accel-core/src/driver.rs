@@ -9,7 +9,7 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use accel_uapi::{Category, Errno, OpKind};
+use accel_uapi::{Category, EngineInfo, Errno, OpKind};
 
 use crate::bo::{BoMatrix, BoRange};
 use crate::lock;
@@ -31,6 +31,8 @@ pub struct DriverInfo {
     pub memory_bytes: u64,
     /// Compute units (threads for the cpu driver).
     pub compute_units: u32,
+    /// Engines and their credits (ring depth); jobs are routed by [`Driver::engine_for`].
+    pub engines: Vec<EngineInfo>,
 }
 
 /// A job's operation with every buffer view resolved and bounds-checked by the core.
@@ -93,11 +95,7 @@ impl AbortToken {
     /// Sleeps up to `timeout`, waking early on abort; returns true if aborted.
     pub fn sleep(&self, timeout: Duration) -> bool {
         let g = lock(&self.0 .0);
-        let (g, _) = self
-            .0
-             .1
-            .wait_timeout_while(g, timeout, |a| !*a)
-            .unwrap_or_else(|e| e.into_inner());
+        let (g, _) = self.0 .1.wait_timeout_while(g, timeout, |a| !*a).unwrap_or_else(|e| e.into_inner());
         *g
     }
 }
@@ -116,17 +114,28 @@ pub trait Driver: Send + Sync + 'static {
     /// Describes the device.
     fn info(&self) -> DriverInfo;
 
-    /// Runs a job to completion on the calling (scheduler) thread.
+    /// Which engine (index into [`DriverInfo::engines`]) runs `op`. Default: engine 0.
+    fn engine_for(&self, _op: &JobOp) -> usize {
+        0
+    }
+
+    /// Runs a job to completion on the calling slot thread of `engine`. Up to the
+    /// engine's credits run at once.
     ///
     /// An error becomes the job fence's error. Work that can take long must
-    /// return once `ctx.abort` is set.
-    fn run_job(&self, op: &JobOp, ctx: &JobCtx) -> Result<(), Errno>;
+    /// return once `ctx.abort` is set (timeout, reset, or the client went away).
+    fn run_job(&self, engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), Errno>;
 
-    /// Called after the watchdog aborted a job that exceeded its timeout: reset
-    /// the engine. An error means the reset failed.
-    fn timedout_job(&self, _ctx: &JobCtx) -> Result<(), Errno> {
+    /// Called after a job on `engine` exceeded its timeout (`guilty` is its context).
+    /// Every job running on that engine has been aborted; reset the engine. The core
+    /// then resubmits the innocent jobs. An error means the reset failed and wedges
+    /// the device.
+    fn timedout_job(&self, _engine: usize, _guilty: &JobCtx) -> Result<(), Errno> {
         Ok(())
     }
+
+    /// Called once a job's fence has signalled, before the core drops the job.
+    fn free_job(&self, _op: &JobOp) {}
 }
 
 /// Host-memory implementations of the simple portable ops, for drivers whose

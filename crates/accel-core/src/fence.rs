@@ -17,7 +17,15 @@ type Callback = Box<dyn FnOnce(FenceStatus) + Send>;
 
 struct FenceState {
     status: FenceStatus,
+    /// `CLOCK_MONOTONIC` ns at signal time; 0 while pending.
+    timestamp: u64,
     callbacks: Vec<Callback>,
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (the clock fence timestamps use).
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
 }
 
 /// A one-shot completion signal that may carry an error.
@@ -29,9 +37,7 @@ pub struct Fence {
 
 impl std::fmt::Debug for Fence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fence")
-            .field("status", &self.status())
-            .finish()
+        f.debug_struct("Fence").field("status", &self.status()).finish()
     }
 }
 
@@ -39,10 +45,7 @@ impl Fence {
     /// A new unsignalled fence.
     pub fn new(counters: &Arc<Counters>) -> Arc<Fence> {
         Arc::new(Fence {
-            state: Mutex::new(FenceState {
-                status: FenceStatus::Pending,
-                callbacks: Vec::new(),
-            }),
+            state: Mutex::new(FenceState { status: FenceStatus::Pending, timestamp: 0, callbacks: Vec::new() }),
             cond: Condvar::new(),
             _tracked: Tracked::new(counters, Kind::Fence),
         })
@@ -96,6 +99,7 @@ impl Fence {
                 return false;
             }
             s.status = status;
+            s.timestamp = monotonic_ns();
             std::mem::take(&mut s.callbacks)
         };
         self.cond.notify_all();
@@ -109,6 +113,11 @@ impl Fence {
     /// Current status.
     pub fn status(&self) -> FenceStatus {
         lock(&self.state).status
+    }
+
+    /// When the fence signalled (`CLOCK_MONOTONIC` ns), or 0 while pending.
+    pub fn timestamp(&self) -> u64 {
+        lock(&self.state).timestamp
     }
 
     /// Runs `cb` once the fence signals (at once, on this thread, if it already has).
@@ -180,11 +189,7 @@ pub fn wait_fences(
         if interrupted() {
             bail!(ECANCELED, "wait interrupted: client went away");
         }
-        guard = waker
-            .1
-            .wait_timeout(guard, remaining.min(INTERRUPT_POLL))
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
+        guard = waker.1.wait_timeout(guard, remaining.min(INTERRUPT_POLL)).unwrap_or_else(|e| e.into_inner()).0;
     }
 }
 
@@ -213,13 +218,7 @@ impl Syncobj {
 
     /// A timeline syncobj at point 0.
     pub fn timeline(counters: &Arc<Counters>) -> Syncobj {
-        Self::with(
-            counters,
-            SyncobjState::Timeline {
-                base: 0,
-                points: BTreeMap::new(),
-            },
-        )
+        Self::with(counters, SyncobjState::Timeline { base: 0, points: BTreeMap::new() })
     }
 
     fn with(counters: &Arc<Counters>, state: SyncobjState) -> Syncobj {
@@ -240,10 +239,7 @@ impl Syncobj {
             SyncobjState::Timeline { base, points } => {
                 let last = points.keys().next_back().copied().unwrap_or(*base);
                 if point <= last {
-                    bail!(
-                        EINVAL,
-                        "timeline point {point} must be above the last point {last}"
-                    );
+                    bail!(EINVAL, "timeline point {point} must be above the last point {last}");
                 }
                 Ok(())
             }
@@ -317,10 +313,7 @@ impl Syncobj {
     /// Binary: 1 if signalled, else 0.
     pub fn query(&self) -> u64 {
         match &mut *lock(&self.state) {
-            SyncobjState::Binary(f) => u64::from(
-                f.as_ref()
-                    .is_some_and(|f| f.status() != FenceStatus::Pending),
-            ),
+            SyncobjState::Binary(f) => u64::from(f.as_ref().is_some_and(|f| f.status() != FenceStatus::Pending)),
             SyncobjState::Timeline { base, points } => {
                 Self::prune(base, points);
                 *base
@@ -360,10 +353,7 @@ mod tests {
     #[test]
     fn wait_times_out_with_etimedout() {
         let c = counters();
-        let err = wait_fences(&[Fence::new(&c)], true, Duration::from_millis(20), &|| {
-            false
-        })
-        .unwrap_err();
+        let err = wait_fences(&[Fence::new(&c)], true, Duration::from_millis(20), &|| false).unwrap_err();
         assert_eq!(err.code, Errno::ETIMEDOUT);
     }
 

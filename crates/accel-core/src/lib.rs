@@ -39,6 +39,7 @@ use bo::BufferObject;
 use client::{Client, ClientRecord, PeerCred};
 use counters::Counters;
 use device::{Device, DeviceConfig};
+use fence::Syncobj;
 
 /// Locks a mutex, ignoring poisoning: state behind the core's mutexes stays
 /// consistent at every unlock point, so a panicked holder leaves nothing half-done.
@@ -52,6 +53,7 @@ pub struct Subsystem {
     pub(crate) counters: Arc<Counters>,
     next_client: AtomicU64,
     exports: Mutex<HashMap<(u64, u64), Weak<BufferObject>>>,
+    syncobj_exports: Mutex<HashMap<(u64, u64), Weak<Syncobj>>>,
     clients: Mutex<BTreeMap<u64, Arc<ClientRecord>>>,
 }
 
@@ -68,6 +70,7 @@ impl Subsystem {
             counters: Arc::new(Counters::default()),
             next_client: AtomicU64::new(1),
             exports: Mutex::new(HashMap::new()),
+            syncobj_exports: Mutex::new(HashMap::new()),
             clients: Mutex::new(BTreeMap::new()),
         }))
     }
@@ -111,10 +114,7 @@ impl Subsystem {
 
     /// Usage of every connected client.
     pub fn client_usage(&self) -> Vec<ClientUsage> {
-        lock(&self.clients)
-            .iter()
-            .map(|(id, r)| r.usage(*id))
-            .collect()
+        lock(&self.clients).iter().map(|(id, r)| r.usage(*id)).collect()
     }
 
     fn register_export(&self, bo: &Arc<BufferObject>) {
@@ -123,11 +123,34 @@ impl Subsystem {
         exports.insert(bo.memory().inode(), Arc::downgrade(bo));
     }
 
+    /// A descriptor naming `so`: an empty sealed memfd whose inode is the key.
+    fn export_syncobj(&self, so: &Arc<Syncobj>) -> Result<OwnedFd> {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let os = |e: rustix::io::Errno| Error::new(accel_uapi::Errno::ENOMEM, format!("syncobj export: {e}"));
+        let fd =
+            rustix::fs::memfd_create("accel-syncobj", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).map_err(os)?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::GROW | SealFlags::SHRINK | SealFlags::WRITE | SealFlags::SEAL)
+            .map_err(os)?;
+        let st = rustix::fs::fstat(&fd).map_err(os)?;
+        let mut exports = lock(&self.syncobj_exports);
+        exports.retain(|_, w| w.strong_count() > 0);
+        exports.insert((st.st_dev, st.st_ino), Arc::downgrade(so));
+        Ok(fd)
+    }
+
+    fn import_syncobj(&self, fd: &OwnedFd) -> Result<Arc<Syncobj>> {
+        let st = rustix::fs::fstat(fd).map_err(|e| Error::new(accel_uapi::Errno::EBADF, format!("fstat: {e}")))?;
+        lock(&self.syncobj_exports).get(&(st.st_dev, st.st_ino)).and_then(Weak::upgrade).ok_or_else(|| {
+            Error::new(
+                accel_uapi::Errno::ENOENT,
+                "descriptor is not an exported syncobj, or every handle to it was closed",
+            )
+        })
+    }
+
     fn find_export(&self, fd: &OwnedFd) -> Option<Arc<BufferObject>> {
         let st = rustix::fs::fstat(fd).ok()?;
-        lock(&self.exports)
-            .get(&(st.st_dev, st.st_ino))
-            .and_then(Weak::upgrade)
+        lock(&self.exports).get(&(st.st_dev, st.st_ino)).and_then(Weak::upgrade)
     }
 }
 
@@ -138,7 +161,7 @@ pub(crate) mod testing {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use accel_uapi::{Category, Errno, OpKind};
+    use accel_uapi::{Category, EngineInfo, Errno, OpKind};
 
     use crate::device::DeviceConfig;
     use crate::driver::{Driver, DriverInfo, JobCtx, JobOp};
@@ -159,10 +182,11 @@ pub(crate) mod testing {
                 ops: vec![OpKind::Nop, OpKind::Fill, OpKind::Driver],
                 memory_bytes: 1 << 24,
                 compute_units: 1,
+                engines: vec![EngineInfo { name: "compute".into(), credits: 1 }],
             }
         }
 
-        fn run_job(&self, op: &JobOp, ctx: &JobCtx) -> Result<(), Errno> {
+        fn run_job(&self, _engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), Errno> {
             match op {
                 JobOp::Driver { code: 1, args } => self.ran.lock().unwrap().push(args[0]),
                 JobOp::Driver { code: 2, .. } => return Err(Errno::EIO),

@@ -31,9 +31,7 @@ impl HostMemory {
         if len == 0 {
             bail!(EINVAL, "buffer size must be non-zero");
         }
-        let Ok(size) = usize::try_from(len) else {
-            bail!(ENOMEM, "buffer size {len} does not fit in memory")
-        };
+        let Ok(size) = usize::try_from(len) else { bail!(ENOMEM, "buffer size {len} does not fit in memory") };
         let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
             .map_err(os_err(Errno::ENOMEM, "memfd_create"))?;
         rustix::fs::ftruncate(&fd, len).map_err(os_err(Errno::ENOMEM, "ftruncate"))?;
@@ -45,16 +43,10 @@ impl HostMemory {
     /// Maps a descriptor a client passed in. It must be a memfd sealed against shrinking.
     pub fn import(fd: OwnedFd) -> Result<Self> {
         let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| {
-            Error::new(
-                Errno::EINVAL,
-                "descriptor is not a memfd (no seals); only accel buffer fds can be imported",
-            )
+            Error::new(Errno::EINVAL, "descriptor is not a memfd (no seals); only accel buffer fds can be imported")
         })?;
         if !seals.contains(SealFlags::SHRINK) {
-            bail!(
-                EINVAL,
-                "memfd is not sealed against shrinking; refusing to map it"
-            );
+            bail!(EINVAL, "memfd is not sealed against shrinking; refusing to map it");
         }
         let stat = rustix::fs::fstat(&fd).map_err(os_err(Errno::EBADF, "fstat"))?;
         let size = usize::try_from(stat.st_size).unwrap_or(0);
@@ -68,11 +60,7 @@ impl HostMemory {
         let stat = rustix::fs::fstat(&fd).map_err(os_err(Errno::EBADF, "fstat"))?;
         // Callers checked the shrink seal, so the mapping stays valid for its whole length.
         let map = Mapping::new(&fd, len).map_err(os_err(Errno::ENOMEM, "mmap"))?;
-        Ok(HostMemory {
-            map,
-            fd,
-            inode: (stat.st_dev, stat.st_ino),
-        })
+        Ok(HostMemory { map, fd, inode: (stat.st_dev, stat.st_ino) })
     }
 
     /// Start of the mapping.

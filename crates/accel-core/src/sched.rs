@@ -1,22 +1,53 @@
-//! The first scheduler: one FIFO per device, a worker thread that runs jobs in
-//! submission order, and a watchdog that aborts a job past its timeout and asks
-//! the driver to reset (drm_sched's `timedout_job`).
+//! The job scheduler (the analogue of `drm_sched`).
 //!
-//! A job's dependencies are waited for on the worker before it runs; a failed
-//! dependency fails the job with the same error without running it.
+//! Per device:
+//! - **Entities** are client queues. Each has a priority class ([`Priority`]) and a
+//!   weight. Jobs of one entity run in submission order.
+//! - **Engines** have credits (ring depth): an engine takes up to `credits` jobs at once,
+//!   each run on its own slot thread through [`Driver::run_job`].
+//! - **Selection.** The highest class with a ready job goes first, except that a class
+//!   with ready work that was passed over [`STARVATION_LIMIT`] times is served next. So a
+//!   class with ready work is dispatched at least once in every `STARVATION_LIMIT + 3`
+//!   dispatches (the 3 covers other starved classes served first): lower classes slow
+//!   down under load but never starve. Within a class the entity with the least virtual
+//!   runtime (engine time ÷ weight) goes first, which converges to shares proportional to
+//!   weights. Oneshot devices skip fair share: FIFO by submission within a class.
+//! - **Dependencies** are fences from anywhere (any queue, client or device). A job is
+//!   ready when all have signalled; if one failed, the job fails with that error without
+//!   running.
+//! - **Timeouts.** A scheduler thread watches running jobs. When one passes its queue's
+//!   timeout it is the guilty job: its fence gets `ETIME`, its entity gains karma and is
+//!   banned (`ECANCELED` for queued and future jobs) once karma reaches the hang limit.
+//!   Every job on that engine is aborted and the driver resets the engine
+//!   ([`Driver::timedout_job`]); innocent jobs that were running are resubmitted and run
+//!   again, queued ones are untouched. Only a failed reset wedges the device (`EIO`).
+//!
+//! Fences are always signalled outside the scheduler lock: signalling runs callbacks,
+//! and a callback may kick the scheduler.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use accel_uapi::{Errno, FenceStatus};
+use accel_uapi::{Errno, FenceStatus, Priority};
 
 use crate::counters::{Counters, Kind, Tracked};
 use crate::driver::{AbortToken, Driver, JobCtx, JobOp};
-use crate::fence::{wait_fences, Fence};
-use crate::lock;
+use crate::fence::Fence;
+use crate::{bail, lock, Result};
+
+/// Passed-over dispatches after which a class with ready work is served next.
+pub const STARVATION_LIMIT: u32 = 16;
+/// Weight of a queue that does not ask for one.
+pub const DEFAULT_WEIGHT: u32 = 100;
+/// Largest weight accepted.
+pub const MAX_WEIGHT: u32 = 10_000;
+/// Most jobs one queue may have waiting; more is `EAGAIN`.
+pub const MAX_QUEUED_PER_ENTITY: usize = 1 << 16;
+/// Virtual runtime units per nanosecond at weight 1.
+const VRUNTIME_SCALE: u128 = 1 << 16;
 
 /// Usage a client accumulates (fdinfo `drm-engine-*` style).
 #[derive(Debug, Default)]
@@ -27,72 +58,149 @@ pub struct UsageCounters {
     pub jobs_completed: AtomicU64,
 }
 
-/// A job queued on a device.
+/// A job handed to the scheduler.
 pub struct Job {
-    /// Submitting client.
-    pub client_id: u64,
-    /// Submitting queue.
-    pub queue_id: u64,
     /// The work, with buffers resolved.
     pub op: JobOp,
     /// Fences that must signal first.
     pub deps: Vec<Arc<Fence>>,
     /// Signalled when the job is done.
     pub fence: Arc<Fence>,
-    /// Longest the job may run before the watchdog aborts it.
-    pub timeout: Duration,
-    /// Where engine time is charged.
-    pub usage: Arc<UsageCounters>,
+    engine: usize,
+    seq: u64,
     _tracked: Tracked,
 }
 
 impl Job {
     /// Builds a job, counted as live until it is freed.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        counters: &Arc<Counters>,
-        client_id: u64,
-        queue_id: u64,
-        op: JobOp,
-        deps: Vec<Arc<Fence>>,
-        fence: Arc<Fence>,
-        timeout: Duration,
-        usage: Arc<UsageCounters>,
-    ) -> Job {
-        Job {
-            client_id,
-            queue_id,
-            op,
-            deps,
-            fence,
-            timeout,
-            usage,
-            _tracked: Tracked::new(counters, Kind::Job),
-        }
+    pub fn new(counters: &Arc<Counters>, op: JobOp, deps: Vec<Arc<Fence>>, fence: Arc<Fence>) -> Job {
+        Job { op, deps, fence, engine: 0, seq: 0, _tracked: Tracked::new(counters, Kind::Job) }
     }
 
-    fn belongs_to(&self, client_id: u64, queue_id: Option<u64>) -> bool {
-        self.client_id == client_id && queue_id.is_none_or(|q| q == self.queue_id)
+    /// `Some(error)` if a dependency failed, `None` if all signalled, or pending otherwise.
+    fn deps_state(&self) -> Option<Option<Errno>> {
+        let mut failed = None;
+        for d in &self.deps {
+            match d.status() {
+                FenceStatus::Pending => return None,
+                FenceStatus::Error(e) if failed.is_none() => failed = Some(e),
+                _ => {}
+            }
+        }
+        Some(failed)
     }
 }
 
-struct Running {
+/// How a queue is scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntityParams {
+    /// Priority class.
+    pub priority: Priority,
+    /// Relative share within the class (1..=[`MAX_WEIGHT`]).
+    pub weight: u32,
+    /// Longest a job may run.
+    pub timeout: Duration,
+}
+
+/// Scheduler policy of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedConfig {
+    /// Hangs after which a queue is banned (at least 1).
+    pub hang_limit: u32,
+    /// FIFO within a class instead of fair share (oneshot devices).
+    pub fifo: bool,
+}
+
+impl Default for SchedConfig {
+    fn default() -> Self {
+        SchedConfig { hang_limit: 2, fifo: false }
+    }
+}
+
+/// Scheduler-wide id of an entity.
+pub type EntityId = u64;
+
+struct Entity {
     client_id: u64,
-    queue_id: u64,
+    params: EntityParams,
+    usage: Arc<UsageCounters>,
+    jobs: VecDeque<Job>,
+    vruntime: u128,
+    /// Moving average of job duration: what a dispatch charges before the job ends.
+    avg_ns: u64,
+    in_flight: u32,
+    karma: u32,
+    banned: bool,
+}
+
+impl Entity {
+    fn vcost(&self, ns: u64) -> u128 {
+        u128::from(ns) * VRUNTIME_SCALE / u128::from(self.params.weight)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disposition {
+    /// The job ends with this error whatever the driver returns.
+    Fail(Errno),
+    /// An innocent victim of an engine reset: run it again.
+    Resubmit,
+}
+
+struct Dispatched {
+    entity: EntityId,
+    client_id: u64,
+    usage: Arc<UsageCounters>,
+    job: Job,
+    /// Virtual runtime charged at dispatch, corrected at completion.
+    charged: u128,
+}
+
+struct Running {
+    run_id: u64,
+    entity: EntityId,
+    client_id: u64,
     deadline: Option<Instant>,
     ctx: JobCtx,
-    /// Why the core stopped the job (timeout, cancel); overrides the driver's result.
-    reason: Option<Errno>,
+    disposition: Option<Disposition>,
+}
+
+struct Engine {
+    credits: u32,
+    in_flight: u32,
+    ring: VecDeque<Dispatched>,
+    running: Vec<Running>,
+}
+
+struct State {
+    entities: BTreeMap<EntityId, Entity>,
+    engines: Vec<Engine>,
+    next_entity: EntityId,
+    next_run: u64,
+    next_seq: u64,
+    starve: [u32; 4],
+    floor: [u128; 4],
+    resets: u64,
+    wedged: bool,
+    shutdown: bool,
+    dirty: bool,
 }
 
 struct Shared {
     driver: Arc<dyn Driver>,
-    jobs: Mutex<VecDeque<Job>>,
-    jobs_cond: Condvar,
-    running: Mutex<Option<Running>>,
-    running_cond: Condvar,
-    shutdown: AtomicBool,
-    wedged: AtomicBool,
+    config: SchedConfig,
+    state: Mutex<State>,
+    sched_cond: Condvar,
+    slot_cond: Condvar,
+}
+
+/// Jobs to signal once the lock is dropped.
+type Failed = Vec<(Job, Errno)>;
+
+fn signal_failed(failed: Failed) {
+    for (job, err) in failed {
+        job.fence.signal(Err(err));
+    }
 }
 
 /// A device's job scheduler.
@@ -102,191 +210,441 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the worker and watchdog threads for `driver`.
-    pub fn new(driver: Arc<dyn Driver>, name: &str) -> std::io::Result<Scheduler> {
+    /// Starts the scheduler thread and one slot thread per engine credit.
+    pub fn new(driver: Arc<dyn Driver>, name: &str, config: SchedConfig) -> std::io::Result<Scheduler> {
+        let engines: Vec<Engine> = driver
+            .info()
+            .engines
+            .iter()
+            .map(|e| Engine { credits: e.credits.max(1), in_flight: 0, ring: VecDeque::new(), running: Vec::new() })
+            .collect();
+        let engines = if engines.is_empty() {
+            vec![Engine { credits: 1, in_flight: 0, ring: VecDeque::new(), running: Vec::new() }]
+        } else {
+            engines
+        };
+        let slots: Vec<(usize, u32)> =
+            engines.iter().enumerate().flat_map(|(i, e)| (0..e.credits).map(move |s| (i, s))).collect();
         let shared = Arc::new(Shared {
             driver,
-            jobs: Mutex::new(VecDeque::new()),
-            jobs_cond: Condvar::new(),
-            running: Mutex::new(None),
-            running_cond: Condvar::new(),
-            shutdown: AtomicBool::new(false),
-            wedged: AtomicBool::new(false),
+            config: SchedConfig { hang_limit: config.hang_limit.max(1), ..config },
+            state: Mutex::new(State {
+                entities: BTreeMap::new(),
+                engines,
+                next_entity: 1,
+                next_run: 1,
+                next_seq: 1,
+                starve: [0; 4],
+                floor: [0; 4],
+                resets: 0,
+                wedged: false,
+                shutdown: false,
+                dirty: false,
+            }),
+            sched_cond: Condvar::new(),
+            slot_cond: Condvar::new(),
         });
-        let (w, d) = (shared.clone(), shared.clone());
-        let threads = vec![
-            std::thread::Builder::new()
-                .name(format!("{name}-sched"))
-                .spawn(move || w.worker())?,
-            std::thread::Builder::new()
-                .name(format!("{name}-watchdog"))
-                .spawn(move || d.watchdog())?,
-        ];
+        let mut threads = Vec::new();
+        let s = shared.clone();
+        threads.push(std::thread::Builder::new().name(format!("{name}-sched")).spawn(move || s.scheduler_loop())?);
+        for (engine, slot) in slots {
+            let s = shared.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("{name}-e{engine}s{slot}"))
+                    .spawn(move || s.slot_loop(engine))?,
+            );
+        }
         Ok(Scheduler { shared, threads })
     }
 
-    /// Queues a job behind every job already queued on the device.
-    pub fn push(&self, job: Job) {
-        lock(&self.shared.jobs).push_back(job);
-        self.shared.jobs_cond.notify_one();
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.shared.state)
     }
 
-    /// Cancels a client's jobs (one queue's, or all): queued ones are dropped with
-    /// `ECANCELED`; a running one is asked to abort.
-    pub fn cancel(&self, client_id: u64, queue_id: Option<u64>) {
-        let cancelled: Vec<Job> = {
-            let mut jobs = lock(&self.shared.jobs);
-            let (out, keep): (VecDeque<Job>, VecDeque<Job>) = std::mem::take(&mut *jobs)
-                .into_iter()
-                .partition(|j| j.belongs_to(client_id, queue_id));
-            *jobs = keep;
-            out.into()
+    /// Registers a queue of `client_id`.
+    pub fn create_entity(&self, client_id: u64, params: EntityParams, usage: Arc<UsageCounters>) -> EntityId {
+        let mut st = self.state();
+        let id = st.next_entity;
+        st.next_entity += 1;
+        let vruntime = st.floor[params.priority as usize];
+        st.entities.insert(
+            id,
+            Entity {
+                client_id,
+                params,
+                usage,
+                jobs: VecDeque::new(),
+                vruntime,
+                avg_ns: 1_000_000,
+                in_flight: 0,
+                karma: 0,
+                banned: false,
+            },
+        );
+        id
+    }
+
+    /// Queues a job on an entity. A failed push leaves the job unsignalled; the caller decides.
+    pub fn push(&self, entity: EntityId, mut job: Job) -> Result<()> {
+        job.engine = self.shared.driver.engine_for(&job.op);
+        // Wake the scheduler when a dependency signals. Registered before taking the lock:
+        // an already-signalled fence runs the callback at once, and it takes the lock.
+        for dep in &job.deps {
+            let weak = Arc::downgrade(&self.shared);
+            dep.on_signal(move |_| {
+                if let Some(s) = weak.upgrade() {
+                    s.kick();
+                }
+            });
+        }
+        let mut st = self.state();
+        if st.wedged {
+            bail!(EIO, "device is wedged (engine reset failed)");
+        }
+        let engines = st.engines.len();
+        if job.engine >= engines {
+            bail!(EINVAL, "driver routed the job to engine {} of {engines}", job.engine);
+        }
+        let floor = {
+            let Some(e) = st.entities.get(&entity) else { bail!(ENOENT, "queue is gone") };
+            st.floor[e.params.priority as usize]
         };
-        for job in cancelled {
-            job.fence.signal(Err(Errno::ECANCELED));
+        job.seq = st.next_seq;
+        st.next_seq += 1;
+        let hang_limit = self.shared.config.hang_limit;
+        let Some(e) = st.entities.get_mut(&entity) else { bail!(ENOENT, "queue is gone") };
+        if e.banned {
+            bail!(ECANCELED, "queue is banned after {} hung job(s) (limit {hang_limit})", e.karma);
         }
-        let mut running = lock(&self.shared.running);
-        if let Some(r) = running.as_mut() {
-            if r.client_id == client_id
-                && queue_id.is_none_or(|q| q == r.queue_id)
-                && r.reason.is_none()
-            {
-                r.reason = Some(Errno::ECANCELED);
-                r.ctx.abort.abort();
+        if e.jobs.len() >= MAX_QUEUED_PER_ENTITY {
+            bail!(EAGAIN, "queue holds {MAX_QUEUED_PER_ENTITY} waiting jobs; wait for some to finish");
+        }
+        if e.jobs.is_empty() && e.in_flight == 0 {
+            // An idle queue does not bank credit: it rejoins at the class's current floor.
+            e.vruntime = e.vruntime.max(floor);
+        }
+        e.jobs.push_back(job);
+        st.dirty = true;
+        drop(st);
+        self.shared.sched_cond.notify_one();
+        Ok(())
+    }
+
+    /// Removes a queue: its waiting jobs fail with `ECANCELED`, running ones are aborted.
+    pub fn destroy_entity(&self, entity: EntityId) {
+        self.cancel(|id, _| id == entity);
+    }
+
+    /// Removes every queue of a client (on close or crash).
+    pub fn cancel_client(&self, client_id: u64) {
+        self.cancel(|_, c| c == client_id);
+    }
+
+    fn cancel(&self, matches: impl Fn(EntityId, u64) -> bool) {
+        let mut failed = Failed::new();
+        {
+            let mut st = self.state();
+            let gone: Vec<EntityId> =
+                st.entities.iter().filter(|(id, e)| matches(**id, e.client_id)).map(|(id, _)| *id).collect();
+            for id in &gone {
+                if let Some(e) = st.entities.remove(id) {
+                    failed.extend(e.jobs.into_iter().map(|j| (j, Errno::ECANCELED)));
+                }
             }
+            for engine in &mut st.engines {
+                let (out, keep): (Vec<Dispatched>, Vec<Dispatched>) =
+                    engine.ring.drain(..).partition(|d| matches(d.entity, d.client_id));
+                engine.ring = keep.into();
+                engine.in_flight -= out.len() as u32;
+                failed.extend(out.into_iter().map(|d| (d.job, Errno::ECANCELED)));
+                for r in engine.running.iter_mut().filter(|r| matches(r.entity, r.client_id)) {
+                    r.disposition = Some(Disposition::Fail(Errno::ECANCELED));
+                    r.ctx.abort.abort();
+                }
+            }
+            st.dirty = true;
         }
+        self.shared.sched_cond.notify_one();
+        signal_failed(failed);
     }
 
-    /// Jobs waiting to run (not counting the running one).
+    /// Jobs waiting to be dispatched, over all queues.
     pub fn queued(&self) -> usize {
-        lock(&self.shared.jobs).len()
+        self.state().entities.values().map(|e| e.jobs.len()).sum()
     }
 
-    /// True once an engine reset failed; the device then refuses new work.
+    /// Engine resets so far.
+    pub fn resets(&self) -> u64 {
+        self.state().resets
+    }
+
+    /// True once an engine reset failed; the device then refuses work.
     pub fn is_wedged(&self) -> bool {
-        self.shared.wedged.load(Ordering::Acquire)
+        self.state().wedged
+    }
+
+    /// Whether a queue was banned for hanging.
+    pub fn is_banned(&self, entity: EntityId) -> bool {
+        self.state().entities.get(&entity).is_some_and(|e| e.banned)
     }
 }
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
-        self.shared.shutdown.store(true, Ordering::Release);
-        self.shared.jobs_cond.notify_all();
-        if let Some(r) = lock(&self.shared.running).as_mut() {
-            r.reason.get_or_insert(Errno::ECANCELED);
-            r.ctx.abort.abort();
-        }
-        self.shared.running_cond.notify_all();
+        let failed = {
+            let mut st = self.state();
+            st.shutdown = true;
+            for r in st.engines.iter_mut().flat_map(|e| e.running.iter_mut()) {
+                r.disposition = Some(Disposition::Fail(Errno::ECANCELED));
+                r.ctx.abort.abort();
+            }
+            drain_all(&mut st, Errno::ECANCELED)
+        };
+        self.shared.sched_cond.notify_all();
+        self.shared.slot_cond.notify_all();
+        signal_failed(failed);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
+/// Takes every waiting and dispatched-but-not-started job out, to fail with `err`.
+fn drain_all(st: &mut State, err: Errno) -> Failed {
+    let mut failed = Failed::new();
+    for e in st.entities.values_mut() {
+        failed.extend(e.jobs.drain(..).map(|j| (j, err)));
+    }
+    for engine in &mut st.engines {
+        engine.in_flight -= engine.ring.len() as u32;
+        failed.extend(engine.ring.drain(..).map(|d| (d.job, err)));
+    }
+    failed
+}
+
 impl Shared {
-    fn next_job(&self) -> Option<Job> {
-        let mut jobs = lock(&self.jobs);
-        loop {
-            if self.shutdown.load(Ordering::Acquire) {
-                for job in jobs.drain(..) {
-                    job.fence.signal(Err(Errno::ECANCELED));
-                }
-                return None;
-            }
-            if let Some(job) = jobs.pop_front() {
-                return Some(job);
-            }
-            jobs = self.jobs_cond.wait(jobs).unwrap_or_else(|e| e.into_inner());
-        }
+    fn kick(&self) {
+        lock(&self.state).dirty = true;
+        self.sched_cond.notify_one();
     }
 
-    fn worker(&self) {
-        while let Some(job) = self.next_job() {
-            let ctx = JobCtx {
-                abort: AbortToken::default(),
-                client_id: job.client_id,
-            };
-            *lock(&self.running) = Some(Running {
-                client_id: job.client_id,
-                queue_id: job.queue_id,
-                deadline: None,
-                ctx: ctx.clone(),
-                reason: None,
-            });
-            let result = self
-                .wait_deps(&job, &ctx)
-                .and_then(|()| self.run(&job, &ctx));
-            let reason = lock(&self.running).take().and_then(|r| r.reason);
-            job.fence.signal(reason.map_or(result, Err));
-            // Dropping the job here releases its buffers before the next one starts.
-        }
-    }
-
-    fn wait_deps(&self, job: &Job, ctx: &JobCtx) -> Result<(), Errno> {
-        if job.deps.is_empty() {
-            return Ok(());
-        }
-        let (_, status) = wait_fences(&job.deps, true, Duration::MAX, &|| ctx.abort.is_aborted())
-            .map_err(|e| e.code)?;
-        match status.into_iter().find_map(|s| {
-            if let FenceStatus::Error(e) = s {
-                Some(e)
-            } else {
-                None
-            }
-        }) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    fn run(&self, job: &Job, ctx: &JobCtx) -> Result<(), Errno> {
-        if self.wedged.load(Ordering::Acquire) {
-            return Err(Errno::EIO);
-        }
-        let start = Instant::now();
-        if let Some(r) = lock(&self.running).as_mut() {
-            r.deadline = start.checked_add(job.timeout);
-        }
-        self.running_cond.notify_all();
-        let result = self.driver.run_job(&job.op, ctx);
-        job.usage
-            .engine_ns
-            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        job.usage.jobs_completed.fetch_add(1, Ordering::Relaxed);
-        result
-    }
-
-    fn watchdog(&self) {
-        let mut running = lock(&self.running);
-        while !self.shutdown.load(Ordering::Acquire) {
-            let now = Instant::now();
-            let wait = match running.as_mut() {
-                Some(r) if r.reason.is_none() && r.deadline.is_some_and(|d| d <= now) => {
-                    r.reason = Some(Errno::ETIME);
-                    r.ctx.abort.abort();
-                    let ctx = r.ctx.clone();
-                    drop(running);
-                    tracing::warn!(client = ctx.client_id, "job timed out; resetting engine");
-                    if let Err(e) = self.driver.timedout_job(&ctx) {
-                        tracing::error!("engine reset failed ({e}); device is wedged");
-                        self.wedged.store(true, Ordering::Release);
+    fn scheduler_loop(&self) {
+        let mut st = lock(&self.state);
+        while !st.shutdown {
+            st.dirty = false;
+            let mut failed = self.pump(&mut st);
+            let resets = self.check_timeouts(&mut st, &mut failed);
+            if !failed.is_empty() || !resets.is_empty() {
+                drop(st);
+                signal_failed(failed);
+                for (engine, ctx) in resets {
+                    if let Err(e) = self.driver.timedout_job(engine, &ctx) {
+                        tracing::error!("engine {engine} reset failed ({e}); device wedged");
+                        let failed = {
+                            let mut st = lock(&self.state);
+                            st.wedged = true;
+                            for r in st.engines.iter_mut().flat_map(|e| e.running.iter_mut()) {
+                                if r.disposition == Some(Disposition::Resubmit) {
+                                    r.disposition = Some(Disposition::Fail(Errno::EIO));
+                                }
+                            }
+                            drain_all(&mut st, Errno::EIO)
+                        };
+                        signal_failed(failed);
                     }
-                    running = lock(&self.running);
-                    continue;
                 }
-                Some(Running {
-                    deadline: Some(d),
-                    reason: None,
-                    ..
-                }) => *d - now,
-                _ => Duration::from_secs(1),
-            };
-            running = self
-                .running_cond
-                .wait_timeout(running, wait)
+                st = lock(&self.state);
+                continue;
+            }
+            let now = Instant::now();
+            let next_deadline = st
+                .engines
+                .iter()
+                .flat_map(|e| e.running.iter())
+                .filter(|r| r.disposition.is_none())
+                .filter_map(|r| r.deadline)
+                .min();
+            let wait = next_deadline.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
+            st = self
+                .sched_cond
+                .wait_timeout_while(st, wait, |s| !s.dirty && !s.shutdown)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+        }
+    }
+
+    /// Dispatches ready jobs while engines have credits. Returns jobs whose dependency failed.
+    fn pump(&self, st: &mut State) -> Failed {
+        let mut failed = Failed::new();
+        if st.wedged {
+            return drain_all(st, Errno::EIO);
+        }
+        loop {
+            // Ready candidates: (class, entity, vruntime, seq of head job).
+            let mut ready: Vec<(usize, EntityId, u128, u64)> = Vec::new();
+            let State { entities, engines, .. } = &mut *st;
+            for (id, e) in entities.iter_mut() {
+                while let Some(job) = e.jobs.front() {
+                    match job.deps_state() {
+                        None => break,
+                        Some(Some(err)) => {
+                            let job = e.jobs.pop_front().expect("front exists");
+                            failed.push((job, err));
+                        }
+                        Some(None) => {
+                            let engine = &engines[job.engine];
+                            if !e.banned && engine.in_flight < engine.credits {
+                                ready.push((e.params.priority as usize, *id, e.vruntime, job.seq));
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+            let Some(class) = self.pick_class(st, &ready) else { break };
+            let candidates = ready.iter().filter(|r| r.0 == class);
+            let chosen =
+                if self.config.fifo { candidates.min_by_key(|r| r.3) } else { candidates.min_by_key(|r| (r.2, r.1)) };
+            let Some(&(_, id, vruntime, _)) = chosen else { break };
+            st.floor[class] = st.floor[class].max(vruntime);
+            let e = st.entities.get_mut(&id).expect("ready entity exists");
+            let job = e.jobs.pop_front().expect("ready entity has a job");
+            let charged = e.vcost(e.avg_ns);
+            e.vruntime += charged;
+            e.in_flight += 1;
+            let (client_id, usage) = (e.client_id, e.usage.clone());
+            let engine = &mut st.engines[job.engine];
+            engine.in_flight += 1;
+            engine.ring.push_back(Dispatched { entity: id, client_id, usage, job, charged });
+            self.slot_cond.notify_all();
+        }
+        failed
+    }
+
+    /// Chooses the class to serve and updates the starvation counters.
+    fn pick_class(&self, st: &mut State, ready: &[(usize, EntityId, u128, u64)]) -> Option<usize> {
+        let mut has = [false; 4];
+        for r in ready {
+            has[r.0] = true;
+        }
+        let starved =
+            (0..4).filter(|&c| has[c] && st.starve[c] >= STARVATION_LIMIT).max_by_key(|&c| (st.starve[c], 4 - c));
+        let class = starved.or_else(|| (0..4).rev().find(|&c| has[c]))?;
+        for c in 0..class {
+            if has[c] {
+                st.starve[c] += 1;
+            }
+        }
+        st.starve[class] = 0;
+        Some(class)
+    }
+
+    /// Marks timed-out jobs guilty, the other jobs on their engine for resubmission, and
+    /// returns the engines to reset with the guilty job's context.
+    fn check_timeouts(&self, st: &mut State, failed: &mut Failed) -> Vec<(usize, JobCtx)> {
+        let now = Instant::now();
+        let mut resets = Vec::new();
+        for engine_idx in 0..st.engines.len() {
+            let Some(guilty) = st.engines[engine_idx]
+                .running
+                .iter()
+                .position(|r| r.disposition.is_none() && r.deadline.is_some_and(|d| d <= now))
+            else {
+                continue;
+            };
+            let engine = &mut st.engines[engine_idx];
+            let (entity, ctx) = {
+                let r = &mut engine.running[guilty];
+                r.disposition = Some(Disposition::Fail(Errno::ETIME));
+                (r.entity, r.ctx.clone())
+            };
+            for r in engine.running.iter_mut() {
+                if r.disposition.is_none() {
+                    r.disposition = Some(Disposition::Resubmit);
+                }
+                r.ctx.abort.abort();
+            }
+            st.resets += 1;
+            if let Some(e) = st.entities.get_mut(&entity) {
+                e.karma += 1;
+                tracing::warn!(client = e.client_id, karma = e.karma, "job timed out; resetting engine {engine_idx}");
+                if e.karma >= self.config.hang_limit && !e.banned {
+                    e.banned = true;
+                    failed.extend(e.jobs.drain(..).map(|j| (j, Errno::ECANCELED)));
+                }
+            }
+            resets.push((engine_idx, ctx));
+        }
+        resets
+    }
+
+    fn slot_loop(&self, engine_idx: usize) {
+        loop {
+            let mut st = lock(&self.state);
+            let d = loop {
+                if st.shutdown {
+                    return;
+                }
+                if let Some(d) = st.engines[engine_idx].ring.pop_front() {
+                    break d;
+                }
+                st = self.slot_cond.wait(st).unwrap_or_else(|e| e.into_inner());
+            };
+            let run_id = st.next_run;
+            st.next_run += 1;
+            let ctx = JobCtx { abort: AbortToken::default(), client_id: d.client_id };
+            let timeout = st.entities.get(&d.entity).map(|e| e.params.timeout);
+            let start = Instant::now();
+            st.engines[engine_idx].running.push(Running {
+                run_id,
+                entity: d.entity,
+                client_id: d.client_id,
+                deadline: timeout.and_then(|t| start.checked_add(t)),
+                ctx: ctx.clone(),
+                // A queue destroyed between dispatch and start: do not run its job.
+                disposition: timeout.is_none().then_some(Disposition::Fail(Errno::ECANCELED)),
+            });
+            st.dirty = true;
+            drop(st);
+            self.sched_cond.notify_one();
+
+            let result = if ctx.abort.is_aborted() || timeout.is_none() {
+                Err(Errno::ECANCELED)
+            } else {
+                self.driver.run_job(engine_idx, &d.job.op, &ctx)
+            };
+            let elapsed = start.elapsed().as_nanos() as u64;
+
+            let mut st = lock(&self.state);
+            let running = &mut st.engines[engine_idx].running;
+            let disposition =
+                running.iter().position(|r| r.run_id == run_id).and_then(|i| running.remove(i).disposition);
+            if disposition == Some(Disposition::Resubmit) && !st.shutdown {
+                st.engines[engine_idx].ring.push_front(d);
+                drop(st);
+                self.slot_cond.notify_all();
+                continue;
+            }
+            let result = match disposition {
+                Some(Disposition::Fail(e)) => Err(e),
+                Some(Disposition::Resubmit) => Err(Errno::ECANCELED),
+                None => result,
+            };
+            st.engines[engine_idx].in_flight -= 1;
+            if let Some(e) = st.entities.get_mut(&d.entity) {
+                e.in_flight -= 1;
+                let actual = e.vcost(elapsed);
+                e.vruntime = e.vruntime.saturating_sub(d.charged) + actual;
+                e.avg_ns = (e.avg_ns * 7 + elapsed) / 8;
+            }
+            d.usage.engine_ns.fetch_add(elapsed, Ordering::Relaxed);
+            d.usage.jobs_completed.fetch_add(1, Ordering::Relaxed);
+            st.dirty = true;
+            drop(st);
+            self.sched_cond.notify_one();
+            d.job.fence.signal(result);
+            self.driver.free_job(&d.job.op);
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use accel_core::bo::BoMatrix;
 use accel_core::driver::{host, Driver, DriverInfo, JobCtx, JobOp};
-use accel_uapi::{Category, Errno, OpKind};
+use accel_uapi::{Category, EngineInfo, Errno, OpKind};
 
 /// Below this many multiply-adds a GEMM runs on one thread: spawning costs more.
 const PARALLEL_MIN_FLOPS: usize = 1 << 18;
@@ -20,10 +20,7 @@ impl CpuDevice {
     /// A device using every available CPU and up to half the machine's memory.
     pub fn new() -> Self {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        CpuDevice {
-            threads,
-            memory_bytes: mem_total().map_or(1 << 32, |m| m / 2),
-        }
+        CpuDevice { threads, memory_bytes: mem_total().map_or(1 << 32, |m| m / 2) }
     }
 
     /// Sets how many threads a GEMM may use.
@@ -47,27 +44,16 @@ impl Default for CpuDevice {
 
 fn mem_total() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb = info
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim();
+    let kb = info.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim();
     kb.parse::<u64>().ok().map(|k| k * 1024)
 }
 
 fn cpu_model() -> (String, String) {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| {
-        info.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_string())
+        info.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string())
     };
-    (
-        field("model name").unwrap_or_else(|| "host CPU".into()),
-        field("vendor_id").unwrap_or_else(|| "unknown".into()),
-    )
+    (field("model name").unwrap_or_else(|| "host CPU".into()), field("vendor_id").unwrap_or_else(|| "unknown".into()))
 }
 
 /// `C = alpha·A·B + beta·C` on row-major f32 matrices (A m×k, B k×n, C m×n;
@@ -125,39 +111,15 @@ pub unsafe fn sgemm(
     }
 }
 
-fn gemm_job(
-    a: &BoMatrix,
-    b: &BoMatrix,
-    c: &BoMatrix,
-    alpha: f32,
-    beta: f32,
-    threads: usize,
-) -> Result<(), Errno> {
-    let (pa, pb, pc) = (
-        a.range.ptr().cast::<f32>(),
-        b.range.ptr().cast::<f32>(),
-        c.range.ptr().cast::<f32>(),
-    );
+fn gemm_job(a: &BoMatrix, b: &BoMatrix, c: &BoMatrix, alpha: f32, beta: f32, threads: usize) -> Result<(), Errno> {
+    let (pa, pb, pc) = (a.range.ptr().cast::<f32>(), b.range.ptr().cast::<f32>(), c.range.ptr().cast::<f32>());
     if !pa.is_aligned() || !pb.is_aligned() || !pc.is_aligned() {
         return Err(Errno::EINVAL);
     }
     // SAFETY: core validated the views (in bounds, C disjoint from A and B) and the job
     // holds the buffers, so the memory stays mapped for the call.
     unsafe {
-        sgemm(
-            c.rows,
-            c.cols,
-            a.cols,
-            pa,
-            a.row_stride,
-            pb,
-            b.row_stride,
-            pc,
-            c.row_stride,
-            alpha,
-            beta,
-            threads,
-        )
+        sgemm(c.rows, c.cols, a.cols, pa, a.row_stride, pb, b.row_stride, pc, c.row_stride, alpha, beta, threads)
     };
     Ok(())
 }
@@ -173,21 +135,17 @@ impl Driver for CpuDevice {
             ops: vec![OpKind::Nop, OpKind::Fill, OpKind::Copy, OpKind::GemmF32],
             memory_bytes: self.memory_bytes,
             compute_units: self.threads as u32,
+            // One job at a time: a GEMM already spreads over every thread.
+            engines: vec![EngineInfo { name: "compute".into(), credits: 1 }],
         }
     }
 
-    fn run_job(&self, op: &JobOp, _ctx: &JobCtx) -> Result<(), Errno> {
+    fn run_job(&self, _engine: usize, op: &JobOp, _ctx: &JobCtx) -> Result<(), Errno> {
         match op {
             JobOp::Nop => {}
             JobOp::Fill { dst, pattern } => host::fill(dst, *pattern),
             JobOp::Copy { src, dst } => host::copy(src, dst),
-            JobOp::GemmF32 {
-                a,
-                b,
-                c,
-                alpha,
-                beta,
-            } => gemm_job(a, b, c, *alpha, *beta, self.threads)?,
+            JobOp::GemmF32 { a, b, c, alpha, beta } => gemm_job(a, b, c, *alpha, *beta, self.threads)?,
             JobOp::Driver { .. } => return Err(Errno::EOPNOTSUPP),
         }
         Ok(())

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use accel_core::driver::{host, Driver, DriverInfo, JobCtx, JobOp};
-use accel_uapi::{Category, Errno, OpKind};
+use accel_uapi::{Category, EngineInfo, Errno, OpKind};
 
 /// `args[0]` = milliseconds to take (ends early, with `ETIME` from the core, on abort).
 pub const OP_DELAY: u32 = 1;
@@ -21,17 +21,33 @@ pub const OP_HANG: u32 = 3;
 /// The next engine reset fails, which wedges the device.
 pub const OP_BREAK_RESET: u32 = 4;
 
-/// A fault-injection device.
-#[derive(Debug, Default)]
+/// Jobs the test device's engine runs at once unless told otherwise.
+pub const DEFAULT_CREDITS: u32 = 2;
+
+/// A fault-injection device with one engine that runs several jobs at once, so an
+/// engine reset hits innocent jobs running beside the guilty one.
+#[derive(Debug)]
 pub struct TestDevice {
+    credits: u32,
     resets: AtomicU64,
     break_reset: AtomicBool,
 }
 
+impl Default for TestDevice {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl TestDevice {
-    /// A new test device.
+    /// A test device with [`DEFAULT_CREDITS`].
     pub fn new() -> Self {
-        Self::default()
+        Self::with_credits(DEFAULT_CREDITS)
+    }
+
+    /// A test device whose engine runs `credits` jobs at once.
+    pub fn with_credits(credits: u32) -> Self {
+        TestDevice { credits: credits.max(1), resets: AtomicU64::new(0), break_reset: AtomicBool::new(false) }
     }
 
     /// Engine resets performed so far.
@@ -50,10 +66,11 @@ impl Driver for TestDevice {
             ops: vec![OpKind::Nop, OpKind::Fill, OpKind::Copy, OpKind::Driver],
             memory_bytes: 1 << 30,
             compute_units: 1,
+            engines: vec![EngineInfo { name: "compute".into(), credits: self.credits }],
         }
     }
 
-    fn run_job(&self, op: &JobOp, ctx: &JobCtx) -> Result<(), Errno> {
+    fn run_job(&self, _engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), Errno> {
         match op {
             JobOp::Nop => Ok(()),
             JobOp::Fill { dst, pattern } => {
@@ -65,28 +82,18 @@ impl Driver for TestDevice {
                 Ok(())
             }
             JobOp::GemmF32 { .. } => Err(Errno::EOPNOTSUPP),
-            JobOp::Driver {
-                code: OP_DELAY,
-                args,
-            } => {
+            JobOp::Driver { code: OP_DELAY, args } => {
                 ctx.abort.sleep(Duration::from_millis(args[0]));
                 Ok(())
             }
-            JobOp::Driver {
-                code: OP_FAIL,
-                args,
-            } => Err(u32::try_from(args[0])
-                .ok()
-                .and_then(Errno::from_raw)
-                .unwrap_or(Errno::EIO)),
+            JobOp::Driver { code: OP_FAIL, args } => {
+                Err(u32::try_from(args[0]).ok().and_then(Errno::from_raw).unwrap_or(Errno::EIO))
+            }
             JobOp::Driver { code: OP_HANG, .. } => {
                 while !ctx.abort.sleep(Duration::from_secs(3600)) {}
                 Ok(())
             }
-            JobOp::Driver {
-                code: OP_BREAK_RESET,
-                ..
-            } => {
+            JobOp::Driver { code: OP_BREAK_RESET, .. } => {
                 self.break_reset.store(true, Ordering::Relaxed);
                 Ok(())
             }
@@ -94,7 +101,7 @@ impl Driver for TestDevice {
         }
     }
 
-    fn timedout_job(&self, _ctx: &JobCtx) -> Result<(), Errno> {
+    fn timedout_job(&self, _engine: usize, _guilty: &JobCtx) -> Result<(), Errno> {
         self.resets.fetch_add(1, Ordering::Relaxed);
         if self.break_reset.swap(false, Ordering::Relaxed) {
             return Err(Errno::EIO);

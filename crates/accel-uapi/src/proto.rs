@@ -65,6 +65,50 @@ impl Category {
     }
 }
 
+/// Scheduling priority class of a queue. Higher classes are served first, with a
+/// bounded wait for lower ones (see the scheduler's starvation bound).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Priority {
+    /// Background work.
+    Low,
+    /// The default.
+    #[default]
+    Normal,
+    /// Latency-sensitive work; needs the daemon's user or root.
+    High,
+    /// System work; needs the daemon's user or root.
+    Kernel,
+}
+
+impl Priority {
+    /// All classes, lowest first.
+    pub const ALL: [Priority; 4] = [Priority::Low, Priority::Normal, Priority::High, Priority::Kernel];
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+            Priority::Kernel => "kernel",
+        }
+    }
+
+    /// Parses a lower-case name.
+    pub fn parse(s: &str) -> Option<Priority> {
+        Priority::ALL.into_iter().find(|p| p.name() == s)
+    }
+}
+
+/// One engine of a device, as drivers describe it and `accel info` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineInfo {
+    /// Engine name (`compute`, `copy`, …).
+    pub name: String,
+    /// Ring depth: how many jobs the engine takes at once.
+    pub credits: u32,
+}
+
 /// The portable operations a driver may advertise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum OpKind {
@@ -112,8 +156,16 @@ pub struct DeviceInfo {
     pub ops: Vec<OpKind>,
     /// Host-visible memory the device may allocate, in bytes.
     pub memory_bytes: u64,
-    /// Number of compute engines (threads, SMs, ...).
+    /// Number of compute units (threads, SMs, ...).
     pub compute_units: u32,
+    /// Engines the scheduler feeds.
+    pub engines: Vec<EngineInfo>,
+    /// Jobs waiting to be dispatched.
+    pub queued_jobs: u64,
+    /// Engine resets so far.
+    pub resets: u64,
+    /// True when a reset failed and the device refuses work.
+    pub wedged: bool,
     /// Clients that currently have the device open.
     pub open_clients: u32,
     /// Client id holding an exclusive device, if any.
@@ -301,6 +353,9 @@ pub enum Request {
     Open {
         /// Minor number.
         minor: u32,
+        /// Exclusive devices: how long to queue for the lease if another client holds it
+        /// (0: fail at once with `EBUSY`; `u64::MAX`: wait indefinitely).
+        wait_ms: u64,
     },
     /// Create a buffer object of `size` bytes, zero-filled.
     BoCreate {
@@ -333,6 +388,10 @@ pub enum Request {
     QueueCreate {
         /// Per-job timeout in milliseconds; 0 means the device default.
         timeout_ms: u64,
+        /// Priority class.
+        priority: Priority,
+        /// Share of the device within the class, relative to other queues (1..=10000; 0 means 100).
+        weight: u32,
     },
     /// Destroy a queue; its queued jobs are cancelled.
     QueueDestroy {
@@ -398,6 +457,13 @@ pub enum Request {
         /// The syncobj.
         handle: SyncobjHandle,
     },
+    /// Export a syncobj as a descriptor another client (of any device) can import.
+    SyncobjExport {
+        /// The syncobj.
+        handle: SyncobjHandle,
+    },
+    /// Import the syncobj whose descriptor travels with this message.
+    SyncobjImport,
     /// Live object counts across the daemon.
     Stats,
     /// Per-client usage of every client.
@@ -448,6 +514,8 @@ pub enum Reply {
         first: u32,
         /// Status of each point waited on.
         status: Vec<FenceStatus>,
+        /// When each signalled point signalled (`CLOCK_MONOTONIC` ns; 0 while pending).
+        timestamps: Vec<u64>,
     },
     /// A syncobj handle.
     Syncobj(SyncobjHandle),

@@ -8,8 +8,8 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
-    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 
 use crate::wire::{MAX_FDS, MAX_MESSAGE};
@@ -28,23 +28,14 @@ pub struct Received {
 }
 
 /// Sends one message, with an optional descriptor.
-pub fn send(
-    sock: BorrowedFd<'_>,
-    bytes: &[u8],
-    fd: Option<BorrowedFd<'_>>,
-) -> rustix::io::Result<()> {
+pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> rustix::io::Result<()> {
     let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() {
         control.push(SendAncillaryMessage::ScmRights(&fds));
     }
-    let sent = rustix::net::sendmsg(
-        sock,
-        &[IoSlice::new(bytes)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )?;
+    let sent = rustix::net::sendmsg(sock, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL)?;
     if sent != bytes.len() {
         return Err(rustix::io::Errno::MSGSIZE);
     }
@@ -58,12 +49,7 @@ pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> rustix::io::Result<Option<R
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS + 4))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = loop {
-        match rustix::net::recvmsg(
-            sock,
-            &mut [IoSliceMut::new(buf)],
-            &mut control,
-            RecvFlags::CMSG_CLOEXEC,
-        ) {
+        match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut control, RecvFlags::CMSG_CLOEXEC) {
             Err(rustix::io::Errno::INTR) => continue,
             other => break other?,
         }
@@ -89,12 +75,7 @@ pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> rustix::io::Result<Option<R
 
 /// A new close-on-exec `SOCK_SEQPACKET` Unix socket.
 pub fn socket() -> rustix::io::Result<OwnedFd> {
-    rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )
+    rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
 }
 
 /// Connects to the daemon socket at `path`.
@@ -111,13 +92,8 @@ mod tests {
 
     #[test]
     fn message_and_descriptor_arrive_together() {
-        let (a, b) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .unwrap();
+        let (a, b) =
+            rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).unwrap();
         let memfd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         send(a.as_fd(), b"hello", Some(memfd.as_fd())).unwrap();
         let mut buf = vec![0u8; MAX_MESSAGE + 1];
@@ -130,13 +106,8 @@ mod tests {
 
     #[test]
     fn oversized_message_is_flagged_truncated() {
-        let (a, b) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .unwrap();
+        let (a, b) =
+            rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).unwrap();
         rustix::net::sockopt::set_socket_send_buffer_size(&a, 4 * MAX_MESSAGE).unwrap();
         send(a.as_fd(), &vec![7u8; MAX_MESSAGE + 100], None).unwrap();
         let mut buf = vec![0u8; MAX_MESSAGE + 1];

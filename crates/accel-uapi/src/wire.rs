@@ -90,58 +90,32 @@ pub fn encode<T: Serialize>(kind: Kind, seq: u32, body: &T) -> Result<Vec<u8>, E
 pub fn decode<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<(u32, T), DecodeError> {
     let fail = |seq, code, message: String| DecodeError { seq, code, message };
     let Ok((header, body)) = Header::read_from_prefix(bytes) else {
-        return Err(fail(
-            None,
-            Errno::EPROTO,
-            format!(
-                "message of {} bytes is shorter than the header",
-                bytes.len()
-            ),
-        ));
+        return Err(fail(None, Errno::EPROTO, format!("message of {} bytes is shorter than the header", bytes.len())));
     };
     if header.magic != MAGIC {
-        return Err(fail(
-            None,
-            Errno::EPROTO,
-            format!("bad magic {:#010x}", header.magic),
-        ));
+        return Err(fail(None, Errno::EPROTO, format!("bad magic {:#010x}", header.magic)));
     }
     let seq = Some(header.seq);
     if header.abi_major != ABI_MAJOR {
         return Err(fail(
             seq,
             Errno::EPROTO,
-            format!(
-                "ABI major {} is not supported (this side speaks {ABI_MAJOR})",
-                header.abi_major
-            ),
+            format!("ABI major {} is not supported (this side speaks {ABI_MAJOR})", header.abi_major),
         ));
     }
     if header.kind != kind as u16 {
-        return Err(fail(
-            seq,
-            Errno::EPROTO,
-            format!("unexpected message kind {}", header.kind),
-        ));
+        return Err(fail(seq, Errno::EPROTO, format!("unexpected message kind {}", header.kind)));
     }
     if header.body_len as usize != body.len() {
         return Err(fail(
             seq,
             Errno::EPROTO,
-            format!(
-                "header says {} body bytes, {} arrived",
-                header.body_len,
-                body.len()
-            ),
+            format!("header says {} body bytes, {} arrived", header.body_len, body.len()),
         ));
     }
     match postcard::take_from_bytes::<T>(body) {
         Ok((value, [])) => Ok((header.seq, value)),
-        Ok((_, rest)) => Err(fail(
-            seq,
-            Errno::EPROTO,
-            format!("{} trailing bytes after the body", rest.len()),
-        )),
+        Ok((_, rest)) => Err(fail(seq, Errno::EPROTO, format!("{} trailing bytes after the body", rest.len()))),
         Err(e) => Err(fail(seq, Errno::EINVAL, format!("malformed body: {e}"))),
     }
 }
@@ -154,9 +128,7 @@ mod tests {
 
     #[test]
     fn request_round_trips() {
-        let req = Request::BoClose {
-            handle: BoHandle(0x1_0000_0002),
-        };
+        let req = Request::BoClose { handle: BoHandle(0x1_0000_0002) };
         let bytes = encode(Kind::Request, 7, &req).unwrap();
         assert_eq!(decode::<Request>(Kind::Request, &bytes).unwrap(), (7, req));
     }

@@ -21,10 +21,7 @@ pub struct Buffer {
 
 impl std::fmt::Debug for Buffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Buffer")
-            .field("handle", &self.handle)
-            .field("size", &self.map.len())
-            .finish()
+        f.debug_struct("Buffer").field("handle", &self.handle).field("size", &self.map.len()).finish()
     }
 }
 
@@ -41,8 +38,8 @@ impl Buffer {
                 return Err(e);
             }
         };
-        let len = usize::try_from(size)
-            .map_err(|_| Error::new(Errno::EOVERFLOW, "buffer larger than address space"))?;
+        let len =
+            usize::try_from(size).map_err(|_| Error::new(Errno::EOVERFLOW, "buffer larger than address space"))?;
         // The daemon seals buffer memfds against shrinking, so the mapping stays valid.
         match Mapping::new(&fd, len) {
             Ok(map) => Ok(Buffer { dev, handle, map }),
@@ -65,11 +62,7 @@ impl Buffer {
 
     /// A byte range, for use in job operands.
     pub fn view(&self, offset: u64, len: u64) -> BufView {
-        BufView {
-            bo: self.handle,
-            offset,
-            len,
-        }
+        BufView { bo: self.handle, offset, len }
     }
 
     /// The whole buffer as a view.
@@ -79,11 +72,7 @@ impl Buffer {
 
     /// A row-major f32 matrix starting at byte `offset` with `row_stride` elements per row.
     pub fn matrix(&self, offset: u64, row_stride: u64) -> MatView {
-        MatView {
-            bo: self.handle,
-            offset,
-            row_stride,
-        }
+        MatView { bo: self.handle, offset, row_stride }
     }
 
     fn check(&self, offset: usize, len: usize) -> Result<()> {
@@ -91,10 +80,7 @@ impl Buffer {
             Some(end) if end <= self.map.len() => Ok(()),
             _ => Err(Error::new(
                 Errno::ERANGE,
-                format!(
-                    "[{offset}, +{len}) is outside the {}-byte buffer",
-                    self.map.len()
-                ),
+                format!("[{offset}, +{len}) is outside the {}-byte buffer", self.map.len()),
             )),
         }
     }
@@ -103,9 +89,7 @@ impl Buffer {
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
         self.check(offset, data.len())?;
         // SAFETY: in bounds (checked); raw copy into shared memory, no reference formed.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_ptr().add(offset), data.len())
-        };
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_ptr().add(offset), data.len()) };
         Ok(())
     }
 
@@ -113,13 +97,7 @@ impl Buffer {
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
         self.check(offset, out.len())?;
         // SAFETY: in bounds (checked); raw copy out of shared memory.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.map.as_ptr().add(offset),
-                out.as_mut_ptr(),
-                out.len(),
-            )
-        };
+        unsafe { std::ptr::copy_nonoverlapping(self.map.as_ptr().add(offset), out.as_mut_ptr(), out.len()) };
         Ok(())
     }
 
@@ -131,17 +109,9 @@ impl Buffer {
 
     /// Reads `count` f32 values starting at byte `offset`.
     pub fn read_f32(&self, offset: usize, count: usize) -> Result<Vec<f32>> {
-        let mut bytes = vec![
-            0u8;
-            count
-                .checked_mul(4)
-                .ok_or_else(|| Error::new(Errno::EOVERFLOW, "count overflows"))?
-        ];
+        let mut bytes = vec![0u8; count.checked_mul(4).ok_or_else(|| Error::new(Errno::EOVERFLOW, "count overflows"))?];
         self.read(offset, &mut bytes)?;
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+        Ok(bytes.chunks_exact(4).map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
     /// Raw pointer to the mapping, for zero-copy use; valid while `self` lives.
@@ -151,12 +121,7 @@ impl Buffer {
 
     /// Exports the buffer as a descriptor another client can [`crate::Device::import`].
     pub fn export(&self) -> Result<OwnedFd> {
-        match self.dev.call_fd(
-            &Request::BoExport {
-                handle: self.handle,
-            },
-            None,
-        )? {
+        match self.dev.call_fd(&Request::BoExport { handle: self.handle }, None)? {
             (Reply::Fd, Some(fd)) => Ok(fd),
             (other, _) => Err(unexpected(&other)),
         }
@@ -165,8 +130,6 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        self.dev.release(&Request::BoClose {
-            handle: self.handle,
-        });
+        self.dev.release(&Request::BoClose { handle: self.handle });
     }
 }

@@ -9,10 +9,7 @@ use accel_uapi::{transport, ClientUsage, DeviceInfo, Errno, ObjectCounts, Reply,
 use crate::{Error, Result};
 
 pub(crate) fn unexpected(reply: &Reply) -> Error {
-    Error::new(
-        Errno::EPROTO,
-        format!("unexpected reply from daemon: {reply:?}"),
-    )
+    Error::new(Errno::EPROTO, format!("unexpected reply from daemon: {reply:?}"))
 }
 
 /// A handshaken connection to the daemon. [`crate::Device`] wraps one; use it
@@ -27,10 +24,7 @@ pub struct Connection {
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection")
-            .field("client_id", &self.client_id)
-            .field("server", &self.server)
-            .finish()
+        f.debug_struct("Connection").field("client_id", &self.client_id).field("server", &self.server).finish()
     }
 }
 
@@ -38,33 +32,13 @@ impl Connection {
     /// Connects to the daemon at `socket` and performs the version handshake.
     pub fn connect(socket: &Path) -> Result<Connection> {
         let sock = transport::connect(socket).map_err(|e| {
-            Error::os(
-                &format!(
-                    "cannot reach the accel daemon at {} (is `accel daemon` running?)",
-                    socket.display()
-                ),
-                e,
-            )
+            Error::os(&format!("cannot reach the accel daemon at {} (is `accel daemon` running?)", socket.display()), e)
         })?;
-        let mut conn = Connection {
-            sock,
-            seq: 0,
-            buf: vec![0; MAX_MESSAGE + 1],
-            client_id: 0,
-            server: String::new(),
-        };
+        let mut conn = Connection { sock, seq: 0, buf: vec![0; MAX_MESSAGE + 1], client_id: 0, server: String::new() };
         let name = std::env::args().next().unwrap_or_default();
-        let name = Path::new(&name)
-            .file_name()
-            .map_or(name.clone(), |n| n.to_string_lossy().into_owned());
-        match conn.call(&Request::Hello {
-            abi_major: ABI_MAJOR,
-            abi_minor: ABI_MINOR,
-            name,
-        })? {
-            Reply::Hello {
-                client_id, server, ..
-            } => {
+        let name = Path::new(&name).file_name().map_or(name.clone(), |n| n.to_string_lossy().into_owned());
+        match conn.call(&Request::Hello { abi_major: ABI_MAJOR, abi_minor: ABI_MINOR, name })? {
+            Reply::Hello { client_id, server, .. } => {
                 conn.client_id = client_id;
                 conn.server = server;
                 Ok(conn)
@@ -89,30 +63,20 @@ impl Connection {
     }
 
     /// Sends a request with an optional descriptor; returns the reply and any descriptor in it.
-    pub fn call_fd(
-        &mut self,
-        req: &Request,
-        fd: Option<BorrowedFd<'_>>,
-    ) -> Result<(Reply, Option<OwnedFd>)> {
+    pub fn call_fd(&mut self, req: &Request, fd: Option<BorrowedFd<'_>>) -> Result<(Reply, Option<OwnedFd>)> {
         self.seq = self.seq.wrapping_add(1);
-        let bytes = wire::encode(Kind::Request, self.seq, req)
-            .map_err(|c| Error::new(c, "request too large"))?;
+        let bytes = wire::encode(Kind::Request, self.seq, req).map_err(|c| Error::new(c, "request too large"))?;
         self.call_raw(&bytes, fd)
     }
 
     /// Sends raw bytes as one message and reads one reply (tests use it to send garbage).
-    pub fn call_raw(
-        &mut self,
-        bytes: &[u8],
-        fd: Option<BorrowedFd<'_>>,
-    ) -> Result<(Reply, Option<OwnedFd>)> {
-        transport::send(self.sock.as_fd(), bytes, fd)
-            .map_err(|e| Error::os("send to daemon", e))?;
+    pub fn call_raw(&mut self, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> Result<(Reply, Option<OwnedFd>)> {
+        transport::send(self.sock.as_fd(), bytes, fd).map_err(|e| Error::os("send to daemon", e))?;
         let r = transport::recv(self.sock.as_fd(), &mut self.buf)
             .map_err(|e| Error::os("receive from daemon", e))?
             .ok_or_else(|| Error::new(Errno::EPIPE, "the daemon closed the connection"))?;
-        let (_, reply) = wire::decode::<Reply>(Kind::Reply, &self.buf[..r.len])
-            .map_err(|e| Error::new(e.code, e.message))?;
+        let (_, reply) =
+            wire::decode::<Reply>(Kind::Reply, &self.buf[..r.len]).map_err(|e| Error::new(e.code, e.message))?;
         match reply {
             Reply::Error { code, message } => Err(Error { code, message }),
             reply => Ok((reply, r.fd)),

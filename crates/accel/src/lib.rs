@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub use accel_uapi::{
-    BufView, Category, ClientUsage, DeviceInfo, Errno, FenceStatus, GemmF32, MatView, ObjectCounts,
-    Op, OpKind, SignalPoint, WaitPoint,
+    BufView, Category, ClientUsage, DeviceInfo, EngineInfo, Errno, FenceStatus, GemmF32, MatView, ObjectCounts, Op,
+    OpKind, Priority, SignalPoint, WaitPoint,
 };
 use accel_uapi::{Reply, Request};
 
@@ -49,17 +49,11 @@ pub struct Error {
 
 impl Error {
     pub(crate) fn new(code: Errno, message: impl Into<String>) -> Self {
-        Error {
-            code,
-            message: message.into(),
-        }
+        Error { code, message: message.into() }
     }
 
     pub(crate) fn os(what: &str, e: rustix::io::Errno) -> Self {
-        let code = u32::try_from(e.raw_os_error())
-            .ok()
-            .and_then(Errno::from_raw)
-            .unwrap_or(Errno::EIO);
+        let code = u32::try_from(e.raw_os_error()).ok().and_then(Errno::from_raw).unwrap_or(Errno::EIO);
         Error::new(code, format!("{what}: {e}"))
     }
 }
@@ -73,8 +67,7 @@ pub fn default_socket_path() -> PathBuf {
     if let Some(p) = std::env::var_os("ACCEL_SOCKET") {
         return p.into();
     }
-    let dir =
-        std::env::var_os("XDG_RUNTIME_DIR").map_or_else(|| PathBuf::from("/run"), PathBuf::from);
+    let dir = std::env::var_os("XDG_RUNTIME_DIR").map_or_else(|| PathBuf::from("/run"), PathBuf::from);
     dir.join("accel").join("accel.sock")
 }
 
@@ -96,11 +89,7 @@ impl Shared {
         self.conn().call(req)
     }
 
-    pub(crate) fn call_fd(
-        &self,
-        req: &Request,
-        fd: Option<BorrowedFd<'_>>,
-    ) -> Result<(Reply, Option<OwnedFd>)> {
+    pub(crate) fn call_fd(&self, req: &Request, fd: Option<BorrowedFd<'_>>) -> Result<(Reply, Option<OwnedFd>)> {
         self.conn().call_fd(req, fd)
     }
 
@@ -109,6 +98,28 @@ impl Shared {
     pub(crate) fn release(&self, req: &Request) {
         let _ = self.call(req);
     }
+}
+
+/// How a queue is scheduled. `Default` is normal priority, weight 100, device timeout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueOptions {
+    /// Priority class; high and kernel need root or the daemon's user.
+    pub priority: Priority,
+    /// Share within the class relative to other queues (1..=10000; 0 = 100).
+    pub weight: u32,
+    /// Job timeout; `None` takes the device default.
+    pub timeout: Option<Duration>,
+}
+
+/// What a wait returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitResult {
+    /// Index of the first signalled point (for wait-any).
+    pub first: u32,
+    /// Status of each point.
+    pub status: Vec<FenceStatus>,
+    /// When each point signalled, `CLOCK_MONOTONIC` ns (0 if pending).
+    pub timestamps: Vec<u64>,
 }
 
 /// An open device: one connection to the daemon, bound to one `accelN`.
@@ -134,19 +145,22 @@ impl Device {
         Self::open_at(&default_socket_path(), minor)
     }
 
-    /// Opens `accel<minor>` through the daemon listening at `socket`.
+    /// Opens `accel<minor>` through the daemon listening at `socket`. An exclusive
+    /// device held by another client fails at once with `EBUSY`.
     pub fn open_at(socket: &Path, minor: u32) -> Result<Device> {
+        Self::open_wait(socket, minor, Duration::ZERO)
+    }
+
+    /// Like [`Device::open_at`], but queues up to `wait` for an exclusive device's lease
+    /// (first come, first served); `EBUSY` if it is still held then.
+    pub fn open_wait(socket: &Path, minor: u32, wait: Duration) -> Result<Device> {
         let mut conn = Connection::connect(socket)?;
-        let info = match conn.call(&Request::Open { minor })? {
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let info = match conn.call(&Request::Open { minor, wait_ms })? {
             Reply::Device(info) => info,
             other => return Err(conn::unexpected(&other)),
         };
-        Ok(Device {
-            shared: Arc::new(Shared {
-                conn: Mutex::new(conn),
-                info,
-            }),
-        })
+        Ok(Device { shared: Arc::new(Shared { conn: Mutex::new(conn), info }) })
     }
 
     /// The device as it was when opened.
@@ -175,19 +189,24 @@ impl Device {
         }
     }
 
-    /// Creates a queue whose jobs time out after the device default (10 s).
+    /// Creates a normal-priority queue with the default weight and job timeout.
     pub fn create_queue(&self) -> Result<Queue> {
-        Queue::create(self.shared.clone(), 0)
+        self.create_queue_with(QueueOptions::default())
     }
 
     /// Creates a queue whose jobs time out after `timeout` (at least 1 ms).
     pub fn create_queue_with_timeout(&self, timeout: Duration) -> Result<Queue> {
-        Queue::create(
-            self.shared.clone(),
-            u64::try_from(timeout.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1),
-        )
+        self.create_queue_with(QueueOptions { timeout: Some(timeout), ..Default::default() })
+    }
+
+    /// Creates a queue with a priority class, weight and job timeout.
+    pub fn create_queue_with(&self, options: QueueOptions) -> Result<Queue> {
+        Queue::create(self.shared.clone(), options)
+    }
+
+    /// Imports a syncobj another client exported ([`Syncobj::export`]).
+    pub fn import_syncobj(&self, fd: impl AsFd) -> Result<Syncobj> {
+        Syncobj::import(self.shared.clone(), fd.as_fd())
     }
 
     /// Creates a syncobj: a timeline (points 1, 2, …) or a binary one.
@@ -195,20 +214,10 @@ impl Device {
         Syncobj::create(self.shared.clone(), timeline)
     }
 
-    /// Waits for all (or any) of `points`. Returns the first signalled index and
-    /// every point's status; `ETIMEDOUT` if time runs out.
-    pub fn wait(
-        &self,
-        points: &[WaitPoint],
-        all: bool,
-        timeout: Duration,
-    ) -> Result<(u32, Vec<FenceStatus>)> {
-        match self.shared.call(&Request::Wait {
-            points: points.to_vec(),
-            all,
-            timeout_ns: timeout_ns(timeout),
-        })? {
-            Reply::Waited { first, status } => Ok((first, status)),
+    /// Waits for all (or any) of `points`; `ETIMEDOUT` if time runs out.
+    pub fn wait(&self, points: &[WaitPoint], all: bool, timeout: Duration) -> Result<WaitResult> {
+        match self.shared.call(&Request::Wait { points: points.to_vec(), all, timeout_ns: timeout_ns(timeout) })? {
+            Reply::Waited { first, status, timestamps } => Ok(WaitResult { first, status, timestamps }),
             other => Err(conn::unexpected(&other)),
         }
     }

@@ -5,11 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use accel_uapi::{
-    Errno, FenceHandle, FenceStatus, Op, QueueHandle, Reply, Request, SignalPoint, SyncobjHandle,
-    WaitPoint,
+    Errno, FenceHandle, FenceStatus, Op, QueueHandle, Reply, Request, SignalPoint, SyncobjHandle, WaitPoint,
 };
 
-use crate::{conn::unexpected, timeout_ns, Error, Result, Shared};
+use crate::{conn::unexpected, timeout_ns, Error, QueueOptions, Result, Shared};
 
 /// A submission queue (a scheduler entity). Jobs on one device run in order.
 pub struct Queue {
@@ -18,8 +17,9 @@ pub struct Queue {
 }
 
 impl Queue {
-    pub(crate) fn create(dev: Arc<Shared>, timeout_ms: u64) -> Result<Queue> {
-        match dev.call(&Request::QueueCreate { timeout_ms })? {
+    pub(crate) fn create(dev: Arc<Shared>, o: QueueOptions) -> Result<Queue> {
+        let timeout_ms = o.timeout.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
+        match dev.call(&Request::QueueCreate { timeout_ms, priority: o.priority, weight: o.weight })? {
             Reply::Queue(handle) => Ok(Queue { dev, handle }),
             other => Err(unexpected(&other)),
         }
@@ -32,18 +32,9 @@ impl Queue {
 
     /// Submits a job that waits for `wait` and, when done, signals `signal`.
     pub fn submit_with(&self, op: Op, wait: &[WaitPoint], signal: &[SignalPoint]) -> Result<Fence> {
-        let req = Request::Submit {
-            queue: self.handle,
-            op,
-            wait: wait.to_vec(),
-            signal: signal.to_vec(),
-        };
+        let req = Request::Submit { queue: self.handle, op, wait: wait.to_vec(), signal: signal.to_vec() };
         match self.dev.call(&req)? {
-            Reply::Submitted { fence, seqno } => Ok(Fence {
-                dev: self.dev.clone(),
-                handle: fence,
-                seqno,
-            }),
+            Reply::Submitted { fence, seqno } => Ok(Fence { dev: self.dev.clone(), handle: fence, seqno }),
             other => Err(unexpected(&other)),
         }
     }
@@ -51,17 +42,13 @@ impl Queue {
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue")
-            .field("handle", &self.handle)
-            .finish()
+        f.debug_struct("Queue").field("handle", &self.handle).finish()
     }
 }
 
 impl Drop for Queue {
     fn drop(&mut self) {
-        self.dev.release(&Request::QueueDestroy {
-            handle: self.handle,
-        });
+        self.dev.release(&Request::QueueDestroy { handle: self.handle });
     }
 }
 
@@ -74,15 +61,10 @@ pub struct Fence {
 }
 
 fn wait_status(dev: &Shared, point: WaitPoint, timeout: Duration) -> Result<FenceStatus> {
-    match dev.call(&Request::Wait {
-        points: vec![point],
-        all: true,
-        timeout_ns: timeout_ns(timeout),
-    })? {
-        Reply::Waited { status, .. } => status
-            .first()
-            .copied()
-            .ok_or_else(|| Error::new(Errno::EPROTO, "wait returned no status")),
+    match dev.call(&Request::Wait { points: vec![point], all: true, timeout_ns: timeout_ns(timeout) })? {
+        Reply::Waited { status, .. } => {
+            status.first().copied().ok_or_else(|| Error::new(Errno::EPROTO, "wait returned no status"))
+        }
         other => Err(unexpected(&other)),
     }
 }
@@ -90,14 +72,8 @@ fn wait_status(dev: &Shared, point: WaitPoint, timeout: Duration) -> Result<Fenc
 fn wait_one(dev: &Shared, point: WaitPoint, timeout: Duration) -> Result<()> {
     match wait_status(dev, point, timeout)? {
         FenceStatus::Signaled => Ok(()),
-        FenceStatus::Error(code) => Err(Error::new(
-            code,
-            format!("job failed: {}", code.description()),
-        )),
-        FenceStatus::Pending => Err(Error::new(
-            Errno::EPROTO,
-            "wait returned while still pending",
-        )),
+        FenceStatus::Error(code) => Err(Error::new(code, format!("job failed: {}", code.description()))),
+        FenceStatus::Pending => Err(Error::new(Errno::EPROTO, "wait returned while still pending")),
     }
 }
 
@@ -145,18 +121,13 @@ fn export_sync_fd(dev: &Shared, point: WaitPoint) -> Result<OwnedFd> {
 
 impl std::fmt::Debug for Fence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fence")
-            .field("handle", &self.handle)
-            .field("seqno", &self.seqno)
-            .finish()
+        f.debug_struct("Fence").field("handle", &self.handle).field("seqno", &self.seqno).finish()
     }
 }
 
 impl Drop for Fence {
     fn drop(&mut self) {
-        self.dev.release(&Request::FenceClose {
-            handle: self.handle,
-        });
+        self.dev.release(&Request::FenceClose { handle: self.handle });
     }
 }
 
@@ -168,55 +139,51 @@ pub struct Syncobj {
 
 impl Syncobj {
     pub(crate) fn create(dev: Arc<Shared>, timeline: bool) -> Result<Syncobj> {
-        match dev.call(&Request::SyncobjCreate {
-            timeline,
-            signaled: false,
-        })? {
+        match dev.call(&Request::SyncobjCreate { timeline, signaled: false })? {
             Reply::Syncobj(handle) => Ok(Syncobj { dev, handle }),
             other => Err(unexpected(&other)),
         }
     }
 
+    pub(crate) fn import(dev: Arc<Shared>, fd: std::os::fd::BorrowedFd<'_>) -> Result<Syncobj> {
+        match dev.call_fd(&Request::SyncobjImport, Some(fd))?.0 {
+            Reply::Syncobj(handle) => Ok(Syncobj { dev, handle }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Exports the syncobj as a descriptor another client, of any device, can import
+    /// ([`crate::Device::import_syncobj`]) to wait on it or to signal it from its jobs.
+    pub fn export(&self) -> Result<OwnedFd> {
+        match self.dev.call_fd(&Request::SyncobjExport { handle: self.handle }, None)? {
+            (Reply::Fd, Some(fd)) => Ok(fd),
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
     /// Point `point` as a dependency (0 for a binary syncobj).
     pub fn point(&self, point: u64) -> WaitPoint {
-        WaitPoint::Syncobj {
-            handle: self.handle,
-            point,
-        }
+        WaitPoint::Syncobj { handle: self.handle, point }
     }
 
     /// Point `point` as something a job signals (0 for a binary syncobj).
     pub fn signal_point(&self, point: u64) -> SignalPoint {
-        SignalPoint {
-            handle: self.handle,
-            point,
-        }
+        SignalPoint { handle: self.handle, point }
     }
 
     /// Signals `point` from the host.
     pub fn signal(&self, point: u64) -> Result<()> {
-        self.dev
-            .call(&Request::SyncobjSignal {
-                handle: self.handle,
-                point,
-            })
-            .map(drop)
+        self.dev.call(&Request::SyncobjSignal { handle: self.handle, point }).map(drop)
     }
 
     /// Binary only: back to unsignalled.
     pub fn reset(&self) -> Result<()> {
-        self.dev
-            .call(&Request::SyncobjReset {
-                handle: self.handle,
-            })
-            .map(drop)
+        self.dev.call(&Request::SyncobjReset { handle: self.handle }).map(drop)
     }
 
     /// Timeline: highest point reached; binary: 1 if signalled.
     pub fn query(&self) -> Result<u64> {
-        match self.dev.call(&Request::SyncobjQuery {
-            handle: self.handle,
-        })? {
+        match self.dev.call(&Request::SyncobjQuery { handle: self.handle })? {
             Reply::Point(p) => Ok(p),
             other => Err(unexpected(&other)),
         }
@@ -235,16 +202,12 @@ impl Syncobj {
 
 impl std::fmt::Debug for Syncobj {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Syncobj")
-            .field("handle", &self.handle)
-            .finish()
+        f.debug_struct("Syncobj").field("handle", &self.handle).finish()
     }
 }
 
 impl Drop for Syncobj {
     fn drop(&mut self) {
-        self.dev.release(&Request::SyncobjDestroy {
-            handle: self.handle,
-        });
+        self.dev.release(&Request::SyncobjDestroy { handle: self.handle });
     }
 }

@@ -15,10 +15,7 @@ type Outcome = Result<(Reply, Option<OwnedFd>), Error>;
 /// Whether the peer hung up (checked during long waits, so they end with the client).
 fn peer_gone(sock: BorrowedFd<'_>) -> bool {
     let mut fds = [PollFd::new(&sock, PollFlags::RDHUP)];
-    let zero = rustix::time::Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
     matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0
         && fds[0].revents().intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR))
 }
@@ -27,10 +24,7 @@ fn send_reply(sock: BorrowedFd<'_>, seq: u32, reply: &Reply, fd: Option<&OwnedFd
     let bytes = match wire::encode(Kind::Reply, seq, reply) {
         Ok(b) => b,
         Err(code) => {
-            let err = Reply::Error {
-                code,
-                message: "reply too large".into(),
-            };
+            let err = Reply::Error { code, message: "reply too large".into() };
             wire::encode(Kind::Reply, seq, &err).unwrap_or_default()
         }
     };
@@ -38,10 +32,7 @@ fn send_reply(sock: BorrowedFd<'_>, seq: u32, reply: &Reply, fd: Option<&OwnedFd
 }
 
 fn error_reply(e: Error) -> Reply {
-    Reply::Error {
-        code: e.code,
-        message: e.message,
-    }
+    Reply::Error { code: e.code, message: e.message }
 }
 
 /// Serves one client until it disconnects; everything it held is freed on return.
@@ -58,28 +49,13 @@ pub fn serve_connection(sub: &Arc<Subsystem>, sock: OwnedFd, cred: PeerCred) {
             }
         };
         let (seq, outcome) = if received.truncated {
-            (
-                0,
-                Err(Error::new(
-                    Errno::EMSGSIZE,
-                    format!("message exceeds {MAX_MESSAGE} bytes"),
-                )),
-            )
+            (0, Err(Error::new(Errno::EMSGSIZE, format!("message exceeds {MAX_MESSAGE} bytes"))))
         } else if received.extra_fds {
-            (
-                0,
-                Err(Error::new(
-                    Errno::EBADF,
-                    "message carries more than one descriptor",
-                )),
-            )
+            (0, Err(Error::new(Errno::EBADF, "message carries more than one descriptor")))
         } else {
             match wire::decode::<Request>(Kind::Request, &buf[..received.len]) {
                 Err(e) => (e.seq.unwrap_or(0), Err(Error::new(e.code, e.message))),
-                Ok((seq, req)) => (
-                    seq,
-                    handle(sub, &mut client, cred, req, received.fd, sock.as_fd()),
-                ),
+                Ok((seq, req)) => (seq, handle(sub, &mut client, cred, req, received.fd, sock.as_fd())),
             }
         };
         let (reply, fd) = match outcome {
@@ -103,30 +79,16 @@ fn handle(
     fd: Option<OwnedFd>,
     sock: BorrowedFd<'_>,
 ) -> Outcome {
-    let takes_fd = matches!(req, Request::BoImport);
+    let takes_fd = matches!(req, Request::BoImport | Request::SyncobjImport);
     if fd.is_some() && !takes_fd {
-        return Err(Error::new(
-            Errno::EBADF,
-            "this request does not take a descriptor",
-        ));
+        return Err(Error::new(Errno::EBADF, "this request does not take a descriptor"));
     }
     let Some(c) = client.as_mut() else {
-        let Request::Hello {
-            abi_major,
-            abi_minor: _,
-            name,
-        } = req
-        else {
-            return Err(Error::new(
-                Errno::EPROTO,
-                "the first message must be Hello (version handshake)",
-            ));
+        let Request::Hello { abi_major, abi_minor: _, name } = req else {
+            return Err(Error::new(Errno::EPROTO, "the first message must be Hello (version handshake)"));
         };
         if abi_major != ABI_MAJOR {
-            return Err(Error::new(
-                Errno::EPROTO,
-                format!("client speaks ABI {abi_major}, daemon speaks {ABI_MAJOR}"),
-            ));
+            return Err(Error::new(Errno::EPROTO, format!("client speaks ABI {abi_major}, daemon speaks {ABI_MAJOR}")));
         }
         let c = client.insert(sub.connect(cred, &name));
         let reply = Reply::Hello {
@@ -139,21 +101,17 @@ fn handle(
     };
     let ok = |r: Reply| Ok((r, None));
     match req {
-        Request::Hello { .. } => Err(Error::new(
-            Errno::EPROTO,
-            "handshake already done on this connection",
-        )),
+        Request::Hello { .. } => Err(Error::new(Errno::EPROTO, "handshake already done on this connection")),
         Request::ListDevices => ok(Reply::Devices(sub.list_devices())),
         Request::DeviceInfo { minor } => ok(Reply::Device(sub.device(minor)?.describe())),
-        Request::Open { minor } => ok(Reply::Device(c.open(minor)?.describe())),
+        Request::Open { minor, wait_ms } => {
+            ok(Reply::Device(c.open(minor, Duration::from_millis(wait_ms), &|| peer_gone(sock))?.describe()))
+        }
         Request::BoCreate { size } => {
             let (handle, size) = c.bo_create(size)?;
             ok(Reply::Bo { handle, size })
         }
-        Request::BoInfo { handle } => ok(Reply::Bo {
-            handle,
-            size: c.bo_size(handle)?,
-        }),
+        Request::BoInfo { handle } => ok(Reply::Bo { handle, size: c.bo_size(handle)? }),
         Request::BoClose { handle } => c.bo_close(handle).and(ok(Reply::Ok)),
         Request::BoMmap { handle } => Ok((Reply::Fd, Some(c.bo_mmap(handle)?))),
         Request::BoExport { handle } => Ok((Reply::Fd, Some(c.bo_export(handle)?))),
@@ -162,39 +120,31 @@ fn handle(
             let (handle, size) = c.bo_import(fd)?;
             ok(Reply::Bo { handle, size })
         }
-        Request::QueueCreate { timeout_ms } => ok(Reply::Queue(c.queue_create(timeout_ms)?)),
+        Request::QueueCreate { timeout_ms, priority, weight } => {
+            ok(Reply::Queue(c.queue_create(timeout_ms, priority, weight)?))
+        }
         Request::QueueDestroy { handle } => c.queue_destroy(handle).and(ok(Reply::Ok)),
-        Request::Submit {
-            queue,
-            op,
-            wait,
-            signal,
-        } => {
+        Request::Submit { queue, op, wait, signal } => {
             let (fence, seqno) = c.submit(queue, &op, &wait, &signal)?;
             ok(Reply::Submitted { fence, seqno })
         }
-        Request::Wait {
-            points,
-            all,
-            timeout_ns,
-        } => {
-            let (first, status) =
-                c.wait(&points, all, Duration::from_nanos(timeout_ns), &|| {
-                    peer_gone(sock)
-                })?;
-            ok(Reply::Waited { first, status })
+        Request::Wait { points, all, timeout_ns } => {
+            let (first, status, timestamps) =
+                c.wait(&points, all, Duration::from_nanos(timeout_ns), &|| peer_gone(sock))?;
+            ok(Reply::Waited { first, status, timestamps })
         }
         Request::FenceClose { handle } => c.fence_close(handle).and(ok(Reply::Ok)),
         Request::ExportSyncFd { point } => Ok((Reply::Fd, Some(c.export_sync_fd(&point)?))),
-        Request::SyncobjCreate { timeline, signaled } => {
-            ok(Reply::Syncobj(c.syncobj_create(timeline, signaled)?))
-        }
+        Request::SyncobjCreate { timeline, signaled } => ok(Reply::Syncobj(c.syncobj_create(timeline, signaled)?)),
         Request::SyncobjDestroy { handle } => c.syncobj_destroy(handle).and(ok(Reply::Ok)),
-        Request::SyncobjSignal { handle, point } => {
-            c.syncobj_signal(handle, point).and(ok(Reply::Ok))
-        }
+        Request::SyncobjSignal { handle, point } => c.syncobj_signal(handle, point).and(ok(Reply::Ok)),
         Request::SyncobjReset { handle } => c.syncobj_reset(handle).and(ok(Reply::Ok)),
         Request::SyncobjQuery { handle } => ok(Reply::Point(c.syncobj_query(handle)?)),
+        Request::SyncobjExport { handle } => Ok((Reply::Fd, Some(c.syncobj_export(handle)?))),
+        Request::SyncobjImport => {
+            let fd = fd.ok_or_else(|| Error::new(Errno::EBADF, "SyncobjImport needs a descriptor"))?;
+            ok(Reply::Syncobj(c.syncobj_import(fd)?))
+        }
         Request::Stats => ok(Reply::Stats(sub.stats())),
         Request::Clients => ok(Reply::Clients(sub.client_usage())),
     }

@@ -64,10 +64,7 @@ pub struct Daemon {
 }
 
 fn sock_err(path: &Path) -> impl FnOnce(rustix::io::Errno) -> DaemonError + '_ {
-    move |e| DaemonError::Socket {
-        path: path.to_path_buf(),
-        source: e.into(),
-    }
+    move |e| DaemonError::Socket { path: path.to_path_buf(), source: e.into() }
 }
 
 impl Daemon {
@@ -78,35 +75,21 @@ impl Daemon {
     pub fn bind(path: &Path, devices: Vec<DeviceConfig>) -> Result<Daemon, DaemonError> {
         let sub = Subsystem::new(devices)?;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| DaemonError::Socket {
-                path: dir.to_path_buf(),
-                source: e,
-            })?;
+            std::fs::create_dir_all(dir).map_err(|e| DaemonError::Socket { path: dir.to_path_buf(), source: e })?;
         }
         if path.exists() {
             if transport::connect(path).is_ok() {
                 return Err(DaemonError::Socket {
                     path: path.to_path_buf(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::AddrInUse,
-                        "another daemon is serving this socket",
-                    ),
+                    source: std::io::Error::new(std::io::ErrorKind::AddrInUse, "another daemon is serving this socket"),
                 });
             }
             let _ = std::fs::remove_file(path);
         }
         let listener = transport::socket().map_err(sock_err(path))?;
-        rustix::net::bind(
-            &listener,
-            &SocketAddrUnix::new(path).map_err(sock_err(path))?,
-        )
-        .map_err(sock_err(path))?;
+        rustix::net::bind(&listener, &SocketAddrUnix::new(path).map_err(sock_err(path))?).map_err(sock_err(path))?;
         rustix::net::listen(&listener, 128).map_err(sock_err(path))?;
-        Ok(Daemon {
-            sub,
-            listener,
-            path: path.to_path_buf(),
-        })
+        Ok(Daemon { sub, listener, path: path.to_path_buf() })
     }
 
     /// The subsystem this daemon serves.
@@ -122,27 +105,18 @@ impl Daemon {
     /// Accepts connections forever, one thread per client.
     pub fn serve(&self) -> std::io::Result<()> {
         loop {
-            let conn =
-                match rustix::net::accept_with(&self.listener, rustix::net::SocketFlags::CLOEXEC) {
-                    Ok(c) => c,
-                    Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,
-                    Err(
-                        e @ (rustix::io::Errno::MFILE
-                        | rustix::io::Errno::NFILE
-                        | rustix::io::Errno::NOMEM),
-                    ) => {
-                        tracing::warn!("accept: {e}; backing off");
-                        std::thread::sleep(std::time::Duration::from_millis(50));
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                };
+            let conn = match rustix::net::accept_with(&self.listener, rustix::net::SocketFlags::CLOEXEC) {
+                Ok(c) => c,
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,
+                Err(e @ (rustix::io::Errno::MFILE | rustix::io::Errno::NFILE | rustix::io::Errno::NOMEM)) => {
+                    tracing::warn!("accept: {e}; backing off");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let cred = match rustix::net::sockopt::socket_peercred(conn.as_fd()) {
-                Ok(c) => PeerCred {
-                    pid: c.pid.as_raw_nonzero().get(),
-                    uid: c.uid.as_raw(),
-                    gid: c.gid.as_raw(),
-                },
+                Ok(c) => PeerCred { pid: c.pid.as_raw_nonzero().get(), uid: c.uid.as_raw(), gid: c.gid.as_raw() },
                 Err(e) => {
                     tracing::warn!("SO_PEERCRED failed: {e}; dropping connection");
                     continue;
@@ -169,14 +143,12 @@ impl Drop for Daemon {
 pub fn exit_on_signals(path: PathBuf) -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                tracing::info!("signal {sig}: shutting down");
-                let _ = std::fs::remove_file(&path);
-                std::process::exit(0);
-            }
-        })?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!("signal {sig}: shutting down");
+            let _ = std::fs::remove_file(&path);
+            std::process::exit(0);
+        }
+    })?;
     Ok(())
 }
