@@ -531,10 +531,8 @@ impl Shared {
         let starved =
             (0..4).filter(|&c| has[c] && st.starve[c] >= STARVATION_LIMIT).max_by_key(|&c| (st.starve[c], 4 - c));
         let class = starved.or_else(|| (0..4).rev().find(|&c| has[c]))?;
-        for c in 0..class {
-            if has[c] {
-                st.starve[c] += 1;
-            }
+        for (starve, _) in st.starve.iter_mut().zip(has).take(class).filter(|(_, ready)| *ready) {
+            *starve += 1;
         }
         st.starve[class] = 0;
         Some(class)
