@@ -1,0 +1,153 @@
+//! Helpers shared by the end-to-end test binaries: a daemon process, client processes.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use accel::{Connection, Device, Errno, ObjectCounts, Op};
+use accel_driver_testdev::OP_HANG;
+
+/// A daemon process on a private socket, killed on drop.
+pub struct Daemon {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(devices: &[&str]) -> Daemon {
+        Self::start_with(devices, &[])
+    }
+
+    pub fn start_with(devices: &[&str], extra: &[&str]) -> Daemon {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("accel-e2e-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_accel"));
+        cmd.arg("daemon").arg("--socket").arg(dir.join("s")).args(extra).env("ACCEL_LOG", "warn");
+        for d in devices {
+            cmd.arg("--device").arg(d);
+        }
+        let child = cmd.spawn().unwrap();
+        let socket = dir.join("s");
+        let d = Daemon { child, dir, socket };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Connection::connect(d.socket()).is_err() {
+            assert!(Instant::now() < deadline, "daemon did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        d
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn open(&self, minor: u32) -> Device {
+        Device::open_at(self.socket(), minor).unwrap()
+    }
+
+    pub fn stats(&self) -> ObjectCounts {
+        Connection::connect(self.socket()).unwrap().stats().unwrap()
+    }
+
+    /// Polls until the object counts equal `want` (minus the polling connection itself).
+    pub fn wait_for_counts(&self, want: ObjectCounts) -> ObjectCounts {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut s = self.stats();
+            s.clients -= 1;
+            if s == want || Instant::now() > deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs this test binary again as a client process playing `role`.
+pub fn spawn_role(role: &str, socket: &Path, envs: &[(&str, String)]) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["child_entry", "--exact", "--nocapture", "--test-threads=1", "--quiet"])
+        .env("ACCEL_TEST_ROLE", role)
+        .env("ACCEL_SOCKET", socket)
+        .stdout(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+/// Reads the child's stdout until it prints `ready`.
+pub fn wait_ready(child: &mut Child) {
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.trim() == "ready" => break,
+            Some(Ok(_)) => continue,
+            other => panic!("child ended before ready: {other:?}"),
+        }
+    }
+    // Keep the pipe open (the child may still print) by leaking the reader.
+    std::mem::forget(lines);
+}
+
+pub fn code<T: std::fmt::Debug>(r: accel::Result<T>) -> Errno {
+    r.unwrap_err().code
+}
+
+pub fn driver_op(code: u32, arg: u64) -> Op {
+    Op::Driver { code, args: [arg, 0, 0, 0] }
+}
+
+/// Runs the role named by `ACCEL_TEST_ROLE` and exits; returns at once when unset.
+/// Each test binary calls it from a `#[test] fn child_entry`.
+pub fn child_entry() {
+    let Ok(role) = std::env::var("ACCEL_TEST_ROLE") else {
+        return;
+    };
+    let socket = PathBuf::from(std::env::var("ACCEL_SOCKET").unwrap());
+    let dev = Device::open_at(&socket, 0).unwrap();
+    match role.as_str() {
+        "import-and-write" => {
+            let raw: i32 = std::env::var("ACCEL_TEST_FD").unwrap().parse().unwrap();
+            // SAFETY: the parent passed this descriptor to us, open and owned by nobody else here.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            let buf = dev.import(fd).unwrap();
+            let mut seen = vec![0u8; 4096];
+            buf.read(0, &mut seen).unwrap();
+            assert!(seen.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8), "child saw different bytes");
+            buf.write(4096, b"written by the child").unwrap();
+        }
+        "hold" => {
+            println!("ready");
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        "busy-then-die" => {
+            let bufs: Vec<_> = (0..4).map(|_| dev.alloc(1 << 20).unwrap()).collect();
+            let q = dev.create_queue().unwrap();
+            let tl = dev.create_syncobj(true).unwrap();
+            let hang = q.submit_with(driver_op(OP_HANG, 0), &[], &[tl.signal_point(1)]).unwrap();
+            let queued = q.submit_with(Op::Fill { dst: bufs[0].whole(), pattern: 7 }, &[hang.point()], &[]).unwrap();
+            let _fd = hang.sync_fd().unwrap();
+            let _keep = (hang, queued, bufs, tl);
+            println!("ready");
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        other => panic!("unknown role {other}"),
+    }
+    std::process::exit(0);
+}
