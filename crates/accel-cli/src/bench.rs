@@ -1,9 +1,12 @@
 //! `accel bench …`: measurements that compare accel against a baseline taken in the same run.
 
-use std::time::Instant;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use accel::{Device, GemmF32, Op};
-use anyhow::Result;
+use accel::{Connection, Device, GemmF32, Op, QueueOptions};
+use anyhow::{Context, Result};
 use clap::Subcommand;
 
 use crate::demo::pseudo_random;
@@ -22,11 +25,25 @@ pub enum Which {
         #[arg(long, default_value_t = 7)]
         reps: usize,
     },
+    /// N clients saturate one device, first with equal weights, then 1:2:4; prints each
+    /// client's share of engine time against its weight, and Jain's fairness index.
+    Fairness {
+        /// Number of clients (separate connections).
+        #[arg(long, default_value_t = 3)]
+        clients: usize,
+        /// Measured seconds per scenario (after a 0.5 s warm-up).
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Length of each job in milliseconds (testdev delay jobs).
+        #[arg(long, default_value_t = 2)]
+        job_ms: u64,
+    },
 }
 
 pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Gemm { sizes, reps } => gemm(&sizes, reps.max(1)),
+        Which::Fairness { clients, seconds, job_ms } => fairness(clients.max(1), seconds, job_ms.max(1)),
     }
 }
 
@@ -84,5 +101,76 @@ fn gemm(sizes: &[usize], reps: usize) -> Result<()> {
             accel_g / local_g
         );
     }
+    Ok(())
+}
+
+/// Jobs each fairness client keeps queued, so the device never idles.
+const FAIRNESS_DEPTH: usize = 4;
+
+fn fairness(clients: usize, seconds: f64, job_ms: u64) -> Result<()> {
+    let daemon = SpawnedDaemon::start(&["testdev"])?;
+    let equal = vec![1u32; clients];
+    let skewed: Vec<u32> = (0..clients).map(|i| [1, 2, 4][i % 3]).collect();
+    for weights in [equal, skewed] {
+        fairness_run(&daemon, &weights, seconds, job_ms)?;
+    }
+    Ok(())
+}
+
+fn engine_ns(conn: &mut Connection) -> Result<HashMap<u64, u64>> {
+    Ok(conn.clients()?.into_iter().map(|c| (c.client_id, c.engine_ns)).collect())
+}
+
+fn fairness_run(daemon: &SpawnedDaemon, weights: &[u32], seconds: f64, job_ms: u64) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    let mut ids = Vec::new();
+    for &w in weights {
+        let dev = Device::open_at(daemon.socket(), 0)?;
+        ids.push(dev.client_id());
+        let stop = stop.clone();
+        threads.push(std::thread::spawn(move || -> accel::Result<()> {
+            let q = dev.create_queue_with(QueueOptions { weight: w * 100, ..Default::default() })?;
+            let op = Op::Driver { code: accel_driver_testdev::OP_DELAY, args: [job_ms, 0, 0, 0] };
+            let mut inflight = VecDeque::new();
+            while !stop.load(Ordering::Relaxed) {
+                if inflight.len() < FAIRNESS_DEPTH {
+                    inflight.push_back(q.submit(op)?);
+                } else if let Some(f) = inflight.pop_front() {
+                    f.wait()?;
+                }
+            }
+            Ok(())
+        }));
+    }
+    let mut conn = Connection::connect(daemon.socket())?;
+    std::thread::sleep(Duration::from_millis(500));
+    let before = engine_ns(&mut conn)?;
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let after = engine_ns(&mut conn)?;
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    }
+    let used: Vec<f64> = ids
+        .iter()
+        .map(|id| Ok((after.get(id).context("client vanished")? - before.get(id).context("client vanished")?) as f64))
+        .collect::<Result<_>>()?;
+    let total: f64 = used.iter().sum();
+    let wsum: f64 = weights.iter().map(|w| f64::from(*w)).sum();
+    let shares: Vec<f64> = used.iter().map(|u| u / total).collect();
+    let expected: Vec<f64> = weights.iter().map(|w| f64::from(*w) / wsum).collect();
+    let norm: Vec<f64> = shares.iter().zip(&expected).map(|(s, e)| s / e).collect();
+    let jain = norm.iter().sum::<f64>().powi(2) / (norm.len() as f64 * norm.iter().map(|x| x * x).sum::<f64>());
+    let max_err = norm.iter().map(|x| (x - 1.0).abs()).fold(0.0, f64::max);
+    let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(",");
+    println!(
+        "{{\"bench\":\"fairness\",\"clients\":{},\"weights\":{:?},\"job_ms\":{job_ms},\"seconds\":{seconds},\"shares\":[{}],\"expected\":[{}],\"jain\":{jain:.4},\"max_share_error\":{max_err:.4},\"engine_busy\":{:.3}}}",
+        weights.len(),
+        weights,
+        fmt(&shares),
+        fmt(&expected),
+        total / 1e9 / seconds,
+    );
     Ok(())
 }

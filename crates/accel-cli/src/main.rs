@@ -146,6 +146,14 @@ fn info(socket: &std::path::Path, minor: u32) -> Result<()> {
     println!("  ops:         {}", names(d.ops.iter().map(|o| o.name()).collect()));
     println!("  memory:      {} MiB", d.memory_bytes >> 20);
     println!("  compute:     {} units", d.compute_units);
+    let engines: Vec<String> = d.engines.iter().map(|e| format!("{} ({} credits)", e.name, e.credits)).collect();
+    println!("  engines:     {}", engines.join(", "));
+    println!("  queued:      {} jobs", d.queued_jobs);
+    println!(
+        "  resets:      {}{}",
+        d.resets,
+        if d.wedged { "  (WEDGED: a reset failed; device refuses work)" } else { "" }
+    );
     println!("  clients:     {}", d.open_clients);
     if let Some(owner) = d.exclusive_owner {
         println!("  held by:     client {owner}");

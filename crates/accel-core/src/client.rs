@@ -590,6 +590,30 @@ mod tests {
     }
 
     #[test]
+    fn weighted_queues_interleave_but_oneshot_devices_keep_submission_order() {
+        // Fair share: the lighter queue submitted everything first, yet the heavier one is served in between.
+        let (drv, _sub, mut c) = setup();
+        let (light, heavy) =
+            (c.queue_create(0, Priority::Normal, 100).unwrap(), c.queue_create(0, Priority::Normal, 400).unwrap());
+        let work: Vec<(QueueHandle, u64)> = (0..4).map(|t| (light, t)).chain((10..14).map(|t| (heavy, t))).collect();
+        let order = run_behind_gate(&mut c, &drv, &work);
+        assert_ne!(order, vec![0, 1, 2, 3, 10, 11, 12, 13], "no interleaving under fair share");
+        assert!(order.iter().position(|t| *t == 13).unwrap() < order.iter().position(|t| *t == 3).unwrap());
+
+        // Oneshot: FIFO by submission within the class, whatever the weights.
+        let drv = Arc::new(FakeDriver::default());
+        let mut cfg = device(&drv);
+        cfg.category = Some(Category::Oneshot);
+        let sub = Subsystem::new(vec![cfg]).unwrap();
+        let mut c = sub.connect(PeerCred::default(), "t");
+        c.open(0, Duration::ZERO, &|| false).unwrap();
+        let (light, heavy) =
+            (c.queue_create(0, Priority::Normal, 100).unwrap(), c.queue_create(0, Priority::Normal, 400).unwrap());
+        let work: Vec<(QueueHandle, u64)> = (0..4).map(|t| (light, t)).chain((10..14).map(|t| (heavy, t))).collect();
+        assert_eq!(run_behind_gate(&mut c, &drv, &work), vec![0, 1, 2, 3, 10, 11, 12, 13]);
+    }
+
+    #[test]
     fn lower_class_is_served_within_the_starvation_bound() {
         let (drv, _sub, mut c) = setup();
         let low = c.queue_create(0, Priority::Low, 0).unwrap();
@@ -684,9 +708,17 @@ mod tests {
 
     #[test]
     fn unsupported_category_is_refused() {
-        let drv = Arc::new(FakeDriver::default());
-        let mut cfg = device(&drv);
-        cfg.category = Some(Category::Oneshot);
+        struct SharedOnly(FakeDriver);
+        impl crate::driver::Driver for SharedOnly {
+            fn info(&self) -> crate::driver::DriverInfo {
+                crate::driver::DriverInfo { categories: vec![Category::Shared], ..self.0.info() }
+            }
+            fn run_job(&self, e: usize, op: &crate::driver::JobOp, ctx: &crate::driver::JobCtx) -> Result<(), Errno> {
+                self.0.run_job(e, op, ctx)
+            }
+        }
+        let mut cfg = crate::device::DeviceConfig::new(Arc::new(SharedOnly(FakeDriver::default())));
+        cfg.category = Some(Category::Exclusive);
         assert_eq!(Subsystem::new(vec![cfg]).err().unwrap().code, Errno::EINVAL);
     }
 }

@@ -178,7 +178,7 @@ pub(crate) mod testing {
                 driver: "fake",
                 name: "fake".into(),
                 vendor: "test".into(),
-                categories: vec![Category::Shared, Category::Exclusive],
+                categories: vec![Category::Shared, Category::Exclusive, Category::Oneshot],
                 ops: vec![OpKind::Nop, OpKind::Fill, OpKind::Driver],
                 memory_bytes: 1 << 24,
                 compute_units: 1,
