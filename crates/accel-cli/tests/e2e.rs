@@ -296,8 +296,8 @@ fn malformed_messages_get_error_replies_and_daemon_keeps_serving() {
     let d = Daemon::start(&["cpu"]);
     let bystander = d.open(0);
     let mut conn = Connection::connect(d.socket()).unwrap();
-    assert_eq!(code(conn.call_raw(b"garbage", None)), Errno::EPROTO);
-    assert_eq!(code(conn.call_raw(&[], None)), Errno::EPIPE, "an empty datagram reads as a hang-up");
+    assert_eq!(code(conn.call_raw(b"garbage", &[])), Errno::EPROTO);
+    assert_eq!(code(conn.call_raw(&[], &[])), Errno::EPIPE, "an empty datagram reads as a hang-up");
     let mut conn = Connection::connect(d.socket()).unwrap();
     let header = |len: u32, major: u16| Header {
         magic: MAGIC,
@@ -308,25 +308,21 @@ fn malformed_messages_get_error_replies_and_daemon_keeps_serving() {
     };
     let mut bytes = zerocopy::IntoBytes::as_bytes(&header(3, ABI_MAJOR)).to_vec();
     bytes.extend_from_slice(&[0xff, 0xff, 0xff]);
-    assert_eq!(code(conn.call_raw(&bytes, None)), Errno::EINVAL, "undecodable body");
+    assert_eq!(code(conn.call_raw(&bytes, &[])), Errno::EINVAL, "undecodable body");
     bytes.truncate(bytes.len() - 1);
-    assert_eq!(code(conn.call_raw(&bytes, None)), Errno::EPROTO, "truncated body");
+    assert_eq!(code(conn.call_raw(&bytes, &[])), Errno::EPROTO, "truncated body");
     let mut future = zerocopy::IntoBytes::as_bytes(&header(0, ABI_MAJOR + 1)).to_vec();
     future.push(0);
-    assert_eq!(code(conn.call_raw(&future, None)), Errno::EPROTO, "unknown ABI major");
+    assert_eq!(code(conn.call_raw(&future, &[])), Errno::EPROTO, "unknown ABI major");
     let oversized = vec![0u8; wire::MAX_MESSAGE + 4096];
-    assert_eq!(code(conn.call_raw(&oversized, None)), Errno::EMSGSIZE);
+    assert_eq!(code(conn.call_raw(&oversized, &[])), Errno::EMSGSIZE);
     let memfd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
     let list = wire::encode(Kind::Request, 6, &Request::ListDevices).unwrap();
-    assert_eq!(
-        code(conn.call_raw(&list, Some(rustix::fd::AsFd::as_fd(&memfd)))),
-        Errno::EBADF,
-        "unexpected descriptor"
-    );
+    assert_eq!(code(conn.call_raw(&list, &[rustix::fd::AsFd::as_fd(&memfd)])), Errno::EBADF, "unexpected descriptor");
     assert_eq!(code(conn.call_fd(&Request::BoImport, Some(rustix::fd::AsFd::as_fd(&memfd)))), Errno::ENODEV);
     // Skipping the handshake is refused.
     let raw = accel_uapi::transport::connect(d.socket()).unwrap();
-    accel_uapi::transport::send(rustix::fd::AsFd::as_fd(&raw), &list, None).unwrap();
+    accel_uapi::transport::send(rustix::fd::AsFd::as_fd(&raw), &list, &[]).unwrap();
     let mut buf = vec![0u8; wire::MAX_MESSAGE + 1];
     let r = accel_uapi::transport::recv(rustix::fd::AsFd::as_fd(&raw), &mut buf).unwrap().unwrap();
     let (_, reply) = wire::decode::<accel_uapi::Reply>(Kind::Reply, &buf[..r.len]).unwrap();

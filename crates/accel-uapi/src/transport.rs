@@ -19,21 +19,23 @@ use crate::wire::{MAX_FDS, MAX_MESSAGE};
 pub struct Received {
     /// Bytes of the message in the caller's buffer.
     pub len: usize,
-    /// The descriptor that came with it, if any.
-    pub fd: Option<OwnedFd>,
+    /// The descriptors that came with it (at most [`MAX_FDS`]).
+    pub fds: Vec<OwnedFd>,
     /// The message was longer than [`MAX_MESSAGE`] and was cut.
     pub truncated: bool,
     /// More descriptors came than [`MAX_FDS`]; the extras were closed.
     pub extra_fds: bool,
 }
 
-/// Sends one message, with an optional descriptor.
-pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> rustix::io::Result<()> {
-    let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+/// Sends one message with up to [`MAX_FDS`] descriptors.
+pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> rustix::io::Result<()> {
+    if fds.len() > MAX_FDS {
+        return Err(rustix::io::Errno::TOOMANYREFS);
+    }
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() {
-        control.push(SendAncillaryMessage::ScmRights(&fds));
+        control.push(SendAncillaryMessage::ScmRights(fds));
     }
     let sent = rustix::net::sendmsg(sock, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL)?;
     if sent != bytes.len() {
@@ -64,10 +66,12 @@ pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> rustix::io::Result<Option<R
         return Ok(None);
     }
     let extra_fds = fds.len() > MAX_FDS || msg.flags.contains(ReturnFlags::CTRUNC);
-    let fd = if fds.len() == 1 { fds.pop() } else { None };
+    if extra_fds {
+        fds.clear();
+    }
     Ok(Some(Received {
         len: msg.bytes.min(buf.len()),
-        fd,
+        fds,
         truncated: msg.flags.contains(ReturnFlags::TRUNC) || msg.bytes > MAX_MESSAGE,
         extra_fds,
     }))
@@ -95,11 +99,11 @@ mod tests {
         let (a, b) =
             rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).unwrap();
         let memfd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-        send(a.as_fd(), b"hello", Some(memfd.as_fd())).unwrap();
+        send(a.as_fd(), b"hello", &[memfd.as_fd()]).unwrap();
         let mut buf = vec![0u8; MAX_MESSAGE + 1];
         let r = recv(b.as_fd(), &mut buf).unwrap().unwrap();
         assert_eq!(&buf[..r.len], b"hello");
-        assert!(r.fd.is_some() && !r.truncated && !r.extra_fds);
+        assert!(r.fds.len() == 1 && !r.truncated && !r.extra_fds);
         drop(a);
         assert!(recv(b.as_fd(), &mut buf).unwrap().is_none());
     }
@@ -109,7 +113,7 @@ mod tests {
         let (a, b) =
             rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).unwrap();
         rustix::net::sockopt::set_socket_send_buffer_size(&a, 4 * MAX_MESSAGE).unwrap();
-        send(a.as_fd(), &vec![7u8; MAX_MESSAGE + 100], None).unwrap();
+        send(a.as_fd(), &vec![7u8; MAX_MESSAGE + 100], &[]).unwrap();
         let mut buf = vec![0u8; MAX_MESSAGE + 1];
         assert!(recv(b.as_fd(), &mut buf).unwrap().unwrap().truncated);
     }

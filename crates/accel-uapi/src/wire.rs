@@ -18,7 +18,7 @@ pub const ABI_MINOR: u16 = 0;
 /// Largest message either side accepts, header included.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Most descriptors one message may carry.
-pub const MAX_FDS: usize = 1;
+pub const MAX_FDS: usize = 3;
 
 /// Message direction, in the header's `kind` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

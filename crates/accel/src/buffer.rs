@@ -4,9 +4,9 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use accel_uapi::shm::Mapping;
-use accel_uapi::{BoHandle, BufView, Errno, MatView, Reply, Request};
+use accel_uapi::{BoHandle, BufView, Errno, MatView, Request};
 
-use crate::{conn::unexpected, Error, Result, Shared};
+use crate::{Error, Result, Shared};
 
 /// A buffer object, mapped read-write into this process.
 ///
@@ -27,12 +27,8 @@ impl std::fmt::Debug for Buffer {
 
 impl Buffer {
     pub(crate) fn map(dev: Arc<Shared>, handle: BoHandle, size: u64) -> Result<Buffer> {
-        let fd = match dev.call_fd(&Request::BoMmap { handle }, None) {
-            Ok((Reply::Fd, Some(fd))) => fd,
-            Ok((other, _)) => {
-                dev.release(&Request::BoClose { handle });
-                return Err(unexpected(&other));
-            }
+        let fd = match dev.call_for_fd(&Request::BoMmap { handle }) {
+            Ok(fd) => fd,
             Err(e) => {
                 dev.release(&Request::BoClose { handle });
                 return Err(e);
@@ -121,10 +117,7 @@ impl Buffer {
 
     /// Exports the buffer as a descriptor another client can [`crate::Device::import`].
     pub fn export(&self) -> Result<OwnedFd> {
-        match self.dev.call_fd(&Request::BoExport { handle: self.handle }, None)? {
-            (Reply::Fd, Some(fd)) => Ok(fd),
-            (other, _) => Err(unexpected(&other)),
-        }
+        self.dev.call_for_fd(&Request::BoExport { handle: self.handle })
     }
 }
 

@@ -63,15 +63,15 @@ impl Connection {
     }
 
     /// Sends a request with an optional descriptor; returns the reply and any descriptor in it.
-    pub fn call_fd(&mut self, req: &Request, fd: Option<BorrowedFd<'_>>) -> Result<(Reply, Option<OwnedFd>)> {
+    pub fn call_fd(&mut self, req: &Request, fd: Option<BorrowedFd<'_>>) -> Result<(Reply, Vec<OwnedFd>)> {
         self.seq = self.seq.wrapping_add(1);
         let bytes = wire::encode(Kind::Request, self.seq, req).map_err(|c| Error::new(c, "request too large"))?;
-        self.call_raw(&bytes, fd)
+        self.call_raw(&bytes, fd.as_slice())
     }
 
     /// Sends raw bytes as one message and reads one reply (tests use it to send garbage).
-    pub fn call_raw(&mut self, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> Result<(Reply, Option<OwnedFd>)> {
-        transport::send(self.sock.as_fd(), bytes, fd).map_err(|e| Error::os("send to daemon", e))?;
+    pub fn call_raw(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(Reply, Vec<OwnedFd>)> {
+        transport::send(self.sock.as_fd(), bytes, fds).map_err(|e| Error::os("send to daemon", e))?;
         let r = transport::recv(self.sock.as_fd(), &mut self.buf)
             .map_err(|e| Error::os("receive from daemon", e))?
             .ok_or_else(|| Error::new(Errno::EPIPE, "the daemon closed the connection"))?;
@@ -79,7 +79,7 @@ impl Connection {
             wire::decode::<Reply>(Kind::Reply, &self.buf[..r.len]).map_err(|e| Error::new(e.code, e.message))?;
         match reply {
             Reply::Error { code, message } => Err(Error { code, message }),
-            reply => Ok((reply, r.fd)),
+            reply => Ok((reply, r.fds)),
         }
     }
 

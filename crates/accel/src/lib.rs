@@ -89,8 +89,24 @@ impl Shared {
         self.conn().call(req)
     }
 
-    pub(crate) fn call_fd(&self, req: &Request, fd: Option<BorrowedFd<'_>>) -> Result<(Reply, Option<OwnedFd>)> {
+    pub(crate) fn call_fd(&self, req: &Request, fd: Option<BorrowedFd<'_>>) -> Result<(Reply, Vec<OwnedFd>)> {
         self.conn().call_fd(req, fd)
+    }
+
+    /// A request whose reply is [`Reply::Fd`] with `n` descriptors.
+    pub(crate) fn call_for_fds(&self, req: &Request, n: usize) -> Result<Vec<OwnedFd>> {
+        match self.call_fd(req, None)? {
+            (Reply::Fd, fds) if fds.len() == n => Ok(fds),
+            (other, fds) => Err(Error::new(
+                Errno::EPROTO,
+                format!("expected {n} descriptor(s), got {} with reply {other:?}", fds.len()),
+            )),
+        }
+    }
+
+    /// A request whose reply carries exactly one descriptor.
+    pub(crate) fn call_for_fd(&self, req: &Request) -> Result<OwnedFd> {
+        Ok(self.call_for_fds(req, 1)?.remove(0))
     }
 
     /// Fire-and-forget release used by destructors: errors are ignored because the

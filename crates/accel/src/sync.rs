@@ -113,10 +113,7 @@ impl Fence {
 }
 
 fn export_sync_fd(dev: &Shared, point: WaitPoint) -> Result<OwnedFd> {
-    match dev.call_fd(&Request::ExportSyncFd { point }, None)? {
-        (Reply::Fd, Some(fd)) => Ok(fd),
-        (other, _) => Err(unexpected(&other)),
-    }
+    dev.call_for_fd(&Request::ExportSyncFd { point })
 }
 
 impl std::fmt::Debug for Fence {
@@ -155,10 +152,7 @@ impl Syncobj {
     /// Exports the syncobj as a descriptor another client, of any device, can import
     /// ([`crate::Device::import_syncobj`]) to wait on it or to signal it from its jobs.
     pub fn export(&self) -> Result<OwnedFd> {
-        match self.dev.call_fd(&Request::SyncobjExport { handle: self.handle }, None)? {
-            (Reply::Fd, Some(fd)) => Ok(fd),
-            (other, _) => Err(unexpected(&other)),
-        }
+        self.dev.call_for_fd(&Request::SyncobjExport { handle: self.handle })
     }
 
     /// Point `point` as a dependency (0 for a binary syncobj).

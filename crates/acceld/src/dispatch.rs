@@ -10,7 +10,7 @@ use accel_uapi::wire::{self, Kind, ABI_MAJOR, ABI_MINOR, MAX_MESSAGE};
 use accel_uapi::{transport, Errno, Reply, Request};
 use rustix::event::{PollFd, PollFlags};
 
-type Outcome = Result<(Reply, Option<OwnedFd>), Error>;
+type Outcome = Result<(Reply, Vec<OwnedFd>), Error>;
 
 /// Whether the peer hung up (checked during long waits, so they end with the client).
 fn peer_gone(sock: BorrowedFd<'_>) -> bool {
@@ -20,7 +20,7 @@ fn peer_gone(sock: BorrowedFd<'_>) -> bool {
         && fds[0].revents().intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR))
 }
 
-fn send_reply(sock: BorrowedFd<'_>, seq: u32, reply: &Reply, fd: Option<&OwnedFd>) -> bool {
+fn send_reply(sock: BorrowedFd<'_>, seq: u32, reply: &Reply, fds: &[OwnedFd]) -> bool {
     let bytes = match wire::encode(Kind::Reply, seq, reply) {
         Ok(b) => b,
         Err(code) => {
@@ -28,7 +28,8 @@ fn send_reply(sock: BorrowedFd<'_>, seq: u32, reply: &Reply, fd: Option<&OwnedFd
             wire::encode(Kind::Reply, seq, &err).unwrap_or_default()
         }
     };
-    transport::send(sock, &bytes, fd.map(|f| f.as_fd())).is_ok()
+    let fds: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+    transport::send(sock, &bytes, &fds).is_ok()
 }
 
 fn error_reply(e: Error) -> Reply {
@@ -51,18 +52,18 @@ pub fn serve_connection(sub: &Arc<Subsystem>, sock: OwnedFd, cred: PeerCred) {
         let (seq, outcome) = if received.truncated {
             (0, Err(Error::new(Errno::EMSGSIZE, format!("message exceeds {MAX_MESSAGE} bytes"))))
         } else if received.extra_fds {
-            (0, Err(Error::new(Errno::EBADF, "message carries more than one descriptor")))
+            (0, Err(Error::new(Errno::EBADF, format!("message carries more than {} descriptors", wire::MAX_FDS))))
         } else {
             match wire::decode::<Request>(Kind::Request, &buf[..received.len]) {
                 Err(e) => (e.seq.unwrap_or(0), Err(Error::new(e.code, e.message))),
-                Ok((seq, req)) => (seq, handle(sub, &mut client, cred, req, received.fd, sock.as_fd())),
+                Ok((seq, req)) => (seq, handle(sub, &mut client, cred, req, received.fds, sock.as_fd())),
             }
         };
-        let (reply, fd) = match outcome {
-            Ok((reply, fd)) => (reply, fd),
-            Err(e) => (error_reply(e), None),
+        let (reply, fds) = match outcome {
+            Ok((reply, fds)) => (reply, fds),
+            Err(e) => (error_reply(e), Vec::new()),
         };
-        if !send_reply(sock.as_fd(), seq, &reply, fd.as_ref()) {
+        if !send_reply(sock.as_fd(), seq, &reply, &fds) {
             break;
         }
     }
@@ -76,13 +77,15 @@ fn handle(
     client: &mut Option<Client>,
     cred: PeerCred,
     req: Request,
-    fd: Option<OwnedFd>,
+    fds: Vec<OwnedFd>,
     sock: BorrowedFd<'_>,
 ) -> Outcome {
+    // Requests that take a descriptor take exactly one; no other request takes any.
     let takes_fd = matches!(req, Request::BoImport | Request::SyncobjImport);
-    if fd.is_some() && !takes_fd {
-        return Err(Error::new(Errno::EBADF, "this request does not take a descriptor"));
+    if fds.len() > usize::from(takes_fd) {
+        return Err(Error::new(Errno::EBADF, "this request does not take (that many) descriptors"));
     }
+    let fd = fds.into_iter().next();
     let Some(c) = client.as_mut() else {
         let Request::Hello { abi_major, abi_minor: _, name } = req else {
             return Err(Error::new(Errno::EPROTO, "the first message must be Hello (version handshake)"));
@@ -97,9 +100,9 @@ fn handle(
             client_id: c.id(),
             server: concat!("acceld ", env!("CARGO_PKG_VERSION")).into(),
         };
-        return Ok((reply, None));
+        return Ok((reply, Vec::new()));
     };
-    let ok = |r: Reply| Ok((r, None));
+    let ok = |r: Reply| Ok((r, Vec::new()));
     match req {
         Request::Hello { .. } => Err(Error::new(Errno::EPROTO, "handshake already done on this connection")),
         Request::ListDevices => ok(Reply::Devices(sub.list_devices())),
@@ -113,8 +116,8 @@ fn handle(
         }
         Request::BoInfo { handle } => ok(Reply::Bo { handle, size: c.bo_size(handle)? }),
         Request::BoClose { handle } => c.bo_close(handle).and(ok(Reply::Ok)),
-        Request::BoMmap { handle } => Ok((Reply::Fd, Some(c.bo_mmap(handle)?))),
-        Request::BoExport { handle } => Ok((Reply::Fd, Some(c.bo_export(handle)?))),
+        Request::BoMmap { handle } => Ok((Reply::Fd, vec![c.bo_mmap(handle)?])),
+        Request::BoExport { handle } => Ok((Reply::Fd, vec![c.bo_export(handle)?])),
         Request::BoImport => {
             let fd = fd.ok_or_else(|| Error::new(Errno::EBADF, "BoImport needs a descriptor"))?;
             let (handle, size) = c.bo_import(fd)?;
@@ -134,13 +137,13 @@ fn handle(
             ok(Reply::Waited { first, status, timestamps })
         }
         Request::FenceClose { handle } => c.fence_close(handle).and(ok(Reply::Ok)),
-        Request::ExportSyncFd { point } => Ok((Reply::Fd, Some(c.export_sync_fd(&point)?))),
+        Request::ExportSyncFd { point } => Ok((Reply::Fd, vec![c.export_sync_fd(&point)?])),
         Request::SyncobjCreate { timeline, signaled } => ok(Reply::Syncobj(c.syncobj_create(timeline, signaled)?)),
         Request::SyncobjDestroy { handle } => c.syncobj_destroy(handle).and(ok(Reply::Ok)),
         Request::SyncobjSignal { handle, point } => c.syncobj_signal(handle, point).and(ok(Reply::Ok)),
         Request::SyncobjReset { handle } => c.syncobj_reset(handle).and(ok(Reply::Ok)),
         Request::SyncobjQuery { handle } => ok(Reply::Point(c.syncobj_query(handle)?)),
-        Request::SyncobjExport { handle } => Ok((Reply::Fd, Some(c.syncobj_export(handle)?))),
+        Request::SyncobjExport { handle } => Ok((Reply::Fd, vec![c.syncobj_export(handle)?])),
         Request::SyncobjImport => {
             let fd = fd.ok_or_else(|| Error::new(Errno::EBADF, "SyncobjImport needs a descriptor"))?;
             ok(Reply::Syncobj(c.syncobj_import(fd)?))
