@@ -8,7 +8,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use accel_uapi::shm::Mapping;
-use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::fs::SealFlags;
 
 use crate::{bail, Error, Result};
 use accel_uapi::Errno;
@@ -32,11 +32,7 @@ impl HostMemory {
             bail!(EINVAL, "buffer size must be non-zero");
         }
         let Ok(size) = usize::try_from(len) else { bail!(ENOMEM, "buffer size {len} does not fit in memory") };
-        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
-            .map_err(os_err(Errno::ENOMEM, "memfd_create"))?;
-        rustix::fs::ftruncate(&fd, len).map_err(os_err(Errno::ENOMEM, "ftruncate"))?;
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
-            .map_err(os_err(Errno::EIO, "sealing memfd"))?;
+        let fd = accel_uapi::shm::sealed_memfd(name, len).map_err(os_err(Errno::ENOMEM, "creating buffer memory"))?;
         Self::map(fd, size)
     }
 
@@ -110,7 +106,7 @@ mod tests {
 
     #[test]
     fn unsealed_fd_is_refused() {
-        let fd = rustix::fs::memfd_create("x", MemfdFlags::CLOEXEC).unwrap();
+        let fd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&fd, 4096).unwrap();
         assert_eq!(HostMemory::import(fd).unwrap_err().code, Errno::EINVAL);
     }

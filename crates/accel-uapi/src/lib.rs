@@ -6,6 +6,7 @@
 
 pub mod errno;
 pub mod proto;
+pub mod ring;
 pub mod shm;
 pub mod transport;
 pub mod wire;

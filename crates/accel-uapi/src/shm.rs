@@ -1,9 +1,19 @@
 //! Shared mappings of memfds: how both the daemon and clients reach buffer memory.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 
+use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
+
+/// A close-on-exec memfd of `len` zero bytes, sealed so that its size can never change
+/// (a peer that could shrink it would make every mapping of it fault).
+pub fn sealed_memfd(name: &str, len: u64) -> rustix::io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    rustix::fs::ftruncate(&fd, len)?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+    Ok(fd)
+}
 
 /// A read-write `MAP_SHARED` mapping, unmapped on drop.
 ///

@@ -1,0 +1,406 @@
+//! Shared-memory submission and completion rings (the job fast path).
+//!
+//! One ring per queue, in one memfd mapped by the client and the daemon:
+//!
+//! ```text
+//! offset 0    header: six u32 counters/flags, each on its own 64-byte cache line, then ring info
+//! offset 512  SQ: sq_entries × 128-byte Sqe   (client writes, daemon reads)
+//! then        CQ: cq_entries × 32-byte Cqe    (daemon writes, client reads)
+//! ```
+//!
+//! Indices are free-running u32 counters; slot = counter mod entries. The client
+//! publishes `sq_tail`, the daemon `sq_head`, `cq_tail`; the client `cq_head`.
+//! The daemon never trusts what the client wrote: it copies each entry out before
+//! decoding it, masks every index, and bounds every count by the ring size, so a
+//! client that scribbles over its ring can only get error completions or lose its
+//! own work.
+//!
+//! Wake-ups: the daemon's poller sets `poller_sleeping` on every ring before it
+//! blocks on the device's doorbell eventfd; a client that publishes work and then
+//! sees the flag writes the doorbell. The client sets `client_waiting` before it
+//! blocks on its ring's completion eventfd; the daemon writes it after publishing
+//! a completion if the flag is set. Both sides use a SeqCst fence between
+//! publishing and checking the other side's flag (Dekker), so no wake-up is lost.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::shm::Mapping;
+use crate::{BoHandle, BufView, Errno, GemmF32, MatView, Op};
+
+/// `"ARNG"`: first word of the ring info.
+pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"ARNG");
+/// Largest submission ring.
+pub const MAX_RING_ENTRIES: u32 = 4096;
+/// Bytes of one submission entry.
+pub const SQE_SIZE: usize = std::mem::size_of::<Sqe>();
+/// Bytes of one completion entry.
+pub const CQE_SIZE: usize = std::mem::size_of::<Cqe>();
+const LINE: usize = 64;
+const SQ_TAIL: usize = 0;
+const SQ_HEAD: usize = LINE;
+const CQ_TAIL: usize = 2 * LINE;
+const CQ_HEAD: usize = 3 * LINE;
+const POLLER_SLEEPING: usize = 4 * LINE;
+const CLIENT_WAITING: usize = 5 * LINE;
+const INFO: usize = 6 * LINE;
+/// Bytes before the submission array.
+pub const HEADER_LEN: usize = 8 * LINE;
+
+/// Submission opcodes.
+pub mod opcode {
+    /// [`crate::Op::Nop`].
+    pub const NOP: u32 = 0;
+    /// [`crate::Op::Fill`]: args = bo, offset, len, pattern.
+    pub const FILL: u32 = 1;
+    /// [`crate::Op::Copy`]: args = src bo, offset, len, dst bo, offset, len.
+    pub const COPY: u32 = 2;
+    /// [`crate::Op::GemmF32`]: args = m, n, k, then (bo, offset, row stride) of A, B, C, then alpha | beta << 32 as f32 bits.
+    pub const GEMM_F32: u32 = 3;
+    /// [`crate::Op::Driver`]: args = code, arg0..arg3.
+    pub const DRIVER: u32 = 4;
+}
+
+/// A submission entry: one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct Sqe {
+    /// Returned unchanged in the job's completion.
+    pub user_data: u64,
+    /// One of [`opcode`].
+    pub opcode: u32,
+    /// Must be 0 (reserved).
+    pub flags: u32,
+    /// Operands, per opcode.
+    pub args: [u64; 14],
+}
+
+/// A completion entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct Cqe {
+    /// The submission's `user_data`.
+    pub user_data: u64,
+    /// 0 on success, else minus an errno (the job's fence error or why the entry was refused).
+    pub result: i32,
+    /// Reserved (0).
+    pub flags: u32,
+    /// `CLOCK_MONOTONIC` ns at completion.
+    pub timestamp: u64,
+    /// Device sequence number of the job (0 if the entry was refused before it became a job).
+    pub seqno: u64,
+}
+
+impl Cqe {
+    /// The result as `Ok(())` or the errno (`EIO` for a value that is not one accel uses).
+    pub fn status(&self) -> Result<(), Errno> {
+        match self.result {
+            0 => Ok(()),
+            r => Err(u32::try_from(r.unsigned_abs()).ok().and_then(Errno::from_raw).unwrap_or(Errno::EIO)),
+        }
+    }
+}
+
+fn mat_args(m: &MatView) -> [u64; 3] {
+    [m.bo.0, m.offset, m.row_stride]
+}
+
+fn mat_from(a: &[u64]) -> MatView {
+    MatView { bo: BoHandle(a[0]), offset: a[1], row_stride: a[2] }
+}
+
+impl Sqe {
+    /// Encodes an operation; every [`Op`] fits.
+    pub fn encode(op: &Op, user_data: u64) -> Sqe {
+        let mut args = [0u64; 14];
+        let opcode = match op {
+            Op::Nop => opcode::NOP,
+            Op::Fill { dst, pattern } => {
+                args[..4].copy_from_slice(&[dst.bo.0, dst.offset, dst.len, u64::from(*pattern)]);
+                opcode::FILL
+            }
+            Op::Copy { src, dst } => {
+                args[..6].copy_from_slice(&[src.bo.0, src.offset, src.len, dst.bo.0, dst.offset, dst.len]);
+                opcode::COPY
+            }
+            Op::GemmF32(g) => {
+                args[..3].copy_from_slice(&[g.m, g.n, g.k]);
+                args[3..6].copy_from_slice(&mat_args(&g.a));
+                args[6..9].copy_from_slice(&mat_args(&g.b));
+                args[9..12].copy_from_slice(&mat_args(&g.c));
+                args[12] = u64::from(g.alpha.to_bits()) | u64::from(g.beta.to_bits()) << 32;
+                opcode::GEMM_F32
+            }
+            Op::Driver { code, args: a } => {
+                args[0] = u64::from(*code);
+                args[1..5].copy_from_slice(a);
+                opcode::DRIVER
+            }
+        };
+        Sqe { user_data, opcode, flags: 0, args }
+    }
+
+    /// Decodes an entry a client wrote. Unknown opcodes, set flags, or values that do
+    /// not fit their field are `EINVAL`; bounds are checked later, against the buffers.
+    pub fn decode(&self) -> Result<Op, Errno> {
+        if self.flags != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let a = &self.args;
+        let view = |i: usize| BufView { bo: BoHandle(a[i]), offset: a[i + 1], len: a[i + 2] };
+        Ok(match self.opcode {
+            opcode::NOP => Op::Nop,
+            opcode::FILL => Op::Fill { dst: view(0), pattern: u32::try_from(a[3]).map_err(|_| Errno::EINVAL)? },
+            opcode::COPY => Op::Copy { src: view(0), dst: view(3) },
+            opcode::GEMM_F32 => Op::GemmF32(GemmF32 {
+                m: a[0],
+                n: a[1],
+                k: a[2],
+                a: mat_from(&a[3..6]),
+                b: mat_from(&a[6..9]),
+                c: mat_from(&a[9..12]),
+                alpha: f32::from_bits(a[12] as u32),
+                beta: f32::from_bits((a[12] >> 32) as u32),
+            }),
+            opcode::DRIVER => {
+                Op::Driver { code: u32::try_from(a[0]).map_err(|_| Errno::EINVAL)?, args: [a[1], a[2], a[3], a[4]] }
+            }
+            _ => return Err(Errno::EINVAL),
+        })
+    }
+}
+
+/// Sizes of a ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingLayout {
+    /// Submission entries (a power of two).
+    pub sq_entries: u32,
+    /// Completion entries (twice the submission entries, so completions of jobs in
+    /// flight and newly consumed entries both fit).
+    pub cq_entries: u32,
+}
+
+impl RingLayout {
+    /// A layout for `sq_entries` submissions: a power of two in 1..=[`MAX_RING_ENTRIES`].
+    pub fn new(sq_entries: u32) -> Result<RingLayout, Errno> {
+        if !sq_entries.is_power_of_two() || sq_entries > MAX_RING_ENTRIES {
+            return Err(Errno::EINVAL);
+        }
+        Ok(RingLayout { sq_entries, cq_entries: sq_entries * 2 })
+    }
+
+    /// Bytes of the whole ring.
+    pub fn size(&self) -> usize {
+        HEADER_LEN + self.sq_entries as usize * SQE_SIZE + self.cq_entries as usize * CQE_SIZE
+    }
+
+    fn sqe_offset(&self, index: u32) -> usize {
+        HEADER_LEN + (index & (self.sq_entries - 1)) as usize * SQE_SIZE
+    }
+
+    fn cqe_offset(&self, index: u32) -> usize {
+        HEADER_LEN + self.sq_entries as usize * SQE_SIZE + (index & (self.cq_entries - 1)) as usize * CQE_SIZE
+    }
+}
+
+/// A mapped ring. Every access goes through raw pointers into the shared mapping;
+/// entries are copied in and out, never referenced.
+#[derive(Debug)]
+pub struct RingMem {
+    map: Mapping,
+    layout: RingLayout,
+}
+
+impl RingMem {
+    /// Creates the ring memory (a sealed memfd), initialised; returns it and its descriptor.
+    pub fn create(layout: RingLayout) -> rustix::io::Result<(RingMem, OwnedFd)> {
+        let fd = crate::shm::sealed_memfd("accel-ring", layout.size() as u64)?;
+        let ring = RingMem { map: Mapping::new(&fd, layout.size())?, layout };
+        ring.write_info();
+        // Until the poller has seen the ring, clients must ring the doorbell.
+        ring.poller_sleeping().store(1, Ordering::SeqCst);
+        Ok((ring, fd))
+    }
+
+    /// Maps a ring the daemon created and checks its info block.
+    pub fn open(fd: impl AsFd) -> rustix::io::Result<RingMem> {
+        let header = Mapping::new(&fd, HEADER_LEN)?;
+        // SAFETY: INFO + 12 <= HEADER_LEN bytes are mapped; u32 reads of plain memory.
+        let (magic, sq) = unsafe {
+            let p = header.as_ptr().add(INFO).cast::<u32>();
+            (p.read_volatile(), p.add(1).read_volatile())
+        };
+        let layout = RingLayout::new(sq).map_err(|_| rustix::io::Errno::INVAL)?;
+        if magic != RING_MAGIC {
+            return Err(rustix::io::Errno::INVAL);
+        }
+        Ok(RingMem { map: Mapping::new(&fd, layout.size())?, layout })
+    }
+
+    fn write_info(&self) {
+        // SAFETY: INFO + 12 <= HEADER_LEN, inside the mapping; 4-byte aligned.
+        unsafe {
+            let p = self.map.as_ptr().add(INFO).cast::<u32>();
+            p.write_volatile(RING_MAGIC);
+            p.add(1).write_volatile(self.layout.sq_entries);
+            p.add(2).write_volatile(self.layout.cq_entries);
+        }
+    }
+
+    /// The ring's sizes.
+    pub fn layout(&self) -> RingLayout {
+        self.layout
+    }
+
+    fn word(&self, offset: usize) -> &AtomicU32 {
+        // SAFETY: offset is one of the header constants (< HEADER_LEN, 64-byte aligned), so the
+        // word is in bounds and aligned; AtomicU32 may alias memory another process writes.
+        unsafe { &*self.map.as_ptr().add(offset).cast::<AtomicU32>() }
+    }
+
+    /// Submission tail (client publishes).
+    pub fn sq_tail(&self) -> &AtomicU32 {
+        self.word(SQ_TAIL)
+    }
+    /// Submission head (daemon publishes).
+    pub fn sq_head(&self) -> &AtomicU32 {
+        self.word(SQ_HEAD)
+    }
+    /// Completion tail (daemon publishes).
+    pub fn cq_tail(&self) -> &AtomicU32 {
+        self.word(CQ_TAIL)
+    }
+    /// Completion head (client publishes).
+    pub fn cq_head(&self) -> &AtomicU32 {
+        self.word(CQ_HEAD)
+    }
+    /// Non-zero while the daemon's poller is (about to be) asleep.
+    pub fn poller_sleeping(&self) -> &AtomicU32 {
+        self.word(POLLER_SLEEPING)
+    }
+    /// Non-zero while the client is (about to be) blocked on its completion eventfd.
+    pub fn client_waiting(&self) -> &AtomicU32 {
+        self.word(CLIENT_WAITING)
+    }
+
+    /// Copies out the submission entry at counter `index` (masked).
+    pub fn read_sqe(&self, index: u32) -> Sqe {
+        // SAFETY: the masked offset lies inside the SQ array; Sqe accepts any bytes; volatile
+        // because the other process may write it concurrently.
+        unsafe { self.map.as_ptr().add(self.layout.sqe_offset(index)).cast::<Sqe>().read_volatile() }
+    }
+
+    /// Writes the submission entry at counter `index` (masked).
+    pub fn write_sqe(&self, index: u32, sqe: &Sqe) {
+        // SAFETY: as in read_sqe.
+        unsafe { self.map.as_ptr().add(self.layout.sqe_offset(index)).cast::<Sqe>().write_volatile(*sqe) }
+    }
+
+    /// Copies out the completion entry at counter `index` (masked).
+    pub fn read_cqe(&self, index: u32) -> Cqe {
+        // SAFETY: the masked offset lies inside the CQ array; Cqe accepts any bytes.
+        unsafe { self.map.as_ptr().add(self.layout.cqe_offset(index)).cast::<Cqe>().read_volatile() }
+    }
+
+    /// Writes the completion entry at counter `index` (masked).
+    pub fn write_cqe(&self, index: u32, cqe: &Cqe) {
+        // SAFETY: as in read_cqe.
+        unsafe { self.map.as_ptr().add(self.layout.cqe_offset(index)).cast::<Cqe>().write_volatile(*cqe) }
+    }
+
+    /// Publishes `value` to `word` and reports whether the peer's `flag` says it sleeps
+    /// (so the caller must wake it). The SeqCst fence orders the publish before the check.
+    pub fn publish_and_check(&self, word: &AtomicU32, value: u32, flag: &AtomicU32) -> bool {
+        word.store(value, Ordering::Release);
+        fence(Ordering::SeqCst);
+        flag.load(Ordering::SeqCst) != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn entry_sizes_are_fixed() {
+        assert_eq!((SQE_SIZE, CQE_SIZE), (128, 32));
+        assert_eq!(RingLayout::new(1024).unwrap().size(), 512 + 1024 * 128 + 2048 * 32);
+        assert_eq!(RingLayout::new(3), Err(Errno::EINVAL));
+        assert_eq!(RingLayout::new(8192), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn client_and_daemon_views_share_entries() {
+        let (daemon, fd) = RingMem::create(RingLayout::new(8).unwrap()).unwrap();
+        let client = RingMem::open(&fd).unwrap();
+        assert_eq!(client.layout(), daemon.layout());
+        let sqe = Sqe::encode(&Op::Nop, 42);
+        client.write_sqe(9, &sqe);
+        assert_eq!(daemon.read_sqe(1), sqe, "index 9 wraps to slot 1 of 8");
+        assert_eq!(client.poller_sleeping().load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn garbage_entries_decode_to_errors_not_panics() {
+        let bad = Sqe { user_data: 1, opcode: 99, flags: 0, args: [u64::MAX; 14] };
+        assert_eq!(bad.decode(), Err(Errno::EINVAL));
+        let flagged = Sqe { flags: 1, ..Sqe::encode(&Op::Nop, 0) };
+        assert_eq!(flagged.decode(), Err(Errno::EINVAL));
+        let fill = Sqe { opcode: opcode::FILL, args: [1, 0, 4, u64::MAX, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], ..bad };
+        assert_eq!(fill.decode(), Err(Errno::EINVAL));
+    }
+
+    fn view() -> impl Strategy<Value = BufView> {
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(b, o, l)| BufView { bo: BoHandle(b), offset: o, len: l })
+    }
+
+    fn mat() -> impl Strategy<Value = MatView> {
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(b, o, s)| MatView {
+            bo: BoHandle(b),
+            offset: o,
+            row_stride: s,
+        })
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            Just(Op::Nop),
+            (view(), any::<u32>()).prop_map(|(dst, pattern)| Op::Fill { dst, pattern }),
+            (view(), view()).prop_map(|(src, dst)| Op::Copy { src, dst }),
+            (any::<[u64; 3]>(), mat(), mat(), mat(), any::<u32>(), any::<u32>()).prop_map(|(d, a, b, c, al, be)| {
+                Op::GemmF32(GemmF32 {
+                    m: d[0],
+                    n: d[1],
+                    k: d[2],
+                    a,
+                    b,
+                    c,
+                    alpha: f32::from_bits(al),
+                    beta: f32::from_bits(be),
+                })
+            }),
+            (any::<u32>(), any::<[u64; 4]>()).prop_map(|(code, args)| Op::Driver { code, args }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn sqe_round_trips(op in op(), user_data in any::<u64>()) {
+            let sqe = Sqe::encode(&op, user_data);
+            let back = sqe.decode().unwrap();
+            // Compare through the encoding: f32 NaNs are not equal to themselves.
+            prop_assert_eq!(Sqe::encode(&back, user_data), sqe);
+        }
+
+        #[test]
+        fn any_sqe_bytes_decode_without_panic(bytes in proptest::collection::vec(any::<u8>(), SQE_SIZE)) {
+            let sqe = Sqe::read_from_bytes(&bytes).unwrap();
+            if let Ok(op) = sqe.decode() {
+                prop_assert_eq!(Sqe::encode(&op, sqe.user_data).decode().unwrap(), op);
+            }
+        }
+    }
+}
