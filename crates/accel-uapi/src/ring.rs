@@ -98,7 +98,7 @@ impl Cqe {
     pub fn status(&self) -> Result<(), Errno> {
         match self.result {
             0 => Ok(()),
-            r => Err(u32::try_from(r.unsigned_abs()).ok().and_then(Errno::from_raw).unwrap_or(Errno::EIO)),
+            r => Err(Errno::from_raw(r.unsigned_abs()).unwrap_or(Errno::EIO)),
         }
     }
 }
