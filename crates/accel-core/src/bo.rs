@@ -1,10 +1,19 @@
 //! Buffer objects (GEM objects) and the views jobs take of them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
+use accel_uapi::{BoHandle, BufView, Errno, MatView, Op};
+use slotmap::SlotMap;
+
+use crate::client::{insert, key};
 use crate::counters::{Counters, Kind, Tracked};
+use crate::driver::JobOp;
 use crate::mem::HostMemory;
+use crate::{bail, Error, Result};
+
+/// Largest GEMM dimension accepted.
+pub const MAX_GEMM_DIM: u64 = 1 << 20;
 
 /// Memory charged to a device until the buffer that holds it is freed.
 #[derive(Debug)]
@@ -94,4 +103,116 @@ pub struct BoMatrix {
     pub cols: usize,
     /// Elements between consecutive rows.
     pub row_stride: usize,
+}
+
+slotmap::new_key_type! {
+    struct BoKey;
+}
+
+fn to_usize(v: u64, what: &str) -> Result<usize> {
+    usize::try_from(v).map_err(|_| Error::new(Errno::EOVERFLOW, format!("{what} {v} overflows")))
+}
+
+/// A client's buffer handles (its GEM handle table), shared with its rings so that
+/// ring entries are validated exactly like socket submissions.
+#[derive(Default)]
+pub struct BoTable {
+    map: RwLock<SlotMap<BoKey, Arc<BufferObject>>>,
+}
+
+impl BoTable {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, SlotMap<BoKey, Arc<BufferObject>>> {
+        self.map.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The buffer behind a handle; `ENOENT` for stale or forged handles.
+    pub fn get(&self, h: BoHandle) -> Result<Arc<BufferObject>> {
+        self.read().get(key(h.0)).cloned().ok_or_else(|| {
+            Error::new(Errno::ENOENT, format!("no buffer with handle {:#x} (stale or never issued)", h.0))
+        })
+    }
+
+    /// Adds a handle.
+    pub fn insert(&self, bo: Arc<BufferObject>) -> Result<u64> {
+        insert(&mut self.map.write().unwrap_or_else(|e| e.into_inner()), "buffer", bo)
+    }
+
+    /// Removes a handle.
+    pub fn remove(&self, h: BoHandle) -> Result<Arc<BufferObject>> {
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key(h.0))
+            .ok_or_else(|| Error::new(Errno::ENOENT, format!("no buffer with handle {:#x}", h.0)))
+    }
+
+    fn range(&self, v: &BufView) -> Result<BoRange> {
+        let bo = self.get(v.bo)?;
+        match v.offset.checked_add(v.len) {
+            Some(end) if end <= bo.size() => {}
+            Some(end) => {
+                bail!(ERANGE, "view [{}, {end}) is outside buffer {:#x} of {} bytes", v.offset, v.bo.0, bo.size())
+            }
+            None => bail!(EOVERFLOW, "view offset {} + length {} overflows", v.offset, v.len),
+        }
+        Ok(BoRange { bo: bo.clone(), offset: to_usize(v.offset, "offset")?, len: to_usize(v.len, "length")? })
+    }
+
+    fn matrix(&self, name: &str, v: &MatView, rows: u64, cols: u64) -> Result<BoMatrix> {
+        if !v.offset.is_multiple_of(4) {
+            bail!(EINVAL, "matrix {name}: offset {} is not 4-byte aligned", v.offset);
+        }
+        if v.row_stride < cols {
+            bail!(EINVAL, "matrix {name}: row stride {} is below its {cols} columns", v.row_stride);
+        }
+        let span = (rows - 1)
+            .checked_mul(v.row_stride)
+            .and_then(|e| e.checked_add(cols))
+            .and_then(|e| e.checked_mul(4))
+            .ok_or_else(|| Error::new(Errno::EOVERFLOW, format!("matrix {name}: size overflows")))?;
+        let range = self
+            .range(&BufView { bo: v.bo, offset: v.offset, len: span })
+            .map_err(|e| Error::new(e.code, format!("matrix {name}: {}", e.message)))?;
+        Ok(BoMatrix {
+            range,
+            rows: to_usize(rows, "rows")?,
+            cols: to_usize(cols, "cols")?,
+            row_stride: to_usize(v.row_stride, "stride")?,
+        })
+    }
+
+    /// Resolves and bounds-checks every operand of `op`.
+    pub fn resolve_op(&self, op: &Op) -> Result<JobOp> {
+        Ok(match op {
+            Op::Nop => JobOp::Nop,
+            Op::Fill { dst, pattern } => {
+                let dst = self.range(dst)?;
+                if !dst.len.is_multiple_of(4) {
+                    bail!(EINVAL, "fill length {} is not a multiple of 4", dst.len);
+                }
+                JobOp::Fill { dst, pattern: *pattern }
+            }
+            Op::Copy { src, dst } => {
+                if src.len != dst.len {
+                    bail!(EINVAL, "copy lengths differ: source {} bytes, destination {} bytes", src.len, dst.len);
+                }
+                JobOp::Copy { src: self.range(src)?, dst: self.range(dst)? }
+            }
+            Op::GemmF32(g) => {
+                for (name, d) in [("m", g.m), ("n", g.n), ("k", g.k)] {
+                    if d == 0 || d > MAX_GEMM_DIM {
+                        bail!(EINVAL, "gemm dimension {name} = {d} is outside 1..={MAX_GEMM_DIM}");
+                    }
+                }
+                let a = self.matrix("A", &g.a, g.m, g.k)?;
+                let b = self.matrix("B", &g.b, g.k, g.n)?;
+                let c = self.matrix("C", &g.c, g.m, g.n)?;
+                if c.range.overlaps(&a.range) || c.range.overlaps(&b.range) {
+                    bail!(EINVAL, "gemm destination C overlaps operand A or B");
+                }
+                JobOp::GemmF32 { a, b, c, alpha: g.alpha, beta: g.beta }
+            }
+            Op::Driver { code, args } => JobOp::Driver { code: *code, args: *args },
+        })
+    }
 }

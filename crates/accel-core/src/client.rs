@@ -11,15 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use accel_uapi::{
-    BoHandle, BufView, ClientUsage, Errno, FenceHandle, FenceStatus, MatView, Op, Priority, QueueHandle, SignalPoint,
-    SyncobjHandle, WaitPoint,
+    BoHandle, ClientUsage, Errno, FenceHandle, FenceStatus, Op, Priority, QueueHandle, SignalPoint, SyncobjHandle,
+    WaitPoint,
 };
 use slotmap::{Key, KeyData, SlotMap};
 
-use crate::bo::{BoMatrix, BoRange, BufferObject, Charge};
+use crate::bo::{BoTable, BufferObject, Charge};
 use crate::counters::{Kind, Tracked};
 use crate::device::Device;
-use crate::driver::JobOp;
 use crate::fence::{wait_fences, Fence, Syncobj};
 use crate::mem::HostMemory;
 use crate::sched::{EntityId, EntityParams, Job, UsageCounters, DEFAULT_WEIGHT, MAX_WEIGHT};
@@ -29,17 +28,14 @@ use crate::{bail, lock, Error, Result, Subsystem};
 pub const MAX_HANDLES: usize = 1 << 16;
 /// Most wait or signal points in one request.
 pub const MAX_POINTS: usize = 64;
-/// Largest GEMM dimension accepted.
-pub const MAX_GEMM_DIM: u64 = 1 << 20;
 
 slotmap::new_key_type! {
-    struct BoKey;
     struct QueueKey;
     struct FenceKey;
     struct SyncobjKey;
 }
 
-fn key<K: From<KeyData>>(raw: u64) -> K {
+pub(crate) fn key<K: From<KeyData>>(raw: u64) -> K {
     KeyData::from_ffi(raw).into()
 }
 
@@ -101,14 +97,14 @@ pub struct Client {
     sub: Arc<Subsystem>,
     record: Arc<ClientRecord>,
     device: Option<Arc<Device>>,
-    bos: SlotMap<BoKey, Arc<BufferObject>>,
+    bos: Arc<BoTable>,
     queues: SlotMap<QueueKey, Queue>,
     fences: SlotMap<FenceKey, Arc<Fence>>,
     syncobjs: SlotMap<SyncobjKey, Arc<Syncobj>>,
     _tracked: Tracked,
 }
 
-fn insert<K: Key, V>(table: &mut SlotMap<K, V>, what: &str, v: V) -> Result<u64> {
+pub(crate) fn insert<K: Key, V>(table: &mut SlotMap<K, V>, what: &str, v: V) -> Result<u64> {
     if table.len() >= MAX_HANDLES {
         bail!(ENOSPC, "too many {what} handles (limit {MAX_HANDLES})");
     }
@@ -121,10 +117,6 @@ fn lookup<'a, K: Key + From<KeyData>, V>(table: &'a SlotMap<K, V>, what: &str, h
         .ok_or_else(|| Error::new(Errno::ENOENT, format!("no {what} with handle {h:#x} (stale or never issued)")))
 }
 
-fn to_usize(v: u64, what: &str) -> Result<usize> {
-    usize::try_from(v).map_err(|_| Error::new(Errno::EOVERFLOW, format!("{what} {v} overflows")))
-}
-
 impl Client {
     pub(crate) fn new(id: u64, sub: Arc<Subsystem>, record: Arc<ClientRecord>) -> Client {
         let tracked = Tracked::new(&sub.counters, Kind::Client);
@@ -133,7 +125,7 @@ impl Client {
             sub,
             record,
             device: None,
-            bos: SlotMap::with_key(),
+            bos: Arc::new(BoTable::default()),
             queues: SlotMap::with_key(),
             fences: SlotMap::with_key(),
             syncobjs: SlotMap::with_key(),
@@ -178,7 +170,7 @@ impl Client {
 
     fn add_bo(&mut self, bo: Arc<BufferObject>) -> Result<BoHandle> {
         let size = bo.size();
-        let h = insert(&mut self.bos, "buffer", bo)?;
+        let h = self.bos.insert(bo)?;
         self.record.memory_bytes.fetch_add(size, Ordering::Relaxed);
         Ok(BoHandle(h))
     }
@@ -204,8 +196,8 @@ impl Client {
         Ok((h, size))
     }
 
-    fn bo(&self, h: BoHandle) -> Result<&Arc<BufferObject>> {
-        lookup(&self.bos, "buffer", h.0)
+    fn bo(&self, h: BoHandle) -> Result<Arc<BufferObject>> {
+        self.bos.get(h)
     }
 
     /// Size of a buffer.
@@ -215,10 +207,7 @@ impl Client {
 
     /// Drops the handle; the buffer lives on while jobs, mappings or other clients use it.
     pub fn bo_close(&mut self, h: BoHandle) -> Result<()> {
-        let bo = self
-            .bos
-            .remove(key(h.0))
-            .ok_or_else(|| Error::new(Errno::ENOENT, format!("no buffer with handle {:#x}", h.0)))?;
+        let bo = self.bos.remove(h)?;
         self.record.memory_bytes.fetch_sub(bo.size(), Ordering::Relaxed);
         Ok(())
     }
@@ -231,7 +220,7 @@ impl Client {
     /// Exports the buffer (PRIME export): any client may import the descriptor.
     pub fn bo_export(&self, h: BoHandle) -> Result<OwnedFd> {
         let bo = self.bo(h)?;
-        self.sub.register_export(bo);
+        self.sub.register_export(&bo);
         bo.memory().dup_fd()
     }
 
@@ -286,75 +275,6 @@ impl Client {
             .ok_or_else(|| Error::new(Errno::ENOENT, format!("no queue with handle {:#x}", h.0)))
     }
 
-    fn range(&self, v: &BufView) -> Result<BoRange> {
-        let bo = self.bo(v.bo)?;
-        match v.offset.checked_add(v.len) {
-            Some(end) if end <= bo.size() => {}
-            Some(end) => {
-                bail!(ERANGE, "view [{}, {end}) is outside buffer {:#x} of {} bytes", v.offset, v.bo.0, bo.size())
-            }
-            None => bail!(EOVERFLOW, "view offset {} + length {} overflows", v.offset, v.len),
-        }
-        Ok(BoRange { bo: bo.clone(), offset: to_usize(v.offset, "offset")?, len: to_usize(v.len, "length")? })
-    }
-
-    fn matrix(&self, name: &str, v: &MatView, rows: u64, cols: u64) -> Result<BoMatrix> {
-        if !v.offset.is_multiple_of(4) {
-            bail!(EINVAL, "matrix {name}: offset {} is not 4-byte aligned", v.offset);
-        }
-        if v.row_stride < cols {
-            bail!(EINVAL, "matrix {name}: row stride {} is below its {cols} columns", v.row_stride);
-        }
-        let span = (rows - 1)
-            .checked_mul(v.row_stride)
-            .and_then(|e| e.checked_add(cols))
-            .and_then(|e| e.checked_mul(4))
-            .ok_or_else(|| Error::new(Errno::EOVERFLOW, format!("matrix {name}: size overflows")))?;
-        let range = self
-            .range(&BufView { bo: v.bo, offset: v.offset, len: span })
-            .map_err(|e| Error::new(e.code, format!("matrix {name}: {}", e.message)))?;
-        Ok(BoMatrix {
-            range,
-            rows: to_usize(rows, "rows")?,
-            cols: to_usize(cols, "cols")?,
-            row_stride: to_usize(v.row_stride, "stride")?,
-        })
-    }
-
-    fn resolve_op(&self, op: &Op) -> Result<JobOp> {
-        Ok(match op {
-            Op::Nop => JobOp::Nop,
-            Op::Fill { dst, pattern } => {
-                let dst = self.range(dst)?;
-                if !dst.len.is_multiple_of(4) {
-                    bail!(EINVAL, "fill length {} is not a multiple of 4", dst.len);
-                }
-                JobOp::Fill { dst, pattern: *pattern }
-            }
-            Op::Copy { src, dst } => {
-                if src.len != dst.len {
-                    bail!(EINVAL, "copy lengths differ: source {} bytes, destination {} bytes", src.len, dst.len);
-                }
-                JobOp::Copy { src: self.range(src)?, dst: self.range(dst)? }
-            }
-            Op::GemmF32(g) => {
-                for (name, d) in [("m", g.m), ("n", g.n), ("k", g.k)] {
-                    if d == 0 || d > MAX_GEMM_DIM {
-                        bail!(EINVAL, "gemm dimension {name} = {d} is outside 1..={MAX_GEMM_DIM}");
-                    }
-                }
-                let a = self.matrix("A", &g.a, g.m, g.k)?;
-                let b = self.matrix("B", &g.b, g.k, g.n)?;
-                let c = self.matrix("C", &g.c, g.m, g.n)?;
-                if c.range.overlaps(&a.range) || c.range.overlaps(&b.range) {
-                    bail!(EINVAL, "gemm destination C overlaps operand A or B");
-                }
-                JobOp::GemmF32 { a, b, c, alpha: g.alpha, beta: g.beta }
-            }
-            Op::Driver { code, args } => JobOp::Driver { code: *code, args: *args },
-        })
-    }
-
     fn syncobj(&self, h: SyncobjHandle) -> Result<&Arc<Syncobj>> {
         lookup(&self.syncobjs, "syncobj", h.0)
     }
@@ -391,16 +311,8 @@ impl Client {
         if dev.sched.is_banned(entity) {
             bail!(ECANCELED, "queue {:#x} is banned after hung jobs; create a new context", queue.0);
         }
-        if !dev.info.ops.contains(&op.kind()) {
-            bail!(
-                EOPNOTSUPP,
-                "accel{} ({}) does not support the {} operation",
-                dev.minor,
-                dev.info.driver,
-                op.kind().name()
-            );
-        }
-        let job_op = self.resolve_op(op)?;
+        dev.check_op(op)?;
+        let job_op = self.bos.resolve_op(op)?;
         let deps = self.resolve_waits(wait)?;
         if signal.len() > MAX_POINTS {
             bail!(E2BIG, "{} signal points exceed the limit of {MAX_POINTS}", signal.len());
@@ -524,7 +436,7 @@ impl Drop for Client {
 mod tests {
     use super::*;
     use crate::testing::{device, FakeDriver};
-    use accel_uapi::{Category, ObjectCounts};
+    use accel_uapi::{BufView, Category, ObjectCounts};
 
     fn setup() -> (Arc<FakeDriver>, Arc<Subsystem>, Client) {
         let drv = Arc::new(FakeDriver::default());

@@ -183,6 +183,20 @@ impl Device {
         self.open_clients.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// `EOPNOTSUPP` unless the driver runs this kind of operation.
+    pub fn check_op(&self, op: &accel_uapi::Op) -> Result<()> {
+        if !self.info.ops.contains(&op.kind()) {
+            bail!(
+                EOPNOTSUPP,
+                "accel{} ({}) does not support the {} operation",
+                self.minor,
+                self.info.driver,
+                op.kind().name()
+            );
+        }
+        Ok(())
+    }
+
     /// The next job sequence number on this device.
     pub(crate) fn next_seqno(&self) -> u64 {
         self.seqno.fetch_add(1, Ordering::Relaxed) + 1
