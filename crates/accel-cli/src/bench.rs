@@ -128,16 +128,22 @@ fn fairness_run(daemon: &SpawnedDaemon, weights: &[u32], seconds: f64, job_ms: u
     for &w in weights {
         let dev = Device::open_at(daemon.socket(), 0)?;
         ids.push(dev.client_id());
+        // Queues are in order (one job at a time), so a client that wants to fill the
+        // device uses as many queues as the engine has credits, all with its weight.
+        let queues = dev.info().engines.first().map_or(1, |e| e.credits) as usize;
         let stop = stop.clone();
         threads.push(std::thread::spawn(move || -> accel::Result<()> {
-            let q = dev.create_queue_with(QueueOptions { weight: w * 100, ..Default::default() })?;
+            let opts = QueueOptions { weight: w * 100, ..Default::default() };
+            let qs = (0..queues).map(|_| dev.create_queue_with(opts)).collect::<accel::Result<Vec<_>>>()?;
             let op = Op::Driver { code: accel_driver_testdev::OP_DELAY, args: [job_ms, 0, 0, 0] };
-            let mut inflight = VecDeque::new();
+            let mut inflight: Vec<VecDeque<accel::Fence>> = qs.iter().map(|_| VecDeque::new()).collect();
             while !stop.load(Ordering::Relaxed) {
-                if inflight.len() < FAIRNESS_DEPTH {
-                    inflight.push_back(q.submit(op)?);
-                } else if let Some(f) = inflight.pop_front() {
-                    f.wait()?;
+                for (q, pending) in qs.iter().zip(&mut inflight) {
+                    if pending.len() < FAIRNESS_DEPTH {
+                        pending.push_back(q.submit(op)?);
+                    } else if let Some(f) = pending.pop_front() {
+                        f.wait()?;
+                    }
                 }
             }
             Ok(())

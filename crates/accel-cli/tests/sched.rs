@@ -117,13 +117,14 @@ fn closed_export_cannot_be_imported() {
 fn higher_priority_work_overtakes_queued_lower_priority_work() {
     let d = Daemon::start(&["testdev"]);
     let dev = d.open(0);
-    let kernel = queue(&dev, Priority::Kernel, None);
-    let (low, high) = (queue(&dev, Priority::Low, None), queue(&dev, Priority::High, None));
+    // Queues run one job at a time, so each job gets its own queue to compete for the two slots.
+    let queues = |p| (0..2).map(|_| queue(&dev, p, None)).collect::<Vec<_>>();
+    let (kernel, low, high) = (queues(Priority::Kernel), queues(Priority::Low), queues(Priority::High));
     let t0 = now_ns();
     // Fill both engine slots, then queue low work before high work.
-    let blockers: Vec<_> = (0..2).map(|_| kernel.submit(driver_op(OP_DELAY, 150)).unwrap()).collect();
-    let lows: Vec<_> = (0..2).map(|_| low.submit(driver_op(OP_DELAY, 50)).unwrap()).collect();
-    let highs: Vec<_> = (0..2).map(|_| high.submit(driver_op(OP_DELAY, 50)).unwrap()).collect();
+    let blockers: Vec<_> = kernel.iter().map(|q| q.submit(driver_op(OP_DELAY, 150)).unwrap()).collect();
+    let lows: Vec<_> = low.iter().map(|q| q.submit(driver_op(OP_DELAY, 50)).unwrap()).collect();
+    let highs: Vec<_> = high.iter().map(|q| q.submit(driver_op(OP_DELAY, 50)).unwrap()).collect();
     for b in &blockers {
         b.wait().unwrap();
     }

@@ -21,6 +21,7 @@ use crate::counters::{Kind, Tracked};
 use crate::device::Device;
 use crate::fence::{wait_fences, Fence, Syncobj};
 use crate::mem::HostMemory;
+use crate::ring::{RingFds, RingQueue};
 use crate::sched::{EntityId, EntityParams, Job, UsageCounters, DEFAULT_WEIGHT, MAX_WEIGHT};
 use crate::{bail, lock, Error, Result, Subsystem};
 
@@ -78,15 +79,20 @@ impl ClientRecord {
     }
 }
 
-/// A queue: a handle on a scheduler entity. Dropping it removes the entity.
+/// A queue: a handle on a scheduler entity, and its ring if it has one. Dropping it
+/// removes both.
 struct Queue {
     entity: EntityId,
     device: Arc<Device>,
+    ring: Option<Arc<RingQueue>>,
     _tracked: Tracked,
 }
 
 impl Drop for Queue {
     fn drop(&mut self) {
+        if let Some(ring) = self.ring.take() {
+            self.device.poller.unregister(&ring);
+        }
         self.device.sched.destroy_entity(self.entity);
     }
 }
@@ -263,8 +269,27 @@ impl Client {
         }
         let params = EntityParams { priority, weight, timeout };
         let entity = dev.sched.create_entity(self.id, params, self.record.usage.clone());
-        let q = Queue { entity, device: dev, _tracked: Tracked::new(&self.sub.counters, Kind::Queue) };
+        let q = Queue { entity, device: dev, ring: None, _tracked: Tracked::new(&self.sub.counters, Kind::Queue) };
         Ok(QueueHandle(insert(&mut self.queues, "queue", q)?))
+    }
+
+    /// Gives a queue a shared-memory submission ring of `entries` (a power of two up to
+    /// 4096). Returns the ring memfd, the device's doorbell and the ring's completion eventfd.
+    pub fn ring_create(&mut self, h: QueueHandle, entries: u32) -> Result<RingFds> {
+        let counters = self.sub.counters.clone();
+        let bos = self.bos.clone();
+        let q = self
+            .queues
+            .get_mut(key(h.0))
+            .ok_or_else(|| Error::new(Errno::ENOENT, format!("no queue with handle {:#x}", h.0)))?;
+        if q.ring.is_some() {
+            bail!(EBUSY, "queue {:#x} already has a ring", h.0);
+        }
+        let (ring, memfd, completion) = RingQueue::new(entries, q.entity, bos, &counters)?;
+        let doorbell = q.device.poller.doorbell_for_client()?;
+        q.device.poller.register(&q.device, ring.clone())?;
+        q.ring = Some(ring);
+        Ok(RingFds { ring: memfd, doorbell, completion })
     }
 
     /// Destroys a queue, cancelling its queued jobs.

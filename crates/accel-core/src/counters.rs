@@ -22,12 +22,14 @@ pub enum Kind {
     Queue,
     /// Jobs not yet freed.
     Job,
+    /// Submission rings.
+    Ring,
 }
 
 /// Counters of one subsystem instance.
 #[derive(Debug, Default)]
 pub struct Counters {
-    counts: [AtomicU64; 6],
+    counts: [AtomicU64; 7],
     buffer_bytes: AtomicU64,
 }
 
@@ -43,6 +45,7 @@ impl Counters {
             syncobjs: get(Kind::Syncobj),
             queues: get(Kind::Queue),
             jobs: get(Kind::Job),
+            rings: get(Kind::Ring),
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use accel_uapi::{Category, DeviceInfo, Errno};
 
 use crate::driver::{Driver, DriverInfo};
+use crate::ring::RingPoller;
 use crate::sched::{SchedConfig, Scheduler};
 use crate::{bail, lock, Error, Result};
 
@@ -55,6 +56,7 @@ pub struct Device {
     /// The device's scheduler.
     pub sched: Scheduler,
     pub(crate) mem_used: Arc<AtomicU64>,
+    pub(crate) poller: RingPoller,
     lease: Mutex<Lease>,
     lease_cond: Condvar,
     open_clients: AtomicU32,
@@ -93,6 +95,7 @@ impl Device {
             job_timeout: config.job_timeout,
             sched,
             mem_used: Arc::new(AtomicU64::new(0)),
+            poller: RingPoller::new()?,
             lease: Mutex::new(Lease::default()),
             lease_cond: Condvar::new(),
             open_clients: AtomicU32::new(0),
@@ -200,5 +203,11 @@ impl Device {
     /// The next job sequence number on this device.
     pub(crate) fn next_seqno(&self) -> u64 {
         self.seqno.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.poller.stop();
     }
 }

@@ -24,6 +24,7 @@ pub mod driver;
 mod error;
 pub mod fence;
 pub mod mem;
+pub mod ring;
 pub mod sched;
 
 use std::collections::{BTreeMap, HashMap};

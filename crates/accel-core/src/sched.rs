@@ -2,7 +2,8 @@
 //!
 //! Per device:
 //! - **Entities** are client queues. Each has a priority class ([`Priority`]) and a
-//!   weight. Jobs of one entity run in submission order.
+//!   weight. Jobs of one entity run in submission order, one at a time (an in-order
+//!   queue, like a GPU ring or a CUDA stream); parallelism comes from several queues.
 //! - **Engines** have credits (ring depth): an engine takes up to `credits` jobs at once,
 //!   each run on its own slot thread through [`Driver::run_job`].
 //! - **Selection.** The highest class with a ready job goes first, except that a class
@@ -494,7 +495,8 @@ impl Shared {
                         }
                         Some(None) => {
                             let engine = &engines[job.engine];
-                            if !e.banned && engine.in_flight < engine.credits {
+                            // In order per queue: the next job waits for the previous one to finish.
+                            if !e.banned && e.in_flight == 0 && engine.in_flight < engine.credits {
                                 ready.push((e.params.priority as usize, *id, e.vruntime, job.seq));
                             }
                             break;

@@ -309,6 +309,8 @@ pub struct ObjectCounts {
     pub queues: u64,
     /// Jobs submitted and not yet freed.
     pub jobs: u64,
+    /// Submission rings.
+    pub rings: u64,
 }
 
 /// Per-client usage, in the spirit of DRM fdinfo `drm-usage-stats`.
@@ -397,6 +399,15 @@ pub enum Request {
     QueueDestroy {
         /// The queue.
         handle: QueueHandle,
+    },
+    /// Give a queue a shared-memory submission ring (see [`crate::ring`]). The reply is
+    /// [`Reply::Fd`] with three descriptors: the ring memfd, the device's doorbell
+    /// eventfd, and the ring's completion eventfd.
+    RingCreate {
+        /// The queue.
+        queue: QueueHandle,
+        /// Submission entries: a power of two, at most [`crate::ring::MAX_RING_ENTRIES`].
+        entries: u32,
     },
     /// Submit a job.
     Submit {

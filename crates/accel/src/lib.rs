@@ -20,6 +20,7 @@
 
 mod buffer;
 mod conn;
+mod ring;
 mod sync;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -35,6 +36,7 @@ use accel_uapi::{Reply, Request};
 
 pub use buffer::Buffer;
 pub use conn::Connection;
+pub use ring::{Cqe, Ring};
 pub use sync::{Fence, Queue, Syncobj};
 
 /// An error from the daemon (or from reaching it): errno-style code plus message.

@@ -8,7 +8,7 @@ use accel_uapi::{
     Errno, FenceHandle, FenceStatus, Op, QueueHandle, Reply, Request, SignalPoint, SyncobjHandle, WaitPoint,
 };
 
-use crate::{conn::unexpected, timeout_ns, Error, QueueOptions, Result, Shared};
+use crate::{conn::unexpected, timeout_ns, Error, QueueOptions, Result, Ring, Shared};
 
 /// A submission queue (a scheduler entity). Jobs on one device run in order.
 pub struct Queue {
@@ -23,6 +23,14 @@ impl Queue {
             Reply::Queue(handle) => Ok(Queue { dev, handle }),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Turns the queue into a shared-memory ring of `entries` submissions (a power of
+    /// two, at most 4096): the fast path, see [`Ring`]. The ring owns the queue; socket
+    /// submissions remain possible through [`Ring::queue`].
+    pub fn into_ring(self, entries: u32) -> Result<Ring> {
+        let fds = self.dev.call_for_fds(&Request::RingCreate { queue: self.handle, entries }, 3)?;
+        Ring::new(self, fds)
     }
 
     /// Submits a job with no dependencies.

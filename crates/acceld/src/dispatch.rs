@@ -126,6 +126,10 @@ fn handle(
         Request::QueueCreate { timeout_ms, priority, weight } => {
             ok(Reply::Queue(c.queue_create(timeout_ms, priority, weight)?))
         }
+        Request::RingCreate { queue, entries } => {
+            let fds = c.ring_create(queue, entries)?;
+            Ok((Reply::Fd, vec![fds.ring, fds.doorbell, fds.completion]))
+        }
         Request::QueueDestroy { handle } => c.queue_destroy(handle).and(ok(Reply::Ok)),
         Request::Submit { queue, op, wait, signal } => {
             let (fence, seqno) = c.submit(queue, &op, &wait, &signal)?;

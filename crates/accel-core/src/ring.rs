@@ -1,0 +1,294 @@
+//! Submission rings, daemon side: one per queue, served by the device's poller thread.
+//!
+//! The poller copies entries out of the shared ring, decodes them with the same codec
+//! the client encodes with, validates operands against the client's buffer table
+//! exactly as a socket submission is validated, and hands jobs to the scheduler. A
+//! null job on a ring with nothing in flight completes on the spot: ordering allows it
+//! and it is the fast path's floor. Completions come back through the job's fence.
+//!
+//! Nothing the client can write is trusted: counts are bounded by the ring size and
+//! every bad entry gets an error completion with its `user_data`.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use accel_uapi::ring::{Cqe, RingLayout, RingMem, Sqe};
+use accel_uapi::{Errno, FenceStatus, Op};
+use rustix::event::{eventfd, EventfdFlags, PollFd, PollFlags};
+
+use crate::bo::BoTable;
+use crate::counters::{Counters, Kind, Tracked};
+use crate::device::Device;
+use crate::fence::{monotonic_ns, Fence};
+use crate::sched::{EntityId, Job};
+use crate::{lock, Error, Result};
+
+/// Most entries taken from one ring per sweep, so one busy ring cannot starve the others.
+pub const RING_BUDGET: u32 = 256;
+/// How long the poller keeps spinning after it last found work before it sleeps.
+pub const POLL_SPIN: Duration = Duration::from_micros(100);
+
+struct RingState {
+    sq_head: u32,
+    cq_tail: u32,
+    /// Entries consumed whose completion may not have been read yet: CQ space is
+    /// reserved at consumption, so completions never overwrite unread ones.
+    cq_reserved: u32,
+}
+
+/// One queue's ring.
+pub struct RingQueue {
+    mem: RingMem,
+    completion: OwnedFd,
+    entity: EntityId,
+    bos: Arc<BoTable>,
+    counters: Arc<Counters>,
+    state: Mutex<RingState>,
+    /// Mirror of `state.sq_head` readable without the lock (the poller's has-work check).
+    head: AtomicU32,
+    inflight: AtomicU32,
+    _tracked: Tracked,
+}
+
+fn os(what: &'static str) -> impl FnOnce(rustix::io::Errno) -> Error {
+    move |e| Error::new(Errno::ENOMEM, format!("{what}: {e}"))
+}
+
+/// What a client gets for a new ring: the ring memory, the device's doorbell, and the
+/// ring's completion eventfd.
+pub struct RingFds {
+    /// The ring memfd.
+    pub ring: OwnedFd,
+    /// Write 1 here after publishing work if the poller sleeps.
+    pub doorbell: OwnedFd,
+    /// Readable when completions arrived while `client_waiting` was set.
+    pub completion: OwnedFd,
+}
+
+impl RingQueue {
+    pub(crate) fn new(
+        sq_entries: u32,
+        entity: EntityId,
+        bos: Arc<BoTable>,
+        counters: &Arc<Counters>,
+    ) -> Result<(Arc<RingQueue>, OwnedFd, OwnedFd)> {
+        let layout = RingLayout::new(sq_entries)
+            .map_err(|code| Error::new(code, format!("ring size {sq_entries} is not a power of two in 1..=4096")))?;
+        let (mem, memfd) = RingMem::create(layout).map_err(os("creating ring memory"))?;
+        let completion = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(os("eventfd"))?;
+        let completion_for_client = rustix::io::fcntl_dupfd_cloexec(&completion, 0).map_err(os("dup"))?;
+        let ring = Arc::new(RingQueue {
+            mem,
+            completion,
+            entity,
+            bos,
+            counters: counters.clone(),
+            state: Mutex::new(RingState { sq_head: 0, cq_tail: 0, cq_reserved: 0 }),
+            head: AtomicU32::new(0),
+            inflight: AtomicU32::new(0),
+            _tracked: Tracked::new(counters, Kind::Ring),
+        });
+        Ok((ring, memfd, completion_for_client))
+    }
+
+    fn has_work(&self) -> bool {
+        self.mem.sq_tail().load(Ordering::Acquire) != self.head.load(Ordering::Relaxed)
+    }
+
+    /// Takes up to `budget` entries and starts them. Returns how many it took.
+    pub(crate) fn process(self: &Arc<Self>, dev: &Device, budget: u32) -> u32 {
+        let layout = self.mem.layout();
+        let batch: Vec<Sqe> = {
+            let mut st = lock(&self.state);
+            let avail = self.mem.sq_tail().load(Ordering::Acquire).wrapping_sub(st.sq_head).min(layout.sq_entries);
+            if avail == 0 {
+                return 0;
+            }
+            // A scribbled cq_head that claims more unread completions than fit reads as "full".
+            let unread = st.cq_reserved.wrapping_sub(self.mem.cq_head().load(Ordering::Acquire));
+            let space = layout.cq_entries.saturating_sub(unread);
+            let n = avail.min(space).min(budget);
+            let batch = (0..n).map(|i| self.mem.read_sqe(st.sq_head.wrapping_add(i))).collect();
+            st.sq_head = st.sq_head.wrapping_add(n);
+            st.cq_reserved = st.cq_reserved.wrapping_add(n);
+            self.mem.sq_head().store(st.sq_head, Ordering::Release);
+            self.head.store(st.sq_head, Ordering::Relaxed);
+            batch
+        };
+        let n = batch.len() as u32;
+        for sqe in batch {
+            self.start(dev, &sqe);
+        }
+        n
+    }
+
+    fn start(self: &Arc<Self>, dev: &Device, sqe: &Sqe) {
+        let user_data = sqe.user_data;
+        let op = match sqe.decode() {
+            Ok(op) => op,
+            Err(code) => return self.complete(user_data, Err(code), 0),
+        };
+        // Nothing in flight on this queue: a null job completes here, still in order.
+        if op == Op::Nop && self.inflight.load(Ordering::Acquire) == 0 {
+            return self.complete(user_data, Ok(()), dev.next_seqno());
+        }
+        let job_op = match dev.check_op(&op).and_then(|()| self.bos.resolve_op(&op)) {
+            Ok(j) => j,
+            Err(e) => return self.complete(user_data, Err(e.code), 0),
+        };
+        let seqno = dev.next_seqno();
+        let fence = Fence::new(&self.counters);
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        let ring = self.clone();
+        fence.on_signal(move |status| {
+            let result = match status {
+                FenceStatus::Error(e) => Err(e),
+                _ => Ok(()),
+            };
+            ring.complete(user_data, result, seqno);
+            ring.inflight.fetch_sub(1, Ordering::AcqRel);
+        });
+        if let Err(e) = dev.sched.push(self.entity, Job::new(&self.counters, job_op, Vec::new(), fence.clone())) {
+            fence.signal(Err(e.code));
+        }
+    }
+
+    fn complete(&self, user_data: u64, result: Result<(), Errno>, seqno: u64) {
+        let cqe = Cqe {
+            user_data,
+            result: result.err().map_or(0, |e| -(e.raw() as i32)),
+            flags: 0,
+            timestamp: monotonic_ns(),
+            seqno,
+        };
+        let wake = {
+            let mut st = lock(&self.state);
+            self.mem.write_cqe(st.cq_tail, &cqe);
+            st.cq_tail = st.cq_tail.wrapping_add(1);
+            self.mem.publish_and_check(self.mem.cq_tail(), st.cq_tail, self.mem.client_waiting())
+        };
+        if wake {
+            let _ = rustix::io::write(&self.completion, &1u64.to_ne_bytes());
+        }
+    }
+}
+
+/// The device's ring poller: one thread sweeping every ring of the device.
+pub(crate) struct RingPoller {
+    rings: Mutex<Vec<Arc<RingQueue>>>,
+    version: AtomicU64,
+    doorbell: Arc<OwnedFd>,
+    shutdown: AtomicBool,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RingPoller {
+    pub(crate) fn new() -> Result<RingPoller> {
+        Ok(RingPoller {
+            rings: Mutex::new(Vec::new()),
+            version: AtomicU64::new(0),
+            doorbell: Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(os("eventfd"))?),
+            shutdown: AtomicBool::new(false),
+            thread: Mutex::new(None),
+        })
+    }
+
+    fn ring_doorbell(&self) {
+        let _ = rustix::io::write(&self.doorbell, &1u64.to_ne_bytes());
+    }
+
+    /// A descriptor of the doorbell for a client.
+    pub(crate) fn doorbell_for_client(&self) -> Result<OwnedFd> {
+        rustix::io::fcntl_dupfd_cloexec(&*self.doorbell, 0).map_err(os("dup"))
+    }
+
+    /// Adds a ring and makes sure the poller thread runs.
+    pub(crate) fn register(&self, dev: &Arc<Device>, ring: Arc<RingQueue>) -> Result<()> {
+        lock(&self.rings).push(ring);
+        self.version.fetch_add(1, Ordering::Release);
+        let mut thread = lock(&self.thread);
+        if thread.is_none() {
+            let weak = Arc::downgrade(dev);
+            let t = std::thread::Builder::new()
+                .name(format!("accel{}-rings", dev.minor))
+                .spawn(move || poll_loop(weak))
+                .map_err(|e| Error::new(Errno::ENOMEM, format!("starting ring poller: {e}")))?;
+            *thread = Some(t);
+        }
+        drop(thread);
+        self.ring_doorbell();
+        Ok(())
+    }
+
+    /// Removes a ring; jobs it started still complete into it.
+    pub(crate) fn unregister(&self, ring: &Arc<RingQueue>) {
+        lock(&self.rings).retain(|r| !Arc::ptr_eq(r, ring));
+        self.version.fetch_add(1, Ordering::Release);
+        self.ring_doorbell();
+    }
+
+    /// Stops the thread (device teardown).
+    pub(crate) fn stop(&self) {
+        self.shutdown.store(true, Ordering::Release);
+        self.ring_doorbell();
+        if let Some(t) = lock(&self.thread).take() {
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn set_sleeping(rings: &[Arc<RingQueue>], value: u32) {
+    for r in rings {
+        r.mem.poller_sleeping().store(value, Ordering::SeqCst);
+    }
+}
+
+fn poll_loop(dev: Weak<Device>) {
+    let mut rings: Vec<Arc<RingQueue>> = Vec::new();
+    let mut seen = u64::MAX;
+    let mut last_work = Instant::now();
+    loop {
+        let Some(dev) = dev.upgrade() else { return };
+        let poller = &dev.poller;
+        if poller.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        let version = poller.version.load(Ordering::Acquire);
+        if version != seen {
+            rings = lock(&poller.rings).clone();
+            seen = version;
+            set_sleeping(&rings, 0);
+        }
+        let did: u32 = rings.iter().map(|r| r.process(&dev, RING_BUDGET)).sum();
+        if did > 0 {
+            last_work = Instant::now();
+            continue;
+        }
+        if last_work.elapsed() < POLL_SPIN {
+            std::hint::spin_loop();
+            continue;
+        }
+        // Going to sleep: flag every ring, then look once more (clients check the flag
+        // after publishing, so work published before this point is seen here).
+        set_sleeping(&rings, 1);
+        fence(Ordering::SeqCst);
+        let pending = rings.iter().any(|r| r.has_work()) || poller.version.load(Ordering::Acquire) != seen;
+        if !pending {
+            // Sleep without holding the device, so it can go away meanwhile.
+            let doorbell = poller.doorbell.clone();
+            drop(dev);
+            let mut fds = [PollFd::new(&*doorbell, PollFlags::IN)];
+            let second = rustix::time::Timespec { tv_sec: 1, tv_nsec: 0 };
+            let _ = rustix::event::poll(&mut fds, Some(&second));
+            let mut buf = [0u8; 8];
+            let _ = rustix::io::read(&*doorbell, &mut buf);
+        }
+        set_sleeping(&rings, 0);
+        last_work = Instant::now();
+    }
+}
