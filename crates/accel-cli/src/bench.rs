@@ -38,12 +38,41 @@ pub enum Which {
         #[arg(long, default_value_t = 2)]
         job_ms: u64,
     },
+    /// Many connected clients, each with a queue and a ring, a few of them submitting:
+    /// latency of control requests from one more client (the daemon must stay responsive).
+    Scale {
+        /// Connected clients, each with a queue and a 16-entry ring.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// How many of them submit null jobs meanwhile (one sync job every 100 µs each).
+        #[arg(long, default_value_t = 16)]
+        active: usize,
+        /// Control requests timed.
+        #[arg(long, default_value_t = 5000)]
+        ops: usize,
+    },
+    /// The job fast path against its physical limits: shared-memory spin ping-pong and
+    /// Unix-socket ping-pong RTTs (measured here), the in-process null-job rate, then the
+    /// ring's sync null-job RTT and batched throughput to a daemon process.
+    Submit {
+        /// Round trips per latency measurement.
+        #[arg(long, default_value_t = 100_000)]
+        iters: usize,
+        /// Seconds per throughput measurement.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        /// Ring size (submission entries).
+        #[arg(long, default_value_t = 1024)]
+        ring: u32,
+    },
 }
 
 pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Gemm { sizes, reps } => gemm(&sizes, reps.max(1)),
         Which::Fairness { clients, seconds, job_ms } => fairness(clients.max(1), seconds, job_ms.max(1)),
+        Which::Submit { iters, seconds, ring } => submit(iters.max(100), seconds, ring),
+        Which::Scale { clients, active, ops } => scale(clients.max(1), active, ops.max(100)),
     }
 }
 
@@ -178,5 +207,241 @@ fn fairness_run(daemon: &SpawnedDaemon, weights: &[u32], seconds: f64, job_ms: u
         fmt(&expected),
         total / 1e9 / seconds,
     );
+    Ok(())
+}
+
+/// Percentiles of a set of nanosecond samples, as a JSON object.
+fn percentiles(mut ns: Vec<u64>) -> (u64, u64, String) {
+    ns.sort_unstable();
+    let at = |q: f64| ns[((ns.len() - 1) as f64 * q) as usize];
+    let (p50, p99) = (at(0.50), at(0.99));
+    (p50, p99, format!("{{\"p50\":{p50},\"p99\":{p99},\"p999\":{},\"max\":{}}}", at(0.999), ns[ns.len() - 1]))
+}
+
+/// Times `iters` round trips of `f` (after `iters / 10` warm-up), one sample each.
+fn sample(iters: usize, mut f: impl FnMut()) -> Vec<u64> {
+    for _ in 0..iters / 10 {
+        f();
+    }
+    (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_nanos() as u64
+        })
+        .collect()
+}
+
+/// Shared-memory spin ping-pong between two threads through a memfd mapping: the
+/// physical floor for any cross-core round trip.
+fn shm_pingpong(iters: usize) -> Result<Vec<u64>> {
+    use std::sync::atomic::AtomicU32;
+    let fd = accel_uapi::shm::sealed_memfd("pingpong", 4096)?;
+    let map = Arc::new(accel_uapi::shm::Mapping::new(&fd, 4096)?);
+    // SAFETY: offsets 0 and 64 are inside the 4096-byte mapping, aligned, on separate lines.
+    let word = |m: &accel_uapi::shm::Mapping, off: usize| unsafe { &*(m.as_ptr().add(off) as *const AtomicU32) };
+    let total = iters + iters / 10;
+    let peer_map = map.clone();
+    let peer = std::thread::spawn(move || {
+        let (ping, pong) = (word(&peer_map, 0), word(&peer_map, 64));
+        for i in 1..=total as u32 {
+            while ping.load(Ordering::Acquire) != i {
+                std::hint::spin_loop();
+            }
+            pong.store(i, Ordering::Release);
+        }
+    });
+    let (ping, pong) = (word(&map, 0), word(&map, 64));
+    let mut i = 0u32;
+    let samples = sample(iters, || {
+        i += 1;
+        ping.store(i, Ordering::Release);
+        while pong.load(Ordering::Acquire) != i {
+            std::hint::spin_loop();
+        }
+    });
+    peer.join().map_err(|_| anyhow::anyhow!("ping-pong peer panicked"))?;
+    Ok(samples)
+}
+
+/// Unix-socket (seqpacket) ping-pong between two threads: the cost of a syscall round trip with wake-ups.
+fn socket_pingpong(iters: usize) -> Result<Vec<u64>> {
+    use rustix::net::{socketpair, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+    let (a, b) = socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
+    let total = iters + iters / 10;
+    let peer = std::thread::spawn(move || {
+        let mut buf = [0u8; 8];
+        for _ in 0..total {
+            if rustix::net::recv(&b, &mut buf, RecvFlags::empty()).is_err() {
+                return;
+            }
+            let _ = rustix::net::send(&b, &buf, SendFlags::empty());
+        }
+    });
+    let mut buf = [0u8; 8];
+    let samples = sample(iters, || {
+        let _ = rustix::net::send(&a, &buf, SendFlags::empty());
+        let _ = rustix::net::recv(&a, &mut buf, RecvFlags::empty());
+    });
+    peer.join().map_err(|_| anyhow::anyhow!("socket peer panicked"))?;
+    Ok(samples)
+}
+
+/// Null jobs per second when the ring code runs in-process: the client side writes
+/// entries into a ring and the daemon's own `RingQueue::process` takes them on the same
+/// thread. No second process, no cross-core traffic, no wake-ups.
+fn inproc_rate(seconds: f64, ring_entries: u32) -> Result<f64> {
+    use accel_core::bo::BoTable;
+    use accel_core::device::DeviceConfig;
+    use accel_core::ring::RingQueue;
+    use accel_core::sched::{EntityParams, UsageCounters};
+    use accel_uapi::ring::{RingMem, Sqe};
+    let sub = accel_core::Subsystem::new(vec![DeviceConfig::new(Arc::new(accel_driver_cpu::CpuDevice::new()))])?;
+    let dev = sub.device(0)?.clone();
+    let params = EntityParams { priority: accel::Priority::Normal, weight: 100, timeout: Duration::from_secs(10) };
+    let entity = dev.sched.create_entity(0, params, Arc::new(UsageCounters::default()));
+    let (ring, memfd, _) = RingQueue::new(ring_entries, entity, Arc::new(BoTable::default()), sub.counters())?;
+    let client = RingMem::open(&memfd)?;
+    let nop = Sqe::encode(&Op::Nop, 0);
+    let (mut tail, mut head, mut done) = (0u32, 0u32, 0u64);
+    let mut scratch = Vec::with_capacity(ring_entries as usize);
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < seconds {
+        for _ in 0..1024 {
+            while tail.wrapping_sub(client.sq_head().load(Ordering::Acquire)) < ring_entries {
+                client.write_sqe(tail, &nop);
+                tail = tail.wrapping_add(1);
+            }
+            ring.process_into(&dev, ring_entries, &mut scratch);
+            while let Some(cqe) = client.read_cqe(head) {
+                std::hint::black_box(cqe);
+                head = head.wrapping_add(1);
+                done += 1;
+            }
+            client.cq_head().store(head, Ordering::Release);
+        }
+    }
+    Ok(done as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Null jobs per second through a ring to the daemon process, keeping the ring full.
+fn batched_rate(ring: &mut accel::Ring, seconds: f64) -> Result<f64> {
+    let mut out = Vec::with_capacity(4096);
+    let mut done = 0u64;
+    let mut outstanding = 0usize;
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < seconds {
+        for _ in 0..64 {
+            while ring.push(&Op::Nop, 0).is_ok() {
+                outstanding += 1;
+            }
+            ring.flush()?;
+            out.clear();
+            let got = ring.wait(&mut out, 1.min(outstanding), Duration::from_secs(5))?;
+            outstanding -= got;
+            done += got as u64;
+        }
+    }
+    let mut rest = Vec::new();
+    ring.wait(&mut rest, outstanding, Duration::from_secs(5))?;
+    Ok(done as f64 / start.elapsed().as_secs_f64())
+}
+
+fn submit(iters: usize, seconds: f64, ring_entries: u32) -> Result<()> {
+    let (shm_p50, shm_p99, shm) = percentiles(shm_pingpong(iters)?);
+    let (sock_p50, _, sock) = percentiles(socket_pingpong(iters)?);
+    let inproc = inproc_rate(seconds, ring_entries)?;
+
+    let daemon = SpawnedDaemon::start(&["cpu"])?;
+    let dev = Device::open_at(daemon.socket(), 0)?;
+    let mut ring = dev.create_queue()?.into_ring(ring_entries)?;
+    let mut failed = None;
+    let (sync_p50, sync_p99, sync) = percentiles(sample(iters, || {
+        if let Err(e) = ring
+            .submit_wait(&Op::Nop, Duration::from_secs(5))
+            .and_then(|c| c.status().map_err(|code| accel::Error { code, message: "null job failed".into() }))
+        {
+            failed = Some(e);
+        }
+    }));
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    let batched = batched_rate(&mut ring, seconds)?;
+    let queue = dev.create_queue()?;
+    let (_, _, socket_path) = percentiles(sample(iters / 10, || {
+        let _ = queue.submit(Op::Nop).and_then(|f| f.wait());
+    }));
+    println!(
+        "{{\"bench\":\"submit\",\"shm_spin_rtt_ns\":{shm},\"socket_rtt_ns\":{sock},\"accel_ring_sync_rtt_ns\":{sync},\
+\"accel_socket_sync_rtt_ns\":{socket_path},\"inproc_jobs_per_s\":{inproc:.0},\"ring_batched_jobs_per_s\":{batched:.0},\
+\"sync_p50_vs_shm_p50\":{:.2},\"sync_p99_vs_shm_p99\":{:.2},\"socket_p50_vs_shm_p50\":{:.1},\"batched_vs_inproc\":{:.3}}}",
+        sync_p50 as f64 / shm_p50 as f64,
+        sync_p99 as f64 / shm_p99 as f64,
+        sock_p50 as f64 / shm_p50 as f64,
+        batched / inproc,
+    );
+    Ok(())
+}
+
+fn scale(clients: usize, active: usize, ops: usize) -> Result<()> {
+    let fd_limit = acceld::raise_fd_limit();
+    anyhow::ensure!(
+        fd_limit >= 4 * clients as u64 + 64,
+        "open-file limit {fd_limit} is too low for {clients} clients (each holds a socket and two eventfds)"
+    );
+    let daemon = SpawnedDaemon::start(&["cpu"])?;
+    let t = Instant::now();
+    let mut conns = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let dev = Device::open_at(daemon.socket(), 0)?;
+        let ring = dev.create_queue()?.into_ring(16)?;
+        conns.push((dev, ring));
+    }
+    let setup = t.elapsed();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for (dev, mut ring) in conns.drain(..active.min(clients)) {
+        let stop = stop.clone();
+        workers.push(std::thread::spawn(move || -> Result<u64> {
+            let _dev = dev;
+            let mut done = 0;
+            while !stop.load(Ordering::Relaxed) {
+                ring.submit_wait(&Op::Nop, Duration::from_secs(5))?
+                    .status()
+                    .map_err(|e| anyhow::anyhow!("nop: {e}"))?;
+                done += 1;
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            Ok(done)
+        }));
+    }
+    let mut probe = Connection::connect(daemon.socket())?;
+    let stats = probe.stats()?;
+    anyhow::ensure!(stats.rings as usize >= clients, "only {} rings registered", stats.rings);
+    let t = Instant::now();
+    let mut failed = None;
+    let (_, p99, lat) = percentiles(sample(ops, || {
+        if let Err(e) = probe.device_info(0) {
+            failed = Some(e);
+        }
+    }));
+    let elapsed = t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut jobs = 0;
+    for w in workers {
+        jobs += w.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    }
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    println!(
+        "{{\"bench\":\"scale\",\"clients\":{clients},\"rings\":{},\"active\":{active},\"setup_ms\":{:.1},\"control_rtt_ns\":{lat},\"control_p99_under_1ms\":{},\"active_jobs_per_s\":{:.0}}}",
+        stats.rings,
+        setup.as_secs_f64() * 1e3,
+        p99 < 1_000_000,
+        jobs as f64 / elapsed,
+    );
+    drop(conns);
     Ok(())
 }

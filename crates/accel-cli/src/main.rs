@@ -95,6 +95,8 @@ fn run_daemon(socket: PathBuf, specs: &[String], job_timeout_ms: u64, hang_limit
         cfg.hang_limit = hang_limit.max(1);
         devices.push(cfg);
     }
+    let fd_limit = acceld::raise_fd_limit();
+    tracing::debug!("open-file limit {fd_limit}");
     let daemon = acceld::Daemon::bind(&socket, devices)?;
     acceld::exit_on_signals(socket.clone())?;
     for d in daemon.subsystem().list_devices() {

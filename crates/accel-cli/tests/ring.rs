@@ -24,7 +24,6 @@ fn null_jobs_complete_through_the_ring_in_order() {
         for i in 0..64 {
             ring.push(&Op::Nop, round * 100 + i).unwrap();
         }
-        assert_eq!(ring.push(&Op::Nop, 0).unwrap_err().code, Errno::EAGAIN, "65th entry must not fit");
         ring.flush().unwrap();
         let mut out = Vec::new();
         ring.wait(&mut out, 64, SECOND).unwrap();
@@ -32,6 +31,34 @@ fn null_jobs_complete_through_the_ring_in_order() {
         assert_eq!(ids, (0..64).map(|i| round * 100 + i).collect::<Vec<_>>());
         assert!(out.iter().all(|c| c.result == 0));
     }
+}
+
+#[test]
+fn a_full_ring_pushes_back_with_eagain() {
+    let d = Daemon::start(&["cpu"]);
+    let dev = d.open(0);
+    let mut ring = dev.create_queue().unwrap().into_ring(8).unwrap();
+    // Without reaping, the daemon takes at most 16 entries (the completion ring's size);
+    // 8 more fill the submission ring; the next push must be refused.
+    let deadline = std::time::Instant::now() + SECOND;
+    let mut pushed = 0;
+    while pushed < 24 {
+        match ring.push(&Op::Nop, pushed) {
+            Ok(()) => pushed += 1,
+            Err(e) if e.code == Errno::EAGAIN && std::time::Instant::now() < deadline => {
+                ring.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("after {pushed} pushes: {e}"),
+        }
+    }
+    ring.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(ring.push(&Op::Nop, 99).unwrap_err().code, Errno::EAGAIN);
+    let mut out = Vec::new();
+    ring.wait(&mut out, 24, SECOND).unwrap();
+    assert_eq!(out.iter().map(|c| c.user_data).collect::<Vec<_>>(), (0..24).collect::<Vec<_>>());
+    ring.push(&Op::Nop, 99).unwrap();
 }
 
 #[test]
@@ -86,17 +113,23 @@ fn raw_ring(d: &Daemon, entries: u32) -> (accel::Connection, RingMem) {
 
 fn raw_wait(ring: &RingMem, count: u32) -> Vec<Cqe> {
     let deadline = std::time::Instant::now() + SECOND;
-    while ring.cq_tail().load(Ordering::Acquire) < count {
-        assert!(std::time::Instant::now() < deadline, "no completions");
-        std::thread::sleep(Duration::from_millis(1));
+    let mut out = Vec::new();
+    while (out.len() as u32) < count {
+        match ring.read_cqe(out.len() as u32) {
+            Some(c) => out.push(c),
+            None => {
+                assert!(std::time::Instant::now() < deadline, "only {} completions", out.len());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
-    (0..count).map(|i| ring.read_cqe(i)).collect()
+    out
 }
 
-fn kick(ring: &RingMem, tail: u32) {
-    ring.sq_tail().store(tail, Ordering::Release);
-    // Tests do not ring the doorbell: the poller wakes within a second on its own, and
-    // it is awake anyway right after ring creation.
+/// Writes raw bytes as the entry for counter `index`, published with `seq`.
+fn write_raw(ring: &RingMem, index: u32, sqe: &Sqe, seq: u32) {
+    // SAFETY: sqe_ptr points at the 128-byte slot of `index` inside the mapping.
+    unsafe { ring.sqe_ptr(index).cast::<Sqe>().write_volatile(Sqe { seq, ..*sqe }) };
 }
 
 #[test]
@@ -104,22 +137,22 @@ fn garbage_entries_get_error_completions_and_the_daemon_keeps_serving() {
     let d = Daemon::start(&["cpu"]);
     let (_conn, ring) = raw_ring(&d, 8);
     let garbage = [
-        Sqe { user_data: 1, opcode: 77, flags: 0, args: [u64::MAX; 14] },
-        Sqe { user_data: 2, opcode: 0, flags: 5, args: [0; 14] },
+        Sqe { user_data: 1, seq: 0, opcode: 77, flags: 0, args: [u64::MAX; 14] },
+        Sqe { user_data: 2, seq: 0, opcode: 0, flags: 5, args: [0; 14] },
         Sqe {
             user_data: 3,
+            seq: 0,
             opcode: 1,
             flags: 0,
             args: [u64::MAX, u64::MAX, u64::MAX, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         },
-        Sqe { user_data: 4, opcode: 3, flags: 0, args: [u64::MAX; 14] },
-        Sqe { user_data: 5, opcode: 2, flags: 0, args: [1, 0, 8, 1, u64::MAX - 3, 8, 0, 0, 0, 0, 0, 0, 0, 0] },
+        Sqe { user_data: 4, seq: 0, opcode: 3, flags: 0, args: [u64::MAX; 14] },
+        Sqe { user_data: 5, seq: 0, opcode: 2, flags: 0, args: [1, 0, 8, 1, u64::MAX - 3, 8, 0, 0, 0, 0, 0, 0, 0, 0] },
         Sqe::encode(&Op::Nop, 6),
     ];
     for (i, sqe) in garbage.iter().enumerate() {
         ring.write_sqe(i as u32, sqe);
     }
-    kick(&ring, garbage.len() as u32);
     let out = raw_wait(&ring, 6);
     let got: Vec<(u64, Result<(), Errno>)> = out.iter().map(|c| (c.user_data, c.status())).collect();
     assert_eq!(
@@ -139,24 +172,46 @@ fn garbage_entries_get_error_completions_and_the_daemon_keeps_serving() {
 }
 
 #[test]
-fn scribbled_ring_counters_only_hurt_their_owner() {
+fn unread_completions_are_never_overwritten_and_scribbles_only_hurt_their_owner() {
     let d = Daemon::start(&["cpu"]);
     let (_conn, ring) = raw_ring(&d, 8);
     let bystander = d.open(0);
     let mut good = bystander.create_queue().unwrap().into_ring(8).unwrap();
-    // A tail far beyond the ring: at most one ring's worth (8) is taken per pass, each a
-    // (zeroed, so nop) entry; the CQ head claims nothing was ever read, so the daemon stops
-    // once the completion ring is full instead of overwriting it.
-    ring.cq_head().store(0x8000_0000, Ordering::Release);
-    kick(&ring, u32::MAX - 5);
-    ring.poller_sleeping().store(0, Ordering::SeqCst);
+    let publish = |from: u32| {
+        for i in from..from + 8 {
+            ring.write_sqe(i, &Sqe::encode(&Op::Nop, u64::from(i)));
+        }
+    };
+    // An entry published with the wrong sequence number is not taken.
+    write_raw(&ring, 0, &Sqe::encode(&Op::Nop, 1), 77);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(ring.read_cqe(0), None);
+    // Fill all 16 completion slots without reading any (cq_head stays 0).
+    publish(0);
+    raw_wait(&ring, 8);
+    publish(8);
+    raw_wait(&ring, 16);
+    // Eight more: they must wait, because their completions would overwrite unread ones.
+    publish(16);
     std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(ring.read_cqe(16), None, "an unread completion was overwritten");
+    assert_eq!(ring.read_cqe(0).map(|c| c.user_data), Some(0));
+    // A garbage cq_head does not make room either.
+    ring.cq_head().store(0x8000_0000, Ordering::Release);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(ring.read_cqe(16), None);
+    // Others never noticed.
     for _ in 0..100 {
         assert_eq!(good.submit_wait(&Op::Nop, SECOND).unwrap().status(), Ok(()));
     }
-    let tail = ring.cq_tail().load(Ordering::Acquire);
-    assert!(tail <= 16, "daemon wrote {tail} completions into a 16-entry completion ring");
-    assert_eq!(d.stats().clients, 3);
+    // Reading legitimately (cq_head = 16) lets the ring move on.
+    ring.cq_head().store(16, Ordering::Release);
+    let deadline = std::time::Instant::now() + SECOND;
+    while ring.read_cqe(23).is_none() {
+        assert!(std::time::Instant::now() < deadline, "ring did not resume");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(ring.read_cqe(16).map(|c| c.user_data), Some(16));
 }
 
 #[test]

@@ -202,7 +202,12 @@ impl Device {
 
     /// The next job sequence number on this device.
     pub(crate) fn next_seqno(&self) -> u64 {
-        self.seqno.fetch_add(1, Ordering::Relaxed) + 1
+        self.reserve_seqnos(1)
+    }
+
+    /// Reserves `n` consecutive sequence numbers; returns the first.
+    pub(crate) fn reserve_seqnos(&self, n: u64) -> u64 {
+        self.seqno.fetch_add(n, Ordering::Relaxed) + 1
     }
 }
 

@@ -108,6 +108,11 @@ impl Subsystem {
         self.devices.iter().map(|d| d.describe()).collect()
     }
 
+    /// The counters every object of this subsystem is tracked in.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
     /// Live object counts.
     pub fn stats(&self) -> ObjectCounts {
         self.counters.snapshot()

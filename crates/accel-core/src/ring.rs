@@ -34,6 +34,9 @@ pub const POLL_SPIN: Duration = Duration::from_micros(100);
 struct RingState {
     sq_head: u32,
     cq_tail: u32,
+    /// Last `cq_head` read from the client; re-read only when the CQ looks full, because
+    /// every read of a line the client writes is a cross-core transfer.
+    cq_head_seen: u32,
     /// Entries consumed whose completion may not have been read yet: CQ space is
     /// reserved at consumption, so completions never overwrite unread ones.
     cq_reserved: u32,
@@ -69,7 +72,11 @@ pub struct RingFds {
 }
 
 impl RingQueue {
-    pub(crate) fn new(
+    /// A ring for `entity`, validating operands against `bos`. Returns the ring, its
+    /// memfd (for the client) and a descriptor of its completion eventfd. The daemon
+    /// registers rings with the device's poller; embedders and benchmarks may instead
+    /// drive one with [`RingQueue::process`].
+    pub fn new(
         sq_entries: u32,
         entity: EntityId,
         bos: Arc<BoTable>,
@@ -86,7 +93,7 @@ impl RingQueue {
             entity,
             bos,
             counters: counters.clone(),
-            state: Mutex::new(RingState { sq_head: 0, cq_tail: 0, cq_reserved: 0 }),
+            state: Mutex::new(RingState { sq_head: 0, cq_tail: 0, cq_head_seen: 0, cq_reserved: 0 }),
             head: AtomicU32::new(0),
             inflight: AtomicU32::new(0),
             _tracked: Tracked::new(counters, Kind::Ring),
@@ -95,34 +102,78 @@ impl RingQueue {
     }
 
     fn has_work(&self) -> bool {
-        self.mem.sq_tail().load(Ordering::Acquire) != self.head.load(Ordering::Relaxed)
+        self.mem.sqe_ready(self.head.load(Ordering::Relaxed))
     }
 
     /// Takes up to `budget` entries and starts them. Returns how many it took.
-    pub(crate) fn process(self: &Arc<Self>, dev: &Device, budget: u32) -> u32 {
+    pub fn process(self: &Arc<Self>, dev: &Device, budget: u32) -> u32 {
+        self.process_into(dev, budget, &mut Vec::new())
+    }
+
+    /// [`RingQueue::process`] with a caller-owned scratch buffer (no allocation per pass).
+    ///
+    /// Null jobs at the front of the batch on an idle queue complete while the ring lock
+    /// is still held (one clock read, one wake-up check per batch); everything from the
+    /// first real job on goes through the scheduler, so completions stay in order.
+    pub fn process_into(self: &Arc<Self>, dev: &Device, budget: u32, batch: &mut Vec<Sqe>) -> u32 {
+        // A bare load first: the poller sweeps every ring of the device on each pass.
+        if !self.has_work() {
+            return 0;
+        }
         let layout = self.mem.layout();
-        let batch: Vec<Sqe> = {
+        batch.clear();
+        let taken;
+        let inline;
+        {
             let mut st = lock(&self.state);
-            let avail = self.mem.sq_tail().load(Ordering::Acquire).wrapping_sub(st.sq_head).min(layout.sq_entries);
-            if avail == 0 {
-                return 0;
+            let limit = budget.min(layout.sq_entries);
+            let mut unread = st.cq_reserved.wrapping_sub(st.cq_head_seen);
+            if unread > layout.cq_entries.saturating_sub(limit) {
+                st.cq_head_seen = self.mem.cq_head().load(Ordering::Acquire);
+                unread = st.cq_reserved.wrapping_sub(st.cq_head_seen);
             }
             // A scribbled cq_head that claims more unread completions than fit reads as "full".
-            let unread = st.cq_reserved.wrapping_sub(self.mem.cq_head().load(Ordering::Acquire));
-            let space = layout.cq_entries.saturating_sub(unread);
-            let n = avail.min(space).min(budget);
-            let batch = (0..n).map(|i| self.mem.read_sqe(st.sq_head.wrapping_add(i))).collect();
-            st.sq_head = st.sq_head.wrapping_add(n);
-            st.cq_reserved = st.cq_reserved.wrapping_add(n);
+            let max = limit.min(layout.cq_entries.saturating_sub(unread));
+            while (batch.len() as u32) < max {
+                let Some(sqe) = self.mem.read_sqe(st.sq_head) else { break };
+                batch.push(sqe);
+                st.sq_head = st.sq_head.wrapping_add(1);
+            }
+            if batch.is_empty() {
+                return 0;
+            }
+            taken = batch.len() as u32;
+            st.cq_reserved = st.cq_reserved.wrapping_add(taken);
             self.mem.sq_head().store(st.sq_head, Ordering::Release);
             self.head.store(st.sq_head, Ordering::Relaxed);
-            batch
-        };
-        let n = batch.len() as u32;
-        for sqe in batch {
-            self.start(dev, &sqe);
+            inline = if self.inflight.load(Ordering::Acquire) == 0 {
+                batch.iter().take_while(|s| s.decode() == Ok(Op::Nop)).count()
+            } else {
+                0
+            };
+            if inline > 0 {
+                let timestamp = monotonic_ns();
+                let first = dev.reserve_seqnos(inline as u64);
+                for (i, sqe) in batch[..inline].iter().enumerate() {
+                    let cqe = Cqe { user_data: sqe.user_data, seq: 0, result: 0, timestamp, seqno: first + i as u64 };
+                    self.mem.write_cqe(st.cq_tail, &cqe);
+                    st.cq_tail = st.cq_tail.wrapping_add(1);
+                }
+            }
         }
-        n
+        if inline > 0 {
+            self.wake_client();
+        }
+        for sqe in &batch[inline..] {
+            self.start(dev, sqe);
+        }
+        taken
+    }
+
+    fn wake_client(&self) {
+        if self.mem.peer_sleeps(self.mem.client_waiting()) {
+            let _ = rustix::io::write(&self.completion, &1u64.to_ne_bytes());
+        }
     }
 
     fn start(self: &Arc<Self>, dev: &Device, sqe: &Sqe) {
@@ -131,10 +182,6 @@ impl RingQueue {
             Ok(op) => op,
             Err(code) => return self.complete(user_data, Err(code), 0),
         };
-        // Nothing in flight on this queue: a null job completes here, still in order.
-        if op == Op::Nop && self.inflight.load(Ordering::Acquire) == 0 {
-            return self.complete(user_data, Ok(()), dev.next_seqno());
-        }
         let job_op = match dev.check_op(&op).and_then(|()| self.bos.resolve_op(&op)) {
             Ok(j) => j,
             Err(e) => return self.complete(user_data, Err(e.code), 0),
@@ -159,20 +206,17 @@ impl RingQueue {
     fn complete(&self, user_data: u64, result: Result<(), Errno>, seqno: u64) {
         let cqe = Cqe {
             user_data,
+            seq: 0,
             result: result.err().map_or(0, |e| -(e.raw() as i32)),
-            flags: 0,
             timestamp: monotonic_ns(),
             seqno,
         };
-        let wake = {
+        {
             let mut st = lock(&self.state);
             self.mem.write_cqe(st.cq_tail, &cqe);
             st.cq_tail = st.cq_tail.wrapping_add(1);
-            self.mem.publish_and_check(self.mem.cq_tail(), st.cq_tail, self.mem.client_waiting())
-        };
-        if wake {
-            let _ = rustix::io::write(&self.completion, &1u64.to_ne_bytes());
         }
+        self.wake_client();
     }
 }
 
@@ -250,8 +294,8 @@ fn set_sleeping(rings: &[Arc<RingQueue>], value: u32) {
 
 fn poll_loop(dev: Weak<Device>) {
     let mut rings: Vec<Arc<RingQueue>> = Vec::new();
+    let mut scratch = Vec::with_capacity(RING_BUDGET as usize);
     let mut seen = u64::MAX;
-    let mut last_work = Instant::now();
     loop {
         let Some(dev) = dev.upgrade() else { return };
         let poller = &dev.poller;
@@ -264,13 +308,34 @@ fn poll_loop(dev: Weak<Device>) {
             seen = version;
             set_sleeping(&rings, 0);
         }
-        let did: u32 = rings.iter().map(|r| r.process(&dev, RING_BUDGET)).sum();
-        if did > 0 {
-            last_work = Instant::now();
-            continue;
+        // Active phase: process, then spin on bare loads of each ring's next slot (the
+        // cheapest way to see new work the moment its cache line arrives), until nothing
+        // came for POLL_SPIN or the ring set changed. The clock is read every 256 polls.
+        let mut last_work = Instant::now();
+        loop {
+            let did: u32 = rings.iter().map(|r| r.process_into(&dev, RING_BUDGET, &mut scratch)).sum();
+            if did > 0 {
+                last_work = Instant::now();
+                continue;
+            }
+            let mut polls = 0u32;
+            let found = loop {
+                if rings.iter().any(|r| r.has_work()) {
+                    break true;
+                }
+                polls = polls.wrapping_add(1);
+                if polls.is_multiple_of(256)
+                    && (last_work.elapsed() >= POLL_SPIN || poller.version.load(Ordering::Acquire) != seen)
+                {
+                    break false;
+                }
+                std::hint::spin_loop();
+            };
+            if !found {
+                break;
+            }
         }
-        if last_work.elapsed() < POLL_SPIN {
-            std::hint::spin_loop();
+        if poller.version.load(Ordering::Acquire) != seen {
             continue;
         }
         // Going to sleep: flag every ring, then look once more (clients check the flag
@@ -289,6 +354,5 @@ fn poll_loop(dev: Weak<Device>) {
             let _ = rustix::io::read(&*doorbell, &mut buf);
         }
         set_sleeping(&rings, 0);
-        last_work = Instant::now();
     }
 }

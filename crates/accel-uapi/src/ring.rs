@@ -8,8 +8,14 @@
 //! then        CQ: cq_entries × 32-byte Cqe    (daemon writes, client reads)
 //! ```
 //!
-//! Indices are free-running u32 counters; slot = counter mod entries. The client
-//! publishes `sq_tail`, the daemon `sq_head`, `cq_tail`; the client `cq_head`.
+//! Indices are free-running u32 counters; slot = counter mod entries. An entry is
+//! valid when its `seq` equals its counter + 1: the producer writes the entry's body,
+//! then stores `seq` with release ordering, and the consumer polls `seq` of the next
+//! slot. So data and "ready" travel in one cache line, and a round trip costs two
+//! cross-core transfers each way at most (entry, completion), like a bare ping-pong.
+//! Consumers publish how far they got (`sq_head` by the daemon, `cq_head` by the
+//! client) so producers never overwrite an unread slot.
+//!
 //! The daemon never trusts what the client wrote: it copies each entry out before
 //! decoding it, masks every index, and bounds every count by the ring size, so a
 //! client that scribbles over its ring can only get error completions or lose its
@@ -39,28 +45,29 @@ pub const SQE_SIZE: usize = std::mem::size_of::<Sqe>();
 /// Bytes of one completion entry.
 pub const CQE_SIZE: usize = std::mem::size_of::<Cqe>();
 const LINE: usize = 64;
-const SQ_TAIL: usize = 0;
-const SQ_HEAD: usize = LINE;
-const CQ_TAIL: usize = 2 * LINE;
-const CQ_HEAD: usize = 3 * LINE;
-const POLLER_SLEEPING: usize = 4 * LINE;
-const CLIENT_WAITING: usize = 5 * LINE;
-const INFO: usize = 6 * LINE;
+const SQ_HEAD: usize = 0;
+const CQ_HEAD: usize = LINE;
+const POLLER_SLEEPING: usize = 2 * LINE;
+const CLIENT_WAITING: usize = 3 * LINE;
+const INFO: usize = 4 * LINE;
+/// Byte offset of `seq` inside both entry types.
+const SEQ_OFFSET: usize = 8;
+const _: () = assert!(std::mem::offset_of!(Sqe, seq) == SEQ_OFFSET && std::mem::offset_of!(Cqe, seq) == SEQ_OFFSET);
 /// Bytes before the submission array.
 pub const HEADER_LEN: usize = 8 * LINE;
 
 /// Submission opcodes.
 pub mod opcode {
     /// [`crate::Op::Nop`].
-    pub const NOP: u32 = 0;
+    pub const NOP: u16 = 0;
     /// [`crate::Op::Fill`]: args = bo, offset, len, pattern.
-    pub const FILL: u32 = 1;
+    pub const FILL: u16 = 1;
     /// [`crate::Op::Copy`]: args = src bo, offset, len, dst bo, offset, len.
-    pub const COPY: u32 = 2;
+    pub const COPY: u16 = 2;
     /// [`crate::Op::GemmF32`]: args = m, n, k, then (bo, offset, row stride) of A, B, C, then alpha | beta << 32 as f32 bits.
-    pub const GEMM_F32: u32 = 3;
+    pub const GEMM_F32: u16 = 3;
     /// [`crate::Op::Driver`]: args = code, arg0..arg3.
-    pub const DRIVER: u32 = 4;
+    pub const DRIVER: u16 = 4;
 }
 
 /// A submission entry: one job.
@@ -69,10 +76,12 @@ pub mod opcode {
 pub struct Sqe {
     /// Returned unchanged in the job's completion.
     pub user_data: u64,
+    /// Ring counter + 1 of this entry; written last (see the module docs).
+    pub seq: u32,
     /// One of [`opcode`].
-    pub opcode: u32,
+    pub opcode: u16,
     /// Must be 0 (reserved).
-    pub flags: u32,
+    pub flags: u16,
     /// Operands, per opcode.
     pub args: [u64; 14],
 }
@@ -83,10 +92,10 @@ pub struct Sqe {
 pub struct Cqe {
     /// The submission's `user_data`.
     pub user_data: u64,
+    /// Ring counter + 1 of this entry; written last.
+    pub seq: u32,
     /// 0 on success, else minus an errno (the job's fence error or why the entry was refused).
     pub result: i32,
-    /// Reserved (0).
-    pub flags: u32,
     /// `CLOCK_MONOTONIC` ns at completion.
     pub timestamp: u64,
     /// Device sequence number of the job (0 if the entry was refused before it became a job).
@@ -139,11 +148,12 @@ impl Sqe {
                 opcode::DRIVER
             }
         };
-        Sqe { user_data, opcode, flags: 0, args }
+        Sqe { user_data, seq: 0, opcode, flags: 0, args }
     }
 
     /// Decodes an entry a client wrote. Unknown opcodes, set flags, or values that do
     /// not fit their field are `EINVAL`; bounds are checked later, against the buffers.
+    /// Opcodes other than GEMM use args 0..=5 only (the entry's first cache line).
     pub fn decode(&self) -> Result<Op, Errno> {
         if self.flags != 0 {
             return Err(Errno::EINVAL);
@@ -255,24 +265,16 @@ impl RingMem {
     }
 
     fn word(&self, offset: usize) -> &AtomicU32 {
-        // SAFETY: offset is one of the header constants (< HEADER_LEN, 64-byte aligned), so the
-        // word is in bounds and aligned; AtomicU32 may alias memory another process writes.
+        // SAFETY: every caller passes a header constant or a masked entry offset + SEQ_OFFSET:
+        // in bounds and 4-byte aligned; AtomicU32 may alias memory another process writes.
         unsafe { &*self.map.as_ptr().add(offset).cast::<AtomicU32>() }
     }
 
-    /// Submission tail (client publishes).
-    pub fn sq_tail(&self) -> &AtomicU32 {
-        self.word(SQ_TAIL)
-    }
-    /// Submission head (daemon publishes).
+    /// How far the daemon consumed submissions (the client must not overwrite beyond).
     pub fn sq_head(&self) -> &AtomicU32 {
         self.word(SQ_HEAD)
     }
-    /// Completion tail (daemon publishes).
-    pub fn cq_tail(&self) -> &AtomicU32 {
-        self.word(CQ_TAIL)
-    }
-    /// Completion head (client publishes).
+    /// How far the client consumed completions (the daemon must not overwrite beyond).
     pub fn cq_head(&self) -> &AtomicU32 {
         self.word(CQ_HEAD)
     }
@@ -285,35 +287,69 @@ impl RingMem {
         self.word(CLIENT_WAITING)
     }
 
-    /// Copies out the submission entry at counter `index` (masked).
-    pub fn read_sqe(&self, index: u32) -> Sqe {
-        // SAFETY: the masked offset lies inside the SQ array; Sqe accepts any bytes; volatile
-        // because the other process may write it concurrently.
-        unsafe { self.map.as_ptr().add(self.layout.sqe_offset(index)).cast::<Sqe>().read_volatile() }
+    /// Raw pointer to the submission slot of counter `index` (masked), for tools and
+    /// tests that need to write what the codec never would.
+    pub fn sqe_ptr(&self, index: u32) -> *mut u8 {
+        self.map.as_ptr().wrapping_add(self.layout.sqe_offset(index))
     }
 
-    /// Writes the submission entry at counter `index` (masked).
+    /// Whether the submission for counter `index` has been published.
+    pub fn sqe_ready(&self, index: u32) -> bool {
+        self.word(self.layout.sqe_offset(index) + SEQ_OFFSET).load(Ordering::Acquire) == index.wrapping_add(1)
+    }
+
+    /// Copies out the submission for counter `index`, or `None` if it is not published.
+    ///
+    /// Only the first cache line (user data, seq, opcode, flags, args 0..=5) is read
+    /// unless the opcode uses more: every cache line the daemon reads crosses cores.
+    pub fn read_sqe(&self, index: u32) -> Option<Sqe> {
+        if !self.sqe_ready(index) {
+            return None;
+        }
+        let p = self.sqe_ptr(index);
+        let mut bytes = [0u8; SQE_SIZE];
+        // SAFETY: the masked slot lies inside the SQ array; plain bytes; volatile because the
+        // other process may write concurrently (a torn entry just decodes to an error).
+        bytes[..LINE].copy_from_slice(&unsafe { p.cast::<[u8; LINE]>().read_volatile() });
+        let mut sqe = Sqe::read_from_bytes(&bytes).unwrap_or_else(|_| unreachable!("SQE_SIZE bytes"));
+        if sqe.opcode == opcode::GEMM_F32 {
+            // SAFETY: the second half of the same in-bounds slot.
+            bytes[LINE..].copy_from_slice(&unsafe { p.add(LINE).cast::<[u8; LINE]>().read_volatile() });
+            sqe = Sqe::read_from_bytes(&bytes).unwrap_or_else(|_| unreachable!("SQE_SIZE bytes"));
+        }
+        Some(sqe)
+    }
+
+    /// Publishes `sqe` as the submission for counter `index`: body first, then `seq`.
     pub fn write_sqe(&self, index: u32, sqe: &Sqe) {
-        // SAFETY: as in read_sqe.
-        unsafe { self.map.as_ptr().add(self.layout.sqe_offset(index)).cast::<Sqe>().write_volatile(*sqe) }
+        let body = Sqe { seq: 0, ..*sqe };
+        // SAFETY: the masked slot lies inside the SQ array.
+        unsafe { self.sqe_ptr(index).cast::<Sqe>().write_volatile(body) };
+        self.word(self.layout.sqe_offset(index) + SEQ_OFFSET).store(index.wrapping_add(1), Ordering::Release);
     }
 
-    /// Copies out the completion entry at counter `index` (masked).
-    pub fn read_cqe(&self, index: u32) -> Cqe {
-        // SAFETY: the masked offset lies inside the CQ array; Cqe accepts any bytes.
-        unsafe { self.map.as_ptr().add(self.layout.cqe_offset(index)).cast::<Cqe>().read_volatile() }
+    /// Copies out the completion for counter `index`, or `None` if it is not published.
+    pub fn read_cqe(&self, index: u32) -> Option<Cqe> {
+        let off = self.layout.cqe_offset(index);
+        if self.word(off + SEQ_OFFSET).load(Ordering::Acquire) != index.wrapping_add(1) {
+            return None;
+        }
+        // SAFETY: the masked slot lies inside the CQ array; Cqe accepts any bytes.
+        Some(unsafe { self.map.as_ptr().add(off).cast::<Cqe>().read_volatile() })
     }
 
-    /// Writes the completion entry at counter `index` (masked).
+    /// Publishes `cqe` as the completion for counter `index`: body first, then `seq`.
     pub fn write_cqe(&self, index: u32, cqe: &Cqe) {
-        // SAFETY: as in read_cqe.
-        unsafe { self.map.as_ptr().add(self.layout.cqe_offset(index)).cast::<Cqe>().write_volatile(*cqe) }
+        let off = self.layout.cqe_offset(index);
+        // SAFETY: the masked slot lies inside the CQ array.
+        unsafe { self.map.as_ptr().add(off).cast::<Cqe>().write_volatile(Cqe { seq: 0, ..*cqe }) };
+        self.word(off + SEQ_OFFSET).store(index.wrapping_add(1), Ordering::Release);
     }
 
-    /// Publishes `value` to `word` and reports whether the peer's `flag` says it sleeps
-    /// (so the caller must wake it). The SeqCst fence orders the publish before the check.
-    pub fn publish_and_check(&self, word: &AtomicU32, value: u32, flag: &AtomicU32) -> bool {
-        word.store(value, Ordering::Release);
+    /// After publishing: whether the peer's sleep `flag` is set, so it must be woken.
+    /// The SeqCst fence orders the publish before the check; the sleeper sets its flag,
+    /// fences, and looks again (Dekker), so one of the two always sees the other.
+    pub fn peer_sleeps(&self, flag: &AtomicU32) -> bool {
         fence(Ordering::SeqCst);
         flag.load(Ordering::SeqCst) != 0
     }
@@ -338,14 +374,19 @@ mod tests {
         let client = RingMem::open(&fd).unwrap();
         assert_eq!(client.layout(), daemon.layout());
         let sqe = Sqe::encode(&Op::Nop, 42);
+        assert_eq!(daemon.read_sqe(9), None, "not published yet");
         client.write_sqe(9, &sqe);
-        assert_eq!(daemon.read_sqe(1), sqe, "index 9 wraps to slot 1 of 8");
+        assert_eq!(daemon.read_sqe(9), Some(Sqe { seq: 10, ..sqe }));
+        assert_eq!(daemon.read_sqe(1), None, "slot 1 holds counter 9, not 1");
+        let cqe = Cqe { user_data: 7, seq: 0, result: -5, timestamp: 1, seqno: 2 };
+        daemon.write_cqe(3, &cqe);
+        assert_eq!(client.read_cqe(3), Some(Cqe { seq: 4, ..cqe }));
         assert_eq!(client.poller_sleeping().load(Ordering::SeqCst), 1);
     }
 
     #[test]
     fn garbage_entries_decode_to_errors_not_panics() {
-        let bad = Sqe { user_data: 1, opcode: 99, flags: 0, args: [u64::MAX; 14] };
+        let bad = Sqe { user_data: 1, seq: 1, opcode: 99, flags: 0, args: [u64::MAX; 14] };
         assert_eq!(bad.decode(), Err(Errno::EINVAL));
         let flagged = Sqe { flags: 1, ..Sqe::encode(&Op::Nop, 0) };
         assert_eq!(flagged.decode(), Err(Errno::EINVAL));

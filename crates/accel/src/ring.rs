@@ -38,7 +38,10 @@ pub struct Ring {
     doorbell: OwnedFd,
     completion: OwnedFd,
     sq_tail: u32,
+    /// Last `sq_head` read from the daemon; re-read only when the ring looks full.
+    sq_head_seen: u32,
     cq_head: u32,
+    scratch: Vec<Cqe>,
 }
 
 impl std::fmt::Debug for Ring {
@@ -53,7 +56,16 @@ impl Ring {
             return Err(Error::new(Errno::EPROTO, "ring reply lacks descriptors"));
         };
         let mem = RingMem::open(&ring).map_err(|e| Error::os("mapping ring", e))?;
-        Ok(Ring { queue, mem, doorbell, completion, sq_tail: 0, cq_head: 0 })
+        Ok(Ring {
+            queue,
+            mem,
+            doorbell,
+            completion,
+            sq_tail: 0,
+            sq_head_seen: 0,
+            cq_head: 0,
+            scratch: Vec::with_capacity(1),
+        })
     }
 
     /// The queue behind the ring, for socket-path submissions in the same order domain.
@@ -62,13 +74,17 @@ impl Ring {
     }
 
     /// Submission slots free right now.
-    pub fn free(&self) -> u32 {
-        let head = self.mem.sq_head().load(Ordering::Acquire);
-        self.mem.layout().sq_entries - self.sq_tail.wrapping_sub(head).min(self.mem.layout().sq_entries)
+    pub fn free(&mut self) -> u32 {
+        let entries = self.mem.layout().sq_entries;
+        let free = |head: u32| entries - self.sq_tail.wrapping_sub(head).min(entries);
+        if free(self.sq_head_seen) == 0 {
+            self.sq_head_seen = self.mem.sq_head().load(Ordering::Acquire);
+        }
+        free(self.sq_head_seen)
     }
 
-    /// Writes a job into the next slot (not yet visible to the daemon: see [`Ring::flush`]).
-    /// `EAGAIN` when the ring is full.
+    /// Publishes a job in the next slot; a polling daemon picks it up at once, a sleeping
+    /// one after [`Ring::flush`]. `EAGAIN` when the ring is full.
     pub fn push(&mut self, op: &Op, user_data: u64) -> Result<()> {
         if self.free() == 0 {
             return Err(Error::new(Errno::EAGAIN, "submission ring full: flush and reap completions"));
@@ -78,9 +94,10 @@ impl Ring {
         Ok(())
     }
 
-    /// Makes pushed jobs visible to the daemon, ringing the doorbell only if its poller sleeps.
+    /// Wakes the daemon's poller if it sleeps (pushed entries are already visible to it).
+    /// Call after a batch of pushes; a syscall happens only when the poller sleeps.
     pub fn flush(&mut self) -> Result<()> {
-        if self.mem.publish_and_check(self.mem.sq_tail(), self.sq_tail, self.mem.poller_sleeping()) {
+        if self.mem.peer_sleeps(self.mem.poller_sleeping()) {
             rustix::io::write(&self.doorbell, &1u64.to_ne_bytes()).map_err(|e| Error::os("doorbell", e))?;
         }
         Ok(())
@@ -88,11 +105,16 @@ impl Ring {
 
     /// Moves available completions into `out` without blocking; returns how many.
     pub fn reap(&mut self, out: &mut Vec<Cqe>) -> usize {
-        let tail = self.mem.cq_tail().load(Ordering::Acquire);
-        let n = tail.wrapping_sub(self.cq_head).min(self.mem.layout().cq_entries);
-        out.extend((0..n).map(|i| self.mem.read_cqe(self.cq_head.wrapping_add(i))));
-        self.cq_head = self.cq_head.wrapping_add(n);
-        self.mem.cq_head().store(self.cq_head, Ordering::Release);
+        let mut n = 0;
+        while n < self.mem.layout().cq_entries {
+            let Some(cqe) = self.mem.read_cqe(self.cq_head) else { break };
+            out.push(cqe);
+            self.cq_head = self.cq_head.wrapping_add(1);
+            n += 1;
+        }
+        if n > 0 {
+            self.mem.cq_head().store(self.cq_head, Ordering::Release);
+        }
         n as usize
     }
 
@@ -101,8 +123,11 @@ impl Ring {
     pub fn wait(&mut self, out: &mut Vec<Cqe>, min: usize, timeout: Duration) -> Result<usize> {
         let start = Instant::now();
         let mut got = self.reap(out);
+        let mut spins = 0u32;
         while got < min {
-            if start.elapsed() < WAIT_SPIN {
+            // Read the clock only every 64 polls: it costs more than a poll.
+            spins = spins.wrapping_add(1);
+            if !spins.is_multiple_of(64) || start.elapsed() < WAIT_SPIN {
                 std::hint::spin_loop();
                 got += self.reap(out);
                 continue;
@@ -133,8 +158,10 @@ impl Ring {
     pub fn submit_wait(&mut self, op: &Op, timeout: Duration) -> Result<Cqe> {
         self.push(op, 0)?;
         self.flush()?;
-        let mut out = Vec::with_capacity(1);
-        self.wait(&mut out, 1, timeout)?;
-        Ok(out[0])
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        let result = self.wait(&mut out, 1, timeout).map(|_| out[0]);
+        self.scratch = out;
+        result
     }
 }

@@ -139,6 +139,19 @@ impl Drop for Daemon {
     }
 }
 
+/// Raises the open-file limit to its hard maximum: every client holds a socket and,
+/// with a ring, an eventfd, so a thousand clients need a few thousand descriptors.
+/// Returns the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim.clone());
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
 /// Removes the socket file and exits when SIGTERM or SIGINT arrives.
 pub fn exit_on_signals(path: PathBuf) -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
