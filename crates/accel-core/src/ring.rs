@@ -50,8 +50,10 @@ pub struct RingQueue {
     bos: Arc<BoTable>,
     counters: Arc<Counters>,
     state: Mutex<RingState>,
-    /// Mirror of `state.sq_head` readable without the lock (the poller's has-work check).
+    /// Mirrors of `state.sq_head` and `state.cq_reserved`, readable without the lock
+    /// (the poller's has-work check).
     head: AtomicU32,
+    reserved: AtomicU32,
     inflight: AtomicU32,
     _tracked: Tracked,
 }
@@ -95,14 +97,22 @@ impl RingQueue {
             counters: counters.clone(),
             state: Mutex::new(RingState { sq_head: 0, cq_tail: 0, cq_head_seen: 0, cq_reserved: 0 }),
             head: AtomicU32::new(0),
+            reserved: AtomicU32::new(0),
             inflight: AtomicU32::new(0),
             _tracked: Tracked::new(counters, Kind::Ring),
         });
         Ok((ring, memfd, completion_for_client))
     }
 
+    /// An entry is published and its completion would fit. A ring whose client does not
+    /// read its completions has no work, so the poller can sleep instead of spinning on it
+    /// (the client rings the doorbell when it reaps with submissions still pending).
     fn has_work(&self) -> bool {
-        self.mem.sqe_ready(self.head.load(Ordering::Relaxed))
+        if !self.mem.sqe_ready(self.head.load(Ordering::Relaxed)) {
+            return false;
+        }
+        let unread = self.reserved.load(Ordering::Relaxed).wrapping_sub(self.mem.cq_head().load(Ordering::Acquire));
+        unread < self.mem.layout().cq_entries
     }
 
     /// Takes up to `budget` entries and starts them. Returns how many it took.
@@ -146,6 +156,7 @@ impl RingQueue {
             st.cq_reserved = st.cq_reserved.wrapping_add(taken);
             self.mem.sq_head().store(st.sq_head, Ordering::Release);
             self.head.store(st.sq_head, Ordering::Relaxed);
+            self.reserved.store(st.cq_reserved, Ordering::Relaxed);
             inline = if self.inflight.load(Ordering::Acquire) == 0 {
                 batch.iter().take_while(|s| s.decode() == Ok(Op::Nop)).count()
             } else {

@@ -114,6 +114,11 @@ impl Ring {
         }
         if n > 0 {
             self.mem.cq_head().store(self.cq_head, Ordering::Release);
+            // Submissions still waiting may have been held back for lack of completion
+            // space; the poller may have gone to sleep meanwhile.
+            if self.sq_tail != self.mem.sq_head().load(Ordering::Acquire) {
+                let _ = self.flush();
+            }
         }
         n as usize
     }
