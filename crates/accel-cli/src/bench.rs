@@ -300,7 +300,8 @@ fn inproc_rate(seconds: f64, ring_entries: u32) -> Result<f64> {
     let dev = sub.device(0)?.clone();
     let params = EntityParams { priority: accel::Priority::Normal, weight: 100, timeout: Duration::from_secs(10) };
     let entity = dev.sched.create_entity(0, params, Arc::new(UsageCounters::default()));
-    let (ring, memfd, _) = RingQueue::new(ring_entries, entity, Arc::new(BoTable::default()), sub.counters())?;
+    let (ring, mut consumer, memfd, _) =
+        RingQueue::new(ring_entries, entity, Arc::new(BoTable::default()), sub.counters())?;
     let client = RingMem::open(&memfd)?;
     let nop = Sqe::encode(&Op::Nop, 0);
     let (mut tail, mut head, mut done) = (0u32, 0u32, 0u64);
@@ -312,7 +313,7 @@ fn inproc_rate(seconds: f64, ring_entries: u32) -> Result<f64> {
                 client.write_sqe(tail, &nop);
                 tail = tail.wrapping_add(1);
             }
-            ring.process_into(&dev, ring_entries, &mut scratch);
+            ring.process_into(&dev, &mut consumer, ring_entries, &mut scratch);
             while let Some(cqe) = client.read_cqe(head) {
                 std::hint::black_box(cqe);
                 head = head.wrapping_add(1);

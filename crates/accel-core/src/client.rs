@@ -285,9 +285,9 @@ impl Client {
         if q.ring.is_some() {
             bail!(EBUSY, "queue {:#x} already has a ring", h.0);
         }
-        let (ring, memfd, completion) = RingQueue::new(entries, q.entity, bos, &counters)?;
+        let (ring, consumer, memfd, completion) = RingQueue::new(entries, q.entity, bos, &counters)?;
         let doorbell = q.device.poller.doorbell_for_client()?;
-        q.device.poller.register(&q.device, ring.clone())?;
+        q.device.poller.register(&q.device, ring.clone(), consumer)?;
         q.ring = Some(ring);
         Ok(RingFds { ring: memfd, doorbell, completion })
     }
@@ -501,13 +501,17 @@ mod tests {
     /// Blocks the engine with a hanging job, queues `work` behind it, then cancels the
     /// blocker and returns the order in which the tags ran.
     fn run_behind_gate(c: &mut Client, drv: &FakeDriver, work: &[(QueueHandle, u64)]) -> Vec<u64> {
+        run_ops_behind_gate(c, drv, &work.iter().map(|(q, t)| (*q, tag(*t))).collect::<Vec<_>>())
+    }
+
+    fn run_ops_behind_gate(c: &mut Client, drv: &FakeDriver, work: &[(QueueHandle, Op)]) -> Vec<u64> {
         let q = c.queue_create(0, Priority::Kernel, 0).unwrap();
         // The blocker hangs until its queue is destroyed; everything else waits behind it.
         let (blocker, _) = c.submit(q, &Op::Driver { code: 3, args: [0; 4] }, &[], &[]).unwrap();
         while c.device().unwrap().sched.queued() > 0 {
             std::thread::yield_now();
         }
-        let fences: Vec<FenceHandle> = work.iter().map(|(q, t)| c.submit(*q, &tag(*t), &[], &[]).unwrap().0).collect();
+        let fences: Vec<FenceHandle> = work.iter().map(|(q, op)| c.submit(*q, op, &[], &[]).unwrap().0).collect();
         c.queue_destroy(q).unwrap();
         assert_eq!(wait(c, blocker), FenceStatus::Error(Errno::ECANCELED));
         for f in fences {
@@ -528,12 +532,15 @@ mod tests {
 
     #[test]
     fn weighted_queues_interleave_but_oneshot_devices_keep_submission_order() {
-        // Fair share: the lighter queue submitted everything first, yet the heavier one is served in between.
+        // Fair share: the lighter queue submitted everything first, yet the heavier one is
+        // served in between. Jobs take 2 ms each, so virtual runtime is not timing noise.
         let (drv, _sub, mut c) = setup();
         let (light, heavy) =
             (c.queue_create(0, Priority::Normal, 100).unwrap(), c.queue_create(0, Priority::Normal, 400).unwrap());
-        let work: Vec<(QueueHandle, u64)> = (0..4).map(|t| (light, t)).chain((10..14).map(|t| (heavy, t))).collect();
-        let order = run_behind_gate(&mut c, &drv, &work);
+        let timed = |t: u64| Op::Driver { code: 4, args: [t, 2000, 0, 0] };
+        let work: Vec<(QueueHandle, Op)> =
+            (0..4).map(|t| (light, timed(t))).chain((10..14).map(|t| (heavy, timed(t)))).collect();
+        let order = run_ops_behind_gate(&mut c, &drv, &work);
         assert_ne!(order, vec![0, 1, 2, 3, 10, 11, 12, 13], "no interleaving under fair share");
         assert!(order.iter().position(|t| *t == 13).unwrap() < order.iter().position(|t| *t == 3).unwrap());
 

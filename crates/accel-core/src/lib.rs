@@ -172,7 +172,8 @@ pub(crate) mod testing {
     use crate::device::DeviceConfig;
     use crate::driver::{Driver, DriverInfo, JobCtx, JobOp};
 
-    /// `Driver { code: 1, args[0] = tag }` records the tag; code 2 fails with EIO; code 3 hangs.
+    /// `Driver { code: 1, args[0] = tag }` records the tag; code 2 fails with EIO; code 3 hangs;
+    /// code 4 sleeps `args[1]` µs, then records `args[0]`.
     #[derive(Default)]
     pub struct FakeDriver {
         pub ran: Mutex<Vec<u64>>,
@@ -197,6 +198,10 @@ pub(crate) mod testing {
                 JobOp::Driver { code: 1, args } => self.ran.lock().unwrap().push(args[0]),
                 JobOp::Driver { code: 2, .. } => return Err(Errno::EIO),
                 JobOp::Driver { code: 3, .. } => while !ctx.abort.sleep(Duration::from_secs(60)) {},
+                JobOp::Driver { code: 4, args } => {
+                    std::thread::sleep(Duration::from_micros(args[1]));
+                    self.ran.lock().unwrap().push(args[0]);
+                }
                 _ => {}
             }
             Ok(())

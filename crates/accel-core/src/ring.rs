@@ -31,9 +31,11 @@ pub const RING_BUDGET: u32 = 256;
 /// How long the poller keeps spinning after it last found work before it sleeps.
 pub const POLL_SPIN: Duration = Duration::from_micros(100);
 
-struct RingState {
+/// The consuming side of a ring: where the daemon is in the submission ring. Exactly
+/// one exists per ring (returned by [`RingQueue::new`]), so consumption needs no lock.
+#[derive(Debug)]
+pub struct RingConsumer {
     sq_head: u32,
-    cq_tail: u32,
     /// Last `cq_head` read from the client; re-read only when the CQ looks full, because
     /// every read of a line the client writes is a cross-core transfer.
     cq_head_seen: u32,
@@ -49,11 +51,11 @@ pub struct RingQueue {
     entity: EntityId,
     bos: Arc<BoTable>,
     counters: Arc<Counters>,
-    state: Mutex<RingState>,
-    /// Mirrors of `state.sq_head` and `state.cq_reserved`, readable without the lock
-    /// (the poller's has-work check).
-    head: AtomicU32,
-    reserved: AtomicU32,
+    /// Next completion slot. Producers that run beside others (job completions on slot
+    /// threads) hold `cq_lock`; the poller writes inline completions without it, which
+    /// is safe only while `inflight` is 0 (then it is the only producer).
+    cq_tail: AtomicU32,
+    cq_lock: Mutex<()>,
     inflight: AtomicU32,
     _tracked: Tracked,
 }
@@ -73,17 +75,15 @@ pub struct RingFds {
     pub completion: OwnedFd,
 }
 
+/// A new ring: the shared part, its single consumer, the ring memfd and a descriptor
+/// of its completion eventfd.
+pub type NewRing = (Arc<RingQueue>, RingConsumer, OwnedFd, OwnedFd);
+
 impl RingQueue {
-    /// A ring for `entity`, validating operands against `bos`. Returns the ring, its
-    /// memfd (for the client) and a descriptor of its completion eventfd. The daemon
-    /// registers rings with the device's poller; embedders and benchmarks may instead
-    /// drive one with [`RingQueue::process`].
-    pub fn new(
-        sq_entries: u32,
-        entity: EntityId,
-        bos: Arc<BoTable>,
-        counters: &Arc<Counters>,
-    ) -> Result<(Arc<RingQueue>, OwnedFd, OwnedFd)> {
+    /// A ring for `entity`, validating operands against `bos`. The daemon registers rings
+    /// with the device's poller; embedders and benchmarks may instead drive one with
+    /// [`RingQueue::process_into`].
+    pub fn new(sq_entries: u32, entity: EntityId, bos: Arc<BoTable>, counters: &Arc<Counters>) -> Result<NewRing> {
         let layout = RingLayout::new(sq_entries)
             .map_err(|code| Error::new(code, format!("ring size {sq_entries} is not a power of two in 1..=4096")))?;
         let (mem, memfd) = RingMem::create(layout).map_err(os("creating ring memory"))?;
@@ -95,84 +95,82 @@ impl RingQueue {
             entity,
             bos,
             counters: counters.clone(),
-            state: Mutex::new(RingState { sq_head: 0, cq_tail: 0, cq_head_seen: 0, cq_reserved: 0 }),
-            head: AtomicU32::new(0),
-            reserved: AtomicU32::new(0),
+            cq_tail: AtomicU32::new(0),
+            cq_lock: Mutex::new(()),
             inflight: AtomicU32::new(0),
             _tracked: Tracked::new(counters, Kind::Ring),
         });
-        Ok((ring, memfd, completion_for_client))
+        let consumer = RingConsumer { sq_head: 0, cq_head_seen: 0, cq_reserved: 0 };
+        Ok((ring, consumer, memfd, completion_for_client))
     }
 
     /// An entry is published and its completion would fit. A ring whose client does not
     /// read its completions has no work, so the poller can sleep instead of spinning on it
     /// (the client rings the doorbell when it reaps with submissions still pending).
-    fn has_work(&self) -> bool {
-        if !self.mem.sqe_ready(self.head.load(Ordering::Relaxed)) {
+    fn has_work(&self, c: &RingConsumer) -> bool {
+        if !self.mem.sqe_ready(c.sq_head) {
             return false;
         }
-        let unread = self.reserved.load(Ordering::Relaxed).wrapping_sub(self.mem.cq_head().load(Ordering::Acquire));
+        let unread = c.cq_reserved.wrapping_sub(self.mem.cq_head().load(Ordering::Acquire));
         unread < self.mem.layout().cq_entries
     }
 
-    /// Takes up to `budget` entries and starts them. Returns how many it took.
-    pub fn process(self: &Arc<Self>, dev: &Device, budget: u32) -> u32 {
-        self.process_into(dev, budget, &mut Vec::new())
-    }
-
-    /// [`RingQueue::process`] with a caller-owned scratch buffer (no allocation per pass).
+    /// Takes up to `budget` entries and starts them, using `batch` as scratch. Returns
+    /// how many it took.
     ///
-    /// Null jobs at the front of the batch on an idle queue complete while the ring lock
-    /// is still held (one clock read, one wake-up check per batch); everything from the
-    /// first real job on goes through the scheduler, so completions stay in order.
-    pub fn process_into(self: &Arc<Self>, dev: &Device, budget: u32, batch: &mut Vec<Sqe>) -> u32 {
+    /// Null jobs at the front of the batch on an idle queue complete right here (one
+    /// clock read and one wake-up check per batch); everything from the first real job
+    /// on goes through the scheduler, so completions stay in order.
+    pub fn process_into(
+        self: &Arc<Self>,
+        dev: &Device,
+        c: &mut RingConsumer,
+        budget: u32,
+        batch: &mut Vec<Sqe>,
+    ) -> u32 {
         // A bare load first: the poller sweeps every ring of the device on each pass.
-        if !self.has_work() {
+        if !self.mem.sqe_ready(c.sq_head) {
             return 0;
         }
         let layout = self.mem.layout();
-        batch.clear();
-        let taken;
-        let inline;
-        {
-            let mut st = lock(&self.state);
-            let limit = budget.min(layout.sq_entries);
-            let mut unread = st.cq_reserved.wrapping_sub(st.cq_head_seen);
-            if unread > layout.cq_entries.saturating_sub(limit) {
-                st.cq_head_seen = self.mem.cq_head().load(Ordering::Acquire);
-                unread = st.cq_reserved.wrapping_sub(st.cq_head_seen);
-            }
-            // A scribbled cq_head that claims more unread completions than fit reads as "full".
-            let max = limit.min(layout.cq_entries.saturating_sub(unread));
-            while (batch.len() as u32) < max {
-                let Some(sqe) = self.mem.read_sqe(st.sq_head) else { break };
-                batch.push(sqe);
-                st.sq_head = st.sq_head.wrapping_add(1);
-            }
-            if batch.is_empty() {
-                return 0;
-            }
-            taken = batch.len() as u32;
-            st.cq_reserved = st.cq_reserved.wrapping_add(taken);
-            self.mem.sq_head().store(st.sq_head, Ordering::Release);
-            self.head.store(st.sq_head, Ordering::Relaxed);
-            self.reserved.store(st.cq_reserved, Ordering::Relaxed);
-            inline = if self.inflight.load(Ordering::Acquire) == 0 {
-                batch.iter().take_while(|s| s.decode() == Ok(Op::Nop)).count()
-            } else {
-                0
-            };
-            if inline > 0 {
-                let timestamp = monotonic_ns();
-                let first = dev.reserve_seqnos(inline as u64);
-                for (i, sqe) in batch[..inline].iter().enumerate() {
-                    let cqe = Cqe { user_data: sqe.user_data, seq: 0, result: 0, timestamp, seqno: first + i as u64 };
-                    self.mem.write_cqe(st.cq_tail, &cqe);
-                    st.cq_tail = st.cq_tail.wrapping_add(1);
-                }
-            }
+        let limit = budget.min(layout.sq_entries);
+        let mut unread = c.cq_reserved.wrapping_sub(c.cq_head_seen);
+        if unread > layout.cq_entries.saturating_sub(limit) {
+            c.cq_head_seen = self.mem.cq_head().load(Ordering::Acquire);
+            unread = c.cq_reserved.wrapping_sub(c.cq_head_seen);
         }
+        // A scribbled cq_head that claims more unread completions than fit reads as "full".
+        let max = limit.min(layout.cq_entries.saturating_sub(unread));
+        batch.clear();
+        while (batch.len() as u32) < max {
+            let Some(sqe) = self.mem.read_sqe(c.sq_head) else { break };
+            batch.push(sqe);
+            c.sq_head = c.sq_head.wrapping_add(1);
+        }
+        if batch.is_empty() {
+            return 0;
+        }
+        let taken = batch.len() as u32;
+        c.cq_reserved = c.cq_reserved.wrapping_add(taken);
+        self.mem.sq_head().store(c.sq_head, Ordering::Release);
+
+        // Acquire pairs with the completion path's release of `inflight`: seeing 0 means
+        // every earlier completion, and its cq_tail update, is done and visible.
+        let inline = if self.inflight.load(Ordering::Acquire) == 0 {
+            batch.iter().take_while(|s| s.decode() == Ok(Op::Nop)).count()
+        } else {
+            0
+        };
         if inline > 0 {
+            let timestamp = monotonic_ns();
+            let first = dev.reserve_seqnos(inline as u64);
+            let mut tail = self.cq_tail.load(Ordering::Relaxed);
+            for (i, sqe) in batch[..inline].iter().enumerate() {
+                let cqe = Cqe { user_data: sqe.user_data, seq: 0, result: 0, timestamp, seqno: first + i as u64 };
+                self.mem.write_cqe(tail, &cqe);
+                tail = tail.wrapping_add(1);
+            }
+            self.cq_tail.store(tail, Ordering::Relaxed);
             self.wake_client();
         }
         for sqe in &batch[inline..] {
@@ -223,9 +221,10 @@ impl RingQueue {
             seqno,
         };
         {
-            let mut st = lock(&self.state);
-            self.mem.write_cqe(st.cq_tail, &cqe);
-            st.cq_tail = st.cq_tail.wrapping_add(1);
+            let _guard = lock(&self.cq_lock);
+            let tail = self.cq_tail.load(Ordering::Relaxed);
+            self.mem.write_cqe(tail, &cqe);
+            self.cq_tail.store(tail.wrapping_add(1), Ordering::Relaxed);
         }
         self.wake_client();
     }
@@ -233,7 +232,10 @@ impl RingQueue {
 
 /// The device's ring poller: one thread sweeping every ring of the device.
 pub(crate) struct RingPoller {
-    rings: Mutex<Vec<Arc<RingQueue>>>,
+    /// Rings waiting to be picked up by the poller thread, with their consumers.
+    added: Mutex<Vec<(Arc<RingQueue>, RingConsumer)>>,
+    /// Rings to drop from the poller's set.
+    removed: Mutex<Vec<Arc<RingQueue>>>,
     version: AtomicU64,
     doorbell: Arc<OwnedFd>,
     shutdown: AtomicBool,
@@ -243,7 +245,8 @@ pub(crate) struct RingPoller {
 impl RingPoller {
     pub(crate) fn new() -> Result<RingPoller> {
         Ok(RingPoller {
-            rings: Mutex::new(Vec::new()),
+            added: Mutex::new(Vec::new()),
+            removed: Mutex::new(Vec::new()),
             version: AtomicU64::new(0),
             doorbell: Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(os("eventfd"))?),
             shutdown: AtomicBool::new(false),
@@ -261,8 +264,8 @@ impl RingPoller {
     }
 
     /// Adds a ring and makes sure the poller thread runs.
-    pub(crate) fn register(&self, dev: &Arc<Device>, ring: Arc<RingQueue>) -> Result<()> {
-        lock(&self.rings).push(ring);
+    pub(crate) fn register(&self, dev: &Arc<Device>, ring: Arc<RingQueue>, consumer: RingConsumer) -> Result<()> {
+        lock(&self.added).push((ring, consumer));
         self.version.fetch_add(1, Ordering::Release);
         let mut thread = lock(&self.thread);
         if thread.is_none() {
@@ -280,7 +283,13 @@ impl RingPoller {
 
     /// Removes a ring; jobs it started still complete into it.
     pub(crate) fn unregister(&self, ring: &Arc<RingQueue>) {
-        lock(&self.rings).retain(|r| !Arc::ptr_eq(r, ring));
+        let mut added = lock(&self.added);
+        let before = added.len();
+        added.retain(|(r, _)| !Arc::ptr_eq(r, ring));
+        if added.len() == before {
+            lock(&self.removed).push(ring.clone());
+        }
+        drop(added);
         self.version.fetch_add(1, Ordering::Release);
         self.ring_doorbell();
     }
@@ -297,14 +306,16 @@ impl RingPoller {
     }
 }
 
-fn set_sleeping(rings: &[Arc<RingQueue>], value: u32) {
-    for r in rings {
+type Served = Vec<(Arc<RingQueue>, RingConsumer)>;
+
+fn set_sleeping(rings: &Served, value: u32) {
+    for (r, _) in rings {
         r.mem.poller_sleeping().store(value, Ordering::SeqCst);
     }
 }
 
 fn poll_loop(dev: Weak<Device>) {
-    let mut rings: Vec<Arc<RingQueue>> = Vec::new();
+    let mut rings: Served = Vec::new();
     let mut scratch = Vec::with_capacity(RING_BUDGET as usize);
     let mut seen = u64::MAX;
     loop {
@@ -315,7 +326,11 @@ fn poll_loop(dev: Weak<Device>) {
         }
         let version = poller.version.load(Ordering::Acquire);
         if version != seen {
-            rings = lock(&poller.rings).clone();
+            // Take removals before additions: a ring added and removed in between is
+            // found in `added` by `unregister` and never reaches us.
+            let removed = std::mem::take(&mut *lock(&poller.removed));
+            rings.retain(|(r, _)| !removed.iter().any(|x| Arc::ptr_eq(r, x)));
+            rings.append(&mut lock(&poller.added));
             seen = version;
             set_sleeping(&rings, 0);
         }
@@ -324,14 +339,14 @@ fn poll_loop(dev: Weak<Device>) {
         // came for POLL_SPIN or the ring set changed. The clock is read every 256 polls.
         let mut last_work = Instant::now();
         loop {
-            let did: u32 = rings.iter().map(|r| r.process_into(&dev, RING_BUDGET, &mut scratch)).sum();
+            let did: u32 = rings.iter_mut().map(|(r, c)| r.process_into(&dev, c, RING_BUDGET, &mut scratch)).sum();
             if did > 0 {
                 last_work = Instant::now();
                 continue;
             }
             let mut polls = 0u32;
             let found = loop {
-                if rings.iter().any(|r| r.has_work()) {
+                if rings.iter().any(|(r, c)| r.has_work(c)) {
                     break true;
                 }
                 polls = polls.wrapping_add(1);
@@ -353,7 +368,7 @@ fn poll_loop(dev: Weak<Device>) {
         // after publishing, so work published before this point is seen here).
         set_sleeping(&rings, 1);
         fence(Ordering::SeqCst);
-        let pending = rings.iter().any(|r| r.has_work()) || poller.version.load(Ordering::Acquire) != seen;
+        let pending = rings.iter().any(|(r, c)| r.has_work(c)) || poller.version.load(Ordering::Acquire) != seen;
         if !pending {
             // Sleep without holding the device, so it can go away meanwhile.
             let doorbell = poller.doorbell.clone();

@@ -115,8 +115,10 @@ impl Ring {
         if n > 0 {
             self.mem.cq_head().store(self.cq_head, Ordering::Release);
             // Submissions still waiting may have been held back for lack of completion
-            // space; the poller may have gone to sleep meanwhile.
-            if self.sq_tail != self.mem.sq_head().load(Ordering::Acquire) {
+            // space, and the poller may have gone to sleep meanwhile. Every submission ends
+            // in one completion, so sq_tail == cq_head means nothing is pending (the common
+            // synchronous case pays nothing here).
+            if self.sq_tail != self.cq_head && self.sq_tail != self.mem.sq_head().load(Ordering::Acquire) {
                 let _ = self.flush();
             }
         }
