@@ -1,0 +1,18 @@
+//! Ring entries are bytes a client writes into shared memory: decoding any 128 bytes
+//! must not panic, and what decodes must re-encode to an entry that decodes the same.
+#![no_main]
+
+use accel_uapi::ring::{Sqe, SQE_SIZE};
+use libfuzzer_sys::fuzz_target;
+use zerocopy::FromBytes;
+
+fuzz_target!(|data: &[u8]| {
+    let mut bytes = [0u8; SQE_SIZE];
+    let n = data.len().min(SQE_SIZE);
+    bytes[..n].copy_from_slice(&data[..n]);
+    let sqe = Sqe::read_from_bytes(&bytes).expect("SQE_SIZE bytes");
+    if let Ok(op) = sqe.decode() {
+        let again = Sqe::encode(&op, sqe.user_data);
+        assert_eq!(again.decode().expect("re-encoded entry decodes"), op);
+    }
+});
