@@ -53,8 +53,8 @@ pub struct Subsystem {
     devices: Vec<Arc<Device>>,
     pub(crate) counters: Arc<Counters>,
     next_client: AtomicU64,
-    exports: Mutex<HashMap<(u64, u64), Weak<BufferObject>>>,
-    syncobj_exports: Mutex<HashMap<(u64, u64), Weak<Syncobj>>>,
+    exports: ExportTable<BufferObject>,
+    syncobj_exports: ExportTable<Syncobj>,
     clients: Mutex<BTreeMap<u64, Arc<ClientRecord>>>,
 }
 
@@ -70,8 +70,8 @@ impl Subsystem {
             devices,
             counters: Arc::new(Counters::default()),
             next_client: AtomicU64::new(1),
-            exports: Mutex::new(HashMap::new()),
-            syncobj_exports: Mutex::new(HashMap::new()),
+            exports: ExportTable::default(),
+            syncobj_exports: ExportTable::default(),
             clients: Mutex::new(BTreeMap::new()),
         }))
     }
@@ -124,39 +124,56 @@ impl Subsystem {
     }
 
     fn register_export(&self, bo: &Arc<BufferObject>) {
-        let mut exports = lock(&self.exports);
-        exports.retain(|_, w| w.strong_count() > 0);
-        exports.insert(bo.memory().inode(), Arc::downgrade(bo));
+        self.exports.insert(bo.memory().inode(), bo);
+    }
+
+    fn find_export(&self, fd: &OwnedFd) -> Option<Arc<BufferObject>> {
+        self.exports.find(fd)
     }
 
     /// A descriptor naming `so`: an empty sealed memfd whose inode is the key.
     fn export_syncobj(&self, so: &Arc<Syncobj>) -> Result<OwnedFd> {
-        use rustix::fs::{MemfdFlags, SealFlags};
         let os = |e: rustix::io::Errno| Error::new(accel_uapi::Errno::ENOMEM, format!("syncobj export: {e}"));
-        let fd =
-            rustix::fs::memfd_create("accel-syncobj", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).map_err(os)?;
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::GROW | SealFlags::SHRINK | SealFlags::WRITE | SealFlags::SEAL)
-            .map_err(os)?;
-        let st = rustix::fs::fstat(&fd).map_err(os)?;
-        let mut exports = lock(&self.syncobj_exports);
-        exports.retain(|_, w| w.strong_count() > 0);
-        exports.insert((st.st_dev, st.st_ino), Arc::downgrade(so));
+        let fd = accel_uapi::shm::sealed_memfd("accel-syncobj", 0).map_err(os)?;
+        self.syncobj_exports.insert(inode(&fd).map_err(os)?, so);
         Ok(fd)
     }
 
     fn import_syncobj(&self, fd: &OwnedFd) -> Result<Arc<Syncobj>> {
-        let st = rustix::fs::fstat(fd).map_err(|e| Error::new(accel_uapi::Errno::EBADF, format!("fstat: {e}")))?;
-        lock(&self.syncobj_exports).get(&(st.st_dev, st.st_ino)).and_then(Weak::upgrade).ok_or_else(|| {
+        self.syncobj_exports.find(fd).ok_or_else(|| {
             Error::new(
                 accel_uapi::Errno::ENOENT,
                 "descriptor is not an exported syncobj, or every handle to it was closed",
             )
         })
     }
+}
 
-    fn find_export(&self, fd: &OwnedFd) -> Option<Arc<BufferObject>> {
-        let st = rustix::fs::fstat(fd).ok()?;
-        lock(&self.exports).get(&(st.st_dev, st.st_ino)).and_then(Weak::upgrade)
+/// (device, inode) of a descriptor: how an exported object is recognised on import.
+fn inode(fd: &OwnedFd) -> rustix::io::Result<(u64, u64)> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// Objects exported as descriptors, found again by the descriptor's inode (PRIME-style
+/// import returns the same object). Holds weak references: an export keeps nothing alive.
+struct ExportTable<T>(Mutex<HashMap<(u64, u64), Weak<T>>>);
+
+impl<T> Default for ExportTable<T> {
+    fn default() -> Self {
+        ExportTable(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<T> ExportTable<T> {
+    fn insert(&self, key: (u64, u64), obj: &Arc<T>) {
+        let mut map = lock(&self.0);
+        map.retain(|_, w| w.strong_count() > 0);
+        map.insert(key, Arc::downgrade(obj));
+    }
+
+    fn find(&self, fd: &OwnedFd) -> Option<Arc<T>> {
+        lock(&self.0).get(&inode(fd).ok()?).and_then(Weak::upgrade)
     }
 }
 
