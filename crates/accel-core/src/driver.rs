@@ -13,6 +13,7 @@ use accel_uapi::{Category, EngineInfo, Errno, OpKind};
 
 use crate::bo::{BoMatrix, BoRange};
 use crate::lock;
+use crate::ras::{RasNodeDesc, RasSink};
 
 /// What a driver says about its device.
 #[derive(Debug, Clone)]
@@ -33,6 +34,8 @@ pub struct DriverInfo {
     pub compute_units: u32,
     /// Engines and their credits (ring depth); jobs are routed by [`Driver::engine_for`].
     pub engines: Vec<EngineInfo>,
+    /// RAS nodes (blocks) and their error counters.
+    pub ras_nodes: Vec<RasNodeDesc>,
 }
 
 /// A job's operation with every buffer view resolved and bounds-checked by the core.
@@ -136,6 +139,20 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Called once a job's fence has signalled, before the core drops the job.
     fn free_job(&self, _op: &JobOp) {}
+
+    /// Hands the driver its RAS sink, through which it reports errors (from a monitor
+    /// thread, an interrupt handler, a job…). Called once, at registration.
+    fn ras_attach(&self, _sink: RasSink) {}
+
+    /// Recovers a RAS node (e.g. resets the block). Called by the node's reporter.
+    fn ras_recover(&self, _node: &str) -> Result<(), Errno> {
+        Ok(())
+    }
+
+    /// Injects `count` errors of `error` in block `node` (test devices). Default: `EOPNOTSUPP`.
+    fn ras_inject(&self, _node: &str, _error: &str, _count: u64) -> Result<(), Errno> {
+        Err(Errno::EOPNOTSUPP)
+    }
 }
 
 /// Host-memory implementations of the simple portable ops, for drivers whose

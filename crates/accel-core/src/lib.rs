@@ -24,6 +24,7 @@ pub mod driver;
 mod error;
 pub mod fence;
 pub mod mem;
+pub mod ras;
 pub mod ring;
 pub mod sched;
 
@@ -51,6 +52,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The subsystem: device registry, clients, exported buffers, object counts.
 pub struct Subsystem {
     devices: Vec<Arc<Device>>,
+    ras: Arc<ras::RasCore>,
     pub(crate) counters: Arc<Counters>,
     next_client: AtomicU64,
     exports: ExportTable<BufferObject>,
@@ -59,8 +61,17 @@ pub struct Subsystem {
 }
 
 impl Subsystem {
-    /// Registers devices as `accel0`, `accel1`, … in the order given.
+    /// Registers devices as `accel0`, `accel1`, … in the order given, with RAS state in
+    /// memory only.
     pub fn new(devices: Vec<DeviceConfig>) -> Result<Arc<Subsystem>> {
+        Self::with_state(devices, None)
+    }
+
+    /// Like [`Subsystem::new`], keeping the persistent state (the RAS log) in `state_dir`.
+    pub fn with_state(devices: Vec<DeviceConfig>, state_dir: Option<&std::path::Path>) -> Result<Arc<Subsystem>> {
+        let ras_devices: Vec<_> = devices.iter().map(|d| (d.driver.clone(), d.driver.info().ras_nodes)).collect();
+        let log = state_dir.map(|d| d.join("ras.log"));
+        let ras = ras::RasCore::new(&ras_devices, log.as_deref())?;
         let devices = devices
             .into_iter()
             .enumerate()
@@ -68,6 +79,7 @@ impl Subsystem {
             .collect::<Result<Vec<_>>>()?;
         Ok(Arc::new(Subsystem {
             devices,
+            ras,
             counters: Arc::new(Counters::default()),
             next_client: AtomicU64::new(1),
             exports: ExportTable::default(),
@@ -111,6 +123,11 @@ impl Subsystem {
     /// The counters every object of this subsystem is tracked in.
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
+    }
+
+    /// The RAS core.
+    pub fn ras(&self) -> &Arc<ras::RasCore> {
+        &self.ras
     }
 
     /// Live object counts.
@@ -207,6 +224,7 @@ pub(crate) mod testing {
                 memory_bytes: 1 << 24,
                 compute_units: 1,
                 engines: vec![EngineInfo { name: "compute".into(), credits: 1 }],
+                ras_nodes: Vec::new(),
             }
         }
 

@@ -2,9 +2,67 @@
 //! threads. GEMM runs on the `gemm` crate (SIMD micro-kernels, multithreaded
 //! through rayon for large problems).
 
+use std::path::Path;
+use std::time::Duration;
+
 use accel_core::bo::BoMatrix;
 use accel_core::driver::{host, Driver, DriverInfo, JobCtx, JobOp};
-use accel_uapi::{Category, EngineInfo, Errno, OpKind};
+use accel_core::ras::{RasNodeDesc, RasSink};
+use accel_uapi::{Category, EngineInfo, Errno, OpKind, Severity};
+
+/// How often the RAS monitor reads EDAC counters and thermal zones.
+const RAS_POLL: Duration = Duration::from_secs(2);
+/// Temperature (m°C) above which a thermal zone counts an over-temperature event.
+const OVER_TEMPERATURE_MC: i64 = 95_000;
+
+/// Sum of a counter file over Linux EDAC memory controllers (`None` without EDAC).
+fn edac_total(root: &Path, file: &str) -> Option<u64> {
+    let mut total = None;
+    for mc in std::fs::read_dir(root).ok()?.flatten() {
+        if let Some(v) = std::fs::read_to_string(mc.path().join(file)).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            *total.get_or_insert(0) += v;
+        }
+    }
+    total
+}
+
+/// Hottest thermal zone, m°C (`None` without thermal zones).
+fn max_temperature(root: &Path) -> Option<i64> {
+    std::fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("thermal_zone"))
+        .filter_map(|z| std::fs::read_to_string(z.path().join("temp")).ok()?.trim().parse::<i64>().ok())
+        .max()
+}
+
+/// Reports new EDAC errors (counted from the daemon's start, so a replayed log is
+/// never counted twice) and each rise above [`OVER_TEMPERATURE_MC`], until the
+/// daemon goes away.
+fn ras_monitor(sink: RasSink) {
+    let edac = Path::new("/sys/devices/system/edac/mc");
+    let thermal = Path::new("/sys/class/thermal");
+    let (mut ce, mut ue) = (edac_total(edac, "ce_count"), edac_total(edac, "ue_count"));
+    let mut hot = false;
+    while sink.is_alive() {
+        std::thread::sleep(RAS_POLL);
+        for (last, file, counter) in [(&mut ce, "ce_count", "ecc-corrected"), (&mut ue, "ue_count", "ecc-uncorrected")]
+        {
+            let now = edac_total(edac, file);
+            if let (Some(before), Some(now)) = (*last, now) {
+                if now > before {
+                    let _ = sink.report("memory", counter, now - before);
+                }
+            }
+            *last = now;
+        }
+        let over = max_temperature(thermal).is_some_and(|t| t > OVER_TEMPERATURE_MC);
+        if over && !hot {
+            let _ = sink.report("thermal", "over-temperature", 1);
+        }
+        hot = over;
+    }
+}
 
 /// Below this many multiply-adds a GEMM runs on one thread: spawning costs more.
 const PARALLEL_MIN_FLOPS: usize = 1 << 18;
@@ -137,6 +195,20 @@ impl Driver for CpuDevice {
             compute_units: self.threads as u32,
             // One job at a time: a GEMM already spreads over every thread.
             engines: vec![EngineInfo { name: "compute".into(), credits: 1 }],
+            ras_nodes: vec![
+                RasNodeDesc::new(
+                    "memory",
+                    &[("ecc-corrected", Severity::Corrected), ("ecc-uncorrected", Severity::Uncorrected)],
+                ),
+                RasNodeDesc::new("thermal", &[("over-temperature", Severity::Corrected)]),
+            ],
+        }
+    }
+
+    fn ras_attach(&self, sink: RasSink) {
+        let spawned = std::thread::Builder::new().name("cpu-ras".into()).spawn(move || ras_monitor(sink));
+        if let Err(e) = spawned {
+            tracing::warn!("cpu RAS monitor not started: {e}");
         }
     }
 

@@ -9,8 +9,11 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::sync::Mutex;
+
 use accel_core::driver::{host, Driver, DriverInfo, JobCtx, JobOp};
-use accel_uapi::{Category, EngineInfo, Errno, OpKind};
+use accel_core::ras::{RasNodeDesc, RasSink};
+use accel_uapi::{Category, EngineInfo, Errno, OpKind, Severity};
 
 /// `args[0]` = milliseconds to take (ends early, with `ETIME` from the core, on abort).
 pub const OP_DELAY: u32 = 1;
@@ -31,6 +34,19 @@ pub struct TestDevice {
     credits: u32,
     resets: AtomicU64,
     break_reset: AtomicBool,
+    ras: Mutex<Option<RasSink>>,
+}
+
+/// The RAS blocks of the test device: one of each kind, every severity.
+pub fn ras_nodes() -> Vec<RasNodeDesc> {
+    use Severity::*;
+    vec![
+        RasNodeDesc::new("memory", &[("ecc-corrected", Corrected), ("ecc-uncorrected", Uncorrected)]),
+        RasNodeDesc::new("compute", &[("parity", Corrected), ("engine-hang", Uncorrected), ("fatal", Fatal)]),
+        RasNodeDesc::new("interconnect", &[("link-crc", Corrected), ("link-down", Uncorrected)]),
+        RasNodeDesc::new("firmware", &[("watchdog", Uncorrected)]),
+        RasNodeDesc::new("thermal", &[("over-temperature", Corrected)]),
+    ]
 }
 
 impl Default for TestDevice {
@@ -47,7 +63,12 @@ impl TestDevice {
 
     /// A test device whose engine runs `credits` jobs at once.
     pub fn with_credits(credits: u32) -> Self {
-        TestDevice { credits: credits.max(1), resets: AtomicU64::new(0), break_reset: AtomicBool::new(false) }
+        TestDevice {
+            credits: credits.max(1),
+            resets: AtomicU64::new(0),
+            break_reset: AtomicBool::new(false),
+            ras: Mutex::new(None),
+        }
     }
 
     /// Engine resets performed so far.
@@ -67,6 +88,7 @@ impl Driver for TestDevice {
             memory_bytes: 1 << 30,
             compute_units: 1,
             engines: vec![EngineInfo { name: "compute".into(), credits: self.credits }],
+            ras_nodes: ras_nodes(),
         }
     }
 
@@ -99,6 +121,15 @@ impl Driver for TestDevice {
             }
             JobOp::Driver { .. } => Err(Errno::EINVAL),
         }
+    }
+
+    fn ras_attach(&self, sink: RasSink) {
+        *self.ras.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+    }
+
+    fn ras_inject(&self, node: &str, error: &str, count: u64) -> Result<(), Errno> {
+        let sink = self.ras.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or(Errno::ENODEV)?;
+        sink.report(node, error, count).map(drop).map_err(|e| e.code)
     }
 
     fn timedout_job(&self, _engine: usize, _guilty: &JobCtx) -> Result<(), Errno> {

@@ -100,6 +100,59 @@ impl Priority {
     }
 }
 
+/// Severity of a RAS error counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Severity {
+    /// Corrected by hardware (e.g. single-bit ECC); a trend predicts failure.
+    Corrected,
+    /// Not corrected; data or work was lost, the device goes on.
+    Uncorrected,
+    /// The device (or block) cannot go on.
+    Fatal,
+}
+
+impl Severity {
+    /// All severities, mildest first.
+    pub const ALL: [Severity; 3] = [Severity::Corrected, Severity::Uncorrected, Severity::Fatal];
+
+    /// Lower-case name (metrics labels, CLI).
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Corrected => "corrected",
+            Severity::Uncorrected => "uncorrected",
+            Severity::Fatal => "fatal",
+        }
+    }
+}
+
+/// Health of a RAS node or a whole device, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Health {
+    /// No errors that matter.
+    Ok,
+    /// Corrected errors crossed a threshold: failure is likely ahead.
+    PredictedFailure,
+    /// Uncorrected errors happened; the device still works.
+    Degraded,
+    /// A fatal error happened.
+    Failed,
+}
+
+impl Health {
+    /// All states, best first.
+    pub const ALL: [Health; 4] = [Health::Ok, Health::PredictedFailure, Health::Degraded, Health::Failed];
+
+    /// Lower-case name (metrics labels, CLI).
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::PredictedFailure => "predicted-failure",
+            Health::Degraded => "degraded",
+            Health::Failed => "failed",
+        }
+    }
+}
+
 /// One engine of a device, as drivers describe it and `accel info` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineInfo {
