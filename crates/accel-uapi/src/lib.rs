@@ -6,6 +6,7 @@
 
 pub mod errno;
 pub mod proto;
+pub mod ras;
 pub mod ring;
 pub mod shm;
 pub mod transport;
