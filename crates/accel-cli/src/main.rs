@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod ras;
 mod spawn;
 
 use std::path::PathBuf;
@@ -32,6 +33,17 @@ enum Cmd {
         /// Hung jobs after which a queue is banned.
         #[arg(long, default_value_t = 2)]
         hang_limit: u32,
+        /// Where persistent state (the RAS log) lives (default: $XDG_STATE_HOME/accel, else /var/lib/accel).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
+    },
+    /// RAS: error counters and health; subcommands watch events, inject (test devices), clear, set thresholds.
+    Ras {
+        #[command(subcommand)]
+        cmd: Option<ras::RasCommand>,
     },
     /// List devices.
     List {
@@ -60,6 +72,10 @@ enum Cmd {
 }
 
 fn main() -> std::process::ExitCode {
+    // Like other command-line tools: a closed pipe (`accel ras | head`) ends the process
+    // quietly instead of failing the next write. Rust sets SIGPIPE to ignored before main.
+    // SAFETY: restoring a signal's default disposition at start-up, before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -78,7 +94,10 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     let socket = cli.socket.unwrap_or_else(accel::default_socket_path);
     match cli.cmd {
-        Cmd::Daemon { devices, job_timeout_ms, hang_limit } => run_daemon(socket, &devices, job_timeout_ms, hang_limit),
+        Cmd::Daemon { devices, job_timeout_ms, hang_limit, state_dir, metrics } => {
+            run_daemon(socket, &devices, job_timeout_ms, hang_limit, state_dir, metrics)
+        }
+        Cmd::Ras { cmd } => ras::run(&socket, cmd),
         Cmd::List { verbose } => list(&socket, verbose),
         Cmd::Info { minor } => info(&socket, minor),
         Cmd::Stats => stats(&socket),
@@ -87,7 +106,21 @@ fn run() -> Result<()> {
     }
 }
 
-fn run_daemon(socket: PathBuf, specs: &[String], job_timeout_ms: u64, hang_limit: u32) -> Result<()> {
+fn default_state_dir() -> PathBuf {
+    match std::env::var_os("XDG_STATE_HOME") {
+        Some(d) => PathBuf::from(d).join("accel"),
+        None => PathBuf::from("/var/lib/accel"),
+    }
+}
+
+fn run_daemon(
+    socket: PathBuf,
+    specs: &[String],
+    job_timeout_ms: u64,
+    hang_limit: u32,
+    state_dir: Option<PathBuf>,
+    metrics: Option<std::net::SocketAddr>,
+) -> Result<()> {
     let mut devices = Vec::new();
     for spec in specs {
         let mut cfg = acceld::parse_device_spec(spec)?;
@@ -97,7 +130,13 @@ fn run_daemon(socket: PathBuf, specs: &[String], job_timeout_ms: u64, hang_limit
     }
     let fd_limit = acceld::raise_fd_limit();
     tracing::debug!("open-file limit {fd_limit}");
-    let daemon = acceld::Daemon::bind(&socket, devices)?;
+    let state_dir = state_dir.unwrap_or_else(default_state_dir);
+    let daemon = acceld::Daemon::bind_with_state(&socket, devices, Some(&state_dir))?;
+    tracing::info!("state in {}", state_dir.display());
+    if let Some(addr) = metrics {
+        let bound = acceld::metrics::serve(daemon.subsystem().clone(), addr)?;
+        tracing::info!("metrics on http://{bound}/metrics");
+    }
     acceld::exit_on_signals(socket.clone())?;
     for d in daemon.subsystem().list_devices() {
         tracing::info!("accel{}: {} ({}), {}", d.minor, d.driver, d.name, d.category.name());

@@ -22,7 +22,7 @@ impl SpawnedDaemon {
         let socket = dir.join("accel.sock");
         let exe = std::env::current_exe().context("locating the accel binary")?;
         let mut cmd = Command::new(exe);
-        cmd.arg("daemon").arg("--socket").arg(&socket).stdin(Stdio::null());
+        cmd.arg("daemon").arg("--socket").arg(&socket).arg("--state-dir").arg(dir.join("state")).stdin(Stdio::null());
         if std::env::var_os("ACCEL_LOG").is_none() {
             cmd.env("ACCEL_LOG", "warn");
         }

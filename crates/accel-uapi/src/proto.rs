@@ -528,6 +528,12 @@ pub enum Request {
     },
     /// Import the syncobj whose descriptor travels with this message.
     SyncobjImport,
+    /// One message of the RAS netlink family ([`crate::ras`]). Replies are
+    /// [`Reply::Netlink`]; a dump may take several, the last ending in `NLMSG_DONE`.
+    Netlink(Vec<u8>),
+    /// Join the RAS `error-report` multicast group: after the `Ok` reply, the connection
+    /// only delivers events, each a [`Reply::Netlink`] with sequence number 0.
+    RasSubscribe,
     /// Live object counts across the daemon.
     Stats,
     /// Per-client usage of every client.
@@ -585,6 +591,8 @@ pub enum Reply {
     Syncobj(SyncobjHandle),
     /// A timeline value.
     Point(u64),
+    /// Netlink messages of the RAS family.
+    Netlink(Vec<Vec<u8>>),
     /// Object counts.
     Stats(ObjectCounts),
     /// Client usage.

@@ -72,6 +72,12 @@ impl Connection {
     /// Sends raw bytes as one message and reads one reply (tests use it to send garbage).
     pub fn call_raw(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(Reply, Vec<OwnedFd>)> {
         transport::send(self.sock.as_fd(), bytes, fds).map_err(|e| Error::os("send to daemon", e))?;
+        self.recv_reply()
+    }
+
+    /// Reads the next reply: a further frame of a multi-frame reply (RAS dumps) or an
+    /// event on a subscribed connection.
+    pub fn recv_reply(&mut self) -> Result<(Reply, Vec<OwnedFd>)> {
         let r = transport::recv(self.sock.as_fd(), &mut self.buf)
             .map_err(|e| Error::os("receive from daemon", e))?
             .ok_or_else(|| Error::new(Errno::EPIPE, "the daemon closed the connection"))?;

@@ -20,6 +20,7 @@
 
 mod buffer;
 mod conn;
+pub mod ras;
 mod ring;
 mod sync;
 

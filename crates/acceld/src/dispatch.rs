@@ -12,6 +12,29 @@ use rustix::event::{PollFd, PollFlags};
 
 type Outcome = Result<(Reply, Vec<OwnedFd>), Error>;
 
+/// Whether a peer may change RAS state: root or the daemon's own user (drm-ras ops are admin-only).
+fn is_admin(cred: PeerCred) -> bool {
+    cred.uid == 0 || cred.uid == rustix::process::getuid().as_raw()
+}
+
+/// Sends RAS events to a subscribed connection until the peer goes away.
+fn stream_events(sub: &Arc<Subsystem>, sock: BorrowedFd<'_>, rx: std::sync::mpsc::Receiver<accel_core::ras::RasEvent>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(ev) => {
+                let msg = accel_uapi::ras::encode(crate::ras_nl::event_msg(sub.ras(), &ev), 0, 0);
+                if !send_reply(sock, 0, &Reply::Netlink(vec![msg]), &[]) {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) if peer_gone(sock) => return,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
 /// Whether the peer hung up (checked during long waits, so they end with the client).
 fn peer_gone(sock: BorrowedFd<'_>) -> bool {
     let mut fds = [PollFd::new(&sock, PollFlags::RDHUP)];
@@ -56,6 +79,22 @@ pub fn serve_connection(sub: &Arc<Subsystem>, sock: OwnedFd, cred: PeerCred) {
         } else {
             match wire::decode::<Request>(Kind::Request, &buf[..received.len]) {
                 Err(e) => (e.seq.unwrap_or(0), Err(Error::new(e.code, e.message))),
+                Ok((seq, Request::Netlink(bytes))) if client.is_some() => {
+                    // A dump may take several frames; each is a reply with the request's seq.
+                    let frames = crate::ras_nl::handle(sub.ras(), is_admin(cred), &bytes);
+                    if frames.iter().any(|f| !send_reply(sock.as_fd(), seq, &Reply::Netlink(f.clone()), &[])) {
+                        break;
+                    }
+                    continue;
+                }
+                Ok((seq, Request::RasSubscribe)) if client.is_some() => {
+                    // Subscribe before acknowledging, so no event after the ack is missed.
+                    let rx = sub.ras().subscribe();
+                    if send_reply(sock.as_fd(), seq, &Reply::Ok, &[]) {
+                        stream_events(sub, sock.as_fd(), rx);
+                    }
+                    break;
+                }
                 Ok((seq, req)) => (seq, handle(sub, &mut client, cred, req, received.fds, sock.as_fd())),
             }
         };
@@ -151,6 +190,10 @@ fn handle(
         Request::SyncobjImport => {
             let fd = fd.ok_or_else(|| Error::new(Errno::EBADF, "SyncobjImport needs a descriptor"))?;
             ok(Reply::Syncobj(c.syncobj_import(fd)?))
+        }
+        // Served by the connection loop once the handshake is done; never reaches here then.
+        Request::Netlink(_) | Request::RasSubscribe => {
+            Err(Error::new(Errno::EPROTO, "RAS requests need the handshake first"))
         }
         Request::Stats => ok(Reply::Stats(sub.stats())),
         Request::Clients => ok(Reply::Clients(sub.client_usage())),

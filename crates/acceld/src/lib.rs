@@ -7,6 +7,8 @@
 //! and validated, and a bad one gets an errno-style error reply.
 
 mod dispatch;
+pub mod metrics;
+pub mod ras_nl;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -68,12 +70,22 @@ fn sock_err(path: &Path) -> impl FnOnce(rustix::io::Errno) -> DaemonError + '_ {
 }
 
 impl Daemon {
-    /// Registers `devices` and binds the socket at `path`.
+    /// Registers `devices` and binds the socket at `path`, keeping no state on disk.
+    pub fn bind(path: &Path, devices: Vec<DeviceConfig>) -> Result<Daemon, DaemonError> {
+        Self::bind_with_state(path, devices, None)
+    }
+
+    /// Registers `devices`, with persistent state (the RAS log) in `state_dir`, and binds
+    /// the socket at `path`.
     ///
     /// A stale socket file (nobody listening) is replaced; a live one is an error,
     /// so two daemons never fight over one path.
-    pub fn bind(path: &Path, devices: Vec<DeviceConfig>) -> Result<Daemon, DaemonError> {
-        let sub = Subsystem::new(devices)?;
+    pub fn bind_with_state(
+        path: &Path,
+        devices: Vec<DeviceConfig>,
+        state_dir: Option<&Path>,
+    ) -> Result<Daemon, DaemonError> {
+        let sub = Subsystem::with_state(devices, state_dir)?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| DaemonError::Socket { path: dir.to_path_buf(), source: e })?;
         }

@@ -29,6 +29,9 @@ impl Daemon {
         std::fs::create_dir_all(&dir).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_accel"));
         cmd.arg("daemon").arg("--socket").arg(dir.join("s")).args(extra).env("ACCEL_LOG", "warn");
+        if !extra.contains(&"--state-dir") {
+            cmd.arg("--state-dir").arg(dir.join("state"));
+        }
         for d in devices {
             cmd.arg("--device").arg(d);
         }
@@ -49,6 +52,12 @@ impl Daemon {
 
     pub fn open(&self, minor: u32) -> Device {
         Device::open_at(self.socket(), minor).unwrap()
+    }
+
+    /// Kills the daemon with SIGKILL (no chance to clean up) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn stats(&self) -> ObjectCounts {

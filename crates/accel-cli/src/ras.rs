@@ -1,0 +1,216 @@
+//! `accel ras …`: counters and health, live events, injection (test devices), clear, thresholds.
+
+use std::path::Path;
+
+use accel::ras::{Ras, RasAttr, RasCmd, RasMsg};
+use accel_uapi::{Health, Severity};
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, Subcommand};
+
+/// What `accel ras` does.
+#[derive(Subcommand)]
+pub enum RasCommand {
+    /// Error counters and health of every node (the default).
+    Show,
+    /// Reporters: error and recovery counts, grace period, auto-recover (devlink health style).
+    Health,
+    /// Print error events as they happen (one line each; gaps in seq mean missed events).
+    Watch,
+    /// Inject errors into a test device's counter (root or the daemon's user).
+    Inject {
+        #[command(flatten)]
+        at: CounterRef,
+        /// Errors to inject.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+    },
+    /// Set a counter to zero.
+    Clear {
+        #[command(flatten)]
+        at: CounterRef,
+    },
+    /// Set a counter's threshold (0 removes it).
+    Threshold {
+        #[command(flatten)]
+        at: CounterRef,
+        /// The threshold.
+        value: u64,
+    },
+}
+
+/// A counter named by device, node and error.
+#[derive(Args)]
+pub struct CounterRef {
+    /// Device minor (N of accelN).
+    #[arg(long, default_value_t = 0)]
+    device: u32,
+    /// Node (block) name, e.g. memory.
+    #[arg(long)]
+    node: String,
+    /// Error counter name, e.g. ecc-corrected.
+    #[arg(long)]
+    error: String,
+}
+
+fn u32_attr(m: &RasMsg, f: impl Fn(&RasAttr) -> Option<u32>) -> u32 {
+    m.get(f).unwrap_or(0)
+}
+
+fn node_id(m: &RasMsg) -> u32 {
+    u32_attr(m, |a| if let RasAttr::NodeId(v) = a { Some(*v) } else { None })
+}
+
+fn string(m: &RasMsg, f: impl Fn(&RasAttr) -> Option<String>) -> String {
+    m.get(f).unwrap_or_default()
+}
+
+fn health_name(i: u32) -> &'static str {
+    Health::ALL.get(i as usize).map_or("?", |h| h.name())
+}
+
+struct Node {
+    id: u32,
+    device: String,
+    name: String,
+    health: u32,
+}
+
+fn nodes(ras: &mut Ras) -> Result<Vec<Node>> {
+    Ok(ras
+        .request(RasMsg::new(RasCmd::ListNodes, vec![]), true)?
+        .iter()
+        .map(|m| Node {
+            id: node_id(m),
+            device: string(m, |a| if let RasAttr::DeviceName(v) = a { Some(v.clone()) } else { None }),
+            name: string(m, |a| if let RasAttr::NodeName(v) = a { Some(v.clone()) } else { None }),
+            health: u32_attr(m, |a| if let RasAttr::NodeHealth(v) = a { Some(*v) } else { None }),
+        })
+        .collect())
+}
+
+fn resolve(ras: &mut Ras, at: &CounterRef) -> Result<(u32, u32)> {
+    let device = format!("accel{}", at.device);
+    let node = nodes(ras)?
+        .into_iter()
+        .find(|n| n.device == device && n.name == at.node)
+        .ok_or_else(|| anyhow!("{device} has no RAS node {:?}", at.node))?;
+    let counters = ras.request(RasMsg::new(RasCmd::GetErrorCounter, vec![RasAttr::NodeId(node.id)]), true)?;
+    let error = counters
+        .iter()
+        .find(|c| string(c, |a| if let RasAttr::ErrorName(v) = a { Some(v.clone()) } else { None }) == at.error)
+        .ok_or_else(|| anyhow!("{device} {} has no error counter {:?}", at.node, at.error))?;
+    Ok((node.id, u32_attr(error, |a| if let RasAttr::ErrorId(v) = a { Some(*v) } else { None })))
+}
+
+fn show(ras: &mut Ras) -> Result<()> {
+    println!(
+        "{:<8} {:<13} {:<18} {:<20} {:<12} {:>12} {:>10}",
+        "DEVICE", "NODE", "HEALTH", "ERROR", "SEVERITY", "COUNT", "THRESHOLD"
+    );
+    for n in nodes(ras)? {
+        for c in ras.request(RasMsg::new(RasCmd::GetErrorCounter, vec![RasAttr::NodeId(n.id)]), true)? {
+            let sev = u32_attr(&c, |a| if let RasAttr::Severity(v) = a { Some(*v) } else { None });
+            println!(
+                "{:<8} {:<13} {:<18} {:<20} {:<12} {:>12} {:>10}",
+                n.device,
+                n.name,
+                health_name(n.health),
+                string(&c, |a| if let RasAttr::ErrorName(v) = a { Some(v.clone()) } else { None }),
+                Severity::ALL.get(sev as usize).map_or("?", |s| s.name()),
+                c.get(|a| if let RasAttr::ErrorValueU64(v) = a { Some(*v) } else { None }).unwrap_or(0),
+                c.get(|a| if let RasAttr::Threshold(v) = a { Some(*v) } else { None }).unwrap_or(0),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn health(ras: &mut Ras) -> Result<()> {
+    let names: Vec<Node> = nodes(ras)?;
+    println!(
+        "{:<8} {:<13} {:<18} {:<8} {:>7} {:>9} {:>9} {:>5}",
+        "DEVICE", "NODE", "HEALTH", "STATE", "ERRORS", "RECOVERED", "GRACE-MS", "AUTO"
+    );
+    for r in ras.request(RasMsg::new(RasCmd::GetHealth, vec![]), true)? {
+        let id = node_id(&r);
+        let n = names.iter().find(|n| n.id == id);
+        let u64a = |f: fn(&RasAttr) -> Option<u64>| r.get(f).unwrap_or(0);
+        let u8a = |f: fn(&RasAttr) -> Option<u8>| r.get(f).unwrap_or(0);
+        println!(
+            "{:<8} {:<13} {:<18} {:<8} {:>7} {:>9} {:>9} {:>5}",
+            n.map_or("?", |n| n.device.as_str()),
+            n.map_or("?", |n| n.name.as_str()),
+            health_name(u32_attr(&r, |a| if let RasAttr::NodeHealth(v) = a { Some(*v) } else { None })),
+            if u8a(|a| if let RasAttr::Healthy(v) = a { Some(*v) } else { None }) != 0 { "healthy" } else { "error" },
+            u64a(|a| if let RasAttr::ErrorCount(v) = a { Some(*v) } else { None }),
+            u64a(|a| if let RasAttr::RecoveryCount(v) = a { Some(*v) } else { None }),
+            u64a(|a| if let RasAttr::GracePeriodMs(v) = a { Some(*v) } else { None }),
+            u8a(|a| if let RasAttr::AutoRecover(v) = a { Some(*v) } else { None }) != 0,
+        );
+    }
+    Ok(())
+}
+
+fn watch(socket: &Path) -> Result<()> {
+    let mut ras = Ras::connect(socket)?;
+    let names = nodes(&mut ras)?;
+    let mut events = ras.subscribe()?;
+    let mut last_seq = None;
+    loop {
+        let e = events.next_event().context("event stream ended")?;
+        let seq = e.get(|a| if let RasAttr::EventSeq(v) = a { Some(*v) } else { None }).unwrap_or(0);
+        if let Some(last) = last_seq {
+            if seq != last + 1 {
+                println!("# missed events {}..{}: run `accel ras` to resync", last + 1, seq.saturating_sub(1));
+            }
+        }
+        last_seq = Some(seq);
+        let id = node_id(&e);
+        let n = names.iter().find(|n| n.id == id);
+        let kind = ["error", "cleared", "threshold", "recovered"]
+            .get(u32_attr(&e, |a| if let RasAttr::EventKind(v) = a { Some(*v) } else { None }) as usize)
+            .copied()
+            .unwrap_or("?");
+        println!(
+            "seq={seq} t={}ns {} {} {} {kind} +{} value={}",
+            e.get(|a| if let RasAttr::EventTimestamp(v) = a { Some(*v) } else { None }).unwrap_or(0),
+            n.map_or("?", |n| n.device.as_str()),
+            n.map_or("?", |n| n.name.as_str()),
+            string(&e, |a| if let RasAttr::ErrorName(v) = a { Some(v.clone()) } else { None }),
+            e.get(|a| if let RasAttr::EventDelta(v) = a { Some(*v) } else { None }).unwrap_or(0),
+            e.get(|a| if let RasAttr::ErrorValueU64(v) = a { Some(*v) } else { None }).unwrap_or(0),
+        );
+    }
+}
+
+pub fn run(socket: &Path, cmd: Option<RasCommand>) -> Result<()> {
+    let connect = || Ras::connect(socket).map_err(anyhow::Error::from);
+    match cmd.unwrap_or(RasCommand::Show) {
+        RasCommand::Show => show(&mut connect()?),
+        RasCommand::Health => health(&mut connect()?),
+        RasCommand::Watch => watch(socket),
+        RasCommand::Inject { at, count } => {
+            let mut ras = connect()?;
+            let (n, e) = resolve(&mut ras, &at)?;
+            ras.request(
+                RasMsg::new(RasCmd::InjectError, vec![RasAttr::NodeId(n), RasAttr::ErrorId(e), RasAttr::Count(count)]),
+                false,
+            )?;
+            println!("injected {count} × {} into accel{} {}", at.error, at.device, at.node);
+            Ok(())
+        }
+        RasCommand::Clear { at } => {
+            let mut ras = connect()?;
+            let (n, e) = resolve(&mut ras, &at)?;
+            ras.request(RasMsg::new(RasCmd::ClearErrorCounter, vec![RasAttr::NodeId(n), RasAttr::ErrorId(e)]), false)?;
+            Ok(())
+        }
+        RasCommand::Threshold { at, value } => {
+            let mut ras = connect()?;
+            let (n, e) = resolve(&mut ras, &at)?;
+            let attrs = vec![RasAttr::NodeId(n), RasAttr::ErrorId(e), RasAttr::Threshold(value)];
+            ras.request(RasMsg::new(RasCmd::SetErrorThreshold, attrs), false)?;
+            Ok(())
+        }
+    }
+}

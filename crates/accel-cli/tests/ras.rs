@@ -1,0 +1,214 @@
+//! RAS end to end: the drm-ras netlink family on the daemon socket, events, the
+//! persistent log across a daemon crash, and the Prometheus exposition.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use accel::ras::{Ras, RasAttr, RasCmd, RasMsg};
+use accel::Errno;
+use accel_uapi::ras as nl;
+use common::Daemon;
+
+fn counter(ras: &mut Ras, node: u32, error: u32) -> u64 {
+    let r = ras
+        .request(RasMsg::new(RasCmd::GetErrorCounter, vec![RasAttr::NodeId(node), RasAttr::ErrorId(error)]), false)
+        .unwrap();
+    r[0].get(|a| if let RasAttr::ErrorValueU64(v) = a { Some(*v) } else { None }).unwrap()
+}
+
+fn inject(ras: &mut Ras, node: u32, error: u32, count: u64) -> accel::Result<Vec<RasMsg>> {
+    ras.request(
+        RasMsg::new(RasCmd::InjectError, vec![RasAttr::NodeId(node), RasAttr::ErrorId(error), RasAttr::Count(count)]),
+        false,
+    )
+}
+
+/// (node id, error id) of testdev's memory/ecc-uncorrected on accel0 (nodes are numbered in
+/// registration order: memory is node 1, its counters ecc-corrected 1, ecc-uncorrected 2).
+const ECC_CE: (u32, u32) = (1, 1);
+const ECC_UE: (u32, u32) = (1, 2);
+
+#[test]
+fn injected_errors_show_in_counters_health_and_events() {
+    let d = Daemon::start(&["testdev", "cpu"]);
+    let mut ras = Ras::connect(d.socket()).unwrap();
+    let nodes = ras.request(RasMsg::new(RasCmd::ListNodes, vec![]), true).unwrap();
+    // testdev: memory, compute, interconnect, firmware, thermal; cpu: memory, thermal.
+    assert_eq!(nodes.len(), 7);
+    let first = &nodes[0].attrs;
+    assert!(
+        first.contains(&RasAttr::NodeName("memory".into())) && first.contains(&RasAttr::DeviceName("accel0".into()))
+    );
+
+    let events = Ras::connect(d.socket()).unwrap().subscribe().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut events = events;
+        while let Ok(e) = events.next_event() {
+            if tx.send(e).is_err() {
+                return;
+            }
+        }
+    });
+
+    inject(&mut ras, ECC_CE.0, ECC_CE.1, 5).unwrap();
+    inject(&mut ras, ECC_UE.0, ECC_UE.1, 1).unwrap();
+    assert_eq!(counter(&mut ras, ECC_CE.0, ECC_CE.1), 5);
+    assert_eq!(counter(&mut ras, ECC_UE.0, ECC_UE.1), 1);
+    let health = ras.request(RasMsg::new(RasCmd::GetHealth, vec![RasAttr::NodeId(1)]), false).unwrap();
+    assert!(health[0].attrs.contains(&RasAttr::NodeHealth(2)), "uncorrected error degrades: {:?}", health[0].attrs);
+    assert!(health[0].attrs.contains(&RasAttr::ErrorCount(1)));
+    // Each error is an event; the uncorrected one also triggered an automatic recovery.
+    let got: Vec<RasMsg> = (0..3).map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap()).collect();
+    let seqs: Vec<u64> =
+        got.iter().map(|e| e.get(|a| if let RasAttr::EventSeq(v) = a { Some(*v) } else { None }).unwrap()).collect();
+    assert_eq!(seqs, vec![1, 2, 3], "consecutive sequence numbers");
+    assert!(got[0].attrs.contains(&RasAttr::EventDelta(5)) && got[0].attrs.contains(&RasAttr::ErrorValueU64(5)));
+    assert!(got[2].attrs.contains(&RasAttr::EventKind(3)), "recovered");
+    // The dump is the resync path: the same events, in order.
+    let dump = ras.request(RasMsg::new(RasCmd::ErrorEvent, vec![]), true).unwrap();
+    assert_eq!(dump.len(), 3);
+
+    // Thresholds and clearing.
+    ras.request(
+        RasMsg::new(RasCmd::SetErrorThreshold, vec![RasAttr::NodeId(1), RasAttr::ErrorId(1), RasAttr::Threshold(4)]),
+        false,
+    )
+    .unwrap();
+    let t = ras
+        .request(RasMsg::new(RasCmd::GetErrorThreshold, vec![RasAttr::NodeId(1), RasAttr::ErrorId(1)]), false)
+        .unwrap();
+    assert!(t[0].attrs.contains(&RasAttr::Threshold(4)));
+    ras.request(RasMsg::new(RasCmd::ClearErrorCounter, vec![RasAttr::NodeId(1), RasAttr::ErrorId(2)]), false).unwrap();
+    assert_eq!(counter(&mut ras, ECC_UE.0, ECC_UE.1), 0);
+    let nodes = ras.request(RasMsg::new(RasCmd::ListNodes, vec![]), true).unwrap();
+    assert!(nodes[0].attrs.contains(&RasAttr::NodeHealth(1)), "5 corrected ≥ threshold 4: predicted failure");
+}
+
+#[test]
+fn bad_requests_get_netlink_errors() {
+    let d = Daemon::start(&["testdev", "cpu"]);
+    let mut ras = Ras::connect(d.socket()).unwrap();
+    let code = |r: accel::Result<Vec<RasMsg>>| r.unwrap_err().code;
+    assert_eq!(
+        code(ras.request(RasMsg::new(RasCmd::GetErrorCounter, vec![RasAttr::NodeId(99), RasAttr::ErrorId(1)]), false)),
+        Errno::ENOENT
+    );
+    assert_eq!(code(ras.request(RasMsg::new(RasCmd::GetErrorCounter, vec![RasAttr::NodeId(1)]), false)), Errno::EINVAL);
+    // accel1 is the cpu device: its driver cannot inject (node 6 is its memory node).
+    assert_eq!(code(inject(&mut ras, 6, 1, 1)), Errno::EOPNOTSUPP);
+    // Garbage inside a Netlink request gets an NLMSG_ERROR, and the connection goes on.
+    let mut conn = accel::Connection::connect(d.socket()).unwrap();
+    match conn.call(&accel_uapi::Request::Netlink(vec![1, 2, 3])).unwrap() {
+        accel_uapi::Reply::Netlink(frames) => assert_eq!(nl::decode(&frames[0]).unwrap(), nl::Parsed::Error(Some(-22))),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(conn.list_devices().unwrap().len(), 2);
+}
+
+#[test]
+fn a_drm_ras_client_request_built_by_hand_is_served() {
+    let d = Daemon::start(&["testdev"]);
+    let mut conn = accel::Connection::connect(d.socket()).unwrap();
+    // nlmsghdr + genlmsghdr(cmd = DRM_RAS_CMD_LIST_NODES, version 1), NLM_F_REQUEST | NLM_F_DUMP.
+    let mut bytes = vec![0u8; 20];
+    bytes[0..4].copy_from_slice(&20u32.to_ne_bytes());
+    bytes[4..6].copy_from_slice(&nl::FAMILY_ID.to_ne_bytes());
+    bytes[6..8].copy_from_slice(&(0x1u16 | 0x300).to_ne_bytes());
+    bytes[8..12].copy_from_slice(&77u32.to_ne_bytes());
+    bytes[16] = 1;
+    bytes[17] = 1;
+    let accel_uapi::Reply::Netlink(frames) = conn.call(&accel_uapi::Request::Netlink(bytes)).unwrap() else { panic!() };
+    assert_eq!(frames.len(), 6, "5 nodes and NLMSG_DONE");
+    for f in &frames[..5] {
+        // Each part: nlmsghdr with NLM_F_MULTI and our sequence number, genlmsghdr cmd 1.
+        assert_eq!(u16::from_ne_bytes([f[6], f[7]]) & 0x2, 0x2);
+        assert_eq!(u32::from_ne_bytes([f[8], f[9], f[10], f[11]]), 77);
+        assert_eq!(f[16], 1);
+    }
+    assert_eq!(nl::decode(&frames[5]).unwrap(), nl::Parsed::Done);
+}
+
+#[test]
+fn counters_survive_a_daemon_crash_and_restart() {
+    let state = std::env::temp_dir().join(format!("accel-ras-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let state_arg = state.to_str().unwrap();
+    let mut d = Daemon::start_with(&["testdev"], &["--state-dir", state_arg]);
+    let mut ras = Ras::connect(d.socket()).unwrap();
+    inject(&mut ras, ECC_CE.0, ECC_CE.1, 41).unwrap();
+    inject(&mut ras, ECC_CE.0, ECC_CE.1, 1).unwrap();
+    drop(ras);
+    d.kill();
+    let d = Daemon::start_with(&["testdev"], &["--state-dir", state_arg]);
+    let mut ras = Ras::connect(d.socket()).unwrap();
+    assert_eq!(counter(&mut ras, ECC_CE.0, ECC_CE.1), 42);
+    let history = ras.request(RasMsg::new(RasCmd::ErrorEvent, vec![]), true).unwrap();
+    assert_eq!(history.len(), 2, "the event history was replayed");
+    inject(&mut ras, ECC_CE.0, ECC_CE.1, 1).unwrap();
+    let last = ras.request(RasMsg::new(RasCmd::ErrorEvent, vec![]), true).unwrap().pop().unwrap();
+    assert!(last.attrs.contains(&RasAttr::EventSeq(3)), "sequence numbers continue: {:?}", last.attrs);
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn http_get(port: u16, accept: Option<&str>) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+    write!(s, "GET /metrics HTTP/1.0\r\n{accept}\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (head.to_string(), body.to_string())
+}
+
+#[test]
+fn metrics_exposition_is_valid_and_complete() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start_with(&["testdev", "cpu"], &["--metrics", &addr]);
+    let mut ras = Ras::connect(d.socket()).unwrap();
+    inject(&mut ras, ECC_CE.0, ECC_CE.1, 3).unwrap();
+    let (head, body) = http_get(port, None);
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    assert!(body.contains(
+        r#"accel_ras_errors_total{device="accel0",node="memory",error="ecc-corrected",severity="corrected"} 3"#
+    ));
+    // Zeros, not blanks: every counter of every device exists before its first error.
+    assert!(body.contains(
+        r#"accel_ras_errors_total{device="accel1",node="memory",error="ecc-uncorrected",severity="uncorrected"} 0"#
+    ));
+    assert!(body.contains(r#"accel_device_health{device="accel1",state="ok"} 1"#));
+    assert!(body.contains(r#"accel_device_health{device="accel1",state="failed"} 0"#));
+    let (head, om) = http_get(port, Some("application/openmetrics-text; version=1.0.0"));
+    assert!(head.contains("application/openmetrics-text") && om.trim_end().ends_with("# EOF"));
+
+    // The real promtool, as in CI (Debian package prometheus); CI must have it.
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(_) if std::env::var_os("CI").is_none() => {
+            eprintln!("promtool not installed: exposition not linted (CI installs it)")
+        }
+        Err(e) => panic!("CI must provide promtool (Debian package prometheus): {e}"),
+    }
+}
