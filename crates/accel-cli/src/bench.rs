@@ -51,6 +51,19 @@ pub enum Which {
         #[arg(long, default_value_t = 5000)]
         ops: usize,
     },
+    /// RAS: injected error → subscriber latency (against a socket ping-pong), and the
+    /// time to scrape /metrics of a daemon with many devices (against rendering in-process).
+    Ras {
+        /// Injections timed.
+        #[arg(long, default_value_t = 2000)]
+        events: usize,
+        /// Devices for the scrape measurement.
+        #[arg(long, default_value_t = 64)]
+        devices: usize,
+        /// Scrapes timed.
+        #[arg(long, default_value_t = 200)]
+        scrapes: usize,
+    },
     /// The job fast path against its physical limits: shared-memory spin ping-pong and
     /// Unix-socket ping-pong RTTs (measured here), the in-process null-job rate, then the
     /// ring's sync null-job RTT and batched throughput to a daemon process.
@@ -73,6 +86,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Fairness { clients, seconds, job_ms } => fairness(clients.max(1), seconds, job_ms.max(1)),
         Which::Submit { iters, seconds, ring } => submit(iters.max(100), seconds, ring),
         Which::Scale { clients, active, ops } => scale(clients.max(1), active, ops.max(100)),
+        Which::Ras { events, devices, scrapes } => ras(events.max(100), devices.max(1), scrapes.max(10)),
     }
 }
 
@@ -444,5 +458,77 @@ fn scale(clients: usize, active: usize, ops: usize) -> Result<()> {
         jobs as f64 / elapsed,
     );
     drop(conns);
+    Ok(())
+}
+
+fn ras(events: usize, devices: usize, scrapes: usize) -> Result<()> {
+    use accel::ras::{Ras, RasAttr, RasCmd, RasMsg};
+    use std::io::{Read, Write};
+
+    // Injected error → subscriber. testdev memory/ecc-corrected is node 1, counter 1 (no
+    // recovery follows corrected errors, so every event is one injection).
+    let daemon = SpawnedDaemon::start(&["testdev"])?;
+    let mut ras = Ras::connect(daemon.socket())?;
+    let mut sub = Ras::connect(daemon.socket())?.subscribe()?;
+    let (tx, rx) = std::sync::mpsc::channel::<Instant>();
+    std::thread::spawn(move || {
+        while sub.next_event().is_ok() {
+            if tx.send(Instant::now()).is_err() {
+                return;
+            }
+        }
+    });
+    let inject = RasMsg::new(RasCmd::InjectError, vec![RasAttr::NodeId(1), RasAttr::ErrorId(1), RasAttr::Count(1)]);
+    let mut lat = Vec::with_capacity(events);
+    for i in 0..events + events / 10 {
+        let t0 = Instant::now();
+        ras.request(inject.clone(), false)?;
+        let t1 = rx.recv_timeout(Duration::from_secs(5)).context("event did not arrive")?;
+        if i >= events / 10 {
+            lat.push(t1.duration_since(t0).as_nanos() as u64);
+        }
+    }
+    let (ev_p50, ev_p99, ev) = percentiles(lat);
+    let (sock_p50, _, _) = percentiles(socket_pingpong(events)?);
+    drop(daemon);
+
+    // Scrape of a daemon with many devices, against rendering the same exposition in-process.
+    let specs: Vec<&str> = vec!["testdev"; devices];
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let _daemon = SpawnedDaemon::start_with(&specs, &["--metrics", &format!("127.0.0.1:{port}")])?;
+    let scrape = || -> Result<usize> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        let mut body = Vec::new();
+        s.read_to_end(&mut body)?;
+        Ok(body.len())
+    };
+    let bytes = scrape()?;
+    let mut failed = None;
+    let (scrape_p50, scrape_p99, scrape_lat) = percentiles(sample(scrapes, || {
+        if let Err(e) = scrape() {
+            failed = Some(e);
+        }
+    }));
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let local = accel_core::Subsystem::new(
+        (0..devices)
+            .map(|_| accel_core::device::DeviceConfig::new(Arc::new(accel_driver_testdev::TestDevice::new())))
+            .collect(),
+    )?;
+    let (render_p50, _, _) = percentiles(sample(scrapes, || {
+        std::hint::black_box(acceld::metrics::to_prometheus_text(&acceld::metrics::render(&local)));
+    }));
+    println!(
+        "{{\"bench\":\"ras\",\"event_latency_ns\":{ev},\"socket_rtt_p50_ns\":{sock_p50},\"event_p50_vs_socket_rtt\":{:.2},\
+\"event_p99_under_1ms\":{},\"devices\":{devices},\"scrape_bytes\":{bytes},\"scrape_ns\":{scrape_lat},\
+\"render_inproc_p50_ns\":{render_p50},\"scrape_p50_vs_render\":{:.2},\"scrape_p99_under_5ms\":{}}}",
+        ev_p50 as f64 / sock_p50 as f64,
+        ev_p99 < 1_000_000,
+        scrape_p50 as f64 / render_p50 as f64,
+        scrape_p99 < 5_000_000,
+    );
     Ok(())
 }

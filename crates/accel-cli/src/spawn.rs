@@ -16,6 +16,11 @@ pub struct SpawnedDaemon {
 impl SpawnedDaemon {
     /// Starts `accel daemon` with `devices` and waits until it accepts connections.
     pub fn start(devices: &[&str]) -> Result<SpawnedDaemon> {
+        Self::start_with(devices, &[])
+    }
+
+    /// Like [`SpawnedDaemon::start`], with extra daemon arguments.
+    pub fn start_with(devices: &[&str], extra: &[&str]) -> Result<SpawnedDaemon> {
         let dir =
             std::env::temp_dir().join(format!("accel-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos()));
         std::fs::create_dir_all(&dir)?;
@@ -29,6 +34,7 @@ impl SpawnedDaemon {
         for d in devices {
             cmd.arg("--device").arg(d);
         }
+        cmd.args(extra);
         let child = cmd.spawn().context("starting accel daemon")?;
         let mut daemon = SpawnedDaemon { child, dir, socket };
         let deadline = Instant::now() + Duration::from_secs(10);
