@@ -223,3 +223,37 @@ impl Driver for CpuDevice {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edac_counts_are_summed_over_memory_controllers() {
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(edac_total(&root.path().join("missing"), "ce_count"), None);
+        for (mc, ce) in [("mc0", "3\n"), ("mc1", "4\n")] {
+            std::fs::create_dir(root.path().join(mc)).unwrap();
+            std::fs::write(root.path().join(mc).join("ce_count"), ce).unwrap();
+        }
+        assert_eq!(edac_total(root.path(), "ce_count"), Some(7));
+        assert_eq!(edac_total(root.path(), "ue_count"), None);
+    }
+
+    #[test]
+    fn hottest_thermal_zone_is_found() {
+        let root = tempfile::tempdir().unwrap();
+        for (zone, t) in [("thermal_zone0", "45000\n"), ("thermal_zone1", "97000\n"), ("cooling_device0", "1\n")] {
+            std::fs::create_dir(root.path().join(zone)).unwrap();
+            std::fs::write(root.path().join(zone).join("temp"), t).unwrap();
+        }
+        assert_eq!(max_temperature(root.path()), Some(97_000));
+        assert!(max_temperature(root.path()).unwrap() > OVER_TEMPERATURE_MC);
+    }
+
+    #[test]
+    fn cpu_device_declares_memory_and_thermal_nodes() {
+        let names: Vec<String> = CpuDevice::new().info().ras_nodes.into_iter().map(|n| n.name).collect();
+        assert_eq!(names, vec!["memory", "thermal"]);
+    }
+}
