@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod ns;
 mod ras;
 mod spawn;
 
@@ -39,6 +40,14 @@ enum Cmd {
         /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
+        /// TOML config file (namespace placement rules).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Device namespaces: create, assign devices or shares, list, delete (root or the daemon's user).
+    Ns {
+        #[command(subcommand)]
+        cmd: ns::NsCommand,
     },
     /// RAS: error counters and health; subcommands watch events, inject (test devices), clear, set thresholds.
     Ras {
@@ -94,9 +103,11 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     let socket = cli.socket.unwrap_or_else(accel::default_socket_path);
     match cli.cmd {
-        Cmd::Daemon { devices, job_timeout_ms, hang_limit, state_dir, metrics } => {
-            run_daemon(socket, &devices, job_timeout_ms, hang_limit, state_dir, metrics)
+        Cmd::Daemon { devices, job_timeout_ms, hang_limit, state_dir, metrics, config } => {
+            let config = config.map(|p| acceld::Config::load(&p)).transpose()?.unwrap_or_default();
+            run_daemon(socket, &devices, job_timeout_ms, hang_limit, state_dir, metrics, config)
         }
+        Cmd::Ns { cmd } => ns::run(&socket, cmd),
         Cmd::Ras { cmd } => ras::run(&socket, cmd),
         Cmd::List { verbose } => list(&socket, verbose),
         Cmd::Info { minor } => info(&socket, minor),
@@ -120,6 +131,7 @@ fn run_daemon(
     hang_limit: u32,
     state_dir: Option<PathBuf>,
     metrics: Option<std::net::SocketAddr>,
+    config: acceld::Config,
 ) -> Result<()> {
     let mut devices = Vec::new();
     for spec in specs {
@@ -131,7 +143,7 @@ fn run_daemon(
     let fd_limit = acceld::raise_fd_limit();
     tracing::debug!("open-file limit {fd_limit}");
     let state_dir = state_dir.unwrap_or_else(default_state_dir);
-    let daemon = acceld::Daemon::bind_with_state(&socket, devices, Some(&state_dir))?;
+    let daemon = acceld::Daemon::bind_with_config(&socket, devices, Some(&state_dir), config)?;
     tracing::info!("state in {}", state_dir.display());
     if let Some(addr) = metrics {
         let bound = acceld::metrics::serve(daemon.subsystem().clone(), addr)?;

@@ -41,15 +41,16 @@ impl Drop for Charge {
 #[derive(Debug)]
 pub struct BufferObject {
     mem: HostMemory,
-    _charge: Option<Charge>,
+    _charges: Vec<Charge>,
     _tracked: Tracked,
 }
 
 impl BufferObject {
-    /// Wraps memory; `charge` is what it counts against a device's memory, if anything.
-    pub fn new(counters: &Arc<Counters>, mem: HostMemory, charge: Option<Charge>) -> Arc<Self> {
+    /// Wraps memory; `charges` are what it counts against (device memory, a namespace's
+    /// share), released when the buffer is freed.
+    pub fn new(counters: &Arc<Counters>, mem: HostMemory, charges: Vec<Charge>) -> Arc<Self> {
         let bytes = mem.len() as u64;
-        Arc::new(BufferObject { mem, _charge: charge, _tracked: Tracked::with_bytes(counters, Kind::Buffer, bytes) })
+        Arc::new(BufferObject { mem, _charges: charges, _tracked: Tracked::with_bytes(counters, Kind::Buffer, bytes) })
     }
 
     /// Size in bytes.

@@ -21,6 +21,7 @@ use crate::counters::{Kind, Tracked};
 use crate::device::Device;
 use crate::fence::{wait_fences, Fence, Syncobj};
 use crate::mem::HostMemory;
+use crate::namespace::{Namespace, NsDevice};
 use crate::ring::{RingFds, RingQueue};
 use crate::sched::{EntityId, EntityParams, Job, UsageCounters, DEFAULT_WEIGHT, MAX_WEIGHT};
 use crate::{bail, lock, Error, Result, Subsystem};
@@ -58,6 +59,7 @@ pub struct PeerCred {
 /// What the subsystem keeps about a client for usage listings.
 #[derive(Debug)]
 pub(crate) struct ClientRecord {
+    pub(crate) ns: String,
     pub(crate) cred: PeerCred,
     pub(crate) name: Mutex<String>,
     pub(crate) device: Mutex<Option<u32>>,
@@ -101,6 +103,8 @@ impl Drop for Queue {
 pub struct Client {
     id: u64,
     sub: Arc<Subsystem>,
+    ns: Arc<Namespace>,
+    share: Option<Arc<NsDevice>>,
     record: Arc<ClientRecord>,
     device: Option<Arc<Device>>,
     bos: Arc<BoTable>,
@@ -124,11 +128,13 @@ fn lookup<'a, K: Key + From<KeyData>, V>(table: &'a SlotMap<K, V>, what: &str, h
 }
 
 impl Client {
-    pub(crate) fn new(id: u64, sub: Arc<Subsystem>, record: Arc<ClientRecord>) -> Client {
+    pub(crate) fn new(id: u64, sub: Arc<Subsystem>, ns: Arc<Namespace>, record: Arc<ClientRecord>) -> Client {
         let tracked = Tracked::new(&sub.counters, Kind::Client);
         Client {
             id,
             sub,
+            ns,
+            share: None,
             record,
             device: None,
             bos: Arc::new(BoTable::default()),
@@ -154,17 +160,29 @@ impl Client {
         *lock(&self.record.name) = name.chars().take(64).collect();
     }
 
-    /// Opens device `minor`; the client then works on that device only.
+    /// The client's namespace.
+    pub fn namespace(&self) -> &Arc<Namespace> {
+        &self.ns
+    }
+
+    /// Opens device `minor` (numbered within the client's namespace); the client then
+    /// works on that device only. `EUSERS` when the namespace's share is full.
     ///
     /// For an exclusive device held by someone else, `wait` is how long to queue for
     /// the lease (zero: `EBUSY` at once); `interrupted` ends the wait early.
     pub fn open(&mut self, minor: u32, wait: Duration, interrupted: &dyn Fn() -> bool) -> Result<&Arc<Device>> {
-        if let Some(d) = &self.device {
-            bail!(EINVAL, "this connection already has accel{} open; open another connection", d.minor);
+        if self.device.is_some() {
+            bail!(EINVAL, "this connection already has a device open; open another connection");
         }
-        let dev = self.sub.device(minor)?.clone();
-        dev.open(self.id, wait, interrupted)?;
+        let share = self.ns.device(minor)?;
+        share.enter()?;
+        let dev = share.device.clone();
+        if let Err(e) = dev.open(self.id, wait, interrupted) {
+            share.leave();
+            return Err(e);
+        }
         *lock(&self.record.device) = Some(minor);
+        self.share = Some(share);
         Ok(self.device.insert(dev))
     }
 
@@ -189,16 +207,33 @@ impl Client {
         }
         let page = rustix::param::page_size() as u64;
         let Some(size) = size.checked_next_multiple_of(page) else { bail!(EOVERFLOW, "buffer size {size} overflows") };
+        let share = self.share.clone().ok_or_else(|| Error::new(Errno::ENODEV, "no device open"))?;
+        // The namespace's quota first (ENOSPC: the daemon enforces it, not the client). An
+        // unlimited share still counts what it holds but never refuses.
+        let limit = match share.share().memory_limit {
+            0 => u64::MAX,
+            l => l,
+        };
+        let Some(quota) = Charge::try_new(&share.mem_used, size, limit) else {
+            bail!(
+                ENOSPC,
+                "namespace {:?}: {size} bytes exceed its memory limit ({} of {} bytes used)",
+                self.ns.name,
+                share.memory_used(),
+                share.memory_limit()
+            );
+        };
         let Some(charge) = Charge::try_new(&dev.mem_used, size, dev.info.memory_bytes) else {
             bail!(
                 ENOMEM,
-                "accel{}: {size} bytes exceed the {} bytes of device memory left",
-                dev.minor,
+                "{size} bytes exceed the {} bytes of device memory left",
                 dev.info.memory_bytes.saturating_sub(dev.mem_used.load(Ordering::Relaxed))
             );
         };
-        let mem = HostMemory::new(&format!("accel{}-bo", dev.minor), size)?;
-        let h = self.add_bo(BufferObject::new(&self.sub.counters, mem, Some(charge)))?;
+        let mem = HostMemory::new("accel-bo", size)?;
+        let bo = BufferObject::new(&self.sub.counters, mem, vec![charge, quota]);
+        self.sub.register_buffer(&bo, &self.ns.name);
+        let h = self.add_bo(bo)?;
         Ok((h, size))
     }
 
@@ -223,22 +258,20 @@ impl Client {
         self.bo(h)?.memory().dup_fd()
     }
 
-    /// Exports the buffer (PRIME export): any client may import the descriptor.
+    /// Exports the buffer (PRIME export): any client of the same namespace may import it.
     pub fn bo_export(&self, h: BoHandle) -> Result<OwnedFd> {
-        let bo = self.bo(h)?;
-        self.sub.register_export(&bo);
-        bo.memory().dup_fd()
+        self.bo(h)?.memory().dup_fd()
     }
 
     /// Imports a buffer descriptor (PRIME import): an exported buffer resolves to the
     /// same object, so both clients see the same pages.
     pub fn bo_import(&mut self, fd: OwnedFd) -> Result<(BoHandle, u64)> {
         self.device()?;
-        let bo = match self.sub.find_export(&fd) {
+        let bo = match self.sub.find_buffer(&fd, &self.ns.name)? {
             Some(bo) => bo,
             None => {
-                let bo = BufferObject::new(&self.sub.counters, HostMemory::import(fd)?, None);
-                self.sub.register_export(&bo);
+                let bo = BufferObject::new(&self.sub.counters, HostMemory::import(fd)?, Vec::new());
+                self.sub.register_buffer(&bo, &self.ns.name);
                 bo
             }
         };
@@ -267,6 +300,8 @@ impl Client {
         if self.queues.len() >= MAX_HANDLES {
             bail!(ENOSPC, "too many queue handles (limit {MAX_HANDLES})");
         }
+        // The namespace's compute weight scales every queue of it.
+        let weight = self.share.as_ref().map_or(weight, |s| s.scale_weight(weight));
         let params = EntityParams { priority, weight, timeout };
         let entity = dev.sched.create_entity(self.id, params, self.record.usage.clone());
         let q = Queue { entity, device: dev, ring: None, _tracked: Tracked::new(&self.sub.counters, Kind::Queue) };
@@ -432,12 +467,12 @@ impl Client {
     /// Exports a syncobj (like `DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD`): any client of any device
     /// can import the descriptor and wait on or signal the same syncobj.
     pub fn syncobj_export(&self, h: SyncobjHandle) -> Result<OwnedFd> {
-        self.sub.export_syncobj(self.syncobj(h)?)
+        self.sub.export_syncobj(self.syncobj(h)?, &self.ns.name)
     }
 
     /// Imports a syncobj descriptor another client exported.
     pub fn syncobj_import(&mut self, fd: OwnedFd) -> Result<SyncobjHandle> {
-        let so = self.sub.import_syncobj(&fd)?;
+        let so = self.sub.import_syncobj(&fd, &self.ns.name)?;
         Ok(SyncobjHandle(insert(&mut self.syncobjs, "syncobj", so)?))
     }
 
@@ -452,6 +487,9 @@ impl Drop for Client {
         if let Some(dev) = &self.device {
             dev.sched.cancel_client(self.id);
             dev.close(self.id);
+        }
+        if let Some(share) = &self.share {
+            share.leave();
         }
         self.sub.forget_client(self.id);
     }

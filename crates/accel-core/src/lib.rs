@@ -24,6 +24,7 @@ pub mod driver;
 mod error;
 pub mod fence;
 pub mod mem;
+pub mod namespace;
 pub mod ras;
 pub mod ring;
 pub mod sched;
@@ -57,6 +58,7 @@ pub struct Subsystem {
     next_client: AtomicU64,
     exports: ExportTable<BufferObject>,
     syncobj_exports: ExportTable<Syncobj>,
+    namespaces: namespace::Namespaces,
     clients: Mutex<BTreeMap<u64, Arc<ClientRecord>>>,
 }
 
@@ -67,8 +69,17 @@ impl Subsystem {
         Self::with_state(devices, None)
     }
 
-    /// Like [`Subsystem::new`], keeping the persistent state (the RAS log) in `state_dir`.
+    /// Like [`Subsystem::new`], keeping the persistent state (the RAS log, namespaces) in `state_dir`.
     pub fn with_state(devices: Vec<DeviceConfig>, state_dir: Option<&std::path::Path>) -> Result<Arc<Subsystem>> {
+        Self::with_config(devices, state_dir, Vec::new())
+    }
+
+    /// Like [`Subsystem::with_state`], with placement rules for namespaces.
+    pub fn with_config(
+        devices: Vec<DeviceConfig>,
+        state_dir: Option<&std::path::Path>,
+        rules: Vec<namespace::PlacementRule>,
+    ) -> Result<Arc<Subsystem>> {
         let ras_devices: Vec<_> = devices.iter().map(|d| (d.driver.clone(), d.driver.info().ras_nodes)).collect();
         let log = state_dir.map(|d| d.join("ras.log"));
         let ras = ras::RasCore::new(&ras_devices, log.as_deref())?;
@@ -77,9 +88,11 @@ impl Subsystem {
             .enumerate()
             .map(|(i, cfg)| Device::new(i as u32, cfg).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
+        let namespaces = namespace::Namespaces::new(&devices, rules, state_dir)?;
         Ok(Arc::new(Subsystem {
             devices,
             ras,
+            namespaces,
             counters: Arc::new(Counters::default()),
             next_client: AtomicU64::new(1),
             exports: ExportTable::default(),
@@ -88,10 +101,16 @@ impl Subsystem {
         }))
     }
 
-    /// A new client for a connection from a peer with these credentials.
+    /// A new client in the root namespace for a peer with these credentials.
     pub fn connect(self: &Arc<Self>, cred: PeerCred, name: &str) -> Client {
+        self.connect_in(self.namespaces.root().clone(), cred, name)
+    }
+
+    /// A new client in namespace `ns`.
+    pub fn connect_in(self: &Arc<Self>, ns: Arc<namespace::Namespace>, cred: PeerCred, name: &str) -> Client {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
         let record = Arc::new(ClientRecord {
+            ns: ns.name.clone(),
             cred,
             name: Mutex::new(String::new()),
             device: Mutex::new(None),
@@ -99,7 +118,7 @@ impl Subsystem {
             memory_bytes: AtomicU64::new(0),
         });
         lock(&self.clients).insert(id, record.clone());
-        let client = Client::new(id, self.clone(), record);
+        let client = Client::new(id, self.clone(), ns, record);
         client.set_name(name);
         client
     }
@@ -115,9 +134,19 @@ impl Subsystem {
             .ok_or_else(|| Error::new(accel_uapi::Errno::ENODEV, format!("no device accel{minor}")))
     }
 
-    /// Every device's description.
+    /// Every device's description (the root namespace's view).
     pub fn list_devices(&self) -> Vec<DeviceInfo> {
         self.devices.iter().map(|d| d.describe()).collect()
+    }
+
+    /// The devices namespace `ns` sees, numbered from 0.
+    pub fn list_devices_in(&self, ns: &namespace::Namespace) -> Vec<DeviceInfo> {
+        ns.devices().iter().enumerate().map(|(i, d)| DeviceInfo { minor: i as u32, ..d.device.describe() }).collect()
+    }
+
+    /// The namespaces.
+    pub fn namespaces(&self) -> &namespace::Namespaces {
+        &self.namespaces
     }
 
     /// The counters every object of this subsystem is tracked in.
@@ -135,29 +164,40 @@ impl Subsystem {
         self.counters.snapshot()
     }
 
+    /// Usage of the clients namespace `ns` may see (every client, for root).
+    pub fn client_usage_in(&self, ns: &namespace::Namespace) -> Vec<ClientUsage> {
+        lock(&self.clients)
+            .iter()
+            .filter(|(_, r)| ns.is_root() || r.ns == ns.name)
+            .map(|(id, r)| r.usage(*id))
+            .collect()
+    }
+
     /// Usage of every connected client.
     pub fn client_usage(&self) -> Vec<ClientUsage> {
-        lock(&self.clients).iter().map(|(id, r)| r.usage(*id)).collect()
+        self.client_usage_in(self.namespaces.root())
     }
 
-    fn register_export(&self, bo: &Arc<BufferObject>) {
-        self.exports.insert(bo.memory().inode(), bo);
+    /// Every buffer is registered at creation, with its namespace: an import of any of its
+    /// descriptors (export or mmap) resolves to it, or fails from another namespace.
+    fn register_buffer(&self, bo: &Arc<BufferObject>, ns: &str) {
+        self.exports.insert(bo.memory().inode(), bo, ns);
     }
 
-    fn find_export(&self, fd: &OwnedFd) -> Option<Arc<BufferObject>> {
-        self.exports.find(fd)
+    fn find_buffer(&self, fd: &OwnedFd, ns: &str) -> Result<Option<Arc<BufferObject>>> {
+        self.exports.find(fd, ns)
     }
 
     /// A descriptor naming `so`: an empty sealed memfd whose inode is the key.
-    fn export_syncobj(&self, so: &Arc<Syncobj>) -> Result<OwnedFd> {
+    fn export_syncobj(&self, so: &Arc<Syncobj>, ns: &str) -> Result<OwnedFd> {
         let os = |e: rustix::io::Errno| Error::new(accel_uapi::Errno::ENOMEM, format!("syncobj export: {e}"));
         let fd = accel_uapi::shm::sealed_memfd("accel-syncobj", 0).map_err(os)?;
-        self.syncobj_exports.insert(inode(&fd).map_err(os)?, so);
+        self.syncobj_exports.insert(inode(&fd).map_err(os)?, so, ns);
         Ok(fd)
     }
 
-    fn import_syncobj(&self, fd: &OwnedFd) -> Result<Arc<Syncobj>> {
-        self.syncobj_exports.find(fd).ok_or_else(|| {
+    fn import_syncobj(&self, fd: &OwnedFd, ns: &str) -> Result<Arc<Syncobj>> {
+        self.syncobj_exports.find(fd, ns)?.ok_or_else(|| {
             Error::new(
                 accel_uapi::Errno::ENOENT,
                 "descriptor is not an exported syncobj, or every handle to it was closed",
@@ -172,9 +212,10 @@ fn inode(fd: &OwnedFd) -> rustix::io::Result<(u64, u64)> {
     Ok((st.st_dev, st.st_ino))
 }
 
-/// Objects exported as descriptors, found again by the descriptor's inode (PRIME-style
-/// import returns the same object). Holds weak references: an export keeps nothing alive.
-struct ExportTable<T>(Mutex<HashMap<(u64, u64), Weak<T>>>);
+/// Objects reachable by descriptor, found again by the descriptor's inode (PRIME-style
+/// import returns the same object), each with the namespace it belongs to. Holds weak
+/// references: being registered keeps nothing alive.
+struct ExportTable<T>(Mutex<HashMap<(u64, u64), (Weak<T>, String)>>);
 
 impl<T> Default for ExportTable<T> {
     fn default() -> Self {
@@ -183,14 +224,27 @@ impl<T> Default for ExportTable<T> {
 }
 
 impl<T> ExportTable<T> {
-    fn insert(&self, key: (u64, u64), obj: &Arc<T>) {
+    fn insert(&self, key: (u64, u64), obj: &Arc<T>, ns: &str) {
         let mut map = lock(&self.0);
-        map.retain(|_, w| w.strong_count() > 0);
-        map.insert(key, Arc::downgrade(obj));
+        // Dead entries are dropped whenever the table doubles, so inserts stay O(1) amortised.
+        if map.len() >= 64 && map.len().is_power_of_two() {
+            map.retain(|_, (w, _)| w.strong_count() > 0);
+        }
+        map.insert(key, (Arc::downgrade(obj), ns.to_string()));
     }
 
-    fn find(&self, fd: &OwnedFd) -> Option<Arc<T>> {
-        lock(&self.0).get(&inode(fd).ok()?).and_then(Weak::upgrade)
+    /// The object behind `fd`: `Ok(None)` if the descriptor names none, `ENOENT` if it
+    /// belongs to another namespace (which must not even learn that it exists).
+    fn find(&self, fd: &OwnedFd, ns: &str) -> Result<Option<Arc<T>>> {
+        let Ok(key) = inode(fd) else { return Ok(None) };
+        match lock(&self.0).get(&key) {
+            Some((w, owner)) => match w.upgrade() {
+                Some(obj) if owner == ns => Ok(Some(obj)),
+                Some(_) => Err(Error::new(accel_uapi::Errno::ENOENT, "descriptor is not importable in this namespace")),
+                None => Ok(None),
+            },
+            None => Ok(None),
+        }
     }
 }
 

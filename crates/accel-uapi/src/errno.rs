@@ -43,6 +43,7 @@ errnos! {
     EACCES = 13, "permission denied";
     EFAULT = 14, "bad address";
     EBUSY = 16, "device or resource busy";
+    EEXIST = 17, "already exists";
     ENODEV = 19, "no such device";
     EINVAL = 22, "invalid argument";
     ENOSPC = 28, "no space left on device";

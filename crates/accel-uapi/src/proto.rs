@@ -366,6 +366,34 @@ pub struct ObjectCounts {
     pub rings: u64,
 }
 
+/// A namespace as `accel ns list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceInfo {
+    /// Name.
+    pub name: String,
+    /// Whether a token places clients in it.
+    pub has_token: bool,
+    /// Assigned devices, in local order (the first is the namespace's accel0).
+    pub devices: Vec<NsDeviceInfo>,
+}
+
+/// One device of a namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NsDeviceInfo {
+    /// Minor in the root namespace.
+    pub device: u32,
+    /// Memory limit (0: whole device).
+    pub memory_limit: u64,
+    /// Bytes of buffers held.
+    pub memory_used: u64,
+    /// Compute weight.
+    pub weight: u32,
+    /// Most clients (0: no limit).
+    pub max_clients: u32,
+    /// Clients with it open.
+    pub clients: u32,
+}
+
 /// Per-client usage, in the spirit of DRM fdinfo `drm-usage-stats`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientUsage {
@@ -396,6 +424,8 @@ pub enum Request {
         abi_minor: u16,
         /// Client name for usage stats.
         name: String,
+        /// Namespace token: places the client in the namespace that has it.
+        token: Option<String>,
     },
     /// List the devices.
     ListDevices,
@@ -534,6 +564,33 @@ pub enum Request {
     /// Join the RAS `error-report` multicast group: after the `Ok` reply, the connection
     /// only delivers events, each a [`Reply::Netlink`] with sequence number 0.
     RasSubscribe,
+    /// Create a namespace (admin, root namespace).
+    NsCreate {
+        /// Name.
+        name: String,
+        /// Token that places clients in it.
+        token: Option<String>,
+    },
+    /// Delete a namespace (admin, root namespace).
+    NsDelete {
+        /// Name.
+        name: String,
+    },
+    /// Give a namespace a device or a share of one; again to change the share (admin).
+    NsAssign {
+        /// Namespace.
+        name: String,
+        /// Device minor as the root namespace numbers it.
+        device: u32,
+        /// Memory limit in bytes (0: the whole device).
+        memory_limit: u64,
+        /// Compute weight (100 = 1×; 0: 100).
+        weight: u32,
+        /// Most clients at once (0: no limit).
+        max_clients: u32,
+    },
+    /// List namespaces (root namespace).
+    NsList,
     /// Live object counts across the daemon.
     Stats,
     /// Per-client usage of every client.
@@ -593,6 +650,8 @@ pub enum Reply {
     Point(u64),
     /// Netlink messages of the RAS family.
     Netlink(Vec<Vec<u8>>),
+    /// Namespaces.
+    Namespaces(Vec<NamespaceInfo>),
     /// Object counts.
     Stats(ObjectCounts),
     /// Client usage.

@@ -29,15 +29,22 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Connects to the daemon at `socket` and performs the version handshake.
+    /// Connects to the daemon at `socket` and performs the version handshake. The
+    /// namespace token, if any, comes from `$ACCEL_NS_TOKEN`.
     pub fn connect(socket: &Path) -> Result<Connection> {
+        Self::connect_with_token(socket, std::env::var("ACCEL_NS_TOKEN").ok().as_deref())
+    }
+
+    /// Like [`Connection::connect`], presenting `token` to be placed in its namespace.
+    pub fn connect_with_token(socket: &Path, token: Option<&str>) -> Result<Connection> {
         let sock = transport::connect(socket).map_err(|e| {
             Error::os(&format!("cannot reach the accel daemon at {} (is `accel daemon` running?)", socket.display()), e)
         })?;
         let mut conn = Connection { sock, seq: 0, buf: vec![0; MAX_MESSAGE + 1], client_id: 0, server: String::new() };
         let name = std::env::args().next().unwrap_or_default();
         let name = Path::new(&name).file_name().map_or(name.clone(), |n| n.to_string_lossy().into_owned());
-        match conn.call(&Request::Hello { abi_major: ABI_MAJOR, abi_minor: ABI_MINOR, name })? {
+        let token = token.map(str::to_string);
+        match conn.call(&Request::Hello { abi_major: ABI_MAJOR, abi_minor: ABI_MINOR, name, token })? {
             Reply::Hello { client_id, server, .. } => {
                 conn.client_id = client_id;
                 conn.server = server;

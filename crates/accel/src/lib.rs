@@ -173,7 +173,16 @@ impl Device {
     /// Like [`Device::open_at`], but queues up to `wait` for an exclusive device's lease
     /// (first come, first served); `EBUSY` if it is still held then.
     pub fn open_wait(socket: &Path, minor: u32, wait: Duration) -> Result<Device> {
-        let mut conn = Connection::connect(socket)?;
+        Self::open_conn(Connection::connect(socket)?, minor, wait)
+    }
+
+    /// Opens `accel<minor>` of the namespace that `token` names (devices are numbered
+    /// from 0 inside a namespace).
+    pub fn open_with_token(socket: &Path, minor: u32, token: &str) -> Result<Device> {
+        Self::open_conn(Connection::connect_with_token(socket, Some(token))?, minor, Duration::ZERO)
+    }
+
+    fn open_conn(mut conn: Connection, minor: u32, wait: Duration) -> Result<Device> {
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         let info = match conn.call(&Request::Open { minor, wait_ms })? {
             Reply::Device(info) => info,

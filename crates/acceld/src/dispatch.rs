@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use accel_core::client::{Client, PeerCred};
+use accel_core::namespace::{PeerInfo, Share};
 use accel_core::{Error, Subsystem};
 use accel_uapi::wire::{self, Kind, ABI_MAJOR, ABI_MINOR, MAX_MESSAGE};
 use accel_uapi::{transport, Errno, Reply, Request};
@@ -79,6 +80,12 @@ pub fn serve_connection(sub: &Arc<Subsystem>, sock: OwnedFd, cred: PeerCred) {
         } else {
             match wire::decode::<Request>(Kind::Request, &buf[..received.len]) {
                 Err(e) => (e.seq.unwrap_or(0), Err(Error::new(e.code, e.message))),
+                Ok((seq, Request::Netlink(_) | Request::RasSubscribe))
+                    if client.as_ref().is_some_and(|c| !c.namespace().is_root()) =>
+                {
+                    // RAS covers every device of the daemon: only the root namespace sees it.
+                    (seq, Err(Error::new(Errno::EPERM, "RAS is the admin view: only the root namespace may use it")))
+                }
                 Ok((seq, Request::Netlink(bytes))) if client.is_some() => {
                     // A dump may take several frames; each is a reply with the request's seq.
                     let frames = crate::ras_nl::handle(sub.ras(), is_admin(cred), &bytes);
@@ -126,13 +133,14 @@ fn handle(
     }
     let fd = fds.into_iter().next();
     let Some(c) = client.as_mut() else {
-        let Request::Hello { abi_major, abi_minor: _, name } = req else {
+        let Request::Hello { abi_major, abi_minor: _, name, token } = req else {
             return Err(Error::new(Errno::EPROTO, "the first message must be Hello (version handshake)"));
         };
         if abi_major != ABI_MAJOR {
             return Err(Error::new(Errno::EPROTO, format!("client speaks ABI {abi_major}, daemon speaks {ABI_MAJOR}")));
         }
-        let c = client.insert(sub.connect(cred, &name));
+        let ns = sub.namespaces().place(&PeerInfo::of(cred), token.as_deref())?;
+        let c = client.insert(sub.connect_in(ns, cred, &name));
         let reply = Reply::Hello {
             abi_major: ABI_MAJOR,
             abi_minor: ABI_MINOR,
@@ -144,10 +152,14 @@ fn handle(
     let ok = |r: Reply| Ok((r, Vec::new()));
     match req {
         Request::Hello { .. } => Err(Error::new(Errno::EPROTO, "handshake already done on this connection")),
-        Request::ListDevices => ok(Reply::Devices(sub.list_devices())),
-        Request::DeviceInfo { minor } => ok(Reply::Device(sub.device(minor)?.describe())),
+        Request::ListDevices => ok(Reply::Devices(sub.list_devices_in(c.namespace()))),
+        Request::DeviceInfo { minor } => match sub.list_devices_in(c.namespace()).into_iter().nth(minor as usize) {
+            Some(d) => ok(Reply::Device(d)),
+            None => Err(Error::new(Errno::ENODEV, format!("no device accel{minor}"))),
+        },
         Request::Open { minor, wait_ms } => {
-            ok(Reply::Device(c.open(minor, Duration::from_millis(wait_ms), &|| peer_gone(sock))?.describe()))
+            let dev = c.open(minor, Duration::from_millis(wait_ms), &|| peer_gone(sock))?;
+            ok(Reply::Device(accel_uapi::DeviceInfo { minor, ..dev.describe() }))
         }
         Request::BoCreate { size } => {
             let (handle, size) = c.bo_create(size)?;
@@ -195,7 +207,47 @@ fn handle(
         Request::Netlink(_) | Request::RasSubscribe => {
             Err(Error::new(Errno::EPROTO, "RAS requests need the handshake first"))
         }
-        Request::Stats => ok(Reply::Stats(sub.stats())),
-        Request::Clients => ok(Reply::Clients(sub.client_usage())),
+        Request::Stats if c.namespace().is_root() => ok(Reply::Stats(sub.stats())),
+        Request::Stats => Err(Error::new(Errno::EPERM, "daemon-wide object counts are the root namespace's view")),
+        Request::Clients => ok(Reply::Clients(sub.client_usage_in(c.namespace()))),
+        Request::NsCreate { .. } | Request::NsDelete { .. } | Request::NsAssign { .. } | Request::NsList
+            if !c.namespace().is_root() || !is_admin(cred) =>
+        {
+            Err(Error::new(
+                Errno::EPERM,
+                "namespaces are managed by root or the daemon's user, from the root namespace",
+            ))
+        }
+        Request::NsCreate { name, token } => sub.namespaces().create(&name, token).and(ok(Reply::Ok)),
+        Request::NsDelete { name } => sub.namespaces().delete(&name).and(ok(Reply::Ok)),
+        Request::NsAssign { name, device, memory_limit, weight, max_clients } => {
+            let share = Share { memory_limit, weight, max_clients };
+            sub.namespaces().assign(&name, device, share).and(ok(Reply::Ok))
+        }
+        Request::NsList => ok(Reply::Namespaces(
+            sub.namespaces()
+                .list()
+                .iter()
+                .map(|ns| accel_uapi::NamespaceInfo {
+                    name: ns.name.clone(),
+                    has_token: ns.token.is_some(),
+                    devices: ns
+                        .devices()
+                        .iter()
+                        .map(|d| {
+                            let share = d.share();
+                            accel_uapi::NsDeviceInfo {
+                                device: d.device.minor,
+                                memory_limit: share.memory_limit,
+                                memory_used: d.memory_used(),
+                                weight: share.weight,
+                                max_clients: share.max_clients,
+                                clients: d.clients(),
+                            }
+                        })
+                        .collect(),
+                })
+                .collect(),
+        )),
     }
 }

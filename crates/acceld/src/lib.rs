@@ -36,9 +36,41 @@ pub enum DaemonError {
         /// OS error.
         source: std::io::Error,
     },
+    /// The config file could not be read or parsed.
+    #[error("config {}: {message}", path.display())]
+    Config {
+        /// Config path.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
     /// A device spec on the command line was wrong.
     #[error("bad device spec {0:?}: expected DRIVER[:CATEGORY], DRIVER one of cpu, testdev")]
     BadDeviceSpec(String),
+}
+
+/// The daemon's TOML config file.
+///
+/// ```toml
+/// [[placement]]          # first match wins; every field given must match
+/// namespace = "tenant-a"
+/// uid = 1000             # or gid, cgroup_prefix, userns, pidns (inodes), token
+/// ```
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Placement rules for namespaces.
+    #[serde(default)]
+    pub placement: Vec<accel_core::namespace::PlacementRule>,
+}
+
+impl Config {
+    /// Reads a config file.
+    pub fn load(path: &Path) -> Result<Config, DaemonError> {
+        let err = |message: String| DaemonError::Config { path: path.to_path_buf(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| err(e.to_string()))
+    }
 }
 
 /// Parses `DRIVER[:CATEGORY]` (e.g. `cpu`, `testdev:exclusive`) into a device config.
@@ -85,7 +117,17 @@ impl Daemon {
         devices: Vec<DeviceConfig>,
         state_dir: Option<&Path>,
     ) -> Result<Daemon, DaemonError> {
-        let sub = Subsystem::with_state(devices, state_dir)?;
+        Self::bind_with_config(path, devices, state_dir, Config::default())
+    }
+
+    /// Like [`Daemon::bind_with_state`], with a config (namespace placement rules).
+    pub fn bind_with_config(
+        path: &Path,
+        devices: Vec<DeviceConfig>,
+        state_dir: Option<&Path>,
+        config: Config,
+    ) -> Result<Daemon, DaemonError> {
+        let sub = Subsystem::with_config(devices, state_dir, config.placement)?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| DaemonError::Socket { path: dir.to_path_buf(), source: e })?;
         }
