@@ -207,7 +207,7 @@ impl Subsystem {
 }
 
 /// (device, inode) of a descriptor: how an exported object is recognised on import.
-fn inode(fd: &OwnedFd) -> rustix::io::Result<(u64, u64)> {
+fn inode(fd: &OwnedFd) -> rustix::io::Result<Inode> {
     let st = rustix::fs::fstat(fd)?;
     Ok((st.st_dev, st.st_ino))
 }
@@ -215,7 +215,10 @@ fn inode(fd: &OwnedFd) -> rustix::io::Result<(u64, u64)> {
 /// Objects reachable by descriptor, found again by the descriptor's inode (PRIME-style
 /// import returns the same object), each with the namespace it belongs to. Holds weak
 /// references: being registered keeps nothing alive.
-struct ExportTable<T>(Mutex<HashMap<(u64, u64), (Weak<T>, String)>>);
+struct ExportTable<T>(Mutex<HashMap<Inode, (Weak<T>, String)>>);
+
+/// (device, inode) of a file.
+type Inode = (u64, u64);
 
 impl<T> Default for ExportTable<T> {
     fn default() -> Self {
@@ -224,7 +227,7 @@ impl<T> Default for ExportTable<T> {
 }
 
 impl<T> ExportTable<T> {
-    fn insert(&self, key: (u64, u64), obj: &Arc<T>, ns: &str) {
+    fn insert(&self, key: Inode, obj: &Arc<T>, ns: &str) {
         let mut map = lock(&self.0);
         // Dead entries are dropped whenever the table doubles, so inserts stay O(1) amortised.
         if map.len() >= 64 && map.len().is_power_of_two() {
