@@ -1,0 +1,179 @@
+//! Device namespaces end to end: visibility, renumbering, quotas, isolation, placement, persistence.
+
+mod common;
+
+use accel::{Connection, Device, Errno};
+use accel_uapi::{NamespaceInfo, Reply, Request};
+use common::{code, Daemon};
+
+fn admin(d: &Daemon) -> Connection {
+    Connection::connect_with_token(d.socket(), None).unwrap()
+}
+
+/// Creates namespace `name` with `token` holding global device `device`.
+fn tenant(d: &Daemon, name: &str, token: &str, device: u32, memory_limit: u64, max_clients: u32) {
+    let mut a = admin(d);
+    a.call(&Request::NsCreate { name: name.into(), token: Some(token.into()) }).unwrap();
+    a.call(&Request::NsAssign { name: name.into(), device, memory_limit, weight: 100, max_clients }).unwrap();
+}
+
+fn namespaces(d: &Daemon) -> Vec<NamespaceInfo> {
+    match admin(d).call(&Request::NsList).unwrap() {
+        Reply::Namespaces(n) => n,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_namespace_sees_only_its_devices_numbered_from_zero() {
+    let d = Daemon::start(&["cpu", "testdev", "testdev"]);
+    tenant(&d, "team-a", "tok-a", 2, 0, 0);
+    let mut c = Connection::connect_with_token(d.socket(), Some("tok-a")).unwrap();
+    let devices = c.list_devices().unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!((devices[0].minor, devices[0].driver.as_str()), (0, "testdev"));
+    assert_eq!(c.device_info(1).unwrap_err().code, Errno::ENODEV);
+    let dev = Device::open_with_token(d.socket(), 0, "tok-a").unwrap();
+    assert_eq!(dev.info().minor, 0);
+    assert_eq!(Device::open_with_token(d.socket(), 1, "tok-a").unwrap_err().code, Errno::ENODEV);
+    // The root namespace still sees all three.
+    assert_eq!(admin(&d).list_devices().unwrap().len(), 3);
+}
+
+#[test]
+fn quotas_are_enforced_by_the_daemon() {
+    let d = Daemon::start(&["testdev"]);
+    tenant(&d, "small", "tok-s", 0, 1 << 20, 1);
+    let dev = Device::open_with_token(d.socket(), 0, "tok-s").unwrap();
+    let half = dev.alloc(512 << 10).unwrap();
+    assert_eq!(dev.alloc(768 << 10).unwrap_err().code, Errno::ENOSPC);
+    let _rest = dev.alloc(512 << 10).unwrap();
+    assert_eq!(dev.alloc(4096).unwrap_err().code, Errno::ENOSPC);
+    drop(half);
+    let _small = dev.alloc(4096).unwrap();
+    assert_eq!(namespaces(&d)[0].devices[0].memory_used, (512 << 10) + 4096);
+    // One client at a time.
+    assert_eq!(Device::open_with_token(d.socket(), 0, "tok-s").unwrap_err().code, Errno::EUSERS);
+    // Buffers keep their connection (the client) alive: drop them all.
+    drop((dev, _rest, _small));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while Device::open_with_token(d.socket(), 0, "tok-s").is_err() {
+        assert!(std::time::Instant::now() < deadline, "client slot not released");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn objects_of_another_namespace_cannot_be_imported() {
+    let d = Daemon::start(&["testdev"]);
+    tenant(&d, "a", "tok-a", 0, 0, 0);
+    tenant(&d, "b", "tok-b", 0, 0, 0);
+    let (a, b) = (
+        Device::open_with_token(d.socket(), 0, "tok-a").unwrap(),
+        Device::open_with_token(d.socket(), 0, "tok-b").unwrap(),
+    );
+    let root = Device::open_at(d.socket(), 0).unwrap();
+    let secret = a.alloc(4096).unwrap();
+    secret.write(0, b"tenant a's data").unwrap();
+    let fd = secret.export().unwrap();
+    assert_eq!(b.import(&fd).unwrap_err().code, Errno::ENOENT);
+    assert_eq!(root.import(&fd).unwrap_err().code, Errno::ENOENT);
+    // The same namespace still shares.
+    let a2 = Device::open_with_token(d.socket(), 0, "tok-a").unwrap();
+    let mut seen = [0u8; 15];
+    a2.import(&fd).unwrap().read(0, &mut seen).unwrap();
+    assert_eq!(&seen, b"tenant a's data");
+    let so = a.create_syncobj(false).unwrap();
+    assert_eq!(b.import_syncobj(so.export().unwrap()).unwrap_err().code, Errno::ENOENT);
+}
+
+#[test]
+fn other_namespaces_and_the_admin_view_are_invisible() {
+    let d = Daemon::start(&["testdev"]);
+    tenant(&d, "a", "tok-a", 0, 0, 0);
+    let _root_client = Device::open_at(d.socket(), 0).unwrap();
+    let _a = Device::open_with_token(d.socket(), 0, "tok-a").unwrap();
+    let mut c = Connection::connect_with_token(d.socket(), Some("tok-a")).unwrap();
+    let clients = c.clients().unwrap();
+    assert!(clients.len() == 2 && clients.iter().all(|u| u.device == Some(0) || u.device.is_none()), "{clients:?}");
+    assert_eq!(admin(&d).clients().unwrap().len(), 4, "root sees every client");
+    assert_eq!(c.stats().unwrap_err().code, Errno::EPERM);
+    assert_eq!(code(c.call(&Request::NsList)), Errno::EPERM);
+    assert_eq!(code(c.call(&Request::NsCreate { name: "x".into(), token: None })), Errno::EPERM);
+    let mut ras = accel::ras::Ras::connect(d.socket()).unwrap();
+    drop(ras.request(accel::ras::RasMsg::new(accel::ras::RasCmd::ListNodes, vec![]), true).unwrap());
+    let tenant_nl = accel_uapi::ras::request(accel::ras::RasMsg::new(accel::ras::RasCmd::ListNodes, vec![]), true, 1);
+    assert_eq!(code(c.call(&Request::Netlink(tenant_nl))), Errno::EPERM);
+    // An unknown token is refused, not silently placed in root.
+    assert_eq!(Connection::connect_with_token(d.socket(), Some("nope")).unwrap_err().code, Errno::EACCES);
+}
+
+#[test]
+fn placement_rules_from_the_config_file() {
+    let dir = std::env::temp_dir().join(format!("accel-ns-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("accel.toml");
+    // Rules match on every field given: uid and token here (the tests run as one user).
+    std::fs::write(
+        &config,
+        "[[placement]]\nnamespace = \"ruled\"\nuid = 4294967295\ntoken = \"never\"\n\n[[placement]]\nnamespace = \"ruled\"\nuid = 0\ntoken = \"by-rule\"\n",
+    )
+    .unwrap();
+    let uid = rustix::process::getuid().as_raw();
+    if uid != 0 {
+        std::fs::write(&config, format!("[[placement]]\nnamespace = \"ruled\"\nuid = {uid}\ntoken = \"by-rule\"\n"))
+            .unwrap();
+    }
+    let d = Daemon::start_with(&["cpu", "testdev"], &["--config", config.to_str().unwrap()]);
+    let mut a = admin(&d);
+    a.call(&Request::NsCreate { name: "ruled".into(), token: None }).unwrap();
+    a.call(&Request::NsAssign { name: "ruled".into(), device: 1, memory_limit: 0, weight: 100, max_clients: 0 })
+        .unwrap();
+    let mut placed = Connection::connect_with_token(d.socket(), Some("by-rule")).unwrap();
+    let devices = placed.list_devices().unwrap();
+    assert_eq!((devices.len(), devices[0].driver.as_str()), (1, "testdev"));
+    assert_eq!(Connection::connect_with_token(d.socket(), Some("never")).unwrap_err().code, Errno::EACCES);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn namespaces_survive_a_restart() {
+    let state = std::env::temp_dir().join(format!("accel-ns-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let args = ["--state-dir", state.to_str().unwrap()];
+    let mut d = Daemon::start_with(&["cpu", "testdev"], &args);
+    tenant(&d, "kept", "tok-k", 1, 1 << 20, 2);
+    d.kill();
+    let d = Daemon::start_with(&["cpu", "testdev"], &args);
+    let list = namespaces(&d);
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        (list[0].name.as_str(), list[0].devices[0].device, list[0].devices[0].memory_limit),
+        ("kept", 1, 1 << 20)
+    );
+    let dev = Device::open_with_token(d.socket(), 0, "tok-k").unwrap();
+    assert_eq!(dev.info().driver, "testdev");
+    assert_eq!(dev.alloc(2 << 20).unwrap_err().code, Errno::ENOSPC);
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[test]
+fn memory_is_zeroed_for_the_next_tenant() {
+    let d = Daemon::start(&["testdev"]);
+    tenant(&d, "first", "tok-1", 0, 0, 0);
+    tenant(&d, "second", "tok-2", 0, 0, 0);
+    let first = Device::open_with_token(d.socket(), 0, "tok-1").unwrap();
+    let bufs: Vec<_> = (0..8).map(|_| first.alloc(1 << 20).unwrap()).collect();
+    for b in &bufs {
+        b.write(0, &vec![0xa5; 1 << 20]).unwrap();
+    }
+    drop(bufs);
+    drop(first);
+    let second = Device::open_with_token(d.socket(), 0, "tok-2").unwrap();
+    for _ in 0..8 {
+        let b = second.alloc(1 << 20).unwrap();
+        let mut bytes = vec![1u8; 1 << 20];
+        b.read(0, &mut bytes).unwrap();
+        assert!(bytes.iter().all(|x| *x == 0), "the second tenant saw the first one's data");
+    }
+}
