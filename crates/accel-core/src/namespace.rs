@@ -404,3 +404,74 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{device, FakeDriver};
+
+    fn devices(n: usize) -> Vec<Arc<Device>> {
+        (0..n).map(|i| Arc::new(Device::new(i as u32, device(&Arc::new(FakeDriver::default()))).unwrap())).collect()
+    }
+
+    #[test]
+    fn share_weight_scales_queue_weights() {
+        let d = NsDevice::new(devices(1).remove(0), Share { weight: 300, ..Default::default() });
+        assert_eq!(d.scale_weight(100), 300);
+        assert_eq!(d.scale_weight(1), 3);
+        let default = NsDevice::new(devices(1).remove(0), Share::default());
+        assert_eq!(default.scale_weight(250), 250);
+        let tiny = NsDevice::new(devices(1).remove(0), Share { weight: 1, ..Default::default() });
+        assert_eq!(tiny.scale_weight(1), 1, "never zero");
+    }
+
+    #[test]
+    fn rules_match_only_when_every_given_field_matches() {
+        let peer = PeerInfo {
+            cred: PeerCred { pid: 1, uid: 1000, gid: 100 },
+            cgroup: Some("/user.slice/user-1000.slice/app.scope".into()),
+            userns: Some(7),
+            pidns: Some(8),
+        };
+        let rule = |f: fn(&mut PlacementRule)| {
+            let mut r = PlacementRule { namespace: "x".into(), ..Default::default() };
+            f(&mut r);
+            r
+        };
+        assert!(rule(|r| r.uid = Some(1000)).matches(&peer, None));
+        assert!(!rule(|r| r.uid = Some(0)).matches(&peer, None));
+        assert!(rule(|r| r.cgroup_prefix = Some("/user.slice/".into())).matches(&peer, None));
+        assert!(!rule(|r| r.cgroup_prefix = Some("/system.slice/".into())).matches(&peer, None));
+        assert!(rule(|r| {
+            r.userns = Some(7);
+            r.pidns = Some(8);
+            r.gid = Some(100)
+        })
+        .matches(&peer, None));
+        assert!(!rule(|r| r.token = Some("t".into())).matches(&peer, None));
+        assert!(rule(|r| r.token = Some("t".into())).matches(&peer, Some("t")));
+    }
+
+    #[test]
+    fn state_is_written_atomically_and_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let devs = devices(2);
+        let ns = Namespaces::new(&devs, Vec::new(), Some(dir.path())).unwrap();
+        ns.create("a", Some("tok".into())).unwrap();
+        ns.assign("a", 1, Share { memory_limit: 4096, weight: 50, max_clients: 3 }).unwrap();
+        assert_eq!(ns.create("a", None).unwrap_err().code, Errno::EEXIST);
+        assert_eq!(ns.create("root", None).unwrap_err().code, Errno::EINVAL);
+        assert_eq!(ns.assign("a", 9, Share::default()).unwrap_err().code, Errno::ENODEV);
+        assert!(!dir.path().join(".namespaces.toml.tmp").exists(), "no temp file left behind");
+        let again = Namespaces::new(&devs, Vec::new(), Some(dir.path())).unwrap();
+        let a = again.get("a").unwrap();
+        assert_eq!(a.token.as_deref(), Some("tok"));
+        assert_eq!(a.devices()[0].device.minor, 1);
+        assert_eq!(a.devices()[0].share(), Share { memory_limit: 4096, weight: 50, max_clients: 3 });
+        let peer = PeerInfo::default();
+        assert_eq!(again.place(&peer, Some("tok")).unwrap().name, "a");
+        assert!(again.place(&peer, None).unwrap().is_root());
+        again.delete("a").unwrap();
+        assert!(Namespaces::new(&devs, Vec::new(), Some(dir.path())).unwrap().list().is_empty());
+    }
+}
