@@ -117,7 +117,7 @@ fn random_garbage_messages_get_error_replies_on_a_live_connection() {
                 m
             }
             // Truncated.
-            _ => valid[..(rng.next() as usize) % valid.len()].to_vec().into_iter().chain([0xff]).collect(),
+            _ => valid[..(rng.next() as usize) % valid.len()].iter().copied().chain([0xff]).collect(),
         };
         match conn.call_raw(&msg, &[]) {
             Ok((reply, _)) => assert!(!matches!(reply, Reply::Error { .. }), "errors come back as Err"),
