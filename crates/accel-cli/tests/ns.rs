@@ -177,3 +177,54 @@ fn memory_is_zeroed_for_the_next_tenant() {
         assert!(bytes.iter().all(|x| *x == 0), "the second tenant saw the first one's data");
     }
 }
+
+#[test]
+fn share_weights_divide_the_device_between_namespaces() {
+    use accel_driver_testdev::OP_DELAY;
+    use std::collections::VecDeque;
+    let d = Daemon::start(&["testdev"]);
+    let mut a = admin(&d);
+    for (name, weight) in [("light", 100), ("heavy", 300)] {
+        a.call(&Request::NsCreate { name: name.into(), token: Some(name.into()) }).unwrap();
+        a.call(&Request::NsAssign { name: name.into(), device: 0, memory_limit: 0, weight, max_clients: 0 }).unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = ["light", "heavy"]
+        .into_iter()
+        .map(|token| {
+            let dev = Device::open_with_token(d.socket(), 0, token).unwrap();
+            let id = dev.client_id();
+            let stop = stop.clone();
+            let t = std::thread::spawn(move || {
+                // Two in-order queues fill the device's two slots; equal queue weights.
+                let qs: Vec<_> = (0..2).map(|_| dev.create_queue().unwrap()).collect();
+                let mut pending: Vec<VecDeque<accel::Fence>> = vec![VecDeque::new(), VecDeque::new()];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for (q, p) in qs.iter().zip(&mut pending) {
+                        if p.len() < 3 {
+                            p.push_back(q.submit(accel::Op::Driver { code: OP_DELAY, args: [2, 0, 0, 0] }).unwrap());
+                        } else {
+                            p.pop_front().unwrap().wait().unwrap();
+                        }
+                    }
+                }
+            });
+            (id, t)
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let usage = |a: &mut Connection| -> Vec<u64> {
+        let all = a.clients().unwrap();
+        workers.iter().map(|(id, _)| all.iter().find(|c| c.client_id == *id).unwrap().engine_ns).collect()
+    };
+    let before = usage(&mut a);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let after = usage(&mut a);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (light, heavy) = ((after[0] - before[0]) as f64, (after[1] - before[1]) as f64);
+    let ratio = heavy / light;
+    assert!((2.6..3.4).contains(&ratio), "heavy/light engine time {ratio:.2}, want 3 (weights 300:100)");
+    for (_, t) in workers {
+        t.join().unwrap();
+    }
+}
