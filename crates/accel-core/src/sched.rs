@@ -631,6 +631,14 @@ impl Shared {
                 Some(Disposition::Resubmit) => Err(Errno::ECANCELED),
                 None => result,
             };
+            drop(st);
+            d.usage.engine_ns.fetch_add(elapsed, Ordering::Relaxed);
+            d.usage.jobs_completed.fetch_add(1, Ordering::Relaxed);
+            // Signal before the queue's next job may start: a queue's fences (and ring
+            // completions) then signal in submission order, as a hardware ring's do.
+            d.job.fence.signal(result);
+            self.driver.free_job(&d.job.op);
+            let mut st = lock(&self.state);
             st.engines[engine_idx].in_flight -= 1;
             if let Some(e) = st.entities.get_mut(&d.entity) {
                 e.in_flight -= 1;
@@ -638,13 +646,9 @@ impl Shared {
                 e.vruntime = e.vruntime.saturating_sub(d.charged) + actual;
                 e.avg_ns = (e.avg_ns * 7 + elapsed) / 8;
             }
-            d.usage.engine_ns.fetch_add(elapsed, Ordering::Relaxed);
-            d.usage.jobs_completed.fetch_add(1, Ordering::Relaxed);
             st.dirty = true;
             drop(st);
             self.sched_cond.notify_one();
-            d.job.fence.signal(result);
-            self.driver.free_job(&d.job.op);
         }
     }
 }
