@@ -385,15 +385,19 @@ impl ParseableParametrized<[u8], GenlHeader> for RasMsg {
 /// A complete netlink message of the family.
 pub type RasNetlink = NetlinkMessage<GenlMessage<RasMsg>>;
 
-/// Encodes a family message with the given netlink flags and sequence number.
-pub fn encode(msg: RasMsg, flags: u16, seq: u32) -> Vec<u8> {
-    let mut nl = NetlinkMessage::from(GenlMessage::from_payload(msg));
+/// Sets flags and sequence number, fixes up length and type, and serialises.
+fn to_bytes(mut nl: RasNetlink, flags: u16, seq: u32) -> Vec<u8> {
     nl.header.flags = flags;
     nl.header.sequence_number = seq;
     nl.finalize();
     let mut buf = vec![0; nl.buffer_len()];
     nl.serialize(&mut buf);
     buf
+}
+
+/// Encodes a family message with the given netlink flags and sequence number.
+pub fn encode(msg: RasMsg, flags: u16, seq: u32) -> Vec<u8> {
+    to_bytes(NetlinkMessage::from(GenlMessage::from_payload(msg)), flags, seq)
 }
 
 /// A request: `NLM_F_REQUEST`, plus `NLM_F_DUMP` for dumps.
@@ -408,27 +412,15 @@ pub fn multipart(msg: RasMsg, seq: u32) -> Vec<u8> {
 
 /// `NLMSG_DONE`, ending a dump.
 pub fn done(seq: u32) -> Vec<u8> {
-    let mut nl: NetlinkMessage<GenlMessage<RasMsg>> =
-        NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::Done(Default::default()));
-    nl.header.flags = NLM_F_MULTIPART;
-    nl.header.sequence_number = seq;
-    nl.finalize();
-    let mut buf = vec![0; nl.buffer_len()];
-    nl.serialize(&mut buf);
-    buf
+    let nl = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::Done(Default::default()));
+    to_bytes(nl, NLM_F_MULTIPART, seq)
 }
 
 /// `NLMSG_ERROR` carrying `-errno` (0 is an ack).
 pub fn error(errno: i32, seq: u32) -> Vec<u8> {
     let mut err = ErrorMessage::default();
     err.code = std::num::NonZeroI32::new(-errno.abs());
-    let mut nl: NetlinkMessage<GenlMessage<RasMsg>> =
-        NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::Error(err));
-    nl.header.sequence_number = seq;
-    nl.finalize();
-    let mut buf = vec![0; nl.buffer_len()];
-    nl.serialize(&mut buf);
-    buf
+    to_bytes(NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::Error(err)), 0, seq)
 }
 
 /// What a received netlink message holds.
