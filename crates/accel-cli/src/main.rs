@@ -67,6 +67,15 @@ enum Cmd {
     },
     /// Show live object counts and per-client usage.
     Stats,
+    /// Live per-device and per-client usage, refreshed like top (engine time, jobs, memory).
+    Top {
+        /// Refresh interval in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Stop after this many refreshes (0: until interrupted).
+        #[arg(short = 'n', long, default_value_t = 0)]
+        iterations: u64,
+    },
     /// Start a daemon with the cpu device, run a GEMM through it and verify the result.
     Demo {
         /// Matrix size n (n×n GEMM).
@@ -112,6 +121,7 @@ fn run() -> Result<()> {
         Cmd::List { verbose } => list(&socket, verbose),
         Cmd::Info { minor } => info(&socket, minor),
         Cmd::Stats => stats(&socket),
+        Cmd::Top { interval_ms, iterations } => top(&socket, interval_ms.max(100), iterations),
         Cmd::Demo { n } => demo::run(n),
         Cmd::Bench { which } => bench::run(which),
     }
@@ -233,4 +243,67 @@ fn stats(socket: &std::path::Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn top(socket: &std::path::Path, interval_ms: u64, iterations: u64) -> Result<()> {
+    use std::collections::HashMap;
+    let mut conn = connect(socket)?;
+    let interval = std::time::Duration::from_millis(interval_ms);
+    let mut last: HashMap<u64, (u64, u64)> = HashMap::new();
+    let mut last_t = std::time::Instant::now();
+    let mut n = 0;
+    loop {
+        let devices = conn.list_devices()?;
+        let clients = conn.clients()?;
+        let dt = last_t.elapsed().as_secs_f64().max(1e-3);
+        last_t = std::time::Instant::now();
+        if iterations != 1 {
+            print!("\x1b[2J\x1b[H");
+        }
+        println!(
+            "{:<8} {:<8} {:<10} {:>7} {:>7} {:>7} {:>6}",
+            "DEVICE", "DRIVER", "CATEGORY", "CLIENTS", "QUEUED", "RESETS", "STATE"
+        );
+        for d in &devices {
+            let state = if d.wedged { "WEDGED" } else { "ok" };
+            println!(
+                "accel{:<3} {:<8} {:<10} {:>7} {:>7} {:>7} {:>6}",
+                d.minor,
+                d.driver,
+                d.category.name(),
+                d.open_clients,
+                d.queued_jobs,
+                d.resets,
+                state
+            );
+        }
+        println!();
+        println!(
+            "{:>6} {:>8} {:<16} {:>7} {:>7} {:>9} {:>12}",
+            "CLIENT", "PID", "NAME", "DEVICE", "ENGINE%", "JOBS/S", "MEMORY"
+        );
+        let mut rows: Vec<_> = clients
+            .iter()
+            .map(|c| {
+                let (ns0, jobs0) = last.get(&c.client_id).copied().unwrap_or((c.engine_ns, c.jobs_completed));
+                let util = (c.engine_ns - ns0) as f64 / 1e9 / dt * 100.0;
+                let rate = (c.jobs_completed - jobs0) as f64 / dt;
+                (util, rate, c)
+            })
+            .collect();
+        rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (util, rate, c) in rows {
+            let dev = c.device.map_or("-".to_string(), |d| format!("accel{d}"));
+            println!(
+                "{:>6} {:>8} {:<16} {:>7} {:>6.1}% {:>9.0} {:>12}",
+                c.client_id, c.pid, c.name, dev, util, rate, c.memory_bytes
+            );
+        }
+        last = clients.iter().map(|c| (c.client_id, (c.engine_ns, c.jobs_completed))).collect();
+        n += 1;
+        if iterations != 0 && n >= iterations {
+            return Ok(());
+        }
+        std::thread::sleep(interval);
+    }
 }

@@ -376,3 +376,27 @@ fn sigkilled_client_mid_job_leaks_nothing() {
     let dev = d.open(0);
     dev.create_queue().unwrap().submit(Op::Nop).unwrap().wait_timeout(Duration::from_secs(5)).unwrap();
 }
+
+#[test]
+fn top_shows_a_busy_clients_engine_share() {
+    let d = Daemon::start(&["testdev"]);
+    let dev = d.open(0);
+    let q = dev.create_queue().unwrap();
+    // Keep the engine busy with 5 ms jobs while top samples twice, 300 ms apart.
+    let fences: Vec<_> = (0..160).map(|_| q.submit(driver_op(OP_DELAY, 5)).unwrap()).collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_accel"))
+        .args(["top", "-n", "2", "--interval-ms", "300", "--socket"])
+        .arg(d.socket())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.rsplit("CLIENT").next().unwrap();
+    let row =
+        last.lines().find(|l| l.split_whitespace().next() == Some(&dev.client_id().to_string())).expect("client row");
+    let util: f64 = row.split_whitespace().find(|w| w.ends_with('%')).unwrap().trim_end_matches('%').parse().unwrap();
+    assert!(util > 50.0, "a saturating client shows {util}% engine use: {row}");
+    let rate: f64 = row.split_whitespace().nth(5).unwrap().parse().unwrap();
+    assert!(rate > 50.0, "about 200 jobs/s expected, row: {row}");
+    drop(fences);
+}
