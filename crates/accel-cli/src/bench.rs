@@ -302,7 +302,7 @@ fn socket_pingpong(iters: usize) -> Result<Vec<u64>> {
 }
 
 /// Null jobs per second when the ring code runs in-process: the client side writes
-/// entries into a ring and the daemon's own `RingQueue::process` takes them on the same
+/// entries into a ring and the daemon's own `RingQueue::process_into` takes them on the same
 /// thread. No second process, no cross-core traffic, no wake-ups.
 fn inproc_rate(seconds: f64, ring_entries: u32) -> Result<f64> {
     use accel_core::bo::BoTable;

@@ -1,8 +1,9 @@
 //! Fences (`dma_fence`) and syncobjs (`drm_syncobj`).
 //!
 //! A fence signals once, with or without an error; the first signal wins.
-//! Waiters block on a condition variable; callbacks let one fence drive another
-//! (composite fences, eventfd export) without a thread per waiter.
+//! Everything that waits does so through signal callbacks: a waiter registers one
+//! that wakes it, composite fences and eventfd exports register theirs, so nothing
+//! needs a thread per waiter.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -31,7 +32,6 @@ pub fn monotonic_ns() -> u64 {
 /// A one-shot completion signal that may carry an error.
 pub struct Fence {
     state: Mutex<FenceState>,
-    cond: Condvar,
     _tracked: Tracked,
 }
 
@@ -46,7 +46,6 @@ impl Fence {
     pub fn new(counters: &Arc<Counters>) -> Arc<Fence> {
         Arc::new(Fence {
             state: Mutex::new(FenceState { status: FenceStatus::Pending, timestamp: 0, callbacks: Vec::new() }),
-            cond: Condvar::new(),
             _tracked: Tracked::new(counters, Kind::Fence),
         })
     }
@@ -102,7 +101,6 @@ impl Fence {
             s.timestamp = monotonic_ns();
             std::mem::take(&mut s.callbacks)
         };
-        self.cond.notify_all();
         // Outside the lock: a callback may take other fences' locks.
         for cb in callbacks {
             cb(status);
@@ -130,16 +128,6 @@ impl Fence {
             drop(s);
             cb(status);
         }
-    }
-
-    /// Blocks until signalled or `timeout` passes; returns the status either way.
-    pub fn wait_timeout(&self, timeout: Duration) -> FenceStatus {
-        let s = lock(&self.state);
-        let (s, _) = self
-            .cond
-            .wait_timeout_while(s, timeout, |s| s.status == FenceStatus::Pending)
-            .unwrap_or_else(|e| e.into_inner());
-        s.status
     }
 }
 

@@ -137,11 +137,6 @@ impl Namespace {
     pub fn devices(&self) -> Vec<Arc<NsDevice>> {
         self.devices.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
-
-    /// Local minor of a global device, if visible here.
-    pub fn local_minor(&self, global: u32) -> Option<u32> {
-        self.devices().iter().position(|d| d.device.minor == global).map(|i| i as u32)
-    }
 }
 
 /// One placement rule from the config: every field that is set must match.
