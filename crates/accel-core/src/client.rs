@@ -56,6 +56,14 @@ pub struct PeerCred {
     pub gid: u32,
 }
 
+impl PeerCred {
+    /// Root or the daemon's own user: who may use high priorities, change RAS state and
+    /// manage namespaces (like `CAP_SYS_NICE` / `GENL_ADMIN_PERM` in the kernel).
+    pub fn is_admin(&self) -> bool {
+        self.uid == 0 || self.uid == rustix::process::getuid().as_raw()
+    }
+}
+
 /// What the subsystem keeps about a client for usage listings.
 #[derive(Debug)]
 pub(crate) struct ClientRecord {
@@ -290,7 +298,7 @@ impl Client {
             bail!(EINVAL, "weight {weight} is above the limit of {MAX_WEIGHT}");
         }
         let uid = self.record.cred.uid;
-        if priority > Priority::Normal && uid != 0 && uid != rustix::process::getuid().as_raw() {
+        if priority > Priority::Normal && !self.record.cred.is_admin() {
             bail!(
                 EACCES,
                 "the {} priority class needs root or the daemon's user (uid {uid} is neither)",

@@ -13,11 +13,6 @@ use rustix::event::{PollFd, PollFlags};
 
 type Outcome = Result<(Reply, Vec<OwnedFd>), Error>;
 
-/// Whether a peer may change RAS state: root or the daemon's own user (drm-ras ops are admin-only).
-fn is_admin(cred: PeerCred) -> bool {
-    cred.uid == 0 || cred.uid == rustix::process::getuid().as_raw()
-}
-
 /// Sends RAS events to a subscribed connection until the peer goes away.
 fn stream_events(sub: &Arc<Subsystem>, sock: BorrowedFd<'_>, rx: std::sync::mpsc::Receiver<accel_core::ras::RasEvent>) {
     use std::sync::mpsc::RecvTimeoutError;
@@ -88,7 +83,7 @@ pub fn serve_connection(sub: &Arc<Subsystem>, sock: OwnedFd, cred: PeerCred) {
                 }
                 Ok((seq, Request::Netlink(bytes))) if client.is_some() => {
                     // A dump may take several frames; each is a reply with the request's seq.
-                    let frames = crate::ras_nl::handle(sub.ras(), is_admin(cred), &bytes);
+                    let frames = crate::ras_nl::handle(sub.ras(), cred.is_admin(), &bytes);
                     if frames.iter().any(|f| !send_reply(sock.as_fd(), seq, &Reply::Netlink(f.clone()), &[])) {
                         break;
                     }
@@ -211,7 +206,7 @@ fn handle(
         Request::Stats => Err(Error::new(Errno::EPERM, "daemon-wide object counts are the root namespace's view")),
         Request::Clients => ok(Reply::Clients(sub.client_usage_in(c.namespace()))),
         Request::NsCreate { .. } | Request::NsDelete { .. } | Request::NsAssign { .. } | Request::NsList
-            if !c.namespace().is_root() || !is_admin(cred) =>
+            if !c.namespace().is_root() || !cred.is_admin() =>
         {
             Err(Error::new(
                 Errno::EPERM,
