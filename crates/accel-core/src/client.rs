@@ -114,7 +114,6 @@ pub struct Client {
     ns: Arc<Namespace>,
     share: Option<Arc<NsDevice>>,
     record: Arc<ClientRecord>,
-    device: Option<Arc<Device>>,
     bos: Arc<BoTable>,
     queues: SlotMap<QueueKey, Queue>,
     fences: SlotMap<FenceKey, Arc<Fence>>,
@@ -144,7 +143,6 @@ impl Client {
             ns,
             share: None,
             record,
-            device: None,
             bos: Arc::new(BoTable::default()),
             queues: SlotMap::with_key(),
             fences: SlotMap::with_key(),
@@ -179,7 +177,7 @@ impl Client {
     /// For an exclusive device held by someone else, `wait` is how long to queue for
     /// the lease (zero: `EBUSY` at once); `interrupted` ends the wait early.
     pub fn open(&mut self, minor: u32, wait: Duration, interrupted: &dyn Fn() -> bool) -> Result<&Arc<Device>> {
-        if self.device.is_some() {
+        if self.share.is_some() {
             bail!(EINVAL, "this connection already has a device open; open another connection");
         }
         let share = self.ns.device(minor)?;
@@ -190,14 +188,18 @@ impl Client {
             return Err(e);
         }
         *lock(&self.record.device) = Some(minor);
-        self.share = Some(share);
-        Ok(self.device.insert(dev))
+        Ok(&self.share.insert(share).device)
+    }
+
+    /// The namespace's share of the open device.
+    fn share(&self) -> Result<&Arc<NsDevice>> {
+        self.share
+            .as_ref()
+            .ok_or_else(|| Error::new(Errno::ENODEV, "no device open on this connection: send Open first"))
     }
 
     fn device(&self) -> Result<&Arc<Device>> {
-        self.device
-            .as_ref()
-            .ok_or_else(|| Error::new(Errno::ENODEV, "no device open on this connection: send Open first"))
+        Ok(&self.share()?.device)
     }
 
     fn add_bo(&mut self, bo: Arc<BufferObject>) -> Result<BoHandle> {
@@ -215,14 +217,10 @@ impl Client {
         }
         let page = rustix::param::page_size() as u64;
         let Some(size) = size.checked_next_multiple_of(page) else { bail!(EOVERFLOW, "buffer size {size} overflows") };
-        let share = self.share.clone().ok_or_else(|| Error::new(Errno::ENODEV, "no device open"))?;
+        let share = self.share()?.clone();
         // The namespace's quota first (ENOSPC: the daemon enforces it, not the client). An
         // unlimited share still counts what it holds but never refuses.
-        let limit = match share.share().memory_limit {
-            0 => u64::MAX,
-            l => l,
-        };
-        let Some(quota) = Charge::try_new(&share.mem_used, size, limit) else {
+        let Some(quota) = Charge::try_new(&share.mem_used, size, share.memory_limit()) else {
             bail!(
                 ENOSPC,
                 "namespace {:?}: {size} bytes exceed its memory limit ({} of {} bytes used)",
@@ -309,7 +307,7 @@ impl Client {
             bail!(ENOSPC, "too many queue handles (limit {MAX_HANDLES})");
         }
         // The namespace's compute weight scales every queue of it.
-        let weight = self.share.as_ref().map_or(weight, |s| s.scale_weight(weight));
+        let weight = self.share()?.scale_weight(weight);
         let params = EntityParams { priority, weight, timeout };
         let entity = dev.sched.create_entity(self.id, params, self.record.usage.clone());
         let q = Queue { entity, device: dev, ring: None, _tracked: Tracked::new(&self.sub.counters, Kind::Queue) };
@@ -492,11 +490,9 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        if let Some(dev) = &self.device {
-            dev.sched.cancel_client(self.id);
-            dev.close(self.id);
-        }
         if let Some(share) = &self.share {
+            share.device.sched.cancel_client(self.id);
+            share.device.close(self.id);
             share.leave();
         }
         self.sub.forget_client(self.id);

@@ -76,10 +76,11 @@ impl NsDevice {
         self.clients.load(Ordering::Relaxed)
     }
 
-    /// The memory limit (the device's size when unlimited).
+    /// The memory limit the quota enforces (`u64::MAX` when the share sets none: the
+    /// device's own memory is then the only bound).
     pub fn memory_limit(&self) -> u64 {
         match self.share().memory_limit {
-            0 => self.device.info.memory_bytes,
+            0 => u64::MAX,
             limit => limit,
         }
     }
