@@ -136,12 +136,7 @@ impl Subsystem {
 
     /// Every device's description (the root namespace's view).
     pub fn list_devices(&self) -> Vec<DeviceInfo> {
-        self.devices.iter().map(|d| d.describe()).collect()
-    }
-
-    /// The devices namespace `ns` sees, numbered from 0.
-    pub fn list_devices_in(&self, ns: &namespace::Namespace) -> Vec<DeviceInfo> {
-        ns.devices().iter().enumerate().map(|(i, d)| DeviceInfo { minor: i as u32, ..d.device.describe() }).collect()
+        self.namespaces.root().describe_all()
     }
 
     /// The namespaces.

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use accel_uapi::Errno;
+use accel_uapi::{DeviceInfo, Errno};
 use serde::{Deserialize, Serialize};
 
 use crate::client::PeerCred;
@@ -132,6 +132,16 @@ impl Namespace {
             .get(minor as usize)
             .cloned()
             .ok_or_else(|| Error::new(Errno::ENODEV, format!("no device accel{minor}")))
+    }
+
+    /// Device `minor` as this namespace sees it (numbered locally).
+    pub fn describe(&self, minor: u32) -> Result<DeviceInfo> {
+        Ok(DeviceInfo { minor, ..self.device(minor)?.device.describe() })
+    }
+
+    /// Every device as this namespace sees it, numbered from 0.
+    pub fn describe_all(&self) -> Vec<DeviceInfo> {
+        self.devices().iter().enumerate().map(|(i, d)| DeviceInfo { minor: i as u32, ..d.device.describe() }).collect()
     }
 
     /// Every device, by local minor.

@@ -147,14 +147,11 @@ fn handle(
     let ok = |r: Reply| Ok((r, Vec::new()));
     match req {
         Request::Hello { .. } => Err(Error::new(Errno::EPROTO, "handshake already done on this connection")),
-        Request::ListDevices => ok(Reply::Devices(sub.list_devices_in(c.namespace()))),
-        Request::DeviceInfo { minor } => match sub.list_devices_in(c.namespace()).into_iter().nth(minor as usize) {
-            Some(d) => ok(Reply::Device(d)),
-            None => Err(Error::new(Errno::ENODEV, format!("no device accel{minor}"))),
-        },
+        Request::ListDevices => ok(Reply::Devices(c.namespace().describe_all())),
+        Request::DeviceInfo { minor } => ok(Reply::Device(c.namespace().describe(minor)?)),
         Request::Open { minor, wait_ms } => {
-            let dev = c.open(minor, Duration::from_millis(wait_ms), &|| peer_gone(sock))?;
-            ok(Reply::Device(accel_uapi::DeviceInfo { minor, ..dev.describe() }))
+            c.open(minor, Duration::from_millis(wait_ms), &|| peer_gone(sock))?;
+            ok(Reply::Device(c.namespace().describe(minor)?))
         }
         Request::BoCreate { size } => {
             let (handle, size) = c.bo_create(size)?;
