@@ -52,16 +52,8 @@ pub struct CounterRef {
     error: String,
 }
 
-fn u32_attr(m: &RasMsg, f: impl Fn(&RasAttr) -> Option<u32>) -> u32 {
-    m.get(f).unwrap_or(0)
-}
-
 fn node_id(m: &RasMsg) -> u32 {
-    u32_attr(m, |a| if let RasAttr::NodeId(v) = a { Some(*v) } else { None })
-}
-
-fn string(m: &RasMsg, f: impl Fn(&RasAttr) -> Option<String>) -> String {
-    m.get(f).unwrap_or_default()
+    m.node_id().unwrap_or(0)
 }
 
 fn health_name(i: u32) -> &'static str {
@@ -81,9 +73,9 @@ fn nodes(ras: &mut Ras) -> Result<Vec<Node>> {
         .iter()
         .map(|m| Node {
             id: node_id(m),
-            device: string(m, |a| if let RasAttr::DeviceName(v) = a { Some(v.clone()) } else { None }),
-            name: string(m, |a| if let RasAttr::NodeName(v) = a { Some(v.clone()) } else { None }),
-            health: u32_attr(m, |a| if let RasAttr::NodeHealth(v) = a { Some(*v) } else { None }),
+            device: m.device_name().unwrap_or_default(),
+            name: m.node_name().unwrap_or_default(),
+            health: m.node_health().unwrap_or(0),
         })
         .collect())
 }
@@ -97,9 +89,9 @@ fn resolve(ras: &mut Ras, at: &CounterRef) -> Result<(u32, u32)> {
     let counters = ras.request(RasMsg::new(RasCmd::GetErrorCounter, vec![RasAttr::NodeId(node.id)]), true)?;
     let error = counters
         .iter()
-        .find(|c| string(c, |a| if let RasAttr::ErrorName(v) = a { Some(v.clone()) } else { None }) == at.error)
+        .find(|c| c.error_name().unwrap_or_default() == at.error)
         .ok_or_else(|| anyhow!("{device} {} has no error counter {:?}", at.node, at.error))?;
-    Ok((node.id, u32_attr(error, |a| if let RasAttr::ErrorId(v) = a { Some(*v) } else { None })))
+    Ok((node.id, error.error_id().unwrap_or(0)))
 }
 
 fn show(ras: &mut Ras) -> Result<()> {
@@ -109,16 +101,16 @@ fn show(ras: &mut Ras) -> Result<()> {
     );
     for n in nodes(ras)? {
         for c in ras.request(RasMsg::new(RasCmd::GetErrorCounter, vec![RasAttr::NodeId(n.id)]), true)? {
-            let sev = u32_attr(&c, |a| if let RasAttr::Severity(v) = a { Some(*v) } else { None });
+            let sev = c.severity().unwrap_or(0);
             println!(
                 "{:<8} {:<13} {:<18} {:<20} {:<12} {:>12} {:>10}",
                 n.device,
                 n.name,
                 health_name(n.health),
-                string(&c, |a| if let RasAttr::ErrorName(v) = a { Some(v.clone()) } else { None }),
+                c.error_name().unwrap_or_default(),
                 Severity::ALL.get(sev as usize).map_or("?", |s| s.name()),
-                c.get(|a| if let RasAttr::ErrorValueU64(v) = a { Some(*v) } else { None }).unwrap_or(0),
-                c.get(|a| if let RasAttr::Threshold(v) = a { Some(*v) } else { None }).unwrap_or(0),
+                c.value().unwrap_or(0),
+                c.threshold().unwrap_or(0),
             );
         }
     }
@@ -134,18 +126,16 @@ fn health(ras: &mut Ras) -> Result<()> {
     for r in ras.request(RasMsg::new(RasCmd::GetHealth, vec![]), true)? {
         let id = node_id(&r);
         let n = names.iter().find(|n| n.id == id);
-        let u64a = |f: fn(&RasAttr) -> Option<u64>| r.get(f).unwrap_or(0);
-        let u8a = |f: fn(&RasAttr) -> Option<u8>| r.get(f).unwrap_or(0);
         println!(
             "{:<8} {:<13} {:<18} {:<8} {:>7} {:>9} {:>9} {:>5}",
             n.map_or("?", |n| n.device.as_str()),
             n.map_or("?", |n| n.name.as_str()),
-            health_name(u32_attr(&r, |a| if let RasAttr::NodeHealth(v) = a { Some(*v) } else { None })),
-            if u8a(|a| if let RasAttr::Healthy(v) = a { Some(*v) } else { None }) != 0 { "healthy" } else { "error" },
-            u64a(|a| if let RasAttr::ErrorCount(v) = a { Some(*v) } else { None }),
-            u64a(|a| if let RasAttr::RecoveryCount(v) = a { Some(*v) } else { None }),
-            u64a(|a| if let RasAttr::GracePeriodMs(v) = a { Some(*v) } else { None }),
-            u8a(|a| if let RasAttr::AutoRecover(v) = a { Some(*v) } else { None }) != 0,
+            health_name(r.node_health().unwrap_or(0)),
+            if r.healthy().unwrap_or(0) != 0 { "healthy" } else { "error" },
+            r.error_count().unwrap_or(0),
+            r.recovery_count().unwrap_or(0),
+            r.grace_period_ms().unwrap_or(0),
+            r.auto_recover().unwrap_or(0) != 0,
         );
     }
     Ok(())
@@ -158,7 +148,7 @@ fn watch(socket: &Path) -> Result<()> {
     let mut last_seq = None;
     loop {
         let e = events.next_event().context("event stream ended")?;
-        let seq = e.get(|a| if let RasAttr::EventSeq(v) = a { Some(*v) } else { None }).unwrap_or(0);
+        let seq = e.event_seq().unwrap_or(0);
         if let Some(last) = last_seq {
             if seq != last + 1 {
                 println!("# missed events {}..{}: run `accel ras` to resync", last + 1, seq.saturating_sub(1));
@@ -168,17 +158,17 @@ fn watch(socket: &Path) -> Result<()> {
         let id = node_id(&e);
         let n = names.iter().find(|n| n.id == id);
         let kind = ["error", "cleared", "threshold", "recovered"]
-            .get(u32_attr(&e, |a| if let RasAttr::EventKind(v) = a { Some(*v) } else { None }) as usize)
+            .get(e.event_kind().unwrap_or(0) as usize)
             .copied()
             .unwrap_or("?");
         println!(
             "seq={seq} t={}ns {} {} {} {kind} +{} value={}",
-            e.get(|a| if let RasAttr::EventTimestamp(v) = a { Some(*v) } else { None }).unwrap_or(0),
+            e.event_timestamp().unwrap_or(0),
             n.map_or("?", |n| n.device.as_str()),
             n.map_or("?", |n| n.name.as_str()),
-            string(&e, |a| if let RasAttr::ErrorName(v) = a { Some(v.clone()) } else { None }),
-            e.get(|a| if let RasAttr::EventDelta(v) = a { Some(*v) } else { None }).unwrap_or(0),
-            e.get(|a| if let RasAttr::ErrorValueU64(v) = a { Some(*v) } else { None }).unwrap_or(0),
+            e.error_name().unwrap_or_default(),
+            e.event_delta().unwrap_or(0),
+            e.value().unwrap_or(0),
         );
     }
 }

@@ -15,7 +15,7 @@ fn counter(ras: &mut Ras, node: u32, error: u32) -> u64 {
     let r = ras
         .request(RasMsg::new(RasCmd::GetErrorCounter, vec![RasAttr::NodeId(node), RasAttr::ErrorId(error)]), false)
         .unwrap();
-    r[0].get(|a| if let RasAttr::ErrorValueU64(v) = a { Some(*v) } else { None }).unwrap()
+    r[0].value().unwrap()
 }
 
 fn inject(ras: &mut Ras, node: u32, error: u32, count: u64) -> accel::Result<Vec<RasMsg>> {
@@ -62,8 +62,7 @@ fn injected_errors_show_in_counters_health_and_events() {
     assert!(health[0].attrs.contains(&RasAttr::ErrorCount(1)));
     // Each error is an event; the uncorrected one also triggered an automatic recovery.
     let got: Vec<RasMsg> = (0..3).map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap()).collect();
-    let seqs: Vec<u64> =
-        got.iter().map(|e| e.get(|a| if let RasAttr::EventSeq(v) = a { Some(*v) } else { None }).unwrap()).collect();
+    let seqs: Vec<u64> = got.iter().map(|e| e.event_seq().unwrap()).collect();
     assert_eq!(seqs, vec![1, 2, 3], "consecutive sequence numbers");
     assert!(got[0].attrs.contains(&RasAttr::EventDelta(5)) && got[0].attrs.contains(&RasAttr::ErrorValueU64(5)));
     assert!(got[2].attrs.contains(&RasAttr::EventKind(3)), "recovered");

@@ -336,11 +336,41 @@ impl RasMsg {
     fn set_attrs(&self) -> Vec<SetAttr> {
         self.attrs.iter().map(|a| SetAttr(self.cmd.attr_set(), a.clone())).collect()
     }
+}
 
-    /// The first attribute `f` picks out.
-    pub fn get<T>(&self, f: impl Fn(&RasAttr) -> Option<T>) -> Option<T> {
-        self.attrs.iter().find_map(f)
-    }
+macro_rules! accessors {
+    ($($name:ident: $variant:ident -> $ty:ty;)*) => {
+        impl RasMsg {
+            $(
+                #[doc = concat!("The `", stringify!($variant), "` attribute, if present.")]
+                pub fn $name(&self) -> Option<$ty> {
+                    self.attrs.iter().find_map(|a| if let RasAttr::$variant(v) = a { Some(v.clone()) } else { None })
+                }
+            )*
+        }
+    };
+}
+
+accessors! {
+    node_id: NodeId -> u32;
+    device_name: DeviceName -> String;
+    node_name: NodeName -> String;
+    node_health: NodeHealth -> u32;
+    error_id: ErrorId -> u32;
+    error_name: ErrorName -> String;
+    value: ErrorValueU64 -> u64;
+    severity: Severity -> u32;
+    threshold: Threshold -> u64;
+    event_seq: EventSeq -> u64;
+    event_timestamp: EventTimestamp -> u64;
+    event_kind: EventKind -> u32;
+    event_delta: EventDelta -> u64;
+    count: Count -> u64;
+    error_count: ErrorCount -> u64;
+    recovery_count: RecoveryCount -> u64;
+    grace_period_ms: GracePeriodMs -> u64;
+    auto_recover: AutoRecover -> u8;
+    healthy: Healthy -> u8;
 }
 
 impl GenlFamily for RasMsg {

@@ -87,16 +87,16 @@ fn health_msg(cmd: RasCmd, n: &RasNode) -> RasMsg {
     )
 }
 
-fn need<T>(msg: &RasMsg, what: &str, f: impl Fn(&RasAttr) -> Option<T>) -> Result<T> {
-    msg.get(f).ok_or_else(|| Error::new(Errno::EINVAL, format!("{} needs the {what} attribute", msg.cmd.name())))
+fn need<T>(value: Option<T>, msg: &RasMsg, what: &str) -> Result<T> {
+    value.ok_or_else(|| Error::new(Errno::EINVAL, format!("{} needs the {what} attribute", msg.cmd.name())))
 }
 
 fn node_id(msg: &RasMsg) -> Result<u32> {
-    need(msg, "node-id", |a| if let RasAttr::NodeId(v) = a { Some(*v) } else { None })
+    need(msg.node_id(), msg, "node-id")
 }
 
 fn error_id(msg: &RasMsg) -> Result<u32> {
-    need(msg, "error-id", |a| if let RasAttr::ErrorId(v) = a { Some(*v) } else { None })
+    need(msg.error_id(), msg, "error-id")
 }
 
 /// Replies of one command: (messages, is it a dump).
@@ -112,7 +112,7 @@ fn run(ras: &RasCore, admin: bool, msg: &RasMsg, dump: bool) -> Result<Vec<RasMs
     if mutating && !admin {
         return Err(Error::new(Errno::EPERM, format!("{} needs root or the daemon's user", msg.cmd.name())));
     }
-    let optional_node = msg.get(|a| if let RasAttr::NodeId(v) = a { Some(*v) } else { None });
+    let optional_node = msg.node_id();
     let nodes = || -> Result<Vec<&RasNode>> {
         match optional_node {
             Some(id) => Ok(vec![ras.node(id)?]),
@@ -150,7 +150,7 @@ fn run(ras: &RasCore, admin: bool, msg: &RasMsg, dump: bool) -> Result<Vec<RasMs
             )]
         }
         (RasCmd::SetErrorThreshold, _) => {
-            let t = need(msg, "threshold", |a| if let RasAttr::Threshold(v) = a { Some(*v) } else { None })?;
+            let t = need(msg.threshold(), msg, "threshold")?;
             ras.set_threshold(node_id(msg)?, error_id(msg)?, t)?;
             Vec::new()
         }
@@ -166,13 +166,13 @@ fn run(ras: &RasCore, admin: bool, msg: &RasMsg, dump: bool) -> Result<Vec<RasMs
             .map(|(k, v)| RasMsg::new(RasCmd::Diagnose, vec![RasAttr::DiagKey(k), RasAttr::DiagValue(v)]))
             .collect(),
         (RasCmd::SetReporter, _) => {
-            let grace = msg.get(|a| if let RasAttr::GracePeriodMs(v) = a { Some(*v) } else { None });
-            let auto = msg.get(|a| if let RasAttr::AutoRecover(v) = a { Some(*v != 0) } else { None });
+            let grace = msg.grace_period_ms();
+            let auto = msg.auto_recover().map(|v| v != 0);
             ras.configure_reporter(node_id(msg)?, grace, auto)?;
             Vec::new()
         }
         (RasCmd::InjectError, _) => {
-            let count = msg.get(|a| if let RasAttr::Count(v) = a { Some(*v) } else { None }).unwrap_or(1);
+            let count = msg.count().unwrap_or(1);
             ras.inject(node_id(msg)?, error_id(msg)?, count)?;
             Vec::new()
         }
