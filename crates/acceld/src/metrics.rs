@@ -50,22 +50,19 @@ struct InfoLabels {
     name: String,
 }
 
-fn gauge<L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static>(
-    reg: &mut Registry,
-    name: &str,
-    help: &str,
-) -> Family<L, Gauge> {
-    let f = Family::<L, Gauge>::default();
-    reg.register(name, help, f.clone());
-    f
-}
-
-fn counter<L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static>(
-    reg: &mut Registry,
-    name: &str,
-    help: &str,
-) -> Family<L, Counter> {
-    let f = Family::<L, Counter>::default();
+/// Registers a labelled metric family and returns a handle to fill it.
+fn family<L, M>(reg: &mut Registry, name: &str, help: &str) -> Family<L, M>
+where
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+    M: prometheus_client::metrics::TypedMetric
+        + prometheus_client::encoding::EncodeMetric
+        + Default
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let f = Family::<L, M>::default();
     reg.register(name, help, f.clone());
     f
 }
@@ -95,22 +92,27 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 /// The current exposition, OpenMetrics text.
 pub fn render(sub: &Subsystem) -> String {
     let mut reg = Registry::default();
-    let errors =
-        counter::<ErrorLabels>(&mut reg, "accel_ras_errors", "RAS errors counted, by device, node, error and severity");
-    let thresholds = gauge::<CounterLabels>(&mut reg, "accel_ras_error_threshold", "RAS counter threshold (0: none)");
-    let health = gauge::<StateLabels>(
+    let errors = family::<ErrorLabels, Counter>(
+        &mut reg,
+        "accel_ras_errors",
+        "RAS errors counted, by device, node, error and severity",
+    );
+    let thresholds =
+        family::<CounterLabels, Gauge>(&mut reg, "accel_ras_error_threshold", "RAS counter threshold (0: none)");
+    let health = family::<StateLabels, Gauge>(
         &mut reg,
         "accel_device_health",
         "Device health: 1 for the current state, 0 for the others",
     );
-    let info = gauge::<InfoLabels>(&mut reg, "accel_device_info", "Device description (always 1)");
-    let resets = counter::<DeviceLabels>(&mut reg, "accel_device_resets", "Engine resets after job timeouts");
-    let queued = gauge::<DeviceLabels>(&mut reg, "accel_device_queued_jobs", "Jobs waiting to be dispatched");
-    let clients = gauge::<DeviceLabels>(&mut reg, "accel_device_open_clients", "Clients with the device open");
-    let wedged = gauge::<DeviceLabels>(&mut reg, "accel_device_wedged", "1 if an engine reset failed");
+    let info = family::<InfoLabels, Gauge>(&mut reg, "accel_device_info", "Device description (always 1)");
+    let resets = family::<DeviceLabels, Counter>(&mut reg, "accel_device_resets", "Engine resets after job timeouts");
+    let queued = family::<DeviceLabels, Gauge>(&mut reg, "accel_device_queued_jobs", "Jobs waiting to be dispatched");
+    let clients = family::<DeviceLabels, Gauge>(&mut reg, "accel_device_open_clients", "Clients with the device open");
+    let wedged = family::<DeviceLabels, Gauge>(&mut reg, "accel_device_wedged", "1 if an engine reset failed");
     let events = Counter::<u64>::default();
     reg.register("accel_ras_events", "RAS events since the log began", events.clone());
-    let objects = gauge::<Vec<(String, String)>>(&mut reg, "accel_objects", "Live objects in the daemon, by kind");
+    let objects =
+        family::<Vec<(String, String)>, Gauge>(&mut reg, "accel_objects", "Live objects in the daemon, by kind");
 
     let ras = sub.ras();
     for n in ras.nodes() {
