@@ -6,7 +6,7 @@
 //! releases its device lease and frees every object only it referenced.
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use accel_uapi::{
 use slotmap::{Key, KeyData, SlotMap};
 
 use crate::bo::{BoTable, BufferObject, Charge};
+use crate::limits::{charge_fds, FdCount};
 use crate::counters::{Kind, Tracked};
 use crate::device::Device;
 use crate::fence::{wait_fences, Fence, Syncobj};
@@ -56,26 +57,41 @@ pub struct PeerCred {
     pub gid: u32,
 }
 
-impl PeerCred {
-    /// Root or the daemon's own user: who may use high priorities, change RAS state and
-    /// manage namespaces (like `CAP_SYS_NICE` / `GENL_ADMIN_PERM` in the kernel).
-    pub fn is_admin(&self) -> bool {
-        self.uid == 0 || self.uid == rustix::process::getuid().as_raw()
-    }
-}
+/// Called to close an evicted client's connection.
+pub type RevokeHook = Box<dyn Fn() + Send + Sync>;
 
-/// What the subsystem keeps about a client for usage listings.
-#[derive(Debug)]
+/// What the subsystem keeps about a client: for usage listings and for eviction.
 pub(crate) struct ClientRecord {
     pub(crate) ns: String,
     pub(crate) cred: PeerCred,
+    /// Root, the daemon's user or an admin group member: may use high priorities, change
+    /// RAS state and manage namespaces (like `CAP_SYS_NICE` / `GENL_ADMIN_PERM`).
+    pub(crate) admin: bool,
     pub(crate) name: Mutex<String>,
     pub(crate) device: Mutex<Option<u32>>,
+    /// The namespace share of the open device.
+    pub(crate) share: Mutex<Option<Arc<NsDevice>>>,
     pub(crate) usage: Arc<UsageCounters>,
     pub(crate) memory_bytes: AtomicU64,
+    /// Descriptors the daemon holds for this client.
+    pub(crate) fds: FdCount,
+    pub(crate) revoked: AtomicBool,
+    pub(crate) revoke_hook: Mutex<Option<RevokeHook>>,
 }
 
 impl ClientRecord {
+    /// Evicts the client: its jobs fail with `ENODEV` now, and its connection is closed
+    /// (the hook), which drops the client and frees what it held.
+    pub(crate) fn revoke(&self, id: u64) {
+        self.revoked.store(true, Ordering::Release);
+        if let Some(share) = lock(&self.share).as_ref() {
+            share.device.sched.cancel_client_with(id, Errno::ENODEV);
+        }
+        if let Some(hook) = lock(&self.revoke_hook).as_ref() {
+            hook();
+        }
+    }
+
     pub(crate) fn usage(&self, client_id: u64) -> ClientUsage {
         ClientUsage {
             client_id,
@@ -95,6 +111,8 @@ struct Queue {
     entity: EntityId,
     device: Arc<Device>,
     ring: Option<Arc<RingQueue>>,
+    /// The ring's memory and descriptor, charged while it lives.
+    ring_charges: Vec<Charge>,
     _tracked: Tracked,
 }
 
@@ -104,6 +122,7 @@ impl Drop for Queue {
             self.device.poller.unregister(&ring);
         }
         self.device.sched.destroy_entity(self.entity);
+        self.ring_charges.clear();
     }
 }
 
@@ -171,6 +190,74 @@ impl Client {
         &self.ns
     }
 
+    /// Whether the client is an admin (see [`crate::credentials::AdminPolicy`]).
+    pub fn is_admin(&self) -> bool {
+        self.record.admin
+    }
+
+    /// The peer's credentials.
+    pub fn cred(&self) -> PeerCred {
+        self.record.cred
+    }
+
+    /// Sets what closes this client's connection if an admin evicts it (namespace
+    /// deleted, share shrunk). Runs at once if the eviction already happened.
+    pub fn set_revoke_hook(&self, hook: RevokeHook) {
+        let revoked = self.record.revoked.load(Ordering::Acquire);
+        if revoked {
+            hook();
+        }
+        *lock(&self.record.revoke_hook) = Some(hook);
+    }
+
+    /// Whether an admin evicted this client.
+    pub fn is_revoked(&self) -> bool {
+        self.record.revoked.load(Ordering::Acquire)
+    }
+
+    fn check_live(&self) -> Result<()> {
+        if self.is_revoked() {
+            bail!(ENODEV, "this client was evicted from namespace {:?} by an admin", self.ns.name);
+        }
+        Ok(())
+    }
+
+    /// Charges `n` descriptors held for this client (`EMFILE` when a cap is reached).
+    fn charge_fds(&self, n: u64) -> Result<Vec<Charge>> {
+        let ns = (!self.ns.is_root()).then_some(&self.ns.fds);
+        charge_fds(self.sub.limits(), n, &self.record.fds, ns, &self.sub.fds, self.record.admin)
+    }
+
+    /// Charges `size` bytes of memory that lands on the open device: the namespace's quota
+    /// (`ENOSPC`) and the device's capacity (`ENOMEM`), with the single-buffer size cap.
+    fn charge_memory(&self, size: u64) -> Result<Vec<Charge>> {
+        let dev = self.device()?;
+        let max = self.sub.limits().max_buffer_bytes;
+        if size > max {
+            bail!(ENOMEM, "{size} bytes exceed the largest buffer allowed ({max} bytes)");
+        }
+        let share = self.share()?;
+        // The namespace's quota first (ENOSPC: the daemon enforces it, not the client). An
+        // unlimited share still counts what it holds but never refuses.
+        let Some(quota) = Charge::try_new(&share.mem_used, size, share.memory_limit()) else {
+            bail!(
+                ENOSPC,
+                "namespace {:?}: {size} bytes exceed its memory limit ({} of {} bytes used)",
+                self.ns.name,
+                share.memory_used(),
+                share.memory_limit()
+            );
+        };
+        let Some(charge) = Charge::try_new(&dev.mem_used, size, dev.info.memory_bytes) else {
+            bail!(
+                ENOMEM,
+                "{size} bytes exceed the {} bytes of device memory left",
+                dev.info.memory_bytes.saturating_sub(dev.mem_used.load(Ordering::Relaxed))
+            );
+        };
+        Ok(vec![charge, quota])
+    }
+
     /// Opens device `minor` (numbered within the client's namespace); the client then
     /// works on that device only. `EUSERS` when the namespace's share is full.
     ///
@@ -188,6 +275,7 @@ impl Client {
             return Err(e);
         }
         *lock(&self.record.device) = Some(minor);
+        *lock(&self.record.share) = Some(share.clone());
         Ok(&self.share.insert(share).device)
     }
 
@@ -211,33 +299,17 @@ impl Client {
 
     /// Creates a zero-filled buffer of `size` bytes (rounded up to the page size).
     pub fn bo_create(&mut self, size: u64) -> Result<(BoHandle, u64)> {
-        let dev = self.device()?.clone();
+        self.check_live()?;
+        self.device()?;
         if size == 0 {
             bail!(EINVAL, "buffer size must be non-zero");
         }
         let page = rustix::param::page_size() as u64;
         let Some(size) = size.checked_next_multiple_of(page) else { bail!(EOVERFLOW, "buffer size {size} overflows") };
-        let share = self.share()?.clone();
-        // The namespace's quota first (ENOSPC: the daemon enforces it, not the client). An
-        // unlimited share still counts what it holds but never refuses.
-        let Some(quota) = Charge::try_new(&share.mem_used, size, share.memory_limit()) else {
-            bail!(
-                ENOSPC,
-                "namespace {:?}: {size} bytes exceed its memory limit ({} of {} bytes used)",
-                self.ns.name,
-                share.memory_used(),
-                share.memory_limit()
-            );
-        };
-        let Some(charge) = Charge::try_new(&dev.mem_used, size, dev.info.memory_bytes) else {
-            bail!(
-                ENOMEM,
-                "{size} bytes exceed the {} bytes of device memory left",
-                dev.info.memory_bytes.saturating_sub(dev.mem_used.load(Ordering::Relaxed))
-            );
-        };
+        let mut charges = self.charge_memory(size)?;
+        charges.extend(self.charge_fds(1)?);
         let mem = HostMemory::new("accel-bo", size)?;
-        let bo = BufferObject::new(&self.sub.counters, mem, vec![charge, quota]);
+        let bo = BufferObject::new(&self.sub.counters, mem, charges);
         self.sub.register_buffer(&bo, &self.ns.name);
         let h = self.add_bo(bo)?;
         Ok((h, size))
@@ -271,12 +343,19 @@ impl Client {
 
     /// Imports a buffer descriptor (PRIME import): an exported buffer resolves to the
     /// same object, so both clients see the same pages.
+    ///
+    /// A foreign memfd becomes a new buffer charged like a created one (quota, device
+    /// memory, size cap, a descriptor), so importing never bypasses a limit.
     pub fn bo_import(&mut self, fd: OwnedFd) -> Result<(BoHandle, u64)> {
+        self.check_live()?;
         self.device()?;
         let bo = match self.sub.find_buffer(&fd, &self.ns.name)? {
             Some(bo) => bo,
             None => {
-                let bo = BufferObject::new(&self.sub.counters, HostMemory::import(fd)?, Vec::new());
+                let size = HostMemory::importable_size(&fd)?;
+                let mut charges = self.charge_memory(size)?;
+                charges.extend(self.charge_fds(1)?);
+                let bo = BufferObject::new(&self.sub.counters, HostMemory::import_exact(fd, size)?, charges);
                 self.sub.register_buffer(&bo, &self.ns.name);
                 bo
             }
@@ -296,7 +375,7 @@ impl Client {
             bail!(EINVAL, "weight {weight} is above the limit of {MAX_WEIGHT}");
         }
         let uid = self.record.cred.uid;
-        if priority > Priority::Normal && !self.record.cred.is_admin() {
+        if priority > Priority::Normal && !self.record.admin {
             bail!(
                 EACCES,
                 "the {} priority class needs root or the daemon's user (uid {uid} is neither)",
@@ -310,15 +389,30 @@ impl Client {
         let weight = self.share()?.scale_weight(weight);
         let params = EntityParams { priority, weight, timeout };
         let entity = dev.sched.create_entity(self.id, params, self.record.usage.clone());
-        let q = Queue { entity, device: dev, ring: None, _tracked: Tracked::new(&self.sub.counters, Kind::Queue) };
+        let q = Queue {
+            entity,
+            device: dev,
+            ring: None,
+            ring_charges: Vec::new(),
+            _tracked: Tracked::new(&self.sub.counters, Kind::Queue),
+        };
         Ok(QueueHandle(insert(&mut self.queues, "queue", q)?))
     }
 
     /// Gives a queue a shared-memory submission ring of `entries` (a power of two up to
     /// 4096). Returns the ring memfd, the device's doorbell and the ring's completion eventfd.
+    /// The ring's memory is charged like a buffer's, plus one descriptor.
     pub fn ring_create(&mut self, h: QueueHandle, entries: u32) -> Result<RingFds> {
+        self.check_live()?;
         let counters = self.sub.counters.clone();
         let bos = self.bos.clone();
+        if lookup(&self.queues, "queue", h.0)?.ring.is_some() {
+            bail!(EBUSY, "queue {:#x} already has a ring", h.0);
+        }
+        let layout = accel_uapi::ring::RingLayout::new(entries)
+            .map_err(|code| Error::new(code, format!("ring size {entries} is not a power of two in 1..=4096")))?;
+        let mut charges = self.charge_memory(layout.size() as u64)?;
+        charges.extend(self.charge_fds(1)?);
         let q = self
             .queues
             .get_mut(key(h.0))
@@ -330,6 +424,7 @@ impl Client {
         let doorbell = q.device.poller.doorbell_for_client()?;
         q.device.poller.register(&q.device, ring.clone(), consumer)?;
         q.ring = Some(ring);
+        q.ring_charges = charges;
         Ok(RingFds { ring: memfd, doorbell, completion })
     }
 
@@ -369,6 +464,7 @@ impl Client {
         wait: &[WaitPoint],
         signal: &[SignalPoint],
     ) -> Result<(FenceHandle, u64)> {
+        self.check_live()?;
         let dev = self.device()?.clone();
         let entity = lookup(&self.queues, "queue", queue.0)?.entity;
         if dev.sched.is_wedged() {
@@ -435,12 +531,15 @@ impl Client {
     pub fn export_sync_fd(&self, p: &WaitPoint) -> Result<OwnedFd> {
         use rustix::event::{eventfd, EventfdFlags};
         let fence = self.resolve_wait(p)?;
+        // The daemon keeps a duplicate until the fence signals: charge it.
+        let charges = self.charge_fds(1)?;
         let efd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(|e| Error::new(Errno::ENOMEM, format!("eventfd: {e}")))?;
         let ours =
             rustix::io::fcntl_dupfd_cloexec(&efd, 0).map_err(|e| Error::new(Errno::EBADF, format!("dup: {e}")))?;
         fence.on_signal(move |_| {
             let _ = rustix::io::write(&ours, &1u64.to_ne_bytes());
+            drop(charges);
         });
         Ok(efd)
     }
@@ -495,6 +594,9 @@ impl Drop for Client {
             share.device.close(self.id);
             share.leave();
         }
+        *lock(&self.record.revoke_hook) = None;
+        *lock(&self.record.share) = None;
+        self.ns.part();
         self.sub.forget_client(self.id);
     }
 }

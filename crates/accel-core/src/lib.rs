@@ -19,10 +19,12 @@
 pub mod bo;
 pub mod client;
 pub mod counters;
+pub mod credentials;
 pub mod device;
 pub mod driver;
 mod error;
 pub mod fence;
+pub mod limits;
 pub mod mem;
 pub mod namespace;
 pub mod ras;
@@ -59,6 +61,9 @@ pub struct Subsystem {
     exports: ExportTable<BufferObject>,
     syncobj_exports: ExportTable<Syncobj>,
     namespaces: namespace::Namespaces,
+    limits: limits::Limits,
+    /// Descriptors held for clients, daemon-wide.
+    fds: limits::FdCount,
     clients: Mutex<BTreeMap<u64, Arc<ClientRecord>>>,
 }
 
@@ -71,16 +76,21 @@ impl Subsystem {
 
     /// Like [`Subsystem::new`], keeping the persistent state (the RAS log, namespaces) in `state_dir`.
     pub fn with_state(devices: Vec<DeviceConfig>, state_dir: Option<&std::path::Path>) -> Result<Arc<Subsystem>> {
-        Self::with_config(devices, state_dir, Vec::new())
+        Self::with_config(devices, state_dir, namespace::PlacementConfig::default(), limits::Limits::default())
     }
 
-    /// Like [`Subsystem::with_state`], with placement rules for namespaces.
+    /// Like [`Subsystem::with_state`], with namespace placement (rules, admins, default).
     pub fn with_config(
         devices: Vec<DeviceConfig>,
         state_dir: Option<&std::path::Path>,
-        rules: Vec<namespace::PlacementRule>,
+        placement: namespace::PlacementConfig,
+        limits: limits::Limits,
     ) -> Result<Arc<Subsystem>> {
         let ras_devices: Vec<_> = devices.iter().map(|d| (d.driver.clone(), d.driver.info().ras_nodes)).collect();
+        if let Some(dir) = state_dir {
+            namespace::private_dir(dir)
+                .map_err(|e| Error::new(accel_uapi::Errno::EIO, format!("state directory {}: {e}", dir.display())))?;
+        }
         let log = state_dir.map(|d| d.join("ras.log"));
         let ras = ras::RasCore::new(&ras_devices, log.as_deref())?;
         let devices = devices
@@ -88,11 +98,13 @@ impl Subsystem {
             .enumerate()
             .map(|(i, cfg)| Device::new(i as u32, cfg).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
-        let namespaces = namespace::Namespaces::new(&devices, rules, state_dir)?;
+        let namespaces = namespace::Namespaces::new(&devices, placement, state_dir)?;
         Ok(Arc::new(Subsystem {
             devices,
             ras,
             namespaces,
+            limits,
+            fds: Default::default(),
             counters: Arc::new(Counters::default()),
             next_client: AtomicU64::new(1),
             exports: ExportTable::default(),
@@ -101,26 +113,61 @@ impl Subsystem {
         }))
     }
 
-    /// A new client in the root namespace for a peer with these credentials.
+    /// A new admin client in the root namespace (in-process users and tests).
     pub fn connect(self: &Arc<Self>, cred: PeerCred, name: &str) -> Client {
-        self.connect_in(self.namespaces.root().clone(), cred, name)
+        self.connect_in(namespace::Placement { ns: self.namespaces.root().clone(), admin: true }, cred, name)
     }
 
-    /// A new client in namespace `ns`.
-    pub fn connect_in(self: &Arc<Self>, ns: Arc<namespace::Namespace>, cred: PeerCred, name: &str) -> Client {
+    /// A new client where [`namespace::Namespaces::place`] put it.
+    pub fn connect_in(self: &Arc<Self>, placement: namespace::Placement, cred: PeerCred, name: &str) -> Client {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let ns = placement.ns;
         let record = Arc::new(ClientRecord {
             ns: ns.name.clone(),
             cred,
+            admin: placement.admin,
             name: Mutex::new(String::new()),
             device: Mutex::new(None),
+            share: Mutex::new(None),
             usage: Default::default(),
             memory_bytes: AtomicU64::new(0),
+            fds: Default::default(),
+            revoked: std::sync::atomic::AtomicBool::new(false),
+            revoke_hook: Mutex::new(None),
         });
         lock(&self.clients).insert(id, record.clone());
+        ns.join();
         let client = Client::new(id, self.clone(), ns, record);
         client.set_name(name);
         client
+    }
+
+    /// Deletes a namespace; with clients connected it is refused (`EBUSY`) or, with
+    /// [`namespace::Revoke::Evict`], they are evicted.
+    pub fn delete_namespace(&self, name: &str, how: namespace::Revoke) -> Result<()> {
+        let ns = self.namespaces.delete(name, how)?;
+        self.evict(|r| r.ns == ns.name);
+        Ok(())
+    }
+
+    /// Assigns a device share to a namespace; a share that shrinks below what its clients
+    /// use is refused (`EBUSY`) or, with [`namespace::Revoke::Evict`], its clients are evicted.
+    pub fn assign_share(&self, name: &str, device: u32, share: namespace::Share, how: namespace::Revoke) -> Result<()> {
+        if let Some(shrunk) = self.namespaces.assign(name, device, share, how)? {
+            self.evict(|r| lock(&r.share).as_ref().is_some_and(|s| Arc::ptr_eq(s, &shrunk)));
+        }
+        Ok(())
+    }
+
+    /// Evicts every client `which` selects: its jobs fail with `ENODEV` now, and its
+    /// connection is closed, which frees everything it held.
+    fn evict(&self, which: impl Fn(&ClientRecord) -> bool) {
+        let victims: Vec<(u64, Arc<ClientRecord>)> =
+            lock(&self.clients).iter().filter(|(_, r)| which(r)).map(|(id, r)| (*id, r.clone())).collect();
+        for (id, r) in victims {
+            tracing::info!(client = id, pid = r.cred.pid, ns = r.ns, "evicting client");
+            r.revoke(id);
+        }
     }
 
     pub(crate) fn forget_client(&self, id: u64) {
@@ -144,6 +191,25 @@ impl Subsystem {
         &self.namespaces
     }
 
+    /// The resource caps in force.
+    pub fn limits(&self) -> &limits::Limits {
+        &self.limits
+    }
+
+    /// Descriptors the daemon holds for clients right now.
+    pub fn fds_held(&self) -> u64 {
+        self.fds.load(Ordering::Relaxed)
+    }
+
+    /// Charges a descriptor the daemon itself holds for a connection (its socket) to the
+    /// daemon's budget: `EMFILE` once only the admins' reserve is left (for non-admins).
+    pub fn charge_connection(&self, admin: bool) -> Result<bo::Charge> {
+        let none = limits::FdCount::default();
+        let unlimited = limits::Limits { fds_per_client: 0, fds_per_namespace: 0, ..self.limits };
+        let mut charges = limits::charge_fds(&unlimited, 1, &none, None, &self.fds, admin)?;
+        Ok(charges.remove(1))
+    }
+
     /// The counters every object of this subsystem is tracked in.
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
@@ -159,18 +225,20 @@ impl Subsystem {
         self.counters.snapshot()
     }
 
-    /// Usage of the clients namespace `ns` may see (every client, for root).
-    pub fn client_usage_in(&self, ns: &namespace::Namespace) -> Vec<ClientUsage> {
+    /// Usage of the clients a client of namespace `ns` with uid `viewer_uid` may see:
+    /// every client for root, the namespace's clients elsewhere, and only the viewer's own
+    /// user's in the default namespace (which strangers share).
+    pub fn client_usage_in(&self, ns: &namespace::Namespace, viewer_uid: u32) -> Vec<ClientUsage> {
         lock(&self.clients)
             .iter()
-            .filter(|(_, r)| ns.is_root() || r.ns == ns.name)
+            .filter(|(_, r)| ns.is_root() || r.ns == ns.name && (!ns.is_default() || r.cred.uid == viewer_uid))
             .map(|(id, r)| r.usage(*id))
             .collect()
     }
 
     /// Usage of every connected client.
     pub fn client_usage(&self) -> Vec<ClientUsage> {
-        self.client_usage_in(self.namespaces.root())
+        self.client_usage_in(self.namespaces.root(), 0)
     }
 
     /// Every buffer is registered at creation, with its namespace: an import of any of its

@@ -36,19 +36,32 @@ impl HostMemory {
         Self::map(fd, size)
     }
 
-    /// Maps a descriptor a client passed in. It must be a memfd sealed against shrinking.
-    pub fn import(fd: OwnedFd) -> Result<Self> {
-        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| {
+    /// The size a descriptor would be imported with, after checking that it is a memfd
+    /// sealed against shrinking (charge it before mapping).
+    pub fn importable_size(fd: &OwnedFd) -> Result<u64> {
+        let seals = rustix::fs::fcntl_get_seals(fd).map_err(|_| {
             Error::new(Errno::EINVAL, "descriptor is not a memfd (no seals); only accel buffer fds can be imported")
         })?;
         if !seals.contains(SealFlags::SHRINK) {
             bail!(EINVAL, "memfd is not sealed against shrinking; refusing to map it");
         }
-        let stat = rustix::fs::fstat(&fd).map_err(os_err(Errno::EBADF, "fstat"))?;
-        let size = usize::try_from(stat.st_size).unwrap_or(0);
+        let size = rustix::fs::fstat(fd).map_err(os_err(Errno::EBADF, "fstat"))?.st_size as u64;
         if size == 0 {
             bail!(EINVAL, "imported memfd is empty");
         }
+        Ok(size)
+    }
+
+    /// Maps a descriptor a client passed in. It must be a memfd sealed against shrinking.
+    pub fn import(fd: OwnedFd) -> Result<Self> {
+        let size = Self::importable_size(&fd)?;
+        Self::import_exact(fd, size)
+    }
+
+    /// Maps the first `size` bytes of a memfd that [`HostMemory::importable_size`] checked.
+    /// The memfd cannot shrink below them, and growing it later changes nothing here.
+    pub fn import_exact(fd: OwnedFd, size: u64) -> Result<Self> {
+        let Ok(size) = usize::try_from(size) else { bail!(ENOMEM, "buffer size {size} does not fit in memory") };
         Self::map(fd, size)
     }
 

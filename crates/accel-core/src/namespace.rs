@@ -6,9 +6,13 @@
 //! clients, usage, RAS. The root namespace is the admin view: every device, no quotas.
 //!
 //! Namespaces are created and changed by an admin and kept in
-//! `<state-dir>/namespaces.toml`, written atomically (temp file, fsync, rename, fsync
-//! of the directory), and restored at start. Clients are placed by token (a namespace's
-//! own, given in the handshake) or by the first matching placement rule of the config.
+//! `<state-dir>/namespaces.toml` (mode 0600 in a 0700 directory, tokens only as salted
+//! hashes), written atomically (temp file, fsync, rename, fsync of the directory), and
+//! restored at start. A change that cannot be saved is undone and fails with `EIO`.
+//!
+//! Placement (deny by default): a client goes to the namespace whose token it gives, else
+//! to the first matching placement rule's, else — if it is an admin — to root, else to the
+//! default namespace (`default`, created empty: no devices, no view of anyone else).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,13 +23,16 @@ use accel_uapi::{DeviceInfo, Errno};
 use serde::{Deserialize, Serialize};
 
 use crate::client::PeerCred;
+use crate::credentials::{self, AdminPolicy, TokenCache};
 use crate::device::Device;
-use crate::{bail, Error, Result};
+use crate::{bail, lock, Error, Result};
 
 /// Name of the root namespace.
 pub const ROOT: &str = "root";
 /// Weight of a share that does not set one (the scheduler's default queue weight).
 pub const DEFAULT_SHARE_WEIGHT: u32 = 100;
+/// Name of the namespace unplaced non-admin clients go to, unless the config names another.
+pub const DEFAULT: &str = "default";
 
 /// What part of a device a namespace gets. Zero means "no limit" (weight: default).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,14 +120,59 @@ impl NsDevice {
 pub struct Namespace {
     /// Name (unique).
     pub name: String,
-    /// Token that places a client here.
-    pub token: Option<String>,
+    /// Hashes (PHC strings) of the tokens that place a client here, newest last.
+    tokens: RwLock<Vec<String>>,
     /// Devices, by local minor.
     devices: RwLock<Vec<Arc<NsDevice>>>,
+    /// Connected clients placed here.
+    members: AtomicU32,
+    /// Descriptors the daemon holds for this namespace's clients.
+    pub(crate) fds: crate::limits::FdCount,
     root: bool,
+    default: bool,
 }
 
 impl Namespace {
+    fn new(name: &str, tokens: Vec<String>, devices: Vec<Arc<NsDevice>>, root: bool, default: bool) -> Namespace {
+        Namespace {
+            name: name.into(),
+            tokens: RwLock::new(tokens),
+            devices: RwLock::new(devices),
+            members: AtomicU32::new(0),
+            fds: Default::default(),
+            root,
+            default,
+        }
+    }
+
+    /// Whether this is the default namespace, where unplaced non-admin clients share a
+    /// view (so they see only their own user's clients).
+    pub fn is_default(&self) -> bool {
+        self.default
+    }
+
+    /// Whether any token places clients here.
+    pub fn has_token(&self) -> bool {
+        !self.token_hashes().is_empty()
+    }
+
+    fn token_hashes(&self) -> Vec<String> {
+        self.tokens.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Connected clients placed in this namespace.
+    pub fn members(&self) -> u32 {
+        self.members.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn join(&self) {
+        self.members.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn part(&self) {
+        self.members.fetch_sub(1, Ordering::AcqRel);
+    }
+
     /// Whether this is the root namespace (the admin view).
     pub fn is_root(&self) -> bool {
         self.root
@@ -175,6 +227,8 @@ pub struct PlacementRule {
 pub struct PeerInfo {
     /// Credentials (`SO_PEERCRED`).
     pub cred: PeerCred,
+    /// Supplementary groups (`Groups:` of `/proc/<pid>/status`).
+    pub groups: Vec<u32>,
     /// cgroup v2 path.
     pub cgroup: Option<String>,
     /// User namespace inode.
@@ -191,7 +245,15 @@ impl PeerInfo {
         let cgroup = std::fs::read_to_string(proc.join("cgroup"))
             .ok()
             .and_then(|s| s.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string)));
-        PeerInfo { cred, cgroup, userns: ino("ns/user"), pidns: ino("ns/pid") }
+        let groups = std::fs::read_to_string(proc.join("status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Groups:"))
+                    .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+            })
+            .unwrap_or_default();
+        PeerInfo { cred, groups, cgroup, userns: ino("ns/user"), pidns: ino("ns/pid") }
     }
 }
 
@@ -209,7 +271,12 @@ impl PlacementRule {
 /// How a namespace is persisted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct NsRecord {
+    /// A plaintext token written by an older daemon: hashed and dropped at load.
+    #[serde(default, skip_serializing)]
     token: Option<String>,
+    /// PHC hashes of the namespace's tokens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    token_hashes: Vec<String>,
     #[serde(default)]
     devices: Vec<DeviceRecord>,
 }
@@ -227,47 +294,97 @@ struct StateFile {
     namespaces: BTreeMap<String, NsRecord>,
 }
 
+/// How clients are placed and who is an admin (from the daemon's config).
+#[derive(Debug, Clone, Default)]
+pub struct PlacementConfig {
+    /// Placement rules, first match wins.
+    pub rules: Vec<PlacementRule>,
+    /// Who is an admin besides root and the daemon's user.
+    pub admin: AdminPolicy,
+    /// Where unplaced non-admin clients go (default: [`DEFAULT`], created empty if missing).
+    pub default_namespace: Option<String>,
+}
+
+/// Where a client was placed.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// Its namespace.
+    pub ns: Arc<Namespace>,
+    /// Whether it is an admin (root, the daemon's user, an admin group).
+    pub admin: bool,
+}
+
+/// A change to a share that takes away from clients already using it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoke {
+    /// Refuse with `EBUSY` while clients use what would be taken away.
+    Refuse,
+    /// Evict those clients: their jobs fail with `ENODEV`, their memory is freed.
+    Evict,
+}
+
 /// All namespaces of the daemon.
 pub struct Namespaces {
     root: Arc<Namespace>,
     named: RwLock<BTreeMap<String, Arc<Namespace>>>,
     all_devices: Vec<Arc<Device>>,
-    rules: Vec<PlacementRule>,
+    config: PlacementConfig,
+    default_ns: String,
+    cache: TokenCache,
+    /// Serialises admin changes: apply, save, undo on failure.
+    changes: Mutex<()>,
     state: Option<PathBuf>,
 }
 
 impl Namespaces {
     /// The root namespace over `devices`, plus the namespaces saved in `state_dir`.
-    pub(crate) fn new(
-        devices: &[Arc<Device>],
-        rules: Vec<PlacementRule>,
-        state_dir: Option<&Path>,
-    ) -> Result<Namespaces> {
-        let root = Arc::new(Namespace {
-            name: ROOT.into(),
-            token: None,
-            devices: RwLock::new(devices.iter().map(|d| NsDevice::new(d.clone(), Share::default())).collect()),
-            root: true,
-        });
+    pub(crate) fn new(devices: &[Arc<Device>], config: PlacementConfig, state_dir: Option<&Path>) -> Result<Namespaces> {
+        let root = Arc::new(Namespace::new(
+            ROOT,
+            Vec::new(),
+            devices.iter().map(|d| NsDevice::new(d.clone(), Share::default())).collect(),
+            true,
+            false,
+        ));
+        let default_ns = config.default_namespace.clone().unwrap_or_else(|| DEFAULT.into());
         let ns = Namespaces {
             root,
             named: RwLock::new(BTreeMap::new()),
             all_devices: devices.to_vec(),
-            rules,
+            config,
+            default_ns,
+            cache: TokenCache::default(),
+            changes: Mutex::new(()),
             state: state_dir.map(|d| d.join("namespaces.toml")),
         };
+        let mut migrated = false;
         if let Some(path) = &ns.state {
             if path.exists() {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| Error::new(Errno::EIO, format!("{}: {e}", path.display())))?;
                 let file: StateFile =
                     toml::from_str(&text).map_err(|e| Error::new(Errno::EINVAL, format!("{}: {e}", path.display())))?;
-                for (name, rec) in file.namespaces {
+                for (name, mut rec) in file.namespaces {
+                    if let Some(plain) = rec.token.take() {
+                        rec.token_hashes.push(credentials::hash_token(&plain)?);
+                        migrated = true;
+                    }
                     ns.insert(&name, rec)?;
                 }
             }
         }
-        for r in &ns.rules {
+        if ns.default_ns == ROOT {
+            bail!(EINVAL, "the default namespace cannot be root: root is for admins only");
+        }
+        if !ns.named_read().contains_key(&ns.default_ns) {
+            // Created empty (no devices): an admin may give it a share for every unplaced user.
+            ns.insert(&ns.default_ns.clone(), NsRecord::default())?;
+        }
+        if migrated {
+            tracing::info!("namespaces: plaintext tokens replaced by salted hashes");
+            ns.save()?;
+        }
+        for r in &ns.config.rules {
             if r.namespace != ROOT && !ns.named_read().contains_key(&r.namespace) {
                 tracing::warn!("placement rule names namespace {:?}, which does not exist (yet)", r.namespace);
             }
@@ -279,7 +396,11 @@ impl Namespaces {
         self.named.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn insert(&self, name: &str, rec: NsRecord) -> Result<()> {
+    fn named_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Namespace>>> {
+        self.named.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn insert(&self, name: &str, rec: NsRecord) -> Result<Arc<Namespace>> {
         let mut devices = Vec::new();
         for d in &rec.devices {
             let Some(dev) = self.all_devices.get(d.device as usize) else {
@@ -287,14 +408,19 @@ impl Namespaces {
             };
             devices.push(NsDevice::new(dev.clone(), d.share));
         }
-        let ns = Namespace { name: name.into(), token: rec.token, devices: RwLock::new(devices), root: false };
-        self.named.write().unwrap_or_else(|e| e.into_inner()).insert(name.into(), Arc::new(ns));
-        Ok(())
+        let ns = Arc::new(Namespace::new(name, rec.token_hashes, devices, false, name == self.default_ns));
+        self.named_write().insert(name.into(), ns.clone());
+        Ok(ns)
     }
 
     /// The root namespace.
     pub fn root(&self) -> &Arc<Namespace> {
         &self.root
+    }
+
+    /// The namespace unplaced non-admin clients go to.
+    pub fn default_name(&self) -> &str {
+        &self.default_ns
     }
 
     /// A namespace by name.
@@ -310,24 +436,62 @@ impl Namespaces {
         self.named_read().values().cloned().collect()
     }
 
-    /// Where a new client goes: the namespace whose token it gave, else the first
-    /// matching rule, else root.
-    pub fn place(&self, peer: &PeerInfo, token: Option<&str>) -> Result<Arc<Namespace>> {
-        if let Some(t) = token {
-            if let Some(ns) = self.named_read().values().find(|n| n.token.as_deref() == Some(t)) {
-                return Ok(ns.clone());
+    /// The namespace one of whose tokens is `token`.
+    fn by_token(&self, token: &str) -> Option<Arc<Namespace>> {
+        if let Some(name) = self.cache.get(token) {
+            if let Some(ns) = self.named_read().get(&name) {
+                return Some(ns.clone());
             }
         }
-        match self.rules.iter().find(|r| r.matches(peer, token)) {
-            Some(rule) => self.get(&rule.namespace).map_err(|e| {
+        let candidates: Vec<Arc<Namespace>> = self.named_read().values().filter(|n| n.has_token()).cloned().collect();
+        let ns = candidates.into_iter().find(|n| n.token_hashes().iter().any(|h| credentials::verify_token(h, token)))?;
+        self.cache.put(token, &ns.name);
+        Some(ns)
+    }
+
+    /// Whether a peer is an admin (root, the daemon's user, an admin group).
+    pub fn is_admin(&self, peer: &PeerInfo) -> bool {
+        self.config.admin.is_admin(peer.cred.uid, peer.cred.gid, &peer.groups)
+    }
+
+    /// Where a new client goes (deny by default): the namespace whose token it gave, else
+    /// the first matching rule's, else root for an admin, else the default namespace.
+    /// Only admins may be placed in root.
+    pub fn place(&self, peer: &PeerInfo, token: Option<&str>) -> Result<Placement> {
+        let admin = self.is_admin(peer);
+        let placed = |ns: Arc<Namespace>| {
+            if ns.is_root() && !admin {
+                bail!(EACCES, "the root namespace is for admins only (uid {} is not one)", peer.cred.uid);
+            }
+            Ok(Placement { ns, admin })
+        };
+        if let Some(t) = token {
+            credentials::check_token(t).map_err(|_| Error::new(Errno::EACCES, "unknown namespace token"))?;
+            if let Some(ns) = self.by_token(t) {
+                return placed(ns);
+            }
+        }
+        match self.config.rules.iter().find(|r| r.matches(peer, token)) {
+            Some(rule) => placed(self.get(&rule.namespace).map_err(|e| {
                 Error::new(
                     Errno::EACCES,
                     format!("placement rule sends this client to a missing namespace: {}", e.message),
                 )
-            }),
+            })?),
             None if token.is_some() => bail!(EACCES, "unknown namespace token"),
-            None => Ok(self.root.clone()),
+            None if admin => placed(self.root.clone()),
+            None => placed(self.get(&self.default_ns).map_err(|_| {
+                Error::new(Errno::EACCES, format!("default namespace {:?} was deleted", self.default_ns))
+            })?),
         }
+    }
+
+    /// Refuses a token another namespace already uses.
+    fn check_unique(&self, token: &str) -> Result<()> {
+        if self.by_token(token).is_some() {
+            bail!(EEXIST, "another namespace has that token");
+        }
+        Ok(())
     }
 
     /// Creates a namespace.
@@ -339,39 +503,119 @@ impl Namespaces {
         {
             bail!(EINVAL, "namespace names are 1–64 of [A-Za-z0-9._-] and not {ROOT:?}");
         }
+        let _change = lock(&self.changes);
         if self.named_read().contains_key(name) {
             bail!(EEXIST, "namespace {name:?} exists");
         }
-        if token.is_some() && self.named_read().values().any(|n| n.token == token) {
-            bail!(EEXIST, "another namespace has that token");
+        let mut token_hashes = Vec::new();
+        if let Some(t) = &token {
+            credentials::check_token(t)?;
+            self.check_unique(t)?;
+            token_hashes.push(credentials::hash_token(t)?);
         }
-        self.insert(name, NsRecord { token, devices: Vec::new() })?;
-        self.save()
+        self.insert(name, NsRecord { token: None, token_hashes, devices: Vec::new() })?;
+        self.save().inspect_err(|_| {
+            self.named_write().remove(name);
+        })
     }
 
-    /// Deletes a namespace; its clients keep what they have until they disconnect.
-    pub fn delete(&self, name: &str) -> Result<()> {
-        if self.named.write().unwrap_or_else(|e| e.into_inner()).remove(name).is_none() {
-            bail!(ENOENT, "no namespace {name:?}");
+    /// Removes a namespace. With clients connected it is refused (`EBUSY`) unless `how`
+    /// is [`Revoke::Evict`]; the caller then evicts them. Returns the removed namespace.
+    pub(crate) fn delete(&self, name: &str, how: Revoke) -> Result<Arc<Namespace>> {
+        let _change = lock(&self.changes);
+        let ns = self.get(name)?;
+        if ns.is_root() {
+            bail!(EINVAL, "the root namespace cannot be deleted");
         }
-        self.save()
+        if how == Revoke::Refuse && ns.members() > 0 {
+            bail!(EBUSY, "namespace {name:?} has {} connected clients; evict them to delete it", ns.members());
+        }
+        self.named_write().remove(name);
+        self.cache.clear();
+        self.save().inspect_err(|_| {
+            self.named_write().insert(name.into(), ns.clone());
+        })?;
+        Ok(ns)
     }
 
-    /// Assigns global device `device` to a namespace with `share` (again: updates the share).
-    pub fn assign(&self, name: &str, device: u32, share: Share) -> Result<()> {
+    /// Assigns global device `device` to a namespace with `share` (again: updates the
+    /// share). A share that shrinks below what its clients use (memory, client count) is
+    /// refused with `EBUSY`, or, with [`Revoke::Evict`], returned so the caller evicts
+    /// that share's clients.
+    pub(crate) fn assign(&self, name: &str, device: u32, share: Share, how: Revoke) -> Result<Option<Arc<NsDevice>>> {
         let ns = self.get(name)?;
         if ns.is_root() {
             bail!(EINVAL, "the root namespace has every device");
         }
         let Some(dev) = self.all_devices.get(device as usize) else { bail!(ENODEV, "no device accel{device}") };
-        {
-            let mut devices = ns.devices.write().unwrap_or_else(|e| e.into_inner());
-            match devices.iter().find(|d| d.device.minor == device) {
-                Some(d) => *crate::lock(&d.share) = share,
-                None => devices.push(NsDevice::new(dev.clone(), share)),
+        let _change = lock(&self.changes);
+        let existing = ns.devices().into_iter().find(|d| d.device.minor == device);
+        let shrinks = existing.as_ref().filter(|d| {
+            (share.memory_limit != 0 && share.memory_limit < d.memory_used())
+                || (share.max_clients != 0 && share.max_clients < d.clients())
+        });
+        if let (Some(d), Revoke::Refuse) = (shrinks, how) {
+            bail!(
+                EBUSY,
+                "namespace {name:?} uses {} bytes and {} clients on accel{device}, more than the new share allows; \
+                 evict its clients to shrink it",
+                d.memory_used(),
+                d.clients()
+            );
+        }
+        let evict = shrinks.cloned();
+        match &existing {
+            Some(d) => {
+                let old = std::mem::replace(&mut *lock(&d.share), share);
+                self.save().inspect_err(|_| *lock(&d.share) = old)?;
+            }
+            None => {
+                ns.devices.write().unwrap_or_else(|e| e.into_inner()).push(NsDevice::new(dev.clone(), share));
+                self.save().inspect_err(|_| {
+                    ns.devices.write().unwrap_or_else(|e| e.into_inner()).pop();
+                })?;
             }
         }
-        self.save()
+        Ok(evict)
+    }
+
+    /// Gives a namespace a new token (`token`, or a generated one, which is returned).
+    /// `keep_old` keeps the current tokens valid too (rotation without downtime: roll the
+    /// new one out, then call [`Namespaces::retire_tokens`]); at most
+    /// [`credentials::MAX_TOKENS`] stay valid, oldest dropped first.
+    pub fn rotate_token(&self, name: &str, token: Option<String>, keep_old: bool) -> Result<String> {
+        let ns = self.get(name)?;
+        if ns.is_root() {
+            bail!(EINVAL, "the root namespace has no tokens: admins are placed there by credentials");
+        }
+        let token = token.unwrap_or_else(credentials::generate_token);
+        credentials::check_token(&token)?;
+        let _change = lock(&self.changes);
+        self.check_unique(&token)?;
+        let hash = credentials::hash_token(&token)?;
+        let old = ns.token_hashes();
+        let mut new = if keep_old { old.clone() } else { Vec::new() };
+        new.push(hash);
+        let excess = new.len().saturating_sub(credentials::MAX_TOKENS);
+        new.drain(..excess);
+        self.set_tokens(&ns, new, old)?;
+        Ok(token)
+    }
+
+    /// Invalidates every token of a namespace but the newest; returns how many were retired.
+    pub fn retire_tokens(&self, name: &str) -> Result<usize> {
+        let ns = self.get(name)?;
+        let _change = lock(&self.changes);
+        let old = ns.token_hashes();
+        let keep = old.last().cloned().into_iter().collect();
+        self.set_tokens(&ns, keep, old.clone())?;
+        Ok(old.len().saturating_sub(1))
+    }
+
+    fn set_tokens(&self, ns: &Namespace, new: Vec<String>, old: Vec<String>) -> Result<()> {
+        *ns.tokens.write().unwrap_or_else(|e| e.into_inner()) = new;
+        self.cache.clear();
+        self.save().inspect_err(|_| *ns.tokens.write().unwrap_or_else(|e| e.into_inner()) = old)
     }
 
     fn save(&self) -> Result<()> {
@@ -386,28 +630,46 @@ impl Namespaces {
                         .iter()
                         .map(|d| DeviceRecord { device: d.device.minor, share: d.share() })
                         .collect();
-                    (name.clone(), NsRecord { token: ns.token.clone(), devices })
+                    (name.clone(), NsRecord { token: None, token_hashes: ns.token_hashes(), devices })
                 })
                 .collect(),
         };
         let text =
             toml::to_string_pretty(&file).map_err(|e| Error::new(Errno::EIO, format!("encoding namespaces: {e}")))?;
         write_atomically(path, text.as_bytes())
-            .map_err(|e| Error::new(Errno::EIO, format!("saving {}: {e}", path.display())))
+            .map_err(|e| Error::new(Errno::EIO, format!("saving {}: {e}; the change was not made", path.display())))
     }
 }
 
+/// Creates the daemon's state directory (mode 0700: it holds token hashes and logs) and
+/// tightens an existing one.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Writes `bytes` to `path` so that a crash leaves either the old or the new file.
+/// The file is private (mode 0600) in a private directory (0700). On failure the temp
+/// file is removed, so a full disk leaves no debris behind.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    private_dir(dir)?;
     let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("state")));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
+    let written = (|| {
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::File::open(dir)?.sync_all()
 }
 
@@ -435,6 +697,7 @@ mod tests {
     fn rules_match_only_when_every_given_field_matches() {
         let peer = PeerInfo {
             cred: PeerCred { pid: 1, uid: 1000, gid: 100 },
+            groups: Vec::new(),
             cgroup: Some("/user.slice/user-1000.slice/app.scope".into()),
             userns: Some(7),
             pidns: Some(8),
@@ -459,25 +722,109 @@ mod tests {
     }
 
     #[test]
-    fn state_is_written_atomically_and_restored() {
+    fn state_is_private_atomic_hashed_and_restored() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
         let devs = devices(2);
-        let ns = Namespaces::new(&devs, Vec::new(), Some(dir.path())).unwrap();
+        let ns = Namespaces::new(&devs, PlacementConfig::default(), Some(&state)).unwrap();
         ns.create("a", Some("tok".into())).unwrap();
-        ns.assign("a", 1, Share { memory_limit: 4096, weight: 50, max_clients: 3 }).unwrap();
+        ns.assign("a", 1, Share { memory_limit: 4096, weight: 50, max_clients: 3 }, Revoke::Refuse).unwrap();
         assert_eq!(ns.create("a", None).unwrap_err().code, Errno::EEXIST);
+        assert_eq!(ns.create("b", Some("tok".into())).unwrap_err().code, Errno::EEXIST, "tokens are unique");
         assert_eq!(ns.create("root", None).unwrap_err().code, Errno::EINVAL);
-        assert_eq!(ns.assign("a", 9, Share::default()).unwrap_err().code, Errno::ENODEV);
-        assert!(!dir.path().join(".namespaces.toml.tmp").exists(), "no temp file left behind");
-        let again = Namespaces::new(&devs, Vec::new(), Some(dir.path())).unwrap();
+        assert_eq!(ns.assign("a", 9, Share::default(), Revoke::Refuse).unwrap_err().code, Errno::ENODEV);
+        assert!(!state.join(".namespaces.toml.tmp").exists(), "no temp file left behind");
+        let file = state.join("namespaces.toml");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&state), mode(&file)), (0o700, 0o600));
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("\"tok\"") && text.contains("$argon2id$"), "{text}");
+
+        let again = Namespaces::new(&devs, PlacementConfig::default(), Some(&state)).unwrap();
         let a = again.get("a").unwrap();
-        assert_eq!(a.token.as_deref(), Some("tok"));
+        assert!(a.has_token());
         assert_eq!(a.devices()[0].device.minor, 1);
         assert_eq!(a.devices()[0].share(), Share { memory_limit: 4096, weight: 50, max_clients: 3 });
         let peer = PeerInfo::default();
-        assert_eq!(again.place(&peer, Some("tok")).unwrap().name, "a");
-        assert!(again.place(&peer, None).unwrap().is_root());
-        again.delete("a").unwrap();
-        assert!(Namespaces::new(&devs, Vec::new(), Some(dir.path())).unwrap().list().is_empty());
+        assert_eq!(again.place(&peer, Some("tok")).unwrap().ns.name, "a");
+        assert!(again.place(&peer, None).unwrap().ns.is_root(), "uid 0 is an admin");
+        again.delete("a", Revoke::Refuse).unwrap();
+        let names: Vec<String> = Namespaces::new(&devs, PlacementConfig::default(), Some(&state))
+            .unwrap()
+            .list()
+            .iter()
+            .map(|n| n.name.clone())
+            .collect();
+        assert_eq!(names, vec![DEFAULT.to_string()]);
+    }
+
+    #[test]
+    fn unplaced_non_admins_land_in_the_empty_default_namespace() {
+        let me = rustix::process::getuid().as_raw();
+        let stranger = PeerInfo { cred: PeerCred { pid: 1, uid: me.wrapping_add(4242).max(1), gid: 7 }, ..Default::default() };
+        let ns = Namespaces::new(&devices(1), PlacementConfig::default(), None).unwrap();
+        let p = ns.place(&stranger, None).unwrap();
+        assert_eq!((p.ns.name.as_str(), p.admin, p.ns.devices().len()), (DEFAULT, false, 0));
+        assert!(p.ns.is_default());
+        // A rule may not send a non-admin to root; an admin group member goes there.
+        let rule = PlacementRule { namespace: ROOT.into(), gid: Some(7), ..Default::default() };
+        let ns = Namespaces::new(&devices(1), PlacementConfig { rules: vec![rule], ..Default::default() }, None).unwrap();
+        assert_eq!(ns.place(&stranger, None).unwrap_err().code, Errno::EACCES);
+        let admins = PlacementConfig { admin: AdminPolicy { groups: vec![7] }, ..Default::default() };
+        let ns = Namespaces::new(&devices(1), admins, None).unwrap();
+        let p = ns.place(&stranger, None).unwrap();
+        assert!(p.admin && p.ns.is_root());
+        // The default may be any namespace but root.
+        let to_root = PlacementConfig { default_namespace: Some(ROOT.into()), ..Default::default() };
+        assert_eq!(Namespaces::new(&devices(1), to_root, None).err().unwrap().code, Errno::EINVAL);
+    }
+
+    #[test]
+    fn plaintext_tokens_of_an_older_daemon_are_hashed_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("namespaces.toml"), "[namespaces.old]\ntoken = \"legacy\"\ndevices = []\n")
+            .unwrap();
+        let ns = Namespaces::new(&devices(1), PlacementConfig::default(), Some(dir.path())).unwrap();
+        assert_eq!(ns.place(&PeerInfo::default(), Some("legacy")).unwrap().ns.name, "old");
+        let text = std::fs::read_to_string(dir.path().join("namespaces.toml")).unwrap();
+        assert!(!text.contains("legacy") && text.contains("$argon2id$"), "{text}");
+    }
+
+    #[test]
+    fn token_rotation_keeps_old_tokens_until_retired() {
+        let ns = Namespaces::new(&devices(1), PlacementConfig::default(), None).unwrap();
+        let peer = PeerInfo::default();
+        ns.create("t", Some("first".into())).unwrap();
+        let second = ns.rotate_token("t", None, true).unwrap();
+        assert!(second.starts_with("accel_"));
+        assert_eq!(ns.place(&peer, Some("first")).unwrap().ns.name, "t");
+        assert_eq!(ns.place(&peer, Some(&second)).unwrap().ns.name, "t");
+        assert_eq!(ns.retire_tokens("t").unwrap(), 1);
+        assert_eq!(ns.place(&peer, Some("first")).unwrap_err().code, Errno::EACCES, "cache cleared on retire");
+        assert_eq!(ns.place(&peer, Some(&second)).unwrap().ns.name, "t");
+        // Without keep_old, the new token replaces every other.
+        ns.rotate_token("t", Some("third".into()), false).unwrap();
+        assert_eq!(ns.place(&peer, Some(&second)).unwrap_err().code, Errno::EACCES);
+        assert_eq!(ns.rotate_token(ROOT, None, false).unwrap_err().code, Errno::EINVAL);
+    }
+
+    #[test]
+    fn a_change_that_cannot_be_saved_is_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let ns = Namespaces::new(&devices(1), PlacementConfig::default(), Some(&state)).unwrap();
+        ns.create("kept", None).unwrap();
+        // A directory where the temp file must go makes every save fail.
+        std::fs::create_dir(state.join(".namespaces.toml.tmp")).unwrap();
+        assert_eq!(ns.create("lost", Some("x".into())).unwrap_err().code, Errno::EIO);
+        assert!(ns.get("lost").is_err());
+        let share = Share { memory_limit: 1 << 20, ..Default::default() };
+        assert_eq!(ns.assign("kept", 0, share, Revoke::Refuse).unwrap_err().code, Errno::EIO);
+        assert!(ns.get("kept").unwrap().devices().is_empty());
+        assert_eq!(ns.delete("kept", Revoke::Refuse).unwrap_err().code, Errno::EIO);
+        assert!(ns.get("kept").is_ok());
+        assert_eq!(ns.rotate_token("kept", None, false).unwrap_err().code, Errno::EIO);
+        assert!(!ns.get("kept").unwrap().has_token());
     }
 }

@@ -7,7 +7,9 @@
 //! auto-recover). Every change is an event with a sequence number and a monotonic
 //! timestamp: subscribers see gaps in the sequence when they fell behind and
 //! resynchronise with a dump. Events are appended to a checksummed log, which is
-//! replayed at start so counters survive a daemon crash.
+//! replayed at start so counters survive a daemon crash. A change is logged before it
+//! takes effect: if the log cannot be written (disk full) the request fails with `EIO`
+//! and nothing changes, and a partly written record is cut back before the next append.
 //!
 //! Drivers report through one API, [`RasSink::report`].
 
@@ -186,45 +188,71 @@ struct LogRecord {
 }
 
 /// The append-only RAS log: `[len u32 LE][crc32 u32 LE][postcard record]` frames,
-/// fsync'd after each append. A torn or corrupt tail (crash mid-write) is cut off at
-/// open; everything before it is kept.
+/// fsync'd after each append. A failed append is cut back to the last whole record at
+/// once, so later records never follow a torn one. At open, a corrupt frame (a crash
+/// mid-write, or damage) is skipped by scanning for the next valid frame: records after
+/// it are kept, and only a torn tail is cut off.
 #[derive(Debug)]
 pub struct RasLog {
     file: File,
     path: PathBuf,
+    /// Bytes of whole records: where the next append starts.
+    len: u64,
 }
 
 const FRAME_HEADER: usize = 8;
 const MAX_RECORD: usize = 64 * 1024;
 
+/// The record framed at the start of `bytes`, and the frame's length.
+fn parse_frame(bytes: &[u8]) -> Option<(LogRecord, usize)> {
+    let frame = bytes.get(..FRAME_HEADER)?;
+    let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+    let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    if len > MAX_RECORD {
+        return None;
+    }
+    let payload = bytes.get(FRAME_HEADER..FRAME_HEADER + len)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    let rec = postcard::from_bytes::<LogRecord>(payload).ok()?;
+    Some((rec, FRAME_HEADER + len))
+}
+
 impl RasLog {
     fn open(path: &Path) -> std::io::Result<(RasLog, Vec<LogRecord>)> {
+        use std::os::unix::fs::OpenOptionsExt;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            crate::namespace::private_dir(dir)?;
         }
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(path)?;
+        let mut file = OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let mut records = Vec::new();
-        let mut at = 0;
-        while let Some(frame) = bytes.get(at..at + FRAME_HEADER) {
-            let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
-            let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
-            let Some(payload) = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len) else { break };
-            if len > MAX_RECORD || crc32fast::hash(payload) != crc {
-                break;
+        let (mut at, mut end, mut skipped) = (0, 0, 0);
+        while at < bytes.len() {
+            match parse_frame(&bytes[at..]) {
+                Some((rec, n)) => {
+                    records.push(rec);
+                    at += n;
+                    end = at;
+                }
+                None => {
+                    at += 1;
+                    skipped += 1;
+                }
             }
-            let Ok(rec) = postcard::from_bytes::<LogRecord>(payload) else { break };
-            records.push(rec);
-            at += FRAME_HEADER + len;
         }
-        if at < bytes.len() {
-            tracing::warn!("RAS log {}: dropping {} bytes of torn or corrupt tail", path.display(), bytes.len() - at);
-            file.set_len(at as u64)?;
-            file.seek(SeekFrom::End(0))?;
+        if end < bytes.len() {
+            tracing::warn!("RAS log {}: cutting {} bytes of torn tail", path.display(), bytes.len() - end);
+            file.set_len(end as u64)?;
             file.sync_all()?;
         }
-        Ok((RasLog { file, path: path.to_path_buf() }, records))
+        let damaged = skipped - (bytes.len() - end);
+        if damaged > 0 {
+            tracing::warn!("RAS log {}: skipped {damaged} damaged bytes; later records kept", path.display());
+        }
+        Ok((RasLog { file, path: path.to_path_buf(), len: end as u64 }, records))
     }
 
     fn append(&mut self, rec: &LogRecord) -> std::io::Result<()> {
@@ -233,8 +261,22 @@ impl RasLog {
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         frame.extend_from_slice(&payload);
-        self.file.write_all(&frame)?;
-        self.file.sync_data()
+        let written = self
+            .file
+            .seek(SeekFrom::Start(self.len))
+            .and_then(|_| self.file.write_all(&frame))
+            .and_then(|_| self.file.sync_data());
+        match written {
+            Ok(()) => {
+                self.len += frame.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // Cut the torn record back (freeing its blocks also makes room on a full disk).
+                let _ = self.file.set_len(self.len);
+                Err(e)
+            }
+        }
     }
 
     /// Where the log lives.
@@ -347,18 +389,22 @@ impl RasCore {
         rx
     }
 
+    /// Logs a change, then makes it: `next` computes the value after the change (under
+    /// the event lock, so changes are serialised), `apply` installs it once the log has it.
+    /// A failed log write fails with `EIO` and changes nothing.
     fn emit(
         &self,
         node: &RasNode,
         counter: Option<&ErrorCounter>,
         kind: EventKind,
         delta: u64,
-        value: u64,
-    ) -> RasEvent {
+        next: impl FnOnce() -> u64,
+        apply: impl FnOnce(u64),
+    ) -> Result<RasEvent> {
         let mut ev = lock(&self.events);
-        ev.seq += 1;
+        let value = next();
         let event = RasEvent {
-            seq: ev.seq,
+            seq: ev.seq + 1,
             timestamp_ns: monotonic_ns(),
             node_id: node.id,
             error_id: counter.map_or(0, |c| c.id),
@@ -377,25 +423,35 @@ impl RasCore {
                 kind,
                 value,
             };
-            if let Err(e) = lock(log).append(&rec) {
+            let mut log = lock(log);
+            if let Err(e) = log.append(&rec) {
                 tracing::error!("RAS log append failed: {e}");
+                bail!(EIO, "RAS log {}: {e}; the change was not made", log.path().display());
             }
         }
+        ev.seq = event.seq;
+        apply(value);
         if ev.recent.len() == RECENT_EVENTS {
             ev.recent.pop_front();
         }
         ev.recent.push_back(event.clone());
         // A full subscriber misses this event (and notices the gap); a gone one is dropped.
         ev.subscribers.retain(|s| !matches!(s.try_send(event.clone()), Err(TrySendError::Disconnected(_))));
-        event
+        Ok(event)
     }
 
     /// Counts `delta` errors on a counter; updates the reporter and may run recovery.
     pub fn report(&self, node_id: u32, error_id: u32, delta: u64) -> Result<RasEvent> {
         let node = self.node(node_id)?;
         let counter = node.counter(error_id)?;
-        let value = counter.value.fetch_add(delta, Ordering::Relaxed).saturating_add(delta);
-        let event = self.emit(node, Some(counter), EventKind::Error, delta, value);
+        let event = self.emit(
+            node,
+            Some(counter),
+            EventKind::Error,
+            delta,
+            || counter.value.load(Ordering::Relaxed).saturating_add(delta),
+            |v| counter.value.store(v, Ordering::Relaxed),
+        )?;
         if counter.severity >= Severity::Uncorrected && delta > 0 {
             let recover = {
                 let mut r = lock(&node.reporter);
@@ -417,30 +473,40 @@ impl RasCore {
         self.drivers[node.device as usize]
             .ras_recover(&node.name)
             .map_err(|e| Error::new(e, format!("recovery of {} {} failed", node.device_name, node.name)))?;
-        let count = {
-            let mut r = lock(&node.reporter);
-            r.recovery_count += 1;
-            r.last_recovery_ns = monotonic_ns();
-            r.healthy = true;
-            r.recovery_count
-        };
-        Ok(self.emit(node, None, EventKind::Recovered, 0, count))
+        self.emit(
+            node,
+            None,
+            EventKind::Recovered,
+            0,
+            || lock(&node.reporter).recovery_count + 1,
+            |count| {
+                let mut r = lock(&node.reporter);
+                r.recovery_count = count;
+                r.last_recovery_ns = monotonic_ns();
+                r.healthy = true;
+            },
+        )
     }
 
     /// Sets a counter back to zero.
     pub fn clear(&self, node_id: u32, error_id: u32) -> Result<RasEvent> {
         let node = self.node(node_id)?;
         let counter = node.counter(error_id)?;
-        counter.value.store(0, Ordering::Relaxed);
-        Ok(self.emit(node, Some(counter), EventKind::Cleared, 0, 0))
+        self.emit(node, Some(counter), EventKind::Cleared, 0, || 0, |v| counter.value.store(v, Ordering::Relaxed))
     }
 
     /// Sets a counter's threshold (0 removes it).
     pub fn set_threshold(&self, node_id: u32, error_id: u32, threshold: u64) -> Result<RasEvent> {
         let node = self.node(node_id)?;
         let counter = node.counter(error_id)?;
-        counter.threshold.store(threshold, Ordering::Relaxed);
-        Ok(self.emit(node, Some(counter), EventKind::ThresholdSet, 0, threshold))
+        self.emit(
+            node,
+            Some(counter),
+            EventKind::ThresholdSet,
+            0,
+            || threshold,
+            |v| counter.threshold.store(v, Ordering::Relaxed),
+        )
     }
 
     /// Configures a node's reporter.
@@ -607,6 +673,30 @@ mod tests {
         let c = rx.recv().unwrap();
         assert_eq!((c.kind, c.seq, c.value), (EventKind::Recovered, 3, 1));
         assert_eq!(ras.node(1).unwrap().reporter().recovery_count, 1);
+    }
+
+    #[test]
+    fn a_damaged_record_mid_log_loses_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ras.log");
+        let (after_first, last_seq) = {
+            let ras = core(Some(&path));
+            ras.report(1, 1, 7).unwrap();
+            let len = std::fs::metadata(&path).unwrap().len();
+            for _ in 0..100 {
+                ras.report(2, 1, 1).unwrap();
+            }
+            (len, ras.last_seq())
+        };
+        // Flip a byte inside the second record: its checksum no longer matches.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[after_first as usize + FRAME_HEADER + 2] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let ras = core(Some(&path));
+        assert_eq!(ras.node(1).unwrap().counters[0].value(), 7);
+        assert_eq!(ras.node(2).unwrap().counters[0].value(), 100, "the 99 records after the damage are kept");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), bytes.len() as u64, "nothing valid was cut");
+        assert_eq!(ras.report(1, 1, 1).unwrap().seq, last_seq + 1);
     }
 
     #[test]

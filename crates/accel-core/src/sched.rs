@@ -339,10 +339,20 @@ impl Scheduler {
 
     /// Removes every queue of a client (on close or crash).
     pub fn cancel_client(&self, client_id: u64) {
-        self.cancel(|_, c| c == client_id);
+        self.cancel_client_with(client_id, Errno::ECANCELED);
+    }
+
+    /// Removes every queue of a client, failing its jobs with `errno` (`ENODEV` when the
+    /// client is evicted from its namespace).
+    pub fn cancel_client_with(&self, client_id: u64, errno: Errno) {
+        self.cancel_with(|_, c| c == client_id, errno);
     }
 
     fn cancel(&self, matches: impl Fn(EntityId, u64) -> bool) {
+        self.cancel_with(matches, Errno::ECANCELED);
+    }
+
+    fn cancel_with(&self, matches: impl Fn(EntityId, u64) -> bool, errno: Errno) {
         let mut failed = Failed::new();
         {
             let mut st = self.state();
@@ -350,7 +360,7 @@ impl Scheduler {
                 st.entities.iter().filter(|(id, e)| matches(**id, e.client_id)).map(|(id, _)| *id).collect();
             for id in &gone {
                 if let Some(e) = st.entities.remove(id) {
-                    failed.extend(e.jobs.into_iter().map(|j| (j, Errno::ECANCELED)));
+                    failed.extend(e.jobs.into_iter().map(|j| (j, errno)));
                 }
             }
             for engine in &mut st.engines {
@@ -358,9 +368,9 @@ impl Scheduler {
                     engine.ring.drain(..).partition(|d| matches(d.entity, d.client_id));
                 engine.ring = keep.into();
                 engine.in_flight -= out.len() as u32;
-                failed.extend(out.into_iter().map(|d| (d.job, Errno::ECANCELED)));
+                failed.extend(out.into_iter().map(|d| (d.job, errno)));
                 for r in engine.running.iter_mut().filter(|r| matches(r.entity, r.client_id)) {
-                    r.disposition = Some(Disposition::Fail(Errno::ECANCELED));
+                    r.disposition = Some(Disposition::Fail(errno));
                     r.ctx.abort.abort();
                 }
             }

@@ -59,6 +59,10 @@ errnos! {
     ETIMEDOUT = 110, "timed out";
     ECONNREFUSED = 111, "connection refused";
     ECANCELED = 125, "operation canceled";
+    // Later additions go last: the wire carries the declaration index (until the ABI
+    // moves to raw values), so inserting in numeric order would renumber the others.
+    EMFILE = 24, "too many open files";
+    ENOTCONN = 107, "transport endpoint is not connected";
 }
 
 impl Errno {

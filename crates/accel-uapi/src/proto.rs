@@ -571,10 +571,14 @@ pub enum Request {
         /// Token that places clients in it.
         token: Option<String>,
     },
-    /// Delete a namespace (admin, root namespace).
+    /// Delete a namespace (admin, root namespace). With clients connected it fails with
+    /// `EBUSY` unless `evict` is set: then they are evicted (their jobs fail with `ENODEV`,
+    /// their connections close, their memory is freed).
     NsDelete {
         /// Name.
         name: String,
+        /// Evict connected clients instead of refusing.
+        evict: bool,
     },
     /// Give a namespace a device or a share of one; again to change the share (admin).
     NsAssign {
@@ -588,6 +592,9 @@ pub enum Request {
         weight: u32,
         /// Most clients at once (0: no limit).
         max_clients: u32,
+        /// A share that shrinks below what its clients use fails with `EBUSY` unless this
+        /// is set: then that share's clients are evicted.
+        evict: bool,
     },
     /// List namespaces (root namespace).
     NsList,
@@ -595,6 +602,21 @@ pub enum Request {
     Stats,
     /// Per-client usage of every client.
     Clients,
+    /// Give a namespace a new token (admin). Replies [`Reply::Token`] with it.
+    NsToken {
+        /// Namespace.
+        name: String,
+        /// The new token; `None`: the daemon generates 256 random bits.
+        token: Option<String>,
+        /// Keep the current tokens valid too (roll the new one out, then retire them).
+        keep_old: bool,
+    },
+    /// Invalidate every token of a namespace but the newest (admin). Replies
+    /// [`Reply::Point`] with how many were retired.
+    NsRetireTokens {
+        /// Namespace.
+        name: String,
+    },
 }
 
 /// Replies the daemon sends.
@@ -663,4 +685,6 @@ pub enum Reply {
         /// What went wrong, for humans.
         message: String,
     },
+    /// A namespace token, shown once: the daemon keeps only its hash.
+    Token(String),
 }

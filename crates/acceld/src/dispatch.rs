@@ -4,8 +4,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use accel_core::client::{Client, PeerCred};
-use accel_core::namespace::{PeerInfo, Share};
+use accel_core::client::Client;
+use accel_core::namespace::{PeerInfo, Revoke, Share};
 use accel_core::{Error, Subsystem};
 use accel_uapi::wire::{self, Kind, ABI_MAJOR, ABI_MINOR, MAX_MESSAGE};
 use accel_uapi::{transport, Errno, Reply, Request};
@@ -55,8 +55,15 @@ fn error_reply(e: Error) -> Reply {
     Reply::Error { code: e.code, message: e.message }
 }
 
+/// Answers a connection that is not admitted with the reason (the client reads it as the
+/// reply to its handshake); the caller then closes it.
+pub(crate) fn refuse(sock: BorrowedFd<'_>, e: Error) {
+    send_reply(sock, 0, &error_reply(e), &[]);
+}
+
 /// Serves one client until it disconnects; everything it held is freed on return.
-pub fn serve_connection(sub: &Arc<Subsystem>, sock: OwnedFd, cred: PeerCred) {
+pub fn serve_connection(sub: &Arc<Subsystem>, sock: OwnedFd, peer: PeerInfo) {
+    let cred = peer.cred;
     let mut buf = vec![0u8; MAX_MESSAGE + 1];
     let mut client: Option<Client> = None;
     loop {
@@ -64,6 +71,7 @@ pub fn serve_connection(sub: &Arc<Subsystem>, sock: OwnedFd, cred: PeerCred) {
             Ok(Some(r)) => r,
             Ok(None) => break,
             Err(e) => {
+                // A peer that never finishes the handshake ends here (SO_RCVTIMEO).
                 tracing::debug!(pid = cred.pid, "recv: {e}");
                 break;
             }
@@ -83,7 +91,8 @@ pub fn serve_connection(sub: &Arc<Subsystem>, sock: OwnedFd, cred: PeerCred) {
                 }
                 Ok((seq, Request::Netlink(bytes))) if client.is_some() => {
                     // A dump may take several frames; each is a reply with the request's seq.
-                    let frames = crate::ras_nl::handle(sub.ras(), cred.is_admin(), &bytes);
+                    let admin = client.as_ref().is_some_and(Client::is_admin);
+                    let frames = crate::ras_nl::handle(sub.ras(), admin, &bytes);
                     if frames.iter().any(|f| !send_reply(sock.as_fd(), seq, &Reply::Netlink(f.clone()), &[])) {
                         break;
                     }
@@ -97,7 +106,7 @@ pub fn serve_connection(sub: &Arc<Subsystem>, sock: OwnedFd, cred: PeerCred) {
                     }
                     break;
                 }
-                Ok((seq, req)) => (seq, handle(sub, &mut client, cred, req, received.fds, sock.as_fd())),
+                Ok((seq, req)) => (seq, handle(sub, &mut client, &peer, req, received.fds, sock.as_fd())),
             }
         };
         let (reply, fds) = match outcome {
@@ -116,7 +125,7 @@ pub fn serve_connection(sub: &Arc<Subsystem>, sock: OwnedFd, cred: PeerCred) {
 fn handle(
     sub: &Arc<Subsystem>,
     client: &mut Option<Client>,
-    cred: PeerCred,
+    peer: &PeerInfo,
     req: Request,
     fds: Vec<OwnedFd>,
     sock: BorrowedFd<'_>,
@@ -134,8 +143,16 @@ fn handle(
         if abi_major != ABI_MAJOR {
             return Err(Error::new(Errno::EPROTO, format!("client speaks ABI {abi_major}, daemon speaks {ABI_MAJOR}")));
         }
-        let ns = sub.namespaces().place(&PeerInfo::of(cred), token.as_deref())?;
-        let c = client.insert(sub.connect_in(ns, cred, &name));
+        let placement = sub.namespaces().place(peer, token.as_deref())?;
+        let c = client.insert(sub.connect_in(placement, peer.cred, &name));
+        // Eviction closes the connection: the loop then ends and drops the client.
+        let dup = rustix::io::fcntl_dupfd_cloexec(sock, 0)
+            .map_err(|e| Error::new(Errno::EMFILE, format!("daemon out of descriptors: {e}")))?;
+        c.set_revoke_hook(Box::new(move || {
+            let _ = rustix::net::shutdown(&dup, rustix::net::Shutdown::Both);
+        }));
+        // The handshake is done: from now on the peer may stay idle as long as it likes.
+        let _ = rustix::net::sockopt::set_socket_timeout(sock, rustix::net::sockopt::Timeout::Recv, None);
         let reply = Reply::Hello {
             abi_major: ABI_MAJOR,
             abi_minor: ABI_MINOR,
@@ -201,9 +218,14 @@ fn handle(
         }
         Request::Stats if c.namespace().is_root() => ok(Reply::Stats(sub.stats())),
         Request::Stats => Err(Error::new(Errno::EPERM, "daemon-wide object counts are the root namespace's view")),
-        Request::Clients => ok(Reply::Clients(sub.client_usage_in(c.namespace()))),
-        Request::NsCreate { .. } | Request::NsDelete { .. } | Request::NsAssign { .. } | Request::NsList
-            if !c.namespace().is_root() || !cred.is_admin() =>
+        Request::Clients => ok(Reply::Clients(sub.client_usage_in(c.namespace(), c.cred().uid))),
+        Request::NsCreate { .. }
+        | Request::NsDelete { .. }
+        | Request::NsAssign { .. }
+        | Request::NsList
+        | Request::NsToken { .. }
+        | Request::NsRetireTokens { .. }
+            if !c.namespace().is_root() || !c.is_admin() =>
         {
             Err(Error::new(
                 Errno::EPERM,
@@ -211,18 +233,22 @@ fn handle(
             ))
         }
         Request::NsCreate { name, token } => sub.namespaces().create(&name, token).and(ok(Reply::Ok)),
-        Request::NsDelete { name } => sub.namespaces().delete(&name).and(ok(Reply::Ok)),
-        Request::NsAssign { name, device, memory_limit, weight, max_clients } => {
+        Request::NsDelete { name, evict } => sub.delete_namespace(&name, revoke(evict)).and(ok(Reply::Ok)),
+        Request::NsAssign { name, device, memory_limit, weight, max_clients, evict } => {
             let share = Share { memory_limit, weight, max_clients };
-            sub.namespaces().assign(&name, device, share).and(ok(Reply::Ok))
+            sub.assign_share(&name, device, share, revoke(evict)).and(ok(Reply::Ok))
         }
+        Request::NsToken { name, token, keep_old } => {
+            ok(Reply::Token(sub.namespaces().rotate_token(&name, token, keep_old)?))
+        }
+        Request::NsRetireTokens { name } => ok(Reply::Point(sub.namespaces().retire_tokens(&name)? as u64)),
         Request::NsList => ok(Reply::Namespaces(
             sub.namespaces()
                 .list()
                 .iter()
                 .map(|ns| accel_uapi::NamespaceInfo {
                     name: ns.name.clone(),
-                    has_token: ns.token.is_some(),
+                    has_token: ns.has_token(),
                     devices: ns
                         .devices()
                         .iter()
@@ -241,5 +267,13 @@ fn handle(
                 })
                 .collect(),
         )),
+    }
+}
+
+fn revoke(evict: bool) -> Revoke {
+    if evict {
+        Revoke::Evict
+    } else {
+        Revoke::Refuse
     }
 }

@@ -5,17 +5,26 @@
 //! gets a thread that reads a request, calls the core, and writes exactly one
 //! reply. Nothing a client sends can panic the daemon: every message is decoded
 //! and validated, and a bad one gets an errno-style error reply.
+//!
+//! Connections are bounded: a non-admin user may hold [`ConnectionLimits::max_per_uid`]
+//! at once, every connection is charged to the daemon's descriptor budget (whose last
+//! tenth is kept for admins), and a peer that does not finish the handshake within
+//! [`ConnectionLimits::handshake_timeout_ms`] is dropped.
 
 mod dispatch;
 pub mod metrics;
 pub mod ras_nl;
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use accel_core::client::PeerCred;
 use accel_core::device::DeviceConfig;
+use accel_core::limits::Limits;
+use accel_core::namespace::{PeerInfo, PlacementConfig};
 use accel_core::Subsystem;
 use accel_uapi::{transport, Category};
 use rustix::net::SocketAddrUnix;
@@ -52,9 +61,21 @@ pub enum DaemonError {
 /// The daemon's TOML config file.
 ///
 /// ```toml
+/// admin_groups = [990]           # members are admins (besides root and the daemon's user)
+/// default_namespace = "default"  # where unplaced non-admins go (created empty if missing)
+///
 /// [[placement]]          # first match wins; every field given must match
 /// namespace = "tenant-a"
 /// uid = 1000             # or gid, cgroup_prefix, userns, pidns (inodes), token
+///
+/// [limits]               # 0: no cap
+/// fds_per_client = 1024
+/// fds_per_namespace = 4096
+/// max_buffer_bytes = 68719476736
+///
+/// [connections]
+/// max_per_uid = 64                # for non-admin users
+/// handshake_timeout_ms = 5000
 /// ```
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +83,33 @@ pub struct Config {
     /// Placement rules for namespaces.
     #[serde(default)]
     pub placement: Vec<accel_core::namespace::PlacementRule>,
+    /// Groups whose members are admins.
+    #[serde(default)]
+    pub admin_groups: Vec<u32>,
+    /// Namespace for clients that no token or rule places and that are not admins.
+    pub default_namespace: Option<String>,
+    /// Caps per client and namespace.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Caps on connections.
+    #[serde(default)]
+    pub connections: ConnectionLimits,
+}
+
+/// Caps on connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionLimits {
+    /// Connections one non-admin user may hold at once (0: no cap).
+    pub max_per_uid: u32,
+    /// How long a new connection may take to send its handshake.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits { max_per_uid: 64, handshake_timeout_ms: 5000 }
+    }
 }
 
 impl Config {
@@ -95,6 +143,26 @@ pub struct Daemon {
     sub: Arc<Subsystem>,
     listener: OwnedFd,
     path: PathBuf,
+    conn_limits: ConnectionLimits,
+    per_uid: Arc<Mutex<HashMap<u32, u32>>>,
+}
+
+/// One connection counted against its user's cap until dropped.
+struct UidSlot {
+    uid: u32,
+    counts: Arc<Mutex<HashMap<u32, u32>>>,
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.uid);
+            }
+        }
+    }
 }
 
 fn sock_err(path: &Path) -> impl FnOnce(rustix::io::Errno) -> DaemonError + '_ {
@@ -127,7 +195,15 @@ impl Daemon {
         state_dir: Option<&Path>,
         config: Config,
     ) -> Result<Daemon, DaemonError> {
-        let sub = Subsystem::with_config(devices, state_dir, config.placement)?;
+        let placement = PlacementConfig {
+            rules: config.placement,
+            admin: accel_core::credentials::AdminPolicy { groups: config.admin_groups },
+            default_namespace: config.default_namespace,
+        };
+        // Descriptors are the daemon-wide resource every client uses: take all the system
+        // allows and size the budget (with the admins' reserve) to it.
+        let limits = config.limits.for_fd_limit(raise_fd_limit());
+        let sub = Subsystem::with_config(devices, state_dir, placement, limits)?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| DaemonError::Socket { path: dir.to_path_buf(), source: e })?;
         }
@@ -143,7 +219,13 @@ impl Daemon {
         let listener = transport::socket().map_err(sock_err(path))?;
         rustix::net::bind(&listener, &SocketAddrUnix::new(path).map_err(sock_err(path))?).map_err(sock_err(path))?;
         rustix::net::listen(&listener, 128).map_err(sock_err(path))?;
-        Ok(Daemon { sub, listener, path: path.to_path_buf() })
+        Ok(Daemon {
+            sub,
+            listener,
+            path: path.to_path_buf(),
+            conn_limits: config.connections,
+            per_uid: Default::default(),
+        })
     }
 
     /// The subsystem this daemon serves.
@@ -176,14 +258,57 @@ impl Daemon {
                     continue;
                 }
             };
+            let peer = PeerInfo::of(cred);
+            let admin = self.sub.namespaces().is_admin(&peer);
+            let admitted = self.admit(cred.uid, admin);
+            let (slot, charge) = match admitted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(uid = cred.uid, pid = cred.pid, "connection refused: {}", e.message);
+                    dispatch::refuse(conn.as_fd(), e);
+                    continue;
+                }
+            };
+            let timeout = Duration::from_millis(self.conn_limits.handshake_timeout_ms.max(1));
+            if let Err(e) = rustix::net::sockopt::set_socket_timeout(&conn, rustix::net::sockopt::Timeout::Recv, Some(timeout)) {
+                tracing::warn!("SO_RCVTIMEO failed: {e}; dropping connection");
+                continue;
+            }
             let sub = self.sub.clone();
+            // Small stacks: a connection thread only decodes and dispatches.
             let spawned = std::thread::Builder::new()
                 .name(format!("client-pid{}", cred.pid))
-                .spawn(move || serve_connection(&sub, conn, cred));
+                .stack_size(256 << 10)
+                .spawn(move || {
+                    let _held = (slot, charge);
+                    serve_connection(&sub, conn, peer)
+                });
             if let Err(e) = spawned {
                 tracing::warn!("cannot start a client thread: {e}");
             }
         }
+    }
+
+    /// Counts a new connection against its user's cap (non-admins) and the daemon's
+    /// descriptor budget (the socket and the duplicate eviction uses): `EUSERS`/`EMFILE`.
+    fn admit(&self, uid: u32, admin: bool) -> accel_core::Result<(Option<UidSlot>, Vec<accel_core::bo::Charge>)> {
+        let max = self.conn_limits.max_per_uid;
+        let slot = if admin || max == 0 {
+            None
+        } else {
+            let mut counts = self.per_uid.lock().unwrap_or_else(|e| e.into_inner());
+            let n = counts.entry(uid).or_insert(0);
+            if *n >= max {
+                return Err(accel_core::Error::new(
+                    accel_uapi::Errno::EUSERS,
+                    format!("uid {uid} already holds {max} connections to the daemon (its cap)"),
+                ));
+            }
+            *n += 1;
+            Some(UidSlot { uid, counts: self.per_uid.clone() })
+        };
+        let charges = vec![self.sub.charge_connection(admin)?, self.sub.charge_connection(admin)?];
+        Ok((slot, charges))
     }
 }
 
