@@ -184,7 +184,14 @@ fn a_tenant_cannot_reach_devices_outside_its_namespace() {
     let mut admin = Connection::connect_with_token(d.socket(), None).unwrap();
     admin.call(&Request::NsCreate { name: "t".into(), token: Some("tok".into()) }).unwrap();
     admin
-        .call(&Request::NsAssign { name: "t".into(), device: 1, memory_limit: 0, weight: 100, max_clients: 0, evict: false })
+        .call(&Request::NsAssign {
+            name: "t".into(),
+            device: 1,
+            memory_limit: 0,
+            weight: 100,
+            max_clients: 0,
+            evict: false,
+        })
         .unwrap();
     let mut c = Connection::connect_with_token(d.socket(), Some("tok")).unwrap();
     for minor in [1, 2, 100, u32::MAX] {

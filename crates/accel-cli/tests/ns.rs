@@ -14,7 +14,8 @@ fn admin(d: &Daemon) -> Connection {
 fn tenant(d: &Daemon, name: &str, token: &str, device: u32, memory_limit: u64, max_clients: u32) {
     let mut a = admin(d);
     a.call(&Request::NsCreate { name: name.into(), token: Some(token.into()) }).unwrap();
-    a.call(&Request::NsAssign { name: name.into(), device, memory_limit, weight: 100, max_clients, evict: false }).unwrap();
+    a.call(&Request::NsAssign { name: name.into(), device, memory_limit, weight: 100, max_clients, evict: false })
+        .unwrap();
 }
 
 /// The namespaces an admin created (the built-in, empty `default` left out).
@@ -128,8 +129,15 @@ fn placement_rules_from_the_config_file() {
     let d = Daemon::start_with(&["cpu", "testdev"], &["--config", config.to_str().unwrap()]);
     let mut a = admin(&d);
     a.call(&Request::NsCreate { name: "ruled".into(), token: None }).unwrap();
-    a.call(&Request::NsAssign { name: "ruled".into(), device: 1, memory_limit: 0, weight: 100, max_clients: 0, evict: false })
-        .unwrap();
+    a.call(&Request::NsAssign {
+        name: "ruled".into(),
+        device: 1,
+        memory_limit: 0,
+        weight: 100,
+        max_clients: 0,
+        evict: false,
+    })
+    .unwrap();
     let mut placed = Connection::connect_with_token(d.socket(), Some("by-rule")).unwrap();
     let devices = placed.list_devices().unwrap();
     assert_eq!((devices.len(), devices[0].driver.as_str()), (1, "testdev"));
@@ -187,7 +195,15 @@ fn share_weights_divide_the_device_between_namespaces() {
     let mut a = admin(&d);
     for (name, weight) in [("light", 100), ("heavy", 300)] {
         a.call(&Request::NsCreate { name: name.into(), token: Some(name.into()) }).unwrap();
-        a.call(&Request::NsAssign { name: name.into(), device: 0, memory_limit: 0, weight, max_clients: 0, evict: false }).unwrap();
+        a.call(&Request::NsAssign {
+            name: name.into(),
+            device: 0,
+            memory_limit: 0,
+            weight,
+            max_clients: 0,
+            evict: false,
+        })
+        .unwrap();
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let workers: Vec<_> = ["light", "heavy"]

@@ -17,10 +17,10 @@ use accel_uapi::{
 use slotmap::{Key, KeyData, SlotMap};
 
 use crate::bo::{BoTable, BufferObject, Charge};
-use crate::limits::{charge_fds, FdCount};
 use crate::counters::{Kind, Tracked};
 use crate::device::Device;
 use crate::fence::{wait_fences, Fence, Syncobj};
+use crate::limits::{charge_fds, FdCount};
 use crate::mem::HostMemory;
 use crate::namespace::{Namespace, NsDevice};
 use crate::ring::{RingFds, RingQueue};

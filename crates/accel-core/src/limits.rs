@@ -68,7 +68,10 @@ pub(crate) fn charge_fds(
     let full = |what: &str, used: &FdCount, limit: u64| {
         Error::new(
             Errno::EMFILE,
-            format!("{what} holds {} daemon descriptors of its limit of {limit}; close buffers or rings first", used.load(Ordering::Relaxed)),
+            format!(
+                "{what} holds {} daemon descriptors of its limit of {limit}; close buffers or rings first",
+                used.load(Ordering::Relaxed)
+            ),
         )
     };
     let mut charges = Vec::with_capacity(3);

@@ -338,7 +338,11 @@ pub struct Namespaces {
 
 impl Namespaces {
     /// The root namespace over `devices`, plus the namespaces saved in `state_dir`.
-    pub(crate) fn new(devices: &[Arc<Device>], config: PlacementConfig, state_dir: Option<&Path>) -> Result<Namespaces> {
+    pub(crate) fn new(
+        devices: &[Arc<Device>],
+        config: PlacementConfig,
+        state_dir: Option<&Path>,
+    ) -> Result<Namespaces> {
         let root = Arc::new(Namespace::new(
             ROOT,
             Vec::new(),
@@ -444,7 +448,8 @@ impl Namespaces {
             }
         }
         let candidates: Vec<Arc<Namespace>> = self.named_read().values().filter(|n| n.has_token()).cloned().collect();
-        let ns = candidates.into_iter().find(|n| n.token_hashes().iter().any(|h| credentials::verify_token(h, token)))?;
+        let ns =
+            candidates.into_iter().find(|n| n.token_hashes().iter().any(|h| credentials::verify_token(h, token)))?;
         self.cache.put(token, &ns.name);
         Some(ns)
     }
@@ -659,8 +664,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     private_dir(dir)?;
     let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("state")));
     let written = (|| {
-        let mut f =
-            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -762,14 +766,16 @@ mod tests {
     #[test]
     fn unplaced_non_admins_land_in_the_empty_default_namespace() {
         let me = rustix::process::getuid().as_raw();
-        let stranger = PeerInfo { cred: PeerCred { pid: 1, uid: me.wrapping_add(4242).max(1), gid: 7 }, ..Default::default() };
+        let stranger =
+            PeerInfo { cred: PeerCred { pid: 1, uid: me.wrapping_add(4242).max(1), gid: 7 }, ..Default::default() };
         let ns = Namespaces::new(&devices(1), PlacementConfig::default(), None).unwrap();
         let p = ns.place(&stranger, None).unwrap();
         assert_eq!((p.ns.name.as_str(), p.admin, p.ns.devices().len()), (DEFAULT, false, 0));
         assert!(p.ns.is_default());
         // A rule may not send a non-admin to root; an admin group member goes there.
         let rule = PlacementRule { namespace: ROOT.into(), gid: Some(7), ..Default::default() };
-        let ns = Namespaces::new(&devices(1), PlacementConfig { rules: vec![rule], ..Default::default() }, None).unwrap();
+        let ns =
+            Namespaces::new(&devices(1), PlacementConfig { rules: vec![rule], ..Default::default() }, None).unwrap();
         assert_eq!(ns.place(&stranger, None).unwrap_err().code, Errno::EACCES);
         let admins = PlacementConfig { admin: AdminPolicy { groups: vec![7] }, ..Default::default() };
         let ns = Namespaces::new(&devices(1), admins, None).unwrap();

@@ -54,6 +54,12 @@ impl Connection {
         }
     }
 
+    /// A duplicate of the connection's socket, to watch for the daemon going away while
+    /// blocked elsewhere (ring waits poll it beside their eventfd).
+    pub(crate) fn watch_fd(&self) -> Result<OwnedFd> {
+        rustix::io::fcntl_dupfd_cloexec(&self.sock, 0).map_err(|e| Error::os("dup of the daemon socket", e))
+    }
+
     /// Id the daemon gave this client.
     pub fn client_id(&self) -> u64 {
         self.client_id

@@ -37,6 +37,8 @@ pub struct Ring {
     mem: RingMem,
     doorbell: OwnedFd,
     completion: OwnedFd,
+    /// The daemon connection's socket: a hang-up ends every wait with `EPIPE`.
+    daemon: OwnedFd,
     sq_tail: u32,
     /// Last `sq_head` read from the daemon; re-read only when the ring looks full.
     sq_head_seen: u32,
@@ -51,8 +53,11 @@ impl std::fmt::Debug for Ring {
 }
 
 impl Ring {
+    /// `fds`: the ring memfd, the doorbell and the completion eventfd from the daemon, then
+    /// a duplicate of the connection's socket.
     pub(crate) fn new(queue: Queue, mut fds: Vec<OwnedFd>) -> Result<Ring> {
-        let (Some(completion), Some(doorbell), Some(ring)) = (fds.pop(), fds.pop(), fds.pop()) else {
+        let (Some(daemon), Some(completion), Some(doorbell), Some(ring)) = (fds.pop(), fds.pop(), fds.pop(), fds.pop())
+        else {
             return Err(Error::new(Errno::EPROTO, "ring reply lacks descriptors"));
         };
         let mem = RingMem::open(&ring).map_err(|e| Error::os("mapping ring", e))?;
@@ -61,6 +66,7 @@ impl Ring {
             mem,
             doorbell,
             completion,
+            daemon,
             sq_tail: 0,
             sq_head_seen: 0,
             cq_head: 0,
@@ -126,7 +132,8 @@ impl Ring {
     }
 
     /// Waits until at least `min` completions were reaped into `out` (spinning briefly,
-    /// then sleeping on the completion eventfd); `ETIMEDOUT` after `timeout`.
+    /// then sleeping on the completion eventfd); `ETIMEDOUT` after `timeout`, `EPIPE` as
+    /// soon as the daemon goes away (its socket is polled beside the eventfd).
     pub fn wait(&mut self, out: &mut Vec<Cqe>, min: usize, timeout: Duration) -> Result<usize> {
         let start = Instant::now();
         let mut got = self.reap(out);
@@ -150,10 +157,22 @@ impl Ring {
                 let slice = left.min(Duration::from_millis(100));
                 let ts =
                     rustix::time::Timespec { tv_sec: slice.as_secs() as i64, tv_nsec: slice.subsec_nanos() as i64 };
-                let mut fds = [PollFd::new(&self.completion, PollFlags::IN)];
+                let mut fds =
+                    [PollFd::new(&self.completion, PollFlags::IN), PollFd::new(&self.daemon, PollFlags::RDHUP)];
                 let _ = rustix::event::poll(&mut fds, Some(&ts));
                 let mut buf = [0u8; 8];
                 let _ = rustix::io::read(&self.completion, &mut buf);
+                if fds[1].revents().intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR) {
+                    self.mem.client_waiting().store(0, Ordering::SeqCst);
+                    got += self.reap(out);
+                    if got >= min {
+                        break;
+                    }
+                    return Err(Error::new(
+                        Errno::EPIPE,
+                        format!("the daemon went away with {} of {min} completions outstanding", min - got),
+                    ));
+                }
             }
             self.mem.client_waiting().store(0, Ordering::SeqCst);
             got += self.reap(out);

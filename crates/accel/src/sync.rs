@@ -29,7 +29,8 @@ impl Queue {
     /// two, at most 4096): the fast path, see [`Ring`]. The ring owns the queue; socket
     /// submissions remain possible through [`Ring::queue`].
     pub fn into_ring(self, entries: u32) -> Result<Ring> {
-        let fds = self.dev.call_for_fds(&Request::RingCreate { queue: self.handle, entries }, 3)?;
+        let mut fds = self.dev.call_for_fds(&Request::RingCreate { queue: self.handle, entries }, 3)?;
+        fds.push(self.dev.conn().watch_fd()?);
         Ring::new(self, fds)
     }
 

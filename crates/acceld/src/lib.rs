@@ -270,7 +270,9 @@ impl Daemon {
                 }
             };
             let timeout = Duration::from_millis(self.conn_limits.handshake_timeout_ms.max(1));
-            if let Err(e) = rustix::net::sockopt::set_socket_timeout(&conn, rustix::net::sockopt::Timeout::Recv, Some(timeout)) {
+            if let Err(e) =
+                rustix::net::sockopt::set_socket_timeout(&conn, rustix::net::sockopt::Timeout::Recv, Some(timeout))
+            {
                 tracing::warn!("SO_RCVTIMEO failed: {e}; dropping connection");
                 continue;
             }

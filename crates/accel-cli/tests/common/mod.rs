@@ -99,6 +99,36 @@ pub fn spawn_role(role: &str, socket: &Path, envs: &[(&str, String)]) -> Child {
     cmd.spawn().unwrap()
 }
 
+/// Like [`spawn_role`], as user `uid` and group `gid` (supplementary groups dropped).
+/// `None` when the tests do not run as root, which switching users needs; the caller
+/// prints why it skips.
+pub fn spawn_role_as(role: &str, socket: &Path, uid: u32, gid: u32, envs: &[(&str, String)]) -> Option<Child> {
+    use std::os::unix::process::CommandExt;
+    if rustix::process::getuid().as_raw() != 0 {
+        return None;
+    }
+    // The peer must reach the socket: like a render node opened to everyone.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["child_entry", "--exact", "--nocapture", "--test-threads=1", "--quiet"])
+        .env("ACCEL_TEST_ROLE", role)
+        .env("ACCEL_SOCKET", socket)
+        .uid(uid)
+        .gid(gid)
+        .stdout(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    Some(cmd.spawn().unwrap())
+}
+
+/// Waits for a child and asserts that it succeeded, showing what it printed otherwise.
+pub fn assert_child_ok(child: Child) {
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "child failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stdout));
+}
+
 /// Reads the child's stdout until it prints `ready`.
 pub fn wait_ready(child: &mut Child) {
     let out = child.stdout.take().unwrap();
