@@ -215,6 +215,11 @@ impl RingQueue {
         }
     }
 
+    /// Jobs of this ring that have not completed yet.
+    pub fn in_flight(&self) -> u32 {
+        self.inflight.load(Ordering::Acquire)
+    }
+
     fn complete(&self, user_data: u64, result: Result<(), Errno>, seqno: u64) {
         let cqe = Cqe {
             user_data,

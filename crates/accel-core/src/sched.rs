@@ -370,7 +370,11 @@ impl Scheduler {
                 engine.in_flight -= out.len() as u32;
                 failed.extend(out.into_iter().map(|d| (d.job, errno)));
                 for r in engine.running.iter_mut().filter(|r| matches(r.entity, r.client_id)) {
-                    r.disposition = Some(Disposition::Fail(errno));
+                    // The first reason wins: an evicted client's job stays ENODEV when its
+                    // connection then closes.
+                    if !matches!(r.disposition, Some(Disposition::Fail(_))) {
+                        r.disposition = Some(Disposition::Fail(errno));
+                    }
                     r.ctx.abort.abort();
                 }
             }

@@ -84,14 +84,27 @@ impl Connection {
 
     /// Sends raw bytes as one message and reads one reply (tests use it to send garbage).
     pub fn call_raw(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(Reply, Vec<OwnedFd>)> {
-        transport::send(self.sock.as_fd(), bytes, fds).map_err(|e| Error::os("send to daemon", e))?;
+        if let Err(e) = transport::send(self.sock.as_fd(), bytes, fds) {
+            // A daemon that refuses a connection (a cap was reached) says why and closes
+            // without reading: the reason may already wait in our queue.
+            return match self.recv_reply() {
+                Err(r) if r.code == Errno::EPIPE => Err(Error::os("send to daemon", e)),
+                other => other,
+            };
+        }
         self.recv_reply()
     }
 
     /// Reads the next reply: a further frame of a multi-frame reply (RAS dumps) or an
     /// event on a subscribed connection.
     pub fn recv_reply(&mut self) -> Result<(Reply, Vec<OwnedFd>)> {
-        let r = transport::recv(self.sock.as_fd(), &mut self.buf)
+        let received = match transport::recv(self.sock.as_fd(), &mut self.buf) {
+            // The daemon closed with our request unread (it refused the connection); the
+            // reset is reported first, its reason after it.
+            Err(rustix::io::Errno::CONNRESET) => transport::recv(self.sock.as_fd(), &mut self.buf),
+            other => other,
+        };
+        let r = received
             .map_err(|e| Error::os("receive from daemon", e))?
             .ok_or_else(|| Error::new(Errno::EPIPE, "the daemon closed the connection"))?;
         let (_, reply) =

@@ -59,6 +59,10 @@ fn error_reply(e: Error) -> Reply {
 /// reply to its handshake); the caller then closes it.
 pub(crate) fn refuse(sock: BorrowedFd<'_>, e: Error) {
     send_reply(sock, 0, &error_reply(e), &[]);
+    // Drop a handshake that already arrived, so closing does not reset the peer (it would
+    // then have to read past the reset to see the reason). Never blocks the accept loop.
+    let mut buf = [0u8; 256];
+    let _ = rustix::net::recv(sock, &mut buf, rustix::net::RecvFlags::DONTWAIT);
 }
 
 /// Serves one client until it disconnects; everything it held is freed on return.
@@ -118,6 +122,9 @@ pub fn serve_connection(sub: &Arc<Subsystem>, sock: OwnedFd, peer: PeerInfo) {
         }
     }
     if let Some(c) = &client {
+        if c.is_revoked() {
+            c.settle(Duration::from_secs(2));
+        }
         tracing::debug!(client = c.id(), pid = cred.pid, "client disconnected");
     }
 }
@@ -148,8 +155,10 @@ fn handle(
         // Eviction closes the connection: the loop then ends and drops the client.
         let dup = rustix::io::fcntl_dupfd_cloexec(sock, 0)
             .map_err(|e| Error::new(Errno::EMFILE, format!("daemon out of descriptors: {e}")))?;
+        // Shutting down only our reading side wakes this loop without the peer seeing a
+        // hang-up yet: it sees one when the socket closes, after the client settled.
         c.set_revoke_hook(Box::new(move || {
-            let _ = rustix::net::shutdown(&dup, rustix::net::Shutdown::Both);
+            let _ = rustix::net::shutdown(&dup, rustix::net::Shutdown::Read);
         }));
         // The handshake is done: from now on the peer may stay idle as long as it likes.
         let _ = rustix::net::sockopt::set_socket_timeout(sock, rustix::net::sockopt::Timeout::Recv, None);

@@ -22,10 +22,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use accel_uapi::{DeviceInfo, Errno};
 use serde::{Deserialize, Serialize};
 
-use crate::client::PeerCred;
-use crate::credentials::{self, AdminPolicy, TokenCache};
+use crate::credentials::{self, TokenCache};
 use crate::device::Device;
 use crate::{bail, lock, Error, Result};
+
+mod persist;
+mod placement;
+
+pub use persist::{private_dir, write_atomically};
+use persist::{DeviceRecord, NsRecord, StateFile};
+pub use placement::{PeerInfo, Placement, PlacementConfig, PlacementRule};
 
 /// Name of the root namespace.
 pub const ROOT: &str = "root";
@@ -200,118 +206,6 @@ impl Namespace {
     pub fn devices(&self) -> Vec<Arc<NsDevice>> {
         self.devices.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
-}
-
-/// One placement rule from the config: every field that is set must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlacementRule {
-    /// Target namespace.
-    pub namespace: String,
-    /// Peer user id.
-    pub uid: Option<u32>,
-    /// Peer group id.
-    pub gid: Option<u32>,
-    /// Prefix of the peer's cgroup path (`/proc/<pid>/cgroup`, v2 line).
-    pub cgroup_prefix: Option<String>,
-    /// Inode of the peer's user namespace (`/proc/<pid>/ns/user`).
-    pub userns: Option<u64>,
-    /// Inode of the peer's pid namespace (`/proc/<pid>/ns/pid`).
-    pub pidns: Option<u64>,
-    /// Token the client gives in the handshake.
-    pub token: Option<String>,
-}
-
-/// What placement looks at, read from `/proc/<pid>` of the peer.
-#[derive(Debug, Clone, Default)]
-pub struct PeerInfo {
-    /// Credentials (`SO_PEERCRED`).
-    pub cred: PeerCred,
-    /// Supplementary groups (`Groups:` of `/proc/<pid>/status`).
-    pub groups: Vec<u32>,
-    /// cgroup v2 path.
-    pub cgroup: Option<String>,
-    /// User namespace inode.
-    pub userns: Option<u64>,
-    /// Pid namespace inode.
-    pub pidns: Option<u64>,
-}
-
-impl PeerInfo {
-    /// Reads what placement needs about process `cred.pid`.
-    pub fn of(cred: PeerCred) -> PeerInfo {
-        let proc = PathBuf::from(format!("/proc/{}", cred.pid));
-        let ino = |p: &str| std::fs::metadata(proc.join(p)).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
-        let cgroup = std::fs::read_to_string(proc.join("cgroup"))
-            .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string)));
-        let groups = std::fs::read_to_string(proc.join("status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Groups:"))
-                    .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
-            })
-            .unwrap_or_default();
-        PeerInfo { cred, groups, cgroup, userns: ino("ns/user"), pidns: ino("ns/pid") }
-    }
-}
-
-impl PlacementRule {
-    fn matches(&self, peer: &PeerInfo, token: Option<&str>) -> bool {
-        self.uid.is_none_or(|u| u == peer.cred.uid)
-            && self.gid.is_none_or(|g| g == peer.cred.gid)
-            && self.cgroup_prefix.as_deref().is_none_or(|p| peer.cgroup.as_deref().is_some_and(|c| c.starts_with(p)))
-            && self.userns.is_none_or(|n| peer.userns == Some(n))
-            && self.pidns.is_none_or(|n| peer.pidns == Some(n))
-            && self.token.as_deref().is_none_or(|t| token == Some(t))
-    }
-}
-
-/// How a namespace is persisted.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct NsRecord {
-    /// A plaintext token written by an older daemon: hashed and dropped at load.
-    #[serde(default, skip_serializing)]
-    token: Option<String>,
-    /// PHC hashes of the namespace's tokens.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    token_hashes: Vec<String>,
-    #[serde(default)]
-    devices: Vec<DeviceRecord>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct DeviceRecord {
-    device: u32,
-    #[serde(flatten)]
-    share: Share,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct StateFile {
-    #[serde(default)]
-    namespaces: BTreeMap<String, NsRecord>,
-}
-
-/// How clients are placed and who is an admin (from the daemon's config).
-#[derive(Debug, Clone, Default)]
-pub struct PlacementConfig {
-    /// Placement rules, first match wins.
-    pub rules: Vec<PlacementRule>,
-    /// Who is an admin besides root and the daemon's user.
-    pub admin: AdminPolicy,
-    /// Where unplaced non-admin clients go (default: [`DEFAULT`], created empty if missing).
-    pub default_namespace: Option<String>,
-}
-
-/// Where a client was placed.
-#[derive(Debug, Clone)]
-pub struct Placement {
-    /// Its namespace.
-    pub ns: Arc<Namespace>,
-    /// Whether it is an admin (root, the daemon's user, an admin group).
-    pub admin: bool,
 }
 
 /// A change to a share that takes away from clients already using it.
@@ -646,40 +540,11 @@ impl Namespaces {
     }
 }
 
-/// Creates the daemon's state directory (mode 0700: it holds token hashes and logs) and
-/// tightens an existing one.
-pub fn private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-}
-
-/// Writes `bytes` to `path` so that a crash leaves either the old or the new file.
-/// The file is private (mode 0600) in a private directory (0700). On failure the temp
-/// file is removed, so a full disk leaves no debris behind.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    private_dir(dir)?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("state")));
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::File::open(dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::PeerCred;
+    use crate::credentials::AdminPolicy;
     use crate::testing::{device, FakeDriver};
 
     fn devices(n: usize) -> Vec<Arc<Device>> {

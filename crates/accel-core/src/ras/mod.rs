@@ -14,9 +14,7 @@
 //! Drivers report through one API, [`RasSink::report`].
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, Weak};
@@ -174,116 +172,10 @@ pub struct RasEvent {
     pub value: u64,
 }
 
-/// A log record: names rather than ids, so a restart with another registration order
-/// still maps every record to its counter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct LogRecord {
-    seq: u64,
-    timestamp_ns: u64,
-    device: String,
-    node: String,
-    error: String,
-    kind: EventKind,
-    value: u64,
-}
+mod log;
 
-/// The append-only RAS log: `[len u32 LE][crc32 u32 LE][postcard record]` frames,
-/// fsync'd after each append. A failed append is cut back to the last whole record at
-/// once, so later records never follow a torn one. At open, a corrupt frame (a crash
-/// mid-write, or damage) is skipped by scanning for the next valid frame: records after
-/// it are kept, and only a torn tail is cut off.
-#[derive(Debug)]
-pub struct RasLog {
-    file: File,
-    path: PathBuf,
-    /// Bytes of whole records: where the next append starts.
-    len: u64,
-}
-
-const FRAME_HEADER: usize = 8;
-const MAX_RECORD: usize = 64 * 1024;
-
-/// The record framed at the start of `bytes`, and the frame's length.
-fn parse_frame(bytes: &[u8]) -> Option<(LogRecord, usize)> {
-    let frame = bytes.get(..FRAME_HEADER)?;
-    let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
-    let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
-    if len > MAX_RECORD {
-        return None;
-    }
-    let payload = bytes.get(FRAME_HEADER..FRAME_HEADER + len)?;
-    if crc32fast::hash(payload) != crc {
-        return None;
-    }
-    let rec = postcard::from_bytes::<LogRecord>(payload).ok()?;
-    Some((rec, FRAME_HEADER + len))
-}
-
-impl RasLog {
-    fn open(path: &Path) -> std::io::Result<(RasLog, Vec<LogRecord>)> {
-        use std::os::unix::fs::OpenOptionsExt;
-        if let Some(dir) = path.parent() {
-            crate::namespace::private_dir(dir)?;
-        }
-        let mut file = OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(path)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        let mut records = Vec::new();
-        let (mut at, mut end, mut skipped) = (0, 0, 0);
-        while at < bytes.len() {
-            match parse_frame(&bytes[at..]) {
-                Some((rec, n)) => {
-                    records.push(rec);
-                    at += n;
-                    end = at;
-                }
-                None => {
-                    at += 1;
-                    skipped += 1;
-                }
-            }
-        }
-        if end < bytes.len() {
-            tracing::warn!("RAS log {}: cutting {} bytes of torn tail", path.display(), bytes.len() - end);
-            file.set_len(end as u64)?;
-            file.sync_all()?;
-        }
-        let damaged = skipped - (bytes.len() - end);
-        if damaged > 0 {
-            tracing::warn!("RAS log {}: skipped {damaged} damaged bytes; later records kept", path.display());
-        }
-        Ok((RasLog { file, path: path.to_path_buf(), len: end as u64 }, records))
-    }
-
-    fn append(&mut self, rec: &LogRecord) -> std::io::Result<()> {
-        let payload = postcard::to_stdvec(rec).map_err(std::io::Error::other)?;
-        let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
-        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        frame.extend_from_slice(&payload);
-        let written = self
-            .file
-            .seek(SeekFrom::Start(self.len))
-            .and_then(|_| self.file.write_all(&frame))
-            .and_then(|_| self.file.sync_data());
-        match written {
-            Ok(()) => {
-                self.len += frame.len() as u64;
-                Ok(())
-            }
-            Err(e) => {
-                // Cut the torn record back (freeing its blocks also makes room on a full disk).
-                let _ = self.file.set_len(self.len);
-                Err(e)
-            }
-        }
-    }
-
-    /// Where the log lives.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
+use log::LogRecord;
+pub use log::RasLog;
 
 struct Events {
     seq: u64,
@@ -629,6 +521,8 @@ impl RasSink {
 mod tests {
     use super::*;
     use crate::testing::FakeDriver;
+    use std::fs::OpenOptions;
+    use std::io::Write;
 
     fn core(log: Option<&Path>) -> Arc<RasCore> {
         let desc = vec![
@@ -690,7 +584,7 @@ mod tests {
         };
         // Flip a byte inside the second record: its checksum no longer matches.
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes[after_first as usize + FRAME_HEADER + 2] ^= 0xff;
+        bytes[after_first as usize + log::FRAME_HEADER + 2] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
         let ras = core(Some(&path));
         assert_eq!(ras.node(1).unwrap().counters[0].value(), 7);
