@@ -96,6 +96,39 @@ fn child_entry() {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+        // A non-admin user opening connections faster than its rate (burst 4, 2 per second).
+        "connection-rate" => {
+            let burst: Vec<Connection> =
+                (0..4).map(|_| Connection::connect_with_token(&socket, None).unwrap()).collect();
+            drop(burst);
+            // Until the daemon has seen the four close, the cap (EUSERS) answers first.
+            let err = loop {
+                match Connection::connect_with_token(&socket, None) {
+                    Err(e) if e.code == Errno::EUSERS => std::thread::sleep(Duration::from_millis(5)),
+                    other => break other.unwrap_err(),
+                }
+            };
+            assert_eq!(err.code, Errno::EAGAIN, "{err}");
+            std::thread::sleep(Duration::from_millis(700));
+            Connection::connect_with_token(&socket, None).unwrap();
+        }
+        // A non-admin user sending garbage: served at once at first, then ever more slowly.
+        "garbage" => {
+            let mut c = Connection::connect_with_token(&socket, None).unwrap();
+            let start = Instant::now();
+            for i in 0..80u8 {
+                assert!(c.call_raw(&[i; 24], &[]).is_err());
+            }
+            let slow = start.elapsed();
+            assert!(slow >= Duration::from_millis(800), "80 garbage messages took only {slow:?}");
+            // The connection still works, and success clears the strikes.
+            c.list_devices().unwrap();
+            let start = Instant::now();
+            for i in 0..30u8 {
+                assert!(c.call_raw(&[i; 24], &[]).is_err());
+            }
+            assert!(start.elapsed() < Duration::from_millis(500), "strikes were not cleared");
+        }
         other => panic!("unknown role {other}"),
     }
     std::process::exit(0);
@@ -251,6 +284,25 @@ fn idle_handshakes_time_out_and_each_user_has_a_connection_cap() {
     // Admins are not capped.
     let many: Vec<Connection> = (0..20).map(|_| admin(&d)).collect();
     assert_eq!(many.len(), 20);
+}
+
+#[test]
+fn connection_rates_are_limited_and_garbage_is_tarpitted() {
+    if !is_root() {
+        return skip("both limits exempt admins; testing them needs another user (root)");
+    }
+    let (_dir, config) = config_file("[connections]\nmax_per_uid = 4\nrate_per_uid = 2\n");
+    let d = Daemon::start_with(&["cpu"], &["--config", &config]);
+    assert_child_ok(spawn_role_as("connection-rate", d.socket(), STRANGER, STRANGER, &[]).unwrap());
+    std::thread::sleep(Duration::from_millis(600)); // the same user's bucket refills
+    assert_child_ok(spawn_role_as("garbage", d.socket(), STRANGER, STRANGER, &[]).unwrap());
+    // An admin's garbage is answered at full speed.
+    let mut c = admin(&d);
+    let start = Instant::now();
+    for i in 0..80u8 {
+        assert!(c.call_raw(&[i; 24], &[]).is_err());
+    }
+    assert!(start.elapsed() < Duration::from_millis(500), "{:?}", start.elapsed());
 }
 
 #[test]

@@ -68,8 +68,10 @@ pub(crate) fn refuse(sock: BorrowedFd<'_>, e: Error) {
 /// Serves one client until it disconnects; everything it held is freed on return.
 pub fn serve_connection(sub: &Arc<Subsystem>, sock: OwnedFd, peer: PeerInfo) {
     let cred = peer.cred;
+    let admin = sub.namespaces().is_admin(&peer);
     let mut buf = vec![0u8; MAX_MESSAGE + 1];
     let mut client: Option<Client> = None;
+    let mut strikes = 0u32;
     loop {
         let received = match transport::recv(sock.as_fd(), &mut buf) {
             Ok(Some(r)) => r,
@@ -80,6 +82,8 @@ pub fn serve_connection(sub: &Arc<Subsystem>, sock: OwnedFd, peer: PeerInfo) {
                 break;
             }
         };
+        // Malformed framing or bytes always count as abuse; other errors by their code.
+        let mut malformed = true;
         let (seq, outcome) = if received.truncated {
             (0, Err(Error::new(Errno::EMSGSIZE, format!("message exceeds {MAX_MESSAGE} bytes"))))
         } else if received.extra_fds {
@@ -110,15 +114,23 @@ pub fn serve_connection(sub: &Arc<Subsystem>, sock: OwnedFd, peer: PeerInfo) {
                     }
                     break;
                 }
-                Ok((seq, req)) => (seq, handle(sub, &mut client, &peer, req, received.fds, sock.as_fd())),
+                Ok((seq, req)) => {
+                    malformed = false;
+                    (seq, handle(sub, &mut client, &peer, req, received.fds, sock.as_fd()))
+                }
             }
         };
+        let abusive = outcome.as_ref().is_err_and(|e| malformed || is_abuse(e.code));
         let (reply, fds) = match outcome {
             Ok((reply, fds)) => (reply, fds),
             Err(e) => (error_reply(e), Vec::new()),
         };
         if !send_reply(sock.as_fd(), seq, &reply, &fds) {
             break;
+        }
+        strikes = if abusive { strikes.saturating_add(1) } else { 0 };
+        if let Some(pause) = tarpit(strikes, admin) {
+            std::thread::sleep(pause);
         }
     }
     if let Some(c) = &client {
@@ -284,5 +296,48 @@ fn revoke(evict: bool) -> Revoke {
         Revoke::Evict
     } else {
         Revoke::Refuse
+    }
+}
+
+/// Errors of well-formed requests that a well-behaved client does not provoke again and
+/// again: forged handles, requests beyond its caps or rights. (Not `EINVAL`, `EBUSY` or
+/// timeouts: polling for a point or a lease legitimately repeats those.)
+fn is_abuse(code: Errno) -> bool {
+    matches!(
+        code,
+        Errno::EPROTO | Errno::ENOENT | Errno::EMFILE | Errno::ENOSPC | Errno::EUSERS | Errno::EPERM | Errno::EACCES
+    )
+}
+
+/// Consecutive abusive errors a non-admin connection gets for free.
+const FREE_STRIKES: u32 = 32;
+/// Longest pause before serving a connection's next message.
+const MAX_PAUSE: Duration = Duration::from_millis(50);
+
+/// How long to pause a non-admin connection after `strikes` consecutive abusive errors:
+/// nothing for the first [`FREE_STRIKES`], then 1 ms more per strike up to [`MAX_PAUSE`].
+/// A hostile client then costs the daemon at most ~20 replies a second per connection;
+/// the first success clears its strikes.
+fn tarpit(strikes: u32, admin: bool) -> Option<Duration> {
+    (!admin && strikes > FREE_STRIKES).then(|| Duration::from_millis(u64::from(strikes - FREE_STRIKES)).min(MAX_PAUSE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tarpit_spares_admins_and_grows_to_its_cap() {
+        assert_eq!(tarpit(FREE_STRIKES, false), None);
+        assert_eq!(tarpit(1000, true), None);
+        assert_eq!(tarpit(FREE_STRIKES + 1, false), Some(Duration::from_millis(1)));
+        assert_eq!(tarpit(FREE_STRIKES + 10, false), Some(Duration::from_millis(10)));
+        assert_eq!(tarpit(u32::MAX, false), Some(MAX_PAUSE));
+        assert!(
+            is_abuse(Errno::EMFILE)
+                && !is_abuse(Errno::ETIMEDOUT)
+                && !is_abuse(Errno::EBUSY)
+                && !is_abuse(Errno::EINVAL)
+        );
     }
 }

@@ -75,6 +75,7 @@ pub enum DaemonError {
 ///
 /// [connections]
 /// max_per_uid = 64                # for non-admin users
+/// rate_per_uid = 100              # new connections per second, after a burst of max_per_uid
 /// handshake_timeout_ms = 5000
 /// ```
 #[derive(Debug, Default, serde::Deserialize)]
@@ -102,14 +103,25 @@ pub struct Config {
 pub struct ConnectionLimits {
     /// Connections one non-admin user may hold at once (0: no cap).
     pub max_per_uid: u32,
+    /// New connections per second one non-admin user may open, after a burst of
+    /// `max_per_uid` (0: no limit). Refused ones get `EAGAIN`.
+    pub rate_per_uid: u32,
     /// How long a new connection may take to send its handshake.
     pub handshake_timeout_ms: u64,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        ConnectionLimits { max_per_uid: 64, handshake_timeout_ms: 5000 }
+        ConnectionLimits { max_per_uid: 64, rate_per_uid: 100, handshake_timeout_ms: 5000 }
     }
+}
+
+/// One non-admin user's connections: how many are open, and a token bucket for new ones.
+#[derive(Debug)]
+struct UidUse {
+    open: u32,
+    tokens: f64,
+    refilled: std::time::Instant,
 }
 
 impl Config {
@@ -144,21 +156,22 @@ pub struct Daemon {
     listener: OwnedFd,
     path: PathBuf,
     conn_limits: ConnectionLimits,
-    per_uid: Arc<Mutex<HashMap<u32, u32>>>,
+    per_uid: Arc<Mutex<HashMap<u32, UidUse>>>,
 }
 
 /// One connection counted against its user's cap until dropped.
 struct UidSlot {
     uid: u32,
-    counts: Arc<Mutex<HashMap<u32, u32>>>,
+    counts: Arc<Mutex<HashMap<u32, UidUse>>>,
 }
 
 impl Drop for UidSlot {
     fn drop(&mut self) {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = counts.get_mut(&self.uid) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(u) = counts.get_mut(&self.uid) {
+            u.open -= 1;
+            // An idle user's entry goes once its bucket is full again.
+            if u.open == 0 && u.refilled.elapsed() > Duration::from_secs(10) {
                 counts.remove(&self.uid);
             }
         }
@@ -258,9 +271,12 @@ impl Daemon {
                     continue;
                 }
             };
+            // Admission first, from the credentials alone: a flood of refused connections
+            // costs no /proc reads. (Members of admin groups by a supplementary group only
+            // are known after the full read below, so they count as users here.)
+            let quick = PeerInfo { cred, ..Default::default() };
+            let admitted = self.admit(cred.uid, self.sub.namespaces().is_admin(&quick));
             let peer = PeerInfo::of(cred);
-            let admin = self.sub.namespaces().is_admin(&peer);
-            let admitted = self.admit(cred.uid, admin);
             let (slot, charge) = match admitted {
                 Ok(a) => a,
                 Err(e) => {
@@ -294,19 +310,33 @@ impl Daemon {
     /// Counts a new connection against its user's cap (non-admins) and the daemon's
     /// descriptor budget (the socket and the duplicate eviction uses): `EUSERS`/`EMFILE`.
     fn admit(&self, uid: u32, admin: bool) -> accel_core::Result<(Option<UidSlot>, Vec<accel_core::bo::Charge>)> {
-        let max = self.conn_limits.max_per_uid;
-        let slot = if admin || max == 0 {
+        let ConnectionLimits { max_per_uid: max, rate_per_uid: rate, .. } = self.conn_limits;
+        let slot = if admin || (max == 0 && rate == 0) {
             None
         } else {
+            let burst = f64::from(if max == 0 { rate } else { max });
             let mut counts = self.per_uid.lock().unwrap_or_else(|e| e.into_inner());
-            let n = counts.entry(uid).or_insert(0);
-            if *n >= max {
+            let now = std::time::Instant::now();
+            let u = counts.entry(uid).or_insert(UidUse { open: 0, tokens: burst, refilled: now });
+            if rate > 0 {
+                let dt = now.duration_since(u.refilled).as_secs_f64();
+                u.tokens = (u.tokens + dt * f64::from(rate)).min(burst);
+                u.refilled = now;
+            }
+            if max != 0 && u.open >= max {
                 return Err(accel_core::Error::new(
                     accel_uapi::Errno::EUSERS,
                     format!("uid {uid} already holds {max} connections to the daemon (its cap)"),
                 ));
             }
-            *n += 1;
+            if rate > 0 && u.tokens < 1.0 {
+                return Err(accel_core::Error::new(
+                    accel_uapi::Errno::EAGAIN,
+                    format!("uid {uid} opens connections faster than {rate}/s; retry later"),
+                ));
+            }
+            u.tokens -= f64::from(u8::from(rate > 0));
+            u.open += 1;
             Some(UidSlot { uid, counts: self.per_uid.clone() })
         };
         let charges = vec![self.sub.charge_connection(admin)?, self.sub.charge_connection(admin)?];

@@ -12,6 +12,8 @@ use clap::Subcommand;
 use crate::demo::pseudo_random;
 use crate::spawn::SpawnedDaemon;
 
+mod isolation;
+
 /// Which benchmark.
 #[derive(Subcommand)]
 pub enum Which {
@@ -78,6 +80,20 @@ pub enum Which {
         #[arg(long, default_value_t = 1024)]
         ring: u32,
     },
+    /// Noisy neighbour: a good tenant's GEMM throughput and null-job latency with a hostile
+    /// tenant idle, then at every limit at once (allocation churn, connection flood,
+    /// malformed input, hung jobs); reports the ratios.
+    Isolation {
+        /// Measured seconds per phase.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// What the hostile tenant does, any of alloc, conn, garbage, hang (default: all).
+        #[arg(long, value_delimiter = ',', default_values = ["alloc", "conn", "garbage", "hang"])]
+        load: Vec<String>,
+        /// Internal: run as the hostile tenant against this socket.
+        #[arg(long, hide = true)]
+        hostile: Option<std::path::PathBuf>,
+    },
 }
 
 pub fn run(which: Which) -> Result<()> {
@@ -87,6 +103,8 @@ pub fn run(which: Which) -> Result<()> {
         Which::Submit { iters, seconds, ring } => submit(iters.max(100), seconds, ring),
         Which::Scale { clients, active, ops } => scale(clients.max(1), active, ops.max(100)),
         Which::Ras { events, devices, scrapes } => ras(events.max(100), devices.max(1), scrapes.max(10)),
+        Which::Isolation { seconds, load, hostile: Some(socket) } => isolation::hostile(&socket, seconds, &load),
+        Which::Isolation { seconds, load, hostile: None } => isolation::run(seconds.max(0.5), &load),
     }
 }
 
