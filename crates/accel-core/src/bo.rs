@@ -133,6 +133,16 @@ impl BoTable {
         })
     }
 
+    /// Handles held.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Whether no handle is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Adds a handle.
     pub fn insert(&self, bo: Arc<BufferObject>) -> Result<u64> {
         insert(&mut self.map.write().unwrap_or_else(|e| e.into_inner()), "buffer", bo)

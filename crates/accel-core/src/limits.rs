@@ -21,6 +21,10 @@ pub struct Limits {
     pub fds_per_client: u64,
     /// Descriptors the daemon may hold for one non-root namespace, all its clients together.
     pub fds_per_namespace: u64,
+    /// Handles one client may hold, all kinds together (buffers, queues, fences, syncobjs).
+    pub objects_per_client: u64,
+    /// Handles one non-root namespace's clients may hold together.
+    pub objects_per_namespace: u64,
     /// Largest single buffer (created or imported), in bytes.
     pub max_buffer_bytes: u64,
     /// Descriptors the daemon may use in all (set from `RLIMIT_NOFILE` by the daemon).
@@ -34,6 +38,8 @@ impl Default for Limits {
         Limits {
             fds_per_client: 1024,
             fds_per_namespace: 4096,
+            objects_per_client: 65536,
+            objects_per_namespace: 262_144,
             max_buffer_bytes: 64 << 30,
             fds_total: u64::MAX,
             admin_reserve: 0,

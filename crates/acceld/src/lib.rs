@@ -71,6 +71,8 @@ pub enum DaemonError {
 /// [limits]               # 0: no cap
 /// fds_per_client = 1024
 /// fds_per_namespace = 4096
+/// objects_per_client = 65536      # handles of every kind
+/// objects_per_namespace = 262144
 /// max_buffer_bytes = 68719476736
 ///
 /// [connections]

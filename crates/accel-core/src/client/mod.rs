@@ -137,6 +137,8 @@ pub struct Client {
     queues: SlotMap<QueueKey, Queue>,
     fences: SlotMap<FenceKey, Arc<Fence>>,
     syncobjs: SlotMap<SyncobjKey, Arc<Syncobj>>,
+    /// Handles counted against the namespace's object cap.
+    ns_objects: u64,
     _tracked: Tracked,
 }
 
@@ -166,6 +168,7 @@ impl Client {
             queues: SlotMap::with_key(),
             fences: SlotMap::with_key(),
             syncobjs: SlotMap::with_key(),
+            ns_objects: 0,
             _tracked: tracked,
         }
     }
@@ -234,6 +237,38 @@ impl Client {
             bail!(ENODEV, "this client was evicted from namespace {:?} by an admin", self.ns.name);
         }
         Ok(())
+    }
+
+    /// Runs `create`, which adds one handle, within the client's and the namespace's object
+    /// caps (`ENOSPC`); the namespace's count is reserved first and returned on failure.
+    fn with_object<T>(&mut self, create: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let limits = *self.sub.limits();
+        let held = (self.bos.len() + self.queues.len() + self.fences.len() + self.syncobjs.len()) as u64;
+        if limits.objects_per_client != 0 && held >= limits.objects_per_client {
+            bail!(ENOSPC, "this client holds {held} handles, its limit; close some first");
+        }
+        let cap = if self.ns.is_root() || limits.objects_per_namespace == 0 {
+            u64::MAX
+        } else {
+            limits.objects_per_namespace
+        };
+        if self.ns.objects.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1)).is_err() {
+            bail!(ENOSPC, "namespace {:?} holds {cap} handles, its limit", self.ns.name);
+        }
+        let made = create(self);
+        match made {
+            Ok(_) => self.ns_objects += 1,
+            Err(_) => {
+                self.ns.objects.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        made
+    }
+
+    /// Returns one handle's place in the namespace's object count.
+    fn released_object(&mut self) {
+        self.ns_objects -= 1;
+        self.ns.objects.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Charges `n` descriptors held for this client (`EMFILE` when a cap is reached).
@@ -306,7 +341,7 @@ impl Client {
 
     fn add_bo(&mut self, bo: Arc<BufferObject>) -> Result<BoHandle> {
         let size = bo.size();
-        let h = self.bos.insert(bo)?;
+        let h = self.with_object(|c| c.bos.insert(bo))?;
         self.record.memory_bytes.fetch_add(size, Ordering::Relaxed);
         Ok(BoHandle(h))
     }
@@ -341,6 +376,7 @@ impl Client {
     /// Drops the handle; the buffer lives on while jobs, mappings or other clients use it.
     pub fn bo_close(&mut self, h: BoHandle) -> Result<()> {
         let bo = self.bos.remove(h)?;
+        self.released_object();
         self.record.memory_bytes.fetch_sub(bo.size(), Ordering::Relaxed);
         Ok(())
     }
@@ -410,7 +446,7 @@ impl Client {
             ring_charges: Vec::new(),
             _tracked: Tracked::new(&self.sub.counters, Kind::Queue),
         };
-        Ok(QueueHandle(insert(&mut self.queues, "queue", q)?))
+        Ok(QueueHandle(self.with_object(|c| insert(&mut c.queues, "queue", q))?))
     }
 
     /// Gives a queue a shared-memory submission ring of `entries` (a power of two up to
@@ -447,7 +483,9 @@ impl Client {
         self.queues
             .remove(key(h.0))
             .map(drop)
-            .ok_or_else(|| Error::new(Errno::ENOENT, format!("no queue with handle {:#x}", h.0)))
+            .ok_or_else(|| Error::new(Errno::ENOENT, format!("no queue with handle {:#x}", h.0)))?;
+        self.released_object();
+        Ok(())
     }
 
     fn syncobj(&self, h: SyncobjHandle) -> Result<&Arc<Syncobj>> {
@@ -517,7 +555,7 @@ impl Client {
             fence.signal(Err(e.code));
             return Err(e);
         }
-        Ok((FenceHandle(insert(&mut self.fences, "fence", fence)?), seqno))
+        Ok((FenceHandle(self.with_object(|c| insert(&mut c.fences, "fence", fence))?), seqno))
     }
 
     /// Waits for all or any of `points`; see [`wait_fences`].
@@ -538,7 +576,9 @@ impl Client {
         self.fences
             .remove(key(h.0))
             .map(drop)
-            .ok_or_else(|| Error::new(Errno::ENOENT, format!("no fence with handle {:#x}", h.0)))
+            .ok_or_else(|| Error::new(Errno::ENOENT, format!("no fence with handle {:#x}", h.0)))?;
+        self.released_object();
+        Ok(())
     }
 
     /// An eventfd that becomes readable (value 1) when the point signals.
@@ -562,7 +602,7 @@ impl Client {
     pub fn syncobj_create(&mut self, timeline: bool, signaled: bool) -> Result<SyncobjHandle> {
         let c = &self.sub.counters;
         let so = Arc::new(if timeline { Syncobj::timeline(c) } else { Syncobj::binary(c, signaled) });
-        Ok(SyncobjHandle(insert(&mut self.syncobjs, "syncobj", so)?))
+        Ok(SyncobjHandle(self.with_object(|c| insert(&mut c.syncobjs, "syncobj", so))?))
     }
 
     /// Destroys a syncobj handle.
@@ -570,7 +610,9 @@ impl Client {
         self.syncobjs
             .remove(key(h.0))
             .map(drop)
-            .ok_or_else(|| Error::new(Errno::ENOENT, format!("no syncobj with handle {:#x}", h.0)))
+            .ok_or_else(|| Error::new(Errno::ENOENT, format!("no syncobj with handle {:#x}", h.0)))?;
+        self.released_object();
+        Ok(())
     }
 
     /// Signals a syncobj point from the host.
@@ -592,7 +634,7 @@ impl Client {
     /// Imports a syncobj descriptor another client exported.
     pub fn syncobj_import(&mut self, fd: OwnedFd) -> Result<SyncobjHandle> {
         let so = self.sub.import_syncobj(&fd, &self.ns.name)?;
-        Ok(SyncobjHandle(insert(&mut self.syncobjs, "syncobj", so)?))
+        Ok(SyncobjHandle(self.with_object(|c| insert(&mut c.syncobjs, "syncobj", so))?))
     }
 
     /// A syncobj's current value (see [`Syncobj::query`]).
@@ -610,6 +652,7 @@ impl Drop for Client {
         }
         *lock(&self.record.revoke_hook) = None;
         *lock(&self.record.share) = None;
+        self.ns.objects.fetch_sub(self.ns_objects, Ordering::AcqRel);
         self.ns.part();
         self.sub.forget_client(self.id);
     }

@@ -311,3 +311,38 @@ proptest::proptest! {
         proptest::prop_assert_eq!(sub.fds_held(), 0, "every descriptor charge was returned");
     }
 }
+
+#[test]
+fn handle_caps_hold_per_client_and_per_namespace() {
+    use crate::limits::Limits;
+    use crate::namespace::{Placement, PlacementConfig, Revoke, Share};
+    let limits = Limits { objects_per_client: 4, objects_per_namespace: 6, ..Limits::default() };
+    let sub = Subsystem::with_config(
+        vec![device(&Arc::new(FakeDriver::default()))],
+        None,
+        PlacementConfig::default(),
+        limits,
+    )
+    .unwrap();
+    sub.namespaces().create("t", None).unwrap();
+    sub.assign_share("t", 0, Share::default(), Revoke::Refuse).unwrap();
+    let ns = sub.namespaces().get("t").unwrap();
+    let connect = || {
+        let mut c = sub.connect_in(Placement { ns: ns.clone(), admin: false }, PeerCred::default(), "c");
+        c.open(0, Duration::ZERO, &|| false).unwrap();
+        c
+    };
+    let (mut a, mut b) = (connect(), connect());
+    let mine: Vec<SyncobjHandle> = (0..4).map(|_| a.syncobj_create(false, false).unwrap()).collect();
+    let err = a.syncobj_create(false, false).unwrap_err();
+    assert!(err.code == Errno::ENOSPC && err.message.contains("client"), "{err:?}");
+    b.queue_create(0, Priority::Normal, 0).unwrap();
+    b.bo_create(4096).unwrap();
+    let err = b.syncobj_create(false, false).unwrap_err();
+    assert!(err.code == Errno::ENOSPC && err.message.contains("namespace"), "{err:?}");
+    a.syncobj_destroy(mine[0]).unwrap();
+    b.syncobj_create(true, false).unwrap();
+    assert_eq!(ns.objects.load(Ordering::Relaxed), 6);
+    drop((a, b));
+    assert_eq!(ns.objects.load(Ordering::Relaxed), 0);
+}

@@ -134,6 +134,8 @@ pub struct Namespace {
     members: AtomicU32,
     /// Descriptors the daemon holds for this namespace's clients.
     pub(crate) fds: crate::limits::FdCount,
+    /// Handles this namespace's clients hold.
+    pub(crate) objects: AtomicU64,
     root: bool,
     default: bool,
 }
@@ -146,6 +148,7 @@ impl Namespace {
             devices: RwLock::new(devices),
             members: AtomicU32::new(0),
             fds: Default::default(),
+            objects: AtomicU64::new(0),
             root,
             default,
         }
