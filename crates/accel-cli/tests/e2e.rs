@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use accel::{Connection, Device, Errno, FenceStatus, GemmF32, ObjectCounts, Op, WaitPoint};
 use accel_driver_testdev::{OP_DELAY, OP_FAIL, OP_HANG};
-use accel_uapi::wire::{self, Header, Kind, ABI_MAJOR, MAGIC};
+use accel_uapi::wire::{self, Header, Kind, ABI_MAJOR};
 use accel_uapi::{BoHandle, BufView, Request};
 use common::{code, driver_op, spawn_role, wait_ready, Daemon};
 
@@ -299,13 +299,7 @@ fn malformed_messages_get_error_replies_and_daemon_keeps_serving() {
     assert_eq!(code(conn.call_raw(b"garbage", &[])), Errno::EPROTO);
     assert_eq!(code(conn.call_raw(&[], &[])), Errno::EPIPE, "an empty datagram reads as a hang-up");
     let mut conn = Connection::connect(d.socket()).unwrap();
-    let header = |len: u32, major: u16| Header {
-        magic: MAGIC,
-        abi_major: major,
-        kind: Kind::Request as u16,
-        seq: 5,
-        body_len: len,
-    };
+    let header = |len: u32, major: u16| Header { abi_major: major.into(), ..Header::new(Kind::Request, 5, len) };
     let mut bytes = zerocopy::IntoBytes::as_bytes(&header(3, ABI_MAJOR)).to_vec();
     bytes.extend_from_slice(&[0xff, 0xff, 0xff]);
     assert_eq!(code(conn.call_raw(&bytes, &[])), Errno::EINVAL, "undecodable body");

@@ -1,13 +1,15 @@
 //! Errno-style error codes carried on the wire.
 //!
-//! The numbers are Linux's, so a C client can hand them straight to `strerror`.
+//! The numbers are Linux's and travel as such (a `u32` on the wire, not an index), so a C
+//! client can hand them straight to `strerror`. A value this side does not know decodes
+//! as `EIO` (a newer peer may add codes in a minor version).
 
 use serde::{Deserialize, Serialize};
 
 macro_rules! errnos {
     ($($name:ident = $val:literal, $desc:literal;)*) => {
         /// An errno-style error code. Values match Linux `errno.h`.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         #[repr(u32)]
         #[allow(clippy::upper_case_acronyms)]
         pub enum Errno {
@@ -46,6 +48,7 @@ errnos! {
     EEXIST = 17, "already exists";
     ENODEV = 19, "no such device";
     EINVAL = 22, "invalid argument";
+    EMFILE = 24, "too many open files";
     ENOSPC = 28, "no space left on device";
     EPIPE = 32, "broken pipe";
     ERANGE = 34, "result out of range";
@@ -56,19 +59,28 @@ errnos! {
     EUSERS = 87, "too many users";
     EMSGSIZE = 90, "message too long";
     EOPNOTSUPP = 95, "operation not supported";
+    ENOTCONN = 107, "transport endpoint is not connected";
     ETIMEDOUT = 110, "timed out";
     ECONNREFUSED = 111, "connection refused";
     ECANCELED = 125, "operation canceled";
-    // Later additions go last: the wire carries the declaration index (until the ABI
-    // moves to raw values), so inserting in numeric order would renumber the others.
-    EMFILE = 24, "too many open files";
-    ENOTCONN = 107, "transport endpoint is not connected";
 }
 
 impl Errno {
     /// The raw errno value.
     pub fn raw(self) -> u32 {
         self as u32
+    }
+}
+
+impl Serialize for Errno {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.raw())
+    }
+}
+
+impl<'de> Deserialize<'de> for Errno {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Errno::from_raw(u32::deserialize(d)?).unwrap_or(Errno::EIO))
     }
 }
 
@@ -89,5 +101,15 @@ mod tests {
         }
         assert_eq!(Errno::EBUSY.raw(), 16);
         assert_eq!(Errno::from_raw(9999), None);
+    }
+
+    #[test]
+    fn the_wire_carries_linux_numbers() {
+        // postcard writes a u32 as a LEB128 varint: EPROTO is 71, EINVAL 22, ECANCELED 125.
+        assert_eq!(postcard::to_stdvec(&Errno::EPROTO).unwrap(), [71]);
+        assert_eq!(postcard::to_stdvec(&Errno::EINVAL).unwrap(), [22]);
+        assert_eq!(postcard::to_stdvec(&Errno::ECANCELED).unwrap(), [125]);
+        assert_eq!(postcard::from_bytes::<Errno>(&[110]).unwrap(), Errno::ETIMEDOUT);
+        assert_eq!(postcard::from_bytes::<Errno>(&[0xe7, 0x07]).unwrap(), Errno::EIO, "unknown 999 reads as EIO");
     }
 }

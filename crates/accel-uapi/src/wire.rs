@@ -1,10 +1,14 @@
-//! Framing: a fixed 16-byte header followed by a postcard-encoded body.
+//! Framing: a fixed 16-byte little-endian header followed by a postcard-encoded body
+//! whose first varint is the message's **tag**, a fixed number from the message's table
+//! ([`Message::TAGS`]), not its declaration order. Request and reply tags are disjoint, so
+//! a body of one kind never decodes as the other. docs/PROTOCOL.md is the full spec.
 //!
 //! The socket is `SOCK_SEQPACKET`, so one `sendmsg` is one message and no
 //! length-delimited stream parsing is needed; the header's length still has to
 //! match what arrived, which catches truncation.
 
 use serde::{de::DeserializeOwned, Serialize};
+use zerocopy::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::Errno;
@@ -12,9 +16,9 @@ use crate::Errno;
 /// `"ACCL"` in little-endian.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"ACCL");
 /// ABI major version: changes break compatibility.
-pub const ABI_MAJOR: u16 = 1;
+pub const ABI_MAJOR: u16 = 2;
 /// ABI minor version: additions only.
-pub const ABI_MINOR: u16 = 1;
+pub const ABI_MINOR: u16 = 0;
 /// Largest message either side accepts, header included.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Most descriptors one message may carry.
@@ -30,20 +34,62 @@ pub enum Kind {
     Reply = 2,
 }
 
-/// The fixed header in front of every message.
+/// The fixed header in front of every message; every field little-endian.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct Header {
-    /// Always [`MAGIC`].
-    pub magic: u32,
+    /// Always [`MAGIC`] (the bytes `ACCL`).
+    pub magic: U32,
     /// [`ABI_MAJOR`] of the sender.
-    pub abi_major: u16,
+    pub abi_major: U16,
     /// [`Kind`] as u16.
-    pub kind: u16,
+    pub kind: U16,
     /// Request sequence number; a reply carries the request's.
-    pub seq: u32,
+    pub seq: U32,
     /// Length of the body after the header.
-    pub body_len: u32,
+    pub body_len: U32,
+}
+
+impl Header {
+    /// A header of this ABI for a body of `body_len` bytes.
+    pub fn new(kind: Kind, seq: u32, body_len: u32) -> Header {
+        Header {
+            magic: MAGIC.into(),
+            abi_major: ABI_MAJOR.into(),
+            kind: (kind as u16).into(),
+            seq: seq.into(),
+            body_len: body_len.into(),
+        }
+    }
+}
+
+/// A message type: its direction and the fixed tag of each variant, in declaration
+/// order (the tag table is the ABI; the order of the Rust enum is not).
+pub trait Message: Serialize + DeserializeOwned {
+    /// Which direction it travels.
+    const KIND: Kind;
+    /// `TAGS[i]` is the wire tag of the variant declared `i`-th.
+    const TAGS: &'static [u32];
+}
+
+/// Reads a LEB128 varint `u32` (postcard's encoding) from the front of `bytes`.
+fn read_varint(bytes: &[u8]) -> Option<(u32, usize)> {
+    let mut value = 0u64;
+    for (i, b) in bytes.iter().take(5).enumerate() {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return u32::try_from(value).ok().map(|v| (v, i + 1));
+        }
+    }
+    None
+}
+
+fn write_varint(mut v: u32, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 /// Size of [`Header`] on the wire.
@@ -68,53 +114,67 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Encodes `body` behind a header. Fails only if the message would exceed [`MAX_MESSAGE`].
-pub fn encode<T: Serialize>(kind: Kind, seq: u32, body: &T) -> Result<Vec<u8>, Errno> {
-    let mut out = vec![0u8; HEADER_LEN];
-    let mut out = postcard::to_extend(body, std::mem::take(&mut out)).map_err(|_| Errno::EINVAL)?;
+/// The tag of an encoded message (the varint after the header), if it has one.
+pub fn tag_of(message: &[u8]) -> Option<u32> {
+    read_varint(message.get(HEADER_LEN..)?).map(|(t, _)| t)
+}
+
+/// Encodes `body` behind a header, its variant index replaced by its tag. Fails only if
+/// the message would exceed [`MAX_MESSAGE`].
+pub fn encode<T: Message>(kind: Kind, seq: u32, body: &T) -> Result<Vec<u8>, Errno> {
+    let plain = postcard::to_stdvec(body).map_err(|_| Errno::EINVAL)?;
+    let (index, n) = read_varint(&plain).ok_or(Errno::EINVAL)?;
+    let tag = *T::TAGS.get(index as usize).ok_or(Errno::EINVAL)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + plain.len() + 2);
+    out.resize(HEADER_LEN, 0);
+    write_varint(tag, &mut out);
+    out.extend_from_slice(&plain[n..]);
     if out.len() > MAX_MESSAGE {
         return Err(Errno::EMSGSIZE);
     }
-    let header = Header {
-        magic: MAGIC,
-        abi_major: ABI_MAJOR,
-        kind: kind as u16,
-        seq,
-        body_len: (out.len() - HEADER_LEN) as u32,
-    };
+    let header = Header::new(kind, seq, (out.len() - HEADER_LEN) as u32);
     out[..HEADER_LEN].copy_from_slice(header.as_bytes());
     Ok(out)
 }
 
 /// Decodes one message of the given kind. Never panics on any input.
-pub fn decode<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<(u32, T), DecodeError> {
+pub fn decode<T: Message>(kind: Kind, bytes: &[u8]) -> Result<(u32, T), DecodeError> {
     let fail = |seq, code, message: String| DecodeError { seq, code, message };
     let Ok((header, body)) = Header::read_from_prefix(bytes) else {
         return Err(fail(None, Errno::EPROTO, format!("message of {} bytes is shorter than the header", bytes.len())));
     };
-    if header.magic != MAGIC {
-        return Err(fail(None, Errno::EPROTO, format!("bad magic {:#010x}", header.magic)));
+    if header.magic.get() != MAGIC {
+        return Err(fail(None, Errno::EPROTO, format!("bad magic {:#010x}", header.magic.get())));
     }
-    let seq = Some(header.seq);
-    if header.abi_major != ABI_MAJOR {
+    let seq = Some(header.seq.get());
+    if header.abi_major.get() != ABI_MAJOR {
         return Err(fail(
             seq,
             Errno::EPROTO,
-            format!("ABI major {} is not supported (this side speaks {ABI_MAJOR})", header.abi_major),
+            format!("ABI major {} is not supported (this side speaks {ABI_MAJOR})", header.abi_major.get()),
         ));
     }
-    if header.kind != kind as u16 {
-        return Err(fail(seq, Errno::EPROTO, format!("unexpected message kind {}", header.kind)));
+    if header.kind.get() != kind as u16 || T::KIND != kind {
+        return Err(fail(seq, Errno::EPROTO, format!("unexpected message kind {}", header.kind.get())));
     }
-    if header.body_len as usize != body.len() {
+    if header.body_len.get() as usize != body.len() {
         return Err(fail(
             seq,
             Errno::EPROTO,
-            format!("header says {} body bytes, {} arrived", header.body_len, body.len()),
+            format!("header says {} body bytes, {} arrived", header.body_len.get(), body.len()),
         ));
     }
-    match postcard::take_from_bytes::<T>(body) {
-        Ok((value, [])) => Ok((header.seq, value)),
+    let Some((tag, n)) = read_varint(body) else {
+        return Err(fail(seq, Errno::EINVAL, "malformed body: no message tag".into()));
+    };
+    let Some(index) = T::TAGS.iter().position(|t| *t == tag) else {
+        return Err(fail(seq, Errno::EPROTO, format!("unknown {kind:?} tag {tag}")));
+    };
+    let mut plain = Vec::with_capacity(body.len() + 1);
+    write_varint(index as u32, &mut plain);
+    plain.extend_from_slice(&body[n..]);
+    match postcard::take_from_bytes::<T>(&plain) {
+        Ok((value, [])) => Ok((header.seq.get(), value)),
         Ok((_, rest)) => Err(fail(seq, Errno::EPROTO, format!("{} trailing bytes after the body", rest.len()))),
         Err(e) => Err(fail(seq, Errno::EINVAL, format!("malformed body: {e}"))),
     }
@@ -141,6 +201,29 @@ mod tests {
     }
 
     #[test]
+    fn tags_come_from_the_table_and_a_reply_body_is_no_request() {
+        let bytes = encode(Kind::Request, 1, &Request::ListDevices).unwrap();
+        assert_eq!(&bytes[HEADER_LEN..], [2], "ListDevices is tag 2");
+        let ok = encode(Kind::Reply, 1, &Reply::Ok).unwrap();
+        assert_eq!(&ok[HEADER_LEN..], [0x81, 0x02], "Ok is tag 257");
+        let mut forged = ok.clone();
+        forged[..HEADER_LEN].copy_from_slice(Header::new(Kind::Request, 1, 2).as_bytes());
+        let err = decode::<Request>(Kind::Request, &forged).unwrap_err();
+        assert_eq!(err.code, Errno::EPROTO, "{err}");
+        assert_eq!(&bytes[..4], b"ACCL");
+    }
+
+    #[test]
+    fn varints_round_trip() {
+        for v in [0, 1, 127, 128, 300, 16_383, 16_384, u32::MAX] {
+            let mut out = Vec::new();
+            write_varint(v, &mut out);
+            assert_eq!(read_varint(&out), Some((v, out.len())));
+        }
+        assert_eq!(read_varint(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x01]), None);
+    }
+
+    #[test]
     fn wrong_kind_is_rejected() {
         let bytes = encode(Kind::Reply, 1, &Reply::Ok).unwrap();
         let err = decode::<Request>(Kind::Request, &bytes).unwrap_err();
@@ -162,7 +245,7 @@ mod tests {
 
         #[test]
         fn header_fuzzed_body_never_panics(seq in any::<u32>(), body in proptest::collection::vec(any::<u8>(), 0..128)) {
-            let header = Header { magic: MAGIC, abi_major: ABI_MAJOR, kind: Kind::Request as u16, seq, body_len: body.len() as u32 };
+            let header = Header::new(Kind::Request, seq, body.len() as u32);
             let mut bytes = header.as_bytes().to_vec();
             bytes.extend_from_slice(&body);
             if let Err(e) = decode::<Request>(Kind::Request, &bytes) {

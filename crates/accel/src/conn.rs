@@ -4,7 +4,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use accel_uapi::wire::{self, Kind, ABI_MAJOR, ABI_MINOR, MAX_MESSAGE};
-use accel_uapi::{transport, ClientUsage, DeviceInfo, Errno, ObjectCounts, Reply, Request};
+use accel_uapi::{catalog, transport, ClientUsage, DeviceInfo, Errno, ObjectCounts, Reply, Request};
 
 use crate::{Error, Result};
 
@@ -18,6 +18,8 @@ pub struct Connection {
     sock: OwnedFd,
     seq: u32,
     buf: Vec<u8>,
+    /// Tag of the last reply received.
+    last_tag: u32,
     client_id: u64,
     server: String,
 }
@@ -40,7 +42,14 @@ impl Connection {
         let sock = transport::connect(socket).map_err(|e| {
             Error::os(&format!("cannot reach the accel daemon at {} (is `accel daemon` running?)", socket.display()), e)
         })?;
-        let mut conn = Connection { sock, seq: 0, buf: vec![0; MAX_MESSAGE + 1], client_id: 0, server: String::new() };
+        let mut conn = Connection {
+            sock,
+            seq: 0,
+            buf: vec![0; MAX_MESSAGE + 1],
+            last_tag: 0,
+            client_id: 0,
+            server: String::new(),
+        };
         let name = std::env::args().next().unwrap_or_default();
         let name = Path::new(&name).file_name().map_or(name.clone(), |n| n.to_string_lossy().into_owned());
         let token = token.map(str::to_string);
@@ -76,10 +85,27 @@ impl Connection {
     }
 
     /// Sends a request with an optional descriptor; returns the reply and any descriptor in it.
+    /// A reply of another kind, or with other descriptors, than the catalogue gives for the
+    /// request is `EPROTO`.
     pub fn call_fd(&mut self, req: &Request, fd: Option<BorrowedFd<'_>>) -> Result<(Reply, Vec<OwnedFd>)> {
         self.seq = self.seq.wrapping_add(1);
         let bytes = wire::encode(Kind::Request, self.seq, req).map_err(|c| Error::new(c, "request too large"))?;
-        self.call_raw(&bytes, fd.as_slice())
+        let spec = wire::tag_of(&bytes).and_then(catalog::request);
+        let (reply, fds) = self.call_raw(&bytes, fd.as_slice())?;
+        if let Some(spec) = spec {
+            if self.last_tag != spec.reply || fds.len() != usize::from(spec.fds_out) {
+                let got = catalog::reply(self.last_tag).map_or("an unknown reply", |r| r.name);
+                return Err(Error::new(
+                    Errno::EPROTO,
+                    format!(
+                        "daemon answered {} with {got} and {} descriptors, against the catalogue",
+                        spec.name,
+                        fds.len()
+                    ),
+                ));
+            }
+        }
+        Ok((reply, fds))
     }
 
     /// Sends raw bytes as one message and reads one reply (tests use it to send garbage).
@@ -109,6 +135,7 @@ impl Connection {
             .ok_or_else(|| Error::new(Errno::EPIPE, "the daemon closed the connection"))?;
         let (_, reply) =
             wire::decode::<Reply>(Kind::Reply, &self.buf[..r.len]).map_err(|e| Error::new(e.code, e.message))?;
+        self.last_tag = wire::tag_of(&self.buf[..r.len]).unwrap_or(0);
         match reply {
             Reply::Error { code, message } => Err(Error { code, message }),
             reply => Ok((reply, r.fds)),
