@@ -17,6 +17,9 @@ macro_rules! errnos {
         }
 
         impl Errno {
+            /// Every code, in numeric order.
+            pub const ALL: &'static [Errno] = &[$(Errno::$name),*];
+
             /// The symbolic name, e.g. `"EBUSY"`.
             pub fn name(self) -> &'static str {
                 match self { $(Errno::$name => stringify!($name),)* }

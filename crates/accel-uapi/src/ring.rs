@@ -3,7 +3,7 @@
 //! One ring per queue, in one memfd mapped by the client and the daemon:
 //!
 //! ```text
-//! offset 0    header: six u32 counters/flags, each on its own 64-byte cache line, then ring info
+//! offset 0    header: four u32 counters/flags, each on its own 64-byte cache line, then ring info
 //! offset 512  SQ: sq_entries × 128-byte Sqe   (client writes, daemon reads)
 //! then        CQ: cq_entries × 32-byte Cqe    (daemon writes, client reads)
 //! ```
@@ -45,13 +45,18 @@ pub const SQE_SIZE: usize = std::mem::size_of::<Sqe>();
 /// Bytes of one completion entry.
 pub const CQE_SIZE: usize = std::mem::size_of::<Cqe>();
 const LINE: usize = 64;
-const SQ_HEAD: usize = 0;
-const CQ_HEAD: usize = LINE;
-const POLLER_SLEEPING: usize = 2 * LINE;
-const CLIENT_WAITING: usize = 3 * LINE;
-const INFO: usize = 4 * LINE;
+/// Byte offset of `sq_head` (u32, written by the daemon).
+pub const SQ_HEAD: usize = 0;
+/// Byte offset of `cq_head` (u32, written by the client).
+pub const CQ_HEAD: usize = LINE;
+/// Byte offset of `poller_sleeping` (u32, written by the daemon; 1 at creation).
+pub const POLLER_SLEEPING: usize = 2 * LINE;
+/// Byte offset of `client_waiting` (u32, written by the client).
+pub const CLIENT_WAITING: usize = 3 * LINE;
+/// Byte offset of the ring info: magic, sq_entries, cq_entries (u32 each, read-only).
+pub const INFO: usize = 4 * LINE;
 /// Byte offset of `seq` inside both entry types.
-const SEQ_OFFSET: usize = 8;
+pub const SEQ_OFFSET: usize = 8;
 const _: () = assert!(std::mem::offset_of!(Sqe, seq) == SEQ_OFFSET && std::mem::offset_of!(Cqe, seq) == SEQ_OFFSET);
 /// Bytes before the submission array.
 pub const HEADER_LEN: usize = 8 * LINE;
