@@ -20,8 +20,8 @@ pub enum Which {
     /// f32 GEMM through the daemon (submit + wait, separate process) against an
     /// in-process call of the same GEMM function with the same thread count.
     Gemm {
-        /// Matrix sizes n (n×n×n).
-        #[arg(long, value_delimiter = ',', default_values = ["1024", "2048"])]
+        /// Matrix sizes n (n×n×n): `--sizes 512,1024` or `--sizes 512 1024`.
+        #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "1024,2048")]
         sizes: Vec<usize>,
         /// Timed repetitions per size (after one warm-up); medians are reported.
         #[arg(long, default_value_t = 7)]
@@ -88,7 +88,7 @@ pub enum Which {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
         /// What the hostile tenant does, any of alloc, conn, garbage, hang (default: all).
-        #[arg(long, value_delimiter = ',', default_values = ["alloc", "conn", "garbage", "hang"])]
+        #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "alloc,conn,garbage,hang")]
         load: Vec<String>,
         /// Internal: run as the hostile tenant against this socket.
         #[arg(long, hide = true)]
