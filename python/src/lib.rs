@@ -1,0 +1,722 @@
+//! `accel._accel`: the Python binding of the accel client library (the `accel` crate).
+//!
+//! Buffers are the daemon's shared memory mapped into this process: the buffer protocol and
+//! DLPack hand that memory to NumPy and PyTorch without a copy. Blocking calls release the
+//! GIL. Failures raise `accel.Error` (an `OSError`: `.errno` is the Linux errno, `.strerror`
+//! the daemon's message).
+
+use std::ffi::{c_int, c_void, CStr};
+use std::os::fd::{BorrowedFd, IntoRawFd};
+use std::path::PathBuf;
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyBufferError, PyOSError, PyTypeError, PyValueError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyCapsule;
+
+create_exception!(accel, Error, PyOSError, "An accel call failed: `errno` and `strerror` say why.");
+
+fn raise(e: accel::Error) -> PyErr {
+    Error::new_err((e.code.raw() as i32, format!("{}: {}", e.code.name(), e.message)))
+}
+
+fn seconds(timeout: Option<f64>) -> PyResult<Duration> {
+    match timeout {
+        None => Ok(Duration::from_secs(365 * 24 * 3600)),
+        Some(t) if t.is_finite() && t >= 0.0 => Ok(Duration::from_secs_f64(t)),
+        Some(t) => Err(PyValueError::new_err(format!("timeout {t} is not a non-negative number of seconds"))),
+    }
+}
+
+/// An open device: one connection to the daemon.
+#[pyclass(module = "accel", frozen)]
+struct Device {
+    inner: Arc<accel::Device>,
+}
+
+#[pymethods]
+impl Device {
+    /// Opens device `minor` through the daemon at `socket` (default: `$ACCEL_SOCKET`, else the
+    /// standard path); `$ACCEL_NS_TOKEN` places the client in a namespace.
+    #[new]
+    #[pyo3(signature = (minor = 0, socket = None))]
+    fn new(py: Python<'_>, minor: u32, socket: Option<PathBuf>) -> PyResult<Self> {
+        let socket = socket.unwrap_or_else(accel::default_socket_path);
+        let dev = py.detach(|| accel::Device::open_at(&socket, minor)).map_err(raise)?;
+        Ok(Device { inner: Arc::new(dev) })
+    }
+
+    /// Minor number in this client's namespace.
+    #[getter]
+    fn minor(&self) -> u32 {
+        self.inner.info().minor
+    }
+
+    /// Device name.
+    #[getter]
+    fn name(&self) -> String {
+        self.inner.info().name.clone()
+    }
+
+    /// Driver name (`cpu`, `testdev`, ...).
+    #[getter]
+    fn driver(&self) -> String {
+        self.inner.info().driver.clone()
+    }
+
+    /// Device memory in bytes.
+    #[getter]
+    fn memory_bytes(&self) -> u64 {
+        self.inner.info().memory_bytes
+    }
+
+    /// Compute units.
+    #[getter]
+    fn compute_units(&self) -> u32 {
+        self.inner.info().compute_units
+    }
+
+    /// Allocates a zeroed buffer of at least `size` bytes, mapped into this process.
+    fn alloc(&self, py: Python<'_>, size: u64) -> PyResult<Buffer> {
+        let b = py.detach(|| self.inner.alloc(size)).map_err(raise)?;
+        Ok(Buffer::new(b))
+    }
+
+    /// Imports a buffer descriptor (an exported buffer or a sealed memfd); `fd` stays yours.
+    fn import_fd(&self, py: Python<'_>, fd: i32) -> PyResult<Buffer> {
+        if fd < 0 {
+            return Err(PyValueError::new_err("negative descriptor"));
+        }
+        // SAFETY: the caller passes an open descriptor it keeps open during the call.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let b = py.detach(|| self.inner.import(fd)).map_err(raise)?;
+        Ok(Buffer::new(b))
+    }
+
+    /// Creates a queue: `priority` is "low", "normal", "high" or "kernel" (the last two
+    /// need an admin), `weight` 1..=10000, `timeout` per job in seconds (default: the
+    /// device's).
+    #[pyo3(signature = (priority = "normal", weight = 100, timeout = None))]
+    fn queue(&self, py: Python<'_>, priority: &str, weight: u32, timeout: Option<f64>) -> PyResult<Queue> {
+        let priority = match priority {
+            "low" => accel::Priority::Low,
+            "normal" => accel::Priority::Normal,
+            "high" => accel::Priority::High,
+            "kernel" => accel::Priority::Kernel,
+            p => return Err(PyValueError::new_err(format!("unknown priority {p:?}"))),
+        };
+        let timeout = timeout.map(|t| seconds(Some(t))).transpose()?;
+        let q = py
+            .detach(|| self.inner.create_queue_with(accel::QueueOptions { priority, weight, timeout }))
+            .map_err(raise)?;
+        Ok(Queue { inner: q })
+    }
+
+    /// Creates a syncobj: a timeline if `timeline`, else binary.
+    #[pyo3(signature = (timeline = false))]
+    fn syncobj(&self, py: Python<'_>, timeline: bool) -> PyResult<Syncobj> {
+        let s = py.detach(|| self.inner.create_syncobj(timeline)).map_err(raise)?;
+        Ok(Syncobj { inner: s })
+    }
+
+    /// Creates a queue with a shared-memory ring of `entries` submissions.
+    #[pyo3(signature = (entries = 256))]
+    fn ring(&self, py: Python<'_>, entries: u32) -> PyResult<Ring> {
+        let r = py.detach(|| self.inner.create_queue().and_then(|q| q.into_ring(entries))).map_err(raise)?;
+        Ok(Ring { inner: Mutex::new(r) })
+    }
+
+    fn __repr__(&self) -> String {
+        let i = self.inner.info();
+        format!("<accel.Device accel{} {} ({})>", i.minor, i.name, i.driver)
+    }
+}
+
+/// A buffer object: device-visible memory mapped into this process.
+///
+/// `memoryview(buf)`, `numpy.asarray(buf)` (bytes) and `numpy.from_dlpack(buf)` are
+/// views of the same pages, not copies.
+#[pyclass(module = "accel", frozen)]
+struct Buffer {
+    inner: Arc<accel::Buffer>,
+}
+
+impl Buffer {
+    fn new(b: accel::Buffer) -> Buffer {
+        Buffer { inner: Arc::new(b) }
+    }
+
+    fn view(&self, offset: u64, len: Option<u64>) -> PyResult<accel::BufView> {
+        let size = self.inner.size();
+        let len = len.unwrap_or(size.saturating_sub(offset));
+        Ok(accel::BufView { bo: self.inner.handle(), offset, len })
+    }
+}
+
+/// What a DLPack capsule keeps alive: the buffer, the shape array and the tensor.
+struct DlpackCtx<M> {
+    _buffer: Arc<accel::Buffer>,
+    shape: [i64; 1],
+    managed: M,
+}
+
+#[repr(C)]
+struct DLDevice {
+    device_type: i32,
+    device_id: i32,
+}
+
+#[repr(C)]
+struct DLDataType {
+    code: u8,
+    bits: u8,
+    lanes: u16,
+}
+
+#[repr(C)]
+struct DLTensor {
+    data: *mut c_void,
+    device: DLDevice,
+    ndim: i32,
+    dtype: DLDataType,
+    shape: *mut i64,
+    strides: *mut i64,
+    byte_offset: u64,
+}
+
+#[repr(C)]
+struct DLManagedTensor {
+    dl_tensor: DLTensor,
+    manager_ctx: *mut c_void,
+    deleter: Option<unsafe extern "C" fn(*mut DLManagedTensor)>,
+}
+
+#[repr(C)]
+struct DLPackVersion {
+    major: u32,
+    minor: u32,
+}
+
+/// DLPack 1.x's tensor: carries a version and flags (not read-only, so NumPy may write).
+#[repr(C)]
+struct DLManagedTensorVersioned {
+    version: DLPackVersion,
+    manager_ctx: *mut c_void,
+    deleter: Option<unsafe extern "C" fn(*mut DLManagedTensorVersioned)>,
+    flags: u64,
+    dl_tensor: DLTensor,
+}
+
+/// `kDLCPU`: host memory (accel's host region).
+const DL_CPU: i32 = 1;
+/// `kDLUInt`.
+const DL_UINT: u8 = 1;
+const DLTENSOR: &CStr = c"dltensor";
+const DLTENSOR_VERSIONED: &CStr = c"dltensor_versioned";
+
+unsafe extern "C" fn dlpack_deleter(managed: *mut DLManagedTensor) {
+    // SAFETY: manager_ctx is the Box<DlpackCtx> that owns `managed`; called once by the consumer
+    // or by the capsule destructor, never both (the consumer renames the capsule).
+    unsafe { drop(Box::from_raw((*managed).manager_ctx.cast::<DlpackCtx<DLManagedTensor>>())) };
+}
+
+unsafe extern "C" fn dlpack_versioned_deleter(managed: *mut DLManagedTensorVersioned) {
+    // SAFETY: as for dlpack_deleter.
+    unsafe { drop(Box::from_raw((*managed).manager_ctx.cast::<DlpackCtx<DLManagedTensorVersioned>>())) };
+}
+
+unsafe extern "C" fn dlpack_capsule_destructor(capsule: *mut ffi::PyObject) {
+    // SAFETY: called by Python with the capsule; it still has its original name only if no
+    // consumer took the tensor, and then we own the tensor.
+    unsafe {
+        if ffi::PyCapsule_IsValid(capsule, DLTENSOR.as_ptr()) == 1 {
+            let managed = ffi::PyCapsule_GetPointer(capsule, DLTENSOR.as_ptr()).cast::<DLManagedTensor>();
+            if let Some(deleter) = (*managed).deleter {
+                deleter(managed);
+            }
+        }
+    }
+}
+
+unsafe extern "C" fn dlpack_versioned_capsule_destructor(capsule: *mut ffi::PyObject) {
+    // SAFETY: as for dlpack_capsule_destructor, with the versioned name.
+    unsafe {
+        if ffi::PyCapsule_IsValid(capsule, DLTENSOR_VERSIONED.as_ptr()) == 1 {
+            let managed =
+                ffi::PyCapsule_GetPointer(capsule, DLTENSOR_VERSIONED.as_ptr()).cast::<DLManagedTensorVersioned>();
+            if let Some(deleter) = (*managed).deleter {
+                deleter(managed);
+            }
+        }
+    }
+}
+
+impl Buffer {
+    fn dl_tensor(&self) -> DLTensor {
+        DLTensor {
+            data: self.inner.as_ptr().cast(),
+            device: DLDevice { device_type: DL_CPU, device_id: 0 },
+            ndim: 1,
+            dtype: DLDataType { code: DL_UINT, bits: 8, lanes: 1 },
+            shape: std::ptr::null_mut(),
+            strides: std::ptr::null_mut(),
+            byte_offset: 0,
+        }
+    }
+}
+
+#[pymethods]
+impl Buffer {
+    /// Size in bytes.
+    #[getter]
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    /// The daemon's handle of this buffer.
+    #[getter]
+    fn handle(&self) -> u64 {
+        self.inner.handle().0
+    }
+
+    /// Address of the mapping in this process.
+    #[getter]
+    fn address(&self) -> usize {
+        self.inner.as_ptr() as usize
+    }
+
+    /// Exports the buffer: a new descriptor (yours to close) another client may import.
+    fn export(&self, py: Python<'_>) -> PyResult<i32> {
+        let fd = py.detach(|| self.inner.export()).map_err(raise)?;
+        Ok(fd.into_raw_fd())
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.size() as usize
+    }
+
+    /// Writable bytes of the mapping (PEP 3118).
+    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
+        if view.is_null() {
+            return Err(PyBufferError::new_err("view is null"));
+        }
+        let (ptr, len) = {
+            let b = &slf.get().inner;
+            (b.as_ptr(), b.size() as isize)
+        };
+        // SAFETY: `view` is a valid Py_buffer to fill (CPython's contract); the mapping stays
+        // alive as long as `obj` (this Buffer) does, which the view holds a reference to.
+        unsafe {
+            (*view).obj = slf.into_any().into_ptr();
+            (*view).buf = ptr.cast();
+            (*view).len = len;
+            (*view).readonly = 0;
+            (*view).itemsize = 1;
+            (*view).format = if flags & ffi::PyBUF_FORMAT == ffi::PyBUF_FORMAT {
+                c"B".as_ptr().cast_mut()
+            } else {
+                std::ptr::null_mut()
+            };
+            (*view).ndim = 1;
+            (*view).shape =
+                if flags & ffi::PyBUF_ND == ffi::PyBUF_ND { &mut (*view).len } else { std::ptr::null_mut() };
+            (*view).strides = if flags & ffi::PyBUF_STRIDES == ffi::PyBUF_STRIDES {
+                &mut (*view).itemsize
+            } else {
+                std::ptr::null_mut()
+            };
+            (*view).suboffsets = std::ptr::null_mut();
+            (*view).internal = std::ptr::null_mut();
+        }
+        Ok(())
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {}
+
+    /// DLPack export (host memory, uint8, 1-D): `numpy.from_dlpack(buf)`,
+    /// `torch.from_dlpack(buf)` share the pages.
+    #[pyo3(signature = (*, stream = None, max_version = None, dl_device = None, copy = None))]
+    fn __dlpack__<'py>(
+        &self,
+        py: Python<'py>,
+        stream: Option<Bound<'py, PyAny>>,
+        max_version: Option<Bound<'py, PyAny>>,
+        dl_device: Option<(i32, i32)>,
+        copy: Option<bool>,
+    ) -> PyResult<Bound<'py, PyCapsule>> {
+        let _ = stream;
+        if dl_device.is_some_and(|d| d != (DL_CPU, 0)) {
+            return Err(PyBufferError::new_err("accel host buffers export to the CPU device only"));
+        }
+        if copy == Some(true) {
+            return Err(PyBufferError::new_err("accel buffers are exported without a copy"));
+        }
+        // A consumer that speaks DLPack 1.x gets a versioned (and writable) tensor.
+        let versioned = match max_version {
+            Some(v) => v.extract::<(u32, u32)>().map(|(major, _)| major >= 1).unwrap_or(false),
+            None => false,
+        };
+        let shape = [self.inner.size() as i64];
+        if versioned {
+            let managed = DLManagedTensorVersioned {
+                version: DLPackVersion { major: 1, minor: 0 },
+                manager_ctx: std::ptr::null_mut(),
+                deleter: Some(dlpack_versioned_deleter),
+                flags: 0,
+                dl_tensor: self.dl_tensor(),
+            };
+            let raw = Box::into_raw(Box::new(DlpackCtx { _buffer: self.inner.clone(), shape, managed }));
+            // SAFETY: `raw` is a live Box; the tensor points at its shape and back at its owner.
+            let managed = unsafe {
+                (*raw).managed.dl_tensor.shape = (*raw).shape.as_mut_ptr();
+                (*raw).managed.manager_ctx = raw.cast();
+                std::ptr::addr_of_mut!((*raw).managed)
+            };
+            let ptr = NonNull::new(managed.cast::<c_void>()).ok_or_else(|| PyBufferError::new_err("null tensor"))?;
+            // SAFETY: `ptr` is the managed tensor; the destructor frees it unless a consumer took it.
+            return unsafe {
+                PyCapsule::new_with_pointer_and_destructor(
+                    py,
+                    ptr,
+                    DLTENSOR_VERSIONED,
+                    Some(dlpack_versioned_capsule_destructor),
+                )
+            };
+        }
+        let managed = DLManagedTensor {
+            dl_tensor: self.dl_tensor(),
+            manager_ctx: std::ptr::null_mut(),
+            deleter: Some(dlpack_deleter),
+        };
+        let raw = Box::into_raw(Box::new(DlpackCtx { _buffer: self.inner.clone(), shape, managed }));
+        // SAFETY: `raw` is a live Box; the tensor points at its shape and back at its owner.
+        let managed = unsafe {
+            (*raw).managed.dl_tensor.shape = (*raw).shape.as_mut_ptr();
+            (*raw).managed.manager_ctx = raw.cast();
+            std::ptr::addr_of_mut!((*raw).managed)
+        };
+        let ptr = NonNull::new(managed.cast::<c_void>()).ok_or_else(|| PyBufferError::new_err("null tensor"))?;
+        // SAFETY: `ptr` is the managed tensor; the destructor frees it unless a consumer took it.
+        unsafe { PyCapsule::new_with_pointer_and_destructor(py, ptr, DLTENSOR, Some(dlpack_capsule_destructor)) }
+    }
+
+    fn __dlpack_device__(&self) -> (i32, i32) {
+        (DL_CPU, 0)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<accel.Buffer handle={:#x} size={}>", self.inner.handle().0, self.inner.size())
+    }
+}
+
+fn buffer_of<'py>(obj: &Bound<'py, PyAny>) -> PyResult<PyRef<'py, Buffer>> {
+    obj.cast::<Buffer>().map(|b| b.borrow()).map_err(|_| PyTypeError::new_err("expected an accel.Buffer"))
+}
+
+/// What a job waits for: `Fence`s and `(Syncobj, point)` pairs.
+fn wait_points(wait: Option<Vec<Bound<'_, PyAny>>>) -> PyResult<Vec<accel::WaitPoint>> {
+    wait.unwrap_or_default()
+        .iter()
+        .map(|w| {
+            if let Ok(f) = w.cast::<Fence>() {
+                return Ok(f.get().inner.point());
+            }
+            let (s, point): (Bound<'_, Syncobj>, u64) =
+                w.extract().map_err(|_| PyTypeError::new_err("wait entries are Fences or (Syncobj, point)"))?;
+            Ok(s.get().inner.point(point))
+        })
+        .collect()
+}
+
+fn signal_points(signal: Option<Vec<(Bound<'_, Syncobj>, u64)>>) -> Vec<accel::SignalPoint> {
+    signal.unwrap_or_default().iter().map(|(s, p)| s.get().inner.signal_point(*p)).collect()
+}
+
+/// A queue (scheduler entity): jobs run in order.
+#[pyclass(module = "accel", frozen)]
+struct Queue {
+    inner: accel::Queue,
+}
+
+fn submit(
+    slf: &Bound<'_, Queue>,
+    op: accel::Op,
+    wait: Option<Vec<Bound<'_, PyAny>>>,
+    signal: Option<Vec<(Bound<'_, Syncobj>, u64)>>,
+) -> PyResult<Fence> {
+    let (wait, signal) = (wait_points(wait)?, signal_points(signal));
+    let q = slf.get();
+    let f = slf.py().detach(|| q.inner.submit_with(op, &wait, &signal)).map_err(raise)?;
+    Ok(Fence { inner: f, _queue: Some(slf.clone().unbind()) })
+}
+
+fn mat(b: &Buffer, offset: u64, row_stride: u64) -> accel::MatView {
+    accel::MatView { bo: b.inner.handle(), offset, row_stride }
+}
+
+#[pymethods]
+impl Queue {
+    /// A null job.
+    #[pyo3(signature = (*, wait = None, signal = None))]
+    fn nop(
+        slf: &Bound<'_, Self>,
+        wait: Option<Vec<Bound<'_, PyAny>>>,
+        signal: Option<Vec<(Bound<'_, Syncobj>, u64)>>,
+    ) -> PyResult<Fence> {
+        submit(slf, accel::Op::Nop, wait, signal)
+    }
+
+    /// Fills `length` bytes (default: to the end) at `offset` with the 32-bit `pattern`.
+    #[pyo3(signature = (dst, pattern, offset = 0, length = None, *, wait = None, signal = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn fill(
+        slf: &Bound<'_, Self>,
+        dst: &Bound<'_, PyAny>,
+        pattern: u32,
+        offset: u64,
+        length: Option<u64>,
+        wait: Option<Vec<Bound<'_, PyAny>>>,
+        signal: Option<Vec<(Bound<'_, Syncobj>, u64)>>,
+    ) -> PyResult<Fence> {
+        let dst = buffer_of(dst)?.view(offset, length)?;
+        submit(slf, accel::Op::Fill { dst, pattern }, wait, signal)
+    }
+
+    /// Copies `length` bytes (default: all of `src` after `src_offset`).
+    #[pyo3(signature = (src, dst, length = None, src_offset = 0, dst_offset = 0, *, wait = None, signal = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn copy(
+        slf: &Bound<'_, Self>,
+        src: &Bound<'_, PyAny>,
+        dst: &Bound<'_, PyAny>,
+        length: Option<u64>,
+        src_offset: u64,
+        dst_offset: u64,
+        wait: Option<Vec<Bound<'_, PyAny>>>,
+        signal: Option<Vec<(Bound<'_, Syncobj>, u64)>>,
+    ) -> PyResult<Fence> {
+        let src = buffer_of(src)?.view(src_offset, length)?;
+        let dst = buffer_of(dst)?.view(dst_offset, Some(src.len))?;
+        submit(slf, accel::Op::Copy { src, dst }, wait, signal)
+    }
+
+    /// C = alpha·A·B + beta·C in f32, row-major, A m×k, B k×n, C m×n, each starting at its
+    /// byte offset with its row stride in elements (default: packed).
+    #[pyo3(signature = (a, b, c, m, n, k, alpha = 1.0, beta = 0.0, a_offset = 0, b_offset = 0, c_offset = 0,
+                        lda = None, ldb = None, ldc = None, *, wait = None, signal = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        slf: &Bound<'_, Self>,
+        a: &Bound<'_, PyAny>,
+        b: &Bound<'_, PyAny>,
+        c: &Bound<'_, PyAny>,
+        m: u64,
+        n: u64,
+        k: u64,
+        alpha: f32,
+        beta: f32,
+        a_offset: u64,
+        b_offset: u64,
+        c_offset: u64,
+        lda: Option<u64>,
+        ldb: Option<u64>,
+        ldc: Option<u64>,
+        wait: Option<Vec<Bound<'_, PyAny>>>,
+        signal: Option<Vec<(Bound<'_, Syncobj>, u64)>>,
+    ) -> PyResult<Fence> {
+        let g = accel::GemmF32 {
+            m,
+            n,
+            k,
+            a: mat(&*buffer_of(a)?, a_offset, lda.unwrap_or(k)),
+            b: mat(&*buffer_of(b)?, b_offset, ldb.unwrap_or(n)),
+            c: mat(&*buffer_of(c)?, c_offset, ldc.unwrap_or(n)),
+            alpha,
+            beta,
+        };
+        submit(slf, accel::Op::GemmF32(g), wait, signal)
+    }
+
+    /// A driver-specific job (`code`, up to four integer arguments).
+    #[pyo3(signature = (code, args = (0, 0, 0, 0), *, wait = None, signal = None))]
+    fn driver(
+        slf: &Bound<'_, Self>,
+        code: u32,
+        args: (u64, u64, u64, u64),
+        wait: Option<Vec<Bound<'_, PyAny>>>,
+        signal: Option<Vec<(Bound<'_, Syncobj>, u64)>>,
+    ) -> PyResult<Fence> {
+        let op = accel::Op::Driver { code, args: [args.0, args.1, args.2, args.3] };
+        submit(slf, op, wait, signal)
+    }
+}
+
+/// A job's fence. `fence.wait(timeout)` blocks (releasing the GIL); `await fence` waits in
+/// an asyncio loop on the fence's eventfd.
+#[pyclass(module = "accel", frozen)]
+struct Fence {
+    inner: accel::Fence,
+    /// Destroying a queue cancels its jobs: a fence keeps its queue alive, so
+    /// `dev.queue().fill(...).wait()` works.
+    _queue: Option<Py<Queue>>,
+}
+
+#[pymethods]
+impl Fence {
+    /// Waits up to `timeout` seconds (default: forever); raises `accel.Error` with the job's
+    /// error (EIO, ETIME, ECANCELED, ...) or ETIMEDOUT.
+    #[pyo3(signature = (timeout = None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
+        let t = seconds(timeout)?;
+        py.detach(|| self.inner.wait_timeout(t)).map_err(raise)
+    }
+
+    /// Whether it signalled (raises the job's error if it failed).
+    fn done(&self, py: Python<'_>) -> PyResult<bool> {
+        match py.detach(|| self.inner.status()).map_err(raise)? {
+            accel::FenceStatus::Pending => Ok(false),
+            accel::FenceStatus::Signaled => Ok(true),
+            accel::FenceStatus::Error(e) => Err(raise(accel::Error { code: e, message: "the job failed".into() })),
+        }
+    }
+
+    /// An eventfd (yours to close) that becomes readable when the fence signals.
+    fn sync_fd(&self, py: Python<'_>) -> PyResult<i32> {
+        Ok(py.detach(|| self.inner.sync_fd()).map_err(raise)?.into_raw_fd())
+    }
+
+    /// The job's device sequence number.
+    #[getter]
+    fn seqno(&self) -> u64 {
+        self.inner.seqno()
+    }
+
+    fn __await__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        py.import("accel._aio")?.call_method1("wait", (slf,))?.call_method0("__await__")
+    }
+}
+
+/// A syncobj: binary, or a timeline of points.
+#[pyclass(module = "accel", frozen)]
+struct Syncobj {
+    inner: accel::Syncobj,
+}
+
+#[pymethods]
+impl Syncobj {
+    /// Signals `point` from the host (0 for binary).
+    #[pyo3(signature = (point = 0))]
+    fn signal(&self, py: Python<'_>, point: u64) -> PyResult<()> {
+        py.detach(|| self.inner.signal(point)).map_err(raise)
+    }
+
+    /// Highest point reached (timeline) or 1/0 (binary).
+    fn query(&self, py: Python<'_>) -> PyResult<u64> {
+        py.detach(|| self.inner.query()).map_err(raise)
+    }
+
+    /// Waits for `point` up to `timeout` seconds.
+    #[pyo3(signature = (point = 0, timeout = None))]
+    fn wait(&self, py: Python<'_>, point: u64, timeout: Option<f64>) -> PyResult<()> {
+        let t = seconds(timeout)?;
+        py.detach(|| self.inner.wait(point, t)).map_err(raise)
+    }
+
+    /// Exports as a descriptor (yours to close) another client can import.
+    fn export(&self, py: Python<'_>) -> PyResult<i32> {
+        Ok(py.detach(|| self.inner.export()).map_err(raise)?.into_raw_fd())
+    }
+}
+
+/// A queue with a shared-memory ring: `push` and `wait` cost no syscall while the
+/// daemon is busy.
+#[pyclass(module = "accel", frozen)]
+struct Ring {
+    inner: Mutex<accel::Ring>,
+}
+
+fn ring_op(kind: &str, args: Option<Bound<'_, PyAny>>) -> PyResult<accel::Op> {
+    match kind {
+        "nop" => Ok(accel::Op::Nop),
+        "fill" => {
+            let args = args.ok_or_else(|| PyValueError::new_err("fill takes args=(buffer, pattern)"))?;
+            let (dst, pattern): (Bound<'_, PyAny>, u32) = args.extract()?;
+            Ok(accel::Op::Fill { dst: buffer_of(&dst)?.view(0, None)?, pattern })
+        }
+        other => Err(PyValueError::new_err(format!("ring ops are \"nop\" and \"fill\", not {other:?}"))),
+    }
+}
+
+#[pymethods]
+impl Ring {
+    /// Publishes a job (`"nop"`, or `"fill"` with `(buffer, pattern)`), tagged `user_data`.
+    #[pyo3(signature = (op = "nop", args = None, user_data = 0))]
+    fn push(&self, op: &str, args: Option<Bound<'_, PyAny>>, user_data: u64) -> PyResult<()> {
+        let op = ring_op(op, args)?;
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).push(&op, user_data).map_err(raise)
+    }
+
+    /// Wakes the daemon if it sleeps.
+    fn flush(&self) -> PyResult<()> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).flush().map_err(raise)
+    }
+
+    /// Waits for at least `min` completions; returns `(user_data, errno or 0)` pairs.
+    #[pyo3(signature = (min = 1, timeout = None))]
+    fn wait(&self, py: Python<'_>, min: usize, timeout: Option<f64>) -> PyResult<Vec<(u64, i32)>> {
+        let t = seconds(timeout)?;
+        let mut out = Vec::new();
+        py.detach(|| self.inner.lock().unwrap_or_else(|e| e.into_inner()).wait(&mut out, min, t)).map_err(raise)?;
+        Ok(out.iter().map(|c| (c.user_data, -c.result)).collect())
+    }
+
+    /// Submits a null job and waits for it: the synchronous round trip. Returns its seqno.
+    #[pyo3(signature = (timeout = None))]
+    fn nop_sync(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<u64> {
+        let t = seconds(timeout)?;
+        let c = py
+            .detach(|| self.inner.lock().unwrap_or_else(|e| e.into_inner()).submit_wait(&accel::Op::Nop, t))
+            .map_err(raise)?;
+        c.status().map_err(|e| raise(accel::Error { code: e, message: "null job failed".into() }))?;
+        Ok(c.seqno)
+    }
+}
+
+/// Daemon-wide live object counts (an admin's view): clients (this call's own connection
+/// not counted), buffers, buffer_bytes, fences, syncobjs, queues, jobs, rings.
+#[pyfunction]
+#[pyo3(signature = (socket = None))]
+fn stats(py: Python<'_>, socket: Option<PathBuf>) -> PyResult<std::collections::BTreeMap<&'static str, u64>> {
+    let socket = socket.unwrap_or_else(accel::default_socket_path);
+    let s = py.detach(|| accel::Connection::connect(&socket).and_then(|mut c| c.stats())).map_err(raise)?;
+    Ok([
+        ("clients", s.clients.saturating_sub(1)),
+        ("buffers", s.buffers),
+        ("buffer_bytes", s.buffer_bytes),
+        ("fences", s.fences),
+        ("syncobjs", s.syncobjs),
+        ("queues", s.queues),
+        ("jobs", s.jobs),
+        ("rings", s.rings),
+    ]
+    .into_iter()
+    .collect())
+}
+
+#[pymodule]
+fn _accel(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(stats, m)?)?;
+    m.add("Error", m.py().get_type::<Error>())?;
+    m.add_class::<Device>()?;
+    m.add_class::<Buffer>()?;
+    m.add_class::<Queue>()?;
+    m.add_class::<Fence>()?;
+    m.add_class::<Syncobj>()?;
+    m.add_class::<Ring>()?;
+    Ok(())
+}

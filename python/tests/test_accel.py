@@ -1,0 +1,200 @@
+"""The Python binding against a real daemon: zero-copy NumPy views and DLPack, GEMM checked
+against NumPy, syncobjs, rings, asyncio, errors, and a client killed mid-job."""
+
+import asyncio
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import accel
+
+OP_HANG = 3  # testdev: a job that hangs until its queue's timeout
+
+
+def test_device_describes_itself(daemon):
+    dev = accel.Device(0)
+    assert dev.driver == "cpu" and dev.minor == 0
+    assert dev.memory_bytes > 0 and dev.compute_units >= 1
+    assert "accel0" in repr(dev)
+
+
+def test_numpy_views_are_the_same_pages(daemon):
+    dev = accel.Device(0)
+    buf = dev.alloc(4096)
+    view = np.asarray(buf)
+    assert view.dtype == np.uint8 and view.shape == (buf.size,)
+    assert view.ctypes.data == buf.address, "no copy: the array points into the mapping"
+    assert not view.any(), "new buffers are zeroed"
+    # The device writes, NumPy sees it.
+    dev.queue().fill(buf, 0x01020304).wait(5)
+    words = accel.array(buf, np.uint32)
+    assert (words == 0x01020304).all()
+    # NumPy writes, the device copies it.
+    words[:] = np.arange(words.size, dtype=np.uint32)
+    dst = dev.alloc(4096)
+    dev.queue().copy(buf, dst).wait(5)
+    assert (accel.array(dst, np.uint32) == np.arange(words.size, dtype=np.uint32)).all()
+    # memoryview too.
+    mv = memoryview(buf)
+    assert mv.nbytes == buf.size and not mv.readonly
+
+
+def test_dlpack_shares_memory_both_ways(daemon):
+    dev = accel.Device(0)
+    buf = dev.alloc(4096)
+    assert buf.__dlpack_device__() == (1, 0)
+    arr = np.from_dlpack(buf)
+    assert arr.ctypes.data == buf.address and arr.nbytes == buf.size
+    arr[:4] = [1, 2, 3, 4]
+    assert bytes(memoryview(buf)[:4]) == b"\x01\x02\x03\x04"
+    # The capsule keeps the buffer alive after the Python object is gone.
+    del buf
+    arr[4] = 5
+    assert arr[4] == 5
+    # from_dlpack: an accel buffer is itself; foreign memory is copied into a new buffer.
+    same = dev.alloc(64)
+    assert accel.from_dlpack(same, dev) is same
+    host = np.arange(16, dtype=np.float32)
+    copied = accel.from_dlpack(host, dev)
+    assert (accel.array(copied, np.float32, (16,)) == host).all()
+
+
+def test_torch_cpu_tensor_through_dlpack(daemon):
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    dev = accel.Device(0)
+    buf = dev.alloc(4096)
+    t = torch.from_dlpack(buf)
+    t[0] = 7
+    assert np.asarray(buf)[0] == 7
+
+
+def test_gemm_matches_numpy(daemon):
+    dev = accel.Device(0)
+    rng = np.random.default_rng(1)
+    m, n, k = 96, 80, 64
+    a_host = rng.standard_normal((m, k), dtype=np.float32)
+    b_host = rng.standard_normal((k, n), dtype=np.float32)
+    c_host = rng.standard_normal((m, n), dtype=np.float32)
+    a, b, c = dev.alloc(a_host.nbytes), dev.alloc(b_host.nbytes), dev.alloc(c_host.nbytes)
+    accel.array(a, np.float32, (m, k))[:] = a_host
+    accel.array(b, np.float32, (k, n))[:] = b_host
+    accel.array(c, np.float32, (m, n))[:] = c_host
+    dev.queue().gemm(a, b, c, m, n, k, alpha=2.0, beta=0.5).wait(10)
+    want = 2.0 * a_host @ b_host + 0.5 * c_host
+    np.testing.assert_allclose(accel.array(c, np.float32, (m, n)), want, rtol=1e-4, atol=1e-4)
+
+
+def test_dependencies_through_syncobjs(daemon):
+    dev = accel.Device(0)
+    q = dev.queue()
+    tl = dev.syncobj(timeline=True)
+    buf = dev.alloc(4096)
+    q.fill(buf, 7, signal=[(tl, 1)])
+    f = q.fill(buf, 9, wait=[(tl, 1)], signal=[(tl, 2)])
+    f.wait(5)
+    tl.wait(2, timeout=5)
+    assert tl.query() == 2
+    assert (accel.array(buf, np.uint32) == 9).all()
+    assert f.seqno > 0 and f.done()
+
+
+def test_ring_round_trips(daemon):
+    dev = accel.Device(0)
+    ring = dev.ring(64)
+    assert ring.nop_sync(timeout=5) > 0
+    for i in range(32):
+        ring.push("nop", user_data=i)
+    ring.flush()
+    got = []
+    while len(got) < 32:
+        got += ring.wait(min=1, timeout=5)
+    assert got == [(i, 0) for i in range(32)]
+    buf = dev.alloc(4096)
+    ring.push("fill", (buf, 5), user_data=99)
+    ring.flush()
+    assert ring.wait(1, timeout=5) == [(99, 0)]
+    assert (accel.array(buf, np.uint32) == 5).all()
+
+
+def test_await_a_fence(daemon):
+    dev = accel.Device(0)
+    buf = dev.alloc(1 << 20)
+
+    async def main():
+        f = dev.queue().fill(buf, 3)
+        await f
+        return accel.array(buf, np.uint32)[-1]
+
+    assert asyncio.run(main()) == 3
+
+
+def test_errors_carry_errno_and_message(daemon):
+    dev = accel.Device(0)
+    with pytest.raises(accel.Error) as e:
+        accel.Device(42)
+    assert e.value.errno == errno.ENODEV and "ENODEV" in e.value.strerror
+    assert isinstance(e.value, OSError)
+    with pytest.raises(accel.Error) as e:
+        dev.alloc(0)
+    assert e.value.errno == errno.EINVAL
+    buf = dev.alloc(4096)
+    with pytest.raises(accel.Error) as e:
+        dev.queue().fill(buf, 0, offset=buf.size, length=4)
+    assert e.value.errno == errno.ERANGE
+    with pytest.raises(TypeError):
+        dev.queue().fill(b"not a buffer", 0)
+    with pytest.raises(ValueError):
+        dev.queue(priority="urgent")
+    # A hung job fails its fence with ETIME, and asyncio sees the same error.
+    hang_dev = accel.Device(1)
+    q = hang_dev.queue(timeout=0.2)
+    with pytest.raises(accel.Error) as e:
+        q.driver(OP_HANG).wait(10)
+    assert e.value.errno == errno.ETIME
+
+    async def main():
+        await hang_dev.queue(timeout=0.2).driver(OP_HANG)
+
+    with pytest.raises(accel.Error) as e:
+        asyncio.run(main())
+    assert e.value.errno == errno.ETIME
+    # A wait that times out.
+    f = hang_dev.queue(timeout=5).driver(OP_HANG)
+    with pytest.raises(accel.Error) as e:
+        f.wait(0.05)
+    assert e.value.errno == errno.ETIMEDOUT
+
+
+def test_a_client_killed_mid_job_leaves_nothing_behind(daemon):
+    import time
+
+    before = accel.stats()
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import accel, sys
+            dev = accel.Device(1)
+            bufs = [dev.alloc(1 << 20) for _ in range(4)]
+            q = dev.queue(timeout=60)
+            f = q.driver({OP_HANG})
+            q.fill(bufs[0], 1, wait=[f])
+            print("ready", flush=True)
+            sys.stdin.read()
+        """)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=os.environ,
+    )
+    assert child.stdout.readline().strip() == b"ready"
+    during = accel.stats()
+    assert during["buffers"] == before["buffers"] + 4 and during["jobs"] >= before["jobs"] + 2
+    child.kill()
+    child.wait()
+    # The daemon serves others at once, and everything the killed client held is freed.
+    accel.Device(1).queue().nop().wait(5)
+    deadline = time.monotonic() + 10
+    while accel.stats() != before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert accel.stats() == before
