@@ -12,6 +12,7 @@ use clap::Subcommand;
 use crate::demo::pseudo_random;
 use crate::spawn::SpawnedDaemon;
 
+mod bindings;
 mod isolation;
 
 /// Which benchmark.
@@ -80,6 +81,22 @@ pub enum Which {
         #[arg(long, default_value_t = 1024)]
         ring: u32,
     },
+    /// The C and Python bindings against the Rust client in one run: null-job ring round
+    /// trip and an n³ GEMM (needs `libaccel.so` beside this binary and the Python package).
+    Bindings {
+        /// Round trips timed per side and round.
+        #[arg(long, default_value_t = 20_000)]
+        iters: usize,
+        /// GEMM size n (n×n×n).
+        #[arg(long, default_value_t = 1024)]
+        n: u64,
+        /// GEMMs timed per side and round (after one warm-up); the median counts.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Rounds (the sides take turns; each keeps its best round).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Noisy neighbour: a good tenant's GEMM throughput and null-job latency with a hostile
     /// tenant idle, then at every limit at once (allocation churn, connection flood,
     /// malformed input, hung jobs); reports the ratios.
@@ -103,6 +120,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Submit { iters, seconds, ring } => submit(iters.max(100), seconds, ring),
         Which::Scale { clients, active, ops } => scale(clients.max(1), active, ops.max(100)),
         Which::Ras { events, devices, scrapes } => ras(events.max(100), devices.max(1), scrapes.max(10)),
+        Which::Bindings { iters, n, reps, rounds } => bindings::run(iters.max(100), n.max(1), reps.max(1), rounds),
         Which::Isolation { seconds, load, hostile: Some(socket) } => isolation::hostile(&socket, seconds, &load),
         Which::Isolation { seconds, load, hostile: None } => isolation::run(seconds.max(0.5), &load),
     }
