@@ -177,6 +177,39 @@ impl Device {
     ///
     /// The leaving client's buffers were freed with it, and new buffers are fresh zeroed
     /// memfds, so the next holder finds no trace of the previous one (scrubbed hand-over).
+    /// Non-blocking lease step for event loops: takes the exclusive lease if it is this
+    /// client's turn (`Ok(true)`), else joins the queue once if `queue` and returns `Ok(false)`
+    /// (`EBUSY` without `queue`). Shared and oneshot devices open at once.
+    pub(crate) fn open_poll(&self, client_id: u64, queue: bool) -> Result<bool> {
+        if self.category == Category::Exclusive {
+            let mut lease = lock(&self.lease);
+            let first = lease.waiters.front().is_none_or(|w| *w == client_id);
+            if lease.owner.is_none() && first {
+                if lease.waiters.front() == Some(&client_id) {
+                    lease.waiters.pop_front();
+                }
+                lease.owner = Some(client_id);
+            } else if queue {
+                if !lease.waiters.contains(&client_id) {
+                    lease.waiters.push_back(client_id);
+                }
+                return Ok(false);
+            } else {
+                let holder = lease.owner.map_or("a waiting client".into(), |o| format!("client {o}"));
+                bail!(EBUSY, "accel{} is exclusive and held by {holder}", self.minor);
+            }
+        }
+        self.open_clients.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Leaves the lease queue (a waiting open that gave up).
+    pub(crate) fn open_cancel(&self, client_id: u64) {
+        let mut lease = lock(&self.lease);
+        lease.waiters.retain(|w| *w != client_id);
+        self.lease_cond.notify_all();
+    }
+
     pub(crate) fn close(&self, client_id: u64) {
         let mut lease = lock(&self.lease);
         if lease.owner == Some(client_id) {

@@ -134,6 +134,17 @@ impl Fence {
 /// How often a long wait checks whether its caller went away.
 const INTERRUPT_POLL: Duration = Duration::from_millis(50);
 
+/// Whether a wait for all (or any) of `fences` is satisfied now: the index of the first
+/// signalled fence and every fence's status, or `None` while it must go on waiting. The
+/// non-blocking form of [`wait_fences`] for event loops, which learn of progress through
+/// [`Fence::on_signal`].
+pub fn poll_fences(fences: &[Arc<Fence>], all: bool) -> Option<(u32, Vec<FenceStatus>)> {
+    let status: Vec<FenceStatus> = fences.iter().map(|f| f.status()).collect();
+    let first = status.iter().position(|s| *s != FenceStatus::Pending);
+    let done = if all { status.iter().all(|s| *s != FenceStatus::Pending) } else { first.is_some() };
+    done.then(|| (first.unwrap_or(0) as u32, status))
+}
+
 /// Waits for all or any of `fences`, up to `timeout`.
 ///
 /// Returns the index of the first signalled fence and every fence's status.

@@ -1,154 +1,123 @@
-//! One connection: handshake, then request → core call → reply, until the peer goes away.
+//! One message: decode, call the core, and say what to answer. The event loop
+//! (`server.rs`) owns the sockets; this file owns the meaning of every request.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use accel_core::client::Client;
+use accel_core::fence::Fence;
 use accel_core::namespace::{PeerInfo, Revoke, Share};
 use accel_core::{Error, Subsystem};
+use accel_uapi::transport::Received;
 use accel_uapi::wire::{self, Kind, ABI_MAJOR, ABI_MINOR, MAX_MESSAGE};
 use accel_uapi::{transport, Errno, Reply, Request};
-use rustix::event::{PollFd, PollFlags};
 
-type Outcome = Result<(Reply, Vec<OwnedFd>), Error>;
-
-/// Sends RAS events to a subscribed connection until the peer goes away.
-fn stream_events(sub: &Arc<Subsystem>, sock: BorrowedFd<'_>, rx: std::sync::mpsc::Receiver<accel_core::ras::RasEvent>) {
-    use std::sync::mpsc::RecvTimeoutError;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(ev) => {
-                let msg = accel_uapi::ras::encode(crate::ras_nl::event_msg(sub.ras(), &ev), 0, 0);
-                if !send_reply(sock, 0, &Reply::Netlink(vec![msg]), &[]) {
-                    return;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) if peer_gone(sock) => return,
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
-    }
+/// What to do with a request once the core has seen it.
+pub(crate) enum Action {
+    /// Answer now.
+    Reply(Reply, Vec<OwnedFd>),
+    /// Answer with these RAS netlink frames, each its own `Reply::Netlink`.
+    Netlink(Vec<Vec<Vec<u8>>>),
+    /// Answer when the fences satisfy the wait (all or any), or with `ETIMEDOUT` at the
+    /// timeout; the connection serves other requests meanwhile.
+    Wait {
+        /// What is waited for.
+        fences: Vec<Arc<Fence>>,
+        /// All of them, or any.
+        all: bool,
+        /// How long at most.
+        timeout: Duration,
+    },
+    /// Open an exclusive device once its lease comes free (the client is in line), or
+    /// answer `EBUSY` after `wait`.
+    Open {
+        /// Local minor.
+        minor: u32,
+        /// How long at most.
+        wait: Duration,
+    },
+    /// Answer `Ok`, then stream RAS events on this connection.
+    Subscribe,
 }
 
-/// Whether the peer hung up (checked during long waits, so they end with the client).
-fn peer_gone(sock: BorrowedFd<'_>) -> bool {
-    let mut fds = [PollFd::new(&sock, PollFlags::RDHUP)];
-    let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
-    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0
-        && fds[0].revents().intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR))
+/// A connection's protocol state.
+pub(crate) struct Session {
+    /// The client, after the handshake.
+    pub client: Option<Client>,
+    /// Who the peer is.
+    pub peer: PeerInfo,
+    /// Whether the peer is an admin (spared the tarpit).
+    pub admin: bool,
 }
 
-fn send_reply(sock: BorrowedFd<'_>, seq: u32, reply: &Reply, fds: &[OwnedFd]) -> bool {
-    let bytes = match wire::encode(Kind::Reply, seq, reply) {
+type Outcome = Result<Action, Error>;
+
+/// Encodes a reply; one too large for a message becomes an error reply.
+pub(crate) fn encode_reply(seq: u32, reply: &Reply) -> Vec<u8> {
+    match wire::encode(Kind::Reply, seq, reply) {
         Ok(b) => b,
         Err(code) => {
             let err = Reply::Error { code, message: "reply too large".into() };
             wire::encode(Kind::Reply, seq, &err).unwrap_or_default()
         }
-    };
-    let fds: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-    transport::send(sock, &bytes, &fds).is_ok()
+    }
 }
 
-fn error_reply(e: Error) -> Reply {
+pub(crate) fn error_reply(e: Error) -> Reply {
     Reply::Error { code: e.code, message: e.message }
 }
 
 /// Answers a connection that is not admitted with the reason (the client reads it as the
 /// reply to its handshake); the caller then closes it.
 pub(crate) fn refuse(sock: BorrowedFd<'_>, e: Error) {
-    send_reply(sock, 0, &error_reply(e), &[]);
+    let _ = transport::send(sock, &encode_reply(0, &error_reply(e)), &[]);
     // Drop a handshake that already arrived, so closing does not reset the peer (it would
     // then have to read past the reset to see the reason). Never blocks the accept loop.
     let mut buf = [0u8; 256];
     let _ = rustix::net::recv(sock, &mut buf, rustix::net::RecvFlags::DONTWAIT);
 }
 
-/// Serves one client until it disconnects; everything it held is freed on return.
-pub fn serve_connection(sub: &Arc<Subsystem>, sock: OwnedFd, peer: PeerInfo) {
-    let cred = peer.cred;
-    let admin = sub.namespaces().is_admin(&peer);
-    let mut buf = vec![0u8; MAX_MESSAGE + 1];
-    let mut client: Option<Client> = None;
-    let mut strikes = 0u32;
-    loop {
-        let received = match transport::recv(sock.as_fd(), &mut buf) {
-            Ok(Some(r)) => r,
-            Ok(None) => break,
-            Err(e) => {
-                // A peer that never finishes the handshake ends here (SO_RCVTIMEO).
-                tracing::debug!(pid = cred.pid, "recv: {e}");
-                break;
-            }
-        };
-        // Malformed framing or bytes always count as abuse; other errors by their code.
-        let mut malformed = true;
-        let (seq, outcome) = if received.truncated {
-            (0, Err(Error::new(Errno::EMSGSIZE, format!("message exceeds {MAX_MESSAGE} bytes"))))
-        } else if received.extra_fds {
-            (0, Err(Error::new(Errno::EBADF, format!("message carries more than {} descriptors", wire::MAX_FDS))))
-        } else {
-            match wire::decode::<Request>(Kind::Request, &buf[..received.len]) {
-                Err(e) => (e.seq.unwrap_or(0), Err(Error::new(e.code, e.message))),
-                Ok((seq, Request::Netlink(_) | Request::RasSubscribe))
-                    if client.as_ref().is_some_and(|c| !c.namespace().is_root()) =>
-                {
-                    // RAS covers every device of the daemon: only the root namespace sees it.
-                    (seq, Err(Error::new(Errno::EPERM, "RAS is the admin view: only the root namespace may use it")))
-                }
-                Ok((seq, Request::Netlink(bytes))) if client.is_some() => {
-                    // A dump may take several frames; each is a reply with the request's seq.
-                    let admin = client.as_ref().is_some_and(Client::is_admin);
-                    let frames = crate::ras_nl::handle(sub.ras(), admin, &bytes);
-                    if frames.iter().any(|f| !send_reply(sock.as_fd(), seq, &Reply::Netlink(f.clone()), &[])) {
-                        break;
-                    }
-                    continue;
-                }
-                Ok((seq, Request::RasSubscribe)) if client.is_some() => {
-                    // Subscribe before acknowledging, so no event after the ack is missed.
-                    let rx = sub.ras().subscribe();
-                    if send_reply(sock.as_fd(), seq, &Reply::Ok, &[]) {
-                        stream_events(sub, sock.as_fd(), rx);
-                    }
-                    break;
-                }
-                Ok((seq, req)) => {
-                    malformed = false;
-                    (seq, handle(sub, &mut client, &peer, req, received.fds, sock.as_fd()))
-                }
-            }
-        };
-        let abusive = outcome.as_ref().is_err_and(|e| malformed || is_abuse(e.code));
-        let (reply, fds) = match outcome {
-            Ok((reply, fds)) => (reply, fds),
-            Err(e) => (error_reply(e), Vec::new()),
-        };
-        if !send_reply(sock.as_fd(), seq, &reply, &fds) {
-            break;
-        }
-        strikes = if abusive { strikes.saturating_add(1) } else { 0 };
-        if let Some(pause) = tarpit(strikes, admin) {
-            std::thread::sleep(pause);
-        }
+/// Handles one received message: its sequence number, what to do, and whether it counts
+/// as abuse (malformed, or refused for a reason a well-behaved client does not repeat).
+pub(crate) fn dispatch(
+    sub: &Arc<Subsystem>,
+    session: &mut Session,
+    received: Received,
+    bytes: &[u8],
+) -> (u32, Outcome, bool) {
+    if received.truncated {
+        return (0, Err(Error::new(Errno::EMSGSIZE, format!("message exceeds {MAX_MESSAGE} bytes"))), true);
     }
-    if let Some(c) = &client {
-        if c.is_revoked() {
-            c.settle(Duration::from_secs(2));
-        }
-        tracing::debug!(client = c.id(), pid = cred.pid, "client disconnected");
+    if received.extra_fds {
+        let e = Error::new(Errno::EBADF, format!("message carries more than {} descriptors", wire::MAX_FDS));
+        return (0, Err(e), true);
     }
+    let (seq, req) = match wire::decode::<Request>(Kind::Request, bytes) {
+        Ok(r) => r,
+        Err(e) => return (e.seq.unwrap_or(0), Err(Error::new(e.code, e.message)), true),
+    };
+    let outcome = match (&session.client, req) {
+        // Evicted: nothing more, until the connection closes (after its jobs report ENODEV).
+        (Some(c), _) if c.is_revoked() => {
+            Err(Error::new(Errno::ENODEV, format!("this client was evicted from namespace {:?}", c.namespace().name)))
+        }
+        (Some(c), Request::Netlink(_) | Request::RasSubscribe) if !c.namespace().is_root() => {
+            // RAS covers every device of the daemon: only the root namespace sees it.
+            Err(Error::new(Errno::EPERM, "RAS is the admin view: only the root namespace may use it"))
+        }
+        (Some(c), Request::Netlink(bytes)) => {
+            Ok(Action::Netlink(crate::ras_nl::handle(sub.ras(), c.is_admin(), &bytes)))
+        }
+        (Some(_), Request::RasSubscribe) => Ok(Action::Subscribe),
+        (_, req) => handle(sub, session, req, received.fds),
+    };
+    let abusive = outcome.as_ref().is_err_and(|e| is_abuse(e.code));
+    (seq, outcome, abusive)
 }
 
-fn handle(
-    sub: &Arc<Subsystem>,
-    client: &mut Option<Client>,
-    peer: &PeerInfo,
-    req: Request,
-    fds: Vec<OwnedFd>,
-    sock: BorrowedFd<'_>,
-) -> Outcome {
+fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<OwnedFd>) -> Outcome {
+    let Session { client, peer, .. } = session;
     // Requests that take a descriptor take exactly one; no other request takes any.
     let takes_fd = matches!(req, Request::BoImport | Request::SyncobjImport);
     if fds.len() > usize::from(takes_fd) {
@@ -164,32 +133,25 @@ fn handle(
         }
         let placement = sub.namespaces().place(peer, token.as_deref())?;
         let c = client.insert(sub.connect_in(placement, peer.cred, &name));
-        // Eviction closes the connection: the loop then ends and drops the client.
-        let dup = rustix::io::fcntl_dupfd_cloexec(sock, 0)
-            .map_err(|e| Error::new(Errno::EMFILE, format!("daemon out of descriptors: {e}")))?;
-        // Shutting down only our reading side wakes this loop without the peer seeing a
-        // hang-up yet: it sees one when the socket closes, after the client settled.
-        c.set_revoke_hook(Box::new(move || {
-            let _ = rustix::net::shutdown(&dup, rustix::net::Shutdown::Read);
-        }));
-        // The handshake is done: from now on the peer may stay idle as long as it likes.
-        let _ = rustix::net::sockopt::set_socket_timeout(sock, rustix::net::sockopt::Timeout::Recv, None);
         let reply = Reply::Hello {
             abi_major: ABI_MAJOR,
             abi_minor: ABI_MINOR,
             client_id: c.id(),
             server: concat!("acceld ", env!("CARGO_PKG_VERSION")).into(),
         };
-        return Ok((reply, Vec::new()));
+        return Ok(Action::Reply(reply, Vec::new()));
     };
-    let ok = |r: Reply| Ok((r, Vec::new()));
+    let ok = |r: Reply| Ok(Action::Reply(r, Vec::new()));
     match req {
         Request::Hello { .. } => Err(Error::new(Errno::EPROTO, "handshake already done on this connection")),
         Request::ListDevices => ok(Reply::Devices(c.namespace().describe_all())),
         Request::DeviceInfo { minor } => ok(Reply::Device(c.namespace().describe(minor)?)),
         Request::Open { minor, wait_ms } => {
-            c.open(minor, Duration::from_millis(wait_ms), &|| peer_gone(sock))?;
-            ok(Reply::Device(c.namespace().describe(minor)?))
+            if c.open_poll(minor, wait_ms > 0)? {
+                ok(Reply::Device(c.namespace().describe(minor)?))
+            } else {
+                Ok(Action::Open { minor, wait: Duration::from_millis(wait_ms) })
+            }
         }
         Request::BoCreate { size } => {
             let (handle, size) = c.bo_create(size)?;
@@ -197,8 +159,8 @@ fn handle(
         }
         Request::BoInfo { handle } => ok(Reply::Bo { handle, size: c.bo_size(handle)? }),
         Request::BoClose { handle } => c.bo_close(handle).and(ok(Reply::Ok)),
-        Request::BoMmap { handle } => Ok((Reply::Fd, vec![c.bo_mmap(handle)?])),
-        Request::BoExport { handle } => Ok((Reply::Fd, vec![c.bo_export(handle)?])),
+        Request::BoMmap { handle } => Ok(Action::Reply(Reply::Fd, vec![c.bo_mmap(handle)?])),
+        Request::BoExport { handle } => Ok(Action::Reply(Reply::Fd, vec![c.bo_export(handle)?])),
         Request::BoImport => {
             let fd = fd.ok_or_else(|| Error::new(Errno::EBADF, "BoImport needs a descriptor"))?;
             let (handle, size) = c.bo_import(fd)?;
@@ -209,7 +171,7 @@ fn handle(
         }
         Request::RingCreate { queue, entries } => {
             let fds = c.ring_create(queue, entries)?;
-            Ok((Reply::Fd, vec![fds.ring, fds.doorbell, fds.completion]))
+            Ok(Action::Reply(Reply::Fd, vec![fds.ring, fds.doorbell, fds.completion]))
         }
         Request::QueueDestroy { handle } => c.queue_destroy(handle).and(ok(Reply::Ok)),
         Request::Submit { queue, op, wait, signal } => {
@@ -217,18 +179,17 @@ fn handle(
             ok(Reply::Submitted { fence, seqno })
         }
         Request::Wait { points, all, timeout_ns } => {
-            let (first, status, timestamps) =
-                c.wait(&points, all, Duration::from_nanos(timeout_ns), &|| peer_gone(sock))?;
-            ok(Reply::Waited { first, status, timestamps })
+            let fences = c.wait_fences_of(&points)?;
+            Ok(Action::Wait { fences, all, timeout: Duration::from_nanos(timeout_ns) })
         }
         Request::FenceClose { handle } => c.fence_close(handle).and(ok(Reply::Ok)),
-        Request::ExportSyncFd { point } => Ok((Reply::Fd, vec![c.export_sync_fd(&point)?])),
+        Request::ExportSyncFd { point } => Ok(Action::Reply(Reply::Fd, vec![c.export_sync_fd(&point)?])),
         Request::SyncobjCreate { timeline, signaled } => ok(Reply::Syncobj(c.syncobj_create(timeline, signaled)?)),
         Request::SyncobjDestroy { handle } => c.syncobj_destroy(handle).and(ok(Reply::Ok)),
         Request::SyncobjSignal { handle, point } => c.syncobj_signal(handle, point).and(ok(Reply::Ok)),
         Request::SyncobjReset { handle } => c.syncobj_reset(handle).and(ok(Reply::Ok)),
         Request::SyncobjQuery { handle } => ok(Reply::Point(c.syncobj_query(handle)?)),
-        Request::SyncobjExport { handle } => Ok((Reply::Fd, vec![c.syncobj_export(handle)?])),
+        Request::SyncobjExport { handle } => Ok(Action::Reply(Reply::Fd, vec![c.syncobj_export(handle)?])),
         Request::SyncobjImport => {
             let fd = fd.ok_or_else(|| Error::new(Errno::EBADF, "SyncobjImport needs a descriptor"))?;
             ok(Reply::Syncobj(c.syncobj_import(fd)?))
@@ -318,7 +279,7 @@ const MAX_PAUSE: Duration = Duration::from_millis(50);
 /// nothing for the first [`FREE_STRIKES`], then 1 ms more per strike up to [`MAX_PAUSE`].
 /// A hostile client then costs the daemon at most ~20 replies a second per connection;
 /// the first success clears its strikes.
-fn tarpit(strikes: u32, admin: bool) -> Option<Duration> {
+pub(crate) fn tarpit(strikes: u32, admin: bool) -> Option<Duration> {
     (!admin && strikes > FREE_STRIKES).then(|| Duration::from_millis(u64::from(strikes - FREE_STRIKES)).min(MAX_PAUSE))
 }
 

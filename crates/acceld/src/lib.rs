@@ -1,9 +1,10 @@
 //! acceld: the accel daemon. It owns the devices (an [`accel_core::Subsystem`])
 //! and serves clients over a `SOCK_SEQPACKET` Unix socket.
 //!
-//! One connection is one client (an open file of one device). Each connection
-//! gets a thread that reads a request, calls the core, and writes exactly one
-//! reply. Nothing a client sends can panic the daemon: every message is decoded
+//! One connection is one client (an open file of one device). A fixed set of worker
+//! threads, each an epoll loop, serves every connection (`server.rs`); the accept thread
+//! admits connections and deals them out. Every request gets exactly one reply, waits
+//! asynchronously. Nothing a client sends can panic the daemon: every message is decoded
 //! and validated, and a bad one gets an errno-style error reply.
 //!
 //! Connections are bounded: a non-admin user may hold [`ConnectionLimits::max_per_uid`]
@@ -14,6 +15,7 @@
 mod dispatch;
 pub mod metrics;
 pub mod ras_nl;
+mod server;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -28,8 +30,6 @@ use accel_core::namespace::{PeerInfo, PlacementConfig};
 use accel_core::Subsystem;
 use accel_uapi::{transport, Category};
 use rustix::net::SocketAddrUnix;
-
-pub use dispatch::serve_connection;
 
 /// Errors starting the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -253,8 +253,12 @@ impl Daemon {
         &self.path
     }
 
-    /// Accepts connections forever, one thread per client.
+    /// Accepts connections forever and serves them on a fixed set of event-loop workers
+    /// (one per CPU, at most four).
     pub fn serve(&self) -> std::io::Result<()> {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
+        let workers = server::start_workers(&self.sub, n)?;
+        let mut next = 0usize;
         loop {
             let conn = match rustix::net::accept_with(&self.listener, rustix::net::SocketFlags::CLOEXEC) {
                 Ok(c) => c,
@@ -278,8 +282,7 @@ impl Daemon {
             // are known after the full read below, so they count as users here.)
             let quick = PeerInfo { cred, ..Default::default() };
             let admitted = self.admit(cred.uid, self.sub.namespaces().is_admin(&quick));
-            let peer = PeerInfo::of(cred);
-            let (slot, charge) = match admitted {
+            let (slot, charges) = match admitted {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::debug!(uid = cred.uid, pid = cred.pid, "connection refused: {}", e.message);
@@ -287,30 +290,16 @@ impl Daemon {
                     continue;
                 }
             };
-            let timeout = Duration::from_millis(self.conn_limits.handshake_timeout_ms.max(1));
-            if let Err(e) =
-                rustix::net::sockopt::set_socket_timeout(&conn, rustix::net::sockopt::Timeout::Recv, Some(timeout))
-            {
-                tracing::warn!("SO_RCVTIMEO failed: {e}; dropping connection");
-                continue;
-            }
-            let sub = self.sub.clone();
-            // Small stacks: a connection thread only decodes and dispatches.
-            let spawned = std::thread::Builder::new()
-                .name(format!("client-pid{}", cred.pid))
-                .stack_size(256 << 10)
-                .spawn(move || {
-                    let _held = (slot, charge);
-                    serve_connection(&sub, conn, peer)
-                });
-            if let Err(e) = spawned {
-                tracing::warn!("cannot start a client thread: {e}");
-            }
+            let peer = PeerInfo::of(cred);
+            let handshake = Duration::from_millis(self.conn_limits.handshake_timeout_ms.max(1));
+            let new = server::NewConn { sock: conn, peer, held: server::held(slot, charges), handshake };
+            workers[next % workers.len()].post(server::Post::Conn(Box::new(new)));
+            next = next.wrapping_add(1);
         }
     }
 
     /// Counts a new connection against its user's cap (non-admins) and the daemon's
-    /// descriptor budget (the socket and the duplicate eviction uses): `EUSERS`/`EMFILE`.
+    /// descriptor budget (its socket): `EUSERS`/`EMFILE`.
     fn admit(&self, uid: u32, admin: bool) -> accel_core::Result<(Option<UidSlot>, Vec<accel_core::bo::Charge>)> {
         let ConnectionLimits { max_per_uid: max, rate_per_uid: rate, .. } = self.conn_limits;
         let slot = if admin || (max == 0 && rate == 0) {
@@ -341,7 +330,7 @@ impl Daemon {
             u.open += 1;
             Some(UidSlot { uid, counts: self.per_uid.clone() })
         };
-        let charges = vec![self.sub.charge_connection(admin)?, self.sub.charge_connection(admin)?];
+        let charges = vec![self.sub.charge_connection(admin)?];
         Ok((slot, charges))
     }
 }

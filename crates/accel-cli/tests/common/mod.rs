@@ -67,8 +67,11 @@ impl Daemon {
     /// Polls until the object counts equal `want` (minus the polling connection itself).
     pub fn wait_for_counts(&self, want: ObjectCounts) -> ObjectCounts {
         let deadline = Instant::now() + Duration::from_secs(10);
+        // One connection throughout: closed connections are reaped asynchronously, so a new
+        // one per poll could count the previous one still.
+        let mut conn = Connection::connect(self.socket()).unwrap();
         loop {
-            let mut s = self.stats();
+            let mut s = conn.stats().unwrap();
             s.clients -= 1;
             if s == want || Instant::now() > deadline {
                 return s;

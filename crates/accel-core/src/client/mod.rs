@@ -328,6 +328,52 @@ impl Client {
         Ok(&self.share.insert(share).device)
     }
 
+    /// Non-blocking [`Client::open`] for event loops: `Ok(true)` once open; `Ok(false)` while
+    /// an exclusive device's lease is held and `queue` put this client in line (call again
+    /// later; [`Client::open_cancel`] when giving up).
+    pub fn open_poll(&mut self, minor: u32, queue: bool) -> Result<bool> {
+        if self.share.is_some() {
+            bail!(EINVAL, "this connection already has a device open; open another connection");
+        }
+        let share = self.ns.device(minor)?;
+        share.enter()?;
+        match share.device.open_poll(self.id, queue) {
+            Ok(true) => {
+                *lock(&self.record.device) = Some(minor);
+                *lock(&self.record.share) = Some(share.clone());
+                self.share = Some(share);
+                Ok(true)
+            }
+            other => {
+                share.leave();
+                other
+            }
+        }
+    }
+
+    /// Gives up waiting for device `minor`'s lease.
+    pub fn open_cancel(&self, minor: u32) {
+        if let Ok(share) = self.ns.device(minor) {
+            share.device.open_cancel(self.id);
+        }
+    }
+
+    /// The fences behind `points` (for an event loop's asynchronous wait; see
+    /// [`crate::fence::poll_fences`]).
+    pub fn wait_fences_of(&self, points: &[WaitPoint]) -> Result<Vec<Arc<Fence>>> {
+        if points.is_empty() {
+            bail!(EINVAL, "nothing to wait on");
+        }
+        self.resolve_waits(points)
+    }
+
+    /// Whether every job of this client has completed (its fences and ring completions
+    /// written): what an eviction waits for before closing the connection.
+    pub fn settled(&self) -> bool {
+        !(self.fences.values().any(|f| f.status() == accel_uapi::FenceStatus::Pending)
+            || self.queues.values().any(|q| q.ring.as_ref().is_some_and(|r| r.in_flight() > 0)))
+    }
+
     /// The namespace's share of the open device.
     fn share(&self) -> Result<&Arc<NsDevice>> {
         self.share

@@ -1,0 +1,493 @@
+//! The event loop: a fixed number of worker threads, each an epoll loop (`mio`) over its
+//! share of the connections, plus the accept thread that admits connections and hands
+//! them out round-robin.
+//!
+//! Nothing here blocks on a client: waits are registered as fence callbacks that post an
+//! event and wake the worker; timeouts, the handshake deadline, the tarpit and lease
+//! retries are timers; a peer hanging up is an epoll event. A connection keeps serving
+//! requests while its waits are pending, so replies may come out of order (the sequence
+//! number pairs them). Modelled on crosvm's `WaitContext` with an event-token enum: a
+//! token is a connection id, and posted events name the connection they are for.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use accel_core::bo::Charge;
+use accel_core::fence::{poll_fences, Fence};
+use accel_core::Subsystem;
+use accel_uapi::wire::MAX_MESSAGE;
+use accel_uapi::{transport, Errno, Reply};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::dispatch::{self, encode_reply, error_reply, Action, Session};
+
+const WAKER: Token = Token(0);
+/// How often a pending exclusive open looks for its turn.
+const LEASE_RETRY: Duration = Duration::from_millis(5);
+/// How long an evicted client's jobs get to report `ENODEV` before its connection closes.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Something posted to a worker from another thread.
+pub(crate) enum Post {
+    /// A new, admitted connection.
+    Conn(Box<NewConn>),
+    /// A fence of a pending wait signalled.
+    Fence { conn: u64, wait: u64 },
+    /// An admin evicted this connection's client.
+    Revoke(u64),
+    /// A RAS event for a subscribed connection.
+    Ras(u64, Box<accel_core::ras::RasEvent>),
+}
+
+/// A connection the accept thread admitted, with what it holds until it closes.
+pub(crate) struct NewConn {
+    pub sock: OwnedFd,
+    pub peer: accel_core::namespace::PeerInfo,
+    pub held: Box<dyn Send>,
+    pub handshake: Duration,
+}
+
+/// A worker's address: where to post, and how to wake it.
+#[derive(Clone)]
+pub(crate) struct WorkerHandle {
+    tx: Sender<Post>,
+    waker: Arc<Waker>,
+}
+
+impl WorkerHandle {
+    pub(crate) fn post(&self, p: Post) {
+        if self.tx.send(p).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+enum Timer {
+    Handshake,
+    Wait(u64),
+    Open(u64),
+    Unpause,
+    Settle,
+}
+
+struct PendingWait {
+    seq: u32,
+    fences: Vec<Arc<Fence>>,
+    all: bool,
+}
+
+struct PendingOpen {
+    seq: u32,
+    minor: u32,
+    deadline: Instant,
+}
+
+struct Conn {
+    sock: OwnedFd,
+    session: Session,
+    out: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+    writable: bool,
+    waits: HashMap<u64, PendingWait>,
+    opens: HashMap<u64, PendingOpen>,
+    strikes: u32,
+    paused_until: Option<Instant>,
+    /// Evicted: stop reading, close once its jobs settled (or the deadline passed).
+    closing: Option<Instant>,
+    subscribed: bool,
+    /// Cleared on close, so the subscription's forwarding thread ends.
+    subscription: Option<Arc<std::sync::atomic::AtomicBool>>,
+    _held: Box<dyn Send>,
+}
+
+struct Worker {
+    sub: Arc<Subsystem>,
+    poll: Poll,
+    me: WorkerHandle,
+    rx: Receiver<Post>,
+    conns: HashMap<u64, Conn>,
+    timers: BTreeMap<(Instant, u64), (u64, Timer)>,
+    next_id: u64,
+    buf: Vec<u8>,
+}
+
+/// Starts `n` workers; returns their handles.
+pub(crate) fn start_workers(sub: &Arc<Subsystem>, n: usize) -> std::io::Result<Vec<WorkerHandle>> {
+    (0..n.max(1))
+        .map(|i| {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let (tx, rx) = channel();
+            let me = WorkerHandle { tx, waker };
+            let mut w = Worker {
+                sub: sub.clone(),
+                poll,
+                me: me.clone(),
+                rx,
+                conns: HashMap::new(),
+                timers: BTreeMap::new(),
+                next_id: 1,
+                buf: vec![0; MAX_MESSAGE + 1],
+            };
+            std::thread::Builder::new().name(format!("worker{i}")).spawn(move || w.run())?;
+            Ok(me)
+        })
+        .collect()
+}
+
+impl Worker {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.timers.keys().next().map(|(t, _)| t.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!("event loop: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            for ev in events.iter() {
+                if ev.token() == WAKER {
+                    continue;
+                }
+                let id = ev.token().0 as u64;
+                if ev.is_writable() {
+                    self.flush(id);
+                }
+                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    self.read(id);
+                }
+            }
+            while let Ok(p) = self.rx.try_recv() {
+                self.posted(p);
+            }
+            self.fire_timers();
+        }
+    }
+
+    fn timer(&mut self, at: Instant, conn: u64, what: Timer) {
+        let key = (at, self.next_id);
+        self.next_id += 1;
+        self.timers.insert(key, (conn, what));
+    }
+
+    fn posted(&mut self, p: Post) {
+        match p {
+            Post::Conn(c) => self.adopt(*c),
+            Post::Fence { conn, wait } => self.check_wait(conn, wait, false),
+            Post::Revoke(conn) => self.revoke(conn),
+            Post::Ras(conn, ev) => {
+                let msg = accel_uapi::ras::encode(crate::ras_nl::event_msg(self.sub.ras(), &ev), 0, 0);
+                self.reply(conn, 0, Reply::Netlink(vec![msg]), Vec::new());
+            }
+        }
+    }
+
+    fn adopt(&mut self, c: NewConn) {
+        let id = self.next_id;
+        self.next_id += 1;
+        if let Err(e) = rustix::io::ioctl_fionbio(&c.sock, true) {
+            tracing::warn!("cannot make a connection non-blocking: {e}");
+            return;
+        }
+        let fd = c.sock.as_raw_fd();
+        if let Err(e) = self.poll.registry().register(&mut SourceFd(&fd), Token(id as usize), Interest::READABLE) {
+            tracing::warn!("cannot watch a connection: {e}");
+            return;
+        }
+        let admin = self.sub.namespaces().is_admin(&c.peer);
+        let conn = Conn {
+            sock: c.sock,
+            session: Session { client: None, peer: c.peer, admin },
+            out: VecDeque::new(),
+            writable: false,
+            waits: HashMap::new(),
+            opens: HashMap::new(),
+            strikes: 0,
+            paused_until: None,
+            closing: None,
+            subscribed: false,
+            subscription: None,
+            _held: c.held,
+        };
+        self.conns.insert(id, conn);
+        self.timer(Instant::now() + c.handshake, id, Timer::Handshake);
+        // Data may have arrived before the registration (edge-triggered): read now.
+        self.read(id);
+    }
+
+    /// Reads and serves every message waiting on a connection.
+    fn read(&mut self, id: u64) {
+        loop {
+            let Some(c) = self.conns.get(&id) else { return };
+            if c.closing.is_some() || c.subscribed || c.paused_until.is_some_and(|t| t > Instant::now()) {
+                // A subscribed connection only streams; a read still notices its hang-up.
+                if c.subscribed {
+                    let mut probe = [0u8; 1];
+                    if matches!(rustix::net::recv(&c.sock, &mut probe, rustix::net::RecvFlags::DONTWAIT), Ok((0, _))) {
+                        self.close(id);
+                    }
+                }
+                return;
+            }
+            let received = match transport::recv(c.sock.as_fd(), &mut self.buf) {
+                Ok(Some(r)) => r,
+                Ok(None) => return self.hang_up(id),
+                Err(rustix::io::Errno::AGAIN) => return,
+                Err(e) => {
+                    tracing::debug!("recv: {e}");
+                    return self.hang_up(id);
+                }
+            };
+            let len = received.len;
+            let bytes = self.buf[..len].to_vec();
+            let Some(c) = self.conns.get_mut(&id) else { return };
+            let had_client = c.session.client.is_some();
+            let (seq, outcome, abusive) = dispatch::dispatch(&self.sub, &mut c.session, received, &bytes);
+            if !had_client {
+                if let Some(client) = &c.session.client {
+                    // The handshake is done: eviction posts here.
+                    let me = self.me.clone();
+                    client.set_revoke_hook(Box::new(move || me.post(Post::Revoke(id))));
+                }
+            }
+            c.strikes =
+                if abusive || outcome.as_ref().is_err_and(|_| abusive) { c.strikes.saturating_add(1) } else { 0 };
+            let pause = dispatch::tarpit(c.strikes, c.session.admin);
+            match outcome {
+                Ok(action) => self.act(id, seq, action),
+                Err(e) => self.reply(id, seq, error_reply(e), Vec::new()),
+            }
+            if let Some(p) = pause {
+                let until = Instant::now() + p;
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.paused_until = Some(until);
+                }
+                self.timer(until, id, Timer::Unpause);
+                return;
+            }
+        }
+    }
+
+    fn act(&mut self, id: u64, seq: u32, action: Action) {
+        match action {
+            Action::Reply(r, fds) => self.reply(id, seq, r, fds),
+            Action::Netlink(frames) => {
+                for f in frames {
+                    self.reply(id, seq, Reply::Netlink(f), Vec::new());
+                }
+            }
+            Action::Wait { fences, all, timeout } => {
+                let wait = self.next_id;
+                self.next_id += 1;
+                for f in &fences {
+                    let me = self.me.clone();
+                    f.on_signal(move |_| me.post(Post::Fence { conn: id, wait }));
+                }
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.waits.insert(wait, PendingWait { seq, fences, all });
+                }
+                if let Some(deadline) = Instant::now().checked_add(timeout) {
+                    self.timer(deadline, id, Timer::Wait(wait));
+                }
+                self.check_wait(id, wait, false);
+            }
+            Action::Open { minor, wait } => {
+                let open = self.next_id;
+                self.next_id += 1;
+                let deadline = Instant::now() + wait;
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.opens.insert(open, PendingOpen { seq, minor, deadline });
+                }
+                self.timer(Instant::now() + LEASE_RETRY, id, Timer::Open(open));
+            }
+            Action::Subscribe => {
+                // Subscribe before acknowledging, so no event after the ack is missed.
+                let rx = self.sub.ras().subscribe();
+                self.reply(id, seq, Reply::Ok, Vec::new());
+                let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.subscribed = true;
+                    c.subscription = Some(alive.clone());
+                }
+                let me = self.me.clone();
+                // One forwarding thread per subscriber (an admin's monitoring tool, not a
+                // client load): it ends within a second of the connection closing.
+                let spawned = std::thread::Builder::new().name("ras-sub".into()).spawn(move || {
+                    use std::sync::mpsc::RecvTimeoutError;
+                    while alive.load(std::sync::atomic::Ordering::Acquire) {
+                        match rx.recv_timeout(Duration::from_secs(1)) {
+                            Ok(ev) => me.post(Post::Ras(id, Box::new(ev))),
+                            Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        }
+                    }
+                });
+                if let Err(e) = spawned {
+                    tracing::warn!("cannot start a RAS subscription: {e}");
+                }
+            }
+        }
+    }
+
+    /// Answers a pending wait if it is satisfied (or, `expired`, with `ETIMEDOUT`).
+    fn check_wait(&mut self, id: u64, wait: u64, expired: bool) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(w) = c.waits.get(&wait) else { return };
+        let reply = match poll_fences(&w.fences, w.all) {
+            Some((first, status)) => {
+                let timestamps = w.fences.iter().map(|f| f.timestamp()).collect();
+                Reply::Waited { first, status, timestamps }
+            }
+            None if expired => error_reply(accel_core::Error::new(Errno::ETIMEDOUT, "wait timed out".to_string())),
+            None => return,
+        };
+        let seq = w.seq;
+        c.waits.remove(&wait);
+        self.reply(id, seq, reply, Vec::new());
+    }
+
+    fn retry_open(&mut self, id: u64, open: u64) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(o) = c.opens.get(&open) else { return };
+        let (seq, minor, deadline) = (o.seq, o.minor, o.deadline);
+        let Some(client) = c.session.client.as_mut() else { return };
+        let expired = Instant::now() >= deadline;
+        let answer = match client.open_poll(minor, true) {
+            Ok(true) => Some(client.namespace().describe(minor).map(Reply::Device)),
+            Ok(false) if expired => {
+                client.open_cancel(minor);
+                Some(Err(accel_core::Error::new(Errno::EBUSY, format!("accel{minor} still held after waiting"))))
+            }
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        };
+        match answer {
+            Some(r) => {
+                c.opens.remove(&open);
+                let reply = r.unwrap_or_else(error_reply);
+                self.reply(id, seq, reply, Vec::new());
+            }
+            None => self.timer(Instant::now() + LEASE_RETRY, id, Timer::Open(open)),
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let (id, what) = entry.remove();
+            match what {
+                Timer::Handshake => {
+                    if self.conns.get(&id).is_some_and(|c| c.session.client.is_none()) {
+                        tracing::debug!("handshake timed out");
+                        self.close(id);
+                    }
+                }
+                Timer::Wait(w) => self.check_wait(id, w, true),
+                Timer::Open(o) => self.retry_open(id, o),
+                Timer::Unpause => {
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.paused_until = None;
+                        self.read(id);
+                    }
+                }
+                Timer::Settle => self.settle(id),
+            }
+        }
+    }
+
+    fn revoke(&mut self, id: u64) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        c.closing.get_or_insert(Instant::now() + SETTLE);
+        self.settle(id);
+    }
+
+    /// Closes an evicted connection once its jobs have reported (`ENODEV`), so its fences
+    /// and ring completions say why before the peer sees the hang-up.
+    fn settle(&mut self, id: u64) {
+        let Some(c) = self.conns.get(&id) else { return };
+        let Some(deadline) = c.closing else { return };
+        let settled = c.session.client.as_ref().is_none_or(|cl| cl.settled());
+        if settled || Instant::now() >= deadline {
+            self.close(id);
+        } else {
+            self.timer(Instant::now() + Duration::from_millis(1), id, Timer::Settle);
+        }
+    }
+
+    fn hang_up(&mut self, id: u64) {
+        // An evicted client that hangs up settles like one that did not.
+        if self.conns.get(&id).is_some_and(|c| c.closing.is_some()) {
+            return self.settle(id);
+        }
+        self.close(id);
+    }
+
+    /// Drops the connection: the client and everything only it held go with it.
+    fn close(&mut self, id: u64) {
+        if let Some(c) = self.conns.remove(&id) {
+            if let Some(alive) = &c.subscription {
+                alive.store(false, std::sync::atomic::Ordering::Release);
+            }
+            let fd = c.sock.as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            if let Some(client) = &c.session.client {
+                for o in c.opens.values() {
+                    client.open_cancel(o.minor);
+                }
+                tracing::debug!(client = client.id(), pid = c.session.peer.cred.pid, "client disconnected");
+            }
+        }
+    }
+
+    fn reply(&mut self, id: u64, seq: u32, reply: Reply, fds: Vec<OwnedFd>) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        c.out.push_back((encode_reply(seq, &reply), fds));
+        self.flush(id);
+    }
+
+    /// Sends what is queued; a full socket waits for a writable event.
+    fn flush(&mut self, id: u64) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        while let Some((bytes, fds)) = c.out.front() {
+            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            match transport::send(c.sock.as_fd(), bytes, &borrowed) {
+                Ok(()) => {
+                    c.out.pop_front();
+                }
+                Err(rustix::io::Errno::AGAIN) => {
+                    if !c.writable {
+                        c.writable = true;
+                        let fd = c.sock.as_raw_fd();
+                        let _ = self.poll.registry().reregister(
+                            &mut SourceFd(&fd),
+                            Token(id as usize),
+                            Interest::READABLE | Interest::WRITABLE,
+                        );
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!("send: {e}");
+                    return self.close(id);
+                }
+            }
+        }
+        if c.writable {
+            c.writable = false;
+            let fd = c.sock.as_raw_fd();
+            let _ = self.poll.registry().reregister(&mut SourceFd(&fd), Token(id as usize), Interest::READABLE);
+        }
+    }
+}
+
+/// What an admitted connection holds until it closes (its user's slot, its descriptor charges).
+pub(crate) fn held<T: Send + 'static>(slot: T, charges: Vec<Charge>) -> Box<dyn Send> {
+    Box::new((slot, charges))
+}
