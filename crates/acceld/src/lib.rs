@@ -347,6 +347,17 @@ impl Drop for Daemon {
 pub fn raise_fd_limit() -> u64 {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut lim = getrlimit(Resource::Nofile);
+    // With CAP_SYS_RESOURCE (root), the hard limit itself may go up to the kernel's
+    // fs.nr_open; a service manager's LimitNOFILE= is the way otherwise.
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse::<u64>().ok());
+    if let (Some(max), Some(nr_open)) = (lim.maximum, nr_open) {
+        if max < nr_open {
+            let raised = rustix::process::Rlimit { current: Some(nr_open), maximum: Some(nr_open) };
+            if setrlimit(Resource::Nofile, raised).is_ok() {
+                lim = getrlimit(Resource::Nofile);
+            }
+        }
+    }
     if lim.current != lim.maximum {
         lim.current = lim.maximum;
         let _ = setrlimit(Resource::Nofile, lim);

@@ -435,21 +435,100 @@ fn submit(iters: usize, seconds: f64, ring_entries: u32) -> Result<()> {
     Ok(())
 }
 
+/// (VmRSS in KiB, thread count) of a process.
+fn proc_status(pid: u32) -> Result<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<u64> {
+        let line = text.lines().find(|l| l.starts_with(name)).with_context(|| format!("no {name} in status"))?;
+        Ok(line[name.len()..].split_whitespace().next().unwrap_or("0").parse()?)
+    };
+    Ok((field("VmRSS:")?, field("Threads:")?))
+}
+
+/// On one connection: a wait that will take a while (a large GEMM's fence), then `n`
+/// control requests back to back. Returns (ms until all `n` replies, whether all came
+/// before the wait's reply).
+fn pipelining(socket: &std::path::Path, n: usize) -> Result<(f64, bool)> {
+    use accel_uapi::wire::{self, Kind};
+    use accel_uapi::{transport, Reply, Request, WaitPoint};
+    use std::os::fd::AsFd;
+    let sock = transport::connect(socket)?;
+    let mut buf = vec![0u8; wire::MAX_MESSAGE + 1];
+    let mut seq = 0u32;
+    let mut send = |req: &Request| -> Result<u32> {
+        seq += 1;
+        transport::send(sock.as_fd(), &wire::encode(Kind::Request, seq, req).map_err(|e| anyhow::anyhow!("{e}"))?, &[])?;
+        Ok(seq)
+    };
+    let mut call = |req: &Request, buf: &mut Vec<u8>| -> Result<Reply> {
+        send(req)?;
+        let r = transport::recv(sock.as_fd(), buf)?.context("daemon closed")?;
+        Ok(wire::decode::<Reply>(Kind::Reply, &buf[..r.len]).map_err(|e| anyhow::anyhow!("{e}"))?.1)
+    };
+    let hello = Request::Hello { abi_major: wire::ABI_MAJOR, abi_minor: wire::ABI_MINOR, name: "pipeline".into(), token: None };
+    call(&hello, &mut buf)?;
+    call(&Request::Open { minor: 0, wait_ms: 0 }, &mut buf)?;
+    let size = 2048u64;
+    let mut bo = || -> Result<accel_uapi::BoHandle> {
+        match call(&Request::BoCreate { size: size * size * 4 }, &mut buf)? {
+            Reply::Bo { handle, .. } => Ok(handle),
+            other => anyhow::bail!("{other:?}"),
+        }
+    };
+    let (a, b, c) = (bo()?, bo()?, bo()?);
+    let Reply::Queue(queue) = call(&Request::QueueCreate { timeout_ms: 60_000, priority: accel::Priority::Normal, weight: 0 }, &mut buf)? else {
+        anyhow::bail!("no queue")
+    };
+    let m = |bo| accel::MatView { bo, offset: 0, row_stride: size };
+    let gemm = Op::GemmF32(GemmF32 { m: size, n: size, k: size, a: m(a), b: m(b), c: m(c), alpha: 1.0, beta: 0.0 });
+    let Reply::Submitted { fence, .. } = call(&Request::Submit { queue, op: gemm, wait: vec![], signal: vec![] }, &mut buf)? else {
+        anyhow::bail!("no fence")
+    };
+    drop(call);
+    let wait_seq = send(&Request::Wait { points: vec![WaitPoint::Fence(fence)], all: true, timeout_ns: 60_000_000_000 })?;
+    let t = Instant::now();
+    for _ in 0..n {
+        send(&Request::DeviceInfo { minor: 0 })?;
+    }
+    let (mut infos, mut wait_done_first) = (0, false);
+    while infos < n {
+        let r = transport::recv(sock.as_fd(), &mut buf)?.context("daemon closed")?;
+        let (rseq, _) = wire::decode::<Reply>(Kind::Reply, &buf[..r.len]).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if rseq == wait_seq {
+            wait_done_first = true;
+        } else {
+            infos += 1;
+        }
+    }
+    Ok((t.elapsed().as_secs_f64() * 1e3, !wait_done_first))
+}
+
 fn scale(clients: usize, active: usize, ops: usize) -> Result<()> {
     let fd_limit = acceld::raise_fd_limit();
-    anyhow::ensure!(
-        fd_limit >= 4 * clients as u64 + 64,
-        "open-file limit {fd_limit} is too low for {clients} clients (each holds a socket and two eventfds)"
-    );
+    // Every client holds its socket here; one with a ring also a watch on it and two
+    // eventfds. Past what the descriptor limit allows, clients stay ring-less (idle).
+    anyhow::ensure!(fd_limit >= clients as u64 + 5 * active as u64 + 64, "open-file limit {fd_limit} is too low for {clients} clients");
+    let ring_clients = (((fd_limit - 64) as usize).saturating_sub(clients) / 4).clamp(active.min(clients), clients);
+    if ring_clients < clients {
+        eprintln!("open-file limit {fd_limit}: {ring_clients} of {clients} clients get a ring, the rest stay idle without one");
+    }
     let daemon = SpawnedDaemon::start(&["cpu"])?;
+    let (rss0, threads0) = proc_status(daemon.pid())?;
     let t = Instant::now();
     let mut conns = Vec::with_capacity(clients);
-    for _ in 0..clients {
+    let mut idle = Vec::new();
+    for i in 0..clients {
         let dev = Device::open_at(daemon.socket(), 0)?;
-        let ring = dev.create_queue()?.into_ring(16)?;
-        conns.push((dev, ring));
+        if i < ring_clients {
+            let ring = dev.create_queue()?.into_ring(16)?;
+            conns.push((dev, ring));
+        } else {
+            idle.push(dev);
+        }
     }
     let setup = t.elapsed();
+    std::thread::sleep(Duration::from_millis(200));
+    let (rss1, threads1) = proc_status(daemon.pid())?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for (dev, mut ring) in conns.drain(..active.min(clients)) {
@@ -469,7 +548,7 @@ fn scale(clients: usize, active: usize, ops: usize) -> Result<()> {
     }
     let mut probe = Connection::connect(daemon.socket())?;
     let stats = probe.stats()?;
-    anyhow::ensure!(stats.rings as usize >= clients, "only {} rings registered", stats.rings);
+    anyhow::ensure!(stats.rings as usize >= ring_clients, "only {} rings registered", stats.rings);
     let t = Instant::now();
     let mut failed = None;
     let (_, p99, lat) = percentiles(sample(ops, || {
@@ -486,14 +565,19 @@ fn scale(clients: usize, active: usize, ops: usize) -> Result<()> {
     if let Some(e) = failed {
         return Err(e.into());
     }
+    let (pipelined_ms, none_waited) = pipelining(daemon.socket(), 1000)?;
     println!(
-        "{{\"bench\":\"scale\",\"clients\":{clients},\"rings\":{},\"active\":{active},\"setup_ms\":{:.1},\"control_rtt_ns\":{lat},\"control_p99_under_1ms\":{},\"active_jobs_per_s\":{:.0}}}",
+        "{{\"bench\":\"scale\",\"clients\":{clients},\"fd_limit\":{fd_limit},\"rings\":{},\"active\":{active},\"setup_ms\":{:.1},\"control_rtt_ns\":{lat},\"control_p99_under_1ms\":{},\"active_jobs_per_s\":{:.0},\
+\"daemon_rss_kib\":{{\"empty\":{rss0},\"with_clients\":{rss1}}},\"rss_per_idle_client_kib\":{:.1},\"daemon_threads\":{{\"empty\":{threads0},\"with_clients\":{threads1}}},\
+\"pipelined_requests\":1000,\"pipelined_ms\":{pipelined_ms:.2},\"pipelined_none_waited_for_the_wait\":{none_waited}}}",
         stats.rings,
         setup.as_secs_f64() * 1e3,
         p99 < 1_000_000,
         jobs as f64 / elapsed,
+        rss1.saturating_sub(rss0) as f64 / clients as f64,
     );
     drop(conns);
+    drop(idle);
     Ok(())
 }
 
