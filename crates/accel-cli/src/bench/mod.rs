@@ -457,35 +457,52 @@ fn pipelining(socket: &std::path::Path, n: usize) -> Result<(f64, bool)> {
     let mut seq = 0u32;
     let mut send = |req: &Request| -> Result<u32> {
         seq += 1;
-        transport::send(sock.as_fd(), &wire::encode(Kind::Request, seq, req).map_err(|e| anyhow::anyhow!("{e}"))?, &[])?;
+        transport::send(
+            sock.as_fd(),
+            &wire::encode(Kind::Request, seq, req).map_err(|e| anyhow::anyhow!("{e}"))?,
+            &[],
+        )?;
         Ok(seq)
     };
-    let mut call = |req: &Request, buf: &mut Vec<u8>| -> Result<Reply> {
-        send(req)?;
-        let r = transport::recv(sock.as_fd(), buf)?.context("daemon closed")?;
-        Ok(wire::decode::<Reply>(Kind::Reply, &buf[..r.len]).map_err(|e| anyhow::anyhow!("{e}"))?.1)
+    // Set-up, one request at a time; the closure's borrow of `send` ends with the block.
+    let fence = {
+        let mut call = |req: &Request, buf: &mut Vec<u8>| -> Result<Reply> {
+            send(req)?;
+            let r = transport::recv(sock.as_fd(), buf)?.context("daemon closed")?;
+            Ok(wire::decode::<Reply>(Kind::Reply, &buf[..r.len]).map_err(|e| anyhow::anyhow!("{e}"))?.1)
+        };
+        let hello = Request::Hello {
+            abi_major: wire::ABI_MAJOR,
+            abi_minor: wire::ABI_MINOR,
+            name: "pipeline".into(),
+            token: None,
+        };
+        call(&hello, &mut buf)?;
+        call(&Request::Open { minor: 0, wait_ms: 0 }, &mut buf)?;
+        let size = 2048u64;
+        let mut bo = || -> Result<accel_uapi::BoHandle> {
+            match call(&Request::BoCreate { size: size * size * 4 }, &mut buf)? {
+                Reply::Bo { handle, .. } => Ok(handle),
+                other => anyhow::bail!("{other:?}"),
+            }
+        };
+        let (a, b, c) = (bo()?, bo()?, bo()?);
+        let Reply::Queue(queue) =
+            call(&Request::QueueCreate { timeout_ms: 60_000, priority: accel::Priority::Normal, weight: 0 }, &mut buf)?
+        else {
+            anyhow::bail!("no queue")
+        };
+        let m = |bo| accel::MatView { bo, offset: 0, row_stride: size };
+        let gemm = Op::GemmF32(GemmF32 { m: size, n: size, k: size, a: m(a), b: m(b), c: m(c), alpha: 1.0, beta: 0.0 });
+        let Reply::Submitted { fence, .. } =
+            call(&Request::Submit { queue, op: gemm, wait: vec![], signal: vec![] }, &mut buf)?
+        else {
+            anyhow::bail!("no fence")
+        };
+        fence
     };
-    let hello = Request::Hello { abi_major: wire::ABI_MAJOR, abi_minor: wire::ABI_MINOR, name: "pipeline".into(), token: None };
-    call(&hello, &mut buf)?;
-    call(&Request::Open { minor: 0, wait_ms: 0 }, &mut buf)?;
-    let size = 2048u64;
-    let mut bo = || -> Result<accel_uapi::BoHandle> {
-        match call(&Request::BoCreate { size: size * size * 4 }, &mut buf)? {
-            Reply::Bo { handle, .. } => Ok(handle),
-            other => anyhow::bail!("{other:?}"),
-        }
-    };
-    let (a, b, c) = (bo()?, bo()?, bo()?);
-    let Reply::Queue(queue) = call(&Request::QueueCreate { timeout_ms: 60_000, priority: accel::Priority::Normal, weight: 0 }, &mut buf)? else {
-        anyhow::bail!("no queue")
-    };
-    let m = |bo| accel::MatView { bo, offset: 0, row_stride: size };
-    let gemm = Op::GemmF32(GemmF32 { m: size, n: size, k: size, a: m(a), b: m(b), c: m(c), alpha: 1.0, beta: 0.0 });
-    let Reply::Submitted { fence, .. } = call(&Request::Submit { queue, op: gemm, wait: vec![], signal: vec![] }, &mut buf)? else {
-        anyhow::bail!("no fence")
-    };
-    drop(call);
-    let wait_seq = send(&Request::Wait { points: vec![WaitPoint::Fence(fence)], all: true, timeout_ns: 60_000_000_000 })?;
+    let wait_seq =
+        send(&Request::Wait { points: vec![WaitPoint::Fence(fence)], all: true, timeout_ns: 60_000_000_000 })?;
     let t = Instant::now();
     for _ in 0..n {
         send(&Request::DeviceInfo { minor: 0 })?;
@@ -507,7 +524,10 @@ fn scale(clients: usize, active: usize, ops: usize) -> Result<()> {
     let fd_limit = acceld::raise_fd_limit();
     // Every client holds its socket here; one with a ring also a watch on it and two
     // eventfds. Past what the descriptor limit allows, clients stay ring-less (idle).
-    anyhow::ensure!(fd_limit >= clients as u64 + 5 * active as u64 + 64, "open-file limit {fd_limit} is too low for {clients} clients");
+    anyhow::ensure!(
+        fd_limit >= clients as u64 + 5 * active as u64 + 64,
+        "open-file limit {fd_limit} is too low for {clients} clients"
+    );
     let ring_clients = (((fd_limit - 64) as usize).saturating_sub(clients) / 4).clamp(active.min(clients), clients);
     if ring_clients < clients {
         eprintln!("open-file limit {fd_limit}: {ring_clients} of {clients} clients get a ring, the rest stay idle without one");
