@@ -8,6 +8,13 @@
 //!
 //! Nothing the client can write is trusted: counts are bounded by the ring size and
 //! every bad entry gets an error completion with its `user_data`.
+//!
+//! Idle rings cost nothing: the poller sweeps only *active* rings. A ring with no work for
+//! [`POLL_SPIN`] goes idle: its `poller_sleeping` flag is set (so its client rings the
+//! ring's own doorbell after publishing) and the poller stops looking at it. Each ring's
+//! doorbell is its own eventfd in the poller's epoll set, so a doorbell says which ring
+//! rang, and only that ring becomes active again. Busy rings are served by spinning,
+//! without syscalls; the poller checks the epoll set without blocking every 256 spins.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -17,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use accel_uapi::ring::{Cqe, RingLayout, RingMem, Sqe};
 use accel_uapi::{Errno, FenceStatus, Op};
-use rustix::event::{eventfd, EventfdFlags, PollFd, PollFlags};
+use rustix::event::{eventfd, EventfdFlags};
 
 use crate::bo::BoTable;
 use crate::counters::{Counters, Kind, Tracked};
@@ -48,6 +55,9 @@ pub struct RingConsumer {
 pub struct RingQueue {
     mem: RingMem,
     completion: OwnedFd,
+    /// The ring's doorbell: the client writes it when it publishes work and sees the
+    /// poller's flag set.
+    doorbell: OwnedFd,
     entity: EntityId,
     bos: Arc<BoTable>,
     counters: Arc<Counters>,
@@ -64,7 +74,7 @@ fn os(what: &'static str) -> impl FnOnce(rustix::io::Errno) -> Error {
     move |e| Error::new(Errno::ENOMEM, format!("{what}: {e}"))
 }
 
-/// What a client gets for a new ring: the ring memory, the device's doorbell, and the
+/// What a client gets for a new ring: the ring memory, the ring's doorbell, and the
 /// ring's completion eventfd.
 pub struct RingFds {
     /// The ring memfd.
@@ -89,9 +99,11 @@ impl RingQueue {
         let (mem, memfd) = RingMem::create(layout).map_err(os("creating ring memory"))?;
         let completion = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(os("eventfd"))?;
         let completion_for_client = rustix::io::fcntl_dupfd_cloexec(&completion, 0).map_err(os("dup"))?;
+        let doorbell = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(os("eventfd"))?;
         let ring = Arc::new(RingQueue {
             mem,
             completion,
+            doorbell,
             entity,
             bos,
             counters: counters.clone(),
@@ -215,6 +227,11 @@ impl RingQueue {
         }
     }
 
+    /// A descriptor of this ring's doorbell, for its client.
+    pub fn doorbell_for_client(&self) -> Result<OwnedFd> {
+        rustix::io::fcntl_dupfd_cloexec(&self.doorbell, 0).map_err(os("dup"))
+    }
+
     /// Jobs of this ring that have not completed yet.
     pub fn in_flight(&self) -> u32 {
         self.inflight.load(Ordering::Acquire)
@@ -238,14 +255,15 @@ impl RingQueue {
     }
 }
 
-/// The device's ring poller: one thread sweeping every ring of the device.
+/// The device's ring poller: one thread serving every ring of the device.
 pub(crate) struct RingPoller {
     /// Rings waiting to be picked up by the poller thread, with their consumers.
     added: Mutex<Vec<(Arc<RingQueue>, RingConsumer)>>,
     /// Rings to drop from the poller's set.
     removed: Mutex<Vec<Arc<RingQueue>>>,
     version: AtomicU64,
-    doorbell: Arc<OwnedFd>,
+    /// The poller's own wake-up (ring set changes, shutdown).
+    control: Arc<OwnedFd>,
     shutdown: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -256,19 +274,14 @@ impl RingPoller {
             added: Mutex::new(Vec::new()),
             removed: Mutex::new(Vec::new()),
             version: AtomicU64::new(0),
-            doorbell: Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(os("eventfd"))?),
+            control: Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(os("eventfd"))?),
             shutdown: AtomicBool::new(false),
             thread: Mutex::new(None),
         })
     }
 
-    fn ring_doorbell(&self) {
-        let _ = rustix::io::write(&self.doorbell, &1u64.to_ne_bytes());
-    }
-
-    /// A descriptor of the doorbell for a client.
-    pub(crate) fn doorbell_for_client(&self) -> Result<OwnedFd> {
-        rustix::io::fcntl_dupfd_cloexec(&*self.doorbell, 0).map_err(os("dup"))
+    fn wake(&self) {
+        let _ = rustix::io::write(&*self.control, &1u64.to_ne_bytes());
     }
 
     /// Adds a ring and makes sure the poller thread runs.
@@ -278,14 +291,19 @@ impl RingPoller {
         let mut thread = lock(&self.thread);
         if thread.is_none() {
             let weak = Arc::downgrade(dev);
+            let control = self.control.clone();
             let t = std::thread::Builder::new()
                 .name(format!("accel{}-rings", dev.minor))
-                .spawn(move || poll_loop(weak))
+                .spawn(move || {
+                    if let Err(e) = poll_loop(weak, control) {
+                        tracing::error!("ring poller stopped: {e}");
+                    }
+                })
                 .map_err(|e| Error::new(Errno::ENOMEM, format!("starting ring poller: {e}")))?;
             *thread = Some(t);
         }
         drop(thread);
-        self.ring_doorbell();
+        self.wake();
         Ok(())
     }
 
@@ -299,13 +317,13 @@ impl RingPoller {
         }
         drop(added);
         self.version.fetch_add(1, Ordering::Release);
-        self.ring_doorbell();
+        self.wake();
     }
 
     /// Stops the thread (device teardown).
     pub(crate) fn stop(&self) {
         self.shutdown.store(true, Ordering::Release);
-        self.ring_doorbell();
+        self.wake();
         if let Some(t) = lock(&self.thread).take() {
             if t.thread().id() != std::thread::current().id() {
                 let _ = t.join();
@@ -314,79 +332,152 @@ impl RingPoller {
     }
 }
 
-type Served = Vec<(Arc<RingQueue>, RingConsumer)>;
-
-fn set_sleeping(rings: &Served, value: u32) {
-    for (r, _) in rings {
-        r.mem.poller_sleeping().store(value, Ordering::SeqCst);
-    }
+/// A ring the poller serves.
+struct Served {
+    ring: Arc<RingQueue>,
+    consumer: RingConsumer,
+    /// Its epoll token.
+    id: u64,
+    active: bool,
+    last_work: Instant,
 }
 
-fn poll_loop(dev: Weak<Device>) {
-    let mut rings: Served = Vec::new();
+/// The epoll token of the poller's control eventfd.
+const CONTROL: u64 = u64::MAX;
+
+fn drain(fd: &OwnedFd) {
+    let mut buf = [0u8; 8];
+    let _ = rustix::io::read(fd, &mut buf);
+}
+
+/// Marks a ring idle: flags it so its client rings the doorbell, then looks once more
+/// (the client checks the flag after publishing: one of the two sees the other). Returns
+/// whether it must stay active after all.
+fn go_idle(s: &mut Served) -> bool {
+    s.ring.mem.poller_sleeping().store(1, Ordering::SeqCst);
+    fence(Ordering::SeqCst);
+    if s.ring.has_work(&s.consumer) {
+        s.ring.mem.poller_sleeping().store(0, Ordering::SeqCst);
+        return true;
+    }
+    s.active = false;
+    false
+}
+
+fn activate(s: &mut Served) {
+    drain(&s.ring.doorbell);
+    s.ring.mem.poller_sleeping().store(0, Ordering::SeqCst);
+    s.active = true;
+    s.last_work = Instant::now();
+}
+
+fn poll_loop(dev: Weak<Device>, control: Arc<OwnedFd>) -> rustix::io::Result<()> {
+    use rustix::event::epoll;
+    let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    epoll::add(&ep, &*control, epoll::EventData::new_u64(CONTROL), epoll::EventFlags::IN)?;
+    let mut served: Vec<Served> = Vec::new();
+    let mut by_id: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    let mut next_id = 0u64;
     let mut scratch = Vec::with_capacity(RING_BUDGET as usize);
+    let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
     let mut seen = u64::MAX;
     loop {
-        let Some(dev) = dev.upgrade() else { return };
+        let Some(dev) = dev.upgrade() else { return Ok(()) };
         let poller = &dev.poller;
         if poller.shutdown.load(Ordering::Acquire) {
-            return;
+            return Ok(());
         }
         let version = poller.version.load(Ordering::Acquire);
         if version != seen {
             // Take removals before additions: a ring added and removed in between is
             // found in `added` by `unregister` and never reaches us.
             let removed = std::mem::take(&mut *lock(&poller.removed));
-            rings.retain(|(r, _)| !removed.iter().any(|x| Arc::ptr_eq(r, x)));
-            rings.append(&mut lock(&poller.added));
+            served.retain(|s| {
+                let gone = removed.iter().any(|x| Arc::ptr_eq(&s.ring, x));
+                if gone {
+                    let _ = epoll::delete(&ep, &s.ring.doorbell);
+                }
+                !gone
+            });
+            for (ring, consumer) in lock(&poller.added).drain(..) {
+                let id = next_id;
+                next_id += 1;
+                epoll::add(&ep, &ring.doorbell, epoll::EventData::new_u64(id), epoll::EventFlags::IN)?;
+                let mut s = Served { ring, consumer, id, active: true, last_work: Instant::now() };
+                activate(&mut s);
+                served.push(s);
+            }
+            by_id = served.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
             seen = version;
-            set_sleeping(&rings, 0);
         }
-        // Active phase: process, then spin on bare loads of each ring's next slot (the
-        // cheapest way to see new work the moment its cache line arrives), until nothing
-        // came for POLL_SPIN or the ring set changed. The clock is read every 256 polls.
-        let mut last_work = Instant::now();
+        // Active phase: process the active rings, then spin on bare loads of their next
+        // slots (the cheapest way to see new work the moment its cache line arrives). A ring
+        // quiet for POLL_SPIN goes idle; every 256 spins the doorbells are checked without
+        // blocking, and the clock read.
+        let mut polls = 0u32;
         loop {
-            let did: u32 = rings.iter_mut().map(|(r, c)| r.process_into(&dev, c, RING_BUDGET, &mut scratch)).sum();
+            let mut did = 0u32;
+            let mut any_active = false;
+            for s in served.iter_mut().filter(|s| s.active) {
+                let n = s.ring.process_into(&dev, &mut s.consumer, RING_BUDGET, &mut scratch);
+                if n > 0 {
+                    did += n;
+                    s.last_work = Instant::now();
+                }
+                any_active = true;
+            }
             if did > 0 {
-                last_work = Instant::now();
                 continue;
             }
-            let mut polls = 0u32;
-            let found = loop {
-                if rings.iter().any(|(r, c)| r.has_work(c)) {
-                    break true;
-                }
-                polls = polls.wrapping_add(1);
-                if polls.is_multiple_of(256)
-                    && (last_work.elapsed() >= POLL_SPIN || poller.version.load(Ordering::Acquire) != seen)
-                {
-                    break false;
-                }
-                std::hint::spin_loop();
-            };
-            if !found {
+            if !any_active {
                 break;
             }
+            polls = polls.wrapping_add(1);
+            if polls.is_multiple_of(256) {
+                if poller.version.load(Ordering::Acquire) != seen {
+                    break;
+                }
+                let now = Instant::now();
+                for s in served.iter_mut().filter(|s| s.active && now.duration_since(s.last_work) >= POLL_SPIN) {
+                    go_idle(s);
+                }
+                events.clear();
+                let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+                epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), Some(&zero))?;
+                for ev in &events {
+                    match ev.data.u64() {
+                        CONTROL => drain(&control),
+                        id => {
+                            if let Some(s) = by_id.get(&id).and_then(|i| served.get_mut(*i)) {
+                                activate(s);
+                            }
+                        }
+                    }
+                }
+            }
+            std::hint::spin_loop();
         }
         if poller.version.load(Ordering::Acquire) != seen {
             continue;
         }
-        // Going to sleep: flag every ring, then look once more (clients check the flag
-        // after publishing, so work published before this point is seen here).
-        set_sleeping(&rings, 1);
-        fence(Ordering::SeqCst);
-        let pending = rings.iter().any(|(r, c)| r.has_work(c)) || poller.version.load(Ordering::Acquire) != seen;
-        if !pending {
-            // Sleep without holding the device, so it can go away meanwhile.
-            let doorbell = poller.doorbell.clone();
-            drop(dev);
-            let mut fds = [PollFd::new(&*doorbell, PollFlags::IN)];
-            let second = rustix::time::Timespec { tv_sec: 1, tv_nsec: 0 };
-            let _ = rustix::event::poll(&mut fds, Some(&second));
-            let mut buf = [0u8; 8];
-            let _ = rustix::io::read(&*doorbell, &mut buf);
+        // Every ring is idle (flagged): sleep until a doorbell or a control wake-up, without
+        // holding the device, so it can go away meanwhile.
+        drop(dev);
+        events.clear();
+        let second = rustix::time::Timespec { tv_sec: 1, tv_nsec: 0 };
+        match epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), Some(&second)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e),
         }
-        set_sleeping(&rings, 0);
+        for ev in &events {
+            match ev.data.u64() {
+                CONTROL => drain(&control),
+                id => {
+                    if let Some(s) = by_id.get(&id).and_then(|i| served.get_mut(*i)) {
+                        activate(s);
+                    }
+                }
+            }
+        }
     }
 }

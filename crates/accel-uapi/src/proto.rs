@@ -484,7 +484,7 @@ pub enum Request {
         handle: QueueHandle,
     },
     /// Give a queue a shared-memory submission ring (see [`crate::ring`]). The reply is
-    /// [`Reply::Fd`] with three descriptors: the ring memfd, the device's doorbell
+    /// [`Reply::Fd`] with three descriptors: the ring memfd, the ring's doorbell
     /// eventfd, and the ring's completion eventfd.
     RingCreate {
         /// The queue.

@@ -21,9 +21,9 @@
 //! client that scribbles over its ring can only get error completions or lose its
 //! own work.
 //!
-//! Wake-ups: the daemon's poller sets `poller_sleeping` on every ring before it
-//! blocks on the device's doorbell eventfd; a client that publishes work and then
-//! sees the flag writes the doorbell. The client sets `client_waiting` before it
+//! Wake-ups: the daemon's poller sets a ring's `poller_sleeping` before it stops looking
+//! at it (an idle ring; the poller sleeps once all are idle); a client that publishes work
+//! and then sees the flag writes the ring's doorbell. The client sets `client_waiting` before it
 //! blocks on its ring's completion eventfd; the daemon writes it after publishing
 //! a completion if the flag is set. Both sides use a SeqCst fence between
 //! publishing and checking the other side's flag (Dekker), so no wake-up is lost.

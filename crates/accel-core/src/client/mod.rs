@@ -496,8 +496,9 @@ impl Client {
     }
 
     /// Gives a queue a shared-memory submission ring of `entries` (a power of two up to
-    /// 4096). Returns the ring memfd, the device's doorbell and the ring's completion eventfd.
-    /// The ring's memory is charged like a buffer's, plus one descriptor.
+    /// 4096). Returns the ring memfd, the ring's doorbell and its completion eventfd.
+    /// The ring's memory is charged like a buffer's, plus its two descriptors (completion
+    /// eventfd and doorbell).
     pub fn ring_create(&mut self, h: QueueHandle, entries: u32) -> Result<RingFds> {
         self.check_live()?;
         let counters = self.sub.counters.clone();
@@ -508,7 +509,7 @@ impl Client {
         let layout = accel_uapi::ring::RingLayout::new(entries)
             .map_err(|code| Error::new(code, format!("ring size {entries} is not a power of two in 1..=4096")))?;
         let mut charges = self.charge_memory(layout.size() as u64)?;
-        charges.extend(self.charge_fds(1)?);
+        charges.extend(self.charge_fds(2)?);
         let q = self
             .queues
             .get_mut(key(h.0))
@@ -517,7 +518,7 @@ impl Client {
             bail!(EBUSY, "queue {:#x} already has a ring", h.0);
         }
         let (ring, consumer, memfd, completion) = RingQueue::new(entries, q.entity, bos, &counters)?;
-        let doorbell = q.device.poller.doorbell_for_client()?;
+        let doorbell = ring.doorbell_for_client()?;
         q.device.poller.register(&q.device, ring.clone(), consumer)?;
         q.ring = Some(ring);
         q.ring_charges = charges;
