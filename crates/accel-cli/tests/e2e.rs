@@ -394,3 +394,21 @@ fn top_shows_a_busy_clients_engine_share() {
     assert!(rate > 50.0, "about 200 jobs/s expected, row: {row}");
     drop(fences);
 }
+
+#[test]
+fn submit_wait_runs_a_job_in_one_round_trip() {
+    let d = Daemon::start(&["testdev"]);
+    let dev = d.open(0);
+    let q = dev.create_queue_with_timeout(Duration::from_millis(300)).unwrap();
+    let buf = dev.alloc(4096).unwrap();
+    q.run(Op::Fill { dst: buf.whole(), pattern: 0x0a0b0c0d }, Duration::from_secs(5)).unwrap();
+    assert_eq!(buf.read_f32(0, 1).unwrap()[0].to_bits(), 0x0a0b0c0d, "done when run returns");
+    q.run(Op::Nop, Duration::from_secs(5)).unwrap();
+    assert_eq!(code(q.run(driver_op(OP_FAIL, 0), Duration::from_secs(5))), Errno::EIO);
+    assert_eq!(code(q.run(driver_op(OP_HANG, 0), Duration::from_secs(5))), Errno::ETIME);
+    let slow = dev.create_queue_with_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(code(slow.run(driver_op(OP_HANG, 0), Duration::from_millis(50))), Errno::ETIMEDOUT);
+    // No fence handle was left behind by any of them.
+    drop((slow, q, buf));
+    assert_eq!(d.wait_for_counts(ObjectCounts { clients: 1, ..Default::default() }).fences, 0);
+}

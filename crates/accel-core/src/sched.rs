@@ -399,6 +399,12 @@ impl Scheduler {
         self.state().wedged
     }
 
+    /// Whether a queue has nothing waiting or running: a null job submitted to it now may
+    /// complete at once without breaking the queue's order.
+    pub fn entity_idle(&self, entity: EntityId) -> bool {
+        self.state().entities.get(&entity).is_some_and(|e| e.jobs.is_empty() && e.in_flight == 0 && !e.banned)
+    }
+
     /// Whether a queue was banned for hanging.
     pub fn is_banned(&self, entity: EntityId) -> bool {
         self.state().entities.get(&entity).is_some_and(|e| e.banned)

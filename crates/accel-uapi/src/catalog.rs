@@ -86,7 +86,7 @@ const fn req(tag: u32, name: &'static str, reply: u32, fds_in: u8, fds_out: u8) 
 /// Every request, in the declaration order of [`Request`]. Tags are grouped by area:
 /// 1–15 connection and devices, 16–31 buffers, 32–47 queues and submission, 48–63 fences,
 /// 64–79 syncobjs, 80–95 RAS, 96–111 namespaces, 112–127 statistics.
-pub const REQUESTS: [RequestSpec; 34] = [
+pub const REQUESTS: [RequestSpec; 35] = [
     req(1, "Hello", HELLO, 0, 0),
     req(2, "ListDevices", DEVICES, 0, 0),
     req(3, "DeviceInfo", DEVICE, 0, 0),
@@ -121,6 +121,7 @@ pub const REQUESTS: [RequestSpec; 34] = [
     req(113, "Clients", CLIENTS, 0, 0),
     req(100, "NsToken", TOKEN, 0, 0),
     req(101, "NsRetireTokens", POINT, 0, 0),
+    req(36, "SubmitWait", WAITED, 0, 0),
 ];
 
 const fn request_tags<const N: usize>(specs: &[RequestSpec; N]) -> [u32; N] {

@@ -617,6 +617,21 @@ pub enum Request {
         /// Namespace.
         name: String,
     },
+    /// `Submit` and `Wait` in one round trip (ABI 2.1): queues a job and answers
+    /// [`Reply::Waited`] (one point) when it completes, or `ETIMEDOUT` after `timeout_ns`.
+    /// No fence handle is created.
+    SubmitWait {
+        /// The queue.
+        queue: QueueHandle,
+        /// What to run.
+        op: Op,
+        /// What it waits for first.
+        wait: Vec<WaitPoint>,
+        /// Syncobj points it signals.
+        signal: Vec<SignalPoint>,
+        /// How long to wait for it.
+        timeout_ns: u64,
+    },
 }
 
 /// Replies the daemon sends.

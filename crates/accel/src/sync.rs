@@ -34,6 +34,25 @@ impl Queue {
         Ring::new(self, fds)
     }
 
+    /// Runs a job and waits for it, in one round trip to the daemon (no fence handle):
+    /// the job's error if it failed, `ETIMEDOUT` after `timeout`.
+    pub fn run(&self, op: Op, timeout: Duration) -> Result<()> {
+        let req = Request::SubmitWait {
+            queue: self.handle,
+            op,
+            wait: Vec::new(),
+            signal: Vec::new(),
+            timeout_ns: u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX),
+        };
+        match self.dev.call(&req)? {
+            Reply::Waited { status, .. } => match status.first() {
+                Some(FenceStatus::Error(code)) => Err(Error::new(*code, "the job failed")),
+                _ => Ok(()),
+            },
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Submits a job with no dependencies.
     pub fn submit(&self, op: Op) -> Result<Fence> {
         self.submit_with(op, &[], &[])

@@ -178,6 +178,10 @@ fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<Ow
             let (fence, seqno) = c.submit(queue, &op, &wait, &signal)?;
             ok(Reply::Submitted { fence, seqno })
         }
+        Request::SubmitWait { queue, op, wait, signal, timeout_ns } => {
+            let (fence, _) = c.submit_job(queue, &op, &wait, &signal)?;
+            Ok(Action::Wait { fences: vec![fence], all: true, timeout: Duration::from_nanos(timeout_ns) })
+        }
         Request::Wait { points, all, timeout_ns } => {
             let fences = c.wait_fences_of(&points)?;
             Ok(Action::Wait { fences, all, timeout: Duration::from_nanos(timeout_ns) })

@@ -423,12 +423,23 @@ fn submit(iters: usize, seconds: f64, ring_entries: u32) -> Result<()> {
     let (_, _, socket_path) = percentiles(sample(iters / 10, || {
         let _ = queue.submit(Op::Nop).and_then(|f| f.wait());
     }));
+    // Submit and wait in one request (SubmitWait): the socket path's single round trip.
+    let (run_p50, run_p99, socket_run) = percentiles(sample(iters / 10, || {
+        let _ = queue.run(Op::Nop, Duration::from_secs(5));
+    }));
+    let (_, sock_p99) = {
+        let mut v = socket_pingpong(iters / 10)?;
+        v.sort_unstable();
+        (v[v.len() / 2], v[v.len() * 99 / 100])
+    };
     println!(
         "{{\"bench\":\"submit\",\"shm_spin_rtt_ns\":{shm},\"socket_rtt_ns\":{sock},\"accel_ring_sync_rtt_ns\":{sync},\
-\"accel_socket_sync_rtt_ns\":{socket_path},\"inproc_jobs_per_s\":{inproc:.0},\"ring_batched_jobs_per_s\":{batched:.0},\
-\"sync_p50_vs_shm_p50\":{:.2},\"sync_p99_vs_shm_p99\":{:.2},\"socket_p50_vs_shm_p50\":{:.1},\"batched_vs_inproc\":{:.3}}}",
+\"accel_socket_sync_rtt_ns\":{socket_path},\"accel_socket_run_rtt_ns\":{socket_run},\"inproc_jobs_per_s\":{inproc:.0},\"ring_batched_jobs_per_s\":{batched:.0},\
+\"sync_p50_vs_shm_p50\":{:.2},\"sync_p99_vs_shm_p99\":{:.2},\"run_p50_vs_socket_p50\":{:.2},\"run_p99_vs_socket_p99\":{:.2},\"socket_p50_vs_shm_p50\":{:.1},\"batched_vs_inproc\":{:.3}}}",
         sync_p50 as f64 / shm_p50 as f64,
         sync_p99 as f64 / shm_p99 as f64,
+        run_p50 as f64 / sock_p50 as f64,
+        run_p99 as f64 / sock_p99 as f64,
         sock_p50 as f64 / shm_p50 as f64,
         batched / inproc,
     );
