@@ -281,6 +281,12 @@ impl Worker {
                 }
             }
             Action::Wait { fences, all, timeout } => {
+                // Already satisfied (the common case for short jobs): answer now, with no
+                // callbacks, timer or wake-up.
+                if let Some((first, status)) = poll_fences(&fences, all) {
+                    let timestamps = fences.iter().map(|f| f.timestamp()).collect();
+                    return self.reply(id, seq, Reply::Waited { first, status, timestamps }, Vec::new());
+                }
                 let wait = self.next_id;
                 self.next_id += 1;
                 for f in &fences {
