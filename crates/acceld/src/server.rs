@@ -78,6 +78,8 @@ struct PendingWait {
     seq: u32,
     fences: Vec<Arc<Fence>>,
     all: bool,
+    /// Its timeout's key in the timer map, removed when the wait ends first.
+    timer: Option<(Instant, u64)>,
 }
 
 struct PendingOpen {
@@ -168,10 +170,12 @@ impl Worker {
         }
     }
 
-    fn timer(&mut self, at: Instant, conn: u64, what: Timer) {
+    /// Schedules `what` for connection `conn` at `at`; returns the timer's key.
+    fn timer(&mut self, at: Instant, conn: u64, what: Timer) -> (Instant, u64) {
         let key = (at, self.next_id);
         self.next_id += 1;
         self.timers.insert(key, (conn, what));
+        key
     }
 
     fn posted(&mut self, p: Post) {
@@ -214,7 +218,7 @@ impl Worker {
             _held: c.held,
         };
         self.conns.insert(id, conn);
-        self.timer(Instant::now() + c.handshake, id, Timer::Handshake);
+        let _ = self.timer(Instant::now() + c.handshake, id, Timer::Handshake);
         // Data may have arrived before the registration (edge-triggered): read now.
         self.read(id);
     }
@@ -293,11 +297,9 @@ impl Worker {
                     let me = self.me.clone();
                     f.on_signal(move |_| me.post(Post::Fence { conn: id, wait }));
                 }
+                let timer = Instant::now().checked_add(timeout).map(|at| self.timer(at, id, Timer::Wait(wait)));
                 if let Some(c) = self.conns.get_mut(&id) {
-                    c.waits.insert(wait, PendingWait { seq, fences, all });
-                }
-                if let Some(deadline) = Instant::now().checked_add(timeout) {
-                    self.timer(deadline, id, Timer::Wait(wait));
+                    c.waits.insert(wait, PendingWait { seq, fences, all, timer });
                 }
                 self.check_wait(id, wait, false);
             }
@@ -351,8 +353,11 @@ impl Worker {
             None if expired => error_reply(accel_core::Error::new(Errno::ETIMEDOUT, "wait timed out".to_string())),
             None => return,
         };
-        let seq = w.seq;
+        let (seq, timer) = (w.seq, w.timer);
         c.waits.remove(&wait);
+        if let Some(key) = timer {
+            self.timers.remove(&key);
+        }
         self.reply(id, seq, reply, Vec::new());
     }
 
@@ -377,7 +382,9 @@ impl Worker {
                 let reply = r.unwrap_or_else(error_reply);
                 self.reply(id, seq, reply, Vec::new());
             }
-            None => self.timer(Instant::now() + LEASE_RETRY, id, Timer::Open(open)),
+            None => {
+                self.timer(Instant::now() + LEASE_RETRY, id, Timer::Open(open));
+            }
         }
     }
 
