@@ -255,6 +255,47 @@ unsafe extern "C" fn dlpack_versioned_capsule_destructor(capsule: *mut ffi::PyOb
     }
 }
 
+/// The two DLPack tensor layouts, as far as exporting them goes.
+trait Managed {
+    fn parts(&mut self) -> (&mut DLTensor, &mut *mut c_void);
+}
+
+impl Managed for DLManagedTensor {
+    fn parts(&mut self) -> (&mut DLTensor, &mut *mut c_void) {
+        (&mut self.dl_tensor, &mut self.manager_ctx)
+    }
+}
+
+impl Managed for DLManagedTensorVersioned {
+    fn parts(&mut self) -> (&mut DLTensor, &mut *mut c_void) {
+        (&mut self.dl_tensor, &mut self.manager_ctx)
+    }
+}
+
+/// Wraps `managed` (which keeps `buffer` alive) in a capsule named `name`.
+fn export_capsule<'py, M: Managed>(
+    py: Python<'py>,
+    buffer: &Arc<accel::Buffer>,
+    managed: M,
+    name: &'static CStr,
+    destructor: unsafe extern "C" fn(*mut ffi::PyObject),
+) -> PyResult<Bound<'py, PyCapsule>> {
+    let shape = [buffer.size() as i64];
+    let raw = Box::into_raw(Box::new(DlpackCtx { _buffer: buffer.clone(), shape, managed }));
+    // SAFETY: `raw` is a live Box; the tensor points at its shape and back at its owner,
+    // which the deleter frees.
+    let managed = unsafe {
+        let ctx = &mut *raw;
+        let (tensor, manager_ctx) = ctx.managed.parts();
+        tensor.shape = ctx.shape.as_mut_ptr();
+        *manager_ctx = raw.cast();
+        std::ptr::addr_of_mut!((*raw).managed)
+    };
+    let ptr = NonNull::new(managed.cast::<c_void>()).ok_or_else(|| PyBufferError::new_err("null tensor"))?;
+    // SAFETY: `ptr` is the managed tensor; the destructor frees it unless a consumer took it.
+    unsafe { PyCapsule::new_with_pointer_and_destructor(py, ptr, name, Some(destructor)) }
+}
+
 impl Buffer {
     fn dl_tensor(&self) -> DLTensor {
         DLTensor {
@@ -360,7 +401,6 @@ impl Buffer {
             Some(v) => v.extract::<(u32, u32)>().map(|(major, _)| major >= 1).unwrap_or(false),
             None => false,
         };
-        let shape = [self.inner.size() as i64];
         if versioned {
             let managed = DLManagedTensorVersioned {
                 version: DLPackVersion { major: 1, minor: 0 },
@@ -369,39 +409,14 @@ impl Buffer {
                 flags: 0,
                 dl_tensor: self.dl_tensor(),
             };
-            let raw = Box::into_raw(Box::new(DlpackCtx { _buffer: self.inner.clone(), shape, managed }));
-            // SAFETY: `raw` is a live Box; the tensor points at its shape and back at its owner.
-            let managed = unsafe {
-                (*raw).managed.dl_tensor.shape = (*raw).shape.as_mut_ptr();
-                (*raw).managed.manager_ctx = raw.cast();
-                std::ptr::addr_of_mut!((*raw).managed)
-            };
-            let ptr = NonNull::new(managed.cast::<c_void>()).ok_or_else(|| PyBufferError::new_err("null tensor"))?;
-            // SAFETY: `ptr` is the managed tensor; the destructor frees it unless a consumer took it.
-            return unsafe {
-                PyCapsule::new_with_pointer_and_destructor(
-                    py,
-                    ptr,
-                    DLTENSOR_VERSIONED,
-                    Some(dlpack_versioned_capsule_destructor),
-                )
-            };
+            return export_capsule(py, &self.inner, managed, DLTENSOR_VERSIONED, dlpack_versioned_capsule_destructor);
         }
         let managed = DLManagedTensor {
             dl_tensor: self.dl_tensor(),
             manager_ctx: std::ptr::null_mut(),
             deleter: Some(dlpack_deleter),
         };
-        let raw = Box::into_raw(Box::new(DlpackCtx { _buffer: self.inner.clone(), shape, managed }));
-        // SAFETY: `raw` is a live Box; the tensor points at its shape and back at its owner.
-        let managed = unsafe {
-            (*raw).managed.dl_tensor.shape = (*raw).shape.as_mut_ptr();
-            (*raw).managed.manager_ctx = raw.cast();
-            std::ptr::addr_of_mut!((*raw).managed)
-        };
-        let ptr = NonNull::new(managed.cast::<c_void>()).ok_or_else(|| PyBufferError::new_err("null tensor"))?;
-        // SAFETY: `ptr` is the managed tensor; the destructor frees it unless a consumer took it.
-        unsafe { PyCapsule::new_with_pointer_and_destructor(py, ptr, DLTENSOR, Some(dlpack_capsule_destructor)) }
+        export_capsule(py, &self.inner, managed, DLTENSOR, dlpack_capsule_destructor)
     }
 
     fn __dlpack_device__(&self) -> (i32, i32) {
@@ -694,18 +709,8 @@ impl Ring {
 fn stats(py: Python<'_>, socket: Option<PathBuf>) -> PyResult<std::collections::BTreeMap<&'static str, u64>> {
     let socket = socket.unwrap_or_else(accel::default_socket_path);
     let s = py.detach(|| accel::Connection::connect(&socket).and_then(|mut c| c.stats())).map_err(raise)?;
-    Ok([
-        ("clients", s.clients.saturating_sub(1)),
-        ("buffers", s.buffers),
-        ("buffer_bytes", s.buffer_bytes),
-        ("fences", s.fences),
-        ("syncobjs", s.syncobjs),
-        ("queues", s.queues),
-        ("jobs", s.jobs),
-        ("rings", s.rings),
-    ]
-    .into_iter()
-    .collect())
+    let own = accel::ObjectCounts { clients: s.clients.saturating_sub(1), ..s };
+    Ok(own.fields().into_iter().collect())
 }
 
 #[pymodule]

@@ -441,19 +441,8 @@ fn poll_loop(dev: Weak<Device>, control: Arc<OwnedFd>) -> rustix::io::Result<()>
                 for s in served.iter_mut().filter(|s| s.active && now.duration_since(s.last_work) >= POLL_SPIN) {
                     go_idle(s);
                 }
-                events.clear();
                 let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
-                epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), Some(&zero))?;
-                for ev in &events {
-                    match ev.data.u64() {
-                        CONTROL => drain(&control),
-                        id => {
-                            if let Some(s) = by_id.get(&id).and_then(|i| served.get_mut(*i)) {
-                                activate(s);
-                            }
-                        }
-                    }
-                }
+                doorbells(&ep, &mut events, &zero, &control, &by_id, &mut served)?;
             }
             std::hint::spin_loop();
         }
@@ -463,21 +452,34 @@ fn poll_loop(dev: Weak<Device>, control: Arc<OwnedFd>) -> rustix::io::Result<()>
         // Every ring is idle (flagged): sleep until a doorbell or a control wake-up, without
         // holding the device, so it can go away meanwhile.
         drop(dev);
-        events.clear();
         let second = rustix::time::Timespec { tv_sec: 1, tv_nsec: 0 };
-        match epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), Some(&second)) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e),
-        }
-        for ev in &events {
-            match ev.data.u64() {
-                CONTROL => drain(&control),
-                id => {
-                    if let Some(s) = by_id.get(&id).and_then(|i| served.get_mut(*i)) {
-                        activate(s);
-                    }
+        doorbells(&ep, &mut events, &second, &control, &by_id, &mut served)?;
+    }
+}
+
+/// Waits up to `timeout` for doorbells and activates the rings that rang.
+fn doorbells(
+    ep: &OwnedFd,
+    events: &mut Vec<rustix::event::epoll::Event>,
+    timeout: &rustix::time::Timespec,
+    control: &OwnedFd,
+    by_id: &std::collections::HashMap<u64, usize>,
+    served: &mut [Served],
+) -> rustix::io::Result<()> {
+    events.clear();
+    match rustix::event::epoll::wait(ep, rustix::buffer::spare_capacity(events), Some(timeout)) {
+        Ok(_) | Err(rustix::io::Errno::INTR) => {}
+        Err(e) => return Err(e),
+    }
+    for ev in events.iter() {
+        match ev.data.u64() {
+            CONTROL => drain(control),
+            id => {
+                if let Some(s) = by_id.get(&id).and_then(|i| served.get_mut(*i)) {
+                    activate(s);
                 }
             }
         }
     }
+    Ok(())
 }

@@ -124,28 +124,21 @@ pub const REQUESTS: [RequestSpec; 35] = [
     req(36, "SubmitWait", WAITED, 0, 0),
 ];
 
-const fn request_tags<const N: usize>(specs: &[RequestSpec; N]) -> [u32; N] {
-    let mut out = [0; N];
-    let mut i = 0;
-    while i < N {
-        out[i] = specs[i].tag;
-        i += 1;
-    }
-    out
+/// The tags of a spec table, in its order.
+macro_rules! tags {
+    ($specs:expr) => {{
+        let mut out = [0; $specs.len()];
+        let mut i = 0;
+        while i < out.len() {
+            out[i] = $specs[i].tag;
+            i += 1;
+        }
+        out
+    }};
 }
 
-const fn reply_tags<const N: usize>(specs: &[ReplySpec; N]) -> [u32; N] {
-    let mut out = [0; N];
-    let mut i = 0;
-    while i < N {
-        out[i] = specs[i].tag;
-        i += 1;
-    }
-    out
-}
-
-const REQUEST_TAGS: [u32; REQUESTS.len()] = request_tags(&REQUESTS);
-const REPLY_TAGS: [u32; REPLIES.len()] = reply_tags(&REPLIES);
+const REQUEST_TAGS: [u32; REQUESTS.len()] = tags!(REQUESTS);
+const REPLY_TAGS: [u32; REPLIES.len()] = tags!(REPLIES);
 
 impl Message for Request {
     const KIND: Kind = Kind::Request;

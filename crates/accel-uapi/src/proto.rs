@@ -366,6 +366,22 @@ pub struct ObjectCounts {
     pub rings: u64,
 }
 
+impl ObjectCounts {
+    /// Every count with its name (`clients`, `buffers`, `buffer_bytes`, ...), for exporters.
+    pub fn fields(&self) -> [(&'static str, u64); 8] {
+        [
+            ("clients", self.clients),
+            ("buffers", self.buffers),
+            ("buffer_bytes", self.buffer_bytes),
+            ("fences", self.fences),
+            ("syncobjs", self.syncobjs),
+            ("queues", self.queues),
+            ("jobs", self.jobs),
+            ("rings", self.rings),
+        ]
+    }
+}
+
 /// A namespace as `accel ns list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NamespaceInfo {

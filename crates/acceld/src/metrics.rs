@@ -150,16 +150,7 @@ pub fn render(sub: &Subsystem) -> String {
     }
     events.inc_by(ras.last_seq());
     let s = sub.stats();
-    for (kind, v) in [
-        ("clients", s.clients),
-        ("buffers", s.buffers),
-        ("buffer_bytes", s.buffer_bytes),
-        ("fences", s.fences),
-        ("syncobjs", s.syncobjs),
-        ("queues", s.queues),
-        ("jobs", s.jobs),
-        ("rings", s.rings),
-    ] {
+    for (kind, v) in s.fields() {
         objects.get_or_create(&vec![("kind".to_string(), kind.to_string())]).set(v as i64);
     }
     let mut out = String::new();
