@@ -150,11 +150,10 @@ fn run_daemon(
         cfg.hang_limit = hang_limit.max(1);
         devices.push(cfg);
     }
-    let fd_limit = acceld::raise_fd_limit();
-    tracing::debug!("open-file limit {fd_limit}");
     let state_dir = state_dir.unwrap_or_else(default_state_dir);
     let daemon = acceld::Daemon::bind_with_config(&socket, devices, Some(&state_dir), config)?;
     tracing::info!("state in {}", state_dir.display());
+    tracing::debug!("descriptor budget {}", daemon.subsystem().limits().fds_total);
     if let Some(addr) = metrics {
         let bound = acceld::metrics::serve(daemon.subsystem().clone(), addr)?;
         tracing::info!("metrics on http://{bound}/metrics");

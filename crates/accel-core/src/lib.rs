@@ -204,10 +204,7 @@ impl Subsystem {
     /// Charges a descriptor the daemon itself holds for a connection (its socket) to the
     /// daemon's budget: `EMFILE` once only the admins' reserve is left (for non-admins).
     pub fn charge_connection(&self, admin: bool) -> Result<bo::Charge> {
-        let none = limits::FdCount::default();
-        let unlimited = limits::Limits { fds_per_client: 0, fds_per_namespace: 0, ..self.limits };
-        let mut charges = limits::charge_fds(&unlimited, 1, &none, None, &self.fds, admin)?;
-        Ok(charges.remove(1))
+        limits::charge_daemon(&self.limits, 1, &self.fds, admin)
     }
 
     /// The counters every object of this subsystem is tracked in.

@@ -91,8 +91,15 @@ pub(crate) fn charge_fds(
                 .ok_or_else(|| full("this namespace", ns, limits.fds_per_namespace))?,
         );
     }
+    charges.push(charge_daemon(limits, n, daemon, admin)?);
+    Ok(charges)
+}
+
+/// Charges `n` descriptors to the daemon's budget alone; non-admins may not take the
+/// admins' reserve (`EMFILE`).
+pub(crate) fn charge_daemon(limits: &Limits, n: u64, daemon: &FdCount, admin: bool) -> Result<Charge> {
     let total = if admin { limits.fds_total } else { limits.fds_total.saturating_sub(limits.admin_reserve) };
-    charges.push(Charge::try_new(daemon, n, total).ok_or_else(|| {
+    Charge::try_new(daemon, n, total).ok_or_else(|| {
         Error::new(
             Errno::EMFILE,
             format!(
@@ -101,8 +108,7 @@ pub(crate) fn charge_fds(
                 limits.admin_reserve
             ),
         )
-    })?);
-    Ok(charges)
+    })
 }
 
 #[cfg(test)]

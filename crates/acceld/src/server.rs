@@ -247,10 +247,11 @@ impl Worker {
                 }
             };
             let len = received.len;
-            let bytes = self.buf[..len].to_vec();
-            let Some(c) = self.conns.get_mut(&id) else { return };
+            // Disjoint fields: the message is read in place, with no copy per request.
+            let Worker { conns, buf, sub, .. } = self;
+            let Some(c) = conns.get_mut(&id) else { return };
             let had_client = c.session.client.is_some();
-            let (seq, outcome, abusive) = dispatch::dispatch(&self.sub, &mut c.session, received, &bytes);
+            let (seq, outcome, abusive) = dispatch::dispatch(sub, &mut c.session, received, &buf[..len]);
             if !had_client {
                 if let Some(client) = &c.session.client {
                     // The handshake is done: eviction posts here.
@@ -258,8 +259,7 @@ impl Worker {
                     client.set_revoke_hook(Box::new(move || me.post(Post::Revoke(id))));
                 }
             }
-            c.strikes =
-                if abusive || outcome.as_ref().is_err_and(|_| abusive) { c.strikes.saturating_add(1) } else { 0 };
+            c.strikes = if abusive { c.strikes.saturating_add(1) } else { 0 };
             let pause = dispatch::tarpit(c.strikes, c.session.admin);
             match outcome {
                 Ok(action) => self.act(id, seq, action),

@@ -218,20 +218,6 @@ impl Client {
         self.record.revoked.load(Ordering::Acquire)
     }
 
-    /// After an eviction: waits (up to `timeout`) until every job of the client has
-    /// completed — failed with `ENODEV` — so its fences and ring completions say so before
-    /// the connection closes.
-    pub fn settle(&self, timeout: Duration) {
-        let deadline = std::time::Instant::now() + timeout;
-        let busy = || {
-            self.fences.values().any(|f| f.status() == accel_uapi::FenceStatus::Pending)
-                || self.queues.values().any(|q| q.ring.as_ref().is_some_and(|r| r.in_flight() > 0))
-        };
-        while busy() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
     fn check_live(&self) -> Result<()> {
         if self.is_revoked() {
             bail!(ENODEV, "this client was evicted from namespace {:?} by an admin", self.ns.name);
@@ -323,9 +309,14 @@ impl Client {
             share.leave();
             return Err(e);
         }
+        Ok(&self.opened(minor, share).device)
+    }
+
+    /// Records that device `minor` is open through `share`.
+    fn opened(&mut self, minor: u32, share: Arc<NsDevice>) -> &Arc<NsDevice> {
         *lock(&self.record.device) = Some(minor);
         *lock(&self.record.share) = Some(share.clone());
-        Ok(&self.share.insert(share).device)
+        self.share.insert(share)
     }
 
     /// Non-blocking [`Client::open`] for event loops: `Ok(true)` once open; `Ok(false)` while
@@ -339,9 +330,7 @@ impl Client {
         share.enter()?;
         match share.device.open_poll(self.id, queue) {
             Ok(true) => {
-                *lock(&self.record.device) = Some(minor);
-                *lock(&self.record.share) = Some(share.clone());
-                self.share = Some(share);
+                self.opened(minor, share);
                 Ok(true)
             }
             other => {
