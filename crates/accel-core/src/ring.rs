@@ -59,7 +59,9 @@ pub struct RingQueue {
     /// poller's flag set.
     doorbell: OwnedFd,
     entity: EntityId,
-    bos: Arc<BoTable>,
+    /// The client's buffer table, weakly: a ring the poller has not let go of yet must not
+    /// keep a departed client's buffers (and their quota charges) alive.
+    bos: Weak<BoTable>,
     counters: Arc<Counters>,
     /// Next completion slot. Producers that run beside others (job completions on slot
     /// threads) hold `cq_lock`; the poller writes inline completions without it, which
@@ -105,7 +107,7 @@ impl RingQueue {
             completion,
             doorbell,
             entity,
-            bos,
+            bos: Arc::downgrade(&bos),
             counters: counters.clone(),
             cq_tail: AtomicU32::new(0),
             cq_lock: Mutex::new(()),
@@ -206,7 +208,11 @@ impl RingQueue {
             Ok(op) => op,
             Err(code) => return self.complete(user_data, Err(code), 0),
         };
-        let job_op = match dev.check_op(&op).and_then(|()| self.bos.resolve_op(&op)) {
+        let resolved = match self.bos.upgrade() {
+            Some(bos) => dev.check_op(&op).and_then(|()| bos.resolve_op(&op)),
+            None => Err(Error::new(Errno::ECANCELED, "the ring's client is gone")),
+        };
+        let job_op = match resolved {
             Ok(j) => j,
             Err(e) => return self.complete(user_data, Err(e.code), 0),
         };
