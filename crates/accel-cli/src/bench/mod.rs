@@ -13,6 +13,7 @@ use crate::demo::pseudo_random;
 use crate::spawn::SpawnedDaemon;
 
 mod bindings;
+mod floor;
 mod isolation;
 
 /// Which benchmark.
@@ -282,61 +283,6 @@ fn sample(iters: usize, mut f: impl FnMut()) -> Vec<u64> {
         .collect()
 }
 
-/// Shared-memory spin ping-pong between two threads through a memfd mapping: the
-/// physical floor for any cross-core round trip.
-fn shm_pingpong(iters: usize) -> Result<Vec<u64>> {
-    use std::sync::atomic::AtomicU32;
-    let fd = accel_uapi::shm::sealed_memfd("pingpong", 4096)?;
-    let map = Arc::new(accel_uapi::shm::Mapping::new(&fd, 4096)?);
-    // SAFETY: offsets 0 and 64 are inside the 4096-byte mapping, aligned, on separate lines.
-    let word = |m: &accel_uapi::shm::Mapping, off: usize| unsafe { &*(m.as_ptr().add(off) as *const AtomicU32) };
-    let total = iters + iters / 10;
-    let peer_map = map.clone();
-    let peer = std::thread::spawn(move || {
-        let (ping, pong) = (word(&peer_map, 0), word(&peer_map, 64));
-        for i in 1..=total as u32 {
-            while ping.load(Ordering::Acquire) != i {
-                std::hint::spin_loop();
-            }
-            pong.store(i, Ordering::Release);
-        }
-    });
-    let (ping, pong) = (word(&map, 0), word(&map, 64));
-    let mut i = 0u32;
-    let samples = sample(iters, || {
-        i += 1;
-        ping.store(i, Ordering::Release);
-        while pong.load(Ordering::Acquire) != i {
-            std::hint::spin_loop();
-        }
-    });
-    peer.join().map_err(|_| anyhow::anyhow!("ping-pong peer panicked"))?;
-    Ok(samples)
-}
-
-/// Unix-socket (seqpacket) ping-pong between two threads: the cost of a syscall round trip with wake-ups.
-fn socket_pingpong(iters: usize) -> Result<Vec<u64>> {
-    use rustix::net::{socketpair, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
-    let (a, b) = socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
-    let total = iters + iters / 10;
-    let peer = std::thread::spawn(move || {
-        let mut buf = [0u8; 8];
-        for _ in 0..total {
-            if rustix::net::recv(&b, &mut buf, RecvFlags::empty()).is_err() {
-                return;
-            }
-            let _ = rustix::net::send(&b, &buf, SendFlags::empty());
-        }
-    });
-    let mut buf = [0u8; 8];
-    let samples = sample(iters, || {
-        let _ = rustix::net::send(&a, &buf, SendFlags::empty());
-        let _ = rustix::net::recv(&a, &mut buf, RecvFlags::empty());
-    });
-    peer.join().map_err(|_| anyhow::anyhow!("socket peer panicked"))?;
-    Ok(samples)
-}
-
 /// Null jobs per second when the ring code runs in-process: the client side writes
 /// entries into a ring and the daemon's own `RingQueue::process_into` takes them on the same
 /// thread. No second process, no cross-core traffic, no wake-ups.
@@ -400,9 +346,14 @@ fn batched_rate(ring: &mut accel::Ring, seconds: f64) -> Result<f64> {
 }
 
 fn submit(iters: usize, seconds: f64, ring_entries: u32) -> Result<()> {
+    use floor::{clock_read_ns, handshake_pingpong, protocol_pingpong, shm_pingpong, socket_pingpong};
     let (shm_p50, shm_p99, shm) = percentiles(shm_pingpong(iters)?);
+    let (hs_p50, hs_p99, handshake) = percentiles(handshake_pingpong(iters)?);
     let (sock_p50, _, sock) = percentiles(socket_pingpong(iters)?);
+    let (proto_p50, proto_p99, proto) = percentiles(protocol_pingpong(iters / 10)?);
+    let clock_ns = clock_read_ns();
     let inproc = inproc_rate(seconds, ring_entries)?;
+    let job_ns = 1e9 / inproc;
 
     let daemon = SpawnedDaemon::start(&["cpu"])?;
     let dev = Device::open_at(daemon.socket(), 0)?;
@@ -433,16 +384,28 @@ fn submit(iters: usize, seconds: f64, ring_entries: u32) -> Result<()> {
         v.sort_unstable();
         (v[v.len() / 2], v[v.len() * 99 / 100])
     };
+    // The ring round trip's floor, step by step: the handshake ping-pong, plus one clock read
+    // and one in-process null job (decode, validate, complete) on the daemon's side.
+    let ring_floor = hs_p50 as f64 + clock_ns + job_ns;
     println!(
         "{{\"bench\":\"submit\",\"shm_spin_rtt_ns\":{shm},\"socket_rtt_ns\":{sock},\"accel_ring_sync_rtt_ns\":{sync},\
 \"accel_socket_sync_rtt_ns\":{socket_path},\"accel_socket_run_rtt_ns\":{socket_run},\"inproc_jobs_per_s\":{inproc:.0},\"ring_batched_jobs_per_s\":{batched:.0},\
-\"sync_p50_vs_shm_p50\":{:.2},\"sync_p99_vs_shm_p99\":{:.2},\"run_p50_vs_socket_p50\":{:.2},\"run_p99_vs_socket_p99\":{:.2},\"socket_p50_vs_shm_p50\":{:.1},\"batched_vs_inproc\":{:.3}}}",
+\"sync_p50_vs_shm_p50\":{:.2},\"sync_p99_vs_shm_p99\":{:.2},\"run_p50_vs_socket_p50\":{:.2},\"run_p99_vs_socket_p99\":{:.2},\"socket_p50_vs_shm_p50\":{:.1},\"batched_vs_inproc\":{:.3},\
+\"floor\":{{\"handshake_rtt_ns\":{handshake},\"clock_read_ns\":{clock_ns:.1},\"inproc_job_ns\":{job_ns:.1},\"ring_floor_p50_ns\":{ring_floor:.0},\
+\"protocol_rtt_ns\":{proto},\"handshake_p50_vs_shm_p50\":{:.2},\"handshake_p99_vs_shm_p99\":{:.2},\"sync_p50_vs_ring_floor\":{:.2},\
+\"protocol_p50_vs_socket_p50\":{:.2},\"run_p50_vs_protocol_p50\":{:.2},\"run_p99_vs_protocol_p99\":{:.2}}}}}",
         sync_p50 as f64 / shm_p50 as f64,
         sync_p99 as f64 / shm_p99 as f64,
         run_p50 as f64 / sock_p50 as f64,
         run_p99 as f64 / sock_p99 as f64,
         sock_p50 as f64 / shm_p50 as f64,
         batched / inproc,
+        hs_p50 as f64 / shm_p50 as f64,
+        hs_p99 as f64 / shm_p99 as f64,
+        sync_p50 as f64 / ring_floor,
+        proto_p50 as f64 / sock_p50 as f64,
+        run_p50 as f64 / proto_p50 as f64,
+        run_p99 as f64 / proto_p99 as f64,
     );
     Ok(())
 }
@@ -641,7 +604,7 @@ fn ras(events: usize, devices: usize, scrapes: usize) -> Result<()> {
         }
     }
     let (ev_p50, ev_p99, ev) = percentiles(lat);
-    let (sock_p50, _, _) = percentiles(socket_pingpong(events)?);
+    let (sock_p50, _, _) = percentiles(floor::socket_pingpong(events)?);
     drop(daemon);
 
     // Scrape of a daemon with many devices, against rendering the same exposition in-process.
