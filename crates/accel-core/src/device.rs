@@ -2,8 +2,8 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use accel_uapi::{Category, DeviceInfo, Errno};
 
@@ -41,7 +41,12 @@ impl DeviceConfig {
 struct Lease {
     owner: Option<u64>,
     waiters: VecDeque<u64>,
+    /// Called once, outside the lock, when the lease may have come free for a waiter.
+    watchers: Vec<LeaseWatcher>,
 }
+
+/// A callback for [`Device::on_lease_change`].
+pub type LeaseWatcher = Box<dyn FnOnce() + Send>;
 
 /// One device node, `accel<minor>`.
 pub struct Device {
@@ -58,7 +63,6 @@ pub struct Device {
     pub(crate) mem_used: Arc<AtomicU64>,
     pub(crate) poller: RingPoller,
     lease: Mutex<Lease>,
-    lease_cond: Condvar,
     open_clients: AtomicU32,
     seqno: AtomicU64,
 }
@@ -72,9 +76,6 @@ impl std::fmt::Debug for Device {
             .finish()
     }
 }
-
-/// How often a lease waiter checks whether its client went away.
-const LEASE_POLL: Duration = Duration::from_millis(50);
 
 impl Device {
     /// Registers a device under `minor` and starts its scheduler.
@@ -97,7 +98,6 @@ impl Device {
             mem_used: Arc::new(AtomicU64::new(0)),
             poller: RingPoller::new()?,
             lease: Mutex::new(Lease::default()),
-            lease_cond: Condvar::new(),
             open_clients: AtomicU32::new(0),
             seqno: AtomicU64::new(0),
         })
@@ -121,55 +121,6 @@ impl Device {
             wedged: self.sched.is_wedged(),
             open_clients: self.open_clients.load(Ordering::Relaxed),
             exclusive_owner: lock(&self.lease).owner,
-        }
-    }
-
-    /// Opens the device for a client.
-    ///
-    /// An exclusive device held by another client is `EBUSY` at once when `wait` is
-    /// zero; otherwise the client queues (first come, first served) for up to `wait`.
-    /// A waiter whose client went away (`interrupted`) leaves the queue with `ECANCELED`.
-    pub(crate) fn open(&self, client_id: u64, wait: Duration, interrupted: &dyn Fn() -> bool) -> Result<()> {
-        if self.category == Category::Exclusive {
-            self.acquire_lease(client_id, wait, interrupted)?;
-        }
-        self.open_clients.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn acquire_lease(&self, client_id: u64, wait: Duration, interrupted: &dyn Fn() -> bool) -> Result<()> {
-        let mut lease = lock(&self.lease);
-        if lease.owner.is_none() && lease.waiters.is_empty() {
-            lease.owner = Some(client_id);
-            return Ok(());
-        }
-        if wait.is_zero() {
-            let holder = lease.owner.map_or("a waiting client".into(), |o| format!("client {o}"));
-            bail!(EBUSY, "accel{} is exclusive and held by {holder}", self.minor);
-        }
-        lease.waiters.push_back(client_id);
-        let deadline = Instant::now().checked_add(wait);
-        loop {
-            if lease.owner.is_none() && lease.waiters.front() == Some(&client_id) {
-                lease.waiters.pop_front();
-                lease.owner = Some(client_id);
-                return Ok(());
-            }
-            let now = Instant::now();
-            let give_up = if deadline.is_some_and(|d| d <= now) {
-                Some(Error::new(Errno::EBUSY, format!("accel{} still held after waiting {wait:?}", self.minor)))
-            } else if interrupted() {
-                Some(Error::new(Errno::ECANCELED, "client went away while waiting for the lease"))
-            } else {
-                None
-            };
-            if let Some(err) = give_up {
-                lease.waiters.retain(|w| *w != client_id);
-                self.lease_cond.notify_all();
-                return Err(err);
-            }
-            let slice = deadline.map_or(LEASE_POLL, |d| (d - now).min(LEASE_POLL));
-            lease = self.lease_cond.wait_timeout(lease, slice).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 
@@ -205,18 +156,39 @@ impl Device {
 
     /// Leaves the lease queue (a waiting open that gave up).
     pub(crate) fn open_cancel(&self, client_id: u64) {
-        let mut lease = lock(&self.lease);
-        lease.waiters.retain(|w| *w != client_id);
-        self.lease_cond.notify_all();
+        let watchers = {
+            let mut lease = lock(&self.lease);
+            lease.waiters.retain(|w| *w != client_id);
+            std::mem::take(&mut lease.watchers)
+        };
+        watchers.into_iter().for_each(|w| w());
+    }
+
+    /// Calls `watcher` once the exclusive lease may be free for `client_id` (at once if it
+    /// is now): when its holder closes or a waiter ahead gives up. The caller then tries
+    /// [`Device::open_poll`] again. No polling: this is how an event loop waits for a lease.
+    pub(crate) fn on_lease_change(&self, client_id: u64, watcher: LeaseWatcher) {
+        {
+            let mut lease = lock(&self.lease);
+            let first = lease.waiters.front().is_none_or(|w| *w == client_id);
+            if lease.owner.is_some() || !first {
+                lease.watchers.push(watcher);
+                return;
+            }
+        }
+        watcher();
     }
 
     pub(crate) fn close(&self, client_id: u64) {
-        let mut lease = lock(&self.lease);
-        if lease.owner == Some(client_id) {
-            lease.owner = None;
-            self.lease_cond.notify_all();
-        }
+        let watchers = {
+            let mut lease = lock(&self.lease);
+            if lease.owner == Some(client_id) {
+                lease.owner = None;
+            }
+            std::mem::take(&mut lease.watchers)
+        };
         self.open_clients.fetch_sub(1, Ordering::Relaxed);
+        watchers.into_iter().for_each(|w| w());
     }
 
     /// `EOPNOTSUPP` unless the driver runs this kind of operation.

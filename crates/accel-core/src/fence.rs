@@ -131,9 +131,6 @@ impl Fence {
     }
 }
 
-/// How often a long wait checks whether its caller went away.
-const INTERRUPT_POLL: Duration = Duration::from_millis(50);
-
 /// Whether a wait for all (or any) of `fences` is satisfied now: the index of the first
 /// signalled fence and every fence's status, or `None` while it must go on waiting. The
 /// non-blocking form of [`wait_fences`] for event loops, which learn of progress through
@@ -148,14 +145,9 @@ pub fn poll_fences(fences: &[Arc<Fence>], all: bool) -> Option<(u32, Vec<FenceSt
 /// Waits for all or any of `fences`, up to `timeout`.
 ///
 /// Returns the index of the first signalled fence and every fence's status.
-/// `interrupted` is polled every 50 ms so that a wait whose client vanished ends.
-/// Errors: `ETIMEDOUT` when the time runs out, `ECANCELED` when interrupted.
-pub fn wait_fences(
-    fences: &[Arc<Fence>],
-    all: bool,
-    timeout: Duration,
-    interrupted: &dyn Fn() -> bool,
-) -> Result<(u32, Vec<FenceStatus>)> {
+/// Errors: `ETIMEDOUT` when the time runs out. This blocks its thread, for in-process users;
+/// an event loop uses [`poll_fences`] and [`Fence::on_signal`] instead.
+pub fn wait_fences(fences: &[Arc<Fence>], all: bool, timeout: Duration) -> Result<(u32, Vec<FenceStatus>)> {
     if fences.is_empty() {
         bail!(EINVAL, "nothing to wait on");
     }
@@ -185,10 +177,7 @@ pub fn wait_fences(
             Some(d) => d - now,
             None => Duration::MAX,
         };
-        if interrupted() {
-            bail!(ECANCELED, "wait interrupted: client went away");
-        }
-        guard = waker.1.wait_timeout(guard, remaining.min(INTERRUPT_POLL)).unwrap_or_else(|e| e.into_inner()).0;
+        guard = waker.1.wait_timeout(guard, remaining).unwrap_or_else(|e| e.into_inner()).0;
     }
 }
 
@@ -344,7 +333,7 @@ mod tests {
         let (a, b) = (Fence::new(&c), Fence::new(&c));
         let b2 = b.clone();
         std::thread::spawn(move || b2.signal(Ok(())));
-        let (first, st) = wait_fences(&[a, b], false, Duration::from_secs(5), &|| false).unwrap();
+        let (first, st) = wait_fences(&[a, b], false, Duration::from_secs(5)).unwrap();
         assert_eq!(first, 1);
         assert_eq!(st, vec![FenceStatus::Pending, FenceStatus::Signaled]);
     }
@@ -352,7 +341,7 @@ mod tests {
     #[test]
     fn wait_times_out_with_etimedout() {
         let c = counters();
-        let err = wait_fences(&[Fence::new(&c)], true, Duration::from_millis(20), &|| false).unwrap_err();
+        let err = wait_fences(&[Fence::new(&c)], true, Duration::from_millis(20)).unwrap_err();
         assert_eq!(err.code, Errno::ETIMEDOUT);
     }
 

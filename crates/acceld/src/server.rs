@@ -2,9 +2,9 @@
 //! share of the connections, plus the accept thread that admits connections and hands
 //! them out round-robin.
 //!
-//! Nothing here blocks on a client: waits are registered as fence callbacks that post an
-//! event and wake the worker; timeouts, the handshake deadline, the tarpit and lease
-//! retries are timers; a peer hanging up is an epoll event. A connection keeps serving
+//! Nothing here blocks on a client or polls: waits are registered as fence callbacks, and
+//! opens queued for an exclusive lease as lease callbacks, that post an event and wake the
+//! worker; timeouts, the handshake deadline and the tarpit are timers; a peer hanging up is an epoll event. A connection keeps serving
 //! requests while its waits are pending, so replies may come out of order (the sequence
 //! number pairs them). Modelled on crosvm's `WaitContext` with an event-token enum: a
 //! token is a connection id, and posted events name the connection they are for.
@@ -26,8 +26,6 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::dispatch::{self, encode_reply, error_reply, Action, Session};
 
 const WAKER: Token = Token(0);
-/// How often a pending exclusive open looks for its turn.
-const LEASE_RETRY: Duration = Duration::from_millis(5);
 /// How long an evicted client's jobs get to report `ENODEV` before its connection closes.
 const SETTLE: Duration = Duration::from_secs(2);
 
@@ -37,6 +35,8 @@ pub(crate) enum Post {
     Conn(Box<NewConn>),
     /// A fence of a pending wait signalled.
     Fence { conn: u64, wait: u64 },
+    /// The exclusive lease a pending open waits for may have come free.
+    Lease { conn: u64, open: u64 },
     /// An admin evicted this connection's client.
     Revoke(u64),
     /// A RAS event for a subscribed connection.
@@ -86,6 +86,8 @@ struct PendingOpen {
     seq: u32,
     minor: u32,
     deadline: Instant,
+    /// The deadline's timer.
+    timer: (Instant, u64),
 }
 
 struct Conn {
@@ -182,6 +184,7 @@ impl Worker {
         match p {
             Post::Conn(c) => self.adopt(*c),
             Post::Fence { conn, wait } => self.check_wait(conn, wait, false),
+            Post::Lease { conn, open } => self.retry_open(conn, open),
             Post::Revoke(conn) => self.revoke(conn),
             Post::Ras(conn, ev) => {
                 let msg = accel_uapi::ras::encode(crate::ras_nl::event_msg(self.sub.ras(), &ev), 0, 0);
@@ -307,10 +310,10 @@ impl Worker {
                 let open = self.next_id;
                 self.next_id += 1;
                 let deadline = Instant::now() + wait;
-                if let Some(c) = self.conns.get_mut(&id) {
-                    c.opens.insert(open, PendingOpen { seq, minor, deadline });
-                }
-                self.timer(Instant::now() + LEASE_RETRY, id, Timer::Open(open));
+                let timer = self.timer(deadline, id, Timer::Open(open));
+                let Some(c) = self.conns.get_mut(&id) else { return };
+                c.opens.insert(open, PendingOpen { seq, minor, deadline, timer });
+                self.watch_lease(id, open, minor);
             }
             Action::Subscribe => {
                 // Subscribe before acknowledging, so no event after the ack is missed.
@@ -364,7 +367,7 @@ impl Worker {
     fn retry_open(&mut self, id: u64, open: u64) {
         let Some(c) = self.conns.get_mut(&id) else { return };
         let Some(o) = c.opens.get(&open) else { return };
-        let (seq, minor, deadline) = (o.seq, o.minor, o.deadline);
+        let (seq, minor, deadline, timer) = (o.seq, o.minor, o.deadline, o.timer);
         let Some(client) = c.session.client.as_mut() else { return };
         let expired = Instant::now() >= deadline;
         let answer = match client.open_poll(minor, true) {
@@ -379,13 +382,19 @@ impl Worker {
         match answer {
             Some(r) => {
                 c.opens.remove(&open);
+                self.timers.remove(&timer);
                 let reply = r.unwrap_or_else(error_reply);
                 self.reply(id, seq, reply, Vec::new());
             }
-            None => {
-                self.timer(Instant::now() + LEASE_RETRY, id, Timer::Open(open));
-            }
+            None => self.watch_lease(id, open, minor),
         }
+    }
+
+    /// Retries a pending open when the device says its lease may have come free.
+    fn watch_lease(&mut self, id: u64, open: u64, minor: u32) {
+        let Some(client) = self.conns.get(&id).and_then(|c| c.session.client.as_ref()) else { return };
+        let me = self.me.clone();
+        client.on_lease_change(minor, Box::new(move || me.post(Post::Lease { conn: id, open })));
     }
 
     fn fire_timers(&mut self) {

@@ -293,25 +293,6 @@ impl Client {
         Ok(vec![charge, quota])
     }
 
-    /// Opens device `minor` (numbered within the client's namespace); the client then
-    /// works on that device only. `EUSERS` when the namespace's share is full.
-    ///
-    /// For an exclusive device held by someone else, `wait` is how long to queue for
-    /// the lease (zero: `EBUSY` at once); `interrupted` ends the wait early.
-    pub fn open(&mut self, minor: u32, wait: Duration, interrupted: &dyn Fn() -> bool) -> Result<&Arc<Device>> {
-        if self.share.is_some() {
-            bail!(EINVAL, "this connection already has a device open; open another connection");
-        }
-        let share = self.ns.device(minor)?;
-        share.enter()?;
-        let dev = share.device.clone();
-        if let Err(e) = dev.open(self.id, wait, interrupted) {
-            share.leave();
-            return Err(e);
-        }
-        Ok(&self.opened(minor, share).device)
-    }
-
     /// Records that device `minor` is open through `share`.
     fn opened(&mut self, minor: u32, share: Arc<NsDevice>) -> &Arc<NsDevice> {
         *lock(&self.record.device) = Some(minor);
@@ -319,9 +300,12 @@ impl Client {
         self.share.insert(share)
     }
 
-    /// Non-blocking [`Client::open`] for event loops: `Ok(true)` once open; `Ok(false)` while
-    /// an exclusive device's lease is held and `queue` put this client in line (call again
-    /// later; [`Client::open_cancel`] when giving up).
+    /// Opens device `minor` (numbered within the client's namespace); the client then
+    /// works on that device only. `EUSERS` when the namespace's share is full.
+    ///
+    /// Never blocks: `Ok(true)` once open; `Ok(false)` while an exclusive device's lease is
+    /// held and `queue` put this client in line (`EBUSY` without `queue`). Then call again
+    /// when [`Client::on_lease_change`]'s callback runs, or [`Client::open_cancel`] to give up.
     pub fn open_poll(&mut self, minor: u32, queue: bool) -> Result<bool> {
         if self.share.is_some() {
             bail!(EINVAL, "this connection already has a device open; open another connection");
@@ -337,6 +321,16 @@ impl Client {
                 share.leave();
                 other
             }
+        }
+    }
+
+    /// Calls `watcher` once device `minor`'s exclusive lease may be free for this client
+    /// (at once if it is now). A minor outside the namespace calls it at once too, so the
+    /// retry sees the error.
+    pub fn on_lease_change(&self, minor: u32, watcher: crate::device::LeaseWatcher) {
+        match self.ns.device(minor) {
+            Ok(share) => share.device.on_lease_change(self.id, watcher),
+            Err(_) => watcher(),
         }
     }
 
@@ -626,10 +620,9 @@ impl Client {
         points: &[WaitPoint],
         all: bool,
         timeout: Duration,
-        interrupted: &dyn Fn() -> bool,
     ) -> Result<(u32, Vec<FenceStatus>, Vec<u64>)> {
         let fences = self.resolve_waits(points)?;
-        let (first, status) = wait_fences(&fences, all, timeout, interrupted)?;
+        let (first, status) = wait_fences(&fences, all, timeout)?;
         Ok((first, status, fences.iter().map(|f| f.timestamp()).collect()))
     }
 

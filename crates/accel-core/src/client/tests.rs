@@ -8,7 +8,7 @@ fn setup() -> (Arc<FakeDriver>, Arc<Subsystem>, Client) {
     let drv = Arc::new(FakeDriver::default());
     let sub = Subsystem::new(vec![device(&drv)]).unwrap();
     let mut c = sub.connect(PeerCred::default(), "t");
-    c.open(0, Duration::ZERO, &|| false).unwrap();
+    c.open_poll(0, false).unwrap();
     (drv, sub, c)
 }
 
@@ -17,7 +17,7 @@ fn tag(t: u64) -> Op {
 }
 
 fn wait(c: &Client, f: FenceHandle) -> FenceStatus {
-    c.wait(&[WaitPoint::Fence(f)], true, Duration::from_secs(5), &|| false).unwrap().1[0]
+    c.wait(&[WaitPoint::Fence(f)], true, Duration::from_secs(5)).unwrap().1[0]
 }
 
 #[test]
@@ -90,7 +90,7 @@ fn weighted_queues_interleave_but_oneshot_devices_keep_submission_order() {
     cfg.category = Some(Category::Oneshot);
     let sub = Subsystem::new(vec![cfg]).unwrap();
     let mut c = sub.connect(PeerCred::default(), "t");
-    c.open(0, Duration::ZERO, &|| false).unwrap();
+    c.open_poll(0, false).unwrap();
     let (light, heavy) =
         (c.queue_create(0, Priority::Normal, 100).unwrap(), c.queue_create(0, Priority::Normal, 400).unwrap());
     let work: Vec<(QueueHandle, u64)> = (0..4).map(|t| (light, t)).chain((10..14).map(|t| (heavy, t))).collect();
@@ -183,11 +183,55 @@ fn exclusive_device_admits_one_client() {
     let sub = Subsystem::new(vec![cfg]).unwrap();
     let mut a = sub.connect(PeerCred::default(), "a");
     let mut b = sub.connect(PeerCred::default(), "b");
-    a.open(0, Duration::ZERO, &|| false).unwrap();
-    assert_eq!(b.open(0, Duration::ZERO, &|| false).unwrap_err().code, Errno::EBUSY);
+    a.open_poll(0, false).unwrap();
+    assert_eq!(b.open_poll(0, false).unwrap_err().code, Errno::EBUSY);
     drop(a);
-    b.open(0, Duration::ZERO, &|| false).unwrap();
+    b.open_poll(0, false).unwrap();
     assert_eq!(sub.device(0).unwrap().describe().exclusive_owner, Some(b.id()));
+}
+
+#[test]
+fn lease_watchers_fire_when_the_lease_may_be_free_and_never_before() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let drv = Arc::new(FakeDriver::default());
+    let mut cfg = device(&drv);
+    cfg.category = Some(Category::Exclusive);
+    let sub = Subsystem::new(vec![cfg]).unwrap();
+    let (mut a, mut b, mut c) = (
+        sub.connect(PeerCred::default(), "a"),
+        sub.connect(PeerCred::default(), "b"),
+        sub.connect(PeerCred::default(), "c"),
+    );
+    let fired = Arc::new(AtomicU32::new(0));
+    let watcher = |f: &Arc<AtomicU32>| {
+        let f = f.clone();
+        Box::new(move || {
+            f.fetch_add(1, Ordering::SeqCst);
+        }) as crate::device::LeaseWatcher
+    };
+    // Free: the watcher runs at once.
+    a.on_lease_change(0, watcher(&fired));
+    assert_eq!(fired.load(Ordering::SeqCst), 1);
+    assert!(a.open_poll(0, true).unwrap());
+    // b then c queue; their watchers wait for a to leave.
+    assert!(!b.open_poll(0, true).unwrap());
+    assert!(!c.open_poll(0, true).unwrap());
+    b.on_lease_change(0, watcher(&fired));
+    c.on_lease_change(0, watcher(&fired));
+    assert_eq!(fired.load(Ordering::SeqCst), 1);
+    drop(a);
+    assert_eq!(fired.load(Ordering::SeqCst), 3, "the holder's close wakes every watcher once");
+    // c is not first: it must not get the lease, and waits again until b gives up.
+    assert!(!c.open_poll(0, true).unwrap());
+    c.on_lease_change(0, watcher(&fired));
+    assert_eq!(fired.load(Ordering::SeqCst), 3);
+    b.open_cancel(0);
+    assert_eq!(fired.load(Ordering::SeqCst), 4, "a waiter ahead giving up wakes the next");
+    assert!(c.open_poll(0, true).unwrap());
+    // An unknown minor calls back at once, so the retry reports the error.
+    b.on_lease_change(9, watcher(&fired));
+    assert_eq!(fired.load(Ordering::SeqCst), 5);
+    assert_eq!(b.open_poll(9, true).unwrap_err().code, Errno::ENODEV);
 }
 
 #[test]
@@ -248,7 +292,7 @@ proptest::proptest! {
         let connect = || {
             let placement = Placement { ns: ns.clone(), admin: false };
             let mut c = sub.connect_in(placement, PeerCred::default(), "p");
-            c.open(0, Duration::ZERO, &|| false).unwrap();
+            c.open_poll(0, false).unwrap();
             c
         };
         let mut clients = [connect(), connect()];
@@ -329,7 +373,7 @@ fn handle_caps_hold_per_client_and_per_namespace() {
     let ns = sub.namespaces().get("t").unwrap();
     let connect = || {
         let mut c = sub.connect_in(Placement { ns: ns.clone(), admin: false }, PeerCred::default(), "c");
-        c.open(0, Duration::ZERO, &|| false).unwrap();
+        c.open_poll(0, false).unwrap();
         c
     };
     let (mut a, mut b) = (connect(), connect());
