@@ -85,8 +85,13 @@ fn objects_of_another_namespace_cannot_be_imported() {
     let mut seen = [0u8; 15];
     a2.import(&fd).unwrap().read(0, &mut seen).unwrap();
     assert_eq!(&seen, b"tenant a's data");
-    let so = a.create_syncobj(false).unwrap();
-    assert_eq!(b.import_syncobj(so.export().unwrap()).unwrap_err().code, Errno::ENOENT);
+    // Syncobjs and sync files answer as DRM's FD_TO_HANDLE does for a foreign descriptor.
+    let so = a.create_syncobj_signaled().unwrap();
+    assert_eq!(b.import_syncobj(so.export().unwrap()).unwrap_err().code, Errno::EINVAL);
+    let file = so.export_sync_file(0).unwrap();
+    let theirs = b.create_syncobj(false).unwrap();
+    assert_eq!(theirs.import_sync_file(0, &file).unwrap_err().code, Errno::EINVAL);
+    a2.create_syncobj(false).unwrap().import_sync_file(0, &file).unwrap();
 }
 
 #[test]

@@ -1,11 +1,10 @@
-//! Fences (`dma_fence`) and syncobjs (`drm_syncobj`).
+//! Fences (`dma_fence`); syncobjs are in [`crate::syncobj`].
 //!
 //! A fence signals once, with or without an error; the first signal wins.
 //! Everything that waits does so through signal callbacks: a waiter registers one
 //! that wakes it, composite fences and eventfd exports register theirs, so nothing
 //! needs a thread per waiter.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -181,135 +180,6 @@ pub fn wait_fences(fences: &[Arc<Fence>], all: bool, timeout: Duration) -> Resul
     }
 }
 
-enum SyncobjState {
-    Binary(Option<Arc<Fence>>),
-    /// Points not yet known to have signalled successfully, above `base`.
-    Timeline {
-        base: u64,
-        points: BTreeMap<u64, Arc<Fence>>,
-    },
-}
-
-/// A synchronisation object: a binary slot for a fence, or a timeline of points.
-pub struct Syncobj {
-    state: Mutex<SyncobjState>,
-    counters: Arc<Counters>,
-    _tracked: Tracked,
-}
-
-impl Syncobj {
-    /// A binary syncobj, optionally already signalled.
-    pub fn binary(counters: &Arc<Counters>, signaled: bool) -> Syncobj {
-        let fence = signaled.then(|| Fence::signaled(counters, Ok(())));
-        Self::with(counters, SyncobjState::Binary(fence))
-    }
-
-    /// A timeline syncobj at point 0.
-    pub fn timeline(counters: &Arc<Counters>) -> Syncobj {
-        Self::with(counters, SyncobjState::Timeline { base: 0, points: BTreeMap::new() })
-    }
-
-    fn with(counters: &Arc<Counters>, state: SyncobjState) -> Syncobj {
-        Syncobj {
-            state: Mutex::new(state),
-            counters: counters.clone(),
-            _tracked: Tracked::new(counters, Kind::Syncobj),
-        }
-    }
-
-    /// Checks that `attach(point, _)` would succeed, without attaching.
-    pub fn check_attach(&self, point: u64) -> Result<()> {
-        match &*lock(&self.state) {
-            SyncobjState::Binary(_) if point != 0 => {
-                bail!(EINVAL, "binary syncobj takes point 0, got {point}")
-            }
-            SyncobjState::Binary(_) => Ok(()),
-            SyncobjState::Timeline { base, points } => {
-                let last = points.keys().next_back().copied().unwrap_or(*base);
-                if point <= last {
-                    bail!(EINVAL, "timeline point {point} must be above the last point {last}");
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// Replaces the binary fence, or adds a timeline point.
-    pub fn attach(&self, point: u64, fence: Arc<Fence>) -> Result<()> {
-        self.check_attach(point)?;
-        match &mut *lock(&self.state) {
-            SyncobjState::Binary(slot) => *slot = Some(fence),
-            SyncobjState::Timeline { base, points } => {
-                points.insert(point, fence);
-                Self::prune(base, points);
-            }
-        }
-        Ok(())
-    }
-
-    /// Signals from the host: binary gets a signalled fence; a timeline gets `point`.
-    pub fn signal(&self, point: u64) -> Result<()> {
-        self.attach(point, Fence::signaled(&self.counters, Ok(())))
-    }
-
-    /// Binary only: back to unsignalled (no fence).
-    pub fn reset(&self) -> Result<()> {
-        match &mut *lock(&self.state) {
-            SyncobjState::Binary(slot) => {
-                *slot = None;
-                Ok(())
-            }
-            SyncobjState::Timeline { .. } => bail!(EINVAL, "a timeline syncobj cannot be reset"),
-        }
-    }
-
-    /// Drops the leading points that signalled without error, advancing `base`.
-    fn prune(base: &mut u64, points: &mut BTreeMap<u64, Arc<Fence>>) {
-        while let Some(entry) = points.first_entry() {
-            if entry.get().status() != FenceStatus::Signaled {
-                break;
-            }
-            *base = *entry.key();
-            entry.remove();
-        }
-    }
-
-    /// The fence that signals when `point` is reached.
-    ///
-    /// A timeline point is reached when a point at or above it was submitted and every
-    /// point up to that one has signalled. Like DRM without `WAIT_FOR_SUBMIT`, a point
-    /// nothing was submitted for yet is an error (`EINVAL`), never an endless wait.
-    pub fn fence_for(&self, point: u64) -> Result<Arc<Fence>> {
-        match &mut *lock(&self.state) {
-            SyncobjState::Binary(Some(f)) => Ok(f.clone()),
-            SyncobjState::Binary(None) => bail!(EINVAL, "binary syncobj has no fence attached"),
-            SyncobjState::Timeline { base, points } => {
-                Self::prune(base, points);
-                if point <= *base {
-                    return Ok(Fence::signaled(&self.counters, Ok(())));
-                }
-                let Some((&upto, _)) = points.range(point..).next() else {
-                    bail!(EINVAL, "timeline point {point} has not been submitted");
-                };
-                let deps: Vec<Arc<Fence>> = points.range(..=upto).map(|(_, f)| f.clone()).collect();
-                Ok(Fence::all_of(&self.counters, &deps))
-            }
-        }
-    }
-
-    /// Timeline: the highest point up to which everything signalled without error.
-    /// Binary: 1 if signalled, else 0.
-    pub fn query(&self) -> u64 {
-        match &mut *lock(&self.state) {
-            SyncobjState::Binary(f) => u64::from(f.as_ref().is_some_and(|f| f.status() != FenceStatus::Pending)),
-            SyncobjState::Timeline { base, points } => {
-                Self::prune(base, points);
-                *base
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,86 +224,5 @@ mod tests {
         assert_eq!(all.status(), FenceStatus::Pending);
         b.signal(Ok(()));
         assert_eq!(all.status(), FenceStatus::Error(Errno::ETIME));
-    }
-
-    #[test]
-    fn timeline_point_waits_for_all_earlier_points() {
-        let c = counters();
-        let t = Syncobj::timeline(&c);
-        let (p1, p3) = (Fence::new(&c), Fence::new(&c));
-        t.attach(1, p1.clone()).unwrap();
-        t.attach(3, p3.clone()).unwrap();
-        assert_eq!(t.attach(2, Fence::new(&c)).unwrap_err().code, Errno::EINVAL);
-        let at2 = t.fence_for(2).unwrap();
-        p3.signal(Ok(()));
-        assert_eq!(at2.status(), FenceStatus::Pending);
-        p1.signal(Ok(()));
-        assert_eq!(at2.status(), FenceStatus::Signaled);
-        assert_eq!(t.query(), 3);
-        assert_eq!(t.fence_for(9).unwrap_err().code, Errno::EINVAL);
-    }
-
-    #[test]
-    fn binary_syncobj_reset_and_signal() {
-        let c = counters();
-        let s = Syncobj::binary(&c, true);
-        assert_eq!(s.query(), 1);
-        s.reset().unwrap();
-        assert_eq!(s.fence_for(0).unwrap_err().code, Errno::EINVAL);
-        s.signal(0).unwrap();
-        assert_eq!(s.fence_for(0).unwrap().status(), FenceStatus::Signaled);
-    }
-}
-
-#[cfg(test)]
-mod proptests {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        /// A timeline's value is the highest attached point below which every point
-        /// signalled without error, whatever order the fences signal in.
-        #[test]
-        fn timeline_value_matches_model(
-            steps in proptest::collection::vec(1u64..4, 1..12),
-            order in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
-            fail in proptest::option::of(any::<prop::sample::Index>()),
-        ) {
-            let c = Arc::new(Counters::default());
-            let t = Syncobj::timeline(&c);
-            let mut point = 0;
-            let mut fences = Vec::new();
-            for s in steps {
-                point += s;
-                let f = Fence::new(&c);
-                t.attach(point, f.clone()).unwrap();
-                fences.push((point, f));
-            }
-            let failing = fail.map(|i| i.index(fences.len()));
-            let mut signalled = vec![false; fences.len()];
-            for i in order {
-                let i = i.index(fences.len());
-                fences[i].1.signal(if Some(i) == failing { Err(Errno::EIO) } else { Ok(()) });
-                signalled[i] = true;
-            }
-            let model = fences.iter().zip(&signalled).enumerate()
-                .take_while(|(i, (_, s))| **s && Some(*i) != failing)
-                .last()
-                .map_or(0, |(_, ((p, _), _))| *p);
-            prop_assert_eq!(t.query(), model);
-            // Waiting on any point reports the first error at or below it, or success.
-            for (i, (p, _)) in fences.iter().enumerate() {
-                let status = t.fence_for(*p).unwrap().status();
-                let upto = &signalled[..=i];
-                let want = if failing.is_some_and(|f| f <= i && signalled[f]) && upto.iter().all(|s| *s) {
-                    FenceStatus::Error(Errno::EIO)
-                } else if upto.iter().all(|s| *s) {
-                    FenceStatus::Signaled
-                } else {
-                    FenceStatus::Pending
-                };
-                prop_assert_eq!(status, want, "point {}", p);
-            }
-        }
     }
 }

@@ -30,6 +30,8 @@ pub mod namespace;
 pub mod ras;
 pub mod ring;
 pub mod sched;
+pub mod syncfile;
+pub mod syncobj;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
@@ -44,7 +46,7 @@ use bo::BufferObject;
 use client::{Client, ClientRecord, PeerCred};
 use counters::Counters;
 use device::{Device, DeviceConfig};
-use fence::Syncobj;
+use syncobj::Syncobj;
 
 /// Locks a mutex, ignoring poisoning: state behind the core's mutexes stays
 /// consistent at every unlock point, so a panicked holder leaves nothing half-done.
@@ -60,6 +62,8 @@ pub struct Subsystem {
     next_client: AtomicU64,
     exports: ExportTable<BufferObject>,
     syncobj_exports: ExportTable<Syncobj>,
+    /// Exported sync files.
+    pub(crate) sync_files: syncfile::SyncFiles,
     namespaces: namespace::Namespaces,
     limits: limits::Limits,
     /// Descriptors held for clients, daemon-wide.
@@ -109,6 +113,7 @@ impl Subsystem {
             next_client: AtomicU64::new(1),
             exports: ExportTable::default(),
             syncobj_exports: ExportTable::default(),
+            sync_files: syncfile::SyncFiles::new()?,
             clients: Mutex::new(BTreeMap::new()),
         }))
     }
@@ -257,9 +262,11 @@ impl Subsystem {
     }
 
     fn import_syncobj(&self, fd: &OwnedFd, ns: &str) -> Result<Arc<Syncobj>> {
-        self.syncobj_exports.find(fd, ns)?.ok_or_else(|| {
+        // DRM's FD_TO_HANDLE says EINVAL for any descriptor that is not a syncobj; so does
+        // accel for one of another namespace, which it must not tell apart.
+        self.syncobj_exports.find(fd, ns).ok().flatten().ok_or_else(|| {
             Error::new(
-                accel_uapi::Errno::ENOENT,
+                accel_uapi::Errno::EINVAL,
                 "descriptor is not an exported syncobj, or every handle to it was closed",
             )
         })

@@ -39,7 +39,7 @@ const fn rep(tag: u32, name: &'static str) -> ReplySpec {
 }
 
 /// Every reply, in the declaration order of [`Reply`].
-pub const REPLIES: [ReplySpec; 17] = [
+pub const REPLIES: [ReplySpec; 18] = [
     rep(256, "Hello"),
     rep(257, "Ok"),
     rep(258, "Devices"),
@@ -57,6 +57,7 @@ pub const REPLIES: [ReplySpec; 17] = [
     rep(270, "Clients"),
     rep(271, "Error"),
     rep(272, "Token"),
+    rep(273, "Points"),
 ];
 
 /// Tag of [`Reply::Error`].
@@ -78,6 +79,7 @@ const NAMESPACES: u32 = 268;
 const STATS: u32 = 269;
 const CLIENTS: u32 = 270;
 const TOKEN: u32 = 272;
+const POINTS: u32 = 273;
 
 const fn req(tag: u32, name: &'static str, reply: u32, fds_in: u8, fds_out: u8) -> RequestSpec {
     RequestSpec { tag, name, reply, fds_in, fds_out }
@@ -86,7 +88,7 @@ const fn req(tag: u32, name: &'static str, reply: u32, fds_in: u8, fds_out: u8) 
 /// Every request, in the declaration order of [`Request`]. Tags are grouped by area:
 /// 1–15 connection and devices, 16–31 buffers, 32–47 queues and submission, 48–63 fences,
 /// 64–79 syncobjs, 80–95 RAS, 96–111 namespaces, 112–127 statistics.
-pub const REQUESTS: [RequestSpec; 35] = [
+pub const REQUESTS: [RequestSpec; 43] = [
     req(1, "Hello", HELLO, 0, 0),
     req(2, "ListDevices", DEVICES, 0, 0),
     req(3, "DeviceInfo", DEVICE, 0, 0),
@@ -122,6 +124,14 @@ pub const REQUESTS: [RequestSpec; 35] = [
     req(100, "NsToken", TOKEN, 0, 0),
     req(101, "NsRetireTokens", POINT, 0, 0),
     req(36, "SubmitWait", WAITED, 0, 0),
+    req(71, "SyncobjWaitMany", WAITED, 0, 0),
+    req(72, "SyncobjSignalMany", OK, 0, 0),
+    req(73, "SyncobjResetMany", OK, 0, 0),
+    req(74, "SyncobjQueryMany", POINTS, 0, 0),
+    req(75, "SyncobjTransfer", OK, 0, 0),
+    req(76, "SyncobjEventfd", OK, 1, 0),
+    req(77, "SyncobjExportSyncFile", FD, 0, 1),
+    req(78, "SyncobjImportSyncFile", OK, 1, 0),
 ];
 
 /// The tags of a spec table, in its order.

@@ -648,6 +648,84 @@ pub enum Request {
         /// How long to wait for it.
         timeout_ns: u64,
     },
+    /// `DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT` (and `SYNCOBJ_WAIT` with `points` empty) (ABI 2.2):
+    /// waits for all or any of the points; [`Reply::Waited`] with the first signalled index.
+    /// No handles: answered at once. A timeout gives `ETIME`.
+    SyncobjWaitMany {
+        /// The syncobjs.
+        handles: Vec<SyncobjHandle>,
+        /// One point per handle, or empty for point 0 everywhere (binary wait).
+        points: Vec<u64>,
+        /// [`crate::syncobj`] `WAIT_*` flags.
+        flags: u32,
+        /// Deadline: absolute `CLOCK_MONOTONIC` ns, as DRM; relative ns with `WAIT_RELATIVE`.
+        /// A deadline already past polls.
+        timeout_ns: i64,
+    },
+    /// `DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL` (and `SYNCOBJ_SIGNAL` with `points` empty): signals
+    /// each point from the host. Point 0 replaces the fence with a signalled one; any other
+    /// point is added to the timeline, in or out of order.
+    SyncobjSignalMany {
+        /// The syncobjs (at least one).
+        handles: Vec<SyncobjHandle>,
+        /// One point per handle, or empty for point 0 everywhere.
+        points: Vec<u64>,
+    },
+    /// `DRM_IOCTL_SYNCOBJ_RESET`: drops each syncobj's fence (a timeline's whole chain).
+    SyncobjResetMany {
+        /// The syncobjs (at least one).
+        handles: Vec<SyncobjHandle>,
+    },
+    /// `DRM_IOCTL_SYNCOBJ_QUERY`: each syncobj's highest contiguous signalled point, or with
+    /// `QUERY_LAST_SUBMITTED` its last submitted point. [`Reply::Points`].
+    SyncobjQueryMany {
+        /// The syncobjs (at least one).
+        handles: Vec<SyncobjHandle>,
+        /// [`crate::syncobj`] `QUERY_*` flags.
+        flags: u32,
+    },
+    /// `DRM_IOCTL_SYNCOBJ_TRANSFER`: the fence of `src` at `src_point` becomes `dst`'s fence
+    /// (`dst_point` 0) or its point `dst_point`.
+    SyncobjTransfer {
+        /// Source syncobj.
+        src: SyncobjHandle,
+        /// Source point (0: its current fence).
+        src_point: u64,
+        /// Destination syncobj.
+        dst: SyncobjHandle,
+        /// Destination point (0: replace its fence).
+        dst_point: u64,
+        /// 0 or `WAIT_FOR_SUBMIT` (transfer a point not submitted yet once it is).
+        flags: u32,
+    },
+    /// `DRM_IOCTL_SYNCOBJ_EVENTFD`: the eventfd travelling with this message is signalled
+    /// (incremented by 1) once `point` signals, or with `WAIT_AVAILABLE` once it is submitted.
+    /// It may be armed before the point is submitted.
+    SyncobjEventfd {
+        /// The syncobj.
+        handle: SyncobjHandle,
+        /// The point.
+        point: u64,
+        /// 0 or `WAIT_AVAILABLE`.
+        flags: u32,
+    },
+    /// `HANDLE_TO_FD` with `EXPORT_SYNC_FILE`: the fence at `point` as a sync file, a
+    /// descriptor that polls readable once the fence signals and can be imported into any
+    /// syncobj ([`Request::SyncobjImportSyncFile`]). [`Reply::Fd`].
+    SyncobjExportSyncFile {
+        /// The syncobj.
+        handle: SyncobjHandle,
+        /// The point (0: its current fence).
+        point: u64,
+    },
+    /// `FD_TO_HANDLE` with `IMPORT_SYNC_FILE`: the sync file travelling with this message
+    /// becomes `handle`'s fence (`point` 0) or its point `point`.
+    SyncobjImportSyncFile {
+        /// The syncobj.
+        handle: SyncobjHandle,
+        /// The point (0: replace its fence).
+        point: u64,
+    },
 }
 
 /// Replies the daemon sends.
@@ -718,4 +796,6 @@ pub enum Reply {
     },
     /// A namespace token, shown once: the daemon keeps only its hash.
     Token(String),
+    /// Timeline values, one per handle asked.
+    Points(Vec<u64>),
 }

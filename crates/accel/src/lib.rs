@@ -26,9 +26,13 @@ mod sync;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
+/// Syncobj flags, with DRM's values: `WAIT_ALL`, `WAIT_FOR_SUBMIT`, `WAIT_AVAILABLE`,
+/// `QUERY_LAST_SUBMITTED`, and accel's `WAIT_RELATIVE`.
+pub use accel_uapi::syncobj;
+pub use accel_uapi::SyncobjHandle;
 pub use accel_uapi::{
     BufView, Category, ClientUsage, DeviceInfo, EngineInfo, Errno, FenceStatus, GemmF32, MatView, ObjectCounts, Op,
     OpKind, Priority, SignalPoint, WaitPoint,
@@ -79,21 +83,22 @@ fn timeout_ns(timeout: Duration) -> u64 {
 }
 
 pub(crate) struct Shared {
-    conn: Mutex<Connection>,
+    /// Shared by every thread using the device: requests pipeline on it.
+    conn: Connection,
     info: DeviceInfo,
 }
 
 impl Shared {
-    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
     }
 
     pub(crate) fn call(&self, req: &Request) -> Result<Reply> {
-        self.conn().call(req)
+        self.conn.request(req)
     }
 
     pub(crate) fn call_fd(&self, req: &Request, fd: Option<BorrowedFd<'_>>) -> Result<(Reply, Vec<OwnedFd>)> {
-        self.conn().call_fd(req, fd)
+        self.conn.request_fd(req, fd)
     }
 
     /// A request whose reply is [`Reply::Fd`] with `n` descriptors.
@@ -188,7 +193,7 @@ impl Device {
             Reply::Device(info) => info,
             other => return Err(conn::unexpected(&other)),
         };
-        Ok(Device { shared: Arc::new(Shared { conn: Mutex::new(conn), info }) })
+        Ok(Device { shared: Arc::new(Shared { conn, info }) })
     }
 
     /// The device as it was when opened.
@@ -237,9 +242,46 @@ impl Device {
         Syncobj::import(self.shared.clone(), fd.as_fd())
     }
 
-    /// Creates a syncobj: a timeline (points 1, 2, …) or a binary one.
+    /// Creates a syncobj. As in DRM, every syncobj takes both binary operations (point 0)
+    /// and timeline points; `timeline` only documents the intent.
     pub fn create_syncobj(&self, timeline: bool) -> Result<Syncobj> {
-        Syncobj::create(self.shared.clone(), timeline)
+        Syncobj::create(self.shared.clone(), timeline, false)
+    }
+
+    /// Creates a syncobj that is already signalled (`DRM_SYNCOBJ_CREATE_SIGNALED`).
+    pub fn create_syncobj_signaled(&self) -> Result<Syncobj> {
+        Syncobj::create(self.shared.clone(), false, true)
+    }
+
+    /// `DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT`: waits for all ([`syncobj::WAIT_ALL`]) or any of
+    /// `points` (syncobjs of this device, each with a point; 0 for a binary wait). Flags
+    /// [`syncobj::WAIT_FOR_SUBMIT`] and [`syncobj::WAIT_AVAILABLE`] as in DRM; `timeout_ns`
+    /// is an absolute `CLOCK_MONOTONIC` deadline, or relative with [`syncobj::WAIT_RELATIVE`].
+    /// No points: returns at once. Time running out is `ETIME`.
+    pub fn syncobj_wait(&self, points: &[(&Syncobj, u64)], flags: u32, timeout_ns: i64) -> Result<WaitResult> {
+        sync::syncobj_wait(&self.shared, points, flags, timeout_ns)
+    }
+
+    /// `DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL`: signals each point from the host, in one round trip.
+    pub fn syncobj_signal(&self, points: &[(&Syncobj, u64)]) -> Result<()> {
+        let handles = points.iter().map(|(s, _)| s.handle()).collect();
+        let points = points.iter().map(|(_, p)| *p).collect();
+        self.shared.call(&Request::SyncobjSignalMany { handles, points }).map(drop)
+    }
+
+    /// `DRM_IOCTL_SYNCOBJ_RESET` of several syncobjs in one round trip.
+    pub fn syncobj_reset(&self, objs: &[&Syncobj]) -> Result<()> {
+        self.shared.call(&Request::SyncobjResetMany { handles: objs.iter().map(|s| s.handle()).collect() }).map(drop)
+    }
+
+    /// `DRM_IOCTL_SYNCOBJ_QUERY` of several syncobjs: the highest contiguous signalled point
+    /// of each, or with [`syncobj::QUERY_LAST_SUBMITTED`] the last submitted one.
+    pub fn syncobj_query(&self, objs: &[&Syncobj], flags: u32) -> Result<Vec<u64>> {
+        let req = Request::SyncobjQueryMany { handles: objs.iter().map(|s| s.handle()).collect(), flags };
+        match self.shared.call(&req)? {
+            Reply::Points(p) => Ok(p),
+            other => Err(conn::unexpected(&other)),
+        }
     }
 
     /// Waits for all (or any) of `points`; `ETIMEDOUT` if time runs out.

@@ -1,11 +1,11 @@
 //! Queues, fences and syncobjs.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use accel_uapi::{
-    Errno, FenceHandle, FenceStatus, Op, QueueHandle, Reply, Request, SignalPoint, SyncobjHandle, WaitPoint,
+    syncobj, Errno, FenceHandle, FenceStatus, Op, QueueHandle, Reply, Request, SignalPoint, SyncobjHandle, WaitPoint,
 };
 
 use crate::{conn::unexpected, timeout_ns, Error, QueueOptions, Result, Ring, Shared};
@@ -163,8 +163,8 @@ pub struct Syncobj {
 }
 
 impl Syncobj {
-    pub(crate) fn create(dev: Arc<Shared>, timeline: bool) -> Result<Syncobj> {
-        match dev.call(&Request::SyncobjCreate { timeline, signaled: false })? {
+    pub(crate) fn create(dev: Arc<Shared>, timeline: bool, signaled: bool) -> Result<Syncobj> {
+        match dev.call(&Request::SyncobjCreate { timeline, signaled })? {
             Reply::Syncobj(handle) => Ok(Syncobj { dev, handle }),
             other => Err(unexpected(&other)),
         }
@@ -193,17 +193,23 @@ impl Syncobj {
         SignalPoint { handle: self.handle, point }
     }
 
-    /// Signals `point` from the host.
+    /// The handle the daemon gave this syncobj (what DRM-style arrays carry).
+    pub fn handle(&self) -> SyncobjHandle {
+        self.handle
+    }
+
+    /// Signals `point` from the host: point 0 replaces the fence with a signalled one; any
+    /// other point is added to the timeline, in order or not.
     pub fn signal(&self, point: u64) -> Result<()> {
         self.dev.call(&Request::SyncobjSignal { handle: self.handle, point }).map(drop)
     }
 
-    /// Binary only: back to unsignalled.
+    /// Drops the fence, or a timeline's whole chain (`DRM_IOCTL_SYNCOBJ_RESET`).
     pub fn reset(&self) -> Result<()> {
         self.dev.call(&Request::SyncobjReset { handle: self.handle }).map(drop)
     }
 
-    /// Timeline: highest point reached; binary: 1 if signalled.
+    /// The highest contiguous signalled timeline point (0 without a timeline).
     pub fn query(&self) -> Result<u64> {
         match self.dev.call(&Request::SyncobjQuery { handle: self.handle })? {
             Reply::Point(p) => Ok(p),
@@ -211,14 +217,89 @@ impl Syncobj {
         }
     }
 
-    /// Waits for `point`; `Err` carries the error of a failed job behind it.
+    /// The last submitted timeline point (`DRM_SYNCOBJ_QUERY_FLAGS_LAST_SUBMITTED`).
+    pub fn last_submitted(&self) -> Result<u64> {
+        let req = Request::SyncobjQueryMany { handles: vec![self.handle], flags: syncobj::QUERY_LAST_SUBMITTED };
+        match self.dev.call(&req)? {
+            Reply::Points(p) if p.len() == 1 => Ok(p[0]),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Waits for `point`; `Err` carries the error of a failed job behind it. A point not
+    /// submitted yet is `EINVAL`; see [`Syncobj::wait_for_submit`].
     pub fn wait(&self, point: u64, timeout: Duration) -> Result<()> {
         wait_one(&self.dev, self.point(point), timeout)
+    }
+
+    /// Waits for `point`, first for it to be submitted if it has not been
+    /// (`WAIT_FOR_SUBMIT`); `ETIME` when time runs out. Other threads may submit and
+    /// signal on the same device meanwhile.
+    pub fn wait_for_submit(&self, point: u64, timeout: Duration) -> Result<()> {
+        let flags = syncobj::WAIT_ALL | syncobj::WAIT_FOR_SUBMIT | syncobj::WAIT_RELATIVE;
+        let status = syncobj_wait(&self.dev, &[(self, point)], flags, relative_ns(timeout))?;
+        match status.status.first() {
+            Some(FenceStatus::Error(code)) => Err(Error::new(*code, "the job behind the point failed")),
+            _ => Ok(()),
+        }
+    }
+
+    /// `DRM_IOCTL_SYNCOBJ_TRANSFER`: `src`'s fence at `src_point` becomes this syncobj's
+    /// fence (`dst_point` 0) or its point `dst_point`. `flags`: 0 or
+    /// [`syncobj::WAIT_FOR_SUBMIT`] (a source point not submitted yet follows once it is).
+    pub fn transfer_from(&self, src: &Syncobj, src_point: u64, dst_point: u64, flags: u32) -> Result<()> {
+        let req = Request::SyncobjTransfer { src: src.handle, src_point, dst: self.handle, dst_point, flags };
+        self.dev.call(&req).map(drop)
+    }
+
+    /// `DRM_IOCTL_SYNCOBJ_EVENTFD`: `eventfd` is incremented once `point` signals (with
+    /// `available`, once it is submitted). May be armed before the point is submitted.
+    pub fn notify_eventfd(&self, point: u64, eventfd: impl AsFd, available: bool) -> Result<()> {
+        let flags = if available { syncobj::WAIT_AVAILABLE } else { 0 };
+        let req = Request::SyncobjEventfd { handle: self.handle, point, flags };
+        self.dev.call_fd(&req, Some(eventfd.as_fd())).map(drop)
+    }
+
+    /// The fence at `point` as a sync file: a descriptor that polls readable once the fence
+    /// signals and that any client of this namespace can import into a syncobj.
+    pub fn export_sync_file(&self, point: u64) -> Result<OwnedFd> {
+        self.dev.call_for_fd(&Request::SyncobjExportSyncFile { handle: self.handle, point })
+    }
+
+    /// Imports a sync file: its fence becomes this syncobj's fence (`point` 0) or point `point`.
+    pub fn import_sync_file(&self, point: u64, sync_file: impl AsFd) -> Result<()> {
+        let req = Request::SyncobjImportSyncFile { handle: self.handle, point };
+        self.dev.call_fd(&req, Some(sync_file.as_fd())).map(drop)
     }
 
     /// An eventfd that becomes readable when `point` is reached.
     pub fn sync_fd(&self, point: u64) -> Result<OwnedFd> {
         export_sync_fd(&self.dev, self.point(point))
+    }
+}
+
+fn relative_ns(timeout: Duration) -> i64 {
+    i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// `DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT` over `points` (each a syncobj of this connection and a
+/// point); `timeout_ns` is an absolute `CLOCK_MONOTONIC` deadline unless `flags` has
+/// [`syncobj::WAIT_RELATIVE`].
+pub(crate) fn syncobj_wait(
+    dev: &Shared,
+    points: &[(&Syncobj, u64)],
+    flags: u32,
+    timeout_ns: i64,
+) -> Result<crate::WaitResult> {
+    let req = Request::SyncobjWaitMany {
+        handles: points.iter().map(|(s, _)| s.handle).collect(),
+        points: points.iter().map(|(_, p)| *p).collect(),
+        flags,
+        timeout_ns,
+    };
+    match dev.call(&req)? {
+        Reply::Waited { first, status, timestamps } => Ok(crate::WaitResult { first, status, timestamps }),
+        other => Err(unexpected(&other)),
     }
 }
 

@@ -19,7 +19,7 @@ pub(crate) enum Action {
     Reply(Reply, Vec<OwnedFd>),
     /// Answer with these RAS netlink frames, each its own `Reply::Netlink`.
     Netlink(Vec<Vec<Vec<u8>>>),
-    /// Answer when the fences satisfy the wait (all or any), or with `ETIMEDOUT` at the
+    /// Answer when the fences satisfy the wait (all or any), or with `expired` at the
     /// timeout; the connection serves other requests meanwhile.
     Wait {
         /// What is waited for.
@@ -28,6 +28,9 @@ pub(crate) enum Action {
         all: bool,
         /// How long at most.
         timeout: Duration,
+        /// The errno of a timeout: `ETIME` for syncobj waits (DRM), `ETIMEDOUT` for fence
+        /// waits (ABI 2.1, kept).
+        expired: Errno,
     },
     /// Open an exclusive device once its lease comes free (the client is in line), or
     /// answer `EBUSY` after `wait`.
@@ -119,7 +122,13 @@ pub(crate) fn dispatch(
 fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<OwnedFd>) -> Outcome {
     let Session { client, peer, .. } = session;
     // Requests that take a descriptor take exactly one; no other request takes any.
-    let takes_fd = matches!(req, Request::BoImport | Request::SyncobjImport);
+    let takes_fd = matches!(
+        req,
+        Request::BoImport
+            | Request::SyncobjImport
+            | Request::SyncobjEventfd { .. }
+            | Request::SyncobjImportSyncFile { .. }
+    );
     if fds.len() > usize::from(takes_fd) {
         return Err(Error::new(Errno::EBADF, "this request does not take (that many) descriptors"));
     }
@@ -180,15 +189,18 @@ fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<Ow
         }
         Request::SubmitWait { queue, op, wait, signal, timeout_ns } => {
             let (fence, _) = c.submit_job(queue, &op, &wait, &signal)?;
-            Ok(Action::Wait { fences: vec![fence], all: true, timeout: Duration::from_nanos(timeout_ns) })
+            let timeout = Duration::from_nanos(timeout_ns);
+            Ok(Action::Wait { fences: vec![fence], all: true, timeout, expired: Errno::ETIMEDOUT })
         }
         Request::Wait { points, all, timeout_ns } => {
             let fences = c.wait_fences_of(&points)?;
-            Ok(Action::Wait { fences, all, timeout: Duration::from_nanos(timeout_ns) })
+            Ok(Action::Wait { fences, all, timeout: Duration::from_nanos(timeout_ns), expired: Errno::ETIMEDOUT })
         }
         Request::FenceClose { handle } => c.fence_close(handle).and(ok(Reply::Ok)),
         Request::ExportSyncFd { point } => Ok(Action::Reply(Reply::Fd, vec![c.export_sync_fd(&point)?])),
-        Request::SyncobjCreate { timeline, signaled } => ok(Reply::Syncobj(c.syncobj_create(timeline, signaled)?)),
+        // Every syncobj takes binary and timeline operations, as in DRM: `timeline` is kept
+        // for ABI 2.1 and changes nothing.
+        Request::SyncobjCreate { timeline: _, signaled } => ok(Reply::Syncobj(c.syncobj_create(signaled)?)),
         Request::SyncobjDestroy { handle } => c.syncobj_destroy(handle).and(ok(Reply::Ok)),
         Request::SyncobjSignal { handle, point } => c.syncobj_signal(handle, point).and(ok(Reply::Ok)),
         Request::SyncobjReset { handle } => c.syncobj_reset(handle).and(ok(Reply::Ok)),
@@ -197,6 +209,29 @@ fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<Ow
         Request::SyncobjImport => {
             let fd = fd.ok_or_else(|| Error::new(Errno::EBADF, "SyncobjImport needs a descriptor"))?;
             ok(Reply::Syncobj(c.syncobj_import(fd)?))
+        }
+        Request::SyncobjWaitMany { handles, points, flags, timeout_ns } => {
+            match c.syncobj_wait_many(&handles, &points, flags, timeout_ns)? {
+                Some(w) => Ok(Action::Wait { fences: w.fences, all: w.all, timeout: w.timeout, expired: Errno::ETIME }),
+                None => ok(Reply::Waited { first: 0, status: Vec::new(), timestamps: Vec::new() }),
+            }
+        }
+        Request::SyncobjSignalMany { handles, points } => c.syncobj_signal_many(&handles, &points).and(ok(Reply::Ok)),
+        Request::SyncobjResetMany { handles } => c.syncobj_reset_many(&handles).and(ok(Reply::Ok)),
+        Request::SyncobjQueryMany { handles, flags } => ok(Reply::Points(c.syncobj_query_many(&handles, flags)?)),
+        Request::SyncobjTransfer { src, src_point, dst, dst_point, flags } => {
+            c.syncobj_transfer(src, src_point, dst, dst_point, flags).and(ok(Reply::Ok))
+        }
+        Request::SyncobjEventfd { handle, point, flags } => {
+            let fd = fd.ok_or_else(|| Error::new(Errno::EBADF, "SyncobjEventfd needs an eventfd"))?;
+            c.syncobj_eventfd(handle, point, flags, fd).and(ok(Reply::Ok))
+        }
+        Request::SyncobjExportSyncFile { handle, point } => {
+            Ok(Action::Reply(Reply::Fd, vec![c.syncobj_export_sync_file(handle, point)?]))
+        }
+        Request::SyncobjImportSyncFile { handle, point } => {
+            let fd = fd.ok_or_else(|| Error::new(Errno::EBADF, "SyncobjImportSyncFile needs a sync file"))?;
+            c.syncobj_import_sync_file(handle, point, &fd).and(ok(Reply::Ok))
         }
         // Served by the connection loop once the handshake is done; never reaches here then.
         Request::Netlink(_) | Request::RasSubscribe => {

@@ -78,6 +78,8 @@ struct PendingWait {
     seq: u32,
     fences: Vec<Arc<Fence>>,
     all: bool,
+    /// The errno of a timeout.
+    expired: Errno,
     /// Its timeout's key in the timer map, removed when the wait ends first.
     timer: Option<(Instant, u64)>,
 }
@@ -287,7 +289,7 @@ impl Worker {
                     self.reply(id, seq, Reply::Netlink(f), Vec::new());
                 }
             }
-            Action::Wait { fences, all, timeout } => {
+            Action::Wait { fences, all, timeout, expired } => {
                 // Already satisfied (the common case for short jobs): answer now, with no
                 // callbacks, timer or wake-up.
                 if let Some((first, status)) = poll_fences(&fences, all) {
@@ -302,7 +304,7 @@ impl Worker {
                 }
                 let timer = Instant::now().checked_add(timeout).map(|at| self.timer(at, id, Timer::Wait(wait)));
                 if let Some(c) = self.conns.get_mut(&id) {
-                    c.waits.insert(wait, PendingWait { seq, fences, all, timer });
+                    c.waits.insert(wait, PendingWait { seq, fences, all, expired, timer });
                 }
                 self.check_wait(id, wait, false);
             }
@@ -353,7 +355,7 @@ impl Worker {
                 let timestamps = w.fences.iter().map(|f| f.timestamp()).collect();
                 Reply::Waited { first, status, timestamps }
             }
-            None if expired => error_reply(accel_core::Error::new(Errno::ETIMEDOUT, "wait timed out".to_string())),
+            None if expired => error_reply(accel_core::Error::new(w.expired, "wait timed out".to_string())),
             None => return,
         };
         let (seq, timer) = (w.seq, w.timer);

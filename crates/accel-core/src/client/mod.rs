@@ -19,12 +19,13 @@ use slotmap::{Key, KeyData, SlotMap};
 use crate::bo::{BoTable, BufferObject, Charge};
 use crate::counters::{Kind, Tracked};
 use crate::device::Device;
-use crate::fence::{wait_fences, Fence, Syncobj};
+use crate::fence::{wait_fences, Fence};
 use crate::limits::{charge_fds, FdCount};
 use crate::mem::HostMemory;
 use crate::namespace::{Namespace, NsDevice};
 use crate::ring::{RingFds, RingQueue};
 use crate::sched::{EntityId, EntityParams, Job, UsageCounters, DEFAULT_WEIGHT, MAX_WEIGHT};
+use crate::syncobj::{Syncobj, Unsubmitted};
 use crate::{bail, lock, Error, Result, Subsystem};
 
 /// Most handles of one kind a client may hold.
@@ -347,7 +348,7 @@ impl Client {
         if points.is_empty() {
             bail!(EINVAL, "nothing to wait on");
         }
-        self.resolve_waits(points)
+        self.resolve_waits(points, Unsubmitted::Refuse)
     }
 
     /// Whether every job of this client has completed (its fences and ring completions
@@ -522,18 +523,20 @@ impl Client {
         lookup(&self.syncobjs, "syncobj", h.0)
     }
 
-    fn resolve_wait(&self, p: &WaitPoint) -> Result<Arc<Fence>> {
+    /// The fence behind a wait point; a syncobj point not submitted yet is what
+    /// `unsubmitted` says (jobs wait for it to be submitted; host waits refuse it).
+    fn resolve_wait(&self, p: &WaitPoint, unsubmitted: Unsubmitted) -> Result<Arc<Fence>> {
         match p {
             WaitPoint::Fence(h) => lookup(&self.fences, "fence", h.0).cloned(),
-            WaitPoint::Syncobj { handle, point } => self.syncobj(*handle)?.fence_for(*point),
+            WaitPoint::Syncobj { handle, point } => self.syncobj(*handle)?.fence_for(*point, unsubmitted),
         }
     }
 
-    fn resolve_waits(&self, points: &[WaitPoint]) -> Result<Vec<Arc<Fence>>> {
+    fn resolve_waits(&self, points: &[WaitPoint], unsubmitted: Unsubmitted) -> Result<Vec<Arc<Fence>>> {
         if points.len() > MAX_POINTS {
             bail!(E2BIG, "{} wait points exceed the limit of {MAX_POINTS}", points.len());
         }
-        points.iter().map(|p| self.resolve_wait(p)).collect()
+        points.iter().map(|p| self.resolve_wait(p, unsubmitted)).collect()
     }
 
     /// Queues a job; returns its fence handle and device sequence number.
@@ -578,7 +581,8 @@ impl Client {
         }
         dev.check_op(op)?;
         let job_op = self.bos.resolve_op(op)?;
-        let deps = self.resolve_waits(wait)?;
+        // Wait-before-signal: a syncobj point nothing was submitted for yet is waited for.
+        let deps = self.resolve_waits(wait, Unsubmitted::WaitSubmit)?;
         if signal.len() > MAX_POINTS {
             bail!(E2BIG, "{} signal points exceed the limit of {MAX_POINTS}", signal.len());
         }
@@ -587,13 +591,11 @@ impl Client {
             if signal[..i].iter().any(|o| o.handle == s.handle) {
                 bail!(EINVAL, "syncobj {:#x} appears twice in the signal list", s.handle.0);
             }
-            let so = self.syncobj(s.handle)?;
-            so.check_attach(s.point)?;
-            syncs.push((so.clone(), s.point));
+            syncs.push((self.syncobj(s.handle)?.clone(), s.point));
         }
         let fence = Fence::new(&self.sub.counters);
         for (so, point) in syncs {
-            so.attach(point, fence.clone())?;
+            so.add_point(point, fence.clone());
         }
         let seqno = dev.next_seqno();
         // A null job with nothing before it completes here, as on a ring: the queue's order
@@ -621,7 +623,7 @@ impl Client {
         all: bool,
         timeout: Duration,
     ) -> Result<(u32, Vec<FenceStatus>, Vec<u64>)> {
-        let fences = self.resolve_waits(points)?;
+        let fences = self.resolve_waits(points, Unsubmitted::Refuse)?;
         let (first, status) = wait_fences(&fences, all, timeout)?;
         Ok((first, status, fences.iter().map(|f| f.timestamp()).collect()))
     }
@@ -639,7 +641,7 @@ impl Client {
     /// An eventfd that becomes readable (value 1) when the point signals.
     pub fn export_sync_fd(&self, p: &WaitPoint) -> Result<OwnedFd> {
         use rustix::event::{eventfd, EventfdFlags};
-        let fence = self.resolve_wait(p)?;
+        let fence = self.resolve_wait(p, Unsubmitted::Refuse)?;
         // The daemon keeps a duplicate until the fence signals: charge it.
         let charges = self.charge_fds(1)?;
         let efd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
@@ -651,50 +653,6 @@ impl Client {
             drop(charges);
         });
         Ok(efd)
-    }
-
-    /// Creates a syncobj.
-    pub fn syncobj_create(&mut self, timeline: bool, signaled: bool) -> Result<SyncobjHandle> {
-        let c = &self.sub.counters;
-        let so = Arc::new(if timeline { Syncobj::timeline(c) } else { Syncobj::binary(c, signaled) });
-        Ok(SyncobjHandle(self.with_object(|c| insert(&mut c.syncobjs, "syncobj", so))?))
-    }
-
-    /// Destroys a syncobj handle.
-    pub fn syncobj_destroy(&mut self, h: SyncobjHandle) -> Result<()> {
-        self.syncobjs
-            .remove(key(h.0))
-            .map(drop)
-            .ok_or_else(|| Error::new(Errno::ENOENT, format!("no syncobj with handle {:#x}", h.0)))?;
-        self.released_object();
-        Ok(())
-    }
-
-    /// Signals a syncobj point from the host.
-    pub fn syncobj_signal(&self, h: SyncobjHandle, point: u64) -> Result<()> {
-        self.syncobj(h)?.signal(point)
-    }
-
-    /// Resets a binary syncobj.
-    pub fn syncobj_reset(&self, h: SyncobjHandle) -> Result<()> {
-        self.syncobj(h)?.reset()
-    }
-
-    /// Exports a syncobj (like `DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD`): any client of any device
-    /// can import the descriptor and wait on or signal the same syncobj.
-    pub fn syncobj_export(&self, h: SyncobjHandle) -> Result<OwnedFd> {
-        self.sub.export_syncobj(self.syncobj(h)?, &self.ns.name)
-    }
-
-    /// Imports a syncobj descriptor another client exported.
-    pub fn syncobj_import(&mut self, fd: OwnedFd) -> Result<SyncobjHandle> {
-        let so = self.sub.import_syncobj(&fd, &self.ns.name)?;
-        Ok(SyncobjHandle(self.with_object(|c| insert(&mut c.syncobjs, "syncobj", so))?))
-    }
-
-    /// A syncobj's current value (see [`Syncobj::query`]).
-    pub fn syncobj_query(&self, h: SyncobjHandle) -> Result<u64> {
-        Ok(self.syncobj(h)?.query())
     }
 }
 
@@ -713,5 +671,6 @@ impl Drop for Client {
     }
 }
 
+mod sync;
 #[cfg(test)]
 mod tests;

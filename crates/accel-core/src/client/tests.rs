@@ -125,11 +125,11 @@ fn stale_handle_is_rejected() {
 fn rejected_submit_changes_nothing() {
     let (_drv, sub, mut c) = setup();
     let q = c.queue_create(0, Priority::Normal, 0).unwrap();
-    let tl = c.syncobj_create(true, false).unwrap();
+    let tl = c.syncobj_create(false).unwrap();
     let before = sub.stats();
-    // The second signal point is invalid (point 0 on a timeline), so nothing may be attached.
-    let signal = [SignalPoint { handle: tl, point: 0 }];
-    assert_eq!(c.submit(q, &Op::Nop, &[], &signal).unwrap_err().code, Errno::EINVAL);
+    // A bogus handle after a good one: the good one must not be attached.
+    let signal = [SignalPoint { handle: tl, point: 1 }, SignalPoint { handle: SyncobjHandle(99), point: 1 }];
+    assert_eq!(c.submit(q, &Op::Nop, &[], &signal).unwrap_err().code, Errno::ENOENT);
     let dup = [SignalPoint { handle: tl, point: 1 }, SignalPoint { handle: tl, point: 2 }];
     assert_eq!(c.submit(q, &Op::Nop, &[], &dup).unwrap_err().code, Errno::EINVAL);
     assert_eq!(sub.stats(), before);
@@ -166,7 +166,7 @@ fn dropping_client_cancels_its_work_and_frees_everything() {
     c.submit(q, &Op::Driver { code: 3, args: [0; 4] }, &[], &[]).unwrap();
     let fill = Op::Fill { dst: BufView { bo, offset: 0, len: 4096 }, pattern: 1 };
     c.submit(q, &fill, &[], &[]).unwrap();
-    c.syncobj_create(false, true).unwrap();
+    c.syncobj_create(true).unwrap();
     drop(c);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while sub.stats() != ObjectCounts::default() && std::time::Instant::now() < deadline {
@@ -377,15 +377,15 @@ fn handle_caps_hold_per_client_and_per_namespace() {
         c
     };
     let (mut a, mut b) = (connect(), connect());
-    let mine: Vec<SyncobjHandle> = (0..4).map(|_| a.syncobj_create(false, false).unwrap()).collect();
-    let err = a.syncobj_create(false, false).unwrap_err();
+    let mine: Vec<SyncobjHandle> = (0..4).map(|_| a.syncobj_create(false).unwrap()).collect();
+    let err = a.syncobj_create(false).unwrap_err();
     assert!(err.code == Errno::ENOSPC && err.message.contains("client"), "{err:?}");
     b.queue_create(0, Priority::Normal, 0).unwrap();
     b.bo_create(4096).unwrap();
-    let err = b.syncobj_create(false, false).unwrap_err();
+    let err = b.syncobj_create(false).unwrap_err();
     assert!(err.code == Errno::ENOSPC && err.message.contains("namespace"), "{err:?}");
     a.syncobj_destroy(mine[0]).unwrap();
-    b.syncobj_create(true, false).unwrap();
+    b.syncobj_create(false).unwrap();
     assert_eq!(ns.objects.load(Ordering::Relaxed), 6);
     drop((a, b));
     assert_eq!(ns.objects.load(Ordering::Relaxed), 0);
