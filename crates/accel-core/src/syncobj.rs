@@ -25,7 +25,7 @@
 //! ends keeps only its pending positions. Waiters share one fence per position, signalled
 //! without recursion when the lowest pending position passes them.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -48,8 +48,9 @@ struct Chain {
     /// Collected links of the head's run with a value above `.0` signalled with error `.1`.
     run_error_above: Option<(u64, Errno)>,
     next_pos: u64,
-    /// Positions whose own fence has not signalled.
-    pending: BTreeSet<u64>,
+    /// Own fences that have not signalled, by position; the chain holds them, as a
+    /// `dma_fence_chain` holds its fences (a proxy waiting for submission has no other owner).
+    pending: BTreeMap<u64, Arc<Fence>>,
     /// The lowest position whose own fence signalled with an error.
     first_error: Option<(u64, Errno)>,
     /// One fence per position someone waits on, signalled when every position up to it has.
@@ -67,7 +68,7 @@ impl Chain {
             run_floor: 0,
             run_error_above: None,
             next_pos: 2,
-            pending: BTreeSet::new(),
+            pending: BTreeMap::new(),
             first_error: None,
             waiters: BTreeMap::new(),
             counters: counters.clone(),
@@ -80,7 +81,7 @@ impl Chain {
     }
 
     fn min_pending(&self) -> u64 {
-        self.pending.first().copied().unwrap_or(u64::MAX)
+        self.pending.first_key_value().map_or(u64::MAX, |(pos, _)| *pos)
     }
 
     /// The status of the link at `pos` once everything up to it signalled.
@@ -163,7 +164,7 @@ impl Chain {
         if last_submitted || self.min_pending() > head_pos {
             return head_value;
         }
-        let lowest = self.pending.range(self.run_start..).next().copied().unwrap_or(head_pos);
+        let lowest = self.pending.range(self.run_start..).next().map_or(head_pos, |(pos, _)| *pos);
         match lowest - self.run_start {
             0 => self.run_floor,
             i => self.run[i as usize - 1],
@@ -467,7 +468,7 @@ fn track(
     let mut c = lock(chain);
     match fence.status() {
         FenceStatus::Pending => {
-            c.pending.insert(pos);
+            c.pending.insert(pos, fence.clone());
             callbacks.push((chain.clone(), fence.clone(), pos));
         }
         FenceStatus::Error(e) => {

@@ -296,4 +296,9 @@ impl Device {
     pub fn request(&self, req: &Request) -> Result<Reply> {
         self.shared.call(req)
     }
+
+    /// Sends any request with a descriptor (for tools and tests).
+    pub fn request_with_fd(&self, req: &Request, fd: impl AsFd) -> Result<Reply> {
+        Ok(self.shared.call_fd(req, Some(fd.as_fd()))?.0)
+    }
 }

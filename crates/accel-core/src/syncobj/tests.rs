@@ -63,6 +63,18 @@ fn wait_for_submit_follows_the_point_once_submitted() {
 }
 
 #[test]
+fn a_chain_holds_its_fences_so_a_transferred_proxy_still_resolves() {
+    let c = counters();
+    let (src, dst) = (Syncobj::new(&c, false), Syncobj::new(&c, false));
+    // The proxy's only owner is dst's chain, as after a TRANSFER with WAIT_FOR_SUBMIT.
+    dst.add_point(1, src.fence_for(5, Unsubmitted::WaitSubmit).unwrap());
+    let at1 = dst.find(1).unwrap();
+    src.signal(5);
+    assert_eq!(at1.status(), FenceStatus::Signaled);
+    assert_eq!(dst.query(false), 1);
+}
+
+#[test]
 fn a_wait_for_submit_on_a_dropped_syncobj_ends_with_enoent() {
     let c = counters();
     let t = Syncobj::new(&c, false);
