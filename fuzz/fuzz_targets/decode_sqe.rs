@@ -16,4 +16,8 @@ fuzz_target!(|data: &[u8]| {
         let again = Sqe::encode(&op, sqe.user_data);
         assert_eq!(Sqe::encode(&again.decode().expect("re-encoded entry decodes"), sqe.user_data), again);
     }
+    if let Ok((waits, signals)) = sqe.decode_sync() {
+        let again = Sqe::sync(&waits, &signals, sqe.user_data).expect("decoded counts fit");
+        assert_eq!(again.decode_sync().expect("re-encoded sync entry decodes"), (waits, signals));
+    }
 });

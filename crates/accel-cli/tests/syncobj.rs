@@ -518,3 +518,41 @@ fn a_wait_on_one_thread_does_not_block_other_threads_of_the_device() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Ring entries take the same waits: a sync entry waits for a point nothing was submitted
+/// for yet, the jobs after it wait with it, and a sync entry after them signals a point.
+#[test]
+fn ring_sync_entries_wait_before_signal_and_signal_after_earlier_entries() {
+    let d = Daemon::start(&["cpu"]);
+    let dev = d.open(0);
+    let buf = dev.alloc(4096).unwrap();
+    // (Waiting on point 2 of the timeline this ring then signals at 3 would deadlock, as in
+    // Vulkan: point 3 submitted makes point 2 wait for it.)
+    let (wait, t) = (dev.create_syncobj(true).unwrap(), dev.create_syncobj(true).unwrap());
+    let mut ring = dev.create_queue().unwrap().into_ring(16).unwrap();
+    ring.push_sync(&[(&wait, 2)], &[], 1).unwrap();
+    ring.push(&Op::Fill { dst: buf.view(0, 4), pattern: 42 }, 2).unwrap();
+    ring.push_sync(&[], &[(&t, 3)], 3).unwrap();
+    ring.flush().unwrap();
+    std::thread::sleep(SHORT);
+    let mut done = Vec::new();
+    assert_eq!(ring.reap(&mut done), 0, "everything waits for point 2");
+    assert_eq!(t.last_submitted().unwrap(), 3, "point 3 is submitted at once");
+    // Another client signals point 2.
+    let other = d.open(0);
+    other.import_syncobj(wait.export().unwrap()).unwrap().signal(2).unwrap();
+    ring.wait(&mut done, 3, Duration::from_secs(5)).unwrap();
+    assert_eq!(done.iter().map(|c| (c.user_data, c.result)).collect::<Vec<_>>(), vec![(1, 0), (2, 0), (3, 0)]);
+    assert_eq!(buf.read_f32(0, 1).unwrap()[0].to_bits(), 42);
+    assert_eq!(t.query().unwrap(), 3);
+    // A stale handle completes with ENOENT and nothing runs; more than six points is
+    // refused before the ring.
+    let stale = dev.create_syncobj(false).unwrap();
+    dev.request(&Request::SyncobjDestroy { handle: stale.handle() }).unwrap();
+    ring.push_sync(&[], &[(&stale, 0)], 9).unwrap();
+    ring.flush().unwrap();
+    done.clear();
+    ring.wait(&mut done, 1, Duration::from_secs(5)).unwrap();
+    assert_eq!((done[0].user_data, done[0].status()), (9, Err(Errno::ENOENT)));
+    assert_eq!(ring.push_sync(&[(&t, 1); 7], &[], 0).unwrap_err().code, Errno::E2BIG);
+}

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use accel_uapi::ring::{Cqe, RingLayout, RingMem, Sqe};
+use accel_uapi::ring::{opcode, Cqe, RingLayout, RingMem, Sqe};
 use accel_uapi::{Errno, FenceStatus, Op};
 use rustix::event::{eventfd, EventfdFlags};
 
@@ -31,6 +31,7 @@ use crate::counters::{Counters, Kind, Tracked};
 use crate::device::Device;
 use crate::fence::{monotonic_ns, Fence};
 use crate::sched::{EntityId, Job};
+use crate::syncobj::{Syncobj, SyncobjTable, Unsubmitted};
 use crate::{lock, Error, Result};
 
 /// Most entries taken from one ring per sweep, so one busy ring cannot starve the others.
@@ -62,6 +63,8 @@ pub struct RingQueue {
     /// The client's buffer table, weakly: a ring the poller has not let go of yet must not
     /// keep a departed client's buffers (and their quota charges) alive.
     bos: Weak<BoTable>,
+    /// The client's syncobj table, weakly, for `SYNC` entries.
+    syncobjs: Weak<SyncobjTable>,
     counters: Arc<Counters>,
     /// Next completion slot. Producers that run beside others (job completions on slot
     /// threads) hold `cq_lock`; the poller writes inline completions without it, which
@@ -71,6 +74,9 @@ pub struct RingQueue {
     inflight: AtomicU32,
     _tracked: Tracked,
 }
+
+/// Syncobj points a job signals.
+type SignalList = Vec<(Arc<Syncobj>, u64)>;
 
 fn os(what: &'static str) -> impl FnOnce(rustix::io::Errno) -> Error {
     move |e| Error::new(Errno::ENOMEM, format!("{what}: {e}"))
@@ -95,7 +101,13 @@ impl RingQueue {
     /// A ring for `entity`, validating operands against `bos`. The daemon registers rings
     /// with the device's poller; embedders and benchmarks may instead drive one with
     /// [`RingQueue::process_into`].
-    pub fn new(sq_entries: u32, entity: EntityId, bos: Arc<BoTable>, counters: &Arc<Counters>) -> Result<NewRing> {
+    pub fn new(
+        sq_entries: u32,
+        entity: EntityId,
+        bos: Arc<BoTable>,
+        syncobjs: &Arc<SyncobjTable>,
+        counters: &Arc<Counters>,
+    ) -> Result<NewRing> {
         let layout = RingLayout::new(sq_entries)
             .map_err(|code| Error::new(code, format!("ring size {sq_entries} is not a power of two in 1..=4096")))?;
         let (mem, memfd) = RingMem::create(layout).map_err(os("creating ring memory"))?;
@@ -108,6 +120,7 @@ impl RingQueue {
             doorbell,
             entity,
             bos: Arc::downgrade(&bos),
+            syncobjs: Arc::downgrade(syncobjs),
             counters: counters.clone(),
             cq_tail: AtomicU32::new(0),
             cq_lock: Mutex::new(()),
@@ -202,11 +215,31 @@ impl RingQueue {
         }
     }
 
+    /// A `SYNC` entry's wait fences (points not submitted yet are waited for) and the
+    /// syncobj points its job signals, all resolved before anything changes.
+    fn sync_points(&self, sqe: &Sqe) -> Result<(Vec<Arc<Fence>>, SignalList)> {
+        let (waits, signals) = sqe.decode_sync().map_err(|code| Error::new(code, "bad SYNC entry"))?;
+        let table = self.syncobjs.upgrade().ok_or_else(|| Error::new(Errno::ECANCELED, "the ring's client is gone"))?;
+        let deps = waits
+            .iter()
+            .map(|(h, p)| table.get(*h)?.fence_for(*p, Unsubmitted::WaitSubmit))
+            .collect::<Result<Vec<_>>>()?;
+        let signals = signals.iter().map(|(h, p)| Ok((table.get(*h)?, *p))).collect::<Result<Vec<_>>>()?;
+        Ok((deps, signals))
+    }
+
     fn start(self: &Arc<Self>, dev: &Device, sqe: &Sqe) {
         let user_data = sqe.user_data;
-        let op = match sqe.decode() {
-            Ok(op) => op,
-            Err(code) => return self.complete(user_data, Err(code), 0),
+        let (op, deps, signals) = if sqe.opcode == opcode::SYNC {
+            match self.sync_points(sqe) {
+                Ok((deps, signals)) => (Op::Nop, deps, signals),
+                Err(e) => return self.complete(user_data, Err(e.code), 0),
+            }
+        } else {
+            match sqe.decode() {
+                Ok(op) => (op, Vec::new(), Vec::new()),
+                Err(code) => return self.complete(user_data, Err(code), 0),
+            }
         };
         let resolved = match self.bos.upgrade() {
             Some(bos) => dev.check_op(&op).and_then(|()| bos.resolve_op(&op)),
@@ -228,7 +261,10 @@ impl RingQueue {
             ring.complete(user_data, result, seqno);
             ring.inflight.fetch_sub(1, Ordering::AcqRel);
         });
-        if let Err(e) = dev.sched.push(self.entity, Job::new(&self.counters, job_op, Vec::new(), fence.clone())) {
+        for (so, point) in signals {
+            so.add_point(point, fence.clone());
+        }
+        if let Err(e) = dev.sched.push(self.entity, Job::new(&self.counters, job_op, deps, fence.clone())) {
             fence.signal(Err(e.code));
         }
     }

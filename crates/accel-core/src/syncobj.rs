@@ -27,9 +27,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, Weak};
 
-use accel_uapi::{Errno, FenceStatus};
+use slotmap::SlotMap;
+
+use accel_uapi::{Errno, FenceStatus, SyncobjHandle};
 
 use crate::bo::Charge;
 use crate::counters::{Counters, Kind, Tracked};
@@ -498,6 +500,51 @@ impl Drop for Syncobj {
                 }
             }
         }
+    }
+}
+
+slotmap::new_key_type! {
+    struct SyncobjKey;
+}
+
+/// A client's syncobj handles, shared with its rings so that ring entries resolve
+/// handles exactly like socket requests.
+#[derive(Default)]
+pub struct SyncobjTable {
+    map: RwLock<SlotMap<SyncobjKey, Arc<Syncobj>>>,
+}
+
+impl SyncobjTable {
+    fn read(&self) -> RwLockReadGuard<'_, SlotMap<SyncobjKey, Arc<Syncobj>>> {
+        self.map.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The syncobj behind a handle; `ENOENT` for stale or forged handles.
+    pub fn get(&self, h: SyncobjHandle) -> Result<Arc<Syncobj>> {
+        self.read().get(crate::client::key(h.0)).cloned().ok_or_else(|| {
+            crate::Error::new(Errno::ENOENT, format!("no syncobj with handle {:#x} (stale or never issued)", h.0))
+        })
+    }
+
+    /// Adds a handle.
+    pub fn insert(&self, so: Arc<Syncobj>) -> Result<SyncobjHandle> {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        Ok(SyncobjHandle(crate::client::insert(&mut map, "syncobj", so)?))
+    }
+
+    /// Removes a handle.
+    pub fn remove(&self, h: SyncobjHandle) -> Option<Arc<Syncobj>> {
+        self.map.write().unwrap_or_else(|e| e.into_inner()).remove(crate::client::key(h.0))
+    }
+
+    /// Handles held.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// No handles held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

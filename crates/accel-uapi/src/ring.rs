@@ -34,7 +34,7 @@ use std::sync::atomic::{fence, AtomicU32, Ordering};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::shm::Mapping;
-use crate::{BoHandle, BufView, Errno, GemmF32, MatView, Op};
+use crate::{BoHandle, BufView, Errno, GemmF32, MatView, Op, SyncobjHandle};
 
 /// `"ARNG"`: first word of the ring info.
 pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"ARNG");
@@ -73,7 +73,20 @@ pub mod opcode {
     pub const GEMM_F32: u16 = 3;
     /// [`crate::Op::Driver`]: args = code, arg0..arg3.
     pub const DRIVER: u16 = 4;
+    /// A null job that waits for syncobj points and then signals others, as a queue
+    /// submission's wait and signal semaphores do: the queue runs in order, so entries after
+    /// it wait too, and it signals once the entries before it completed. args[0] = number of
+    /// waits | number of signals << 8 (together at most [`super::MAX_SYNC_POINTS`]), then
+    /// (syncobj handle, point) pairs, the waits first. A wait point not submitted yet is
+    /// waited for (`WAIT_FOR_SUBMIT`). See [`super::Sqe::sync`].
+    pub const SYNC: u16 = 5;
 }
+
+/// Most wait and signal points of one [`opcode::SYNC`] entry, together.
+pub const MAX_SYNC_POINTS: usize = 6;
+
+/// The points of a [`opcode::SYNC`] entry: (syncobj, point) pairs.
+pub type SyncPoints = Vec<(SyncobjHandle, u64)>;
 
 /// A submission entry: one job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -156,9 +169,39 @@ impl Sqe {
         Sqe { user_data, seq: 0, opcode, flags: 0, args }
     }
 
+    /// A [`opcode::SYNC`] entry; `E2BIG` past [`MAX_SYNC_POINTS`] points.
+    pub fn sync(
+        waits: &[(SyncobjHandle, u64)],
+        signals: &[(SyncobjHandle, u64)],
+        user_data: u64,
+    ) -> Result<Sqe, Errno> {
+        if waits.len() + signals.len() > MAX_SYNC_POINTS {
+            return Err(Errno::E2BIG);
+        }
+        let mut args = [0u64; 14];
+        args[0] = waits.len() as u64 | (signals.len() as u64) << 8;
+        for (i, (h, p)) in waits.iter().chain(signals).enumerate() {
+            args[1 + 2 * i] = h.0;
+            args[2 + 2 * i] = *p;
+        }
+        Ok(Sqe { user_data, seq: 0, opcode: opcode::SYNC, flags: 0, args })
+    }
+
+    /// The (waits, signals) of a [`opcode::SYNC`] entry; `EINVAL` for any other entry or
+    /// bad counts.
+    pub fn decode_sync(&self) -> Result<(SyncPoints, SyncPoints), Errno> {
+        let (waits, signals) = ((self.args[0] & 0xff) as usize, (self.args[0] >> 8) as usize);
+        if self.opcode != opcode::SYNC || self.flags != 0 || waits + signals > MAX_SYNC_POINTS {
+            return Err(Errno::EINVAL);
+        }
+        let pair = |i: usize| (SyncobjHandle(self.args[1 + 2 * i]), self.args[2 + 2 * i]);
+        Ok(((0..waits).map(pair).collect(), (waits..waits + signals).map(pair).collect()))
+    }
+
     /// Decodes an entry a client wrote. Unknown opcodes, set flags, or values that do
     /// not fit their field are `EINVAL`; bounds are checked later, against the buffers.
     /// Opcodes other than GEMM use args 0..=5 only (the entry's first cache line).
+    /// A [`opcode::SYNC`] entry is not an operation: `EINVAL` here, see [`Sqe::decode_sync`].
     pub fn decode(&self) -> Result<Op, Errno> {
         if self.flags != 0 {
             return Err(Errno::EINVAL);

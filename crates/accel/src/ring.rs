@@ -24,7 +24,7 @@ use accel_uapi::ring::{RingMem, Sqe};
 use accel_uapi::{Errno, Op};
 use rustix::event::{PollFd, PollFlags};
 
-use crate::{Error, Queue, Result};
+use crate::{Error, Queue, Result, Syncobj};
 
 /// How long a waiting client spins on the completion ring before it blocks.
 pub const WAIT_SPIN: Duration = Duration::from_micros(50);
@@ -96,6 +96,23 @@ impl Ring {
             return Err(Error::new(Errno::EAGAIN, "submission ring full: flush and reap completions"));
         }
         self.mem.write_sqe(self.sq_tail, &Sqe::encode(op, user_data));
+        self.sq_tail = self.sq_tail.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Queues a sync entry: a null job that waits for `waits` (syncobj points; one not
+    /// submitted yet is waited for) and then signals `signals`, like a queue submission's
+    /// semaphores. The ring runs in order, so later entries wait for it too, and it signals
+    /// only after earlier entries completed. At most six points in all (`E2BIG`); it gets a
+    /// completion like any entry (an unknown syncobj: `ENOENT` there).
+    pub fn push_sync(&mut self, waits: &[(&Syncobj, u64)], signals: &[(&Syncobj, u64)], user_data: u64) -> Result<()> {
+        if self.free() == 0 {
+            return Err(Error::new(Errno::EAGAIN, "submission ring full: flush and reap completions"));
+        }
+        let pairs = |v: &[(&Syncobj, u64)]| v.iter().map(|(s, p)| (s.handle(), *p)).collect::<Vec<_>>();
+        let sqe = Sqe::sync(&pairs(waits), &pairs(signals), user_data)
+            .map_err(|code| Error::new(code, "a sync entry takes at most six points"))?;
+        self.mem.write_sqe(self.sq_tail, &sqe);
         self.sq_tail = self.sq_tail.wrapping_add(1);
         Ok(())
     }

@@ -298,7 +298,8 @@ fn inproc_rate(seconds: f64, ring_entries: u32) -> Result<f64> {
     let entity = dev.sched.create_entity(0, params, Arc::new(UsageCounters::default()));
     // The ring holds its buffer table weakly, as the client owns it: keep it alive here.
     let bos = Arc::new(BoTable::default());
-    let (ring, mut consumer, memfd, _) = RingQueue::new(ring_entries, entity, bos.clone(), sub.counters())?;
+    let syncobjs = Arc::default();
+    let (ring, mut consumer, memfd, _) = RingQueue::new(ring_entries, entity, bos.clone(), &syncobjs, sub.counters())?;
     let client = RingMem::open(&memfd)?;
     let nop = Sqe::encode(&Op::Nop, 0);
     let (mut tail, mut head, mut done) = (0u32, 0u32, 0u64);

@@ -25,7 +25,7 @@ use crate::mem::HostMemory;
 use crate::namespace::{Namespace, NsDevice};
 use crate::ring::{RingFds, RingQueue};
 use crate::sched::{EntityId, EntityParams, Job, UsageCounters, DEFAULT_WEIGHT, MAX_WEIGHT};
-use crate::syncobj::{Syncobj, Unsubmitted};
+use crate::syncobj::{Syncobj, SyncobjTable, Unsubmitted};
 use crate::{bail, lock, Error, Result, Subsystem};
 
 /// Most handles of one kind a client may hold.
@@ -36,7 +36,6 @@ pub const MAX_POINTS: usize = 64;
 slotmap::new_key_type! {
     struct QueueKey;
     struct FenceKey;
-    struct SyncobjKey;
 }
 
 pub(crate) fn key<K: From<KeyData>>(raw: u64) -> K {
@@ -137,7 +136,8 @@ pub struct Client {
     bos: Arc<BoTable>,
     queues: SlotMap<QueueKey, Queue>,
     fences: SlotMap<FenceKey, Arc<Fence>>,
-    syncobjs: SlotMap<SyncobjKey, Arc<Syncobj>>,
+    /// Shared with the client's rings (weakly), whose entries may name syncobjs.
+    syncobjs: Arc<SyncobjTable>,
     /// Handles counted against the namespace's object cap.
     ns_objects: u64,
     _tracked: Tracked,
@@ -168,7 +168,7 @@ impl Client {
             bos: Arc::new(BoTable::default()),
             queues: SlotMap::with_key(),
             fences: SlotMap::with_key(),
-            syncobjs: SlotMap::with_key(),
+            syncobjs: Arc::default(),
             ns_objects: 0,
             _tracked: tracked,
         }
@@ -501,7 +501,7 @@ impl Client {
         if q.ring.is_some() {
             bail!(EBUSY, "queue {:#x} already has a ring", h.0);
         }
-        let (ring, consumer, memfd, completion) = RingQueue::new(entries, q.entity, bos, &counters)?;
+        let (ring, consumer, memfd, completion) = RingQueue::new(entries, q.entity, bos, &self.syncobjs, &counters)?;
         let doorbell = ring.doorbell_for_client()?;
         q.device.poller.register(&q.device, ring.clone(), consumer)?;
         q.ring = Some(ring);
@@ -519,8 +519,8 @@ impl Client {
         Ok(())
     }
 
-    fn syncobj(&self, h: SyncobjHandle) -> Result<&Arc<Syncobj>> {
-        lookup(&self.syncobjs, "syncobj", h.0)
+    fn syncobj(&self, h: SyncobjHandle) -> Result<Arc<Syncobj>> {
+        self.syncobjs.get(h)
     }
 
     /// The fence behind a wait point; a syncobj point not submitted yet is what
@@ -591,7 +591,7 @@ impl Client {
             if signal[..i].iter().any(|o| o.handle == s.handle) {
                 bail!(EINVAL, "syncobj {:#x} appears twice in the signal list", s.handle.0);
             }
-            syncs.push((self.syncobj(s.handle)?.clone(), s.point));
+            syncs.push((self.syncobj(s.handle)?, s.point));
         }
         let fence = Fence::new(&self.sub.counters);
         for (so, point) in syncs {

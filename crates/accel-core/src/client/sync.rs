@@ -13,7 +13,7 @@ use std::time::Duration;
 use accel_uapi::syncobj::{QUERY_LAST_SUBMITTED, WAIT_ALL, WAIT_AVAILABLE, WAIT_FLAGS, WAIT_FOR_SUBMIT, WAIT_RELATIVE};
 use accel_uapi::{Errno, SyncobjHandle};
 
-use super::{insert, key, Client, MAX_POINTS};
+use super::{Client, MAX_POINTS};
 use crate::fence::{monotonic_ns, Fence};
 use crate::syncobj::{Syncobj, Unsubmitted};
 use crate::{bail, Error, Result};
@@ -33,13 +33,13 @@ impl Client {
     /// Creates a syncobj, signalled or not (`DRM_IOCTL_SYNCOBJ_CREATE`).
     pub fn syncobj_create(&mut self, signaled: bool) -> Result<SyncobjHandle> {
         let so = Arc::new(Syncobj::new(&self.sub.counters, signaled));
-        Ok(SyncobjHandle(self.with_object(|c| insert(&mut c.syncobjs, "syncobj", so))?))
+        self.with_object(|c| c.syncobjs.insert(so))
     }
 
     /// Destroys a syncobj handle; `EINVAL` if it names nothing (DRM).
     pub fn syncobj_destroy(&mut self, h: SyncobjHandle) -> Result<()> {
         self.syncobjs
-            .remove(key(h.0))
+            .remove(h)
             .map(drop)
             .ok_or_else(|| Error::new(Errno::EINVAL, format!("no syncobj with handle {:#x}", h.0)))?;
         self.released_object();
@@ -55,7 +55,7 @@ impl Client {
         if handles.len() > MAX_POINTS {
             bail!(E2BIG, "{} syncobj handles exceed the limit of {MAX_POINTS}", handles.len());
         }
-        handles.iter().map(|h| self.syncobj(*h).cloned()).collect()
+        handles.iter().map(|h| self.syncobj(*h)).collect()
     }
 
     /// `points`, or 0 for each handle when empty; `EINVAL` when the counts differ.
@@ -197,12 +197,12 @@ impl Client {
     /// that names nothing (DRM).
     pub fn syncobj_export(&self, h: SyncobjHandle) -> Result<OwnedFd> {
         let so = self.syncobj(h).map_err(|e| Error::new(Errno::EINVAL, e.message))?;
-        self.sub.export_syncobj(so, &self.ns.name)
+        self.sub.export_syncobj(&so, &self.ns.name)
     }
 
     /// Imports a syncobj descriptor another client exported (`FD_TO_HANDLE`).
     pub fn syncobj_import(&mut self, fd: OwnedFd) -> Result<SyncobjHandle> {
         let so = self.sub.import_syncobj(&fd, &self.ns.name)?;
-        Ok(SyncobjHandle(self.with_object(|c| insert(&mut c.syncobjs, "syncobj", so))?))
+        self.with_object(|c| c.syncobjs.insert(so))
     }
 }
