@@ -122,6 +122,47 @@ int main(void) {
     for (int i = 0; i < 32; i++) EXPECT(cqes[i].user_data == 100u + i && cqes[i].result == 0);
     printf("ring: 1 + 32 null jobs\n");
 
+    /* drm_syncobj semantics: out-of-order points, arrays, wait-for-submit, sync files, and
+     * a ring entry that waits for a point before it is submitted. */
+    accel_syncobj *tl, *bin;
+    CHECK(accel_syncobj_create(dev, true, &tl));
+    CHECK(accel_syncobj_create_flags(dev, ACCEL_SYNCOBJ_CREATE_SIGNALED, &bin));
+    const accel_syncobj *objs[2] = {tl, bin};
+    uint64_t points[2] = {5, 0};
+    CHECK(accel_syncobj_timeline_signal(dev, objs, points, 1));
+    points[0] = 3; /* below the last point: accepted, as in DRM */
+    CHECK(accel_syncobj_timeline_signal(dev, objs, points, 1));
+    uint64_t values[2];
+    CHECK(accel_syncobj_timeline_query(dev, objs, values, 2, 0));
+    EXPECT(values[0] == 5 && values[1] == 0);
+    uint32_t first = 99;
+    points[0] = 7;
+    EXPECT(accel_syncobj_timeline_wait(dev, objs, points, 1, 0, 0, NULL) == -EINVAL);
+    EXPECT(accel_syncobj_timeline_wait(dev, objs, points, 1, ACCEL_SYNCOBJ_WAIT_FOR_SUBMIT, 0, NULL) == -ETIME);
+    CHECK(accel_syncobj_timeline_wait(dev, objs, points, 2, ACCEL_SYNCOBJ_WAIT_FOR_SUBMIT | ACCEL_SYNCOBJ_WAIT_RELATIVE, SECOND, &first));
+    EXPECT(first == 1); /* the binary one was signalled at creation */
+    accel_syncobj *gate;
+    CHECK(accel_syncobj_create(dev, true, &gate));
+    const accel_syncobj *gates[1] = {gate}, *tls[1] = {tl};
+    uint64_t gate_point = 1, tl_point = 8;
+    CHECK(accel_ring_push_sync(ring, gates, &gate_point, 1, tls, &tl_point, 1, 7));
+    CHECK(accel_ring_flush(ring));
+    /* The ring is asynchronous: wait until the daemon has taken the entry (point 8 submitted). */
+    CHECK(accel_syncobj_timeline_wait(dev, tls, &tl_point, 1, ACCEL_SYNCOBJ_WAIT_AVAILABLE | ACCEL_SYNCOBJ_WAIT_RELATIVE,
+                                      SECOND, NULL));
+    int sync_file;
+    CHECK(accel_syncobj_export_sync_file(tl, 8, &sync_file));
+    CHECK(accel_syncobj_timeline_signal(dev, gates, &gate_point, 1));
+    CHECK(accel_syncobj_timeline_wait(dev, tls, &tl_point, 1, ACCEL_SYNCOBJ_WAIT_RELATIVE, SECOND, NULL));
+    EXPECT(accel_ring_wait(ring, &cqe, 1, 1, SECOND) == 1 && cqe.user_data == 7 && cqe.result == 0);
+    CHECK(accel_syncobj_import_sync_file(bin, 0, sync_file));
+    close(sync_file);
+    CHECK(accel_syncobj_timeline_wait(dev, objs + 1, NULL, 1, 0, 0, NULL));
+    printf("syncobjs: out-of-order points, wait-for-submit, a ring sync entry, a sync file\n");
+    accel_syncobj_free(gate);
+    accel_syncobj_free(bin);
+    accel_syncobj_free(tl);
+
     /* Errors: negative errno plus a message; nothing changes. */
     accel_op bad = {.kind = ACCEL_OP_KIND_FILL, .pattern = 0, .dst = {.buffer = c, .offset = bytes, .len = 4}};
     int rc = accel_submit(q, &bad, NULL, 0, NULL, 0, NULL);

@@ -17,6 +17,24 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// `accel_syncobj_create_flags`: create the syncobj signalled (`DRM_SYNCOBJ_CREATE_SIGNALED`).
+#define ACCEL_SYNCOBJ_CREATE_SIGNALED 1
+
+// Wait for every point (`DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL`); without it, for any one.
+#define ACCEL_SYNCOBJ_WAIT_ALL 1
+
+// Wait for a point to be submitted, then for it (`DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT`).
+#define ACCEL_SYNCOBJ_WAIT_FOR_SUBMIT 2
+
+// A point is done once submitted (`DRM_SYNCOBJ_WAIT_FLAGS_WAIT_AVAILABLE`).
+#define ACCEL_SYNCOBJ_WAIT_AVAILABLE 4
+
+// `timeout_ns` is relative to now instead of an absolute `CLOCK_MONOTONIC` deadline.
+#define ACCEL_SYNCOBJ_WAIT_RELATIVE 2147483648
+
+// Query the last submitted point (`DRM_SYNCOBJ_QUERY_FLAGS_LAST_SUBMITTED`).
+#define ACCEL_SYNCOBJ_QUERY_LAST_SUBMITTED 1
+
 // Which operation an [`accel_op`] describes.
 typedef enum accel_op_kind {
   // Does nothing (a null job).
@@ -270,7 +288,8 @@ uint64_t accel_fence_seqno(const struct accel_fence *f);
 // `f` is NULL or from [`accel_submit`], not yet freed.
 void accel_fence_free(struct accel_fence *f);
 
-// Creates a syncobj: a timeline if `timeline`, else binary.
+// Creates a syncobj. Every syncobj takes binary (point 0) and timeline operations, as in
+// DRM; `timeline` only documents the intent.
 //
 // # Safety
 // `dev` is live; `out` is valid for a write.
@@ -282,7 +301,7 @@ int accel_syncobj_create(const struct accel_device *dev, bool timeline, struct a
 // `s` is live.
 int accel_syncobj_signal(const struct accel_syncobj *s, uint64_t point);
 
-// The highest point reached (timeline) or 1/0 (binary).
+// The highest contiguous signalled timeline point (0 without a timeline).
 //
 // # Safety
 // `s` is live; `value` is valid for a write.
@@ -312,6 +331,93 @@ int accel_syncobj_import(const struct accel_device *dev, int fd, struct accel_sy
 // `s` is NULL or from this library, not yet freed.
 void accel_syncobj_free(struct accel_syncobj *s);
 
+// Creates a syncobj with `ACCEL_SYNCOBJ_CREATE_*` flags (other bits: `-EINVAL`).
+//
+// # Safety
+// `dev` is live; `out` is valid for a write.
+int accel_syncobj_create_flags(const struct accel_device *dev,
+                               uint32_t flags,
+                               struct accel_syncobj **out);
+
+// `DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT`: waits for all (`ACCEL_SYNCOBJ_WAIT_ALL`) or any of
+// `count` points (`points` NULL: point 0, a binary wait). `timeout_ns` is an absolute
+// `CLOCK_MONOTONIC` deadline unless `ACCEL_SYNCOBJ_WAIT_RELATIVE`. Time running out is
+// `-ETIME`; an unsubmitted point without `ACCEL_SYNCOBJ_WAIT_FOR_SUBMIT` is `-EINVAL`.
+// `first_signaled` (may be NULL) gets the index of the first signalled point.
+//
+// # Safety
+// `dev` is live; `objs`/`points` as for [`accel_syncobj_timeline_signal`].
+int accel_syncobj_timeline_wait(const struct accel_device *dev,
+                                const struct accel_syncobj *const *objs,
+                                const uint64_t *points,
+                                uint32_t count,
+                                uint32_t flags,
+                                int64_t timeout_ns,
+                                uint32_t *first_signaled);
+
+// `DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL`: signals `count` points from the host (`points`
+// NULL: point 0, replacing each fence with a signalled one).
+//
+// # Safety
+// `dev` is live; `objs` holds `count` live syncobjs; `points` is NULL or holds `count`.
+int accel_syncobj_timeline_signal(const struct accel_device *dev,
+                                  const struct accel_syncobj *const *objs,
+                                  const uint64_t *points,
+                                  uint32_t count);
+
+// `DRM_IOCTL_SYNCOBJ_RESET` of `count` syncobjs (a timeline's whole chain too).
+//
+// # Safety
+// `dev` is live; `objs` holds `count` live syncobjs.
+int accel_syncobj_reset(const struct accel_device *dev,
+                        const struct accel_syncobj *const *objs,
+                        uint32_t count);
+
+// `DRM_IOCTL_SYNCOBJ_QUERY`: each syncobj's highest contiguous signalled point into
+// `values`, or with `ACCEL_SYNCOBJ_QUERY_LAST_SUBMITTED` its last submitted one.
+//
+// # Safety
+// `dev` is live; `objs` holds `count` live syncobjs; `values` has room for `count`.
+int accel_syncobj_timeline_query(const struct accel_device *dev,
+                                 const struct accel_syncobj *const *objs,
+                                 uint64_t *values,
+                                 uint32_t count,
+                                 uint32_t flags);
+
+// `DRM_IOCTL_SYNCOBJ_TRANSFER`: `src`'s fence at `src_point` becomes `dst`'s fence
+// (`dst_point` 0) or point `dst_point`; `flags` 0 or `ACCEL_SYNCOBJ_WAIT_FOR_SUBMIT`.
+//
+// # Safety
+// `dst` and `src` are live syncobjs of the same device.
+int accel_syncobj_transfer(const struct accel_syncobj *dst,
+                           uint64_t dst_point,
+                           const struct accel_syncobj *src,
+                           uint64_t src_point,
+                           uint32_t flags);
+
+// `DRM_IOCTL_SYNCOBJ_EVENTFD`: `eventfd` (stays the caller's) is incremented once `point`
+// signals, or with `ACCEL_SYNCOBJ_WAIT_AVAILABLE` once it is submitted.
+//
+// # Safety
+// `s` is live; `eventfd` is open for the call.
+int accel_syncobj_eventfd(const struct accel_syncobj *s,
+                          uint64_t point,
+                          int eventfd,
+                          uint32_t flags);
+
+// The fence at `point` as a sync file (the caller closes `*fd`): it polls readable once
+// the fence signals and imports with [`accel_syncobj_import_sync_file`].
+//
+// # Safety
+// `s` is live; `fd` is valid for a write.
+int accel_syncobj_export_sync_file(const struct accel_syncobj *s, uint64_t point, int *fd);
+
+// Imports a sync file (stays the caller's) as `s`'s fence (`point` 0) or point `point`.
+//
+// # Safety
+// `s` is live; `fd` is open for the call.
+int accel_syncobj_import_sync_file(const struct accel_syncobj *s, uint64_t point, int fd);
+
 // Creates a queue with a shared-memory ring of `entries` submissions (a power of two up
 // to 4096): jobs then cost no syscall while the daemon is busy.
 //
@@ -325,6 +431,22 @@ int accel_ring_create(const struct accel_device *dev, uint32_t entries, struct a
 // # Safety
 // `r` and `op` are live, and so are the op's buffers.
 int accel_ring_push(struct accel_ring *r, const struct accel_op *op, uint64_t user_data);
+
+// Queues a sync entry: a null job that waits for `n_waits` syncobj points (one not
+// submitted yet is waited for) and then signals `n_signals` points; later entries wait with
+// it. At most six points in all (`-E2BIG`).
+//
+// # Safety
+// `r` is live; `wait_objs`/`wait_points` hold `n_waits` live syncobjs and points, and
+// `signal_objs`/`signal_points` `n_signals` (points arrays may be NULL for all 0).
+int accel_ring_push_sync(struct accel_ring *r,
+                         const struct accel_syncobj *const *wait_objs,
+                         const uint64_t *wait_points,
+                         uint32_t n_waits,
+                         const struct accel_syncobj *const *signal_objs,
+                         const uint64_t *signal_points,
+                         uint32_t n_signals,
+                         uint64_t user_data);
 
 // Wakes the daemon if it sleeps (a syscall only then).
 //

@@ -611,7 +611,8 @@ pub unsafe extern "C" fn accel_fence_free(f: *mut accel_fence) {
 
 // ---------------------------------------------------------------- syncobjs
 
-/// Creates a syncobj: a timeline if `timeline`, else binary.
+/// Creates a syncobj. Every syncobj takes binary (point 0) and timeline operations, as in
+/// DRM; `timeline` only documents the intent.
 ///
 /// # Safety
 /// `dev` is live; `out` is valid for a write.
@@ -640,7 +641,7 @@ pub unsafe extern "C" fn accel_syncobj_signal(s: *const accel_syncobj, point: u6
     guard(|| unsafe { obj(s, "syncobj") }?.inner.signal(point).map(|()| 0))
 }
 
-/// The highest point reached (timeline) or 1/0 (binary).
+/// The highest contiguous signalled timeline point (0 without a timeline).
 ///
 /// # Safety
 /// `s` is live; `value` is valid for a write.
@@ -714,6 +715,270 @@ pub unsafe extern "C" fn accel_syncobj_free(s: *mut accel_syncobj) {
     unsafe { free(s) }
 }
 
+/// `accel_syncobj_create_flags`: create the syncobj signalled (`DRM_SYNCOBJ_CREATE_SIGNALED`).
+pub const ACCEL_SYNCOBJ_CREATE_SIGNALED: u32 = 1;
+/// Wait for every point (`DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL`); without it, for any one.
+pub const ACCEL_SYNCOBJ_WAIT_ALL: u32 = 1;
+/// Wait for a point to be submitted, then for it (`DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT`).
+pub const ACCEL_SYNCOBJ_WAIT_FOR_SUBMIT: u32 = 2;
+/// A point is done once submitted (`DRM_SYNCOBJ_WAIT_FLAGS_WAIT_AVAILABLE`).
+pub const ACCEL_SYNCOBJ_WAIT_AVAILABLE: u32 = 4;
+/// `timeout_ns` is relative to now instead of an absolute `CLOCK_MONOTONIC` deadline.
+pub const ACCEL_SYNCOBJ_WAIT_RELATIVE: u32 = 0x8000_0000;
+/// Query the last submitted point (`DRM_SYNCOBJ_QUERY_FLAGS_LAST_SUBMITTED`).
+pub const ACCEL_SYNCOBJ_QUERY_LAST_SUBMITTED: u32 = 1;
+
+// Literal values, so cbindgen can write them; they are the protocol's.
+const _: () = assert!(
+    ACCEL_SYNCOBJ_WAIT_ALL == accel::syncobj::WAIT_ALL
+        && ACCEL_SYNCOBJ_WAIT_FOR_SUBMIT == accel::syncobj::WAIT_FOR_SUBMIT
+        && ACCEL_SYNCOBJ_WAIT_AVAILABLE == accel::syncobj::WAIT_AVAILABLE
+        && ACCEL_SYNCOBJ_WAIT_RELATIVE == accel::syncobj::WAIT_RELATIVE
+        && ACCEL_SYNCOBJ_QUERY_LAST_SUBMITTED == accel::syncobj::QUERY_LAST_SUBMITTED
+);
+
+/// Creates a syncobj with `ACCEL_SYNCOBJ_CREATE_*` flags (other bits: `-EINVAL`).
+///
+/// # Safety
+/// `dev` is live; `out` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn accel_syncobj_create_flags(
+    dev: *const accel_device,
+    flags: u32,
+    out: *mut *mut accel_syncobj,
+) -> c_int {
+    guard(|| {
+        if flags & !ACCEL_SYNCOBJ_CREATE_SIGNALED != 0 {
+            return Err(err(Errno::EINVAL, "unknown syncobj create flags"));
+        }
+        // SAFETY: forwarded contract.
+        let dev = &unsafe { obj(dev, "device") }?.inner;
+        let s = if flags & ACCEL_SYNCOBJ_CREATE_SIGNALED != 0 {
+            dev.create_syncobj_signaled()?
+        } else {
+            dev.create_syncobj(false)?
+        };
+        // SAFETY: forwarded contract.
+        unsafe { put(out, boxed(accel_syncobj { inner: s })) }?;
+        Ok(0)
+    })
+}
+
+/// `count` syncobjs and their points (`points` NULL: point 0 for each).
+///
+/// # Safety
+/// `objs` holds `count` live syncobjs; `points` is NULL or holds `count` values.
+unsafe fn points_of<'a>(
+    objs: *const *const accel_syncobj,
+    points: *const u64,
+    count: u32,
+) -> Outcome<Vec<(&'a Syncobj, u64)>> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    if objs.is_null() {
+        return Err(err(Errno::EINVAL, "syncobj array is NULL"));
+    }
+    let n = count as usize;
+    // SAFETY: the caller's contract: `objs` holds `count` pointers.
+    let objs = unsafe { std::slice::from_raw_parts(objs, n) };
+    let points = if points.is_null() {
+        vec![0; n]
+    } else {
+        // SAFETY: the caller's contract: `points` holds `count` values.
+        unsafe { std::slice::from_raw_parts(points, n) }.to_vec()
+    };
+    objs.iter()
+        .zip(points)
+        // SAFETY: the caller's contract: each pointer is a live syncobj.
+        .map(|(o, p)| Ok((&unsafe { obj(*o, "syncobj") }?.inner, p)))
+        .collect()
+}
+
+/// `DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT`: waits for all (`ACCEL_SYNCOBJ_WAIT_ALL`) or any of
+/// `count` points (`points` NULL: point 0, a binary wait). `timeout_ns` is an absolute
+/// `CLOCK_MONOTONIC` deadline unless `ACCEL_SYNCOBJ_WAIT_RELATIVE`. Time running out is
+/// `-ETIME`; an unsubmitted point without `ACCEL_SYNCOBJ_WAIT_FOR_SUBMIT` is `-EINVAL`.
+/// `first_signaled` (may be NULL) gets the index of the first signalled point.
+///
+/// # Safety
+/// `dev` is live; `objs`/`points` as for [`accel_syncobj_timeline_signal`].
+#[no_mangle]
+pub unsafe extern "C" fn accel_syncobj_timeline_wait(
+    dev: *const accel_device,
+    objs: *const *const accel_syncobj,
+    points: *const u64,
+    count: u32,
+    flags: u32,
+    timeout_ns: i64,
+    first_signaled: *mut u32,
+) -> c_int {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let dev = &unsafe { obj(dev, "device") }?.inner;
+        // SAFETY: forwarded contract.
+        let pts = unsafe { points_of(objs, points, count) }?;
+        let r = dev.syncobj_wait(&pts, flags, timeout_ns)?;
+        if !first_signaled.is_null() {
+            // SAFETY: non-null, valid for a write by the caller's contract.
+            unsafe { first_signaled.write(r.first) };
+        }
+        Ok(0)
+    })
+}
+
+/// `DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL`: signals `count` points from the host (`points`
+/// NULL: point 0, replacing each fence with a signalled one).
+///
+/// # Safety
+/// `dev` is live; `objs` holds `count` live syncobjs; `points` is NULL or holds `count`.
+#[no_mangle]
+pub unsafe extern "C" fn accel_syncobj_timeline_signal(
+    dev: *const accel_device,
+    objs: *const *const accel_syncobj,
+    points: *const u64,
+    count: u32,
+) -> c_int {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let dev = &unsafe { obj(dev, "device") }?.inner;
+        // SAFETY: forwarded contract.
+        dev.syncobj_signal(&unsafe { points_of(objs, points, count) }?)?;
+        Ok(0)
+    })
+}
+
+/// `DRM_IOCTL_SYNCOBJ_RESET` of `count` syncobjs (a timeline's whole chain too).
+///
+/// # Safety
+/// `dev` is live; `objs` holds `count` live syncobjs.
+#[no_mangle]
+pub unsafe extern "C" fn accel_syncobj_reset(
+    dev: *const accel_device,
+    objs: *const *const accel_syncobj,
+    count: u32,
+) -> c_int {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let dev = &unsafe { obj(dev, "device") }?.inner;
+        // SAFETY: forwarded contract.
+        let pts = unsafe { points_of(objs, std::ptr::null(), count) }?;
+        dev.syncobj_reset(&pts.iter().map(|(s, _)| *s).collect::<Vec<_>>())?;
+        Ok(0)
+    })
+}
+
+/// `DRM_IOCTL_SYNCOBJ_QUERY`: each syncobj's highest contiguous signalled point into
+/// `values`, or with `ACCEL_SYNCOBJ_QUERY_LAST_SUBMITTED` its last submitted one.
+///
+/// # Safety
+/// `dev` is live; `objs` holds `count` live syncobjs; `values` has room for `count`.
+#[no_mangle]
+pub unsafe extern "C" fn accel_syncobj_timeline_query(
+    dev: *const accel_device,
+    objs: *const *const accel_syncobj,
+    values: *mut u64,
+    count: u32,
+    flags: u32,
+) -> c_int {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let dev = &unsafe { obj(dev, "device") }?.inner;
+        // SAFETY: forwarded contract.
+        let pts = unsafe { points_of(objs, std::ptr::null(), count) }?;
+        let got = dev.syncobj_query(&pts.iter().map(|(s, _)| *s).collect::<Vec<_>>(), flags)?;
+        if values.is_null() {
+            return Err(err(Errno::EINVAL, "values is NULL"));
+        }
+        // SAFETY: the caller's contract: room for `count` values, and `got` has `count`.
+        unsafe { std::ptr::copy_nonoverlapping(got.as_ptr(), values, got.len().min(count as usize)) };
+        Ok(0)
+    })
+}
+
+/// `DRM_IOCTL_SYNCOBJ_TRANSFER`: `src`'s fence at `src_point` becomes `dst`'s fence
+/// (`dst_point` 0) or point `dst_point`; `flags` 0 or `ACCEL_SYNCOBJ_WAIT_FOR_SUBMIT`.
+///
+/// # Safety
+/// `dst` and `src` are live syncobjs of the same device.
+#[no_mangle]
+pub unsafe extern "C" fn accel_syncobj_transfer(
+    dst: *const accel_syncobj,
+    dst_point: u64,
+    src: *const accel_syncobj,
+    src_point: u64,
+    flags: u32,
+) -> c_int {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let (dst, src) = unsafe { (obj(dst, "dst syncobj")?, obj(src, "src syncobj")?) };
+        dst.inner.transfer_from(&src.inner, src_point, dst_point, flags)?;
+        Ok(0)
+    })
+}
+
+/// `DRM_IOCTL_SYNCOBJ_EVENTFD`: `eventfd` (stays the caller's) is incremented once `point`
+/// signals, or with `ACCEL_SYNCOBJ_WAIT_AVAILABLE` once it is submitted.
+///
+/// # Safety
+/// `s` is live; `eventfd` is open for the call.
+#[no_mangle]
+pub unsafe extern "C" fn accel_syncobj_eventfd(
+    s: *const accel_syncobj,
+    point: u64,
+    eventfd: c_int,
+    flags: u32,
+) -> c_int {
+    guard(|| {
+        if eventfd < 0 {
+            return Err(err(Errno::EBADF, "negative descriptor"));
+        }
+        if flags & !ACCEL_SYNCOBJ_WAIT_AVAILABLE != 0 {
+            return Err(err(Errno::EINVAL, "unknown eventfd flags"));
+        }
+        // SAFETY: the caller's contract: the descriptor is open for the call.
+        let fd = unsafe { BorrowedFd::borrow_raw(eventfd) };
+        // SAFETY: forwarded contract.
+        let s = unsafe { obj(s, "syncobj") }?;
+        s.inner.notify_eventfd(point, fd, flags & ACCEL_SYNCOBJ_WAIT_AVAILABLE != 0)?;
+        Ok(0)
+    })
+}
+
+/// The fence at `point` as a sync file (the caller closes `*fd`): it polls readable once
+/// the fence signals and imports with [`accel_syncobj_import_sync_file`].
+///
+/// # Safety
+/// `s` is live; `fd` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn accel_syncobj_export_sync_file(s: *const accel_syncobj, point: u64, fd: *mut c_int) -> c_int {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let owned = unsafe { obj(s, "syncobj") }?.inner.export_sync_file(point)?;
+        // SAFETY: forwarded contract.
+        unsafe { put(fd, owned.into_raw_fd()) }?;
+        Ok(0)
+    })
+}
+
+/// Imports a sync file (stays the caller's) as `s`'s fence (`point` 0) or point `point`.
+///
+/// # Safety
+/// `s` is live; `fd` is open for the call.
+#[no_mangle]
+pub unsafe extern "C" fn accel_syncobj_import_sync_file(s: *const accel_syncobj, point: u64, fd: c_int) -> c_int {
+    guard(|| {
+        if fd < 0 {
+            return Err(err(Errno::EBADF, "negative descriptor"));
+        }
+        // SAFETY: the caller's contract: the descriptor is open for the call.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        // SAFETY: forwarded contract.
+        unsafe { obj(s, "syncobj") }?.inner.import_sync_file(point, fd)?;
+        Ok(0)
+    })
+}
+
 // ---------------------------------------------------------------- rings
 
 /// Creates a queue with a shared-memory ring of `entries` submissions (a power of two up
@@ -746,6 +1011,36 @@ pub unsafe extern "C" fn accel_ring_push(r: *mut accel_ring, op: *const accel_op
         // SAFETY: forwarded contract; the ring is used by one thread at a time.
         let r = unsafe { r.as_mut() }.ok_or_else(|| err(Errno::EINVAL, "ring is NULL"))?;
         r.inner.push(&op, user_data)?;
+        Ok(0)
+    })
+}
+
+/// Queues a sync entry: a null job that waits for `n_waits` syncobj points (one not
+/// submitted yet is waited for) and then signals `n_signals` points; later entries wait with
+/// it. At most six points in all (`-E2BIG`).
+///
+/// # Safety
+/// `r` is live; `wait_objs`/`wait_points` hold `n_waits` live syncobjs and points, and
+/// `signal_objs`/`signal_points` `n_signals` (points arrays may be NULL for all 0).
+#[no_mangle]
+pub unsafe extern "C" fn accel_ring_push_sync(
+    r: *mut accel_ring,
+    wait_objs: *const *const accel_syncobj,
+    wait_points: *const u64,
+    n_waits: u32,
+    signal_objs: *const *const accel_syncobj,
+    signal_points: *const u64,
+    n_signals: u32,
+    user_data: u64,
+) -> c_int {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let waits = unsafe { points_of(wait_objs, wait_points, n_waits) }?;
+        // SAFETY: forwarded contract.
+        let signals = unsafe { points_of(signal_objs, signal_points, n_signals) }?;
+        // SAFETY: forwarded contract; the ring is used by one thread at a time.
+        let r = unsafe { r.as_mut() }.ok_or_else(|| err(Errno::EINVAL, "ring is NULL"))?;
+        r.inner.push_sync(&waits, &signals, user_data)?;
         Ok(0)
     })
 }

@@ -15,8 +15,14 @@ use accel_uapi::{Errno, FenceStatus};
 use rustix::event::epoll;
 
 use crate::bo::Charge;
+use crate::counters::Counters;
 use crate::fence::Fence;
 use crate::{bail, lock, Error, Result};
+
+enum Held {
+    Pending(Arc<Fence>),
+    Done(FenceStatus),
+}
 
 struct Entry {
     /// Device of the pipe's inode (pipefs): checked on import with the inode, the key.
@@ -24,7 +30,8 @@ struct Entry {
     /// The exporter's namespace: only it may import the file (others get `EINVAL`, as for a
     /// descriptor that is no sync file at all).
     ns: String,
-    fence: Arc<Fence>,
+    /// The fence until it signals, then only its status (so a signalled file holds nothing).
+    fence: Arc<Mutex<Held>>,
     write: Arc<OwnedFd>,
     _charges: Vec<Charge>,
 }
@@ -78,25 +85,32 @@ impl SyncFiles {
         epoll::add(&self.reaper, &write, epoll::EventData::new_u64(st.st_ino), epoll::EventFlags::ERR)
             .map_err(os("epoll_ctl"))?;
         let write = Arc::new(write);
-        let w = write.clone();
+        let (w, held) = (write.clone(), Arc::new(Mutex::new(Held::Pending(fence.clone()))));
+        let h = held.clone();
         fence.on_signal(move |st| {
             let byte = match st {
                 FenceStatus::Error(e) => u8::try_from(e.raw()).unwrap_or(u8::MAX),
                 _ => 0,
             };
             let _ = rustix::io::write(&*w, &[byte]);
+            *lock(&h) = Held::Done(st);
         });
-        files.insert(st.st_ino, Entry { dev: st.st_dev, ns: ns.to_string(), fence, write, _charges: charges });
+        files.insert(st.st_ino, Entry { dev: st.st_dev, ns: ns.to_string(), fence: held, write, _charges: charges });
         Ok(read)
     }
 
     /// The fence of a sync file; anything else is `EINVAL` (as `sync_file_get_fence` failing).
-    pub fn import(&self, fd: &OwnedFd, ns: &str) -> Result<Arc<Fence>> {
+    /// A file whose fence signalled gives a new fence signalled alike.
+    pub fn import(&self, fd: &OwnedFd, ns: &str, counters: &Arc<Counters>) -> Result<Arc<Fence>> {
         let mut files = lock(&self.files);
         self.reap(&mut files);
         let st = rustix::fs::fstat(fd).map_err(|e| Error::new(Errno::EINVAL, format!("fstat: {e}")))?;
         match files.get(&st.st_ino) {
-            Some(e) if e.dev == st.st_dev && e.ns == ns => Ok(e.fence.clone()),
+            Some(e) if e.dev == st.st_dev && e.ns == ns => Ok(match &*lock(&e.fence) {
+                Held::Pending(f) => f.clone(),
+                Held::Done(FenceStatus::Error(code)) => Fence::signaled(counters, Err(*code)),
+                Held::Done(_) => Fence::signaled(counters, Ok(())),
+            }),
             _ => bail!(EINVAL, "the descriptor is not a sync file this daemon exported"),
         }
     }

@@ -187,7 +187,7 @@ impl Client {
     /// `FD_TO_HANDLE` with `IMPORT_SYNC_FILE`: a sync file's fence becomes `h`'s fence
     /// (point 0) or point `point`.
     pub fn syncobj_import_sync_file(&self, h: SyncobjHandle, point: u64, fd: &OwnedFd) -> Result<()> {
-        let fence = self.sub.sync_files.import(fd, &self.ns.name)?;
+        let fence = self.sub.sync_files.import(fd, &self.ns.name, &self.sub.counters)?;
         self.syncobj(h)?.add_point(point, fence);
         Ok(())
     }
