@@ -116,11 +116,62 @@ impl Device {
         Ok(Queue { inner: q })
     }
 
-    /// Creates a syncobj: a timeline if `timeline`, else binary.
-    #[pyo3(signature = (timeline = false))]
-    fn syncobj(&self, py: Python<'_>, timeline: bool) -> PyResult<Syncobj> {
-        let s = py.detach(|| self.inner.create_syncobj(timeline)).map_err(raise)?;
+    /// Creates a syncobj (every syncobj takes binary and timeline operations, as in DRM;
+    /// `timeline` documents the intent), signalled at once with `signaled`.
+    #[pyo3(signature = (timeline = false, signaled = false))]
+    fn syncobj(&self, py: Python<'_>, timeline: bool, signaled: bool) -> PyResult<Syncobj> {
+        let s = py
+            .detach(
+                || if signaled { self.inner.create_syncobj_signaled() } else { self.inner.create_syncobj(timeline) },
+            )
+            .map_err(raise)?;
         Ok(Syncobj { inner: s })
+    }
+
+    /// `DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT` on `(Syncobj, point)` pairs: all of them (`all`) or
+    /// any; `for_submit` waits for unsubmitted points to be submitted, `available` counts a
+    /// point as done once submitted. Returns the index of the first signalled point; time
+    /// running out raises `accel.Error` with errno `ETIME`. Other threads may use the device
+    /// meanwhile (the GIL is released).
+    #[pyo3(signature = (points, all = true, for_submit = false, available = false, timeout = None))]
+    fn syncobj_wait(
+        &self,
+        py: Python<'_>,
+        points: Vec<(Bound<'_, Syncobj>, u64)>,
+        all: bool,
+        for_submit: bool,
+        available: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<u32> {
+        use accel::syncobj::{WAIT_ALL, WAIT_AVAILABLE, WAIT_FOR_SUBMIT, WAIT_RELATIVE};
+        let t = i64::try_from(seconds(timeout)?.as_nanos()).unwrap_or(i64::MAX);
+        let flags = WAIT_RELATIVE
+            | if all { WAIT_ALL } else { 0 }
+            | if for_submit { WAIT_FOR_SUBMIT } else { 0 }
+            | if available { WAIT_AVAILABLE } else { 0 };
+        let objs: Vec<(&accel::Syncobj, u64)> = points.iter().map(|(s, p)| (&s.get().inner, *p)).collect();
+        let r = py.detach(|| self.inner.syncobj_wait(&objs, flags, t)).map_err(raise)?;
+        Ok(r.first)
+    }
+
+    /// `DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL`: signals `(Syncobj, point)` pairs from the host.
+    fn syncobj_signal(&self, py: Python<'_>, points: Vec<(Bound<'_, Syncobj>, u64)>) -> PyResult<()> {
+        let objs: Vec<(&accel::Syncobj, u64)> = points.iter().map(|(s, p)| (&s.get().inner, *p)).collect();
+        py.detach(|| self.inner.syncobj_signal(&objs)).map_err(raise)
+    }
+
+    /// `DRM_IOCTL_SYNCOBJ_RESET` of several syncobjs.
+    fn syncobj_reset(&self, py: Python<'_>, objs: Vec<Bound<'_, Syncobj>>) -> PyResult<()> {
+        let objs: Vec<&accel::Syncobj> = objs.iter().map(|s| &s.get().inner).collect();
+        py.detach(|| self.inner.syncobj_reset(&objs)).map_err(raise)
+    }
+
+    /// `DRM_IOCTL_SYNCOBJ_QUERY`: highest contiguous signalled points, or the last submitted.
+    #[pyo3(signature = (objs, last_submitted = false))]
+    fn syncobj_query(&self, py: Python<'_>, objs: Vec<Bound<'_, Syncobj>>, last_submitted: bool) -> PyResult<Vec<u64>> {
+        let objs: Vec<&accel::Syncobj> = objs.iter().map(|s| &s.get().inner).collect();
+        let flags = if last_submitted { accel::syncobj::QUERY_LAST_SUBMITTED } else { 0 };
+        py.detach(|| self.inner.syncobj_query(&objs, flags)).map_err(raise)
     }
 
     /// Creates a queue with a shared-memory ring of `entries` submissions.
@@ -624,15 +675,78 @@ struct Syncobj {
 
 #[pymethods]
 impl Syncobj {
-    /// Signals `point` from the host (0 for binary).
+    /// Signals `point` from the host: 0 replaces the fence with a signalled one; any other
+    /// point joins the timeline, in order or not.
     #[pyo3(signature = (point = 0))]
     fn signal(&self, py: Python<'_>, point: u64) -> PyResult<()> {
         py.detach(|| self.inner.signal(point)).map_err(raise)
     }
 
-    /// Highest point reached (timeline) or 1/0 (binary).
+    /// The highest contiguous signalled timeline point (0 without a timeline).
     fn query(&self, py: Python<'_>) -> PyResult<u64> {
         py.detach(|| self.inner.query()).map_err(raise)
+    }
+
+    /// The last submitted timeline point.
+    fn last_submitted(&self, py: Python<'_>) -> PyResult<u64> {
+        py.detach(|| self.inner.last_submitted()).map_err(raise)
+    }
+
+    /// Drops the fence, or a timeline's whole chain.
+    fn reset(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.reset()).map_err(raise)
+    }
+
+    /// Waits for `point`, first for it to be submitted (`WAIT_FOR_SUBMIT`).
+    #[pyo3(signature = (point = 0, timeout = None))]
+    fn wait_for_submit(&self, py: Python<'_>, point: u64, timeout: Option<f64>) -> PyResult<()> {
+        let t = seconds(timeout)?;
+        py.detach(|| self.inner.wait_for_submit(point, t)).map_err(raise)
+    }
+
+    /// `DRM_IOCTL_SYNCOBJ_TRANSFER`: `src`'s fence at `src_point` becomes this syncobj's fence
+    /// (`dst_point` 0) or point `dst_point`; `for_submit` takes a source point not submitted yet.
+    #[pyo3(signature = (src, src_point = 0, dst_point = 0, for_submit = false))]
+    fn transfer_from(
+        &self,
+        py: Python<'_>,
+        src: Bound<'_, Syncobj>,
+        src_point: u64,
+        dst_point: u64,
+        for_submit: bool,
+    ) -> PyResult<()> {
+        let flags = if for_submit { accel::syncobj::WAIT_FOR_SUBMIT } else { 0 };
+        let src = &src.get().inner;
+        py.detach(|| self.inner.transfer_from(src, src_point, dst_point, flags)).map_err(raise)
+    }
+
+    /// `DRM_IOCTL_SYNCOBJ_EVENTFD`: the eventfd `fd` (stays yours) is incremented once `point`
+    /// signals, or with `available` once it is submitted.
+    #[pyo3(signature = (point, fd, available = false))]
+    fn notify_eventfd(&self, py: Python<'_>, point: u64, fd: i32, available: bool) -> PyResult<()> {
+        if fd < 0 {
+            return Err(PyValueError::new_err("negative descriptor"));
+        }
+        // SAFETY: the caller passes an open descriptor; it is only borrowed for the call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        py.detach(|| self.inner.notify_eventfd(point, fd, available)).map_err(raise)
+    }
+
+    /// The fence at `point` as a sync file descriptor (yours to close): readable once it
+    /// signals, importable with `import_sync_file`.
+    #[pyo3(signature = (point = 0))]
+    fn export_sync_file(&self, py: Python<'_>, point: u64) -> PyResult<i32> {
+        Ok(py.detach(|| self.inner.export_sync_file(point)).map_err(raise)?.into_raw_fd())
+    }
+
+    /// Imports a sync file (stays yours) as this syncobj's fence (`point` 0) or point `point`.
+    fn import_sync_file(&self, py: Python<'_>, point: u64, fd: i32) -> PyResult<()> {
+        if fd < 0 {
+            return Err(PyValueError::new_err("negative descriptor"));
+        }
+        // SAFETY: the caller passes an open descriptor; it is only borrowed for the call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        py.detach(|| self.inner.import_sync_file(point, fd)).map_err(raise)
     }
 
     /// Waits for `point` up to `timeout` seconds.
@@ -674,6 +788,20 @@ impl Ring {
     fn push(&self, op: &str, args: Option<Bound<'_, PyAny>>, user_data: u64) -> PyResult<()> {
         let op = ring_op(op, args)?;
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).push(&op, user_data).map_err(raise)
+    }
+
+    /// Publishes a sync entry: a null job that waits for `waits` and then signals `signals`
+    /// (`(Syncobj, point)` pairs, six in all at most); later entries wait with it.
+    #[pyo3(signature = (waits = Vec::new(), signals = Vec::new(), user_data = 0))]
+    fn push_sync(
+        &self,
+        waits: Vec<(Bound<'_, Syncobj>, u64)>,
+        signals: Vec<(Bound<'_, Syncobj>, u64)>,
+        user_data: u64,
+    ) -> PyResult<()> {
+        let w: Vec<(&accel::Syncobj, u64)> = waits.iter().map(|(s, p)| (&s.get().inner, *p)).collect();
+        let s: Vec<(&accel::Syncobj, u64)> = signals.iter().map(|(s, p)| (&s.get().inner, *p)).collect();
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).push_sync(&w, &s, user_data).map_err(raise)
     }
 
     /// Wakes the daemon if it sleeps.

@@ -103,6 +103,67 @@ def test_dependencies_through_syncobjs(daemon):
     assert f.seqno > 0 and f.done()
 
 
+def test_drm_syncobj_semantics(daemon):
+    dev = accel.Device(0)
+    tl, other = dev.syncobj(timeline=True), dev.syncobj(signaled=True)
+    # Out-of-order host signals are accepted; query gives the contiguous signalled point.
+    dev.syncobj_signal([(tl, 5), (tl, 3)])
+    assert dev.syncobj_query([tl, other]) == [5, 0]
+    assert dev.syncobj_query([tl], last_submitted=True) == [5]
+    # An unsubmitted point: EINVAL, or ETIME when waiting for its submission.
+    with pytest.raises(accel.Error) as e:
+        dev.syncobj_wait([(tl, 7)], timeout=0)
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(accel.Error) as e:
+        dev.syncobj_wait([(tl, 7)], for_submit=True, timeout=0)
+    assert e.value.errno == errno.ETIME
+    assert dev.syncobj_wait([(tl, 7), (other, 0)], all=False, for_submit=True, timeout=5) == 1
+    # A wait on one thread while another thread of the same device signals.
+    import threading
+
+    waiter = threading.Thread(target=lambda: tl.wait_for_submit(9, timeout=5))
+    waiter.start()
+    tl.signal(9)
+    waiter.join(5)
+    assert not waiter.is_alive() and tl.query() == 9
+    # Transfer, sync files, eventfds, reset.
+    copy = dev.syncobj()
+    copy.transfer_from(tl, 9, 0)
+    copy.wait(0, timeout=5)
+    sf = tl.export_sync_file(9)
+    try:
+        late = dev.syncobj(timeline=True)
+        late.import_sync_file(2, sf)
+        assert late.query() == 2
+    finally:
+        os.close(sf)
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        gate = dev.syncobj(timeline=True)
+        gate.notify_eventfd(4, efd)
+        gate.signal(4)
+        assert os.eventfd_read(efd) == 1
+    finally:
+        os.close(efd)
+    dev.syncobj_reset([tl, other])
+    assert tl.query() == 0 and tl.last_submitted() == 0
+
+
+def test_ring_sync_entries(daemon):
+    dev = accel.Device(0)
+    ring = dev.ring(16)
+    gate, done = dev.syncobj(timeline=True), dev.syncobj(timeline=True)
+    ring.push_sync(waits=[(gate, 1)], user_data=1)
+    ring.push("nop", user_data=2)
+    ring.push_sync(signals=[(done, 1)], user_data=3)
+    ring.flush()
+    dev.syncobj_wait([(done, 1)], available=True, timeout=5)
+    gate.signal(1)
+    got = ring.wait(3, timeout=5)
+    assert got == [(1, 0), (2, 0), (3, 0)]
+    assert done.query() == 1
+
+
 def test_ring_round_trips(daemon):
     dev = accel.Device(0)
     ring = dev.ring(64)

@@ -88,9 +88,12 @@ fn c_example_runs_against_a_real_daemon() {
     let out = Command::new(&demo).env("ACCEL_SOCKET", &socket).env_remove("ACCEL_NS_TOKEN").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed: {}\n{stdout}{}", out.status, String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("gemm 64x64x64 behind a fill: correct")
+    assert!(
+        stdout.contains("gemm 64x64x64 behind a fill: correct")
             && stdout.contains("syncobjs: out-of-order points, wait-for-submit, a ring sync entry, a sync file")
-            && stdout.ends_with("demo OK\n"), "{stdout}");
+            && stdout.ends_with("demo OK\n"),
+        "{stdout}"
+    );
     assert!(stdout.contains("errors: EINVAL"), "{stdout}");
     // The C client freed everything it held.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
