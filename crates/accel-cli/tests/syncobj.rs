@@ -555,4 +555,14 @@ fn ring_sync_entries_wait_before_signal_and_signal_after_earlier_entries() {
     ring.wait(&mut done, 1, Duration::from_secs(5)).unwrap();
     assert_eq!((done[0].user_data, done[0].status()), (9, Err(Errno::ENOENT)));
     assert_eq!(ring.push_sync(&[(&t, 1); 7], &[], 0).unwrap_err().code, Errno::E2BIG);
+    // Six points, the most an entry takes (they span both cache lines of the entry).
+    let many: Vec<Syncobj> = (0..6).map(|_| dev.create_syncobj(true).unwrap()).collect();
+    let six: Vec<(&Syncobj, u64)> = many.iter().zip(1..).collect();
+    ring.push_sync(&[], &six, 10).unwrap();
+    ring.flush().unwrap();
+    done.clear();
+    ring.wait(&mut done, 1, Duration::from_secs(5)).unwrap();
+    assert_eq!((done[0].user_data, done[0].status()), (10, Ok(())));
+    let refs: Vec<&Syncobj> = many.iter().collect();
+    assert_eq!(dev.syncobj_query(&refs, 0).unwrap(), vec![1, 2, 3, 4, 5, 6]);
 }

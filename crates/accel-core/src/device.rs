@@ -45,7 +45,7 @@ struct Lease {
     watchers: Vec<LeaseWatcher>,
 }
 
-/// A callback for [`Device::on_lease_change`].
+/// A callback for [`crate::client::Client::on_lease_change`].
 pub type LeaseWatcher = Box<dyn FnOnce() + Send>;
 
 /// One device node, `accel<minor>`.

@@ -75,7 +75,7 @@ pub mod opcode {
     pub const DRIVER: u16 = 4;
     /// A null job that waits for syncobj points and then signals others, as a queue
     /// submission's wait and signal semaphores do: the queue runs in order, so entries after
-    /// it wait too, and it signals once the entries before it completed. args[0] = number of
+    /// it wait too, and it signals once the entries before it completed. `args[0]` = number of
     /// waits | number of signals << 8 (together at most [`super::MAX_SYNC_POINTS`]), then
     /// (syncobj handle, point) pairs, the waits first. A wait point not submitted yet is
     /// waited for (`WAIT_FOR_SUBMIT`). See [`super::Sqe::sync`].
@@ -200,7 +200,7 @@ impl Sqe {
 
     /// Decodes an entry a client wrote. Unknown opcodes, set flags, or values that do
     /// not fit their field are `EINVAL`; bounds are checked later, against the buffers.
-    /// Opcodes other than GEMM use args 0..=5 only (the entry's first cache line).
+    /// Opcodes other than GEMM and SYNC use args 0..=5 only (the entry's first cache line).
     /// A [`opcode::SYNC`] entry is not an operation: `EINVAL` here, see [`Sqe::decode_sync`].
     pub fn decode(&self) -> Result<Op, Errno> {
         if self.flags != 0 {
@@ -360,7 +360,7 @@ impl RingMem {
         // other process may write concurrently (a torn entry just decodes to an error).
         bytes[..LINE].copy_from_slice(&unsafe { p.cast::<[u8; LINE]>().read_volatile() });
         let mut sqe = Sqe::read_from_bytes(&bytes).unwrap_or_else(|_| unreachable!("SQE_SIZE bytes"));
-        if sqe.opcode == opcode::GEMM_F32 {
+        if sqe.opcode == opcode::GEMM_F32 || sqe.opcode == opcode::SYNC {
             // SAFETY: the second half of the same in-bounds slot.
             bytes[LINE..].copy_from_slice(&unsafe { p.add(LINE).cast::<[u8; LINE]>().read_volatile() });
             sqe = Sqe::read_from_bytes(&bytes).unwrap_or_else(|_| unreachable!("SQE_SIZE bytes"));

@@ -15,6 +15,7 @@ use crate::spawn::SpawnedDaemon;
 mod bindings;
 mod floor;
 mod isolation;
+mod syncobj;
 
 /// Which benchmark.
 #[derive(Subcommand)]
@@ -98,6 +99,23 @@ pub enum Which {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Syncobjs: wait-for-submit latency (a waiter blocked before a peer process submits a
+    /// null job) against a plain fence wake-up, and the daemon's memory while a timeline
+    /// takes `--points` points from ring jobs.
+    Syncobj {
+        /// Samples of each latency.
+        #[arg(long, default_value_t = 2000)]
+        rounds: usize,
+        /// Timeline points attached and signalled.
+        #[arg(long, default_value_t = 1_000_000)]
+        points: u64,
+        /// Internal: run as the peer process against this socket.
+        #[arg(long, hide = true)]
+        peer: Option<std::path::PathBuf>,
+        /// Internal: the peer's syncobj paths.
+        #[arg(long, hide = true, value_delimiter = ',')]
+        objs: Vec<std::path::PathBuf>,
+    },
     /// Noisy neighbour: a good tenant's GEMM throughput and null-job latency with a hostile
     /// tenant idle, then at every limit at once (allocation churn, connection flood,
     /// malformed input, hung jobs); reports the ratios.
@@ -122,6 +140,8 @@ pub fn run(which: Which) -> Result<()> {
         Which::Scale { clients, active, ops } => scale(clients.max(1), active, ops.max(100)),
         Which::Ras { events, devices, scrapes } => ras(events.max(100), devices.max(1), scrapes.max(10)),
         Which::Bindings { iters, n, reps, rounds } => bindings::run(iters.max(100), n.max(1), reps.max(1), rounds),
+        Which::Syncobj { peer: Some(socket), objs, .. } => syncobj::peer(&socket, &objs),
+        Which::Syncobj { rounds, points, peer: None, .. } => syncobj::run(rounds.max(10), points.max(6)),
         Which::Isolation { seconds, load, hostile: Some(socket) } => isolation::hostile(&socket, seconds, &load),
         Which::Isolation { seconds, load, hostile: None } => isolation::run(seconds.max(0.5), &load),
     }
