@@ -111,7 +111,7 @@ fn random_garbage_messages_get_error_replies_on_a_live_connection() {
     let d = Daemon::start(&["cpu"]);
     let mut conn = Connection::connect(d.socket()).unwrap();
     let mut rng = Rng(42);
-    let valid = wire::encode(Kind::Request, 1, &Request::BoCreate { size: 4096 }).unwrap();
+    let valid = wire::encode(Kind::Request, 1, &Request::BoCreate { size: 4096, region: 0 }).unwrap();
     for i in 0..2000 {
         let msg: Vec<u8> = match i % 4 {
             // Pure noise of any length up to 300 bytes (never empty: that reads as a hang-up).
@@ -163,7 +163,7 @@ fn integer_overflow_in_sizes_offsets_and_strides_is_caught() {
     assert_eq!(code(q.submit(Op::Copy { src: v(u64::MAX, 8), dst: v(0, 8) })), Errno::EOVERFLOW);
     assert_eq!(code(q.submit(Op::Copy { src: v(8, u64::MAX), dst: v(0, u64::MAX) })), Errno::EOVERFLOW);
     assert_eq!(code(q.submit(Op::Fill { dst: v(4096, 4), pattern: 0 })), Errno::ERANGE);
-    assert_eq!(code(dev.request(&Request::BoCreate { size: u64::MAX - 100 })), Errno::EOVERFLOW);
+    assert_eq!(code(dev.request(&Request::BoCreate { size: u64::MAX - 100, region: 0 })), Errno::EOVERFLOW);
     assert_eq!(code(dev.request(&Request::RingCreate { queue: QueueHandle(0), entries: u32::MAX })), Errno::ENOENT);
     let ring_q = dev.create_queue().unwrap();
     assert_eq!(code(ring_q.into_ring(u32::MAX)), Errno::EINVAL);

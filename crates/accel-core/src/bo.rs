@@ -8,7 +8,7 @@ use slotmap::SlotMap;
 
 use crate::client::{insert, key};
 use crate::counters::{Counters, Kind, Tracked};
-use crate::driver::JobOp;
+use crate::driver::{DeviceMemory, JobOp};
 use crate::mem::HostMemory;
 use crate::{bail, Error, Result};
 
@@ -37,30 +37,77 @@ impl Drop for Charge {
     }
 }
 
-/// A buffer object: host-visible memory shared by every handle and import of it.
+/// What holds a buffer's bytes.
+#[derive(Debug)]
+pub enum Backing {
+    /// Host memory (region 0): a sealed memfd mapped here and by clients.
+    Host(HostMemory),
+    /// Memory a driver allocated in one of its regions.
+    Device(Arc<dyn DeviceMemory>),
+}
+
+/// A buffer object: memory of one region, shared by every handle and import of it.
 #[derive(Debug)]
 pub struct BufferObject {
-    mem: HostMemory,
+    backing: Backing,
+    region: u32,
     _charges: Vec<Charge>,
     _tracked: Tracked,
 }
 
 impl BufferObject {
-    /// Wraps memory; `charges` are what it counts against (device memory, a namespace's
-    /// share), released when the buffer is freed.
+    /// Wraps host memory; `charges` are what it counts against (device memory, a
+    /// namespace's share), released when the buffer is freed.
     pub fn new(counters: &Arc<Counters>, mem: HostMemory, charges: Vec<Charge>) -> Arc<Self> {
-        let bytes = mem.len() as u64;
-        Arc::new(BufferObject { mem, _charges: charges, _tracked: Tracked::with_bytes(counters, Kind::Buffer, bytes) })
+        Self::with_backing(counters, Backing::Host(mem), 0, charges)
+    }
+
+    /// Wraps memory of region `region`.
+    pub fn with_backing(counters: &Arc<Counters>, backing: Backing, region: u32, charges: Vec<Charge>) -> Arc<Self> {
+        let bytes = match &backing {
+            Backing::Host(m) => m.len() as u64,
+            Backing::Device(m) => m.len(),
+        };
+        Arc::new(BufferObject {
+            backing,
+            region,
+            _charges: charges,
+            _tracked: Tracked::with_bytes(counters, Kind::Buffer, bytes),
+        })
     }
 
     /// Size in bytes.
     pub fn size(&self) -> u64 {
-        self.mem.len() as u64
+        match &self.backing {
+            Backing::Host(m) => m.len() as u64,
+            Backing::Device(m) => m.len(),
+        }
+    }
+
+    /// The region the buffer lives in (0: host).
+    pub fn region(&self) -> u32 {
+        self.region
     }
 
     /// The backing memory.
-    pub fn memory(&self) -> &HostMemory {
-        &self.mem
+    pub fn backing(&self) -> &Backing {
+        &self.backing
+    }
+
+    /// The host memory, for a host buffer.
+    pub fn host(&self) -> Option<&HostMemory> {
+        match &self.backing {
+            Backing::Host(m) => Some(m),
+            Backing::Device(_) => None,
+        }
+    }
+
+    /// The driver's memory, for a device buffer.
+    pub fn device(&self) -> Option<&Arc<dyn DeviceMemory>> {
+        match &self.backing {
+            Backing::Device(m) => Some(m),
+            Backing::Host(_) => None,
+        }
     }
 }
 
@@ -76,13 +123,14 @@ pub struct BoRange {
 }
 
 impl BoRange {
-    /// Pointer to the first byte of the range.
+    /// Pointer to the first byte of the range, for a host buffer (`None` for device memory,
+    /// which only its driver reaches, through [`BufferObject::device`]).
     ///
     /// The memory is shared with clients, which may write it concurrently;
     /// drivers must treat it as device memory (no references held across that).
-    pub fn ptr(&self) -> *mut u8 {
+    pub fn host_ptr(&self) -> Option<*mut u8> {
         // SAFETY: offset <= size was validated when the range was built.
-        unsafe { self.bo.memory().as_ptr().add(self.offset) }
+        self.bo.host().map(|m| unsafe { m.as_ptr().add(self.offset) })
     }
 
     /// Whether two ranges share any byte.
@@ -157,7 +205,8 @@ impl BoTable {
             .ok_or_else(|| Error::new(Errno::ENOENT, format!("no buffer with handle {:#x}", h.0)))
     }
 
-    fn range(&self, v: &BufView) -> Result<BoRange> {
+    /// A bounds-checked range of a buffer.
+    pub fn range(&self, v: &BufView) -> Result<BoRange> {
         let bo = self.get(v.bo)?;
         match v.offset.checked_add(v.len) {
             Some(end) if end <= bo.size() => {}
@@ -224,6 +273,7 @@ impl BoTable {
                 JobOp::GemmF32 { a, b, c, alpha: g.alpha, beta: g.beta }
             }
             Op::Driver { code, args } => JobOp::Driver { code: *code, args: *args },
+            Op::Launch(_) => bail!(EINVAL, "a launch needs the client's programs (resolved by the client)"),
         })
     }
 }

@@ -24,12 +24,14 @@ pub enum Kind {
     Job,
     /// Submission rings.
     Ring,
+    /// Loaded programs.
+    Program,
 }
 
 /// Counters of one subsystem instance.
 #[derive(Debug, Default)]
 pub struct Counters {
-    counts: [AtomicU64; 7],
+    counts: [AtomicU64; 8],
     buffer_bytes: AtomicU64,
 }
 
@@ -46,6 +48,7 @@ impl Counters {
             queues: get(Kind::Queue),
             jobs: get(Kind::Job),
             rings: get(Kind::Ring),
+            programs: get(Kind::Program),
         }
     }
 }

@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use accel_uapi::{Category, DeviceInfo, Errno};
+use accel_uapi::{Category, DeviceInfo, Errno, RegionInfo, RegionKind};
 
-use crate::driver::{Driver, DriverInfo};
+use crate::driver::{Driver, DriverInfo, RegionDesc};
 use crate::ring::RingPoller;
 use crate::sched::{SchedConfig, Scheduler};
 use crate::{bail, lock, Error, Result};
@@ -45,6 +45,48 @@ struct Lease {
     watchers: Vec<LeaseWatcher>,
 }
 
+/// A memory region of a device, with what is allocated in it.
+#[derive(Debug)]
+pub struct Region {
+    /// Id (index), name, kind, capacity and flags.
+    pub desc: RegionDesc,
+    /// Bytes allocated now, across every client.
+    pub used: Arc<AtomicU64>,
+}
+
+impl Region {
+    /// Region 0 (host memory of `host_bytes`) and the driver's own after it.
+    fn all(driver: &[RegionDesc], host_bytes: u64) -> Vec<Region> {
+        let host = RegionDesc {
+            name: "host".into(),
+            kind: RegionKind::Host,
+            size: host_bytes,
+            mappable: true,
+            exportable: true,
+            coherent: true,
+        };
+        std::iter::once(host)
+            .chain(driver.iter().cloned())
+            .map(|desc| Region { desc, used: Arc::new(AtomicU64::new(0)) })
+            .collect()
+    }
+
+    /// The region as `DeviceInfo` shows it.
+    pub fn info(&self, id: u32) -> RegionInfo {
+        let d = &self.desc;
+        RegionInfo {
+            id,
+            name: d.name.clone(),
+            kind: d.kind,
+            size: d.size,
+            used: self.used.load(Ordering::Relaxed),
+            mappable: d.mappable,
+            exportable: d.exportable,
+            coherent: d.coherent,
+        }
+    }
+}
+
 /// A callback for [`crate::client::Client::on_lease_change`].
 pub type LeaseWatcher = Box<dyn FnOnce() + Send>;
 
@@ -60,8 +102,13 @@ pub struct Device {
     pub job_timeout: Duration,
     /// The device's scheduler.
     pub sched: Scheduler,
-    pub(crate) mem_used: Arc<AtomicU64>,
+    /// The driver (memory and program hooks; jobs reach it through the scheduler).
+    pub driver: Arc<dyn Driver>,
+    /// Memory regions: 0 is host memory, then the driver's own ([`Driver::regions`]).
+    pub regions: Vec<Region>,
     pub(crate) poller: RingPoller,
+    /// What [`Driver::load_program`] takes.
+    pub program_formats: Vec<String>,
     lease: Mutex<Lease>,
     open_clients: AtomicU32,
     seqno: AtomicU64,
@@ -86,6 +133,9 @@ impl Device {
             Some(c) if info.categories.contains(&c) => c,
             Some(c) => bail!(EINVAL, "driver {} does not support the {} category", info.driver, c.name()),
         };
+        let (driver_regions, info_memory) = (config.driver.regions(), info.memory_bytes);
+        let program_formats = config.driver.program_formats();
+        let driver = config.driver.clone();
         let sched_config = SchedConfig { hang_limit: config.hang_limit, fifo: category == Category::Oneshot };
         let sched = Scheduler::new(config.driver, &format!("accel{minor}"), sched_config)
             .map_err(|e| Error::new(Errno::ENOMEM, format!("starting scheduler: {e}")))?;
@@ -95,7 +145,9 @@ impl Device {
             category,
             job_timeout: config.job_timeout,
             sched,
-            mem_used: Arc::new(AtomicU64::new(0)),
+            driver,
+            regions: Region::all(&driver_regions, info_memory),
+            program_formats,
             poller: RingPoller::new()?,
             lease: Mutex::new(Lease::default()),
             open_clients: AtomicU32::new(0),
@@ -116,6 +168,8 @@ impl Device {
             memory_bytes: self.info.memory_bytes,
             compute_units: self.info.compute_units,
             engines: self.info.engines.clone(),
+            regions: self.regions.iter().zip(0..).map(|(r, id)| r.info(id)).collect(),
+            program_formats: self.program_formats.clone(),
             queued_jobs: self.sched.queued() as u64,
             resets: self.sched.resets(),
             wedged: self.sched.is_wedged(),

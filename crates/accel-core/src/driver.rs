@@ -3,13 +3,16 @@
 //!
 //! The hooks mirror `drm_sched_backend_ops`: [`Driver::run_job`] runs one job on
 //! the engine, [`Driver::timedout_job`] resets the engine after the watchdog
-//! fired. Buffers are host memory the core allocates (memfd), so a host-memory
-//! driver needs no allocator of its own.
+//! fired. Region 0 of every device is host memory the core allocates (memfd), so a
+//! host-memory driver needs no allocator of its own; a driver with memory of its own
+//! declares more regions ([`Driver::regions`]) and allocates them ([`Driver::alloc`]),
+//! and one that runs userspace programs loads them ([`Driver::load_program`]).
 
+use std::any::Any;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use accel_uapi::{Category, EngineInfo, Errno, OpKind};
+use accel_uapi::{Category, EngineInfo, EntryInfo, Errno, OpKind, RegionKind};
 
 use crate::bo::{BoMatrix, BoRange};
 use crate::lock;
@@ -36,6 +39,95 @@ pub struct DriverInfo {
     pub engines: Vec<EngineInfo>,
     /// RAS nodes (blocks) and their error counters.
     pub ras_nodes: Vec<RasNodeDesc>,
+}
+
+/// An error from a driver hook, with the driver's own words (a compiler's or a runtime's
+/// message reaches the client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverError {
+    /// errno-style code.
+    pub code: Errno,
+    /// What went wrong, in the driver's words.
+    pub message: String,
+}
+
+impl DriverError {
+    /// An error with a message.
+    pub fn new(code: Errno, message: impl Into<String>) -> DriverError {
+        DriverError { code, message: message.into() }
+    }
+}
+
+impl From<DriverError> for crate::Error {
+    fn from(e: DriverError) -> crate::Error {
+        crate::Error::new(e.code, e.message)
+    }
+}
+
+/// A memory region a driver has besides host memory (region 0, which the core provides).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionDesc {
+    /// Name (`vram`, ...).
+    pub name: String,
+    /// What kind of memory.
+    pub kind: RegionKind,
+    /// Capacity in bytes.
+    pub size: u64,
+    /// Clients may map its buffers.
+    pub mappable: bool,
+    /// Its buffers can be exported.
+    pub exportable: bool,
+    /// Host and device see each other's writes without flushes.
+    pub coherent: bool,
+}
+
+/// Memory a driver allocated in one of its regions. The driver finds its own type again
+/// through [`DeviceMemory::as_any`] when a job uses it.
+pub trait DeviceMemory: Send + Sync + std::fmt::Debug + 'static {
+    /// Size in bytes.
+    fn len(&self) -> u64;
+
+    /// Whether the allocation is empty (never, for allocations the core made).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Zeroes the memory. The core calls it before a client sees the allocation, so no
+    /// client ever reads what another one left.
+    fn zero(&self) -> Result<(), DriverError>;
+
+    /// The driver's own type.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A program a driver loaded and validated (a module of kernels, a command buffer). The
+/// driver finds its own type again through [`Program::as_any`] when a launch runs it.
+pub trait Program: Send + Sync + std::fmt::Debug + 'static {
+    /// Entry points and their parameters.
+    fn entries(&self) -> &[EntryInfo];
+
+    /// Checks a launch beyond what the core checks (argument kinds and buffer bounds):
+    /// e.g. that a command buffer's references fit the buffers bound. Called before the
+    /// job is queued, so a refused launch runs nothing.
+    fn check_launch(&self, _entry: u32, _grid: [u32; 3], _args: &[JobArg]) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    /// The driver's own type.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A launch argument, resolved and bounds-checked by the core.
+#[derive(Debug, Clone)]
+pub enum JobArg {
+    /// A buffer range (of any region of the device).
+    Buffer(BoRange),
+    /// A 32-bit unsigned scalar.
+    U32(u32),
+    /// A 64-bit unsigned scalar.
+    U64(u64),
+    /// A 32-bit float scalar.
+    F32(f32),
 }
 
 /// A job's operation with every buffer view resolved and bounds-checked by the core.
@@ -76,6 +168,17 @@ pub enum JobOp {
         code: u32,
         /// Driver-defined arguments.
         args: [u64; 4],
+    },
+    /// An entry point of a loaded program over a grid.
+    Launch {
+        /// The program (kept alive by the job).
+        program: Arc<dyn Program>,
+        /// Entry point index.
+        entry: u32,
+        /// Work groups in x, y, z.
+        grid: [u32; 3],
+        /// Arguments, checked against the entry's parameters.
+        args: Vec<JobArg>,
     },
 }
 
@@ -153,6 +256,27 @@ pub trait Driver: Send + Sync + 'static {
     fn ras_inject(&self, _node: &str, _error: &str, _count: u64) -> Result<(), Errno> {
         Err(Errno::EOPNOTSUPP)
     }
+
+    /// Regions besides host memory; they get ids 1, 2, … in this order. Default: none.
+    fn regions(&self) -> Vec<RegionDesc> {
+        Vec::new()
+    }
+
+    /// Allocates `size` bytes in region `region` (an index into [`Driver::regions`], from
+    /// 0). The core zeroes it ([`DeviceMemory::zero`]) before a client sees it.
+    fn alloc(&self, _region: usize, _size: u64) -> Result<Arc<dyn DeviceMemory>, DriverError> {
+        Err(DriverError::new(Errno::EOPNOTSUPP, "this driver has no memory of its own"))
+    }
+
+    /// Program formats [`Driver::load_program`] takes (`builtin`, `spirv`, ...). Default: none.
+    fn program_formats(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Loads and validates a program; a bad one is `EINVAL` with the driver's reason.
+    fn load_program(&self, format: &str, _bytes: &[u8]) -> Result<Arc<dyn Program>, DriverError> {
+        Err(DriverError::new(Errno::EOPNOTSUPP, format!("this driver loads no programs (format {format:?})")))
+    }
 }
 
 /// Host-memory implementations of the simple portable ops, for drivers whose
@@ -160,20 +284,29 @@ pub trait Driver: Send + Sync + 'static {
 pub mod host {
     use super::BoRange;
 
-    /// Fills `dst` with the little-endian `pattern`.
-    pub fn fill(dst: &BoRange, pattern: u32) {
+    use accel_uapi::Errno;
+
+    fn host(r: &BoRange) -> Result<*mut u8, Errno> {
+        r.host_ptr().ok_or(Errno::EOPNOTSUPP)
+    }
+
+    /// Fills `dst` (host memory) with the little-endian `pattern`.
+    pub fn fill(dst: &BoRange, pattern: u32) -> Result<(), Errno> {
         let bytes = pattern.to_le_bytes();
-        let p = dst.ptr();
+        let p = host(dst)?;
         for i in 0..dst.len {
             // SAFETY: i < dst.len and the range lies inside the live mapping (checked by core).
             unsafe { p.add(i).write_volatile(bytes[i % 4]) };
         }
+        Ok(())
     }
 
-    /// Copies `src` to `dst` (equal lengths; overlap allowed).
-    pub fn copy(src: &BoRange, dst: &BoRange) {
+    /// Copies `src` to `dst` (host memory; equal lengths; overlap allowed).
+    pub fn copy(src: &BoRange, dst: &BoRange) -> Result<(), Errno> {
+        let (s, d) = (host(src)?, host(dst)?);
         // SAFETY: both ranges lie inside live mappings and have the same length (checked by
         // core); `copy` is memmove, so overlap is fine.
-        unsafe { std::ptr::copy(src.ptr(), dst.ptr(), dst.len.min(src.len)) };
+        unsafe { std::ptr::copy(s, d, dst.len.min(src.len)) };
+        Ok(())
     }
 }

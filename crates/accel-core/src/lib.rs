@@ -27,6 +27,7 @@ pub mod fence;
 pub mod limits;
 pub mod mem;
 pub mod namespace;
+pub mod program;
 pub mod ras;
 pub mod ring;
 pub mod sched;
@@ -246,7 +247,9 @@ impl Subsystem {
     /// Every buffer is registered at creation, with its namespace: an import of any of its
     /// descriptors (export or mmap) resolves to it, or fails from another namespace.
     fn register_buffer(&self, bo: &Arc<BufferObject>, ns: &str) {
-        self.exports.insert(bo.memory().inode(), bo, ns);
+        if let Some(m) = bo.host() {
+            self.exports.insert(m.inode(), bo, ns);
+        }
     }
 
     fn find_buffer(&self, fd: &OwnedFd, ns: &str) -> Result<Option<Arc<BufferObject>>> {

@@ -30,6 +30,7 @@ use crate::bo::BoTable;
 use crate::counters::{Counters, Kind, Tracked};
 use crate::device::Device;
 use crate::fence::{monotonic_ns, Fence};
+use crate::program::ProgramTable;
 use crate::sched::{EntityId, Job};
 use crate::syncobj::{Syncobj, SyncobjTable, Unsubmitted};
 use crate::{lock, Error, Result};
@@ -65,6 +66,8 @@ pub struct RingQueue {
     bos: Weak<BoTable>,
     /// The client's syncobj table, weakly, for `SYNC` entries.
     syncobjs: Weak<SyncobjTable>,
+    /// The client's programs, weakly, for launches.
+    programs: Weak<ProgramTable>,
     counters: Arc<Counters>,
     /// Next completion slot. Producers that run beside others (job completions on slot
     /// threads) hold `cq_lock`; the poller writes inline completions without it, which
@@ -106,6 +109,7 @@ impl RingQueue {
         entity: EntityId,
         bos: Arc<BoTable>,
         syncobjs: &Arc<SyncobjTable>,
+        programs: &Arc<ProgramTable>,
         counters: &Arc<Counters>,
     ) -> Result<NewRing> {
         let layout = RingLayout::new(sq_entries)
@@ -121,6 +125,7 @@ impl RingQueue {
             entity,
             bos: Arc::downgrade(&bos),
             syncobjs: Arc::downgrade(syncobjs),
+            programs: Arc::downgrade(programs),
             counters: counters.clone(),
             cq_tail: AtomicU32::new(0),
             cq_lock: Mutex::new(()),
@@ -241,9 +246,12 @@ impl RingQueue {
                 Err(code) => return self.complete(user_data, Err(code), 0),
             }
         };
-        let resolved = match self.bos.upgrade() {
-            Some(bos) => dev.check_op(&op).and_then(|()| bos.resolve_op(&op)),
-            None => Err(Error::new(Errno::ECANCELED, "the ring's client is gone")),
+        let resolved = match (self.bos.upgrade(), self.programs.upgrade()) {
+            (Some(bos), Some(programs)) => dev.check_op(&op).and_then(|()| match &op {
+                Op::Launch(l) => crate::program::resolve_launch(&bos, &programs, l),
+                op => bos.resolve_op(op),
+            }),
+            _ => Err(Error::new(Errno::ECANCELED, "the ring's client is gone")),
         };
         let job_op = match resolved {
             Ok(j) => j,

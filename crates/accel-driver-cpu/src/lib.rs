@@ -3,10 +3,14 @@
 //! through rayon for large problems).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+mod builtin;
+pub use builtin::Builtin;
+
 use accel_core::bo::BoMatrix;
-use accel_core::driver::{host, Driver, DriverInfo, JobCtx, JobOp};
+use accel_core::driver::{host, Driver, DriverError, DriverInfo, JobCtx, JobOp, Program};
 use accel_core::ras::{RasNodeDesc, RasSink};
 use accel_uapi::{Category, EngineInfo, Errno, OpKind, Severity};
 
@@ -170,7 +174,8 @@ pub unsafe fn sgemm(
 }
 
 fn gemm_job(a: &BoMatrix, b: &BoMatrix, c: &BoMatrix, alpha: f32, beta: f32, threads: usize) -> Result<(), Errno> {
-    let (pa, pb, pc) = (a.range.ptr().cast::<f32>(), b.range.ptr().cast::<f32>(), c.range.ptr().cast::<f32>());
+    let ptr = |m: &BoMatrix| m.range.host_ptr().map(|p| p.cast::<f32>()).ok_or(Errno::EINVAL);
+    let (pa, pb, pc) = (ptr(a)?, ptr(b)?, ptr(c)?);
     if !pa.is_aligned() || !pb.is_aligned() || !pc.is_aligned() {
         return Err(Errno::EINVAL);
     }
@@ -190,7 +195,7 @@ impl Driver for CpuDevice {
             name,
             vendor,
             categories: vec![Category::Shared, Category::Exclusive, Category::Oneshot],
-            ops: vec![OpKind::Nop, OpKind::Fill, OpKind::Copy, OpKind::GemmF32],
+            ops: vec![OpKind::Nop, OpKind::Fill, OpKind::Copy, OpKind::GemmF32, OpKind::Launch],
             memory_bytes: self.memory_bytes,
             compute_units: self.threads as u32,
             // One job at a time: a GEMM already spreads over every thread.
@@ -215,12 +220,30 @@ impl Driver for CpuDevice {
     fn run_job(&self, _engine: usize, op: &JobOp, _ctx: &JobCtx) -> Result<(), Errno> {
         match op {
             JobOp::Nop => {}
-            JobOp::Fill { dst, pattern } => host::fill(dst, *pattern),
-            JobOp::Copy { src, dst } => host::copy(src, dst),
+            JobOp::Fill { dst, pattern } => host::fill(dst, *pattern)?,
+            JobOp::Copy { src, dst } => host::copy(src, dst)?,
             JobOp::GemmF32 { a, b, c, alpha, beta } => gemm_job(a, b, c, *alpha, *beta, self.threads)?,
             JobOp::Driver { .. } => return Err(Errno::EOPNOTSUPP),
+            JobOp::Launch { program, entry, args, .. } => {
+                let builtin = program.as_any().downcast_ref::<Builtin>().ok_or(Errno::EINVAL)?;
+                builtin.run(*entry, args)?;
+            }
         }
         Ok(())
+    }
+
+    fn program_formats(&self) -> Vec<String> {
+        vec!["builtin".into()]
+    }
+
+    fn load_program(&self, format: &str, bytes: &[u8]) -> Result<Arc<dyn Program>, DriverError> {
+        match format {
+            "builtin" => Ok(Arc::new(Builtin::load(bytes)?)),
+            other => Err(DriverError::new(
+                Errno::EOPNOTSUPP,
+                format!("the cpu driver loads builtin programs, not {other:?}"),
+            )),
+        }
     }
 }
 

@@ -1,19 +1,31 @@
-//! The `testdev` driver: deterministic fault injection for tests.
+//! The `testdev` driver: an emulated accelerator with deterministic fault injection.
+//!
+//! Like an NPU or a GPU it has memory of its own (region 1, `vram`: daemon RAM clients
+//! cannot map, reused from freed blocks), a copy engine beside its compute engine (copies
+//! between any two regions run there, at a bandwidth a test may cap), and a program format
+//! of its own ([`cmdbuf`]: a command stream referencing buffer arguments, validated before
+//! anything runs).
 //!
 //! Jobs are told what to do with driver-private ops ([`accel_uapi::Op::Driver`]):
 //! take N ms ([`OP_DELAY`]), fail with an errno ([`OP_FAIL`]), hang until the
-//! watchdog resets the engine ([`OP_HANG`]), or make the next reset fail
-//! ([`OP_BREAK_RESET`]). Portable ops nop/fill/copy run on host memory; GEMM is
-//! refused, which exercises the "not supported" path.
+//! watchdog resets the engine ([`OP_HANG`]), make the next reset fail
+//! ([`OP_BREAK_RESET`]), cap the copy engine's bandwidth ([`OP_COPY_BANDWIDTH`]), or make
+//! the next copy or the next touch of `vram` fail as a hardware fault would, reported
+//! through RAS ([`OP_COPY_FAULT`], [`OP_VRAM_ECC`]). GEMM is refused, which exercises the
+//! "not supported" path.
+
+pub mod cmdbuf;
+pub mod vram;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use std::sync::Mutex;
-
-use accel_core::driver::{host, Driver, DriverInfo, JobCtx, JobOp};
+use accel_core::driver::{DeviceMemory, Driver, DriverError, DriverInfo, JobArg, JobCtx, JobOp, Program, RegionDesc};
 use accel_core::ras::{RasNodeDesc, RasSink};
-use accel_uapi::{Category, EngineInfo, Errno, OpKind, Severity};
+use accel_uapi::{Category, EngineInfo, Errno, OpKind, RegionKind, Severity};
+
+use vram::ptr_of;
 
 /// `args[0]` = milliseconds to take (ends early, with `ETIME` from the core, on abort).
 pub const OP_DELAY: u32 = 1;
@@ -23,6 +35,18 @@ pub const OP_FAIL: u32 = 2;
 pub const OP_HANG: u32 = 3;
 /// The next engine reset fails, which wedges the device.
 pub const OP_BREAK_RESET: u32 = 4;
+/// `args[0]` = the copy engine's bandwidth in bytes per second (0: as fast as memory).
+pub const OP_COPY_BANDWIDTH: u32 = 5;
+/// The next copy fails with `EIO` and reports `interconnect/link-crc` through RAS.
+pub const OP_COPY_FAULT: u32 = 6;
+/// The next job that touches `vram` fails with `EIO` and reports
+/// `memory/ecc-uncorrected` through RAS.
+pub const OP_VRAM_ECC: u32 = 7;
+
+/// Engine index of the compute engine.
+pub const COMPUTE_ENGINE: usize = 0;
+/// Engine index of the copy engine.
+pub const COPY_ENGINE: usize = 1;
 
 /// Jobs the test device's engine runs at once unless told otherwise.
 pub const DEFAULT_CREDITS: u32 = 2;
@@ -35,6 +59,10 @@ pub struct TestDevice {
     resets: AtomicU64,
     break_reset: AtomicBool,
     ras: Mutex<Option<RasSink>>,
+    pool: Arc<vram::Pool>,
+    copy_bandwidth: AtomicU64,
+    copy_fault: AtomicBool,
+    vram_ecc: AtomicBool,
 }
 
 /// The RAS blocks of the test device: one of each kind, every severity.
@@ -68,12 +96,52 @@ impl TestDevice {
             resets: AtomicU64::new(0),
             break_reset: AtomicBool::new(false),
             ras: Mutex::new(None),
+            pool: Arc::default(),
+            copy_bandwidth: AtomicU64::new(0),
+            copy_fault: AtomicBool::new(false),
+            vram_ecc: AtomicBool::new(false),
         }
     }
 
     /// Engine resets performed so far.
     pub fn resets(&self) -> u64 {
         self.resets.load(Ordering::Relaxed)
+    }
+
+    fn report(&self, node: &str, error: &str) {
+        if let Some(sink) = self.ras.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            let _ = sink.report(node, error, 1);
+        }
+    }
+
+    /// An injected `vram` fault hits the first job that touches device memory.
+    fn vram_fault(&self, ranges: &[&accel_core::bo::BoRange]) -> Result<(), Errno> {
+        if ranges.iter().any(|r| r.bo.device().is_some()) && self.vram_ecc.swap(false, Ordering::AcqRel) {
+            self.report("memory", "ecc-uncorrected");
+            return Err(Errno::EIO);
+        }
+        Ok(())
+    }
+
+    fn copy(&self, src: &accel_core::bo::BoRange, dst: &accel_core::bo::BoRange, ctx: &JobCtx) -> Result<(), Errno> {
+        self.vram_fault(&[src, dst])?;
+        if self.copy_fault.swap(false, Ordering::AcqRel) {
+            self.report("interconnect", "link-crc");
+            return Err(Errno::EIO);
+        }
+        let start = Instant::now();
+        let (s, d) = (ptr_of(src)?, ptr_of(dst)?);
+        // SAFETY: both ranges lie inside live buffers the job holds, with equal lengths
+        // (checked by the core); memmove semantics.
+        unsafe { std::ptr::copy(s, d, dst.len.min(src.len)) };
+        let bw = self.copy_bandwidth.load(Ordering::Relaxed);
+        if bw > 0 {
+            let due = Duration::from_secs_f64(dst.len as f64 / bw as f64);
+            if let Some(left) = due.checked_sub(start.elapsed()) {
+                ctx.abort.sleep(left);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -84,11 +152,52 @@ impl Driver for TestDevice {
             name: "accel fault-injection test device".into(),
             vendor: "accel".into(),
             categories: vec![Category::Shared, Category::Exclusive, Category::Oneshot],
-            ops: vec![OpKind::Nop, OpKind::Fill, OpKind::Copy, OpKind::Driver],
+            ops: vec![OpKind::Nop, OpKind::Fill, OpKind::Copy, OpKind::Driver, OpKind::Launch],
             memory_bytes: 1 << 30,
             compute_units: 1,
-            engines: vec![EngineInfo { name: "compute".into(), credits: self.credits }],
+            engines: vec![
+                EngineInfo { name: "compute".into(), credits: self.credits },
+                EngineInfo { name: "copy".into(), credits: 1 },
+            ],
             ras_nodes: ras_nodes(),
+        }
+    }
+
+    fn engine_for(&self, op: &JobOp) -> usize {
+        match op {
+            JobOp::Copy { .. } => COPY_ENGINE,
+            _ => COMPUTE_ENGINE,
+        }
+    }
+
+    fn regions(&self) -> Vec<RegionDesc> {
+        vec![RegionDesc {
+            name: "vram".into(),
+            kind: RegionKind::Device,
+            size: vram::VRAM_BYTES,
+            mappable: false,
+            exportable: false,
+            coherent: false,
+        }]
+    }
+
+    fn alloc(&self, region: usize, size: u64) -> Result<Arc<dyn DeviceMemory>, DriverError> {
+        match region {
+            0 => Ok(self.pool.alloc(size)?),
+            r => Err(DriverError::new(Errno::EINVAL, format!("testdev has no region {}", r + 1))),
+        }
+    }
+
+    fn program_formats(&self) -> Vec<String> {
+        vec![cmdbuf::FORMAT.into()]
+    }
+
+    fn load_program(&self, format: &str, bytes: &[u8]) -> Result<Arc<dyn Program>, DriverError> {
+        match format {
+            cmdbuf::FORMAT => Ok(Arc::new(cmdbuf::CmdBuf::load(bytes)?)),
+            other => {
+                Err(DriverError::new(Errno::EOPNOTSUPP, format!("testdev loads {}, not {other:?}", cmdbuf::FORMAT)))
+            }
         }
     }
 
@@ -96,11 +205,38 @@ impl Driver for TestDevice {
         match op {
             JobOp::Nop => Ok(()),
             JobOp::Fill { dst, pattern } => {
-                host::fill(dst, *pattern);
+                self.vram_fault(&[dst])?;
+                let p = ptr_of(dst)?;
+                for i in (0..dst.len).step_by(4) {
+                    // SAFETY: the range lies inside a live buffer (checked by the core); its
+                    // length is a multiple of 4.
+                    unsafe { p.add(i).cast::<[u8; 4]>().write_unaligned(pattern.to_le_bytes()) };
+                }
                 Ok(())
             }
-            JobOp::Copy { src, dst } => {
-                host::copy(src, dst);
+            JobOp::Copy { src, dst } => self.copy(src, dst, ctx),
+            JobOp::Launch { program, args, .. } => {
+                let ranges: Vec<&accel_core::bo::BoRange> = args
+                    .iter()
+                    .filter_map(|a| match a {
+                        JobArg::Buffer(r) => Some(r),
+                        _ => None,
+                    })
+                    .collect();
+                self.vram_fault(&ranges)?;
+                let cmd = program.as_any().downcast_ref::<cmdbuf::CmdBuf>().ok_or(Errno::EINVAL)?;
+                cmd.run(args, &ctx.abort)
+            }
+            JobOp::Driver { code: OP_COPY_BANDWIDTH, args } => {
+                self.copy_bandwidth.store(args[0], Ordering::Relaxed);
+                Ok(())
+            }
+            JobOp::Driver { code: OP_COPY_FAULT, .. } => {
+                self.copy_fault.store(true, Ordering::Release);
+                Ok(())
+            }
+            JobOp::Driver { code: OP_VRAM_ECC, .. } => {
+                self.vram_ecc.store(true, Ordering::Release);
                 Ok(())
             }
             JobOp::GemmF32 { .. } => Err(Errno::EOPNOTSUPP),

@@ -39,7 +39,7 @@ const fn rep(tag: u32, name: &'static str) -> ReplySpec {
 }
 
 /// Every reply, in the declaration order of [`Reply`].
-pub const REPLIES: [ReplySpec; 18] = [
+pub const REPLIES: [ReplySpec; 19] = [
     rep(256, "Hello"),
     rep(257, "Ok"),
     rep(258, "Devices"),
@@ -58,6 +58,7 @@ pub const REPLIES: [ReplySpec; 18] = [
     rep(271, "Error"),
     rep(272, "Token"),
     rep(273, "Points"),
+    rep(274, "Program"),
 ];
 
 /// Tag of [`Reply::Error`].
@@ -80,6 +81,7 @@ const STATS: u32 = 269;
 const CLIENTS: u32 = 270;
 const TOKEN: u32 = 272;
 const POINTS: u32 = 273;
+const PROGRAM: u32 = 274;
 
 const fn req(tag: u32, name: &'static str, reply: u32, fds_in: u8, fds_out: u8) -> RequestSpec {
     RequestSpec { tag, name, reply, fds_in, fds_out }
@@ -88,7 +90,7 @@ const fn req(tag: u32, name: &'static str, reply: u32, fds_in: u8, fds_out: u8) 
 /// Every request, in the declaration order of [`Request`]. Tags are grouped by area:
 /// 1–15 connection and devices, 16–31 buffers, 32–47 queues and submission, 48–63 fences,
 /// 64–79 syncobjs, 80–95 RAS, 96–111 namespaces, 112–127 statistics.
-pub const REQUESTS: [RequestSpec; 43] = [
+pub const REQUESTS: [RequestSpec; 46] = [
     req(1, "Hello", HELLO, 0, 0),
     req(2, "ListDevices", DEVICES, 0, 0),
     req(3, "DeviceInfo", DEVICE, 0, 0),
@@ -132,6 +134,9 @@ pub const REQUESTS: [RequestSpec; 43] = [
     req(76, "SyncobjEventfd", OK, 1, 0),
     req(77, "SyncobjExportSyncFile", FD, 0, 1),
     req(78, "SyncobjImportSyncFile", OK, 1, 0),
+    req(37, "ProgramLoad", PROGRAM, 0, 0),
+    req(38, "ProgramInfo", PROGRAM, 0, 0),
+    req(39, "ProgramUnload", OK, 0, 0),
 ];
 
 /// The tags of a spec table, in its order.

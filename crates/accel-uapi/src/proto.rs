@@ -32,6 +32,114 @@ handle_type!(
     /// A syncobj handle, local to one client.
     SyncobjHandle
 );
+handle_type!(
+    /// A program handle (a loaded module of kernels), local to one client.
+    ProgramHandle
+);
+
+/// What kind of memory a region is (TTM placement / Vulkan memory type / Level Zero
+/// allocation type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RegionKind {
+    /// Host memory shared with the client (memfd): mappable, zero copy.
+    Host,
+    /// Device memory the driver owns: not mappable by clients; reached by copies.
+    Device,
+    /// Device memory the host can also map (a BAR, unified memory).
+    DeviceMappable,
+}
+
+/// A memory region of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionInfo {
+    /// Index, what `BoCreate` takes (0 is always the host region).
+    pub id: u32,
+    /// Name (`host`, `vram`, ...).
+    pub name: String,
+    /// What kind of memory.
+    pub kind: RegionKind,
+    /// Capacity in bytes.
+    pub size: u64,
+    /// Bytes allocated now.
+    pub used: u64,
+    /// Clients can map its buffers (`BoMmap`).
+    pub mappable: bool,
+    /// Its buffers can be exported (`BoExport`).
+    pub exportable: bool,
+    /// Host and device see each other's writes without flushes.
+    pub coherent: bool,
+}
+
+/// A parameter of a program's entry point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ParamKind {
+    /// A buffer view.
+    Buffer,
+    /// A 32-bit unsigned scalar.
+    U32,
+    /// A 64-bit unsigned scalar.
+    U64,
+    /// A 32-bit float scalar.
+    F32,
+}
+
+/// An entry point of a program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryInfo {
+    /// Name.
+    pub name: String,
+    /// Parameters, in order.
+    pub params: Vec<ParamKind>,
+}
+
+/// Most arguments of one launch.
+pub const MAX_LAUNCH_ARGS: usize = 8;
+
+/// One argument of a launch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub enum LaunchArg {
+    /// No argument (fills the fixed-size argument array past the last one).
+    #[default]
+    None,
+    /// A buffer view.
+    Buffer(BufView),
+    /// A 32-bit unsigned scalar.
+    U32(u32),
+    /// A 64-bit unsigned scalar.
+    U64(u64),
+    /// A 32-bit float scalar.
+    F32(f32),
+}
+
+/// A kernel launch: an entry point of a loaded program over a grid.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Launch {
+    /// The program.
+    pub program: ProgramHandle,
+    /// Index of the entry point ([`EntryInfo`] order).
+    pub entry: u32,
+    /// Work groups in x, y, z.
+    pub grid: [u32; 3],
+    /// Arguments, in parameter order; unused slots are [`LaunchArg::None`].
+    pub args: [LaunchArg; MAX_LAUNCH_ARGS],
+}
+
+impl Launch {
+    /// A launch of `entry` with `args` (at most [`MAX_LAUNCH_ARGS`]; extra ones are dropped).
+    pub fn new(program: ProgramHandle, entry: u32, grid: [u32; 3], args: &[LaunchArg]) -> Launch {
+        let mut a = [LaunchArg::None; MAX_LAUNCH_ARGS];
+        for (slot, v) in a.iter_mut().zip(args) {
+            *slot = *v;
+        }
+        Launch { program, entry, grid, args: a }
+    }
+
+    /// The arguments given (up to the first [`LaunchArg::None`]).
+    pub fn given(&self) -> &[LaunchArg] {
+        let n = self.args.iter().position(|a| *a == LaunchArg::None).unwrap_or(MAX_LAUNCH_ARGS);
+        &self.args[..n]
+    }
+}
 
 /// Device category, as agreed for accelerators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -175,6 +283,8 @@ pub enum OpKind {
     GemmF32,
     /// A driver-private operation.
     Driver,
+    /// A program launch.
+    Launch,
 }
 
 impl OpKind {
@@ -186,6 +296,7 @@ impl OpKind {
             OpKind::Copy => "copy",
             OpKind::GemmF32 => "gemm-f32",
             OpKind::Driver => "driver",
+            OpKind::Launch => "launch",
         }
     }
 }
@@ -213,6 +324,10 @@ pub struct DeviceInfo {
     pub compute_units: u32,
     /// Engines the scheduler feeds.
     pub engines: Vec<EngineInfo>,
+    /// Memory regions, with their use (ABI 3.0).
+    pub regions: Vec<RegionInfo>,
+    /// Program formats the driver loads (`builtin`, `spirv`, ...).
+    pub program_formats: Vec<String>,
     /// Jobs waiting to be dispatched.
     pub queued_jobs: u64,
     /// Engine resets so far.
@@ -296,6 +411,8 @@ pub enum Op {
         /// Driver-defined arguments.
         args: [u64; 4],
     },
+    /// Run an entry point of a loaded program (ABI 3.0).
+    Launch(Launch),
 }
 
 impl Op {
@@ -307,6 +424,7 @@ impl Op {
             Op::Copy { .. } => OpKind::Copy,
             Op::GemmF32(_) => OpKind::GemmF32,
             Op::Driver { .. } => OpKind::Driver,
+            Op::Launch(_) => OpKind::Launch,
         }
     }
 }
@@ -364,11 +482,13 @@ pub struct ObjectCounts {
     pub jobs: u64,
     /// Submission rings.
     pub rings: u64,
+    /// Loaded programs (ABI 3.0).
+    pub programs: u64,
 }
 
 impl ObjectCounts {
     /// Every count with its name (`clients`, `buffers`, `buffer_bytes`, ...), for exporters.
-    pub fn fields(&self) -> [(&'static str, u64); 8] {
+    pub fn fields(&self) -> [(&'static str, u64); 9] {
         [
             ("clients", self.clients),
             ("buffers", self.buffers),
@@ -378,6 +498,7 @@ impl ObjectCounts {
             ("queues", self.queues),
             ("jobs", self.jobs),
             ("rings", self.rings),
+            ("programs", self.programs),
         ]
     }
 }
@@ -462,6 +583,8 @@ pub enum Request {
     BoCreate {
         /// Size in bytes.
         size: u64,
+        /// Memory region ([`RegionInfo::id`]; 0 is host memory).
+        region: u32,
     },
     /// Describe a buffer object.
     BoInfo {
@@ -726,6 +849,24 @@ pub enum Request {
         /// The point (0: replace its fence).
         point: u64,
     },
+    /// Load a program (a module of kernels) in a format the driver declares; the driver
+    /// validates it (`EINVAL` with its reason). [`Reply::Program`].
+    ProgramLoad {
+        /// Format (`builtin`, `testdev-cmdbuf`, `spirv`, ...).
+        format: String,
+        /// The binary.
+        bytes: Vec<u8>,
+    },
+    /// Describe a loaded program. [`Reply::Program`].
+    ProgramInfo {
+        /// The program.
+        handle: ProgramHandle,
+    },
+    /// Drop a program handle (launches already queued keep it).
+    ProgramUnload {
+        /// The program.
+        handle: ProgramHandle,
+    },
 }
 
 /// Replies the daemon sends.
@@ -798,4 +939,11 @@ pub enum Reply {
     Token(String),
     /// Timeline values, one per handle asked.
     Points(Vec<u64>),
+    /// A loaded program.
+    Program {
+        /// Its handle.
+        handle: ProgramHandle,
+        /// Its entry points.
+        entries: Vec<EntryInfo>,
+    },
 }

@@ -34,7 +34,9 @@ use std::sync::atomic::{fence, AtomicU32, Ordering};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::shm::Mapping;
-use crate::{BoHandle, BufView, Errno, GemmF32, MatView, Op, SyncobjHandle};
+use crate::{
+    BoHandle, BufView, Errno, GemmF32, Launch, LaunchArg, MatView, Op, ProgramHandle, SyncobjHandle, MAX_LAUNCH_ARGS,
+};
 
 /// `"ARNG"`: first word of the ring info.
 pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"ARNG");
@@ -80,6 +82,10 @@ pub mod opcode {
     /// (syncobj handle, point) pairs, the waits first. A wait point not submitted yet is
     /// waited for (`WAIT_FOR_SUBMIT`). See [`super::Sqe::sync`].
     pub const SYNC: u16 = 5;
+    /// [`crate::Op::Launch`]: args = program, entry | argument kinds << 32 (four bits each:
+    /// 1 buffer, 2 u32, 3 u64, 4 f32), grid x | y << 32, grid z, then the argument values
+    /// (a buffer takes bo, offset, len; a scalar one word), ten words at most.
+    pub const LAUNCH: u16 = 6;
 }
 
 /// Most wait and signal points of one [`opcode::SYNC`] entry, together.
@@ -139,8 +145,15 @@ fn mat_from(a: &[u64]) -> MatView {
 }
 
 impl Sqe {
-    /// Encodes an operation; every [`Op`] fits.
+    /// Encodes an operation. A launch whose arguments do not fit ([`Sqe::try_encode`])
+    /// becomes an entry of an unknown opcode, which completes with `EINVAL`.
     pub fn encode(op: &Op, user_data: u64) -> Sqe {
+        Self::try_encode(op, user_data).unwrap_or(Sqe { user_data, seq: 0, opcode: u16::MAX, flags: 0, args: [0; 14] })
+    }
+
+    /// Encodes an operation; `E2BIG` for a launch whose arguments need more than the ten
+    /// words an entry has for them (a buffer takes three, a scalar one).
+    pub fn try_encode(op: &Op, user_data: u64) -> Result<Sqe, Errno> {
         let mut args = [0u64; 14];
         let opcode = match op {
             Op::Nop => opcode::NOP,
@@ -165,8 +178,31 @@ impl Sqe {
                 args[1..5].copy_from_slice(a);
                 opcode::DRIVER
             }
+            Op::Launch(l) => {
+                args[0] = l.program.0;
+                args[2] = u64::from(l.grid[0]) | u64::from(l.grid[1]) << 32;
+                args[3] = u64::from(l.grid[2]);
+                let (mut kinds, mut at) = (0u64, 4usize);
+                for (i, a) in l.given().iter().enumerate() {
+                    let (kind, words): (u64, &[u64]) = match a {
+                        LaunchArg::None => (0, &[]),
+                        LaunchArg::Buffer(v) => (1, &[v.bo.0, v.offset, v.len]),
+                        LaunchArg::U32(x) => (2, &[u64::from(*x)]),
+                        LaunchArg::U64(x) => (3, &[*x]),
+                        LaunchArg::F32(x) => (4, &[u64::from(x.to_bits())]),
+                    };
+                    if at + words.len() > args.len() {
+                        return Err(Errno::E2BIG);
+                    }
+                    args[at..at + words.len()].copy_from_slice(words);
+                    at += words.len();
+                    kinds |= kind << (4 * i);
+                }
+                args[1] = u64::from(l.entry) | kinds << 32;
+                opcode::LAUNCH
+            }
         };
-        Sqe { user_data, seq: 0, opcode, flags: 0, args }
+        Ok(Sqe { user_data, seq: 0, opcode, flags: 0, args })
     }
 
     /// A [`opcode::SYNC`] entry; `E2BIG` past [`MAX_SYNC_POINTS`] points.
@@ -200,7 +236,7 @@ impl Sqe {
 
     /// Decodes an entry a client wrote. Unknown opcodes, set flags, or values that do
     /// not fit their field are `EINVAL`; bounds are checked later, against the buffers.
-    /// Opcodes other than GEMM and SYNC use args 0..=5 only (the entry's first cache line).
+    /// Opcodes other than GEMM, SYNC and LAUNCH use args 0..=5 only (the entry's first cache line).
     /// A [`opcode::SYNC`] entry is not an operation: `EINVAL` here, see [`Sqe::decode_sync`].
     pub fn decode(&self) -> Result<Op, Errno> {
         if self.flags != 0 {
@@ -224,6 +260,39 @@ impl Sqe {
             }),
             opcode::DRIVER => {
                 Op::Driver { code: u32::try_from(a[0]).map_err(|_| Errno::EINVAL)?, args: [a[1], a[2], a[3], a[4]] }
+            }
+            opcode::LAUNCH => {
+                let kinds = a[1] >> 32;
+                let mut out = [LaunchArg::None; MAX_LAUNCH_ARGS];
+                let mut at = 4usize;
+                for (i, slot) in out.iter_mut().enumerate() {
+                    let kind = (kinds >> (4 * i)) & 0xf;
+                    let need = match kind {
+                        0 => break,
+                        1 => 3,
+                        2..=4 => 1,
+                        _ => return Err(Errno::EINVAL),
+                    };
+                    let w = a.get(at..at + need).ok_or(Errno::EINVAL)?;
+                    *slot = match kind {
+                        1 => LaunchArg::Buffer(BufView { bo: BoHandle(w[0]), offset: w[1], len: w[2] }),
+                        2 => LaunchArg::U32(u32::try_from(w[0]).map_err(|_| Errno::EINVAL)?),
+                        3 => LaunchArg::U64(w[0]),
+                        _ => LaunchArg::F32(f32::from_bits(u32::try_from(w[0]).map_err(|_| Errno::EINVAL)?)),
+                    };
+                    at += need;
+                }
+                // Kinds past the first empty slot would be ignored: refuse them instead.
+                let given = out.iter().position(|x| *x == LaunchArg::None).unwrap_or(MAX_LAUNCH_ARGS);
+                if given < MAX_LAUNCH_ARGS && kinds >> (4 * given) != 0 {
+                    return Err(Errno::EINVAL);
+                }
+                Op::Launch(Launch {
+                    program: ProgramHandle(a[0]),
+                    entry: a[1] as u32,
+                    grid: [a[2] as u32, (a[2] >> 32) as u32, u32::try_from(a[3]).map_err(|_| Errno::EINVAL)?],
+                    args: out,
+                })
             }
             _ => return Err(Errno::EINVAL),
         })
@@ -360,7 +429,7 @@ impl RingMem {
         // other process may write concurrently (a torn entry just decodes to an error).
         bytes[..LINE].copy_from_slice(&unsafe { p.cast::<[u8; LINE]>().read_volatile() });
         let mut sqe = Sqe::read_from_bytes(&bytes).unwrap_or_else(|_| unreachable!("SQE_SIZE bytes"));
-        if sqe.opcode == opcode::GEMM_F32 || sqe.opcode == opcode::SYNC {
+        if matches!(sqe.opcode, opcode::GEMM_F32 | opcode::SYNC | opcode::LAUNCH) {
             // SAFETY: the second half of the same in-bounds slot.
             bytes[LINE..].copy_from_slice(&unsafe { p.add(LINE).cast::<[u8; LINE]>().read_volatile() });
             sqe = Sqe::read_from_bytes(&bytes).unwrap_or_else(|_| unreachable!("SQE_SIZE bytes"));

@@ -16,9 +16,9 @@ use crate::Errno;
 /// `"ACCL"` in little-endian.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"ACCL");
 /// ABI major version: changes break compatibility.
-pub const ABI_MAJOR: u16 = 2;
+pub const ABI_MAJOR: u16 = 3;
 /// ABI minor version: additions only.
-pub const ABI_MINOR: u16 = 2;
+pub const ABI_MINOR: u16 = 0;
 /// Largest message either side accepts, header included.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Most descriptors one message may carry.
@@ -195,7 +195,7 @@ mod tests {
 
     #[test]
     fn truncated_message_is_rejected_with_its_seq() {
-        let bytes = encode(Kind::Request, 9, &Request::BoCreate { size: 4096 }).unwrap();
+        let bytes = encode(Kind::Request, 9, &Request::BoCreate { size: 4096, region: 0 }).unwrap();
         let err = decode::<Request>(Kind::Request, &bytes[..bytes.len() - 1]).unwrap_err();
         assert_eq!((err.seq, err.code), (Some(9), Errno::EPROTO));
     }
@@ -238,7 +238,7 @@ mod tests {
 
         #[test]
         fn bo_create_round_trips(seq in any::<u32>(), size in any::<u64>()) {
-            let req = Request::BoCreate { size };
+            let req = Request::BoCreate { size, region: 0 };
             let bytes = encode(Kind::Request, seq, &req).unwrap();
             prop_assert_eq!(decode::<Request>(Kind::Request, &bytes).unwrap(), (seq, req));
         }

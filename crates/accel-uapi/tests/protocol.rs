@@ -24,7 +24,21 @@ fn registry() -> Registry {
     macro_rules! trace {
         ($($t:ty),*) => { $(tracer.trace_simple_type::<$t>().expect(stringify!($t));)* };
     }
-    trace!(Category, Priority, Severity, Health, OpKind, Op, WaitPoint, FenceStatus, Request, Reply);
+    trace!(
+        Category,
+        Priority,
+        Severity,
+        Health,
+        OpKind,
+        RegionKind,
+        ParamKind,
+        LaunchArg,
+        Op,
+        WaitPoint,
+        FenceStatus,
+        Request,
+        Reply
+    );
     tracer.registry().expect("every type traced completely")
 }
 
@@ -206,7 +220,7 @@ fn samples() -> Vec<(&'static str, Kind, u32, Vec<u8>)> {
         ),
         req("list-devices", 2, Request::ListDevices),
         req("open", 3, Request::Open { minor: 0, wait_ms: 0 }),
-        req("bo-create", 4, Request::BoCreate { size: 1 << 20 }),
+        req("bo-create", 4, Request::BoCreate { size: 1 << 20, region: 0 }),
         req("queue-create", 5, Request::QueueCreate { timeout_ms: 0, priority: Priority::Normal, weight: 0 }),
         req(
             "submit-fill",

@@ -13,15 +13,24 @@ use crate::{Error, Result, Shared};
 /// The memory is shared with the device (and with any client that imported it),
 /// so access goes through copies ([`Buffer::read`], [`Buffer::write`]) rather than
 /// Rust references, which would promise an exclusivity shared memory cannot give.
+///
+/// A buffer in a device region clients cannot map ([`crate::Device::alloc_in`]) has no
+/// mapping: reach it with `Copy` jobs to and from host buffers.
 pub struct Buffer {
     dev: Arc<Shared>,
     handle: BoHandle,
-    map: Mapping,
+    map: Option<Mapping>,
+    size: u64,
+    region: u32,
 }
 
 impl std::fmt::Debug for Buffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Buffer").field("handle", &self.handle).field("size", &self.map.len()).finish()
+        f.debug_struct("Buffer")
+            .field("handle", &self.handle)
+            .field("size", &self.size)
+            .field("region", &self.region)
+            .finish()
     }
 }
 
@@ -38,12 +47,27 @@ impl Buffer {
             usize::try_from(size).map_err(|_| Error::new(Errno::EOVERFLOW, "buffer larger than address space"))?;
         // The daemon seals buffer memfds against shrinking, so the mapping stays valid.
         match Mapping::new(&fd, len) {
-            Ok(map) => Ok(Buffer { dev, handle, map }),
+            Ok(map) => Ok(Buffer { dev, handle, map: Some(map), size, region: 0 }),
             Err(e) => {
                 dev.release(&Request::BoClose { handle });
                 Err(Error::os("mmap of buffer", e))
             }
         }
+    }
+
+    /// A buffer in a region clients cannot map.
+    pub(crate) fn unmapped(dev: Arc<Shared>, handle: BoHandle, size: u64, region: u32) -> Buffer {
+        Buffer { dev, handle, map: None, size, region }
+    }
+
+    /// The memory region the buffer is in (0: host).
+    pub fn region(&self) -> u32 {
+        self.region
+    }
+
+    /// Whether the buffer is mapped into this process (host memory).
+    pub fn is_mapped(&self) -> bool {
+        self.map.is_some()
     }
 
     /// The daemon's handle for this buffer.
@@ -53,7 +77,7 @@ impl Buffer {
 
     /// Size in bytes.
     pub fn size(&self) -> u64 {
-        self.map.len() as u64
+        self.size
     }
 
     /// A byte range, for use in job operands.
@@ -71,29 +95,35 @@ impl Buffer {
         MatView { bo: self.handle, offset, row_stride }
     }
 
-    fn check(&self, offset: usize, len: usize) -> Result<()> {
+    fn check(&self, offset: usize, len: usize) -> Result<*mut u8> {
+        let Some(map) = &self.map else {
+            return Err(Error::new(
+                Errno::EINVAL,
+                format!(
+                    "buffer {:#x} is device memory (region {}): copy it to a host buffer",
+                    self.handle.0, self.region
+                ),
+            ));
+        };
         match offset.checked_add(len) {
-            Some(end) if end <= self.map.len() => Ok(()),
-            _ => Err(Error::new(
-                Errno::ERANGE,
-                format!("[{offset}, +{len}) is outside the {}-byte buffer", self.map.len()),
-            )),
+            Some(end) if end <= map.len() => Ok(map.as_ptr()),
+            _ => Err(Error::new(Errno::ERANGE, format!("[{offset}, +{len}) is outside the {}-byte buffer", map.len()))),
         }
     }
 
     /// Copies `data` into the buffer at byte `offset`.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
-        self.check(offset, data.len())?;
+        let base = self.check(offset, data.len())?;
         // SAFETY: in bounds (checked); raw copy into shared memory, no reference formed.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_ptr().add(offset), data.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(offset), data.len()) };
         Ok(())
     }
 
     /// Copies bytes from the buffer at `offset` into `out`.
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
-        self.check(offset, out.len())?;
+        let base = self.check(offset, out.len())?;
         // SAFETY: in bounds (checked); raw copy out of shared memory.
-        unsafe { std::ptr::copy_nonoverlapping(self.map.as_ptr().add(offset), out.as_mut_ptr(), out.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(base.add(offset), out.as_mut_ptr(), out.len()) };
         Ok(())
     }
 
@@ -110,9 +140,10 @@ impl Buffer {
         Ok(bytes.chunks_exact(4).map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
-    /// Raw pointer to the mapping, for zero-copy use; valid while `self` lives.
+    /// Raw pointer to the mapping, for zero-copy use; valid while `self` lives. Null for
+    /// device memory, which is not mapped.
     pub fn as_ptr(&self) -> *mut u8 {
-        self.map.as_ptr()
+        self.map.as_ref().map_or(std::ptr::null_mut(), |m| m.as_ptr())
     }
 
     /// Exports the buffer as a descriptor another client can [`crate::Device::import`].

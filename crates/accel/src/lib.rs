@@ -34,8 +34,8 @@ use std::time::Duration;
 pub use accel_uapi::syncobj;
 pub use accel_uapi::SyncobjHandle;
 pub use accel_uapi::{
-    BufView, Category, ClientUsage, DeviceInfo, EngineInfo, Errno, FenceStatus, GemmF32, MatView, ObjectCounts, Op,
-    OpKind, Priority, SignalPoint, WaitPoint,
+    BufView, Category, ClientUsage, DeviceInfo, EngineInfo, EntryInfo, Errno, FenceStatus, GemmF32, LaunchArg, MatView,
+    ObjectCounts, Op, OpKind, ParamKind, Priority, RegionInfo, RegionKind, SignalPoint, WaitPoint,
 };
 use accel_uapi::{Reply, Request};
 
@@ -135,6 +135,57 @@ pub struct QueueOptions {
     pub timeout: Option<Duration>,
 }
 
+/// A loaded program: its entry points, launched with [`Op::Launch`] ([`Program::launch`]).
+pub struct Program {
+    dev: Arc<Shared>,
+    handle: accel_uapi::ProgramHandle,
+    entries: Vec<accel_uapi::EntryInfo>,
+}
+
+impl Program {
+    /// The daemon's handle.
+    pub fn handle(&self) -> accel_uapi::ProgramHandle {
+        self.handle
+    }
+
+    /// Entry points and their parameters.
+    pub fn entries(&self) -> &[accel_uapi::EntryInfo] {
+        &self.entries
+    }
+
+    /// The index of entry point `name`.
+    pub fn entry(&self, name: &str) -> Result<u32> {
+        self.entries
+            .iter()
+            .position(|e| e.name == name)
+            .map(|i| i as u32)
+            .ok_or_else(|| Error::new(Errno::EINVAL, format!("the program has no entry point {name:?}")))
+    }
+
+    /// An op launching entry `name` over `grid` with `args` (submit it on a queue or ring).
+    pub fn launch(&self, name: &str, grid: [u32; 3], args: &[LaunchArg]) -> Result<Op> {
+        if args.len() > accel_uapi::MAX_LAUNCH_ARGS {
+            return Err(Error::new(
+                Errno::E2BIG,
+                format!("{} arguments exceed {}", args.len(), accel_uapi::MAX_LAUNCH_ARGS),
+            ));
+        }
+        Ok(Op::Launch(accel_uapi::Launch::new(self.handle, self.entry(name)?, grid, args)))
+    }
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Program").field("handle", &self.handle).field("entries", &self.entries).finish()
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        self.dev.release(&Request::ProgramUnload { handle: self.handle });
+    }
+}
+
 /// What a wait returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WaitResult {
@@ -208,8 +259,26 @@ impl Device {
 
     /// Allocates a zero-filled buffer of at least `size` bytes, mapped into this process.
     pub fn alloc(&self, size: u64) -> Result<Buffer> {
-        match self.shared.call(&Request::BoCreate { size })? {
-            Reply::Bo { handle, size } => Buffer::map(self.shared.clone(), handle, size),
+        self.alloc_in(size, 0)
+    }
+
+    /// Allocates a zero-filled buffer in memory region `region` ([`DeviceInfo::regions`]).
+    /// Host memory (region 0, and any mappable region) is mapped into this process;
+    /// device memory is not: fill it with `Copy` jobs from host buffers.
+    pub fn alloc_in(&self, size: u64, region: u32) -> Result<Buffer> {
+        let mappable = self.shared.info.regions.get(region as usize).is_none_or(|r| r.mappable);
+        match self.shared.call(&Request::BoCreate { size, region })? {
+            Reply::Bo { handle, size } if mappable => Buffer::map(self.shared.clone(), handle, size),
+            Reply::Bo { handle, size } => Ok(Buffer::unmapped(self.shared.clone(), handle, size, region)),
+            other => Err(conn::unexpected(&other)),
+        }
+    }
+
+    /// Loads a program in one of the device's formats ([`DeviceInfo::program_formats`]);
+    /// the driver validates it (`EINVAL` with its reason).
+    pub fn load_program(&self, format: &str, bytes: &[u8]) -> Result<Program> {
+        match self.shared.call(&Request::ProgramLoad { format: format.into(), bytes: bytes.to_vec() })? {
+            Reply::Program { handle, entries } => Ok(Program { dev: self.shared.clone(), handle, entries }),
             other => Err(conn::unexpected(&other)),
         }
     }

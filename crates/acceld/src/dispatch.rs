@@ -15,8 +15,8 @@ use accel_uapi::{transport, Errno, Reply, Request};
 
 /// What to do with a request once the core has seen it.
 pub(crate) enum Action {
-    /// Answer now.
-    Reply(Reply, Vec<OwnedFd>),
+    /// Answer now (boxed: a device description is large, the other actions small).
+    Reply(Box<Reply>, Vec<OwnedFd>),
     /// Answer with these RAS netlink frames, each its own `Reply::Netlink`.
     Netlink(Vec<Vec<Vec<u8>>>),
     /// Answer when the fences satisfy the wait (all or any), or with `expired` at the
@@ -148,9 +148,9 @@ fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<Ow
             client_id: c.id(),
             server: concat!("acceld ", env!("CARGO_PKG_VERSION")).into(),
         };
-        return Ok(Action::Reply(reply, Vec::new()));
+        return Ok(Action::Reply(Box::new(reply), Vec::new()));
     };
-    let ok = |r: Reply| Ok(Action::Reply(r, Vec::new()));
+    let ok = |r: Reply| Ok(Action::Reply(Box::new(r), Vec::new()));
     match req {
         Request::Hello { .. } => Err(Error::new(Errno::EPROTO, "handshake already done on this connection")),
         Request::ListDevices => ok(Reply::Devices(c.namespace().describe_all())),
@@ -162,14 +162,14 @@ fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<Ow
                 Ok(Action::Open { minor, wait: Duration::from_millis(wait_ms) })
             }
         }
-        Request::BoCreate { size } => {
-            let (handle, size) = c.bo_create(size)?;
+        Request::BoCreate { size, region } => {
+            let (handle, size) = c.bo_create(size, region)?;
             ok(Reply::Bo { handle, size })
         }
         Request::BoInfo { handle } => ok(Reply::Bo { handle, size: c.bo_size(handle)? }),
         Request::BoClose { handle } => c.bo_close(handle).and(ok(Reply::Ok)),
-        Request::BoMmap { handle } => Ok(Action::Reply(Reply::Fd, vec![c.bo_mmap(handle)?])),
-        Request::BoExport { handle } => Ok(Action::Reply(Reply::Fd, vec![c.bo_export(handle)?])),
+        Request::BoMmap { handle } => Ok(Action::Reply(Box::new(Reply::Fd), vec![c.bo_mmap(handle)?])),
+        Request::BoExport { handle } => Ok(Action::Reply(Box::new(Reply::Fd), vec![c.bo_export(handle)?])),
         Request::BoImport => {
             let fd = fd.ok_or_else(|| Error::new(Errno::EBADF, "BoImport needs a descriptor"))?;
             let (handle, size) = c.bo_import(fd)?;
@@ -180,7 +180,7 @@ fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<Ow
         }
         Request::RingCreate { queue, entries } => {
             let fds = c.ring_create(queue, entries)?;
-            Ok(Action::Reply(Reply::Fd, vec![fds.ring, fds.doorbell, fds.completion]))
+            Ok(Action::Reply(Box::new(Reply::Fd), vec![fds.ring, fds.doorbell, fds.completion]))
         }
         Request::QueueDestroy { handle } => c.queue_destroy(handle).and(ok(Reply::Ok)),
         Request::Submit { queue, op, wait, signal } => {
@@ -197,7 +197,7 @@ fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<Ow
             Ok(Action::Wait { fences, all, timeout: Duration::from_nanos(timeout_ns), expired: Errno::ETIMEDOUT })
         }
         Request::FenceClose { handle } => c.fence_close(handle).and(ok(Reply::Ok)),
-        Request::ExportSyncFd { point } => Ok(Action::Reply(Reply::Fd, vec![c.export_sync_fd(&point)?])),
+        Request::ExportSyncFd { point } => Ok(Action::Reply(Box::new(Reply::Fd), vec![c.export_sync_fd(&point)?])),
         // Every syncobj takes binary and timeline operations, as in DRM: `timeline` is kept
         // for ABI 2.1 and changes nothing.
         Request::SyncobjCreate { timeline: _, signaled } => ok(Reply::Syncobj(c.syncobj_create(signaled)?)),
@@ -205,11 +205,17 @@ fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<Ow
         Request::SyncobjSignal { handle, point } => c.syncobj_signal(handle, point).and(ok(Reply::Ok)),
         Request::SyncobjReset { handle } => c.syncobj_reset(handle).and(ok(Reply::Ok)),
         Request::SyncobjQuery { handle } => ok(Reply::Point(c.syncobj_query(handle)?)),
-        Request::SyncobjExport { handle } => Ok(Action::Reply(Reply::Fd, vec![c.syncobj_export(handle)?])),
+        Request::SyncobjExport { handle } => Ok(Action::Reply(Box::new(Reply::Fd), vec![c.syncobj_export(handle)?])),
         Request::SyncobjImport => {
             let fd = fd.ok_or_else(|| Error::new(Errno::EBADF, "SyncobjImport needs a descriptor"))?;
             ok(Reply::Syncobj(c.syncobj_import(fd)?))
         }
+        Request::ProgramLoad { format, bytes } => {
+            let (handle, entries) = c.program_load(&format, &bytes)?;
+            ok(Reply::Program { handle, entries })
+        }
+        Request::ProgramInfo { handle } => ok(Reply::Program { handle, entries: c.program_info(handle)? }),
+        Request::ProgramUnload { handle } => c.program_unload(handle).and(ok(Reply::Ok)),
         Request::SyncobjWaitMany { handles, points, flags, timeout_ns } => {
             match c.syncobj_wait_many(&handles, &points, flags, timeout_ns)? {
                 Some(w) => Ok(Action::Wait { fences: w.fences, all: w.all, timeout: w.timeout, expired: Errno::ETIME }),
@@ -227,7 +233,7 @@ fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<Ow
             c.syncobj_eventfd(handle, point, flags, fd).and(ok(Reply::Ok))
         }
         Request::SyncobjExportSyncFile { handle, point } => {
-            Ok(Action::Reply(Reply::Fd, vec![c.syncobj_export_sync_file(handle, point)?]))
+            Ok(Action::Reply(Box::new(Reply::Fd), vec![c.syncobj_export_sync_file(handle, point)?]))
         }
         Request::SyncobjImportSyncFile { handle, point } => {
             let fd = fd.ok_or_else(|| Error::new(Errno::EBADF, "SyncobjImportSyncFile needs a sync file"))?;

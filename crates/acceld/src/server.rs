@@ -283,7 +283,7 @@ impl Worker {
 
     fn act(&mut self, id: u64, seq: u32, action: Action) {
         match action {
-            Action::Reply(r, fds) => self.reply(id, seq, r, fds),
+            Action::Reply(r, fds) => self.reply(id, seq, *r, fds),
             Action::Netlink(frames) => {
                 for f in frames {
                     self.reply(id, seq, Reply::Netlink(f), Vec::new());

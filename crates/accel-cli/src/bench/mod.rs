@@ -318,8 +318,9 @@ fn inproc_rate(seconds: f64, ring_entries: u32) -> Result<f64> {
     let entity = dev.sched.create_entity(0, params, Arc::new(UsageCounters::default()));
     // The ring holds its buffer table weakly, as the client owns it: keep it alive here.
     let bos = Arc::new(BoTable::default());
-    let syncobjs = Arc::default();
-    let (ring, mut consumer, memfd, _) = RingQueue::new(ring_entries, entity, bos.clone(), &syncobjs, sub.counters())?;
+    let (syncobjs, programs) = (Arc::default(), Arc::default());
+    let (ring, mut consumer, memfd, _) =
+        RingQueue::new(ring_entries, entity, bos.clone(), &syncobjs, &programs, sub.counters())?;
     let client = RingMem::open(&memfd)?;
     let nop = Sqe::encode(&Op::Nop, 0);
     let (mut tail, mut head, mut done) = (0u32, 0u32, 0u64);
@@ -477,7 +478,7 @@ fn pipelining(socket: &std::path::Path, n: usize) -> Result<(f64, bool)> {
         call(&Request::Open { minor: 0, wait_ms: 0 }, &mut buf)?;
         let size = 2048u64;
         let mut bo = || -> Result<accel_uapi::BoHandle> {
-            match call(&Request::BoCreate { size: size * size * 4 }, &mut buf)? {
+            match call(&Request::BoCreate { size: size * size * 4, region: 0 }, &mut buf)? {
                 Reply::Bo { handle, .. } => Ok(handle),
                 other => anyhow::bail!("{other:?}"),
             }

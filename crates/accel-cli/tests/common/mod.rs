@@ -189,6 +189,22 @@ pub fn child_entry() {
             println!("ready");
             std::thread::sleep(Duration::from_secs(60));
         }
+        "launch-then-die" => {
+            // Device memory, a program and a long launch in flight when the process dies.
+            use accel_driver_testdev::cmdbuf::{encode, Command, CMD_DELAY, CMD_FILL};
+            let vram: Vec<_> = (0..3).map(|_| dev.alloc_in(1 << 20, 1).unwrap()).collect();
+            let cmds = [
+                Command { op: CMD_DELAY, a: 2_000_000, a_off: 0, b: 0, b_off: 0, len: 0 },
+                Command { op: CMD_FILL, a: 0, a_off: 0, b: 0, b_off: 7, len: 4096 },
+            ];
+            let program = dev.load_program("testdev-cmdbuf", &encode(1, &cmds)).unwrap();
+            let q = dev.create_queue_with_timeout(Duration::from_secs(30)).unwrap();
+            let launch = program.launch("main", [1, 1, 1], &[accel::LaunchArg::Buffer(vram[0].whole())]).unwrap();
+            let running = q.submit(launch).unwrap();
+            let _keep = (running, vram, program, q);
+            println!("ready");
+            std::thread::sleep(Duration::from_secs(60));
+        }
         other => panic!("unknown role {other}"),
     }
     std::process::exit(0);

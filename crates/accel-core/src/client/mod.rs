@@ -11,17 +11,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use accel_uapi::{
-    BoHandle, ClientUsage, Errno, FenceHandle, FenceStatus, Op, Priority, QueueHandle, SignalPoint, SyncobjHandle,
-    WaitPoint,
+    ClientUsage, Errno, FenceHandle, FenceStatus, Op, Priority, QueueHandle, SignalPoint, SyncobjHandle, WaitPoint,
 };
 use slotmap::{Key, KeyData, SlotMap};
 
-use crate::bo::{BoTable, BufferObject, Charge};
+use crate::bo::{BoTable, Charge};
 use crate::counters::{Kind, Tracked};
 use crate::device::Device;
 use crate::fence::{wait_fences, Fence};
 use crate::limits::{charge_fds, FdCount};
-use crate::mem::HostMemory;
 use crate::namespace::{Namespace, NsDevice};
 use crate::ring::{RingFds, RingQueue};
 use crate::sched::{EntityId, EntityParams, Job, UsageCounters, DEFAULT_WEIGHT, MAX_WEIGHT};
@@ -138,6 +136,8 @@ pub struct Client {
     fences: SlotMap<FenceKey, Arc<Fence>>,
     /// Shared with the client's rings (weakly), whose entries may name syncobjs.
     syncobjs: Arc<SyncobjTable>,
+    /// Loaded programs, shared (weakly) with the client's rings.
+    programs: Arc<crate::program::ProgramTable>,
     /// Handles counted against the namespace's object cap.
     ns_objects: u64,
     _tracked: Tracked,
@@ -169,6 +169,7 @@ impl Client {
             queues: SlotMap::with_key(),
             fences: SlotMap::with_key(),
             syncobjs: Arc::default(),
+            programs: Arc::default(),
             ns_objects: 0,
             _tracked: tracked,
         }
@@ -230,7 +231,8 @@ impl Client {
     /// caps (`ENOSPC`); the namespace's count is reserved first and returned on failure.
     fn with_object<T>(&mut self, create: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         let limits = *self.sub.limits();
-        let held = (self.bos.len() + self.queues.len() + self.fences.len() + self.syncobjs.len()) as u64;
+        let held =
+            (self.bos.len() + self.queues.len() + self.fences.len() + self.syncobjs.len() + self.programs.len()) as u64;
         if limits.objects_per_client != 0 && held >= limits.objects_per_client {
             bail!(ENOSPC, "this client holds {held} handles, its limit; close some first");
         }
@@ -262,36 +264,6 @@ impl Client {
     fn charge_fds(&self, n: u64) -> Result<Vec<Charge>> {
         let ns = (!self.ns.is_root()).then_some(&self.ns.fds);
         charge_fds(self.sub.limits(), n, &self.record.fds, ns, &self.sub.fds, self.record.admin)
-    }
-
-    /// Charges `size` bytes of memory that lands on the open device: the namespace's quota
-    /// (`ENOSPC`) and the device's capacity (`ENOMEM`), with the single-buffer size cap.
-    fn charge_memory(&self, size: u64) -> Result<Vec<Charge>> {
-        let dev = self.device()?;
-        let max = self.sub.limits().max_buffer_bytes;
-        if size > max {
-            bail!(ENOMEM, "{size} bytes exceed the largest buffer allowed ({max} bytes)");
-        }
-        let share = self.share()?;
-        // The namespace's quota first (ENOSPC: the daemon enforces it, not the client). An
-        // unlimited share still counts what it holds but never refuses.
-        let Some(quota) = Charge::try_new(&share.mem_used, size, share.memory_limit()) else {
-            bail!(
-                ENOSPC,
-                "namespace {:?}: {size} bytes exceed its memory limit ({} of {} bytes used)",
-                self.ns.name,
-                share.memory_used(),
-                share.memory_limit()
-            );
-        };
-        let Some(charge) = Charge::try_new(&dev.mem_used, size, dev.info.memory_bytes) else {
-            bail!(
-                ENOMEM,
-                "{size} bytes exceed the {} bytes of device memory left",
-                dev.info.memory_bytes.saturating_sub(dev.mem_used.load(Ordering::Relaxed))
-            );
-        };
-        Ok(vec![charge, quota])
     }
 
     /// Records that device `minor` is open through `share`.
@@ -369,81 +341,6 @@ impl Client {
         Ok(&self.share()?.device)
     }
 
-    fn add_bo(&mut self, bo: Arc<BufferObject>) -> Result<BoHandle> {
-        let size = bo.size();
-        let h = self.with_object(|c| c.bos.insert(bo))?;
-        self.record.memory_bytes.fetch_add(size, Ordering::Relaxed);
-        Ok(BoHandle(h))
-    }
-
-    /// Creates a zero-filled buffer of `size` bytes (rounded up to the page size).
-    pub fn bo_create(&mut self, size: u64) -> Result<(BoHandle, u64)> {
-        self.check_live()?;
-        self.device()?;
-        if size == 0 {
-            bail!(EINVAL, "buffer size must be non-zero");
-        }
-        let page = rustix::param::page_size() as u64;
-        let Some(size) = size.checked_next_multiple_of(page) else { bail!(EOVERFLOW, "buffer size {size} overflows") };
-        let mut charges = self.charge_memory(size)?;
-        charges.extend(self.charge_fds(1)?);
-        let mem = HostMemory::new("accel-bo", size)?;
-        let bo = BufferObject::new(&self.sub.counters, mem, charges);
-        self.sub.register_buffer(&bo, &self.ns.name);
-        let h = self.add_bo(bo)?;
-        Ok((h, size))
-    }
-
-    fn bo(&self, h: BoHandle) -> Result<Arc<BufferObject>> {
-        self.bos.get(h)
-    }
-
-    /// Size of a buffer.
-    pub fn bo_size(&self, h: BoHandle) -> Result<u64> {
-        Ok(self.bo(h)?.size())
-    }
-
-    /// Drops the handle; the buffer lives on while jobs, mappings or other clients use it.
-    pub fn bo_close(&mut self, h: BoHandle) -> Result<()> {
-        let bo = self.bos.remove(h)?;
-        self.released_object();
-        self.record.memory_bytes.fetch_sub(bo.size(), Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// A descriptor the client maps to reach the buffer.
-    pub fn bo_mmap(&self, h: BoHandle) -> Result<OwnedFd> {
-        self.bo(h)?.memory().dup_fd()
-    }
-
-    /// Exports the buffer (PRIME export): any client of the same namespace may import it.
-    pub fn bo_export(&self, h: BoHandle) -> Result<OwnedFd> {
-        self.bo(h)?.memory().dup_fd()
-    }
-
-    /// Imports a buffer descriptor (PRIME import): an exported buffer resolves to the
-    /// same object, so both clients see the same pages.
-    ///
-    /// A foreign memfd becomes a new buffer charged like a created one (quota, device
-    /// memory, size cap, a descriptor), so importing never bypasses a limit.
-    pub fn bo_import(&mut self, fd: OwnedFd) -> Result<(BoHandle, u64)> {
-        self.check_live()?;
-        self.device()?;
-        let bo = match self.sub.find_buffer(&fd, &self.ns.name)? {
-            Some(bo) => bo,
-            None => {
-                let size = HostMemory::importable_size(&fd)?;
-                let mut charges = self.charge_memory(size)?;
-                charges.extend(self.charge_fds(1)?);
-                let bo = BufferObject::new(&self.sub.counters, HostMemory::import_exact(fd, size)?, charges);
-                self.sub.register_buffer(&bo, &self.ns.name);
-                bo
-            }
-        };
-        let size = bo.size();
-        Ok((self.add_bo(bo)?, size))
-    }
-
     /// Creates a queue (scheduler entity); `timeout_ms == 0` takes the device default,
     /// `weight == 0` takes [`DEFAULT_WEIGHT`]. The high and kernel classes are for the
     /// daemon's own user and root, like DRM's `CAP_SYS_NICE` rule for high priority.
@@ -492,7 +389,7 @@ impl Client {
         }
         let layout = accel_uapi::ring::RingLayout::new(entries)
             .map_err(|code| Error::new(code, format!("ring size {entries} is not a power of two in 1..=4096")))?;
-        let mut charges = self.charge_memory(layout.size() as u64)?;
+        let mut charges = self.charge_memory(layout.size() as u64, 0)?;
         charges.extend(self.charge_fds(2)?);
         let q = self
             .queues
@@ -501,7 +398,8 @@ impl Client {
         if q.ring.is_some() {
             bail!(EBUSY, "queue {:#x} already has a ring", h.0);
         }
-        let (ring, consumer, memfd, completion) = RingQueue::new(entries, q.entity, bos, &self.syncobjs, &counters)?;
+        let (ring, consumer, memfd, completion) =
+            RingQueue::new(entries, q.entity, bos, &self.syncobjs, &self.programs, &counters)?;
         let doorbell = ring.doorbell_for_client()?;
         q.device.poller.register(&q.device, ring.clone(), consumer)?;
         q.ring = Some(ring);
@@ -580,7 +478,10 @@ impl Client {
             bail!(ECANCELED, "queue {:#x} is banned after hung jobs; create a new context", queue.0);
         }
         dev.check_op(op)?;
-        let job_op = self.bos.resolve_op(op)?;
+        let job_op = match op {
+            Op::Launch(l) => crate::program::resolve_launch(&self.bos, &self.programs, l)?,
+            op => self.bos.resolve_op(op)?,
+        };
         // Wait-before-signal: a syncobj point nothing was submitted for yet is waited for.
         let deps = self.resolve_waits(wait, Unsubmitted::WaitSubmit)?;
         if signal.len() > MAX_POINTS {
@@ -671,6 +572,8 @@ impl Drop for Client {
     }
 }
 
+mod memory;
+mod program;
 mod sync;
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::testing::{device, FakeDriver};
-use accel_uapi::{BufView, Category, ObjectCounts};
+use accel_uapi::{BoHandle, BufView, Category, ObjectCounts};
 
 fn setup() -> (Arc<FakeDriver>, Arc<Subsystem>, Client) {
     let drv = Arc::new(FakeDriver::default());
@@ -112,9 +112,9 @@ fn lower_class_is_served_within_the_starvation_bound() {
 #[test]
 fn stale_handle_is_rejected() {
     let (_drv, _sub, mut c) = setup();
-    let (h, _) = c.bo_create(100).unwrap();
+    let (h, _) = c.bo_create(100, 0).unwrap();
     c.bo_close(h).unwrap();
-    let (h2, size) = c.bo_create(100).unwrap();
+    let (h2, size) = c.bo_create(100, 0).unwrap();
     assert_eq!(size, rustix::param::page_size() as u64);
     assert_ne!(h, h2);
     assert_eq!(c.bo_size(h).unwrap_err().code, Errno::ENOENT);
@@ -162,7 +162,7 @@ fn dependency_error_fails_job_without_running_it() {
 fn dropping_client_cancels_its_work_and_frees_everything() {
     let (_drv, sub, mut c) = setup();
     let q = c.queue_create(0, Priority::Normal, 0).unwrap();
-    let (bo, _) = c.bo_create(4096).unwrap();
+    let (bo, _) = c.bo_create(4096, 0).unwrap();
     c.submit(q, &Op::Driver { code: 3, args: [0; 4] }, &[], &[]).unwrap();
     let fill = Op::Fill { dst: BufView { bo, offset: 0, len: 4096 }, pattern: 1 };
     c.submit(q, &fill, &[], &[]).unwrap();
@@ -302,7 +302,7 @@ proptest::proptest! {
         for s in steps {
             match s {
                 Step::Create { client, pages } => {
-                    if let Ok((h, _)) = clients[client].bo_create(pages * page) {
+                    if let Ok((h, _)) = clients[client].bo_create(pages * page, 0) {
                         handles[client].push(h);
                     }
                 }
@@ -381,7 +381,7 @@ fn handle_caps_hold_per_client_and_per_namespace() {
     let err = a.syncobj_create(false).unwrap_err();
     assert!(err.code == Errno::ENOSPC && err.message.contains("client"), "{err:?}");
     b.queue_create(0, Priority::Normal, 0).unwrap();
-    b.bo_create(4096).unwrap();
+    b.bo_create(4096, 0).unwrap();
     let err = b.syncobj_create(false).unwrap_err();
     assert!(err.code == Errno::ENOSPC && err.message.contains("namespace"), "{err:?}");
     a.syncobj_destroy(mine[0]).unwrap();

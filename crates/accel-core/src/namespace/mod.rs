@@ -61,17 +61,19 @@ pub struct NsDevice {
     pub device: Arc<Device>,
     share: Mutex<Share>,
     pub(crate) mem_used: Arc<AtomicU64>,
+    /// Bytes held in each region; region 0 (host) is `mem_used`. The share's memory quota
+    /// applies to each region on its own.
+    pub(crate) region_used: Vec<Arc<AtomicU64>>,
     clients: AtomicU32,
 }
 
 impl NsDevice {
     fn new(device: Arc<Device>, share: Share) -> Arc<NsDevice> {
-        Arc::new(NsDevice {
-            device,
-            share: Mutex::new(share),
-            mem_used: Arc::new(AtomicU64::new(0)),
-            clients: AtomicU32::new(0),
-        })
+        let mem_used = Arc::new(AtomicU64::new(0));
+        let region_used = std::iter::once(mem_used.clone())
+            .chain((1..device.regions.len()).map(|_| Arc::new(AtomicU64::new(0))))
+            .collect();
+        Arc::new(NsDevice { device, share: Mutex::new(share), mem_used, region_used, clients: AtomicU32::new(0) })
     }
 
     /// The share (changes apply to clients already placed).

@@ -1,0 +1,315 @@
+//! Device memory and programs end to end: regions, uploads and downloads through the copy
+//! engine, launches of validated programs (testdev command buffers, the cpu's builtin
+//! kernels), scrubbing, quotas per region, faults, and a client killed mid-launch.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use accel::{Buffer, Device, Errno, LaunchArg, Op, ParamKind, RegionKind};
+use accel_driver_testdev::cmdbuf::{encode, Command, CMD_ADD, CMD_COPY, CMD_DELAY, CMD_FILL};
+use accel_driver_testdev::{OP_COPY_BANDWIDTH, OP_COPY_FAULT, OP_VRAM_ECC};
+use accel_uapi::{ObjectCounts, Request};
+use common::{code, driver_op, spawn_role, wait_ready, Daemon};
+
+/// Entry point of child client processes; a no-op in the normal test run.
+#[test]
+fn child_entry() {
+    common::child_entry();
+}
+
+const VRAM: u32 = 1;
+
+fn cmd(op: u32, a: u32, a_off: u32, b: u32, b_off: u32, len: u32) -> Command {
+    Command { op, a, a_off, b, b_off, len }
+}
+
+fn host_u32s(dev: &Device, values: &[u32]) -> Buffer {
+    let b = dev.alloc(values.len() as u64 * 4).unwrap();
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    b.write(0, &bytes).unwrap();
+    b
+}
+
+fn read_u32s(b: &Buffer, n: usize) -> Vec<u32> {
+    let mut bytes = vec![0u8; n * 4];
+    b.read(0, &mut bytes).unwrap();
+    bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+#[test]
+fn devices_list_their_regions_and_program_formats() {
+    let d = Daemon::start(&["cpu", "testdev"]);
+    let (cpu, testdev) = (d.open(0), d.open(1));
+    let r = &testdev.info().regions;
+    assert_eq!(
+        r.iter().map(|r| (r.id, r.name.as_str(), r.kind)).collect::<Vec<_>>(),
+        vec![(0, "host", RegionKind::Host), (1, "vram", RegionKind::Device)]
+    );
+    assert!(r[0].mappable && r[0].exportable && !r[1].mappable && !r[1].exportable);
+    assert_eq!(testdev.info().program_formats, vec!["testdev-cmdbuf".to_string()]);
+    assert_eq!(cpu.info().regions.len(), 1);
+    assert_eq!(cpu.info().program_formats, vec!["builtin".to_string()]);
+    assert_eq!(testdev.info().engines.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["compute", "copy"]);
+    // Use shows per region.
+    let _v = testdev.alloc_in(1 << 20, VRAM).unwrap();
+    let again = d.open(1);
+    assert_eq!(again.info().regions[1].used, 1 << 20);
+    assert_eq!(cpu.alloc_in(4096, 1).unwrap_err().code, Errno::EINVAL, "the cpu device has no region 1");
+}
+
+#[test]
+fn upload_launch_download_on_testdev() {
+    let d = Daemon::start(&["testdev"]);
+    let dev = d.open(0);
+    let q = dev.create_queue().unwrap();
+    let n = 1024usize;
+    let a: Vec<u32> = (0..n as u32).collect();
+    let b: Vec<u32> = (0..n as u32).map(|i| i * 1000).collect();
+    let (ha, hb) = (host_u32s(&dev, &a), host_u32s(&dev, &b));
+    let (va, vb, vc) = (
+        dev.alloc_in(n as u64 * 4, VRAM).unwrap(),
+        dev.alloc_in(n as u64 * 4, VRAM).unwrap(),
+        dev.alloc_in(n as u64 * 4, VRAM).unwrap(),
+    );
+    assert!(!va.is_mapped() && va.as_ptr().is_null());
+    assert_eq!(va.read(0, &mut [0u8; 4]).unwrap_err().code, Errno::EINVAL);
+    // mmap and export of device memory are refused with clear errors.
+    assert_eq!(code(dev.request(&Request::BoMmap { handle: va.handle() })), Errno::EINVAL);
+    assert_eq!(va.export().unwrap_err().code, Errno::EOPNOTSUPP);
+    // Upload, a command buffer (c = b; c += a; then the first 16 bytes = 0x55), download.
+    let len = (n * 4) as u32;
+    let program = dev
+        .load_program(
+            "testdev-cmdbuf",
+            &encode(
+                3,
+                &[cmd(CMD_COPY, 1, 0, 2, 0, len), cmd(CMD_ADD, 0, 0, 2, 0, len), cmd(CMD_FILL, 2, 0, 0, 0x55, 16)],
+            ),
+        )
+        .unwrap();
+    assert_eq!(program.entries()[0].params, vec![ParamKind::Buffer; 3]);
+    q.submit(Op::Copy { src: ha.whole(), dst: va.whole() }).unwrap();
+    q.submit(Op::Copy { src: hb.whole(), dst: vb.whole() }).unwrap();
+    let args = [LaunchArg::Buffer(va.whole()), LaunchArg::Buffer(vb.whole()), LaunchArg::Buffer(vc.whole())];
+    q.submit(program.launch("main", [1, 1, 1], &args).unwrap()).unwrap();
+    let out = dev.alloc(n as u64 * 4).unwrap();
+    q.submit(Op::Copy { src: vc.whole(), dst: out.whole() }).unwrap().wait().unwrap();
+    let got = read_u32s(&out, n);
+    let want: Vec<u32> = (0..n).map(|i| if i < 4 { 0x55 } else { a[i] + b[i] }).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn bad_command_buffers_are_refused_and_nothing_runs() {
+    let d = Daemon::start(&["testdev"]);
+    let dev = d.open(0);
+    let q = dev.create_queue().unwrap();
+    // At load: the driver's reason reaches the client.
+    let bad = dev.load_program("testdev-cmdbuf", &encode(2, &[cmd(CMD_COPY, 0, 0, 5, 0, 4)])).unwrap_err();
+    assert_eq!(bad.code, Errno::EINVAL);
+    assert!(bad.message.contains("buffer index 5"), "{}", bad.message);
+    assert_eq!(dev.load_program("testdev-cmdbuf", b"garbage!").unwrap_err().code, Errno::EINVAL);
+    assert_eq!(dev.load_program("spirv", b"").unwrap_err().code, Errno::EOPNOTSUPP);
+    // At launch: a reference beyond a bound buffer is ERANGE before anything runs.
+    let (small, big) = (dev.alloc(4096).unwrap(), dev.alloc(8192).unwrap());
+    big.write(0, &[9u8; 8192]).unwrap();
+    let program = dev
+        .load_program("testdev-cmdbuf", &encode(2, &[cmd(CMD_FILL, 1, 0, 0, 1, 8192), cmd(CMD_COPY, 1, 0, 0, 0, 8192)]))
+        .unwrap();
+    let launch = program.launch("main", [1, 1, 1], &[LaunchArg::Buffer(small.whole()), LaunchArg::Buffer(big.whole())]);
+    let err = q.submit(launch.unwrap()).unwrap_err();
+    assert_eq!(err.code, Errno::ERANGE, "{}", err.message);
+    assert!(err.message.contains("command 1"), "{}", err.message);
+    let mut seen = vec![0u8; 8192];
+    big.read(0, &mut seen).unwrap();
+    assert!(seen.iter().all(|b| *b == 9), "the first command must not have run");
+    // Arguments are checked like every op: kinds, count, bounds, grid.
+    let wrong = program.launch("main", [1, 1, 1], &[LaunchArg::U32(1), LaunchArg::Buffer(big.whole())]).unwrap();
+    assert_eq!(code(q.submit(wrong)), Errno::EINVAL);
+    let short = program.launch("main", [1, 1, 1], &[LaunchArg::Buffer(big.whole())]).unwrap();
+    assert_eq!(code(q.submit(short)), Errno::EINVAL);
+    let out_of_bounds = program.launch("main", [1, 1, 1], &[LaunchArg::Buffer(big.view(4096, 8192)); 2]).unwrap();
+    assert_eq!(code(q.submit(out_of_bounds)), Errno::ERANGE);
+    let empty_grid = program.launch("main", [0, 1, 1], &[LaunchArg::Buffer(big.whole()); 2]).unwrap();
+    assert_eq!(code(q.submit(empty_grid)), Errno::EINVAL);
+    assert_eq!(program.launch("nope", [1, 1, 1], &[]).unwrap_err().code, Errno::EINVAL);
+}
+
+#[test]
+fn builtin_kernels_on_the_cpu_device() {
+    let d = Daemon::start(&["cpu"]);
+    let dev = d.open(0);
+    let q = dev.create_queue().unwrap();
+    let lib = dev.load_program("builtin", b"").unwrap();
+    assert_eq!(lib.entries().iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["axpy", "scale", "softmax"]);
+    let n = 1000usize;
+    let x: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+    let y: Vec<f32> = (0..n).map(|i| 1.0 - i as f32).collect();
+    let (bx, by) = (dev.alloc(4096).unwrap(), dev.alloc(4096).unwrap());
+    bx.write_f32(0, &x).unwrap();
+    by.write_f32(0, &y).unwrap();
+    let axpy = lib
+        .launch(
+            "axpy",
+            [1, 1, 1],
+            &[
+                LaunchArg::U64(n as u64),
+                LaunchArg::F32(2.0),
+                LaunchArg::Buffer(bx.whole()),
+                LaunchArg::Buffer(by.whole()),
+            ],
+        )
+        .unwrap();
+    q.submit(axpy).unwrap().wait().unwrap();
+    let got = by.read_f32(0, n).unwrap();
+    assert!(got.iter().zip(x.iter().zip(&y)).all(|(g, (x, y))| *g == 2.0 * x + y));
+    // Softmax of 4 rows × 8: each row sums to 1 and matches a direct computation.
+    let input: Vec<f32> = (0..32).map(|i| (i % 8) as f32 - 3.0).collect();
+    let (bi, bo) = (dev.alloc(4096).unwrap(), dev.alloc(4096).unwrap());
+    bi.write_f32(0, &input).unwrap();
+    let sm = lib
+        .launch(
+            "softmax",
+            [1, 1, 1],
+            &[LaunchArg::U64(4), LaunchArg::U64(8), LaunchArg::Buffer(bi.whole()), LaunchArg::Buffer(bo.whole())],
+        )
+        .unwrap();
+    q.submit(sm).unwrap().wait().unwrap();
+    let out = bo.read_f32(0, 32).unwrap();
+    let denom: f32 = (0..8).map(|j| ((j as f32 - 3.0) - 4.0).exp()).sum();
+    for (i, v) in out.iter().enumerate() {
+        let want = (((i % 8) as f32 - 3.0) - 4.0).exp() / denom;
+        assert!((v - want).abs() < 1e-6, "softmax[{i}] = {v}, want {want}");
+    }
+    // The driver's bounds check: n larger than the views.
+    let too_long = lib
+        .launch("scale", [1, 1, 1], &[LaunchArg::U64(2000), LaunchArg::F32(1.0), LaunchArg::Buffer(bx.whole())])
+        .unwrap();
+    assert_eq!(code(q.submit(too_long)), Errno::ERANGE);
+    assert_eq!(dev.load_program("builtin", b"x").unwrap_err().code, Errno::EINVAL);
+}
+
+#[test]
+fn device_memory_is_scrubbed_between_clients() {
+    let d = Daemon::start(&["testdev"]);
+    {
+        let a = d.open(0);
+        let v = a.alloc_in(1 << 16, VRAM).unwrap();
+        a.create_queue().unwrap().submit(Op::Fill { dst: v.whole(), pattern: 0xdead_beef }).unwrap().wait().unwrap();
+    }
+    // testdev hands freed blocks out again first: only the zeroing hook stands between them.
+    d.wait_for_counts(ObjectCounts::default());
+    let b = d.open(0);
+    let q = b.create_queue().unwrap();
+    let v = b.alloc_in(1 << 16, VRAM).unwrap();
+    let out = b.alloc(1 << 16).unwrap();
+    q.submit(Op::Copy { src: v.whole(), dst: out.whole() }).unwrap().wait().unwrap();
+    let mut seen = vec![1u8; 1 << 16];
+    out.read(0, &mut seen).unwrap();
+    assert!(seen.iter().all(|b| *b == 0), "a new client read another client's freed device memory");
+}
+
+#[test]
+fn region_capacity_and_namespace_quotas_apply_per_region() {
+    let d = Daemon::start(&["testdev"]);
+    let dev = d.open(0);
+    let big = dev.alloc_in(200 << 20, VRAM).unwrap();
+    assert_eq!(dev.alloc_in(100 << 20, VRAM).unwrap_err().code, Errno::ENOMEM, "vram holds 256 MiB");
+    let _host = dev.alloc(100 << 20).unwrap();
+    drop(big);
+    // A namespace's memory limit applies to each region on its own.
+    let mut admin = accel::Connection::connect_with_token(d.socket(), None).unwrap();
+    admin.call(&Request::NsCreate { name: "t".into(), token: Some("tok".into()) }).unwrap();
+    admin
+        .call(&Request::NsAssign {
+            name: "t".into(),
+            device: 0,
+            memory_limit: 1 << 20,
+            weight: 100,
+            max_clients: 0,
+            evict: false,
+        })
+        .unwrap();
+    let t = Device::open_with_token(d.socket(), 0, "tok").unwrap();
+    let _v = t.alloc_in(1 << 20, VRAM).unwrap();
+    assert_eq!(t.alloc_in(4096, VRAM).unwrap_err().code, Errno::ENOSPC);
+    let _h = t.alloc(1 << 20).unwrap();
+    assert_eq!(t.alloc(4096).unwrap_err().code, Errno::ENOSPC);
+}
+
+#[test]
+fn copies_overlap_compute_on_their_own_engine() {
+    let d = Daemon::start(&["testdev"]);
+    let dev = d.open(0);
+    let (copies, compute) = (dev.create_queue().unwrap(), dev.create_queue().unwrap());
+    // 8 MiB at 80 MB/s: about 100 ms on the copy engine; a 100 ms command buffer on compute.
+    copies.submit(driver_op(OP_COPY_BANDWIDTH, 80_000_000)).unwrap().wait().unwrap();
+    let (src, dst) = (dev.alloc(8 << 20).unwrap(), dev.alloc_in(8 << 20, VRAM).unwrap());
+    let spin = dev.load_program("testdev-cmdbuf", &encode(1, &[cmd(CMD_DELAY, 100_000, 0, 0, 0, 0)])).unwrap();
+    let launch = spin.launch("main", [1, 1, 1], &[LaunchArg::Buffer(src.view(0, 4))]).unwrap();
+    let time = |ops: &[(&accel::Queue, Op)]| {
+        let t = Instant::now();
+        let fences: Vec<_> = ops.iter().map(|(q, op)| q.submit(*op).unwrap()).collect();
+        fences.iter().for_each(|f| f.wait().unwrap());
+        t.elapsed()
+    };
+    let copy = Op::Copy { src: src.whole(), dst: dst.whole() };
+    let alone_copy = time(&[(&copies, copy)]);
+    let alone_compute = time(&[(&compute, launch)]);
+    let both = time(&[(&copies, copy), (&compute, launch)]);
+    let longer = alone_copy.max(alone_compute);
+    assert!(
+        both < longer + (alone_copy.min(alone_compute)) / 2,
+        "copy {alone_copy:?} and compute {alone_compute:?} did not overlap: together {both:?}"
+    );
+    copies.submit(driver_op(OP_COPY_BANDWIDTH, 0)).unwrap().wait().unwrap();
+}
+
+#[test]
+fn injected_copy_and_vram_faults_fail_the_job_with_eio() {
+    let d = Daemon::start(&["testdev"]);
+    let dev = d.open(0);
+    let q = dev.create_queue().unwrap();
+    let (h, v) = (dev.alloc(4096).unwrap(), dev.alloc_in(4096, VRAM).unwrap());
+    q.submit(driver_op(OP_COPY_FAULT, 0)).unwrap().wait().unwrap();
+    let copy = Op::Copy { src: h.whole(), dst: v.whole() };
+    assert_eq!(q.submit(copy).unwrap().wait().unwrap_err().code, Errno::EIO);
+    q.submit(copy).unwrap().wait().unwrap();
+    q.submit(driver_op(OP_VRAM_ECC, 0)).unwrap().wait().unwrap();
+    // A job on host memory only is not hit; the next one touching vram is.
+    q.submit(Op::Fill { dst: h.whole(), pattern: 1 }).unwrap().wait().unwrap();
+    assert_eq!(q.submit(Op::Fill { dst: v.whole(), pattern: 1 }).unwrap().wait().unwrap_err().code, Errno::EIO);
+    q.submit(Op::Fill { dst: v.whole(), pattern: 1 }).unwrap().wait().unwrap();
+}
+
+#[test]
+fn rings_carry_launches_and_copies_between_regions() {
+    let d = Daemon::start(&["testdev"]);
+    let dev = d.open(0);
+    let mut ring = dev.create_queue().unwrap().into_ring(16).unwrap();
+    let (h, v, out) = (host_u32s(&dev, &[1, 2, 3, 4]), dev.alloc_in(16, VRAM).unwrap(), dev.alloc(16).unwrap());
+    let add_self = dev.load_program("testdev-cmdbuf", &encode(1, &[cmd(CMD_ADD, 0, 0, 0, 0, 16)])).unwrap();
+    ring.push(&Op::Copy { src: h.whole(), dst: v.whole() }, 1).unwrap();
+    ring.push(&add_self.launch("main", [1, 1, 1], &[LaunchArg::Buffer(v.whole())]).unwrap(), 2).unwrap();
+    ring.push(&Op::Copy { src: v.whole(), dst: out.whole() }, 3).unwrap();
+    ring.flush().unwrap();
+    let mut done = Vec::new();
+    ring.wait(&mut done, 3, Duration::from_secs(5)).unwrap();
+    assert_eq!(done.iter().map(|c| (c.user_data, c.result)).collect::<Vec<_>>(), vec![(1, 0), (2, 0), (3, 0)]);
+    assert_eq!(read_u32s(&out, 4), vec![2, 4, 6, 8]);
+}
+
+#[test]
+fn a_client_killed_mid_launch_leaves_exact_counts() {
+    let d = Daemon::start(&["testdev"]);
+    let mut child = spawn_role("launch-then-die", d.socket(), &[]);
+    wait_ready(&mut child);
+    let during = d.stats();
+    assert_eq!((during.programs, during.buffers), (1, 3));
+    assert_eq!(during.buffer_bytes, 3 << 20);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(d.wait_for_counts(ObjectCounts::default()), ObjectCounts::default());
+    assert_eq!(d.open(0).info().regions[1].used, 0, "vram is given back");
+}

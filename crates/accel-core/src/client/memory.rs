@@ -1,0 +1,165 @@
+//! A client's buffers: creation in any region of its device, PRIME export and import,
+//! mapping, and the charges every allocation carries.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use accel_uapi::{BoHandle, Errno};
+
+use super::Client;
+use crate::bo::{Backing, BufferObject, Charge};
+use crate::mem::HostMemory;
+use crate::{bail, Error, Result};
+
+impl Client {
+    fn add_bo(&mut self, bo: Arc<BufferObject>) -> Result<BoHandle> {
+        let size = bo.size();
+        let h = self.with_object(|c| c.bos.insert(bo))?;
+        self.record.memory_bytes.fetch_add(size, Ordering::Relaxed);
+        Ok(BoHandle(h))
+    }
+
+    /// Charges `size` bytes of region `region` of the open device: the namespace's quota,
+    /// which applies to each region on its own (`ENOSPC`), and the region's capacity
+    /// (`ENOMEM`), with the single-buffer size cap.
+    pub(super) fn charge_memory(&self, size: u64, region: u32) -> Result<Vec<Charge>> {
+        let share = self.share()?;
+        let dev = &share.device;
+        let Some(r) = dev.regions.get(region as usize) else {
+            bail!(EINVAL, "accel{} has no memory region {region} ({} regions)", dev.minor, dev.regions.len());
+        };
+        let max = self.sub.limits().max_buffer_bytes;
+        if size > max {
+            bail!(ENOMEM, "{size} bytes exceed the largest buffer allowed ({max} bytes)");
+        }
+        // The namespace's quota first (ENOSPC: the daemon enforces it, not the client). An
+        // unlimited share still counts what it holds but never refuses.
+        let used = &share.region_used[region as usize];
+        let Some(quota) = Charge::try_new(used, size, share.memory_limit()) else {
+            bail!(
+                ENOSPC,
+                "namespace {:?}: {size} bytes exceed its memory limit in region {} ({} of {} bytes used)",
+                self.ns.name,
+                r.desc.name,
+                used.load(Ordering::Relaxed),
+                share.memory_limit()
+            );
+        };
+        let Some(charge) = Charge::try_new(&r.used, size, r.desc.size) else {
+            bail!(
+                ENOMEM,
+                "{size} bytes exceed the {} bytes left in region {}",
+                r.desc.size.saturating_sub(r.used.load(Ordering::Relaxed)),
+                r.desc.name
+            );
+        };
+        Ok(vec![charge, quota])
+    }
+
+    /// Creates a zero-filled buffer of `size` bytes (rounded up to the page size) in region
+    /// `region` of the open device (0: host memory, mappable; others: the driver's).
+    pub fn bo_create(&mut self, size: u64, region: u32) -> Result<(BoHandle, u64)> {
+        self.check_live()?;
+        self.device()?;
+        if size == 0 {
+            bail!(EINVAL, "buffer size must be non-zero");
+        }
+        let page = rustix::param::page_size() as u64;
+        let Some(size) = size.checked_next_multiple_of(page) else { bail!(EOVERFLOW, "buffer size {size} overflows") };
+        let mut charges = self.charge_memory(size, region)?;
+        let bo = if region == 0 {
+            charges.extend(self.charge_fds(1)?);
+            let bo = BufferObject::new(&self.sub.counters, HostMemory::new("accel-bo", size)?, charges);
+            self.sub.register_buffer(&bo, &self.ns.name);
+            bo
+        } else {
+            let driver = self.device()?.driver.clone();
+            let mem = driver.alloc(region as usize - 1, size)?;
+            if mem.len() < size {
+                bail!(EIO, "the driver allocated {} bytes for {size}", mem.len());
+            }
+            // No client may see what the memory held before.
+            mem.zero()?;
+            BufferObject::with_backing(&self.sub.counters, Backing::Device(mem), region, charges)
+        };
+        let h = self.add_bo(bo)?;
+        Ok((h, size))
+    }
+
+    pub(super) fn bo(&self, h: BoHandle) -> Result<Arc<BufferObject>> {
+        self.bos.get(h)
+    }
+
+    /// Size of a buffer.
+    pub fn bo_size(&self, h: BoHandle) -> Result<u64> {
+        Ok(self.bo(h)?.size())
+    }
+
+    /// Drops the handle; the buffer lives on while jobs, mappings or other clients use it.
+    pub fn bo_close(&mut self, h: BoHandle) -> Result<()> {
+        let bo = self.bos.remove(h)?;
+        self.released_object();
+        self.record.memory_bytes.fetch_sub(bo.size(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn region_name(&self, bo: &BufferObject) -> String {
+        self.device()
+            .ok()
+            .and_then(|d| d.regions.get(bo.region() as usize))
+            .map_or_else(|| format!("{}", bo.region()), |r| r.desc.name.clone())
+    }
+
+    /// A descriptor the client maps to reach the buffer; `EINVAL` for memory clients
+    /// cannot map (device memory: reach it with copies).
+    pub fn bo_mmap(&self, h: BoHandle) -> Result<OwnedFd> {
+        let bo = self.bo(h)?;
+        match bo.host() {
+            Some(m) => m.dup_fd(),
+            None => bail!(
+                EINVAL,
+                "buffer {:#x} is in region {}, which clients cannot map: copy it to a host buffer",
+                h.0,
+                self.region_name(&bo)
+            ),
+        }
+    }
+
+    /// Exports the buffer (PRIME export): any client of the same namespace may import it.
+    /// Memory the driver cannot export is `EOPNOTSUPP` (never a silent copy).
+    pub fn bo_export(&self, h: BoHandle) -> Result<OwnedFd> {
+        let bo = self.bo(h)?;
+        match bo.host() {
+            Some(m) => m.dup_fd(),
+            None => Err(Error::new(
+                Errno::EOPNOTSUPP,
+                format!("the driver cannot export memory of region {}", self.region_name(&bo)),
+            )),
+        }
+    }
+
+    /// Imports a buffer descriptor (PRIME import): an exported buffer resolves to the
+    /// same object, so both clients see the same pages.
+    ///
+    /// A foreign memfd becomes a new buffer charged like a created one (quota, device
+    /// memory, size cap, a descriptor), so importing never bypasses a limit.
+    pub fn bo_import(&mut self, fd: OwnedFd) -> Result<(BoHandle, u64)> {
+        self.check_live()?;
+        self.device()?;
+        let bo = match self.sub.find_buffer(&fd, &self.ns.name)? {
+            Some(bo) => bo,
+            None => {
+                let size = HostMemory::importable_size(&fd)?;
+                let mut charges = self.charge_memory(size, 0)?;
+                charges.extend(self.charge_fds(1)?);
+                let bo = BufferObject::new(&self.sub.counters, HostMemory::import_exact(fd, size)?, charges);
+                self.sub.register_buffer(&bo, &self.ns.name);
+                bo
+            }
+        };
+        let size = bo.size();
+        let h = self.add_bo(bo)?;
+        Ok((h, size))
+    }
+}

@@ -1,0 +1,130 @@
+//! The cpu device's kernel library, loaded as the `builtin` program format: a few
+//! kernels a framework needs beside GEMM, run on host memory.
+//!
+//! | entry | parameters | does |
+//! |---|---|---|
+//! | `axpy` | `n: u64, alpha: f32, x: buffer, y: buffer` | `y[i] = alpha·x[i] + y[i]` over `n` f32 |
+//! | `scale` | `n: u64, alpha: f32, x: buffer` | `x[i] = alpha·x[i]` |
+//! | `softmax` | `rows: u64, cols: u64, input: buffer, output: buffer` | row-wise softmax of f32 |
+
+use std::any::Any;
+
+use accel_core::bo::BoRange;
+use accel_core::driver::{DriverError, JobArg, Program};
+use accel_uapi::{EntryInfo, Errno, ParamKind};
+
+/// The builtin kernel library.
+#[derive(Debug)]
+pub struct Builtin {
+    entries: Vec<EntryInfo>,
+}
+
+const AXPY: u32 = 0;
+const SCALE: u32 = 1;
+const SOFTMAX: u32 = 2;
+
+impl Builtin {
+    /// Loads the library: `bytes` must be empty (the kernels are in the driver).
+    pub fn load(bytes: &[u8]) -> Result<Builtin, DriverError> {
+        if !bytes.is_empty() {
+            return Err(DriverError::new(Errno::EINVAL, "the builtin program format takes no bytes"));
+        }
+        let e = |name: &str, params: &[ParamKind]| EntryInfo { name: name.into(), params: params.to_vec() };
+        use ParamKind::{Buffer, F32, U64};
+        Ok(Builtin {
+            entries: vec![
+                e("axpy", &[U64, F32, Buffer, Buffer]),
+                e("scale", &[U64, F32, Buffer]),
+                e("softmax", &[U64, U64, Buffer, Buffer]),
+            ],
+        })
+    }
+
+    /// Runs a checked launch.
+    pub fn run(&self, entry: u32, args: &[JobArg]) -> Result<(), Errno> {
+        match (entry, args) {
+            (AXPY, [JobArg::U64(n), JobArg::F32(alpha), JobArg::Buffer(x), JobArg::Buffer(y)]) => {
+                let xs = read_f32(x, *n as usize)?;
+                let mut ys = read_f32(y, *n as usize)?;
+                ys.iter_mut().zip(&xs).for_each(|(y, x)| *y += alpha * x);
+                write_f32(y, &ys)
+            }
+            (SCALE, [JobArg::U64(n), JobArg::F32(alpha), JobArg::Buffer(x)]) => {
+                let mut xs = read_f32(x, *n as usize)?;
+                xs.iter_mut().for_each(|v| *v *= alpha);
+                write_f32(x, &xs)
+            }
+            (SOFTMAX, [JobArg::U64(rows), JobArg::U64(cols), JobArg::Buffer(input), JobArg::Buffer(output)]) => {
+                let cols = *cols as usize;
+                let mut v = read_f32(input, *rows as usize * cols)?;
+                for row in v.chunks_exact_mut(cols.max(1)) {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    row.iter_mut().for_each(|x| *x = (*x - max).exp());
+                    let sum: f32 = row.iter().sum();
+                    row.iter_mut().for_each(|x| *x /= sum);
+                }
+                write_f32(output, &v)
+            }
+            _ => Err(Errno::EINVAL),
+        }
+    }
+}
+
+fn need(name: &str, r: &BoRange, count: u64) -> Result<(), DriverError> {
+    let bytes = count.checked_mul(4).ok_or_else(|| DriverError::new(Errno::EOVERFLOW, "element count overflows"))?;
+    if (r.len as u64) < bytes {
+        return Err(DriverError::new(
+            Errno::ERANGE,
+            format!("{name}: {count} f32 need {bytes} bytes, the view has {}", r.len),
+        ));
+    }
+    if r.host_ptr().is_none() {
+        return Err(DriverError::new(Errno::EINVAL, format!("{name}: the cpu device computes on host memory only")));
+    }
+    Ok(())
+}
+
+impl Program for Builtin {
+    fn entries(&self) -> &[EntryInfo] {
+        &self.entries
+    }
+
+    fn check_launch(&self, entry: u32, _grid: [u32; 3], args: &[JobArg]) -> Result<(), DriverError> {
+        match (entry, args) {
+            (AXPY, [JobArg::U64(n), _, JobArg::Buffer(x), JobArg::Buffer(y)]) => {
+                need("x", x, *n)?;
+                need("y", y, *n)
+            }
+            (SCALE, [JobArg::U64(n), _, JobArg::Buffer(x)]) => need("x", x, *n),
+            (SOFTMAX, [JobArg::U64(rows), JobArg::U64(cols), JobArg::Buffer(i), JobArg::Buffer(o)]) => {
+                let n = rows
+                    .checked_mul(*cols)
+                    .ok_or_else(|| DriverError::new(Errno::EOVERFLOW, "rows × cols overflows"))?;
+                need("input", i, n)?;
+                need("output", o, n)
+            }
+            _ => Err(DriverError::new(Errno::EINVAL, "arguments do not match the entry point")),
+        }
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+fn read_f32(r: &BoRange, n: usize) -> Result<Vec<f32>, Errno> {
+    let p = r.host_ptr().ok_or(Errno::EINVAL)?.cast::<u8>();
+    let mut bytes = vec![0u8; n * 4];
+    // SAFETY: check_launch verified n·4 ≤ the range, which lies in a live mapping the job
+    // holds; a byte copy out of shared memory forms no reference into it.
+    unsafe { std::ptr::copy_nonoverlapping(p, bytes.as_mut_ptr(), bytes.len()) };
+    Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+fn write_f32(r: &BoRange, v: &[f32]) -> Result<(), Errno> {
+    let p = r.host_ptr().ok_or(Errno::EINVAL)?;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    // SAFETY: as in read_f32; the destination range holds v.len()·4 bytes.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The test device's own memory: daemon RAM the clients cannot map, handed out from a
+//! pool of freed blocks first (so a block a client gets may hold another client's data
+//! until the core's zeroing hook runs, as on real hardware).
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use accel_core::bo::BoRange;
+use accel_core::driver::{DeviceMemory, DriverError};
+use accel_uapi::Errno;
+
+/// Capacity of the test device's `vram` region.
+pub const VRAM_BYTES: u64 = 256 << 20;
+
+/// Freed blocks by size, reused before new ones are made.
+#[derive(Debug, Default)]
+pub struct Pool {
+    free: Mutex<HashMap<u64, Vec<Box<[u8]>>>>,
+}
+
+/// One block of `vram`.
+pub struct VramBuf {
+    block: Option<Box<[u8]>>,
+    ptr: *mut u8,
+    len: u64,
+    pool: Weak<Pool>,
+}
+
+// SAFETY: the block is owned by this value and only reached through raw pointers by jobs
+// that hold the buffer; concurrent access is the clients' to order (like device memory).
+unsafe impl Send for VramBuf {}
+// SAFETY: as above.
+unsafe impl Sync for VramBuf {}
+
+impl std::fmt::Debug for VramBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VramBuf").field("len", &self.len).finish()
+    }
+}
+
+impl Pool {
+    /// A block of `len` bytes: a freed one if there is one (not zeroed), else a new one.
+    pub fn alloc(self: &Arc<Self>, len: u64) -> Result<Arc<VramBuf>, DriverError> {
+        let size = usize::try_from(len).map_err(|_| DriverError::new(Errno::ENOMEM, "block too large"))?;
+        let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&len).and_then(Vec::pop);
+        let mut block = reused.unwrap_or_else(|| vec![0u8; size].into_boxed_slice());
+        let ptr = block.as_mut_ptr();
+        Ok(Arc::new(VramBuf { block: Some(block), ptr, len, pool: Arc::downgrade(self) }))
+    }
+}
+
+impl VramBuf {
+    /// Start of the block.
+    pub fn ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+}
+
+impl Drop for VramBuf {
+    fn drop(&mut self) {
+        if let (Some(block), Some(pool)) = (self.block.take(), self.pool.upgrade()) {
+            pool.free.lock().unwrap_or_else(|e| e.into_inner()).entry(self.len).or_default().push(block);
+        }
+    }
+}
+
+impl DeviceMemory for VramBuf {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn zero(&self) -> Result<(), DriverError> {
+        // SAFETY: the block is `len` bytes and owned by self.
+        unsafe { std::ptr::write_bytes(self.ptr, 0, self.len as usize) };
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// The first byte of a range, host memory or `vram` (bounds were checked by the core).
+pub fn ptr_of(r: &BoRange) -> Result<*mut u8, Errno> {
+    if let Some(p) = r.host_ptr() {
+        return Ok(p);
+    }
+    let mem = r.bo.device().ok_or(Errno::EINVAL)?;
+    let vram = mem.as_any().downcast_ref::<VramBuf>().ok_or(Errno::EINVAL)?;
+    // SAFETY: offset + len ≤ the block's length (checked by the core).
+    Ok(unsafe { vram.ptr().add(r.offset) })
+}
