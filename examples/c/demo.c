@@ -163,6 +163,33 @@ int main(void) {
     accel_syncobj_free(bin);
     accel_syncobj_free(tl);
 
+    /* A program: the cpu device's builtin axpy, y = 2·x + y over 64 floats. */
+    accel_program *lib;
+    CHECK(accel_program_load(dev, "builtin", NULL, 0, &lib));
+    accel_buffer *x, *y;
+    CHECK(accel_buffer_alloc(dev, 64 * sizeof(float), &x));
+    CHECK(accel_buffer_alloc(dev, 64 * sizeof(float), &y));
+    for (int i = 0; i < 64; i++) {
+        ((float *)accel_buffer_data(x))[i] = (float)i;
+        ((float *)accel_buffer_data(y))[i] = 1.0f;
+    }
+    accel_op axpy = {.kind = ACCEL_OP_KIND_LAUNCH, .program = lib, .grid = {1, 1, 1}, .n_args = 4};
+    CHECK(accel_program_entry(lib, "axpy", &axpy.entry));
+    axpy.args[0] = (accel_arg){.kind = ACCEL_ARG_KIND_U64, .u = 64};
+    axpy.args[1] = (accel_arg){.kind = ACCEL_ARG_KIND_F32, .f = 2.0f};
+    axpy.args[2] = (accel_arg){.kind = ACCEL_ARG_KIND_BUFFER, .view = {.buffer = x, .offset = 0, .len = 256}};
+    axpy.args[3] = (accel_arg){.kind = ACCEL_ARG_KIND_BUFFER, .view = {.buffer = y, .offset = 0, .len = 256}};
+    accel_fence *launched;
+    CHECK(accel_submit(q, &axpy, NULL, 0, NULL, 0, &launched));
+    CHECK(accel_fence_wait(launched, 10 * SECOND));
+    for (int i = 0; i < 64; i++) EXPECT(((float *)accel_buffer_data(y))[i] == 2.0f * i + 1.0f);
+    EXPECT(accel_program_load(dev, "builtin", (const uint8_t *)"x", 1, &lib) == -EINVAL);
+    printf("launch: builtin axpy over 64 floats\n");
+    accel_fence_free(launched);
+    accel_buffer_free(x);
+    accel_buffer_free(y);
+    accel_program_free(lib);
+
     /* Errors: negative errno plus a message; nothing changes. */
     accel_op bad = {.kind = ACCEL_OP_KIND_FILL, .pattern = 0, .dst = {.buffer = c, .offset = bytes, .len = 4}};
     int rc = accel_submit(q, &bad, NULL, 0, NULL, 0, NULL);

@@ -12,9 +12,9 @@
 Errors raise :class:`accel.Error`, an :class:`OSError` whose ``errno`` is the Linux errno.
 """
 
-from ._accel import Buffer, Device, Error, Fence, Queue, Ring, Syncobj, stats
+from ._accel import Buffer, Device, Error, Fence, Program, Queue, Ring, Syncobj, stats
 
-__all__ = ["Buffer", "Device", "Error", "Fence", "Queue", "Ring", "Syncobj", "array", "from_dlpack", "stats"]
+__all__ = ["Buffer", "Device", "Error", "Fence", "Program", "Queue", "Ring", "Syncobj", "array", "from_dlpack", "stats"]
 
 
 def array(buf, dtype="uint8", shape=None):

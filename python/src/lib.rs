@@ -80,10 +80,42 @@ impl Device {
         self.inner.info().compute_units
     }
 
-    /// Allocates a zeroed buffer of at least `size` bytes, mapped into this process.
-    fn alloc(&self, py: Python<'_>, size: u64) -> PyResult<Buffer> {
-        let b = py.detach(|| self.inner.alloc(size)).map_err(raise)?;
+    /// Allocates a zeroed buffer of at least `size` bytes in memory region `region` (0: host
+    /// memory, mapped into this process; see `regions`); device memory is reached by copies.
+    #[pyo3(signature = (size, region = 0))]
+    fn alloc(&self, py: Python<'_>, size: u64, region: u32) -> PyResult<Buffer> {
+        let b = py.detach(|| self.inner.alloc_in(size, region)).map_err(raise)?;
         Ok(Buffer::new(b))
+    }
+
+    /// The device's memory regions: dicts with id, name, kind, size, used, mappable,
+    /// exportable, coherent.
+    fn regions<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, pyo3::types::PyDict>>> {
+        self.inner
+            .info()
+            .regions
+            .iter()
+            .map(|r| {
+                let d = pyo3::types::PyDict::new(py);
+                d.set_item("id", r.id)?;
+                d.set_item("name", &r.name)?;
+                d.set_item("kind", format!("{:?}", r.kind).to_lowercase())?;
+                d.set_item("size", r.size)?;
+                d.set_item("used", r.used)?;
+                d.set_item("mappable", r.mappable)?;
+                d.set_item("exportable", r.exportable)?;
+                d.set_item("coherent", r.coherent)?;
+                Ok(d)
+            })
+            .collect()
+    }
+
+    /// Loads a program in one of the device's formats (`builtin` on cpu, `testdev-cmdbuf`
+    /// on testdev, ...); the driver validates it.
+    #[pyo3(signature = (format, data = Vec::new()))]
+    fn program(&self, py: Python<'_>, format: &str, data: Vec<u8>) -> PyResult<Program> {
+        let p = py.detach(|| self.inner.load_program(format, &data)).map_err(raise)?;
+        Ok(Program { inner: p })
     }
 
     /// Imports a buffer descriptor (an exported buffer or a sealed memfd); `fd` stays yours.
@@ -607,6 +639,23 @@ impl Queue {
         submit(slf, accel::Op::GemmF32(g), wait, signal)
     }
 
+    /// Launches entry `entry` of `program` over `grid` with `args`: Buffers (whole) and
+    /// scalars as `("u32", v)`, `("u64", v)`, `("f32", v)`, or a bare int (u64) or float (f32).
+    #[pyo3(signature = (program, entry, args, grid = (1, 1, 1), *, wait = None, signal = None))]
+    fn launch(
+        slf: &Bound<'_, Self>,
+        program: Bound<'_, Program>,
+        entry: &str,
+        args: Vec<Bound<'_, PyAny>>,
+        grid: (u32, u32, u32),
+        wait: Option<Vec<Bound<'_, PyAny>>>,
+        signal: Option<Vec<(Bound<'_, Syncobj>, u64)>>,
+    ) -> PyResult<Fence> {
+        let args = args.iter().map(launch_arg).collect::<PyResult<Vec<_>>>()?;
+        let op = program.get().inner.launch(entry, [grid.0, grid.1, grid.2], &args).map_err(raise)?;
+        submit(slf, op, wait, signal)
+    }
+
     /// A driver-specific job (`code`, up to four integer arguments).
     #[pyo3(signature = (code, args = (0, 0, 0, 0), *, wait = None, signal = None))]
     fn driver(
@@ -618,6 +667,45 @@ impl Queue {
     ) -> PyResult<Fence> {
         let op = accel::Op::Driver { code, args: [args.0, args.1, args.2, args.3] };
         submit(slf, op, wait, signal)
+    }
+}
+
+fn launch_arg(a: &Bound<'_, PyAny>) -> PyResult<accel::LaunchArg> {
+    if let Ok(b) = a.cast::<Buffer>() {
+        return Ok(accel::LaunchArg::Buffer(b.borrow().view(0, None)?));
+    }
+    if let Ok((kind, v)) = a.extract::<(String, Bound<'_, PyAny>)>() {
+        return match kind.as_str() {
+            "u32" => Ok(accel::LaunchArg::U32(v.extract()?)),
+            "u64" => Ok(accel::LaunchArg::U64(v.extract()?)),
+            "f32" => Ok(accel::LaunchArg::F32(v.extract()?)),
+            other => Err(PyValueError::new_err(format!("scalar kinds are u32, u64, f32, not {other:?}"))),
+        };
+    }
+    if let Ok(v) = a.extract::<u64>() {
+        return Ok(accel::LaunchArg::U64(v));
+    }
+    if let Ok(v) = a.extract::<f32>() {
+        return Ok(accel::LaunchArg::F32(v));
+    }
+    Err(PyTypeError::new_err("launch arguments are Buffers, ints, floats or (kind, value) pairs"))
+}
+
+/// A loaded program: its entry points, launched with `Queue.launch`.
+#[pyclass(module = "accel", frozen)]
+struct Program {
+    inner: accel::Program,
+}
+
+#[pymethods]
+impl Program {
+    /// Entry points as `(name, [parameter kinds])`.
+    fn entries(&self) -> Vec<(String, Vec<String>)> {
+        self.inner
+            .entries()
+            .iter()
+            .map(|e| (e.name.clone(), e.params.iter().map(|p| format!("{p:?}").to_lowercase()).collect()))
+            .collect()
     }
 }
 
@@ -850,6 +938,7 @@ fn _accel(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Queue>()?;
     m.add_class::<Fence>()?;
     m.add_class::<Syncobj>()?;
+    m.add_class::<Program>()?;
     m.add_class::<Ring>()?;
     Ok(())
 }

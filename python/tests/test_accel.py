@@ -149,6 +149,24 @@ def test_drm_syncobj_semantics(daemon):
     assert tl.query() == 0 and tl.last_submitted() == 0
 
 
+def test_builtin_kernels_and_device_regions(daemon):
+    dev = accel.Device(0)
+    assert [r["name"] for r in dev.regions()] == ["host"]
+    lib = dev.program("builtin")
+    assert [e[0] for e in lib.entries()] == ["axpy", "scale", "softmax"]
+    x = np.arange(256, dtype=np.float32)
+    bx, by = dev.alloc(x.nbytes), dev.alloc(x.nbytes)
+    accel.array(bx, np.float32)[:256] = x  # buffers are whole pages: 1024 floats
+    accel.array(by, np.float32)[:] = 1.0
+    q = dev.queue()
+    q.launch(lib, "axpy", [("u64", 256), ("f32", 3.0), bx, by]).wait(5)
+    np.testing.assert_array_equal(accel.array(by, np.float32)[:256], 3.0 * x + 1.0)
+    assert (accel.array(by, np.float32)[256:] == 1.0).all()
+    with pytest.raises(accel.Error) as e:
+        q.launch(lib, "scale", [("u64", 10_000), ("f32", 1.0), bx])
+    assert e.value.errno == errno.ERANGE
+
+
 def test_ring_sync_entries(daemon):
     dev = accel.Device(0)
     ring = dev.ring(16)

@@ -17,6 +17,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// Most arguments of one launch.
+#define ACCEL_MAX_LAUNCH_ARGS 8
+
 // `accel_syncobj_create_flags`: create the syncobj signalled (`DRM_SYNCOBJ_CREATE_SIGNALED`).
 #define ACCEL_SYNCOBJ_CREATE_SIGNALED 1
 
@@ -47,7 +50,21 @@ typedef enum accel_op_kind {
   ACCEL_OP_KIND_GEMM_F32 = 3,
   // A driver-specific job: `driver_code`, `driver_args`.
   ACCEL_OP_KIND_DRIVER = 4,
+  // A program launch: `program`, `entry`, `grid`, `n_args`, `args`.
+  ACCEL_OP_KIND_LAUNCH = 5,
 } accel_op_kind;
+
+// What an [`accel_arg`] holds.
+typedef enum accel_arg_kind {
+  // A buffer range: `view`.
+  ACCEL_ARG_KIND_BUFFER = 1,
+  // A u32 scalar: `u`.
+  ACCEL_ARG_KIND_U32 = 2,
+  // A u64 scalar: `u`.
+  ACCEL_ARG_KIND_U64 = 3,
+  // An f32 scalar: `f`.
+  ACCEL_ARG_KIND_F32 = 4,
+} accel_arg_kind;
 
 // A buffer object mapped into this process.
 typedef struct accel_buffer accel_buffer;
@@ -57,6 +74,9 @@ typedef struct accel_device accel_device;
 
 // A job's fence.
 typedef struct accel_fence accel_fence;
+
+// A loaded program.
+typedef struct accel_program accel_program;
 
 // A queue (scheduler entity).
 typedef struct accel_queue accel_queue;
@@ -105,6 +125,18 @@ typedef struct accel_matrix {
   uint64_t row_stride;
 } accel_matrix;
 
+// One launch argument; only the field of its `kind` is read.
+typedef struct accel_arg {
+  // What it is.
+  enum accel_arg_kind kind;
+  // An f32 scalar.
+  float f;
+  // A u32 or u64 scalar.
+  uint64_t u;
+  // A buffer range.
+  struct accel_view view;
+} accel_arg;
+
 // One job. Only the fields of its `kind` are read; zero the rest.
 typedef struct accel_op {
   // Which operation.
@@ -135,6 +167,16 @@ typedef struct accel_op {
   uint32_t driver_code;
   // Driver job arguments.
   uint64_t driver_args[4];
+  // Launch: the program.
+  const struct accel_program *program;
+  // Launch: entry point index ([`accel_program_entry`]).
+  uint32_t entry;
+  // Launch: work groups in x, y, z.
+  uint32_t grid[3];
+  // Launch: arguments given.
+  uint32_t n_args;
+  // Launch: the arguments.
+  struct accel_arg args[ACCEL_MAX_LAUNCH_ARGS];
 } accel_op;
 
 // Something a job waits for: a fence, or a syncobj point (0 for binary). Set one pointer.
@@ -199,6 +241,40 @@ int accel_device_get_info(const struct accel_device *dev, struct accel_device_in
 // # Safety
 // `dev` is live; `out` is valid for a write.
 int accel_buffer_alloc(const struct accel_device *dev, uint64_t size, struct accel_buffer **out);
+
+// Allocates a zeroed buffer in memory region `region` (0: host memory, mapped; the device's
+// own regions are not mapped: [`accel_buffer_data`] is NULL and copies reach them).
+//
+// # Safety
+// `dev` is live; `out` is valid for a write.
+int accel_buffer_alloc_in(const struct accel_device *dev,
+                          uint64_t size,
+                          uint32_t region,
+                          struct accel_buffer **out);
+
+// Loads a program of `len` bytes in `format` (NUL-terminated: `builtin`, `testdev-cmdbuf`,
+// ...); the driver validates it (`-EINVAL`, reason in [`accel_last_error`]).
+//
+// # Safety
+// `dev` is live; `format` is NUL-terminated; `bytes` holds `len` bytes (or is NULL with
+// `len` 0); `out` is valid for a write.
+int accel_program_load(const struct accel_device *dev,
+                       const char *format,
+                       const uint8_t *bytes,
+                       uintptr_t len,
+                       struct accel_program **out);
+
+// The index of entry point `name` of `p`, for [`accel_op`]'s `entry`.
+//
+// # Safety
+// `p` is live; `name` is NUL-terminated; `index` is valid for a write.
+int accel_program_entry(const struct accel_program *p, const char *name, uint32_t *index);
+
+// Frees a program handle (launches already queued keep the program).
+//
+// # Safety
+// `p` is NULL or from [`accel_program_load`], not yet freed.
+void accel_program_free(struct accel_program *p);
 
 // Imports a buffer descriptor (an exported buffer, or a memfd sealed against shrinking).
 // `fd` stays the caller's.

@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use accel::{
-    BufView, Buffer, Cqe, Device, Errno, Fence, GemmF32, MatView, Op, Priority, Queue, QueueOptions, Ring, Syncobj,
+    BufView, Buffer, Cqe, Device, Errno, Fence, GemmF32, LaunchArg, MatView, Op, Priority, Queue, QueueOptions, Ring,
+    Syncobj,
 };
 
 thread_local! {
@@ -147,6 +148,44 @@ pub enum accel_op_kind {
     GemmF32 = 3,
     /// A driver-specific job: `driver_code`, `driver_args`.
     Driver = 4,
+    /// A program launch: `program`, `entry`, `grid`, `n_args`, `args`.
+    Launch = 5,
+}
+
+/// What an [`accel_arg`] holds.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum accel_arg_kind {
+    /// A buffer range: `view`.
+    Buffer = 1,
+    /// A u32 scalar: `u`.
+    U32 = 2,
+    /// A u64 scalar: `u`.
+    U64 = 3,
+    /// An f32 scalar: `f`.
+    F32 = 4,
+}
+
+/// One launch argument; only the field of its `kind` is read.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct accel_arg {
+    /// What it is.
+    pub kind: accel_arg_kind,
+    /// An f32 scalar.
+    pub f: f32,
+    /// A u32 or u64 scalar.
+    pub u: u64,
+    /// A buffer range.
+    pub view: accel_view,
+}
+
+/// Most arguments of one launch.
+pub const ACCEL_MAX_LAUNCH_ARGS: usize = 8;
+
+/// A loaded program.
+pub struct accel_program {
+    inner: accel::Program,
 }
 
 /// A byte range of a buffer.
@@ -205,6 +244,16 @@ pub struct accel_op {
     pub driver_code: u32,
     /// Driver job arguments.
     pub driver_args: [u64; 4],
+    /// Launch: the program.
+    pub program: *const accel_program,
+    /// Launch: entry point index ([`accel_program_entry`]).
+    pub entry: u32,
+    /// Launch: work groups in x, y, z.
+    pub grid: [u32; 3],
+    /// Launch: arguments given.
+    pub n_args: u32,
+    /// Launch: the arguments.
+    pub args: [accel_arg; ACCEL_MAX_LAUNCH_ARGS],
 }
 
 /// Something a job waits for: a fence, or a syncobj point (0 for binary). Set one pointer.
@@ -289,6 +338,28 @@ unsafe fn to_op(op: *const accel_op) -> Outcome<Op> {
             beta: op.beta,
         }),
         accel_op_kind::Driver => Op::Driver { code: op.driver_code, args: op.driver_args },
+        accel_op_kind::Launch => {
+            // SAFETY: the program is live by the caller's contract.
+            let program = unsafe { obj(op.program, "program") }?;
+            let n = op.n_args as usize;
+            if n > ACCEL_MAX_LAUNCH_ARGS {
+                return Err(err(Errno::E2BIG, "more than 8 launch arguments"));
+            }
+            let args = op.args[..n]
+                .iter()
+                .map(|a| {
+                    Ok(match a.kind {
+                        accel_arg_kind::Buffer => LaunchArg::Buffer(v(&a.view)?),
+                        accel_arg_kind::U32 => LaunchArg::U32(
+                            u32::try_from(a.u).map_err(|_| err(Errno::EINVAL, "u32 argument out of range"))?,
+                        ),
+                        accel_arg_kind::U64 => LaunchArg::U64(a.u),
+                        accel_arg_kind::F32 => LaunchArg::F32(a.f),
+                    })
+                })
+                .collect::<Outcome<Vec<_>>>()?;
+            Op::Launch(accel::Launch::new(program.inner.handle(), op.entry, op.grid, &args))
+        }
     })
 }
 
@@ -381,6 +452,94 @@ pub unsafe extern "C" fn accel_buffer_alloc(dev: *const accel_device, size: u64,
         unsafe { put(out, boxed(accel_buffer { inner: b })) }?;
         Ok(0)
     })
+}
+
+/// Allocates a zeroed buffer in memory region `region` (0: host memory, mapped; the device's
+/// own regions are not mapped: [`accel_buffer_data`] is NULL and copies reach them).
+///
+/// # Safety
+/// `dev` is live; `out` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn accel_buffer_alloc_in(
+    dev: *const accel_device,
+    size: u64,
+    region: u32,
+    out: *mut *mut accel_buffer,
+) -> c_int {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let b = unsafe { obj(dev, "device") }?.inner.alloc_in(size, region)?;
+        // SAFETY: forwarded contract.
+        unsafe { put(out, boxed(accel_buffer { inner: b })) }?;
+        Ok(0)
+    })
+}
+
+/// Loads a program of `len` bytes in `format` (NUL-terminated: `builtin`, `testdev-cmdbuf`,
+/// ...); the driver validates it (`-EINVAL`, reason in [`accel_last_error`]).
+///
+/// # Safety
+/// `dev` is live; `format` is NUL-terminated; `bytes` holds `len` bytes (or is NULL with
+/// `len` 0); `out` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn accel_program_load(
+    dev: *const accel_device,
+    format: *const c_char,
+    bytes: *const u8,
+    len: usize,
+    out: *mut *mut accel_program,
+) -> c_int {
+    guard(|| {
+        if format.is_null() {
+            return Err(err(Errno::EINVAL, "format is NULL"));
+        }
+        // SAFETY: non-null and NUL-terminated by contract.
+        let format =
+            unsafe { CStr::from_ptr(format) }.to_str().map_err(|_| err(Errno::EINVAL, "format is not UTF-8"))?;
+        let data = if len == 0 {
+            &[][..]
+        } else if bytes.is_null() {
+            return Err(err(Errno::EINVAL, "bytes is NULL"));
+        } else {
+            // SAFETY: the caller's contract: `bytes` holds `len` bytes.
+            unsafe { std::slice::from_raw_parts(bytes, len) }
+        };
+        // SAFETY: forwarded contract.
+        let p = unsafe { obj(dev, "device") }?.inner.load_program(format, data)?;
+        // SAFETY: forwarded contract.
+        unsafe { put(out, boxed(accel_program { inner: p })) }?;
+        Ok(0)
+    })
+}
+
+/// The index of entry point `name` of `p`, for [`accel_op`]'s `entry`.
+///
+/// # Safety
+/// `p` is live; `name` is NUL-terminated; `index` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn accel_program_entry(p: *const accel_program, name: *const c_char, index: *mut u32) -> c_int {
+    guard(|| {
+        if name.is_null() {
+            return Err(err(Errno::EINVAL, "name is NULL"));
+        }
+        // SAFETY: non-null and NUL-terminated by contract.
+        let name = unsafe { CStr::from_ptr(name) }.to_str().map_err(|_| err(Errno::EINVAL, "name is not UTF-8"))?;
+        // SAFETY: forwarded contract.
+        let i = unsafe { obj(p, "program") }?.inner.entry(name)?;
+        // SAFETY: forwarded contract.
+        unsafe { put(index, i) }?;
+        Ok(0)
+    })
+}
+
+/// Frees a program handle (launches already queued keep the program).
+///
+/// # Safety
+/// `p` is NULL or from [`accel_program_load`], not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn accel_program_free(p: *mut accel_program) {
+    // SAFETY: forwarded contract.
+    unsafe { free(p) }
 }
 
 /// Imports a buffer descriptor (an exported buffer, or a memfd sealed against shrinking).

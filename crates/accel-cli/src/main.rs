@@ -210,6 +210,25 @@ fn info(socket: &std::path::Path, minor: u32) -> Result<()> {
     println!("  compute:     {} units", d.compute_units);
     let engines: Vec<String> = d.engines.iter().map(|e| format!("{} ({} credits)", e.name, e.credits)).collect();
     println!("  engines:     {}", engines.join(", "));
+    for r in &d.regions {
+        let flags: Vec<&str> = [(r.mappable, "mappable"), (r.exportable, "exportable"), (r.coherent, "coherent")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| *name)
+            .collect();
+        println!(
+            "  region {}:    {} ({:?}): {} of {} MiB used{}",
+            r.id,
+            r.name,
+            r.kind,
+            r.used >> 20,
+            r.size >> 20,
+            if flags.is_empty() { String::new() } else { format!(", {}", flags.join(", ")) }
+        );
+    }
+    if !d.program_formats.is_empty() {
+        println!("  programs:    {}", d.program_formats.join(", "));
+    }
     println!("  queued:      {} jobs", d.queued_jobs);
     println!(
         "  resets:      {}{}",
@@ -227,18 +246,18 @@ fn stats(socket: &std::path::Path) -> Result<()> {
     let mut conn = connect(socket)?;
     let s = conn.stats()?;
     println!(
-        "clients {}  buffers {} ({} bytes)  fences {}  syncobjs {}  queues {}  jobs {}",
-        s.clients, s.buffers, s.buffer_bytes, s.fences, s.syncobjs, s.queues, s.jobs
+        "clients {}  buffers {} ({} bytes)  fences {}  syncobjs {}  queues {}  jobs {}  programs {}",
+        s.clients, s.buffers, s.buffer_bytes, s.fences, s.syncobjs, s.queues, s.jobs, s.programs
     );
     println!(
-        "{:>6} {:>8} {:<16} {:>7} {:>14} {:>10} {:>12}",
-        "CLIENT", "PID", "NAME", "DEVICE", "ENGINE-NS", "JOBS", "MEMORY"
+        "{:>6} {:>8} {:<16} {:>7} {:>14} {:>10} {:>12} {:>12}",
+        "CLIENT", "PID", "NAME", "DEVICE", "ENGINE-NS", "JOBS", "HOST-MEM", "DEVICE-MEM"
     );
     for c in conn.clients()? {
         let dev = c.device.map_or("-".to_string(), |d| format!("accel{d}"));
         println!(
-            "{:>6} {:>8} {:<16} {:>7} {:>14} {:>10} {:>12}",
-            c.client_id, c.pid, c.name, dev, c.engine_ns, c.jobs_completed, c.memory_bytes
+            "{:>6} {:>8} {:<16} {:>7} {:>14} {:>10} {:>12} {:>12}",
+            c.client_id, c.pid, c.name, dev, c.engine_ns, c.jobs_completed, c.memory_bytes, c.device_memory_bytes
         );
     }
     Ok(())
@@ -278,8 +297,8 @@ fn top(socket: &std::path::Path, interval_ms: u64, iterations: u64) -> Result<()
         }
         println!();
         println!(
-            "{:>6} {:>8} {:<16} {:>7} {:>7} {:>9} {:>12}",
-            "CLIENT", "PID", "NAME", "DEVICE", "ENGINE%", "JOBS/S", "MEMORY"
+            "{:>6} {:>8} {:<16} {:>7} {:>7} {:>9} {:>12} {:>12}",
+            "CLIENT", "PID", "NAME", "DEVICE", "ENGINE%", "JOBS/S", "HOST-MEM", "DEVICE-MEM"
         );
         let mut rows: Vec<_> = clients
             .iter()
@@ -294,8 +313,8 @@ fn top(socket: &std::path::Path, interval_ms: u64, iterations: u64) -> Result<()
         for (util, rate, c) in rows {
             let dev = c.device.map_or("-".to_string(), |d| format!("accel{d}"));
             println!(
-                "{:>6} {:>8} {:<16} {:>7} {:>6.1}% {:>9.0} {:>12}",
-                c.client_id, c.pid, c.name, dev, util, rate, c.memory_bytes
+                "{:>6} {:>8} {:<16} {:>7} {:>6.1}% {:>9.0} {:>12} {:>12}",
+                c.client_id, c.pid, c.name, dev, util, rate, c.memory_bytes, c.device_memory_bytes
             );
         }
         last = clients.iter().map(|c| (c.client_id, (c.engine_ns, c.jobs_completed))).collect();

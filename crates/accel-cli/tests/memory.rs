@@ -236,6 +236,15 @@ fn region_capacity_and_namespace_quotas_apply_per_region() {
     assert_eq!(t.alloc_in(4096, VRAM).unwrap_err().code, Errno::ENOSPC);
     let _h = t.alloc(1 << 20).unwrap();
     assert_eq!(t.alloc(4096).unwrap_err().code, Errno::ENOSPC);
+    // Use per region shows for the namespace and for the client.
+    let list = match admin.call(&Request::NsList).unwrap() {
+        accel_uapi::Reply::Namespaces(n) => n,
+        other => panic!("{other:?}"),
+    };
+    let ns = list.iter().find(|n| n.name == "t").unwrap();
+    assert_eq!(ns.devices[0].region_used, vec![1 << 20, 1 << 20]);
+    let me = admin.clients().unwrap().into_iter().find(|c| c.client_id == t.client_id()).unwrap();
+    assert_eq!((me.memory_bytes, me.device_memory_bytes), (1 << 20, 1 << 20));
 }
 
 #[test]

@@ -137,6 +137,7 @@ impl Subsystem {
             share: Mutex::new(None),
             usage: Default::default(),
             memory_bytes: AtomicU64::new(0),
+            device_memory_bytes: AtomicU64::new(0),
             fds: Default::default(),
             revoked: std::sync::atomic::AtomicBool::new(false),
             revoke_hook: Mutex::new(None),

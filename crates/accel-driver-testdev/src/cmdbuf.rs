@@ -10,10 +10,10 @@
 //! | 1 | fill | bytes `[a_off, +len)` of buffer `a` = the u32 `b_off` repeated (`b` unused, 0) |
 //! | 2 | copy | bytes `[a_off, +len)` of buffer `a` → `[b_off, +len)` of buffer `b` |
 //! | 3 | add | u32s of buffer `b` at `b_off` += u32s of buffer `a` at `a_off`, `len` bytes (wrapping) |
-//! | 4 | delay | busy for `a` microseconds (the other fields 0) |
+//! | 4 | delay | the device is busy for `a` microseconds (the other fields 0); the emulation sleeps, as a device computing occupies no host CPU |
 
 use std::any::Any;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use accel_core::driver::{AbortToken, DriverError, JobArg, Program};
 use accel_uapi::{EntryInfo, Errno, ParamKind};
@@ -32,7 +32,7 @@ pub const CMD_FILL: u32 = 1;
 pub const CMD_COPY: u32 = 2;
 /// Add u32s.
 pub const CMD_ADD: u32 = 3;
-/// Busy wait.
+/// Keep the device busy.
 pub const CMD_DELAY: u32 = 4;
 
 /// One command.
@@ -149,12 +149,8 @@ impl CmdBuf {
                         }
                     }
                     _ => {
-                        let until = Instant::now() + Duration::from_micros(u64::from(c.a));
-                        while Instant::now() < until {
-                            if abort.is_aborted() {
-                                return Err(Errno::ECANCELED);
-                            }
-                            std::hint::spin_loop();
+                        if abort.sleep(Duration::from_micros(u64::from(c.a))) {
+                            return Err(Errno::ECANCELED);
                         }
                     }
                 }

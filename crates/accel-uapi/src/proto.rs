@@ -521,8 +521,10 @@ pub struct NsDeviceInfo {
     pub device: u32,
     /// Memory limit (0: whole device).
     pub memory_limit: u64,
-    /// Bytes of buffers held.
+    /// Bytes of buffers held (host region).
     pub memory_used: u64,
+    /// Bytes held in each region, by region id (ABI 3.0; the limit applies to each).
+    pub region_used: Vec<u64>,
     /// Compute weight.
     pub weight: u32,
     /// Most clients (0: no limit).
@@ -546,8 +548,10 @@ pub struct ClientUsage {
     pub engine_ns: u64,
     /// Jobs completed.
     pub jobs_completed: u64,
-    /// Bytes of buffers the client holds (`drm-memory-host`).
+    /// Bytes of host-memory buffers the client holds (`drm-memory-host`).
     pub memory_bytes: u64,
+    /// Bytes of buffers in the device's own regions (`drm-memory-vram`; ABI 3.0).
+    pub device_memory_bytes: u64,
 }
 
 /// Requests a client sends.

@@ -32,11 +32,11 @@ use std::time::Duration;
 /// Syncobj flags, with DRM's values: `WAIT_ALL`, `WAIT_FOR_SUBMIT`, `WAIT_AVAILABLE`,
 /// `QUERY_LAST_SUBMITTED`, and accel's `WAIT_RELATIVE`.
 pub use accel_uapi::syncobj;
-pub use accel_uapi::SyncobjHandle;
 pub use accel_uapi::{
     BufView, Category, ClientUsage, DeviceInfo, EngineInfo, EntryInfo, Errno, FenceStatus, GemmF32, LaunchArg, MatView,
     ObjectCounts, Op, OpKind, ParamKind, Priority, RegionInfo, RegionKind, SignalPoint, WaitPoint,
 };
+pub use accel_uapi::{Launch, ProgramHandle, SyncobjHandle};
 use accel_uapi::{Reply, Request};
 
 pub use buffer::Buffer;

@@ -285,6 +285,7 @@ fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<Ow
                                 device: d.device.minor,
                                 memory_limit: share.memory_limit,
                                 memory_used: d.memory_used(),
+                                region_used: d.region_used(),
                                 weight: share.weight,
                                 max_clients: share.max_clients,
                                 clients: d.clients(),

@@ -43,6 +43,13 @@ struct DeviceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegionLabels {
+    device: String,
+    region: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InfoLabels {
     device: String,
     driver: String,
@@ -109,6 +116,10 @@ pub fn render(sub: &Subsystem) -> String {
     let queued = family::<DeviceLabels, Gauge>(&mut reg, "accel_device_queued_jobs", "Jobs waiting to be dispatched");
     let clients = family::<DeviceLabels, Gauge>(&mut reg, "accel_device_open_clients", "Clients with the device open");
     let wedged = family::<DeviceLabels, Gauge>(&mut reg, "accel_device_wedged", "1 if an engine reset failed");
+    let region_size =
+        family::<RegionLabels, Gauge>(&mut reg, "accel_region_size_bytes", "Capacity of a device memory region");
+    let region_used =
+        family::<RegionLabels, Gauge>(&mut reg, "accel_region_used_bytes", "Bytes allocated in a device memory region");
     let events = Counter::<u64>::default();
     reg.register("accel_ras_events", "RAS events since the log began", events.clone());
     let objects =
@@ -142,6 +153,15 @@ pub fn render(sub: &Subsystem) -> String {
             name: d.name.clone(),
         };
         info.get_or_create(&l).set(1);
+        for r in &d.regions {
+            let l = RegionLabels {
+                device: device.clone(),
+                region: r.name.clone(),
+                kind: format!("{:?}", r.kind).to_lowercase(),
+            };
+            region_size.get_or_create(&l).set(r.size as i64);
+            region_used.get_or_create(&l).set(r.used as i64);
+        }
         let dl = DeviceLabels { device };
         resets.get_or_create(&dl).inc_by(d.resets);
         queued.get_or_create(&dl).set(d.queued_jobs as i64);

@@ -13,6 +13,7 @@ use crate::demo::pseudo_random;
 use crate::spawn::SpawnedDaemon;
 
 mod bindings;
+mod copy;
 mod floor;
 mod isolation;
 mod syncobj;
@@ -99,6 +100,16 @@ pub enum Which {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Copies between memory regions (host→device, device→host, device→device on testdev)
+    /// against memcpy in this process, and copy/compute overlap on separate engines.
+    Copy {
+        /// MiB per copy.
+        #[arg(long, default_value_t = 64)]
+        mib: usize,
+        /// Timed repetitions (after one warm-up); medians are reported.
+        #[arg(long, default_value_t = 9)]
+        reps: usize,
+    },
     /// Syncobjs: wait-for-submit latency (a waiter blocked before a peer process submits a
     /// null job) against a plain fence wake-up, and the daemon's memory while a timeline
     /// takes `--points` points from ring jobs.
@@ -140,6 +151,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Scale { clients, active, ops } => scale(clients.max(1), active, ops.max(100)),
         Which::Ras { events, devices, scrapes } => ras(events.max(100), devices.max(1), scrapes.max(10)),
         Which::Bindings { iters, n, reps, rounds } => bindings::run(iters.max(100), n.max(1), reps.max(1), rounds),
+        Which::Copy { mib, reps } => copy::run(mib.max(1), reps.max(1)),
         Which::Syncobj { peer: Some(socket), objs, .. } => syncobj::peer(&socket, &objs),
         Which::Syncobj { rounds, points, peer: None, .. } => syncobj::run(rounds.max(10), points.max(6)),
         Which::Isolation { seconds, load, hostile: Some(socket) } => isolation::hostile(&socket, seconds, &load),

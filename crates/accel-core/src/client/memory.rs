@@ -14,10 +14,19 @@ use crate::{bail, Error, Result};
 
 impl Client {
     fn add_bo(&mut self, bo: Arc<BufferObject>) -> Result<BoHandle> {
-        let size = bo.size();
+        let (size, region) = (bo.size(), bo.region());
         let h = self.with_object(|c| c.bos.insert(bo))?;
-        self.record.memory_bytes.fetch_add(size, Ordering::Relaxed);
+        self.usage_counter(region).fetch_add(size, Ordering::Relaxed);
         Ok(BoHandle(h))
+    }
+
+    /// The client's usage counter for memory of `region`.
+    fn usage_counter(&self, region: u32) -> &std::sync::atomic::AtomicU64 {
+        if region == 0 {
+            &self.record.memory_bytes
+        } else {
+            &self.record.device_memory_bytes
+        }
     }
 
     /// Charges `size` bytes of region `region` of the open device: the namespace's quota,
@@ -100,7 +109,7 @@ impl Client {
     pub fn bo_close(&mut self, h: BoHandle) -> Result<()> {
         let bo = self.bos.remove(h)?;
         self.released_object();
-        self.record.memory_bytes.fetch_sub(bo.size(), Ordering::Relaxed);
+        self.usage_counter(bo.region()).fetch_sub(bo.size(), Ordering::Relaxed);
         Ok(())
     }
 

@@ -71,6 +71,8 @@ pub(crate) struct ClientRecord {
     pub(crate) share: Mutex<Option<Arc<NsDevice>>>,
     pub(crate) usage: Arc<UsageCounters>,
     pub(crate) memory_bytes: AtomicU64,
+    /// Bytes in the device's own regions.
+    pub(crate) device_memory_bytes: AtomicU64,
     /// Descriptors the daemon holds for this client.
     pub(crate) fds: FdCount,
     pub(crate) revoked: AtomicBool,
@@ -99,6 +101,7 @@ impl ClientRecord {
             engine_ns: self.usage.engine_ns.load(Ordering::Relaxed),
             jobs_completed: self.usage.jobs_completed.load(Ordering::Relaxed),
             memory_bytes: self.memory_bytes.load(Ordering::Relaxed),
+            device_memory_bytes: self.device_memory_bytes.load(Ordering::Relaxed),
         }
     }
 }

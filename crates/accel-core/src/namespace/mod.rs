@@ -81,6 +81,11 @@ impl NsDevice {
         *crate::lock(&self.share)
     }
 
+    /// Bytes held in each region of the device, by region id.
+    pub fn region_used(&self) -> Vec<u64> {
+        self.region_used.iter().map(|u| u.load(Ordering::Relaxed)).collect()
+    }
+
     /// Bytes of buffers held in this share.
     pub fn memory_used(&self) -> u64 {
         self.mem_used.load(Ordering::Relaxed)
