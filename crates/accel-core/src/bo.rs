@@ -1,41 +1,20 @@
 //! Buffer objects (GEM objects) and the views jobs take of them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use accel_uapi::{BoHandle, BufView, Errno, MatView, Op};
+use accel_uapi::{BoHandle, BufView, Errno, MatView};
 use slotmap::SlotMap;
 
-use crate::client::{insert, key};
 use crate::counters::{Counters, Kind, Tracked};
-use crate::driver::{DeviceMemory, JobOp};
+use crate::handles::{insert, key};
+use crate::mem::DeviceMemory;
 use crate::mem::HostMemory;
 use crate::{bail, Error, Result};
 
 /// Largest GEMM dimension accepted.
 pub const MAX_GEMM_DIM: u64 = 1 << 20;
 
-/// Memory charged to a device until the buffer that holds it is freed.
-#[derive(Debug)]
-pub struct Charge {
-    used: Arc<AtomicU64>,
-    bytes: u64,
-}
-
-impl Charge {
-    /// Adds `bytes` to `used` if the total stays within `limit`.
-    pub fn try_new(used: &Arc<AtomicU64>, bytes: u64, limit: u64) -> Option<Charge> {
-        used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_add(bytes).filter(|t| *t <= limit))
-            .ok()
-            .map(|_| Charge { used: used.clone(), bytes })
-    }
-}
-
-impl Drop for Charge {
-    fn drop(&mut self) {
-        self.used.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
-}
+pub use crate::limits::Charge;
 
 /// What holds a buffer's bytes.
 #[derive(Debug)]
@@ -218,7 +197,8 @@ impl BoTable {
         Ok(BoRange { bo: bo.clone(), offset: to_usize(v.offset, "offset")?, len: to_usize(v.len, "length")? })
     }
 
-    fn matrix(&self, name: &str, v: &MatView, rows: u64, cols: u64) -> Result<BoMatrix> {
+    /// A bounds-checked row-major f32 matrix of `rows` × `cols` in a buffer.
+    pub fn matrix(&self, name: &str, v: &MatView, rows: u64, cols: u64) -> Result<BoMatrix> {
         if !v.offset.is_multiple_of(4) {
             bail!(EINVAL, "matrix {name}: offset {} is not 4-byte aligned", v.offset);
         }
@@ -238,42 +218,6 @@ impl BoTable {
             rows: to_usize(rows, "rows")?,
             cols: to_usize(cols, "cols")?,
             row_stride: to_usize(v.row_stride, "stride")?,
-        })
-    }
-
-    /// Resolves and bounds-checks every operand of `op`.
-    pub fn resolve_op(&self, op: &Op) -> Result<JobOp> {
-        Ok(match op {
-            Op::Nop => JobOp::Nop,
-            Op::Fill { dst, pattern } => {
-                let dst = self.range(dst)?;
-                if !dst.len.is_multiple_of(4) {
-                    bail!(EINVAL, "fill length {} is not a multiple of 4", dst.len);
-                }
-                JobOp::Fill { dst, pattern: *pattern }
-            }
-            Op::Copy { src, dst } => {
-                if src.len != dst.len {
-                    bail!(EINVAL, "copy lengths differ: source {} bytes, destination {} bytes", src.len, dst.len);
-                }
-                JobOp::Copy { src: self.range(src)?, dst: self.range(dst)? }
-            }
-            Op::GemmF32(g) => {
-                for (name, d) in [("m", g.m), ("n", g.n), ("k", g.k)] {
-                    if d == 0 || d > MAX_GEMM_DIM {
-                        bail!(EINVAL, "gemm dimension {name} = {d} is outside 1..={MAX_GEMM_DIM}");
-                    }
-                }
-                let a = self.matrix("A", &g.a, g.m, g.k)?;
-                let b = self.matrix("B", &g.b, g.k, g.n)?;
-                let c = self.matrix("C", &g.c, g.m, g.n)?;
-                if c.range.overlaps(&a.range) || c.range.overlaps(&b.range) {
-                    bail!(EINVAL, "gemm destination C overlaps operand A or B");
-                }
-                JobOp::GemmF32 { a, b, c, alpha: g.alpha, beta: g.beta }
-            }
-            Op::Driver { code, args } => JobOp::Driver { code: *code, args: *args },
-            Op::Launch(_) => bail!(EINVAL, "a launch needs the client's programs (resolved by the client)"),
         })
     }
 }

@@ -146,3 +146,14 @@ mod tests {
         assert!(p.is_admin(other, 5, &[990]));
     }
 }
+
+/// Peer credentials read from the socket (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PeerCred {
+    /// Process id.
+    pub pid: i32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}

@@ -8,7 +8,6 @@ use std::time::Duration;
 use accel_uapi::{Category, DeviceInfo, Errno, RegionInfo, RegionKind};
 
 use crate::driver::{Driver, DriverInfo, RegionDesc};
-use crate::ring::RingPoller;
 use crate::sched::{SchedConfig, Scheduler};
 use crate::{bail, lock, Error, Result};
 
@@ -87,7 +86,7 @@ impl Region {
     }
 }
 
-/// A callback for [`crate::client::Client::on_lease_change`].
+/// A callback for a lease change (the client's `on_lease_change`).
 pub type LeaseWatcher = Box<dyn FnOnce() + Send>;
 
 /// One device node, `accel<minor>`.
@@ -106,7 +105,6 @@ pub struct Device {
     pub driver: Arc<dyn Driver>,
     /// Memory regions: 0 is host memory, then the driver's own ([`Driver::regions`]).
     pub regions: Vec<Region>,
-    pub(crate) poller: RingPoller,
     /// What [`Driver::load_program`] takes.
     pub program_formats: Vec<String>,
     lease: Mutex<Lease>,
@@ -148,7 +146,6 @@ impl Device {
             driver,
             regions: Region::all(&driver_regions, info_memory),
             program_formats,
-            poller: RingPoller::new()?,
             lease: Mutex::new(Lease::default()),
             open_clients: AtomicU32::new(0),
             seqno: AtomicU64::new(0),
@@ -267,11 +264,5 @@ impl Device {
     /// Reserves `n` consecutive sequence numbers; returns the first.
     pub(crate) fn reserve_seqnos(&self, n: u64) -> u64 {
         self.seqno.fetch_add(n, Ordering::Relaxed) + 1
-    }
-}
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        self.poller.stop();
     }
 }

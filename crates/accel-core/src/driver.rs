@@ -16,7 +16,8 @@ use accel_uapi::{Category, EngineInfo, EntryInfo, Errno, OpKind, RegionKind};
 
 use crate::bo::{BoMatrix, BoRange};
 use crate::lock;
-use crate::ras::{RasNodeDesc, RasSink};
+pub use crate::mem::{DeviceMemory, DriverError};
+use crate::ras::{RasHooks, RasNodeDesc, RasSink};
 
 /// What a driver says about its device.
 #[derive(Debug, Clone)]
@@ -41,29 +42,6 @@ pub struct DriverInfo {
     pub ras_nodes: Vec<RasNodeDesc>,
 }
 
-/// An error from a driver hook, with the driver's own words (a compiler's or a runtime's
-/// message reaches the client).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DriverError {
-    /// errno-style code.
-    pub code: Errno,
-    /// What went wrong, in the driver's words.
-    pub message: String,
-}
-
-impl DriverError {
-    /// An error with a message.
-    pub fn new(code: Errno, message: impl Into<String>) -> DriverError {
-        DriverError { code, message: message.into() }
-    }
-}
-
-impl From<DriverError> for crate::Error {
-    fn from(e: DriverError) -> crate::Error {
-        crate::Error::new(e.code, e.message)
-    }
-}
-
 /// A memory region a driver has besides host memory (region 0, which the core provides).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegionDesc {
@@ -79,25 +57,6 @@ pub struct RegionDesc {
     pub exportable: bool,
     /// Host and device see each other's writes without flushes.
     pub coherent: bool,
-}
-
-/// Memory a driver allocated in one of its regions. The driver finds its own type again
-/// through [`DeviceMemory::as_any`] when a job uses it.
-pub trait DeviceMemory: Send + Sync + std::fmt::Debug + 'static {
-    /// Size in bytes.
-    fn len(&self) -> u64;
-
-    /// Whether the allocation is empty (never, for allocations the core made).
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Zeroes the memory. The core calls it before a client sees the allocation, so no
-    /// client ever reads what another one left.
-    fn zero(&self) -> Result<(), DriverError>;
-
-    /// The driver's own type.
-    fn as_any(&self) -> &dyn Any;
 }
 
 /// A program a driver loaded and validated (a module of kernels, a command buffer). The
@@ -276,6 +235,23 @@ pub trait Driver: Send + Sync + 'static {
     /// Loads and validates a program; a bad one is `EINVAL` with the driver's reason.
     fn load_program(&self, format: &str, _bytes: &[u8]) -> Result<Arc<dyn Program>, DriverError> {
         Err(DriverError::new(Errno::EOPNOTSUPP, format!("this driver loads no programs (format {format:?})")))
+    }
+}
+
+/// A driver seen by RAS (which sits below drivers and knows only [`RasHooks`]).
+pub struct RasOf(pub Arc<dyn Driver>);
+
+impl RasHooks for RasOf {
+    fn ras_attach(&self, sink: RasSink) {
+        self.0.ras_attach(sink)
+    }
+
+    fn ras_recover(&self, node: &str) -> Result<(), Errno> {
+        self.0.ras_recover(node)
+    }
+
+    fn ras_inject(&self, node: &str, error: &str, count: u64) -> Result<(), Errno> {
+        self.0.ras_inject(node, error, count)
     }
 }
 

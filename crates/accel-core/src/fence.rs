@@ -1,4 +1,4 @@
-//! Fences (`dma_fence`); syncobjs are in [`crate::syncobj`].
+//! Fences (`dma_fence`); syncobjs build on them (`syncobj.rs`).
 //!
 //! A fence signals once, with or without an error; the first signal wins.
 //! Everything that waits does so through signal callbacks: a waiter registers one

@@ -24,9 +24,12 @@ pub mod device;
 pub mod driver;
 mod error;
 pub mod fence;
+pub mod files;
+pub mod handles;
 pub mod limits;
 pub mod mem;
 pub mod namespace;
+pub mod ops;
 pub mod program;
 pub mod ras;
 pub mod ring;
@@ -65,6 +68,8 @@ pub struct Subsystem {
     syncobj_exports: ExportTable<Syncobj>,
     /// Exported sync files.
     pub(crate) sync_files: syncfile::SyncFiles,
+    /// One ring poller per device (the devices know nothing of rings).
+    pollers: Vec<Arc<ring::RingPoller>>,
     namespaces: namespace::Namespaces,
     limits: limits::Limits,
     /// Descriptors held for clients, daemon-wide.
@@ -91,7 +96,10 @@ impl Subsystem {
         placement: namespace::PlacementConfig,
         limits: limits::Limits,
     ) -> Result<Arc<Subsystem>> {
-        let ras_devices: Vec<_> = devices.iter().map(|d| (d.driver.clone(), d.driver.info().ras_nodes)).collect();
+        let ras_devices: Vec<(Arc<dyn ras::RasHooks>, _)> = devices
+            .iter()
+            .map(|d| (Arc::new(driver::RasOf(d.driver.clone())) as Arc<dyn ras::RasHooks>, d.driver.info().ras_nodes))
+            .collect();
         if let Some(dir) = state_dir {
             namespace::private_dir(dir)
                 .map_err(|e| Error::new(accel_uapi::Errno::EIO, format!("state directory {}: {e}", dir.display())))?;
@@ -104,6 +112,7 @@ impl Subsystem {
             .map(|(i, cfg)| Device::new(i as u32, cfg).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
         let namespaces = namespace::Namespaces::new(&devices, placement, state_dir)?;
+        let pollers = devices.iter().map(|_| ring::RingPoller::new().map(Arc::new)).collect::<Result<Vec<_>>>()?;
         Ok(Arc::new(Subsystem {
             devices,
             ras,
@@ -115,8 +124,14 @@ impl Subsystem {
             exports: ExportTable::default(),
             syncobj_exports: ExportTable::default(),
             sync_files: syncfile::SyncFiles::new()?,
+            pollers,
             clients: Mutex::new(BTreeMap::new()),
         }))
+    }
+
+    /// The ring poller of device `minor` (global numbering).
+    pub(crate) fn poller(&self, minor: u32) -> Arc<ring::RingPoller> {
+        self.pollers[minor as usize].clone()
     }
 
     /// A new admin client in the root namespace (in-process users and tests).

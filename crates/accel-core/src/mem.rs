@@ -12,6 +12,7 @@ use rustix::fs::SealFlags;
 
 use crate::{bail, Error, Result};
 use accel_uapi::Errno;
+use std::any::Any;
 
 /// A shared mapping of a sealed memfd.
 #[derive(Debug)]
@@ -135,4 +136,46 @@ mod tests {
         }
         assert_eq!(a.inode(), b.inode());
     }
+}
+
+/// An error from a driver hook, with the driver's own words (a compiler's or a runtime's
+/// message reaches the client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverError {
+    /// errno-style code.
+    pub code: Errno,
+    /// What went wrong, in the driver's words.
+    pub message: String,
+}
+
+impl DriverError {
+    /// An error with a message.
+    pub fn new(code: Errno, message: impl Into<String>) -> DriverError {
+        DriverError { code, message: message.into() }
+    }
+}
+
+impl From<DriverError> for crate::Error {
+    fn from(e: DriverError) -> crate::Error {
+        crate::Error::new(e.code, e.message)
+    }
+}
+
+/// Memory a driver allocated in one of its regions. The driver finds its own type again
+/// through [`DeviceMemory::as_any`] when a job uses it.
+pub trait DeviceMemory: Send + Sync + std::fmt::Debug + 'static {
+    /// Size in bytes.
+    fn len(&self) -> u64;
+
+    /// Whether the allocation is empty (never, for allocations the core made).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Zeroes the memory. The core calls it before a client sees the allocation, so no
+    /// client ever reads what another one left.
+    fn zero(&self) -> Result<(), DriverError>;
+
+    /// The driver's own type.
+    fn as_any(&self) -> &dyn Any;
 }

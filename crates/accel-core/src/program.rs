@@ -58,7 +58,7 @@ impl ProgramTable {
 
     /// The program behind a handle; `ENOENT` for stale or forged handles.
     pub fn get(&self, h: ProgramHandle) -> Result<Arc<Counted>> {
-        self.read().get(crate::client::key(h.0)).cloned().ok_or_else(|| {
+        self.read().get(crate::handles::key(h.0)).cloned().ok_or_else(|| {
             Error::new(Errno::ENOENT, format!("no program with handle {:#x} (stale or never issued)", h.0))
         })
     }
@@ -66,12 +66,12 @@ impl ProgramTable {
     /// Adds a handle.
     pub fn insert(&self, p: Arc<Counted>) -> Result<ProgramHandle> {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        Ok(ProgramHandle(crate::client::insert(&mut map, "program", p)?))
+        Ok(ProgramHandle(crate::handles::insert(&mut map, "program", p)?))
     }
 
     /// Removes a handle.
     pub fn remove(&self, h: ProgramHandle) -> Option<Arc<Counted>> {
-        self.map.write().unwrap_or_else(|e| e.into_inner()).remove(crate::client::key(h.0))
+        self.map.write().unwrap_or_else(|e| e.into_inner()).remove(crate::handles::key(h.0))
     }
 
     /// Handles held.

@@ -305,47 +305,55 @@ impl RingQueue {
     }
 }
 
-/// The device's ring poller: one thread serving every ring of the device.
-pub(crate) struct RingPoller {
+/// What the poller thread shares with the rest: the ring set's changes and the stop flag.
+struct PollerState {
     /// Rings waiting to be picked up by the poller thread, with their consumers.
     added: Mutex<Vec<(Arc<RingQueue>, RingConsumer)>>,
     /// Rings to drop from the poller's set.
     removed: Mutex<Vec<Arc<RingQueue>>>,
     version: AtomicU64,
     /// The poller's own wake-up (ring set changes, shutdown).
-    control: Arc<OwnedFd>,
+    control: OwnedFd,
     shutdown: AtomicBool,
+}
+
+/// A device's ring poller: one thread serving every ring of the device. The subsystem
+/// keeps one per device (the device itself knows nothing of rings); it stops when dropped.
+pub struct RingPoller {
+    state: Arc<PollerState>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl RingPoller {
-    pub(crate) fn new() -> Result<RingPoller> {
+    /// A poller whose thread starts with the first ring.
+    pub fn new() -> Result<RingPoller> {
         Ok(RingPoller {
-            added: Mutex::new(Vec::new()),
-            removed: Mutex::new(Vec::new()),
-            version: AtomicU64::new(0),
-            control: Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(os("eventfd"))?),
-            shutdown: AtomicBool::new(false),
+            state: Arc::new(PollerState {
+                added: Mutex::new(Vec::new()),
+                removed: Mutex::new(Vec::new()),
+                version: AtomicU64::new(0),
+                control: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(os("eventfd"))?,
+                shutdown: AtomicBool::new(false),
+            }),
             thread: Mutex::new(None),
         })
     }
 
     fn wake(&self) {
-        let _ = rustix::io::write(&*self.control, &1u64.to_ne_bytes());
+        let _ = rustix::io::write(&self.state.control, &1u64.to_ne_bytes());
     }
 
     /// Adds a ring and makes sure the poller thread runs.
     pub(crate) fn register(&self, dev: &Arc<Device>, ring: Arc<RingQueue>, consumer: RingConsumer) -> Result<()> {
-        lock(&self.added).push((ring, consumer));
-        self.version.fetch_add(1, Ordering::Release);
+        lock(&self.state.added).push((ring, consumer));
+        self.state.version.fetch_add(1, Ordering::Release);
         let mut thread = lock(&self.thread);
         if thread.is_none() {
-            let weak = Arc::downgrade(dev);
-            let control = self.control.clone();
+            let (weak, state) = (Arc::downgrade(dev), self.state.clone());
             let t = std::thread::Builder::new()
                 .name(format!("accel{}-rings", dev.minor))
                 .spawn(move || {
-                    if let Err(e) = poll_loop(weak, control) {
+                    if let Err(e) = poll_loop(weak, state) {
                         tracing::error!("ring poller stopped: {e}");
                     }
                 })
@@ -359,26 +367,32 @@ impl RingPoller {
 
     /// Removes a ring; jobs it started still complete into it.
     pub(crate) fn unregister(&self, ring: &Arc<RingQueue>) {
-        let mut added = lock(&self.added);
+        let mut added = lock(&self.state.added);
         let before = added.len();
         added.retain(|(r, _)| !Arc::ptr_eq(r, ring));
         if added.len() == before {
-            lock(&self.removed).push(ring.clone());
+            lock(&self.state.removed).push(ring.clone());
         }
         drop(added);
-        self.version.fetch_add(1, Ordering::Release);
+        self.state.version.fetch_add(1, Ordering::Release);
         self.wake();
     }
 
-    /// Stops the thread (device teardown).
-    pub(crate) fn stop(&self) {
-        self.shutdown.store(true, Ordering::Release);
+    /// Stops the thread.
+    fn stop(&self) {
+        self.state.shutdown.store(true, Ordering::Release);
         self.wake();
         if let Some(t) = lock(&self.thread).take() {
             if t.thread().id() != std::thread::current().id() {
                 let _ = t.join();
             }
         }
+    }
+}
+
+impl Drop for RingPoller {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -421,10 +435,11 @@ fn activate(s: &mut Served) {
     s.last_work = Instant::now();
 }
 
-fn poll_loop(dev: Weak<Device>, control: Arc<OwnedFd>) -> rustix::io::Result<()> {
+fn poll_loop(dev: Weak<Device>, poller: Arc<PollerState>) -> rustix::io::Result<()> {
+    let control = &poller.control;
     use rustix::event::epoll;
     let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-    epoll::add(&ep, &*control, epoll::EventData::new_u64(CONTROL), epoll::EventFlags::IN)?;
+    epoll::add(&ep, control, epoll::EventData::new_u64(CONTROL), epoll::EventFlags::IN)?;
     let mut served: Vec<Served> = Vec::new();
     let mut by_id: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
     let mut next_id = 0u64;
@@ -433,7 +448,6 @@ fn poll_loop(dev: Weak<Device>, control: Arc<OwnedFd>) -> rustix::io::Result<()>
     let mut seen = u64::MAX;
     loop {
         let Some(dev) = dev.upgrade() else { return Ok(()) };
-        let poller = &dev.poller;
         if poller.shutdown.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -492,7 +506,7 @@ fn poll_loop(dev: Weak<Device>, control: Arc<OwnedFd>) -> rustix::io::Result<()>
                     go_idle(s);
                 }
                 let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
-                doorbells(&ep, &mut events, &zero, &control, &by_id, &mut served)?;
+                doorbells(&ep, &mut events, &zero, control, &by_id, &mut served)?;
             }
             std::hint::spin_loop();
         }
@@ -503,7 +517,7 @@ fn poll_loop(dev: Weak<Device>, control: Arc<OwnedFd>) -> rustix::io::Result<()>
         // holding the device, so it can go away meanwhile.
         drop(dev);
         let second = rustix::time::Timespec { tv_sec: 1, tv_nsec: 0 };
-        doorbells(&ep, &mut events, &second, &control, &by_id, &mut served)?;
+        doorbells(&ep, &mut events, &second, control, &by_id, &mut served)?;
     }
 }
 

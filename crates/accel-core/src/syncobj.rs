@@ -521,7 +521,7 @@ impl SyncobjTable {
 
     /// The syncobj behind a handle; `ENOENT` for stale or forged handles.
     pub fn get(&self, h: SyncobjHandle) -> Result<Arc<Syncobj>> {
-        self.read().get(crate::client::key(h.0)).cloned().ok_or_else(|| {
+        self.read().get(crate::handles::key(h.0)).cloned().ok_or_else(|| {
             crate::Error::new(Errno::ENOENT, format!("no syncobj with handle {:#x} (stale or never issued)", h.0))
         })
     }
@@ -529,12 +529,12 @@ impl SyncobjTable {
     /// Adds a handle.
     pub fn insert(&self, so: Arc<Syncobj>) -> Result<SyncobjHandle> {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        Ok(SyncobjHandle(crate::client::insert(&mut map, "syncobj", so)?))
+        Ok(SyncobjHandle(crate::handles::insert(&mut map, "syncobj", so)?))
     }
 
     /// Removes a handle.
     pub fn remove(&self, h: SyncobjHandle) -> Option<Arc<Syncobj>> {
-        self.map.write().unwrap_or_else(|e| e.into_inner()).remove(crate::client::key(h.0))
+        self.map.write().unwrap_or_else(|e| e.into_inner()).remove(crate::handles::key(h.0))
     }
 
     /// Handles held.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use accel_uapi::{
     ClientUsage, Errno, FenceHandle, FenceStatus, Op, Priority, QueueHandle, SignalPoint, SyncobjHandle, WaitPoint,
 };
-use slotmap::{Key, KeyData, SlotMap};
+use slotmap::SlotMap;
 
 use crate::bo::{BoTable, Charge};
 use crate::counters::{Kind, Tracked};
@@ -21,13 +21,13 @@ use crate::device::Device;
 use crate::fence::{wait_fences, Fence};
 use crate::limits::{charge_fds, FdCount};
 use crate::namespace::{Namespace, NsDevice};
-use crate::ring::{RingFds, RingQueue};
+use crate::ring::{RingFds, RingPoller, RingQueue};
 use crate::sched::{EntityId, EntityParams, Job, UsageCounters, DEFAULT_WEIGHT, MAX_WEIGHT};
 use crate::syncobj::{Syncobj, SyncobjTable, Unsubmitted};
 use crate::{bail, lock, Error, Result, Subsystem};
 
-/// Most handles of one kind a client may hold.
-pub const MAX_HANDLES: usize = 1 << 16;
+pub use crate::handles::MAX_HANDLES;
+use crate::handles::{insert, key, lookup};
 /// Most wait or signal points in one request.
 pub const MAX_POINTS: usize = 64;
 
@@ -36,24 +36,7 @@ slotmap::new_key_type! {
     struct FenceKey;
 }
 
-pub(crate) fn key<K: From<KeyData>>(raw: u64) -> K {
-    KeyData::from_ffi(raw).into()
-}
-
-fn raw<K: Key>(k: K) -> u64 {
-    k.data().as_ffi()
-}
-
-/// Peer credentials read from the socket (`SO_PEERCRED`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PeerCred {
-    /// Process id.
-    pub pid: i32,
-    /// User id.
-    pub uid: u32,
-    /// Group id.
-    pub gid: u32,
-}
+pub use crate::credentials::PeerCred;
 
 /// Called to close an evicted client's connection.
 pub type RevokeHook = Box<dyn Fn() + Send + Sync>;
@@ -111,7 +94,8 @@ impl ClientRecord {
 struct Queue {
     entity: EntityId,
     device: Arc<Device>,
-    ring: Option<Arc<RingQueue>>,
+    /// The ring and the device's poller that serves it.
+    ring: Option<(Arc<RingQueue>, Arc<RingPoller>)>,
     /// The ring's memory and descriptor, charged while it lives.
     ring_charges: Vec<Charge>,
     _tracked: Tracked,
@@ -119,8 +103,8 @@ struct Queue {
 
 impl Drop for Queue {
     fn drop(&mut self) {
-        if let Some(ring) = self.ring.take() {
-            self.device.poller.unregister(&ring);
+        if let Some((ring, poller)) = self.ring.take() {
+            poller.unregister(&ring);
         }
         self.device.sched.destroy_entity(self.entity);
         self.ring_charges.clear();
@@ -144,19 +128,6 @@ pub struct Client {
     /// Handles counted against the namespace's object cap.
     ns_objects: u64,
     _tracked: Tracked,
-}
-
-pub(crate) fn insert<K: Key, V>(table: &mut SlotMap<K, V>, what: &str, v: V) -> Result<u64> {
-    if table.len() >= MAX_HANDLES {
-        bail!(ENOSPC, "too many {what} handles (limit {MAX_HANDLES})");
-    }
-    Ok(raw(table.insert(v)))
-}
-
-fn lookup<'a, K: Key + From<KeyData>, V>(table: &'a SlotMap<K, V>, what: &str, h: u64) -> Result<&'a V> {
-    table
-        .get(key(h))
-        .ok_or_else(|| Error::new(Errno::ENOENT, format!("no {what} with handle {h:#x} (stale or never issued)")))
 }
 
 impl Client {
@@ -330,7 +301,7 @@ impl Client {
     /// written): what an eviction waits for before closing the connection.
     pub fn settled(&self) -> bool {
         !(self.fences.values().any(|f| f.status() == accel_uapi::FenceStatus::Pending)
-            || self.queues.values().any(|q| q.ring.as_ref().is_some_and(|r| r.in_flight() > 0)))
+            || self.queues.values().any(|q| q.ring.as_ref().is_some_and(|(r, _)| r.in_flight() > 0)))
     }
 
     /// The namespace's share of the open device.
@@ -404,8 +375,9 @@ impl Client {
         let (ring, consumer, memfd, completion) =
             RingQueue::new(entries, q.entity, bos, &self.syncobjs, &self.programs, &counters)?;
         let doorbell = ring.doorbell_for_client()?;
-        q.device.poller.register(&q.device, ring.clone(), consumer)?;
-        q.ring = Some(ring);
+        let poller = self.sub.poller(q.device.minor);
+        poller.register(&q.device, ring.clone(), consumer)?;
+        q.ring = Some((ring, poller));
         q.ring_charges = charges;
         Ok(RingFds { ring: memfd, doorbell, completion })
     }

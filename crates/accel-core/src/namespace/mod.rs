@@ -29,7 +29,7 @@ use crate::{bail, lock, Error, Result};
 mod persist;
 mod placement;
 
-pub use persist::{private_dir, write_atomically};
+pub use crate::files::{private_dir, write_atomically};
 use persist::{DeviceRecord, NsRecord, StateFile};
 pub use placement::{PeerInfo, Placement, PlacementConfig, PlacementRule};
 
@@ -553,8 +553,8 @@ impl Namespaces {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::PeerCred;
     use crate::credentials::AdminPolicy;
+    use crate::credentials::PeerCred;
     use crate::testing::{device, FakeDriver};
 
     fn devices(n: usize) -> Vec<Arc<Device>> {

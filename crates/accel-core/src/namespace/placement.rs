@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::Namespace;
-use crate::client::PeerCred;
 use crate::credentials::AdminPolicy;
+use crate::credentials::PeerCred;
 
 /// One placement rule from the config: every field that is set must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

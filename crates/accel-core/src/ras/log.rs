@@ -57,7 +57,7 @@ impl RasLog {
     pub(super) fn open(path: &Path) -> std::io::Result<(RasLog, Vec<LogRecord>)> {
         use std::os::unix::fs::OpenOptionsExt;
         if let Some(dir) = path.parent() {
-            crate::namespace::private_dir(dir)?;
+            crate::files::private_dir(dir)?;
         }
         let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
         let mut bytes = Vec::new();

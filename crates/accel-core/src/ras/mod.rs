@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex, Weak};
 use accel_uapi::{Errno, Health, Severity};
 use serde::{Deserialize, Serialize};
 
-use crate::driver::Driver;
 use crate::fence::monotonic_ns;
 use crate::{bail, lock, Error, Result};
 
@@ -183,10 +182,21 @@ struct Events {
     subscribers: Vec<SyncSender<RasEvent>>,
 }
 
+/// What RAS needs of a device's driver: attaching its sink, recovering a node, injecting
+/// errors. The driver layer implements it for every driver, so RAS sits below drivers.
+pub trait RasHooks: Send + Sync {
+    /// Hands the driver its sink (once, at registration).
+    fn ras_attach(&self, sink: RasSink);
+    /// Recovers a node.
+    fn ras_recover(&self, node: &str) -> std::result::Result<(), Errno>;
+    /// Injects `count` errors of `error` in `node`.
+    fn ras_inject(&self, node: &str, error: &str, count: u64) -> std::result::Result<(), Errno>;
+}
+
 /// The RAS state of the whole daemon.
 pub struct RasCore {
     nodes: Vec<RasNode>,
-    drivers: Vec<Arc<dyn Driver>>,
+    drivers: Vec<Arc<dyn RasHooks>>,
     events: Mutex<Events>,
     log: Option<Mutex<RasLog>>,
 }
@@ -194,7 +204,7 @@ pub struct RasCore {
 impl RasCore {
     /// Builds the node tree from each device's declared nodes (`devices[i]` is
     /// `accel<i>`), and replays the log at `log_path` if given.
-    pub fn new(devices: &[(Arc<dyn Driver>, Vec<RasNodeDesc>)], log_path: Option<&Path>) -> Result<Arc<RasCore>> {
+    pub fn new(devices: &[(Arc<dyn RasHooks>, Vec<RasNodeDesc>)], log_path: Option<&Path>) -> Result<Arc<RasCore>> {
         let mut nodes = Vec::new();
         for (minor, (_, descs)) in devices.iter().enumerate() {
             for desc in descs {
@@ -532,7 +542,7 @@ mod tests {
             ),
             RasNodeDesc::new("compute", &[("hang", Severity::Fatal)]),
         ];
-        let driver: Arc<dyn Driver> = Arc::new(FakeDriver::default());
+        let driver: Arc<dyn RasHooks> = Arc::new(crate::driver::RasOf(Arc::new(FakeDriver::default())));
         RasCore::new(&[(driver, desc)], log).unwrap()
     }
 

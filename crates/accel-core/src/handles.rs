@@ -1,0 +1,35 @@
+//! Client handle tables: generational slotmap keys as the u64 handles clients see. The
+//! bottom of the core: every object table uses these helpers.
+
+use slotmap::{Key, KeyData, SlotMap};
+
+use accel_uapi::Errno;
+
+use crate::{bail, Error, Result};
+
+/// Most handles of one kind a client may hold.
+pub const MAX_HANDLES: usize = 1 << 16;
+
+/// The slotmap key of a handle value.
+pub fn key<K: From<KeyData>>(raw: u64) -> K {
+    KeyData::from_ffi(raw).into()
+}
+
+fn raw<K: Key>(k: K) -> u64 {
+    k.data().as_ffi()
+}
+
+/// Adds `v` and returns its handle; `ENOSPC` past [`MAX_HANDLES`].
+pub fn insert<K: Key, V>(table: &mut SlotMap<K, V>, what: &str, v: V) -> Result<u64> {
+    if table.len() >= MAX_HANDLES {
+        bail!(ENOSPC, "too many {what} handles (limit {MAX_HANDLES})");
+    }
+    Ok(raw(table.insert(v)))
+}
+
+/// The value behind a handle; `ENOENT` for stale or forged ones.
+pub fn lookup<'a, K: Key + From<KeyData>, V>(table: &'a SlotMap<K, V>, what: &str, h: u64) -> Result<&'a V> {
+    table
+        .get(key(h))
+        .ok_or_else(|| Error::new(Errno::ENOENT, format!("no {what} with handle {h:#x} (stale or never issued)")))
+}

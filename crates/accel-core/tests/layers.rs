@@ -1,0 +1,87 @@
+//! The core is layered: a module may use only modules of lower layers, never its own layer
+//! or an upper one, so there are no import cycles and drivers' interface (`driver`) sits
+//! below everything that knows about clients. This test reads every source file and checks
+//! each `crate::` path outside test code against the table.
+
+use std::path::{Path, PathBuf};
+
+/// Layers, bottom first. A module missing here fails the test: place it.
+const LAYERS: &[&[&str]] = &[
+    &["error", "handles", "counters", "credentials", "files", "limits", "mem"],
+    &["fence", "bo"],
+    &["ras", "syncobj", "syncfile"],
+    &["driver"],
+    &["ops", "program", "sched"],
+    &["device"],
+    &["ring", "namespace"],
+    &["client"],
+    &["lib"],
+];
+
+/// Items of `lib.rs` every module may use (error helpers).
+const ROOT_ITEMS: &[&str] = &["lock", "bail", "Error", "Result", "testing", "Subsystem"];
+
+fn layer(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|l| l.contains(&module))
+}
+
+fn module_of(src: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(src).unwrap();
+    let first = rel.components().next().unwrap().as_os_str().to_string_lossy().into_owned();
+    first.trim_end_matches(".rs").to_string()
+}
+
+fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn modules_only_use_lower_layers() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut all = Vec::new();
+    files(&src, &mut all);
+    let mut violations = Vec::new();
+    for file in all {
+        if file.file_name().is_some_and(|n| n == "tests.rs" || n == "testing.rs") {
+            continue;
+        }
+        let module = module_of(&src, &file);
+        let Some(mine) = layer(&module) else {
+            violations.push(format!("{}: module {module} is in no layer", file.display()));
+            continue;
+        };
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("#[cfg(test)]") {
+                break;
+            }
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            for (i, _) in line.match_indices("crate::") {
+                let rest = &line[i + "crate::".len()..];
+                let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                if name.is_empty() || ROOT_ITEMS.contains(&name.as_str()) || name == module {
+                    continue;
+                }
+                match layer(&name) {
+                    Some(theirs) if theirs < mine => {}
+                    Some(_) => violations.push(format!(
+                        "{}:{}: {module} (layer {mine}) uses {name}, which is not below it",
+                        file.display(),
+                        n + 1
+                    )),
+                    None => violations.push(format!("{}:{}: unknown module {name}", file.display(), n + 1)),
+                }
+            }
+        }
+    }
+    assert!(violations.is_empty(), "layering violations:\n{}", violations.join("\n"));
+}
