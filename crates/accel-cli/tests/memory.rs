@@ -252,10 +252,11 @@ fn copies_overlap_compute_on_their_own_engine() {
     let d = Daemon::start(&["testdev"]);
     let dev = d.open(0);
     let (copies, compute) = (dev.create_queue().unwrap(), dev.create_queue().unwrap());
-    // 8 MiB at 80 MB/s: about 100 ms on the copy engine; a 100 ms command buffer on compute.
-    copies.submit(driver_op(OP_COPY_BANDWIDTH, 80_000_000)).unwrap().wait().unwrap();
+    // 8 MiB at 28 MB/s: about 300 ms on the copy engine; a 300 ms command buffer on compute.
+    // (Long enough that a loaded machine's scheduling delays stay far below the margin.)
+    copies.submit(driver_op(OP_COPY_BANDWIDTH, 28_000_000)).unwrap().wait().unwrap();
     let (src, dst) = (dev.alloc(8 << 20).unwrap(), dev.alloc_in(8 << 20, VRAM).unwrap());
-    let spin = dev.load_program("testdev-cmdbuf", &encode(1, &[cmd(CMD_DELAY, 100_000, 0, 0, 0, 0)])).unwrap();
+    let spin = dev.load_program("testdev-cmdbuf", &encode(1, &[cmd(CMD_DELAY, 300_000, 0, 0, 0, 0)])).unwrap();
     let launch = spin.launch("main", [1, 1, 1], &[LaunchArg::Buffer(src.view(0, 4))]).unwrap();
     let time = |ops: &[(&accel::Queue, Op)]| {
         let t = Instant::now();
@@ -283,7 +284,10 @@ fn injected_copy_and_vram_faults_fail_the_job_with_eio() {
     let (h, v) = (dev.alloc(4096).unwrap(), dev.alloc_in(4096, VRAM).unwrap());
     q.submit(driver_op(OP_COPY_FAULT, 0)).unwrap().wait().unwrap();
     let copy = Op::Copy { src: h.whole(), dst: v.whole() };
-    assert_eq!(q.submit(copy).unwrap().wait().unwrap_err().code, Errno::EIO);
+    let fault = q.submit(copy).unwrap().wait().unwrap_err();
+    assert_eq!(fault.code, Errno::EIO);
+    // The driver's own words reach the client beside the errno.
+    assert!(fault.message.contains("testdev: injected hardware fault"), "{}", fault.message);
     q.submit(copy).unwrap().wait().unwrap();
     q.submit(driver_op(OP_VRAM_ECC, 0)).unwrap().wait().unwrap();
     // A job on host memory only is not hit; the next one touching vram is.

@@ -173,7 +173,7 @@ fn wait_delayed_signal_reset_during_wait_for_submit_and_signal() {
             std::thread::sleep(SHORT);
             s.signal(0).unwrap();
         });
-        let deadline = now_ns() + 2 * SHORT.as_nanos() as i64;
+        let deadline = now_ns() + 30 * SHORT.as_nanos() as i64;
         assert_eq!(wait_err(&dev, &[&s], deadline, WAIT_FOR_SUBMIT), None);
     });
     // wait-delayed-signal, submitted: the fence is there, its job runs 100 ms in.
@@ -184,7 +184,7 @@ fn wait_delayed_signal_reset_during_wait_for_submit_and_signal() {
             std::thread::sleep(SHORT);
             gate.signal(0).unwrap();
         });
-        assert_eq!(wait_err(&dev, &[&s], now_ns() + 2 * SHORT.as_nanos() as i64, 0), None);
+        assert_eq!(wait_err(&dev, &[&s], now_ns() + 30 * SHORT.as_nanos() as i64, 0), None);
     });
     // reset-during-wait-for-submit: a reset is a no-op for the waiter; the trigger ends it.
     let s = dev.create_syncobj(false).unwrap();
@@ -194,7 +194,7 @@ fn wait_delayed_signal_reset_during_wait_for_submit_and_signal() {
             s.reset().unwrap();
             s.signal(0).unwrap();
         });
-        assert_eq!(wait_err(&dev, &[&s], now_ns() + 2 * SHORT.as_nanos() as i64, WAIT_FOR_SUBMIT), None);
+        assert_eq!(wait_err(&dev, &[&s], now_ns() + 30 * SHORT.as_nanos() as i64, WAIT_FOR_SUBMIT), None);
     });
     // signal: EINVAL, then ETIME with WAIT_FOR_SUBMIT, then 0 both ways once signalled.
     let s = dev.create_syncobj(false).unwrap();
@@ -231,7 +231,7 @@ fn wait_snapshot() {
         }
         let result = std::thread::scope(|scope| {
             let waiter = scope.spawn(|| {
-                dev.syncobj_wait(&[(&objs[0], 0), (&objs[1], 0)], flags | WAIT_RELATIVE, 5 * SHORT.as_nanos() as i64)
+                dev.syncobj_wait(&[(&objs[0], 0), (&objs[1], 0)], flags | WAIT_RELATIVE, 50 * SHORT.as_nanos() as i64)
             });
             std::thread::sleep(SHORT / 5);
             if flags & WAIT_ALL != 0 {
@@ -534,10 +534,13 @@ fn ring_sync_entries_wait_before_signal_and_signal_after_earlier_entries() {
     ring.push(&Op::Fill { dst: buf.view(0, 4), pattern: 42 }, 2).unwrap();
     ring.push_sync(&[], &[(&t, 3)], 3).unwrap();
     ring.flush().unwrap();
-    std::thread::sleep(SHORT);
+    // Point 3 is submitted as soon as the daemon takes the entries (the ring is asynchronous:
+    // wait for that), and nothing completes while point 2 is missing.
+    dev.syncobj_wait(&[(&t, 3)], WAIT_AVAILABLE | WAIT_RELATIVE, 5_000_000_000).unwrap();
+    assert_eq!(t.last_submitted().unwrap(), 3);
+    std::thread::sleep(SHORT / 2);
     let mut done = Vec::new();
     assert_eq!(ring.reap(&mut done), 0, "everything waits for point 2");
-    assert_eq!(t.last_submitted().unwrap(), 3, "point 3 is submitted at once");
     // Another client signals point 2.
     let other = d.open(0);
     other.import_syncobj(wait.export().unwrap()).unwrap().signal(2).unwrap();

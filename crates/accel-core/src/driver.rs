@@ -187,9 +187,10 @@ pub trait Driver: Send + Sync + 'static {
     /// Runs a job to completion on the calling slot thread of `engine`. Up to the
     /// engine's credits run at once.
     ///
-    /// An error becomes the job fence's error. Work that can take long must
+    /// An error becomes the job fence's error, its message (a runtime's or compiler's
+    /// words) reaches the client beside the errno. Work that can take long must
     /// return once `ctx.abort` is set (timeout, reset, or the client went away).
-    fn run_job(&self, engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), Errno>;
+    fn run_job(&self, engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), DriverError>;
 
     /// Called after a job on `engine` exceeded its timeout (`guilty` is its context).
     /// Every job running on that engine has been aborted; reset the engine. The core

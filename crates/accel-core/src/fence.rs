@@ -17,6 +17,8 @@ type Callback = Box<dyn FnOnce(FenceStatus) + Send>;
 
 struct FenceState {
     status: FenceStatus,
+    /// Why it failed, in the driver's words (none for most errors).
+    message: Option<String>,
     /// `CLOCK_MONOTONIC` ns at signal time; 0 while pending.
     timestamp: u64,
     callbacks: Vec<Callback>,
@@ -44,7 +46,12 @@ impl Fence {
     /// A new unsignalled fence.
     pub fn new(counters: &Arc<Counters>) -> Arc<Fence> {
         Arc::new(Fence {
-            state: Mutex::new(FenceState { status: FenceStatus::Pending, timestamp: 0, callbacks: Vec::new() }),
+            state: Mutex::new(FenceState {
+                status: FenceStatus::Pending,
+                message: None,
+                timestamp: 0,
+                callbacks: Vec::new(),
+            }),
             _tracked: Tracked::new(counters, Kind::Fence),
         })
     }
@@ -87,6 +94,11 @@ impl Fence {
 
     /// Signals the fence. Returns false if it was already signalled (the first signal wins).
     pub fn signal(&self, result: Result<(), Errno>) -> bool {
+        self.signal_with(result, None)
+    }
+
+    /// Signals the fence with an error message (a driver's words) kept beside the errno.
+    pub fn signal_with(&self, result: Result<(), Errno>, message: Option<String>) -> bool {
         let status = match result {
             Ok(()) => FenceStatus::Signaled,
             Err(e) => FenceStatus::Error(e),
@@ -97,6 +109,7 @@ impl Fence {
                 return false;
             }
             s.status = status;
+            s.message = message.filter(|m| !m.is_empty() && result.is_err());
             s.timestamp = monotonic_ns();
             std::mem::take(&mut s.callbacks)
         };
@@ -110,6 +123,11 @@ impl Fence {
     /// Current status.
     pub fn status(&self) -> FenceStatus {
         lock(&self.state).status
+    }
+
+    /// The driver's words for a failure, if it gave any.
+    pub fn message(&self) -> Option<String> {
+        lock(&self.state).message.clone()
     }
 
     /// When the fence signalled (`CLOCK_MONOTONIC` ns), or 0 while pending.

@@ -371,10 +371,12 @@ pub(crate) mod testing {
             }
         }
 
-        fn run_job(&self, _engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), Errno> {
+        fn run_job(&self, _engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), crate::driver::DriverError> {
             match op {
                 JobOp::Driver { code: 1, args } => self.ran.lock().unwrap().push(args[0]),
-                JobOp::Driver { code: 2, .. } => return Err(Errno::EIO),
+                JobOp::Driver { code: 2, .. } => {
+                    return Err(crate::driver::DriverError::new(Errno::EIO, "fake device fault at 0x1000"))
+                }
                 JobOp::Driver { code: 3, .. } => while !ctx.abort.sleep(Duration::from_secs(60)) {},
                 JobOp::Driver { code: 4, args } => {
                     std::thread::sleep(Duration::from_micros(args[1]));

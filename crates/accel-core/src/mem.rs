@@ -155,6 +155,13 @@ impl DriverError {
     }
 }
 
+impl From<Errno> for DriverError {
+    /// An error with no words of the driver's own (clients see the errno's description).
+    fn from(code: Errno) -> DriverError {
+        DriverError { code, message: String::new() }
+    }
+}
+
 impl From<DriverError> for crate::Error {
     fn from(e: DriverError) -> crate::Error {
         crate::Error::new(e.code, e.message)

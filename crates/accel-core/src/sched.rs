@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use accel_uapi::{Errno, FenceStatus, Priority};
 
 use crate::counters::{Counters, Kind, Tracked};
-use crate::driver::{AbortToken, Driver, JobCtx, JobOp};
+use crate::driver::{AbortToken, Driver, DriverError, JobCtx, JobOp};
 use crate::fence::Fence;
 use crate::{bail, lock, Result};
 
@@ -630,7 +630,7 @@ impl Shared {
             self.sched_cond.notify_one();
 
             let result = if ctx.abort.is_aborted() || timeout.is_none() {
-                Err(Errno::ECANCELED)
+                Err(DriverError::from(Errno::ECANCELED))
             } else {
                 self.driver.run_job(engine_idx, &d.job.op, &ctx)
             };
@@ -646,17 +646,20 @@ impl Shared {
                 self.slot_cond.notify_all();
                 continue;
             }
-            let result = match disposition {
-                Some(Disposition::Fail(e)) => Err(e),
-                Some(Disposition::Resubmit) => Err(Errno::ECANCELED),
-                None => result,
+            let (result, message) = match disposition {
+                Some(Disposition::Fail(e)) => (Err(e), None),
+                Some(Disposition::Resubmit) => (Err(Errno::ECANCELED), None),
+                None => match result {
+                    Ok(()) => (Ok(()), None),
+                    Err(e) => (Err(e.code), Some(e.message)),
+                },
             };
             drop(st);
             d.usage.engine_ns.fetch_add(elapsed, Ordering::Relaxed);
             d.usage.jobs_completed.fetch_add(1, Ordering::Relaxed);
             // Signal before the queue's next job may start: a queue's fences (and ring
             // completions) then signal in submission order, as a hardware ring's do.
-            d.job.fence.signal(result);
+            d.job.fence.signal_with(result, message);
             self.driver.free_job(&d.job.op);
             let mut st = lock(&self.state);
             st.engines[engine_idx].in_flight -= 1;

@@ -217,13 +217,13 @@ impl Driver for CpuDevice {
         }
     }
 
-    fn run_job(&self, _engine: usize, op: &JobOp, _ctx: &JobCtx) -> Result<(), Errno> {
+    fn run_job(&self, _engine: usize, op: &JobOp, _ctx: &JobCtx) -> Result<(), DriverError> {
         match op {
             JobOp::Nop => {}
             JobOp::Fill { dst, pattern } => host::fill(dst, *pattern)?,
             JobOp::Copy { src, dst } => host::copy(src, dst)?,
             JobOp::GemmF32 { a, b, c, alpha, beta } => gemm_job(a, b, c, *alpha, *beta, self.threads)?,
-            JobOp::Driver { .. } => return Err(Errno::EOPNOTSUPP),
+            JobOp::Driver { .. } => return Err(Errno::EOPNOTSUPP.into()),
             JobOp::Launch { program, entry, args, .. } => {
                 let builtin = program.as_any().downcast_ref::<Builtin>().ok_or(Errno::EINVAL)?;
                 builtin.run(*entry, args)?;

@@ -108,6 +108,65 @@ impl TestDevice {
         self.resets.load(Ordering::Relaxed)
     }
 
+    /// Runs a job; an injected fault is `EIO` (its message is added by `run_job`).
+    fn run(&self, op: &JobOp, ctx: &JobCtx) -> Result<(), Errno> {
+        match op {
+            JobOp::Nop => Ok(()),
+            JobOp::Fill { dst, pattern } => {
+                self.vram_fault(&[dst])?;
+                let p = ptr_of(dst)?;
+                for i in (0..dst.len).step_by(4) {
+                    // SAFETY: the range lies inside a live buffer (checked by the core); its
+                    // length is a multiple of 4.
+                    unsafe { p.add(i).cast::<[u8; 4]>().write_unaligned(pattern.to_le_bytes()) };
+                }
+                Ok(())
+            }
+            JobOp::Copy { src, dst } => self.copy(src, dst, ctx),
+            JobOp::Launch { program, args, .. } => {
+                let ranges: Vec<&accel_core::bo::BoRange> = args
+                    .iter()
+                    .filter_map(|a| match a {
+                        JobArg::Buffer(r) => Some(r),
+                        _ => None,
+                    })
+                    .collect();
+                self.vram_fault(&ranges)?;
+                let cmd = program.as_any().downcast_ref::<cmdbuf::CmdBuf>().ok_or(Errno::EINVAL)?;
+                cmd.run(args, &ctx.abort)
+            }
+            JobOp::Driver { code: OP_COPY_BANDWIDTH, args } => {
+                self.copy_bandwidth.store(args[0], Ordering::Relaxed);
+                Ok(())
+            }
+            JobOp::Driver { code: OP_COPY_FAULT, .. } => {
+                self.copy_fault.store(true, Ordering::Release);
+                Ok(())
+            }
+            JobOp::Driver { code: OP_VRAM_ECC, .. } => {
+                self.vram_ecc.store(true, Ordering::Release);
+                Ok(())
+            }
+            JobOp::GemmF32 { .. } => Err(Errno::EOPNOTSUPP),
+            JobOp::Driver { code: OP_DELAY, args } => {
+                ctx.abort.sleep(Duration::from_millis(args[0]));
+                Ok(())
+            }
+            JobOp::Driver { code: OP_FAIL, args } => {
+                Err(u32::try_from(args[0]).ok().and_then(Errno::from_raw).unwrap_or(Errno::EIO))
+            }
+            JobOp::Driver { code: OP_HANG, .. } => {
+                while !ctx.abort.sleep(Duration::from_secs(3600)) {}
+                Ok(())
+            }
+            JobOp::Driver { code: OP_BREAK_RESET, .. } => {
+                self.break_reset.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            JobOp::Driver { .. } => Err(Errno::EINVAL),
+        }
+    }
+
     fn report(&self, node: &str, error: &str) {
         if let Some(sink) = self.ras.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             let _ = sink.report(node, error, 1);
@@ -201,62 +260,11 @@ impl Driver for TestDevice {
         }
     }
 
-    fn run_job(&self, _engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), Errno> {
-        match op {
-            JobOp::Nop => Ok(()),
-            JobOp::Fill { dst, pattern } => {
-                self.vram_fault(&[dst])?;
-                let p = ptr_of(dst)?;
-                for i in (0..dst.len).step_by(4) {
-                    // SAFETY: the range lies inside a live buffer (checked by the core); its
-                    // length is a multiple of 4.
-                    unsafe { p.add(i).cast::<[u8; 4]>().write_unaligned(pattern.to_le_bytes()) };
-                }
-                Ok(())
-            }
-            JobOp::Copy { src, dst } => self.copy(src, dst, ctx),
-            JobOp::Launch { program, args, .. } => {
-                let ranges: Vec<&accel_core::bo::BoRange> = args
-                    .iter()
-                    .filter_map(|a| match a {
-                        JobArg::Buffer(r) => Some(r),
-                        _ => None,
-                    })
-                    .collect();
-                self.vram_fault(&ranges)?;
-                let cmd = program.as_any().downcast_ref::<cmdbuf::CmdBuf>().ok_or(Errno::EINVAL)?;
-                cmd.run(args, &ctx.abort)
-            }
-            JobOp::Driver { code: OP_COPY_BANDWIDTH, args } => {
-                self.copy_bandwidth.store(args[0], Ordering::Relaxed);
-                Ok(())
-            }
-            JobOp::Driver { code: OP_COPY_FAULT, .. } => {
-                self.copy_fault.store(true, Ordering::Release);
-                Ok(())
-            }
-            JobOp::Driver { code: OP_VRAM_ECC, .. } => {
-                self.vram_ecc.store(true, Ordering::Release);
-                Ok(())
-            }
-            JobOp::GemmF32 { .. } => Err(Errno::EOPNOTSUPP),
-            JobOp::Driver { code: OP_DELAY, args } => {
-                ctx.abort.sleep(Duration::from_millis(args[0]));
-                Ok(())
-            }
-            JobOp::Driver { code: OP_FAIL, args } => {
-                Err(u32::try_from(args[0]).ok().and_then(Errno::from_raw).unwrap_or(Errno::EIO))
-            }
-            JobOp::Driver { code: OP_HANG, .. } => {
-                while !ctx.abort.sleep(Duration::from_secs(3600)) {}
-                Ok(())
-            }
-            JobOp::Driver { code: OP_BREAK_RESET, .. } => {
-                self.break_reset.store(true, Ordering::Relaxed);
-                Ok(())
-            }
-            JobOp::Driver { .. } => Err(Errno::EINVAL),
-        }
+    fn run_job(&self, _engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), DriverError> {
+        self.run(op, ctx).map_err(|e| match e {
+            Errno::EIO => DriverError::new(e, "testdev: injected hardware fault"),
+            e => e.into(),
+        })
     }
 
     fn ras_attach(&self, sink: RasSink) {

@@ -919,6 +919,8 @@ pub enum Reply {
         status: Vec<FenceStatus>,
         /// When each signalled point signalled (`CLOCK_MONOTONIC` ns; 0 while pending).
         timestamps: Vec<u64>,
+        /// For each point that failed, the driver's words if it gave any, else empty (ABI 3.0).
+        messages: Vec<String>,
     },
     /// A syncobj handle.
     Syncobj(SyncobjHandle),

@@ -267,7 +267,12 @@ fn samples() -> Vec<(&'static str, Kind, u32, Vec<u8>)> {
         rep(
             "waited",
             8,
-            Reply::Waited { first: 0, status: vec![FenceStatus::Error(Errno::ETIME)], timestamps: vec![123_456_789] },
+            Reply::Waited {
+                first: 0,
+                status: vec![FenceStatus::Error(Errno::ETIME)],
+                timestamps: vec![123_456_789],
+                messages: vec![String::new()],
+            },
         ),
         rep("fd", 10, Reply::Fd),
         rep("error", 11, Reply::Error { code: Errno::EPROTO, message: "bad".into() }),

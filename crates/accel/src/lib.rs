@@ -195,6 +195,8 @@ pub struct WaitResult {
     pub status: Vec<FenceStatus>,
     /// When each point signalled, `CLOCK_MONOTONIC` ns (0 if pending).
     pub timestamps: Vec<u64>,
+    /// For each failed point, the driver's words if it gave any (else empty).
+    pub messages: Vec<String>,
 }
 
 /// An open device: one connection to the daemon, bound to one `accelN`.
@@ -356,7 +358,9 @@ impl Device {
     /// Waits for all (or any) of `points`; `ETIMEDOUT` if time runs out.
     pub fn wait(&self, points: &[WaitPoint], all: bool, timeout: Duration) -> Result<WaitResult> {
         match self.shared.call(&Request::Wait { points: points.to_vec(), all, timeout_ns: timeout_ns(timeout) })? {
-            Reply::Waited { first, status, timestamps } => Ok(WaitResult { first, status, timestamps }),
+            Reply::Waited { first, status, timestamps, messages } => {
+                Ok(WaitResult { first, status, timestamps, messages })
+            }
             other => Err(conn::unexpected(&other)),
         }
     }

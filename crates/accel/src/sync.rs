@@ -45,8 +45,8 @@ impl Queue {
             timeout_ns: u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX),
         };
         match self.dev.call(&req)? {
-            Reply::Waited { status, .. } => match status.first() {
-                Some(FenceStatus::Error(code)) => Err(Error::new(*code, "the job failed")),
+            Reply::Waited { status, messages, .. } => match status.first() {
+                Some(FenceStatus::Error(code)) => Err(job_error(*code, messages.first())),
                 _ => Ok(()),
             },
             other => Err(unexpected(&other)),
@@ -88,10 +88,19 @@ pub struct Fence {
     seqno: u64,
 }
 
-fn wait_status(dev: &Shared, point: WaitPoint, timeout: Duration) -> Result<FenceStatus> {
+/// A failed job's error: the driver's words when it gave some, else the errno's description.
+fn job_error(code: Errno, message: Option<&String>) -> Error {
+    match message.filter(|m| !m.is_empty()) {
+        Some(m) => Error::new(code, format!("job failed: {m}")),
+        None => Error::new(code, format!("job failed: {}", code.description())),
+    }
+}
+
+fn wait_status(dev: &Shared, point: WaitPoint, timeout: Duration) -> Result<(FenceStatus, Option<String>)> {
     match dev.call(&Request::Wait { points: vec![point], all: true, timeout_ns: timeout_ns(timeout) })? {
-        Reply::Waited { status, .. } => {
-            status.first().copied().ok_or_else(|| Error::new(Errno::EPROTO, "wait returned no status"))
+        Reply::Waited { status, mut messages, .. } => {
+            let st = status.first().copied().ok_or_else(|| Error::new(Errno::EPROTO, "wait returned no status"))?;
+            Ok((st, messages.drain(..).next()))
         }
         other => Err(unexpected(&other)),
     }
@@ -99,9 +108,9 @@ fn wait_status(dev: &Shared, point: WaitPoint, timeout: Duration) -> Result<Fenc
 
 fn wait_one(dev: &Shared, point: WaitPoint, timeout: Duration) -> Result<()> {
     match wait_status(dev, point, timeout)? {
-        FenceStatus::Signaled => Ok(()),
-        FenceStatus::Error(code) => Err(Error::new(code, format!("job failed: {}", code.description()))),
-        FenceStatus::Pending => Err(Error::new(Errno::EPROTO, "wait returned while still pending")),
+        (FenceStatus::Signaled, _) => Ok(()),
+        (FenceStatus::Error(code), message) => Err(job_error(code, message.as_ref())),
+        (FenceStatus::Pending, _) => Err(Error::new(Errno::EPROTO, "wait returned while still pending")),
     }
 }
 
@@ -130,7 +139,7 @@ impl Fence {
     pub fn status(&self) -> Result<FenceStatus> {
         match wait_status(&self.dev, self.point(), Duration::ZERO) {
             Err(e) if e.code == Errno::ETIMEDOUT => Ok(FenceStatus::Pending),
-            other => other,
+            other => other.map(|(st, _)| st),
         }
     }
 
@@ -298,7 +307,9 @@ pub(crate) fn syncobj_wait(
         timeout_ns,
     };
     match dev.call(&req)? {
-        Reply::Waited { first, status, timestamps } => Ok(crate::WaitResult { first, status, timestamps }),
+        Reply::Waited { first, status, timestamps, messages } => {
+            Ok(crate::WaitResult { first, status, timestamps, messages })
+        }
         other => Err(unexpected(&other)),
     }
 }

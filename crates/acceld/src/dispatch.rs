@@ -219,7 +219,9 @@ fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<Ow
         Request::SyncobjWaitMany { handles, points, flags, timeout_ns } => {
             match c.syncobj_wait_many(&handles, &points, flags, timeout_ns)? {
                 Some(w) => Ok(Action::Wait { fences: w.fences, all: w.all, timeout: w.timeout, expired: Errno::ETIME }),
-                None => ok(Reply::Waited { first: 0, status: Vec::new(), timestamps: Vec::new() }),
+                None => {
+                    ok(Reply::Waited { first: 0, status: Vec::new(), timestamps: Vec::new(), messages: Vec::new() })
+                }
             }
         }
         Request::SyncobjSignalMany { handles, points } => c.syncobj_signal_many(&handles, &points).and(ok(Reply::Ok)),

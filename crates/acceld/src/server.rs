@@ -294,7 +294,8 @@ impl Worker {
                 // callbacks, timer or wake-up.
                 if let Some((first, status)) = poll_fences(&fences, all) {
                     let timestamps = fences.iter().map(|f| f.timestamp()).collect();
-                    return self.reply(id, seq, Reply::Waited { first, status, timestamps }, Vec::new());
+                    let messages = fences.iter().map(|f| f.message().unwrap_or_default()).collect();
+                    return self.reply(id, seq, Reply::Waited { first, status, timestamps, messages }, Vec::new());
                 }
                 let wait = self.next_id;
                 self.next_id += 1;
@@ -353,7 +354,8 @@ impl Worker {
         let reply = match poll_fences(&w.fences, w.all) {
             Some((first, status)) => {
                 let timestamps = w.fences.iter().map(|f| f.timestamp()).collect();
-                Reply::Waited { first, status, timestamps }
+                let messages = w.fences.iter().map(|f| f.message().unwrap_or_default()).collect();
+                Reply::Waited { first, status, timestamps, messages }
             }
             None if expired => error_reply(accel_core::Error::new(w.expired, "wait timed out".to_string())),
             None => return,

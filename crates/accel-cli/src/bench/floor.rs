@@ -116,7 +116,12 @@ pub(super) fn protocol_pingpong(iters: usize) -> Result<Vec<u64>> {
             epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), None)?;
             let Some(got) = transport::recv(b.as_fd(), &mut buf)? else { return Ok(()) };
             let (seq, _req) = wire::decode::<Request>(Kind::Request, &buf[..got.len])?;
-            let reply = Reply::Waited { first: 0, status: vec![FenceStatus::Signaled], timestamps: vec![1] };
+            let reply = Reply::Waited {
+                first: 0,
+                status: vec![FenceStatus::Signaled],
+                timestamps: vec![1],
+                messages: Vec::new(),
+            };
             let bytes = wire::encode(Kind::Reply, seq, &reply).map_err(|e| anyhow::anyhow!("encode: {e:?}"))?;
             transport::send(b.as_fd(), &bytes, &[])?;
         }

@@ -241,7 +241,12 @@ fn unsupported_category_is_refused() {
         fn info(&self) -> crate::driver::DriverInfo {
             crate::driver::DriverInfo { categories: vec![Category::Shared], ..self.0.info() }
         }
-        fn run_job(&self, e: usize, op: &crate::driver::JobOp, ctx: &crate::driver::JobCtx) -> Result<(), Errno> {
+        fn run_job(
+            &self,
+            e: usize,
+            op: &crate::driver::JobOp,
+            ctx: &crate::driver::JobCtx,
+        ) -> Result<(), crate::driver::DriverError> {
             self.0.run_job(e, op, ctx)
         }
     }
