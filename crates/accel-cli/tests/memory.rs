@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use accel::{Buffer, Device, Errno, LaunchArg, Op, ParamKind, RegionKind};
 use accel_driver_testdev::cmdbuf::{encode, Command, CMD_ADD, CMD_COPY, CMD_DELAY, CMD_FILL};
-use accel_driver_testdev::{OP_COPY_BANDWIDTH, OP_COPY_FAULT, OP_VRAM_ECC};
+use accel_driver_testdev::{OP_COPY_BANDWIDTH, OP_COPY_FAULT, OP_DELAY, OP_LOSE_DEVICE, OP_VRAM_ECC};
 use accel_uapi::{ObjectCounts, Request};
 use common::{code, driver_op, spawn_role, wait_ready, Daemon};
 
@@ -325,4 +325,30 @@ fn a_client_killed_mid_launch_leaves_exact_counts() {
     child.wait().unwrap();
     assert_eq!(d.wait_for_counts(ObjectCounts::default()), ObjectCounts::default());
     assert_eq!(d.open(0).info().regions[1].used, 0, "vram is given back");
+}
+
+#[test]
+fn a_lost_device_is_wedged_and_every_job_fails() {
+    let d = Daemon::start(&["testdev"]);
+    let dev = d.open(0);
+    let (q, other) = (dev.create_queue().unwrap(), dev.create_queue().unwrap());
+    // A long job already running on the other queue; then the next job to start finds the
+    // device lost.
+    let running = other.submit(driver_op(OP_DELAY, 5000)).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    q.submit(driver_op(OP_LOSE_DEVICE, 0)).unwrap().wait().unwrap();
+    // The job that will find the device lost waits on a gate, so one more can queue behind it.
+    let gate = dev.create_syncobj(false).unwrap();
+    let lost = q.submit_with(Op::Nop, &[gate.point(0)], &[]).unwrap();
+    let queued = q.submit(Op::Nop).unwrap();
+    gate.signal(0).unwrap();
+    let e = lost.wait().unwrap_err();
+    assert_eq!(e.code, Errno::EIO);
+    assert!(e.message.contains("fell off the bus"), "{}", e.message);
+    let t = Instant::now();
+    assert_eq!(running.wait().unwrap_err().code, Errno::EIO);
+    assert!(t.elapsed() < Duration::from_secs(2), "the running job was not aborted");
+    assert_eq!(queued.wait().unwrap_err().code, Errno::EIO);
+    assert!(d.open(0).info().wedged);
+    assert_eq!(code(q.submit(Op::Nop)), Errno::EIO);
 }

@@ -146,19 +146,27 @@ pub struct DriverError {
     pub code: Errno,
     /// What went wrong, in the driver's words.
     pub message: String,
+    /// The device is lost (`VK_ERROR_DEVICE_LOST`, a fallen-off-the-bus GPU): the core
+    /// wedges it, failing every queued and running job with `EIO`.
+    pub lost: bool,
 }
 
 impl DriverError {
     /// An error with a message.
     pub fn new(code: Errno, message: impl Into<String>) -> DriverError {
-        DriverError { code, message: message.into() }
+        DriverError { code, message: message.into(), lost: false }
+    }
+
+    /// The device is lost: this job fails with `EIO` and `message`, and the device is wedged.
+    pub fn device_lost(message: impl Into<String>) -> DriverError {
+        DriverError { code: Errno::EIO, message: message.into(), lost: true }
     }
 }
 
 impl From<Errno> for DriverError {
     /// An error with no words of the driver's own (clients see the errno's description).
     fn from(code: Errno) -> DriverError {
-        DriverError { code, message: String::new() }
+        DriverError { code, message: String::new(), lost: false }
     }
 }
 

@@ -301,7 +301,7 @@ impl Scheduler {
         }
         let mut st = self.state();
         if st.wedged {
-            bail!(EIO, "device is wedged (engine reset failed)");
+            bail!(EIO, "device is wedged (an engine reset failed or the device was lost)");
         }
         let engines = st.engines.len();
         if job.engine >= engines {
@@ -646,6 +646,7 @@ impl Shared {
                 self.slot_cond.notify_all();
                 continue;
             }
+            let lost = matches!(&result, Err(e) if e.lost) && disposition.is_none();
             let (result, message) = match disposition {
                 Some(Disposition::Fail(e)) => (Err(e), None),
                 Some(Disposition::Resubmit) => (Err(Errno::ECANCELED), None),
@@ -654,7 +655,21 @@ impl Shared {
                     Err(e) => (Err(e.code), Some(e.message)),
                 },
             };
+            // A lost device is wedged: every other running job is aborted and fails with
+            // EIO, every queued one too, and new work is refused.
+            let lost_jobs = if lost {
+                tracing::error!("accel device lost ({}); device wedged", message.as_deref().unwrap_or(""));
+                st.wedged = true;
+                for r in st.engines.iter_mut().flat_map(|e| e.running.iter_mut()) {
+                    r.disposition = Some(Disposition::Fail(Errno::EIO));
+                    r.ctx.abort.abort();
+                }
+                drain_all(&mut st, Errno::EIO)
+            } else {
+                Failed::new()
+            };
             drop(st);
+            signal_failed(lost_jobs);
             d.usage.engine_ns.fetch_add(elapsed, Ordering::Relaxed);
             d.usage.jobs_completed.fetch_add(1, Ordering::Relaxed);
             // Signal before the queue's next job may start: a queue's fences (and ring

@@ -43,6 +43,10 @@ pub const OP_COPY_FAULT: u32 = 6;
 /// `memory/ecc-uncorrected` through RAS.
 pub const OP_VRAM_ECC: u32 = 7;
 
+/// The next job reports the device lost (as `VK_ERROR_DEVICE_LOST` would): the core
+/// wedges the device.
+pub const OP_LOSE_DEVICE: u32 = 8;
+
 /// Engine index of the compute engine.
 pub const COMPUTE_ENGINE: usize = 0;
 /// Engine index of the copy engine.
@@ -63,6 +67,7 @@ pub struct TestDevice {
     copy_bandwidth: AtomicU64,
     copy_fault: AtomicBool,
     vram_ecc: AtomicBool,
+    lose: AtomicBool,
 }
 
 /// The RAS blocks of the test device: one of each kind, every severity.
@@ -100,6 +105,7 @@ impl TestDevice {
             copy_bandwidth: AtomicU64::new(0),
             copy_fault: AtomicBool::new(false),
             vram_ecc: AtomicBool::new(false),
+            lose: AtomicBool::new(false),
         }
     }
 
@@ -145,6 +151,10 @@ impl TestDevice {
             }
             JobOp::Driver { code: OP_VRAM_ECC, .. } => {
                 self.vram_ecc.store(true, Ordering::Release);
+                Ok(())
+            }
+            JobOp::Driver { code: OP_LOSE_DEVICE, .. } => {
+                self.lose.store(true, Ordering::Release);
                 Ok(())
             }
             JobOp::GemmF32 { .. } => Err(Errno::EOPNOTSUPP),
@@ -261,6 +271,10 @@ impl Driver for TestDevice {
     }
 
     fn run_job(&self, _engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), DriverError> {
+        if !matches!(op, JobOp::Driver { code: OP_LOSE_DEVICE, .. }) && self.lose.swap(false, Ordering::AcqRel) {
+            self.report("compute", "fatal");
+            return Err(DriverError::device_lost("testdev: the device fell off the bus"));
+        }
         self.run(op, ctx).map_err(|e| match e {
             Errno::EIO => DriverError::new(e, "testdev: injected hardware fault"),
             e => e.into(),

@@ -447,7 +447,7 @@ impl Client {
         let q = lookup(&self.queues, "queue", queue.0)?;
         let (entity, has_ring) = (q.entity, q.ring.is_some());
         if dev.sched.is_wedged() {
-            bail!(EIO, "accel{} is wedged (engine reset failed)", dev.minor);
+            bail!(EIO, "accel{} is wedged (an engine reset failed or the device was lost)", dev.minor);
         }
         if dev.sched.is_banned(entity) {
             bail!(ECANCELED, "queue {:#x} is banned after hung jobs; create a new context", queue.0);
