@@ -16,22 +16,13 @@
 //! assert_eq!(sub.stats().clients, 0);
 //! ```
 
-pub mod bo;
 pub mod client;
-pub mod counters;
 pub mod credentials;
 pub mod device;
-pub mod driver;
-mod error;
-pub mod fence;
-pub mod files;
-pub mod handles;
 pub mod limits;
-pub mod mem;
 pub mod namespace;
 pub mod ops;
 pub mod program;
-pub mod ras;
 pub mod ring;
 pub mod sched;
 pub mod syncfile;
@@ -40,23 +31,20 @@ pub mod syncobj;
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use accel_uapi::{ClientUsage, DeviceInfo, ObjectCounts};
 
-pub use error::{Error, Result};
+pub(crate) use accel_hal::{bail, lock};
+/// The driver interface and what lies below it, from `accel-hal`.
+pub use accel_hal::{bo, counters, driver, fence, files, handles, mem, ras};
+pub use accel_hal::{Error, Result};
 
 use bo::BufferObject;
 use client::{Client, ClientRecord, PeerCred};
 use counters::Counters;
 use device::{Device, DeviceConfig};
 use syncobj::Syncobj;
-
-/// Locks a mutex, ignoring poisoning: state behind the core's mutexes stays
-/// consistent at every unlock point, so a panicked holder leaves nothing half-done.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The subsystem: device registry, clients, exported buffers, object counts.
 pub struct Subsystem {

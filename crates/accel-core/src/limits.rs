@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use accel_uapi::Errno;
 
+pub use crate::counters::Charge;
+
 use crate::{Error, Result};
 
 /// Resource caps. Zero in a per-client or per-namespace field means "no cap".
@@ -135,27 +137,5 @@ mod tests {
         let err = charge_fds(&limits, 1, &FdCount::default(), None, &daemon, false).unwrap_err();
         assert!(err.message.contains("kept for admins"), "{}", err.message);
         charge_fds(&limits, 1, &FdCount::default(), None, &daemon, true).unwrap();
-    }
-}
-
-/// Memory charged to a device until the buffer that holds it is freed.
-#[derive(Debug)]
-pub struct Charge {
-    used: Arc<AtomicU64>,
-    bytes: u64,
-}
-
-impl Charge {
-    /// Adds `bytes` to `used` if the total stays within `limit`.
-    pub fn try_new(used: &Arc<AtomicU64>, bytes: u64, limit: u64) -> Option<Charge> {
-        used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_add(bytes).filter(|t| *t <= limit))
-            .ok()
-            .map(|_| Charge { used: used.clone(), bytes })
-    }
-}
-
-impl Drop for Charge {
-    fn drop(&mut self) {
-        self.used.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }

@@ -7,40 +7,38 @@ use crate::bo::{BoTable, MAX_GEMM_DIM};
 use crate::driver::JobOp;
 use crate::{bail, Result};
 
-impl BoTable {
-    /// Resolves and bounds-checks every operand of `op`.
-    pub fn resolve_op(&self, op: &Op) -> Result<JobOp> {
-        Ok(match op {
-            Op::Nop => JobOp::Nop,
-            Op::Fill { dst, pattern } => {
-                let dst = self.range(dst)?;
-                if !dst.len.is_multiple_of(4) {
-                    bail!(EINVAL, "fill length {} is not a multiple of 4", dst.len);
-                }
-                JobOp::Fill { dst, pattern: *pattern }
+/// Resolves and bounds-checks every operand of `op` against the client's buffers.
+pub fn resolve_op(bos: &BoTable, op: &Op) -> Result<JobOp> {
+    Ok(match op {
+        Op::Nop => JobOp::Nop,
+        Op::Fill { dst, pattern } => {
+            let dst = bos.range(dst)?;
+            if !dst.len.is_multiple_of(4) {
+                bail!(EINVAL, "fill length {} is not a multiple of 4", dst.len);
             }
-            Op::Copy { src, dst } => {
-                if src.len != dst.len {
-                    bail!(EINVAL, "copy lengths differ: source {} bytes, destination {} bytes", src.len, dst.len);
-                }
-                JobOp::Copy { src: self.range(src)?, dst: self.range(dst)? }
+            JobOp::Fill { dst, pattern: *pattern }
+        }
+        Op::Copy { src, dst } => {
+            if src.len != dst.len {
+                bail!(EINVAL, "copy lengths differ: source {} bytes, destination {} bytes", src.len, dst.len);
             }
-            Op::GemmF32(g) => {
-                for (name, d) in [("m", g.m), ("n", g.n), ("k", g.k)] {
-                    if d == 0 || d > MAX_GEMM_DIM {
-                        bail!(EINVAL, "gemm dimension {name} = {d} is outside 1..={MAX_GEMM_DIM}");
-                    }
+            JobOp::Copy { src: bos.range(src)?, dst: bos.range(dst)? }
+        }
+        Op::GemmF32(g) => {
+            for (name, d) in [("m", g.m), ("n", g.n), ("k", g.k)] {
+                if d == 0 || d > MAX_GEMM_DIM {
+                    bail!(EINVAL, "gemm dimension {name} = {d} is outside 1..={MAX_GEMM_DIM}");
                 }
-                let a = self.matrix("A", &g.a, g.m, g.k)?;
-                let b = self.matrix("B", &g.b, g.k, g.n)?;
-                let c = self.matrix("C", &g.c, g.m, g.n)?;
-                if c.range.overlaps(&a.range) || c.range.overlaps(&b.range) {
-                    bail!(EINVAL, "gemm destination C overlaps operand A or B");
-                }
-                JobOp::GemmF32 { a, b, c, alpha: g.alpha, beta: g.beta }
             }
-            Op::Driver { code, args } => JobOp::Driver { code: *code, args: *args },
-            Op::Launch(_) => bail!(EINVAL, "a launch needs the client's programs (resolved by the client)"),
-        })
-    }
+            let a = bos.matrix("A", &g.a, g.m, g.k)?;
+            let b = bos.matrix("B", &g.b, g.k, g.n)?;
+            let c = bos.matrix("C", &g.c, g.m, g.n)?;
+            if c.range.overlaps(&a.range) || c.range.overlaps(&b.range) {
+                bail!(EINVAL, "gemm destination C overlaps operand A or B");
+            }
+            JobOp::GemmF32 { a, b, c, alpha: g.alpha, beta: g.beta }
+        }
+        Op::Driver { code, args } => JobOp::Driver { code: *code, args: *args },
+        Op::Launch(_) => bail!(EINVAL, "a launch needs the client's programs (resolved by the client)"),
+    })
 }

@@ -249,7 +249,7 @@ impl RingQueue {
         let resolved = match (self.bos.upgrade(), self.programs.upgrade()) {
             (Some(bos), Some(programs)) => dev.check_op(&op).and_then(|()| match &op {
                 Op::Launch(l) => crate::program::resolve_launch(&bos, &programs, l),
-                op => bos.resolve_op(op),
+                op => crate::ops::resolve_op(&bos, op),
             }),
             _ => Err(Error::new(Errno::ECANCELED, "the ring's client is gone")),
         };
@@ -259,6 +259,11 @@ impl RingQueue {
         };
         let seqno = dev.next_seqno();
         let fence = Fence::new(&self.counters);
+        // Signal points first: their callbacks then run before the completion's, so a client
+        // that sees the completion also sees the points signalled.
+        for (so, point) in signals {
+            so.add_point(point, fence.clone());
+        }
         self.inflight.fetch_add(1, Ordering::AcqRel);
         let ring = self.clone();
         fence.on_signal(move |status| {
@@ -269,9 +274,6 @@ impl RingQueue {
             ring.complete(user_data, result, seqno);
             ring.inflight.fetch_sub(1, Ordering::AcqRel);
         });
-        for (so, point) in signals {
-            so.add_point(point, fence.clone());
-        }
         if let Err(e) = dev.sched.push(self.entity, Job::new(&self.counters, job_op, deps, fence.clone())) {
             fence.signal(Err(e.code));
         }

@@ -9,8 +9,8 @@
 
 use std::any::Any;
 
-use accel_core::bo::BoRange;
-use accel_core::driver::{DriverError, JobArg, Program};
+use accel_hal::bo::BoRange;
+use accel_hal::driver::{DriverError, JobArg, Program};
 use accel_uapi::{EntryInfo, Errno, ParamKind};
 
 /// The builtin kernel library.

@@ -9,9 +9,9 @@ use std::time::Duration;
 mod builtin;
 pub use builtin::Builtin;
 
-use accel_core::bo::BoMatrix;
-use accel_core::driver::{host, Driver, DriverError, DriverInfo, JobCtx, JobOp, Program};
-use accel_core::ras::{RasNodeDesc, RasSink};
+use accel_hal::bo::BoMatrix;
+use accel_hal::driver::{host, Driver, DriverError, DriverInfo, JobCtx, JobOp, Program};
+use accel_hal::ras::{RasNodeDesc, RasSink};
 use accel_uapi::{Category, EngineInfo, Errno, OpKind, Severity};
 
 /// How often the RAS monitor reads EDAC counters and thermal zones.

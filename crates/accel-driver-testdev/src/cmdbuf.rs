@@ -15,7 +15,7 @@
 use std::any::Any;
 use std::time::Duration;
 
-use accel_core::driver::{AbortToken, DriverError, JobArg, Program};
+use accel_hal::driver::{AbortToken, DriverError, JobArg, Program};
 use accel_uapi::{EntryInfo, Errno, ParamKind};
 
 use crate::vram::ptr_of;

@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use accel_core::driver::{DeviceMemory, Driver, DriverError, DriverInfo, JobArg, JobCtx, JobOp, Program, RegionDesc};
-use accel_core::ras::{RasNodeDesc, RasSink};
+use accel_hal::driver::{DeviceMemory, Driver, DriverError, DriverInfo, JobArg, JobCtx, JobOp, Program, RegionDesc};
+use accel_hal::ras::{RasNodeDesc, RasSink};
 use accel_uapi::{Category, EngineInfo, Errno, OpKind, RegionKind, Severity};
 
 use vram::ptr_of;
@@ -130,7 +130,7 @@ impl TestDevice {
             }
             JobOp::Copy { src, dst } => self.copy(src, dst, ctx),
             JobOp::Launch { program, args, .. } => {
-                let ranges: Vec<&accel_core::bo::BoRange> = args
+                let ranges: Vec<&accel_hal::bo::BoRange> = args
                     .iter()
                     .filter_map(|a| match a {
                         JobArg::Buffer(r) => Some(r),
@@ -184,7 +184,7 @@ impl TestDevice {
     }
 
     /// An injected `vram` fault hits the first job that touches device memory.
-    fn vram_fault(&self, ranges: &[&accel_core::bo::BoRange]) -> Result<(), Errno> {
+    fn vram_fault(&self, ranges: &[&accel_hal::bo::BoRange]) -> Result<(), Errno> {
         if ranges.iter().any(|r| r.bo.device().is_some()) && self.vram_ecc.swap(false, Ordering::AcqRel) {
             self.report("memory", "ecc-uncorrected");
             return Err(Errno::EIO);
@@ -192,7 +192,7 @@ impl TestDevice {
         Ok(())
     }
 
-    fn copy(&self, src: &accel_core::bo::BoRange, dst: &accel_core::bo::BoRange, ctx: &JobCtx) -> Result<(), Errno> {
+    fn copy(&self, src: &accel_hal::bo::BoRange, dst: &accel_hal::bo::BoRange, ctx: &JobCtx) -> Result<(), Errno> {
         self.vram_fault(&[src, dst])?;
         if self.copy_fault.swap(false, Ordering::AcqRel) {
             self.report("interconnect", "link-crc");

@@ -6,8 +6,8 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use accel_core::bo::BoRange;
-use accel_core::driver::{DeviceMemory, DriverError};
+use accel_hal::bo::BoRange;
+use accel_hal::driver::{DeviceMemory, DriverError};
 use accel_uapi::Errno;
 
 /// Capacity of the test device's `vram` region.

@@ -455,7 +455,7 @@ impl Client {
         dev.check_op(op)?;
         let job_op = match op {
             Op::Launch(l) => crate::program::resolve_launch(&self.bos, &self.programs, l)?,
-            op => self.bos.resolve_op(op)?,
+            op => crate::ops::resolve_op(&self.bos, op)?,
         };
         // Wait-before-signal: a syncobj point nothing was submitted for yet is waited for.
         let deps = self.resolve_waits(wait, Unsubmitted::WaitSubmit)?;

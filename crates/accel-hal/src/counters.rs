@@ -81,3 +81,25 @@ impl Drop for Tracked {
         self.counters.buffer_bytes.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
+
+/// Memory charged to a device until the buffer that holds it is freed.
+#[derive(Debug)]
+pub struct Charge {
+    used: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Charge {
+    /// Adds `bytes` to `used` if the total stays within `limit`.
+    pub fn try_new(used: &Arc<AtomicU64>, bytes: u64, limit: u64) -> Option<Charge> {
+        used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_add(bytes).filter(|t| *t <= limit))
+            .ok()
+            .map(|_| Charge { used: used.clone(), bytes })
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}

@@ -14,7 +14,7 @@ use crate::{bail, Error, Result};
 /// Largest GEMM dimension accepted.
 pub const MAX_GEMM_DIM: u64 = 1 << 20;
 
-pub use crate::limits::Charge;
+pub use crate::counters::Charge;
 
 /// What holds a buffer's bytes.
 #[derive(Debug)]
