@@ -2,14 +2,14 @@
 //! Vulkan pipelines), the client's table of them, and how a launch is checked.
 
 use std::any::Any;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::Arc;
 
-use accel_uapi::{EntryInfo, Errno, Launch, LaunchArg, ParamKind, ProgramHandle};
-use slotmap::SlotMap;
+use accel_uapi::{EntryInfo, Launch, LaunchArg, ParamKind, ProgramHandle};
 
 use crate::bo::BoTable;
 use crate::counters::{Counters, Kind, Tracked};
 use crate::driver::{DriverError, JobArg, JobOp, Program};
+use crate::handles::Table;
 use crate::{bail, Error, Result};
 
 /// A driver's program, counted while anything (a handle, a queued launch) holds it.
@@ -46,42 +46,33 @@ slotmap::new_key_type! {
 }
 
 /// A client's program handles, shared (weakly) with its rings.
-#[derive(Default)]
-pub struct ProgramTable {
-    map: RwLock<SlotMap<ProgramKey, Arc<Counted>>>,
+pub struct ProgramTable(Table<ProgramKey, Arc<Counted>>);
+
+impl Default for ProgramTable {
+    fn default() -> Self {
+        ProgramTable(Table::new("program"))
+    }
 }
 
 impl ProgramTable {
-    fn read(&self) -> RwLockReadGuard<'_, SlotMap<ProgramKey, Arc<Counted>>> {
-        self.map.read().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The program behind a handle; `ENOENT` for stale or forged handles.
     pub fn get(&self, h: ProgramHandle) -> Result<Arc<Counted>> {
-        self.read().get(crate::handles::key(h.0)).cloned().ok_or_else(|| {
-            Error::new(Errno::ENOENT, format!("no program with handle {:#x} (stale or never issued)", h.0))
-        })
+        self.0.get(h.0)
     }
 
     /// Adds a handle.
     pub fn insert(&self, p: Arc<Counted>) -> Result<ProgramHandle> {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        Ok(ProgramHandle(crate::handles::insert(&mut map, "program", p)?))
+        Ok(ProgramHandle(self.0.insert(p)?))
     }
 
     /// Removes a handle.
     pub fn remove(&self, h: ProgramHandle) -> Option<Arc<Counted>> {
-        self.map.write().unwrap_or_else(|e| e.into_inner()).remove(crate::handles::key(h.0))
+        self.0.remove(h.0)
     }
 
     /// Handles held.
-    pub fn len(&self) -> usize {
-        self.read().len()
-    }
-
-    /// No handles held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
     }
 }
 

@@ -27,15 +27,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, Weak};
-
-use slotmap::SlotMap;
+use std::sync::{Arc, Mutex, Weak};
 
 use accel_uapi::{Errno, FenceStatus, SyncobjHandle};
 
 use crate::bo::Charge;
 use crate::counters::{Counters, Kind, Tracked};
 use crate::fence::Fence;
+use crate::handles::Table;
 use crate::{bail, lock, Result};
 
 /// A timeline chain: positions count links from the first one; the head is the newest.
@@ -509,42 +508,33 @@ slotmap::new_key_type! {
 
 /// A client's syncobj handles, shared with its rings so that ring entries resolve
 /// handles exactly like socket requests.
-#[derive(Default)]
-pub struct SyncobjTable {
-    map: RwLock<SlotMap<SyncobjKey, Arc<Syncobj>>>,
+pub struct SyncobjTable(Table<SyncobjKey, Arc<Syncobj>>);
+
+impl Default for SyncobjTable {
+    fn default() -> Self {
+        SyncobjTable(Table::new("syncobj"))
+    }
 }
 
 impl SyncobjTable {
-    fn read(&self) -> RwLockReadGuard<'_, SlotMap<SyncobjKey, Arc<Syncobj>>> {
-        self.map.read().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The syncobj behind a handle; `ENOENT` for stale or forged handles.
     pub fn get(&self, h: SyncobjHandle) -> Result<Arc<Syncobj>> {
-        self.read().get(crate::handles::key(h.0)).cloned().ok_or_else(|| {
-            crate::Error::new(Errno::ENOENT, format!("no syncobj with handle {:#x} (stale or never issued)", h.0))
-        })
+        self.0.get(h.0)
     }
 
     /// Adds a handle.
     pub fn insert(&self, so: Arc<Syncobj>) -> Result<SyncobjHandle> {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        Ok(SyncobjHandle(crate::handles::insert(&mut map, "syncobj", so)?))
+        Ok(SyncobjHandle(self.0.insert(so)?))
     }
 
     /// Removes a handle.
     pub fn remove(&self, h: SyncobjHandle) -> Option<Arc<Syncobj>> {
-        self.map.write().unwrap_or_else(|e| e.into_inner()).remove(crate::handles::key(h.0))
+        self.0.remove(h.0)
     }
 
     /// Handles held.
-    pub fn len(&self) -> usize {
-        self.read().len()
-    }
-
-    /// No handles held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
     }
 }
 
