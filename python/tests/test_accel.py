@@ -153,7 +153,7 @@ def test_builtin_kernels_and_device_regions(daemon):
     dev = accel.Device(0)
     assert [r["name"] for r in dev.regions()] == ["host"]
     lib = dev.program("builtin")
-    assert [e[0] for e in lib.entries()] == ["axpy", "scale", "softmax"]
+    assert [e[0] for e in lib.entries()] == ["axpy", "scale", "softmax", "gemm_f32"]
     x = np.arange(256, dtype=np.float32)
     bx, by = dev.alloc(x.nbytes), dev.alloc(x.nbytes)
     accel.array(bx, np.float32)[:256] = x  # buffers are whole pages: 1024 floats

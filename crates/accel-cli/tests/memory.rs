@@ -142,7 +142,10 @@ fn builtin_kernels_on_the_cpu_device() {
     let dev = d.open(0);
     let q = dev.create_queue().unwrap();
     let lib = dev.load_program("builtin", b"").unwrap();
-    assert_eq!(lib.entries().iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["axpy", "scale", "softmax"]);
+    assert_eq!(
+        lib.entries().iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        vec!["axpy", "scale", "softmax", "gemm_f32"]
+    );
     let n = 1000usize;
     let x: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
     let y: Vec<f32> = (0..n).map(|i| 1.0 - i as f32).collect();
@@ -188,6 +191,33 @@ fn builtin_kernels_on_the_cpu_device() {
         .unwrap();
     assert_eq!(code(q.submit(too_long)), Errno::ERANGE);
     assert_eq!(dev.load_program("builtin", b"x").unwrap_err().code, Errno::EINVAL);
+    // The library's GEMM: 3×4 · 4×2, checked against a direct product.
+    let (m, n, k) = (3usize, 2usize, 4usize);
+    let a: Vec<f32> = (0..m * k).map(|i| i as f32).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| 1.0 - i as f32 * 0.5).collect();
+    let (ba, bb, bc) = (dev.alloc(4096).unwrap(), dev.alloc(4096).unwrap(), dev.alloc(4096).unwrap());
+    ba.write_f32(0, &a).unwrap();
+    bb.write_f32(0, &b).unwrap();
+    let args = [
+        LaunchArg::U64(m as u64),
+        LaunchArg::U64(n as u64),
+        LaunchArg::U64(k as u64),
+        LaunchArg::F32(1.0),
+        LaunchArg::F32(0.0),
+        LaunchArg::Buffer(ba.whole()),
+        LaunchArg::Buffer(bb.whole()),
+        LaunchArg::Buffer(bc.whole()),
+    ];
+    q.submit(lib.launch("gemm_f32", [1, 1, 1], &args).unwrap()).unwrap().wait().unwrap();
+    let c = bc.read_f32(0, m * n).unwrap();
+    for i in 0..m {
+        for j in 0..n {
+            let want: f32 = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            assert_eq!(c[i * n + j], want, "c[{i}][{j}]");
+        }
+    }
+    let overlapping = [args[0], args[1], args[2], args[3], args[4], args[5], args[6], LaunchArg::Buffer(ba.whole())];
+    assert_eq!(code(q.submit(lib.launch("gemm_f32", [1, 1, 1], &overlapping).unwrap())), Errno::EINVAL);
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! | `axpy` | `n: u64, alpha: f32, x: buffer, y: buffer` | `y[i] = alpha·x[i] + y[i]` over `n` f32 |
 //! | `scale` | `n: u64, alpha: f32, x: buffer` | `x[i] = alpha·x[i]` |
 //! | `softmax` | `rows: u64, cols: u64, input: buffer, output: buffer` | row-wise softmax of f32 |
+//! | `gemm_f32` | `m: u64, n: u64, k: u64, alpha: f32, beta: f32, a: buffer, b: buffer, c: buffer` | dense row-major `c = alpha·a·b + beta·c` (the same kernel as `Op::GemmF32`) |
 
 use std::any::Any;
 
@@ -22,6 +23,7 @@ pub struct Builtin {
 const AXPY: u32 = 0;
 const SCALE: u32 = 1;
 const SOFTMAX: u32 = 2;
+const GEMM: u32 = 3;
 
 impl Builtin {
     /// Loads the library: `bytes` must be empty (the kernels are in the driver).
@@ -36,13 +38,29 @@ impl Builtin {
                 e("axpy", &[U64, F32, Buffer, Buffer]),
                 e("scale", &[U64, F32, Buffer]),
                 e("softmax", &[U64, U64, Buffer, Buffer]),
+                e("gemm_f32", &[U64, U64, U64, F32, F32, Buffer, Buffer, Buffer]),
             ],
         })
     }
 
-    /// Runs a checked launch.
-    pub fn run(&self, entry: u32, args: &[JobArg]) -> Result<(), Errno> {
+    /// Runs a checked launch; a GEMM uses up to `threads` threads.
+    pub fn run(&self, entry: u32, args: &[JobArg], threads: usize) -> Result<(), Errno> {
         match (entry, args) {
+            (
+                GEMM,
+                [JobArg::U64(m), JobArg::U64(n), JobArg::U64(k), JobArg::F32(alpha), JobArg::F32(beta), JobArg::Buffer(a), JobArg::Buffer(b), JobArg::Buffer(c)],
+            ) => {
+                let p = |r: &BoRange| r.host_ptr().map(|p| p.cast::<f32>()).ok_or(Errno::EINVAL);
+                let (pa, pb, pc) = (p(a)?, p(b)?, p(c)?);
+                if !pa.is_aligned() || !pb.is_aligned() || !pc.is_aligned() {
+                    return Err(Errno::EINVAL);
+                }
+                let (m, n, k) = (*m as usize, *n as usize, *k as usize);
+                // SAFETY: check_launch verified each view holds its matrix and that c overlaps
+                // neither a nor b; the job holds the buffers.
+                unsafe { crate::sgemm(m, n, k, pa, k, pb, n, pc, n, *alpha, *beta, threads) };
+                Ok(())
+            }
             (AXPY, [JobArg::U64(n), JobArg::F32(alpha), JobArg::Buffer(x), JobArg::Buffer(y)]) => {
                 let xs = read_f32(x, *n as usize)?;
                 let mut ys = read_f32(y, *n as usize)?;
@@ -96,6 +114,24 @@ impl Program for Builtin {
                 need("y", y, *n)
             }
             (SCALE, [JobArg::U64(n), _, JobArg::Buffer(x)]) => need("x", x, *n),
+            (
+                GEMM,
+                [JobArg::U64(m), JobArg::U64(n), JobArg::U64(k), _, _, JobArg::Buffer(a), JobArg::Buffer(b), JobArg::Buffer(c)],
+            ) => {
+                if [*m, *n, *k].iter().any(|d| *d == 0 || *d > accel_hal::bo::MAX_GEMM_DIM) {
+                    return Err(DriverError::new(Errno::EINVAL, "gemm dimensions must be 1..=2^20"));
+                }
+                let count = |x: u64, y: u64| {
+                    x.checked_mul(y).ok_or_else(|| DriverError::new(Errno::EOVERFLOW, "matrix size overflows"))
+                };
+                need("a", a, count(*m, *k)?)?;
+                need("b", b, count(*k, *n)?)?;
+                need("c", c, count(*m, *n)?)?;
+                if c.overlaps(a) || c.overlaps(b) {
+                    return Err(DriverError::new(Errno::EINVAL, "c overlaps a or b"));
+                }
+                Ok(())
+            }
             (SOFTMAX, [JobArg::U64(rows), JobArg::U64(cols), JobArg::Buffer(i), JobArg::Buffer(o)]) => {
                 let n = rows
                     .checked_mul(*cols)

@@ -226,7 +226,7 @@ impl Driver for CpuDevice {
             JobOp::Driver { .. } => return Err(Errno::EOPNOTSUPP.into()),
             JobOp::Launch { program, entry, args, .. } => {
                 let builtin = program.as_any().downcast_ref::<Builtin>().ok_or(Errno::EINVAL)?;
-                builtin.run(*entry, args)?;
+                builtin.run(*entry, args, self.threads)?;
             }
         }
         Ok(())
