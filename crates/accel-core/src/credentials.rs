@@ -107,6 +107,17 @@ impl AdminPolicy {
     }
 }
 
+/// Peer credentials read from the socket (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PeerCred {
+    /// Process id.
+    pub pid: i32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,15 +156,4 @@ mod tests {
         assert!(p.is_admin(other, 990, &[]));
         assert!(p.is_admin(other, 5, &[990]));
     }
-}
-
-/// Peer credentials read from the socket (`SO_PEERCRED`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PeerCred {
-    /// Process id.
-    pub pid: i32,
-    /// User id.
-    pub uid: u32,
-    /// Group id.
-    pub gid: u32,
 }

@@ -67,6 +67,15 @@ fn check(src: &Path, layers: &[&[&str]]) -> Vec<String> {
         let text = std::fs::read_to_string(&file).unwrap();
         for (n, line) in text.lines().enumerate() {
             if line.trim_start().starts_with("#[cfg(test)]") {
+                // Test code comes last in a file: nothing after it is checked, so nothing
+                // but tests may follow.
+                let rest = text.lines().skip(n + 1);
+                if let Some(item) = rest
+                    .filter(|l| !l.starts_with(' ') && !l.is_empty())
+                    .find(|l| !(l.starts_with('}') || l.contains("mod ") || l.starts_with("#[") || l.starts_with("//")))
+                {
+                    violations.push(format!("{}: {item:?} follows the test module", file.display()));
+                }
                 break;
             }
             if line.trim_start().starts_with("//") {

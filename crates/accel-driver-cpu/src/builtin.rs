@@ -50,7 +50,7 @@ impl Builtin {
                 GEMM,
                 [JobArg::U64(m), JobArg::U64(n), JobArg::U64(k), JobArg::F32(alpha), JobArg::F32(beta), JobArg::Buffer(a), JobArg::Buffer(b), JobArg::Buffer(c)],
             ) => {
-                let p = |r: &BoRange| r.host_ptr().map(|p| p.cast::<f32>()).ok_or(Errno::EINVAL);
+                let p = |r: &BoRange| r.host().map(|v| v.as_mut_ptr().cast::<f32>()).ok_or(Errno::EINVAL);
                 let (pa, pb, pc) = (p(a)?, p(b)?, p(c)?);
                 if !pa.is_aligned() || !pb.is_aligned() || !pc.is_aligned() {
                     return Err(Errno::EINVAL);
@@ -96,7 +96,7 @@ fn need(name: &str, r: &BoRange, count: u64) -> Result<(), DriverError> {
             format!("{name}: {count} f32 need {bytes} bytes, the view has {}", r.len),
         ));
     }
-    if r.host_ptr().is_none() {
+    if r.host().is_none() {
         return Err(DriverError::new(Errno::EINVAL, format!("{name}: the cpu device computes on host memory only")));
     }
     Ok(())
@@ -149,18 +149,9 @@ impl Program for Builtin {
 }
 
 fn read_f32(r: &BoRange, n: usize) -> Result<Vec<f32>, Errno> {
-    let p = r.host_ptr().ok_or(Errno::EINVAL)?.cast::<u8>();
-    let mut bytes = vec![0u8; n * 4];
-    // SAFETY: check_launch verified n·4 ≤ the range, which lies in a live mapping the job
-    // holds; a byte copy out of shared memory forms no reference into it.
-    unsafe { std::ptr::copy_nonoverlapping(p, bytes.as_mut_ptr(), bytes.len()) };
-    Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    Ok(r.host().ok_or(Errno::EINVAL)?.subslice(0, n * 4)?.read_f32s())
 }
 
 fn write_f32(r: &BoRange, v: &[f32]) -> Result<(), Errno> {
-    let p = r.host_ptr().ok_or(Errno::EINVAL)?;
-    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    // SAFETY: as in read_f32; the destination range holds v.len()·4 bytes.
-    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
-    Ok(())
+    r.host().ok_or(Errno::EINVAL)?.write_f32s(v)
 }

@@ -174,7 +174,7 @@ pub unsafe fn sgemm(
 }
 
 fn gemm_job(a: &BoMatrix, b: &BoMatrix, c: &BoMatrix, alpha: f32, beta: f32, threads: usize) -> Result<(), Errno> {
-    let ptr = |m: &BoMatrix| m.range.host_ptr().map(|p| p.cast::<f32>()).ok_or(Errno::EINVAL);
+    let ptr = |m: &BoMatrix| m.range.host().map(|v| v.as_mut_ptr().cast::<f32>()).ok_or(Errno::EINVAL);
     let (pa, pb, pc) = (ptr(a)?, ptr(b)?, ptr(c)?);
     if !pa.is_aligned() || !pb.is_aligned() || !pc.is_aligned() {
         return Err(Errno::EINVAL);

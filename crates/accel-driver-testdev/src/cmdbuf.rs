@@ -18,7 +18,7 @@ use std::time::Duration;
 use accel_hal::driver::{AbortToken, DriverError, JobArg, Program};
 use accel_uapi::{EntryInfo, Errno, ParamKind};
 
-use crate::vram::ptr_of;
+use crate::vram::view_of;
 
 /// The format's name.
 pub const FORMAT: &str = "testdev-cmdbuf";
@@ -120,38 +120,36 @@ impl CmdBuf {
 
     /// Runs the commands over the bound buffers.
     pub fn run(&self, args: &[JobArg], abort: &AbortToken) -> Result<(), Errno> {
-        let ptrs = args
+        let views = args
             .iter()
             .map(|a| match a {
-                JobArg::Buffer(r) => ptr_of(r),
+                JobArg::Buffer(r) => view_of(r),
                 _ => Err(Errno::EINVAL),
             })
             .collect::<Result<Vec<_>, _>>()?;
         for c in &self.commands {
             let (len, a_off, b_off) = (c.len as usize, c.a_off as usize, c.b_off as usize);
-            // SAFETY: check_launch verified every reference lies inside its buffer, which
-            // the job holds; raw copies form no references into shared memory.
-            unsafe {
-                match c.op {
-                    CMD_FILL => {
-                        let p = ptrs[c.a as usize].add(a_off);
-                        for i in (0..len).step_by(4) {
-                            p.add(i).cast::<[u8; 4]>().write_unaligned(c.b_off.to_le_bytes());
-                        }
+            // check_launch verified every reference lies inside its buffer; the views check
+            // again (ERANGE), so a bug here cannot reach beyond a buffer.
+            match c.op {
+                CMD_FILL => views[c.a as usize].subslice(a_off, len)?.fill_u32(c.b_off),
+                CMD_COPY => {
+                    views[c.a as usize].subslice(a_off, len)?.copy_to(&views[c.b as usize].subslice(b_off, len)?)
+                }
+                CMD_ADD => {
+                    let (mut x, mut y) = (vec![0u8; len], vec![0u8; len]);
+                    views[c.a as usize].read(a_off, &mut x)?;
+                    views[c.b as usize].read(b_off, &mut y)?;
+                    for (yy, xx) in y.chunks_exact_mut(4).zip(x.chunks_exact(4)) {
+                        let sum = u32::from_le_bytes([yy[0], yy[1], yy[2], yy[3]])
+                            .wrapping_add(u32::from_le_bytes([xx[0], xx[1], xx[2], xx[3]]));
+                        yy.copy_from_slice(&sum.to_le_bytes());
                     }
-                    CMD_COPY => std::ptr::copy(ptrs[c.a as usize].add(a_off), ptrs[c.b as usize].add(b_off), len),
-                    CMD_ADD => {
-                        let (src, dst) = (ptrs[c.a as usize].add(a_off), ptrs[c.b as usize].add(b_off));
-                        for i in (0..len).step_by(4) {
-                            let x = u32::from_le_bytes(src.add(i).cast::<[u8; 4]>().read_unaligned());
-                            let y = u32::from_le_bytes(dst.add(i).cast::<[u8; 4]>().read_unaligned());
-                            dst.add(i).cast::<[u8; 4]>().write_unaligned(x.wrapping_add(y).to_le_bytes());
-                        }
-                    }
-                    _ => {
-                        if abort.sleep(Duration::from_micros(u64::from(c.a))) {
-                            return Err(Errno::ECANCELED);
-                        }
+                    views[c.b as usize].write(b_off, &y)?;
+                }
+                _ => {
+                    if abort.sleep(Duration::from_micros(u64::from(c.a))) {
+                        return Err(Errno::ECANCELED);
                     }
                 }
             }

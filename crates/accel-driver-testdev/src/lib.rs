@@ -25,7 +25,7 @@ use accel_hal::driver::{DeviceMemory, Driver, DriverError, DriverInfo, JobArg, J
 use accel_hal::ras::{RasNodeDesc, RasSink};
 use accel_uapi::{Category, EngineInfo, Errno, OpKind, RegionKind, Severity};
 
-use vram::ptr_of;
+use vram::view_of;
 
 /// `args[0]` = milliseconds to take (ends early, with `ETIME` from the core, on abort).
 pub const OP_DELAY: u32 = 1;
@@ -120,12 +120,7 @@ impl TestDevice {
             JobOp::Nop => Ok(()),
             JobOp::Fill { dst, pattern } => {
                 self.vram_fault(&[dst])?;
-                let p = ptr_of(dst)?;
-                for i in (0..dst.len).step_by(4) {
-                    // SAFETY: the range lies inside a live buffer (checked by the core); its
-                    // length is a multiple of 4.
-                    unsafe { p.add(i).cast::<[u8; 4]>().write_unaligned(pattern.to_le_bytes()) };
-                }
+                view_of(dst)?.fill_u32(*pattern);
                 Ok(())
             }
             JobOp::Copy { src, dst } => self.copy(src, dst, ctx),
@@ -199,10 +194,7 @@ impl TestDevice {
             return Err(Errno::EIO);
         }
         let start = Instant::now();
-        let (s, d) = (ptr_of(src)?, ptr_of(dst)?);
-        // SAFETY: both ranges lie inside live buffers the job holds, with equal lengths
-        // (checked by the core); memmove semantics.
-        unsafe { std::ptr::copy(s, d, dst.len.min(src.len)) };
+        view_of(src)?.copy_to(&view_of(dst)?);
         let bw = self.copy_bandwidth.load(Ordering::Relaxed);
         if bw > 0 {
             let due = Duration::from_secs_f64(dst.len as f64 / bw as f64);

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use accel_hal::bo::BoRange;
 use accel_hal::driver::{DeviceMemory, DriverError};
+use accel_hal::mem::VolatileSlice;
 use accel_uapi::Errno;
 
 /// Capacity of the test device's `vram` region.
@@ -81,13 +82,15 @@ impl DeviceMemory for VramBuf {
     }
 }
 
-/// The first byte of a range, host memory or `vram` (bounds were checked by the core).
-pub fn ptr_of(r: &BoRange) -> Result<*mut u8, Errno> {
-    if let Some(p) = r.host_ptr() {
-        return Ok(p);
+/// A range of host memory or of `vram` as a bounds-checked view (bounds were checked by the
+/// core; the view checks every access again).
+pub fn view_of(r: &BoRange) -> Result<VolatileSlice<'_>, Errno> {
+    if let Some(v) = r.host() {
+        return Ok(v);
     }
     let mem = r.bo.device().ok_or(Errno::EINVAL)?;
     let vram = mem.as_any().downcast_ref::<VramBuf>().ok_or(Errno::EINVAL)?;
-    // SAFETY: offset + len ≤ the block's length (checked by the core).
-    Ok(unsafe { vram.ptr().add(r.offset) })
+    // SAFETY: the block is `len` bytes, alive while the range (which holds the buffer) is.
+    let whole = unsafe { VolatileSlice::new(vram.ptr(), vram.len as usize) };
+    whole.subslice(r.offset, r.len)
 }

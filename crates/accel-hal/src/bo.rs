@@ -7,8 +7,8 @@ use slotmap::SlotMap;
 
 use crate::counters::{Counters, Kind, Tracked};
 use crate::handles::{insert, key};
-use crate::mem::DeviceMemory;
 use crate::mem::HostMemory;
+use crate::mem::{DeviceMemory, VolatileSlice};
 use crate::{bail, Error, Result};
 
 /// Largest GEMM dimension accepted.
@@ -102,14 +102,14 @@ pub struct BoRange {
 }
 
 impl BoRange {
-    /// Pointer to the first byte of the range, for a host buffer (`None` for device memory,
-    /// which only its driver reaches, through [`BufferObject::device`]).
-    ///
-    /// The memory is shared with clients, which may write it concurrently;
-    /// drivers must treat it as device memory (no references held across that).
-    pub fn host_ptr(&self) -> Option<*mut u8> {
-        // SAFETY: offset <= size was validated when the range was built.
-        self.bo.host().map(|m| unsafe { m.as_ptr().add(self.offset) })
+    /// The range as a bounds-checked view, for a host buffer (`None` for device memory,
+    /// which only its driver reaches, through [`BufferObject::device`]). The memory is
+    /// shared with clients, which may write it concurrently: the view only copies.
+    pub fn host(&self) -> Option<VolatileSlice<'_>> {
+        let m = self.bo.host()?;
+        // SAFETY: offset + len <= size was validated when the range was built, and the
+        // buffer (held by self) keeps the mapping alive for the view's lifetime.
+        Some(unsafe { VolatileSlice::new(m.as_ptr().add(self.offset), self.len) })
     }
 
     /// Whether two ranges share any byte.

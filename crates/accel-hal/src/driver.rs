@@ -263,27 +263,16 @@ pub mod host {
 
     use accel_uapi::Errno;
 
-    fn host(r: &BoRange) -> Result<*mut u8, Errno> {
-        r.host_ptr().ok_or(Errno::EOPNOTSUPP)
-    }
-
     /// Fills `dst` (host memory) with the little-endian `pattern`.
     pub fn fill(dst: &BoRange, pattern: u32) -> Result<(), Errno> {
-        let bytes = pattern.to_le_bytes();
-        let p = host(dst)?;
-        for i in 0..dst.len {
-            // SAFETY: i < dst.len and the range lies inside the live mapping (checked by core).
-            unsafe { p.add(i).write_volatile(bytes[i % 4]) };
-        }
+        dst.host().ok_or(Errno::EOPNOTSUPP)?.fill_u32(pattern);
         Ok(())
     }
 
     /// Copies `src` to `dst` (host memory; equal lengths; overlap allowed).
     pub fn copy(src: &BoRange, dst: &BoRange) -> Result<(), Errno> {
-        let (s, d) = (host(src)?, host(dst)?);
-        // SAFETY: both ranges lie inside live mappings and have the same length (checked by
-        // core); `copy` is memmove, so overlap is fine.
-        unsafe { std::ptr::copy(s, d, dst.len.min(src.len)) };
+        let (s, d) = (src.host().ok_or(Errno::EOPNOTSUPP)?, dst.host().ok_or(Errno::EOPNOTSUPP)?);
+        s.copy_to(&d);
         Ok(())
     }
 }

@@ -104,40 +104,6 @@ impl HostMemory {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn new_memory_is_zeroed_and_sealed() {
-        let m = HostMemory::new("t", 8192).unwrap();
-        // SAFETY: the mapping is 8192 bytes and nobody else writes it.
-        let bytes = unsafe { std::slice::from_raw_parts(m.as_ptr(), m.len()) };
-        assert!(bytes.iter().all(|&b| b == 0));
-        let err = rustix::fs::ftruncate(m.fd(), 10).unwrap_err();
-        assert_eq!(err, rustix::io::Errno::PERM);
-    }
-
-    #[test]
-    fn unsealed_fd_is_refused() {
-        let fd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-        rustix::fs::ftruncate(&fd, 4096).unwrap();
-        assert_eq!(HostMemory::import(fd).unwrap_err().code, Errno::EINVAL);
-    }
-
-    #[test]
-    fn import_maps_the_same_pages() {
-        let a = HostMemory::new("a", 4096).unwrap();
-        let b = HostMemory::import(a.dup_fd().unwrap()).unwrap();
-        // SAFETY: both mappings are 4096 bytes long.
-        unsafe {
-            *a.as_ptr().add(100) = 42;
-            assert_eq!(*b.as_ptr().add(100), 42);
-        }
-        assert_eq!(a.inode(), b.inode());
-    }
-}
-
 /// An error from a driver hook, with the driver's own words (a compiler's or a runtime's
 /// message reaches the client).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,4 +159,161 @@ pub trait DeviceMemory: Send + Sync + std::fmt::Debug + 'static {
 
     /// The driver's own type.
     fn as_any(&self) -> &dyn Any;
+}
+
+/// A bounds-checked view of memory that others may write at any time (a buffer clients map,
+/// device memory the host reaches): bytes are copied in and out, never borrowed, so no Rust
+/// reference ever promises an exclusivity shared memory cannot give (crosvm's
+/// `VolatileSlice`). Every access is checked against the view's length.
+#[derive(Debug, Clone, Copy)]
+pub struct VolatileSlice<'a> {
+    ptr: *mut u8,
+    len: usize,
+    _memory: std::marker::PhantomData<&'a ()>,
+}
+
+// SAFETY: the view is a pointer and a length into memory its owner keeps alive for 'a;
+// accesses are copies, ordered by the users of the memory (like device memory).
+unsafe impl Send for VolatileSlice<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for VolatileSlice<'_> {}
+
+impl<'a> VolatileSlice<'a> {
+    /// A view of `len` bytes at `ptr`.
+    ///
+    /// # Safety
+    /// `ptr..ptr + len` stays valid (mapped, not freed) for `'a`.
+    pub unsafe fn new(ptr: *mut u8, len: usize) -> VolatileSlice<'a> {
+        VolatileSlice { ptr, len, _memory: std::marker::PhantomData }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the view is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes `[offset, offset + len)`; `ERANGE` outside the view.
+    pub fn subslice(&self, offset: usize, len: usize) -> Result<VolatileSlice<'a>, Errno> {
+        match offset.checked_add(len) {
+            // SAFETY: inside this view, so valid for 'a.
+            Some(end) if end <= self.len => Ok(unsafe { VolatileSlice::new(self.ptr.add(offset), len) }),
+            _ => Err(Errno::ERANGE),
+        }
+    }
+
+    /// Copies bytes at `offset` into `out`; `ERANGE` outside the view.
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), Errno> {
+        let src = self.subslice(offset, out.len())?;
+        // SAFETY: in bounds (checked); a copy out forms no reference into the memory.
+        unsafe { std::ptr::copy(src.ptr, out.as_mut_ptr(), out.len()) };
+        Ok(())
+    }
+
+    /// Copies `data` in at `offset`; `ERANGE` outside the view.
+    pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), Errno> {
+        let dst = self.subslice(offset, data.len())?;
+        // SAFETY: in bounds (checked).
+        unsafe { std::ptr::copy(data.as_ptr(), dst.ptr, data.len()) };
+        Ok(())
+    }
+
+    /// Fills the view with the little-endian `pattern` (a partial last word gets its
+    /// leading bytes).
+    pub fn fill_u32(&self, pattern: u32) {
+        let bytes = pattern.to_le_bytes();
+        for i in 0..self.len {
+            // SAFETY: i < len.
+            unsafe { self.ptr.add(i).write_volatile(bytes[i % 4]) };
+        }
+    }
+
+    /// Copies this view into `dst` (the shorter length; the two may overlap).
+    pub fn copy_to(&self, dst: &VolatileSlice<'_>) {
+        // SAFETY: both in bounds for the shorter length; `copy` is memmove.
+        unsafe { std::ptr::copy(self.ptr, dst.ptr, self.len.min(dst.len)) };
+    }
+
+    /// The little-endian f32s of the view (a partial last value is dropped).
+    pub fn read_f32s(&self) -> Vec<f32> {
+        let mut bytes = vec![0u8; self.len - self.len % 4];
+        self.read(0, &mut bytes).expect("within the view");
+        bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    }
+
+    /// Writes little-endian f32s at the start; `ERANGE` if they do not fit.
+    pub fn write_f32s(&self, values: &[f32]) -> Result<(), Errno> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.write(0, &bytes)
+    }
+
+    /// The start of the view, for kernels that must address it directly (a GEMM). The
+    /// caller keeps to `len` bytes and to the lifetime of the view.
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+}
+
+#[cfg(test)]
+mod volatile_tests {
+    use super::*;
+
+    #[test]
+    fn every_access_is_checked_against_the_view() {
+        let mut backing = [0u8; 16];
+        // SAFETY: the array outlives the view.
+        let v = unsafe { VolatileSlice::new(backing.as_mut_ptr(), 16) };
+        assert_eq!(v.subslice(8, 9).unwrap_err(), Errno::ERANGE);
+        assert_eq!(v.subslice(usize::MAX, 2).unwrap_err(), Errno::ERANGE);
+        assert_eq!(v.write(14, &[1, 2, 3]).unwrap_err(), Errno::ERANGE);
+        v.subslice(4, 8).unwrap().fill_u32(0xaabb_ccdd);
+        let mut out = [0u8; 16];
+        v.read(0, &mut out).unwrap();
+        assert_eq!(out[..4], [0; 4]);
+        assert_eq!(out[4..12], [0xdd, 0xcc, 0xbb, 0xaa, 0xdd, 0xcc, 0xbb, 0xaa]);
+        // Overlapping copy (memmove) within one view.
+        v.subslice(4, 8).unwrap().copy_to(&v.subslice(6, 8).unwrap());
+        v.read(0, &mut out).unwrap();
+        assert_eq!(out[6..14], [0xdd, 0xcc, 0xbb, 0xaa, 0xdd, 0xcc, 0xbb, 0xaa]);
+        v.write_f32s(&[1.5, -2.0]).unwrap();
+        assert_eq!(v.subslice(0, 8).unwrap().read_f32s(), vec![1.5, -2.0]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_memory_is_zeroed_and_sealed() {
+        let m = HostMemory::new("t", 8192).unwrap();
+        // SAFETY: the mapping is 8192 bytes and nobody else writes it.
+        let bytes = unsafe { std::slice::from_raw_parts(m.as_ptr(), m.len()) };
+        assert!(bytes.iter().all(|&b| b == 0));
+        let err = rustix::fs::ftruncate(m.fd(), 10).unwrap_err();
+        assert_eq!(err, rustix::io::Errno::PERM);
+    }
+
+    #[test]
+    fn unsealed_fd_is_refused() {
+        let fd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
+        assert_eq!(HostMemory::import(fd).unwrap_err().code, Errno::EINVAL);
+    }
+
+    #[test]
+    fn import_maps_the_same_pages() {
+        let a = HostMemory::new("a", 4096).unwrap();
+        let b = HostMemory::import(a.dup_fd().unwrap()).unwrap();
+        // SAFETY: both mappings are 4096 bytes long.
+        unsafe {
+            *a.as_ptr().add(100) = 42;
+            assert_eq!(*b.as_ptr().add(100), 42);
+        }
+        assert_eq!(a.inode(), b.inode());
+    }
 }
