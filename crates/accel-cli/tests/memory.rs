@@ -44,9 +44,10 @@ fn devices_list_their_regions_and_program_formats() {
     let r = &testdev.info().regions;
     assert_eq!(
         r.iter().map(|r| (r.id, r.name.as_str(), r.kind)).collect::<Vec<_>>(),
-        vec![(0, "host", RegionKind::Host), (1, "vram", RegionKind::Device)]
+        vec![(0, "host", RegionKind::Host), (1, "vram", RegionKind::Device), (2, "shared", RegionKind::Device)]
     );
     assert!(r[0].mappable && r[0].exportable && !r[1].mappable && !r[1].exportable);
+    assert!(!r[2].mappable && r[2].exportable);
     assert_eq!(testdev.info().program_formats, vec!["testdev-cmdbuf".to_string()]);
     assert_eq!(cpu.info().regions.len(), 1);
     assert_eq!(cpu.info().program_formats, vec!["builtin".to_string()]);
@@ -272,7 +273,7 @@ fn region_capacity_and_namespace_quotas_apply_per_region() {
         other => panic!("{other:?}"),
     };
     let ns = list.iter().find(|n| n.name == "t").unwrap();
-    assert_eq!(ns.devices[0].region_used, vec![1 << 20, 1 << 20]);
+    assert_eq!(ns.devices[0].region_used, vec![1 << 20, 1 << 20, 0]);
     let me = admin.clients().unwrap().into_iter().find(|c| c.client_id == t.client_id()).unwrap();
     assert_eq!((me.memory_bytes, me.device_memory_bytes), (1 << 20, 1 << 20));
 }
@@ -381,4 +382,44 @@ fn a_lost_device_is_wedged_and_every_job_fails() {
     assert_eq!(queued.wait().unwrap_err().code, Errno::EIO);
     assert!(d.open(0).info().wedged);
     assert_eq!(code(q.submit(Op::Nop)), Errno::EIO);
+}
+
+#[test]
+fn exportable_device_memory_keeps_prime_semantics() {
+    let d = Daemon::start(&["testdev"]);
+    let (a, b) = (d.open(0), d.open(0));
+    let q = a.create_queue().unwrap();
+    let shared = a.alloc_in(4096, 2).unwrap();
+    let src = host_u32s(&a, &[7; 1024]);
+    q.submit(Op::Copy { src: src.whole(), dst: shared.whole() }).unwrap().wait().unwrap();
+    // The driver exports its memory; importing the descriptor gives the same buffer.
+    let fd = shared.export().unwrap();
+    let theirs = b.import(&fd);
+    // The client library maps what it imports; device memory is imported unmapped.
+    let theirs = theirs.unwrap();
+    assert_eq!(code(b.request(&Request::BoMmap { handle: theirs.handle() })), Errno::EINVAL, "still device memory");
+    let out = b.alloc(4096).unwrap();
+    let bq = b.create_queue().unwrap();
+    bq.submit(Op::Copy { src: theirs.whole(), dst: out.whole() }).unwrap().wait().unwrap();
+    assert_eq!(read_u32s(&out, 4), vec![7; 4]);
+    // Same object: b's writes reach a.
+    bq.submit(Op::Fill { dst: theirs.view(0, 4), pattern: 9 }).unwrap().wait().unwrap();
+    let back = a.alloc(4096).unwrap();
+    q.submit(Op::Copy { src: shared.whole(), dst: back.whole() }).unwrap().wait().unwrap();
+    assert_eq!(read_u32s(&back, 2), vec![9, 7]);
+    // Another namespace cannot import it.
+    let mut admin = accel::Connection::connect_with_token(d.socket(), None).unwrap();
+    admin.call(&Request::NsCreate { name: "other".into(), token: Some("tok".into()) }).unwrap();
+    admin
+        .call(&Request::NsAssign {
+            name: "other".into(),
+            device: 0,
+            memory_limit: 0,
+            weight: 100,
+            max_clients: 0,
+            evict: false,
+        })
+        .unwrap();
+    let stranger = Device::open_with_token(d.socket(), 0, "tok").unwrap();
+    assert_eq!(stranger.import(&fd).unwrap_err().code, Errno::ENOENT);
 }

@@ -256,6 +256,13 @@ impl Subsystem {
         }
     }
 
+    /// A device buffer's exported descriptor: an import of it resolves to the buffer.
+    fn register_export(&self, bo: &Arc<BufferObject>, fd: &OwnedFd, ns: &str) {
+        if let Ok(key) = inode(fd) {
+            self.exports.insert(key, bo, ns);
+        }
+    }
+
     fn find_buffer(&self, fd: &OwnedFd, ns: &str) -> Result<Option<Arc<BufferObject>>> {
         self.exports.find(fd, ns)
     }

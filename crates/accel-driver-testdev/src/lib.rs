@@ -232,19 +232,24 @@ impl Driver for TestDevice {
     }
 
     fn regions(&self) -> Vec<RegionDesc> {
-        vec![RegionDesc {
-            name: "vram".into(),
+        let device = |name: &str, exportable| RegionDesc {
+            name: name.into(),
             kind: RegionKind::Device,
             size: vram::VRAM_BYTES,
             mappable: false,
-            exportable: false,
+            exportable,
             coherent: false,
-        }]
+        };
+        vec![device("vram", false), device("shared", true)]
     }
 
     fn alloc(&self, region: usize, size: u64) -> Result<Arc<dyn DeviceMemory>, DriverError> {
         match region {
             0 => Ok(self.pool.alloc(size)?),
+            1 => Ok(Arc::new(vram::SharedBuf(
+                accel_hal::mem::HostMemory::new("testdev-shared", size)
+                    .map_err(|e| DriverError::new(e.code, e.message))?,
+            ))),
             r => Err(DriverError::new(Errno::EINVAL, format!("testdev has no region {}", r + 1))),
         }
     }

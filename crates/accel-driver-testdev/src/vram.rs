@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use accel_hal::bo::BoRange;
 use accel_hal::driver::{DeviceMemory, DriverError};
-use accel_hal::mem::VolatileSlice;
+use accel_hal::mem::{HostMemory, VolatileSlice};
 use accel_uapi::Errno;
 
 /// Capacity of the test device's `vram` region.
@@ -82,6 +82,32 @@ impl DeviceMemory for VramBuf {
     }
 }
 
+/// A block of the `shared` region: device memory other processes can import (emulated with
+/// a sealed memfd the daemon maps; the driver exports its descriptor, as a real one exports a
+/// dma-buf).
+#[derive(Debug)]
+pub struct SharedBuf(pub HostMemory);
+
+impl DeviceMemory for SharedBuf {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn zero(&self) -> Result<(), DriverError> {
+        // SAFETY: the mapping is len bytes and lives as long as self.
+        unsafe { std::ptr::write_bytes(self.0.as_ptr(), 0, self.0.len()) };
+        Ok(())
+    }
+
+    fn export(&self) -> Result<std::os::fd::OwnedFd, DriverError> {
+        self.0.dup_fd().map_err(|e| DriverError::new(e.code, e.message))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
 /// A range of host memory or of `vram` as a bounds-checked view (bounds were checked by the
 /// core; the view checks every access again).
 pub fn view_of(r: &BoRange) -> Result<VolatileSlice<'_>, Errno> {
@@ -89,8 +115,13 @@ pub fn view_of(r: &BoRange) -> Result<VolatileSlice<'_>, Errno> {
         return Ok(v);
     }
     let mem = r.bo.device().ok_or(Errno::EINVAL)?;
-    let vram = mem.as_any().downcast_ref::<VramBuf>().ok_or(Errno::EINVAL)?;
-    // SAFETY: the block is `len` bytes, alive while the range (which holds the buffer) is.
-    let whole = unsafe { VolatileSlice::new(vram.ptr(), vram.len as usize) };
+    let whole = if let Some(vram) = mem.as_any().downcast_ref::<VramBuf>() {
+        // SAFETY: the block is `len` bytes, alive while the range (which holds the buffer) is.
+        unsafe { VolatileSlice::new(vram.ptr(), vram.len as usize) }
+    } else {
+        let shared = mem.as_any().downcast_ref::<SharedBuf>().ok_or(Errno::EINVAL)?;
+        // SAFETY: as above, for the mapping.
+        unsafe { VolatileSlice::new(shared.0.as_ptr(), shared.0.len()) }
+    };
     whole.subslice(r.offset, r.len)
 }

@@ -157,6 +157,13 @@ pub trait DeviceMemory: Send + Sync + std::fmt::Debug + 'static {
     /// client ever reads what another one left.
     fn zero(&self) -> Result<(), DriverError>;
 
+    /// A descriptor other processes can import this memory by (a dma-buf, a CUDA POSIX
+    /// fd, a Vulkan external-memory fd): PRIME export. Memory the driver cannot export is
+    /// `EOPNOTSUPP` — the core never copies instead.
+    fn export(&self) -> Result<std::os::fd::OwnedFd, DriverError> {
+        Err(DriverError::new(Errno::EOPNOTSUPP, "this driver cannot export its memory"))
+    }
+
     /// The driver's own type.
     fn as_any(&self) -> &dyn Any;
 }

@@ -899,6 +899,8 @@ pub enum Reply {
         handle: BoHandle,
         /// Size in bytes.
         size: u64,
+        /// Memory region (ABI 3.0): whether the client may map it follows from the region.
+        region: u32,
     },
     /// A descriptor travels with this reply.
     Fd,

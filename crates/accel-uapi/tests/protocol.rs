@@ -262,7 +262,7 @@ fn samples() -> Vec<(&'static str, Kind, u32, Vec<u8>)> {
             1,
             Reply::Hello { abi_major: 2, abi_minor: 0, client_id: 42, server: "acceld 0.1.0".into() },
         ),
-        rep("bo", 4, Reply::Bo { handle: bo, size: 1 << 20 }),
+        rep("bo", 4, Reply::Bo { handle: bo, size: 1 << 20, region: 0 }),
         rep("submitted", 6, Reply::Submitted { fence: FenceHandle(9), seqno: 300 }),
         rep(
             "waited",

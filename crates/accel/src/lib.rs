@@ -268,11 +268,19 @@ impl Device {
     /// Host memory (region 0, and any mappable region) is mapped into this process;
     /// device memory is not: fill it with `Copy` jobs from host buffers.
     pub fn alloc_in(&self, size: u64, region: u32) -> Result<Buffer> {
-        let mappable = self.shared.info.regions.get(region as usize).is_none_or(|r| r.mappable);
         match self.shared.call(&Request::BoCreate { size, region })? {
-            Reply::Bo { handle, size } if mappable => Buffer::map(self.shared.clone(), handle, size),
-            Reply::Bo { handle, size } => Ok(Buffer::unmapped(self.shared.clone(), handle, size, region)),
+            Reply::Bo { handle, size, region } => self.buffer(handle, size, region),
             other => Err(conn::unexpected(&other)),
+        }
+    }
+
+    /// A buffer handle the daemon gave: mapped if its region is mappable.
+    fn buffer(&self, handle: accel_uapi::BoHandle, size: u64, region: u32) -> Result<Buffer> {
+        let mappable = self.shared.info.regions.get(region as usize).is_none_or(|r| r.mappable);
+        if mappable {
+            Buffer::map(self.shared.clone(), handle, size)
+        } else {
+            Ok(Buffer::unmapped(self.shared.clone(), handle, size, region))
         }
     }
 
@@ -285,10 +293,11 @@ impl Device {
         }
     }
 
-    /// Imports a buffer another client exported ([`Buffer::export`]); both see the same memory.
+    /// Imports a buffer another client exported ([`Buffer::export`]); both see the same
+    /// memory (device memory stays unmapped, as it was for the exporter).
     pub fn import(&self, fd: impl AsFd) -> Result<Buffer> {
         match self.shared.call_fd(&Request::BoImport, Some(fd.as_fd()))?.0 {
-            Reply::Bo { handle, size } => Buffer::map(self.shared.clone(), handle, size),
+            Reply::Bo { handle, size, region } => self.buffer(handle, size, region),
             other => Err(conn::unexpected(&other)),
         }
     }

@@ -164,16 +164,20 @@ fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<Ow
         }
         Request::BoCreate { size, region } => {
             let (handle, size) = c.bo_create(size, region)?;
-            ok(Reply::Bo { handle, size })
+            ok(Reply::Bo { handle, size, region })
         }
-        Request::BoInfo { handle } => ok(Reply::Bo { handle, size: c.bo_size(handle)? }),
+        Request::BoInfo { handle } => {
+            let (size, region) = c.bo_info(handle)?;
+            ok(Reply::Bo { handle, size, region })
+        }
         Request::BoClose { handle } => c.bo_close(handle).and(ok(Reply::Ok)),
         Request::BoMmap { handle } => Ok(Action::Reply(Box::new(Reply::Fd), vec![c.bo_mmap(handle)?])),
         Request::BoExport { handle } => Ok(Action::Reply(Box::new(Reply::Fd), vec![c.bo_export(handle)?])),
         Request::BoImport => {
             let fd = fd.ok_or_else(|| Error::new(Errno::EBADF, "BoImport needs a descriptor"))?;
             let (handle, size) = c.bo_import(fd)?;
-            ok(Reply::Bo { handle, size })
+            let region = c.bo_info(handle)?.1;
+            ok(Reply::Bo { handle, size, region })
         }
         Request::QueueCreate { timeout_ms, priority, weight } => {
             ok(Reply::Queue(c.queue_create(timeout_ms, priority, weight)?))

@@ -5,12 +5,12 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use accel_uapi::{BoHandle, Errno};
+use accel_uapi::BoHandle;
 
 use super::Client;
 use crate::bo::{Backing, BufferObject, Charge};
 use crate::mem::HostMemory;
-use crate::{bail, Error, Result};
+use crate::{bail, Result};
 
 impl Client {
     fn add_bo(&mut self, bo: Arc<BufferObject>) -> Result<BoHandle> {
@@ -105,6 +105,12 @@ impl Client {
         Ok(self.bo(h)?.size())
     }
 
+    /// Size and region of a buffer.
+    pub fn bo_info(&self, h: BoHandle) -> Result<(u64, u32)> {
+        let bo = self.bo(h)?;
+        Ok((bo.size(), bo.region()))
+    }
+
     /// Drops the handle; the buffer lives on while jobs, mappings or other clients use it.
     pub fn bo_close(&mut self, h: BoHandle) -> Result<()> {
         let bo = self.bos.remove(h)?;
@@ -135,17 +141,24 @@ impl Client {
         }
     }
 
-    /// Exports the buffer (PRIME export): any client of the same namespace may import it.
-    /// Memory the driver cannot export is `EOPNOTSUPP` (never a silent copy).
+    /// Exports the buffer (PRIME export): any client of the same namespace may import it,
+    /// and gets the same object. Device memory is exported by its driver where the region
+    /// allows; otherwise `EOPNOTSUPP` (never a silent copy).
     pub fn bo_export(&self, h: BoHandle) -> Result<OwnedFd> {
         let bo = self.bo(h)?;
-        match bo.host() {
-            Some(m) => m.dup_fd(),
-            None => Err(Error::new(
-                Errno::EOPNOTSUPP,
-                format!("the driver cannot export memory of region {}", self.region_name(&bo)),
-            )),
+        if let Some(m) = bo.host() {
+            return m.dup_fd();
         }
+        let dev = self.device()?;
+        let exportable = dev.regions.get(bo.region() as usize).is_some_and(|r| r.desc.exportable);
+        let (Some(mem), true) = (bo.device(), exportable) else {
+            bail!(EOPNOTSUPP, "the driver cannot export memory of region {}", self.region_name(&bo));
+        };
+        let fd = mem.export()?;
+        // Registered under the descriptor's inode, so an import in this daemon finds this
+        // very buffer (PRIME), not a second one.
+        self.sub.register_export(&bo, &fd, &self.ns.name);
+        Ok(fd)
     }
 
     /// Imports a buffer descriptor (PRIME import): an exported buffer resolves to the
@@ -156,8 +169,16 @@ impl Client {
     pub fn bo_import(&mut self, fd: OwnedFd) -> Result<(BoHandle, u64)> {
         self.check_live()?;
         self.device()?;
+        let driver = self.device()?.driver.clone();
         let bo = match self.sub.find_buffer(&fd, &self.ns.name)? {
             Some(bo) => bo,
+            None if let Some((region, mem)) = driver.import_memory(&fd)? => {
+                let region = region as u32 + 1;
+                let charges = self.charge_memory(mem.len(), region)?;
+                let bo = BufferObject::with_backing(&self.sub.counters, Backing::Device(mem), region, charges);
+                self.sub.register_export(&bo, &fd, &self.ns.name);
+                bo
+            }
             None => {
                 let size = HostMemory::importable_size(&fd)?;
                 let mut charges = self.charge_memory(size, 0)?;
