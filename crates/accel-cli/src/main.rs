@@ -17,8 +17,20 @@ struct Cli {
     /// Daemon socket (default: $ACCEL_SOCKET, else $XDG_RUNTIME_DIR/accel/accel.sock, else /run/accel/accel.sock).
     #[arg(long, global = true)]
     socket: Option<PathBuf>,
+    /// Log lines as text (plain when stderr is not a terminal) or JSON objects for log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One line of text per event.
+    Text,
+    /// One JSON object per event.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -105,15 +117,18 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ACCEL_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ACCEL_LOG").unwrap_or_else(|_| "info".into());
+    // Colours only on a terminal: journald and log files get plain lines.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let socket = cli.socket.unwrap_or_else(accel::default_socket_path);
     match cli.cmd {
         Cmd::Daemon { devices, job_timeout_ms, hang_limit, state_dir, metrics, config } => {
-            let config = config.map(|p| acceld::Config::load(&p)).transpose()?.unwrap_or_default();
             run_daemon(socket, &devices, job_timeout_ms, hang_limit, state_dir, metrics, config)
         }
         Cmd::Ns { cmd } => ns::run(&socket, cmd),
@@ -141,8 +156,9 @@ fn run_daemon(
     hang_limit: u32,
     state_dir: Option<PathBuf>,
     metrics: Option<std::net::SocketAddr>,
-    config: acceld::Config,
+    config_path: Option<PathBuf>,
 ) -> Result<()> {
+    let config = config_path.as_deref().map(acceld::Config::load).transpose()?.unwrap_or_default();
     let mut devices = Vec::new();
     for spec in specs {
         let mut cfg = acceld::parse_device_spec(spec)?;
@@ -151,18 +167,36 @@ fn run_daemon(
         devices.push(cfg);
     }
     let state_dir = state_dir.unwrap_or_else(default_state_dir);
-    let daemon = acceld::Daemon::bind_with_config(&socket, devices, Some(&state_dir), config)?;
+    // Socket activation: systemd bound the socket (accel.socket) and passes it; else bind it.
+    let activated = acceld::systemd::listen_fd().context("socket activation")?;
+    let bound_here = activated.is_none();
+    let daemon = match activated {
+        Some(listener) => acceld::Daemon::adopt(listener, &socket, devices, Some(&state_dir), config)?,
+        None => acceld::Daemon::bind_with_config(&socket, devices, Some(&state_dir), config)?,
+    };
+    let daemon = std::sync::Arc::new(daemon);
     tracing::info!("state in {}", state_dir.display());
     tracing::debug!("descriptor budget {}", daemon.subsystem().limits().fds_total);
     if let Some(addr) = metrics {
         let bound = acceld::metrics::serve(daemon.subsystem().clone(), addr)?;
         tracing::info!("metrics on http://{bound}/metrics");
     }
-    acceld::exit_on_signals(socket.clone())?;
+    let reloading = daemon.clone();
+    acceld::handle_signals(bound_here.then(|| socket.clone()), move || match &config_path {
+        Some(path) => {
+            match acceld::Config::load(path).map_err(anyhow::Error::from).and_then(|c| Ok(reloading.reload(c)?)) {
+                Ok(()) => tracing::info!("reloaded {}", path.display()),
+                Err(e) => tracing::error!("reload of {} failed, keeping the old rules: {e:#}", path.display()),
+            }
+        }
+        None => tracing::info!("SIGHUP: no config file to reload"),
+    })?;
+    acceld::start_watchdog()?;
     for d in daemon.subsystem().list_devices() {
         tracing::info!("accel{}: {} ({}), {}", d.minor, d.driver, d.name, d.category.name());
     }
-    tracing::info!("listening on {}", socket.display());
+    tracing::info!("listening on {}{}", socket.display(), if bound_here { "" } else { " (socket activation)" });
+    acceld::systemd::notify("READY=1");
     daemon.serve().context("accept loop failed")
 }
 

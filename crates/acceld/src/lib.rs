@@ -16,6 +16,7 @@ mod dispatch;
 pub mod metrics;
 pub mod ras_nl;
 mod server;
+pub mod systemd;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -133,6 +134,15 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         toml::from_str(&text).map_err(|e| err(e.to_string()))
     }
+
+    /// The namespace placement part.
+    pub fn placement_config(&self) -> PlacementConfig {
+        PlacementConfig {
+            rules: self.placement.clone(),
+            admin: accel_core::credentials::AdminPolicy { groups: self.admin_groups.clone() },
+            default_namespace: self.default_namespace.clone(),
+        }
+    }
 }
 
 /// Parses `DRIVER[:CATEGORY]` (e.g. `cpu`, `testdev:exclusive`) into a device config.
@@ -210,15 +220,42 @@ impl Daemon {
         state_dir: Option<&Path>,
         config: Config,
     ) -> Result<Daemon, DaemonError> {
-        let placement = PlacementConfig {
-            rules: config.placement,
-            admin: accel_core::credentials::AdminPolicy { groups: config.admin_groups },
-            default_namespace: config.default_namespace,
-        };
+        Self::start(path, None, devices, state_dir, config)
+    }
+
+    /// Like [`Daemon::bind_with_config`], serving a listening socket someone else bound
+    /// (systemd's socket activation: [`systemd::listen_fd`]); `path` only names it.
+    pub fn adopt(
+        listener: OwnedFd,
+        path: &Path,
+        devices: Vec<DeviceConfig>,
+        state_dir: Option<&Path>,
+        config: Config,
+    ) -> Result<Daemon, DaemonError> {
+        Self::start(path, Some(listener), devices, state_dir, config)
+    }
+
+    fn start(
+        path: &Path,
+        adopted: Option<OwnedFd>,
+        devices: Vec<DeviceConfig>,
+        state_dir: Option<&Path>,
+        config: Config,
+    ) -> Result<Daemon, DaemonError> {
+        let placement = config.placement_config();
         // Descriptors are the daemon-wide resource every client uses: take all the system
         // allows and size the budget (with the admins' reserve) to it.
         let limits = config.limits.for_fd_limit(raise_fd_limit());
         let sub = Subsystem::with_config(devices, state_dir, placement, limits)?;
+        if let Some(listener) = adopted {
+            return Ok(Daemon {
+                sub,
+                listener,
+                path: path.to_path_buf(),
+                conn_limits: config.connections,
+                per_uid: Default::default(),
+            });
+        }
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| DaemonError::Socket { path: dir.to_path_buf(), source: e })?;
         }
@@ -241,6 +278,12 @@ impl Daemon {
             conn_limits: config.connections,
             per_uid: Default::default(),
         })
+    }
+
+    /// Applies a reloaded config's placement rules and admin policy (SIGHUP); connected
+    /// clients stay where they are.
+    pub fn reload(&self, config: Config) -> accel_core::Result<()> {
+        self.sub.namespaces().reload(config.placement_config())
     }
 
     /// The subsystem this daemon serves.
@@ -367,14 +410,39 @@ pub fn raise_fd_limit() -> u64 {
 
 /// Removes the socket file and exits when SIGTERM or SIGINT arrives.
 pub fn exit_on_signals(path: PathBuf) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    handle_signals(Some(path), || {})
+}
+
+/// Exits on SIGTERM or SIGINT (telling systemd it is stopping, and removing `socket` if the
+/// daemon bound it), and calls `reload` on SIGHUP.
+pub fn handle_signals(socket: Option<PathBuf>, reload: impl Fn() + Send + 'static) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     std::thread::Builder::new().name("signals".into()).spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        for sig in signals.forever() {
+            if sig == SIGHUP {
+                systemd::notify("RELOADING=1");
+                reload();
+                systemd::notify("READY=1");
+                continue;
+            }
             tracing::info!("signal {sig}: shutting down");
-            let _ = std::fs::remove_file(&path);
+            systemd::notify("STOPPING=1");
+            if let Some(path) = &socket {
+                let _ = std::fs::remove_file(path);
+            }
             std::process::exit(0);
         }
+    })?;
+    Ok(())
+}
+
+/// Pings systemd's watchdog while the process lives, if the unit asked for it.
+pub fn start_watchdog() -> std::io::Result<()> {
+    let Some(every) = systemd::watchdog_interval() else { return Ok(()) };
+    std::thread::Builder::new().name("watchdog".into()).spawn(move || loop {
+        systemd::notify("WATCHDOG=1");
+        std::thread::sleep(every);
     })?;
     Ok(())
 }

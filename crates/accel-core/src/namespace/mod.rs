@@ -232,7 +232,8 @@ pub struct Namespaces {
     root: Arc<Namespace>,
     named: RwLock<BTreeMap<String, Arc<Namespace>>>,
     all_devices: Vec<Arc<Device>>,
-    config: PlacementConfig,
+    /// Placement rules and the admin policy; replaced on a reload (SIGHUP).
+    config: RwLock<PlacementConfig>,
     default_ns: String,
     cache: TokenCache,
     /// Serialises admin changes: apply, save, undo on failure.
@@ -259,7 +260,7 @@ impl Namespaces {
             root,
             named: RwLock::new(BTreeMap::new()),
             all_devices: devices.to_vec(),
-            config,
+            config: RwLock::new(config),
             default_ns,
             cache: TokenCache::default(),
             changes: Mutex::new(()),
@@ -292,11 +293,7 @@ impl Namespaces {
             tracing::info!("namespaces: plaintext tokens replaced by salted hashes");
             ns.save()?;
         }
-        for r in &ns.config.rules {
-            if r.namespace != ROOT && !ns.named_read().contains_key(&r.namespace) {
-                tracing::warn!("placement rule names namespace {:?}, which does not exist (yet)", r.namespace);
-            }
-        }
+        ns.warn_missing();
         Ok(ns)
     }
 
@@ -360,7 +357,32 @@ impl Namespaces {
 
     /// Whether a peer is an admin (root, the daemon's user, an admin group).
     pub fn is_admin(&self, peer: &PeerInfo) -> bool {
-        self.config.admin.is_admin(peer.cred.uid, peer.cred.gid, &peer.groups)
+        self.placement().admin.is_admin(peer.cred.uid, peer.cred.gid, &peer.groups)
+    }
+
+    fn placement(&self) -> std::sync::RwLockReadGuard<'_, PlacementConfig> {
+        self.config.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn warn_missing(&self) {
+        for r in &self.placement().rules {
+            if r.namespace != ROOT && !self.named_read().contains_key(&r.namespace) {
+                tracing::warn!("placement rule names namespace {:?}, which does not exist (yet)", r.namespace);
+            }
+        }
+    }
+
+    /// Replaces the placement rules and the admin policy (a config reload): clients already
+    /// connected keep their namespace; new ones are placed by the new rules. The default
+    /// namespace is fixed at start (`EINVAL` if the new config names another).
+    pub fn reload(&self, config: PlacementConfig) -> Result<()> {
+        let wanted = config.default_namespace.clone().unwrap_or_else(|| DEFAULT.into());
+        if wanted != self.default_ns {
+            bail!(EINVAL, "the default namespace ({:?}) cannot change without a restart", self.default_ns);
+        }
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+        self.warn_missing();
+        Ok(())
     }
 
     /// Where a new client goes (deny by default): the namespace whose token it gave, else
@@ -380,8 +402,9 @@ impl Namespaces {
                 return placed(ns);
             }
         }
-        match self.config.rules.iter().find(|r| r.matches(peer, token)) {
-            Some(rule) => placed(self.get(&rule.namespace).map_err(|e| {
+        let rule = self.placement().rules.iter().find(|r| r.matches(peer, token)).map(|r| r.namespace.clone());
+        match rule {
+            Some(rule) => placed(self.get(&rule).map_err(|e| {
                 Error::new(
                     Errno::EACCES,
                     format!("placement rule sends this client to a missing namespace: {}", e.message),

@@ -1,0 +1,146 @@
+//! Running as a system service: the systemd units verify, socket activation and sd_notify
+//! work with a real daemon process, SIGHUP reloads the config, logs are plain or JSON.
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use accel::Connection;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn the_example_config_parses_and_documents_the_defaults() {
+    let config = acceld::Config::load(&root().join("dist/accel.toml")).unwrap();
+    assert_eq!(config.limits, accel_core::limits::Limits::default());
+    assert_eq!(config.connections, acceld::ConnectionLimits::default());
+    assert_eq!(config.default_namespace.as_deref(), Some("default"));
+}
+
+#[test]
+fn systemd_units_verify() {
+    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
+        println!("skipped: systemd-analyze is not installed (Debian package systemd)");
+        return;
+    };
+    assert!(out.status.success());
+    // The units name /usr/bin/accel; verify them against the binary built here.
+    let dir = tempfile::tempdir().unwrap();
+    for unit in ["accel.socket", "accel.service"] {
+        let text = std::fs::read_to_string(root().join("dist/systemd").join(unit)).unwrap();
+        std::fs::write(dir.path().join(unit), text.replace("/usr/bin/accel", env!("CARGO_BIN_EXE_accel"))).unwrap();
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(dir.path().join("accel.socket"))
+        .arg(dir.path().join("accel.service"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify: {stderr}");
+}
+
+/// A datagram socket standing in for systemd's notification socket.
+fn notify_socket(dir: &Path) -> (OwnedFd, PathBuf) {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let path = dir.join("notify");
+    let sock = rustix::net::socket_with(AddressFamily::UNIX, SocketType::DGRAM, SocketFlags::CLOEXEC, None).unwrap();
+    rustix::net::bind(&sock, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+    (sock, path)
+}
+
+/// The next notification, within `timeout`.
+fn next_notification(sock: &OwnedFd, timeout: Duration) -> Option<String> {
+    let mut pfd = [rustix::event::PollFd::new(sock, rustix::event::PollFlags::IN)];
+    let ts = rustix::time::Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: 0 };
+    if rustix::event::poll(&mut pfd, Some(&ts)).ok()? == 0 {
+        return None;
+    }
+    let mut buf = [0u8; 256];
+    let (n, _) = rustix::net::recv(sock, &mut buf, rustix::net::RecvFlags::empty()).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[test]
+fn socket_activation_notify_reload_and_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("accel.sock");
+    // What accel.socket does: bind and listen, then pass the socket as descriptor 3.
+    let listener = accel_uapi::transport::socket().unwrap();
+    rustix::net::bind(&listener, &rustix::net::SocketAddrUnix::new(&socket).unwrap()).unwrap();
+    rustix::net::listen(&listener, 16).unwrap();
+    let (notify, notify_path) = notify_socket(dir.path());
+    let config = dir.path().join("accel.toml");
+    std::fs::write(&config, "admin_groups = []\n").unwrap();
+    let raw = listener.as_raw_fd();
+    // `sh` execs the daemon in its own process, so `$$` is the daemon's pid: LISTEN_PID.
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_accel")])
+        .args(["--log-format", "json", "daemon", "--device", "cpu", "--socket"])
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("LISTEN_FDS", "1")
+        .env_remove("ACCEL_LOG")
+        .stderr(Stdio::piped());
+    // SAFETY: between fork and exec only dup2 / fcntl, which are async-signal-safe; the new
+    // descriptor 3 is not close-on-exec, as systemd passes it.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself keeps close-on-exec: clear it by hand then.
+            let ok = if raw == 3 { libc::fcntl(3, libc::F_SETFD, 0) == 0 } else { libc::dup2(raw, 3) == 3 };
+            if !ok {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(listener);
+    assert_eq!(next_notification(&notify, Duration::from_secs(10)).as_deref(), Some("READY=1"));
+    // The adopted socket serves clients.
+    let mut conn = Connection::connect_with_token(&socket, None).unwrap();
+    assert_eq!(conn.list_devices().unwrap()[0].driver, "cpu");
+    // SIGHUP reloads the config: a broken one is refused and the daemon keeps serving.
+    std::fs::write(&config, "default_namespace = \"elsewhere\"\n").unwrap();
+    rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::HUP).unwrap();
+    assert_eq!(next_notification(&notify, Duration::from_secs(5)).as_deref(), Some("RELOADING=1"));
+    assert_eq!(next_notification(&notify, Duration::from_secs(5)).as_deref(), Some("READY=1"));
+    assert!(conn.list_devices().is_ok());
+    // SIGTERM: STOPPING=1, and the socket file stays (it is systemd's, not the daemon's).
+    rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM).unwrap();
+    assert_eq!(next_notification(&notify, Duration::from_secs(5)).as_deref(), Some("STOPPING=1"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "daemon did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Every log line is a JSON object (no colours, no text lines).
+    let lines: Vec<String> = BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok).collect();
+    assert!(socket.exists(), "the daemon removed systemd's socket: {lines:?}");
+    assert!(lines.iter().any(|l| l.contains("socket activation")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("reload of") && l.contains("failed")), "{lines:?}");
+    for l in &lines {
+        assert!(l.starts_with('{') && l.ends_with('}') && l.contains("\"level\""), "not a JSON log line: {l}");
+    }
+}
+
+#[test]
+fn logs_are_plain_text_when_stderr_is_not_a_terminal() {
+    let out = Command::new(env!("CARGO_BIN_EXE_accel"))
+        .args(["daemon", "--device", "nosuch"])
+        .env_remove("ACCEL_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!stderr.contains('\u{1b}'), "ANSI escapes in {stderr:?}");
+}
