@@ -1,6 +1,7 @@
 //! `accel`: run the daemon, inspect devices, run the demo and the benchmarks.
 
 mod bench;
+mod cdi;
 mod demo;
 mod ns;
 mod ras;
@@ -22,6 +23,21 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// `accel cdi …`.
+#[derive(Subcommand)]
+enum CdiCommand {
+    /// Write the spec (admin): each namespace becomes `accel.dev/device=NAME`, giving a
+    /// container the daemon's socket and a fresh token of that namespace.
+    Generate {
+        /// Namespaces to include (default: every namespace with devices). Repeatable.
+        #[arg(long = "namespace")]
+        namespaces: Vec<String>,
+        /// Where to write the spec (mode 0600: it holds tokens).
+        #[arg(long, default_value = "/etc/cdi/accel.json")]
+        output: PathBuf,
+    },
 }
 
 /// How log lines are written.
@@ -65,6 +81,11 @@ enum Cmd {
     Ras {
         #[command(subcommand)]
         cmd: Option<ras::RasCommand>,
+    },
+    /// Container Device Interface: write a CDI spec with one device per namespace.
+    Cdi {
+        #[command(subcommand)]
+        cmd: CdiCommand,
     },
     /// List devices.
     List {
@@ -132,6 +153,7 @@ fn run() -> Result<()> {
             run_daemon(socket, &devices, job_timeout_ms, hang_limit, state_dir, metrics, config)
         }
         Cmd::Ns { cmd } => ns::run(&socket, cmd),
+        Cmd::Cdi { cmd: CdiCommand::Generate { namespaces, output } } => cdi::generate(&socket, &namespaces, &output),
         Cmd::Ras { cmd } => ras::run(&socket, cmd),
         Cmd::List { verbose } => list(&socket, verbose),
         Cmd::Info { minor } => info(&socket, minor),

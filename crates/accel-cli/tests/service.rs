@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use accel::Connection;
 
+mod common;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -143,4 +145,51 @@ fn logs_are_plain_text_when_stderr_is_not_a_terminal() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(!stderr.contains('\u{1b}'), "ANSI escapes in {stderr:?}");
+}
+
+#[test]
+fn cdi_spec_gives_a_container_its_namespace() {
+    let d = common::Daemon::start(&["cpu", "testdev"]);
+    let mut admin = Connection::connect_with_token(d.socket(), None).unwrap();
+    admin.call(&accel_uapi::Request::NsCreate { name: "team-a".into(), token: None }).unwrap();
+    admin
+        .call(&accel_uapi::Request::NsAssign {
+            name: "team-a".into(),
+            device: 1,
+            memory_limit: 0,
+            weight: 100,
+            max_clients: 0,
+            evict: false,
+        })
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("accel.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_accel"))
+        .arg("--socket")
+        .arg(d.socket())
+        .args(["cdi", "generate", "--output"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600, "it holds tokens");
+    let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(spec["cdiVersion"], "0.3.0");
+    assert_eq!(spec["kind"], "accel.dev/device");
+    let devices = spec["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1, "only namespaces with devices: {spec}");
+    assert_eq!(devices[0]["name"], "team-a");
+    let edits = &devices[0]["containerEdits"];
+    let mount = &edits["mounts"][0];
+    assert_eq!(mount["hostPath"], d.socket().to_str().unwrap());
+    assert_eq!(mount["containerPath"], "/run/accel/accel.sock");
+    // Apply the edits as a runtime would: the mounted socket and the environment.
+    let env: Vec<&str> = edits["env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+    assert!(env.contains(&"ACCEL_SOCKET=/run/accel/accel.sock"));
+    let token = env.iter().find_map(|e| e.strip_prefix("ACCEL_NS_TOKEN=")).unwrap();
+    let mut inside =
+        Connection::connect_with_token(Path::new(mount["hostPath"].as_str().unwrap()), Some(token)).unwrap();
+    let seen = inside.list_devices().unwrap();
+    assert_eq!(seen.iter().map(|d| (d.minor, d.driver.as_str())).collect::<Vec<_>>(), vec![(0, "testdev")]);
 }
