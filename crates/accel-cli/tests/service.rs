@@ -175,6 +175,8 @@ fn cdi_spec_gives_a_container_its_namespace() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600, "it holds tokens");
     let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let errors: Vec<String> = cdi_schema().iter_errors(&spec).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "the spec does not follow CDI's schema: {errors:?}");
     assert_eq!(spec["cdiVersion"], "0.3.0");
     assert_eq!(spec["kind"], "accel.dev/device");
     let devices = spec["devices"].as_array().unwrap();
@@ -192,4 +194,38 @@ fn cdi_spec_gives_a_container_its_namespace() {
         Connection::connect_with_token(Path::new(mount["hostPath"].as_str().unwrap()), Some(token)).unwrap();
     let seen = inside.list_devices().unwrap();
     assert_eq!(seen.iter().map(|d| (d.minor, d.driver.as_str())).collect::<Vec<_>>(), vec![(0, "testdev")]);
+}
+
+/// CDI's JSON schema (specs/cdi/: `schema.json` whose references point into `defs.json`),
+/// merged into one document as the CDI project's own validator does.
+fn cdi_schema() -> jsonschema::Validator {
+    fn local_refs(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(o) => {
+                if let Some(serde_json::Value::String(r)) = o.get_mut("$ref") {
+                    if let Some(def) = r.strip_prefix("defs.json#/definitions/") {
+                        *r = format!("#/definitions/{def}");
+                    }
+                }
+                o.values_mut().for_each(local_refs);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(local_refs),
+            _ => {}
+        }
+    }
+    let read = |f: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(root().join("specs/cdi").join(f)).unwrap()).unwrap()
+    };
+    let mut schema = read("schema.json");
+    local_refs(&mut schema);
+    let defs = read("defs.json")["definitions"].clone();
+    schema.as_object_mut().unwrap().insert("definitions".into(), defs);
+    jsonschema::options().with_draft(jsonschema::Draft::Draft7).build(&schema).unwrap()
+}
+
+#[test]
+fn the_cdi_schema_rejects_what_runtimes_reject() {
+    // The check above could pass vacuously: show the schema refuses a broken spec.
+    let bad = serde_json::json!({"cdiVersion": "0.3.0", "kind": "accel.dev/device", "devices": [{"name": "x"}]});
+    assert!(!cdi_schema().is_valid(&bad), "a device without containerEdits must be refused");
 }
