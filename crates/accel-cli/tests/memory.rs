@@ -10,7 +10,7 @@ use accel::{Buffer, Device, Errno, LaunchArg, Op, ParamKind, RegionKind};
 use accel_driver_testdev::cmdbuf::{encode, Command, CMD_ADD, CMD_COPY, CMD_DELAY, CMD_FILL};
 use accel_driver_testdev::{OP_COPY_BANDWIDTH, OP_COPY_FAULT, OP_DELAY, OP_LOSE_DEVICE, OP_VRAM_ECC};
 use accel_uapi::{ObjectCounts, Request};
-use common::{code, driver_op, spawn_role, wait_ready, Daemon};
+use common::{admin, code, driver_op, spawn_role, tenant, wait_ready, Daemon};
 
 /// Entry point of child client processes; a no-op in the normal test run.
 #[test]
@@ -250,31 +250,21 @@ fn region_capacity_and_namespace_quotas_apply_per_region() {
     let _host = dev.alloc(100 << 20).unwrap();
     drop(big);
     // A namespace's memory limit applies to each region on its own.
-    let mut admin = accel::Connection::connect_with_token(d.socket(), None).unwrap();
-    admin.call(&Request::NsCreate { name: "t".into(), token: Some("tok".into()) }).unwrap();
-    admin
-        .call(&Request::NsAssign {
-            name: "t".into(),
-            device: 0,
-            memory_limit: 1 << 20,
-            weight: 100,
-            max_clients: 0,
-            evict: false,
-        })
-        .unwrap();
+    tenant(&d, "t", "tok", 0, 1 << 20, 0);
+    let mut root = admin(&d);
     let t = Device::open_with_token(d.socket(), 0, "tok").unwrap();
     let _v = t.alloc_in(1 << 20, VRAM).unwrap();
     assert_eq!(t.alloc_in(4096, VRAM).unwrap_err().code, Errno::ENOSPC);
     let _h = t.alloc(1 << 20).unwrap();
     assert_eq!(t.alloc(4096).unwrap_err().code, Errno::ENOSPC);
     // Use per region shows for the namespace and for the client.
-    let list = match admin.call(&Request::NsList).unwrap() {
+    let list = match root.call(&Request::NsList).unwrap() {
         accel_uapi::Reply::Namespaces(n) => n,
         other => panic!("{other:?}"),
     };
     let ns = list.iter().find(|n| n.name == "t").unwrap();
     assert_eq!(ns.devices[0].region_used, vec![1 << 20, 1 << 20, 0]);
-    let me = admin.clients().unwrap().into_iter().find(|c| c.client_id == t.client_id()).unwrap();
+    let me = root.clients().unwrap().into_iter().find(|c| c.client_id == t.client_id()).unwrap();
     assert_eq!((me.memory_bytes, me.device_memory_bytes), (1 << 20, 1 << 20));
 }
 
@@ -408,18 +398,7 @@ fn exportable_device_memory_keeps_prime_semantics() {
     q.submit(Op::Copy { src: shared.whole(), dst: back.whole() }).unwrap().wait().unwrap();
     assert_eq!(read_u32s(&back, 2), vec![9, 7]);
     // Another namespace cannot import it.
-    let mut admin = accel::Connection::connect_with_token(d.socket(), None).unwrap();
-    admin.call(&Request::NsCreate { name: "other".into(), token: Some("tok".into()) }).unwrap();
-    admin
-        .call(&Request::NsAssign {
-            name: "other".into(),
-            device: 0,
-            memory_limit: 0,
-            weight: 100,
-            max_clients: 0,
-            evict: false,
-        })
-        .unwrap();
+    tenant(&d, "other", "tok", 0, 0, 0);
     let stranger = Device::open_with_token(d.socket(), 0, "tok").unwrap();
     assert_eq!(stranger.import(&fd).unwrap_err().code, Errno::ENOENT);
 }

@@ -4,19 +4,7 @@ mod common;
 
 use accel::{Connection, Device, Errno};
 use accel_uapi::{NamespaceInfo, Reply, Request};
-use common::{code, Daemon};
-
-fn admin(d: &Daemon) -> Connection {
-    Connection::connect_with_token(d.socket(), None).unwrap()
-}
-
-/// Creates namespace `name` with `token` holding global device `device`.
-fn tenant(d: &Daemon, name: &str, token: &str, device: u32, memory_limit: u64, max_clients: u32) {
-    let mut a = admin(d);
-    a.call(&Request::NsCreate { name: name.into(), token: Some(token.into()) }).unwrap();
-    a.call(&Request::NsAssign { name: name.into(), device, memory_limit, weight: 100, max_clients, evict: false })
-        .unwrap();
-}
+use common::{admin, code, tenant, Daemon};
 
 /// The namespaces an admin created (the built-in, empty `default` left out).
 fn namespaces(d: &Daemon) -> Vec<NamespaceInfo> {

@@ -150,18 +150,7 @@ fn logs_are_plain_text_when_stderr_is_not_a_terminal() {
 #[test]
 fn cdi_spec_gives_a_container_its_namespace() {
     let d = common::Daemon::start(&["cpu", "testdev"]);
-    let mut admin = Connection::connect_with_token(d.socket(), None).unwrap();
-    admin.call(&accel_uapi::Request::NsCreate { name: "team-a".into(), token: None }).unwrap();
-    admin
-        .call(&accel_uapi::Request::NsAssign {
-            name: "team-a".into(),
-            device: 1,
-            memory_limit: 0,
-            weight: 100,
-            max_clients: 0,
-            evict: false,
-        })
-        .unwrap();
+    common::tenant(&d, "team-a", "tok-a", 1, 0, 0);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("accel.json");
     let status = Command::new(env!("CARGO_BIN_EXE_accel"))

@@ -14,7 +14,7 @@ use accel::ras::{Ras, RasAttr, RasCmd, RasMsg};
 use accel::{Connection, Device, Errno, Op};
 use accel_driver_testdev::OP_HANG;
 use accel_uapi::{NamespaceInfo, Reply, Request};
-use common::{assert_child_ok, code, driver_op, spawn_role_as, Daemon};
+use common::{admin, assert_child_ok, code, driver_op, spawn_role_as, tenant, Daemon};
 
 /// A uid and gid no test process has: an ordinary local user.
 const STRANGER: u32 = 65534;
@@ -27,18 +27,6 @@ fn is_root() -> bool {
 
 fn skip(why: &str) {
     println!("skipped: {why}");
-}
-
-fn admin(d: &Daemon) -> Connection {
-    Connection::connect_with_token(d.socket(), None).unwrap()
-}
-
-fn tenant(d: &Daemon, name: &str, token: &str, device: u32, memory_limit: u64) {
-    let mut a = admin(d);
-    a.call(&Request::NsCreate { name: name.into(), token: Some(token.into()) }).unwrap();
-    let assign =
-        Request::NsAssign { name: name.into(), device, memory_limit, weight: 100, max_clients: 0, evict: false };
-    a.call(&assign).unwrap();
 }
 
 fn namespace(d: &Daemon, name: &str) -> NamespaceInfo {
@@ -160,7 +148,7 @@ fn a_stranger_gets_an_empty_namespace_and_admin_groups_get_root() {
 #[test]
 fn tokens_are_kept_as_salted_hashes_in_private_files_and_rotate_without_downtime() {
     let d = Daemon::start(&["cpu"]);
-    tenant(&d, "t", "first-token", 0, 0);
+    tenant(&d, "t", "first-token", 0, 0, 0);
     let state = d.socket().parent().unwrap().join("state");
     let file = state.join("namespaces.toml");
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -191,7 +179,7 @@ fn tokens_are_kept_as_salted_hashes_in_private_files_and_rotate_without_downtime
 #[test]
 fn imported_memfds_are_charged_to_the_quota_and_capped_in_size() {
     let d = Daemon::start(&["cpu"]);
-    tenant(&d, "small", "tok", 0, 1 << 20);
+    tenant(&d, "small", "tok", 0, 1 << 20, 0);
     let dev = Device::open_with_token(d.socket(), 0, "tok").unwrap();
     let big = accel_uapi::shm::sealed_memfd("big", 4 << 20).unwrap();
     let err = dev.import(&big).unwrap_err();
@@ -225,8 +213,8 @@ fn imported_memfds_are_charged_to_the_quota_and_capped_in_size() {
 fn a_tenant_at_its_descriptor_caps_leaves_others_unharmed() {
     let (_dir, config) = config_file("[limits]\nfds_per_client = 64\nfds_per_namespace = 100\n");
     let d = Daemon::start_with(&["cpu"], &["--config", &config]);
-    tenant(&d, "hostile", "tok-h", 0, 0);
-    tenant(&d, "good", "tok-g", 0, 0);
+    tenant(&d, "hostile", "tok-h", 0, 0, 0);
+    tenant(&d, "good", "tok-g", 0, 0, 0);
     let h1 = Device::open_with_token(d.socket(), 0, "tok-h").unwrap();
     let h2 = Device::open_with_token(d.socket(), 0, "tok-h").unwrap();
     let mut held = Vec::new();
@@ -330,7 +318,7 @@ fn a_dead_daemon_ends_ring_waits_with_epipe() {
 #[test]
 fn deleting_a_namespace_or_shrinking_a_share_refuses_or_evicts() {
     let d = Daemon::start(&["testdev"]);
-    tenant(&d, "t", "tok", 0, 1 << 20);
+    tenant(&d, "t", "tok", 0, 1 << 20, 0);
     let dev = Device::open_with_token(d.socket(), 0, "tok").unwrap();
     let _buf = dev.alloc(512 << 10).unwrap();
     let mut ring = dev.create_queue_with_timeout(Duration::from_secs(60)).unwrap().into_ring(8).unwrap();

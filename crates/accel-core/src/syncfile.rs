@@ -114,14 +114,4 @@ impl SyncFiles {
             _ => bail!(EINVAL, "the descriptor is not a sync file this daemon exported"),
         }
     }
-
-    /// Sync files someone still holds (as of the last reap).
-    pub fn len(&self) -> usize {
-        lock(&self.files).len()
-    }
-
-    /// No sync file is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -313,12 +313,7 @@ impl Syncobj {
     /// The fence of `point` (`drm_syncobj_find_fence`): `EINVAL` if nothing was submitted
     /// for it yet.
     pub fn find(&self, point: u64) -> Result<Arc<Fence>> {
-        let s = lock(&self.state);
-        match self.find_locked(&s.head, point) {
-            Some(f) => Ok(f),
-            None if point == 0 => bail!(EINVAL, "the syncobj has no fence"),
-            None => bail!(EINVAL, "timeline point {point} has not been submitted"),
-        }
+        self.fence_for(point, Unsubmitted::Refuse)
     }
 
     /// The fence of `point`, or for a point not submitted yet what `unsubmitted` says: an
@@ -332,16 +327,18 @@ impl Syncobj {
                 f
             });
         }
+        if unsubmitted == Unsubmitted::Refuse {
+            if point == 0 {
+                bail!(EINVAL, "the syncobj has no fence");
+            }
+            bail!(EINVAL, "timeline point {point} has not been submitted");
+        }
         let proxy = Fence::new(&self.counters);
         let weak = Arc::downgrade(&proxy);
-        match unsubmitted {
-            Unsubmitted::Refuse => {
-                drop(s);
-                return self.find(point);
-            }
-            Unsubmitted::WaitSubmit => s.watchers.push(Watcher::Submit { point, proxy: weak }),
-            Unsubmitted::WaitAvailable => s.watchers.push(Watcher::Available { point, proxy: weak }),
-        }
+        s.watchers.push(match unsubmitted {
+            Unsubmitted::WaitSubmit => Watcher::Submit { point, proxy: weak },
+            _ => Watcher::Available { point, proxy: weak },
+        });
         // Waits that timed out leave dead proxies behind; drop them as new ones come.
         s.watchers.retain(|w| !w.dead());
         Ok(proxy)

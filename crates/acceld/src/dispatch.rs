@@ -175,8 +175,7 @@ fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<Ow
         Request::BoExport { handle } => Ok(Action::Reply(Box::new(Reply::Fd), vec![c.bo_export(handle)?])),
         Request::BoImport => {
             let fd = fd.ok_or_else(|| Error::new(Errno::EBADF, "BoImport needs a descriptor"))?;
-            let (handle, size) = c.bo_import(fd)?;
-            let region = c.bo_info(handle)?.1;
+            let (handle, size, region) = c.bo_import(fd)?;
             ok(Reply::Bo { handle, size, region })
         }
         Request::QueueCreate { timeout_ms, priority, weight } => {

@@ -408,11 +408,6 @@ pub fn raise_fd_limit() -> u64 {
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
-/// Removes the socket file and exits when SIGTERM or SIGINT arrives.
-pub fn exit_on_signals(path: PathBuf) -> std::io::Result<()> {
-    handle_signals(Some(path), || {})
-}
-
 /// Exits on SIGTERM or SIGINT (telling systemd it is stopping, and removing `socket` if the
 /// daemon bound it), and calls `reload` on SIGHUP.
 pub fn handle_signals(socket: Option<PathBuf>, reload: impl Fn() + Send + 'static) -> std::io::Result<()> {

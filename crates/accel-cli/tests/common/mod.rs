@@ -10,6 +10,27 @@ use std::time::{Duration, Instant};
 use accel::{Connection, Device, Errno, ObjectCounts, Op};
 use accel_driver_testdev::OP_HANG;
 
+/// An admin connection (the tests run as root or as the daemon's user).
+pub fn admin(d: &Daemon) -> Connection {
+    Connection::connect_with_token(d.socket(), None).unwrap()
+}
+
+/// Creates namespace `name` with `token`, holding global device `device` with the given
+/// memory limit and client cap (0: none).
+pub fn tenant(d: &Daemon, name: &str, token: &str, device: u32, memory_limit: u64, max_clients: u32) {
+    let mut a = admin(d);
+    a.call(&accel_uapi::Request::NsCreate { name: name.into(), token: Some(token.into()) }).unwrap();
+    let assign = accel_uapi::Request::NsAssign {
+        name: name.into(),
+        device,
+        memory_limit,
+        weight: 100,
+        max_clients,
+        evict: false,
+    };
+    a.call(&assign).unwrap();
+}
+
 /// A daemon process on a private socket, killed on drop.
 pub struct Daemon {
     child: Child,

@@ -100,11 +100,6 @@ impl Client {
         self.bos.get(h)
     }
 
-    /// Size of a buffer.
-    pub fn bo_size(&self, h: BoHandle) -> Result<u64> {
-        Ok(self.bo(h)?.size())
-    }
-
     /// Size and region of a buffer.
     pub fn bo_info(&self, h: BoHandle) -> Result<(u64, u32)> {
         let bo = self.bo(h)?;
@@ -165,10 +160,10 @@ impl Client {
     /// same object, so both clients see the same pages.
     ///
     /// A foreign memfd becomes a new buffer charged like a created one (quota, device
-    /// memory, size cap, a descriptor), so importing never bypasses a limit.
-    pub fn bo_import(&mut self, fd: OwnedFd) -> Result<(BoHandle, u64)> {
+    /// memory, size cap, a descriptor), so importing never bypasses a limit. Returns the
+    /// handle, the size and the region.
+    pub fn bo_import(&mut self, fd: OwnedFd) -> Result<(BoHandle, u64, u32)> {
         self.check_live()?;
-        self.device()?;
         let driver = self.device()?.driver.clone();
         let bo = match self.sub.find_buffer(&fd, &self.ns.name)? {
             Some(bo) => bo,
@@ -188,8 +183,8 @@ impl Client {
                 bo
             }
         };
-        let size = bo.size();
+        let (size, region) = (bo.size(), bo.region());
         let h = self.add_bo(bo)?;
-        Ok((h, size))
+        Ok((h, size, region))
     }
 }

@@ -117,7 +117,7 @@ fn stale_handle_is_rejected() {
     let (h2, size) = c.bo_create(100, 0).unwrap();
     assert_eq!(size, rustix::param::page_size() as u64);
     assert_ne!(h, h2);
-    assert_eq!(c.bo_size(h).unwrap_err().code, Errno::ENOENT);
+    assert_eq!(c.bo_info(h).unwrap_err().code, Errno::ENOENT);
     assert_eq!(c.bo_close(h).unwrap_err().code, Errno::ENOENT);
 }
 
@@ -314,7 +314,7 @@ proptest::proptest! {
                 Step::ImportForeign { client, pages } => {
                     let fd = accel_uapi::shm::sealed_memfd("foreign", pages * page).unwrap();
                     match clients[client].bo_import(fd) {
-                        Ok((h, _)) => handles[client].push(h),
+                        Ok((h, ..)) => handles[client].push(h),
                         Err(e) => proptest::prop_assert!(matches!(e.code, Errno::ENOSPC | Errno::ENOMEM)),
                     }
                 }
@@ -322,7 +322,7 @@ proptest::proptest! {
                     if let Some(h) = handles[from].get(index).copied() {
                         let fd = clients[from].bo_export(h).unwrap();
                         let before = used();
-                        let (h2, _) = clients[1 - from].bo_import(fd).unwrap();
+                        let (h2, ..) = clients[1 - from].bo_import(fd).unwrap();
                         proptest::prop_assert_eq!(used(), before, "sharing an object charges nothing more");
                         handles[1 - from].push(h2);
                     }
