@@ -332,6 +332,24 @@ fn rings_carry_launches_and_copies_between_regions() {
     ring.wait(&mut done, 3, Duration::from_secs(5)).unwrap();
     assert_eq!(done.iter().map(|c| (c.user_data, c.result)).collect::<Vec<_>>(), vec![(1, 0), (2, 0), (3, 0)]);
     assert_eq!(read_u32s(&out, 4), vec![2, 4, 6, 8]);
+    assert_eq!(ring.take_errors().unwrap(), (vec![], 0));
+
+    // Failures keep their words: a refused entry's reason and a driver's error text.
+    ring.push(&Op::Copy { src: h.view(0, 8), dst: v.view(1 << 20, 8) }, 4).unwrap();
+    ring.push(&driver_op(OP_COPY_FAULT, 0), 5).unwrap();
+    ring.push(&Op::Copy { src: h.whole(), dst: v.whole() }, 6).unwrap();
+    ring.flush().unwrap();
+    done.clear();
+    ring.wait(&mut done, 3, Duration::from_secs(5)).unwrap();
+    let results: Vec<_> = done.iter().map(|c| (c.user_data, c.status().err())).collect();
+    assert_eq!(results, vec![(4, Some(Errno::ERANGE)), (5, None), (6, Some(Errno::EIO))]);
+    let (errors, dropped) = ring.take_errors().unwrap();
+    assert_eq!(dropped, 0);
+    assert_eq!(errors.iter().map(|e| (e.user_data, e.code)).collect::<Vec<_>>(), [(4, Errno::ERANGE), (6, Errno::EIO)]);
+    assert_eq!((errors[0].seqno, errors[1].seqno), (0, done[2].seqno));
+    assert!(errors[0].message.contains("outside buffer"), "{}", errors[0].message);
+    assert!(errors[1].message.contains("testdev: injected hardware fault"), "{}", errors[1].message);
+    assert_eq!(ring.take_errors().unwrap(), (vec![], 0), "taking empties the list");
 }
 
 #[test]

@@ -16,14 +16,15 @@
 //! rang, and only that ring becomes active again. Busy rings are served by spinning,
 //! without syscalls; the poller checks the epoll set without blocking every 256 spins.
 
+use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use accel_uapi::ring::{opcode, Cqe, RingLayout, RingMem, Sqe};
-use accel_uapi::{Errno, FenceStatus, Op};
+use accel_uapi::ring::{opcode, Cqe, RingLayout, RingMem, Sqe, MAX_RING_ERRORS};
+use accel_uapi::{Errno, FenceStatus, Op, RingError};
 use rustix::event::{eventfd, EventfdFlags};
 
 use crate::bo::BoTable;
@@ -75,6 +76,8 @@ pub struct RingQueue {
     cq_tail: AtomicU32,
     cq_lock: Mutex<()>,
     inflight: AtomicU32,
+    /// Messages of failed entries, newest last, and how many were dropped for room.
+    errors: Mutex<(VecDeque<RingError>, u64)>,
     _tracked: Tracked,
 }
 
@@ -130,6 +133,7 @@ impl RingQueue {
             cq_tail: AtomicU32::new(0),
             cq_lock: Mutex::new(()),
             inflight: AtomicU32::new(0),
+            errors: Mutex::new((VecDeque::new(), 0)),
             _tracked: Tracked::new(counters, Kind::Ring),
         });
         let consumer = RingConsumer { sq_head: 0, cq_head_seen: 0, cq_reserved: 0 };
@@ -238,12 +242,15 @@ impl RingQueue {
         let (op, deps, signals) = if sqe.opcode == opcode::SYNC {
             match self.sync_points(sqe) {
                 Ok((deps, signals)) => (Op::Nop, deps, signals),
-                Err(e) => return self.complete(user_data, Err(e.code), 0),
+                Err(e) => return self.refuse(user_data, e),
             }
         } else {
             match sqe.decode() {
                 Ok(op) => (op, Vec::new(), Vec::new()),
-                Err(code) => return self.complete(user_data, Err(code), 0),
+                Err(code) => {
+                    let what = format!("ring entry with opcode {} does not decode", sqe.opcode);
+                    return self.refuse(user_data, Error::new(code, what));
+                }
             }
         };
         let resolved = match (self.bos.upgrade(), self.programs.upgrade()) {
@@ -255,7 +262,7 @@ impl RingQueue {
         };
         let job_op = match resolved {
             Ok(j) => j,
-            Err(e) => return self.complete(user_data, Err(e.code), 0),
+            Err(e) => return self.refuse(user_data, e),
         };
         let seqno = dev.next_seqno();
         let fence = Fence::new(&self.counters);
@@ -266,16 +273,21 @@ impl RingQueue {
         }
         self.inflight.fetch_add(1, Ordering::AcqRel);
         let ring = self.clone();
+        let weak = Arc::downgrade(&fence);
         fence.on_signal(move |status| {
             let result = match status {
-                FenceStatus::Error(e) => Err(e),
+                FenceStatus::Error(code) => {
+                    let message = weak.upgrade().and_then(|f| f.message()).unwrap_or_else(|| code.to_string());
+                    ring.record_error(RingError { user_data, seqno, code, message });
+                    Err(code)
+                }
                 _ => Ok(()),
             };
             ring.complete(user_data, result, seqno);
             ring.inflight.fetch_sub(1, Ordering::AcqRel);
         });
         if let Err(e) = dev.sched.push(self.entity, Job::new(&self.counters, job_op, deps, fence.clone())) {
-            fence.signal(Err(e.code));
+            fence.signal_with(Err(e.code), Some(e.message));
         }
     }
 
@@ -287,6 +299,28 @@ impl RingQueue {
     /// Jobs of this ring that have not completed yet.
     pub fn in_flight(&self) -> u32 {
         self.inflight.load(Ordering::Acquire)
+    }
+
+    /// Takes the messages of failed entries (oldest first) and how many were dropped.
+    pub fn take_errors(&self) -> (Vec<RingError>, u64) {
+        let mut e = lock(&self.errors);
+        let dropped = std::mem::take(&mut e.1);
+        (e.0.drain(..).collect(), dropped)
+    }
+
+    fn record_error(&self, error: RingError) {
+        let mut e = lock(&self.errors);
+        if e.0.len() == MAX_RING_ERRORS {
+            e.0.pop_front();
+            e.1 += 1;
+        }
+        e.0.push_back(error);
+    }
+
+    /// Completes an entry refused before it became a job, keeping the reason.
+    fn refuse(&self, user_data: u64, e: Error) {
+        self.record_error(RingError { user_data, seqno: 0, code: e.code, message: e.message.clone() });
+        self.complete(user_data, Err(e.code), 0)
     }
 
     fn complete(&self, user_data: u64, result: Result<(), Errno>, seqno: u64) {

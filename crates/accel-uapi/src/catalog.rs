@@ -39,7 +39,7 @@ const fn rep(tag: u32, name: &'static str) -> ReplySpec {
 }
 
 /// Every reply, in the declaration order of [`Reply`].
-pub const REPLIES: [ReplySpec; 19] = [
+pub const REPLIES: [ReplySpec; 20] = [
     rep(256, "Hello"),
     rep(257, "Ok"),
     rep(258, "Devices"),
@@ -59,6 +59,7 @@ pub const REPLIES: [ReplySpec; 19] = [
     rep(272, "Token"),
     rep(273, "Points"),
     rep(274, "Program"),
+    rep(275, "RingErrors"),
 ];
 
 /// Tag of [`Reply::Error`].
@@ -82,6 +83,7 @@ const CLIENTS: u32 = 270;
 const TOKEN: u32 = 272;
 const POINTS: u32 = 273;
 const PROGRAM: u32 = 274;
+const RING_ERRORS: u32 = 275;
 
 const fn req(tag: u32, name: &'static str, reply: u32, fds_in: u8, fds_out: u8) -> RequestSpec {
     RequestSpec { tag, name, reply, fds_in, fds_out }
@@ -90,7 +92,7 @@ const fn req(tag: u32, name: &'static str, reply: u32, fds_in: u8, fds_out: u8) 
 /// Every request, in the declaration order of [`Request`]. Tags are grouped by area:
 /// 1–15 connection and devices, 16–31 buffers, 32–47 queues and submission, 48–63 fences,
 /// 64–79 syncobjs, 80–95 RAS, 96–111 namespaces, 112–127 statistics.
-pub const REQUESTS: [RequestSpec; 46] = [
+pub const REQUESTS: [RequestSpec; 47] = [
     req(1, "Hello", HELLO, 0, 0),
     req(2, "ListDevices", DEVICES, 0, 0),
     req(3, "DeviceInfo", DEVICE, 0, 0),
@@ -137,6 +139,7 @@ pub const REQUESTS: [RequestSpec; 46] = [
     req(37, "ProgramLoad", PROGRAM, 0, 0),
     req(38, "ProgramInfo", PROGRAM, 0, 0),
     req(39, "ProgramUnload", OK, 0, 0),
+    req(40, "RingErrors", RING_ERRORS, 0, 0),
 ];
 
 /// The tags of a spec table, in its order.

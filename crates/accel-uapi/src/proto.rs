@@ -871,6 +871,26 @@ pub enum Request {
         /// The program.
         handle: ProgramHandle,
     },
+    /// Take the messages of a ring's failed entries (ABI 3.1): a completion carries only an
+    /// errno, so the words behind it (a refusal's reason, a driver's or compiler's error text)
+    /// wait here, the newest [`crate::ring::MAX_RING_ERRORS`] of them. [`Reply::RingErrors`].
+    RingErrors {
+        /// The queue whose ring it is.
+        queue: QueueHandle,
+    },
+}
+
+/// Why one ring entry failed (ABI 3.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingError {
+    /// The entry's `user_data`, as in its completion.
+    pub user_data: u64,
+    /// The job's device sequence number (0 if the entry was refused before it became a job).
+    pub seqno: u64,
+    /// The errno of the completion.
+    pub code: Errno,
+    /// What went wrong, for humans.
+    pub message: String,
 }
 
 /// Replies the daemon sends.
@@ -953,5 +973,12 @@ pub enum Reply {
         handle: ProgramHandle,
         /// Its entry points.
         entries: Vec<EntryInfo>,
+    },
+    /// Messages of failed ring entries, oldest first (ABI 3.1).
+    RingErrors {
+        /// The messages taken.
+        errors: Vec<RingError>,
+        /// Older messages dropped since the last take because more failed than are kept.
+        dropped: u64,
     },
 }

@@ -42,6 +42,9 @@ use crate::{
 pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"ARNG");
 /// Largest submission ring.
 pub const MAX_RING_ENTRIES: u32 = 4096;
+/// How many failed entries' messages a ring keeps for [`crate::Request::RingErrors`]; older
+/// ones are dropped (and counted).
+pub const MAX_RING_ERRORS: usize = 256;
 /// Bytes of one submission entry.
 pub const SQE_SIZE: usize = std::mem::size_of::<Sqe>();
 /// Bytes of one completion entry.

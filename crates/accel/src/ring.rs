@@ -197,6 +197,17 @@ impl Ring {
         Ok(got)
     }
 
+    /// Takes the messages of failed entries (oldest first; at most
+    /// [`accel_uapi::ring::MAX_RING_ERRORS`] are kept) and how many older ones were dropped.
+    /// A completion carries only the errno; this is the reason behind it (a refusal's, or a
+    /// driver's or compiler's words), matched by `user_data` and `seqno`.
+    pub fn take_errors(&self) -> Result<(Vec<accel_uapi::RingError>, u64)> {
+        match self.queue.dev.call(&accel_uapi::Request::RingErrors { queue: self.queue.handle })? {
+            accel_uapi::Reply::RingErrors { errors, dropped } => Ok((errors, dropped)),
+            other => Err(crate::conn::unexpected(&other)),
+        }
+    }
+
     /// Submits one job and waits for its completion: the synchronous round trip.
     pub fn submit_wait(&mut self, op: &Op, timeout: Duration) -> Result<Cqe> {
         self.push(op, 0)?;

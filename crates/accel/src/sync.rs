@@ -12,8 +12,8 @@ use crate::{conn::unexpected, timeout_ns, Error, QueueOptions, Result, Ring, Sha
 
 /// A submission queue (a scheduler entity). Jobs on one device run in order.
 pub struct Queue {
-    dev: Arc<Shared>,
-    handle: QueueHandle,
+    pub(crate) dev: Arc<Shared>,
+    pub(crate) handle: QueueHandle,
 }
 
 impl Queue {

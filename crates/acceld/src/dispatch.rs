@@ -185,6 +185,10 @@ fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<Ow
             let fds = c.ring_create(queue, entries)?;
             Ok(Action::Reply(Box::new(Reply::Fd), vec![fds.ring, fds.doorbell, fds.completion]))
         }
+        Request::RingErrors { queue } => {
+            let (errors, dropped) = c.ring_errors(queue)?;
+            ok(Reply::RingErrors { errors, dropped })
+        }
         Request::QueueDestroy { handle } => c.queue_destroy(handle).and(ok(Reply::Ok)),
         Request::Submit { queue, op, wait, signal } => {
             let (fence, seqno) = c.submit(queue, &op, &wait, &signal)?;

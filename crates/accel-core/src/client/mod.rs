@@ -382,6 +382,14 @@ impl Client {
         Ok(RingFds { ring: memfd, doorbell, completion })
     }
 
+    /// Takes the messages of the failed entries of a queue's ring.
+    pub fn ring_errors(&self, h: QueueHandle) -> Result<(Vec<accel_uapi::RingError>, u64)> {
+        match &lookup(&self.queues, "queue", h.0)?.ring {
+            Some((ring, _)) => Ok(ring.take_errors()),
+            None => bail!(ENOENT, "queue {:#x} has no ring", h.0),
+        }
+    }
+
     /// Destroys a queue, cancelling its queued jobs.
     pub fn queue_destroy(&mut self, h: QueueHandle) -> Result<()> {
         self.queues
