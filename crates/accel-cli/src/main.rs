@@ -53,7 +53,7 @@ enum LogFormat {
 enum Cmd {
     /// Run the daemon in the foreground.
     Daemon {
-        /// Device to register, `DRIVER[:CATEGORY]` (cpu, testdev; shared, exclusive, oneshot). Repeatable.
+        /// Device to register, `DRIVER[:INDEX][:CATEGORY]` (cpu, testdev, vulkan — every Vulkan device, or `vulkan:N`; shared, exclusive, oneshot). Repeatable.
         #[arg(long = "device", default_values = ["cpu"])]
         devices: Vec<String>,
         /// Default job timeout in milliseconds.
@@ -139,7 +139,10 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ACCEL_LOG").unwrap_or_else(|_| "info".into());
+    // naga (the vulkan driver's SPIR-V reader) narrates every module it reads: errors only.
+    let spec = std::env::var("ACCEL_LOG").unwrap_or_else(|_| "info".into());
+    let spec = if spec.contains("naga") { spec } else { format!("{spec},naga=error") };
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|_| "info,naga=error".into());
     // Colours only on a terminal: journald and log files get plain lines.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
@@ -183,10 +186,11 @@ fn run_daemon(
     let config = config_path.as_deref().map(acceld::Config::load).transpose()?.unwrap_or_default();
     let mut devices = Vec::new();
     for spec in specs {
-        let mut cfg = acceld::parse_device_spec(spec)?;
-        cfg.job_timeout = std::time::Duration::from_millis(job_timeout_ms.max(1));
-        cfg.hang_limit = hang_limit.max(1);
-        devices.push(cfg);
+        for mut cfg in acceld::parse_device_specs(spec)? {
+            cfg.job_timeout = std::time::Duration::from_millis(job_timeout_ms.max(1));
+            cfg.hang_limit = hang_limit.max(1);
+            devices.push(cfg);
+        }
     }
     let state_dir = state_dir.unwrap_or_else(default_state_dir);
     // Socket activation: systemd bound the socket (accel.socket) and passes it; else bind it.

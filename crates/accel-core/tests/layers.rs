@@ -50,6 +50,26 @@ fn modules_only_use_lower_layers() {
     assert!(violations.is_empty(), "layering violations:\n{}", violations.join("\n"));
 }
 
+#[test]
+fn drivers_depend_on_the_hal_not_the_core() {
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut drivers = 0;
+    for entry in std::fs::read_dir(&crates).unwrap() {
+        let dir = entry.unwrap().path();
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("accel-driver-") {
+            continue;
+        }
+        drivers += 1;
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        assert!(manifest.contains("accel-hal"), "{name} must build on accel-hal");
+        for upper in ["accel-core", "acceld", "accel-cli"] {
+            assert!(!manifest.contains(&format!("{upper}.workspace")), "{name} depends on {upper}");
+        }
+    }
+    assert!(drivers >= 3, "found {drivers} driver crates");
+}
+
 fn check(src: &Path, layers: &[&[&str]]) -> Vec<String> {
     let layer = |module: &str| layers.iter().position(|l| l.contains(&module));
     let mut all = Vec::new();

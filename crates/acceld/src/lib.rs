@@ -55,8 +55,16 @@ pub enum DaemonError {
         message: String,
     },
     /// A device spec on the command line was wrong.
-    #[error("bad device spec {0:?}: expected DRIVER[:CATEGORY], DRIVER one of cpu, testdev")]
+    #[error("bad device spec {0:?}: expected DRIVER[:INDEX][:CATEGORY], DRIVER one of cpu, testdev, vulkan")]
     BadDeviceSpec(String),
+    /// A device named on the command line cannot be opened.
+    #[error("device {spec}: {message}")]
+    DeviceUnavailable {
+        /// The spec.
+        spec: String,
+        /// Why (e.g. no Vulkan loader, no such device).
+        message: String,
+    },
 }
 
 /// The daemon's TOML config file.
@@ -145,21 +153,57 @@ impl Config {
     }
 }
 
-/// Parses `DRIVER[:CATEGORY]` (e.g. `cpu`, `testdev:exclusive`) into a device config.
-pub fn parse_device_spec(spec: &str) -> Result<DeviceConfig, DaemonError> {
+/// Parses `DRIVER[:INDEX][:CATEGORY]` (e.g. `cpu`, `testdev:exclusive`, `vulkan`, `vulkan:1`)
+/// into device configs: `vulkan` without an index is every Vulkan device of the machine.
+pub fn parse_device_specs(spec: &str) -> Result<Vec<DeviceConfig>, DaemonError> {
     let bad = || DaemonError::BadDeviceSpec(spec.to_string());
-    let (driver, category) = match spec.split_once(':') {
-        Some((d, c)) => (d, Some(Category::parse(c).ok_or_else(bad)?)),
-        None => (spec, None),
+    let mut parts = spec.split(':');
+    let driver = parts.next().unwrap_or_default();
+    let mut index = None;
+    let mut category = None;
+    for p in parts {
+        match (p.parse::<usize>(), index, category) {
+            (Ok(i), None, None) => index = Some(i),
+            (Err(_), _, None) => category = Some(Category::parse(p).ok_or_else(bad)?),
+            _ => return Err(bad()),
+        }
+    }
+    let unavailable = |e: accel_core::driver::DriverError| DaemonError::DeviceUnavailable {
+        spec: spec.to_string(),
+        message: e.message,
     };
-    let driver: Arc<dyn accel_core::driver::Driver> = match driver {
-        "cpu" => Arc::new(accel_driver_cpu::CpuDevice::new()),
-        "testdev" => Arc::new(accel_driver_testdev::TestDevice::new()),
+    let drivers: Vec<Arc<dyn accel_core::driver::Driver>> = match (driver, index) {
+        ("cpu", None) => vec![Arc::new(accel_driver_cpu::CpuDevice::new())],
+        ("testdev", None) => vec![Arc::new(accel_driver_testdev::TestDevice::new())],
+        ("vulkan", Some(i)) => vec![Arc::new(accel_driver_vulkan::VulkanDevice::open(i).map_err(unavailable)?)],
+        ("vulkan", None) => {
+            let n = accel_driver_vulkan::device_count().map_err(unavailable)?;
+            if n == 0 {
+                return Err(DaemonError::DeviceUnavailable { spec: spec.into(), message: "no Vulkan device".into() });
+            }
+            (0..n)
+                .map(|i| Ok(Arc::new(accel_driver_vulkan::VulkanDevice::open(i).map_err(unavailable)?) as Arc<_>))
+                .collect::<Result<_, DaemonError>>()?
+        }
         _ => return Err(bad()),
     };
-    let mut cfg = DeviceConfig::new(driver);
-    cfg.category = category;
-    Ok(cfg)
+    Ok(drivers
+        .into_iter()
+        .map(|driver| {
+            let mut cfg = DeviceConfig::new(driver);
+            cfg.category = category;
+            cfg
+        })
+        .collect())
+}
+
+/// Parses a spec naming exactly one device (see [`parse_device_specs`]).
+pub fn parse_device_spec(spec: &str) -> Result<DeviceConfig, DaemonError> {
+    let mut all = parse_device_specs(spec)?;
+    match all.len() {
+        1 => Ok(all.remove(0)),
+        _ => Err(DaemonError::BadDeviceSpec(format!("{spec} names {} devices, not one", all.len()))),
+    }
 }
 
 /// A bound daemon, ready to serve.

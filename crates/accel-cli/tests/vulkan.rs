@@ -1,0 +1,306 @@
+//! The vulkan driver end to end, on whatever Vulkan device the machine has (Mesa's lavapipe in
+//! CI, where `ACCEL_REQUIRE_VULKAN=1` makes a missing Vulkan a failure instead of a skip):
+//! device info, fills and copies between regions, GEMM against the cpu driver, SPIR-V programs
+//! compiled by naga and launched with buffer and scalar arguments, bad programs refused with
+//! the driver's reason, scrubbing, PRIME export/import of device memory, and object counts
+//! after a client is killed mid-launch.
+
+mod common;
+
+use std::time::Duration;
+
+use accel::{Buffer, Device, Errno, GemmF32, LaunchArg, Op, ParamKind, RegionKind};
+use common::{spawn_role, tenant, wait_ready, Daemon};
+
+/// The `vram` region of a vulkan device.
+const VRAM: u32 = 1;
+
+/// Entry point of child client processes; a no-op in the normal test run.
+#[test]
+fn child_entry() {
+    if let Ok(role) = std::env::var("ACCEL_TEST_ROLE") {
+        if role == "vk-launch-then-die" {
+            let socket = std::env::var("ACCEL_SOCKET").unwrap();
+            let dev = Device::open_at(std::path::Path::new(&socket), 0).unwrap();
+            let q = dev.create_queue().unwrap();
+            let p = dev.load_program("spirv", &spirv(SAXPY)).unwrap();
+            let (x, y) = (dev.alloc_in(1 << 20, VRAM).unwrap(), dev.alloc_in(1 << 20, VRAM).unwrap());
+            let args = [
+                LaunchArg::Buffer(x.whole()),
+                LaunchArg::Buffer(y.whole()),
+                LaunchArg::U32(1 << 18),
+                LaunchArg::F32(2.0),
+            ];
+            for _ in 0..16 {
+                q.submit(p.launch("main", [1 << 12, 1, 1], &args).unwrap()).unwrap();
+            }
+            println!("ready");
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    }
+    common::child_entry();
+}
+
+/// Whether the tests can run: a Vulkan loader and device, or a skip with the reason
+/// (a failure where CI requires Vulkan).
+fn vulkan() -> bool {
+    match accel_driver_vulkan::device_count() {
+        Ok(n) if n > 0 => true,
+        other => {
+            let why = match other {
+                Ok(_) => "no Vulkan device".to_string(),
+                Err(e) => e.message,
+            };
+            assert!(std::env::var_os("ACCEL_REQUIRE_VULKAN").is_none(), "Vulkan is required here: {why}");
+            eprintln!("skipping: {why}");
+            false
+        }
+    }
+}
+
+/// y = a·x + y over n elements, 64 per work group.
+const SAXPY: &str = r#"
+struct Params { n: u32, a: f32 }
+var<push_constant> p: Params;
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    if (id.x < p.n) { y[id.x] = p.a * x[id.x] + y[id.x]; }
+}
+"#;
+
+/// SPIR-V of a WGSL module, compiled by naga (as a frontend compiler would hand it over).
+fn spirv(wgsl: &str) -> Vec<u8> {
+    let module = naga::front::wgsl::parse_str(wgsl).unwrap();
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+        .validate(&module)
+        .unwrap();
+    let words = naga::back::spv::write_vec(&module, &info, &Default::default(), None).unwrap();
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+fn f32s(n: usize, seed: u32) -> Vec<f32> {
+    (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0).collect()
+}
+
+fn host_f32s(dev: &Device, values: &[f32]) -> Buffer {
+    let b = dev.alloc((values.len() * 4) as u64).unwrap();
+    b.write_f32(0, values).unwrap();
+    b
+}
+
+#[test]
+fn the_device_shows_its_driver_regions_and_formats() {
+    if !vulkan() {
+        return;
+    }
+    let d = Daemon::start(&["vulkan:0"]);
+    let dev = d.open(0);
+    let info = dev.info();
+    assert_eq!(info.driver, "vulkan");
+    assert!(info.name.contains("Vulkan 1."), "{}", info.name);
+    let kinds: Vec<_> = info.regions.iter().map(|r| (r.name.as_str(), r.kind, r.mappable)).collect();
+    assert_eq!(kinds, [("host", RegionKind::Host, true), ("vram", RegionKind::Device, false)]);
+    assert!(info.regions[1].size > 0);
+    assert_eq!(info.program_formats, vec!["spirv".to_string()]);
+    // A device that is not there is a clear error at start-up.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_accel"))
+        .args(["daemon", "--socket", "/nonexistent/s", "--device", "vulkan:99"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no device 99"), "{err}");
+}
+
+#[test]
+fn fills_and_copies_move_data_between_regions() {
+    if !vulkan() {
+        return;
+    }
+    let d = Daemon::start(&["vulkan:0"]);
+    let dev = d.open(0);
+    let q = dev.create_queue().unwrap();
+    let data: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
+    let (h, v, out) = (dev.alloc(65536).unwrap(), dev.alloc_in(65536, VRAM).unwrap(), dev.alloc(65536).unwrap());
+    h.write(0, &data).unwrap();
+    // Mapping device memory is refused.
+    assert_eq!(common::code(dev.request(&accel_uapi::Request::BoMmap { handle: v.handle() })), Errno::EINVAL);
+    q.submit(Op::Copy { src: h.whole(), dst: v.whole() }).unwrap();
+    q.submit(Op::Fill { dst: v.view(4096, 8192), pattern: 0xdead_beef }).unwrap();
+    // An overlapping copy inside one buffer keeps memmove semantics.
+    q.submit(Op::Copy { src: v.view(0, 1024), dst: v.view(512, 1024) }).unwrap();
+    q.submit(Op::Copy { src: v.whole(), dst: out.whole() }).unwrap().wait().unwrap();
+    let mut want = data.clone();
+    for w in want[4096..12288].chunks_mut(4) {
+        w.copy_from_slice(&0xdead_beefu32.to_le_bytes());
+    }
+    let head = want[0..1024].to_vec();
+    want[512..1536].copy_from_slice(&head);
+    let mut got = vec![0u8; 65536];
+    out.read(0, &mut got).unwrap();
+    assert!(got == want, "device round trip differs");
+    // Host to host at unaligned offsets works too (staged or imported in place).
+    q.submit(Op::Copy { src: h.view(3, 1001), dst: out.view(17, 1001) }).unwrap().wait().unwrap();
+    out.read(0, &mut got).unwrap();
+    assert_eq!(&got[17..1018], &data[3..1004]);
+}
+
+#[test]
+fn gemm_matches_the_cpu_driver_in_every_region() {
+    if !vulkan() {
+        return;
+    }
+    let d = Daemon::start(&["vulkan:0", "cpu"]);
+    let (vk, cpu) = (d.open(0), d.open(1));
+    let (m, k, n) = (37usize, 53usize, 29usize);
+    let (a, b) = (f32s(m * k, 1), f32s(k * n, 2));
+    let c0 = f32s(m * n, 3);
+    let gemm = |dev: &Device, region: u32, offset: u64| {
+        let q = dev.create_queue().unwrap();
+        let bytes = |e: usize| offset + (e * 4) as u64;
+        let (ha, hb, hc) =
+            (dev.alloc(bytes(m * k)).unwrap(), dev.alloc(bytes(k * n)).unwrap(), dev.alloc(bytes(m * n)).unwrap());
+        ha.write_f32(offset as usize, &a).unwrap();
+        hb.write_f32(offset as usize, &b).unwrap();
+        hc.write_f32(offset as usize, &c0).unwrap();
+        let (da, db, dc) = if region == 0 {
+            (ha, hb, hc)
+        } else {
+            let up = |h: &Buffer| {
+                let v = dev.alloc_in(h.size(), region).unwrap();
+                q.submit(Op::Copy { src: h.whole(), dst: v.whole() }).unwrap();
+                v
+            };
+            (up(&ha), up(&hb), up(&hc))
+        };
+        let op = GemmF32 {
+            m: m as u64,
+            n: n as u64,
+            k: k as u64,
+            a: da.matrix(offset, k as u64),
+            b: db.matrix(offset, n as u64),
+            c: dc.matrix(offset, n as u64),
+            alpha: 1.5,
+            beta: 0.5,
+        };
+        q.submit(Op::GemmF32(op)).unwrap().wait().unwrap();
+        let out = dev.alloc(dc.size()).unwrap();
+        q.submit(Op::Copy { src: dc.whole(), dst: out.whole() }).unwrap().wait().unwrap();
+        out.read_f32(offset as usize, m * n).unwrap()
+    };
+    let want = gemm(&cpu, 0, 0);
+    for (region, offset) in [(0, 0), (VRAM, 0), (0, 4), (VRAM, 20)] {
+        let got = gemm(&vk, region, offset);
+        let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-3, "region {region} offset {offset}: off by {worst}");
+    }
+}
+
+#[test]
+fn spirv_programs_launch_with_buffers_and_scalars() {
+    if !vulkan() {
+        return;
+    }
+    let d = Daemon::start(&["vulkan:0"]);
+    let dev = d.open(0);
+    let q = dev.create_queue().unwrap();
+    let p = dev.load_program("spirv", &spirv(SAXPY)).unwrap();
+    let e = &p.entries()[0];
+    assert_eq!(
+        (e.name.as_str(), e.params.as_slice()),
+        ("main", &[ParamKind::Buffer, ParamKind::Buffer, ParamKind::U32, ParamKind::F32][..])
+    );
+    let n = 1000;
+    let (x, y) = (f32s(n, 5), f32s(n, 6));
+    let (hx, hy) = (host_f32s(&dev, &x), host_f32s(&dev, &y));
+    let vy = dev.alloc_in((n * 4) as u64, VRAM).unwrap();
+    q.submit(Op::Copy { src: hy.whole(), dst: vy.whole() }).unwrap();
+    let args =
+        [LaunchArg::Buffer(hx.whole()), LaunchArg::Buffer(vy.whole()), LaunchArg::U32(n as u32), LaunchArg::F32(3.0)];
+    q.submit(p.launch("main", [(n as u32).div_ceil(64), 1, 1], &args).unwrap()).unwrap();
+    q.submit(Op::Copy { src: vy.whole(), dst: hy.whole() }).unwrap().wait().unwrap();
+    let got = hy.read_f32(0, n).unwrap();
+    assert!(got.iter().zip(x.iter().zip(&y)).all(|(g, (x, y))| (g - (3.0 * x + y)).abs() < 1e-5));
+
+    // Bad programs get EINVAL with the driver's reason; nothing is loaded.
+    let garbage = dev.load_program("spirv", &[0u8; 64]).unwrap_err();
+    assert_eq!(garbage.code, Errno::EINVAL);
+    assert!(garbage.message.starts_with("spirv:"), "{}", garbage.message);
+    let no_entry = dev.load_program("spirv", &spirv("fn f() {}")).unwrap_err();
+    assert_eq!(no_entry.code, Errno::EINVAL);
+    assert!(no_entry.message.contains("no compute entry point"), "{}", no_entry.message);
+    let uniform = "@group(0) @binding(0) var<uniform> u: vec4<f32>;\n@compute @workgroup_size(1) fn main() { _ = u; }";
+    assert!(dev.load_program("spirv", &spirv(uniform)).unwrap_err().message.contains("uniform"));
+    assert_eq!(dev.load_program("ptx", b"x").unwrap_err().code, Errno::EOPNOTSUPP);
+    // Launches are checked before they run: argument kinds, a binding offset the device
+    // cannot take, a grid beyond the device's limits.
+    assert_eq!(common::code(q.submit(p.launch("main", [1, 1, 1], &args[..3]).unwrap())), Errno::EINVAL);
+    let skewed = [LaunchArg::Buffer(hx.view(4, 64)), args[1], args[2], args[3]];
+    assert_eq!(common::code(q.submit(p.launch("main", [1, 1, 1], &skewed).unwrap())), Errno::EINVAL);
+    assert_eq!(common::code(q.submit(p.launch("main", [u32::MAX, 1, 1], &args).unwrap())), Errno::EINVAL);
+}
+
+#[test]
+fn device_memory_is_scrubbed_and_exported_with_prime_semantics() {
+    if !vulkan() {
+        return;
+    }
+    let d = Daemon::start(&["vulkan:0"]);
+    tenant(&d, "other", "tok-other", 0, 0, 0);
+    let (alice, bob) = (d.open(0), d.open(0));
+    let (qa, qb) = (alice.create_queue().unwrap(), bob.create_queue().unwrap());
+    let size = 1 << 20;
+    let secret = alice.alloc_in(size, VRAM).unwrap();
+    qa.submit(Op::Fill { dst: secret.whole(), pattern: 0x5ec2_e7ed }).unwrap().wait().unwrap();
+    drop(secret);
+    let fresh = bob.alloc_in(size, VRAM).unwrap();
+    let out = bob.alloc(size).unwrap();
+    qb.submit(Op::Copy { src: fresh.whole(), dst: out.whole() }).unwrap().wait().unwrap();
+    let mut seen = vec![1u8; size as usize];
+    out.read(0, &mut seen).unwrap();
+    assert!(seen.iter().all(|b| *b == 0), "a new device buffer must read as zeros");
+
+    // PRIME: alice exports device memory, bob imports the same memory (not a copy).
+    let shared = alice.alloc_in(4096, VRAM).unwrap();
+    let exportable = alice.info().regions[1].exportable;
+    match shared.export() {
+        Ok(fd) => {
+            let imported = bob.import(&fd).unwrap();
+            assert_eq!(imported.region(), VRAM);
+            qa.submit(Op::Fill { dst: shared.whole(), pattern: 7 }).unwrap().wait().unwrap();
+            let back = bob.alloc(4096).unwrap();
+            qb.submit(Op::Copy { src: imported.whole(), dst: back.whole() }).unwrap().wait().unwrap();
+            assert_eq!(back.read_f32(0, 1).unwrap()[0].to_bits(), 7);
+            // Another namespace cannot import it.
+            let stranger = Device::open_with_token(d.socket(), 0, "tok-other").unwrap();
+            assert_eq!(common::code(stranger.import(&fd)), Errno::ENOENT);
+        }
+        Err(e) => assert!(!exportable && e.code == Errno::EOPNOTSUPP, "{e:?}"),
+    }
+}
+
+#[test]
+fn a_client_killed_mid_launch_leaves_exact_counts() {
+    if !vulkan() {
+        return;
+    }
+    let d = Daemon::start(&["vulkan:0"]);
+    let mut child = spawn_role("vk-launch-then-die", d.socket(), &[]);
+    wait_ready(&mut child);
+    let during = d.stats();
+    assert_eq!((during.programs, during.buffers), (1, 2));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let after = d.wait_for_counts(Default::default());
+    assert_eq!(after, Default::default());
+    // The device still works for the next client.
+    let dev = d.open(0);
+    dev.create_queue()
+        .unwrap()
+        .submit(Op::Fill { dst: dev.alloc(4096).unwrap().whole(), pattern: 1 })
+        .unwrap()
+        .wait()
+        .unwrap();
+}

@@ -1,0 +1,30 @@
+//! Compiles the driver's compute shaders (WGSL in `shaders/`) to SPIR-V with naga: pure
+//! Rust, no external compiler. The SPIR-V lands in `OUT_DIR` and is embedded with
+//! `include_bytes!`.
+
+use std::path::PathBuf;
+
+/// The shaders in `shaders/`, by name.
+const SHADERS: &[&str] = &["gemm"];
+
+fn main() {
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    for name in SHADERS {
+        let src = format!("shaders/{name}.wgsl");
+        println!("cargo:rerun-if-changed={src}");
+        let text = std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("{src}: {e}"));
+        let module = naga::front::wgsl::parse_str(&text).unwrap_or_else(|e| panic!("{}", e.emit_to_string(&text)));
+        let info =
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::PUSH_CONSTANT)
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{src}: {}", e.emit_to_string(&text)));
+        let options = naga::back::spv::Options {
+            lang_version: (1, 3),
+            flags: naga::back::spv::WriterFlags::empty(),
+            ..Default::default()
+        };
+        let words = naga::back::spv::write_vec(&module, &info, &options, None).unwrap_or_else(|e| panic!("{src}: {e}"));
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        std::fs::write(out.join(format!("{name}.spv")), bytes).expect("writing SPIR-V");
+    }
+}

@@ -1,0 +1,309 @@
+//! The `vulkan` driver: any GPU with a Vulkan 1.2 driver (NVIDIA, AMD, Intel, Arm,
+//! Qualcomm, and Mesa's lavapipe on the CPU) through Vulkan compute.
+//!
+//! - **Loader at run time** (`ash`'s `loaded`): the daemon builds and runs with no Vulkan
+//!   installed; opening a vulkan device then fails with the reason.
+//! - **Memory**: a `vram` region of device-local memory (exportable as an opaque fd where the
+//!   device has `VK_KHR_external_memory_fd`); host memory (region 0, the clients' memfds) is
+//!   imported in place with `VK_EXT_external_memory_host`, else staged.
+//! - **Engines**: the compute queue, and a transfer-only queue as the copy engine where the
+//!   device has one. Each job is one command buffer completed through the engine's timeline
+//!   semaphore.
+//! - **Ops**: fill and copy as transfer commands, GEMM f32 as a tiled compute shader written in
+//!   WGSL and compiled to SPIR-V at build time by naga, and launches of `spirv` programs.
+//! - **Faults**: `VK_ERROR_DEVICE_LOST` is reported to RAS (`device`/`device-lost`, fatal) and
+//!   returned as device loss, which wedges the device in the core.
+
+mod gpu;
+mod memory;
+mod program;
+
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, Weak};
+
+use accel_hal::bo::{BoMatrix, BoRange};
+use accel_hal::driver::{
+    DeviceMemory, Driver, DriverError, DriverInfo, Imported, JobArg, JobCtx, JobOp, Program, RegionDesc,
+};
+use accel_hal::lock;
+use accel_hal::ras::{RasNodeDesc, RasSink};
+use accel_uapi::{Category, EngineInfo, Errno, OpKind, RegionKind, Severity};
+use ash::vk;
+
+use gpu::{Gpu, Recorder};
+use memory::{Binder, Bound, VkMem};
+use program::VkProgram;
+
+pub use program::FORMAT;
+
+/// The GEMM shader, compiled from `shaders/gemm.wgsl` by the build script.
+static GEMM_SPV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gemm.spv"));
+
+/// Side of the GEMM shader's output tile.
+const GEMM_TILE: usize = 16;
+
+/// How many Vulkan devices this machine has; `ENODEV` with the reason when there is no
+/// loader.
+pub fn device_count() -> Result<usize, DriverError> {
+    gpu::count()
+}
+
+/// One Vulkan physical device as an accel device.
+pub struct VulkanDevice {
+    gpu: Arc<Gpu>,
+    gemm: VkProgram,
+    ras: Mutex<Option<RasSink>>,
+    exports: memory::Exports,
+}
+
+fn vendor_name(id: u32) -> &'static str {
+    match id {
+        0x10de => "NVIDIA",
+        0x1002 => "AMD",
+        0x8086 => "Intel",
+        0x13b5 => "Arm",
+        0x5143 => "Qualcomm",
+        0x10005 => "Mesa",
+        _ => "unknown vendor",
+    }
+}
+
+fn einval(message: impl Into<String>) -> DriverError {
+    DriverError::new(Errno::EINVAL, message)
+}
+
+impl VulkanDevice {
+    /// Opens Vulkan physical device `index`.
+    pub fn open(index: usize) -> Result<VulkanDevice, DriverError> {
+        let gpu = Arc::new(Gpu::open(index)?);
+        let gemm = VkProgram::load(&gpu, GEMM_SPV, usize::MAX)?;
+        Ok(VulkanDevice { gpu, gemm, ras: Mutex::new(None), exports: Default::default() })
+    }
+
+    /// Bytes of device-local memory (the largest device-local heap).
+    fn vram_bytes(&self) -> u64 {
+        self.gpu.props.heaps.iter().filter(|h| h.1).map(|h| h.0).max().unwrap_or(0)
+    }
+
+    fn report_loss(&self, e: &DriverError) {
+        if e.lost {
+            if let Some(sink) = lock(&self.ras).clone() {
+                let _ = sink.report("device", "device-lost", 1);
+            }
+        }
+    }
+
+    /// A matrix operand bound at an offset storage buffers allow, with the rest in elements.
+    fn bind_matrix(&self, binder: &mut Binder<'_>, m: &BoMatrix) -> Result<(Bound, u32), DriverError> {
+        let b = binder.bind(&m.range)?;
+        let base = b.offset - b.offset % self.gpu.props.storage_align;
+        let skew = b.offset - base;
+        if !skew.is_multiple_of(4) {
+            return Err(einval(format!("vulkan: a matrix at byte offset {} is not f32-aligned", m.range.offset)));
+        }
+        let elems = u32::try_from(skew / 4).map_err(|_| einval("vulkan: offset too large"))?;
+        Ok((Bound { buffer: b.buffer, offset: base, len: b.len + skew }, elems))
+    }
+
+    fn record(&self, d: &ash::Device, rec: &Recorder, binder: &mut Binder<'_>, op: &JobOp) -> Result<(), DriverError> {
+        let before = vk::MemoryBarrier::default()
+            .src_access_mask(vk::AccessFlags::MEMORY_WRITE | vk::AccessFlags::HOST_WRITE)
+            .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE);
+        let barrier = |src: vk::PipelineStageFlags| {
+            // SAFETY: recording into this job's command buffer.
+            unsafe {
+                d.cmd_pipeline_barrier(
+                    rec.cmd,
+                    src,
+                    vk::PipelineStageFlags::ALL_COMMANDS,
+                    vk::DependencyFlags::empty(),
+                    &[before],
+                    &[],
+                    &[],
+                )
+            }
+        };
+        let all = vk::PipelineStageFlags::ALL_COMMANDS | vk::PipelineStageFlags::HOST;
+        match op {
+            JobOp::Fill { dst, pattern } => {
+                let b = binder.bind(dst)?;
+                if b.offset % 4 != 0 {
+                    return Err(einval(format!(
+                        "vulkan: fill at byte offset {}: fills start at multiples of 4",
+                        dst.offset
+                    )));
+                }
+                barrier(all);
+                // SAFETY: recording; the range is inside the buffer (checked by the core).
+                unsafe { d.cmd_fill_buffer(rec.cmd, b.buffer, b.offset, b.len, *pattern) };
+            }
+            JobOp::Copy { src, dst } => {
+                let (s, t) = (binder.bind(src)?, binder.bind(dst)?);
+                if s.len == 0 {
+                    return Ok(());
+                }
+                barrier(all);
+                let overlap = s.buffer == t.buffer && s.offset < t.offset + t.len && t.offset < s.offset + s.len;
+                if overlap {
+                    // Vulkan copies must not overlap: go through a scratch buffer.
+                    let (tmp, mem) = self.gpu.buffer(s.len, self.gpu.device_type, false)?;
+                    binder.owned.push(gpu::Owned::Buffer(tmp, Some(mem)));
+                    let there = vk::BufferCopy { src_offset: s.offset, dst_offset: 0, size: s.len };
+                    let back = vk::BufferCopy { src_offset: 0, dst_offset: t.offset, size: s.len };
+                    // SAFETY: recording; ranges checked by the core.
+                    unsafe { d.cmd_copy_buffer(rec.cmd, s.buffer, tmp, &[there]) };
+                    barrier(vk::PipelineStageFlags::ALL_COMMANDS);
+                    // SAFETY: as above.
+                    unsafe { d.cmd_copy_buffer(rec.cmd, tmp, t.buffer, &[back]) };
+                } else {
+                    let region = vk::BufferCopy { src_offset: s.offset, dst_offset: t.offset, size: s.len };
+                    // SAFETY: recording; ranges checked by the core.
+                    unsafe { d.cmd_copy_buffer(rec.cmd, s.buffer, t.buffer, &[region]) };
+                }
+            }
+            JobOp::GemmF32 { a, b, c, alpha, beta } => {
+                let dims = [a.rows, b.cols, a.cols, a.row_stride, b.row_stride, c.row_stride];
+                let dims: Vec<u32> = dims
+                    .iter()
+                    .map(|v| u32::try_from(*v).map_err(|_| einval("vulkan: a GEMM dimension over 2^32")))
+                    .collect::<Result<_, _>>()?;
+                if dims[0] == 0 || dims[1] == 0 {
+                    return Ok(());
+                }
+                let (ba, oa) = self.bind_matrix(binder, a)?;
+                let (bb, ob) = self.bind_matrix(binder, b)?;
+                let (bc, oc) = self.bind_matrix(binder, c)?;
+                let mut scalars: Vec<JobArg> = dims.iter().map(|v| JobArg::U32(*v)).collect();
+                scalars.extend([
+                    JobArg::U32(oa),
+                    JobArg::U32(ob),
+                    JobArg::U32(oc),
+                    JobArg::F32(*alpha),
+                    JobArg::F32(*beta),
+                ]);
+                let grid = [c.cols.div_ceil(GEMM_TILE) as u32, c.rows.div_ceil(GEMM_TILE) as u32, 1];
+                self.gemm.record(d, rec, 0, grid, &[ba, bb, bc], &scalars)?;
+            }
+            JobOp::Launch { program, entry, grid, args } => {
+                let p = program
+                    .as_any()
+                    .downcast_ref::<VkProgram>()
+                    .ok_or_else(|| einval("vulkan: a program of another driver"))?;
+                let mut buffers = Vec::new();
+                let mut scalars = Vec::new();
+                for a in args {
+                    match a {
+                        JobArg::Buffer(r) => buffers.push(binder.bind(r)?),
+                        s => scalars.push(s.clone()),
+                    }
+                }
+                p.record(d, rec, *entry, *grid, &buffers, &scalars)?;
+            }
+            JobOp::Nop => {}
+            JobOp::Driver { code, .. } => {
+                return Err(DriverError::new(Errno::EOPNOTSUPP, format!("vulkan: no driver op {code}")))
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ranges(op: &JobOp) -> Vec<&BoRange> {
+    match op {
+        JobOp::Fill { dst, .. } => vec![dst],
+        JobOp::Copy { src, dst } => vec![src, dst],
+        JobOp::GemmF32 { a, b, c, .. } => vec![&a.range, &b.range, &c.range],
+        JobOp::Launch { args, .. } => {
+            args.iter().filter_map(|a| if let JobArg::Buffer(r) = a { Some(r) } else { None }).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+impl Driver for VulkanDevice {
+    fn info(&self) -> DriverInfo {
+        let p = &self.gpu.props;
+        let mut engines = vec![EngineInfo { name: "compute".into(), credits: 4 }];
+        if self.gpu.engines.len() > 1 {
+            engines.push(EngineInfo { name: "copy".into(), credits: 2 });
+        }
+        DriverInfo {
+            driver: "vulkan",
+            name: format!("{} ({} {}, Vulkan {})", p.name, p.driver_name, p.driver_info, p.api_version),
+            vendor: vendor_name(p.vendor_id).into(),
+            categories: vec![Category::Shared, Category::Exclusive, Category::Oneshot],
+            ops: vec![OpKind::Nop, OpKind::Fill, OpKind::Copy, OpKind::GemmF32, OpKind::Launch],
+            memory_bytes: self.vram_bytes(),
+            compute_units: 1,
+            engines,
+            ras_nodes: vec![RasNodeDesc::new("device", &[("device-lost", Severity::Fatal)])],
+        }
+    }
+
+    fn engine_for(&self, op: &JobOp) -> usize {
+        match op {
+            JobOp::Fill { .. } | JobOp::Copy { .. } if self.gpu.engines.len() > 1 => 1,
+            _ => 0,
+        }
+    }
+
+    fn run_job(&self, engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), DriverError> {
+        if matches!(op, JobOp::Nop) {
+            return Ok(());
+        }
+        if ranges(op).iter().any(|r| r.len == 0) && !matches!(op, JobOp::Launch { .. }) {
+            return Ok(());
+        }
+        let mut binder = Binder::new(&self.gpu);
+        let result = self.gpu.submit(engine, &ctx.abort, Box::new(op.clone()), |d, rec, owned| {
+            let r = self.record(d, rec, &mut binder, op);
+            owned.append(&mut binder.owned);
+            r
+        });
+        match &result {
+            Ok(()) => binder.finish(),
+            Err(e) => self.report_loss(e),
+        }
+        result
+    }
+
+    fn ras_attach(&self, sink: RasSink) {
+        *lock(&self.ras) = Some(sink);
+    }
+
+    fn regions(&self) -> Vec<RegionDesc> {
+        vec![RegionDesc {
+            name: "vram".into(),
+            kind: RegionKind::Device,
+            size: self.vram_bytes(),
+            mappable: false,
+            exportable: self.gpu.memory_fd.is_some(),
+            coherent: false,
+        }]
+    }
+
+    fn alloc(&self, region: usize, size: u64) -> Result<Arc<dyn DeviceMemory>, DriverError> {
+        if region != 0 {
+            return Err(einval(format!("vulkan has no region {}", region + 1)));
+        }
+        Ok(VkMem::new(&self.gpu, size, &self.exports)?)
+    }
+
+    fn import_memory(&self, fd: &OwnedFd) -> Result<Option<Imported>, DriverError> {
+        let Some(ino) = memory::inode(fd) else { return Ok(None) };
+        let mut exports = lock(&self.exports);
+        exports.retain(|_, m| m.strong_count() > 0);
+        Ok(exports.get(&ino).and_then(Weak::upgrade).map(|m| (0, m as Arc<dyn DeviceMemory>)))
+    }
+
+    fn program_formats(&self) -> Vec<String> {
+        vec![FORMAT.into()]
+    }
+
+    fn load_program(&self, format: &str, bytes: &[u8]) -> Result<Arc<dyn Program>, DriverError> {
+        if format != FORMAT {
+            return Err(DriverError::new(Errno::EOPNOTSUPP, format!("vulkan loads {FORMAT}, not {format:?}")));
+        }
+        Ok(Arc::new(VkProgram::load(&self.gpu, bytes, accel_uapi::MAX_LAUNCH_ARGS)?))
+    }
+}

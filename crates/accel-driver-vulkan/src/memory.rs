@@ -1,0 +1,209 @@
+//! Memory: device-local buffers (the `vram` region), and how a job's operands become
+//! Vulkan buffers — device memory as it is, host memory (memfds) imported in place through
+//! `VK_EXT_external_memory_host`, or staged through host-visible memory where the device
+//! cannot import it.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex, Weak};
+
+use accel_hal::bo::BoRange;
+use accel_hal::driver::{DeviceMemory, DriverError};
+use accel_uapi::Errno;
+use ash::vk;
+
+use crate::gpu::{vk_err, Gpu, Owned};
+
+/// A device-local allocation: one buffer over all of it.
+pub struct VkMem {
+    gpu: Arc<Gpu>,
+    /// The buffer jobs bind.
+    pub buffer: vk::Buffer,
+    memory: vk::DeviceMemory,
+    len: u64,
+    exportable: bool,
+    exports: Exports,
+    me: Weak<VkMem>,
+}
+
+/// Memory a device exported, by its descriptor's inode, so an import finds it again.
+pub type Exports = Arc<Mutex<HashMap<(u64, u64), Weak<VkMem>>>>;
+
+impl std::fmt::Debug for VkMem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VkMem").field("len", &self.len).finish()
+    }
+}
+
+impl VkMem {
+    /// Allocates `len` bytes of device-local memory (exportable where the device has
+    /// `VK_KHR_external_memory_fd`).
+    pub fn new(gpu: &Arc<Gpu>, len: u64, exports: &Exports) -> Result<Arc<VkMem>, DriverError> {
+        if len > gpu.props.max_alloc {
+            return Err(DriverError::new(
+                Errno::ENOMEM,
+                format!("vulkan: {len} bytes exceed the device's largest allocation ({})", gpu.props.max_alloc),
+            ));
+        }
+        let exportable = gpu.memory_fd.is_some();
+        let (buffer, memory) = gpu.buffer(len, gpu.device_type, exportable)?;
+        Ok(Arc::new_cyclic(|me| VkMem {
+            gpu: gpu.clone(),
+            buffer,
+            memory,
+            len,
+            exportable,
+            exports: exports.clone(),
+            me: me.clone(),
+        }))
+    }
+}
+
+impl Drop for VkMem {
+    fn drop(&mut self) {
+        // Jobs hold their operands until they completed, so the device is done with it.
+        self.gpu.free(vec![Owned::Buffer(self.buffer, Some(self.memory))]);
+    }
+}
+
+impl DeviceMemory for VkMem {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn zero(&self) -> Result<(), DriverError> {
+        let (buffer, len) = (self.buffer, self.len);
+        self.gpu.submit(0, &Default::default(), Box::new(()), |d, rec, _| {
+            // SAFETY: recording into this job's command buffer; the buffer is live.
+            unsafe { d.cmd_fill_buffer(rec.cmd, buffer, 0, len & !3, 0) };
+            Ok(())
+        })
+    }
+
+    fn export(&self) -> Result<OwnedFd, DriverError> {
+        let ext = match (&self.gpu.memory_fd, self.exportable) {
+            (Some(ext), true) => ext,
+            _ => {
+                return Err(DriverError::new(
+                    Errno::EOPNOTSUPP,
+                    "vulkan: the device has no VK_KHR_external_memory_fd; its memory cannot be exported",
+                ))
+            }
+        };
+        let info = vk::MemoryGetFdInfoKHR::default()
+            .memory(self.memory)
+            .handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
+        // SAFETY: the memory was allocated exportable as an opaque fd.
+        let fd = unsafe { ext.get_memory_fd(&info) }.map_err(vk_err("vkGetMemoryFdKHR"))?;
+        // SAFETY: vkGetMemoryFdKHR hands ownership of a new descriptor to the caller.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Only a file of its own (a memfd, as lavapipe's) identifies the memory; anonymous
+        // inodes are shared by unrelated descriptors, so those imports go to the runtime.
+        if let Some(ino) = inode(&fd) {
+            let mut exports = accel_hal::lock(&self.exports);
+            exports.retain(|_, m| m.strong_count() > 0);
+            exports.insert(ino, self.me.clone());
+        }
+        Ok(fd)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// A job operand as the device sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// The buffer.
+    pub buffer: vk::Buffer,
+    /// Byte offset of the operand in it.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// Host memory staged through a host-visible buffer: copied in before the job, out after.
+struct Staged {
+    range: BoRange,
+    ptr: *mut u8,
+}
+
+/// Turns one job's operands into buffers, and finishes the staged ones.
+pub struct Binder<'a> {
+    gpu: &'a Gpu,
+    /// Buffers imported or staged for this job.
+    pub owned: Vec<Owned>,
+    imported: HashMap<usize, vk::Buffer>,
+    staged: Vec<Staged>,
+}
+
+impl<'a> Binder<'a> {
+    /// A binder for one job on `gpu`.
+    pub fn new(gpu: &'a Gpu) -> Binder<'a> {
+        Binder { gpu, owned: Vec::new(), imported: HashMap::new(), staged: Vec::new() }
+    }
+
+    /// The buffer, offset and length of `r`.
+    pub fn bind(&mut self, r: &BoRange) -> Result<Bound, DriverError> {
+        if let Some(mem) = r.bo.device() {
+            let mem = mem
+                .as_any()
+                .downcast_ref::<VkMem>()
+                .ok_or_else(|| DriverError::new(Errno::EINVAL, "vulkan: a buffer of another device's memory"))?;
+            return Ok(Bound { buffer: mem.buffer, offset: r.offset as u64, len: r.len as u64 });
+        }
+        let host = r.bo.host().ok_or_else(|| DriverError::new(Errno::EINVAL, "vulkan: a buffer with no memory"))?;
+        let (ptr, whole) = (host.as_ptr(), host.len() as u64);
+        let align = self.gpu.props.host_import_align;
+        if align > 0 && (ptr as u64).is_multiple_of(align) && whole.is_multiple_of(align) {
+            if let Some(&buffer) = self.imported.get(&(ptr as usize)) {
+                return Ok(Bound { buffer, offset: r.offset as u64, len: r.len as u64 });
+            }
+            // SAFETY: the job holds the buffer object (and so its mapping) until it completed,
+            // and the imported memory is freed with the job.
+            if let Ok((buffer, memory)) = unsafe { self.gpu.import_host(ptr, whole) } {
+                self.owned.push(Owned::Buffer(buffer, Some(memory)));
+                self.imported.insert(ptr as usize, buffer);
+                return Ok(Bound { buffer, offset: r.offset as u64, len: r.len as u64 });
+            }
+        }
+        self.stage(r)
+    }
+
+    fn stage(&mut self, r: &BoRange) -> Result<Bound, DriverError> {
+        let size = (r.len as u64).max(4).next_multiple_of(4);
+        let (buffer, memory) = self.gpu.buffer(size, self.gpu.staging_type, false)?;
+        self.owned.push(Owned::Buffer(buffer, Some(memory)));
+        // SAFETY: host-visible memory just allocated; freeing it unmaps it.
+        let ptr = unsafe { self.gpu.device.map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()) }
+            .map_err(vk_err("vkMapMemory"))?
+            .cast::<u8>();
+        let src = r.host().ok_or(Errno::EINVAL)?;
+        // SAFETY: the mapping is `size >= r.len` bytes and this job's alone.
+        let dst = unsafe { accel_hal::mem::VolatileSlice::new(ptr, r.len) };
+        src.copy_to(&dst);
+        self.staged.push(Staged { range: r.clone(), ptr });
+        Ok(Bound { buffer, offset: 0, len: r.len as u64 })
+    }
+
+    /// Copies staged operands back to host memory after the job succeeded.
+    pub fn finish(&self) {
+        for s in &self.staged {
+            if let Some(dst) = s.range.host() {
+                // SAFETY: the staging mapping is `range.len` bytes at least and still alive.
+                let src = unsafe { accel_hal::mem::VolatileSlice::new(s.ptr, s.range.len) };
+                src.copy_to(&dst);
+            }
+        }
+    }
+}
+
+/// The `(st_dev, st_ino)` of a descriptor, to recognise memory this driver exported.
+/// `None` unless it is a regular file (memfds are; anonymous inodes are not).
+pub fn inode(fd: &OwnedFd) -> Option<(u64, u64)> {
+    let st = rustix::fs::fstat(fd).ok()?;
+    (rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile)
+        .then_some((st.st_dev, st.st_ino))
+}
