@@ -105,7 +105,7 @@ fn the_device_shows_its_driver_regions_and_formats() {
     assert!(info.regions[1].size > 0);
     assert_eq!(info.program_formats, vec!["spirv".to_string()]);
     // A device that is not there is a clear error at start-up.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_accel"))
+    let out = std::process::Command::new(common::accel_bin())
         .args(["daemon", "--socket", "/nonexistent/s", "--device", "vulkan:99"])
         .output()
         .unwrap();

@@ -1,6 +1,9 @@
-// C = alpha·A·B + beta·C over row-major f32 matrices with row strides, in 16×16 tiles staged
-// through workgroup memory. Offsets are in elements from each binding's start (bindings start
-// at an offset the device's alignment allows; the remainder comes here).
+// C = alpha·A·B + beta·C over row-major f32 matrices with row strides. Each invocation
+// computes a 4×4 block of C in registers, reading A and B straight from memory (the caches
+// serve the reuse): no workgroup barriers, which CPU implementations such as lavapipe run
+// slowly, and enough independent work per invocation for GPUs. A work group of 8×8
+// invocations covers a 32×32 tile of C. Offsets are in elements from each binding's start
+// (bindings start where the device's alignment allows; the remainder comes here).
 
 struct Params {
     m: u32,
@@ -22,42 +25,54 @@ var<push_constant> p: Params;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 
-const TILE: u32 = 16u;
-
-var<workgroup> ta: array<array<f32, 16>, 16>;
-var<workgroup> tb: array<array<f32, 16>, 16>;
-
-@compute @workgroup_size(16, 16, 1)
-fn gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wg.y * TILE + lid.y;
-    let col = wg.x * TILE + lid.x;
-    var acc = 0.0;
-    let tiles = (p.k + TILE - 1u) / TILE;
-    for (var t = 0u; t < tiles; t++) {
-        let ac = t * TILE + lid.x;
-        let br = t * TILE + lid.y;
-        var av = 0.0;
-        if (row < p.m && ac < p.k) {
-            av = a[p.a_off + row * p.lda + ac];
-        }
-        var bv = 0.0;
-        if (br < p.k && col < p.n) {
-            bv = b[p.b_off + br * p.ldb + col];
-        }
-        ta[lid.y][lid.x] = av;
-        tb[lid.y][lid.x] = bv;
-        workgroupBarrier();
-        for (var i = 0u; i < TILE; i++) {
-            acc += ta[lid.y][i] * tb[i][lid.x];
-        }
-        workgroupBarrier();
+@compute @workgroup_size(8, 8, 1)
+fn gemm(@builtin(global_invocation_id) id: vec3<u32>) {
+    let row0 = id.y * 4u;
+    let col0 = id.x * 4u;
+    if (row0 >= p.m || col0 >= p.n) {
+        return;
     }
-    if (row < p.m && col < p.n) {
-        let at = p.c_off + row * p.ldc + col;
-        if (p.beta == 0.0) {
-            c[at] = p.alpha * acc;
-        } else {
-            c[at] = p.alpha * acc + p.beta * c[at];
+    // Rows and columns past the edge repeat the last one (in bounds) and are not stored.
+    // Everything stays in named registers: indexed local arrays spill on some compilers.
+    let r0 = p.a_off + min(row0, p.m - 1u) * p.lda;
+    let r1 = p.a_off + min(row0 + 1u, p.m - 1u) * p.lda;
+    let r2 = p.a_off + min(row0 + 2u, p.m - 1u) * p.lda;
+    let r3 = p.a_off + min(row0 + 3u, p.m - 1u) * p.lda;
+    let c0 = min(col0, p.n - 1u);
+    let c1 = min(col0 + 1u, p.n - 1u);
+    let c2 = min(col0 + 2u, p.n - 1u);
+    let c3 = min(col0 + 3u, p.n - 1u);
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var kk = 0u; kk < p.k; kk++) {
+        let bo = p.b_off + kk * p.ldb;
+        let bv = vec4<f32>(b[bo + c0], b[bo + c1], b[bo + c2], b[bo + c3]);
+        acc0 += a[r0 + kk] * bv;
+        acc1 += a[r1 + kk] * bv;
+        acc2 += a[r2 + kk] * bv;
+        acc3 += a[r3 + kk] * bv;
+    }
+    store(row0, col0, acc0);
+    store(row0 + 1u, col0, acc1);
+    store(row0 + 2u, col0, acc2);
+    store(row0 + 3u, col0, acc3);
+}
+
+fn store(row: u32, col0: u32, v: vec4<f32>) {
+    if (row >= p.m) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let col = col0 + j;
+        if (col < p.n) {
+            let at = p.c_off + row * p.ldc + col;
+            if (p.beta == 0.0) {
+                c[at] = p.alpha * v[j];
+            } else {
+                c[at] = p.alpha * v[j] + p.beta * c[at];
+            }
         }
     }
 }

@@ -39,8 +39,12 @@ pub use program::FORMAT;
 /// The GEMM shader, compiled from `shaders/gemm.wgsl` by the build script.
 static GEMM_SPV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gemm.spv"));
 
-/// Side of the GEMM shader's output tile.
-const GEMM_TILE: usize = 16;
+/// SPIR-V of an empty kernel (`main`, one storage buffer it does not touch), for clients
+/// that measure a launch's round trip (`accel bench vulkan`).
+pub static NULL_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/null.spv"));
+
+/// Side of the tile of C one GEMM work group computes (8×8 invocations of 4×4 each).
+const GEMM_TILE: usize = 32;
 
 /// How many Vulkan devices this machine has; `ENODEV` with the reason when there is no
 /// loader.

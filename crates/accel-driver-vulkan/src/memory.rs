@@ -163,16 +163,20 @@ impl<'a> Binder<'a> {
             }
             // SAFETY: the job holds the buffer object (and so its mapping) until it completed,
             // and the imported memory is freed with the job.
-            if let Ok((buffer, memory)) = unsafe { self.gpu.import_host(ptr, whole) } {
-                self.owned.push(Owned::Buffer(buffer, Some(memory)));
-                self.imported.insert(ptr as usize, buffer);
-                return Ok(Bound { buffer, offset: r.offset as u64, len: r.len as u64 });
+            match unsafe { self.gpu.import_host(ptr, whole) } {
+                Ok((buffer, memory)) => {
+                    self.owned.push(Owned::Buffer(buffer, Some(memory)));
+                    self.imported.insert(ptr as usize, buffer);
+                    return Ok(Bound { buffer, offset: r.offset as u64, len: r.len as u64 });
+                }
+                Err(e) => tracing::debug!("host memory staged, not imported: {}", e.message),
             }
         }
         self.stage(r)
     }
 
     fn stage(&mut self, r: &BoRange) -> Result<Bound, DriverError> {
+        tracing::trace!("staging {} bytes", r.len);
         let size = (r.len as u64).max(4).next_multiple_of(4);
         let (buffer, memory) = self.gpu.buffer(size, self.gpu.staging_type, false)?;
         self.owned.push(Owned::Buffer(buffer, Some(memory)));

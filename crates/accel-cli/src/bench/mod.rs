@@ -17,6 +17,7 @@ mod copy;
 mod floor;
 mod isolation;
 mod syncobj;
+mod vulkan;
 
 /// Which benchmark.
 #[derive(Subcommand)]
@@ -100,6 +101,19 @@ pub enum Which {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// GEMM f32 through the vulkan driver (host and vram operands) against the cpu driver in
+    /// the same daemon, and a null launch's round trip against a null job on the cpu device.
+    Vulkan {
+        /// Matrix sizes n (n×n×n).
+        #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "256,512,1024")]
+        sizes: Vec<usize>,
+        /// Timed repetitions per size (after one warm-up); medians are reported.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Launch round trips timed.
+        #[arg(long, default_value_t = 2000)]
+        iters: usize,
+    },
     /// Copies between memory regions (host→device, device→host, device→device on testdev)
     /// against memcpy in this process, and copy/compute overlap on separate engines.
     Copy {
@@ -152,6 +166,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Ras { events, devices, scrapes } => ras(events.max(100), devices.max(1), scrapes.max(10)),
         Which::Bindings { iters, n, reps, rounds } => bindings::run(iters.max(100), n.max(1), reps.max(1), rounds),
         Which::Copy { mib, reps } => copy::run(mib.max(1), reps.max(1)),
+        Which::Vulkan { sizes, reps, iters } => vulkan::run(&sizes, reps.max(1), iters.max(10)),
         Which::Syncobj { peer: Some(socket), objs, .. } => syncobj::peer(&socket, &objs),
         Which::Syncobj { rounds, points, peer: None, .. } => syncobj::run(rounds.max(10), points.max(6)),
         Which::Isolation { seconds, load, hostile: Some(socket) } => isolation::hostile(&socket, seconds, &load),

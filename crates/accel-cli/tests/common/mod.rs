@@ -31,6 +31,12 @@ pub fn tenant(d: &Daemon, name: &str, token: &str, device: u32, memory_limit: u6
     a.call(&assign).unwrap();
 }
 
+/// The `accel` binary the tests run: `ACCEL_BIN` where a test binary runs away from its
+/// build tree (scripts/gpu-check.sh on the lent GPU machine), else the one cargo built.
+pub fn accel_bin() -> PathBuf {
+    std::env::var_os("ACCEL_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_accel")))
+}
+
 /// A daemon process on a private socket, killed on drop.
 pub struct Daemon {
     child: Child,
@@ -48,7 +54,7 @@ impl Daemon {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("accel-e2e-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_accel"));
+        let mut cmd = Command::new(accel_bin());
         cmd.arg("daemon").arg("--socket").arg(dir.join("s")).args(extra).env("ACCEL_LOG", "warn");
         if !extra.contains(&"--state-dir") {
             cmd.arg("--state-dir").arg(dir.join("state"));

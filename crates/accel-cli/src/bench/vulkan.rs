@@ -1,0 +1,117 @@
+//! `accel bench vulkan`: GEMM f32 through the vulkan driver against the cpu driver in the same
+//! daemon, and a null launch's round trip against a null job on the cpu device.
+//!
+//! On lavapipe (Vulkan on the CPU, what CI has) the GEMM figure is correctness and overhead,
+//! not a race: both run on the same cores, the cpu driver with a tuned GEMM, lavapipe with the
+//! driver's portable tiled shader. On a GPU it is the device's figure.
+
+use std::time::Instant;
+
+use accel::{Buffer, Device, GemmF32, LaunchArg, Op};
+use anyhow::{ensure, Result};
+
+use super::{median, percentiles};
+use crate::demo::pseudo_random;
+use crate::spawn::SpawnedDaemon;
+
+fn gemm_op(a: &Buffer, b: &Buffer, c: &Buffer, n: u64) -> Op {
+    Op::GemmF32(GemmF32 {
+        m: n,
+        n,
+        k: n,
+        a: a.matrix(0, n),
+        b: b.matrix(0, n),
+        c: c.matrix(0, n),
+        alpha: 1.0,
+        beta: 0.0,
+    })
+}
+
+/// Median seconds of `reps` GEMMs (after one warm-up) on `dev`, operands in `region`, and
+/// the first row of C.
+fn time_gemm(dev: &Device, n: usize, reps: usize, region: u32) -> Result<(f64, Vec<f32>)> {
+    let q = dev.create_queue()?;
+    let bytes = (n * n * 4) as u64;
+    let host: Vec<Buffer> = (0..3).map(|_| dev.alloc(bytes)).collect::<accel::Result<_>>()?;
+    host[0].write_f32(0, &pseudo_random(n * n, 3))?;
+    host[1].write_f32(0, &pseudo_random(n * n, 4))?;
+    let vram: Vec<Buffer> = if region == 0 {
+        Vec::new()
+    } else {
+        let v: Vec<Buffer> = (0..3).map(|_| dev.alloc_in(bytes, region)).collect::<accel::Result<_>>()?;
+        for (h, d) in host.iter().zip(&v) {
+            q.submit(Op::Copy { src: h.whole(), dst: d.whole() })?;
+        }
+        v
+    };
+    let ops = if region == 0 { &host } else { &vram };
+    let op = gemm_op(&ops[0], &ops[1], &ops[2], n as u64);
+    let mut t = Vec::new();
+    for rep in 0..=reps {
+        let start = Instant::now();
+        q.submit(op)?.wait()?;
+        if rep > 0 {
+            t.push(start.elapsed().as_secs_f64());
+        }
+    }
+    if region != 0 {
+        q.submit(Op::Copy { src: ops[2].whole(), dst: host[2].whole() })?.wait()?;
+    }
+    Ok((median(t), host[2].read_f32(0, n)?))
+}
+
+/// Round trips of one job submitted and waited for.
+fn round_trips(dev: &Device, op: Op, iters: usize) -> Result<Vec<u64>> {
+    let q = dev.create_queue()?;
+    for _ in 0..iters / 10 {
+        q.submit(op)?.wait()?;
+    }
+    let mut ns = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        q.submit(op)?.wait()?;
+        ns.push(t.elapsed().as_nanos() as u64);
+    }
+    Ok(ns)
+}
+
+pub fn run(sizes: &[usize], reps: usize, iters: usize) -> Result<()> {
+    let daemon = SpawnedDaemon::start(&["cpu", "vulkan:0"])?;
+    let cpu = Device::open_at(daemon.socket(), 0)?;
+    let vk = Device::open_at(daemon.socket(), 1)?;
+    let name = vk.info().name.replace('"', "'");
+    for &n in sizes {
+        let flops = 2.0 * (n as f64).powi(3);
+        let (cpu_s, want) = time_gemm(&cpu, n, reps, 0)?;
+        let (host_s, got_host) = time_gemm(&vk, n, reps, 0)?;
+        let (vram_s, got_vram) = time_gemm(&vk, n, reps, 1)?;
+        let worst =
+            |got: &[f32]| got.iter().zip(&want).map(|(g, w)| (g - w).abs() / w.abs().max(1.0)).fold(0f32, f32::max);
+        ensure!(worst(&got_host) < 1e-3 && worst(&got_vram) < 1e-3, "vulkan and cpu GEMM results differ");
+        let g = |s: f64| flops / s / 1e9;
+        println!(
+            "{{\"bench\":\"vulkan-gemm\",\"device\":\"{name}\",\"n\":{n},\"reps\":{reps},\"cpu_gflops\":{:.2},\"vulkan_host_gflops\":{:.2},\"vulkan_vram_gflops\":{:.2},\"ratio_host\":{:.3},\"ratio_vram\":{:.3}}}",
+            g(cpu_s),
+            g(host_s),
+            g(vram_s),
+            cpu_s / host_s,
+            cpu_s / vram_s
+        );
+    }
+    // A null launch (one empty work group) against a null job on the cpu device: what a
+    // launch through Vulkan adds to accel's round trip.
+    let program = vk.load_program(accel_driver_vulkan::FORMAT, accel_driver_vulkan::NULL_SPIRV)?;
+    let scratch = vk.alloc_in(4096, 1)?;
+    let launch = program.launch("main", [1, 1, 1], &[LaunchArg::Buffer(scratch.whole())])?;
+    let (l50, l99, _) = percentiles(round_trips(&vk, launch, iters)?);
+    let (n50, n99, _) = percentiles(round_trips(&cpu, Op::Nop, iters)?);
+    println!(
+        "{{\"bench\":\"vulkan-launch\",\"device\":\"{name}\",\"iters\":{iters},\"launch_p50_us\":{:.1},\"launch_p99_us\":{:.1},\"cpu_nop_p50_us\":{:.1},\"cpu_nop_p99_us\":{:.1},\"ratio_p50\":{:.2}}}",
+        l50 as f64 / 1e3,
+        l99 as f64 / 1e3,
+        n50 as f64 / 1e3,
+        n99 as f64 / 1e3,
+        l50 as f64 / n50.max(1) as f64
+    );
+    Ok(())
+}
