@@ -34,7 +34,7 @@ pub enum RasCommand {
         #[command(flatten)]
         at: CounterRef,
         /// The threshold.
-        value: u64,
+        value: u32,
     },
 }
 
@@ -69,7 +69,7 @@ struct Node {
 
 fn nodes(ras: &mut Ras) -> Result<Vec<Node>> {
     Ok(ras
-        .request(RasMsg::new(RasCmd::ListNodes, vec![]), true)?
+        .request(RasMsg::new(RasCmd::ListNodes, vec![RasAttr::AccelExt]), true)?
         .iter()
         .map(|m| Node {
             id: node_id(m),
@@ -100,8 +100,11 @@ fn show(ras: &mut Ras) -> Result<()> {
         "DEVICE", "NODE", "HEALTH", "ERROR", "SEVERITY", "COUNT", "THRESHOLD"
     );
     for n in nodes(ras)? {
-        for c in ras.request(RasMsg::new(RasCmd::GetErrorCounter, vec![RasAttr::NodeId(n.id)]), true)? {
+        let get = RasMsg::new(RasCmd::GetErrorCounter, vec![RasAttr::NodeId(n.id), RasAttr::AccelExt]);
+        for c in ras.request(get, true)? {
             let sev = c.severity().unwrap_or(0);
+            let ids = vec![RasAttr::NodeId(n.id), RasAttr::ErrorId(c.error_id().unwrap_or(0))];
+            let threshold = ras.request(RasMsg::new(RasCmd::GetErrorThreshold, ids), false)?;
             println!(
                 "{:<8} {:<13} {:<18} {:<20} {:<12} {:>12} {:>10}",
                 n.device,
@@ -110,7 +113,7 @@ fn show(ras: &mut Ras) -> Result<()> {
                 c.error_name().unwrap_or_default(),
                 Severity::ALL.get(sev as usize).map_or("?", |s| s.name()),
                 c.value().unwrap_or(0),
-                c.threshold().unwrap_or(0),
+                threshold.first().and_then(RasMsg::threshold).unwrap_or(0),
             );
         }
     }
@@ -144,7 +147,7 @@ fn health(ras: &mut Ras) -> Result<()> {
 fn watch(socket: &Path) -> Result<()> {
     let mut ras = Ras::connect(socket)?;
     let names = nodes(&mut ras)?;
-    let mut events = ras.subscribe()?;
+    let mut events = ras.subscribe_ext()?;
     let mut last_seq = None;
     loop {
         let e = events.next_event().context("event stream ended")?;
@@ -198,7 +201,7 @@ pub fn run(socket: &Path, cmd: Option<RasCommand>) -> Result<()> {
         RasCommand::Threshold { at, value } => {
             let mut ras = connect()?;
             let (n, e) = resolve(&mut ras, &at)?;
-            let attrs = vec![RasAttr::NodeId(n), RasAttr::ErrorId(e), RasAttr::Threshold(value)];
+            let attrs = vec![RasAttr::NodeId(n), RasAttr::ErrorId(e), RasAttr::ErrorThreshold(value)];
             ras.request(RasMsg::new(RasCmd::SetErrorThreshold, attrs), false)?;
             Ok(())
         }

@@ -12,9 +12,8 @@ use accel_uapi::ras as nl;
 use common::Daemon;
 
 fn counter(ras: &mut Ras, node: u32, error: u32) -> u64 {
-    let r = ras
-        .request(RasMsg::new(RasCmd::GetErrorCounter, vec![RasAttr::NodeId(node), RasAttr::ErrorId(error)]), false)
-        .unwrap();
+    let ids = vec![RasAttr::NodeId(node), RasAttr::ErrorId(error), RasAttr::AccelExt];
+    let r = ras.request(RasMsg::new(RasCmd::GetErrorCounter, ids), false).unwrap();
     r[0].value().unwrap()
 }
 
@@ -34,7 +33,7 @@ const ECC_UE: (u32, u32) = (1, 2);
 fn injected_errors_show_in_counters_health_and_events() {
     let d = Daemon::start(&["testdev", "cpu"]);
     let mut ras = Ras::connect(d.socket()).unwrap();
-    let nodes = ras.request(RasMsg::new(RasCmd::ListNodes, vec![]), true).unwrap();
+    let nodes = ras.request(RasMsg::new(RasCmd::ListNodes, vec![RasAttr::AccelExt]), true).unwrap();
     // testdev: memory, compute, interconnect, firmware, thermal; cpu: memory, thermal.
     assert_eq!(nodes.len(), 7);
     let first = &nodes[0].attrs;
@@ -42,7 +41,7 @@ fn injected_errors_show_in_counters_health_and_events() {
         first.contains(&RasAttr::NodeName("memory".into())) && first.contains(&RasAttr::DeviceName("accel0".into()))
     );
 
-    let events = Ras::connect(d.socket()).unwrap().subscribe().unwrap();
+    let events = Ras::connect(d.socket()).unwrap().subscribe_ext().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut events = events;
@@ -67,22 +66,28 @@ fn injected_errors_show_in_counters_health_and_events() {
     assert!(got[0].attrs.contains(&RasAttr::EventDelta(5)) && got[0].attrs.contains(&RasAttr::ErrorValueU64(5)));
     assert!(got[2].attrs.contains(&RasAttr::EventKind(3)), "recovered");
     // The dump is the resync path: the same events, in order.
-    let dump = ras.request(RasMsg::new(RasCmd::ErrorEvent, vec![]), true).unwrap();
-    assert_eq!(dump.len(), 3);
+    let dump = ras.request(RasMsg::new(RasCmd::DumpEvents, vec![RasAttr::AccelExt]), true).unwrap();
+    assert_eq!(dump.iter().map(|e| e.event_seq().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3]);
 
     // Thresholds and clearing.
     ras.request(
-        RasMsg::new(RasCmd::SetErrorThreshold, vec![RasAttr::NodeId(1), RasAttr::ErrorId(1), RasAttr::Threshold(4)]),
+        RasMsg::new(
+            RasCmd::SetErrorThreshold,
+            vec![RasAttr::NodeId(1), RasAttr::ErrorId(1), RasAttr::ErrorThreshold(4)],
+        ),
         false,
     )
     .unwrap();
     let t = ras
         .request(RasMsg::new(RasCmd::GetErrorThreshold, vec![RasAttr::NodeId(1), RasAttr::ErrorId(1)]), false)
         .unwrap();
-    assert!(t[0].attrs.contains(&RasAttr::Threshold(4)));
+    assert_eq!(
+        t[0].attrs,
+        vec![RasAttr::ErrorId(1), RasAttr::ErrorName("ecc-corrected".into()), RasAttr::ErrorThreshold(4)]
+    );
     ras.request(RasMsg::new(RasCmd::ClearErrorCounter, vec![RasAttr::NodeId(1), RasAttr::ErrorId(2)]), false).unwrap();
     assert_eq!(counter(&mut ras, ECC_UE.0, ECC_UE.1), 0);
-    let nodes = ras.request(RasMsg::new(RasCmd::ListNodes, vec![]), true).unwrap();
+    let nodes = ras.request(RasMsg::new(RasCmd::ListNodes, vec![RasAttr::AccelExt]), true).unwrap();
     assert!(nodes[0].attrs.contains(&RasAttr::NodeHealth(1)), "5 corrected ≥ threshold 4: predicted failure");
 }
 
@@ -96,15 +101,64 @@ fn bad_requests_get_netlink_errors() {
         Errno::ENOENT
     );
     assert_eq!(code(ras.request(RasMsg::new(RasCmd::GetErrorCounter, vec![RasAttr::NodeId(1)]), false)), Errno::EINVAL);
+    // An error id outside the node's range is EINVAL, as the kernel's.
+    let e = ras.request(RasMsg::new(RasCmd::GetErrorCounter, vec![RasAttr::NodeId(1), RasAttr::ErrorId(9)]), false);
+    let e = e.unwrap_err();
+    assert_eq!(e.code, Errno::EINVAL);
+    assert!(e.message.contains("outside node 1"), "the extended ACK's message: {}", e.message);
+    // A do of a dump-only command, and a do or dump of the notification, are EOPNOTSUPP.
+    assert_eq!(code(ras.request(RasMsg::new(RasCmd::ListNodes, vec![]), false)), Errno::EOPNOTSUPP);
+    assert_eq!(code(ras.request(RasMsg::new(RasCmd::ErrorEvent, vec![]), true)), Errno::EOPNOTSUPP);
     // accel1 is the cpu device: its driver cannot inject (node 6 is its memory node).
     assert_eq!(code(inject(&mut ras, 6, 1, 1)), Errno::EOPNOTSUPP);
     // Garbage inside a Netlink request gets an NLMSG_ERROR, and the connection goes on.
     let mut conn = accel::Connection::connect(d.socket()).unwrap();
     match conn.call(&accel_uapi::Request::Netlink(vec![1, 2, 3])).unwrap() {
-        accel_uapi::Reply::Netlink(frames) => assert_eq!(nl::decode(&frames[0]).unwrap(), nl::Parsed::Error(Some(-22))),
+        accel_uapi::Reply::Netlink(frames) => {
+            assert!(matches!(nl::decode(&frames[0]).unwrap(), nl::Parsed::Error(Some(-22), Some(_))))
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(conn.list_devices().unwrap().len(), 2);
+}
+
+#[test]
+fn tenants_see_their_own_devices_renumbered_and_change_nothing() {
+    let d = Daemon::start(&["cpu", "testdev"]);
+    common::tenant(&d, "a", "tok-a", 1, 0, 0);
+    let mut root = Ras::connect(d.socket()).unwrap();
+    let conn = || accel::Connection::connect_with_token(d.socket(), Some("tok-a")).unwrap();
+    let mut ras = Ras::over(conn()).unwrap();
+    let nodes = ras.request(RasMsg::new(RasCmd::ListNodes, vec![]), true).unwrap();
+    let names: Vec<_> = nodes.iter().map(|n| (n.device_name().unwrap(), n.node_name().unwrap())).collect();
+    let want = ["memory", "compute", "interconnect", "firmware", "thermal"];
+    assert_eq!(names, want.iter().map(|n| ("accel0".to_string(), n.to_string())).collect::<Vec<_>>());
+    // The cpu device's nodes (1, 2) do not exist for the tenant; testdev's memory (3) does.
+    let get = |node| RasMsg::new(RasCmd::GetErrorCounter, vec![RasAttr::NodeId(node), RasAttr::ErrorId(1)]);
+    assert_eq!(ras.request(get(1), false).unwrap_err().code, Errno::ENOENT);
+    assert_eq!(ras.request(get(3), false).unwrap()[0].error_name().as_deref(), Some("ecc-corrected"));
+    for cmd in [RasCmd::ClearErrorCounter, RasCmd::InjectError, RasCmd::SetErrorThreshold, RasCmd::Recover] {
+        let msg = RasMsg::new(cmd, vec![RasAttr::NodeId(3), RasAttr::ErrorId(1), RasAttr::ErrorThreshold(1)]);
+        assert_eq!(ras.request(msg, false).unwrap_err().code, Errno::EPERM, "{}", cmd.name());
+    }
+    // Events: the tenant's subscription gets its device's, renamed; not the cpu device's.
+    let mut events = Ras::over(conn()).unwrap().subscribe().unwrap();
+    inject(&mut root, 1, 1, 1).unwrap_err(); // the cpu driver cannot inject: no event
+    inject(&mut root, 3, 2, 1).unwrap();
+    let e = events.next_event().unwrap();
+    assert_eq!(e.cmd, RasCmd::ErrorEvent);
+    assert_eq!(
+        e.attrs,
+        vec![
+            RasAttr::DeviceName("accel0".into()),
+            RasAttr::NodeId(3),
+            RasAttr::NodeName("memory".into()),
+            RasAttr::ErrorId(2),
+            RasAttr::ErrorName("ecc-uncorrected".into()),
+            RasAttr::ErrorValue(1),
+        ],
+        "exactly the kernel's error-event attributes"
+    );
 }
 
 #[test]
@@ -144,10 +198,10 @@ fn counters_survive_a_daemon_crash_and_restart() {
     let d = Daemon::start_with(&["testdev"], &["--state-dir", state_arg]);
     let mut ras = Ras::connect(d.socket()).unwrap();
     assert_eq!(counter(&mut ras, ECC_CE.0, ECC_CE.1), 42);
-    let history = ras.request(RasMsg::new(RasCmd::ErrorEvent, vec![]), true).unwrap();
+    let history = ras.request(RasMsg::new(RasCmd::DumpEvents, vec![RasAttr::AccelExt]), true).unwrap();
     assert_eq!(history.len(), 2, "the event history was replayed");
     inject(&mut ras, ECC_CE.0, ECC_CE.1, 1).unwrap();
-    let last = ras.request(RasMsg::new(RasCmd::ErrorEvent, vec![]), true).unwrap().pop().unwrap();
+    let last = ras.request(RasMsg::new(RasCmd::DumpEvents, vec![RasAttr::AccelExt]), true).unwrap().pop().unwrap();
     assert!(last.attrs.contains(&RasAttr::EventSeq(3)), "sequence numbers continue: {:?}", last.attrs);
     let _ = std::fs::remove_dir_all(&state);
 }

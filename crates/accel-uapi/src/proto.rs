@@ -701,11 +701,14 @@ pub enum Request {
     },
     /// Import the syncobj whose descriptor travels with this message.
     SyncobjImport,
-    /// One message of the RAS netlink family ([`crate::ras`]). Replies are
-    /// [`Reply::Netlink`]; a dump may take several, the last ending in `NLMSG_DONE`.
+    /// One message of the RAS netlink family ([`crate::ras`]), or of the generic netlink
+    /// controller (`CTRL_CMD_GETFAMILY`, to resolve the family by name). Replies are
+    /// [`Reply::Netlink`]; a dump may take several, the last ending in `NLMSG_DONE`. A tenant
+    /// sees its own devices' nodes; changes need an admin of the root namespace.
     Netlink(Vec<u8>),
     /// Join the RAS `error-report` multicast group: after the `Ok` reply, the connection
-    /// only delivers events, each a [`Reply::Netlink`] with sequence number 0.
+    /// only delivers events, each a [`Reply::Netlink`] with sequence number 0 holding an
+    /// `error-event` with the kernel's attributes. A tenant gets its own devices' events.
     RasSubscribe,
     /// Create a namespace (admin, root namespace).
     NsCreate {
@@ -871,6 +874,10 @@ pub enum Request {
         /// The program.
         handle: ProgramHandle,
     },
+    /// Join the `error-report` group with accel's attributes in every event (sequence number,
+    /// timestamp, kind, delta, severity, 64-bit value), as if each request carried `accel-ext`
+    /// (ABI 3.1). [`Request::RasSubscribe`]'s events carry exactly the kernel's attributes.
+    RasSubscribeExt,
     /// Take the messages of a ring's failed entries (ABI 3.1): a completion carries only an
     /// errno, so the words behind it (a refusal's reason, a driver's or compiler's error text)
     /// wait here, the newest [`crate::ring::MAX_RING_ERRORS`] of them. [`Reply::RingErrors`].

@@ -1,10 +1,14 @@
 //! The RAS netlink family: nlmsghdr + genlmsghdr + attributes, encoded with
 //! `netlink-packet-core` / `netlink-packet-generic`.
 //!
-//! It is the kernel's `drm-ras` family (same name, version, command and attribute
-//! ids) plus accel's additions, numbered after the kernel's, so a drm-ras client
-//! works unchanged. `specs/drm-ras.yaml` describes the family in YNL form; a test
-//! checks it against [`ATTRIBUTES`] and [`COMMANDS`] and against what the encoder emits.
+//! It is the kernel's `drm-ras` family: the kernel's commands and attributes (and those of
+//! the upstream threshold and error-event proposals) keep their ids and answer with exactly
+//! the kernel's attributes, so a tool written from the kernel's spec works unchanged. accel's
+//! additions live where upstream cannot collide with them: attributes from
+//! [`ACCEL_ATTR_BASE`] (sent only when a request carries `accel-ext`) and commands from
+//! [`ACCEL_CMD_BASE`]. `specs/drm-ras.yaml` describes the family in YNL form; tests check
+//! it against [`ATTRIBUTES`] and [`COMMANDS`], against the kernel's genetlink schema, and
+//! drive the daemon with a spec-driven codec built from the kernel's own spec file.
 //!
 //! Messages travel on the daemon socket inside [`crate::Request::Netlink`] /
 //! [`crate::Reply::Netlink`]; events arrive on a connection that joined the
@@ -12,39 +16,66 @@
 
 use netlink_packet_core::{
     emit_u32, emit_u64, parse_string, parse_u32, parse_u64, parse_u8, DecodeError, Emitable, ErrorContext,
-    ErrorMessage, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NlaBuffer, NlasIterator, ParseableParametrized,
-    NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST,
+    ErrorMessage, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, Nla,
+    NlaBuffer, NlasIterator, ParseableParametrized, NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST,
 };
+use netlink_packet_generic::ctrl::nlas::{GenlCtrlAttrs, McastGrpAttrs, OpAttrs};
+use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
 
 /// Family name (the kernel's).
 pub const FAMILY_NAME: &str = "drm-ras";
 /// Family version (the kernel's).
 pub const FAMILY_VERSION: u8 = 1;
-/// The family's id on the accel socket (there is no genl controller to resolve it).
+/// The family's id on the accel socket; clients resolve it by name through the controller
+/// ([`ctrl_get_family`]), as with any generic netlink family.
 pub const FAMILY_ID: u16 = 0x20;
-/// The multicast group error events go to.
+/// The generic netlink controller's family id (`GENL_ID_CTRL`).
+pub const GENL_ID_CTRL: u16 = 0x10;
+/// The multicast group error events go to (the upstream error-event patch's name).
 pub const MCGRP_ERROR_REPORT: &str = "error-report";
+/// The group's id, as `CTRL_CMD_GETFAMILY` reports it.
+pub const MCGRP_ERROR_REPORT_ID: u32 = 1;
 /// `node-type` value of error-counter nodes (the only kind).
 pub const NODE_TYPE_ERROR_COUNTER: u32 = 1;
+/// First id of accel's attributes inside the kernel's attribute sets: far above anything
+/// upstream will number, so accel's additions never collide with the kernel's.
+pub const ACCEL_ATTR_BASE: u16 = 0x1000;
+/// First id of accel's own commands: the kernel numbers its commands from 1 upwards.
+pub const ACCEL_CMD_BASE: u8 = 128;
+
+/// `NLM_F_ACK`: the sender wants an acknowledgement.
+pub const NLM_F_ACK: u16 = 0x4;
+/// `NLM_F_CAPPED`: an error message carries only the request's header.
+pub const NLM_F_CAPPED: u16 = 0x100;
+/// `NLM_F_ACK_TLVS`: an error message carries extended-ack attributes.
+pub const NLM_F_ACK_TLVS: u16 = 0x200;
+/// `NLMSGERR_ATTR_MSG`: the extended ack's human-readable message.
+pub const NLMSGERR_ATTR_MSG: u16 = 1;
 
 /// Attribute sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttrSet {
     /// `node-attrs` (drm-ras).
     Node,
-    /// `error-counter-attrs` (drm-ras, extended).
+    /// `error-counter-attrs` (drm-ras, with the upstream threshold proposal).
     ErrorCounter,
-    /// `reporter-attrs` (accel).
+    /// `error-event-attrs` (the upstream error-event proposal).
+    ErrorEvent,
+    /// `reporter-attrs` (accel's own).
     Reporter,
 }
 
 impl AttrSet {
+    /// Every set.
+    pub const ALL: [AttrSet; 4] = [AttrSet::Node, AttrSet::ErrorCounter, AttrSet::ErrorEvent, AttrSet::Reporter];
+
     /// Name in the YNL spec.
     pub fn name(self) -> &'static str {
         match self {
             AttrSet::Node => "node-attrs",
             AttrSet::ErrorCounter => "error-counter-attrs",
+            AttrSet::ErrorEvent => "error-event-attrs",
             AttrSet::Reporter => "reporter-attrs",
         }
     }
@@ -53,6 +84,8 @@ impl AttrSet {
 /// Attribute value types, as the YNL spec names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttrType {
+    /// `flag` (no payload).
+    Flag,
     /// `u8`.
     U8,
     /// `u32`.
@@ -67,6 +100,7 @@ impl AttrType {
     /// Name in the YNL spec.
     pub fn name(self) -> &'static str {
         match self {
+            AttrType::Flag => "flag",
             AttrType::U8 => "u8",
             AttrType::U32 => "u32",
             AttrType::U64 => "u64",
@@ -75,26 +109,41 @@ impl AttrType {
     }
 }
 
-/// Every attribute: (set, name, id, type). The kernel's come first in each set.
+const EXT: u16 = ACCEL_ATTR_BASE;
+
+/// Every attribute: (set, name, id, type). The kernel's ids (and the upstream proposals')
+/// come first; accel's start at [`ACCEL_ATTR_BASE`] with `accel-ext`, the request flag that
+/// asks for them — replies to a request without it carry exactly the kernel's attributes.
 pub const ATTRIBUTES: &[(AttrSet, &str, u16, AttrType)] = &[
     (AttrSet::Node, "node-id", 1, AttrType::U32),
     (AttrSet::Node, "device-name", 2, AttrType::String),
     (AttrSet::Node, "node-name", 3, AttrType::String),
     (AttrSet::Node, "node-type", 4, AttrType::U32),
-    (AttrSet::Node, "node-health", 5, AttrType::U32),
-    (AttrSet::Node, "device-health", 6, AttrType::U32),
+    (AttrSet::Node, "accel-ext", EXT, AttrType::Flag),
+    (AttrSet::Node, "node-health", EXT + 1, AttrType::U32),
+    (AttrSet::Node, "device-health", EXT + 2, AttrType::U32),
     (AttrSet::ErrorCounter, "node-id", 1, AttrType::U32),
     (AttrSet::ErrorCounter, "error-id", 2, AttrType::U32),
     (AttrSet::ErrorCounter, "error-name", 3, AttrType::String),
     (AttrSet::ErrorCounter, "error-value", 4, AttrType::U32),
-    (AttrSet::ErrorCounter, "error-value-u64", 5, AttrType::U64),
-    (AttrSet::ErrorCounter, "severity", 6, AttrType::U32),
-    (AttrSet::ErrorCounter, "threshold", 7, AttrType::U64),
-    (AttrSet::ErrorCounter, "event-seq", 8, AttrType::U64),
-    (AttrSet::ErrorCounter, "event-timestamp", 9, AttrType::U64),
-    (AttrSet::ErrorCounter, "event-kind", 10, AttrType::U32),
-    (AttrSet::ErrorCounter, "event-delta", 11, AttrType::U64),
-    (AttrSet::ErrorCounter, "count", 12, AttrType::U64),
+    (AttrSet::ErrorCounter, "error-threshold", 5, AttrType::U32),
+    (AttrSet::ErrorCounter, "accel-ext", EXT, AttrType::Flag),
+    (AttrSet::ErrorCounter, "error-value-u64", EXT + 1, AttrType::U64),
+    (AttrSet::ErrorCounter, "severity", EXT + 2, AttrType::U32),
+    (AttrSet::ErrorCounter, "count", EXT + 3, AttrType::U64),
+    (AttrSet::ErrorEvent, "device-name", 1, AttrType::String),
+    (AttrSet::ErrorEvent, "node-id", 2, AttrType::U32),
+    (AttrSet::ErrorEvent, "node-name", 3, AttrType::String),
+    (AttrSet::ErrorEvent, "error-id", 4, AttrType::U32),
+    (AttrSet::ErrorEvent, "error-name", 5, AttrType::String),
+    (AttrSet::ErrorEvent, "error-value", 6, AttrType::U32),
+    (AttrSet::ErrorEvent, "accel-ext", EXT, AttrType::Flag),
+    (AttrSet::ErrorEvent, "error-value-u64", EXT + 1, AttrType::U64),
+    (AttrSet::ErrorEvent, "severity", EXT + 2, AttrType::U32),
+    (AttrSet::ErrorEvent, "event-seq", EXT + 3, AttrType::U64),
+    (AttrSet::ErrorEvent, "event-timestamp", EXT + 4, AttrType::U64),
+    (AttrSet::ErrorEvent, "event-kind", EXT + 5, AttrType::U32),
+    (AttrSet::ErrorEvent, "event-delta", EXT + 6, AttrType::U64),
     (AttrSet::Reporter, "node-id", 1, AttrType::U32),
     (AttrSet::Reporter, "error-count", 2, AttrType::U64),
     (AttrSet::Reporter, "recovery-count", 3, AttrType::U64),
@@ -106,9 +155,31 @@ pub const ATTRIBUTES: &[(AttrSet, &str, u16, AttrType)] = &[
     (AttrSet::Reporter, "node-health", 9, AttrType::U32),
 ];
 
+/// The entry of attribute `name` in `set`.
+pub fn attr_by_name(set: AttrSet, name: &str) -> Option<&'static (AttrSet, &'static str, u16, AttrType)> {
+    ATTRIBUTES.iter().find(|a| a.0 == set && a.1 == name)
+}
+
+/// The entry of attribute `id` in `set`.
+pub fn attr_by_id(set: AttrSet, id: u16) -> Option<&'static (AttrSet, &'static str, u16, AttrType)> {
+    ATTRIBUTES.iter().find(|a| a.0 == set && a.2 == id)
+}
+
+/// What an operation offers: `do`, `dump`, and whether it needs admin rights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpCaps {
+    /// Has a `do`.
+    pub doit: bool,
+    /// Has a `dump`.
+    pub dump: bool,
+    /// Changes state: root or the daemon's user only (`GENL_ADMIN_PERM` on the kernel's).
+    pub admin: bool,
+}
+
 macro_rules! commands {
-    ($($variant:ident = $id:literal, $name:literal, $set:ident, $doc:literal;)*) => {
-        /// Commands: the kernel's drm-ras ones (1–6), then accel's.
+    ($($variant:ident = $id:literal, $name:literal, $set:ident, do $doit:literal, dump $dump:literal, admin $admin:literal, $doc:literal;)*) => {
+        /// Commands: the kernel's drm-ras ones (1–3), the upstream proposals' (4–6), then
+        /// accel's from [`ACCEL_CMD_BASE`].
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub enum RasCmd {
             $(#[doc = $doc] $variant = $id,)*
@@ -130,22 +201,27 @@ macro_rules! commands {
             pub fn name(self) -> &'static str {
                 match self { $(RasCmd::$variant => $name,)* }
             }
+            /// What the operation offers.
+            pub fn caps(self) -> OpCaps {
+                match self { $(RasCmd::$variant => OpCaps { doit: $doit, dump: $dump, admin: $admin },)* }
+            }
         }
     };
 }
 
 commands! {
-    ListNodes = 1, "list-nodes", Node, "Dump every node.";
-    GetErrorCounter = 2, "get-error-counter", ErrorCounter, "Do: one counter (node-id, error-id). Dump: a node's counters.";
-    ClearErrorCounter = 3, "clear-error-counter", ErrorCounter, "Set a counter to zero (admin).";
-    ErrorEvent = 4, "error-event", ErrorCounter, "Notification on the error-report group; dump: recent events (resync).";
-    GetErrorThreshold = 5, "get-error-threshold", ErrorCounter, "A counter's threshold.";
-    SetErrorThreshold = 6, "set-error-threshold", ErrorCounter, "Set a counter's threshold (admin).";
-    GetHealth = 7, "get-health", Reporter, "A node's reporter and health (do), or every node's (dump).";
-    Recover = 8, "recover", Reporter, "Run a node's recovery (admin).";
-    Diagnose = 9, "diagnose", Reporter, "A node's state as key/value pairs (dump).";
-    SetReporter = 10, "set-reporter", Reporter, "Set grace period / auto-recover of a node's reporter (admin).";
-    InjectError = 11, "inject-error", ErrorCounter, "Inject errors through the driver (admin, test devices).";
+    ListNodes = 1, "list-nodes", Node, do false, dump true, admin false, "Dump every node.";
+    GetErrorCounter = 2, "get-error-counter", ErrorCounter, do true, dump true, admin false, "Do: one counter (node-id, error-id). Dump: a node's counters.";
+    ClearErrorCounter = 3, "clear-error-counter", ErrorCounter, do true, dump false, admin true, "Set a counter to zero.";
+    GetErrorThreshold = 4, "get-error-threshold", ErrorCounter, do true, dump false, admin false, "A counter's threshold (upstream proposal).";
+    SetErrorThreshold = 5, "set-error-threshold", ErrorCounter, do true, dump false, admin true, "Set a counter's threshold (upstream proposal).";
+    ErrorEvent = 6, "error-event", ErrorEvent, do false, dump false, admin false, "Notification on the error-report group (upstream proposal).";
+    GetHealth = 128, "get-health", Reporter, do true, dump true, admin false, "accel: a node's reporter and health (do), or every node's (dump).";
+    Recover = 129, "recover", Reporter, do true, dump false, admin true, "accel: run a node's recovery.";
+    Diagnose = 130, "diagnose", Reporter, do false, dump true, admin false, "accel: a node's state as key/value pairs.";
+    SetReporter = 131, "set-reporter", Reporter, do true, dump false, admin true, "accel: set grace period / auto-recover of a node's reporter.";
+    InjectError = 132, "inject-error", ErrorCounter, do true, dump false, admin true, "accel: inject errors through the driver (test devices).";
+    DumpEvents = 133, "dump-events", ErrorEvent, do false, dump true, admin false, "accel: the recent error events, for resynchronisation after a gap.";
 }
 
 /// An attribute value.
@@ -159,7 +235,9 @@ pub enum RasAttr {
     NodeName(String),
     /// `node-type`.
     NodeType(u32),
-    /// `node-health` (node set) / reporter's `node-health`: a [`crate::Health`] index.
+    /// `accel-ext`: in a request, asks for accel's attributes in the replies.
+    AccelExt,
+    /// `node-health` (node and reporter sets): a [`crate::Health`] index.
     NodeHealth(u32),
     /// `device-health`.
     DeviceHealth(u32),
@@ -169,19 +247,19 @@ pub enum RasAttr {
     ErrorName(String),
     /// `error-value` (u32, saturating: the kernel's type).
     ErrorValue(u32),
+    /// `error-threshold` (u32, saturating; 0 means none).
+    ErrorThreshold(u32),
     /// `error-value-u64`.
     ErrorValueU64(u64),
     /// `severity`: a [`crate::Severity`] index.
     Severity(u32),
-    /// `threshold`.
-    Threshold(u64),
-    /// `event-seq`.
+    /// `event-seq`: consecutive; a gap means missed events.
     EventSeq(u64),
     /// `event-timestamp` (`CLOCK_MONOTONIC` ns).
     EventTimestamp(u64),
     /// `event-kind`: 0 error, 1 cleared, 2 threshold set, 3 recovered.
     EventKind(u32),
-    /// `event-delta`.
+    /// `event-delta`: errors the event added.
     EventDelta(u64),
     /// `count` (inject).
     Count(u64),
@@ -201,79 +279,115 @@ pub enum RasAttr {
     DiagValue(String),
 }
 
+/// A decoded attribute payload.
+enum Value {
+    Flag,
+    U8(u8),
+    U32(u32),
+    U64(u64),
+    Str(String),
+}
+
 impl RasAttr {
     /// Spec name of the attribute.
-    pub fn name(&self, set: AttrSet) -> &'static str {
-        let id = self.id(set);
-        ATTRIBUTES.iter().find(|a| a.0 == set && a.2 == id).map_or("?", |a| a.1)
-    }
-
-    /// Id of the attribute within `set`.
-    pub fn id(&self, set: AttrSet) -> u16 {
+    pub fn name(&self) -> &'static str {
         use RasAttr::*;
-        match (set, self) {
-            (_, NodeId(_)) => 1,
-            (_, DeviceName(_)) => 2,
-            (_, NodeName(_)) => 3,
-            (_, NodeType(_)) => 4,
-            (AttrSet::Reporter, NodeHealth(_)) => 9,
-            (_, NodeHealth(_)) => 5,
-            (_, DeviceHealth(_)) => 6,
-            (_, ErrorId(_)) => 2,
-            (_, ErrorName(_)) => 3,
-            (_, ErrorValue(_)) => 4,
-            (_, ErrorValueU64(_)) => 5,
-            (_, Severity(_)) => 6,
-            (_, Threshold(_)) => 7,
-            (_, EventSeq(_)) => 8,
-            (_, EventTimestamp(_)) => 9,
-            (_, EventKind(_)) => 10,
-            (_, EventDelta(_)) => 11,
-            (_, Count(_)) => 12,
-            (_, ErrorCount(_)) => 2,
-            (_, RecoveryCount(_)) => 3,
-            (_, GracePeriodMs(_)) => 4,
-            (_, AutoRecover(_)) => 5,
-            (_, Healthy(_)) => 6,
-            (_, DiagKey(_)) => 7,
-            (_, DiagValue(_)) => 8,
+        match self {
+            NodeId(_) => "node-id",
+            DeviceName(_) => "device-name",
+            NodeName(_) => "node-name",
+            NodeType(_) => "node-type",
+            AccelExt => "accel-ext",
+            NodeHealth(_) => "node-health",
+            DeviceHealth(_) => "device-health",
+            ErrorId(_) => "error-id",
+            ErrorName(_) => "error-name",
+            ErrorValue(_) => "error-value",
+            ErrorThreshold(_) => "error-threshold",
+            ErrorValueU64(_) => "error-value-u64",
+            Severity(_) => "severity",
+            EventSeq(_) => "event-seq",
+            EventTimestamp(_) => "event-timestamp",
+            EventKind(_) => "event-kind",
+            EventDelta(_) => "event-delta",
+            Count(_) => "count",
+            ErrorCount(_) => "error-count",
+            RecoveryCount(_) => "recovery-count",
+            GracePeriodMs(_) => "grace-period-ms",
+            AutoRecover(_) => "auto-recover",
+            Healthy(_) => "healthy",
+            DiagKey(_) => "diag-key",
+            DiagValue(_) => "diag-value",
         }
     }
 
-    fn parse(set: AttrSet, kind: u16, v: &[u8]) -> Result<Option<RasAttr>, DecodeError> {
+    /// Id of the attribute within `set`, if the set has it.
+    pub fn id(&self, set: AttrSet) -> Option<u16> {
+        attr_by_name(set, self.name()).map(|a| a.2)
+    }
+
+    /// Whether this is one of accel's additions (not in the kernel's sets or the proposals).
+    pub fn is_extension(&self, set: AttrSet) -> bool {
+        set == AttrSet::Reporter || self.id(set).is_some_and(|id| id >= ACCEL_ATTR_BASE)
+    }
+
+    fn value(&self) -> Value {
         use RasAttr::*;
-        let u32v = || parse_u32(v).context("u32 attribute");
-        let u64v = || parse_u64(v).context("u64 attribute");
-        let s = || parse_string(v).context("string attribute");
-        Ok(Some(match (set, kind) {
-            (_, 1) => NodeId(u32v()?),
-            (AttrSet::Node, 2) => DeviceName(s()?),
-            (AttrSet::Node, 3) => NodeName(s()?),
-            (AttrSet::Node, 4) => NodeType(u32v()?),
-            (AttrSet::Node, 5) => NodeHealth(u32v()?),
-            (AttrSet::Node, 6) => DeviceHealth(u32v()?),
-            (AttrSet::ErrorCounter, 2) => ErrorId(u32v()?),
-            (AttrSet::ErrorCounter, 3) => ErrorName(s()?),
-            (AttrSet::ErrorCounter, 4) => ErrorValue(u32v()?),
-            (AttrSet::ErrorCounter, 5) => ErrorValueU64(u64v()?),
-            (AttrSet::ErrorCounter, 6) => Severity(u32v()?),
-            (AttrSet::ErrorCounter, 7) => Threshold(u64v()?),
-            (AttrSet::ErrorCounter, 8) => EventSeq(u64v()?),
-            (AttrSet::ErrorCounter, 9) => EventTimestamp(u64v()?),
-            (AttrSet::ErrorCounter, 10) => EventKind(u32v()?),
-            (AttrSet::ErrorCounter, 11) => EventDelta(u64v()?),
-            (AttrSet::ErrorCounter, 12) => Count(u64v()?),
-            (AttrSet::Reporter, 2) => ErrorCount(u64v()?),
-            (AttrSet::Reporter, 3) => RecoveryCount(u64v()?),
-            (AttrSet::Reporter, 4) => GracePeriodMs(u64v()?),
-            (AttrSet::Reporter, 5) => AutoRecover(parse_u8(v).context("u8 attribute")?),
-            (AttrSet::Reporter, 6) => Healthy(parse_u8(v).context("u8 attribute")?),
-            (AttrSet::Reporter, 7) => DiagKey(s()?),
-            (AttrSet::Reporter, 8) => DiagValue(s()?),
-            (AttrSet::Reporter, 9) => NodeHealth(u32v()?),
-            // Unknown attributes are skipped, as netlink does, so newer peers interoperate.
-            _ => return Ok(None),
-        }))
+        match self {
+            AccelExt => Value::Flag,
+            AutoRecover(v) | Healthy(v) => Value::U8(*v),
+            NodeId(v) | NodeType(v) | NodeHealth(v) | DeviceHealth(v) | ErrorId(v) | ErrorValue(v)
+            | ErrorThreshold(v) | Severity(v) | EventKind(v) => Value::U32(*v),
+            ErrorValueU64(v) | EventSeq(v) | EventTimestamp(v) | EventDelta(v) | Count(v) | ErrorCount(v)
+            | RecoveryCount(v) | GracePeriodMs(v) => Value::U64(*v),
+            DeviceName(s) | NodeName(s) | ErrorName(s) | DiagKey(s) | DiagValue(s) => Value::Str(s.clone()),
+        }
+    }
+
+    fn from_value(name: &str, v: Value) -> Option<RasAttr> {
+        use RasAttr::*;
+        Some(match (name, v) {
+            ("accel-ext", Value::Flag) => AccelExt,
+            ("auto-recover", Value::U8(v)) => AutoRecover(v),
+            ("healthy", Value::U8(v)) => Healthy(v),
+            ("node-id", Value::U32(v)) => NodeId(v),
+            ("node-type", Value::U32(v)) => NodeType(v),
+            ("node-health", Value::U32(v)) => NodeHealth(v),
+            ("device-health", Value::U32(v)) => DeviceHealth(v),
+            ("error-id", Value::U32(v)) => ErrorId(v),
+            ("error-value", Value::U32(v)) => ErrorValue(v),
+            ("error-threshold", Value::U32(v)) => ErrorThreshold(v),
+            ("severity", Value::U32(v)) => Severity(v),
+            ("event-kind", Value::U32(v)) => EventKind(v),
+            ("error-value-u64", Value::U64(v)) => ErrorValueU64(v),
+            ("event-seq", Value::U64(v)) => EventSeq(v),
+            ("event-timestamp", Value::U64(v)) => EventTimestamp(v),
+            ("event-delta", Value::U64(v)) => EventDelta(v),
+            ("count", Value::U64(v)) => Count(v),
+            ("error-count", Value::U64(v)) => ErrorCount(v),
+            ("recovery-count", Value::U64(v)) => RecoveryCount(v),
+            ("grace-period-ms", Value::U64(v)) => GracePeriodMs(v),
+            ("device-name", Value::Str(s)) => DeviceName(s),
+            ("node-name", Value::Str(s)) => NodeName(s),
+            ("error-name", Value::Str(s)) => ErrorName(s),
+            ("diag-key", Value::Str(s)) => DiagKey(s),
+            ("diag-value", Value::Str(s)) => DiagValue(s),
+            _ => return None,
+        })
+    }
+
+    fn parse(set: AttrSet, kind: u16, v: &[u8]) -> Result<Option<RasAttr>, DecodeError> {
+        // Unknown attributes are skipped, as netlink does, so newer peers interoperate.
+        let Some(&(_, name, _, ty)) = attr_by_id(set, kind) else { return Ok(None) };
+        let value = match ty {
+            AttrType::Flag if v.is_empty() => Value::Flag,
+            AttrType::Flag => return Err(DecodeError::from(format!("{name}: a flag carries no payload"))),
+            AttrType::U8 => Value::U8(parse_u8(v).context(name)?),
+            AttrType::U32 => Value::U32(parse_u32(v).context(name)?),
+            AttrType::U64 => Value::U64(parse_u64(v).context(name)?),
+            AttrType::String => Value::Str(parse_string(v).context(name)?),
+        };
+        Ok(RasAttr::from_value(name, value))
     }
 }
 
@@ -283,36 +397,34 @@ struct SetAttr(AttrSet, RasAttr);
 
 impl Nla for SetAttr {
     fn value_len(&self) -> usize {
-        use RasAttr::*;
-        match &self.1 {
-            DeviceName(s) | NodeName(s) | ErrorName(s) | DiagKey(s) | DiagValue(s) => s.len() + 1,
-            AutoRecover(_) | Healthy(_) => 1,
-            NodeId(_) | NodeType(_) | NodeHealth(_) | DeviceHealth(_) | ErrorId(_) | ErrorValue(_) | Severity(_)
-            | EventKind(_) => 4,
-            ErrorValueU64(_) | Threshold(_) | EventSeq(_) | EventTimestamp(_) | EventDelta(_) | Count(_)
-            | ErrorCount(_) | RecoveryCount(_) | GracePeriodMs(_) => 8,
+        match self.1.value() {
+            Value::Flag => 0,
+            Value::U8(_) => 1,
+            Value::U32(_) => 4,
+            Value::U64(_) => 8,
+            Value::Str(s) => s.len() + 1,
         }
     }
 
     fn kind(&self) -> u16 {
-        self.1.id(self.0)
+        // Messages are built from their command's set; an attribute outside it is a bug
+        // caught by the tests (every reply is decoded against its set there).
+        self.1.id(self.0).unwrap_or(0)
     }
 
     fn emit_value(&self, buf: &mut [u8]) {
-        use RasAttr::*;
-        match &self.1 {
-            DeviceName(s) | NodeName(s) | ErrorName(s) | DiagKey(s) | DiagValue(s) => {
+        match self.1.value() {
+            Value::Flag => {}
+            Value::U8(v) => buf[0] = v,
+            Value::U32(v) => {
+                let _ = emit_u32(buf, v);
+            }
+            Value::U64(v) => {
+                let _ = emit_u64(buf, v);
+            }
+            Value::Str(s) => {
                 buf[..s.len()].copy_from_slice(s.as_bytes());
                 buf[s.len()] = 0;
-            }
-            AutoRecover(v) | Healthy(v) => buf[0] = *v,
-            NodeId(v) | NodeType(v) | NodeHealth(v) | DeviceHealth(v) | ErrorId(v) | ErrorValue(v) | Severity(v)
-            | EventKind(v) => {
-                let _ = emit_u32(buf, *v);
-            }
-            ErrorValueU64(v) | Threshold(v) | EventSeq(v) | EventTimestamp(v) | EventDelta(v) | Count(v)
-            | ErrorCount(v) | RecoveryCount(v) | GracePeriodMs(v) => {
-                let _ = emit_u64(buf, *v);
             }
         }
     }
@@ -333,8 +445,25 @@ impl RasMsg {
         RasMsg { cmd, attrs }
     }
 
+    /// Whether the message asks for accel's attributes (`accel-ext`).
+    pub fn wants_ext(&self) -> bool {
+        self.attrs.contains(&RasAttr::AccelExt)
+    }
+
+    /// The message without accel's attributes: what a client of the kernel's spec gets.
+    /// accel's own commands have no kernel form and keep everything.
+    pub fn kernel_only(mut self) -> Self {
+        if self.cmd as u8 >= ACCEL_CMD_BASE {
+            return self;
+        }
+        let set = self.cmd.attr_set();
+        self.attrs.retain(|a| !a.is_extension(set));
+        self
+    }
+
     fn set_attrs(&self) -> Vec<SetAttr> {
-        self.attrs.iter().map(|a| SetAttr(self.cmd.attr_set(), a.clone())).collect()
+        let set = self.cmd.attr_set();
+        self.attrs.iter().filter(|a| a.id(set).is_some()).map(|a| SetAttr(set, a.clone())).collect()
     }
 }
 
@@ -358,9 +487,10 @@ accessors! {
     node_health: NodeHealth -> u32;
     error_id: ErrorId -> u32;
     error_name: ErrorName -> String;
+    value32: ErrorValue -> u32;
     value: ErrorValueU64 -> u64;
     severity: Severity -> u32;
-    threshold: Threshold -> u64;
+    threshold: ErrorThreshold -> u32;
     event_seq: EventSeq -> u64;
     event_timestamp: EventTimestamp -> u64;
     event_kind: EventKind -> u32;
@@ -416,7 +546,11 @@ impl ParseableParametrized<[u8], GenlHeader> for RasMsg {
 pub type RasNetlink = NetlinkMessage<GenlMessage<RasMsg>>;
 
 /// Sets flags and sequence number, fixes up length and type, and serialises.
-fn to_bytes(mut nl: RasNetlink, flags: u16, seq: u32) -> Vec<u8> {
+fn to_bytes<T: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug>(
+    mut nl: NetlinkMessage<T>,
+    flags: u16,
+    seq: u32,
+) -> Vec<u8> {
     nl.header.flags = flags;
     nl.header.sequence_number = seq;
     nl.finalize();
@@ -430,33 +564,108 @@ pub fn encode(msg: RasMsg, flags: u16, seq: u32) -> Vec<u8> {
     to_bytes(NetlinkMessage::from(GenlMessage::from_payload(msg)), flags, seq)
 }
 
-/// A request: `NLM_F_REQUEST`, plus `NLM_F_DUMP` for dumps.
+/// A request: `NLM_F_REQUEST | NLM_F_ACK`, plus `NLM_F_DUMP` for dumps.
 pub fn request(msg: RasMsg, dump: bool, seq: u32) -> Vec<u8> {
-    encode(msg, NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 }, seq)
+    encode(msg, NLM_F_REQUEST | NLM_F_ACK | if dump { NLM_F_DUMP } else { 0 }, seq)
 }
 
-/// One part of a dump reply (`NLM_F_MULTIPART`).
+/// One part of a dump reply (`NLM_F_MULTI`).
 pub fn multipart(msg: RasMsg, seq: u32) -> Vec<u8> {
     encode(msg, NLM_F_MULTIPART, seq)
 }
 
 /// `NLMSG_DONE`, ending a dump.
 pub fn done(seq: u32) -> Vec<u8> {
-    let nl = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::Done(Default::default()));
+    let nl: NetlinkMessage<GenlMessage<RasMsg>> =
+        NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::Done(Default::default()));
     to_bytes(nl, NLM_F_MULTIPART, seq)
 }
 
-/// `NLMSG_ERROR` carrying `-errno` (0 is an ack).
-pub fn error(errno: i32, seq: u32) -> Vec<u8> {
+/// The fields of a request's `nlmsghdr` a reply echoes: its first 16 bytes (or what there
+/// is of them), and its sequence number and port id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestHeader {
+    /// The raw header (up to 16 bytes).
+    pub raw: Vec<u8>,
+    /// `nlmsg_type`.
+    pub kind: u16,
+    /// `nlmsg_flags`.
+    pub flags: u16,
+    /// `nlmsg_seq`.
+    pub seq: u32,
+    /// `nlmsg_pid`.
+    pub pid: u32,
+}
+
+/// Reads the header of a request, however broken the rest is.
+pub fn request_header(bytes: &[u8]) -> RequestHeader {
+    let word = |at: usize| bytes.get(at..at + 4).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+    let half = |at: usize| bytes.get(at..at + 2).map_or(0, |b| u16::from_ne_bytes([b[0], b[1]]));
+    RequestHeader {
+        raw: bytes[..bytes.len().min(16)].to_vec(),
+        kind: half(4),
+        flags: half(6),
+        seq: word(8),
+        pid: word(12),
+    }
+}
+
+/// `NLMSG_ERROR` for `req`: `-errno` (0 is an ACK), the request's header echoed (capped, as
+/// the kernel does with `NETLINK_CAP_ACK`), and the message as the extended ACK's
+/// `NLMSGERR_ATTR_MSG` when there is one.
+pub fn error_for(req: &RequestHeader, errno: i32, message: &str) -> Vec<u8> {
     let mut err = ErrorMessage::default();
     err.code = std::num::NonZeroI32::new(-errno.abs());
-    to_bytes(NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::Error(err)), 0, seq)
+    let mut payload = req.raw.clone();
+    payload.resize(16, 0);
+    let mut flags = NLM_F_CAPPED;
+    if !message.is_empty() && errno != 0 {
+        flags |= NLM_F_ACK_TLVS;
+        let len = 4 + message.len() + 1;
+        payload.extend_from_slice(&(len as u16).to_ne_bytes());
+        payload.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
+        payload.extend_from_slice(message.as_bytes());
+        payload.push(0);
+        payload.resize(payload.len().next_multiple_of(4), 0);
+    }
+    err.header = payload;
+    let nl: NetlinkMessage<GenlMessage<RasMsg>> =
+        NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::Error(err));
+    let mut bytes = to_bytes(nl, flags, req.seq);
+    bytes[12..16].copy_from_slice(&req.pid.to_ne_bytes());
+    bytes
+}
+
+/// `NLMSG_ERROR` with `-errno` and no request to echo (tests, old callers).
+pub fn error(errno: i32, seq: u32) -> Vec<u8> {
+    error_for(&RequestHeader { seq, ..Default::default() }, errno, "")
+}
+
+/// The extended ACK message of an `NLMSG_ERROR`'s payload (after the error code), if any.
+pub fn ack_message(flags: u16, payload: &[u8]) -> Option<String> {
+    if flags & NLM_F_ACK_TLVS == 0 {
+        return None;
+    }
+    // With NLM_F_CAPPED the request's header (16 bytes) precedes the TLVs.
+    let start = if flags & NLM_F_CAPPED != 0 {
+        16
+    } else {
+        payload.get(0..4).map_or(16, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let tlvs = payload.get(start..)?;
+    for nla in NlasIterator::new(tlvs) {
+        let nla: NlaBuffer<&[u8]> = nla.ok()?;
+        if nla.kind() == NLMSGERR_ATTR_MSG {
+            return parse_string(nla.value()).ok();
+        }
+    }
+    None
 }
 
 /// What a received netlink message holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
-    /// A family message, with the request's flags and sequence number.
+    /// A family message, with its flags and sequence number.
     Msg {
         /// The message.
         msg: RasMsg,
@@ -467,8 +676,8 @@ pub enum Parsed {
     },
     /// End of a dump.
     Done,
-    /// An error (`Some(-errno)`) or an ack (`None`).
-    Error(Option<i32>),
+    /// An error (`Some(-errno)`) or an ack (`None`), with the extended ACK's message.
+    Error(Option<i32>, Option<String>),
 }
 
 /// Decodes one netlink message of the family. Never panics on any input.
@@ -482,7 +691,7 @@ pub fn decode(bytes: &[u8]) -> Result<Parsed, DecodeError> {
             Parsed::Msg { msg: genl.payload, flags: nl.header.flags, seq: nl.header.sequence_number }
         }
         NetlinkPayload::Done(_) => Parsed::Done,
-        NetlinkPayload::Error(e) => Parsed::Error(e.code.map(|c| c.get())),
+        NetlinkPayload::Error(e) => Parsed::Error(e.code.map(|c| c.get()), ack_message(nl.header.flags, &e.header)),
         _ => return Err(DecodeError::from("unexpected netlink message type")),
     })
 }
@@ -492,58 +701,97 @@ pub fn is_dump(flags: u16) -> bool {
     flags & NLM_F_DUMP == NLM_F_DUMP
 }
 
+/// A controller message (`nlctrl`).
+pub type CtrlNetlink = NetlinkMessage<GenlMessage<GenlCtrl>>;
+
+/// `CTRL_CMD_GETFAMILY` for `name`: how tools resolve a family's id.
+pub fn ctrl_get_family(name: &str, seq: u32) -> Vec<u8> {
+    let msg = GenlCtrl { cmd: GenlCtrlCmd::GetFamily, nlas: vec![GenlCtrlAttrs::FamilyName(name.into())] };
+    let mut nl = NetlinkMessage::from(GenlMessage::from_payload(msg));
+    nl.header.message_type = GENL_ID_CTRL;
+    to_bytes(nl, NLM_F_REQUEST | NLM_F_ACK, seq)
+}
+
+/// The controller's description of the family (`CTRL_CMD_NEWFAMILY`): id, name, version,
+/// header size, largest attribute id, every operation with its flags
+/// (`GENL_ADMIN_PERM`, `GENL_CMD_CAP_DO`, `GENL_CMD_CAP_DUMP`), and the multicast group.
+pub fn ctrl_family(seq: u32, pid: u32) -> Vec<u8> {
+    const ADMIN_PERM: u32 = 0x1;
+    const CAP_DO: u32 = 0x2;
+    const CAP_DUMP: u32 = 0x4;
+    let ops = COMMANDS
+        .iter()
+        .filter_map(|&(_, id, _)| {
+            let caps = RasCmd::from_id(id)?.caps();
+            let flags = [(caps.admin, ADMIN_PERM), (caps.doit, CAP_DO), (caps.dump, CAP_DUMP)]
+                .iter()
+                .filter(|(on, _)| *on)
+                .fold(0, |acc, (_, bit)| acc | bit);
+            (flags & (CAP_DO | CAP_DUMP) != 0).then(|| vec![OpAttrs::Id(u32::from(id)), OpAttrs::Flags(flags)])
+        })
+        .collect();
+    let max_attr = ATTRIBUTES.iter().map(|a| a.2).max().unwrap_or(0);
+    let msg = GenlCtrl {
+        cmd: GenlCtrlCmd::NewFamily,
+        nlas: vec![
+            GenlCtrlAttrs::FamilyId(FAMILY_ID),
+            GenlCtrlAttrs::FamilyName(FAMILY_NAME.into()),
+            GenlCtrlAttrs::Version(u32::from(FAMILY_VERSION)),
+            GenlCtrlAttrs::HdrSize(0),
+            GenlCtrlAttrs::MaxAttr(u32::from(max_attr)),
+            GenlCtrlAttrs::Ops(ops),
+            GenlCtrlAttrs::McastGroups(vec![vec![
+                McastGrpAttrs::Name(MCGRP_ERROR_REPORT.into()),
+                McastGrpAttrs::Id(MCGRP_ERROR_REPORT_ID),
+            ]]),
+        ],
+    };
+    let mut nl = NetlinkMessage::from(GenlMessage::from_payload(msg));
+    nl.header.message_type = GENL_ID_CTRL;
+    nl.header.port_number = pid;
+    to_bytes(nl, 0, seq)
+}
+
+/// A decoded controller message: its command and attributes.
+pub fn ctrl_decode(bytes: &[u8]) -> Result<(GenlCtrlCmd, Vec<GenlCtrlAttrs>), DecodeError> {
+    let nl = CtrlNetlink::deserialize(bytes)?;
+    match nl.payload {
+        NetlinkPayload::InnerMessage(genl) => Ok((genl.payload.cmd, genl.payload.nlas)),
+        _ => Err(DecodeError::from("not a controller message")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn all_attrs() -> Vec<(AttrSet, RasAttr)> {
-        use RasAttr::*;
-        vec![
-            (AttrSet::Node, NodeId(7)),
-            (AttrSet::Node, DeviceName("accel0".into())),
-            (AttrSet::Node, NodeName("memory".into())),
-            (AttrSet::Node, NodeType(NODE_TYPE_ERROR_COUNTER)),
-            (AttrSet::Node, NodeHealth(2)),
-            (AttrSet::Node, DeviceHealth(3)),
-            (AttrSet::ErrorCounter, NodeId(1)),
-            (AttrSet::ErrorCounter, ErrorId(2)),
-            (AttrSet::ErrorCounter, ErrorName("ecc".into())),
-            (AttrSet::ErrorCounter, ErrorValue(5)),
-            (AttrSet::ErrorCounter, ErrorValueU64(u64::MAX)),
-            (AttrSet::ErrorCounter, Severity(1)),
-            (AttrSet::ErrorCounter, Threshold(10)),
-            (AttrSet::ErrorCounter, EventSeq(99)),
-            (AttrSet::ErrorCounter, EventTimestamp(123)),
-            (AttrSet::ErrorCounter, EventKind(0)),
-            (AttrSet::ErrorCounter, EventDelta(4)),
-            (AttrSet::ErrorCounter, Count(3)),
-            (AttrSet::Reporter, NodeId(1)),
-            (AttrSet::Reporter, ErrorCount(1)),
-            (AttrSet::Reporter, RecoveryCount(2)),
-            (AttrSet::Reporter, GracePeriodMs(1000)),
-            (AttrSet::Reporter, AutoRecover(1)),
-            (AttrSet::Reporter, Healthy(0)),
-            (AttrSet::Reporter, DiagKey("k".into())),
-            (AttrSet::Reporter, DiagValue("v".into())),
-            (AttrSet::Reporter, NodeHealth(1)),
-        ]
+    fn sample(name: &str, ty: AttrType) -> RasAttr {
+        let v = match ty {
+            AttrType::Flag => Value::Flag,
+            AttrType::U8 => Value::U8(1),
+            AttrType::U32 => Value::U32(7),
+            AttrType::U64 => Value::U64(u64::MAX),
+            AttrType::String => Value::Str(format!("{name}-value")),
+        };
+        RasAttr::from_value(name, v).unwrap_or_else(|| panic!("{name} has no variant"))
     }
 
     #[test]
     fn every_attribute_is_emitted_with_its_table_id_and_size() {
-        let attrs = all_attrs();
-        assert_eq!(attrs.len(), ATTRIBUTES.len(), "every table entry has a sample");
-        for (set, attr) in attrs {
+        for &(set, name, id, ty) in ATTRIBUTES {
+            let attr = sample(name, ty);
             let sa = SetAttr(set, attr.clone());
-            let entry = ATTRIBUTES.iter().find(|a| a.0 == set && a.2 == sa.kind()).expect("id in table");
-            let size = match entry.3 {
+            assert_eq!(sa.kind(), id, "{name} in {}", set.name());
+            let size = match ty {
+                AttrType::Flag => 0,
                 AttrType::U8 => 1,
                 AttrType::U32 => 4,
                 AttrType::U64 => 8,
-                AttrType::String => sa.value_len(),
+                AttrType::String => name.len() + "-value".len() + 1,
             };
-            assert_eq!(sa.value_len(), size, "{} in {}", entry.1, set.name());
-            assert_eq!(attr.name(set), entry.1);
+            assert_eq!(sa.value_len(), size, "{name} in {}", set.name());
+            assert_eq!(attr.name(), name);
+            assert_eq!(attr.is_extension(set), set == AttrSet::Reporter || id >= ACCEL_ATTR_BASE);
         }
     }
 
@@ -552,17 +800,49 @@ mod tests {
         for &(name, id, set) in COMMANDS {
             let cmd = RasCmd::from_id(id).unwrap();
             assert_eq!(cmd.name(), name);
-            let attrs: Vec<RasAttr> = all_attrs().into_iter().filter(|(s, _)| *s == set).map(|(_, a)| a).collect();
+            let attrs: Vec<RasAttr> =
+                ATTRIBUTES.iter().filter(|a| a.0 == set).map(|&(_, name, _, ty)| sample(name, ty)).collect();
             let bytes = request(RasMsg::new(cmd, attrs.clone()), true, 42);
             match decode(&bytes).unwrap() {
                 Parsed::Msg { msg, flags, seq } => {
                     assert_eq!((msg.cmd, msg.attrs, seq, is_dump(flags)), (cmd, attrs, 42, true));
+                    assert_eq!(flags & NLM_F_ACK, NLM_F_ACK);
                 }
                 other => panic!("{other:?}"),
             }
         }
         assert_eq!(decode(&done(3)).unwrap(), Parsed::Done);
-        assert_eq!(decode(&error(22, 3)).unwrap(), Parsed::Error(Some(-22)));
+        assert_eq!(decode(&error(22, 3)).unwrap(), Parsed::Error(Some(-22), None));
+    }
+
+    #[test]
+    fn errors_echo_the_request_and_carry_an_extended_ack_message() {
+        let req = request_header(&request(RasMsg::new(RasCmd::ListNodes, vec![]), false, 77));
+        let bytes = error_for(&req, 95, "list-nodes is a dump");
+        assert_eq!(request_header(&bytes).seq, 77);
+        assert_eq!(&bytes[20..36], &req.raw[..], "the request's header follows the error code");
+        assert_eq!(decode(&bytes).unwrap(), Parsed::Error(Some(-95), Some("list-nodes is a dump".into())));
+        let ack = error_for(&req, 0, "");
+        assert_eq!(decode(&ack).unwrap(), Parsed::Error(None, None));
+    }
+
+    #[test]
+    fn kernel_only_drops_accel_attributes() {
+        let msg = RasMsg::new(
+            RasCmd::GetErrorCounter,
+            vec![RasAttr::ErrorId(1), RasAttr::ErrorValue(2), RasAttr::ErrorValueU64(2), RasAttr::Severity(0)],
+        );
+        assert_eq!(msg.kernel_only().attrs, vec![RasAttr::ErrorId(1), RasAttr::ErrorValue(2)]);
+    }
+
+    #[test]
+    fn the_controller_describes_the_family() {
+        let (cmd, attrs) = ctrl_decode(&ctrl_family(5, 0)).unwrap();
+        assert_eq!(cmd, GenlCtrlCmd::NewFamily);
+        assert!(attrs.contains(&GenlCtrlAttrs::FamilyId(FAMILY_ID)));
+        assert!(attrs.contains(&GenlCtrlAttrs::FamilyName(FAMILY_NAME.into())));
+        let (cmd, attrs) = ctrl_decode(&ctrl_get_family(FAMILY_NAME, 1)).unwrap();
+        assert_eq!((cmd, attrs), (GenlCtrlCmd::GetFamily, vec![GenlCtrlAttrs::FamilyName(FAMILY_NAME.into())]));
     }
 
     #[test]
@@ -588,6 +868,8 @@ mod tests {
         for len in 0..64 {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
             let _ = decode(&bytes);
+            let _ = ctrl_decode(&bytes);
+            let _ = request_header(&bytes);
         }
     }
 }

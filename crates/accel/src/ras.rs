@@ -4,7 +4,8 @@
 //! # fn main() -> accel::Result<()> {
 //! use accel::ras::{Ras, RasCmd, RasMsg};
 //! let mut ras = Ras::connect(&accel::default_socket_path())?;
-//! for node in ras.request(RasMsg::new(RasCmd::ListNodes, vec![]), true)? {
+//! // `accel-ext` asks for accel's attributes (health) beside the kernel's.
+//! for node in ras.request(RasMsg::new(RasCmd::ListNodes, vec![accel::ras::RasAttr::AccelExt]), true)? {
 //!     println!("{:?}", node.attrs);
 //! }
 //! # Ok(()) }
@@ -26,19 +27,43 @@ pub struct Ras {
     seq: u32,
 }
 
-fn nl_error(code: i32, cmd: RasCmd) -> Error {
+fn nl_error(code: i32, cmd: RasCmd, message: Option<String>) -> Error {
     let errno = Errno::from_raw(code.unsigned_abs()).unwrap_or(Errno::EIO);
-    Error::new(errno, format!("{} failed: {}", cmd.name(), errno.description()))
+    let why = message.unwrap_or_else(|| errno.description().to_string());
+    Error::new(errno, format!("{} failed: {why}", cmd.name()))
 }
 
 impl Ras {
-    /// Connects to the daemon at `socket`.
+    /// Connects to the daemon at `socket` and resolves the family by name through the generic
+    /// netlink controller, as any netlink tool does.
     pub fn connect(socket: &Path) -> Result<Ras> {
-        Ok(Ras { conn: Connection::connect(socket)?, seq: 0 })
+        Ras::over(Connection::connect(socket)?)
     }
 
-    /// Sends one command (`dump` sets `NLM_F_DUMP`) and collects the reply messages.
-    /// A netlink error becomes `Err` with its errno; an ack is an empty list.
+    /// Speaks the family over an open connection (e.g. a tenant's, made with its namespace
+    /// token: it sees its own devices' nodes, numbered as it numbers them).
+    pub fn over(conn: Connection) -> Result<Ras> {
+        let mut ras = Ras { conn, seq: 0 };
+        ras.seq = 1;
+        let reply = ras.conn.call(&Request::Netlink(nl::ctrl_get_family(nl::FAMILY_NAME, ras.seq)))?;
+        let Reply::Netlink(frames) = reply else { return Err(unexpected(&reply)) };
+        let id = frames.first().and_then(|f| nl::ctrl_decode(f).ok()).and_then(|(_, attrs)| {
+            attrs.into_iter().find_map(|a| match a {
+                netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs::FamilyId(id) => Some(id),
+                _ => None,
+            })
+        });
+        match id {
+            Some(nl::FAMILY_ID) => Ok(ras),
+            other => {
+                Err(Error::new(Errno::EPROTO, format!("the daemon's {} family has id {other:?}", nl::FAMILY_NAME)))
+            }
+        }
+    }
+
+    /// Sends one command (`dump` sets `NLM_F_DUMP`; every request asks for an ACK) and
+    /// collects the reply messages. A netlink error becomes `Err` with its errno and the
+    /// extended ACK's message.
     pub fn request(&mut self, msg: RasMsg, dump: bool) -> Result<Vec<RasMsg>> {
         self.seq = self.seq.wrapping_add(1);
         let cmd = msg.cmd;
@@ -48,11 +73,10 @@ impl Ras {
             let Reply::Netlink(frames) = reply else { return Err(unexpected(&reply)) };
             for bytes in frames {
                 match nl::decode(&bytes).map_err(|e| Error::new(Errno::EPROTO, format!("bad RAS reply: {e}")))? {
-                    Parsed::Msg { msg, .. } if dump => out.push(msg),
-                    Parsed::Msg { msg, .. } => return Ok(vec![msg]),
+                    Parsed::Msg { msg, .. } => out.push(msg),
                     Parsed::Done => return Ok(out),
-                    Parsed::Error(None) => return Ok(out),
-                    Parsed::Error(Some(code)) => return Err(nl_error(code, cmd)),
+                    Parsed::Error(None, _) => return Ok(out),
+                    Parsed::Error(Some(code), message) => return Err(nl_error(code, cmd, message)),
                 }
             }
             if !dump {
@@ -62,9 +86,20 @@ impl Ras {
         }
     }
 
-    /// Joins the `error-report` group; the connection then only delivers events.
-    pub fn subscribe(mut self) -> Result<RasEvents> {
-        match self.conn.call(&Request::RasSubscribe)? {
+    /// Joins the `error-report` group; the connection then only delivers events, with the
+    /// kernel's attributes only.
+    pub fn subscribe(self) -> Result<RasEvents> {
+        self.join(Request::RasSubscribe)
+    }
+
+    /// Joins the `error-report` group with accel's attributes in every event: sequence number
+    /// (a gap means missed events), timestamp, kind, delta, severity, 64-bit value.
+    pub fn subscribe_ext(self) -> Result<RasEvents> {
+        self.join(Request::RasSubscribeExt)
+    }
+
+    fn join(mut self, req: Request) -> Result<RasEvents> {
+        match self.conn.call(&req)? {
             Reply::Ok => Ok(RasEvents { conn: self.conn }),
             other => Err(unexpected(&other)),
         }

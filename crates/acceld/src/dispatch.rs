@@ -41,7 +41,7 @@ pub(crate) enum Action {
         wait: Duration,
     },
     /// Answer `Ok`, then stream RAS events on this connection.
-    Subscribe,
+    Subscribe(crate::ras_nl::View, bool),
 }
 
 /// A connection's protocol state.
@@ -105,18 +105,26 @@ pub(crate) fn dispatch(
         (Some(c), _) if c.is_revoked() => {
             Err(Error::new(Errno::ENODEV, format!("this client was evicted from namespace {:?}", c.namespace().name)))
         }
-        (Some(c), Request::Netlink(_) | Request::RasSubscribe) if !c.namespace().is_root() => {
-            // RAS covers every device of the daemon: only the root namespace sees it.
-            Err(Error::new(Errno::EPERM, "RAS is the admin view: only the root namespace may use it"))
-        }
         (Some(c), Request::Netlink(bytes)) => {
-            Ok(Action::Netlink(crate::ras_nl::handle(sub.ras(), c.is_admin(), &bytes)))
+            Ok(Action::Netlink(crate::ras_nl::handle(sub.ras(), &ras_view(c), &bytes)))
         }
-        (Some(_), Request::RasSubscribe) => Ok(Action::Subscribe),
+        (Some(c), Request::RasSubscribe) => Ok(Action::Subscribe(ras_view(c), false)),
+        (Some(c), Request::RasSubscribeExt) => Ok(Action::Subscribe(ras_view(c), true)),
         (_, req) => handle(sub, session, req, received.fds),
     };
     let abusive = outcome.as_ref().is_err_and(|e| is_abuse(e.code));
     (seq, outcome, abusive)
+}
+
+/// What a client sees of RAS: the root namespace every device (and changes them if it is an
+/// admin); a tenant its own devices, read-only.
+fn ras_view(c: &accel_core::client::Client) -> crate::ras_nl::View {
+    let ns = c.namespace();
+    if ns.is_root() {
+        crate::ras_nl::View::all(c.is_admin())
+    } else {
+        crate::ras_nl::View { admin: false, devices: Some(ns.devices().iter().map(|d| d.device.minor).collect()) }
+    }
 }
 
 fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<OwnedFd>) -> Outcome {
@@ -249,7 +257,7 @@ fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<Ow
             c.syncobj_import_sync_file(handle, point, &fd).and(ok(Reply::Ok))
         }
         // Served by the connection loop once the handshake is done; never reaches here then.
-        Request::Netlink(_) | Request::RasSubscribe => {
+        Request::Netlink(_) | Request::RasSubscribe | Request::RasSubscribeExt => {
             Err(Error::new(Errno::EPROTO, "RAS requests need the handshake first"))
         }
         Request::Stats if c.namespace().is_root() => ok(Reply::Stats(sub.stats())),

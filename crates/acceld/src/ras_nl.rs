@@ -1,13 +1,63 @@
-//! The RAS netlink family served on the daemon socket: decode, run against the RAS
-//! core, encode. Dumps end with `NLMSG_DONE`; errors are `NLMSG_ERROR` with `-errno`.
+//! The RAS netlink family served on the daemon socket, with generic netlink's conventions:
+//! the generic netlink controller resolves the family by name (`CTRL_CMD_GETFAMILY`); a
+//! `do` answers with its reply, then an ACK when the request asked for one
+//! (`NLM_F_ACK`); a dump answers with `NLM_F_MULTI` parts and `NLMSG_DONE`; a failure is
+//! `NLMSG_ERROR` with `-errno`, the request's header and an extended-ACK message; every
+//! answer carries the request's sequence number. Replies hold exactly the kernel's
+//! attributes unless the request carried `accel-ext`.
+//!
+//! Who sees what ([`View`]): the root namespace sees every device; a tenant sees the RAS
+//! nodes of its own devices, renumbered as it numbers them (`accel0`…), and nothing else.
+//! Commands that change state need an admin of the root namespace.
 
 use accel_core::ras::{EventKind, RasCore, RasEvent, RasNode};
 use accel_core::{Error, Result};
-use accel_uapi::ras::{self as nl, Parsed, RasAttr, RasCmd, RasMsg, NODE_TYPE_ERROR_COUNTER};
+use accel_uapi::ras::{
+    self as nl, ctrl_decode, Parsed, RasAttr, RasCmd, RasMsg, RequestHeader, GENL_ID_CTRL, NLM_F_ACK,
+    NODE_TYPE_ERROR_COUNTER,
+};
 use accel_uapi::{Errno, Health, Severity};
+use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
+use netlink_packet_generic::ctrl::GenlCtrlCmd;
 
 /// Netlink bytes per reply frame, so that a long dump never exceeds the socket's message size.
 const CHUNK: usize = 48 * 1024;
+
+/// What one client may see and do of RAS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    /// May change state (clear, thresholds, recover, inject): an admin of the root namespace.
+    pub admin: bool,
+    /// Global minors of the devices it sees, in its own numbering; `None`: every device.
+    pub devices: Option<Vec<u32>>,
+}
+
+impl View {
+    /// Every device, as the root namespace sees them.
+    pub fn all(admin: bool) -> View {
+        View { admin, devices: None }
+    }
+
+    /// The device's number as this client knows it, if it sees the device.
+    fn local(&self, global: u32) -> Option<u32> {
+        match &self.devices {
+            None => Some(global),
+            Some(d) => d.iter().position(|g| *g == global).map(|i| i as u32),
+        }
+    }
+
+    fn sees(&self, n: &RasNode) -> bool {
+        self.local(n.device).is_some()
+    }
+
+    fn device_name(&self, n: &RasNode) -> String {
+        match (&self.devices, self.local(n.device)) {
+            (None, _) => n.device_name.clone(),
+            (Some(_), Some(local)) => format!("accel{local}"),
+            (Some(_), None) => String::new(),
+        }
+    }
+}
 
 fn health_idx(h: Health) -> u32 {
     Health::ALL.iter().position(|x| *x == h).unwrap_or(0) as u32
@@ -17,12 +67,16 @@ fn severity_idx(s: Severity) -> u32 {
     Severity::ALL.iter().position(|x| *x == s).unwrap_or(0) as u32
 }
 
-fn node_msg(ras: &RasCore, n: &RasNode) -> RasMsg {
+fn sat32(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+fn node_msg(ras: &RasCore, view: &View, n: &RasNode) -> RasMsg {
     RasMsg::new(
         RasCmd::ListNodes,
         vec![
             RasAttr::NodeId(n.id),
-            RasAttr::DeviceName(n.device_name.clone()),
+            RasAttr::DeviceName(view.device_name(n)),
             RasAttr::NodeName(n.name.clone()),
             RasAttr::NodeType(NODE_TYPE_ERROR_COUNTER),
             RasAttr::NodeHealth(health_idx(n.health())),
@@ -31,50 +85,63 @@ fn node_msg(ras: &RasCore, n: &RasNode) -> RasMsg {
     )
 }
 
+/// The counter `error_id` of `n`: an id outside the node's range is `EINVAL`, as the kernel's.
+fn counter(n: &RasNode, error_id: u32) -> Result<&accel_core::ras::ErrorCounter> {
+    n.counter(error_id).map_err(|_| {
+        Error::new(Errno::EINVAL, format!("error-id {error_id} is outside node {}'s 1..={}", n.id, n.counters.len()))
+    })
+}
+
 fn counter_msg(n: &RasNode, error_id: u32) -> Result<RasMsg> {
-    let c = n.counter(error_id)?;
+    let c = counter(n, error_id)?;
     Ok(RasMsg::new(
         RasCmd::GetErrorCounter,
         vec![
-            RasAttr::NodeId(n.id),
             RasAttr::ErrorId(c.id),
             RasAttr::ErrorName(c.name.clone()),
-            RasAttr::ErrorValue(u32::try_from(c.value()).unwrap_or(u32::MAX)),
+            RasAttr::ErrorValue(sat32(c.value())),
             RasAttr::ErrorValueU64(c.value()),
             RasAttr::Severity(severity_idx(c.severity)),
-            RasAttr::Threshold(c.threshold()),
         ],
     ))
 }
 
-/// An `error-event` message for `ev`.
-pub fn event_msg(ras: &RasCore, ev: &RasEvent) -> RasMsg {
-    let mut attrs = vec![RasAttr::NodeId(ev.node_id), RasAttr::ErrorId(ev.error_id)];
-    if let Some(c) = ras.node(ev.node_id).ok().and_then(|n| n.counter(ev.error_id).ok()) {
-        attrs.push(RasAttr::ErrorName(c.name.clone()));
+/// An `error-event` message for `ev` as `view` sees it (`None` if it does not see the device).
+pub fn event_msg(ras: &RasCore, view: &View, ev: &RasEvent, cmd: RasCmd) -> Option<RasMsg> {
+    let node = ras.node(ev.node_id).ok()?;
+    if !view.sees(node) {
+        return None;
     }
+    let name = node.counter(ev.error_id).map(|c| c.name.clone()).unwrap_or_default();
     let kind = match ev.kind {
         EventKind::Error => 0,
         EventKind::Cleared => 1,
         EventKind::ThresholdSet => 2,
         EventKind::Recovered => 3,
     };
-    attrs.extend([
-        RasAttr::ErrorValue(u32::try_from(ev.value).unwrap_or(u32::MAX)),
-        RasAttr::ErrorValueU64(ev.value),
-        RasAttr::Severity(severity_idx(ev.severity)),
-        RasAttr::EventSeq(ev.seq),
-        RasAttr::EventTimestamp(ev.timestamp_ns),
-        RasAttr::EventKind(kind),
-        RasAttr::EventDelta(ev.delta),
-    ]);
-    RasMsg::new(RasCmd::ErrorEvent, attrs)
+    Some(RasMsg::new(
+        cmd,
+        vec![
+            RasAttr::DeviceName(view.device_name(node)),
+            RasAttr::NodeId(ev.node_id),
+            RasAttr::NodeName(node.name.clone()),
+            RasAttr::ErrorId(ev.error_id),
+            RasAttr::ErrorName(name),
+            RasAttr::ErrorValue(sat32(ev.value)),
+            RasAttr::ErrorValueU64(ev.value),
+            RasAttr::Severity(severity_idx(ev.severity)),
+            RasAttr::EventSeq(ev.seq),
+            RasAttr::EventTimestamp(ev.timestamp_ns),
+            RasAttr::EventKind(kind),
+            RasAttr::EventDelta(ev.delta),
+        ],
+    ))
 }
 
-fn health_msg(cmd: RasCmd, n: &RasNode) -> RasMsg {
+fn health_msg(n: &RasNode) -> RasMsg {
     let r = n.reporter();
     RasMsg::new(
-        cmd,
+        RasCmd::GetHealth,
         vec![
             RasAttr::NodeId(n.id),
             RasAttr::ErrorCount(r.error_count),
@@ -91,126 +158,176 @@ fn need<T>(value: Option<T>, msg: &RasMsg, what: &str) -> Result<T> {
     value.ok_or_else(|| Error::new(Errno::EINVAL, format!("{} needs the {what} attribute", msg.cmd.name())))
 }
 
-fn node_id(msg: &RasMsg) -> Result<u32> {
-    need(msg.node_id(), msg, "node-id")
+/// The node a request names, if the client sees it (`ENOENT` otherwise, as for no node).
+fn node<'a>(ras: &'a RasCore, view: &View, msg: &RasMsg) -> Result<&'a RasNode> {
+    let id = need(msg.node_id(), msg, "node-id")?;
+    ras.node(id).ok().filter(|n| view.sees(n)).ok_or_else(|| Error::new(Errno::ENOENT, format!("no RAS node {id}")))
 }
 
 fn error_id(msg: &RasMsg) -> Result<u32> {
     need(msg.error_id(), msg, "error-id")
 }
 
-/// Replies of one command: (messages, is it a dump).
-fn run(ras: &RasCore, admin: bool, msg: &RasMsg, dump: bool) -> Result<Vec<RasMsg>> {
-    let mutating = matches!(
-        msg.cmd,
-        RasCmd::ClearErrorCounter
-            | RasCmd::SetErrorThreshold
-            | RasCmd::Recover
-            | RasCmd::SetReporter
-            | RasCmd::InjectError
-    );
-    if mutating && !admin {
-        return Err(Error::new(Errno::EPERM, format!("{} needs root or the daemon's user", msg.cmd.name())));
+/// The replies to one command.
+fn run(ras: &RasCore, view: &View, msg: &RasMsg, dump: bool) -> Result<Vec<RasMsg>> {
+    let caps = msg.cmd.caps();
+    if (dump && !caps.dump) || (!dump && !caps.doit) {
+        let how = if dump { "dump" } else { "do" };
+        return Err(Error::new(Errno::EOPNOTSUPP, format!("{} has no {how}", msg.cmd.name())));
     }
-    let optional_node = msg.node_id();
-    let nodes = || -> Result<Vec<&RasNode>> {
-        match optional_node {
-            Some(id) => Ok(vec![ras.node(id)?]),
-            None => Ok(ras.nodes().iter().collect()),
+    if caps.admin && !view.admin {
+        return Err(Error::new(Errno::EPERM, format!("{} needs an admin of the root namespace", msg.cmd.name())));
+    }
+    let visible = || -> Result<Vec<&RasNode>> {
+        match msg.node_id() {
+            Some(_) => Ok(vec![node(ras, view, msg)?]),
+            None => Ok(ras.nodes().iter().filter(|n| view.sees(n)).collect()),
         }
     };
-    Ok(match (msg.cmd, dump) {
-        (RasCmd::ListNodes, _) => ras.nodes().iter().map(|n| node_msg(ras, n)).collect(),
-        (RasCmd::GetErrorCounter, false) => vec![counter_msg(ras.node(node_id(msg)?)?, error_id(msg)?)?],
-        (RasCmd::GetErrorCounter, true) => {
-            let mut out = Vec::new();
-            for n in nodes()? {
-                for c in &n.counters {
-                    out.push(counter_msg(n, c.id)?);
-                }
-            }
-            out
+    Ok(match msg.cmd {
+        RasCmd::ListNodes => ras.nodes().iter().filter(|n| view.sees(n)).map(|n| node_msg(ras, view, n)).collect(),
+        RasCmd::GetErrorCounter if dump => {
+            let n = node(ras, view, msg)?;
+            n.counters.iter().map(|c| counter_msg(n, c.id)).collect::<Result<_>>()?
         }
-        (RasCmd::ClearErrorCounter, _) => {
-            ras.clear(node_id(msg)?, error_id(msg)?)?;
+        RasCmd::GetErrorCounter => vec![counter_msg(node(ras, view, msg)?, error_id(msg)?)?],
+        RasCmd::ClearErrorCounter => {
+            let n = node(ras, view, msg)?;
+            let e = counter(n, error_id(msg)?)?.id;
+            ras.clear(n.id, e)?;
             Vec::new()
         }
-        (RasCmd::ErrorEvent, true) => ras
-            .recent()
-            .iter()
-            .filter(|e| optional_node.is_none_or(|n| n == e.node_id))
-            .map(|e| event_msg(ras, e))
-            .collect(),
-        (RasCmd::GetErrorThreshold, _) => {
-            let (n, e) = (node_id(msg)?, error_id(msg)?);
-            let t = ras.node(n)?.counter(e)?.threshold();
+        RasCmd::GetErrorThreshold => {
+            let n = node(ras, view, msg)?;
+            let c = counter(n, error_id(msg)?)?;
             vec![RasMsg::new(
                 RasCmd::GetErrorThreshold,
-                vec![RasAttr::NodeId(n), RasAttr::ErrorId(e), RasAttr::Threshold(t)],
+                vec![
+                    RasAttr::ErrorId(c.id),
+                    RasAttr::ErrorName(c.name.clone()),
+                    RasAttr::ErrorThreshold(sat32(c.threshold())),
+                ],
             )]
         }
-        (RasCmd::SetErrorThreshold, _) => {
-            let t = need(msg.threshold(), msg, "threshold")?;
-            ras.set_threshold(node_id(msg)?, error_id(msg)?, t)?;
+        RasCmd::SetErrorThreshold => {
+            let t = need(msg.threshold(), msg, "error-threshold")?;
+            let n = node(ras, view, msg)?;
+            let e = counter(n, error_id(msg)?)?.id;
+            ras.set_threshold(n.id, e, u64::from(t))?;
             Vec::new()
         }
-        (RasCmd::GetHealth, false) => vec![health_msg(RasCmd::GetHealth, ras.node(node_id(msg)?)?)],
-        (RasCmd::GetHealth, true) => nodes()?.into_iter().map(|n| health_msg(RasCmd::GetHealth, n)).collect(),
-        (RasCmd::Recover, _) => {
-            ras.recover(node_id(msg)?)?;
+        RasCmd::GetHealth if dump => visible()?.into_iter().map(health_msg).collect(),
+        RasCmd::GetHealth => vec![health_msg(node(ras, view, msg)?)],
+        RasCmd::Recover => {
+            ras.recover(node(ras, view, msg)?.id)?;
             Vec::new()
         }
-        (RasCmd::Diagnose, _) => ras
-            .diagnose(node_id(msg)?)?
+        RasCmd::Diagnose => ras
+            .diagnose(node(ras, view, msg)?.id)?
             .into_iter()
             .map(|(k, v)| RasMsg::new(RasCmd::Diagnose, vec![RasAttr::DiagKey(k), RasAttr::DiagValue(v)]))
             .collect(),
-        (RasCmd::SetReporter, _) => {
+        RasCmd::SetReporter => {
             let grace = msg.grace_period_ms();
             let auto = msg.auto_recover().map(|v| v != 0);
-            ras.configure_reporter(node_id(msg)?, grace, auto)?;
+            ras.configure_reporter(node(ras, view, msg)?.id, grace, auto)?;
             Vec::new()
         }
-        (RasCmd::InjectError, _) => {
-            let count = msg.count().unwrap_or(1);
-            ras.inject(node_id(msg)?, error_id(msg)?, count)?;
+        RasCmd::InjectError => {
+            let n = node(ras, view, msg)?;
+            let e = counter(n, error_id(msg)?)?.id;
+            ras.inject(n.id, e, msg.count().unwrap_or(1))?;
             Vec::new()
         }
-        (RasCmd::ErrorEvent, false) => {
-            return Err(Error::new(
-                Errno::EOPNOTSUPP,
-                "error-event is a notification: subscribe, or dump for the recent ones",
-            ))
+        RasCmd::DumpEvents => {
+            let only = msg.node_id();
+            ras.recent()
+                .iter()
+                .filter(|e| only.is_none_or(|n| n == e.node_id))
+                .filter_map(|e| event_msg(ras, view, e, RasCmd::DumpEvents))
+                .collect()
         }
+        RasCmd::ErrorEvent => unreachable!("error-event has neither do nor dump"),
     })
 }
 
-/// Handles one netlink request; returns the reply frames, each a list of netlink messages.
-pub fn handle(ras: &RasCore, admin: bool, bytes: &[u8]) -> Vec<Vec<Vec<u8>>> {
-    let (msg, flags, seq) = match nl::decode(bytes) {
-        Ok(Parsed::Msg { msg, flags, seq }) => (msg, flags, seq),
-        Ok(_) => return vec![vec![nl::error(Errno::EINVAL.raw() as i32, 0)]],
-        Err(_) => return vec![vec![nl::error(Errno::EINVAL.raw() as i32, 0)]],
-    };
-    let dump = nl::is_dump(flags);
-    match run(ras, admin, &msg, dump) {
-        Err(e) => vec![vec![nl::error(e.code.raw() as i32, seq)]],
-        Ok(replies) if dump => {
-            let mut frames = vec![Vec::new()];
-            let mut size = 0;
-            for r in replies {
-                let bytes = nl::multipart(r, seq);
-                if size + bytes.len() > CHUNK {
-                    frames.push(Vec::new());
-                    size = 0;
-                }
-                size += bytes.len();
-                frames.last_mut().expect("one frame at least").push(bytes);
-            }
-            frames.last_mut().expect("one frame at least").push(nl::done(seq));
-            frames
+/// Frames of a dump: parts, then `NLMSG_DONE`, split so no frame exceeds [`CHUNK`].
+fn dump_frames(parts: Vec<Vec<u8>>, seq: u32) -> Vec<Vec<Vec<u8>>> {
+    let mut frames = vec![Vec::new()];
+    let mut size = 0;
+    for bytes in parts {
+        if size + bytes.len() > CHUNK {
+            frames.push(Vec::new());
+            size = 0;
         }
-        Ok(replies) if replies.is_empty() => vec![vec![nl::error(0, seq)]],
-        Ok(replies) => vec![replies.into_iter().map(|r| nl::encode(r, 0, seq)).collect()],
+        size += bytes.len();
+        frames.last_mut().expect("one frame at least").push(bytes);
     }
+    frames.last_mut().expect("one frame at least").push(nl::done(seq));
+    frames
+}
+
+fn fail(req: &RequestHeader, e: &Error) -> Vec<Vec<Vec<u8>>> {
+    vec![vec![nl::error_for(req, e.code.raw() as i32, &e.message)]]
+}
+
+/// The generic netlink controller, for the one family it knows.
+fn controller(req: &RequestHeader, bytes: &[u8]) -> Vec<Vec<Vec<u8>>> {
+    let (cmd, attrs) = match ctrl_decode(bytes) {
+        Ok(m) => m,
+        Err(e) => return fail(req, &Error::new(Errno::EINVAL, format!("bad controller request: {e}"))),
+    };
+    if cmd != GenlCtrlCmd::GetFamily {
+        return fail(
+            req,
+            &Error::new(Errno::EOPNOTSUPP, format!("the controller here answers GETFAMILY, not {cmd:?}")),
+        );
+    }
+    if nl::is_dump(req.flags) {
+        return dump_frames(vec![nl::ctrl_family(req.seq, req.pid)], req.seq);
+    }
+    let wanted = attrs.iter().find_map(|a| match a {
+        GenlCtrlAttrs::FamilyName(n) => Some(n.as_str() == nl::FAMILY_NAME),
+        GenlCtrlAttrs::FamilyId(id) => Some(*id == nl::FAMILY_ID),
+        _ => None,
+    });
+    match wanted {
+        Some(true) => {
+            let mut frame = vec![nl::ctrl_family(req.seq, req.pid)];
+            if req.flags & NLM_F_ACK != 0 {
+                frame.push(nl::error_for(req, 0, ""));
+            }
+            vec![frame]
+        }
+        Some(false) => fail(req, &Error::new(Errno::ENOENT, format!("the only family here is {}", nl::FAMILY_NAME))),
+        None => fail(req, &Error::new(Errno::EINVAL, "GETFAMILY needs a family name or id")),
+    }
+}
+
+/// Handles one netlink request; returns the reply frames, each a list of netlink messages.
+pub fn handle(ras: &RasCore, view: &View, bytes: &[u8]) -> Vec<Vec<Vec<u8>>> {
+    let req = nl::request_header(bytes);
+    if req.kind == GENL_ID_CTRL {
+        return controller(&req, bytes);
+    }
+    let msg = match nl::decode(bytes) {
+        Ok(Parsed::Msg { msg, .. }) => msg,
+        Ok(other) => return fail(&req, &Error::new(Errno::EINVAL, format!("not a request: {other:?}"))),
+        Err(e) => return fail(&req, &Error::new(Errno::EINVAL, format!("malformed request: {e}"))),
+    };
+    let dump = nl::is_dump(req.flags);
+    let ext = msg.wants_ext();
+    let replies = match run(ras, view, &msg, dump) {
+        Ok(r) => r.into_iter().map(|m| if ext { m } else { m.kernel_only() }),
+        Err(e) => return fail(&req, &e),
+    };
+    if dump {
+        let parts = replies.map(|r| nl::multipart(r, req.seq)).collect();
+        return dump_frames(parts, req.seq);
+    }
+    let mut frame: Vec<Vec<u8>> = replies.map(|r| nl::encode(r, 0, req.seq)).collect();
+    if req.flags & NLM_F_ACK != 0 {
+        frame.push(nl::error_for(&req, 0, ""));
+    }
+    vec![frame]
 }

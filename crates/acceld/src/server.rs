@@ -104,6 +104,8 @@ struct Conn {
     /// Evicted: stop reading, close once its jobs settled (or the deadline passed).
     closing: Option<Instant>,
     subscribed: bool,
+    /// What the subscription sees, and whether its events carry accel's attributes.
+    ras_view: Option<(crate::ras_nl::View, bool)>,
     /// Cleared on close, so the subscription's forwarding thread ends.
     subscription: Option<Arc<std::sync::atomic::AtomicBool>>,
     _held: Box<dyn Send>,
@@ -189,8 +191,12 @@ impl Worker {
             Post::Lease { conn, open } => self.retry_open(conn, open),
             Post::Revoke(conn) => self.revoke(conn),
             Post::Ras(conn, ev) => {
-                let msg = accel_uapi::ras::encode(crate::ras_nl::event_msg(self.sub.ras(), &ev), 0, 0);
-                self.reply(conn, 0, Reply::Netlink(vec![msg]), Vec::new());
+                let Some((view, ext)) = self.conns.get(&conn).and_then(|c| c.ras_view.clone()) else { return };
+                let cmd = accel_uapi::ras::RasCmd::ErrorEvent;
+                if let Some(msg) = crate::ras_nl::event_msg(self.sub.ras(), &view, &ev, cmd) {
+                    let msg = if ext { msg } else { msg.kernel_only() };
+                    self.reply(conn, 0, Reply::Netlink(vec![accel_uapi::ras::encode(msg, 0, 0)]), Vec::new());
+                }
             }
         }
     }
@@ -219,6 +225,7 @@ impl Worker {
             paused_until: None,
             closing: None,
             subscribed: false,
+            ras_view: None,
             subscription: None,
             _held: c.held,
         };
@@ -318,13 +325,14 @@ impl Worker {
                 c.opens.insert(open, PendingOpen { seq, minor, deadline, timer });
                 self.watch_lease(id, open, minor);
             }
-            Action::Subscribe => {
+            Action::Subscribe(view, ext) => {
                 // Subscribe before acknowledging, so no event after the ack is missed.
                 let rx = self.sub.ras().subscribe();
                 self.reply(id, seq, Reply::Ok, Vec::new());
                 let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.subscribed = true;
+                    c.ras_view = Some((view, ext));
                     c.subscription = Some(alive.clone());
                 }
                 let me = self.me.clone();
