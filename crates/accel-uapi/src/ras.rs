@@ -752,8 +752,33 @@ pub fn ctrl_family(seq: u32, pid: u32) -> Vec<u8> {
     to_bytes(nl, 0, seq)
 }
 
-/// A decoded controller message: its command and attributes.
+/// Whether every attribute in `buf` is well framed, nested ones `depth` levels down.
+fn well_framed(buf: &[u8], depth: u8) -> bool {
+    NlasIterator::new(buf).all(|nla: Result<NlaBuffer<&[u8]>, DecodeError>| match nla {
+        Ok(nla) => depth == 0 || well_framed(nla.value(), depth - 1),
+        Err(_) => false,
+    })
+}
+
+/// A decoded controller message: its command and attributes. Only the attributes a family
+/// description has (id, name, version, header size, largest attribute, ops, groups) are
+/// accepted, each checked for framing before the generic parser sees it (it indexes nested
+/// policy attributes without checks).
 pub fn ctrl_decode(bytes: &[u8]) -> Result<(GenlCtrlCmd, Vec<GenlCtrlAttrs>), DecodeError> {
+    const CTRL_ATTR_OPS: u16 = 6;
+    const CTRL_ATTR_MCAST_GROUPS: u16 = 7;
+    let attrs = bytes.get(20..).ok_or_else(|| DecodeError::from("short controller message"))?;
+    for nla in NlasIterator::new(attrs) {
+        let nla: NlaBuffer<&[u8]> = nla.context("malformed controller attribute")?;
+        let ok = match nla.kind() & 0x3fff {
+            1..=5 => true,
+            CTRL_ATTR_OPS | CTRL_ATTR_MCAST_GROUPS => well_framed(nla.value(), 1),
+            _ => false,
+        };
+        if !ok {
+            return Err(DecodeError::from(format!("controller attribute {} is not accepted here", nla.kind())));
+        }
+    }
     let nl = CtrlNetlink::deserialize(bytes)?;
     match nl.payload {
         NetlinkPayload::InnerMessage(genl) => Ok((genl.payload.cmd, genl.payload.nlas)),
@@ -861,6 +886,16 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_fuzzed_controller_message_does_not_panic() {
+        let bytes = [
+            0x1d, 0, 0, 0, 0xfc, 0xfc, 0xfc, 0xfc, 0xfc, 0xff, 0xff, 0xff, 0x02, 0, 0xff, 0x01, 0x03, 0, 0, 0, 0x04, 0,
+            0x09, 0, 0, 0, 0, 0, 0, 0x14, 0, 0x29, 0x85, 0xfc, 0xff, 0x28,
+        ];
+        let _ = ctrl_decode(&bytes);
+        let _ = decode(&bytes);
     }
 
     #[test]
