@@ -206,6 +206,30 @@ fn counters_survive_a_daemon_crash_and_restart() {
     let _ = std::fs::remove_dir_all(&state);
 }
 
+#[test]
+fn counters_survive_log_compaction_a_sigkill_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, config) = (dir.path().join("state"), dir.path().join("accel.toml"));
+    std::fs::write(&config, "[limits]\nras_log_max_bytes = 4096\n").unwrap();
+    let args = ["--state-dir", state.to_str().unwrap(), "--config", config.to_str().unwrap()];
+    let mut d = Daemon::start_with(&["testdev"], &args);
+    let mut ras = Ras::connect(d.socket()).unwrap();
+    for _ in 0..300 {
+        inject(&mut ras, ECC_CE.0, ECC_CE.1, 1).unwrap();
+    }
+    let log = std::fs::metadata(state.join("ras.log")).unwrap().len();
+    assert!(log <= 4096 + 64, "300 events in a log of {log} bytes: it was compacted");
+    drop(ras);
+    d.kill();
+    let d = Daemon::start_with(&["testdev"], &args);
+    let mut ras = Ras::connect(d.socket()).unwrap();
+    assert_eq!(counter(&mut ras, ECC_CE.0, ECC_CE.1), 300);
+    let history = ras.request(RasMsg::new(RasCmd::DumpEvents, vec![RasAttr::AccelExt]), true).unwrap();
+    assert_eq!(history.last().unwrap().event_seq(), Some(300), "the newest events survive compaction");
+    inject(&mut ras, ECC_CE.0, ECC_CE.1, 1).unwrap();
+    assert_eq!(counter(&mut ras, ECC_CE.0, ECC_CE.1), 301);
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -93,7 +93,7 @@ impl Subsystem {
                 .map_err(|e| Error::new(accel_uapi::Errno::EIO, format!("state directory {}: {e}", dir.display())))?;
         }
         let log = state_dir.map(|d| d.join("ras.log"));
-        let ras = ras::RasCore::new(&ras_devices, log.as_deref())?;
+        let ras = ras::RasCore::with_log_limit(&ras_devices, log.as_deref(), limits.ras_log_max_bytes.max(4096))?;
         let devices = devices
             .into_iter()
             .enumerate()

@@ -32,6 +32,9 @@ pub struct Limits {
     pub fds_total: u64,
     /// Part of `fds_total` that only admins may use.
     pub admin_reserve: u64,
+    /// Size the RAS log may reach before it is compacted (current state plus the recent
+    /// events, written atomically over the old log), in bytes.
+    pub ras_log_max_bytes: u64,
 }
 
 impl Default for Limits {
@@ -44,6 +47,7 @@ impl Default for Limits {
             max_buffer_bytes: 64 << 30,
             fds_total: u64::MAX,
             admin_reserve: 0,
+            ras_log_max_bytes: 16 << 20,
         }
     }
 }

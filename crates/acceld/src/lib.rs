@@ -83,6 +83,7 @@ pub enum DaemonError {
 /// objects_per_client = 65536      # handles of every kind
 /// objects_per_namespace = 262144
 /// max_buffer_bytes = 68719476736
+/// ras_log_max_bytes = 16777216    # RAS log size before compaction
 ///
 /// [connections]
 /// max_per_uid = 64                # for non-admin users

@@ -1,12 +1,57 @@
-//! The RAS log: an append-only, checksummed, fsync'd record of every RAS change.
+//! The RAS log: an append-only, checksummed, fsync'd record of every RAS change, written
+//! in batches (one `fdatasync` for every record a batch holds) and compacted when it grows
+//! past its bound: the current state as snapshot records plus the recent events go to a new
+//! file that atomically replaces the old one, so counters survive rotation, a crash at any
+//! point of it, and restarts.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::EventKind;
+use super::{EventKind, RECENT_EVENTS};
+
+/// What a log record holds: an event (the first four, as [`EventKind`], which older logs
+/// hold too), or a snapshot of state written by compaction (never replayed as an event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) enum LogKind {
+    Error,
+    Cleared,
+    ThresholdSet,
+    Recovered,
+    /// A counter's value.
+    SnapValue,
+    /// A counter's threshold.
+    SnapThreshold,
+    /// A node's recovery count.
+    SnapRecoveries,
+}
+
+impl From<EventKind> for LogKind {
+    fn from(k: EventKind) -> LogKind {
+        match k {
+            EventKind::Error => LogKind::Error,
+            EventKind::Cleared => LogKind::Cleared,
+            EventKind::ThresholdSet => LogKind::ThresholdSet,
+            EventKind::Recovered => LogKind::Recovered,
+        }
+    }
+}
+
+impl LogKind {
+    /// The event a record replays as, if it is one.
+    pub(super) fn event(self) -> Option<EventKind> {
+        match self {
+            LogKind::Error => Some(EventKind::Error),
+            LogKind::Cleared => Some(EventKind::Cleared),
+            LogKind::ThresholdSet => Some(EventKind::ThresholdSet),
+            LogKind::Recovered => Some(EventKind::Recovered),
+            _ => None,
+        }
+    }
+}
 
 /// A log record: names rather than ids, so a restart with another registration order
 /// still maps every record to its counter.
@@ -17,8 +62,66 @@ pub(super) struct LogRecord {
     pub(super) device: String,
     pub(super) node: String,
     pub(super) error: String,
-    pub(super) kind: EventKind,
+    pub(super) kind: LogKind,
     pub(super) value: u64,
+}
+
+/// What the log holds, as compaction needs it: the latest value of each piece of state and
+/// the recent events. Kept from the records that reached the disk only.
+#[derive(Debug, Default)]
+pub(super) struct Durable {
+    seq: u64,
+    /// (device, node, error, class) → the record that set it last; class 0 value,
+    /// 1 threshold, 2 recoveries.
+    state: BTreeMap<(String, String, String, u8), LogRecord>,
+    recent: VecDeque<LogRecord>,
+}
+
+impl Durable {
+    fn note(&mut self, rec: &LogRecord) {
+        self.seq = self.seq.max(rec.seq);
+        let class = match rec.kind {
+            LogKind::Error | LogKind::Cleared | LogKind::SnapValue => 0,
+            LogKind::ThresholdSet | LogKind::SnapThreshold => 1,
+            LogKind::Recovered | LogKind::SnapRecoveries => 2,
+        };
+        self.state.insert((rec.device.clone(), rec.node.clone(), rec.error.clone(), class), rec.clone());
+        if rec.kind.event().is_some() {
+            if self.recent.len() == RECENT_EVENTS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(rec.clone());
+        }
+    }
+
+    /// The records of a compacted log: a snapshot of every non-zero piece of state, then as
+    /// many of the recent events as fit in `history_bytes` (they replay onto the same state,
+    /// and keep the dump history).
+    fn compacted(&self, history_bytes: usize) -> Vec<LogRecord> {
+        let mut out: Vec<LogRecord> = self
+            .state
+            .iter()
+            .filter(|(_, r)| r.value != 0)
+            .map(|((_, _, _, class), r)| LogRecord {
+                kind: [LogKind::SnapValue, LogKind::SnapThreshold, LogKind::SnapRecoveries][*class as usize],
+                ..r.clone()
+            })
+            .collect();
+        // Snapshots first, in sequence order, so a later event record wins on replay.
+        out.sort_by_key(|r| r.seq);
+        let mut room = history_bytes;
+        let mut history: Vec<LogRecord> = Vec::new();
+        for r in self.recent.iter().rev() {
+            let size = FRAME_HEADER + postcard::to_stdvec(r).map_or(usize::MAX / 2, |p| p.len());
+            if size > room {
+                break;
+            }
+            room -= size;
+            history.push(r.clone());
+        }
+        out.extend(history.into_iter().rev());
+        out
+    }
 }
 
 /// The append-only RAS log: `[len u32 LE][crc32 u32 LE][postcard record]` frames,
@@ -32,7 +135,17 @@ pub struct RasLog {
     path: PathBuf,
     /// Bytes of whole records: where the next append starts.
     len: u64,
+    /// Compact once the log is larger than this.
+    max_bytes: u64,
+    durable: Durable,
+    /// `fdatasync` calls made (one per batch), for `/metrics` and benchmarks.
+    syncs: u64,
+    /// Compactions done.
+    rotations: u64,
 }
+
+/// The default bound on the log's size before it is compacted.
+pub const DEFAULT_MAX_BYTES: u64 = 16 << 20;
 
 pub(super) const FRAME_HEADER: usize = 8;
 const MAX_RECORD: usize = 64 * 1024;
@@ -54,7 +167,7 @@ fn parse_frame(bytes: &[u8]) -> Option<(LogRecord, usize)> {
 }
 
 impl RasLog {
-    pub(super) fn open(path: &Path) -> std::io::Result<(RasLog, Vec<LogRecord>)> {
+    pub(super) fn open(path: &Path, max_bytes: u64) -> std::io::Result<(RasLog, Vec<LogRecord>)> {
         use std::os::unix::fs::OpenOptionsExt;
         if let Some(dir) = path.parent() {
             crate::files::private_dir(dir)?;
@@ -86,31 +199,83 @@ impl RasLog {
         if damaged > 0 {
             tracing::warn!("RAS log {}: skipped {damaged} damaged bytes; later records kept", path.display());
         }
-        Ok((RasLog { file, path: path.to_path_buf(), len: end as u64 }, records))
+        let mut durable = Durable::default();
+        for r in &records {
+            durable.note(r);
+        }
+        let log =
+            RasLog { file, path: path.to_path_buf(), len: end as u64, max_bytes, durable, syncs: 0, rotations: 0 };
+        Ok((log, records))
     }
 
-    pub(super) fn append(&mut self, rec: &LogRecord) -> std::io::Result<()> {
-        let payload = postcard::to_stdvec(rec).map_err(std::io::Error::other)?;
-        let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
-        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        frame.extend_from_slice(&payload);
+    fn frames(recs: &[LogRecord]) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for rec in recs {
+            let payload = postcard::to_stdvec(rec).map_err(std::io::Error::other)?;
+            out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            out.extend_from_slice(&payload);
+        }
+        Ok(out)
+    }
+
+    /// Appends records with one write and one `fdatasync`. On failure nothing of the batch
+    /// stays: the file is cut back to the last whole record (which also frees the blocks a
+    /// full disk needs).
+    pub(super) fn append_batch(&mut self, recs: &[LogRecord]) -> std::io::Result<()> {
+        let bytes = Self::frames(recs)?;
         let written = self
             .file
             .seek(SeekFrom::Start(self.len))
-            .and_then(|_| self.file.write_all(&frame))
+            .and_then(|_| self.file.write_all(&bytes))
             .and_then(|_| self.file.sync_data());
+        self.syncs += 1;
         match written {
             Ok(()) => {
-                self.len += frame.len() as u64;
+                self.len += bytes.len() as u64;
+                for r in recs {
+                    self.durable.note(r);
+                }
+                if self.len > self.max_bytes {
+                    if let Err(e) = self.compact() {
+                        tracing::warn!(
+                            "RAS log {}: compaction failed, the log keeps growing: {e}",
+                            self.path.display()
+                        );
+                    }
+                }
                 Ok(())
             }
             Err(e) => {
-                // Cut the torn record back (freeing its blocks also makes room on a full disk).
                 let _ = self.file.set_len(self.len);
                 Err(e)
             }
         }
+    }
+
+    /// Writes the compacted log beside the old one, syncs it, renames it over the old one
+    /// and syncs the directory: a crash leaves either log whole.
+    fn compact(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = self.path.with_extension("log.new");
+        // Half the bound for history, so the compacted log leaves room to grow.
+        let bytes = Self::frames(&self.durable.compacted((self.max_bytes / 2) as usize))?;
+        let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        self.file = f;
+        self.len = bytes.len() as u64;
+        self.rotations += 1;
+        Ok(())
+    }
+
+    /// `fdatasync` calls and compactions so far.
+    pub fn stats(&self) -> (u64, u64) {
+        (self.syncs, self.rotations)
     }
 
     /// Where the log lives.
