@@ -21,8 +21,15 @@ impl SpawnedDaemon {
 
     /// Like [`SpawnedDaemon::start`], with extra daemon arguments.
     pub fn start_with(devices: &[&str], extra: &[&str]) -> Result<SpawnedDaemon> {
-        let dir =
-            std::env::temp_dir().join(format!("accel-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos()));
+        Self::start_in(&std::env::temp_dir(), devices, extra)
+    }
+
+    /// Like [`SpawnedDaemon::start_with`], with its socket and state under `base` (a disk or
+    /// a tmpfs, for measurements that depend on it).
+    pub fn start_in(base: &Path, devices: &[&str], extra: &[&str]) -> Result<SpawnedDaemon> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = base.join(format!("accel-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("accel.sock");
         let exe = std::env::current_exe().context("locating the accel binary")?;

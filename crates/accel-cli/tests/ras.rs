@@ -251,19 +251,66 @@ fn metrics_exposition_is_valid_and_complete() {
     let d = Daemon::start_with(&["testdev", "cpu"], &["--metrics", &addr]);
     let mut ras = Ras::connect(d.socket()).unwrap();
     inject(&mut ras, ECC_CE.0, ECC_CE.1, 3).unwrap();
+    // A client with a buffer in device memory, and a job on the copy engine.
+    let dev = d.open(0);
+    let vram = dev.alloc_in(4096, 1).unwrap();
+    dev.create_queue().unwrap().submit(accel::Op::Fill { dst: vram.whole(), pattern: 1 }).unwrap().wait().unwrap();
+    // A tenant's share, for the per-namespace series.
+    common::tenant(&d, "team-a", "tok-a", 0, 0, 0);
+    let tenant = accel::Device::open_with_token(d.socket(), 0, "tok-a").unwrap();
+    let _held = tenant.alloc(8192).unwrap();
     let (head, body) = http_get(port, None);
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
-    assert!(body.contains(
-        r#"accel_ras_errors_total{device="accel0",node="memory",error="ecc-corrected",severity="corrected"} 3"#
-    ));
+    let hw = |minor: u32| format!(r#"hw_id="accel{minor}",hw_type="accelerator""#);
+    let errors =
+        format!(r#"hw_errors_total{{{},block="memory",error_type="ecc-corrected",severity="corrected"}} 3"#, hw(0));
+    assert!(body.contains(&errors), "{body}");
     // Zeros, not blanks: every counter of every device exists before its first error.
-    assert!(body.contains(
-        r#"accel_ras_errors_total{device="accel1",node="memory",error="ecc-uncorrected",severity="uncorrected"} 0"#
-    ));
-    assert!(body.contains(r#"accel_device_health{device="accel1",state="ok"} 1"#));
-    assert!(body.contains(r#"accel_device_health{device="accel1",state="failed"} 0"#));
+    let zero =
+        format!(r#"hw_errors_total{{{},block="memory",error_type="ecc-uncorrected",severity="uncorrected"}} 0"#, hw(1));
+    assert!(body.contains(&zero));
+    assert!(body.contains(&format!(r#"hw_status{{{},hw_state="ok"}} 1"#, hw(1))));
+    assert!(body.contains(&format!(r#"hw_status{{{},hw_state="failed"}} 0"#, hw(1))));
+    // What operators graph: memory per region, engine time and utilisation, identity, the
+    // last failed job, and usage by namespace and workload (this test's client: no pod).
+    for needle in [
+        format!(r#"hw_gpu_memory_limit_bytes{{{},region="host"}}"#, hw(0)),
+        format!(r#"hw_gpu_memory_usage_bytes{{{},region="vram"}}"#, hw(0)),
+        format!(r#"accel_engine_busy_seconds_total{{{},engine="copy"}}"#, hw(0)),
+        format!(r#"hw_gpu_utilization_ratio{{{},engine="compute"}}"#, hw(0)),
+        format!(r#"accel_device_last_error_code{{{}}} 0"#, hw(1)),
+        format!(r#"accel_namespace_memory_used_bytes{{{},namespace="team-a",region="host"}} 8192"#, hw(0)),
+        format!(r#"accel_workload_clients{{{},namespace="root",pod="",container=""}} 1"#, hw(0)),
+        r#"accel_device_info{hw_id="accel1",hw_type="accelerator",hw_name="#.to_string(),
+    ] {
+        assert!(body.contains(&needle), "{needle} missing from:\n{body}");
+    }
+    // RAS blocks are `block`: a `node` label would clash with Kubernetes' own.
+    assert!(!body.contains("node=\""), "no node label");
     let (head, om) = http_get(port, Some("application/openmetrics-text; version=1.0.0"));
     assert!(head.contains("application/openmetrics-text") && om.trim_end().ends_with("# EOF"));
+    // The OpenMetrics exposition through a strict parser (prometheus_client's, as CI installs).
+    let parser = "import sys; from prometheus_client.openmetrics.parser import text_string_to_metric_families as p; \
+                  n = sum(1 for _ in p(sys.stdin.read())); print(n)";
+    match std::process::Command::new("python3")
+        .args(["-c", parser])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            child.stdin.take().unwrap().write_all(om.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            if err.contains("No module named 'prometheus_client'") && std::env::var_os("CI").is_none() {
+                eprintln!("prometheus_client not installed: OpenMetrics not parsed (CI installs it)");
+            } else {
+                assert!(out.status.success(), "OpenMetrics parser: {err}");
+            }
+        }
+        Err(e) => panic!("python3: {e}"),
+    }
 
     // The real promtool, as in CI (Debian package prometheus); CI must have it.
     match std::process::Command::new("promtool")

@@ -243,6 +243,11 @@ impl Subsystem {
             .collect()
     }
 
+    /// Usage of every connected client with its namespace and process id, for monitoring.
+    pub fn client_usage_by_namespace(&self) -> Vec<(String, ClientUsage)> {
+        lock(&self.clients).iter().map(|(id, r)| (r.ns.clone(), r.usage(*id))).collect()
+    }
+
     /// Usage of every connected client.
     pub fn client_usage(&self) -> Vec<ClientUsage> {
         self.client_usage_in(self.namespaces.root(), 0)

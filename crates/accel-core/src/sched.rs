@@ -190,6 +190,10 @@ struct State {
 struct Shared {
     driver: Arc<dyn Driver>,
     config: SchedConfig,
+    /// Nanoseconds each engine spent running jobs.
+    busy_ns: Vec<AtomicU64>,
+    /// The last job the driver failed: its errno and when (`CLOCK_REALTIME` ns), 0 if none.
+    last_error: Mutex<(u32, u64)>,
     state: Mutex<State>,
     sched_cond: Condvar,
     slot_cond: Condvar,
@@ -211,6 +215,16 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// Nanoseconds each engine has spent running jobs.
+    pub fn busy_ns(&self) -> Vec<u64> {
+        self.shared.busy_ns.iter().map(|b| b.load(Ordering::Relaxed)).collect()
+    }
+
+    /// The last job the driver failed: (errno, `CLOCK_REALTIME` ns), zeros if none.
+    pub fn last_error(&self) -> (u32, u64) {
+        *lock(&self.shared.last_error)
+    }
+
     /// Starts the scheduler thread and one slot thread per engine credit.
     pub fn new(driver: Arc<dyn Driver>, name: &str, config: SchedConfig) -> std::io::Result<Scheduler> {
         let engines: Vec<Engine> = driver
@@ -226,8 +240,11 @@ impl Scheduler {
         };
         let slots: Vec<(usize, u32)> =
             engines.iter().enumerate().flat_map(|(i, e)| (0..e.credits).map(move |s| (i, s))).collect();
+        let busy_ns = engines.iter().map(|_| AtomicU64::new(0)).collect();
         let shared = Arc::new(Shared {
             driver,
+            busy_ns,
+            last_error: Mutex::new((0, 0)),
             config: SchedConfig { hang_limit: config.hang_limit.max(1), ..config },
             state: Mutex::new(State {
                 entities: BTreeMap::new(),
@@ -672,6 +689,11 @@ impl Shared {
             signal_failed(lost_jobs);
             d.usage.engine_ns.fetch_add(elapsed, Ordering::Relaxed);
             d.usage.jobs_completed.fetch_add(1, Ordering::Relaxed);
+            self.busy_ns[engine_idx].fetch_add(elapsed, Ordering::Relaxed);
+            if let (Err(code), Some(_)) = (&result, &message) {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                *lock(&self.last_error) = (code.raw(), now.as_nanos() as u64);
+            }
             // Signal before the queue's next job may start: a queue's fences (and ring
             // completions) then signal in submission order, as a hardware ring's do.
             d.job.fence.signal_with(result, message);

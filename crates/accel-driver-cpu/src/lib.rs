@@ -210,6 +210,13 @@ impl Driver for CpuDevice {
         }
     }
 
+    fn telemetry(&self) -> accel_hal::driver::Telemetry {
+        accel_hal::driver::Telemetry {
+            temperature_c: max_temperature(Path::new("/sys/class/thermal")).map(|mc| mc as f64 / 1000.0),
+            ..Default::default()
+        }
+    }
+
     fn ras_attach(&self, sink: RasSink) {
         let spawned = std::thread::Builder::new().name("cpu-ras".into()).spawn(move || ras_monitor(sink));
         if let Err(e) = spawned {

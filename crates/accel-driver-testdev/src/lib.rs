@@ -46,6 +46,9 @@ pub const OP_VRAM_ECC: u32 = 7;
 /// The next job reports the device lost (as `VK_ERROR_DEVICE_LOST` would): the core
 /// wedges the device.
 pub const OP_LOSE_DEVICE: u32 = 8;
+/// Driver op: report `args[0]` corrected memory errors one by one, as a monitor seeing an
+/// error storm does (`RasSink::report_async`: queued, written in batches).
+pub const OP_RAS_STORM: u32 = 9;
 
 /// Engine index of the compute engine.
 pub const COMPUTE_ENGINE: usize = 0;
@@ -138,6 +141,13 @@ impl TestDevice {
             }
             JobOp::Driver { code: OP_COPY_BANDWIDTH, args } => {
                 self.copy_bandwidth.store(args[0], Ordering::Relaxed);
+                Ok(())
+            }
+            JobOp::Driver { code: OP_RAS_STORM, args } => {
+                let sink = self.ras.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or(Errno::ENODEV)?;
+                for _ in 0..args[0] {
+                    sink.report_async("memory", "ecc-corrected", 1).map_err(|e| e.code)?;
+                }
                 Ok(())
             }
             JobOp::Driver { code: OP_COPY_FAULT, .. } => {

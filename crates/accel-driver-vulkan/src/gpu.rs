@@ -53,6 +53,8 @@ pub struct Props {
     pub max_push: u32,
     /// Largest single allocation.
     pub max_alloc: u64,
+    /// `deviceUUID`, as text.
+    pub uuid: String,
 }
 
 /// A queue the device exposes as an accel engine.
@@ -234,17 +236,24 @@ impl Gpu {
             let mut driver = vk::PhysicalDeviceDriverProperties::default();
             let mut host_props = vk::PhysicalDeviceExternalMemoryHostPropertiesEXT::default();
             let mut maint3 = vk::PhysicalDeviceMaintenance3Properties::default();
+            let mut ids = vk::PhysicalDeviceIDProperties::default();
             let mut p2 = vk::PhysicalDeviceProperties2::default()
                 .push_next(&mut driver)
                 .push_next(&mut host_props)
-                .push_next(&mut maint3);
+                .push_next(&mut maint3)
+                .push_next(&mut ids);
             instance.get_physical_device_properties2(phys, &mut p2);
             let p = p2.properties;
             let driver = (cstr(&driver.driver_name), cstr(&driver.driver_info));
             let host_align = host_props.min_imported_host_pointer_alignment;
             let max_alloc = maint3.max_memory_allocation_size;
+            let u = ids.device_uuid;
+            let uuid = format!(
+                "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+                u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]
+            );
             (
-                (p, max_alloc),
+                (p, max_alloc, uuid),
                 driver,
                 host_align,
                 instance.get_physical_device_queue_family_properties(phys),
@@ -254,7 +263,7 @@ impl Gpu {
                     .map_err(vk_err("vkEnumerateDeviceExtensionProperties"))?,
             )
         };
-        let (p, max_alloc) = p;
+        let (p, max_alloc, uuid) = p;
         if p.api_version < vk::API_VERSION_1_2 {
             return Err(no_vulkan(format!(
                 "vulkan: {} supports Vulkan {}; accel needs 1.2 (timeline semaphores)",
@@ -321,6 +330,7 @@ impl Gpu {
             max_groups: p.limits.max_compute_work_group_count,
             max_push: p.limits.max_push_constants_size,
             max_alloc,
+            uuid,
         };
         Ok((device, props, engine_families, (device_type, staging_type), (host_ext, fd_ext)))
     }

@@ -271,6 +271,10 @@ impl Driver for VulkanDevice {
         result
     }
 
+    fn telemetry(&self) -> accel_hal::driver::Telemetry {
+        accel_hal::driver::Telemetry { serial: Some(self.gpu.props.uuid.clone()), ..Default::default() }
+    }
+
     fn ras_attach(&self, sink: RasSink) {
         *lock(&self.ras) = Some(sink);
     }

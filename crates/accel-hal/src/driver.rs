@@ -42,6 +42,22 @@ pub struct DriverInfo {
     pub ras_nodes: Vec<RasNodeDesc>,
 }
 
+/// What a driver can read of its device's sensors and identity, for monitoring (`/metrics`).
+/// Every field is optional: what the hardware does not report is left out, not faked.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Telemetry {
+    /// Temperature, °C.
+    pub temperature_c: Option<f64>,
+    /// Power draw, W.
+    pub power_w: Option<f64>,
+    /// Why the device runs slower than it could right now (`thermal`, `power`, …).
+    pub throttle_reasons: Vec<String>,
+    /// A stable identity: UUID or serial number.
+    pub serial: Option<String>,
+    /// PCI address (`0000:03:00.0`).
+    pub pci_address: Option<String>,
+}
+
 /// A memory region a driver has besides host memory (region 0, which the core provides).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegionDesc {
@@ -218,6 +234,12 @@ pub trait Driver: Send + Sync + 'static {
     /// Injects `count` errors of `error` in block `node` (test devices). Default: `EOPNOTSUPP`.
     fn ras_inject(&self, _node: &str, _error: &str, _count: u64) -> Result<(), Errno> {
         Err(Errno::EOPNOTSUPP)
+    }
+
+    /// The device's sensors and identity, read when monitoring asks (each `/metrics` scrape):
+    /// cheap, non-blocking. Default: nothing known.
+    fn telemetry(&self) -> Telemetry {
+        Telemetry::default()
     }
 
     /// Regions besides host memory; they get ids 1, 2, … in this order. Default: none.

@@ -100,7 +100,7 @@ impl Ras {
 
     fn join(mut self, req: Request) -> Result<RasEvents> {
         match self.conn.call(&req)? {
-            Reply::Ok => Ok(RasEvents { conn: self.conn }),
+            Reply::Ok => Ok(RasEvents { conn: self.conn, pending: Default::default() }),
             other => Err(unexpected(&other)),
         }
     }
@@ -110,20 +110,28 @@ impl Ras {
 #[derive(Debug)]
 pub struct RasEvents {
     conn: Connection,
+    /// Events of the last frame not handed out yet (a frame may carry several).
+    pending: std::collections::VecDeque<RasMsg>,
 }
 
 impl RasEvents {
     /// Blocks for the next event.
     pub fn next_event(&mut self) -> Result<RasMsg> {
-        match self.conn.recv_reply()?.0 {
-            Reply::Netlink(frames) => {
-                let bytes = frames.first().ok_or_else(|| Error::new(Errno::EPROTO, "empty event frame"))?;
-                match nl::decode(bytes).map_err(|e| Error::new(Errno::EPROTO, format!("bad event: {e}")))? {
-                    Parsed::Msg { msg, .. } => Ok(msg),
-                    other => Err(Error::new(Errno::EPROTO, format!("unexpected event {other:?}"))),
-                }
+        loop {
+            if let Some(m) = self.pending.pop_front() {
+                return Ok(m);
             }
-            other => Err(unexpected(&other)),
+            match self.conn.recv_reply()?.0 {
+                Reply::Netlink(frames) => {
+                    for bytes in frames {
+                        match nl::decode(&bytes).map_err(|e| Error::new(Errno::EPROTO, format!("bad event: {e}")))? {
+                            Parsed::Msg { msg, .. } => self.pending.push_back(msg),
+                            other => return Err(Error::new(Errno::EPROTO, format!("unexpected event {other:?}"))),
+                        }
+                    }
+                }
+                other => return Err(unexpected(&other)),
+            }
         }
     }
 }

@@ -39,8 +39,8 @@ pub(crate) enum Post {
     Lease { conn: u64, open: u64 },
     /// An admin evicted this connection's client.
     Revoke(u64),
-    /// A RAS event for a subscribed connection.
-    Ras(u64, Box<accel_core::ras::RasEvent>),
+    /// RAS events for a subscribed connection (those that arrived together, in order).
+    Ras(u64, Vec<accel_core::ras::RasEvent>),
 }
 
 /// A connection the accept thread admitted, with what it holds until it closes.
@@ -190,12 +190,18 @@ impl Worker {
             Post::Fence { conn, wait } => self.check_wait(conn, wait, false),
             Post::Lease { conn, open } => self.retry_open(conn, open),
             Post::Revoke(conn) => self.revoke(conn),
-            Post::Ras(conn, ev) => {
+            Post::Ras(conn, events) => {
                 let Some((view, ext)) = self.conns.get(&conn).and_then(|c| c.ras_view.clone()) else { return };
                 let cmd = accel_uapi::ras::RasCmd::ErrorEvent;
-                if let Some(msg) = crate::ras_nl::event_msg(self.sub.ras(), &view, &ev, cmd) {
-                    let msg = if ext { msg } else { msg.kernel_only() };
-                    self.reply(conn, 0, Reply::Netlink(vec![accel_uapi::ras::encode(msg, 0, 0)]), Vec::new());
+                // Events that arrived together travel together: one frame of several netlink
+                // messages, as a netlink socket's read returns several.
+                let msgs: Vec<Vec<u8>> = events
+                    .iter()
+                    .filter_map(|ev| crate::ras_nl::event_msg(self.sub.ras(), &view, ev, cmd))
+                    .map(|m| accel_uapi::ras::encode(if ext { m } else { m.kernel_only() }, 0, 0))
+                    .collect();
+                for chunk in msgs.chunks(256) {
+                    self.reply(conn, 0, Reply::Netlink(chunk.to_vec()), Vec::new());
                 }
             }
         }
@@ -342,7 +348,10 @@ impl Worker {
                     use std::sync::mpsc::RecvTimeoutError;
                     while alive.load(std::sync::atomic::Ordering::Acquire) {
                         match rx.recv_timeout(Duration::from_secs(1)) {
-                            Ok(ev) => me.post(Post::Ras(id, Box::new(ev))),
+                            Ok(mut batch) => {
+                                batch.extend(rx.try_iter().flatten());
+                                me.post(Post::Ras(id, batch));
+                            }
                             Err(RecvTimeoutError::Timeout) => {}
                             Err(RecvTimeoutError::Disconnected) => break,
                         }

@@ -1,6 +1,7 @@
 //! `accel bench …`: measurements that compare accel against a baseline taken in the same run.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,12 +59,20 @@ pub enum Which {
         #[arg(long, default_value_t = 5000)]
         ops: usize,
     },
-    /// RAS: injected error → subscriber latency (against a socket ping-pong), and the
-    /// time to scrape /metrics of a daemon with many devices (against rendering in-process).
+    /// RAS: injected error → subscriber latency (against a socket ping-pong), a burst of
+    /// events from concurrent clients with the log on disk and on tmpfs (against one
+    /// write + fdatasync there), and the time to scrape /metrics of a daemon with many
+    /// devices (against rendering in-process).
     Ras {
         /// Injections timed.
         #[arg(long, default_value_t = 2000)]
         events: usize,
+        /// Events in each burst.
+        #[arg(long, default_value_t = 1000)]
+        burst: usize,
+        /// Directory on disk for the burst's RAS log (tmpfs is /dev/shm).
+        #[arg(long, default_value = "/var/tmp")]
+        disk: PathBuf,
         /// Devices for the scrape measurement.
         #[arg(long, default_value_t = 64)]
         devices: usize,
@@ -163,7 +172,13 @@ pub fn run(which: Which) -> Result<()> {
         Which::Fairness { clients, seconds, job_ms } => fairness(clients.max(1), seconds, job_ms.max(1)),
         Which::Submit { iters, seconds, ring } => submit(iters.max(100), seconds, ring),
         Which::Scale { clients, active, ops } => scale(clients.max(1), active, ops.max(100)),
-        Which::Ras { events, devices, scrapes } => ras(events.max(100), devices.max(1), scrapes.max(10)),
+        Which::Ras { events, burst, disk, devices, scrapes } => {
+            ras(events.max(100), devices.max(1), scrapes.max(10))?;
+            for (fs, dir) in [("disk", disk.as_path()), ("tmpfs", Path::new("/dev/shm"))] {
+                ras_burst(fs, dir, burst.max(10))?;
+            }
+            Ok(())
+        }
         Which::Bindings { iters, n, reps, rounds } => bindings::run(iters.max(100), n.max(1), reps.max(1), rounds),
         Which::Copy { mib, reps } => copy::run(mib.max(1), reps.max(1)),
         Which::Vulkan { sizes, reps, iters } => vulkan::run(&sizes, reps.max(1), iters.max(10)),
@@ -625,6 +640,72 @@ fn scale(clients: usize, active: usize, ops: usize) -> Result<()> {
     Ok(())
 }
 
+/// One `write` + `fdatasync` of a small record in `dir`: the floor of a durable event there.
+fn fsync_floor(dir: &Path, samples: usize) -> Result<Vec<u64>> {
+    use std::io::Write;
+    let path = dir.join(format!("accel-fsync-{}", std::process::id()));
+    let mut f = std::fs::File::create(&path)?;
+    let out = (0..samples)
+        .map(|_| {
+            let t = Instant::now();
+            f.write_all(&[0u8; 48])?;
+            f.sync_data()?;
+            Ok(t.elapsed().as_nanos() as u64)
+        })
+        .collect::<Result<Vec<u64>>>();
+    let _ = std::fs::remove_file(&path);
+    out
+}
+
+/// A storm of `events` RAS errors reported one by one by the driver (testdev's
+/// `OP_RAS_STORM`, through `RasSink::report_async`), the log in `dir`: each event's latency
+/// from its report to a subscriber (event timestamp to arrival, both `CLOCK_MONOTONIC`), and
+/// the fdatasyncs the storm cost (from the daemon's `/metrics`).
+fn ras_burst(fs: &str, dir: &Path, events: usize) -> Result<()> {
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let daemon = SpawnedDaemon::start_in(dir, &["testdev"], &["--metrics", &format!("127.0.0.1:{port}")])?;
+    let syncs = || -> Result<u64> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        let line = body.lines().find(|l| l.starts_with("accel_ras_log_syncs_total ")).context("no sync counter")?;
+        Ok(line.rsplit(' ').next().unwrap_or("0").parse()?)
+    };
+    let mut sub = accel::ras::Ras::connect(daemon.socket())?.subscribe_ext()?;
+    // The subscriber reads on its own thread, as a monitoring agent does.
+    let reader = std::thread::spawn(move || -> Result<Vec<u64>> {
+        let mut lat = Vec::with_capacity(events);
+        while lat.len() < events {
+            let e = sub.next_event()?;
+            let arrived = accel_core::fence::monotonic_ns();
+            lat.push(arrived.saturating_sub(e.event_timestamp().unwrap_or(arrived)));
+        }
+        Ok(lat)
+    });
+    let dev = Device::open_at(daemon.socket(), 0)?;
+    let q = dev.create_queue()?;
+    let before = syncs()?;
+    let storm = Op::Driver { code: accel_driver_testdev::OP_RAS_STORM, args: [events as u64, 0, 0, 0] };
+    let t0 = Instant::now();
+    q.submit(storm)?.wait()?;
+    let storm_ns = t0.elapsed().as_nanos() as u64;
+    let lat = reader.join().map_err(|_| anyhow::anyhow!("subscriber thread panicked"))??;
+    let storm_syncs = syncs()? - before;
+    let (p50, p99, all) = percentiles(lat);
+    let (f50, _, _) = percentiles(fsync_floor(dir, 200)?);
+    println!(
+        "{{\"bench\":\"ras-burst\",\"fs\":\"{fs}\",\"dir\":\"{}\",\"events\":{events},\"event_latency_ns\":{all},\
+\"storm_ns\":{storm_ns},\"fsyncs\":{storm_syncs},\"events_per_fsync\":{:.1},\"fsync_p50_ns\":{f50},\"p50_vs_fsync\":{:.2},\"p99_under_1ms\":{}}}",
+        dir.display(),
+        events as f64 / storm_syncs.max(1) as f64,
+        p50 as f64 / f50.max(1) as f64,
+        p99 < 1_000_000,
+    );
+    Ok(())
+}
+
 fn ras(events: usize, devices: usize, scrapes: usize) -> Result<()> {
     use accel::ras::{Ras, RasAttr, RasCmd, RasMsg};
     use std::io::{Read, Write};
@@ -683,7 +764,7 @@ fn ras(events: usize, devices: usize, scrapes: usize) -> Result<()> {
             .collect(),
     )?;
     let (render_p50, _, _) = percentiles(sample(scrapes, || {
-        std::hint::black_box(acceld::metrics::to_prometheus_text(&acceld::metrics::render(&local)));
+        std::hint::black_box(acceld::metrics::render_text(&local));
     }));
     println!(
         "{{\"bench\":\"ras\",\"event_latency_ns\":{ev},\"socket_rtt_p50_ns\":{sock_p50},\"event_p50_vs_socket_rtt\":{:.2},\

@@ -179,7 +179,7 @@ use log::{LogKind, LogRecord};
 struct Events {
     seq: u64,
     recent: VecDeque<RasEvent>,
-    subscribers: Vec<SyncSender<RasEvent>>,
+    subscribers: Vec<SyncSender<Vec<RasEvent>>>,
 }
 
 /// What RAS needs of a device's driver: attaching its sink, recovering a node, injecting
@@ -352,9 +352,10 @@ impl RasCore {
         lock(&self.events).recent.iter().cloned().collect()
     }
 
-    /// A stream of every future event. If the receiver falls more than
-    /// [`SUBSCRIBER_BACKLOG`] behind it misses events (and sees the gap in `seq`).
-    pub fn subscribe(&self) -> Receiver<RasEvent> {
+    /// A stream of every future event, in batches (the events one log write made durable,
+    /// in order). If the receiver falls more than [`SUBSCRIBER_BACKLOG`] batches behind it
+    /// misses events (and sees the gap in `seq`).
+    pub fn subscribe(&self) -> Receiver<Vec<RasEvent>> {
         let (tx, rx) = sync_channel(SUBSCRIBER_BACKLOG);
         lock(&self.events).subscribers.push(tx);
         rx
@@ -386,15 +387,17 @@ impl RasCore {
     }
 
     /// Makes a change and logs it: `compute` gives the new value from the old (under the
-    /// event lock, so changes are serialised). With a log, the change waits for its batch to
-    /// reach the disk before it is published; a batch that cannot be written is undone, with
-    /// every change queued after it, and fails with `EIO`.
+    /// event lock, so changes are serialised). With a log, the change is published once its
+    /// batch reached the disk; a batch that cannot be written is undone, with every change
+    /// queued after it. `wait`: return only then, failing with `EIO` if it was undone;
+    /// otherwise return once queued (a driver's monitor reporting a storm of errors).
     fn emit(
         &self,
         node: &RasNode,
         counter: Option<&ErrorCounter>,
         kind: EventKind,
         delta: u64,
+        wait: bool,
         compute: impl FnOnce(u64) -> u64,
     ) -> Result<RasEvent> {
         let target = self.target(node, counter, kind);
@@ -414,7 +417,7 @@ impl RasCore {
         ev.seq = event.seq;
         self.set(target, value);
         let Some(log) = &self.log else {
-            publish(&mut ev, event.clone());
+            publish(&mut ev, vec![event.clone()]);
             return Ok(event);
         };
         let rec = LogRecord {
@@ -430,6 +433,9 @@ impl RasCore {
         lock(&log.queue).0.push(Pending { rec, event: event.clone(), target, old, done: done.clone() });
         log.cv.notify_one();
         drop(ev);
+        if !wait {
+            return Ok(event);
+        }
         match done.wait() {
             Ok(()) => Ok(event),
             Err(e) => bail!(EIO, "{e}; the change was not made"),
@@ -441,11 +447,16 @@ impl RasCore {
         self.log.as_ref().map_or((0, 0), |l| lock(&l.log).stats())
     }
 
-    /// Counts `delta` errors on a counter; updates the reporter and may run recovery.
+    /// Counts `delta` errors on a counter; updates the reporter and may run recovery. Returns
+    /// once the event is durable (`EIO` if the log refused it, and nothing changed).
     pub fn report(&self, node_id: u32, error_id: u32, delta: u64) -> Result<RasEvent> {
+        self.report_with(node_id, error_id, delta, true)
+    }
+
+    fn report_with(&self, node_id: u32, error_id: u32, delta: u64, wait: bool) -> Result<RasEvent> {
         let node = self.node(node_id)?;
         let counter = node.counter(error_id)?;
-        let event = self.emit(node, Some(counter), EventKind::Error, delta, |v| v.saturating_add(delta))?;
+        let event = self.emit(node, Some(counter), EventKind::Error, delta, wait, |v| v.saturating_add(delta))?;
         if counter.severity >= Severity::Uncorrected && delta > 0 {
             let recover = {
                 let mut r = lock(&node.reporter);
@@ -467,7 +478,7 @@ impl RasCore {
         self.drivers[node.device as usize]
             .ras_recover(&node.name)
             .map_err(|e| Error::new(e, format!("recovery of {} {} failed", node.device_name, node.name)))?;
-        let event = self.emit(node, None, EventKind::Recovered, 0, |count| count + 1)?;
+        let event = self.emit(node, None, EventKind::Recovered, 0, true, |count| count + 1)?;
         let mut r = lock(&node.reporter);
         r.last_recovery_ns = monotonic_ns();
         r.healthy = true;
@@ -478,14 +489,14 @@ impl RasCore {
     pub fn clear(&self, node_id: u32, error_id: u32) -> Result<RasEvent> {
         let node = self.node(node_id)?;
         let counter = node.counter(error_id)?;
-        self.emit(node, Some(counter), EventKind::Cleared, 0, |_| 0)
+        self.emit(node, Some(counter), EventKind::Cleared, 0, true, |_| 0)
     }
 
     /// Sets a counter's threshold (0 removes it).
     pub fn set_threshold(&self, node_id: u32, error_id: u32, threshold: u64) -> Result<RasEvent> {
         let node = self.node(node_id)?;
         let counter = node.counter(error_id)?;
-        self.emit(node, Some(counter), EventKind::ThresholdSet, 0, |_| threshold)
+        self.emit(node, Some(counter), EventKind::ThresholdSet, 0, true, |_| threshold)
     }
 
     /// Configures a node's reporter.
@@ -589,14 +600,16 @@ fn replay(nodes: &[RasNode], records: &[LogRecord], events: &mut Events) {
     }
 }
 
-/// Adds a durable event to the history and tells the subscribers.
-fn publish(ev: &mut Events, event: RasEvent) {
-    if ev.recent.len() == RECENT_EVENTS {
-        ev.recent.pop_front();
+/// Adds durable events to the history and tells the subscribers, all in one message each.
+fn publish(ev: &mut Events, events: Vec<RasEvent>) {
+    for event in &events {
+        if ev.recent.len() == RECENT_EVENTS {
+            ev.recent.pop_front();
+        }
+        ev.recent.push_back(event.clone());
     }
-    ev.recent.push_back(event.clone());
-    // A full subscriber misses this event (and notices the gap); a gone one is dropped.
-    ev.subscribers.retain(|s| !matches!(s.try_send(event.clone()), Err(TrySendError::Disconnected(_))));
+    // A full subscriber misses these events (and notices the gap); a gone one is dropped.
+    ev.subscribers.retain(|s| !matches!(s.try_send(events.clone()), Err(TrySendError::Disconnected(_))));
 }
 
 /// The log thread: writes every queued record in one batch, then publishes the batch (or
@@ -625,8 +638,8 @@ fn commit_loop(c: &Committer, core: &Weak<RasCore>) {
         let mut ev = lock(&core.events);
         match written {
             Ok(()) => {
+                publish(&mut ev, batch.iter().map(|p| p.event.clone()).collect());
                 for p in batch {
-                    publish(&mut ev, p.event);
                     p.done.set(Ok(()));
                 }
             }
@@ -669,6 +682,16 @@ impl RasSink {
         let core = self.core.upgrade().ok_or_else(|| Error::new(Errno::ENODEV, "RAS core is gone"))?;
         let (node_id, error_id) = core.find(self.device, node, error)?;
         core.report(node_id, error_id, count)
+    }
+
+    /// Like [`RasSink::report`], returning as soon as the event is queued: a monitor that
+    /// sees a storm of errors reports them all and the log writes them with a few syncs.
+    /// Subscribers still hear of each only once it is on disk; one the disk refuses is undone
+    /// (and logged), as with `report`.
+    pub fn report_async(&self, node: &str, error: &str, count: u64) -> Result<RasEvent> {
+        let core = self.core.upgrade().ok_or_else(|| Error::new(Errno::ENODEV, "RAS core is gone"))?;
+        let (node_id, error_id) = core.find(self.device, node, error)?;
+        core.report_with(node_id, error_id, count, false)
     }
 
     /// Whether the daemon still runs (monitor threads stop when it does not).
@@ -731,12 +754,13 @@ mod tests {
         let rx = ras.subscribe();
         ras.report(1, 1, 5).unwrap();
         ras.report(1, 2, 1).unwrap();
-        let a = rx.recv().unwrap();
-        let b = rx.recv().unwrap();
+        let mut got = rx.try_iter().flatten();
+        let a = got.next().unwrap();
+        let b = got.next().unwrap();
         assert_eq!((a.seq, a.value, a.delta), (1, 5, 5));
         assert_eq!(b.seq, 2);
         // The uncorrected error triggered an automatic recovery (grace period allows the first).
-        let c = rx.recv().unwrap();
+        let c = got.next().unwrap();
         assert_eq!((c.kind, c.seq, c.value), (EventKind::Recovered, 3, 1));
         assert_eq!(ras.node(1).unwrap().reporter().recovery_count, 1);
     }
