@@ -16,8 +16,8 @@
 
 use netlink_packet_core::{
     emit_u32, emit_u64, parse_string, parse_u32, parse_u64, parse_u8, DecodeError, Emitable, ErrorContext,
-    ErrorMessage, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, Nla,
-    NlaBuffer, NlasIterator, ParseableParametrized, NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST,
+    ErrorMessage, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, NlaBuffer,
+    NlasIterator, ParseableParametrized, NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST,
 };
 use netlink_packet_generic::ctrl::nlas::{GenlCtrlAttrs, McastGrpAttrs, OpAttrs};
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
@@ -321,27 +321,130 @@ impl RasAttr {
         }
     }
 
-    /// Id of the attribute within `set`, if the set has it.
+    /// Id of the attribute within `set`, if the set has it (a match, not a table search:
+    /// this runs for every attribute of every message encoded; the tests check it against
+    /// [`ATTRIBUTES`]).
     pub fn id(&self, set: AttrSet) -> Option<u16> {
-        attr_by_name(set, self.name()).map(|a| a.2)
+        use RasAttr::*;
+        match self {
+            NodeId(_) => match set {
+                AttrSet::Node => Some(1),
+                AttrSet::ErrorCounter => Some(1),
+                AttrSet::ErrorEvent => Some(2),
+                AttrSet::Reporter => Some(1),
+            },
+            DeviceName(_) => match set {
+                AttrSet::Node => Some(2),
+                AttrSet::ErrorEvent => Some(1),
+                _ => None,
+            },
+            NodeName(_) => match set {
+                AttrSet::Node => Some(3),
+                AttrSet::ErrorEvent => Some(3),
+                _ => None,
+            },
+            NodeType(_) => match set {
+                AttrSet::Node => Some(4),
+                _ => None,
+            },
+            AccelExt => match set {
+                AttrSet::Node => Some(EXT),
+                AttrSet::ErrorCounter => Some(EXT),
+                AttrSet::ErrorEvent => Some(EXT),
+                _ => None,
+            },
+            NodeHealth(_) => match set {
+                AttrSet::Node => Some(EXT + 1),
+                AttrSet::Reporter => Some(9),
+                _ => None,
+            },
+            DeviceHealth(_) => match set {
+                AttrSet::Node => Some(EXT + 2),
+                _ => None,
+            },
+            ErrorId(_) => match set {
+                AttrSet::ErrorCounter => Some(2),
+                AttrSet::ErrorEvent => Some(4),
+                _ => None,
+            },
+            ErrorName(_) => match set {
+                AttrSet::ErrorCounter => Some(3),
+                AttrSet::ErrorEvent => Some(5),
+                _ => None,
+            },
+            ErrorValue(_) => match set {
+                AttrSet::ErrorCounter => Some(4),
+                AttrSet::ErrorEvent => Some(6),
+                _ => None,
+            },
+            ErrorThreshold(_) => match set {
+                AttrSet::ErrorCounter => Some(5),
+                _ => None,
+            },
+            ErrorValueU64(_) => match set {
+                AttrSet::ErrorCounter => Some(EXT + 1),
+                AttrSet::ErrorEvent => Some(EXT + 1),
+                _ => None,
+            },
+            Severity(_) => match set {
+                AttrSet::ErrorCounter => Some(EXT + 2),
+                AttrSet::ErrorEvent => Some(EXT + 2),
+                _ => None,
+            },
+            Count(_) => match set {
+                AttrSet::ErrorCounter => Some(EXT + 3),
+                _ => None,
+            },
+            EventSeq(_) => match set {
+                AttrSet::ErrorEvent => Some(EXT + 3),
+                _ => None,
+            },
+            EventTimestamp(_) => match set {
+                AttrSet::ErrorEvent => Some(EXT + 4),
+                _ => None,
+            },
+            EventKind(_) => match set {
+                AttrSet::ErrorEvent => Some(EXT + 5),
+                _ => None,
+            },
+            EventDelta(_) => match set {
+                AttrSet::ErrorEvent => Some(EXT + 6),
+                _ => None,
+            },
+            ErrorCount(_) => match set {
+                AttrSet::Reporter => Some(2),
+                _ => None,
+            },
+            RecoveryCount(_) => match set {
+                AttrSet::Reporter => Some(3),
+                _ => None,
+            },
+            GracePeriodMs(_) => match set {
+                AttrSet::Reporter => Some(4),
+                _ => None,
+            },
+            AutoRecover(_) => match set {
+                AttrSet::Reporter => Some(5),
+                _ => None,
+            },
+            Healthy(_) => match set {
+                AttrSet::Reporter => Some(6),
+                _ => None,
+            },
+            DiagKey(_) => match set {
+                AttrSet::Reporter => Some(7),
+                _ => None,
+            },
+            DiagValue(_) => match set {
+                AttrSet::Reporter => Some(8),
+                _ => None,
+            },
+        }
     }
 
     /// Whether this is one of accel's additions (not in the kernel's sets or the proposals).
     pub fn is_extension(&self, set: AttrSet) -> bool {
         set == AttrSet::Reporter || self.id(set).is_some_and(|id| id >= ACCEL_ATTR_BASE)
-    }
-
-    fn value(&self) -> Value {
-        use RasAttr::*;
-        match self {
-            AccelExt => Value::Flag,
-            AutoRecover(v) | Healthy(v) => Value::U8(*v),
-            NodeId(v) | NodeType(v) | NodeHealth(v) | DeviceHealth(v) | ErrorId(v) | ErrorValue(v)
-            | ErrorThreshold(v) | Severity(v) | EventKind(v) => Value::U32(*v),
-            ErrorValueU64(v) | EventSeq(v) | EventTimestamp(v) | EventDelta(v) | Count(v) | ErrorCount(v)
-            | RecoveryCount(v) | GracePeriodMs(v) => Value::U64(*v),
-            DeviceName(s) | NodeName(s) | ErrorName(s) | DiagKey(s) | DiagValue(s) => Value::Str(s.clone()),
-        }
     }
 
     fn from_value(name: &str, v: Value) -> Option<RasAttr> {
@@ -391,41 +494,37 @@ impl RasAttr {
     }
 }
 
-/// An attribute bound to the set it is encoded in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct SetAttr(AttrSet, RasAttr);
+/// Bytes of an attribute's payload.
+fn value_len(a: &RasAttr) -> usize {
+    use RasAttr::*;
+    match a {
+        AccelExt => 0,
+        AutoRecover(_) | Healthy(_) => 1,
+        NodeId(_) | NodeType(_) | NodeHealth(_) | DeviceHealth(_) | ErrorId(_) | ErrorValue(_) | ErrorThreshold(_)
+        | Severity(_) | EventKind(_) => 4,
+        ErrorValueU64(_) | EventSeq(_) | EventTimestamp(_) | EventDelta(_) | Count(_) | ErrorCount(_)
+        | RecoveryCount(_) | GracePeriodMs(_) => 8,
+        DeviceName(s) | NodeName(s) | ErrorName(s) | DiagKey(s) | DiagValue(s) => s.len() + 1,
+    }
+}
 
-impl Nla for SetAttr {
-    fn value_len(&self) -> usize {
-        match self.1.value() {
-            Value::Flag => 0,
-            Value::U8(_) => 1,
-            Value::U32(_) => 4,
-            Value::U64(_) => 8,
-            Value::Str(s) => s.len() + 1,
+/// Writes an attribute's payload.
+fn emit_value(a: &RasAttr, buf: &mut [u8]) {
+    use RasAttr::*;
+    match a {
+        AccelExt => {}
+        AutoRecover(v) | Healthy(v) => buf[0] = *v,
+        NodeId(v) | NodeType(v) | NodeHealth(v) | DeviceHealth(v) | ErrorId(v) | ErrorValue(v) | ErrorThreshold(v)
+        | Severity(v) | EventKind(v) => {
+            let _ = emit_u32(buf, *v);
         }
-    }
-
-    fn kind(&self) -> u16 {
-        // Messages are built from their command's set; an attribute outside it is a bug
-        // caught by the tests (every reply is decoded against its set there).
-        self.1.id(self.0).unwrap_or(0)
-    }
-
-    fn emit_value(&self, buf: &mut [u8]) {
-        match self.1.value() {
-            Value::Flag => {}
-            Value::U8(v) => buf[0] = v,
-            Value::U32(v) => {
-                let _ = emit_u32(buf, v);
-            }
-            Value::U64(v) => {
-                let _ = emit_u64(buf, v);
-            }
-            Value::Str(s) => {
-                buf[..s.len()].copy_from_slice(s.as_bytes());
-                buf[s.len()] = 0;
-            }
+        ErrorValueU64(v) | EventSeq(v) | EventTimestamp(v) | EventDelta(v) | Count(v) | ErrorCount(v)
+        | RecoveryCount(v) | GracePeriodMs(v) => {
+            let _ = emit_u64(buf, *v);
+        }
+        DeviceName(s) | NodeName(s) | ErrorName(s) | DiagKey(s) | DiagValue(s) => {
+            buf[..s.len()].copy_from_slice(s.as_bytes());
+            buf[s.len()] = 0;
         }
     }
 }
@@ -459,11 +558,6 @@ impl RasMsg {
         let set = self.cmd.attr_set();
         self.attrs.retain(|a| !a.is_extension(set));
         self
-    }
-
-    fn set_attrs(&self) -> Vec<SetAttr> {
-        let set = self.cmd.attr_set();
-        self.attrs.iter().filter(|a| a.id(set).is_some()).map(|a| SetAttr(set, a.clone())).collect()
     }
 }
 
@@ -519,11 +613,25 @@ impl GenlFamily for RasMsg {
 }
 
 impl Emitable for RasMsg {
+    // Attributes are framed in place (no copies: every event to every subscriber goes
+    // through here).
     fn buffer_len(&self) -> usize {
-        self.set_attrs().as_slice().buffer_len()
+        let set = self.cmd.attr_set();
+        self.attrs.iter().filter(|a| a.id(set).is_some()).map(|a| (4 + value_len(a)).next_multiple_of(4)).sum()
     }
     fn emit(&self, buffer: &mut [u8]) {
-        self.set_attrs().as_slice().emit(buffer)
+        let set = self.cmd.attr_set();
+        let mut at = 0;
+        for a in &self.attrs {
+            let Some(id) = a.id(set) else { continue };
+            let len = 4 + value_len(a);
+            buffer[at..at + 2].copy_from_slice(&(len as u16).to_ne_bytes());
+            buffer[at + 2..at + 4].copy_from_slice(&id.to_ne_bytes());
+            emit_value(a, &mut buffer[at + 4..at + len]);
+            let padded = len.next_multiple_of(4);
+            buffer[at + len..at + padded].fill(0);
+            at += padded;
+        }
     }
 }
 
@@ -803,10 +911,16 @@ mod tests {
 
     #[test]
     fn every_attribute_is_emitted_with_its_table_id_and_size() {
+        // Attributes a set lacks have no id there.
+        for set in AttrSet::ALL {
+            for &(_, name, _, ty) in ATTRIBUTES {
+                let in_set = attr_by_name(set, name).is_some();
+                assert_eq!(sample(name, ty).id(set).is_some(), in_set, "{name} in {}", set.name());
+            }
+        }
         for &(set, name, id, ty) in ATTRIBUTES {
             let attr = sample(name, ty);
-            let sa = SetAttr(set, attr.clone());
-            assert_eq!(sa.kind(), id, "{name} in {}", set.name());
+            assert_eq!(attr.id(set), Some(id), "{name} in {}", set.name());
             let size = match ty {
                 AttrType::Flag => 0,
                 AttrType::U8 => 1,
@@ -814,7 +928,7 @@ mod tests {
                 AttrType::U64 => 8,
                 AttrType::String => name.len() + "-value".len() + 1,
             };
-            assert_eq!(sa.value_len(), size, "{name} in {}", set.name());
+            assert_eq!(value_len(&attr), size, "{name} in {}", set.name());
             assert_eq!(attr.name(), name);
             assert_eq!(attr.is_extension(set), set == AttrSet::Reporter || id >= ACCEL_ATTR_BASE);
         }
