@@ -2,7 +2,7 @@
 # The GPU check: runs on the lent GPU machine (no Rust toolchain there) from binaries built
 # here and carried over, and prints every figure as JSON lines. Build first, here:
 #
-#   cargo build --release && cargo test --release -p accel-cli --test vulkan --no-run
+#   cargo build --release && cargo test --release -p accel-cli --test vulkan --test cuda --no-run
 #   scripts/gpu-check.sh --stage        # copies the binaries into gpu-bin/ (carried)
 #
 # then, on the device machine, from the repository root:
@@ -19,8 +19,10 @@ if [ "${1:-}" = "--stage" ]; then
     mkdir -p gpu-bin
     # Stripped: what is carried to the device machine is limited to 64 MiB in all.
     strip -o gpu-bin/accel target/release/accel
-    test_bin=$(ls -t target/release/deps/vulkan-* 2>/dev/null | grep -v '\.d$' | head -1)
-    [ -n "$test_bin" ] && strip -o gpu-bin/vulkan-tests "$test_bin"
+    for t in vulkan cuda; do
+        test_bin=$(ls -t target/release/deps/$t-* 2>/dev/null | grep -v '\.d$' | head -1)
+        [ -n "$test_bin" ] && strip -o "gpu-bin/$t-tests" "$test_bin"
+    done
     ls -la gpu-bin
     exit 0
 fi
@@ -44,8 +46,17 @@ else
     echo "no $BIN/vulkan-tests: run scripts/gpu-check.sh --stage after building"; status=1
 fi
 
-echo "== bench vulkan"
-"$BIN/accel" bench vulkan --sizes "${SIZES:-1024,4096}" --reps 5 --iters 2000 || status=1
+echo "== cuda tests"
+if [ -x "$BIN/cuda-tests" ]; then
+    ACCEL_REQUIRE_CUDA=1 ACCEL_BIN="$PWD/$BIN/accel" "$BIN/cuda-tests" --test-threads 1 || status=1
+else
+    echo "no $BIN/cuda-tests: run scripts/gpu-check.sh --stage after building"; status=1
+fi
+
+for dev in vulkan:0 cuda:0; do
+    echo "== bench $dev (GEMM f32 against the cpu driver; null launch round trip)"
+    "$BIN/accel" bench vulkan --device "$dev" --sizes "${SIZES:-1024,4096}" --reps 5 --iters 2000 || status=1
+done
 
 echo "== torch.matmul baseline (same GPU)"
 python3 - <<'PY' || status=1

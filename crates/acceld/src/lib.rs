@@ -55,7 +55,7 @@ pub enum DaemonError {
         message: String,
     },
     /// A device spec on the command line was wrong.
-    #[error("bad device spec {0:?}: expected DRIVER[:INDEX][:CATEGORY], DRIVER one of cpu, testdev, vulkan")]
+    #[error("bad device spec {0:?}: expected DRIVER[:INDEX][:CATEGORY], DRIVER one of cpu, testdev, vulkan, cuda")]
     BadDeviceSpec(String),
     /// A device named on the command line cannot be opened.
     #[error("device {spec}: {message}")]
@@ -154,8 +154,8 @@ impl Config {
     }
 }
 
-/// Parses `DRIVER[:INDEX][:CATEGORY]` (e.g. `cpu`, `testdev:exclusive`, `vulkan`, `vulkan:1`)
-/// into device configs: `vulkan` without an index is every Vulkan device of the machine.
+/// Parses `DRIVER[:INDEX][:CATEGORY]` (e.g. `cpu`, `testdev:exclusive`, `vulkan`, `cuda:1`)
+/// into device configs: `vulkan` or `cuda` without an index is every such device of the machine.
 pub fn parse_device_specs(spec: &str) -> Result<Vec<DeviceConfig>, DaemonError> {
     let bad = || DaemonError::BadDeviceSpec(spec.to_string());
     let mut parts = spec.split(':');
@@ -184,6 +184,16 @@ pub fn parse_device_specs(spec: &str) -> Result<Vec<DeviceConfig>, DaemonError> 
             }
             (0..n)
                 .map(|i| Ok(Arc::new(accel_driver_vulkan::VulkanDevice::open(i).map_err(unavailable)?) as Arc<_>))
+                .collect::<Result<_, DaemonError>>()?
+        }
+        ("cuda", Some(i)) => vec![Arc::new(accel_driver_cuda::CudaDevice::open(i).map_err(unavailable)?)],
+        ("cuda", None) => {
+            let n = accel_driver_cuda::device_count().map_err(unavailable)?;
+            if n == 0 {
+                return Err(DaemonError::DeviceUnavailable { spec: spec.into(), message: "no CUDA device".into() });
+            }
+            (0..n)
+                .map(|i| Ok(Arc::new(accel_driver_cuda::CudaDevice::open(i).map_err(unavailable)?) as Arc<_>))
                 .collect::<Result<_, DaemonError>>()?
         }
         _ => return Err(bad()),

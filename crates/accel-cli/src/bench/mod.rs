@@ -122,6 +122,9 @@ pub enum Which {
         /// Launch round trips timed.
         #[arg(long, default_value_t = 2000)]
         iters: usize,
+        /// The GPU-class device to measure (`vulkan:N` or `cuda:N`).
+        #[arg(long, default_value = "vulkan:0")]
+        device: String,
     },
     /// Copies between memory regions (host→device, device→host, device→device on testdev)
     /// against memcpy in this process, and copy/compute overlap on separate engines.
@@ -181,7 +184,7 @@ pub fn run(which: Which) -> Result<()> {
         }
         Which::Bindings { iters, n, reps, rounds } => bindings::run(iters.max(100), n.max(1), reps.max(1), rounds),
         Which::Copy { mib, reps } => copy::run(mib.max(1), reps.max(1)),
-        Which::Vulkan { sizes, reps, iters } => vulkan::run(&sizes, reps.max(1), iters.max(10)),
+        Which::Vulkan { sizes, reps, iters, device } => vulkan::run(&device, &sizes, reps.max(1), iters.max(10)),
         Which::Syncobj { peer: Some(socket), objs, .. } => syncobj::peer(&socket, &objs),
         Which::Syncobj { rounds, points, peer: None, .. } => syncobj::run(rounds.max(10), points.max(6)),
         Which::Isolation { seconds, load, hostile: Some(socket) } => isolation::hostile(&socket, seconds, &load),

@@ -1,5 +1,6 @@
-//! `accel bench vulkan`: GEMM f32 through the vulkan driver against the cpu driver in the same
-//! daemon, and a null launch's round trip against a null job on the cpu device.
+//! `accel bench vulkan`: GEMM f32 through the vulkan driver (or, with `--device cuda:N`, the
+//! cuda driver's cuBLAS) against the cpu driver in the same daemon, and a null launch's round
+//! trip against a null job on the cpu device.
 //!
 //! On lavapipe (Vulkan on the CPU, what CI has) the GEMM figure is correctness and overhead,
 //! not a race: both run on the same cores, the cpu driver with a tuned GEMM, lavapipe with the
@@ -75,11 +76,16 @@ fn round_trips(dev: &Device, op: Op, iters: usize) -> Result<Vec<u64>> {
     Ok(ns)
 }
 
-pub fn run(sizes: &[usize], reps: usize, iters: usize) -> Result<()> {
-    let daemon = SpawnedDaemon::start(&["cpu", "vulkan:0"])?;
+/// An empty PTX kernel, for the cuda driver's null launch.
+const NULL_PTX: &str =
+    ".version 7.0\n.target sm_52\n.address_size 64\n.visible .entry main(.param .u64 p)\n{\n\tret;\n}\n";
+
+pub fn run(device: &str, sizes: &[usize], reps: usize, iters: usize) -> Result<()> {
+    let daemon = SpawnedDaemon::start(&["cpu", device])?;
     let cpu = Device::open_at(daemon.socket(), 0)?;
     let vk = Device::open_at(daemon.socket(), 1)?;
     let name = vk.info().name.replace('"', "'");
+    let driver = vk.info().driver.clone();
     for &n in sizes {
         let flops = 2.0 * (n as f64).powi(3);
         let (cpu_s, want) = time_gemm(&cpu, n, reps, 0)?;
@@ -90,7 +96,7 @@ pub fn run(sizes: &[usize], reps: usize, iters: usize) -> Result<()> {
         ensure!(worst(&got_host) < 1e-3 && worst(&got_vram) < 1e-3, "vulkan and cpu GEMM results differ");
         let g = |s: f64| flops / s / 1e9;
         println!(
-            "{{\"bench\":\"vulkan-gemm\",\"device\":\"{name}\",\"n\":{n},\"reps\":{reps},\"cpu_gflops\":{:.2},\"vulkan_host_gflops\":{:.2},\"vulkan_vram_gflops\":{:.2},\"ratio_host\":{:.3},\"ratio_vram\":{:.3}}}",
+            "{{\"bench\":\"gpu-gemm\",\"driver\":\"{driver}\",\"device\":\"{name}\",\"n\":{n},\"reps\":{reps},\"cpu_gflops\":{:.2},\"host_gflops\":{:.2},\"vram_gflops\":{:.2},\"ratio_host\":{:.3},\"ratio_vram\":{:.3}}}",
             g(cpu_s),
             g(host_s),
             g(vram_s),
@@ -100,13 +106,16 @@ pub fn run(sizes: &[usize], reps: usize, iters: usize) -> Result<()> {
     }
     // A null launch (one empty work group) against a null job on the cpu device: what a
     // launch through Vulkan adds to accel's round trip.
-    let program = vk.load_program(accel_driver_vulkan::FORMAT, accel_driver_vulkan::NULL_SPIRV)?;
+    let program = match driver.as_str() {
+        "cuda" => vk.load_program(accel_driver_cuda::FORMAT, NULL_PTX.as_bytes())?,
+        _ => vk.load_program(accel_driver_vulkan::FORMAT, accel_driver_vulkan::NULL_SPIRV)?,
+    };
     let scratch = vk.alloc_in(4096, 1)?;
     let launch = program.launch("main", [1, 1, 1], &[LaunchArg::Buffer(scratch.whole())])?;
     let (l50, l99, _) = percentiles(round_trips(&vk, launch, iters)?);
     let (n50, n99, _) = percentiles(round_trips(&cpu, Op::Nop, iters)?);
     println!(
-        "{{\"bench\":\"vulkan-launch\",\"device\":\"{name}\",\"iters\":{iters},\"launch_p50_us\":{:.1},\"launch_p99_us\":{:.1},\"cpu_nop_p50_us\":{:.1},\"cpu_nop_p99_us\":{:.1},\"ratio_p50\":{:.2}}}",
+        "{{\"bench\":\"gpu-launch\",\"driver\":\"{driver}\",\"device\":\"{name}\",\"iters\":{iters},\"launch_p50_us\":{:.1},\"launch_p99_us\":{:.1},\"cpu_nop_p50_us\":{:.1},\"cpu_nop_p99_us\":{:.1},\"ratio_p50\":{:.2}}}",
         l50 as f64 / 1e3,
         l99 as f64 / 1e3,
         n50 as f64 / 1e3,
