@@ -19,18 +19,7 @@ fn child_entry() {
 }
 
 fn cuda() -> bool {
-    match accel_driver_cuda::device_count() {
-        Ok(n) if n > 0 => true,
-        other => {
-            let why = match other {
-                Ok(_) => "no CUDA device".to_string(),
-                Err(e) => e.message,
-            };
-            assert!(std::env::var_os("ACCEL_REQUIRE_CUDA").is_none(), "CUDA is required here: {why}");
-            eprintln!("skipping: {why}");
-            false
-        }
-    }
+    common::device_or_skip(accel_driver_cuda::device_count(), "ACCEL_REQUIRE_CUDA")
 }
 
 /// y[i] = a·x[i] + y[i] for i < n, 256 threads per block (as nvcc emits it for sm_52).

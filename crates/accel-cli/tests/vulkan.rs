@@ -44,18 +44,7 @@ fn child_entry() {
 /// Whether the tests can run: a Vulkan loader and device, or a skip with the reason
 /// (a failure where CI requires Vulkan).
 fn vulkan() -> bool {
-    match accel_driver_vulkan::device_count() {
-        Ok(n) if n > 0 => true,
-        other => {
-            let why = match other {
-                Ok(_) => "no Vulkan device".to_string(),
-                Err(e) => e.message,
-            };
-            assert!(std::env::var_os("ACCEL_REQUIRE_VULKAN").is_none(), "Vulkan is required here: {why}");
-            eprintln!("skipping: {why}");
-            false
-        }
-    }
+    common::device_or_skip(accel_driver_vulkan::device_count(), "ACCEL_REQUIRE_VULKAN")
 }
 
 /// y = a·x + y over n elements, 64 per work group.

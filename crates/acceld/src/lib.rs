@@ -176,25 +176,13 @@ pub fn parse_device_specs(spec: &str) -> Result<Vec<DeviceConfig>, DaemonError> 
     let drivers: Vec<Arc<dyn accel_core::driver::Driver>> = match (driver, index) {
         ("cpu", None) => vec![Arc::new(accel_driver_cpu::CpuDevice::new())],
         ("testdev", None) => vec![Arc::new(accel_driver_testdev::TestDevice::new())],
-        ("vulkan", Some(i)) => vec![Arc::new(accel_driver_vulkan::VulkanDevice::open(i).map_err(unavailable)?)],
-        ("vulkan", None) => {
-            let n = accel_driver_vulkan::device_count().map_err(unavailable)?;
-            if n == 0 {
-                return Err(DaemonError::DeviceUnavailable { spec: spec.into(), message: "no Vulkan device".into() });
-            }
-            (0..n)
-                .map(|i| Ok(Arc::new(accel_driver_vulkan::VulkanDevice::open(i).map_err(unavailable)?) as Arc<_>))
-                .collect::<Result<_, DaemonError>>()?
-        }
-        ("cuda", Some(i)) => vec![Arc::new(accel_driver_cuda::CudaDevice::open(i).map_err(unavailable)?)],
-        ("cuda", None) => {
-            let n = accel_driver_cuda::device_count().map_err(unavailable)?;
-            if n == 0 {
-                return Err(DaemonError::DeviceUnavailable { spec: spec.into(), message: "no CUDA device".into() });
-            }
-            (0..n)
-                .map(|i| Ok(Arc::new(accel_driver_cuda::CudaDevice::open(i).map_err(unavailable)?) as Arc<_>))
-                .collect::<Result<_, DaemonError>>()?
+        ("vulkan", _) => gpus(index, accel_driver_vulkan::device_count, |i| {
+            Ok(Arc::new(accel_driver_vulkan::VulkanDevice::open(i)?))
+        })
+        .map_err(unavailable)?,
+        ("cuda", _) => {
+            gpus(index, accel_driver_cuda::device_count, |i| Ok(Arc::new(accel_driver_cuda::CudaDevice::open(i)?)))
+                .map_err(unavailable)?
         }
         _ => return Err(bad()),
     };
@@ -206,6 +194,23 @@ pub fn parse_device_specs(spec: &str) -> Result<Vec<DeviceConfig>, DaemonError> 
             cfg
         })
         .collect())
+}
+
+type DriverResult<T> = Result<T, accel_core::driver::DriverError>;
+
+/// Device `index` of a GPU driver, or every one the machine has (`ENODEV` if none).
+fn gpus(
+    index: Option<usize>,
+    count: fn() -> DriverResult<usize>,
+    open: impl Fn(usize) -> DriverResult<Arc<dyn accel_core::driver::Driver>>,
+) -> DriverResult<Vec<Arc<dyn accel_core::driver::Driver>>> {
+    match index {
+        Some(i) => Ok(vec![open(i)?]),
+        None => match count()? {
+            0 => Err(accel_core::driver::DriverError::new(accel_uapi::Errno::ENODEV, "no such device on this machine")),
+            n => (0..n).map(open).collect(),
+        },
+    }
 }
 
 /// Parses a spec naming exactly one device (see [`parse_device_specs`]).

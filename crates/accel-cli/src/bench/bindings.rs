@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use accel::{Device, GemmF32, Op};
+use accel::{Device, Op};
 use anyhow::{Context, Result};
 
 use super::percentiles;
@@ -67,16 +67,7 @@ fn rust_side(socket: &Path, iters: usize, n: u64, reps: usize) -> Result<Figures
     let (p50, p99, _) = percentiles(rtt);
     let bytes = n * n * 4;
     let (a, b, c) = (dev.alloc(bytes)?, dev.alloc(bytes)?, dev.alloc(bytes)?);
-    let op = Op::GemmF32(GemmF32 {
-        m: n,
-        n,
-        k: n,
-        a: a.matrix(0, n),
-        b: b.matrix(0, n),
-        c: c.matrix(0, n),
-        alpha: 1.0,
-        beta: 0.0,
-    });
+    let op = super::square_gemm(&a, &b, &c, n);
     let q = dev.create_queue()?;
     let mut g = Vec::with_capacity(reps + 1);
     for _ in 0..=reps {

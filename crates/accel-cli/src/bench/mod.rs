@@ -192,6 +192,20 @@ pub fn run(which: Which) -> Result<()> {
     }
 }
 
+/// `C = A·B` over n×n row-major f32 matrices at the start of three buffers.
+fn square_gemm(a: &accel::Buffer, b: &accel::Buffer, c: &accel::Buffer, n: u64) -> Op {
+    Op::GemmF32(GemmF32 {
+        m: n,
+        n,
+        k: n,
+        a: a.matrix(0, n),
+        b: b.matrix(0, n),
+        c: c.matrix(0, n),
+        alpha: 1.0,
+        beta: 0.0,
+    })
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -210,16 +224,7 @@ fn gemm(sizes: &[usize], reps: usize) -> Result<()> {
         b.write_f32(0, &bv)?;
         let mut cv = vec![0f32; n * n];
         let nn = n as u64;
-        let op = Op::GemmF32(GemmF32 {
-            m: nn,
-            n: nn,
-            k: nn,
-            a: a.matrix(0, nn),
-            b: b.matrix(0, nn),
-            c: c.matrix(0, nn),
-            alpha: 1.0,
-            beta: 0.0,
-        });
+        let op = square_gemm(&a, &b, &c, nn);
         let flops = 2.0 * (n as f64).powi(3);
         let (mut accel_t, mut local_t) = (Vec::new(), Vec::new());
         // Alternate the two so machine noise hits both alike; the first round warms up.

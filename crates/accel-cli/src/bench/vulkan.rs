@@ -8,25 +8,12 @@
 
 use std::time::Instant;
 
-use accel::{Buffer, Device, GemmF32, LaunchArg, Op};
+use accel::{Buffer, Device, LaunchArg, Op};
 use anyhow::{ensure, Result};
 
 use super::{median, percentiles};
 use crate::demo::pseudo_random;
 use crate::spawn::SpawnedDaemon;
-
-fn gemm_op(a: &Buffer, b: &Buffer, c: &Buffer, n: u64) -> Op {
-    Op::GemmF32(GemmF32 {
-        m: n,
-        n,
-        k: n,
-        a: a.matrix(0, n),
-        b: b.matrix(0, n),
-        c: c.matrix(0, n),
-        alpha: 1.0,
-        beta: 0.0,
-    })
-}
 
 /// Median seconds of `reps` GEMMs (after one warm-up) on `dev`, operands in `region`, and
 /// the first row of C.
@@ -46,7 +33,7 @@ fn time_gemm(dev: &Device, n: usize, reps: usize, region: u32) -> Result<(f64, V
         v
     };
     let ops = if region == 0 { &host } else { &vram };
-    let op = gemm_op(&ops[0], &ops[1], &ops[2], n as u64);
+    let op = super::square_gemm(&ops[0], &ops[1], &ops[2], n as u64);
     let mut t = Vec::new();
     for rep in 0..=reps {
         let start = Instant::now();

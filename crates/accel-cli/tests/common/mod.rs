@@ -37,6 +37,19 @@ pub fn accel_bin() -> PathBuf {
     std::env::var_os("ACCEL_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_accel")))
 }
 
+/// Whether a GPU-class driver's tests can run: `count` found a device, or they skip saying
+/// why — a failure instead where `require` (an environment variable) is set.
+pub fn device_or_skip(count: Result<usize, accel_core::driver::DriverError>, require: &str) -> bool {
+    let why = match count {
+        Ok(n) if n > 0 => return true,
+        Ok(_) => "no such device on this machine".to_string(),
+        Err(e) => e.message,
+    };
+    assert!(std::env::var_os(require).is_none(), "{require} is set, yet: {why}");
+    eprintln!("skipping: {why}");
+    false
+}
+
 /// A daemon process on a private socket, killed on drop.
 pub struct Daemon {
     child: Child,

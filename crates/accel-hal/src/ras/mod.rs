@@ -720,6 +720,10 @@ mod tests {
     use std::io::Write;
 
     fn core(log: Option<&Path>) -> Arc<RasCore> {
+        core_at(log, log::DEFAULT_MAX_BYTES)
+    }
+
+    fn core_at(log: Option<&Path>, max_bytes: u64) -> Arc<RasCore> {
         let desc = vec![
             RasNodeDesc::new(
                 "memory",
@@ -728,7 +732,7 @@ mod tests {
             RasNodeDesc::new("compute", &[("hang", Severity::Fatal)]),
         ];
         let driver: Arc<dyn RasHooks> = Arc::new(Quiet);
-        RasCore::new(&[(driver, desc)], log).unwrap()
+        RasCore::with_log_limit(&[(driver, desc)], log, max_bytes).unwrap()
     }
 
     #[test]
@@ -813,24 +817,12 @@ mod tests {
         assert_eq!(ras.recent().first().unwrap().seq, 1);
     }
 
-    fn core_with_limit(log: &Path, max_bytes: u64) -> Arc<RasCore> {
-        let desc = vec![
-            RasNodeDesc::new(
-                "memory",
-                &[("ecc-corrected", Severity::Corrected), ("ecc-uncorrected", Severity::Uncorrected)],
-            ),
-            RasNodeDesc::new("compute", &[("hang", Severity::Fatal)]),
-        ];
-        let driver: Arc<dyn RasHooks> = Arc::new(Quiet);
-        RasCore::with_log_limit(&[(driver, desc)], Some(log), max_bytes).unwrap()
-    }
-
     #[test]
     fn compaction_bounds_the_log_and_keeps_every_counter_and_the_history() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ras.log");
         let last = {
-            let ras = core_with_limit(&path, 4096);
+            let ras = core_at(Some(&path), 4096);
             ras.set_threshold(1, 1, 1000).unwrap();
             for i in 0..600 {
                 ras.report(1 + (i % 2), 1, 1).unwrap();
@@ -840,7 +832,7 @@ mod tests {
             assert!(std::fs::metadata(&path).unwrap().len() <= 4096 + 64, "the log stays within its bound");
             ras.last_seq()
         };
-        let ras = core_with_limit(&path, 4096);
+        let ras = core_at(Some(&path), 4096);
         assert_eq!(ras.node(1).unwrap().counters[0].value(), 300);
         assert_eq!(ras.node(2).unwrap().counters[0].value(), 300);
         assert_eq!(ras.node(1).unwrap().counters[0].threshold(), 1000);
