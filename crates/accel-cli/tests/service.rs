@@ -185,6 +185,91 @@ fn cdi_spec_gives_a_container_its_namespace() {
     assert_eq!(seen.iter().map(|d| (d.minor, d.driver.as_str())).collect::<Vec<_>>(), vec![(0, "testdev")]);
 }
 
+/// A real container runtime applies the spec: Debian's podman with runc (crun fails here:
+/// cgroups are in hybrid mode) and cgroupfs, on an image imported from a rootfs holding
+/// busybox and the `accel` binary with its shared libraries (no registry is reachable). The
+/// container started with `--device accel.dev/device=team-a` reaches the daemon through the
+/// mounted socket and sees only its namespace's device. Skips (saying why) without podman,
+/// runc or root, unless `ACCEL_REQUIRE_PODMAN` is set (CI sets it).
+#[test]
+fn podman_runs_a_container_with_the_cdi_device_in_its_namespace() {
+    let required = std::env::var_os("ACCEL_REQUIRE_PODMAN").is_some();
+    let skip = |why: &str| {
+        assert!(!required, "ACCEL_REQUIRE_PODMAN is set, yet: {why}");
+        eprintln!("skipping: {why}");
+    };
+    let have = |tool: &str| {
+        Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
+    };
+    if !have("podman") || !have("runc") || !have("busybox") {
+        return skip("podman, runc or busybox is not installed (Debian: podman runc busybox-static)");
+    }
+    if !rustix::process::geteuid().is_root() {
+        return skip("rootful podman needs root");
+    }
+    let d = common::Daemon::start(&["cpu", "testdev"]);
+    common::tenant(&d, "team-a", "tok-a", 1, 0, 0);
+    let dir = tempfile::tempdir().unwrap();
+
+    // The image: busybox, and accel with the libraries ldd names, at their host paths.
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    let busybox =
+        String::from_utf8(Command::new("sh").args(["-c", "command -v busybox"]).output().unwrap().stdout).unwrap();
+    std::fs::copy(busybox.trim(), rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_accel"), rootfs.join("accel")).unwrap();
+    let ldd = String::from_utf8(Command::new("ldd").arg(env!("CARGO_BIN_EXE_accel")).output().unwrap().stdout).unwrap();
+    for lib in ldd.split_whitespace().filter(|w| w.starts_with('/')) {
+        let to = rootfs.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(lib, &to).unwrap();
+    }
+    let tar = dir.path().join("rootfs.tar");
+    assert!(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").status().unwrap().success());
+    let image = format!("localhost/accel-cdi-test-{}:latest", std::process::id());
+    let podman = |args: &[&str]| {
+        Command::new("podman").args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"]).args(args).output().unwrap()
+    };
+    let imported = podman(&["import", tar.to_str().unwrap(), &image]);
+    assert!(imported.status.success(), "podman import: {}", String::from_utf8_lossy(&imported.stderr));
+
+    // The spec where podman looks for CDI specs, removed afterwards.
+    let spec = PathBuf::from(format!("/var/run/cdi/accel-test-{}.json", std::process::id()));
+    std::fs::create_dir_all(spec.parent().unwrap()).unwrap();
+    let generated = Command::new(env!("CARGO_BIN_EXE_accel"))
+        .arg("--socket")
+        .arg(d.socket())
+        .args(["cdi", "generate", "--output"])
+        .arg(&spec)
+        .status()
+        .unwrap();
+    assert!(generated.success());
+    // Lower rlimits than the defaults podman asks for: this container may not raise them.
+    let run = podman(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1000:1000",
+        "--device",
+        "accel.dev/device=team-a",
+        &image,
+        "/accel",
+        "list",
+    ]);
+    let _ = std::fs::remove_file(&spec);
+    let _ = podman(&["rmi", "-f", &image]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "podman run: {}{stdout}", String::from_utf8_lossy(&run.stderr));
+    let devices: Vec<&str> = stdout.lines().skip(1).collect();
+    assert_eq!(devices.len(), 1, "only the namespace's device: {stdout}");
+    assert!(devices[0].starts_with("accel0") && devices[0].contains("testdev"), "{stdout}");
+}
+
 /// CDI's JSON schema (specs/cdi/: `schema.json` whose references point into `defs.json`),
 /// merged into one document as the CDI project's own validator does.
 fn cdi_schema() -> jsonschema::Validator {
