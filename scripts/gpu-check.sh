@@ -5,9 +5,13 @@
 #   cargo build --release && cargo test --release -p accel-cli --test vulkan --test cuda --no-run
 #   scripts/gpu-check.sh --stage        # copies the binaries into gpu-bin/ (carried)
 #
-# then, on the device machine, from the repository root:
+# then, on the device machine, from the repository root (gpu-bin/ and .gl/ are git-ignored:
+# name both in the device tool's `carry`):
 #
-#   scripts/gpu-check.sh                # vulkan tests on the GPU, then the benchmarks
+#   scripts/gpu-check.sh                # vulkan and cuda tests on the GPU, then the benchmarks
+#
+# Checked here without a GPU: the vulkan part passes on lavapipe, the cuda tests fail with
+# "ACCEL_REQUIRE_CUDA is set, yet: … libcuda.so.1 not found", as they must.
 #
 # Vulkan: NVIDIA's driver is there but the loader may not be; when `ldconfig -p` has no
 # libvulkan, the script unpacks the loader packages carried in .gl/ (see the device
