@@ -3,6 +3,7 @@
 mod bench;
 mod cdi;
 mod demo;
+mod k8s;
 mod ns;
 mod ras;
 mod spawn;
@@ -36,6 +37,24 @@ enum CdiCommand {
         namespaces: Vec<String>,
         /// Where to write the spec (mode 0600: it holds tokens).
         #[arg(long, default_value = "/etc/cdi/accel.json")]
+        output: PathBuf,
+    },
+}
+
+/// `accel k8s …`.
+#[derive(Subcommand)]
+enum K8sCommand {
+    /// Write the node's devices as a DRA ResourceSlice (resource.k8s.io/v1beta1, driver
+    /// accel.dev): attributes (driver, model, vendor, engines, …) and memory capacity per region.
+    ResourceSlice {
+        /// The Kubernetes node these devices are on.
+        #[arg(long)]
+        node: String,
+        /// The pool generation (raise it when the devices change).
+        #[arg(long, default_value_t = 1)]
+        generation: u64,
+        /// Where to write it (`-`: stdout).
+        #[arg(long, default_value = "-")]
         output: PathBuf,
     },
 }
@@ -86,6 +105,11 @@ enum Cmd {
     Cdi {
         #[command(subcommand)]
         cmd: CdiCommand,
+    },
+    /// Kubernetes: documents for dynamic resource allocation.
+    K8s {
+        #[command(subcommand)]
+        cmd: K8sCommand,
     },
     /// List devices.
     List {
@@ -157,6 +181,9 @@ fn run() -> Result<()> {
         }
         Cmd::Ns { cmd } => ns::run(&socket, cmd),
         Cmd::Cdi { cmd: CdiCommand::Generate { namespaces, output } } => cdi::generate(&socket, &namespaces, &output),
+        Cmd::K8s { cmd: K8sCommand::ResourceSlice { node, generation, output } } => {
+            k8s::write(&socket, &node, generation, &output)
+        }
         Cmd::Ras { cmd } => ras::run(&socket, cmd),
         Cmd::List { verbose } => list(&socket, verbose),
         Cmd::Info { minor } => info(&socket, minor),

@@ -185,6 +185,56 @@ fn cdi_spec_gives_a_container_its_namespace() {
     assert_eq!(seen.iter().map(|d| (d.minor, d.driver.as_str())).collect::<Vec<_>>(), vec![(0, "testdev")]);
 }
 
+/// The node's devices as a DRA ResourceSlice: the shape resource.k8s.io/v1beta1 takes (one
+/// typed value per attribute, quantities as strings, DNS-label names), every device there.
+#[test]
+fn resource_slice_describes_the_nodes_devices() {
+    let d = common::Daemon::start(&["cpu", "testdev"]);
+    let run = |node: &str| {
+        Command::new(env!("CARGO_BIN_EXE_accel"))
+            .arg("--socket")
+            .arg(d.socket())
+            .args(["k8s", "resource-slice", "--node", node, "--generation", "3"])
+            .output()
+            .unwrap()
+    };
+    let out = run("worker-1");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let slice: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (slice["apiVersion"].as_str(), slice["kind"].as_str()),
+        (Some("resource.k8s.io/v1beta1"), Some("ResourceSlice"))
+    );
+    assert_eq!(slice["metadata"]["name"], "worker-1-accel-dev");
+    let spec = &slice["spec"];
+    assert_eq!((spec["driver"].as_str(), spec["nodeName"].as_str()), (Some("accel.dev"), Some("worker-1")));
+    assert_eq!(spec["pool"], serde_json::json!({"name": "worker-1", "generation": 3, "resourceSliceCount": 1}));
+    let devices = spec["devices"].as_array().unwrap();
+    let names: Vec<&str> = devices.iter().map(|d| d["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["accel0", "accel1"]);
+    let dns_label = |s: &str| {
+        !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    for dev in devices {
+        let basic = &dev["basic"];
+        for (name, value) in basic["attributes"].as_object().unwrap() {
+            let v = value.as_object().unwrap();
+            assert_eq!(v.len(), 1, "{name}: exactly one of string/int/bool/version");
+            assert!(["string", "int", "bool", "version"].contains(&v.keys().next().unwrap().as_str()));
+        }
+        for (name, q) in basic["capacity"].as_object().unwrap() {
+            assert!(dns_label(name), "capacity name {name}");
+            assert!(q["value"].as_str().unwrap().parse::<u64>().unwrap() > 0, "{name}: a quantity string");
+        }
+    }
+    assert_eq!(devices[1]["basic"]["attributes"]["driver"], serde_json::json!({"string": "testdev"}));
+    assert!(devices[1]["basic"]["capacity"]["memory-vram"].is_object(), "testdev's vram is capacity");
+    // A node name Kubernetes would refuse is refused here.
+    let bad = run("Worker_1");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a DNS label"));
+}
+
 /// A real container runtime applies the spec: Debian's podman with runc (crun fails here:
 /// cgroups are in hybrid mode) and cgroupfs, on an image imported from a rootfs holding
 /// busybox and the `accel` binary with its shared libraries (no registry is reachable). The
