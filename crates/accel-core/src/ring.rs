@@ -319,8 +319,9 @@ impl RingQueue {
 
     /// Completes an entry refused before it became a job, keeping the reason.
     fn refuse(&self, user_data: u64, e: Error) {
-        self.record_error(RingError { user_data, seqno: 0, code: e.code, message: e.message.clone() });
-        self.complete(user_data, Err(e.code), 0)
+        let code = e.code;
+        self.record_error(RingError { user_data, seqno: 0, code, message: e.message });
+        self.complete(user_data, Err(code), 0)
     }
 
     fn complete(&self, user_data: u64, result: Result<(), Errno>, seqno: u64) {

@@ -416,9 +416,6 @@ impl CudaDevice {
         };
         let (m, n, k) = (int(a.rows)?, int(b.cols)?, int(a.cols)?);
         let (lda, ldb, ldc) = (int(a.row_stride)?, int(b.row_stride)?, int(c.row_stride)?);
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
         let mut staged = Vec::new();
         let pa = self.device_ptr(&a.range, 0, &mut staged)?;
         let pb = self.device_ptr(&b.range, 0, &mut staged)?;

@@ -471,19 +471,7 @@ impl Gpu {
 
     /// Destroys per-job objects.
     pub fn free(&self, owned: Vec<Owned>) {
-        for o in owned {
-            match o {
-                Owned::Buffer(b, m) => {
-                    // SAFETY: the job that used them has completed.
-                    unsafe {
-                        self.device.destroy_buffer(b, None);
-                        if let Some(m) = m {
-                            self.device.free_memory(m, None);
-                        }
-                    }
-                }
-            }
-        }
+        free_owned(&self.device, owned);
     }
 
     /// A buffer over `size` bytes of new memory of type `type_index` (exportable as an
@@ -579,6 +567,23 @@ impl Gpu {
     }
 }
 
+/// Destroys per-job objects the device is done with.
+fn free_owned(device: &ash::Device, owned: Vec<Owned>) {
+    for o in owned {
+        match o {
+            Owned::Buffer(b, m) => {
+                // SAFETY: the job that used them has completed.
+                unsafe {
+                    device.destroy_buffer(b, None);
+                    if let Some(m) = m {
+                        device.free_memory(m, None);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Every buffer can be a storage buffer and a transfer source and destination.
 pub fn buffer_usage() -> vk::BufferUsageFlags {
     vk::BufferUsageFlags::STORAGE_BUFFER | vk::BufferUsageFlags::TRANSFER_SRC | vk::BufferUsageFlags::TRANSFER_DST
@@ -612,8 +617,9 @@ impl Engine {
             for r in lock(&self.idle).drain(..) {
                 r.destroy(device);
             }
-            for (_, r, _, _) in lock(&self.zombies).drain(..) {
+            for (_, r, owned, _keep) in lock(&self.zombies).drain(..) {
                 r.destroy(device);
+                free_owned(device, owned);
             }
             device.destroy_semaphore(self.timeline, None);
         }
@@ -678,11 +684,6 @@ impl Drop for Gpu {
         unsafe {
             let _ = self.device.device_wait_idle();
             for e in std::mem::take(&mut self.engines) {
-                let zombies: Vec<_> = lock(&e.zombies).drain(..).collect();
-                for (_, r, owned, _keep) in zombies {
-                    r.destroy(&self.device);
-                    self.free(owned);
-                }
                 e.destroy(&self.device);
             }
             self.device.destroy_device(None);

@@ -648,6 +648,22 @@ fn scale(clients: usize, active: usize, ops: usize) -> Result<()> {
     Ok(())
 }
 
+/// A free loopback port for a daemon's `/metrics`, and the `--metrics` argument naming it.
+fn metrics_addr() -> Result<(u16, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    Ok((port, format!("127.0.0.1:{port}")))
+}
+
+/// One HTTP GET of `/metrics` on `port`: the whole response, headers included.
+fn get_metrics(port: u16) -> Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body)?;
+    Ok(body)
+}
+
 /// One `write` + `fdatasync` of a small record in `dir`: the floor of a durable event there.
 fn fsync_floor(dir: &Path, samples: usize) -> Result<Vec<u64>> {
     use std::io::Write;
@@ -670,14 +686,10 @@ fn fsync_floor(dir: &Path, samples: usize) -> Result<Vec<u64>> {
 /// from its report to a subscriber (event timestamp to arrival, both `CLOCK_MONOTONIC`), and
 /// the fdatasyncs the storm cost (from the daemon's `/metrics`).
 fn ras_burst(fs: &str, dir: &Path, events: usize) -> Result<()> {
-    use std::io::{Read, Write};
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let daemon = SpawnedDaemon::start_in(dir, &["testdev"], &["--metrics", &format!("127.0.0.1:{port}")])?;
+    let (port, metrics) = metrics_addr()?;
+    let daemon = SpawnedDaemon::start_in(dir, &["testdev"], &["--metrics", &metrics])?;
     let syncs = || -> Result<u64> {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
+        let body = String::from_utf8(get_metrics(port)?)?;
         let line = body.lines().find(|l| l.starts_with("accel_ras_log_syncs_total ")).context("no sync counter")?;
         Ok(line.rsplit(' ').next().unwrap_or("0").parse()?)
     };
@@ -716,7 +728,6 @@ fn ras_burst(fs: &str, dir: &Path, events: usize) -> Result<()> {
 
 fn ras(events: usize, devices: usize, scrapes: usize) -> Result<()> {
     use accel::ras::{Ras, RasAttr, RasCmd, RasMsg};
-    use std::io::{Read, Write};
 
     // Injected error → subscriber. testdev memory/ecc-corrected is node 1, counter 1 (no
     // recovery follows corrected errors, so every event is one injection).
@@ -747,15 +758,9 @@ fn ras(events: usize, devices: usize, scrapes: usize) -> Result<()> {
 
     // Scrape of a daemon with many devices, against rendering the same exposition in-process.
     let specs: Vec<&str> = vec!["testdev"; devices];
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let _daemon = SpawnedDaemon::start_with(&specs, &["--metrics", &format!("127.0.0.1:{port}")])?;
-    let scrape = || -> Result<usize> {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-        let mut body = Vec::new();
-        s.read_to_end(&mut body)?;
-        Ok(body.len())
-    };
+    let (port, metrics) = metrics_addr()?;
+    let _daemon = SpawnedDaemon::start_with(&specs, &["--metrics", &metrics])?;
+    let scrape = || -> Result<usize> { Ok(get_metrics(port)?.len()) };
     let bytes = scrape()?;
     let mut failed = None;
     let (scrape_p50, scrape_p99, scrape_lat) = percentiles(sample(scrapes, || {
