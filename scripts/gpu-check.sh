@@ -32,38 +32,56 @@ if [ "${1:-}" = "--stage" ]; then
 fi
 
 BIN=${BIN:-gpu-bin}
+# Each step has its own time limit, so a hang costs one step, not the run.
+STEP=${STEP:-150}
+# PARTS picks steps (default all): vulkan cuda bench torch; DEVS the benchmarked devices.
+PARTS=" ${PARTS:-vulkan cuda bench torch} "
+part() { [[ "$PARTS" == *" $1 "* ]]; }
 status=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
-if ! ldconfig -p | grep -q libvulkan.so.1 && [ -d .gl ]; then
+# cuBLAS: the driver tries libcublas.so.13/.12 through the linker and /usr/local/cuda; an
+# image with only a Python wheel's copy gets it named here.
+if ! ldconfig -p | grep -q 'libcublas\.so' && [ -z "${ACCEL_CUBLAS:-}" ]; then
+    lib=$(find /usr/local /opt /usr/lib -name 'libcublas.so.1[0-9]*' 2>/dev/null | sort | tail -1)
+    if [ -n "$lib" ]; then
+        export ACCEL_CUBLAS=$lib LD_LIBRARY_PATH=$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    fi
+fi
+echo "cuBLAS: ${ACCEL_CUBLAS:-through the dynamic linker}"
+
+if [ -d .gl ]; then
     for f in .gl/*.deb; do dpkg -x "$f" /; done
     ldconfig
 fi
-if [ -e /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] && [ -z "${VK_DRIVER_FILES:-}" ]; then
-    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+if [ -z "${VK_DRIVER_FILES:-}" ] && icd=$(ls /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd*.json /usr/share/vulkan/icd.d/nvidia_icd*.json /etc/vulkan/icd.d/nvidia_icd*.json 2>/dev/null | head -1) && [ -n "$icd" ]; then
+    export VK_DRIVER_FILES=$icd __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
 fi
 
-echo "== vulkan tests"
-if [ -x "$BIN/vulkan-tests" ]; then
-    ACCEL_REQUIRE_VULKAN=1 ACCEL_BIN="$PWD/$BIN/accel" "$BIN/vulkan-tests" --test-threads 1 || status=1
+part vulkan && echo "== vulkan tests"
+if ! part vulkan; then :
+elif [ -x "$BIN/vulkan-tests" ]; then
+    ACCEL_REQUIRE_VULKAN=1 ACCEL_BIN="$PWD/$BIN/accel" timeout "$STEP" "$BIN/vulkan-tests" --test-threads 1 || status=1
 else
     echo "no $BIN/vulkan-tests: run scripts/gpu-check.sh --stage after building"; status=1
 fi
 
-echo "== cuda tests"
-if [ -x "$BIN/cuda-tests" ]; then
-    ACCEL_REQUIRE_CUDA=1 ACCEL_BIN="$PWD/$BIN/accel" "$BIN/cuda-tests" --test-threads 1 || status=1
+part cuda && echo "== cuda tests"
+if ! part cuda; then :
+elif [ -x "$BIN/cuda-tests" ]; then
+    ACCEL_REQUIRE_CUDA=1 ACCEL_BIN="$PWD/$BIN/accel" timeout "$STEP" "$BIN/cuda-tests" --test-threads 1 || status=1
 else
     echo "no $BIN/cuda-tests: run scripts/gpu-check.sh --stage after building"; status=1
 fi
 
-for dev in vulkan:0 cuda:0; do
+part bench || DEVS=" "
+for dev in ${DEVS:-vulkan:0 cuda:0}; do
     echo "== bench $dev (GEMM f32 against the cpu driver; null launch round trip)"
-    "$BIN/accel" bench vulkan --device "$dev" --sizes "${SIZES:-1024,4096}" --reps 5 --iters 2000 || status=1
+    timeout "$STEP" "$BIN/accel" bench vulkan --device "$dev" --sizes "${SIZES:-1024,4096,8192}" --reps 5 --iters 2000 || status=1
 done
 
-echo "== torch.matmul baseline (same GPU)"
-python3 - <<'PY' || status=1
+part torch && echo "== torch.matmul baseline (same GPU)"
+part torch && { timeout "$STEP" python3 - <<'PY' || status=1; }
 import json, time
 try:
     import torch
@@ -73,7 +91,7 @@ if not torch.cuda.is_available():
     print(json.dumps({"bench": "torch-matmul", "skipped": "no CUDA device"})); raise SystemExit(0)
 torch.backends.cuda.matmul.allow_tf32 = False
 import os
-for n in [int(s) for s in os.environ.get('SIZES', '1024,4096').split(',')]:
+for n in [int(s) for s in os.environ.get('SIZES', '1024,4096,8192').split(',')]:
     a = torch.randn(n, n, device="cuda"); b = torch.randn(n, n, device="cuda")
     torch.matmul(a, b); torch.cuda.synchronize()
     ts = []

@@ -19,6 +19,7 @@
 //! programs, imports of other processes' exports, per-client contexts, green contexts and the
 //! context-model measurements. `scripts/gpu-check.sh` runs this crate's tests on a lent GPU.
 
+mod cublas;
 mod ptx;
 
 use std::any::Any;
@@ -32,7 +33,6 @@ use accel_hal::driver::{
 };
 use accel_hal::lock;
 use accel_uapi::{Category, EngineInfo, EntryInfo, Errno, OpKind, ParamKind, RegionKind};
-use cudarc::cublas::sys as cb;
 use cudarc::driver::sys;
 
 pub use ptx::{entries as ptx_entries, DEFAULT_BLOCK};
@@ -98,7 +98,8 @@ struct Gpu {
     ctx: sys::CUcontext,
     /// Stream 0 computes, stream 1 copies.
     streams: [sys::CUstream; 2],
-    cublas: Mutex<cb::cublasHandle_t>,
+    /// cuBLAS and this device's handle, or why GEMM cannot run (the library was not found).
+    blas: Result<(cublas::Cublas, Mutex<cublas::Handle>), String>,
 }
 
 // SAFETY: CUDA contexts, streams and cuBLAS handles may be used from any thread once made
@@ -309,11 +310,17 @@ impl CudaDevice {
             for s in &mut streams {
                 check(sys::cuStreamCreate(s, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32), "cuStreamCreate")?;
             }
-            let mut handle = std::ptr::null_mut();
-            let status = cb::cublasCreate_v2(&mut handle);
-            if status != cb::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-                return Err(DriverError::new(Errno::ENODEV, format!("cuda: cublasCreate: {status:?}")));
-            }
+            let blas = match cublas::Cublas::load() {
+                Ok(lib) => {
+                    tracing::info!("cuda: cuBLAS from {}", lib.path);
+                    let handle = lib.create()?;
+                    Ok((lib, Mutex::new(handle)))
+                }
+                Err(why) => {
+                    tracing::warn!("cuda: GEMM unavailable: {why}");
+                    Err(why)
+                }
+            };
             let mut name = [0 as std::ffi::c_char; 256];
             check(sys::cuDeviceGetName(name.as_mut_ptr(), name.len() as i32, dev), "cuDeviceGetName")?;
             let mut memory = 0usize;
@@ -347,7 +354,7 @@ impl CudaDevice {
                 _ => String::new(),
             };
             Ok(CudaDevice {
-                gpu: Arc::new(Gpu { ordinal: ordinal as i32, ctx, streams, cublas: Mutex::new(handle) }),
+                gpu: Arc::new(Gpu { ordinal: ordinal as i32, ctx, streams, blas }),
                 name: CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned(),
                 memory: memory as u64,
                 sms: sms.max(0) as u32,
@@ -420,32 +427,24 @@ impl CudaDevice {
         let pa = self.device_ptr(&a.range, 0, &mut staged)?;
         let pb = self.device_ptr(&b.range, 0, &mut staged)?;
         let pc = self.device_ptr(&c.range, 0, &mut staged)?;
-        let handle = lock(&self.gpu.cublas);
-        // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: swap the operands, keep the layout.
+        let (blas, handle) = self.gpu.blas.as_ref().map_err(|why| {
+            DriverError::new(Errno::EOPNOTSUPP, format!("cuda: GEMM needs cuBLAS: {why}"))
+        })?;
+        let handle = lock(handle);
         // SAFETY: the handle is ours (locked); every pointer spans its matrix (checked by the core).
-        let status = unsafe {
-            cb::cublasSetStream_v2(*handle, self.gpu.streams[0].cast());
-            cb::cublasSgemm_v2(
+        unsafe {
+            blas.sgemm_row_major(
                 *handle,
-                cb::cublasOperation_t::CUBLAS_OP_N,
-                cb::cublasOperation_t::CUBLAS_OP_N,
-                n,
-                m,
-                k,
-                &alpha,
-                pb as *const f32,
-                ldb,
-                pa as *const f32,
-                lda,
-                &beta,
-                pc as *mut f32,
-                ldc,
+                self.gpu.streams[0].cast(),
+                (m, n, k),
+                alpha,
+                (pa as *const f32, lda),
+                (pb as *const f32, ldb),
+                beta,
+                (pc as *mut f32, ldc),
             )
-        };
+        }?;
         drop(handle);
-        if status != cb::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-            return Err(DriverError::new(Errno::EIO, format!("cuda: cublasSgemm: {status:?}")));
-        }
         // Only C was written; staged A and B go back unchanged, which is harmless.
         self.unstage(staged, 0)
     }
@@ -532,7 +531,9 @@ impl Drop for CudaDevice {
         let _ = self.gpu.enter();
         // SAFETY: the device is idle once the core drops it.
         unsafe {
-            cb::cublasDestroy_v2(*lock(&self.gpu.cublas));
+            if let Ok((blas, handle)) = &self.gpu.blas {
+                blas.destroy(*lock(handle));
+            }
             for s in self.gpu.streams {
                 sys::cuStreamDestroy_v2(s);
             }
@@ -555,7 +556,11 @@ impl Driver for CudaDevice {
             ),
             vendor: "NVIDIA".into(),
             categories: vec![Category::Shared, Category::Exclusive, Category::Oneshot],
-            ops: vec![OpKind::Nop, OpKind::Fill, OpKind::Copy, OpKind::GemmF32, OpKind::Launch],
+            // GEMM only where cuBLAS was found (else the op is refused with the reason).
+            ops: [OpKind::Nop, OpKind::Fill, OpKind::Copy, OpKind::GemmF32, OpKind::Launch]
+                .into_iter()
+                .filter(|op| *op != OpKind::GemmF32 || self.gpu.blas.is_ok())
+                .collect(),
             memory_bytes: self.memory,
             compute_units: self.sms,
             engines: vec![
