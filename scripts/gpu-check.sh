@@ -34,8 +34,8 @@ fi
 BIN=${BIN:-gpu-bin}
 # Each step has its own time limit, so a hang costs one step, not the run.
 STEP=${STEP:-150}
-# PARTS picks steps (default all): vulkan cuda bench torch; DEVS the benchmarked devices.
-PARTS=" ${PARTS:-vulkan cuda bench torch} "
+# PARTS picks steps (default all): vulkan cuda bench cudabench torch; DEVS the benchmarked devices.
+PARTS=" ${PARTS:-vulkan cuda bench cudabench torch} "
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 status=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -79,6 +79,11 @@ for dev in ${DEVS:-vulkan:0 cuda:0}; do
     echo "== bench $dev (GEMM f32 against the cpu driver; null launch round trip)"
     timeout "$STEP" "$BIN/accel" bench vulkan --device "$dev" --sizes "${SIZES:-1024,4096,8192}" --reps 5 --iters 2000 || status=1
 done
+
+if part cudabench; then
+    echo "== bench cuda (launch overhead, many clients vs a context per process, containment)"
+    timeout "$STEP" "$BIN/accel" bench cuda --clients "${CLIENTS:-1,4,16}" --seconds 2 || status=1
+fi
 
 part torch && echo "== torch.matmul baseline (same GPU)"
 part torch && { timeout "$STEP" python3 - <<'PY' || status=1; }

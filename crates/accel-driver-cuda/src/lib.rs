@@ -2,39 +2,45 @@
 //! (`cudarc`'s dynamic loading): the daemon builds and runs on machines without CUDA, and
 //! opening a cuda device there fails with the reason.
 //!
-//! - **Memory**: a `vram` region allocated with the virtual memory management API
-//!   (`cuMemCreate` with POSIX-fd shareable handles, `cuMemMap`), so export gives a descriptor
-//!   another process imports into its own context (`cuMemImportFromShareableHandle`). Host
-//!   memory (the clients' memfds) is reached with pageable copies; kernels and cuBLAS get
-//!   device copies of host operands (staged in and out).
-//! - **Engines**: compute and copy, each its own stream of the device's primary context; a
-//!   job is enqueued on its engine's stream and waited for (`cuStreamSynchronize`).
+//! - **Memory** ([`memory`]): a `vram` region allocated with the virtual memory management
+//!   API (`cuMemCreate` with POSIX-fd shareable handles, `cuMemMap`), so export gives a
+//!   descriptor another process imports into its own context
+//!   (`cuMemImportFromShareableHandle`). Host memory (the clients' memfds) is reached with
+//!   pageable copies; kernels and cuBLAS get device copies of host operands (staged).
+//! - **Engines**: compute and copy, each its own stream of the device's one context ([`gpu`]);
+//!   a job is enqueued on its engine's stream and its completion polled, so an aborted job
+//!   (timeout, client gone) returns at once.
 //! - **Ops**: fill (`cuMemsetD32Async`), copy between every pair of regions, GEMM f32 through
 //!   cuBLAS, and launches of `ptx` programs (`cuModuleLoadData`, `cuLaunchKernel`) whose
 //!   entries and parameters are read from the PTX text.
-//! - **Faults**: the sticky errors that corrupt a CUDA context (illegal address, launch
-//!   failure, …) are device loss: the core wedges the device.
+//! - **Faults are contained** ([`gpu`]): an error that poisons the context (illegal address,
+//!   …) or a kernel that outlives its queue's timeout is answered by recovering the context;
+//!   the guilty job fails, every other client's jobs and memory carry on. Only a failed
+//!   recovery is device loss (the core wedges the device).
 //!
-//! Not done yet (they need a GPU to be written against): NVML telemetry and RAS, `cubin`
-//! programs, imports of other processes' exports, per-client contexts, green contexts and the
-//! context-model measurements. `scripts/gpu-check.sh` runs this crate's tests on a lent GPU.
+//! Not done yet: NVML telemetry and RAS, `cubin` programs, imports of other processes'
+//! exports, green contexts. `scripts/gpu-check.sh` runs this crate's tests on a lent GPU.
 
 mod cublas;
+pub mod direct;
+pub mod gpu;
+pub mod memory;
+mod program;
 mod ptx;
 
-use std::any::Any;
-use std::ffi::{c_void, CStr, CString};
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::ffi::{c_void, CStr};
+use std::sync::Arc;
 
-use accel_hal::bo::{BoMatrix, BoRange};
+use accel_hal::bo::BoRange;
 use accel_hal::driver::{
     DeviceMemory, Driver, DriverError, DriverInfo, JobArg, JobCtx, JobOp, Program, RegionDesc, Telemetry,
 };
-use accel_hal::lock;
-use accel_uapi::{Category, EngineInfo, EntryInfo, Errno, OpKind, ParamKind, RegionKind};
+use accel_uapi::{Category, EngineInfo, Errno, OpKind, ParamKind, RegionKind};
 use cudarc::driver::sys;
 
+use gpu::{Entered, Gpu, Stop};
+use memory::CudaMem;
+pub use program::CudaProgram;
 pub use ptx::{entries as ptx_entries, DEFAULT_BLOCK};
 
 /// Format name of PTX programs.
@@ -92,173 +98,6 @@ pub fn device_count() -> Result<usize, DriverError> {
     Ok(n.max(0) as usize)
 }
 
-/// The device's primary context and streams, shared by its memory and programs.
-struct Gpu {
-    ordinal: i32,
-    ctx: sys::CUcontext,
-    /// Stream 0 computes, stream 1 copies.
-    streams: [sys::CUstream; 2],
-    /// cuBLAS and this device's handle, or why GEMM cannot run (the library was not found).
-    blas: Result<(cublas::Cublas, Mutex<cublas::Handle>), String>,
-}
-
-// SAFETY: CUDA contexts, streams and cuBLAS handles may be used from any thread once made
-// current there; the cuBLAS handle is behind a mutex (it is not thread-safe).
-unsafe impl Send for Gpu {}
-// SAFETY: as above.
-unsafe impl Sync for Gpu {}
-
-impl Gpu {
-    /// Makes the context current on the calling thread (slot threads change over time).
-    fn enter(&self) -> Result<(), DriverError> {
-        // SAFETY: a live context.
-        check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")
-    }
-
-    fn sync(&self, engine: usize) -> Result<(), DriverError> {
-        // SAFETY: a live stream of the current context.
-        check(unsafe { sys::cuStreamSynchronize(self.streams[engine]) }, "cuStreamSynchronize")
-    }
-}
-
-/// Device memory: a physical allocation mapped at a reserved virtual range.
-pub struct CudaMem {
-    gpu: Arc<Gpu>,
-    ptr: sys::CUdeviceptr,
-    size: usize,
-    len: u64,
-    handle: sys::CUmemGenericAllocationHandle,
-}
-
-impl std::fmt::Debug for CudaMem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CudaMem").field("len", &self.len).finish()
-    }
-}
-
-impl CudaMem {
-    fn new(gpu: &Arc<Gpu>, len: u64) -> Result<CudaMem, DriverError> {
-        gpu.enter()?;
-        // SAFETY: a zeroed property struct is valid; the fields that matter are set below.
-        let mut prop: sys::CUmemAllocationProp = unsafe { std::mem::zeroed() };
-        prop.type_ = sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED;
-        prop.requestedHandleTypes = sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
-        prop.location.type_ = sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE;
-        prop.location.id = gpu.ordinal;
-        let mut gran = 0usize;
-        let minimum = sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM;
-        // SAFETY: valid pointers to locals.
-        let r = unsafe { sys::cuMemGetAllocationGranularity(&mut gran, &prop, minimum) };
-        check(r, "cuMemGetAllocationGranularity")?;
-        let size = usize::try_from(len.max(1))
-            .map_err(|_| DriverError::new(Errno::ENOMEM, "allocation too large"))?
-            .next_multiple_of(gran.max(1));
-        let mut handle = 0;
-        // SAFETY: valid property and out pointer.
-        check(unsafe { sys::cuMemCreate(&mut handle, size, &prop, 0) }, "cuMemCreate")?;
-        let mut ptr = 0;
-        // SAFETY: out pointer to a local; no fixed address asked.
-        let reserved = check(unsafe { sys::cuMemAddressReserve(&mut ptr, size, 0, 0, 0) }, "cuMemAddressReserve");
-        if let Err(e) = reserved {
-            // SAFETY: the handle was just made and is not mapped.
-            unsafe { sys::cuMemRelease(handle) };
-            return Err(e);
-        }
-        let mem = CudaMem { gpu: gpu.clone(), ptr, size, len, handle };
-        // SAFETY: the range was reserved for this size; the handle is unmapped.
-        check(unsafe { sys::cuMemMap(ptr, size, 0, handle, 0) }, "cuMemMap")?;
-        let access = sys::CUmemAccessDesc {
-            location: prop.location,
-            flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
-        };
-        // SAFETY: the range is mapped; one access descriptor.
-        check(unsafe { sys::cuMemSetAccess(ptr, size, &access, 1) }, "cuMemSetAccess")?;
-        Ok(mem)
-    }
-}
-
-impl Drop for CudaMem {
-    fn drop(&mut self) {
-        let _ = self.gpu.enter();
-        // SAFETY: jobs hold their operands until they completed, so nothing uses the range.
-        unsafe {
-            sys::cuMemUnmap(self.ptr, self.size);
-            sys::cuMemAddressFree(self.ptr, self.size);
-            sys::cuMemRelease(self.handle);
-        }
-    }
-}
-
-impl DeviceMemory for CudaMem {
-    fn len(&self) -> u64 {
-        self.len
-    }
-
-    fn zero(&self) -> Result<(), DriverError> {
-        self.gpu.enter()?;
-        // SAFETY: the mapping is `size` bytes, a multiple of the granularity (of 4).
-        check(unsafe { sys::cuMemsetD32Async(self.ptr, 0, self.size / 4, self.gpu.streams[1]) }, "cuMemsetD32Async")?;
-        self.gpu.sync(1)
-    }
-
-    fn export(&self) -> Result<OwnedFd, DriverError> {
-        self.gpu.enter()?;
-        let mut fd: std::ffi::c_int = -1;
-        let kind = sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
-        // SAFETY: the allocation was made exportable as a POSIX descriptor; `fd` receives it.
-        check(
-            // SAFETY: as stated above.
-            unsafe {
-                sys::cuMemExportToShareableHandle((&mut fd as *mut std::ffi::c_int).cast(), self.handle, kind, 0)
-            },
-            "cuMemExportToShareableHandle",
-        )?;
-        // SAFETY: the driver handed over a new descriptor.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
-/// A loaded PTX module.
-pub struct CudaProgram {
-    gpu: Arc<Gpu>,
-    module: sys::CUmodule,
-    functions: Vec<sys::CUfunction>,
-    entries: Vec<EntryInfo>,
-    blocks: Vec<[u32; 3]>,
-}
-
-// SAFETY: module and function handles are plain values used with the context current.
-unsafe impl Send for CudaProgram {}
-// SAFETY: as above.
-unsafe impl Sync for CudaProgram {}
-
-impl std::fmt::Debug for CudaProgram {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CudaProgram").field("entries", &self.entries).finish()
-    }
-}
-
-impl Program for CudaProgram {
-    fn entries(&self) -> &[EntryInfo] {
-        &self.entries
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
-impl Drop for CudaProgram {
-    fn drop(&mut self) {
-        let _ = self.gpu.enter();
-        // SAFETY: launches hold their program until they completed.
-        unsafe { sys::cuModuleUnload(self.module) };
-    }
-}
 
 /// A job operand: a device address, or host memory.
 enum Place<'a> {
@@ -272,10 +111,13 @@ fn place(r: &BoRange) -> Result<Place<'_>, DriverError> {
             .as_any()
             .downcast_ref::<CudaMem>()
             .ok_or_else(|| DriverError::new(Errno::EINVAL, "cuda: another device's memory"))?;
-        return Ok(Place::Device(m.ptr + r.offset as u64));
+        return Ok(Place::Device(m.ptr() + r.offset as u64));
     }
     r.host().map(Place::Host).ok_or_else(|| DriverError::new(Errno::EINVAL, "cuda: a buffer with no memory"))
 }
+
+/// Host operands staged in device memory for the job, copied back after it.
+type Staged<'a> = Vec<(CudaMem, accel_hal::mem::VolatileSlice<'a>)>;
 
 /// One NVIDIA GPU as an accel device.
 pub struct CudaDevice {
@@ -290,7 +132,7 @@ pub struct CudaDevice {
 }
 
 impl CudaDevice {
-    /// Opens CUDA device `ordinal` (its primary context, two streams, a cuBLAS handle).
+    /// Opens CUDA device `ordinal` (a context of its own, two streams, a cuBLAS handle).
     pub fn open(ordinal: usize) -> Result<CudaDevice, DriverError> {
         let count = device_count()?;
         if ordinal >= count {
@@ -303,24 +145,7 @@ impl CudaDevice {
         // SAFETY: out pointers to locals throughout; the ordinal was checked.
         unsafe {
             check(sys::cuDeviceGet(&mut dev, ordinal as i32), "cuDeviceGet")?;
-            let mut ctx = std::ptr::null_mut();
-            check(sys::cuDevicePrimaryCtxRetain(&mut ctx, dev), "cuDevicePrimaryCtxRetain")?;
-            check(sys::cuCtxSetCurrent(ctx), "cuCtxSetCurrent")?;
-            let mut streams = [std::ptr::null_mut(); 2];
-            for s in &mut streams {
-                check(sys::cuStreamCreate(s, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32), "cuStreamCreate")?;
-            }
-            let blas = match cublas::Cublas::load() {
-                Ok(lib) => {
-                    tracing::info!("cuda: cuBLAS from {}", lib.path);
-                    let handle = lib.create()?;
-                    Ok((lib, Mutex::new(handle)))
-                }
-                Err(why) => {
-                    tracing::warn!("cuda: GEMM unavailable: {why}");
-                    Err(why)
-                }
-            };
+            let gpu = Gpu::open(ordinal as i32, dev)?;
             let mut name = [0 as std::ffi::c_char; 256];
             check(sys::cuDeviceGetName(name.as_mut_ptr(), name.len() as i32, dev), "cuDeviceGetName")?;
             let mut memory = 0usize;
@@ -354,7 +179,7 @@ impl CudaDevice {
                 _ => String::new(),
             };
             Ok(CudaDevice {
-                gpu: Arc::new(Gpu { ordinal: ordinal as i32, ctx, streams, blas }),
+                gpu: Arc::new(gpu),
                 name: CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned(),
                 memory: memory as u64,
                 sms: sms.max(0) as u32,
@@ -366,14 +191,24 @@ impl CudaDevice {
         }
     }
 
+    /// Context recoveries so far (faults and hangs contained).
+    pub fn recoveries(&self) -> u64 {
+        self.gpu.recoveries.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A device copy of a host operand, for kernels and cuBLAS (copied in now).
-    fn stage(&self, host: &accel_hal::mem::VolatileSlice<'_>, engine: usize) -> Result<CudaMem, DriverError> {
-        let mem = CudaMem::new(&self.gpu, host.len() as u64)?;
+    fn stage(
+        &self,
+        pass: &Entered<'_>,
+        host: &accel_hal::mem::VolatileSlice<'_>,
+        engine: usize,
+    ) -> Result<CudaMem, DriverError> {
+        let mem = CudaMem::new(&self.gpu, pass, host.len() as u64)?;
         // SAFETY: `host` is `len` bytes the job holds; the device range is at least as large.
         check(
             // SAFETY: as stated above.
             unsafe {
-                sys::cuMemcpyHtoDAsync_v2(mem.ptr, host.as_mut_ptr().cast(), host.len(), self.gpu.streams[engine])
+                sys::cuMemcpyHtoDAsync_v2(mem.ptr(), host.as_mut_ptr().cast(), host.len(), pass.ctx.streams[engine])
             },
             "cuMemcpyHtoDAsync",
         )?;
@@ -383,91 +218,87 @@ impl CudaDevice {
     /// The device address of a matrix or buffer operand, staging host memory.
     fn device_ptr<'a>(
         &self,
+        pass: &Entered<'_>,
         r: &'a BoRange,
         engine: usize,
-        staged: &mut Vec<(CudaMem, accel_hal::mem::VolatileSlice<'a>)>,
+        staged: &mut Staged<'a>,
     ) -> Result<sys::CUdeviceptr, DriverError> {
         match place(r)? {
             Place::Device(p) => Ok(p),
             Place::Host(h) => {
-                let mem = self.stage(&h, engine)?;
-                let p = mem.ptr;
+                let mem = self.stage(pass, &h, engine)?;
+                let p = mem.ptr();
                 staged.push((mem, h));
                 Ok(p)
             }
         }
     }
 
-    /// Copies staged operands back to host memory once the work is done.
-    fn unstage(
-        &self,
-        staged: Vec<(CudaMem, accel_hal::mem::VolatileSlice<'_>)>,
-        engine: usize,
-    ) -> Result<(), DriverError> {
+    /// Waits for the work, then copies staged operands back to host memory.
+    fn finish(&self, pass: &Entered<'_>, staged: Staged<'_>, engine: usize, job: &JobCtx) -> Result<(), Stop> {
         for (mem, host) in &staged {
             // SAFETY: both ranges are `host.len()` bytes and alive.
             check(
                 // SAFETY: as stated above.
                 unsafe {
-                    sys::cuMemcpyDtoHAsync_v2(host.as_mut_ptr().cast(), mem.ptr, host.len(), self.gpu.streams[engine])
+                    sys::cuMemcpyDtoHAsync_v2(host.as_mut_ptr().cast(), mem.ptr(), host.len(), pass.ctx.streams[engine])
                 },
                 "cuMemcpyDtoHAsync",
             )?;
         }
-        self.gpu.sync(engine)
+        self.gpu.wait(pass, engine, Some(job))
     }
 
-    fn gemm(&self, a: &BoMatrix, b: &BoMatrix, c: &BoMatrix, alpha: f32, beta: f32) -> Result<(), DriverError> {
+    fn gemm(&self, pass: &Entered<'_>, op: &JobOp, job: &JobCtx) -> Result<(), Stop> {
+        let JobOp::GemmF32 { a, b, c, alpha, beta } = op else { unreachable!("gemm of another op") };
         let int = |v: usize| {
             i32::try_from(v).map_err(|_| DriverError::new(Errno::EINVAL, "cuda: a GEMM dimension over 2^31"))
         };
         let (m, n, k) = (int(a.rows)?, int(b.cols)?, int(a.cols)?);
         let (lda, ldb, ldc) = (int(a.row_stride)?, int(b.row_stride)?, int(c.row_stride)?);
+        let (Ok(blas), Some(handle)) = (&self.gpu.blas_lib, pass.ctx.blas) else {
+            let why = self.gpu.blas_lib.as_ref().err().cloned().unwrap_or_default();
+            return Err(DriverError::new(Errno::EOPNOTSUPP, format!("cuda: GEMM needs cuBLAS: {why}")).into());
+        };
         let mut staged = Vec::new();
-        let pa = self.device_ptr(&a.range, 0, &mut staged)?;
-        let pb = self.device_ptr(&b.range, 0, &mut staged)?;
-        let pc = self.device_ptr(&c.range, 0, &mut staged)?;
-        let (blas, handle) = self.gpu.blas.as_ref().map_err(|why| {
-            DriverError::new(Errno::EOPNOTSUPP, format!("cuda: GEMM needs cuBLAS: {why}"))
-        })?;
-        let handle = lock(handle);
-        // SAFETY: the handle is ours (locked); every pointer spans its matrix (checked by the core).
-        unsafe {
-            blas.sgemm_row_major(
-                *handle,
-                self.gpu.streams[0].cast(),
-                (m, n, k),
-                alpha,
-                (pa as *const f32, lda),
-                (pb as *const f32, ldb),
-                beta,
-                (pc as *mut f32, ldc),
-            )
-        }?;
-        drop(handle);
+        let pa = self.device_ptr(pass, &a.range, 0, &mut staged)?;
+        let pb = self.device_ptr(pass, &b.range, 0, &mut staged)?;
+        let pc = self.device_ptr(pass, &c.range, 0, &mut staged)?;
+        {
+            let _turn = accel_hal::lock(&self.gpu.blas_lock);
+            // SAFETY: the handle is this context's and ours (turn taken); every pointer spans
+            // its matrix (checked by the core).
+            unsafe {
+                blas.sgemm_row_major(
+                    handle,
+                    pass.ctx.streams[0].cast(),
+                    (m, n, k),
+                    *alpha,
+                    (pa as *const f32, lda),
+                    (pb as *const f32, ldb),
+                    *beta,
+                    (pc as *mut f32, ldc),
+                )
+            }?;
+        }
         // Only C was written; staged A and B go back unchanged, which is harmless.
-        self.unstage(staged, 0)
+        self.finish(pass, staged, 0, job)
     }
 
-    fn launch(
-        &self,
-        program: &Arc<dyn Program>,
-        entry: u32,
-        grid: [u32; 3],
-        args: &[JobArg],
-    ) -> Result<(), DriverError> {
+    fn launch(&self, pass: &Entered<'_>, op: &JobOp, job: &JobCtx) -> Result<(), Stop> {
+        let JobOp::Launch { program, entry, grid, args } = op else { unreachable!("launch of another op") };
         let p = program
             .as_any()
             .downcast_ref::<CudaProgram>()
             .ok_or_else(|| DriverError::new(Errno::EINVAL, "cuda: a program of another driver"))?;
-        let (f, block) = (p.functions[entry as usize], p.blocks[entry as usize]);
+        let (f, block) = (p.function(pass, *entry as usize)?, p.blocks[*entry as usize]);
         let mut staged = Vec::new();
         // Each parameter's value, 8 bytes of room each; kernelParams points at them.
         let mut values: Vec<[u8; 8]> = Vec::with_capacity(args.len());
         for a in args {
             let mut v = [0u8; 8];
             match a {
-                JobArg::Buffer(r) => v = self.device_ptr(r, 0, &mut staged)?.to_ne_bytes(),
+                JobArg::Buffer(r) => v = self.device_ptr(pass, r, 0, &mut staged)?.to_ne_bytes(),
                 JobArg::U32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),
                 JobArg::F32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),
                 JobArg::U64(x) => v = x.to_ne_bytes(),
@@ -475,8 +306,9 @@ impl CudaDevice {
             values.push(v);
         }
         let mut params: Vec<*mut c_void> = values.iter_mut().map(|v| v.as_mut_ptr().cast()).collect();
-        // SAFETY: the function belongs to a loaded module; `params` has one pointer per PTX
-        // parameter (checked by the core against the entry), each to 8 live bytes.
+        // SAFETY: the function belongs to a module of the entered context; `params` has one
+        // pointer per PTX parameter (checked by the core against the entry), each to 8 live
+        // bytes.
         check(
             // SAFETY: as stated above.
             unsafe {
@@ -489,19 +321,39 @@ impl CudaDevice {
                     block[1],
                     block[2],
                     0,
-                    self.gpu.streams[0],
+                    pass.ctx.streams[0],
                     params.as_mut_ptr(),
                     std::ptr::null_mut(),
                 )
             },
             "cuLaunchKernel",
         )?;
-        self.unstage(staged, 0)
+        self.finish(pass, staged, 0, job)
     }
 
-    fn copy(&self, src: &BoRange, dst: &BoRange, engine: usize) -> Result<(), DriverError> {
-        let s = self.gpu.streams[engine];
+    fn fill(&self, pass: &Entered<'_>, dst: &BoRange, pattern: u32, engine: usize, job: &JobCtx) -> Result<(), Stop> {
+        match place(dst)? {
+            Place::Host(h) => {
+                h.fill_u32(pattern);
+                Ok(())
+            }
+            Place::Device(p) if p % 4 == 0 => {
+                // SAFETY: the range is `dst.len` bytes (a multiple of 4) of mapped memory.
+                check(
+                    // SAFETY: as stated above.
+                    unsafe { sys::cuMemsetD32Async(p, pattern, dst.len / 4, pass.ctx.streams[engine]) },
+                    "cuMemsetD32Async",
+                )?;
+                self.gpu.wait(pass, engine, Some(job))
+            }
+            Place::Device(_) => Err(DriverError::new(Errno::EINVAL, "cuda: fills start at multiples of 4").into()),
+        }
+    }
+
+    fn copy(&self, pass: &Entered<'_>, src: &BoRange, dst: &BoRange, engine: usize, job: &JobCtx) -> Result<(), Stop> {
+        let s = pass.ctx.streams[engine];
         let len = src.len;
+        let mut scratch = None;
         // SAFETY: both ranges are `len` bytes (checked by the core) and held by the job.
         let r = unsafe {
             match (place(src)?, place(dst)?) {
@@ -513,29 +365,31 @@ impl CudaDevice {
                 (Place::Device(d), Place::Host(b)) => sys::cuMemcpyDtoHAsync_v2(b.as_mut_ptr().cast(), d, len, s),
                 (Place::Device(a), Place::Device(b)) if a < b + len as u64 && b < a + len as u64 => {
                     // Overlapping device ranges go through a scratch copy (memmove semantics).
-                    let tmp = CudaMem::new(&self.gpu, len as u64)?;
-                    check(sys::cuMemcpyDtoDAsync_v2(tmp.ptr, a, len, s), "cuMemcpyDtoDAsync")?;
-                    check(sys::cuMemcpyDtoDAsync_v2(b, tmp.ptr, len, s), "cuMemcpyDtoDAsync")?;
-                    return self.gpu.sync(engine);
+                    let tmp = CudaMem::new(&self.gpu, pass, len as u64)?;
+                    check(sys::cuMemcpyDtoDAsync_v2(tmp.ptr(), a, len, s), "cuMemcpyDtoDAsync")?;
+                    let r = sys::cuMemcpyDtoDAsync_v2(b, tmp.ptr(), len, s);
+                    scratch = Some(tmp);
+                    r
                 }
                 (Place::Device(a), Place::Device(b)) => sys::cuMemcpyDtoDAsync_v2(b, a, len, s),
             }
         };
         check(r, "cuMemcpyAsync")?;
-        self.gpu.sync(engine)
+        let done = self.gpu.wait(pass, engine, Some(job));
+        drop(scratch);
+        done
     }
-}
 
-impl Drop for CudaDevice {
-    fn drop(&mut self) {
-        let _ = self.gpu.enter();
-        // SAFETY: the device is idle once the core drops it.
-        unsafe {
-            if let Ok((blas, handle)) = &self.gpu.blas {
-                blas.destroy(*lock(handle));
-            }
-            for s in self.gpu.streams {
-                sys::cuStreamDestroy_v2(s);
+    /// One attempt at a job in the entered context.
+    fn attempt(&self, pass: &Entered<'_>, engine: usize, op: &JobOp, job: &JobCtx) -> Result<(), Stop> {
+        match op {
+            JobOp::Nop => Ok(()),
+            JobOp::Fill { dst, pattern } => self.fill(pass, dst, *pattern, engine, job),
+            JobOp::Copy { src, dst } => self.copy(pass, src, dst, engine, job),
+            JobOp::GemmF32 { .. } => self.gemm(pass, op, job),
+            JobOp::Launch { .. } => self.launch(pass, op, job),
+            JobOp::Driver { code, .. } => {
+                Err(DriverError::new(Errno::EOPNOTSUPP, format!("cuda: no driver op {code}")).into())
             }
         }
     }
@@ -559,7 +413,7 @@ impl Driver for CudaDevice {
             // GEMM only where cuBLAS was found (else the op is refused with the reason).
             ops: [OpKind::Nop, OpKind::Fill, OpKind::Copy, OpKind::GemmF32, OpKind::Launch]
                 .into_iter()
-                .filter(|op| *op != OpKind::GemmF32 || self.gpu.blas.is_ok())
+                .filter(|op| *op != OpKind::GemmF32 || self.gpu.blas_lib.is_ok())
                 .collect(),
             memory_bytes: self.memory,
             compute_units: self.sms,
@@ -575,33 +429,48 @@ impl Driver for CudaDevice {
         usize::from(matches!(op, JobOp::Fill { .. } | JobOp::Copy { .. }))
     }
 
-    fn run_job(&self, engine: usize, op: &JobOp, _ctx: &JobCtx) -> Result<(), DriverError> {
-        self.gpu.enter()?;
-        match op {
-            JobOp::Nop => Ok(()),
-            JobOp::Fill { dst, pattern } => match place(dst)? {
-                Place::Host(h) => {
-                    h.fill_u32(*pattern);
-                    Ok(())
+    /// Runs the job; contains faults. A poisoned context is recovered: a launch that
+    /// poisoned it is guilty (`EFAULT`, CUDA's words); any other job (fills, copies, GEMMs
+    /// cannot fault on ranges the core checked) was caught in another's fault and runs again.
+    /// A job interrupted by a recovery runs again in the new context.
+    fn run_job(&self, engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), DriverError> {
+        let mut replays = 0;
+        loop {
+            let pass = self.gpu.enter()?;
+            let generation = pass.ctx.generation;
+            let result = self.attempt(&pass, engine, op, ctx);
+            drop(pass);
+            match result {
+                Ok(()) => return Ok(()),
+                Err(Stop::Aborted) => {
+                    // Its kernel may run on (a hang, or a client gone mid-launch): end it
+                    // before it holds up the jobs queued behind it.
+                    self.gpu.recover_if_busy(engine, "an aborted job")?;
+                    return Err(DriverError::new(Errno::ECANCELED, "cuda: job aborted"));
                 }
-                Place::Device(p) if p % 4 == 0 => {
-                    // SAFETY: the range is `dst.len` bytes (a multiple of 4) of mapped memory.
-                    check(
-                        // SAFETY: as stated above.
-                        unsafe { sys::cuMemsetD32Async(p, *pattern, dst.len / 4, self.gpu.streams[engine]) },
-                        "cuMemsetD32Async",
-                    )?;
-                    self.gpu.sync(engine)
+                Err(Stop::Recovering) => {}
+                Err(Stop::Failed(e)) if !e.lost => return Err(e),
+                Err(Stop::Failed(e)) => {
+                    self.gpu.recover(Some(generation), &e.message)?;
+                    if matches!(op, JobOp::Launch { .. }) || replays > 0 {
+                        return Err(DriverError::new(
+                            Errno::EFAULT,
+                            format!("{} (the context was recovered; other clients are unaffected)", e.message),
+                        ));
+                    }
                 }
-                Place::Device(_) => Err(DriverError::new(Errno::EINVAL, "cuda: fills start at multiples of 4")),
-            },
-            JobOp::Copy { src, dst } => self.copy(src, dst, engine),
-            JobOp::GemmF32 { a, b, c, alpha, beta } => self.gemm(a, b, c, *alpha, *beta),
-            JobOp::Launch { program, entry, grid, args } => self.launch(program, *entry, *grid, args),
-            JobOp::Driver { code, .. } => {
-                Err(DriverError::new(Errno::EOPNOTSUPP, format!("cuda: no driver op {code}")))
             }
+            replays += 1;
         }
+    }
+
+    /// A job outlived its timeout: its kernel may run forever, so the context is recovered
+    /// (destroying it ends the kernel). The core replays the innocent.
+    fn timedout_job(&self, engine: usize, _guilty: &JobCtx) -> Result<(), Errno> {
+        self.gpu.recover_if_busy(engine, "a job timeout").map_err(|e| {
+            tracing::error!("{}", e.message);
+            Errno::EIO
+        })
     }
 
     fn telemetry(&self) -> Telemetry {
@@ -627,7 +496,8 @@ impl Driver for CudaDevice {
         if region != 0 {
             return Err(DriverError::new(Errno::EINVAL, format!("cuda has no region {}", region + 1)));
         }
-        Ok(Arc::new(CudaMem::new(&self.gpu, size)?))
+        let pass = self.gpu.enter()?;
+        Ok(Arc::new(CudaMem::new(&self.gpu, &pass, size)?))
     }
 
     fn program_formats(&self) -> Vec<String> {
@@ -643,28 +513,7 @@ impl Driver for CudaDevice {
         if entries.iter().any(|e| e.info.params.iter().filter(|p| **p == ParamKind::Buffer).count() > 8) {
             return Err(DriverError::new(Errno::EINVAL, "ptx: more parameters than a launch carries"));
         }
-        let image = CString::new(text).map_err(|_| DriverError::new(Errno::EINVAL, "ptx: a NUL inside the text"))?;
-        self.gpu.enter()?;
-        let mut module = std::ptr::null_mut();
-        // SAFETY: a NUL-terminated PTX image; the driver JIT-compiles and validates it.
-        check(unsafe { sys::cuModuleLoadData(&mut module, image.as_ptr().cast()) }, "cuModuleLoadData")?;
-        let mut program = CudaProgram {
-            gpu: self.gpu.clone(),
-            module,
-            functions: Vec::new(),
-            entries: Vec::new(),
-            blocks: Vec::new(),
-        };
-        for e in entries {
-            let name =
-                CString::new(e.info.name.clone()).map_err(|_| DriverError::new(Errno::EINVAL, "ptx: bad name"))?;
-            let mut f = std::ptr::null_mut();
-            // SAFETY: a loaded module and a NUL-terminated name.
-            check(unsafe { sys::cuModuleGetFunction(&mut f, module, name.as_ptr()) }, "cuModuleGetFunction")?;
-            program.functions.push(f);
-            program.blocks.push(e.block);
-            program.entries.push(e.info);
-        }
-        Ok(Arc::new(program))
+        let pass = self.gpu.enter()?;
+        Ok(Arc::new(CudaProgram::load(&self.gpu, &pass, text)?))
     }
 }

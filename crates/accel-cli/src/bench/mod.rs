@@ -16,6 +16,7 @@ use crate::spawn::SpawnedDaemon;
 mod bindings;
 mod copy;
 mod floor;
+mod cuda;
 mod isolation;
 mod syncobj;
 mod vulkan;
@@ -153,6 +154,24 @@ pub enum Which {
         #[arg(long, hide = true, value_delimiter = ',')]
         objs: Vec<std::path::PathBuf>,
     },
+    /// The cuda driver against CUDA used directly on the same GPU: launch round trips (10
+    /// and 100 µs kernels), N client processes launching 10 µs kernels (accel's shared
+    /// context vs a context per process), and fault containment (a faulting and a hanging
+    /// client beside 4 innocent ones).
+    Cuda {
+        /// Client process counts.
+        #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "1,4,16")]
+        clients: Vec<usize>,
+        /// Seconds each client-count run lasts.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Launch round trips timed per kernel length.
+        #[arg(long, default_value_t = 2000)]
+        iters: usize,
+        /// Internal: run as a client process (a daemon socket, or `direct`).
+        #[arg(long, hide = true)]
+        child: Option<String>,
+    },
     /// Noisy neighbour: a good tenant's GEMM throughput and null-job latency with a hostile
     /// tenant idle, then at every limit at once (allocation churn, connection flood,
     /// malformed input, hung jobs); reports the ratios.
@@ -187,6 +206,8 @@ pub fn run(which: Which) -> Result<()> {
         Which::Vulkan { sizes, reps, iters, device } => vulkan::run(&device, &sizes, reps.max(1), iters.max(10)),
         Which::Syncobj { peer: Some(socket), objs, .. } => syncobj::peer(&socket, &objs),
         Which::Syncobj { rounds, points, peer: None, .. } => syncobj::run(rounds.max(10), points.max(6)),
+        Which::Cuda { child: Some(target), seconds, .. } => cuda::child(&target, seconds),
+        Which::Cuda { clients, seconds, iters, child: None } => cuda::run(&clients, seconds.max(0.5), iters.max(10)),
         Which::Isolation { seconds, load, hostile: Some(socket) } => isolation::hostile(&socket, seconds, &load),
         Which::Isolation { seconds, load, hostile: None } => isolation::run(seconds.max(0.5), &load),
     }

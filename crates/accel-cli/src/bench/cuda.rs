@@ -1,0 +1,227 @@
+//! `accel bench cuda`: the cuda driver against CUDA used directly, on the same GPU.
+//!
+//! - **launch**: one client's round trip for a kernel of 10 µs and of 100 µs (it spins on
+//!   `%globaltimer`) through accel's ring against `cuLaunchKernel` + `cuStreamSynchronize`
+//!   in one process with its own context.
+//! - **clients**: N processes each launching 10 µs kernels back to back for a while, through
+//!   accel (one shared context in the daemon) against N processes each with its own context
+//!   (the GPU time-slices between them): aggregate kernels per second.
+//! - **containment**: 4 innocent client processes launching while another client launches
+//!   a kernel that stores to an unmapped address and one whose kernel never ends (its queue
+//!   times out): the innocent clients' failed jobs and whether their device memory kept
+//!   every increment.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use accel::{Device, Errno, LaunchArg, Op};
+use accel_driver_cuda::direct::{Direct, KERNELS_PTX};
+use anyhow::{ensure, Context, Result};
+
+use super::percentiles;
+use crate::spawn::SpawnedDaemon;
+
+
+/// The short kernel of the clients and containment runs.
+const SHORT_NS: u32 = 10_000;
+/// The long kernel of the launch-overhead figure.
+const LONG_NS: u32 = 100_000;
+
+/// A client of the daemon with the kernels loaded and a vram counter.
+struct Client {
+    dev: Device,
+    ring: accel::Ring,
+    program: accel::Program,
+    counter: accel::Buffer,
+}
+
+impl Client {
+    fn open(socket: &Path, timeout: Option<Duration>) -> Result<Client> {
+        let dev = Device::open_at(socket, 0)?;
+        let queue = match timeout {
+            Some(t) => dev.create_queue_with_timeout(t)?,
+            None => dev.create_queue()?,
+        };
+        let program = dev.load_program(accel_driver_cuda::FORMAT, KERNELS_PTX.as_bytes())?;
+        let counter = dev.alloc_in(4096, 1)?;
+        Ok(Client { dev, ring: queue.into_ring(16)?, program, counter })
+    }
+
+    /// Launches `entry` through the ring and waits for its completion.
+    fn launch(&mut self, entry: &str, ns: u32) -> accel::Result<()> {
+        let op = self.program.launch(entry, [1, 1, 1], &[LaunchArg::Buffer(self.counter.whole()), LaunchArg::U32(ns)])?;
+        let done = self.ring.submit_wait(&op, Duration::from_secs(60))?;
+        done.status().map_err(|code| accel::Error { code, message: format!("{entry} failed") })
+    }
+
+    /// The counter's value (copied to host memory).
+    fn count(&self) -> Result<u32> {
+        let host = self.dev.alloc(4096)?;
+        self.ring.queue().submit(Op::Copy { src: self.counter.whole(), dst: host.whole() })?.wait()?;
+        let mut b = [0u8; 4];
+        host.read(0, &mut b)?;
+        Ok(u32::from_ne_bytes(b))
+    }
+}
+
+/// Median and 99th percentile of `iters` round trips of `f`, nanoseconds.
+fn time(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<(u64, u64)> {
+    for _ in 0..iters / 10 {
+        f()?;
+    }
+    let mut ns = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        f()?;
+        ns.push(t.elapsed().as_nanos() as u64);
+    }
+    let (p50, p99, _) = percentiles(ns);
+    Ok((p50, p99))
+}
+
+pub fn run(clients: &[usize], seconds: f64, iters: usize) -> Result<()> {
+    let daemon = SpawnedDaemon::start(&["cuda:0"])?;
+    let socket = daemon.socket();
+    let name = Device::open_at(socket, 0)?.info().name.replace('"', "'");
+
+    // One client's launch round trip against CUDA in this process.
+    let mut client = Client::open(socket, None)?;
+    let mut direct = Direct::new(0, KERNELS_PTX, "spin").map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    for ns in [SHORT_NS, LONG_NS] {
+        let (a50, a99) = time(iters, || Ok(client.launch("spin", ns)?))?;
+        let (d50, d99) = time(iters, || direct.launch_sync(ns).map_err(|e| anyhow::anyhow!("{}", e.message)))?;
+        println!(
+            "{{\"bench\":\"cuda-launch\",\"device\":\"{name}\",\"kernel_us\":{},\"iters\":{iters},\"accel_p50_us\":{:.1},\"accel_p99_us\":{:.1},\"direct_p50_us\":{:.1},\"direct_p99_us\":{:.1},\"overhead_p50\":{:.3}}}",
+            ns / 1000,
+            a50 as f64 / 1e3,
+            a99 as f64 / 1e3,
+            d50 as f64 / 1e3,
+            d99 as f64 / 1e3,
+            a50 as f64 / d50 as f64 - 1.0
+        );
+    }
+    drop((client, direct));
+
+    // Many small clients: accel's shared context against a context per process.
+    for &n in clients {
+        let accel = kernels_per_s(n, seconds, Some(socket), None)?;
+        let direct = kernels_per_s(n, seconds, None, None)?;
+        println!(
+            "{{\"bench\":\"cuda-clients\",\"device\":\"{name}\",\"clients\":{n},\"kernel_us\":{},\"seconds\":{seconds},\"accel_kernels_per_s\":{:.0},\"timeslice_kernels_per_s\":{:.0},\"accel_failed\":{},\"ratio\":{:.3}}}",
+            SHORT_NS / 1000,
+            accel.0,
+            direct.0,
+            accel.1,
+            accel.0 / direct.0
+        );
+    }
+
+    // Containment: a faulting and a hanging client beside 4 innocent ones.
+    let (_, innocent_failed, lost) = kernels_per_s(4, seconds.max(4.0), Some(socket), Some(socket))?;
+    let recoveries = Client::open(socket, None).and_then(|mut c| Ok(c.launch("spin", 1_000)?)).is_ok();
+    println!(
+        "{{\"bench\":\"cuda-containment\",\"device\":\"{name}\",\"innocent_clients\":4,\"kernel_us\":{},\"innocent_failed\":{innocent_failed},\"innocent_increments_lost\":{lost},\"device_usable_after\":{recoveries}}}",
+        SHORT_NS / 1000
+    );
+    Ok(())
+}
+
+/// Runs `n` client processes (through the daemon at `socket`, else CUDA directly) launching
+/// short kernels for `seconds`; with `culprit`, this process meanwhile makes a fault and a
+/// hang through it. Returns (aggregate kernels/s, failed jobs, increments lost).
+fn kernels_per_s(n: usize, seconds: f64, socket: Option<&Path>, culprit: Option<&Path>) -> Result<(f64, u64, u64)> {
+    let exe = std::env::current_exe().context("locating the accel binary")?;
+    let mut children: Vec<Child> = (0..n)
+        .map(|_| {
+            let mut cmd = Command::new(&exe);
+            cmd.args(["bench", "cuda", "--seconds", &seconds.to_string(), "--child"]);
+            cmd.arg(socket.map_or("direct".into(), |s| s.display().to_string()));
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().context("starting a client")
+        })
+        .collect::<Result<_>>()?;
+    let mut outs = Vec::new();
+    for c in &mut children {
+        let mut lines = BufReader::new(c.stdout.take().context("client stdout")?).lines();
+        ensure!(lines.next().transpose()?.as_deref() == Some("ready"), "a client did not start");
+        outs.push(lines);
+    }
+    for c in &mut children {
+        writeln!(c.stdin.as_mut().context("client stdin")?, "go")?;
+    }
+    if let Some(socket) = culprit {
+        std::thread::sleep(Duration::from_secs_f64(seconds / 4.0));
+        let mut bad = Client::open(socket, Some(Duration::from_millis(500)))?;
+        let code = |r: accel::Result<()>| r.err().map_or("ok".to_string(), |e| format!("{:?}", e.code));
+        // ACCEL_BENCH_CULPRIT=hang leaves the fault out (a fault wedges the device today).
+        let only_hang = std::env::var("ACCEL_BENCH_CULPRIT").is_ok_and(|v| v == "hang");
+        let fault = if only_hang { "skipped".into() } else { code(bad.launch("fault", 0)) };
+        std::thread::sleep(Duration::from_secs_f64(seconds / 4.0));
+        let hang = code(bad.launch("hang", 0));
+        // Printed for the record; the caller's JSON carries the innocents' side.
+        println!("{{\"bench\":\"cuda-culprit\",\"fault\":\"{fault}\",\"hang\":\"{hang}\",\"want\":\"EFAULT, ETIME\"}}");
+    }
+    let (mut kernels, mut failed, mut lost) = (0u64, 0u64, 0u64);
+    for (mut c, mut lines) in children.into_iter().zip(outs) {
+        let report = lines.next().transpose()?.unwrap_or_default();
+        ensure!(c.wait()?.success(), "a client failed: {report}");
+        let v: Vec<u64> = report.split_whitespace().map(|w| w.parse()).collect::<Result<_, _>>()?;
+        ensure!(v.len() == 3, "a client said {report:?}");
+        (kernels, failed, lost) = (kernels + v[0], failed + v[1], lost + v[2]);
+    }
+    Ok((kernels as f64 / seconds, failed, lost))
+}
+
+/// A client process: `ready`, waits for `go`, launches short kernels for `seconds`, prints
+/// "kernels failed lost" (lost: increments its device counter missed).
+pub fn child(target: &str, seconds: f64) -> Result<()> {
+    let mut stdin = std::io::stdin().lock();
+    let go = |stdin: &mut dyn BufRead| -> Result<()> {
+        println!("ready");
+        let mut line = String::new();
+        stdin.read_line(&mut line)?;
+        ensure!(line.trim() == "go", "expected go");
+        Ok(())
+    };
+    let (mut kernels, mut failed) = (0u64, 0u64);
+    let lost;
+    if target == "direct" {
+        let mut direct = Direct::new(0, KERNELS_PTX, "spin").map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        go(&mut stdin)?;
+        let end = Instant::now() + Duration::from_secs_f64(seconds);
+        while Instant::now() < end {
+            match direct.launch_sync(SHORT_NS) {
+                Ok(()) => kernels += 1,
+                Err(_) => failed += 1,
+            }
+        }
+        lost = 0;
+    } else {
+        let mut client = Client::open(Path::new(target), None)?;
+        go(&mut stdin)?;
+        let end = Instant::now() + Duration::from_secs_f64(seconds);
+        while Instant::now() < end {
+            match client.launch("spin", SHORT_NS) {
+                Ok(()) => kernels += 1,
+                Err(e) => {
+                    failed += 1;
+                    if failed <= 3 {
+                        eprintln!("client {}: {e}", std::process::id());
+                    }
+                    if e.code == Errno::EIO || e.code == Errno::EPIPE {
+                        break; // the device is wedged or the daemon gone: nothing more to learn
+                    }
+                }
+            }
+        }
+        let count = if failed > 0 && kernels == 0 { 0 } else { client.count().unwrap_or(0) as u64 };
+        lost = kernels.saturating_sub(count);
+        if count > kernels {
+            eprintln!("client {}: {count} increments for {kernels} kernels", std::process::id());
+        }
+    }
+    println!("{kernels} {failed} {lost}");
+    Ok(())
+}
+

@@ -1,0 +1,147 @@
+//! CUDA without accel, in the calling process: a context of its own, a module, a stream.
+//! The baselines of `accel bench cuda` (what an application gets launching kernels itself,
+//! and what N such processes get when the GPU time-slices between their contexts).
+
+use std::ffi::{c_void, CString};
+
+use accel_hal::driver::DriverError;
+use accel_uapi::Errno;
+use cudarc::driver::sys;
+
+use crate::{check, device_count, ptx};
+
+/// Kernels of one thread, for benchmarks and the GPU tests, each taking (buffer, u32):
+/// `spin` waits `ns` nanoseconds on the global timer, then adds one to `out[0]`; `fault`
+/// stores to an unmapped address; `hang` never ends.
+pub const KERNELS_PTX: &str = r#"
+.version 7.0
+.target sm_70
+.address_size 64
+
+.visible .entry spin(.param .u64 out, .param .u32 ns)
+.reqntid 1, 1, 1
+{
+	.reg .pred %p;
+	.reg .b32 %r<3>;
+	.reg .b64 %rd<6>;
+	ld.param.u64 %rd1, [out];
+	ld.param.u32 %r1, [ns];
+	cvt.u64.u32 %rd2, %r1;
+	mov.u64 %rd3, %globaltimer;
+$Lspin:
+	mov.u64 %rd4, %globaltimer;
+	sub.u64 %rd5, %rd4, %rd3;
+	setp.lt.u64 %p, %rd5, %rd2;
+	@%p bra $Lspin;
+	cvta.to.global.u64 %rd1, %rd1;
+	ld.global.u32 %r2, [%rd1];
+	add.u32 %r2, %r2, 1;
+	st.global.u32 [%rd1], %r2;
+	ret;
+}
+
+.visible .entry fault(.param .u64 out, .param .u32 ns)
+.reqntid 1, 1, 1
+{
+	.reg .b32 %r<2>;
+	.reg .b64 %rd<2>;
+	mov.u64 %rd1, 0x0000dead00000000;
+	mov.u32 %r1, 1;
+	st.global.u32 [%rd1], %r1;
+	ret;
+}
+
+.visible .entry hang(.param .u64 out, .param .u32 ns)
+.reqntid 1, 1, 1
+{
+	.reg .pred %p;
+	.reg .b32 %r<2>;
+	.reg .b64 %rd<2>;
+	ld.param.u64 %rd1, [out];
+	cvta.to.global.u64 %rd1, %rd1;
+$Lhang:
+	ld.volatile.global.u32 %r1, [%rd1];
+	setp.ne.u32 %p, %r1, 3735928559;
+	@%p bra $Lhang;
+	ret;
+}
+"#;
+
+/// One process's own CUDA context with one kernel ready to launch.
+pub struct Direct {
+    ctx: sys::CUcontext,
+    stream: sys::CUstream,
+    function: sys::CUfunction,
+    block: [u32; 3],
+    scratch: sys::CUdeviceptr,
+}
+
+impl Direct {
+    /// A context on GPU `ordinal` with entry `entry` of `ptx` loaded and 4 KiB of scratch
+    /// memory for its buffer argument.
+    pub fn new(ordinal: usize, text: &str, entry: &str) -> Result<Direct, DriverError> {
+        if ordinal >= device_count()? {
+            return Err(DriverError::new(Errno::ENODEV, format!("cuda: no device {ordinal}")));
+        }
+        let block = ptx::entries(text)
+            .map_err(|e| DriverError::new(Errno::EINVAL, e))?
+            .into_iter()
+            .find(|e| e.info.name == entry)
+            .ok_or_else(|| DriverError::new(Errno::EINVAL, format!("ptx: no entry {entry}")))?
+            .block;
+        let image = CString::new(text).map_err(|_| DriverError::new(Errno::EINVAL, "ptx: a NUL inside"))?;
+        let name = CString::new(entry).map_err(|_| DriverError::new(Errno::EINVAL, "ptx: a NUL inside"))?;
+        // SAFETY: out pointers to locals throughout; each handle is used after it was made.
+        unsafe {
+            let mut dev = 0;
+            check(sys::cuDeviceGet(&mut dev, ordinal as i32), "cuDeviceGet")?;
+            let mut ctx = std::ptr::null_mut();
+            check(sys::cuCtxCreate_v2(&mut ctx, 0, dev), "cuCtxCreate")?;
+            let mut stream = std::ptr::null_mut();
+            check(sys::cuStreamCreate(&mut stream, 0), "cuStreamCreate")?;
+            let mut module = std::ptr::null_mut();
+            check(sys::cuModuleLoadData(&mut module, image.as_ptr().cast()), "cuModuleLoadData")?;
+            let mut function = std::ptr::null_mut();
+            check(sys::cuModuleGetFunction(&mut function, module, name.as_ptr()), "cuModuleGetFunction")?;
+            let mut scratch = 0;
+            check(sys::cuMemAlloc_v2(&mut scratch, 4096), "cuMemAlloc")?;
+            check(sys::cuMemsetD32_v2(scratch, 0, 1024), "cuMemsetD32")?;
+            Ok(Direct { ctx, stream, function, block, scratch })
+        }
+    }
+
+    /// Launches the entry on one block with (scratch, `value`) and waits for it.
+    pub fn launch_sync(&mut self, value: u32) -> Result<(), DriverError> {
+        let (mut p, mut v) = (self.scratch, value);
+        let mut params: [*mut c_void; 2] = [(&mut p as *mut u64).cast(), (&mut v as *mut u32).cast()];
+        let b = self.block;
+        // SAFETY: our context, function and stream; the parameters point at live locals.
+        unsafe {
+            check(sys::cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")?;
+            check(
+                sys::cuLaunchKernel(
+                    self.function,
+                    1,
+                    1,
+                    1,
+                    b[0],
+                    b[1],
+                    b[2],
+                    0,
+                    self.stream,
+                    params.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                ),
+                "cuLaunchKernel",
+            )?;
+            check(sys::cuStreamSynchronize(self.stream), "cuStreamSynchronize")
+        }
+    }
+}
+
+impl Drop for Direct {
+    fn drop(&mut self) {
+        // SAFETY: our context; everything in it goes with it.
+        unsafe { sys::cuCtxDestroy_v2(self.ctx) };
+    }
+}
