@@ -70,6 +70,13 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Internal: the process that owns a cuda device's context, started by the daemon with
+    /// its channels at descriptors 3–5.
+    #[command(hide = true)]
+    CudaWorker {
+        /// The GPU's CUDA ordinal.
+        ordinal: usize,
+    },
     /// Run the daemon in the foreground.
     Daemon {
         /// Device to register, `DRIVER[:INDEX][:CATEGORY]` (cpu, testdev, vulkan, cuda — every such device, or `vulkan:N`/`cuda:N`; shared, exclusive, oneshot). Repeatable.
@@ -191,6 +198,7 @@ fn run() -> Result<()> {
         Cmd::Top { interval_ms, iterations } => top(&socket, interval_ms.max(100), iterations),
         Cmd::Demo { n } => demo::run(n),
         Cmd::Bench { which } => bench::run(which),
+        Cmd::CudaWorker { ordinal } => std::process::exit(accel_driver_cuda::worker::main(ordinal)),
     }
 }
 

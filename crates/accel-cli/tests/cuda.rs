@@ -283,8 +283,6 @@ fn a_kernel_that_never_ends_fails_only_its_own_job() {
 }
 
 #[test]
-#[ignore = "a sticky CUDA error poisons the whole process (cuCtxCreate then fails with it too, \
-            measured on driver 580): containment needs the device's context in a worker process"]
 fn a_faulting_kernel_fails_only_its_own_job() {
     if !cuda() {
         return;
@@ -295,6 +293,8 @@ fn a_faulting_kernel_fails_only_its_own_job() {
         let e = bad.launch("fault", 0).unwrap_err();
         assert_eq!(e.code, Errno::EFAULT, "{e}");
         assert!(e.to_string().contains("CUDA_ERROR_ILLEGAL_ADDRESS"), "{e}");
+        let e = bad.launch("fault", 0).unwrap_err();
+        assert_eq!(e.code, Errno::EFAULT, "a second fault, in the second worker: {e}");
         // A fault is no hang: the culprit's queue runs on.
         bad.launch("spin", 1_000).unwrap();
         assert_eq!(bad.count(), 1);

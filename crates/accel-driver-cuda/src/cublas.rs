@@ -1,8 +1,9 @@
-//! cuBLAS, loaded at run time by hand: only the four entry points the driver calls.
+//! cuBLAS, loaded at run time by hand: only the three entry points the driver calls (the
+//! worker's handle lives as long as its process).
 //!
 //! A generated binding that resolves every symbol of one toolkit's cuBLAS at load (and panics
 //! on the first one missing) ties the daemon to that toolkit's major version; cuBLAS's
-//! major version follows the toolkit's (`libcublas.so.12`, `.13`, …) while these four calls
+//! major version follows the toolkit's (`libcublas.so.12`, `.13`, …) while these calls
 //! have kept their ABI since CUDA 4. So the library is looked up by every major version we
 //! know, newest first, then in the toolkit's usual folders; not finding it is not fatal (the
 //! device opens, GEMM says why it cannot run).
@@ -19,7 +20,6 @@ pub(crate) type Handle = *mut c_void;
 const OP_N: c_int = 0;
 
 type Create = unsafe extern "C" fn(*mut Handle) -> c_int;
-type Destroy = unsafe extern "C" fn(Handle) -> c_int;
 type SetStream = unsafe extern "C" fn(Handle, *mut c_void) -> c_int;
 #[allow(clippy::type_complexity)]
 type Sgemm = unsafe extern "C" fn(
@@ -48,7 +48,6 @@ const DIRS: &[&str] = &["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64
 /// A loaded cuBLAS.
 pub(crate) struct Cublas {
     create: Create,
-    destroy: Destroy,
     set_stream: SetStream,
     sgemm: Sgemm,
     /// Where it was found (for `accel info`).
@@ -85,18 +84,11 @@ impl Cublas {
     fn resolve(lib: libloading::Library, name: &str) -> Result<Cublas, String> {
         // SAFETY: the types are cuBLAS's documented prototypes of these symbols.
         unsafe {
-            let get = |sym: &[u8]| {
-                lib.get::<*mut c_void>(sym).map(|s| *s).map_err(|e| format!("{name}: {e}"))
-            };
-            let (create, destroy, set_stream, sgemm) = (
-                get(b"cublasCreate_v2\0")?,
-                get(b"cublasDestroy_v2\0")?,
-                get(b"cublasSetStream_v2\0")?,
-                get(b"cublasSgemm_v2\0")?,
-            );
+            let get = |sym: &[u8]| lib.get::<*mut c_void>(sym).map(|s| *s).map_err(|e| format!("{name}: {e}"));
+            let (create, set_stream, sgemm) =
+                (get(b"cublasCreate_v2\0")?, get(b"cublasSetStream_v2\0")?, get(b"cublasSgemm_v2\0")?);
             Ok(Cublas {
                 create: std::mem::transmute::<*mut c_void, Create>(create),
-                destroy: std::mem::transmute::<*mut c_void, Destroy>(destroy),
                 set_stream: std::mem::transmute::<*mut c_void, SetStream>(set_stream),
                 sgemm: std::mem::transmute::<*mut c_void, Sgemm>(sgemm),
                 path: name.to_string(),
@@ -111,12 +103,6 @@ impl Cublas {
         // SAFETY: out pointer to a local.
         let status = unsafe { (self.create)(&mut handle) };
         status_ok(status, "cublasCreate").map(|()| handle)
-    }
-
-    /// Frees a handle made by [`Cublas::create`].
-    pub(crate) fn destroy(&self, handle: Handle) {
-        // SAFETY: the caller's handle, not used again.
-        unsafe { (self.destroy)(handle) };
     }
 
     /// Row-major `C = alpha·A·B + beta·C` of device pointers on `stream`: as column-major

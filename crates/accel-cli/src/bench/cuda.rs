@@ -23,7 +23,6 @@ use anyhow::{ensure, Context, Result};
 use super::percentiles;
 use crate::spawn::SpawnedDaemon;
 
-
 /// The short kernel of the clients and containment runs.
 const SHORT_NS: u32 = 10_000;
 /// The long kernel of the launch-overhead figure.
@@ -51,7 +50,8 @@ impl Client {
 
     /// Launches `entry` through the ring and waits for its completion.
     fn launch(&mut self, entry: &str, ns: u32) -> accel::Result<()> {
-        let op = self.program.launch(entry, [1, 1, 1], &[LaunchArg::Buffer(self.counter.whole()), LaunchArg::U32(ns)])?;
+        let op =
+            self.program.launch(entry, [1, 1, 1], &[LaunchArg::Buffer(self.counter.whole()), LaunchArg::U32(ns)])?;
         let done = self.ring.submit_wait(&op, Duration::from_secs(60))?;
         done.status().map_err(|code| accel::Error { code, message: format!("{entry} failed") })
     }
@@ -224,4 +224,3 @@ pub fn child(target: &str, seconds: f64) -> Result<()> {
     println!("{kernels} {failed} {lost}");
     Ok(())
 }
-

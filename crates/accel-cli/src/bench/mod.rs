@@ -15,8 +15,8 @@ use crate::spawn::SpawnedDaemon;
 
 mod bindings;
 mod copy;
-mod floor;
 mod cuda;
+mod floor;
 mod isolation;
 mod syncobj;
 mod vulkan;
