@@ -47,11 +47,21 @@ pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> rusti
 /// Receives one message into `buf` (which should be [`MAX_MESSAGE`] + 1 bytes so
 /// truncation is detectable). `Ok(None)` means the peer closed the connection.
 pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> rustix::io::Result<Option<Received>> {
+    recv_with(sock, buf, RecvFlags::empty())
+}
+
+/// [`recv`] that returns `EAGAIN` at once when no message is waiting, for callers that
+/// poll briefly before they block (a wake-up from a blocked receive costs microseconds).
+pub fn try_recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> rustix::io::Result<Option<Received>> {
+    recv_with(sock, buf, RecvFlags::DONTWAIT)
+}
+
+fn recv_with(sock: BorrowedFd<'_>, buf: &mut [u8], flags: RecvFlags) -> rustix::io::Result<Option<Received>> {
     // Room for more descriptors than we accept, so extras are seen (and closed) rather than lost silently.
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS + 4))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = loop {
-        match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut control, RecvFlags::CMSG_CLOEXEC) {
+        match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut control, RecvFlags::CMSG_CLOEXEC | flags) {
             Err(rustix::io::Errno::INTR) => continue,
             other => break other?,
         }
