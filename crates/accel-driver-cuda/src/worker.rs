@@ -1,7 +1,7 @@
 //! The worker process: owns one GPU's CUDA context and runs what the daemon asks on it.
 //!
 //! Started by the daemon as `accel cuda-worker <ordinal>` with its three channels at
-//! descriptors 3, 4 and 5 ([`crate::wire`]). A request that poisons the context is answered
+//! descriptors 3, 4 and 5 (see `wire.rs`). A request that poisons the context is answered
 //! (the guilty job learns CUDA's words) and the process exits; the daemon starts another and
 //! maps the memory again from the descriptors it kept.
 
