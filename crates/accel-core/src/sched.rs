@@ -343,9 +343,11 @@ impl Scheduler {
             e.vruntime = e.vruntime.max(floor);
         }
         e.jobs.push_back(job);
-        st.dirty = true;
+        // Dispatch here rather than waking the scheduler thread: one thread hand-off fewer
+        // between a submission and its engine slot.
+        let failed = self.shared.pump(&mut st);
         drop(st);
-        self.shared.sched_cond.notify_one();
+        signal_failed(failed);
         Ok(())
     }
 
@@ -706,9 +708,11 @@ impl Shared {
                 e.vruntime = e.vruntime.saturating_sub(d.charged) + actual;
                 e.avg_ns = (e.avg_ns * 7 + elapsed) / 8;
             }
-            st.dirty = true;
+            // Dispatch the next ready job here (often to this very slot, which takes it at
+            // once) rather than through the scheduler thread.
+            let failed = self.pump(&mut st);
             drop(st);
-            self.sched_cond.notify_one();
+            signal_failed(failed);
         }
     }
 }
