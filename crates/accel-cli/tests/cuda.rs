@@ -300,3 +300,51 @@ fn a_faulting_kernel_fails_only_its_own_job() {
         assert_eq!(bad.count(), 1);
     });
 }
+
+fn http_metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn nvml_health_and_sensors_reach_ras_and_metrics() {
+    if !cuda() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let d = Daemon::start_with(&["cuda:0"], &["--metrics", &format!("127.0.0.1:{port}")]);
+    // The NVML monitor's first reading (it polls every second).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let m = http_metrics(port);
+    for block in ["memory", "pcie", "nvlink", "thermal", "power", "xid"] {
+        assert!(m.contains(&format!("block=\"{block}\"")), "no RAS block {block} in /metrics");
+    }
+    assert!(m.contains("error_type=\"xid-31\""), "the XID counters are series");
+    let temperature = m.lines().find(|l| l.starts_with("hw_temperature_celsius{")).expect("a temperature gauge");
+    let celsius: f64 = temperature.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((5.0..110.0).contains(&celsius), "{temperature}");
+    assert!(m.lines().any(|l| l.starts_with("hw_power_")), "a power gauge");
+    // A client's illegal address is an XID (13 or 31) the monitor counts, as corrected.
+    let bad = Spinner::new(&d, None);
+    assert_eq!(bad.launch("fault", 0).unwrap_err().code, Errno::EFAULT);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let xid = loop {
+        let m = http_metrics(port);
+        let seen: Vec<String> = m
+            .lines()
+            .filter(|l| l.starts_with("hw_errors_total{") && l.contains("block=\"xid\"") && !l.ends_with(" 0"))
+            .map(str::to_string)
+            .collect();
+        if !seen.is_empty() || std::time::Instant::now() > deadline {
+            break seen;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    // XID events need the NVML event interface, which some virtual machines do not pass on:
+    // say so rather than fail.
+    eprintln!("xid counters after the fault: {xid:?}");
+}

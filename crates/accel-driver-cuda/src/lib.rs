@@ -32,6 +32,7 @@ mod cublas;
 pub mod direct;
 mod gpu;
 mod memory;
+mod nvml;
 mod program;
 mod ptx;
 mod wire;
@@ -493,6 +494,8 @@ impl Drop for CudaProgram {
 /// One NVIDIA GPU as an accel device (its CUDA context lives in a worker process).
 pub struct CudaDevice {
     shared: Arc<Shared>,
+    /// NVML health and sensors, once RAS is attached.
+    monitor: Mutex<Option<nvml::Monitor>>,
 }
 
 impl CudaDevice {
@@ -516,7 +519,18 @@ impl CudaDevice {
                 next_id: AtomicU64::new(1),
                 restarts: AtomicU64::new(0),
             }),
+            monitor: Mutex::new(None),
         })
+    }
+
+    /// The telemetry that needs no sensor: identity.
+    fn identity_telemetry(&self) -> Telemetry {
+        let id = &self.shared.identity;
+        Telemetry {
+            serial: Some(id.uuid.clone()).filter(|s| !s.is_empty()),
+            pci_address: Some(id.pci.clone()).filter(|s| !s.is_empty()),
+            ..Default::default()
+        }
     }
 
     /// Workers restarted so far (faults and hangs contained).
@@ -560,7 +574,14 @@ impl Driver for CudaDevice {
                 EngineInfo { name: "compute".into(), credits: 1 },
                 EngineInfo { name: "copy".into(), credits: 1 },
             ],
-            ras_nodes: Vec::new(),
+            ras_nodes: nvml::ras_nodes(),
+        }
+    }
+
+    fn ras_attach(&self, sink: accel_hal::ras::RasSink) {
+        let id = &self.shared.identity;
+        if !id.uuid.is_empty() {
+            *lock(&self.monitor) = Some(nvml::Monitor::start(id.uuid.clone(), self.identity_telemetry(), sink));
         }
     }
 
@@ -625,11 +646,9 @@ impl Driver for CudaDevice {
     }
 
     fn telemetry(&self) -> Telemetry {
-        let id = &self.shared.identity;
-        Telemetry {
-            serial: Some(id.uuid.clone()).filter(|s| !s.is_empty()),
-            pci_address: Some(id.pci.clone()).filter(|s| !s.is_empty()),
-            ..Default::default()
+        match &*lock(&self.monitor) {
+            Some(m) => m.telemetry(),
+            None => self.identity_telemetry(),
         }
     }
 
