@@ -25,8 +25,12 @@
 //!   cuBLAS, and launches of `ptx` programs (`cuModuleLoadData`, `cuLaunchKernel`) whose
 //!   entries and parameters are read from the PTX text.
 //!
-//! Not done yet: NVML telemetry and RAS, `cubin` programs, imports of other processes'
-//! exports, green contexts. `scripts/gpu-check.sh` runs this crate's tests on a lent GPU.
+//! - **Health** ([`nvml`](nvml.rs)): NVML in the daemon feeds drm-ras nodes (ECC, retired
+//!   pages, PCIe replay, NVLink, throttling, critical XIDs by code) and `/metrics` sensors.
+//!
+//! Not done yet: `cubin` programs, a pinned host region, imports of other processes'
+//! exports, green contexts, remapped-row counts (NVML's wrapper lacks the call).
+//! `scripts/gpu-check.sh` runs this crate's tests on a lent GPU.
 
 mod cublas;
 pub mod direct;

@@ -30,10 +30,10 @@ use nvml_wrapper::{Device, Nvml};
 
 /// XID codes with a counter of their own, and their severity.
 const XIDS: &[(u64, Severity)] = &[
-    (13, Severity::Corrected), // graphics engine exception: a client's kernel
-    (31, Severity::Corrected), // MMU fault: a client's kernel's bad address
-    (43, Severity::Corrected), // GPU stopped processing: a client's context torn down
-    (45, Severity::Corrected), // preemptive cleanup: a context ended (our worker restarts)
+    (13, Severity::Corrected),   // graphics engine exception: a client's kernel
+    (31, Severity::Corrected),   // MMU fault: a client's kernel's bad address
+    (43, Severity::Corrected),   // GPU stopped processing: a client's context torn down
+    (45, Severity::Corrected),   // preemptive cleanup: a context ended (our worker restarts)
     (48, Severity::Uncorrected), // double-bit ECC error
     (63, Severity::Uncorrected), // row remapping pending
     (64, Severity::Uncorrected), // row remapping failed
@@ -122,8 +122,11 @@ fn read(dev: &Device<'_>, links: u32) -> Readings {
         .ok()
         .map(|v| v.iter().sum());
     let mut nvlink = [None; 3];
-    for (slot, counter) in nvlink.iter_mut().zip([ErrorCounter::DlCrcFlit, ErrorCounter::DlReplay, ErrorCounter::DlRecovery]) {
-        let per_link: Vec<u64> = (0..links).filter_map(|l| dev.link_wrapper_for(l).error_counter(counter.clone()).ok()).collect();
+    for (slot, counter) in
+        nvlink.iter_mut().zip([ErrorCounter::DlCrcFlit, ErrorCounter::DlReplay, ErrorCounter::DlRecovery])
+    {
+        let per_link: Vec<u64> =
+            (0..links).filter_map(|l| dev.link_wrapper_for(l).error_counter(counter).ok()).collect();
         if !per_link.is_empty() {
             *slot = Some(per_link.iter().sum());
         }
@@ -169,7 +172,10 @@ fn watch(uuid: &str, telemetry: &Mutex<Telemetry>, stop: &AtomicBool, sink: &Ras
         }
     }
     let mut last = read(&dev, links);
-    tracing::info!("cuda: NVML health for {uuid}, every {poll} ms, XID events {}", if events.is_some() { "on" } else { "off" });
+    tracing::info!(
+        "cuda: NVML health for {uuid}, every {poll} ms, XID events {}",
+        if events.is_some() { "on" } else { "off" }
+    );
     while !stop.load(Ordering::Relaxed) && sink.is_alive() {
         {
             let mut t = lock(telemetry);
@@ -206,7 +212,8 @@ fn watch(uuid: &str, telemetry: &Mutex<Telemetry>, stop: &AtomicBool, sink: &Ras
                         Some(XidError::Value(x)) => x,
                         _ => 0,
                     };
-                    let name = if XIDS.iter().any(|(x, _)| *x == code) { format!("xid-{code}") } else { "xid-other".into() };
+                    let name =
+                        if XIDS.iter().any(|(x, _)| *x == code) { format!("xid-{code}") } else { "xid-other".into() };
                     tracing::warn!("cuda: {uuid}: XID {code}");
                     report("xid", &name, 1);
                 }
