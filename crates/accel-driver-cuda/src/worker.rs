@@ -31,7 +31,35 @@ struct Worker {
     identity: Identity,
     mems: Mutex<HashMap<u64, Arc<CudaMem>>>,
     programs: Mutex<HashMap<u64, Arc<Module>>>,
-    hosts: Mutex<HashMap<(u64, u64), Arc<HostMemory>>>,
+    hosts: Mutex<HashMap<(u64, u64), Arc<Pinned>>>,
+}
+
+/// A client's host buffer mapped here and page-locked with the driver
+/// (`cuMemHostRegister`), so copies to and from it are DMA rather than staged through the
+/// driver's bounce buffers; left pageable if the driver refuses (e.g. `RLIMIT_MEMLOCK`).
+struct Pinned {
+    mem: HostMemory,
+    pinned: bool,
+}
+
+impl Pinned {
+    fn new(mem: HostMemory) -> Pinned {
+        // SAFETY: a live mapping of `len` bytes, unregistered before it is unmapped (Drop).
+        let r = unsafe { sys::cuMemHostRegister_v2(mem.as_ptr().cast(), mem.len(), sys::CU_MEMHOSTREGISTER_PORTABLE) };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            tracing::debug!("cuda worker: host memory stays pageable ({r:?})");
+        }
+        Pinned { pinned: r == sys::CUresult::CUDA_SUCCESS, mem }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if self.pinned {
+            // SAFETY: registered in `new`; no job uses it (jobs hold their `Arc`).
+            unsafe { sys::cuMemHostUnregister(self.mem.as_ptr().cast()) };
+        }
+    }
 }
 
 /// Serves the daemon until it hangs up; returns the process's exit status.
@@ -206,7 +234,7 @@ impl Worker {
             }
             Request::Host { key } => {
                 let host = HostMemory::import(fd()?).map_err(|e| DriverError::new(e.code, e.message))?;
-                lock(&self.hosts).insert(key, Arc::new(host));
+                lock(&self.hosts).insert(key, Arc::new(Pinned::new(host)));
             }
             Request::Forget { key } => {
                 lock(&self.hosts).remove(&key);
@@ -245,9 +273,9 @@ impl Worker {
                     .get(&key)
                     .cloned()
                     .ok_or_else(|| DriverError::new(Errno::EINVAL, "cuda worker: unknown host memory"))?;
-                bounds(offset, len, host.len() as u64)?;
+                bounds(offset, len, host.mem.len() as u64)?;
                 // SAFETY: inside the mapping (checked), which `held` keeps.
-                let p = unsafe { host.as_ptr().add(offset as usize) };
+                let p = unsafe { host.mem.as_ptr().add(offset as usize) };
                 held.hosts.push(host);
                 Ok(Place::Host(p, len as usize))
             }
@@ -440,7 +468,7 @@ enum Place {
 #[derive(Default)]
 struct Held {
     mems: Vec<Arc<CudaMem>>,
-    hosts: Vec<Arc<HostMemory>>,
+    hosts: Vec<Arc<Pinned>>,
     /// Device copies of host operands: (copy, host address, bytes).
     staged: Vec<(CudaMem, *mut u8, usize)>,
 }
