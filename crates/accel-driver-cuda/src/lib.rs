@@ -18,8 +18,8 @@
 //! - **Memory**: a `vram` region allocated with the virtual memory management API
 //!   (`cuMemCreate` with POSIX-fd shareable handles, `cuMemMap`), so export gives a
 //!   descriptor another process imports into its own context. Host memory (the clients'
-//!   memfds) is mapped into the worker and reached with pageable copies; kernels and cuBLAS
-//!   get device copies of host operands (staged).
+//!   memfds) is mapped into the worker and page-locked with the driver (`cuMemHostRegister`),
+//!   so copies are DMA; kernels and cuBLAS get device copies of host operands (staged).
 //! - **Engines**: compute and copy, each its own stream (and worker thread).
 //! - **Ops**: fill (`cuMemsetD32Async`), copy between every pair of regions, GEMM f32 through
 //!   cuBLAS, and launches of `ptx` programs (`cuModuleLoadData`, `cuLaunchKernel`) whose
@@ -28,7 +28,7 @@
 //! - **Health** ([`nvml`](nvml.rs)): NVML in the daemon feeds drm-ras nodes (ECC, retired
 //!   pages, PCIe replay, NVLink, throttling, critical XIDs by code) and `/metrics` sensors.
 //!
-//! Not done yet: `cubin` programs, a pinned host region, imports of other processes'
+//! Not done yet: `cubin` programs, imports of other processes'
 //! exports, green contexts, remapped-row counts (NVML's wrapper lacks the call).
 //! `scripts/gpu-check.sh` runs this crate's tests on a lent GPU.
 
