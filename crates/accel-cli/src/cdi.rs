@@ -59,17 +59,30 @@ pub fn generate(socket: &Path, names: &[String], output: &Path) -> Result<()> {
         }
         out
     };
-    let sock = socket.to_str().context("the socket path is not UTF-8")?;
-    let container_sock = "/run/accel/accel.sock";
-    let mut devices = Vec::new();
+    let mut shares = Vec::new();
     for ns in chosen {
         let Reply::Token(token) =
             conn.call(&Request::NsToken { name: ns.name.clone(), token: None, keep_old: true })?
         else {
             bail!("unexpected reply to NsToken");
         };
-        devices.push(Device {
-            name: ns.name,
+        shares.push((ns.name, token));
+    }
+    let n = write_spec(socket, &shares, output)?;
+    eprintln!("wrote {n} CDI device(s) of kind {KIND} to {}", output.display());
+    Ok(())
+}
+
+/// Writes a CDI spec with one device per (namespace, token) share to `output` (mode 0600: it
+/// holds the tokens); returns how many. Each device mounts the daemon's socket at
+/// `/run/accel/accel.sock` and sets `ACCEL_SOCKET` and `ACCEL_NS_TOKEN`.
+pub fn write_spec(socket: &Path, shares: &[(String, String)], output: &Path) -> Result<usize> {
+    let sock = socket.to_str().context("the socket path is not UTF-8")?;
+    let container_sock = "/run/accel/accel.sock";
+    let devices: Vec<Device> = shares
+        .iter()
+        .map(|(name, token)| Device {
+            name: name.clone(),
             container_edits: Edits {
                 env: vec![format!("ACCEL_SOCKET={container_sock}"), format!("ACCEL_NS_TOKEN={token}")],
                 mounts: vec![Mount {
@@ -78,14 +91,17 @@ pub fn generate(socket: &Path, names: &[String], output: &Path) -> Result<()> {
                     options: vec!["bind"],
                 }],
             },
-        });
-    }
+        })
+        .collect();
     let spec = Spec { cdi_version: CDI_VERSION, kind: KIND, devices };
     let json = serde_json::to_string_pretty(&spec)?;
+    // Written beside, then renamed: a runtime reading the spec never sees half of it.
+    let tmp = output.with_extension("tmp");
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(output)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     f.write_all(json.as_bytes())?;
     f.write_all(b"\n")?;
-    eprintln!("wrote {} CDI device(s) of kind {KIND} to {}", spec.devices.len(), output.display());
-    Ok(())
+    drop(f);
+    std::fs::rename(&tmp, output)?;
+    Ok(spec.devices.len())
 }

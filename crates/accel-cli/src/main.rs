@@ -3,6 +3,7 @@
 mod bench;
 mod cdi;
 mod demo;
+mod device_plugin;
 mod k8s;
 mod ns;
 mod ras;
@@ -56,6 +57,19 @@ enum K8sCommand {
         /// Where to write it (`-`: stdout).
         #[arg(long, default_value = "-")]
         output: PathBuf,
+    },
+    /// Serve the kubelet device plugin API (v1beta1): one resource `accel.dev/<driver>` per
+    /// driver on the node, health from RAS, allocations as namespaces (CDI devices and env).
+    DevicePlugin {
+        /// The kubelet's device plugin directory.
+        #[arg(long, default_value = "/var/lib/kubelet/device-plugins")]
+        plugin_dir: PathBuf,
+        /// Where the CDI spec of allocations is written.
+        #[arg(long, default_value = "/var/run/cdi")]
+        cdi_dir: PathBuf,
+        /// How often device health is re-read, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        poll_ms: u64,
     },
 }
 
@@ -190,6 +204,14 @@ fn run() -> Result<()> {
         Cmd::Cdi { cmd: CdiCommand::Generate { namespaces, output } } => cdi::generate(&socket, &namespaces, &output),
         Cmd::K8s { cmd: K8sCommand::ResourceSlice { node, generation, output } } => {
             k8s::write(&socket, &node, generation, &output)
+        }
+        Cmd::K8s { cmd: K8sCommand::DevicePlugin { plugin_dir, cdi_dir, poll_ms } } => {
+            device_plugin::run(device_plugin::Options {
+                socket,
+                plugin_dir,
+                cdi_dir,
+                poll: std::time::Duration::from_millis(poll_ms.max(100)),
+            })
         }
         Cmd::Ras { cmd } => ras::run(&socket, cmd),
         Cmd::List { verbose } => list(&socket, verbose),

@@ -1,0 +1,183 @@
+//! `accel k8s device-plugin` against a real gRPC peer playing the kubelet over Unix sockets:
+//! registration of one resource per driver, ListAndWatch with health from RAS, preferred
+//! allocation, and Allocate giving a container a namespace of exactly its devices (as a CDI
+//! device whose spec is on disk, and as env and mount edits).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use accel_cli::deviceplugin::device_plugin_client::DevicePluginClient;
+use accel_cli::deviceplugin::registration_server::{Registration, RegistrationServer};
+use accel_cli::deviceplugin::{
+    AllocateRequest, ContainerAllocateRequest, ContainerPreferredAllocationRequest, Empty, PreferredAllocationRequest,
+    RegisterRequest,
+};
+use accel_uapi::{Reply, Request};
+use common::Daemon;
+use tokio::sync::mpsc;
+
+/// The kubelet's registration service: passes each request on.
+struct Kubelet(mpsc::UnboundedSender<RegisterRequest>);
+
+#[tonic::async_trait]
+impl Registration for Kubelet {
+    async fn register(&self, req: tonic::Request<RegisterRequest>) -> Result<tonic::Response<Empty>, tonic::Status> {
+        let _ = self.0.send(req.into_inner());
+        Ok(tonic::Response::new(Empty {}))
+    }
+}
+
+/// The plugin process, killed on drop.
+struct Plugin(Child);
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn channel(path: &Path) -> tonic::transport::Channel {
+    let path = path.to_path_buf();
+    tonic::transport::Endpoint::try_from("http://[::]:0")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .unwrap()
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("accel-dp-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubelet_sees_devices_health_and_gets_namespaced_allocations() {
+    let d = Daemon::start(&["testdev", "cpu"]);
+    let (plugins, cdi) = (tempdir("plugins"), tempdir("cdi"));
+
+    // The kubelet's registration socket, then the plugin.
+    let (tx, mut registered) = mpsc::unbounded_channel();
+    let listener = tokio::net::UnixListener::bind(plugins.join("kubelet.sock")).unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RegistrationServer::new(Kubelet(tx)))
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+    );
+    let _plugin = Plugin(
+        Command::new(common::accel_bin())
+            .arg("--socket")
+            .arg(d.socket())
+            .args(["k8s", "device-plugin", "--poll-ms", "200", "--plugin-dir"])
+            .arg(&plugins)
+            .arg("--cdi-dir")
+            .arg(&cdi)
+            .env("ACCEL_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+
+    // One registration per driver.
+    let mut regs = Vec::new();
+    for _ in 0..2 {
+        let r = tokio::time::timeout(Duration::from_secs(20), registered.recv()).await.unwrap().unwrap();
+        regs.push(r);
+    }
+    regs.sort_by(|a, b| a.resource_name.cmp(&b.resource_name));
+    let names: Vec<_> = regs.iter().map(|r| (r.resource_name.as_str(), r.endpoint.as_str())).collect();
+    assert_eq!(names, [("accel.dev/cpu", "accel-cpu.sock"), ("accel.dev/testdev", "accel-testdev.sock")]);
+    assert!(regs.iter().all(|r| r.version == "v1beta1"));
+    assert!(regs.iter().all(|r| r.options.as_ref().is_some_and(|o| o.get_preferred_allocation_available)));
+
+    let mut testdev = DevicePluginClient::new(channel(&plugins.join("accel-testdev.sock")).await);
+    let options = testdev.get_device_plugin_options(Empty {}).await.unwrap().into_inner();
+    assert!(!options.pre_start_required);
+
+    // ListAndWatch: accel0 (testdev), healthy.
+    let mut watch = testdev.list_and_watch(Empty {}).await.unwrap().into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    let seen: Vec<_> = first.devices.iter().map(|d| (d.id.as_str(), d.health.as_str())).collect();
+    assert_eq!(seen, [("accel0", "Healthy")]);
+
+    // Preferred allocation: what must be included, then the lowest minors.
+    let pref = testdev
+        .get_preferred_allocation(PreferredAllocationRequest {
+            container_requests: vec![ContainerPreferredAllocationRequest {
+                available_device_i_ds: vec!["accel7".into(), "accel0".into(), "accel3".into()],
+                must_include_device_i_ds: vec!["accel3".into()],
+                allocation_size: 2,
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pref.container_responses[0].device_i_ds, ["accel3", "accel0"]);
+
+    // Allocate: a namespace of exactly accel0, as a CDI device and as env + mount.
+    let alloc = testdev
+        .allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest { devices_ids: vec!["accel0".into()] }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let c = &alloc.container_responses[0];
+    assert_eq!(c.cdi_devices.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["accel.dev/device=k8s-accel0"]);
+    assert_eq!(c.envs["ACCEL_SOCKET"], "/run/accel/accel.sock");
+    assert_eq!(c.mounts[0].host_path, d.socket().display().to_string());
+    let token = c.envs["ACCEL_NS_TOKEN"].clone();
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cdi.join("accel-k8s.json")).unwrap()).unwrap();
+    assert_eq!(spec["kind"], "accel.dev/device");
+    assert_eq!(spec["devices"][0]["name"], "k8s-accel0");
+    let env = spec["devices"][0]["containerEdits"]["env"].as_array().unwrap();
+    assert!(env.iter().any(|e| e.as_str() == Some(&format!("ACCEL_NS_TOKEN={token}"))), "{env:?}");
+
+    // The container's token sees accel0 and nothing else, and can use it.
+    let mut conn = accel::Connection::connect_with_token(d.socket(), Some(&token)).unwrap();
+    let Reply::Devices(visible) = conn.call(&Request::ListDevices).unwrap() else { panic!("devices") };
+    assert_eq!(visible.iter().map(|v| v.driver.as_str()).collect::<Vec<_>>(), ["testdev"]);
+    let dev = accel::Device::open_with_token(d.socket(), 0, &token).unwrap();
+    dev.create_queue().unwrap().submit(accel::Op::Nop).unwrap().wait().unwrap();
+    // Allocating the same set again reuses the namespace (no leak per container).
+    testdev
+        .allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest { devices_ids: vec!["accel0".into()] }],
+        })
+        .await
+        .unwrap();
+    let mut admin = common::admin(&d);
+    let Reply::Namespaces(all) = admin.call(&Request::NsList).unwrap() else { panic!("namespaces") };
+    assert_eq!(all.iter().filter(|n| n.name.starts_with("k8s-")).count(), 1);
+
+    // A fatal RAS error on accel0: ListAndWatch reports it Unhealthy.
+    let injected = Command::new(common::accel_bin())
+        .arg("--socket")
+        .arg(d.socket())
+        .args(["ras", "inject", "--device", "0", "--node", "compute", "--error", "fatal"])
+        .status()
+        .unwrap();
+    assert!(injected.success());
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.unwrap().unwrap().unwrap();
+    let seen: Vec<_> = next.devices.iter().map(|d| (d.id.as_str(), d.health.as_str())).collect();
+    assert_eq!(seen, [("accel0", "Unhealthy")]);
+
+    // An unknown device is refused with the reason.
+    let err = testdev
+        .allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest { devices_ids: vec!["gpu9".into()] }],
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("gpu9"), "{err:?}");
+}
