@@ -181,3 +181,39 @@ async fn the_kubelet_sees_devices_health_and_gets_namespaced_allocations() {
         .unwrap_err();
     assert!(err.message().contains("gpu9"), "{err:?}");
 }
+
+/// The DaemonSet in dist/kubernetes/ runs the plugin with flags it has, and mounts every
+/// host path those flags name.
+#[test]
+fn the_daemonset_manifest_matches_the_plugin() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../dist/kubernetes/device-plugin.yaml"))
+            .unwrap();
+    let ds: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    assert_eq!((ds["apiVersion"].as_str(), ds["kind"].as_str()), (Some("apps/v1"), Some("DaemonSet")));
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(ds["spec"]["selector"]["matchLabels"], ds["spec"]["template"]["metadata"]["labels"]);
+    let c = &spec["containers"][0];
+    let args: Vec<&str> = c["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    // Every flag is one the binary accepts.
+    let help = Command::new(common::accel_bin()).args(["k8s", "device-plugin", "--help"]).output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for flag in args.iter().filter(|a| a.starts_with("--") && **a != "--socket") {
+        assert!(help.contains(flag), "{flag} is not a flag of accel k8s device-plugin");
+    }
+    // Every path the flags name is mounted from the host.
+    let mounts: Vec<&str> =
+        c["volumeMounts"].as_sequence().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
+    let volumes = spec["volumes"].as_sequence().unwrap();
+    for (flag, path) in args.iter().zip(args.iter().skip(1)).filter(|(f, _)| f.starts_with("--") && f.ends_with("dir"))
+    {
+        assert!(mounts.contains(path), "{flag} {path} is not mounted");
+        let name =
+            c["volumeMounts"].as_sequence().unwrap().iter().find(|m| m["mountPath"] == **path).unwrap()["name"].clone();
+        let v = volumes.iter().find(|v| v["name"] == name).unwrap();
+        assert_eq!(v["hostPath"]["path"].as_str(), Some(*path), "{flag} comes from the host");
+    }
+    let socket = args[args.iter().position(|a| *a == "--socket").unwrap() + 1];
+    let socket_dir = Path::new(socket).parent().unwrap().to_str().unwrap();
+    assert!(mounts.contains(&socket_dir), "the daemon's socket directory is mounted");
+}
