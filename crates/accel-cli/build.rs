@@ -1,12 +1,16 @@
-//! Compiles the kubelet device plugin API (proto/deviceplugin.proto) to Rust with protox, a
-//! pure-Rust protobuf compiler: no system `protoc` needed.
+//! Compiles the kubelet APIs the Kubernetes plugins speak (proto/: device plugin v1beta1, DRA
+//! v1beta1, plugin registration v1) to Rust with protox, a pure-Rust protobuf compiler: no
+//! system `protoc` needed.
 
 fn main() {
-    println!("cargo:rerun-if-changed=proto/deviceplugin.proto");
-    let fds = protox::compile(["deviceplugin.proto"], ["proto"]).expect("proto/deviceplugin.proto compiles");
+    let protos = ["deviceplugin.proto", "dra.proto", "pluginregistration.proto"];
+    for p in protos {
+        println!("cargo:rerun-if-changed=proto/{p}");
+    }
+    let fds = protox::compile(protos, ["proto"]).expect("the protos in proto/ compile");
     tonic_build::configure()
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)
-        .expect("generating the device plugin API");
+        .expect("generating the kubelet APIs");
 }

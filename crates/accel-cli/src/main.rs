@@ -4,6 +4,7 @@ mod bench;
 mod cdi;
 mod demo;
 mod device_plugin;
+mod dra_plugin;
 mod k8s;
 mod ns;
 mod ras;
@@ -70,6 +71,32 @@ enum K8sCommand {
         /// How often device health is re-read, in milliseconds.
         #[arg(long, default_value_t = 2000)]
         poll_ms: u64,
+    },
+    /// Serve the kubelet DRA plugin API (v1beta1): NodePrepareResources makes a namespace of
+    /// the claim's devices (memory limit and weight from its `accel.dev` parameters) and
+    /// returns its CDI device; NodeUnprepareResources deletes it and evicts its clients.
+    DraPlugin {
+        /// This node's name (the pool of its devices in the ResourceSlice).
+        #[arg(long)]
+        node: String,
+        /// The API server, `http://host:port` (e.g. a `kubectl proxy` sidecar).
+        #[arg(long, default_value = "http://127.0.0.1:8001")]
+        kube_api: String,
+        /// A file holding a bearer token for the API server.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Where the DRA socket goes.
+        #[arg(long, default_value = "/var/lib/kubelet/plugins/accel.dev")]
+        plugin_dir: PathBuf,
+        /// The kubelet's plugin watcher directory.
+        #[arg(long, default_value = "/var/lib/kubelet/plugins_registry")]
+        registry_dir: PathBuf,
+        /// Where the CDI spec of prepared claims is written.
+        #[arg(long, default_value = "/var/run/cdi")]
+        cdi_dir: PathBuf,
+        /// Where prepared claims are remembered across restarts.
+        #[arg(long, default_value = "/var/lib/accel/dra")]
+        state_dir: PathBuf,
     },
 }
 
@@ -205,6 +232,18 @@ fn run() -> Result<()> {
         Cmd::K8s { cmd: K8sCommand::ResourceSlice { node, generation, output } } => {
             k8s::write(&socket, &node, generation, &output)
         }
+        Cmd::K8s {
+            cmd: K8sCommand::DraPlugin { node, kube_api, token_file, plugin_dir, registry_dir, cdi_dir, state_dir },
+        } => dra_plugin::run(dra_plugin::Options {
+            socket,
+            node,
+            plugin_dir,
+            registry_dir,
+            cdi_dir,
+            state_dir,
+            kube_api,
+            token_file,
+        }),
         Cmd::K8s { cmd: K8sCommand::DevicePlugin { plugin_dir, cdi_dir, poll_ms } } => {
             device_plugin::run(device_plugin::Options {
                 socket,

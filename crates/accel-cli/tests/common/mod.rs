@@ -100,6 +100,12 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// The daemon's process id.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stats(&self) -> ObjectCounts {
         Connection::connect(self.socket()).unwrap().stats().unwrap()
     }
