@@ -146,6 +146,11 @@ impl Plugin {
 
 type Devices = Pin<Box<dyn Stream<Item = Result<ListAndWatchResponse, Status>> + Send>>;
 
+/// Runs blocking work (the daemon's client is synchronous) off the async threads.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))
+}
+
 /// The gRPC face of a plugin.
 #[derive(Clone)]
 struct Service(Arc<Plugin>);
@@ -211,9 +216,8 @@ impl DevicePlugin for Service {
         for c in req.into_inner().container_requests {
             let plugin = self.0.clone();
             let ids = c.devices_ids.clone();
-            let (ns, token) = tokio::task::spawn_blocking(move || plugin.share(&ids))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
+            let (ns, token) = blocking(move || plugin.share(&ids))
+                .await?
                 .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
             let socket = self.0.opts.socket.display().to_string();
             container_responses.push(ContainerAllocateResponse {

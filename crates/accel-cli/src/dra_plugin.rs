@@ -229,7 +229,7 @@ impl DraPlugin for Dra {
     ) -> Result<Response<NodePrepareResourcesResponse>, Status> {
         let state = self.0.clone();
         let claims = req.into_inner().claims;
-        let out = tokio::task::spawn_blocking(move || {
+        let out = crate::device_plugin::blocking(move || {
             claims
                 .into_iter()
                 .map(|c| {
@@ -253,8 +253,7 @@ impl DraPlugin for Dra {
                 })
                 .collect()
         })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .await?;
         Ok(Response::new(NodePrepareResourcesResponse { claims: out }))
     }
 
@@ -264,7 +263,7 @@ impl DraPlugin for Dra {
     ) -> Result<Response<NodeUnprepareResourcesResponse>, Status> {
         let state = self.0.clone();
         let claims = req.into_inner().claims;
-        let out = tokio::task::spawn_blocking(move || {
+        let out = crate::device_plugin::blocking(move || {
             claims
                 .into_iter()
                 .map(|c| {
@@ -273,8 +272,7 @@ impl DraPlugin for Dra {
                 })
                 .collect()
         })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .await?;
         Ok(Response::new(NodeUnprepareResourcesResponse { claims: out }))
     }
 }

@@ -182,38 +182,54 @@ async fn the_kubelet_sees_devices_health_and_gets_namespaced_allocations() {
     assert!(err.message().contains("gpu9"), "{err:?}");
 }
 
-/// The DaemonSet in dist/kubernetes/ runs the plugin with flags it has, and mounts every
-/// host path those flags name.
-#[test]
-fn the_daemonset_manifest_matches_the_plugin() {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../dist/kubernetes/device-plugin.yaml"))
-            .unwrap();
-    let ds: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+/// Checks a DaemonSet of dist/kubernetes/: it runs `accel k8s <plugin>` with flags the
+/// binary has, and mounts from the host every directory those flags name, and the daemon's
+/// socket directory.
+fn check_daemonset(ds: &serde_yaml_ng::Value, plugin: &str) {
     assert_eq!((ds["apiVersion"].as_str(), ds["kind"].as_str()), (Some("apps/v1"), Some("DaemonSet")));
     let spec = &ds["spec"]["template"]["spec"];
     assert_eq!(ds["spec"]["selector"]["matchLabels"], ds["spec"]["template"]["metadata"]["labels"]);
     let c = &spec["containers"][0];
     let args: Vec<&str> = c["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-    // Every flag is one the binary accepts.
-    let help = Command::new(common::accel_bin()).args(["k8s", "device-plugin", "--help"]).output().unwrap();
+    assert_eq!(args[2..4], ["k8s", plugin]);
+    let help = Command::new(common::accel_bin()).args(["k8s", plugin, "--help"]).output().unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
     for flag in args.iter().filter(|a| a.starts_with("--") && **a != "--socket") {
-        assert!(help.contains(flag), "{flag} is not a flag of accel k8s device-plugin");
+        assert!(help.contains(flag), "{flag} is not a flag of accel k8s {plugin}");
     }
-    // Every path the flags name is mounted from the host.
-    let mounts: Vec<&str> =
-        c["volumeMounts"].as_sequence().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
+    let mounts = c["volumeMounts"].as_sequence().unwrap();
     let volumes = spec["volumes"].as_sequence().unwrap();
+    let host_path_of = |path: &str| {
+        let m = mounts.iter().find(|m| m["mountPath"].as_str() == Some(path))?;
+        let v = volumes.iter().find(|v| v["name"] == m["name"])?;
+        v["hostPath"]["path"].as_str().map(str::to_string)
+    };
     for (flag, path) in args.iter().zip(args.iter().skip(1)).filter(|(f, _)| f.starts_with("--") && f.ends_with("dir"))
     {
-        assert!(mounts.contains(path), "{flag} {path} is not mounted");
-        let name =
-            c["volumeMounts"].as_sequence().unwrap().iter().find(|m| m["mountPath"] == **path).unwrap()["name"].clone();
-        let v = volumes.iter().find(|v| v["name"] == name).unwrap();
-        assert_eq!(v["hostPath"]["path"].as_str(), Some(*path), "{flag} comes from the host");
+        assert_eq!(host_path_of(path).as_deref(), Some(*path), "{flag} {path} comes from the host");
     }
     let socket = args[args.iter().position(|a| *a == "--socket").unwrap() + 1];
     let socket_dir = Path::new(socket).parent().unwrap().to_str().unwrap();
-    assert!(mounts.contains(&socket_dir), "the daemon's socket directory is mounted");
+    assert_eq!(host_path_of(socket_dir).as_deref(), Some(socket_dir), "the daemon's socket directory is mounted");
+}
+
+fn manifests(name: &str) -> Vec<serde_yaml_ng::Value> {
+    let path = format!("{}/../../dist/kubernetes/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
+}
+
+#[test]
+fn the_daemonset_manifests_match_the_plugins() {
+    let dp = manifests("device-plugin.yaml");
+    check_daemonset(&dp[0], "device-plugin");
+    let dra = manifests("dra-plugin.yaml");
+    let kinds: Vec<&str> = dra.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["DeviceClass", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"]);
+    check_daemonset(&dra[4], "dra-plugin");
+    // The DeviceClass selects this driver's devices; the plugin may read claims.
+    assert!(dra[0]["spec"]["selectors"][0]["cel"]["expression"].as_str().unwrap().contains("\"accel.dev\""));
+    let rules = dra[2]["rules"].as_sequence().unwrap();
+    assert!(rules.iter().any(|r| r["resources"][0] == "resourceclaims" && r["verbs"][0] == "get"));
+    assert_eq!(dra[4]["spec"]["template"]["spec"]["serviceAccountName"], dra[1]["metadata"]["name"]);
 }

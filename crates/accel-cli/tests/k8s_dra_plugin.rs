@@ -120,6 +120,21 @@ fn namespaces(d: &Daemon) -> Vec<accel_uapi::NamespaceInfo> {
     all
 }
 
+/// The first CDI device of the plugin's spec: its name and the token it hands over.
+fn cdi_share(dirs: &Path) -> (String, String) {
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dirs.join("cdi/accel-dra.json")).unwrap()).unwrap();
+    let device = &spec["devices"][0];
+    let token = device["containerEdits"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|e| e.as_str().unwrap().strip_prefix("ACCEL_NS_TOKEN="))
+        .unwrap()
+        .to_string();
+    (device["name"].as_str().unwrap().to_string(), token)
+}
+
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
@@ -159,16 +174,8 @@ async fn claims_become_namespaces_and_go_with_their_clients() {
     assert_eq!(dev.cdi_device_ids, ["accel.dev/device=dra-uid-1"]);
     let ns = namespaces(&d).into_iter().find(|n| n.name == "dra-uid-1").expect("the claim's namespace");
     assert_eq!(ns.devices.len(), 1);
-    let spec: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dirs.join("cdi/accel-dra.json")).unwrap()).unwrap();
-    assert_eq!(spec["devices"][0]["name"], "dra-uid-1");
-    let token = spec["devices"][0]["containerEdits"]["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|e| e.as_str().unwrap().strip_prefix("ACCEL_NS_TOKEN="))
-        .unwrap()
-        .to_string();
+    let (cdi_name, token) = cdi_share(&dirs);
+    assert_eq!(cdi_name, "dra-uid-1");
     // The container's client: its share, with the claim's memory limit.
     let client = accel::Device::open_with_token(d.socket(), 0, &token).unwrap();
     client.create_queue().unwrap().submit(accel::Op::Nop).unwrap().wait().unwrap();
@@ -240,15 +247,7 @@ async fn claims_become_namespaces_and_go_with_their_clients() {
             .unwrap()
             .into_inner();
         assert_eq!(p.claims[&uid].error, "");
-        let spec: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dirs.join("cdi/accel-dra.json")).unwrap()).unwrap();
-        let token = spec["devices"][0]["containerEdits"]["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find_map(|e| e.as_str().unwrap().strip_prefix("ACCEL_NS_TOKEN="))
-            .unwrap()
-            .to_string();
+        let (_, token) = cdi_share(&dirs);
         let c = accel::Device::open_with_token(d.socket(), 0, &token).unwrap();
         c.create_queue().unwrap().submit(accel::Op::Nop).unwrap().wait().unwrap();
         latency.push(start.elapsed());
