@@ -233,3 +233,33 @@ fn the_daemonset_manifests_match_the_plugins() {
     assert!(rules.iter().any(|r| r["resources"][0] == "resourceclaims" && r["verbs"][0] == "get"));
     assert_eq!(dra[4]["spec"]["template"]["spec"]["serviceAccountName"], dra[1]["metadata"]["name"]);
 }
+
+/// The manifests against Kubernetes' own schemas (`kubernetes-validate`, strict: unknown fields
+/// are errors), for the release that brought DRA's v1beta1 API and for the newest it knows. Skips
+/// with the reason when the validator is not installed, unless `ACCEL_REQUIRE_KUBE_VALIDATE` is
+/// set (CI sets it).
+#[test]
+fn the_manifests_validate_against_kubernetes_schemas() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../dist/kubernetes");
+    let files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    for version in [Some("1.32.0"), None] {
+        let mut cmd = Command::new("kubernetes-validate");
+        cmd.arg("--strict");
+        if let Some(v) = version {
+            cmd.args(["-k", v]);
+        }
+        let out = match cmd.args(&files).output() {
+            Ok(out) => out,
+            Err(e) => {
+                assert!(std::env::var_os("ACCEL_REQUIRE_KUBE_VALIDATE").is_none(), "kubernetes-validate: {e}");
+                eprintln!("skipping: kubernetes-validate is not installed ({e}): pip install kubernetes-validate");
+                return;
+            }
+        };
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        // Six resources in the two files, each reported as passed.
+        assert_eq!(text.matches(" passed for resource ").count(), 6, "{text}");
+    }
+}
