@@ -2,7 +2,9 @@
 //! sockets), the way NVIDIA's and Intel's plugins plug GPUs into Kubernetes.
 //!
 //! One plugin per driver on the node advertises `accel.dev/<driver>` (e.g. `accel.dev/cuda`),
-//! one device per accel device (`accel<minor>`). Each listens on
+//! one device per accel device (`accel<minor>`); with `--share DRIVER=N` another advertises
+//! `accel.dev/<driver>-share`, N per device (`accel<minor>-share<k>`), each 1/N of the device's
+//! memory and compute weight. Each listens on
 //! `<plugin dir>/accel-<driver>.sock` and registers with the kubelet at
 //! `<plugin dir>/kubelet.sock`. Health: a device is `Unhealthy` while it is wedged or one of its
 //! RAS blocks has failed (fatal error), re-read every `--poll-ms` and streamed through
@@ -47,6 +49,9 @@ pub struct Options {
     pub cdi_dir: PathBuf,
     /// How often health is re-read.
     pub poll: Duration,
+    /// Drivers whose devices are also advertised in shares: `accel.dev/<driver>-share`, N
+    /// per device, each 1/N of its memory and compute weight.
+    pub shares: BTreeMap<String, u32>,
 }
 
 /// One device's state as the kubelet sees it.
@@ -91,40 +96,77 @@ struct Allocations {
 /// One resource's plugin.
 struct Plugin {
     driver: String,
+    /// Shares per device (a `-share` resource), or none (whole devices).
+    shares: Option<u32>,
     opts: Options,
     allocations: Arc<Mutex<Allocations>>,
+}
+
+/// A device ID the plugin hands out: `accel<minor>` or `accel<minor>-share<k>`.
+fn parse_id(id: &str) -> Result<(u32, Option<u32>)> {
+    let rest = id.strip_prefix("accel").with_context(|| format!("no device {id:?}"))?;
+    let (minor, share) = match rest.split_once("-share") {
+        Some((m, k)) => (m, Some(k.parse().with_context(|| format!("no device {id:?}"))?)),
+        None => (rest, None),
+    };
+    Ok((minor.parse().with_context(|| format!("no device {id:?}"))?, share))
 }
 
 impl Plugin {
     fn list(&self) -> Result<Vec<Device>> {
         let all = devices(&self.opts.socket).context("accel daemon")?;
-        Ok(all
-            .get(&self.driver)
-            .map(|v| v.iter().map(|(id, h)| Device { id: id.clone(), health: h.to_string(), topology: None }).collect())
-            .unwrap_or_default())
+        let whole = all.get(&self.driver).map(Vec::as_slice).unwrap_or_default();
+        let n = self.shares.unwrap_or(1);
+        Ok(whole
+            .iter()
+            .flat_map(|(id, h)| {
+                (0..n).map(move |k| Device {
+                    id: if self.shares.is_some() { format!("{id}-share{k}") } else { id.clone() },
+                    health: h.to_string(),
+                    topology: None,
+                })
+            })
+            .collect())
     }
 
     /// The namespace for exactly `ids` (made if new), a fresh token for it, the spec updated.
+    /// Shares of a device add up: k of N shares get k/N of its memory and compute weight.
     fn share(&self, ids: &[String]) -> Result<(String, String)> {
-        let mut sorted: Vec<u32> = ids
-            .iter()
-            .map(|id| {
-                id.strip_prefix("accel").and_then(|m| m.parse().ok()).with_context(|| format!("no device {id:?}"))
-            })
-            .collect::<Result<_>>()?;
+        let mut sorted: Vec<(u32, Option<u32>)> = ids.iter().map(|id| parse_id(id)).collect::<Result<_>>()?;
         sorted.sort_unstable();
         sorted.dedup();
-        let name = format!("k8s-{}", sorted.iter().map(|m| format!("accel{m}")).collect::<Vec<_>>().join("-"));
+        let n = self.shares.unwrap_or(1);
+        if sorted.iter().any(|(_, k)| k.is_some() != self.shares.is_some() || k.is_some_and(|k| k >= n)) {
+            bail!("devices {ids:?} are not this resource's");
+        }
+        let name = format!(
+            "k8s-{}",
+            sorted
+                .iter()
+                .map(|(m, k)| k.map_or(format!("accel{m}"), |k| format!("accel{m}-share{k}")))
+                .collect::<Vec<_>>()
+                .join("-")
+        );
+        // Shares taken of each device.
+        let mut taken: BTreeMap<u32, u64> = BTreeMap::new();
+        for (m, _) in &sorted {
+            *taken.entry(*m).or_default() += 1;
+        }
         let mut conn = accel::Connection::connect_with_token(&self.opts.socket, None)?;
         let Reply::Namespaces(all) = conn.call(&Request::NsList)? else { bail!("unexpected reply to NsList") };
         if !all.iter().any(|n| n.name == name) {
+            let memory: BTreeMap<u32, u64> = match conn.call(&Request::ListDevices)? {
+                Reply::Devices(list) => list.iter().map(|d| (d.minor, d.memory_bytes)).collect(),
+                _ => bail!("unexpected reply to ListDevices"),
+            };
             conn.call(&Request::NsCreate { name: name.clone(), token: None })?;
-            for &device in &sorted {
+            for (&device, &k) in &taken {
+                let whole = self.shares.is_none();
                 conn.call(&Request::NsAssign {
                     name: name.clone(),
                     device,
-                    memory_limit: 0,
-                    weight: 100,
+                    memory_limit: if whole { 0 } else { memory.get(&device).copied().unwrap_or(0) * k / u64::from(n) },
+                    weight: if whole { 100 } else { (100 * k / u64::from(n)).max(1) as u32 },
                     max_clients: 0,
                     evict: false,
                 })?;
@@ -262,8 +304,16 @@ async fn serve(opts: Options) -> Result<()> {
     let allocations = Arc::new(Mutex::new(Allocations::default()));
     let mut tasks = Vec::new();
     for driver in drivers {
-        let plugin = Arc::new(Plugin { driver, opts: opts.clone(), allocations: allocations.clone() });
-        tasks.push(tokio::spawn(serve_one(plugin)));
+        let shares = opts.shares.get(&driver).copied().filter(|n| *n >= 2);
+        for shares in [None].into_iter().chain(shares.map(Some)) {
+            let plugin = Arc::new(Plugin {
+                driver: driver.clone(),
+                shares,
+                opts: opts.clone(),
+                allocations: allocations.clone(),
+            });
+            tasks.push(tokio::spawn(serve_one(plugin)));
+        }
     }
     for t in tasks {
         t.await??;
@@ -272,9 +322,10 @@ async fn serve(opts: Options) -> Result<()> {
 }
 
 async fn serve_one(plugin: Arc<Plugin>) -> Result<()> {
-    let endpoint = format!("accel-{}.sock", plugin.driver);
+    let suffix = if plugin.shares.is_some() { "-share" } else { "" };
+    let endpoint = format!("accel-{}{suffix}.sock", plugin.driver);
     let path = plugin.opts.plugin_dir.join(&endpoint);
-    let resource = format!("{RESOURCE_PREFIX}/{}", plugin.driver);
+    let resource = format!("{RESOURCE_PREFIX}/{}{suffix}", plugin.driver);
     loop {
         let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;

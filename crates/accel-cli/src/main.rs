@@ -71,6 +71,10 @@ enum K8sCommand {
         /// How often device health is re-read, in milliseconds.
         #[arg(long, default_value_t = 2000)]
         poll_ms: u64,
+        /// Also advertise a driver's devices in N shares each, `DRIVER=N` (repeatable):
+        /// resource `accel.dev/<driver>-share`, each share 1/N of memory and compute weight.
+        #[arg(long = "share", value_parser = parse_share)]
+        shares: Vec<(String, u32)>,
     },
     /// Serve the kubelet DRA plugin API (v1beta1): NodePrepareResources makes a namespace of
     /// the claim's devices (memory limit and weight from its `accel.dev` parameters) and
@@ -209,6 +213,16 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// `DRIVER=N` of `accel k8s device-plugin --share`.
+fn parse_share(s: &str) -> Result<(String, u32), String> {
+    let (driver, n) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected DRIVER=N"))?;
+    let n: u32 = n.parse().map_err(|_| format!("{s:?}: N must be a number"))?;
+    if !(2..=64).contains(&n) {
+        return Err(format!("{s:?}: N must be 2 to 64"));
+    }
+    Ok((driver.to_string(), n))
+}
+
 fn run() -> Result<()> {
     let cli = Cli::parse();
     // naga (the vulkan driver's SPIR-V reader) narrates every module it reads: errors only.
@@ -244,12 +258,13 @@ fn run() -> Result<()> {
             kube_api,
             token_file,
         }),
-        Cmd::K8s { cmd: K8sCommand::DevicePlugin { plugin_dir, cdi_dir, poll_ms } } => {
+        Cmd::K8s { cmd: K8sCommand::DevicePlugin { plugin_dir, cdi_dir, poll_ms, shares } } => {
             device_plugin::run(device_plugin::Options {
                 socket,
                 plugin_dir,
                 cdi_dir,
                 poll: std::time::Duration::from_millis(poll_ms.max(100)),
+                shares: shares.into_iter().collect(),
             })
         }
         Cmd::Ras { cmd } => ras::run(&socket, cmd),

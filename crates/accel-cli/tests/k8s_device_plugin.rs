@@ -263,3 +263,66 @@ fn the_manifests_validate_against_kubernetes_schemas() {
         assert_eq!(text.matches(" passed for resource ").count(), 6, "{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_are_a_resource_of_their_own_with_a_slice_of_the_device() {
+    let d = Daemon::start(&["testdev"]);
+    let (plugins, cdi) = (tempdir("share-plugins"), tempdir("share-cdi"));
+    let (tx, mut registered) = mpsc::unbounded_channel();
+    let listener = tokio::net::UnixListener::bind(plugins.join("kubelet.sock")).unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RegistrationServer::new(Kubelet(tx)))
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+    );
+    let _plugin = Plugin(
+        Command::new(common::accel_bin())
+            .arg("--socket")
+            .arg(d.socket())
+            .args(["k8s", "device-plugin", "--share", "testdev=4", "--plugin-dir"])
+            .arg(&plugins)
+            .arg("--cdi-dir")
+            .arg(&cdi)
+            .env("ACCEL_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        let r = tokio::time::timeout(Duration::from_secs(20), registered.recv()).await.unwrap().unwrap();
+        names.push(r.resource_name);
+    }
+    names.sort();
+    assert_eq!(names, ["accel.dev/testdev", "accel.dev/testdev-share"]);
+
+    let mut shares = DevicePluginClient::new(channel(&plugins.join("accel-testdev-share.sock")).await);
+    let listed = shares.list_and_watch(Empty {}).await.unwrap().into_inner().message().await.unwrap().unwrap();
+    let ids: Vec<_> = listed.devices.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["accel0-share0", "accel0-share1", "accel0-share2", "accel0-share3"]);
+
+    // Two of four shares: half the device's memory and weight.
+    let alloc = shares
+        .allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest {
+                devices_ids: vec!["accel0-share3".into(), "accel0-share1".into()],
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(alloc.container_responses[0].cdi_devices[0].name, "accel.dev/device=k8s-accel0-share1-accel0-share3");
+    let mut admin = common::admin(&d);
+    let Reply::Devices(devs) = admin.call(&Request::ListDevices).unwrap() else { panic!("devices") };
+    let Reply::Namespaces(all) = admin.call(&Request::NsList).unwrap() else { panic!("namespaces") };
+    let ns = all.iter().find(|n| n.name == "k8s-accel0-share1-accel0-share3").expect("the share's namespace");
+    assert_eq!(ns.devices[0].memory_limit, devs[0].memory_bytes / 2);
+    assert_eq!(ns.devices[0].weight, 50);
+    // A whole device's ID is not a share.
+    let err = shares
+        .allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest { devices_ids: vec!["accel0".into()] }],
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("not this resource's"), "{err:?}");
+}
