@@ -221,59 +221,60 @@ impl State {
 #[derive(Clone)]
 struct Dra(Arc<State>);
 
+impl Dra {
+    /// Answers each claim with `f`, keyed by claim UID, off the async threads.
+    async fn per_claim<R: Send + 'static>(
+        &self,
+        claims: Vec<Claim>,
+        f: fn(&State, &Claim) -> R,
+    ) -> Result<std::collections::HashMap<String, R>, Status> {
+        let state = self.0.clone();
+        crate::device_plugin::blocking(move || claims.into_iter().map(|c| (c.uid.clone(), f(&state, &c))).collect())
+            .await
+    }
+}
+
+/// One claim's NodePrepareResources answer.
+fn prepared(state: &State, c: &Claim) -> NodePrepareResourceResponse {
+    match state.prepare(c) {
+        Ok(p) => NodePrepareResourceResponse {
+            devices: p
+                .devices
+                .iter()
+                .map(|(requests, device)| Device {
+                    request_names: requests.clone(),
+                    pool_name: state.opts.node.clone(),
+                    device_name: device.clone(),
+                    cdi_device_ids: vec![format!("{}={}", crate::cdi::KIND, p.namespace)],
+                })
+                .collect(),
+            error: String::new(),
+        },
+        Err(e) => NodePrepareResourceResponse { devices: Vec::new(), error: format!("{e:#}") },
+    }
+}
+
+/// One claim's NodeUnprepareResources answer.
+fn unprepared(state: &State, c: &Claim) -> NodeUnprepareResourceResponse {
+    NodeUnprepareResourceResponse { error: state.unprepare(c).err().map(|e| format!("{e:#}")).unwrap_or_default() }
+}
+
 #[tonic::async_trait]
 impl DraPlugin for Dra {
     async fn node_prepare_resources(
         &self,
         req: tonic::Request<NodePrepareResourcesRequest>,
     ) -> Result<Response<NodePrepareResourcesResponse>, Status> {
-        let state = self.0.clone();
-        let claims = req.into_inner().claims;
-        let out = crate::device_plugin::blocking(move || {
-            claims
-                .into_iter()
-                .map(|c| {
-                    let r = match state.prepare(&c) {
-                        Ok(p) => NodePrepareResourceResponse {
-                            devices: p
-                                .devices
-                                .iter()
-                                .map(|(requests, device)| Device {
-                                    request_names: requests.clone(),
-                                    pool_name: state.opts.node.clone(),
-                                    device_name: device.clone(),
-                                    cdi_device_ids: vec![format!("{}={}", crate::cdi::KIND, p.namespace)],
-                                })
-                                .collect(),
-                            error: String::new(),
-                        },
-                        Err(e) => NodePrepareResourceResponse { devices: Vec::new(), error: format!("{e:#}") },
-                    };
-                    (c.uid, r)
-                })
-                .collect()
-        })
-        .await?;
-        Ok(Response::new(NodePrepareResourcesResponse { claims: out }))
+        let claims = self.per_claim(req.into_inner().claims, prepared).await?;
+        Ok(Response::new(NodePrepareResourcesResponse { claims }))
     }
 
     async fn node_unprepare_resources(
         &self,
         req: tonic::Request<NodeUnprepareResourcesRequest>,
     ) -> Result<Response<NodeUnprepareResourcesResponse>, Status> {
-        let state = self.0.clone();
-        let claims = req.into_inner().claims;
-        let out = crate::device_plugin::blocking(move || {
-            claims
-                .into_iter()
-                .map(|c| {
-                    let error = state.unprepare(&c).err().map(|e| format!("{e:#}")).unwrap_or_default();
-                    (c.uid, NodeUnprepareResourceResponse { error })
-                })
-                .collect()
-        })
-        .await?;
-        Ok(Response::new(NodeUnprepareResourcesResponse { claims: out }))
+        let claims = self.per_claim(req.into_inner().claims, unprepared).await?;
+        Ok(Response::new(NodeUnprepareResourcesResponse { claims }))
     }
 }
 

@@ -61,12 +61,9 @@ fn tempdir(name: &str) -> PathBuf {
     dir
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_kubelet_sees_devices_health_and_gets_namespaced_allocations() {
-    let d = Daemon::start(&["testdev", "cpu"]);
-    let (plugins, cdi) = (tempdir("plugins"), tempdir("cdi"));
-
-    // The kubelet's registration socket, then the plugin.
+/// Serves the kubelet's registration socket in `plugins`, starts the plugin with `args`, and
+/// waits for `n` registrations.
+async fn start(d: &Daemon, plugins: &Path, cdi: &Path, args: &[&str], n: usize) -> (Plugin, Vec<RegisterRequest>) {
     let (tx, mut registered) = mpsc::unbounded_channel();
     let listener = tokio::net::UnixListener::bind(plugins.join("kubelet.sock")).unwrap();
     tokio::spawn(
@@ -74,25 +71,32 @@ async fn the_kubelet_sees_devices_health_and_gets_namespaced_allocations() {
             .add_service(RegistrationServer::new(Kubelet(tx)))
             .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
     );
-    let _plugin = Plugin(
+    let plugin = Plugin(
         Command::new(common::accel_bin())
             .arg("--socket")
             .arg(d.socket())
-            .args(["k8s", "device-plugin", "--poll-ms", "200", "--plugin-dir"])
-            .arg(&plugins)
+            .args(["k8s", "device-plugin"])
+            .args(args)
+            .arg("--plugin-dir")
+            .arg(plugins)
             .arg("--cdi-dir")
-            .arg(&cdi)
+            .arg(cdi)
             .env("ACCEL_LOG", "warn")
             .spawn()
             .unwrap(),
     );
-
-    // One registration per driver.
     let mut regs = Vec::new();
-    for _ in 0..2 {
-        let r = tokio::time::timeout(Duration::from_secs(20), registered.recv()).await.unwrap().unwrap();
-        regs.push(r);
+    for _ in 0..n {
+        regs.push(tokio::time::timeout(Duration::from_secs(20), registered.recv()).await.unwrap().unwrap());
     }
+    (plugin, regs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubelet_sees_devices_health_and_gets_namespaced_allocations() {
+    let d = Daemon::start(&["testdev", "cpu"]);
+    let (plugins, cdi) = (tempdir("plugins"), tempdir("cdi"));
+    let (_plugin, mut regs) = start(&d, &plugins, &cdi, &["--poll-ms", "200"], 2).await;
     regs.sort_by(|a, b| a.resource_name.cmp(&b.resource_name));
     let names: Vec<_> = regs.iter().map(|r| (r.resource_name.as_str(), r.endpoint.as_str())).collect();
     assert_eq!(names, [("accel.dev/cpu", "accel-cpu.sock"), ("accel.dev/testdev", "accel-testdev.sock")]);
@@ -268,30 +272,8 @@ fn the_manifests_validate_against_kubernetes_schemas() {
 async fn shares_are_a_resource_of_their_own_with_a_slice_of_the_device() {
     let d = Daemon::start(&["testdev"]);
     let (plugins, cdi) = (tempdir("share-plugins"), tempdir("share-cdi"));
-    let (tx, mut registered) = mpsc::unbounded_channel();
-    let listener = tokio::net::UnixListener::bind(plugins.join("kubelet.sock")).unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(RegistrationServer::new(Kubelet(tx)))
-            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
-    );
-    let _plugin = Plugin(
-        Command::new(common::accel_bin())
-            .arg("--socket")
-            .arg(d.socket())
-            .args(["k8s", "device-plugin", "--share", "testdev=4", "--plugin-dir"])
-            .arg(&plugins)
-            .arg("--cdi-dir")
-            .arg(&cdi)
-            .env("ACCEL_LOG", "warn")
-            .spawn()
-            .unwrap(),
-    );
-    let mut names = Vec::new();
-    for _ in 0..2 {
-        let r = tokio::time::timeout(Duration::from_secs(20), registered.recv()).await.unwrap().unwrap();
-        names.push(r.resource_name);
-    }
+    let (_plugin, regs) = start(&d, &plugins, &cdi, &["--share", "testdev=4"], 2).await;
+    let mut names: Vec<_> = regs.into_iter().map(|r| r.resource_name).collect();
     names.sort();
     assert_eq!(names, ["accel.dev/testdev", "accel.dev/testdev-share"]);
 

@@ -111,6 +111,21 @@ async fn channel(path: &Path) -> tonic::transport::Channel {
     panic!("no socket at {}", path.display());
 }
 
+type Dra = DraPluginClient<tonic::transport::Channel>;
+
+/// NodePrepareResources for `claims` (uid, name).
+async fn prepare(dra: &mut Dra, claims: &[(&str, &str)]) -> accel_cli::dra::NodePrepareResourcesResponse {
+    let claims = claims.iter().map(|(uid, name)| claim(uid, name)).collect();
+    dra.node_prepare_resources(NodePrepareResourcesRequest { claims }).await.unwrap().into_inner()
+}
+
+/// NodeUnprepareResources for one claim; its error, if any.
+async fn unprepare(dra: &mut Dra, uid: &str, name: &str) -> String {
+    let claims = vec![claim(uid, name)];
+    let r = dra.node_unprepare_resources(NodeUnprepareResourcesRequest { claims }).await.unwrap().into_inner();
+    r.claims[uid].error.clone()
+}
+
 fn claim(uid: &str, name: &str) -> Claim {
     Claim { namespace: "default".into(), uid: uid.into(), name: name.into() }
 }
@@ -160,11 +175,7 @@ async fn claims_become_namespaces_and_go_with_their_clients() {
 
     // Prepare: the claim's device, as a CDI device of a namespace with its parameters.
     let mut dra = DraPluginClient::new(channel(Path::new(&info.endpoint)).await);
-    let prepared = dra
-        .node_prepare_resources(NodePrepareResourcesRequest { claims: vec![claim("uid-1", "c1")] })
-        .await
-        .unwrap()
-        .into_inner();
+    let prepared = prepare(&mut dra, &[("uid-1", "c1")]).await;
     let r = &prepared.claims["uid-1"];
     assert_eq!(r.error, "");
     assert_eq!(r.devices.len(), 1);
@@ -182,53 +193,29 @@ async fn claims_become_namespaces_and_go_with_their_clients() {
     assert!(client.alloc_in(2 << 20, 1).is_err(), "the claim's 1 MiB limit holds");
 
     // Prepare again, and after a plugin restart: the same answer, no second namespace.
-    let again = dra
-        .node_prepare_resources(NodePrepareResourcesRequest { claims: vec![claim("uid-1", "c1")] })
-        .await
-        .unwrap()
-        .into_inner();
+    let again = prepare(&mut dra, &[("uid-1", "c1")]).await;
     assert_eq!(again.claims["uid-1"], *r);
     drop(plugin);
     plugin = start_plugin(&d, &api, &dirs);
     let mut dra = DraPluginClient::new(channel(&dirs.join("plugin/dra.sock")).await);
-    let after = dra
-        .node_prepare_resources(NodePrepareResourcesRequest { claims: vec![claim("uid-1", "c1")] })
-        .await
-        .unwrap()
-        .into_inner();
+    let after = prepare(&mut dra, &[("uid-1", "c1")]).await;
     assert_eq!(after.claims["uid-1"], *r);
     assert_eq!(namespaces(&d).iter().filter(|n| n.name.starts_with("dra-")).count(), 1);
 
     // A claim this node has no device of fails with the reason, inside the reply.
     claims.lock().unwrap().insert("default/c2".into(), claim_json("uid-2", "c2", &[], 0, 100));
-    let bad = dra
-        .node_prepare_resources(NodePrepareResourcesRequest {
-            claims: vec![claim("uid-2", "c2"), claim("uid-3", "c3")],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let bad = prepare(&mut dra, &[("uid-2", "c2"), ("uid-3", "c3")]).await;
     assert!(bad.claims["uid-2"].error.contains("no accel.dev device"), "{:?}", bad.claims["uid-2"]);
     assert!(bad.claims["uid-3"].error.contains("404"), "{:?}", bad.claims["uid-3"]);
 
     // Unprepare: the namespace goes and its connected client is evicted.
-    let un = dra
-        .node_unprepare_resources(NodeUnprepareResourcesRequest { claims: vec![claim("uid-1", "c1")] })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(un.claims["uid-1"].error, "");
+    assert_eq!(unprepare(&mut dra, "uid-1", "c1").await, "");
     assert!(namespaces(&d).iter().all(|n| n.name != "dra-uid-1"));
     let evicted = client.create_queue().and_then(|q| q.submit(accel::Op::Nop)?.wait());
     assert!(evicted.is_err(), "the claim's client is evicted");
     drop(client);
     // Unprepare is idempotent.
-    let un = dra
-        .node_unprepare_resources(NodeUnprepareResourcesRequest { claims: vec![claim("uid-1", "c1")] })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(un.claims["uid-1"].error, "");
+    assert_eq!(unprepare(&mut dra, "uid-1", "c1").await, "");
 
     // Cycles: prepare, a client's first job (the latency), unprepare; nothing left behind.
     let cycles: usize = std::env::var("ACCEL_DRA_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
@@ -241,23 +228,14 @@ async fn claims_become_namespaces_and_go_with_their_clients() {
         let (uid, name) = (format!("cycle-{i}"), format!("cycle{i}"));
         claims.lock().unwrap().insert(format!("default/{name}"), claim_json(&uid, &name, &["accel1"], 0, 100));
         let start = Instant::now();
-        let p = dra
-            .node_prepare_resources(NodePrepareResourcesRequest { claims: vec![claim(&uid, &name)] })
-            .await
-            .unwrap()
-            .into_inner();
+        let p = prepare(&mut dra, &[(&uid, &name)]).await;
         assert_eq!(p.claims[&uid].error, "");
         let (_, token) = cdi_share(&dirs);
         let c = accel::Device::open_with_token(d.socket(), 0, &token).unwrap();
         c.create_queue().unwrap().submit(accel::Op::Nop).unwrap().wait().unwrap();
         latency.push(start.elapsed());
         drop(c);
-        let u = dra
-            .node_unprepare_resources(NodeUnprepareResourcesRequest { claims: vec![claim(&uid, &name)] })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(u.claims[&uid].error, "");
+        assert_eq!(unprepare(&mut dra, &uid, &name).await, "");
         claims.lock().unwrap().remove(&format!("default/{name}"));
     }
     latency.sort();
