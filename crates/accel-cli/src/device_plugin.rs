@@ -28,6 +28,7 @@ use accel_cli::deviceplugin::{
     Device, DevicePluginOptions, Empty, ListAndWatchResponse, Mount, PreStartContainerRequest,
     PreStartContainerResponse, PreferredAllocationRequest, PreferredAllocationResponse, RegisterRequest,
 };
+use accel_cli::grpc;
 use accel_uapi::{Health, Reply, Request};
 use anyhow::{bail, Context, Result};
 use tokio_stream::Stream;
@@ -327,9 +328,7 @@ async fn serve_one(plugin: Arc<Plugin>) -> Result<()> {
     let path = plugin.opts.plugin_dir.join(&endpoint);
     let resource = format!("{RESOURCE_PREFIX}/{}{suffix}", plugin.driver);
     loop {
-        let _ = std::fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        let incoming = grpc::listen(&path).with_context(|| format!("binding {}", path.display()))?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
@@ -355,7 +354,7 @@ async fn register(dir: &Path, endpoint: &str, resource: &str) -> Result<()> {
     let kubelet = dir.join("kubelet.sock");
     let mut last = None;
     for _ in 0..50 {
-        match connect(&kubelet).await {
+        match grpc::connect(&kubelet).await {
             Ok(channel) => {
                 let req = RegisterRequest {
                     version: "v1beta1".into(),
@@ -369,24 +368,10 @@ async fn register(dir: &Path, endpoint: &str, resource: &str) -> Result<()> {
                 RegistrationClient::new(channel).register(req).await.context("the kubelet refused the registration")?;
                 return Ok(());
             }
-            Err(e) => last = Some(e),
+            Err(e) => last = Some(anyhow::Error::from(e)),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no kubelet")))
         .with_context(|| format!("registering at {}", kubelet.display()))
-}
-
-/// A gRPC channel over the Unix socket at `path`.
-pub async fn connect(path: &Path) -> Result<tonic::transport::Channel> {
-    let path = path.to_path_buf();
-    let channel = tonic::transport::Endpoint::try_from("http://[::]:0")?
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await?;
-    Ok(channel)
 }

@@ -28,6 +28,7 @@ use accel_cli::dra::{
     Claim, Device, NodePrepareResourceResponse, NodePrepareResourcesRequest, NodePrepareResourcesResponse,
     NodeUnprepareResourceResponse, NodeUnprepareResourcesRequest, NodeUnprepareResourcesResponse,
 };
+use accel_cli::grpc;
 use accel_cli::pluginregistration::registration_server::{Registration, RegistrationServer};
 use accel_cli::pluginregistration::{InfoRequest, PluginInfo, RegistrationStatus, RegistrationStatusResponse};
 use accel_uapi::{Reply, Request};
@@ -317,11 +318,7 @@ pub fn run(opts: Options) -> Result<()> {
     let reg_sock = opts.registry_dir.join(format!("{DRIVER}-reg.sock"));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
-        let listen = |p: &Path| -> Result<tokio_stream::wrappers::UnixListenerStream> {
-            let _ = std::fs::remove_file(p);
-            let l = tokio::net::UnixListener::bind(p).with_context(|| format!("binding {}", p.display()))?;
-            Ok(tokio_stream::wrappers::UnixListenerStream::new(l))
-        };
+        let listen = |p: &Path| grpc::listen(p).with_context(|| format!("binding {}", p.display()));
         let dra = tonic::transport::Server::builder()
             .add_service(DraPluginServer::new(Dra(state)))
             .serve_with_incoming(listen(&dra_sock)?);

@@ -41,17 +41,7 @@ impl Drop for Plugin {
 }
 
 async fn channel(path: &Path) -> tonic::transport::Channel {
-    let path = path.to_path_buf();
-    tonic::transport::Endpoint::try_from("http://[::]:0")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .unwrap()
+    accel_cli::grpc::connect(path).await.unwrap()
 }
 
 fn tempdir(name: &str) -> PathBuf {
@@ -65,11 +55,10 @@ fn tempdir(name: &str) -> PathBuf {
 /// waits for `n` registrations.
 async fn start(d: &Daemon, plugins: &Path, cdi: &Path, args: &[&str], n: usize) -> (Plugin, Vec<RegisterRequest>) {
     let (tx, mut registered) = mpsc::unbounded_channel();
-    let listener = tokio::net::UnixListener::bind(plugins.join("kubelet.sock")).unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(RegistrationServer::new(Kubelet(tx)))
-            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+            .serve_with_incoming(accel_cli::grpc::listen(&plugins.join("kubelet.sock")).unwrap()),
     );
     let plugin = Plugin(
         Command::new(common::accel_bin())

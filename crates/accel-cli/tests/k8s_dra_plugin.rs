@@ -92,17 +92,7 @@ fn start_plugin(d: &Daemon, api: &str, dirs: &Path) -> Plugin {
 async fn channel(path: &Path) -> tonic::transport::Channel {
     for _ in 0..100 {
         if path.exists() {
-            let p = path.to_path_buf();
-            let ch = tonic::transport::Endpoint::try_from("http://[::]:0")
-                .unwrap()
-                .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                    let p = p.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?))
-                    }
-                }))
-                .await;
-            if let Ok(ch) = ch {
+            if let Ok(ch) = accel_cli::grpc::connect(path).await {
                 return ch;
             }
         }
