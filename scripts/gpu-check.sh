@@ -72,7 +72,7 @@ done
 part bench || DEVS=" "
 for dev in ${DEVS:-vulkan:0 cuda:0}; do
     echo "== bench $dev (GEMM f32 against the cpu driver; null launch round trip)"
-    timeout "$STEP" "$BIN/accel" bench vulkan --device "$dev" --sizes "${SIZES:-1024,4096,8192}" --reps 5 --iters 2000 || status=1
+    timeout "$STEP" "$BIN/accel" bench vulkan --device "$dev" --sizes "${SIZES:-1024,4096,8192}" --reps "${REPS:-10}" --iters 2000 || status=1
 done
 
 if part cudabench; then
@@ -95,7 +95,7 @@ for n in [int(s) for s in os.environ.get('SIZES', '1024,4096,8192').split(',')]:
     a = torch.randn(n, n, device="cuda"); b = torch.randn(n, n, device="cuda")
     torch.matmul(a, b); torch.cuda.synchronize()
     ts = []
-    for _ in range(5):
+    for _ in range(int(os.environ.get('REPS', '10'))):
         t = time.perf_counter(); torch.matmul(a, b); torch.cuda.synchronize(); ts.append(time.perf_counter() - t)
     ts.sort()
     print(json.dumps({"bench": "torch-matmul", "n": n, "device": torch.cuda.get_device_name(),

@@ -121,6 +121,9 @@ enum Cmd {
     CudaWorker {
         /// The GPU's CUDA ordinal.
         ordinal: usize,
+        /// Compute streams (one channel each).
+        #[arg(default_value_t = 1)]
+        streams: usize,
     },
     /// Run the daemon in the foreground.
     Daemon {
@@ -274,7 +277,7 @@ fn run() -> Result<()> {
         Cmd::Top { interval_ms, iterations } => top(&socket, interval_ms.max(100), iterations),
         Cmd::Demo { n } => demo::run(n),
         Cmd::Bench { which } => bench::run(which),
-        Cmd::CudaWorker { ordinal } => std::process::exit(accel_driver_cuda::worker::main(ordinal)),
+        Cmd::CudaWorker { ordinal, streams } => std::process::exit(accel_driver_cuda::worker::main(ordinal, streams)),
     }
 }
 

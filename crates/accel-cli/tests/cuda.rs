@@ -229,8 +229,10 @@ impl Spinner {
 }
 
 /// Four innocent clients launching 10 µs kernels while `culprit` runs; each innocent
-/// client's jobs all succeed and its device counter holds exactly its successes.
-fn innocents_survive(d: &Daemon, culprit: impl FnOnce()) {
+/// client's jobs all succeed and its device counter holds its successes, plus at most
+/// `reruns` kernels run twice (a job caught by a context loss between its kernel's last
+/// store and its completion mark runs again: possible only when kernels overlap).
+fn innocents_survive(d: &Daemon, reruns: u32, culprit: impl FnOnce()) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let innocents: Vec<_> = (0..4)
         .map(|_| {
@@ -256,8 +258,8 @@ fn innocents_survive(d: &Daemon, culprit: impl FnOnce()) {
     for t in innocents {
         let (ok, failed, count) = t.join().unwrap();
         assert!(failed.is_empty(), "innocent jobs failed: {failed:?}");
-        // Device memory kept every increment across the recoveries (none lost, none twice).
-        assert_eq!(count, ok, "the innocent client's counter");
+        // Device memory kept every increment across the recoveries (none lost).
+        assert!((ok..=ok + reruns).contains(&count), "the innocent client's counter: {count} for {ok} kernels");
     }
     // A new client finds the device working.
     let after = Spinner::new(d, None);
@@ -271,7 +273,7 @@ fn a_kernel_that_never_ends_fails_only_its_own_job() {
         return;
     }
     let d = Daemon::start(&["cuda:0"]);
-    innocents_survive(&d, || {
+    innocents_survive(&d, 2, || {
         for round in 0..2 {
             // A queue of its own each round: two timeouts would ban it (hang_limit).
             let bad = Spinner::new(&d, Some(std::time::Duration::from_millis(400)));
@@ -287,9 +289,22 @@ fn a_faulting_kernel_fails_only_its_own_job() {
     if !cuda() {
         return;
     }
-    let d = Daemon::start(&["cuda:0"]);
-    innocents_survive(&d, || {
-        let bad = Spinner::new(&d, None);
+    faults_beside_innocents(&Daemon::start(&["cuda:0"]), 2);
+}
+
+#[test]
+fn with_one_compute_stream_a_fault_runs_no_innocent_kernel_twice() {
+    if !cuda() {
+        return;
+    }
+    // Kernels never overlap: the only kernel a fault can catch is its own.
+    faults_beside_innocents(&Daemon::start_env(&["cuda:0"], &[], &[("ACCEL_CUDA_STREAMS", "1")]), 0);
+}
+
+/// A client whose kernel stores to an unmapped address, twice, beside four innocent ones.
+fn faults_beside_innocents(d: &Daemon, reruns: u32) {
+    innocents_survive(d, reruns, || {
+        let bad = Spinner::new(d, None);
         let e = bad.launch("fault", 0).unwrap_err();
         assert_eq!(e.code, Errno::EFAULT, "{e}");
         assert!(e.to_string().contains("CUDA_ERROR_ILLEGAL_ADDRESS"), "{e}");
@@ -349,4 +364,35 @@ fn nvml_health_and_sensors_reach_ras_and_metrics() {
         xid.iter().any(|l| l.contains("error_type=\"xid-31\"") || l.contains("error_type=\"xid-13\"")),
         "no XID counted after a client's illegal address (does this machine pass NVML events on?): {xid:?}"
     );
+}
+
+#[test]
+fn queues_of_different_clients_run_their_kernels_at_once_on_streams_of_their_own() {
+    if !cuda() {
+        return;
+    }
+    let d = Daemon::start(&["cuda:0"]);
+    let dev = d.open(0);
+    let streams = dev.info().engines.iter().find(|e| e.name == "compute").map_or(1, |e| e.credits);
+    assert_eq!(streams, 4, "the default compute streams");
+    // Four clients' 200 ms kernels together take about 200 ms, not 800 (one at a time).
+    let spinners: Vec<_> = (0..4).map(|_| Spinner::new(&d, None)).collect();
+    let start = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let t0 = std::time::Instant::now();
+    let threads: Vec<_> = spinners
+        .into_iter()
+        .map(|s| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                s.launch("spin", 200_000_000).unwrap();
+                s.count()
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 1);
+    }
+    let took = t0.elapsed();
+    assert!(took < std::time::Duration::from_millis(600), "four 200 ms kernels took {took:?}: not concurrent");
 }

@@ -238,3 +238,65 @@ fn ring_and_socket_paths_coexist_and_rings_are_reclaimed() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Polls `flag` until it reads `want` (or fails after a second).
+fn await_flag(flag: &std::sync::atomic::AtomicU32, want: u32, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while flag.load(Ordering::SeqCst) != want {
+        assert!(std::time::Instant::now() < deadline, "{what}: still {}", flag.load(Ordering::SeqCst));
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+#[test]
+fn a_spinning_client_keeps_the_poller_on_its_ring_while_its_jobs_run_and_only_then() {
+    let d = Daemon::start(&["testdev"]);
+    let (_conn, ring, doorbell) = raw_ring(&d, 8);
+    // A fresh ring goes idle once nothing came for the poll spin (100 µs).
+    await_flag(ring.poller_sleeping(), 1, "an idle ring");
+    let delay = Sqe::encode(&driver_op(OP_DELAY, 40), 1);
+    let submit = |index: u32| {
+        ring.write_sqe(index, &delay);
+        if ring.peer_sleeps(ring.poller_sleeping()) {
+            rustix::io::write(&doorbell, &1u64.to_ne_bytes()).unwrap();
+        }
+    };
+
+    // Blocking client (no hint): the poller lets go of the ring while its 40 ms job runs.
+    submit(0);
+    std::thread::sleep(Duration::from_millis(15));
+    assert_eq!(ring.poller_sleeping().load(Ordering::SeqCst), 1, "the poller should not watch a ring with no news");
+    assert_eq!(raw_wait(&ring, 1)[0].status(), Ok(()));
+
+    // Spinning client: the poller keeps watching while the job runs, so the next submission
+    // needs no doorbell; once it completed, the ring goes idle as before.
+    ring.client_spins().store(1, Ordering::SeqCst);
+    submit(1);
+    std::thread::sleep(Duration::from_millis(15));
+    assert_eq!(ring.poller_sleeping().load(Ordering::SeqCst), 0, "the poller let go of a spinning client's ring");
+    let done = raw_wait(&ring, 2);
+    assert_eq!(done[1].status(), Ok(()));
+    await_flag(ring.poller_sleeping(), 1, "a spinning client's ring after its last job");
+}
+
+#[test]
+fn spin_and_block_wait_modes_complete_the_same_jobs_and_time_out_the_same_way() {
+    let d = Daemon::start(&["testdev"]);
+    let dev = d.open(0);
+    for mode in [accel::WaitMode::Spin, accel::WaitMode::Block, accel::WaitMode::Auto] {
+        let mut ring = dev.create_queue().unwrap().into_ring(8).unwrap();
+        ring.set_wait_mode(mode);
+        assert_eq!(ring.wait_mode(), mode);
+        for i in 0..20 {
+            let c = ring.submit_wait(&driver_op(OP_DELAY, i % 3), SECOND).unwrap();
+            assert_eq!(c.status(), Ok(()), "{mode:?}");
+        }
+        ring.push(&driver_op(OP_DELAY, 300), 7).unwrap();
+        ring.flush().unwrap();
+        let mut out = Vec::new();
+        let e = ring.wait(&mut out, 1, Duration::from_millis(50)).unwrap_err();
+        assert_eq!(e.code, Errno::ETIMEDOUT, "{mode:?}");
+        ring.wait(&mut out, 1, SECOND).unwrap();
+        assert_eq!(out[0].user_data, 7);
+    }
+}

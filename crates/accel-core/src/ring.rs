@@ -15,6 +15,10 @@
 //! doorbell is its own eventfd in the poller's epoll set, so a doorbell says which ring
 //! rang, and only that ring becomes active again. Busy rings are served by spinning,
 //! without syscalls; the poller checks the epoll set without blocking every 256 spins.
+//! A ring whose client spins for its completions (its `client_spins` hint) counts as busy
+//! while it has jobs in flight: that client submits again the moment they complete. The hint
+//! costs this thread's spinning only while the client's own jobs run (each bounded by its
+//! queue's timeout), never a doorbell.
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
@@ -539,8 +543,14 @@ fn poll_loop(dev: Weak<Device>, poller: Arc<PollerState>) -> rustix::io::Result<
                     break;
                 }
                 let now = Instant::now();
-                for s in served.iter_mut().filter(|s| s.active && now.duration_since(s.last_work) >= POLL_SPIN) {
-                    go_idle(s);
+                for s in served.iter_mut().filter(|s| s.active) {
+                    // A client spinning for its completions will submit again as soon as they
+                    // arrive: its ring counts as busy while it has jobs in flight.
+                    if s.ring.in_flight() > 0 && s.ring.mem.client_spins().load(Ordering::Relaxed) != 0 {
+                        s.last_work = now;
+                    } else if now.duration_since(s.last_work) >= POLL_SPIN {
+                        go_idle(s);
+                    }
                 }
                 let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
                 doorbells(&ep, &mut events, &zero, control, &by_id, &mut served)?;

@@ -185,6 +185,9 @@ struct State {
     wedged: bool,
     shutdown: bool,
     dirty: bool,
+    /// When the scheduler thread wakes up by itself next: a job starting with a later
+    /// deadline need not wake it (it looks at deadlines then).
+    sched_wakes_at: Instant,
 }
 
 struct Shared {
@@ -197,6 +200,25 @@ struct Shared {
     state: Mutex<State>,
     sched_cond: Condvar,
     slot_cond: Condvar,
+    /// Jobs handed to each engine's slots so far: what an idle slot spins on.
+    dispatched: Vec<AtomicU64>,
+    /// How long an idle slot thread spins for its next job before it sleeps.
+    slot_spin: Duration,
+}
+
+/// How long idle slot threads spin before sleeping: `$ACCEL_SLOT_SPIN_US` microseconds, else
+/// (like CUDA's `CU_CTX_SCHED_AUTO`) 50 µs on machines with at least 8 CPUs and none on
+/// smaller ones, where a spinning slot would take the core its submitter needs.
+pub fn slot_spin() -> Duration {
+    if let Some(us) = std::env::var("ACCEL_SLOT_SPIN_US").ok().and_then(|v| v.parse::<u64>().ok()) {
+        return Duration::from_micros(us.min(10_000));
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus >= 8 {
+        Duration::from_micros(50)
+    } else {
+        Duration::ZERO
+    }
 }
 
 /// Jobs to signal once the lock is dropped.
@@ -241,7 +263,10 @@ impl Scheduler {
         let slots: Vec<(usize, u32)> =
             engines.iter().enumerate().flat_map(|(i, e)| (0..e.credits).map(move |s| (i, s))).collect();
         let busy_ns = engines.iter().map(|_| AtomicU64::new(0)).collect();
+        let dispatched = engines.iter().map(|_| AtomicU64::new(0)).collect();
         let shared = Arc::new(Shared {
+            dispatched,
+            slot_spin: slot_spin(),
             driver,
             busy_ns,
             last_error: Mutex::new((0, 0)),
@@ -258,6 +283,7 @@ impl Scheduler {
                 wedged: false,
                 shutdown: false,
                 dirty: false,
+                sched_wakes_at: Instant::now(),
             }),
             sched_cond: Condvar::new(),
             slot_cond: Condvar::new(),
@@ -506,6 +532,7 @@ impl Shared {
                 .filter_map(|r| r.deadline)
                 .min();
             let wait = next_deadline.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
+            st.sched_wakes_at = now + wait;
             st = self
                 .sched_cond
                 .wait_timeout_while(st, wait, |s| !s.dirty && !s.shutdown)
@@ -557,7 +584,9 @@ impl Shared {
             let (client_id, usage) = (e.client_id, e.usage.clone());
             let engine = &mut st.engines[job.engine];
             engine.in_flight += 1;
+            let engine_idx = job.engine;
             engine.ring.push_back(Dispatched { entity: id, client_id, usage, job, charged });
+            self.dispatched[engine_idx].fetch_add(1, Ordering::Release);
             self.slot_cond.notify_all();
         }
         failed
@@ -618,9 +647,23 @@ impl Shared {
         resets
     }
 
+    /// Spins until a job is handed to `engine_idx` after `seen`, for at most the slot spin.
+    fn spin_for_job(&self, engine_idx: usize, seen: u64) {
+        let start = Instant::now();
+        let mut polls = 0u32;
+        while self.dispatched[engine_idx].load(Ordering::Acquire) == seen {
+            polls = polls.wrapping_add(1);
+            if polls.is_multiple_of(64) && start.elapsed() >= self.slot_spin {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     fn slot_loop(&self, engine_idx: usize) {
         loop {
             let mut st = lock(&self.state);
+            let mut spun = false;
             let d = loop {
                 if st.shutdown {
                     return;
@@ -628,25 +671,42 @@ impl Shared {
                 if let Some(d) = st.engines[engine_idx].ring.pop_front() {
                     break d;
                 }
+                if !spun && !self.slot_spin.is_zero() {
+                    // The next job often comes within microseconds (a client submitting as
+                    // soon as its last job completed): a futex wake-up costs more.
+                    let seen = self.dispatched[engine_idx].load(Ordering::Acquire);
+                    drop(st);
+                    self.spin_for_job(engine_idx, seen);
+                    spun = true;
+                    st = lock(&self.state);
+                    continue;
+                }
                 st = self.slot_cond.wait(st).unwrap_or_else(|e| e.into_inner());
+                spun = false;
             };
             let run_id = st.next_run;
             st.next_run += 1;
             let ctx = JobCtx { abort: AbortToken::default(), client_id: d.client_id };
             let timeout = st.entities.get(&d.entity).map(|e| e.params.timeout);
             let start = Instant::now();
+            let deadline = timeout.and_then(|t| start.checked_add(t));
             st.engines[engine_idx].running.push(Running {
                 run_id,
                 entity: d.entity,
                 client_id: d.client_id,
-                deadline: timeout.and_then(|t| start.checked_add(t)),
+                deadline,
                 ctx: ctx.clone(),
                 // A queue destroyed between dispatch and start: do not run its job.
                 disposition: timeout.is_none().then_some(Disposition::Fail(Errno::ECANCELED)),
             });
+            // The scheduler thread must look at this deadline before it passes; it need not
+            // wake up now if it wakes up earlier anyway.
+            let wake = deadline.is_some_and(|d| d < st.sched_wakes_at);
             st.dirty = true;
             drop(st);
-            self.sched_cond.notify_one();
+            if wake {
+                self.sched_cond.notify_one();
+            }
 
             let result = if ctx.abort.is_aborted() || timeout.is_none() {
                 Err(DriverError::from(Errno::ECANCELED))
@@ -659,8 +719,16 @@ impl Shared {
             let running = &mut st.engines[engine_idx].running;
             let disposition =
                 running.iter().position(|r| r.run_id == run_id).and_then(|i| running.remove(i).disposition);
+            // A job marked for resubmission that completed anyway (its work was done before
+            // the reset reached it) is done, as drm_sched drops jobs whose hardware fence
+            // signalled from the ones it re-runs.
+            let disposition = match (disposition, &result) {
+                (Some(Disposition::Resubmit), Ok(())) => None,
+                (d, _) => d,
+            };
             if disposition == Some(Disposition::Resubmit) && !st.shutdown {
                 st.engines[engine_idx].ring.push_front(d);
+                self.dispatched[engine_idx].fetch_add(1, Ordering::Release);
                 drop(st);
                 self.slot_cond.notify_all();
                 continue;

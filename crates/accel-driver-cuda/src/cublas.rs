@@ -1,4 +1,4 @@
-//! cuBLAS, loaded at run time by hand: only the three entry points the driver calls (the
+//! cuBLAS, loaded at run time by hand: only the four entry points the driver calls (the
 //! worker's handle lives as long as its process).
 //!
 //! A generated binding that resolves every symbol of one toolkit's cuBLAS at load (and panics
@@ -21,6 +21,7 @@ const OP_N: c_int = 0;
 
 type Create = unsafe extern "C" fn(*mut Handle) -> c_int;
 type SetStream = unsafe extern "C" fn(Handle, *mut c_void) -> c_int;
+type SetWorkspace = unsafe extern "C" fn(Handle, *mut c_void, usize) -> c_int;
 #[allow(clippy::type_complexity)]
 type Sgemm = unsafe extern "C" fn(
     Handle,
@@ -49,6 +50,8 @@ const DIRS: &[&str] = &["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64
 pub(crate) struct Cublas {
     create: Create,
     set_stream: SetStream,
+    /// `cublasSetWorkspace_v2` (CUDA 11.4 on); without it cuBLAS keeps its default pool.
+    set_workspace: Option<SetWorkspace>,
     sgemm: Sgemm,
     /// Where it was found (for `accel info`).
     pub(crate) path: String,
@@ -87,9 +90,11 @@ impl Cublas {
             let get = |sym: &[u8]| lib.get::<*mut c_void>(sym).map(|s| *s).map_err(|e| format!("{name}: {e}"));
             let (create, set_stream, sgemm) =
                 (get(b"cublasCreate_v2\0")?, get(b"cublasSetStream_v2\0")?, get(b"cublasSgemm_v2\0")?);
+            let set_workspace = get(b"cublasSetWorkspace_v2\0").ok();
             Ok(Cublas {
                 create: std::mem::transmute::<*mut c_void, Create>(create),
                 set_stream: std::mem::transmute::<*mut c_void, SetStream>(set_stream),
+                set_workspace: set_workspace.map(|f| std::mem::transmute::<*mut c_void, SetWorkspace>(f)),
                 sgemm: std::mem::transmute::<*mut c_void, Sgemm>(sgemm),
                 path: name.to_string(),
                 _lib: lib,
@@ -97,16 +102,33 @@ impl Cublas {
         }
     }
 
-    /// A new handle (in the calling thread's current context).
-    pub(crate) fn create(&self) -> Result<Handle, DriverError> {
+    /// A new handle (in the calling thread's current context) working on `stream`, with
+    /// `workspace` (device pointer, bytes) as its workspace where cuBLAS takes one: a
+    /// workspace set once, as frameworks do, rather than cuBLAS's default pool (setting the
+    /// stream resets the workspace, so both are set here, once).
+    ///
+    /// # Safety
+    /// `stream` belongs to the current context; the workspace is device memory of it that
+    /// outlives the handle.
+    pub(crate) unsafe fn create(&self, stream: *mut c_void, workspace: (u64, usize)) -> Result<Handle, DriverError> {
         let mut handle = std::ptr::null_mut();
         // SAFETY: out pointer to a local.
         let status = unsafe { (self.create)(&mut handle) };
-        status_ok(status, "cublasCreate").map(|()| handle)
+        status_ok(status, "cublasCreate")?;
+        // SAFETY: per this function's contract.
+        status_ok(unsafe { (self.set_stream)(handle, stream) }, "cublasSetStream")?;
+        if let Some(set) = self.set_workspace.filter(|_| workspace.1 > 0) {
+            // SAFETY: per this function's contract.
+            let status = unsafe { set(handle, workspace.0 as *mut c_void, workspace.1) };
+            if let Err(e) = status_ok(status, "cublasSetWorkspace") {
+                tracing::debug!("{}: cuBLAS keeps its default workspace", e.message);
+            }
+        }
+        Ok(handle)
     }
 
-    /// Row-major `C = alpha·A·B + beta·C` of device pointers on `stream`: as column-major
-    /// `Cᵀ = Bᵀ·Aᵀ`, the operands swapped and the layout kept.
+    /// Row-major `C = alpha·A·B + beta·C` of device pointers on the handle's stream: as
+    /// column-major `Cᵀ = Bᵀ·Aᵀ`, the operands swapped and the layout kept.
     ///
     /// # Safety
     /// `handle` is exclusively the caller's; each pointer spans its matrix with its stride.
@@ -114,7 +136,6 @@ impl Cublas {
     pub(crate) unsafe fn sgemm_row_major(
         &self,
         handle: Handle,
-        stream: *mut c_void,
         (m, n, k): (c_int, c_int, c_int),
         alpha: f32,
         (a, lda): (*const f32, c_int),
@@ -122,9 +143,6 @@ impl Cublas {
         beta: f32,
         (c, ldc): (*mut f32, c_int),
     ) -> Result<(), DriverError> {
-        // SAFETY: per this function's contract.
-        let status = unsafe { (self.set_stream)(handle, stream) };
-        status_ok(status, "cublasSetStream")?;
         // SAFETY: per this function's contract.
         let status = unsafe { (self.sgemm)(handle, OP_N, OP_N, n, m, k, &alpha, b, ldb, a, lda, &beta, c, ldc) };
         status_ok(status, "cublasSgemm")

@@ -1,5 +1,5 @@
-//! The worker's CUDA context: one per worker process, with a compute and a copy stream and
-//! a cuBLAS handle.
+//! The worker's CUDA context: one per worker process, with its compute streams (a cuBLAS
+//! handle each) and a copy stream.
 //!
 //! Why a worker process: a CUDA context poisoned by a sticky error (an illegal address, …)
 //! poisons the whole process: measured on driver 580, even destroying the context and
@@ -15,38 +15,54 @@ use cudarc::driver::sys;
 use crate::check;
 use crate::cublas::{Cublas, Handle};
 
+/// Bytes of cuBLAS's workspace, per compute stream.
+const CUBLAS_WORKSPACE: usize = 32 << 20;
+
 /// One context and its streams.
 pub(crate) struct Gpu {
     pub(crate) ordinal: i32,
     pub(crate) ctx: sys::CUcontext,
-    /// Stream 0 computes, stream 1 copies.
-    pub(crate) streams: [sys::CUstream; 2],
-    /// cuBLAS and this context's handle, or why GEMM cannot run.
-    pub(crate) blas: Result<(Cublas, std::sync::Mutex<Handle>), String>,
+    /// The compute streams (one per compute channel), then the copy stream.
+    pub(crate) streams: Vec<sys::CUstream>,
+    /// cuBLAS and a handle per compute stream, or why GEMM cannot run.
+    pub(crate) blas: Result<(Cublas, Vec<std::sync::Mutex<Handle>>), String>,
 }
 
 // SAFETY: CUDA contexts, streams and cuBLAS handles may be used from any thread once the
-// context is made current there; the cuBLAS handle is behind a mutex (not thread-safe).
+// context is made current there; each cuBLAS handle is behind a mutex (not thread-safe).
 unsafe impl Send for Gpu {}
 // SAFETY: as above.
 unsafe impl Sync for Gpu {}
 
 impl Gpu {
-    /// A new context on device `dev`.
-    pub(crate) fn open(ordinal: i32, dev: sys::CUdevice) -> Result<Gpu, DriverError> {
+    /// A new context on device `dev` with `compute` compute streams and a copy stream.
+    pub(crate) fn open(ordinal: i32, dev: sys::CUdevice, compute: usize) -> Result<Gpu, DriverError> {
         let mut ctx = std::ptr::null_mut();
         // SAFETY: out pointers to locals throughout.
         unsafe {
             check(sys::cuCtxCreate_v2(&mut ctx, 0, dev), "cuCtxCreate")?;
-            let mut streams = [std::ptr::null_mut(); 2];
+            let mut streams = vec![std::ptr::null_mut(); compute + 1];
             for s in &mut streams {
                 check(sys::cuStreamCreate(s, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32), "cuStreamCreate")?;
             }
             let blas = match Cublas::load() {
                 Ok(lib) => {
                     tracing::info!("cuda: cuBLAS from {}", lib.path);
-                    let handle = lib.create().map_err(|e| DriverError::new(Errno::ENODEV, e.message))?;
-                    Ok((lib, std::sync::Mutex::new(handle)))
+                    let mut handles = Vec::with_capacity(compute);
+                    for stream in &streams[..compute] {
+                        // The workspace NVIDIA recommends for Hopper (4 MiB suffices before
+                        // it); without one cuBLAS picks slower kernels for some shapes.
+                        let mut workspace = 0;
+                        let size = match sys::cuMemAlloc_v2(&mut workspace, CUBLAS_WORKSPACE) {
+                            sys::CUresult::CUDA_SUCCESS => CUBLAS_WORKSPACE,
+                            _ => 0,
+                        };
+                        let handle = lib
+                            .create(stream.cast(), (workspace, size))
+                            .map_err(|e| DriverError::new(Errno::ENODEV, e.message))?;
+                        handles.push(std::sync::Mutex::new(handle));
+                    }
+                    Ok((lib, handles))
                 }
                 Err(why) => {
                     tracing::warn!("cuda: GEMM unavailable: {why}");
@@ -63,10 +79,10 @@ impl Gpu {
         check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")
     }
 
-    /// Waits for `engine`'s stream to drain. A kernel that never ends blocks here until the
+    /// Waits for stream `stream` to drain. A kernel that never ends blocks here until the
     /// daemon kills this process (the job's timeout).
-    pub(crate) fn sync(&self, engine: usize) -> Result<(), DriverError> {
+    pub(crate) fn sync(&self, stream: usize) -> Result<(), DriverError> {
         // SAFETY: a live stream of this context.
-        check(unsafe { sys::cuStreamSynchronize(self.streams[engine]) }, "cuStreamSynchronize")
+        check(unsafe { sys::cuStreamSynchronize(self.streams[stream]) }, "cuStreamSynchronize")
     }
 }

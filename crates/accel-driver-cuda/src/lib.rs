@@ -20,7 +20,9 @@
 //!   descriptor another process imports into its own context. Host memory (the clients'
 //!   memfds) is mapped into the worker and page-locked with the driver (`cuMemHostRegister`),
 //!   so copies are DMA; kernels and cuBLAS get device copies of host operands (staged).
-//! - **Engines**: compute and copy, each its own stream (and worker thread).
+//! - **Engines**: compute, with several streams (`$ACCEL_CUDA_STREAMS`, 4 by default: the
+//!   engine's credits, so as many queues' jobs run at once, each on a stream of its own while
+//!   it runs), and copy, on its own stream; each stream has its own worker thread.
 //! - **Ops**: fill (`cuMemsetD32Async`), copy between every pair of regions, GEMM f32 through
 //!   cuBLAS, and launches of `ptx` programs (`cuModuleLoadData`, `cuLaunchKernel`) whose
 //!   entries and parameters are read from the PTX text.
@@ -35,6 +37,7 @@
 mod cublas;
 pub mod direct;
 mod gpu;
+mod mailbox;
 mod memory;
 mod nvml;
 mod program;
@@ -59,7 +62,7 @@ use accel_uapi::{Category, EngineInfo, EntryInfo, Errno, OpKind, ParamKind, Regi
 use cudarc::driver::sys;
 
 pub use ptx::{entries as ptx_entries, DEFAULT_BLOCK};
-use wire::{Broken, Identity, Reply, Request, CHANNELS, CONTROL};
+use wire::{Broken, Identity, Reply, Request, CONTROL, MAX_CHANNELS};
 
 /// Format name of PTX programs.
 pub const FORMAT: &str = "ptx";
@@ -119,10 +122,29 @@ pub fn device_count() -> Result<usize, DriverError> {
 /// How many times a job caught in another's fault runs again before it fails.
 const MAX_REPLAYS: u32 = 2;
 
+/// One channel to the worker; `busy` while a job holds it (compute channels are picked
+/// among the free ones).
+struct Channel {
+    sock: Mutex<OwnedFd>,
+    busy: std::sync::atomic::AtomicBool,
+    /// Where jobs go (a job channel's; see `mailbox.rs`).
+    mailbox: Option<mailbox::Mailbox>,
+}
+
+/// A compute channel held for one job; freed when dropped.
+struct Claim(Arc<Channel>);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.0.busy.store(false, Ordering::Release);
+    }
+}
+
 /// The worker process now serving the device, and its channels.
 struct Worker {
     child: Child,
-    channels: Vec<Arc<Mutex<OwnedFd>>>,
+    /// Control, one per compute stream, copy (see `wire.rs`).
+    channels: Vec<Arc<Channel>>,
     /// Counts workers started: a caller that saw worker `n` die restarts only that one.
     generation: u64,
     /// Host memfds this worker has mapped, and the buffers they belong to.
@@ -146,6 +168,14 @@ struct ProgramRecord {
 /// The daemon side of one GPU.
 struct Shared {
     ordinal: usize,
+    /// Compute streams (and channels) of each worker.
+    compute: usize,
+    /// The completion marks each worker's streams write (see `worker.rs`): one u64 per
+    /// channel after control, at 64-byte strides; kept across workers.
+    marks: HostMemory,
+    /// Jobs take it shared; a job run again alone after a context loss takes it exclusively,
+    /// so that a fault then is its own.
+    solo: std::sync::RwLock<()>,
     identity: Identity,
     worker: Mutex<Worker>,
     mems: Mutex<HashMap<u64, Weak<MemRecord>>>,
@@ -155,17 +185,23 @@ struct Shared {
     restarts: AtomicU64,
 }
 
-/// Starts a worker for GPU `ordinal`: `accel cuda-worker <ordinal>` (this executable, or
-/// `$ACCEL_CUDA_WORKER`) with its channels at descriptors 3, 4, 5. Returns it and its
-/// identity.
-fn spawn_worker(ordinal: usize, generation: u64) -> Result<(Worker, Identity), DriverError> {
+/// Starts a worker for GPU `ordinal` with `compute` compute streams: `accel cuda-worker
+/// <ordinal> <compute>` (this executable, or `$ACCEL_CUDA_WORKER`) with its channels at
+/// descriptors 3 on. Returns it and its identity.
+fn spawn_worker(
+    ordinal: usize,
+    compute: usize,
+    marks: &HostMemory,
+    generation: u64,
+) -> Result<(Worker, Identity), DriverError> {
     let io = |what: &str| {
         let what = what.to_string();
         move |e: std::io::Error| DriverError::new(Errno::EIO, format!("cuda: {what}: {e}"))
     };
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
-    for _ in 0..CHANNELS {
+    let channels = wire::copy_channel(compute) + 1;
+    for _ in 0..channels {
         let (a, b) = rustix::net::socketpair(
             rustix::net::AddressFamily::UNIX,
             rustix::net::SocketType::SEQPACKET,
@@ -181,27 +217,57 @@ fn spawn_worker(ordinal: usize, generation: u64) -> Result<(Worker, Identity), D
         None => std::env::current_exe().map_err(io("locating the accel executable"))?,
     };
     let mut cmd = Command::new(exe);
-    cmd.arg("cuda-worker").arg(ordinal.to_string());
-    let mut raw = [0i32; CHANNELS];
+    cmd.arg("cuda-worker").arg(ordinal.to_string()).arg(compute.to_string());
+    let mut raw = [0i32; MAX_CHANNELS];
     for (r, fd) in raw.iter_mut().zip(&theirs) {
         *r = std::os::fd::AsRawFd::as_raw_fd(fd);
     }
     // SAFETY: between fork and exec only async-signal-safe calls and no allocation.
     unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || place_channels(&raw));
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || place_channels(&raw[..channels]));
     }
     let child = cmd.spawn().map_err(io("starting the cuda worker"))?;
     drop(theirs);
     let mut w = Worker {
         child,
-        channels: ours.into_iter().map(|fd| Arc::new(Mutex::new(fd))).collect(),
+        channels: ours
+            .into_iter()
+            .map(|fd| {
+                Arc::new(Channel {
+                    sock: Mutex::new(fd),
+                    busy: std::sync::atomic::AtomicBool::new(false),
+                    mailbox: None,
+                })
+            })
+            .collect(),
         generation,
         hosts: HashMap::new(),
     };
     let hello = {
-        let sock = lock(&w.channels[CONTROL]);
-        wire::call(&sock, &Request::Hello, &[])
+        let sock = lock(&w.channels[CONTROL].sock);
+        wire::call(&sock, &Request::Hello, &[]).and_then(|hello| match hello {
+            (Reply::Hello(_), _) => match wire::call(&sock, &Request::Marks, &[marks.fd()])? {
+                (Reply::Ok, _) => Ok(hello),
+                other => Ok(other),
+            },
+            other => Ok(other),
+        })
     };
+    // Each job channel's mailbox.
+    let hello = hello.and_then(|hello| {
+        if !matches!(hello, (Reply::Hello(_), _)) {
+            return Ok(hello);
+        }
+        for chan in w.channels.iter_mut().skip(1) {
+            let mailbox = mailbox::Mailbox::new().map_err(|e| Broken::Local(e.message))?;
+            let chan = Arc::get_mut(chan).ok_or_else(|| Broken::Local("a channel in use".into()))?;
+            match wire::call(&lock(&chan.sock), &Request::Mailbox, &[mailbox.fd()])? {
+                (Reply::Ok, _) => chan.mailbox = Some(mailbox),
+                other => return Ok(other),
+            }
+        }
+        Ok(hello)
+    });
     match hello {
         Ok((Reply::Hello(identity), _)) => Ok((w, identity)),
         Ok((Reply::Err { code, message, .. }, _)) => {
@@ -216,17 +282,17 @@ fn spawn_worker(ordinal: usize, generation: u64) -> Result<(Worker, Identity), D
     }
 }
 
-/// In the forked child: puts the channels at descriptors 3, 4, 5 (open across exec).
-/// First out of the way (a channel may already sit on 3–5), then into place.
-fn place_channels(raw: &[i32; CHANNELS]) -> std::io::Result<()> {
+/// In the forked child: puts the channels at descriptors 3 on (open across exec). First
+/// out of the way (a channel may already sit on one of those), then into place.
+fn place_channels(raw: &[i32]) -> std::io::Result<()> {
     use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd};
-    let mut high = [0i32; CHANNELS];
+    let mut high = [0i32; MAX_CHANNELS];
     for (h, fd) in high.iter_mut().zip(raw) {
         // SAFETY: the channel descriptors are open in the child.
         let dup = rustix::io::fcntl_dupfd_cloexec(unsafe { BorrowedFd::borrow_raw(*fd) }, 64)?;
         *h = dup.into_raw_fd();
     }
-    for (i, h) in high.iter().enumerate() {
+    for (i, h) in high[..raw.len()].iter().enumerate() {
         // SAFETY: `to` is a descriptor number this process may replace; it is not closed here.
         let mut to = std::mem::ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(worker::FIRST_FD + i as i32) });
         // SAFETY: `h` was opened above.
@@ -236,10 +302,39 @@ fn place_channels(raw: &[i32; CHANNELS]) -> std::io::Result<()> {
 }
 
 impl Shared {
-    /// The channel `c` of a live worker (starting one if the last died) and its generation.
-    fn channel(self: &Arc<Self>, c: usize) -> Result<(Arc<Mutex<OwnedFd>>, u64), DriverError> {
+    /// The control channel of the live worker and its generation.
+    fn control_channel(&self) -> (Arc<Channel>, u64) {
         let w = lock(&self.worker);
-        Ok((w.channels[c].clone(), w.generation))
+        (w.channels[CONTROL].clone(), w.generation)
+    }
+
+    /// A channel for a job on `engine` (0 compute, 1 copy), its index and the worker's
+    /// generation: a compute channel no other job holds, claimed until the claim drops.
+    fn job_channel(&self, engine: usize) -> (Arc<Channel>, usize, Option<Claim>, u64) {
+        let w = lock(&self.worker);
+        if engine != 0 {
+            let c = wire::copy_channel(self.compute);
+            return (w.channels[c].clone(), c, None, w.generation);
+        }
+        for i in 0..self.compute {
+            let c = wire::compute_channel(i);
+            let chan = &w.channels[c];
+            if chan.busy.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                return (chan.clone(), c, Some(Claim(chan.clone())), w.generation);
+            }
+        }
+        // As many compute slots as channels: not reached, but waiting on the first is safe.
+        let c = wire::compute_channel(0);
+        (w.channels[c].clone(), c, None, w.generation)
+    }
+
+    /// The last token channel `c`'s stream wrote to its completion mark.
+    fn mark(&self, c: usize) -> u64 {
+        debug_assert!((1..MAX_CHANNELS).contains(&c));
+        // SAFETY: the page is MAX_CHANNELS · 64 bytes at least, 8-byte aligned at each line;
+        // the GPU writes it (u64 stores), so it is read atomically.
+        let word = unsafe { &*self.marks.as_ptr().add(64 * (c - 1)).cast::<AtomicU64>() };
+        word.load(Ordering::Acquire)
     }
 
     /// Worker `generation` is gone (or must go): kill it, start another, and give it every
@@ -251,7 +346,7 @@ impl Shared {
         }
         let _ = w.child.kill();
         let status = w.child.wait().map(|s| s.to_string()).unwrap_or_default();
-        let (mut fresh, _) = spawn_worker(self.ordinal, generation + 1)
+        let (mut fresh, _) = spawn_worker(self.ordinal, self.compute, &self.marks, generation + 1)
             .map_err(|e| DriverError::device_lost(format!("cuda: restarting the worker: {}", e.message)))?;
         let mems: Vec<Arc<MemRecord>> = {
             let mut m = lock(&self.mems);
@@ -264,7 +359,7 @@ impl Shared {
             p.values().filter_map(Weak::upgrade).collect()
         };
         {
-            let sock = lock(&fresh.channels[CONTROL]);
+            let sock = lock(&fresh.channels[CONTROL].sock);
             for m in &mems {
                 let req = Request::Import { id: m.id, len: m.len };
                 expect_ok(wire::call(&sock, &req, &[m.fd.as_fd()]), "mapping memory again")
@@ -305,7 +400,7 @@ impl Shared {
             let dead: Vec<_> = w.hosts.iter().filter(|(_, b)| b.strong_count() == 0).map(|(k, _)| *k).collect();
             for k in dead {
                 w.hosts.remove(&k);
-                let _ = wire::call(&lock(&w.channels[CONTROL]), &Request::Forget { key: k }, &[]);
+                let _ = wire::call(&lock(&w.channels[CONTROL].sock), &Request::Forget { key: k }, &[]);
             }
         }
         let (reply, _) = wire::call(chan, &Request::Host { key }, &[host.fd()])?;
@@ -386,8 +481,8 @@ impl Shared {
         fds: &[std::os::fd::BorrowedFd<'_>],
     ) -> Result<(Reply, Vec<OwnedFd>), DriverError> {
         for _ in 0..2 {
-            let (chan, generation) = self.channel(CONTROL)?;
-            let r = wire::call(&lock(&chan), req, fds);
+            let (chan, generation) = self.control_channel();
+            let r = wire::call(&lock(&chan.sock), req, fds);
             match r {
                 Ok((Reply::Err { code, message, fatal }, _)) => {
                     if fatal {
@@ -439,9 +534,8 @@ impl Drop for CudaMem {
     fn drop(&mut self) {
         lock(&self.shared.mems).remove(&self.record.id);
         // Best effort: a dead worker freed it already (and the descriptor closes now).
-        if let Ok((chan, _)) = self.shared.channel(CONTROL) {
-            let _ = wire::call(&lock(&chan), &Request::Free { id: self.record.id }, &[]);
-        }
+        let (chan, _) = self.shared.control_channel();
+        let _ = wire::call(&lock(&chan.sock), &Request::Free { id: self.record.id }, &[]);
     }
 }
 
@@ -489,9 +583,8 @@ impl Program for CudaProgram {
 impl Drop for CudaProgram {
     fn drop(&mut self) {
         lock(&self.shared.programs).remove(&self.record.id);
-        if let Ok((chan, _)) = self.shared.channel(CONTROL) {
-            let _ = wire::call(&lock(&chan), &Request::Unload { id: self.record.id }, &[]);
-        }
+        let (chan, _) = self.shared.control_channel();
+        let _ = wire::call(&lock(&chan.sock), &Request::Unload { id: self.record.id }, &[]);
     }
 }
 
@@ -512,10 +605,16 @@ impl CudaDevice {
                 format!("cuda: no device {ordinal} ({count} CUDA devices here)"),
             ));
         }
-        let (worker, identity) = spawn_worker(ordinal, 0)?;
+        let compute = wire::compute_streams();
+        let marks = HostMemory::new("accel-cuda-marks", (MAX_CHANNELS * 64) as u64)
+            .map_err(|e| DriverError::new(e.code, e.message))?;
+        let (worker, identity) = spawn_worker(ordinal, compute, &marks, 0)?;
         Ok(CudaDevice {
             shared: Arc::new(Shared {
                 ordinal,
+                compute,
+                marks,
+                solo: std::sync::RwLock::new(()),
                 identity,
                 worker: Mutex::new(worker),
                 mems: Mutex::new(HashMap::new()),
@@ -575,7 +674,7 @@ impl Driver for CudaDevice {
             memory_bytes: id.memory,
             compute_units: id.sms,
             engines: vec![
-                EngineInfo { name: "compute".into(), credits: 1 },
+                EngineInfo { name: "compute".into(), credits: self.shared.compute as u32 },
                 EngineInfo { name: "copy".into(), credits: 1 },
             ],
             ras_nodes: nvml::ras_nodes(),
@@ -593,43 +692,69 @@ impl Driver for CudaDevice {
         usize::from(matches!(op, JobOp::Fill { .. } | JobOp::Copy { .. }))
     }
 
-    /// Runs the job in the worker. If the job poisons the worker's context it fails
-    /// (`EFAULT` with CUDA's words) and a new worker takes over; a job that was running in
-    /// a worker that died of another job's fault runs again in the new one.
+    /// Runs the job in the worker. When the worker's context is lost under it (a fault:
+    /// every stream's job fails at once; or the worker died), the worker is replaced and the
+    /// job's completion mark says whether its work was done (then it succeeded); if not, it
+    /// runs again *alone* on the device: a fault then is its own (`EFAULT` with CUDA's
+    /// words), and an innocent job caught in another's fault simply completes.
     fn run_job(&self, engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), DriverError> {
         let shared = &self.shared;
-        let mut replays = 0;
+        let (mut replays, mut solo) = (0, false);
         loop {
-            let (chan, generation) = shared.channel(1 + engine.min(1))?;
-            let sock = lock(&chan);
-            let reply = shared.op(op, &sock, generation).and_then(|op| match op {
-                None => Ok((Reply::Ok, Vec::new())),
-                Some(op) => wire::call(&sock, &Request::Run { engine, op }, &[]),
+            // A turn beside other jobs, or alone on the device (a run again after a loss).
+            let _beside = (!solo).then(|| shared.solo.read().unwrap_or_else(|e| e.into_inner()));
+            let _alone = solo.then(|| shared.solo.write().unwrap_or_else(|e| e.into_inner()));
+            let (chan, index, claim, generation) = shared.job_channel(engine);
+            let token = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let sock = lock(&chan.sock);
+            // The job is done when its completion mark says so, as a hardware fence is; the
+            // worker's reply (once its stream drained) may come later, before its next job.
+            let done = || shared.mark(index) == token;
+            let reply = shared.op(op, &sock, generation).and_then(|op| match (op, &chan.mailbox) {
+                (None, _) => Ok(Some(Reply::Ok)),
+                (Some(op), Some(mailbox)) => wire::call_mailbox(&sock, mailbox, &Request::Run { op, token }, &done),
+                (Some(op), None) => wire::call(&sock, &Request::Run { op, token }, &[]).map(|(r, _)| Some(r)),
             });
             drop(sock);
-            match reply {
-                Ok((Reply::Ok, _)) => return Ok(()),
-                Ok((Reply::Err { code, message, fatal: true }, _)) => {
-                    shared.restart(generation, &message)?;
-                    let code = if code == Errno::EIO { Errno::EFAULT } else { code };
-                    return Err(DriverError::new(
-                        code,
-                        format!(
-                            "{message} (this job's fault; the device's worker was replaced, other clients carry on)"
-                        ),
-                    ));
-                }
-                Ok((Reply::Err { code, message, .. }, _)) => return Err(DriverError::new(code, message)),
-                Ok((other, _)) => {
+            drop(claim);
+            let lost = match reply {
+                Ok(None) | Ok(Some(Reply::Ok)) => return Ok(()),
+                Ok(Some(Reply::Err { code, message, fatal: true })) => Some((code, message)),
+                Ok(Some(Reply::Err { code, message, .. })) => return Err(DriverError::new(code, message)),
+                Ok(Some(other)) => {
                     return Err(DriverError::new(Errno::EPROTO, format!("cuda: unexpected reply {other:?}")))
                 }
                 Err(Broken::Local(why)) => return Err(DriverError::new(Errno::EINVAL, why)),
                 Err(Broken::Gone) if ctx.abort.is_aborted() => {
-                    // Killed for this job's timeout (or its client left): the core decides.
+                    // The worker was killed for a timeout (this job's or another's) or this
+                    // job's client left: the core decides, unless the job's work was done.
+                    if shared.mark(index) == token {
+                        return Ok(());
+                    }
                     return Err(DriverError::new(Errno::ECANCELED, "cuda: job aborted"));
                 }
-                Err(Broken::Gone) => {
-                    shared.restart(generation, "the worker exited")?;
+                Err(Broken::Gone) => None,
+            };
+            let done = done();
+            let why = lost.as_ref().map_or("the worker exited", |(_, m)| m.as_str());
+            shared.restart(generation, why)?;
+            if done {
+                // Its work was done before the context went: nothing to run again.
+                return Ok(());
+            }
+            match lost {
+                Some((code, message)) if solo => {
+                    let code = if code == Errno::EIO { Errno::EFAULT } else { code };
+                    return Err(DriverError::new(
+                        code,
+                        format!(
+                            "{message} (this job's fault, alone on the device; its worker was replaced, other clients carry on)"
+                        ),
+                    ));
+                }
+                Some(_) => solo = true,
+                None => {
+                    solo = true;
                     replays += 1;
                     if replays > MAX_REPLAYS {
                         return Err(DriverError::new(Errno::EIO, "cuda: the worker died under this job each time"));

@@ -2,9 +2,11 @@
 //! `SOCK_SEQPACKET` socket pair (the framing of accel's own client protocol), descriptors as
 //! `SCM_RIGHTS`.
 //!
-//! Channels: 0 control (memory, programs), 1 the compute engine's jobs, 2 the copy engine's.
-//! Each is used by one daemon thread at a time and served by its own worker thread, so a
-//! long kernel holds up neither copies nor allocations.
+//! Channels: 0 control (memory, programs), then one per compute stream (the compute engine's
+//! jobs: one job at a time each, so as many clients' kernels run at once as there are
+//! streams), then the copy engine's. Each is used by one daemon thread at a time and served
+//! by its own worker thread on its own CUDA stream, so a long kernel holds up neither other
+//! clients' kernels, nor copies, nor allocations.
 
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -13,10 +15,31 @@ use accel_uapi::wire::MAX_MESSAGE;
 use accel_uapi::Errno;
 use serde::{Deserialize, Serialize};
 
-/// Control, compute, copy.
-pub(crate) const CHANNELS: usize = 3;
+use crate::mailbox::Mailbox;
+
 /// The channel of control requests.
 pub(crate) const CONTROL: usize = 0;
+/// Most compute streams a worker has.
+pub(crate) const MAX_COMPUTE: usize = 8;
+/// Most channels a worker has: control, compute, copy.
+pub(crate) const MAX_CHANNELS: usize = MAX_COMPUTE + 2;
+
+/// How many compute streams (and channels) a worker gets: `$ACCEL_CUDA_STREAMS` (1 to 8),
+/// else 4: enough for short kernels of several clients to overlap, few enough that the
+/// daemon's slot threads stay cheap.
+pub(crate) fn compute_streams() -> usize {
+    std::env::var("ACCEL_CUDA_STREAMS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(4).clamp(1, MAX_COMPUTE)
+}
+
+/// The channel of compute stream `i` (0-based).
+pub(crate) fn compute_channel(i: usize) -> usize {
+    1 + i
+}
+
+/// The copy engine's channel, for a worker of `compute` compute streams.
+pub(crate) fn copy_channel(compute: usize) -> usize {
+    1 + compute
+}
 
 /// Where an operand lives, as the worker resolves it.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -83,8 +106,15 @@ pub(crate) enum Request {
     Host { key: (u64, u64) },
     /// Unmap host memory `key` (its buffer is gone).
     Forget { key: (u64, u64) },
-    /// Run a job on `engine`.
-    Run { engine: usize, op: Op },
+    /// Run a job on the channel's stream; `token` goes to the stream's completion mark once
+    /// the job's work is done.
+    Run { op: Op, token: u64 },
+    /// Map the daemon's completion-marks page that comes along (after `Hello`).
+    Marks,
+    /// Take the job channel's mailbox that comes along (`mailbox.rs`): later jobs come there.
+    Mailbox,
+    /// Look at the mailbox: a request is waiting (the worker slept). Not answered.
+    Wake,
 }
 
 /// What the device is (the reply to `Hello`).
@@ -105,6 +135,8 @@ pub(crate) struct Identity {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Reply {
     Ok,
+    /// Look at the mailbox: the reply is there (the daemon slept). Not a reply itself.
+    Wake,
     Hello(Identity),
     /// The request failed; `fatal`: it poisoned the worker's context, which exits now.
     Err {
@@ -138,20 +170,57 @@ pub(crate) fn send<T: Serialize>(sock: &OwnedFd, msg: &T, fds: &[std::os::fd::Bo
 
 /// How long a receiver polls before it blocks: replies to short jobs and a client's next
 /// request usually come sooner, and a blocked thread's wake-up costs more than this poll.
-const POLL: std::time::Duration = std::time::Duration::from_micros(100);
+pub(crate) const POLL: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// How long the daemon polls for a job's reply before it blocks: `$ACCEL_CUDA_REPLY_SPIN_US`
+/// microseconds, else 5 ms on machines with at least 8 CPUs (the worker's own stream
+/// synchronisation spins the same way, as CUDA's `CU_CTX_SCHED_AUTO` does there) and
+/// [`POLL`] on smaller ones, where spinning would take the core the worker needs.
+fn reply_poll() -> std::time::Duration {
+    static POLL_FOR: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    *POLL_FOR.get_or_init(|| {
+        if let Some(us) = std::env::var("ACCEL_CUDA_REPLY_SPIN_US").ok().and_then(|v| v.parse::<u64>().ok()) {
+            return std::time::Duration::from_micros(us.min(100_000));
+        }
+        match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+            8.. => std::time::Duration::from_millis(5),
+            _ => POLL,
+        }
+    })
+}
 
 /// Receives one message from `sock`; `Gone` when the peer closed it. Polls for [`POLL`]
 /// first, then blocks.
 pub(crate) fn recv<T: for<'de> Deserialize<'de>>(sock: &OwnedFd) -> Result<(T, Vec<OwnedFd>), Broken> {
+    recv_polling(sock, POLL, &|| false).map(|r| r.unwrap_or_else(|| unreachable!("never done early")))
+}
+
+/// [`recv`], polling for `poll` before it blocks; `None` as soon as `done_early` says so
+/// while polling (the message is then still to come).
+fn recv_polling<T: for<'de> Deserialize<'de>>(
+    sock: &OwnedFd,
+    poll: std::time::Duration,
+    done_early: &dyn Fn() -> bool,
+) -> Result<Option<(T, Vec<OwnedFd>)>, Broken> {
     thread_local! {
         // One receive buffer per thread: zeroing 64 KiB per message would cost microseconds.
         static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; MAX_MESSAGE + 1]);
     }
     BUF.with_borrow_mut(|buf| {
         let start = std::time::Instant::now();
+        let mut polls = 0u32;
         let received = loop {
+            // A look at memory is cheaper than a look at the socket: several per syscall.
+            if done_early() {
+                return Ok(None);
+            }
+            polls = polls.wrapping_add(1);
+            if !polls.is_multiple_of(8) {
+                std::hint::spin_loop();
+                continue;
+            }
             match transport::try_recv(sock.as_fd(), buf) {
-                Err(rustix::io::Errno::AGAIN) if start.elapsed() < POLL => std::hint::spin_loop(),
+                Err(rustix::io::Errno::AGAIN) if start.elapsed() < poll => std::hint::spin_loop(),
                 Err(rustix::io::Errno::AGAIN) => break transport::recv(sock.as_fd(), buf),
                 other => break other,
             }
@@ -162,18 +231,106 @@ pub(crate) fn recv<T: for<'de> Deserialize<'de>>(sock: &OwnedFd) -> Result<(T, V
             Ok(None) | Err(_) => return Err(Broken::Gone),
         };
         let msg = postcard::from_bytes(&buf[..got.len]).map_err(|e| Broken::Local(e.to_string()))?;
-        Ok((msg, got.fds))
+        Ok(Some((msg, got.fds)))
     })
 }
 
-/// One request and its reply.
+/// A message waiting on `sock`, if one is; `Gone` when the peer closed it.
+pub(crate) fn try_recv<T: for<'de> Deserialize<'de>>(sock: &OwnedFd) -> Result<Option<(T, Vec<OwnedFd>)>, Broken> {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; MAX_MESSAGE + 1]);
+    }
+    BUF.with_borrow_mut(|buf| {
+        let got = match transport::try_recv(sock.as_fd(), buf) {
+            Err(rustix::io::Errno::AGAIN) => return Ok(None),
+            Ok(Some(r)) if !r.truncated => r,
+            Ok(Some(_)) => return Err(Broken::Local("an oversized message".into())),
+            Ok(None) | Err(_) => return Err(Broken::Gone),
+        };
+        let msg = postcard::from_bytes(&buf[..got.len]).map_err(|e| Broken::Local(e.to_string()))?;
+        Ok(Some((msg, got.fds)))
+    })
+}
+
+/// One request and its reply (a stale mailbox wake-up skipped).
 pub(crate) fn call(
     sock: &OwnedFd,
     req: &Request,
     fds: &[std::os::fd::BorrowedFd<'_>],
 ) -> Result<(Reply, Vec<OwnedFd>), Broken> {
     send(sock, req, fds)?;
-    recv(sock)
+    loop {
+        match recv_polling(sock, reply_poll(), &|| false)? {
+            Some((Reply::Wake, _)) => continue,
+            Some(reply) => return Ok(reply),
+            None => unreachable!("never done early"),
+        }
+    }
+}
+
+/// One job through the channel's mailbox: its reply, or `None` as soon as `done()` says the
+/// job's work is done (its completion mark, written by the GPU; the reply is then still to
+/// come, and is taken before the next request goes in). A request too large for the mailbox
+/// goes through the socket.
+pub(crate) fn call_mailbox(
+    sock: &OwnedFd,
+    mailbox: &Mailbox,
+    req: &Request,
+    done: &dyn Fn() -> bool,
+) -> Result<Option<Reply>, Broken> {
+    let bytes = postcard::to_stdvec(req).map_err(|e| Broken::Local(e.to_string()))?;
+    let mut buf = Vec::new();
+    // The last job's reply first: requests and replies strictly alternate.
+    let last = mailbox.request_seq();
+    if last != 0 {
+        wait_reply(sock, mailbox, last, &|| false, &mut buf)?;
+    }
+    let seq = match mailbox.put_request(&bytes) {
+        Ok(seq) => seq,
+        Err(_) => return call(sock, req, &[]).map(|(reply, _)| Some(reply)),
+    };
+    if mailbox.worker_sleeps() {
+        send(sock, &Request::Wake, &[])?;
+    }
+    if !wait_reply(sock, mailbox, seq, done, &mut buf)? {
+        return Ok(None);
+    }
+    postcard::from_bytes(&buf).map(Some).map_err(|e| Broken::Local(e.to_string()))
+}
+
+/// Waits for the reply to request `seq` (into `buf`: true) or for `done()` (false): polls,
+/// then sleeps on the socket, announced in the mailbox so the worker wakes it.
+fn wait_reply(
+    sock: &OwnedFd,
+    mailbox: &Mailbox,
+    seq: u32,
+    done: &dyn Fn() -> bool,
+    buf: &mut Vec<u8>,
+) -> Result<bool, Broken> {
+    let start = std::time::Instant::now();
+    let mut polls = 0u32;
+    loop {
+        if mailbox.take_reply(seq, buf) {
+            return Ok(true);
+        }
+        if done() {
+            return Ok(false);
+        }
+        polls = polls.wrapping_add(1);
+        if !polls.is_multiple_of(64) || start.elapsed() < reply_poll() {
+            std::hint::spin_loop();
+            continue;
+        }
+        mailbox.daemon_sleeping(true);
+        if mailbox.take_reply(seq, buf) {
+            mailbox.daemon_sleeping(false);
+            return Ok(true);
+        }
+        // Any message wakes this side (the worker's wake-up, or a stale one): look again.
+        let woke = recv::<Reply>(sock);
+        mailbox.daemon_sleeping(false);
+        woke?;
+    }
 }
 
 #[cfg(test)]
@@ -200,10 +357,10 @@ mod tests {
             grid: [2, 3, 4],
             args: vec![Arg::Buffer(Range::Host { key: (1, 2), offset: 8, len: 16 }), Arg::U32(5), Arg::F32(0.5)],
         };
-        send(&daemon, &Request::Run { engine: 0, op }, &[memfd.as_fd()]).unwrap();
+        send(&daemon, &Request::Run { op, token: 9 }, &[memfd.as_fd()]).unwrap();
         let (req, fds) = recv::<Request>(&worker).unwrap();
         assert_eq!(fds.len(), 1);
-        let Request::Run { engine: 0, op: Op::Launch { program: 7, entry: 1, grid: [2, 3, 4], args } } = req else {
+        let Request::Run { token: 9, op: Op::Launch { program: 7, entry: 1, grid: [2, 3, 4], args } } = req else {
             panic!("{req:?}")
         };
         assert!(matches!(args[0], Arg::Buffer(Range::Host { key: (1, 2), offset: 8, len: 16 })));

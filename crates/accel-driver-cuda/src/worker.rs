@@ -1,13 +1,14 @@
 //! The worker process: owns one GPU's CUDA context and runs what the daemon asks on it.
 //!
-//! Started by the daemon as `accel cuda-worker <ordinal>` with its three channels at
-//! descriptors 3, 4 and 5 (see `wire.rs`). A request that poisons the context is answered
+//! Started by the daemon as `accel cuda-worker <ordinal> <streams>` with its channels at
+//! descriptors 3 on (control, a channel per compute stream, copy: see `wire.rs`). A request that poisons the context is answered
 //! (the guilty job learns CUDA's words) and the process exits; the daemon starts another and
 //! maps the memory again from the descriptors it kept.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use accel_hal::driver::DriverError;
@@ -17,9 +18,10 @@ use accel_uapi::Errno;
 use cudarc::driver::sys;
 
 use crate::gpu::Gpu;
+use crate::mailbox::{self, Mailbox};
 use crate::memory::CudaMem;
 use crate::program::Module;
-use crate::wire::{self, Arg, Broken, Identity, Matrix, Op, Range, Reply, Request, CHANNELS};
+use crate::wire::{self, Arg, Broken, Identity, Matrix, Op, Range, Reply, Request};
 use crate::{check, device_count};
 
 /// The first of the channel descriptors.
@@ -32,6 +34,61 @@ struct Worker {
     mems: Mutex<HashMap<u64, Arc<CudaMem>>>,
     programs: Mutex<HashMap<u64, Arc<Module>>>,
     hosts: Mutex<HashMap<(u64, u64), Arc<Pinned>>>,
+    /// Where each stream's jobs leave their tokens once done (see [`Marks`]).
+    marks: std::sync::OnceLock<Marks>,
+    /// Requests being handled now: a poisoned worker waits for their replies before it exits.
+    busy: std::sync::atomic::AtomicUsize,
+}
+
+/// The daemon's page of completion marks, page-locked and mapped for the GPU: after each
+/// job's work, its stream writes the job's token to the stream's own 64-byte line
+/// (`cuStreamWriteValue64`), in stream order. When the context dies under several jobs at
+/// once, the daemon reads the page (it outlives this process) to tell jobs whose work was
+/// done from those to run again: the fence-seqno write of a hardware ring.
+struct Marks {
+    /// Kept registered (and mapped) while the worker lives.
+    _pinned: Pinned,
+    device: sys::CUdeviceptr,
+    /// Cleared if the driver refuses stream memory operations.
+    working: std::sync::atomic::AtomicBool,
+}
+
+impl Marks {
+    fn new(mem: HostMemory) -> Result<Marks, DriverError> {
+        if mem.len() < wire::MAX_CHANNELS * 64 {
+            return Err(DriverError::new(Errno::EINVAL, "cuda worker: a short marks page"));
+        }
+        let pinned = Pinned::with_flags(mem, sys::CU_MEMHOSTREGISTER_DEVICEMAP | sys::CU_MEMHOSTREGISTER_PORTABLE);
+        if !pinned.pinned {
+            return Err(DriverError::new(Errno::ENOMEM, "cuda worker: cannot page-lock the marks page"));
+        }
+        let mut device = 0;
+        // SAFETY: a registered mapping; out pointer to a local.
+        let r = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device, pinned.mem.as_ptr().cast(), 0) };
+        check(r, "cuMemHostGetDevicePointer")?;
+        Ok(Marks { _pinned: pinned, device, working: std::sync::atomic::AtomicBool::new(true) })
+    }
+
+    /// Enqueues the write of `token` to stream `index`'s mark on `stream`.
+    fn write(&self, stream: sys::CUstream, index: usize, token: u64) -> Result<(), DriverError> {
+        if !self.working.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        // SAFETY: the address lies in the registered page (index < MAX_CHANNELS, checked at
+        // creation against the page's length), which lives as long as the worker.
+        let r = unsafe { sys::cuStreamWriteValue64_v2(stream, self.device + 64 * index as u64, token, 0) };
+        match check(r, "cuStreamWriteValue64") {
+            Err(e) if !e.lost => {
+                // Stream memory operations unsupported here: jobs caught in a context loss
+                // then all run again (their marks never say done).
+                if self.working.swap(false, Ordering::Relaxed) {
+                    tracing::warn!("cuda worker: no completion marks ({})", e.message);
+                }
+                Ok(())
+            }
+            other => other,
+        }
+    }
 }
 
 /// A client's host buffer mapped here and page-locked with the driver
@@ -44,8 +101,12 @@ struct Pinned {
 
 impl Pinned {
     fn new(mem: HostMemory) -> Pinned {
+        Pinned::with_flags(mem, sys::CU_MEMHOSTREGISTER_PORTABLE)
+    }
+
+    fn with_flags(mem: HostMemory, flags: u32) -> Pinned {
         // SAFETY: a live mapping of `len` bytes, unregistered before it is unmapped (Drop).
-        let r = unsafe { sys::cuMemHostRegister_v2(mem.as_ptr().cast(), mem.len(), sys::CU_MEMHOSTREGISTER_PORTABLE) };
+        let r = unsafe { sys::cuMemHostRegister_v2(mem.as_ptr().cast(), mem.len(), flags) };
         if r != sys::CUresult::CUDA_SUCCESS {
             tracing::debug!("cuda worker: host memory stays pageable ({r:?})");
         }
@@ -62,12 +123,15 @@ impl Drop for Pinned {
     }
 }
 
-/// Serves the daemon until it hangs up; returns the process's exit status.
-pub fn main(ordinal: usize) -> i32 {
+/// Serves the daemon until it hangs up, with `compute` compute streams; returns the
+/// process's exit status.
+pub fn main(ordinal: usize, compute: usize) -> i32 {
+    let compute = compute.clamp(1, wire::MAX_COMPUTE);
+    let channels = wire::copy_channel(compute) + 1;
     // SAFETY: the daemon started this process with the channels at these descriptors, and
     // nothing else here owns them.
-    let socks: Vec<OwnedFd> = (0..CHANNELS as i32).map(|i| unsafe { OwnedFd::from_raw_fd(FIRST_FD + i) }).collect();
-    let worker = match Worker::open(ordinal) {
+    let socks: Vec<OwnedFd> = (0..channels as i32).map(|i| unsafe { OwnedFd::from_raw_fd(FIRST_FD + i) }).collect();
+    let worker = match Worker::open(ordinal, compute) {
         Ok(w) => Arc::new(w),
         Err(e) => {
             // Say why to the first request (the daemon's Hello), then go.
@@ -81,11 +145,14 @@ pub fn main(ordinal: usize) -> i32 {
             return 1;
         }
     };
+    // Control requests and copies use the copy stream; compute channel i its stream i.
     let threads: Vec<_> = socks
         .into_iter()
-        .map(|sock| {
+        .enumerate()
+        .map(|(c, sock)| {
             let worker = worker.clone();
-            std::thread::spawn(move || worker.serve(&sock))
+            let stream = if (1..=compute).contains(&c) { c - 1 } else { compute };
+            std::thread::spawn(move || worker.serve(&sock, stream))
         })
         .collect();
     for t in threads {
@@ -95,7 +162,7 @@ pub fn main(ordinal: usize) -> i32 {
 }
 
 impl Worker {
-    fn open(ordinal: usize) -> Result<Worker, DriverError> {
+    fn open(ordinal: usize, compute: usize) -> Result<Worker, DriverError> {
         let count = device_count()?;
         if ordinal >= count {
             return Err(DriverError::new(
@@ -107,7 +174,7 @@ impl Worker {
         // SAFETY: out pointers to locals throughout; the ordinal was checked.
         unsafe {
             check(sys::cuDeviceGet(&mut dev, ordinal as i32), "cuDeviceGet")?;
-            let gpu = Gpu::open(ordinal as i32, dev)?;
+            let gpu = Gpu::open(ordinal as i32, dev, compute)?;
             let mut name = [0 as std::ffi::c_char; 256];
             check(sys::cuDeviceGetName(name.as_mut_ptr(), name.len() as i32, dev), "cuDeviceGetName")?;
             let mut memory = 0usize;
@@ -156,34 +223,57 @@ impl Worker {
                 mems: Mutex::new(HashMap::new()),
                 programs: Mutex::new(HashMap::new()),
                 hosts: Mutex::new(HashMap::new()),
+                marks: std::sync::OnceLock::new(),
+                busy: std::sync::atomic::AtomicUsize::new(0),
             })
         }
     }
 
-    /// One channel's loop.
-    fn serve(&self, sock: &OwnedFd) {
+    /// One channel's loop: its jobs run on stream `stream`. Requests come through the
+    /// channel's mailbox once it has one (jobs) or its socket (everything with descriptors);
+    /// each reply goes back the way its request came.
+    fn serve(&self, sock: &OwnedFd, stream: usize) {
+        let mut inbox = Inbox { mailbox: None, seen: 0, buf: Vec::new() };
         loop {
-            let (req, fds) = match wire::recv::<Request>(sock) {
+            let (req, fds, via_mailbox) = match inbox.next(sock) {
                 Ok(r) => r,
                 Err(Broken::Gone) => return,
                 Err(Broken::Local(why)) => {
                     let err = Reply::Err { code: Errno::EPROTO, message: format!("cuda worker: {why}"), fatal: false };
-                    if wire::send(sock, &err, &[]).is_err() {
+                    if inbox.answer(sock, err, &[], false).is_err() {
                         return;
                     }
                     continue;
                 }
             };
             let mut out_fd = None;
-            let reply = match self.handle(req, fds, &mut out_fd) {
-                Ok(r) => r,
-                Err(e) => Reply::Err { code: e.code, message: e.message, fatal: e.lost },
+            self.busy.fetch_add(1, Ordering::SeqCst);
+            let reply = match req {
+                Request::Mailbox => match fds.into_iter().next().map(Mailbox::import) {
+                    Some(Ok(mailbox)) => {
+                        inbox.mailbox = Some(mailbox);
+                        Reply::Ok
+                    }
+                    Some(Err(e)) => Reply::Err { code: e.code, message: e.message, fatal: false },
+                    None => Reply::Err { code: Errno::EINVAL, message: "cuda worker: no mailbox".into(), fatal: false },
+                },
+                req => match self.handle(req, fds, &mut out_fd, stream) {
+                    Ok(r) => r,
+                    Err(e) => Reply::Err { code: e.code, message: e.message, fatal: e.lost },
+                },
             };
             let fatal = matches!(reply, Reply::Err { fatal: true, .. });
             let fds: Vec<_> = out_fd.iter().map(|f: &OwnedFd| f.as_fd()).collect();
-            let sent = wire::send(sock, &reply, &fds);
+            let sent = inbox.answer(sock, reply, &fds, via_mailbox);
+            self.busy.fetch_sub(1, Ordering::SeqCst);
             if fatal {
-                // The context is poisoned for this whole process: make room for a new one.
+                // The context is poisoned for this whole process: every stream's job fails
+                // now. Let the other channels answer theirs (the daemon tells the finished
+                // from the unfinished by their marks), then make room for a new worker.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+                while self.busy.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
                 std::process::exit(70);
             }
             if sent.is_err() {
@@ -192,7 +282,13 @@ impl Worker {
         }
     }
 
-    fn handle(&self, req: Request, mut fds: Vec<OwnedFd>, out_fd: &mut Option<OwnedFd>) -> Result<Reply, DriverError> {
+    fn handle(
+        &self,
+        req: Request,
+        mut fds: Vec<OwnedFd>,
+        out_fd: &mut Option<OwnedFd>,
+        stream: usize,
+    ) -> Result<Reply, DriverError> {
         self.gpu.enter()?;
         let mut fd =
             || fds.pop().ok_or_else(|| DriverError::new(Errno::EINVAL, "cuda worker: a descriptor is missing"));
@@ -215,10 +311,10 @@ impl Worker {
                 // SAFETY: the mapping is `size` bytes, a multiple of the granularity (of 4).
                 check(
                     // SAFETY: as stated above.
-                    unsafe { sys::cuMemsetD32Async(mem.ptr, 0, mem.size / 4, self.gpu.streams[1]) },
+                    unsafe { sys::cuMemsetD32Async(mem.ptr, 0, mem.size / 4, self.gpu.streams[stream]) },
                     "cuMemsetD32Async",
                 )?;
-                self.gpu.sync(1)?;
+                self.gpu.sync(stream)?;
             }
             Request::Load { id } => {
                 let text = HostMemory::import(fd()?).map_err(|e| DriverError::new(e.code, e.message))?;
@@ -239,7 +335,22 @@ impl Worker {
             Request::Forget { key } => {
                 lock(&self.hosts).remove(&key);
             }
-            Request::Run { engine, op } => self.run(engine.min(1), &op)?,
+            Request::Run { op, token } => self.run(stream, &op, token)?,
+            Request::Mailbox | Request::Wake => {
+                return Err(DriverError::new(Errno::EPROTO, "cuda worker: a channel request out of place"))
+            }
+            Request::Marks => {
+                let mem = HostMemory::import(fd()?).map_err(|e| DriverError::new(e.code, e.message))?;
+                // Without marks, jobs caught in a context loss all run again: worse, not wrong.
+                match Marks::new(mem) {
+                    Ok(marks) => {
+                        if self.marks.set(marks).is_err() {
+                            return Err(DriverError::new(Errno::EBUSY, "cuda worker: completion marks already set"));
+                        }
+                    }
+                    Err(e) => tracing::warn!("cuda worker: no completion marks ({})", e.message),
+                }
+            }
         }
         Ok(Reply::Ok)
     }
@@ -282,35 +393,38 @@ impl Worker {
         }
     }
 
-    fn run(&self, engine: usize, op: &Op) -> Result<(), DriverError> {
+    /// Runs a job on `stream`: enqueues its work, then copies staged operands back, writes
+    /// `token` to the stream's completion mark, and waits for the stream.
+    fn run(&self, stream: usize, op: &Op, token: u64) -> Result<(), DriverError> {
         let mut held = Held::default();
         match op {
             Op::Fill { dst, pattern } => match self.place(dst, &mut held)? {
                 Place::Host(p, len) => {
                     // SAFETY: `len` bytes of a live mapping.
                     unsafe { VolatileSlice::new(p, len) }.fill_u32(*pattern);
-                    Ok(())
                 }
                 Place::Device(p) if p % 4 == 0 => {
                     // SAFETY: the range is `len` bytes (a multiple of 4) of mapped memory.
                     let r =
-                        unsafe { sys::cuMemsetD32Async(p, *pattern, dst.len() as usize / 4, self.gpu.streams[engine]) };
+                        unsafe { sys::cuMemsetD32Async(p, *pattern, dst.len() as usize / 4, self.gpu.streams[stream]) };
                     check(r, "cuMemsetD32Async")?;
-                    self.gpu.sync(engine)
                 }
-                Place::Device(_) => Err(DriverError::new(Errno::EINVAL, "cuda: fills start at multiples of 4")),
+                Place::Device(_) => return Err(DriverError::new(Errno::EINVAL, "cuda: fills start at multiples of 4")),
             },
             Op::Copy { src, dst } => {
                 let (s, d) = (self.place(src, &mut held)?, self.place(dst, &mut held)?);
-                self.copy(s, d, src.len() as usize, engine)
+                self.copy(s, d, src.len() as usize, stream, &mut held)?;
             }
-            Op::Gemm { a, b, c, alpha, beta } => self.gemm(a, b, c, *alpha, *beta, &mut held),
-            Op::Launch { program, entry, grid, args } => self.launch(*program, *entry, *grid, args, &mut held),
+            Op::Gemm { a, b, c, alpha, beta } => self.gemm(stream, (a, b, c), *alpha, *beta, &mut held)?,
+            Op::Launch { program, entry, grid, args } => {
+                self.launch(stream, *program, *entry, *grid, args, &mut held)?
+            }
         }
+        self.finish(stream, &held, token)
     }
 
-    fn copy(&self, src: Place, dst: Place, len: usize, engine: usize) -> Result<(), DriverError> {
-        let s = self.gpu.streams[engine];
+    fn copy(&self, src: Place, dst: Place, len: usize, stream: usize, held: &mut Held) -> Result<(), DriverError> {
+        let s = self.gpu.streams[stream];
         // SAFETY: both ranges are `len` bytes (checked by the core and in `place`) and held.
         let r = unsafe {
             match (src, dst) {
@@ -324,24 +438,25 @@ impl Worker {
                     // Overlapping device ranges go through a scratch copy (memmove semantics).
                     let (tmp, _fd) = CudaMem::new(&self.gpu, len as u64)?;
                     check(sys::cuMemcpyDtoDAsync_v2(tmp.ptr, a, len, s), "cuMemcpyDtoDAsync")?;
-                    check(sys::cuMemcpyDtoDAsync_v2(b, tmp.ptr, len, s), "cuMemcpyDtoDAsync")?;
-                    return self.gpu.sync(engine);
+                    let r = sys::cuMemcpyDtoDAsync_v2(b, tmp.ptr, len, s);
+                    held.scratch.push(tmp);
+                    r
                 }
                 (Place::Device(a), Place::Device(b)) => sys::cuMemcpyDtoDAsync_v2(b, a, len, s),
             }
         };
-        check(r, "cuMemcpyAsync")?;
-        self.gpu.sync(engine)
+        check(r, "cuMemcpyAsync")
     }
 
-    /// The device address of an operand, staging host memory (copied in now).
-    fn device_ptr(&self, r: &Range, held: &mut Held) -> Result<sys::CUdeviceptr, DriverError> {
+    /// The device address of an operand, staging host memory (copied in on `stream` now).
+    fn device_ptr(&self, stream: usize, r: &Range, held: &mut Held) -> Result<sys::CUdeviceptr, DriverError> {
         match self.place(r, held)? {
             Place::Device(p) => Ok(p),
             Place::Host(p, len) => {
                 let (mem, _fd) = CudaMem::new(&self.gpu, len as u64)?;
                 // SAFETY: `len` bytes of a held mapping into an allocation at least as large.
-                let r = unsafe { sys::cuMemcpyHtoDAsync_v2(mem.ptr, p as *const c_void, len, self.gpu.streams[0]) };
+                let r =
+                    unsafe { sys::cuMemcpyHtoDAsync_v2(mem.ptr, p as *const c_void, len, self.gpu.streams[stream]) };
                 check(r, "cuMemcpyHtoDAsync")?;
                 let d = mem.ptr;
                 held.staged.push((mem, p, len));
@@ -350,21 +465,24 @@ impl Worker {
         }
     }
 
-    /// Waits for the compute stream, then copies staged operands back to host memory.
-    fn finish(&self, held: &Held) -> Result<(), DriverError> {
+    /// After a job's work on `stream`: copies staged operands back to host memory, writes
+    /// `token` to the stream's completion mark, and waits for the stream.
+    fn finish(&self, stream: usize, held: &Held, token: u64) -> Result<(), DriverError> {
         for (mem, host, len) in &held.staged {
             // SAFETY: `len` bytes of a held mapping and of a staged allocation.
-            let r = unsafe { sys::cuMemcpyDtoHAsync_v2(host.cast(), mem.ptr, *len, self.gpu.streams[0]) };
+            let r = unsafe { sys::cuMemcpyDtoHAsync_v2(host.cast(), mem.ptr, *len, self.gpu.streams[stream]) };
             check(r, "cuMemcpyDtoHAsync")?;
         }
-        self.gpu.sync(0)
+        if let Some(marks) = self.marks.get() {
+            marks.write(self.gpu.streams[stream], stream, token)?;
+        }
+        self.gpu.sync(stream)
     }
 
     fn gemm(
         &self,
-        a: &Matrix,
-        b: &Matrix,
-        c: &Matrix,
+        stream: usize,
+        (a, b, c): (&Matrix, &Matrix, &Matrix),
         alpha: f32,
         beta: f32,
         held: &mut Held,
@@ -374,14 +492,17 @@ impl Worker {
         };
         let (m, n, k) = (int(a.rows)?, int(b.cols)?, int(a.cols)?);
         let (lda, ldb, ldc) = (int(a.row_stride)?, int(b.row_stride)?, int(c.row_stride)?);
-        let (blas, handle) = self
+        let (blas, handles) = self
             .gpu
             .blas
             .as_ref()
             .map_err(|why| DriverError::new(Errno::EOPNOTSUPP, format!("cuda: GEMM needs cuBLAS: {why}")))?;
-        let pa = self.device_ptr(&a.range, held)?;
-        let pb = self.device_ptr(&b.range, held)?;
-        let pc = self.device_ptr(&c.range, held)?;
+        let handle = handles
+            .get(stream)
+            .ok_or_else(|| DriverError::new(Errno::EINVAL, "cuda worker: GEMM on the copy channel"))?;
+        let pa = self.device_ptr(stream, &a.range, held)?;
+        let pb = self.device_ptr(stream, &b.range, held)?;
+        let pc = self.device_ptr(stream, &c.range, held)?;
         {
             let handle = lock(handle);
             // SAFETY: the handle is ours (locked); every pointer spans its matrix (checked by
@@ -389,7 +510,6 @@ impl Worker {
             unsafe {
                 blas.sgemm_row_major(
                     *handle,
-                    self.gpu.streams[0].cast(),
                     (m, n, k),
                     alpha,
                     (pa as *const f32, lda),
@@ -399,12 +519,13 @@ impl Worker {
                 )
             }?;
         }
-        // Only C was written; staged A and B go back unchanged, which is harmless.
-        self.finish(held)
+        // Only C was written; staged A and B go back unchanged (in `finish`), which is harmless.
+        Ok(())
     }
 
     fn launch(
         &self,
+        stream: usize,
         program: u64,
         entry: u32,
         grid: [u32; 3],
@@ -425,7 +546,7 @@ impl Worker {
         for a in args {
             let mut v = [0u8; 8];
             match a {
-                Arg::Buffer(r) => v = self.device_ptr(r, held)?.to_ne_bytes(),
+                Arg::Buffer(r) => v = self.device_ptr(stream, r, held)?.to_ne_bytes(),
                 Arg::U32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),
                 Arg::F32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),
                 Arg::U64(x) => v = x.to_ne_bytes(),
@@ -445,15 +566,99 @@ impl Worker {
                 block[1],
                 block[2],
                 0,
-                self.gpu.streams[0],
+                self.gpu.streams[stream],
                 params.as_mut_ptr(),
                 std::ptr::null_mut(),
             )
         };
         check(r, "cuLaunchKernel")?;
-        let done = self.finish(held);
-        drop(module);
-        done
+        held.modules.push(module);
+        Ok(())
+    }
+}
+
+/// Where one channel's requests come from: its socket, and its mailbox once it has one.
+struct Inbox {
+    mailbox: Option<Mailbox>,
+    /// The last mailbox request taken.
+    seen: u32,
+    buf: Vec<u8>,
+}
+
+impl Inbox {
+    /// The next request, its descriptors, and whether it came through the mailbox. Polls
+    /// both for [`wire::POLL`], then sleeps on the socket (announced in the mailbox, so the
+    /// daemon sends a wake-up with its next job).
+    fn next(&mut self, sock: &OwnedFd) -> Result<(Request, Vec<OwnedFd>, bool), Broken> {
+        let mut start = std::time::Instant::now();
+        let mut polls = 0u32;
+        loop {
+            if let Some(mailbox) = &self.mailbox {
+                if mailbox.take_request(&mut self.seen, &mut self.buf) {
+                    let req = postcard::from_bytes(&self.buf).map_err(|e| Broken::Local(e.to_string()))?;
+                    return Ok((req, Vec::new(), true));
+                }
+            }
+            polls = polls.wrapping_add(1);
+            if !polls.is_multiple_of(8) {
+                std::hint::spin_loop();
+                continue;
+            }
+            let (req, fds) = if start.elapsed() < wire::POLL {
+                match wire::try_recv::<Request>(sock)? {
+                    Some(got) => got,
+                    None => {
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                }
+            } else {
+                let waiting = self.mailbox.as_ref().is_some_and(|m| {
+                    m.worker_sleeping(true);
+                    m.request_waiting(self.seen)
+                });
+                let got = if waiting { None } else { Some(wire::recv::<Request>(sock)) };
+                if let Some(m) = &self.mailbox {
+                    m.worker_sleeping(false);
+                }
+                start = std::time::Instant::now();
+                match got {
+                    None => continue,
+                    Some(got) => got?,
+                }
+            };
+            match req {
+                Request::Wake => continue,
+                req => return Ok((req, fds, false)),
+            }
+        }
+    }
+
+    /// Sends `reply` back the way its request came (a reply too large for the mailbox is
+    /// cut to fit: only error messages can be).
+    fn answer(
+        &self,
+        sock: &OwnedFd,
+        reply: Reply,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+        via_mailbox: bool,
+    ) -> Result<(), Broken> {
+        let Some(mailbox) = self.mailbox.as_ref().filter(|_| via_mailbox) else {
+            return wire::send(sock, &reply, fds);
+        };
+        let mut bytes = postcard::to_stdvec(&reply).map_err(|e| Broken::Local(e.to_string()))?;
+        if bytes.len() > mailbox::AREA {
+            if let Reply::Err { code, message, fatal } = reply {
+                let message: String = message.chars().take(mailbox::AREA / 8).collect();
+                bytes = postcard::to_stdvec(&Reply::Err { code, message, fatal })
+                    .map_err(|e| Broken::Local(e.to_string()))?;
+            }
+        }
+        mailbox.put_reply(self.seen, &bytes).map_err(|e| Broken::Local(e.message))?;
+        if mailbox.daemon_sleeps() {
+            wire::send(sock, &Reply::Wake, &[])?;
+        }
+        Ok(())
     }
 }
 
@@ -469,6 +674,78 @@ enum Place {
 struct Held {
     mems: Vec<Arc<CudaMem>>,
     hosts: Vec<Arc<Pinned>>,
+    modules: Vec<Arc<Module>>,
+    /// Scratch device memory (overlapping copies).
+    scratch: Vec<CudaMem>,
     /// Device copies of host operands: (copy, host address, bytes).
     staged: Vec<(CudaMem, *mut u8, usize)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap()
+    }
+
+    /// A worker channel's loop without a GPU: takes a mailbox, answers `Free { id }` after
+    /// `id` microseconds with `Err { code: EINVAL, message: id }`, `Hello` over the socket.
+    fn fake_worker(sock: OwnedFd) -> std::thread::JoinHandle<u32> {
+        std::thread::spawn(move || {
+            let mut inbox = Inbox { mailbox: None, seen: 0, buf: Vec::new() };
+            let mut via = 0;
+            loop {
+                let (req, fds, via_mailbox) = match inbox.next(&sock) {
+                    Ok(r) => r,
+                    Err(_) => return via,
+                };
+                via += u32::from(via_mailbox);
+                let reply = match req {
+                    Request::Mailbox => {
+                        inbox.mailbox = Some(Mailbox::import(fds.into_iter().next().unwrap()).unwrap());
+                        Reply::Ok
+                    }
+                    Request::Free { id } => {
+                        std::thread::sleep(std::time::Duration::from_micros(id));
+                        Reply::Err { code: Errno::EINVAL, message: id.to_string(), fatal: false }
+                    }
+                    _ => Reply::Ok,
+                };
+                inbox.answer(&sock, reply, &[], via_mailbox).unwrap();
+            }
+        })
+    }
+
+    #[test]
+    fn jobs_cross_the_mailbox_both_sides_sleep_and_wake_and_sockets_still_work() {
+        let (daemon, worker) = pair();
+        let fake = fake_worker(worker);
+        let mailbox = Mailbox::new().unwrap();
+        assert!(matches!(wire::call(&daemon, &Request::Mailbox, &[mailbox.fd()]).unwrap().0, Reply::Ok));
+        // Quick answers, slow ones (the daemon sleeps: 2 ms is past its poll here), and gaps
+        // after which the worker sleeps and must be woken.
+        for (i, delay) in [0u64, 2000, 0, 5, 3000, 0].into_iter().enumerate() {
+            if i % 2 == 1 {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            let reply = wire::call_mailbox(&daemon, &mailbox, &Request::Free { id: delay }, &|| false).unwrap();
+            let Some(Reply::Err { code: Errno::EINVAL, message, .. }) = reply else { panic!("{reply:?}") };
+            assert_eq!(message, delay.to_string());
+            // A socket request between jobs gets its own answer, stale wake-ups skipped.
+            assert!(matches!(wire::call(&daemon, &Request::Hello, &[]).unwrap().0, Reply::Ok));
+        }
+        // Done early: the reply is left behind, and the next job's is not confused with it.
+        assert!(wire::call_mailbox(&daemon, &mailbox, &Request::Free { id: 1000 }, &|| true).unwrap().is_none());
+        let reply = wire::call_mailbox(&daemon, &mailbox, &Request::Free { id: 7 }, &|| false).unwrap();
+        assert!(matches!(reply, Some(Reply::Err { ref message, .. }) if message == "7"), "{reply:?}");
+        drop(daemon);
+        assert_eq!(fake.join().unwrap(), 8, "every job came through the mailbox");
+    }
 }

@@ -164,7 +164,10 @@ impl TestDevice {
             }
             JobOp::GemmF32 { .. } => Err(Errno::EOPNOTSUPP),
             JobOp::Driver { code: OP_DELAY, args } => {
-                ctx.abort.sleep(Duration::from_millis(args[0]));
+                // Cut short by a reset, the job's work is not done: it runs again.
+                if ctx.abort.sleep(Duration::from_millis(args[0])) {
+                    return Err(Errno::ECANCELED);
+                }
                 Ok(())
             }
             JobOp::Driver { code: OP_FAIL, args } => {

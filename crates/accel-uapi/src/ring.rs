@@ -3,7 +3,8 @@
 //! One ring per queue, in one memfd mapped by the client and the daemon:
 //!
 //! ```text
-//! offset 0    header: four u32 counters/flags, each on its own 64-byte cache line, then ring info
+//! offset 0    header: four u32 counters/flags, each on its own 64-byte cache line, then ring
+//!             info, then the client's spin hint on its own line
 //! offset 512  SQ: sq_entries × 128-byte Sqe   (client writes, daemon reads)
 //! then        CQ: cq_entries × 32-byte Cqe    (daemon writes, client reads)
 //! ```
@@ -60,6 +61,10 @@ pub const POLLER_SLEEPING: usize = 2 * LINE;
 pub const CLIENT_WAITING: usize = 3 * LINE;
 /// Byte offset of the ring info: magic, sq_entries, cq_entries (u32 each, read-only).
 pub const INFO: usize = 4 * LINE;
+/// Byte offset of `client_spins` (u32, written by the client): non-zero while the client
+/// spins for its completions rather than blocking, so the poller keeps watching the ring
+/// while the ring has jobs in flight (the next submission then needs no doorbell).
+pub const CLIENT_SPINS: usize = 5 * LINE;
 /// Byte offset of `seq` inside both entry types.
 pub const SEQ_OFFSET: usize = 8;
 const _: () = assert!(std::mem::offset_of!(Sqe, seq) == SEQ_OFFSET && std::mem::offset_of!(Cqe, seq) == SEQ_OFFSET);
@@ -405,6 +410,10 @@ impl RingMem {
     /// Non-zero while the client is (about to be) blocked on its completion eventfd.
     pub fn client_waiting(&self) -> &AtomicU32 {
         self.word(CLIENT_WAITING)
+    }
+    /// Non-zero while the client spins for completions (a hint to the poller).
+    pub fn client_spins(&self) -> &AtomicU32 {
+        self.word(CLIENT_SPINS)
     }
 
     /// Raw pointer to the submission slot of counter `index` (masked), for tools and

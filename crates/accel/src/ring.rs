@@ -26,8 +26,28 @@ use rustix::event::{PollFd, PollFlags};
 
 use crate::{Error, Queue, Result, Syncobj};
 
-/// How long a waiting client spins on the completion ring before it blocks.
+/// How long a waiting client spins on the completion ring before it blocks
+/// ([`WaitMode::Auto`]).
 pub const WAIT_SPIN: Duration = Duration::from_micros(50);
+
+/// How [`Ring::wait`] waits for completions: CUDA's context scheduling flags
+/// (`CU_CTX_SCHED_AUTO`, `_SPIN`, `_BLOCKING_SYNC`) for accel's rings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WaitMode {
+    /// Spin [`WAIT_SPIN`], then block on the completion eventfd (the default).
+    #[default]
+    Auto,
+    /// Spin until the completions arrive (or the wait times out): the lowest latency, a
+    /// core busy meanwhile. The ring tells the daemon's poller (its `client_spins` hint),
+    /// which then keeps watching the ring while it has jobs in flight, so the next
+    /// submission needs no doorbell either.
+    Spin,
+    /// Block at once: no CPU spent waiting, a wake-up's latency on every wait.
+    Block,
+}
+
+/// How often a spinning wait looks whether the daemon went away.
+const SPIN_HANGUP_CHECK: Duration = Duration::from_millis(10);
 
 /// A queue's submission/completion ring pair. Jobs pushed here run on the queue's
 /// scheduler entity, in order with each other.
@@ -44,6 +64,7 @@ pub struct Ring {
     sq_head_seen: u32,
     cq_head: u32,
     scratch: Vec<Cqe>,
+    mode: WaitMode,
 }
 
 impl std::fmt::Debug for Ring {
@@ -71,7 +92,19 @@ impl Ring {
             sq_head_seen: 0,
             cq_head: 0,
             scratch: Vec::with_capacity(1),
+            mode: WaitMode::Auto,
         })
+    }
+
+    /// Chooses how [`Ring::wait`] waits (see [`WaitMode`]).
+    pub fn set_wait_mode(&mut self, mode: WaitMode) {
+        self.mode = mode;
+        self.mem.client_spins().store(u32::from(mode == WaitMode::Spin), Ordering::Release);
+    }
+
+    /// How [`Ring::wait`] waits.
+    pub fn wait_mode(&self) -> WaitMode {
+        self.mode
     }
 
     /// The queue behind the ring, for socket-path submissions in the same order domain.
@@ -148,17 +181,34 @@ impl Ring {
         n as usize
     }
 
-    /// Waits until at least `min` completions were reaped into `out` (spinning briefly,
-    /// then sleeping on the completion eventfd); `ETIMEDOUT` after `timeout`, `EPIPE` as
-    /// soon as the daemon goes away (its socket is polled beside the eventfd).
+    /// Waits until at least `min` completions were reaped into `out` (as the
+    /// [`WaitMode`] says: by default spinning briefly, then sleeping on the completion
+    /// eventfd); `ETIMEDOUT` after `timeout`, `EPIPE` as soon as the daemon goes away (its
+    /// socket is polled beside the eventfd, and every 10 ms while spinning).
     pub fn wait(&mut self, out: &mut Vec<Cqe>, min: usize, timeout: Duration) -> Result<usize> {
         let start = Instant::now();
         let mut got = self.reap(out);
         let mut spins = 0u32;
+        let spin_for = match self.mode {
+            WaitMode::Auto => WAIT_SPIN,
+            WaitMode::Spin => timeout,
+            WaitMode::Block => Duration::ZERO,
+        };
+        let mut hangup_checked = start;
         while got < min {
             // Read the clock only every 64 polls: it costs more than a poll.
             spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(64) || start.elapsed() < WAIT_SPIN {
+            if !spins.is_multiple_of(64) {
+                std::hint::spin_loop();
+                got += self.reap(out);
+                continue;
+            }
+            let now = Instant::now();
+            if now.duration_since(start) < spin_for {
+                if now.duration_since(hangup_checked) >= SPIN_HANGUP_CHECK {
+                    hangup_checked = now;
+                    self.check_daemon(out, &mut got, min)?;
+                }
                 std::hint::spin_loop();
                 got += self.reap(out);
                 continue;
@@ -195,6 +245,23 @@ impl Ring {
             got += self.reap(out);
         }
         Ok(got)
+    }
+
+    /// `EPIPE` if the daemon hung up (after reaping what it completed before).
+    fn check_daemon(&mut self, out: &mut Vec<Cqe>, got: &mut usize, min: usize) -> Result<()> {
+        let mut fds = [PollFd::new(&self.daemon, PollFlags::RDHUP)];
+        let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+        let _ = rustix::event::poll(&mut fds, Some(&zero));
+        if fds[0].revents().intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR) {
+            *got += self.reap(out);
+            if *got < min {
+                return Err(Error::new(
+                    Errno::EPIPE,
+                    format!("the daemon went away with {} of {min} completions outstanding", min - *got),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Takes the messages of failed entries (oldest first; at most

@@ -66,6 +66,39 @@ impl Client {
     }
 }
 
+/// Where a launch's round trip goes, by parts (p50, spinning waits): a null job through the
+/// ring (the poller completes it: client and poller only), a 4-byte fill of host memory on
+/// the cpu device (the whole job path of the core, with a driver that does nothing to speak
+/// of), the same fill on the cuda device (the core plus the worker: a CPU fill there, the
+/// completion mark on the GPU), and an empty kernel through accel and directly.
+fn path_floors(socket: &Path, client: &mut Client, direct: &mut Direct, iters: usize, name: &str) -> Result<()> {
+    let mode = super::gpu_wait_mode();
+    client.ring.set_wait_mode(mode);
+    let p50 = |r: Result<(u64, u64)>| r.map(|(p50, _)| p50 as f64 / 1e3);
+    let host = client.dev.alloc(4096)?;
+    let fill = Op::Fill { dst: host.view(0, 4), pattern: 7 };
+    let nop = p50(time(iters, || {
+        client.ring.submit_wait(&Op::Nop, Duration::from_secs(10))?.status().map_err(anyhow::Error::msg)
+    }))?;
+    let cuda_fill = p50(time(iters, || {
+        client.ring.submit_wait(&fill, Duration::from_secs(10))?.status().map_err(anyhow::Error::msg)
+    }))?;
+    let cpu = Device::open_at(socket, 1)?;
+    let cpu_host = cpu.alloc(4096)?;
+    let mut cpu_ring = cpu.create_queue()?.into_ring(16)?;
+    cpu_ring.set_wait_mode(mode);
+    let cpu_fillop = Op::Fill { dst: cpu_host.view(0, 4), pattern: 7 };
+    let cpu_fill = p50(time(iters, || {
+        cpu_ring.submit_wait(&cpu_fillop, Duration::from_secs(10))?.status().map_err(anyhow::Error::msg)
+    }))?;
+    let accel_empty = p50(time(iters, || Ok(client.launch("spin", 0)?)))?;
+    let direct_empty = p50(time(iters, || direct.launch_sync(0).map_err(|e| anyhow::anyhow!("{}", e.message))))?;
+    println!(
+        "{{\"bench\":\"cuda-path\",\"device\":\"{name}\",\"wait\":\"{mode:?}\",\"iters\":{iters},\"ring_nop_p50_us\":{nop:.1},\"cpu_fill_p50_us\":{cpu_fill:.1},\"cuda_host_fill_p50_us\":{cuda_fill:.1},\"accel_empty_kernel_p50_us\":{accel_empty:.1},\"direct_empty_kernel_p50_us\":{direct_empty:.1}}}"
+    );
+    Ok(())
+}
+
 /// Median and 99th percentile of `iters` round trips of `f`, nanoseconds.
 fn time(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<(u64, u64)> {
     for _ in 0..iters / 10 {
@@ -82,18 +115,25 @@ fn time(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<(u64, u64)> {
 }
 
 pub fn run(clients: &[usize], seconds: f64, iters: usize) -> Result<()> {
-    let daemon = SpawnedDaemon::start(&["cuda:0"])?;
+    let daemon = SpawnedDaemon::start(&["cuda:0", "cpu"])?;
     let socket = daemon.socket();
     let name = Device::open_at(socket, 0)?.info().name.replace('"', "'");
 
     // One client's launch round trip against CUDA in this process.
+    // The client waits as CUDA's default would here (spinning where cores allow), and also
+    // with accel's default (spin 50 µs, then sleep).
     let mut client = Client::open(socket, None)?;
     let mut direct = Direct::new(0, KERNELS_PTX, "spin").map_err(|e| anyhow::anyhow!("{}", e.message))?;
-    for ns in [SHORT_NS, LONG_NS] {
+    let mut modes = vec![super::gpu_wait_mode()];
+    if modes[0] != accel::WaitMode::Auto {
+        modes.push(accel::WaitMode::Auto);
+    }
+    for (mode, ns) in modes.iter().flat_map(|m| [(*m, SHORT_NS), (*m, LONG_NS)]) {
+        client.ring.set_wait_mode(mode);
         let (a50, a99) = time(iters, || Ok(client.launch("spin", ns)?))?;
         let (d50, d99) = time(iters, || direct.launch_sync(ns).map_err(|e| anyhow::anyhow!("{}", e.message)))?;
         println!(
-            "{{\"bench\":\"cuda-launch\",\"device\":\"{name}\",\"kernel_us\":{},\"iters\":{iters},\"accel_p50_us\":{:.1},\"accel_p99_us\":{:.1},\"direct_p50_us\":{:.1},\"direct_p99_us\":{:.1},\"overhead_p50\":{:.3}}}",
+            "{{\"bench\":\"cuda-launch\",\"device\":\"{name}\",\"wait\":\"{mode:?}\",\"kernel_us\":{},\"iters\":{iters},\"accel_p50_us\":{:.1},\"accel_p99_us\":{:.1},\"direct_p50_us\":{:.1},\"direct_p99_us\":{:.1},\"overhead_p50\":{:.3}}}",
             ns / 1000,
             a50 as f64 / 1e3,
             a99 as f64 / 1e3,
@@ -102,6 +142,7 @@ pub fn run(clients: &[usize], seconds: f64, iters: usize) -> Result<()> {
             a50 as f64 / d50 as f64 - 1.0
         );
     }
+    path_floors(socket, &mut client, &mut direct, iters, &name)?;
     drop((client, direct));
 
     // Many small clients: accel's shared context against a context per process.
@@ -119,10 +160,10 @@ pub fn run(clients: &[usize], seconds: f64, iters: usize) -> Result<()> {
     }
 
     // Containment: a faulting and a hanging client beside 4 innocent ones.
-    let (_, innocent_failed, lost) = kernels_per_s(4, seconds.max(4.0), Some(socket), Some(socket))?;
+    let (_, innocent_failed, lost, extra) = kernels_per_s(4, seconds.max(4.0), Some(socket), Some(socket))?;
     let recoveries = Client::open(socket, None).and_then(|mut c| Ok(c.launch("spin", 1_000)?)).is_ok();
     println!(
-        "{{\"bench\":\"cuda-containment\",\"device\":\"{name}\",\"innocent_clients\":4,\"kernel_us\":{},\"innocent_failed\":{innocent_failed},\"innocent_increments_lost\":{lost},\"device_usable_after\":{recoveries}}}",
+        "{{\"bench\":\"cuda-containment\",\"device\":\"{name}\",\"innocent_clients\":4,\"kernel_us\":{},\"innocent_failed\":{innocent_failed},\"innocent_increments_lost\":{lost},\"innocent_increments_extra\":{extra},\"device_usable_after\":{recoveries}}}",
         SHORT_NS / 1000
     );
     Ok(())
@@ -130,8 +171,14 @@ pub fn run(clients: &[usize], seconds: f64, iters: usize) -> Result<()> {
 
 /// Runs `n` client processes (through the daemon at `socket`, else CUDA directly) launching
 /// short kernels for `seconds`; with `culprit`, this process meanwhile makes a fault and a
-/// hang through it. Returns (aggregate kernels/s, failed jobs, increments lost).
-fn kernels_per_s(n: usize, seconds: f64, socket: Option<&Path>, culprit: Option<&Path>) -> Result<(f64, u64, u64)> {
+/// hang through it. Returns (aggregate kernels/s, failed jobs, increments lost, increments
+/// beyond the kernels that succeeded: a job run again after its work was done).
+fn kernels_per_s(
+    n: usize,
+    seconds: f64,
+    socket: Option<&Path>,
+    culprit: Option<&Path>,
+) -> Result<(f64, u64, u64, u64)> {
     let exe = std::env::current_exe().context("locating the accel binary")?;
     let mut children: Vec<Child> = (0..n)
         .map(|_| {
@@ -152,29 +199,33 @@ fn kernels_per_s(n: usize, seconds: f64, socket: Option<&Path>, culprit: Option<
     }
     if let Some(socket) = culprit {
         std::thread::sleep(Duration::from_secs_f64(seconds / 4.0));
-        let mut bad = Client::open(socket, Some(Duration::from_millis(500)))?;
+        // The faulting client's queue has no timeout (a fault is no hang, and its recovery
+        // takes two worker restarts); the hanging one's times out after 500 ms.
+        let mut faulty = Client::open(socket, None)?;
+        let mut hung = Client::open(socket, Some(Duration::from_millis(500)))?;
         let code = |r: accel::Result<()>| r.err().map_or("ok".to_string(), |e| format!("{:?}", e.code));
-        // ACCEL_BENCH_CULPRIT=hang leaves the fault out (a fault wedges the device today).
+        // ACCEL_BENCH_CULPRIT=hang leaves the fault out.
         let only_hang = std::env::var("ACCEL_BENCH_CULPRIT").is_ok_and(|v| v == "hang");
-        let fault = if only_hang { "skipped".into() } else { code(bad.launch("fault", 0)) };
+        let fault = if only_hang { "skipped".into() } else { code(faulty.launch("fault", 0)) };
         std::thread::sleep(Duration::from_secs_f64(seconds / 4.0));
-        let hang = code(bad.launch("hang", 0));
+        let hang = code(hung.launch("hang", 0));
         // Printed for the record; the caller's JSON carries the innocents' side.
         println!("{{\"bench\":\"cuda-culprit\",\"fault\":\"{fault}\",\"hang\":\"{hang}\",\"want\":\"EFAULT, ETIME\"}}");
     }
-    let (mut kernels, mut failed, mut lost) = (0u64, 0u64, 0u64);
+    let (mut kernels, mut failed, mut lost, mut extra) = (0u64, 0u64, 0u64, 0u64);
     for (mut c, mut lines) in children.into_iter().zip(outs) {
         let report = lines.next().transpose()?.unwrap_or_default();
         ensure!(c.wait()?.success(), "a client failed: {report}");
         let v: Vec<u64> = report.split_whitespace().map(|w| w.parse()).collect::<Result<_, _>>()?;
-        ensure!(v.len() == 3, "a client said {report:?}");
-        (kernels, failed, lost) = (kernels + v[0], failed + v[1], lost + v[2]);
+        ensure!(v.len() == 4, "a client said {report:?}");
+        (kernels, failed, lost, extra) = (kernels + v[0], failed + v[1], lost + v[2], extra + v[3]);
     }
-    Ok((kernels as f64 / seconds, failed, lost))
+    Ok((kernels as f64 / seconds, failed, lost, extra))
 }
 
 /// A client process: `ready`, waits for `go`, launches short kernels for `seconds`, prints
-/// "kernels failed lost" (lost: increments its device counter missed).
+/// "kernels failed lost extra" (lost: increments its device counter missed; extra: ones
+/// beyond its kernels).
 pub fn child(target: &str, seconds: f64) -> Result<()> {
     let mut stdin = std::io::stdin().lock();
     let go = |stdin: &mut dyn BufRead| -> Result<()> {
@@ -185,7 +236,7 @@ pub fn child(target: &str, seconds: f64) -> Result<()> {
         Ok(())
     };
     let (mut kernels, mut failed) = (0u64, 0u64);
-    let lost;
+    let (mut lost, mut extra) = (0, 0);
     if target == "direct" {
         let mut direct = Direct::new(0, KERNELS_PTX, "spin").map_err(|e| anyhow::anyhow!("{}", e.message))?;
         go(&mut stdin)?;
@@ -196,7 +247,6 @@ pub fn child(target: &str, seconds: f64) -> Result<()> {
                 Err(_) => failed += 1,
             }
         }
-        lost = 0;
     } else {
         let mut client = Client::open(Path::new(target), None)?;
         go(&mut stdin)?;
@@ -217,10 +267,8 @@ pub fn child(target: &str, seconds: f64) -> Result<()> {
         }
         let count = if failed > 0 && kernels == 0 { 0 } else { client.count().unwrap_or(0) as u64 };
         lost = kernels.saturating_sub(count);
-        if count > kernels {
-            eprintln!("client {}: {count} increments for {kernels} kernels", std::process::id());
-        }
+        extra = count.saturating_sub(kernels);
     }
-    println!("{kernels} {failed} {lost}");
+    println!("{kernels} {failed} {lost} {extra}");
     Ok(())
 }

@@ -227,6 +227,15 @@ fn square_gemm(a: &accel::Buffer, b: &accel::Buffer, c: &accel::Buffer, n: u64) 
     })
 }
 
+/// How GPU benchmarks wait for their jobs: spinning where the machine has cores to spare
+/// (at least 8, where CUDA's default spins too, and so do the baselines), else the default.
+fn gpu_wait_mode() -> accel::WaitMode {
+    match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        8.. => accel::WaitMode::Spin,
+        _ => accel::WaitMode::Auto,
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]

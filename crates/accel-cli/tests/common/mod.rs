@@ -63,12 +63,19 @@ impl Daemon {
     }
 
     pub fn start_with(devices: &[&str], extra: &[&str]) -> Daemon {
+        Self::start_env(devices, extra, &[])
+    }
+
+    /// A daemon with `envs` set in its environment.
+    #[allow(dead_code)]
+    pub fn start_env(devices: &[&str], extra: &[&str], envs: &[(&str, &str)]) -> Daemon {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("accel-e2e-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut cmd = Command::new(accel_bin());
         cmd.arg("daemon").arg("--socket").arg(dir.join("s")).args(extra).env("ACCEL_LOG", "warn");
+        cmd.envs(envs.iter().copied());
         if !extra.contains(&"--state-dir") {
             cmd.arg("--state-dir").arg(dir.join("state"));
         }
