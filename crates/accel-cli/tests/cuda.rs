@@ -80,7 +80,7 @@ fn the_device_shows_its_gpu_and_regions() {
     assert_eq!((info.driver.as_str(), info.vendor.as_str()), ("cuda", "NVIDIA"));
     assert!(info.name.contains("sm_") && info.compute_units > 0, "{}", info.name);
     assert_eq!(info.regions[1].kind, RegionKind::Device);
-    assert_eq!(info.program_formats, vec!["ptx".to_string()]);
+    assert_eq!(info.program_formats, vec!["ptx".to_string(), "cubin".to_string()]);
 }
 
 #[test]
@@ -395,4 +395,49 @@ fn queues_of_different_clients_run_their_kernels_at_once_on_streams_of_their_own
     }
     let took = t0.elapsed();
     assert!(took < std::time::Duration::from_millis(600), "four 200 ms kernels took {took:?}: not concurrent");
+}
+
+#[test]
+fn cubin_programs_load_with_their_entries_and_run() {
+    if !cuda() {
+        return;
+    }
+    let d = Daemon::start(&["cuda:0"]);
+    let dev = d.open(0);
+    assert!(dev.info().program_formats.iter().any(|f| f == "cubin"), "{:?}", dev.info().program_formats);
+    // Machine code from the driver's own linker (no toolkit needed).
+    let cubin = accel_driver_cuda::direct::ptx_to_cubin(0, SAXPY_PTX).unwrap();
+    assert!(cubin.starts_with(b"\x7fELF"));
+    let program = dev.load_program("cubin", &cubin).unwrap();
+    let entries = program.entries();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].name, "saxpy");
+    // 8-byte parameters take buffers, 4-byte ones u32s (the f32 passes as its bits).
+    assert_eq!(entries[0].params, vec![ParamKind::Buffer, ParamKind::Buffer, ParamKind::U32, ParamKind::U32]);
+    let n = 1000usize;
+    let (x, y) = (f32s(n, 1), f32s(n, 2));
+    let xb = dev.alloc((n * 4) as u64).unwrap();
+    let yb = dev.alloc_in((n * 4) as u64, VRAM).unwrap();
+    let host = dev.alloc((n * 4) as u64).unwrap();
+    xb.write_f32(0, &x).unwrap();
+    host.write_f32(0, &y).unwrap();
+    let q = dev.create_queue().unwrap();
+    q.submit(Op::Copy { src: host.whole(), dst: yb.whole() }).unwrap().wait().unwrap();
+    let args = [
+        LaunchArg::Buffer(xb.whole()),
+        LaunchArg::Buffer(yb.whole()),
+        LaunchArg::U32(2.5f32.to_bits()),
+        LaunchArg::U32(n as u32),
+    ];
+    q.submit(program.launch("saxpy", [n.div_ceil(256) as u32, 1, 1], &args).unwrap()).unwrap().wait().unwrap();
+    q.submit(Op::Copy { src: yb.whole(), dst: host.whole() }).unwrap().wait().unwrap();
+    let got = host.read_f32(0, n).unwrap();
+    for i in 0..n {
+        assert_eq!(got[i], 2.5f32.mul_add(x[i], y[i]), "y[{i}]");
+    }
+    // What is no cubin is refused before the GPU sees it.
+    let e = dev.load_program("cubin", b"\x7fELF but no more").unwrap_err();
+    assert_eq!(e.code, Errno::EINVAL, "{e}");
+    let e = dev.load_program("cubin", SAXPY_PTX.as_bytes()).unwrap_err();
+    assert_eq!(e.code, Errno::EINVAL, "{e}");
 }

@@ -139,6 +139,50 @@ impl Direct {
     }
 }
 
+/// Compiles PTX `text` to a cubin for GPU `ordinal` with the driver's own linker
+/// (`cuLinkAddData` + `cuLinkComplete`), in a context of its own: how the tests get machine
+/// code on a machine without a CUDA toolkit.
+pub fn ptx_to_cubin(ordinal: usize, text: &str) -> Result<Vec<u8>, DriverError> {
+    if ordinal >= device_count()? {
+        return Err(DriverError::new(Errno::ENODEV, format!("cuda: no device {ordinal}")));
+    }
+    let image = CString::new(text).map_err(|_| DriverError::new(Errno::EINVAL, "ptx: a NUL inside"))?;
+    let name = CString::new("program.ptx").map_err(|_| DriverError::new(Errno::EINVAL, "a NUL inside"))?;
+    // SAFETY: out pointers to locals; the image outlives the link; the cubin is copied out
+    // before the link state (which owns it) is destroyed, and the context after that.
+    unsafe {
+        let mut dev = 0;
+        check(sys::cuDeviceGet(&mut dev, ordinal as i32), "cuDeviceGet")?;
+        let mut ctx = std::ptr::null_mut();
+        check(sys::cuCtxCreate_v2(&mut ctx, 0, dev), "cuCtxCreate")?;
+        let mut link = std::ptr::null_mut();
+        let linked = (|| {
+            check(sys::cuLinkCreate_v2(0, std::ptr::null_mut(), std::ptr::null_mut(), &mut link), "cuLinkCreate")?;
+            check(
+                sys::cuLinkAddData_v2(
+                    link,
+                    sys::CUjitInputType::CU_JIT_INPUT_PTX,
+                    image.as_ptr() as *mut c_void,
+                    text.len() + 1,
+                    name.as_ptr(),
+                    0,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                ),
+                "cuLinkAddData",
+            )?;
+            let (mut cubin, mut size) = (std::ptr::null_mut(), 0usize);
+            check(sys::cuLinkComplete(link, &mut cubin, &mut size), "cuLinkComplete")?;
+            Ok(std::slice::from_raw_parts(cubin.cast::<u8>(), size).to_vec())
+        })();
+        if !link.is_null() {
+            sys::cuLinkDestroy(link);
+        }
+        sys::cuCtxDestroy_v2(ctx);
+        linked
+    }
+}
+
 impl Drop for Direct {
     fn drop(&mut self) {
         // SAFETY: our context; everything in it goes with it.

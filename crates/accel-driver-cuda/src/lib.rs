@@ -66,6 +66,8 @@ use wire::{Broken, Identity, Reply, Request, CONTROL, MAX_CHANNELS};
 
 /// Format name of PTX programs.
 pub const FORMAT: &str = "ptx";
+/// Format name of cubin (and fatbin) programs: machine code, loaded as it is.
+pub const CUBIN: &str = "cubin";
 
 /// Errors that leave a CUDA context unusable: every later call fails, so the device is lost.
 const STICKY: &[sys::CUresult] = &[
@@ -159,10 +161,12 @@ struct MemRecord {
     len: u64,
 }
 
-/// A program as the daemon holds it: the worker's id, and its text (reloaded by new workers).
+/// A program as the daemon holds it: the worker's id, and its image (reloaded by new
+/// workers).
 struct ProgramRecord {
     id: u64,
-    text: String,
+    format: wire::ProgramFormat,
+    image: Vec<u8>,
 }
 
 /// The daemon side of one GPU.
@@ -366,10 +370,14 @@ impl Shared {
                     .map_err(|e| DriverError::device_lost(e.message))?;
             }
             for p in &programs {
-                let text = text_memfd(&p.text)?;
-                let fd = text.dup_fd().map_err(|e| DriverError::new(e.code, e.message))?;
-                expect_ok(wire::call(&sock, &Request::Load { id: p.id }, &[fd.as_fd()]), "reloading a program")
-                    .map_err(|e| DriverError::device_lost(e.message))?;
+                let image = image_memfd(&p.image)?;
+                let fd = image.dup_fd().map_err(|e| DriverError::new(e.code, e.message))?;
+                let reload = wire::call(&sock, &Request::Load { id: p.id, format: p.format }, &[fd.as_fd()]);
+                let reload = match reload {
+                    Ok((Reply::Program(_), fds)) => Ok((Reply::Ok, fds)),
+                    other => other,
+                };
+                expect_ok(reload, "reloading a program").map_err(|e| DriverError::device_lost(e.message))?;
             }
         }
         std::mem::swap(&mut *w, &mut fresh);
@@ -499,6 +507,54 @@ impl Shared {
     }
 }
 
+/// Checks a program image before it goes to the worker: PTX text, whose entries are read
+/// here, or a cubin/fatbin, whose entries the worker reports (`None`).
+fn check_image(format: wire::ProgramFormat, bytes: &[u8]) -> Result<Option<Vec<EntryInfo>>, DriverError> {
+    match format {
+        wire::ProgramFormat::Ptx => {
+            let text =
+                std::str::from_utf8(bytes).map_err(|_| DriverError::new(Errno::EINVAL, "ptx: not UTF-8 text"))?;
+            if text.contains('\0') {
+                return Err(DriverError::new(Errno::EINVAL, "ptx: a NUL inside the text"));
+            }
+            let entries = ptx::entries(text).map_err(|e| DriverError::new(Errno::EINVAL, e))?;
+            Ok(Some(entries.into_iter().map(|e| e.info).collect()))
+        }
+        wire::ProgramFormat::Cubin => {
+            // ELF (a cubin) or a fatbin's header magic.
+            if !(bytes.starts_with(b"\x7fELF") || bytes.starts_with(&0xBA55_ED50u32.to_le_bytes())) {
+                return Err(DriverError::new(Errno::EINVAL, "cubin: neither an ELF cubin nor a fatbin"));
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// A cubin's entries as accel checks launches against them: parameters of 8 bytes take a
+/// buffer (what a `T*` is), of 4 bytes a u32 (pass an f32 as its bits); a cubin does not say
+/// more, so other sizes are refused.
+fn cubin_entries(found: Vec<wire::Entry>) -> Result<Vec<EntryInfo>, DriverError> {
+    found
+        .into_iter()
+        .map(|e| {
+            let params = e
+                .params
+                .iter()
+                .enumerate()
+                .map(|(i, size)| match size {
+                    8 => Ok(ParamKind::Buffer),
+                    4 => Ok(ParamKind::U32),
+                    _ => Err(DriverError::new(
+                        Errno::EINVAL,
+                        format!("cubin: parameter {i} of {} is {size} bytes; launches pass 4 or 8", e.name),
+                    )),
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(EntryInfo { name: e.name, params })
+        })
+        .collect()
+}
+
 /// A reply that must be `Ok`.
 fn expect_ok(r: Result<(Reply, Vec<OwnedFd>), Broken>, what: &str) -> Result<Vec<OwnedFd>, DriverError> {
     match r {
@@ -509,12 +565,12 @@ fn expect_ok(r: Result<(Reply, Vec<OwnedFd>), Broken>, what: &str) -> Result<Vec
     }
 }
 
-/// PTX text in a sealed memfd, for the worker (messages are small; programs need not be).
-fn text_memfd(text: &str) -> Result<HostMemory, DriverError> {
+/// A program's image in a memfd, for the worker (messages are small; programs need not be).
+fn image_memfd(image: &[u8]) -> Result<HostMemory, DriverError> {
     let mem =
-        HostMemory::new("accel-ptx", text.len().max(1) as u64).map_err(|e| DriverError::new(e.code, e.message))?;
+        HostMemory::new("accel-program", image.len().max(1) as u64).map_err(|e| DriverError::new(e.code, e.message))?;
     // SAFETY: the mapping is ours and `len` bytes.
-    unsafe { accel_hal::mem::VolatileSlice::new(mem.as_ptr(), mem.len()) }.write(0, text.as_bytes())?;
+    unsafe { accel_hal::mem::VolatileSlice::new(mem.as_ptr(), mem.len()) }.write(0, image)?;
     Ok(mem)
 }
 
@@ -805,31 +861,37 @@ impl Driver for CudaDevice {
     }
 
     fn program_formats(&self) -> Vec<String> {
-        vec![FORMAT.into()]
+        vec![FORMAT.into(), CUBIN.into()]
     }
 
     fn load_program(&self, format: &str, bytes: &[u8]) -> Result<Arc<dyn Program>, DriverError> {
-        if format != FORMAT {
-            return Err(DriverError::new(Errno::EOPNOTSUPP, format!("cuda loads {FORMAT}, not {format:?}")));
-        }
-        let text = std::str::from_utf8(bytes).map_err(|_| DriverError::new(Errno::EINVAL, "ptx: not UTF-8 text"))?;
-        let entries = ptx::entries(text).map_err(|e| DriverError::new(Errno::EINVAL, e))?;
-        if entries.iter().any(|e| e.info.params.iter().filter(|p| **p == ParamKind::Buffer).count() > 8) {
-            return Err(DriverError::new(Errno::EINVAL, "ptx: more parameters than a launch carries"));
-        }
-        if text.contains('\0') {
-            return Err(DriverError::new(Errno::EINVAL, "ptx: a NUL inside the text"));
-        }
+        let format = match format {
+            FORMAT => wire::ProgramFormat::Ptx,
+            CUBIN => wire::ProgramFormat::Cubin,
+            _ => {
+                return Err(DriverError::new(
+                    Errno::EOPNOTSUPP,
+                    format!("cuda loads {FORMAT} and {CUBIN}, not {format:?}"),
+                ))
+            }
+        };
+        let entries = check_image(format, bytes)?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let memfd = text_memfd(text)?;
+        let memfd = image_memfd(bytes)?;
         let fd = memfd.dup_fd().map_err(|e| DriverError::new(e.code, e.message))?;
-        self.shared.control(&Request::Load { id }, &[fd.as_fd()])?;
-        let record = Arc::new(ProgramRecord { id, text: text.to_string() });
+        let (reply, _) = self.shared.control(&Request::Load { id, format }, &[fd.as_fd()])?;
+        let entries = match (entries, reply) {
+            (Some(entries), _) => entries,
+            (None, Reply::Program(found)) => cubin_entries(found)?,
+            (None, other) => {
+                return Err(DriverError::new(Errno::EPROTO, format!("cuda: loading a cubin: unexpected {other:?}")))
+            }
+        };
+        if entries.iter().any(|e| e.params.iter().filter(|p| **p == ParamKind::Buffer).count() > 8) {
+            return Err(DriverError::new(Errno::EINVAL, "cuda: more buffer parameters than a launch carries"));
+        }
+        let record = Arc::new(ProgramRecord { id, format, image: bytes.to_vec() });
         lock(&self.shared.programs).insert(id, Arc::downgrade(&record));
-        Ok(Arc::new(CudaProgram {
-            shared: self.shared.clone(),
-            record,
-            entries: entries.into_iter().map(|e| e.info).collect(),
-        }))
+        Ok(Arc::new(CudaProgram { shared: self.shared.clone(), record, entries }))
     }
 }

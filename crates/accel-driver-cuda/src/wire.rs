@@ -98,8 +98,8 @@ pub(crate) enum Request {
     Free { id: u64 },
     /// Zero memory `id`.
     Zero { id: u64 },
-    /// Load the PTX text in the memfd that comes along as program `id`.
-    Load { id: u64 },
+    /// Load the program in the memfd that comes along as program `id`.
+    Load { id: u64, format: ProgramFormat },
     /// Unload program `id`.
     Unload { id: u64 },
     /// Map the host memfd that comes along under `key`.
@@ -115,6 +115,24 @@ pub(crate) enum Request {
     Mailbox,
     /// Look at the mailbox: a request is waiting (the worker slept). Not answered.
     Wake,
+}
+
+/// What a program is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ProgramFormat {
+    /// PTX text (JIT-compiled by the driver).
+    Ptx,
+    /// A cubin or fatbin (machine code).
+    Cubin,
+}
+
+/// An entry of a loaded cubin, as the driver reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Entry {
+    pub(crate) name: String,
+    /// Each parameter's size in bytes.
+    pub(crate) params: Vec<u32>,
+    pub(crate) block: [u32; 3],
 }
 
 /// What the device is (the reply to `Hello`).
@@ -138,6 +156,8 @@ pub(crate) enum Reply {
     /// Look at the mailbox: the reply is there (the daemon slept). Not a reply itself.
     Wake,
     Hello(Identity),
+    /// A cubin's entries (the reply to its `Load`).
+    Program(Vec<Entry>),
     /// The request failed; `fatal`: it poisoned the worker's context, which exits now.
     Err {
         code: Errno,

@@ -21,7 +21,7 @@ use crate::gpu::Gpu;
 use crate::mailbox::{self, Mailbox};
 use crate::memory::CudaMem;
 use crate::program::Module;
-use crate::wire::{self, Arg, Broken, Identity, Matrix, Op, Range, Reply, Request};
+use crate::wire::{self, Arg, Broken, Identity, Matrix, Op, ProgramFormat, Range, Reply, Request};
 use crate::{check, device_count};
 
 /// The first of the channel descriptors.
@@ -316,14 +316,23 @@ impl Worker {
                 )?;
                 self.gpu.sync(stream)?;
             }
-            Request::Load { id } => {
-                let text = HostMemory::import(fd()?).map_err(|e| DriverError::new(e.code, e.message))?;
-                let mut bytes = vec![0u8; text.len()];
+            Request::Load { id, format } => {
+                let image = HostMemory::import(fd()?).map_err(|e| DriverError::new(e.code, e.message))?;
+                let mut bytes = vec![0u8; image.len()];
                 // SAFETY: a private mapping of the daemon's memfd, `len` bytes.
-                unsafe { VolatileSlice::new(text.as_ptr(), text.len()) }.read(0, &mut bytes)?;
-                let text = String::from_utf8(bytes).map_err(|_| DriverError::new(Errno::EINVAL, "ptx: not UTF-8"))?;
-                let module = Module::load(&text)?;
-                lock(&self.programs).insert(id, Arc::new(module));
+                unsafe { VolatileSlice::new(image.as_ptr(), image.len()) }.read(0, &mut bytes)?;
+                match format {
+                    ProgramFormat::Ptx => {
+                        let text =
+                            String::from_utf8(bytes).map_err(|_| DriverError::new(Errno::EINVAL, "ptx: not UTF-8"))?;
+                        lock(&self.programs).insert(id, Arc::new(Module::load(&text)?));
+                    }
+                    ProgramFormat::Cubin => {
+                        let (module, entries) = Module::load_image(&bytes)?;
+                        lock(&self.programs).insert(id, Arc::new(module));
+                        return Ok(Reply::Program(entries));
+                    }
+                }
             }
             Request::Unload { id } => {
                 lock(&self.programs).remove(&id);
