@@ -3,17 +3,20 @@
 //! opening a cuda device there fails with the reason.
 //!
 //! **A worker process per GPU** ([`worker`]) owns the device's one CUDA context; the daemon
-//! talks to it over three socket pairs (`wire.rs`: control, compute, copy). Every client's work
-//! shares that context (MPS-style: one context, concurrency between clients' kernels and
-//! copies, no per-process context switches), and faults are contained anyway: CUDA poisons
-//! a whole *process* on a sticky error (measured: after an illegal address, or after
-//! destroying a context whose kernel never ends, even a new `cuCtxCreate` fails), so the
-//! process that dies is the worker, never the daemon. The guilty job gets CUDA's words
-//! (`EFAULT`) or its timeout (`ETIME`); the daemon starts a new worker, which maps every live
-//! allocation again from the POSIX descriptor the daemon kept of it (device memory outlives
-//! the process that made it) and reloads every live program; jobs that were in flight
-//! elsewhere run again (the drm_sched/amdgpu model: guilty job errored, innocent ones
-//! resubmitted after the reset).
+//! talks to it over socket pairs (`wire.rs`: control, a channel per compute stream, copy) and,
+//! for jobs, a shared-memory mailbox per channel (`mailbox.rs`). Every client's work shares
+//! that context (MPS-style: one context, as many clients' kernels at once as there are compute
+//! streams, no per-process context switches), and faults are contained anyway: CUDA poisons a
+//! whole *process* on a sticky error (measured: after an illegal address, or after destroying
+//! a context whose kernel never ends, even a new `cuCtxCreate` fails), so the process that dies
+//! is the worker, never the daemon. A sticky error fails every stream's job at once; each
+//! job's stream writes the job's token to the daemon's page of completion marks once its work
+//! is done, so the daemon knows which jobs finished, starts a new worker (which maps every
+//! live allocation again from the POSIX descriptor the daemon kept, and reloads every live
+//! program), and runs each unfinished job again *alone on the device*: the guilty one faults
+//! again and gets CUDA's words (`EFAULT`), the innocent ones complete. A job that outlives its
+//! timeout gets `ETIME` and the worker is replaced the same way (the drm_sched/amdgpu model:
+//! guilty job errored, innocent ones resubmitted after the reset).
 //!
 //! - **Memory**: a `vram` region allocated with the virtual memory management API
 //!   (`cuMemCreate` with POSIX-fd shareable handles, `cuMemMap`), so export gives a
@@ -24,15 +27,16 @@
 //!   engine's credits, so as many queues' jobs run at once, each on a stream of its own while
 //!   it runs), and copy, on its own stream; each stream has its own worker thread.
 //! - **Ops**: fill (`cuMemsetD32Async`), copy between every pair of regions, GEMM f32 through
-//!   cuBLAS, and launches of `ptx` programs (`cuModuleLoadData`, `cuLaunchKernel`) whose
-//!   entries and parameters are read from the PTX text.
+//!   cuBLAS, and launches of `ptx` programs (`cuModuleLoadData`, entries and parameters read
+//!   from the PTX text) and `cubin`/fatbin programs (entries from the driver: 8-byte
+//!   parameters take buffers, 4-byte ones u32s) with `cuLaunchKernel`.
 //!
 //! - **Health** ([`nvml`](nvml.rs)): NVML in the daemon feeds drm-ras nodes (ECC, retired
 //!   pages, PCIe replay, NVLink, throttling, critical XIDs by code) and `/metrics` sensors.
 //!
-//! Not done yet: `cubin` programs, imports of other processes'
-//! exports, green contexts, remapped-row counts (NVML's wrapper lacks the call).
-//! `scripts/gpu-check.sh` runs this crate's tests on a lent GPU.
+//! Not done yet: imports of other processes' exports, green contexts, remapped-row counts
+//! (NVML's wrapper lacks the call). `scripts/gpu-check.sh` runs this crate's tests on a lent
+//! GPU.
 
 mod cublas;
 pub mod direct;

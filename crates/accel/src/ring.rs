@@ -34,7 +34,7 @@ pub const WAIT_SPIN: Duration = Duration::from_micros(50);
 /// (`CU_CTX_SCHED_AUTO`, `_SPIN`, `_BLOCKING_SYNC`) for accel's rings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WaitMode {
-    /// Spin [`WAIT_SPIN`], then block on the completion eventfd (the default).
+    /// Spin 50 µs, then block on the completion eventfd (the default).
     #[default]
     Auto,
     /// Spin until the completions arrive (or the wait times out): the lowest latency, a
