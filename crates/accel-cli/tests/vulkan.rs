@@ -2,8 +2,9 @@
 //! CI, where `ACCEL_REQUIRE_VULKAN=1` makes a missing Vulkan a failure instead of a skip):
 //! device info, fills and copies between regions, GEMM against the cpu driver, SPIR-V programs
 //! compiled by naga and launched with buffer and scalar arguments, bad programs refused with
-//! the driver's reason, scrubbing, PRIME export/import of device memory, and object counts
-//! after a client is killed mid-launch.
+//! the driver's reason, scrubbing, PRIME export/import of device memory, object counts
+//! after a client is killed mid-launch, and device loss (injected through RAS): the device
+//! re-created, what lived on it gone, the culprit found by running alone.
 
 mod common;
 
@@ -292,4 +293,90 @@ fn a_client_killed_mid_launch_leaves_exact_counts() {
         .unwrap()
         .wait()
         .unwrap();
+}
+
+/// The vulkan device's drm-ras counter `device`/`device-lost` (its only node and counter).
+const DEVICE_LOST: (u32, u32) = (1, 1);
+
+fn lose_device(d: &Daemon, times: u64) {
+    use accel::ras::{Ras, RasAttr, RasCmd, RasMsg};
+    let mut ras = Ras::connect(d.socket()).unwrap();
+    let ids = vec![RasAttr::NodeId(DEVICE_LOST.0), RasAttr::ErrorId(DEVICE_LOST.1), RasAttr::Count(times)];
+    ras.request(RasMsg::new(RasCmd::InjectError, ids), false).unwrap();
+}
+
+fn losses(d: &Daemon) -> u64 {
+    use accel::ras::{Ras, RasAttr, RasCmd, RasMsg};
+    let mut ras = Ras::connect(d.socket()).unwrap();
+    let ids = vec![RasAttr::NodeId(DEVICE_LOST.0), RasAttr::ErrorId(DEVICE_LOST.1), RasAttr::AccelExt];
+    ras.request(RasMsg::new(RasCmd::GetErrorCounter, ids), false).unwrap()[0].value().unwrap()
+}
+
+fn read_u32(b: &Buffer) -> u32 {
+    let mut w = [0u8; 4];
+    b.read(0, &mut w).unwrap();
+    u32::from_ne_bytes(w)
+}
+
+#[test]
+fn a_lost_device_is_recreated_and_only_what_lived_on_it_is_gone() {
+    if !vulkan() {
+        return;
+    }
+    let d = Daemon::start(&["vulkan:0"]);
+    let dev = d.open(0);
+    let q = dev.create_queue().unwrap();
+    let old_vram = dev.alloc_in(4096, VRAM).unwrap();
+    let old_program = dev.load_program("spirv", &spirv(SAXPY)).unwrap();
+    let host = dev.alloc(4096).unwrap();
+    q.submit(Op::Fill { dst: old_vram.whole(), pattern: 1 }).unwrap().wait().unwrap();
+
+    lose_device(&d, 1);
+    // The next job finds the device lost, runs again alone on a new one, and completes.
+    q.submit(Op::Fill { dst: host.whole(), pattern: 7 }).unwrap().wait().unwrap();
+    assert_eq!(read_u32(&host), 7);
+    assert_eq!(losses(&d), 1, "one device-lost event in RAS");
+
+    // What lived on the lost device is gone, with the reason.
+    let e = q.submit(Op::Copy { src: old_vram.whole(), dst: host.whole() }).unwrap().wait().unwrap_err();
+    assert_eq!(e.code, Errno::ENODEV, "{e}");
+    let args = [
+        LaunchArg::Buffer(host.view(0, 64)),
+        LaunchArg::Buffer(host.view(64, 64)),
+        LaunchArg::U32(16),
+        LaunchArg::F32(2.0),
+    ];
+    let e = q.submit(old_program.launch("main", [1, 1, 1], &args).unwrap()).unwrap().wait().unwrap_err();
+    assert_eq!(e.code, Errno::ENODEV, "{e}");
+
+    // New memory and programs work on the new device, which is not wedged.
+    let vram = dev.alloc_in(4096, VRAM).unwrap();
+    q.submit(Op::Fill { dst: vram.whole(), pattern: 9 }).unwrap().wait().unwrap();
+    q.submit(Op::Copy { src: vram.whole(), dst: host.whole() }).unwrap().wait().unwrap();
+    assert_eq!(read_u32(&host), 9);
+    let program = dev.load_program("spirv", &spirv(SAXPY)).unwrap();
+    q.submit(program.launch("main", [1, 1, 1], &args).unwrap()).unwrap().wait().unwrap();
+    let info = accel::Connection::connect(d.socket()).unwrap().device_info(0).unwrap();
+    assert!(!info.wedged);
+}
+
+#[test]
+fn a_job_that_loses_the_device_again_alone_is_the_culprit() {
+    if !vulkan() {
+        return;
+    }
+    let d = Daemon::start(&["vulkan:0"]);
+    let dev = d.open(0);
+    let q = dev.create_queue().unwrap();
+    let host = dev.alloc(4096).unwrap();
+    // The device is lost, and so is the next one: the job that meets both, the second time
+    // alone on the device, is taken for the culprit.
+    lose_device(&d, 2);
+    let e = q.submit(Op::Fill { dst: host.whole(), pattern: 3 }).unwrap().wait().unwrap_err();
+    assert_eq!(e.code, Errno::EIO, "{e}");
+    assert!(e.message.contains("alone"), "{e}");
+    assert_eq!(losses(&d), 2);
+    // The third device is fine, and so is the queue.
+    q.submit(Op::Fill { dst: host.whole(), pattern: 4 }).unwrap().wait().unwrap();
+    assert_eq!(read_u32(&host), 4);
 }

@@ -398,6 +398,11 @@ impl Gpu {
         Ok(())
     }
 
+    /// Marks the device lost, as `VK_ERROR_DEVICE_LOST` does: every later submission fails.
+    pub fn lose(&self) {
+        self.lost.store(true, Ordering::Release);
+    }
+
     fn note(&self, e: DriverError) -> DriverError {
         if e.lost {
             self.lost.store(true, Ordering::Release);

@@ -11,15 +11,22 @@
 //!   semaphore.
 //! - **Ops**: fill and copy as transfer commands, GEMM f32 as a tiled compute shader written in
 //!   WGSL and compiled to SPIR-V at build time by naga, and launches of `spirv` programs.
-//! - **Faults**: `VK_ERROR_DEVICE_LOST` is reported to RAS (`device`/`device-lost`, fatal) and
-//!   returned as device loss, which wedges the device in the core.
+//! - **Faults**: `VK_ERROR_DEVICE_LOST` is reported to RAS (`device`/`device-lost`, fatal)
+//!   and the logical device is re-created on the same physical device (a GPU reset). As
+//!   Vulkan has it, what lived on the lost device is gone: device memory and programs made
+//!   before the loss fail their later jobs with `ENODEV` (clients make them again), the rest
+//!   carries on. The jobs the loss caught run again, each *alone* on the new device: one that
+//!   loses the device again alone is the culprit and fails (`EIO`); the others complete. Only
+//!   a failed re-creation wedges the device. An admin injects a loss through RAS
+//!   (`inject-error device/device-lost`).
 
 mod gpu;
 mod memory;
 mod program;
 
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use accel_hal::bo::BoMatrix;
 use accel_hal::driver::{
@@ -54,10 +61,31 @@ pub fn device_count() -> Result<usize, DriverError> {
 
 /// One Vulkan physical device as an accel device.
 pub struct VulkanDevice {
-    gpu: Arc<Gpu>,
-    gemm: VkProgram,
+    index: usize,
+    /// The logical device now, replaced after a loss.
+    current: RwLock<Arc<Generation>>,
+    /// Jobs take it shared; a job run again after a loss takes it alone.
+    solo: RwLock<()>,
     ras: Mutex<Option<RasSink>>,
     exports: memory::Exports,
+    /// Logical devices made after losses.
+    recreated: AtomicU64,
+    /// Injected losses still to come: each new logical device is lost at once while any are.
+    injected: AtomicU64,
+}
+
+/// One logical device and the driver's own program on it.
+struct Generation {
+    gpu: Arc<Gpu>,
+    gemm: VkProgram,
+}
+
+impl Generation {
+    fn open(index: usize) -> Result<Generation, DriverError> {
+        let gpu = Arc::new(Gpu::open(index)?);
+        let gemm = VkProgram::load(&gpu, GEMM_SPV, usize::MAX)?;
+        Ok(Generation { gpu, gemm })
+    }
 }
 
 fn vendor_name(id: u32) -> &'static str {
@@ -79,28 +107,76 @@ fn einval(message: impl Into<String>) -> DriverError {
 impl VulkanDevice {
     /// Opens Vulkan physical device `index`.
     pub fn open(index: usize) -> Result<VulkanDevice, DriverError> {
-        let gpu = Arc::new(Gpu::open(index)?);
-        let gemm = VkProgram::load(&gpu, GEMM_SPV, usize::MAX)?;
-        Ok(VulkanDevice { gpu, gemm, ras: Mutex::new(None), exports: Default::default() })
+        Ok(VulkanDevice {
+            index,
+            current: RwLock::new(Arc::new(Generation::open(index)?)),
+            solo: RwLock::new(()),
+            ras: Mutex::new(None),
+            exports: Default::default(),
+            recreated: AtomicU64::new(0),
+            injected: AtomicU64::new(0),
+        })
+    }
+
+    /// The logical device now.
+    fn now(&self) -> Arc<Generation> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The physical device's properties (the same across re-creations).
+    fn gpu(&self) -> Arc<Gpu> {
+        self.now().gpu.clone()
+    }
+
+    /// Logical devices made after losses so far.
+    pub fn recreated(&self) -> u64 {
+        self.recreated.load(Ordering::Relaxed)
     }
 
     /// Bytes of device-local memory (the largest device-local heap).
     fn vram_bytes(&self) -> u64 {
-        self.gpu.props.heaps.iter().filter(|h| h.1).map(|h| h.0).max().unwrap_or(0)
+        self.gpu().props.heaps.iter().filter(|h| h.1).map(|h| h.0).max().unwrap_or(0)
     }
 
-    fn report_loss(&self, e: &DriverError) {
-        if e.lost {
-            if let Some(sink) = lock(&self.ras).clone() {
-                let _ = sink.report("device", "device-lost", 1);
-            }
+    /// The device `lost` was lost: report it once, and make a new logical device (unless
+    /// another job did already). An error here is a device loss for good (the core wedges).
+    fn recreate(&self, lost: &Arc<Generation>, why: &str) -> Result<(), DriverError> {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&current, lost) {
+            return Ok(());
         }
+        if let Some(sink) = lock(&self.ras).clone() {
+            let _ = sink.report("device", "device-lost", 1);
+        }
+        let fresh = Generation::open(self.index)
+            .map_err(|e| DriverError::device_lost(format!("{why}; re-creating the device failed: {}", e.message)))?;
+        if self.injected.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok() {
+            fresh.gpu.lose();
+        }
+        *current = Arc::new(fresh);
+        let n = self.recreated.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!("vulkan{}: device lost ({why}); re-created it ({n} so far)", self.index);
+        Ok(())
+    }
+
+    /// Records and runs one job on logical device `g`.
+    fn run_on(&self, g: &Generation, engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), DriverError> {
+        let mut binder = Binder::new(&g.gpu);
+        let result = g.gpu.submit(engine, &ctx.abort, Box::new(op.clone()), |d, rec, owned| {
+            let r = self.record(g, d, rec, &mut binder, op);
+            owned.append(&mut binder.owned);
+            r
+        });
+        if result.is_ok() {
+            binder.finish();
+        }
+        result
     }
 
     /// A matrix operand bound at an offset storage buffers allow, with the rest in elements.
-    fn bind_matrix(&self, binder: &mut Binder<'_>, m: &BoMatrix) -> Result<(Bound, u32), DriverError> {
+    fn bind_matrix(&self, g: &Generation, binder: &mut Binder<'_>, m: &BoMatrix) -> Result<(Bound, u32), DriverError> {
         let b = binder.bind(&m.range)?;
-        let base = b.offset - b.offset % self.gpu.props.storage_align;
+        let base = b.offset - b.offset % g.gpu.props.storage_align;
         let skew = b.offset - base;
         if !skew.is_multiple_of(4) {
             return Err(einval(format!("vulkan: a matrix at byte offset {} is not f32-aligned", m.range.offset)));
@@ -109,7 +185,14 @@ impl VulkanDevice {
         Ok((Bound { buffer: b.buffer, offset: base, len: b.len + skew }, elems))
     }
 
-    fn record(&self, d: &ash::Device, rec: &Recorder, binder: &mut Binder<'_>, op: &JobOp) -> Result<(), DriverError> {
+    fn record(
+        &self,
+        g: &Generation,
+        d: &ash::Device,
+        rec: &Recorder,
+        binder: &mut Binder<'_>,
+        op: &JobOp,
+    ) -> Result<(), DriverError> {
         let before = vk::MemoryBarrier::default()
             .src_access_mask(vk::AccessFlags::MEMORY_WRITE | vk::AccessFlags::HOST_WRITE)
             .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE);
@@ -147,7 +230,7 @@ impl VulkanDevice {
                 let overlap = s.buffer == t.buffer && s.offset < t.offset + t.len && t.offset < s.offset + s.len;
                 if overlap {
                     // Vulkan copies must not overlap: go through a scratch buffer.
-                    let (tmp, mem) = self.gpu.buffer(s.len, self.gpu.device_type, false)?;
+                    let (tmp, mem) = g.gpu.buffer(s.len, g.gpu.device_type, false)?;
                     binder.owned.push(gpu::Owned::Buffer(tmp, Some(mem)));
                     let there = vk::BufferCopy { src_offset: s.offset, dst_offset: 0, size: s.len };
                     let back = vk::BufferCopy { src_offset: 0, dst_offset: t.offset, size: s.len };
@@ -168,9 +251,9 @@ impl VulkanDevice {
                     .iter()
                     .map(|v| u32::try_from(*v).map_err(|_| einval("vulkan: a GEMM dimension over 2^32")))
                     .collect::<Result<_, _>>()?;
-                let (ba, oa) = self.bind_matrix(binder, a)?;
-                let (bb, ob) = self.bind_matrix(binder, b)?;
-                let (bc, oc) = self.bind_matrix(binder, c)?;
+                let (ba, oa) = self.bind_matrix(g, binder, a)?;
+                let (bb, ob) = self.bind_matrix(g, binder, b)?;
+                let (bc, oc) = self.bind_matrix(g, binder, c)?;
                 let mut scalars: Vec<JobArg> = dims.iter().map(|v| JobArg::U32(*v)).collect();
                 scalars.extend([
                     JobArg::U32(oa),
@@ -180,13 +263,19 @@ impl VulkanDevice {
                     JobArg::F32(*beta),
                 ]);
                 let grid = [c.cols.div_ceil(GEMM_TILE) as u32, c.rows.div_ceil(GEMM_TILE) as u32, 1];
-                self.gemm.record(d, rec, 0, grid, &[ba, bb, bc], &scalars)?;
+                g.gemm.record(d, rec, 0, grid, &[ba, bb, bc], &scalars)?;
             }
             JobOp::Launch { program, entry, grid, args } => {
                 let p = program
                     .as_any()
                     .downcast_ref::<VkProgram>()
                     .ok_or_else(|| einval("vulkan: a program of another driver"))?;
+                if !p.is_on(&g.gpu) {
+                    return Err(DriverError::new(
+                        Errno::ENODEV,
+                        "vulkan: the program was lost with the device it was loaded on (a device reset): load it again",
+                    ));
+                }
                 let mut buffers = Vec::new();
                 let mut scalars = Vec::new();
                 for a in args {
@@ -208,9 +297,10 @@ impl VulkanDevice {
 
 impl Driver for VulkanDevice {
     fn info(&self) -> DriverInfo {
-        let p = &self.gpu.props;
+        let gpu = self.gpu();
+        let p = &gpu.props;
         let mut engines = vec![EngineInfo { name: "compute".into(), credits: 4 }];
-        if self.gpu.engines.len() > 1 {
+        if gpu.engines.len() > 1 {
             engines.push(EngineInfo { name: "copy".into(), credits: 2 });
         }
         DriverInfo {
@@ -228,7 +318,7 @@ impl Driver for VulkanDevice {
 
     fn engine_for(&self, op: &JobOp) -> usize {
         match op {
-            JobOp::Fill { .. } | JobOp::Copy { .. } if self.gpu.engines.len() > 1 => 1,
+            JobOp::Fill { .. } | JobOp::Copy { .. } if self.gpu().engines.len() > 1 => 1,
             _ => 0,
         }
     }
@@ -245,25 +335,49 @@ impl Driver for VulkanDevice {
         if empty {
             return Ok(());
         }
-        let mut binder = Binder::new(&self.gpu);
-        let result = self.gpu.submit(engine, &ctx.abort, Box::new(op.clone()), |d, rec, owned| {
-            let r = self.record(d, rec, &mut binder, op);
-            owned.append(&mut binder.owned);
-            r
-        });
-        match &result {
-            Ok(()) => binder.finish(),
-            Err(e) => self.report_loss(e),
+        let mut solo = false;
+        loop {
+            // A turn beside other jobs, or alone on the device (a run again after a loss).
+            let _beside = (!solo).then(|| self.solo.read().unwrap_or_else(|e| e.into_inner()));
+            let _alone = solo.then(|| self.solo.write().unwrap_or_else(|e| e.into_inner()));
+            let g = self.now();
+            match self.run_on(&g, engine, op, ctx) {
+                Err(e) if e.lost => {
+                    self.recreate(&g, &e.message)?;
+                    if solo {
+                        return Err(DriverError::new(
+                            Errno::EIO,
+                            format!(
+                                "{} (this job's: it lost the device again alone on it; the device was re-created)",
+                                e.message
+                            ),
+                        ));
+                    }
+                    solo = true;
+                }
+                other => return other,
+            }
         }
-        result
     }
 
     fn telemetry(&self) -> accel_hal::driver::Telemetry {
-        accel_hal::driver::Telemetry { serial: Some(self.gpu.props.uuid.clone()), ..Default::default() }
+        accel_hal::driver::Telemetry { serial: Some(self.gpu().props.uuid.clone()), ..Default::default() }
     }
 
     fn ras_attach(&self, sink: RasSink) {
         *lock(&self.ras) = Some(sink);
+    }
+
+    /// `device`/`device-lost`: loses the logical device now, as a GPU fault would (the next
+    /// job finds it lost; re-creation follows), and `count - 1` re-created ones after it as
+    /// soon as they are made. Admins only, through RAS.
+    fn ras_inject(&self, node: &str, error: &str, count: u64) -> Result<(), Errno> {
+        if (node, error) != ("device", "device-lost") || count == 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        self.injected.store(count - 1, Ordering::Release);
+        self.gpu().lose();
+        Ok(())
     }
 
     fn regions(&self) -> Vec<RegionDesc> {
@@ -272,7 +386,7 @@ impl Driver for VulkanDevice {
             kind: RegionKind::Device,
             size: self.vram_bytes(),
             mappable: false,
-            exportable: self.gpu.memory_fd.is_some(),
+            exportable: self.gpu().memory_fd.is_some(),
             coherent: false,
         }]
     }
@@ -281,7 +395,7 @@ impl Driver for VulkanDevice {
         if region != 0 {
             return Err(einval(format!("vulkan has no region {}", region + 1)));
         }
-        Ok(VkMem::new(&self.gpu, size, &self.exports)?)
+        Ok(VkMem::new(&self.gpu(), size, &self.exports)?)
     }
 
     fn import_memory(&self, fd: &OwnedFd) -> Result<Option<Imported>, DriverError> {
@@ -299,6 +413,6 @@ impl Driver for VulkanDevice {
         if format != FORMAT {
             return Err(DriverError::new(Errno::EOPNOTSUPP, format!("vulkan loads {FORMAT}, not {format:?}")));
         }
-        Ok(Arc::new(VkProgram::load(&self.gpu, bytes, accel_uapi::MAX_LAUNCH_ARGS)?))
+        Ok(Arc::new(VkProgram::load(&self.gpu(), bytes, accel_uapi::MAX_LAUNCH_ARGS)?))
     }
 }

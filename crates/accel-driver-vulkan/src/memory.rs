@@ -152,6 +152,12 @@ impl<'a> Binder<'a> {
                 .as_any()
                 .downcast_ref::<VkMem>()
                 .ok_or_else(|| DriverError::new(Errno::EINVAL, "vulkan: a buffer of another device's memory"))?;
+            if !std::ptr::eq(Arc::as_ptr(&mem.gpu), self.gpu) {
+                return Err(DriverError::new(
+                    Errno::ENODEV,
+                    "vulkan: the buffer's device memory was lost with the device (a device reset): allocate it again",
+                ));
+            }
             return Ok(Bound { buffer: mem.buffer, offset: r.offset as u64, len: r.len as u64 });
         }
         let host = r.bo.host().ok_or_else(|| DriverError::new(Errno::EINVAL, "vulkan: a buffer with no memory"))?;

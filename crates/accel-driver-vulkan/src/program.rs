@@ -195,6 +195,11 @@ impl VkProgram {
         Ok(p)
     }
 
+    /// Whether the program lives on logical device `gpu` (not on one lost before it).
+    pub fn is_on(&self, gpu: &Arc<Gpu>) -> bool {
+        Arc::ptr_eq(&self.gpu, gpu)
+    }
+
     /// Records a launch of `entry` over `grid` work groups: `buffers` bound to the module's
     /// storage buffers in binding order, `scalars` packed into its push constants.
     #[allow(clippy::too_many_arguments)]
