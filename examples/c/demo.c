@@ -120,7 +120,14 @@ int main(void) {
         got += n;
     }
     for (int i = 0; i < 32; i++) EXPECT(cqes[i].user_data == 100u + i && cqes[i].result == 0);
-    printf("ring: 1 + 32 null jobs\n");
+    /* Waiting by spinning (as CUDA's spin-wait) and by blocking at once. */
+    CHECK(accel_ring_set_wait_mode(ring, ACCEL_WAIT_SPIN));
+    CHECK(accel_ring_submit_wait(ring, &nop, SECOND, &cqe));
+    CHECK(accel_ring_set_wait_mode(ring, ACCEL_WAIT_BLOCK));
+    CHECK(accel_ring_submit_wait(ring, &nop, SECOND, &cqe));
+    EXPECT(accel_ring_set_wait_mode(ring, 7) == -EINVAL);
+    CHECK(accel_ring_set_wait_mode(ring, ACCEL_WAIT_AUTO));
+    printf("ring: 1 + 32 null jobs, then spinning and blocking waits\n");
 
     /* drm_syncobj semantics: out-of-order points, arrays, wait-for-submit, sync files, and
      * a ring entry that waits for a point before it is submitted. */

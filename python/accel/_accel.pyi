@@ -147,6 +147,7 @@ class Syncobj:
     def import_sync_file(self, point: int, fd: int) -> None: ...
 
 class Ring:
+    wait_mode: str  # "auto", "spin" or "block"
     def push(self, op: str = "nop", args: Any = None, user_data: int = 0) -> None: ...
     def push_sync(
         self,

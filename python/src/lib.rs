@@ -892,6 +892,34 @@ impl Ring {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).push_sync(&w, &s, user_data).map_err(raise)
     }
 
+    /// How `wait` waits: `"auto"` (spin 50 µs, then block; the default), `"spin"` (until the
+    /// completions come: the lowest latency, a core busy) or `"block"`.
+    #[getter]
+    fn get_wait_mode(&self) -> &'static str {
+        match self.inner.lock().unwrap_or_else(|e| e.into_inner()).wait_mode() {
+            accel::WaitMode::Auto => "auto",
+            accel::WaitMode::Spin => "spin",
+            accel::WaitMode::Block => "block",
+        }
+    }
+
+    #[setter]
+    fn set_wait_mode(&self, mode: &str) -> PyResult<()> {
+        let mode = match mode {
+            "auto" => accel::WaitMode::Auto,
+            "spin" => accel::WaitMode::Spin,
+            "block" => accel::WaitMode::Block,
+            _ => {
+                return Err(raise(accel::Error {
+                    code: accel::Errno::EINVAL,
+                    message: format!("wait mode {mode:?}: not \"auto\", \"spin\" or \"block\""),
+                }))
+            }
+        };
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).set_wait_mode(mode);
+        Ok(())
+    }
+
     /// Wakes the daemon if it sleeps.
     fn flush(&self) -> PyResult<()> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).flush().map_err(raise)

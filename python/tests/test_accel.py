@@ -182,6 +182,18 @@ def test_ring_sync_entries(daemon):
     assert done.query() == 1
 
 
+def test_ring_wait_modes(daemon):
+    ring = accel.Device(0).ring(8)
+    assert ring.wait_mode == "auto"
+    for mode in ("spin", "block", "auto"):
+        ring.wait_mode = mode
+        assert ring.wait_mode == mode
+        assert ring.nop_sync(timeout=5) > 0
+    with pytest.raises(accel.Error) as e:
+        ring.wait_mode = "busy"
+    assert e.value.errno == errno.EINVAL
+
+
 def test_ring_round_trips(daemon):
     dev = accel.Device(0)
     ring = dev.ring(64)

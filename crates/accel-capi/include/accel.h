@@ -38,6 +38,16 @@
 // Query the last submitted point (`DRM_SYNCOBJ_QUERY_FLAGS_LAST_SUBMITTED`).
 #define ACCEL_SYNCOBJ_QUERY_LAST_SUBMITTED 1
 
+// `accel_ring_set_wait_mode`: spin briefly (50 µs), then block (the default).
+#define ACCEL_WAIT_AUTO 0
+
+// `accel_ring_set_wait_mode`: spin until the completions come (lowest latency, a core busy;
+// the daemon's poller keeps watching the ring while its jobs run).
+#define ACCEL_WAIT_SPIN 1
+
+// `accel_ring_set_wait_mode`: block at once.
+#define ACCEL_WAIT_BLOCK 2
+
 // Which operation an [`accel_op`] describes.
 typedef enum accel_op_kind {
   // Does nothing (a null job).
@@ -529,6 +539,14 @@ int accel_ring_push_sync(struct accel_ring *r,
 // # Safety
 // `r` is live.
 int accel_ring_flush(struct accel_ring *r);
+
+// Chooses how [`accel_ring_wait`] and [`accel_ring_submit_wait`] wait: `ACCEL_WAIT_AUTO`,
+// `ACCEL_WAIT_SPIN` or `ACCEL_WAIT_BLOCK` (CUDA's context scheduling flags, for a ring);
+// `-EINVAL` for anything else.
+//
+// # Safety
+// `r` is live.
+int accel_ring_set_wait_mode(struct accel_ring *r, int mode);
 
 // Waits up to `timeout_ns` until at least `min` completions are available, then copies
 // up to `max` into `out`; returns how many (or `-ETIMEDOUT`, `-EPIPE` if the daemon died).

@@ -1218,6 +1218,36 @@ pub unsafe extern "C" fn accel_ring_flush(r: *mut accel_ring) -> c_int {
     })
 }
 
+/// `accel_ring_set_wait_mode`: spin briefly (50 µs), then block (the default).
+pub const ACCEL_WAIT_AUTO: c_int = 0;
+/// `accel_ring_set_wait_mode`: spin until the completions come (lowest latency, a core busy;
+/// the daemon's poller keeps watching the ring while its jobs run).
+pub const ACCEL_WAIT_SPIN: c_int = 1;
+/// `accel_ring_set_wait_mode`: block at once.
+pub const ACCEL_WAIT_BLOCK: c_int = 2;
+
+/// Chooses how [`accel_ring_wait`] and [`accel_ring_submit_wait`] wait: `ACCEL_WAIT_AUTO`,
+/// `ACCEL_WAIT_SPIN` or `ACCEL_WAIT_BLOCK` (CUDA's context scheduling flags, for a ring);
+/// `-EINVAL` for anything else.
+///
+/// # Safety
+/// `r` is live.
+#[no_mangle]
+pub unsafe extern "C" fn accel_ring_set_wait_mode(r: *mut accel_ring, mode: c_int) -> c_int {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let r = unsafe { r.as_mut() }.ok_or_else(|| err(Errno::EINVAL, "ring is NULL"))?;
+        let mode = match mode {
+            ACCEL_WAIT_AUTO => accel::WaitMode::Auto,
+            ACCEL_WAIT_SPIN => accel::WaitMode::Spin,
+            ACCEL_WAIT_BLOCK => accel::WaitMode::Block,
+            _ => return Err(err(Errno::EINVAL, "wait mode: not ACCEL_WAIT_AUTO, _SPIN or _BLOCK")),
+        };
+        r.inner.set_wait_mode(mode);
+        Ok(0)
+    })
+}
+
 /// Waits up to `timeout_ns` until at least `min` completions are available, then copies
 /// up to `max` into `out`; returns how many (or `-ETIMEDOUT`, `-EPIPE` if the daemon died).
 ///
