@@ -380,3 +380,60 @@ fn a_job_that_loses_the_device_again_alone_is_the_culprit() {
     q.submit(Op::Fill { dst: host.whole(), pattern: 4 }).unwrap().wait().unwrap();
     assert_eq!(read_u32(&host), 4);
 }
+
+/// A kernel that does not end in any time a test waits when launched over 65,535² work
+/// groups: each adds one to memory the client can see 65,535 times (a side effect every
+/// step, so no compiler shortens the loop; lavapipe ends any loop after 65,535 trips).
+const HANG: &str = r#"
+@group(0) @binding(0) var<storage, read_write> counter: array<atomic<u32>>;
+@compute @workgroup_size(1)
+fn main() {
+    for (var k = 0u; k < 65535u; k++) { atomicAdd(&counter[0], 1u); }
+}
+"#;
+
+/// The grid that makes [`HANG`] last (about 2^32 work groups).
+const HANG_GRID: [u32; 3] = [65535, 65535, 1];
+
+#[test]
+fn a_kernel_that_never_ends_fails_only_its_own_job_and_the_device_is_recreated() {
+    if !vulkan() {
+        return;
+    }
+    let d = Daemon::start(&["vulkan:0"]);
+    let dev = d.open(0);
+    let bad = dev.create_queue_with_timeout(Duration::from_millis(300)).unwrap();
+    let hang = dev.load_program("spirv", &spirv(HANG)).unwrap();
+    let flag = dev.alloc(4096).unwrap();
+    // An innocent client keeps filling its own host memory meanwhile.
+    let innocent = d.open(0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let q = innocent.create_queue().unwrap();
+            let host = innocent.alloc(4096).unwrap();
+            let mut done = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || done < 10 {
+                q.submit(Op::Fill { dst: host.whole(), pattern: done }).unwrap().wait().unwrap();
+                assert_eq!(read_u32(&host), done);
+                done += 1;
+            }
+            done
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let job = bad.submit(hang.launch("main", HANG_GRID, &[LaunchArg::Buffer(flag.whole())]).unwrap()).unwrap();
+    assert_eq!(job.wait().unwrap_err().code, Errno::ETIME);
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(worker.join().unwrap() >= 10, "the innocent client's jobs all completed");
+    // The device was re-created, not wedged; the culprit's queue and others work on it.
+    let info = accel::Connection::connect(d.socket()).unwrap().device_info(0).unwrap();
+    assert!(!info.wedged);
+    assert_eq!(info.resets, 1);
+    let host = dev.alloc(4096).unwrap();
+    dev.create_queue().unwrap().submit(Op::Fill { dst: host.whole(), pattern: 5 }).unwrap().wait().unwrap();
+    assert_eq!(read_u32(&host), 5);
+    assert_eq!(losses(&d), 1, "the reset is in RAS");
+}

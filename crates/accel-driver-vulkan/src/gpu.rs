@@ -375,6 +375,12 @@ impl Gpu {
             match unsafe { self.device.wait_semaphores(&wait, Duration::from_millis(20).as_nanos() as u64) } {
                 Ok(()) => break,
                 Err(vk::Result::TIMEOUT) => {
+                    if self.lost.load(Ordering::Acquire) {
+                        // Lost while it ran (a reset for another job's timeout): the device
+                        // will not finish it.
+                        lock(&e.zombies).push((value, rec, owned, keep));
+                        return Err(DriverError::device_lost("vulkan: the device was lost while the job ran"));
+                    }
                     if !abort.is_aborted() {
                         continue;
                     }
@@ -476,7 +482,16 @@ impl Gpu {
 
     /// Destroys per-job objects.
     pub fn free(&self, owned: Vec<Owned>) {
-        free_owned(&self.device, owned);
+        // On a device taken for lost a job may still run (one that never ends): what it uses
+        // stays (see Drop).
+        if !self.is_lost() {
+            free_owned(&self.device, owned);
+        }
+    }
+
+    /// Whether the device was lost (or taken for lost by a reset).
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
     }
 
     /// A buffer over `size` bytes of new memory of type `type_index` (exportable as an
@@ -684,6 +699,12 @@ impl Recorder {
 
 impl Drop for Gpu {
     fn drop(&mut self) {
+        if *self.lost.get_mut() {
+            // A device taken for lost may still run a job that never ends (the reset after a
+            // timeout): waiting for it would never return, and destroying it under running
+            // work is undefined. It is left to the process's end.
+            return;
+        }
         // SAFETY: waiting for idle first; every object the driver made is destroyed before
         // its device, and the device before the instance.
         unsafe {

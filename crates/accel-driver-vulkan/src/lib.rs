@@ -18,7 +18,11 @@
 //!   carries on. The jobs the loss caught run again, each *alone* on the new device: one that
 //!   loses the device again alone is the culprit and fails (`EIO`); the others complete. Only
 //!   a failed re-creation wedges the device. An admin injects a loss through RAS
-//!   (`inject-error device/device-lost`).
+//!   (`inject-error device/device-lost`). A job that outlives its queue's timeout is ended
+//!   the same way (Vulkan cannot cancel submitted work): the device is taken for lost and
+//!   re-created, the job fails with `ETIME` and the core resubmits the others; the lost
+//!   device, which may still run that job, is left to the process's end rather than
+//!   destroyed under it.
 
 mod gpu;
 mod memory;
@@ -344,6 +348,10 @@ impl Driver for VulkanDevice {
             match self.run_on(&g, engine, op, ctx) {
                 Err(e) if e.lost => {
                     self.recreate(&g, &e.message)?;
+                    if ctx.abort.is_aborted() {
+                        // A reset for a timeout (this job's or another's): the core decides.
+                        return Err(DriverError::new(Errno::ECANCELED, "vulkan: job aborted by a device reset"));
+                    }
                     if solo {
                         return Err(DriverError::new(
                             Errno::EIO,
@@ -366,6 +374,17 @@ impl Driver for VulkanDevice {
 
     fn ras_attach(&self, sink: RasSink) {
         *lock(&self.ras) = Some(sink);
+    }
+
+    /// A job outlived its timeout: its work may never end, and only a new logical device
+    /// ends it for the others (the running ones are resubmitted by the core).
+    fn timedout_job(&self, _engine: usize, _guilty: &JobCtx) -> Result<(), Errno> {
+        let g = self.now();
+        g.gpu.lose();
+        self.recreate(&g, "a job timeout").map_err(|e| {
+            tracing::error!("{}", e.message);
+            Errno::EIO
+        })
     }
 
     /// `device`/`device-lost`: loses the logical device now, as a GPU fault would (the next

@@ -304,6 +304,9 @@ impl Program for VkProgram {
 
 impl Drop for VkProgram {
     fn drop(&mut self) {
+        if self.gpu.is_lost() {
+            return; // a job that never ends may still use it (see `Gpu::free`)
+        }
         let d = &self.gpu.device;
         // SAFETY: launches hold their program until they completed; null handles are ignored.
         unsafe {
