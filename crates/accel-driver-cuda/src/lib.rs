@@ -210,13 +210,7 @@ fn spawn_worker(
     let mut theirs = Vec::new();
     let channels = wire::copy_channel(compute) + 1;
     for _ in 0..channels {
-        let (a, b) = rustix::net::socketpair(
-            rustix::net::AddressFamily::UNIX,
-            rustix::net::SocketType::SEQPACKET,
-            rustix::net::SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| DriverError::new(Errno::EIO, format!("cuda: socketpair: {e}")))?;
+        let (a, b) = wire::socket_pair().map_err(|e| DriverError::new(Errno::EIO, format!("cuda: socketpair: {e}")))?;
         ours.push(a);
         theirs.push(b);
     }

@@ -175,6 +175,16 @@ pub(crate) enum Broken {
     Local(String),
 }
 
+/// A connected channel's two ends (`SOCK_SEQPACKET`, close-on-exec).
+pub(crate) fn socket_pair() -> rustix::io::Result<(OwnedFd, OwnedFd)> {
+    rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+}
+
 /// Sends `msg` with `fds` on `sock`.
 pub(crate) fn send<T: Serialize>(sock: &OwnedFd, msg: &T, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<(), Broken> {
     let bytes = postcard::to_stdvec(msg).map_err(|e| Broken::Local(e.to_string()))?;
@@ -358,13 +368,7 @@ mod tests {
     use super::*;
 
     fn pair() -> (OwnedFd, OwnedFd) {
-        rustix::net::socketpair(
-            rustix::net::AddressFamily::UNIX,
-            rustix::net::SocketType::SEQPACKET,
-            rustix::net::SocketFlags::CLOEXEC,
-            None,
-        )
-        .unwrap()
+        socket_pair().unwrap()
     }
 
     #[test]

@@ -695,13 +695,7 @@ mod tests {
     use super::*;
 
     fn pair() -> (OwnedFd, OwnedFd) {
-        rustix::net::socketpair(
-            rustix::net::AddressFamily::UNIX,
-            rustix::net::SocketType::SEQPACKET,
-            rustix::net::SocketFlags::CLOEXEC,
-            None,
-        )
-        .unwrap()
+        wire::socket_pair().unwrap()
     }
 
     /// A worker channel's loop without a GPU: takes a mailbox, answers `Free { id }` after
