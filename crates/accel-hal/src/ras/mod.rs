@@ -13,7 +13,7 @@
 //!
 //! Drivers report through one API, [`RasSink::report`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -612,6 +612,25 @@ fn publish(ev: &mut Events, events: Vec<RasEvent>) {
     ev.subscribers.retain(|s| !matches!(s.try_send(events.clone()), Err(TrySendError::Disconnected(_))));
 }
 
+/// The records that make a batch durable: of a batch's errors on one counter only the last
+/// (it carries the counter's value after all of them, which is what a restart needs), every
+/// other record as it is. A storm of 1,000 errors on one counter writes one record, not 1,000:
+/// the sync of a page, not of 25. The history replayed after a restart keeps that last event.
+fn coalesced(batch: &[&LogRecord]) -> Vec<LogRecord> {
+    let mut last: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    for (i, r) in batch.iter().enumerate() {
+        if r.kind == LogKind::Error {
+            last.insert((&r.device, &r.node, &r.error), i);
+        }
+    }
+    batch
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| r.kind != LogKind::Error || last.get(&(&*r.device, &*r.node, &*r.error)) == Some(i))
+        .map(|(_, r)| (*r).clone())
+        .collect()
+}
+
 /// The log thread: writes every queued record in one batch, then publishes the batch (or
 /// undoes it, and everything queued after it, if the disk refused it). Ends when the core
 /// is dropped.
@@ -627,7 +646,7 @@ fn commit_loop(c: &Committer, core: &Weak<RasCore>) {
             }
             std::mem::take(&mut q.0)
         };
-        let recs: Vec<LogRecord> = batch.iter().map(|p| p.rec.clone()).collect();
+        let recs = coalesced(&batch.iter().map(|p| &p.rec).collect::<Vec<_>>());
         let written = lock(&c.log).append_batch(&recs);
         let Some(core) = core.upgrade() else {
             for p in batch {
@@ -854,6 +873,48 @@ mod tests {
         std::fs::write(path.with_extension("log.new"), [1, 2, 3]).unwrap();
         let ras = core(Some(&path));
         assert_eq!(ras.node(1).unwrap().counters[0].value(), 42);
+    }
+
+    #[test]
+    fn a_storm_on_one_counter_logs_its_last_event_and_restores_every_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ras.log");
+        let last = {
+            let ras = core(Some(&path));
+            for _ in 0..1000 {
+                ras.report_with(1, 1, 1, false).unwrap();
+            }
+            ras.report(1, 1, 1).unwrap().seq // durable once this one is: the log is in order
+        };
+        let ras = core(Some(&path));
+        assert_eq!(ras.node(1).unwrap().counters[0].value(), 1001, "every error counted after a restart");
+        assert_eq!(ras.last_seq(), last, "sequence numbers continue");
+        let recent = ras.recent();
+        assert_eq!((recent.last().unwrap().seq, recent.last().unwrap().value), (last, 1001), "the last event");
+    }
+
+    #[test]
+    fn a_batch_keeps_the_last_error_of_each_counter_and_every_other_record() {
+        let rec = |seq, node: &str, kind, value| LogRecord {
+            seq,
+            timestamp_ns: seq,
+            device: "accel0".into(),
+            node: node.into(),
+            error: "e".into(),
+            kind,
+            value,
+        };
+        let batch = [
+            rec(1, "a", LogKind::Error, 1),
+            rec(2, "b", LogKind::Error, 1),
+            rec(3, "a", LogKind::Error, 2),
+            rec(4, "a", LogKind::ThresholdSet, 10),
+            rec(5, "a", LogKind::Error, 3),
+            rec(6, "a", LogKind::Cleared, 0),
+            rec(7, "b", LogKind::Error, 2),
+        ];
+        let kept: Vec<u64> = coalesced(&batch.iter().collect::<Vec<_>>()).iter().map(|r| r.seq).collect();
+        assert_eq!(kept, vec![4, 5, 6, 7]);
     }
 
     #[test]
