@@ -316,3 +316,21 @@ fn golden_messages_decode_and_re_encode_byte_for_byte() {
         }
     }
 }
+
+#[test]
+fn netlink_frames_travel_as_byte_strings_with_the_bytes_of_u8_sequences() {
+    use accel_uapi::{Reply, Request};
+    // Written and read as blocks, but the same bytes as a sequence of u8 (each one byte).
+    let reply = Reply::Netlink(vec![vec![1, 2, 3], vec![], vec![255; 200]]);
+    let body = postcard::to_stdvec(&reply).unwrap();
+    let mut want = vec![3]; // after the variant: 3 frames
+    want.extend([3, 1, 2, 3, 0]);
+    want.extend([200, 1]); // varint 200
+    want.extend([255; 200]);
+    assert_eq!(&body[body.len() - want.len()..], &want[..]);
+    assert_eq!(postcard::from_bytes::<Reply>(&body).unwrap(), reply);
+    let req = Request::Netlink(vec![9; 130]);
+    let body = postcard::to_stdvec(&req).unwrap();
+    assert_eq!(&body[body.len() - 132..], &[[130, 1].as_slice(), &[9; 130]].concat()[..]);
+    assert_eq!(postcard::from_bytes::<Request>(&body).unwrap(), req);
+}
