@@ -160,6 +160,24 @@ pub fn attr_by_name(set: AttrSet, name: &str) -> Option<&'static (AttrSet, &'sta
     ATTRIBUTES.iter().find(|a| a.0 == set && a.1 == name)
 }
 
+/// How a parsed value becomes an attribute (see `RasAttr::ctor`).
+type Ctor = fn(Value) -> Option<RasAttr>;
+
+/// Each set's attributes (id, name, type, constructor), looked up by id when a message is
+/// parsed: the names are matched once, not for every attribute of every message.
+fn by_id(set: AttrSet) -> &'static [(u16, &'static str, AttrType, Ctor)] {
+    type Table = Vec<(u16, &'static str, AttrType, Ctor)>;
+    static TABLES: std::sync::OnceLock<[Table; 4]> = std::sync::OnceLock::new();
+    let tables = TABLES.get_or_init(|| {
+        let mut t: [Table; 4] = Default::default();
+        for &(s, name, id, ty) in ATTRIBUTES {
+            t[s as usize].push((id, name, ty, RasAttr::ctor(name)));
+        }
+        t
+    });
+    &tables[set as usize]
+}
+
 /// The entry of attribute `id` in `set`.
 pub fn attr_by_id(set: AttrSet, id: u16) -> Option<&'static (AttrSet, &'static str, u16, AttrType)> {
     ATTRIBUTES.iter().find(|a| a.0 == set && a.2 == id)
@@ -447,41 +465,42 @@ impl RasAttr {
         set == AttrSet::Reporter || self.id(set).is_some_and(|id| id >= ACCEL_ATTR_BASE)
     }
 
-    fn from_value(name: &str, v: Value) -> Option<RasAttr> {
+    /// How a value of attribute `name` becomes its variant (`None`: a value of another type).
+    fn ctor(name: &str) -> Ctor {
         use RasAttr::*;
-        Some(match (name, v) {
-            ("accel-ext", Value::Flag) => AccelExt,
-            ("auto-recover", Value::U8(v)) => AutoRecover(v),
-            ("healthy", Value::U8(v)) => Healthy(v),
-            ("node-id", Value::U32(v)) => NodeId(v),
-            ("node-type", Value::U32(v)) => NodeType(v),
-            ("node-health", Value::U32(v)) => NodeHealth(v),
-            ("device-health", Value::U32(v)) => DeviceHealth(v),
-            ("error-id", Value::U32(v)) => ErrorId(v),
-            ("error-value", Value::U32(v)) => ErrorValue(v),
-            ("error-threshold", Value::U32(v)) => ErrorThreshold(v),
-            ("severity", Value::U32(v)) => Severity(v),
-            ("event-kind", Value::U32(v)) => EventKind(v),
-            ("error-value-u64", Value::U64(v)) => ErrorValueU64(v),
-            ("event-seq", Value::U64(v)) => EventSeq(v),
-            ("event-timestamp", Value::U64(v)) => EventTimestamp(v),
-            ("event-delta", Value::U64(v)) => EventDelta(v),
-            ("count", Value::U64(v)) => Count(v),
-            ("error-count", Value::U64(v)) => ErrorCount(v),
-            ("recovery-count", Value::U64(v)) => RecoveryCount(v),
-            ("grace-period-ms", Value::U64(v)) => GracePeriodMs(v),
-            ("device-name", Value::Str(s)) => DeviceName(s),
-            ("node-name", Value::Str(s)) => NodeName(s),
-            ("error-name", Value::Str(s)) => ErrorName(s),
-            ("diag-key", Value::Str(s)) => DiagKey(s),
-            ("diag-value", Value::Str(s)) => DiagValue(s),
-            _ => return None,
-        })
+        match name {
+            "accel-ext" => |v| matches!(v, Value::Flag).then_some(AccelExt),
+            "auto-recover" => |v| if let Value::U8(x) = v { Some(AutoRecover(x)) } else { None },
+            "healthy" => |v| if let Value::U8(x) = v { Some(Healthy(x)) } else { None },
+            "node-id" => |v| if let Value::U32(x) = v { Some(NodeId(x)) } else { None },
+            "node-type" => |v| if let Value::U32(x) = v { Some(NodeType(x)) } else { None },
+            "node-health" => |v| if let Value::U32(x) = v { Some(NodeHealth(x)) } else { None },
+            "device-health" => |v| if let Value::U32(x) = v { Some(DeviceHealth(x)) } else { None },
+            "error-id" => |v| if let Value::U32(x) = v { Some(ErrorId(x)) } else { None },
+            "error-value" => |v| if let Value::U32(x) = v { Some(ErrorValue(x)) } else { None },
+            "error-threshold" => |v| if let Value::U32(x) = v { Some(ErrorThreshold(x)) } else { None },
+            "severity" => |v| if let Value::U32(x) = v { Some(Severity(x)) } else { None },
+            "event-kind" => |v| if let Value::U32(x) = v { Some(EventKind(x)) } else { None },
+            "error-value-u64" => |v| if let Value::U64(x) = v { Some(ErrorValueU64(x)) } else { None },
+            "event-seq" => |v| if let Value::U64(x) = v { Some(EventSeq(x)) } else { None },
+            "event-timestamp" => |v| if let Value::U64(x) = v { Some(EventTimestamp(x)) } else { None },
+            "event-delta" => |v| if let Value::U64(x) = v { Some(EventDelta(x)) } else { None },
+            "count" => |v| if let Value::U64(x) = v { Some(Count(x)) } else { None },
+            "error-count" => |v| if let Value::U64(x) = v { Some(ErrorCount(x)) } else { None },
+            "recovery-count" => |v| if let Value::U64(x) = v { Some(RecoveryCount(x)) } else { None },
+            "grace-period-ms" => |v| if let Value::U64(x) = v { Some(GracePeriodMs(x)) } else { None },
+            "device-name" => |v| if let Value::Str(x) = v { Some(DeviceName(x)) } else { None },
+            "node-name" => |v| if let Value::Str(x) = v { Some(NodeName(x)) } else { None },
+            "error-name" => |v| if let Value::Str(x) = v { Some(ErrorName(x)) } else { None },
+            "diag-key" => |v| if let Value::Str(x) = v { Some(DiagKey(x)) } else { None },
+            "diag-value" => |v| if let Value::Str(x) = v { Some(DiagValue(x)) } else { None },
+            _ => |_| None,
+        }
     }
 
     fn parse(set: AttrSet, kind: u16, v: &[u8]) -> Result<Option<RasAttr>, DecodeError> {
         // Unknown attributes are skipped, as netlink does, so newer peers interoperate.
-        let Some(&(_, name, _, ty)) = attr_by_id(set, kind) else { return Ok(None) };
+        let Some(&(_, name, ty, ctor)) = by_id(set).iter().find(|a| a.0 == kind) else { return Ok(None) };
         let value = match ty {
             AttrType::Flag if v.is_empty() => Value::Flag,
             AttrType::Flag => return Err(DecodeError::from(format!("{name}: a flag carries no payload"))),
@@ -490,7 +509,7 @@ impl RasAttr {
             AttrType::U64 => Value::U64(parse_u64(v).context(name)?),
             AttrType::String => Value::Str(parse_string(v).context(name)?),
         };
-        Ok(RasAttr::from_value(name, value))
+        Ok(ctor(value))
     }
 }
 
@@ -639,10 +658,11 @@ impl ParseableParametrized<[u8], GenlHeader> for RasMsg {
     fn parse_with_param(buf: &[u8], header: GenlHeader) -> Result<Self, DecodeError> {
         let cmd =
             RasCmd::from_id(header.cmd).ok_or_else(|| DecodeError::from(format!("unknown command {}", header.cmd)))?;
-        let mut attrs = Vec::new();
+        let set = cmd.attr_set();
+        let mut attrs = Vec::with_capacity(16);
         for nla in NlasIterator::new(buf) {
             let nla: NlaBuffer<&[u8]> = nla.context("malformed attribute")?;
-            if let Some(a) = RasAttr::parse(cmd.attr_set(), nla.kind(), nla.value())? {
+            if let Some(a) = RasAttr::parse(set, nla.kind(), nla.value())? {
                 attrs.push(a);
             }
         }
@@ -906,7 +926,7 @@ mod tests {
             AttrType::U64 => Value::U64(u64::MAX),
             AttrType::String => Value::Str(format!("{name}-value")),
         };
-        RasAttr::from_value(name, v).unwrap_or_else(|| panic!("{name} has no variant"))
+        RasAttr::ctor(name)(v).unwrap_or_else(|| panic!("{name} has no variant"))
     }
 
     #[test]
