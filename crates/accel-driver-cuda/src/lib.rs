@@ -516,7 +516,7 @@ fn check_image(format: wire::ProgramFormat, bytes: &[u8]) -> Result<Option<Vec<E
                 return Err(DriverError::new(Errno::EINVAL, "ptx: a NUL inside the text"));
             }
             let entries = ptx::entries(text).map_err(|e| DriverError::new(Errno::EINVAL, e))?;
-            Ok(Some(entries.into_iter().map(|e| e.info).collect()))
+            launchable(entries.into_iter().map(|e| e.info).collect()).map(Some)
         }
         wire::ProgramFormat::Cubin => {
             // ELF (a cubin) or a fatbin's header magic.
@@ -526,6 +526,14 @@ fn check_image(format: wire::ProgramFormat, bytes: &[u8]) -> Result<Option<Vec<E
             Ok(None)
         }
     }
+}
+
+/// `entries`, if a launch can carry each one's buffer parameters.
+fn launchable(entries: Vec<EntryInfo>) -> Result<Vec<EntryInfo>, DriverError> {
+    if entries.iter().any(|e| e.params.iter().filter(|p| **p == ParamKind::Buffer).count() > 8) {
+        return Err(DriverError::new(Errno::EINVAL, "cuda: more buffer parameters than a launch carries"));
+    }
+    Ok(entries)
 }
 
 /// A cubin's entries as accel checks launches against them: parameters of 8 bytes take a
@@ -782,7 +790,7 @@ impl Driver for CudaDevice {
                 Err(Broken::Gone) if ctx.abort.is_aborted() => {
                     // The worker was killed for a timeout (this job's or another's) or this
                     // job's client left: the core decides, unless the job's work was done.
-                    if shared.mark(index) == token {
+                    if done() {
                         return Ok(());
                     }
                     return Err(DriverError::new(Errno::ECANCELED, "cuda: job aborted"));
@@ -879,15 +887,20 @@ impl Driver for CudaDevice {
         let fd = memfd.dup_fd().map_err(|e| DriverError::new(e.code, e.message))?;
         let (reply, _) = self.shared.control(&Request::Load { id, format }, &[fd.as_fd()])?;
         let entries = match (entries, reply) {
-            (Some(entries), _) => entries,
-            (None, Reply::Program(found)) => cubin_entries(found)?,
+            (Some(entries), _) => Ok(entries),
+            (None, Reply::Program(found)) => cubin_entries(found).and_then(launchable),
             (None, other) => {
-                return Err(DriverError::new(Errno::EPROTO, format!("cuda: loading a cubin: unexpected {other:?}")))
+                Err(DriverError::new(Errno::EPROTO, format!("cuda: loading a cubin: unexpected {other:?}")))
             }
         };
-        if entries.iter().any(|e| e.params.iter().filter(|p| **p == ParamKind::Buffer).count() > 8) {
-            return Err(DriverError::new(Errno::EINVAL, "cuda: more buffer parameters than a launch carries"));
-        }
+        let entries = match entries {
+            Ok(entries) => entries,
+            Err(e) => {
+                // Refused after the worker loaded it: the worker must not keep it.
+                let _ = self.shared.control(&Request::Unload { id }, &[]);
+                return Err(e);
+            }
+        };
         let record = Arc::new(ProgramRecord { id, format, image: bytes.to_vec() });
         lock(&self.shared.programs).insert(id, Arc::downgrade(&record));
         Ok(Arc::new(CudaProgram { shared: self.shared.clone(), record, entries }))

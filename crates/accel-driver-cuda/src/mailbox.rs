@@ -74,15 +74,16 @@ impl Mailbox {
         unsafe { VolatileSlice::new(self.mem.as_ptr().add(offset), AREA) }
     }
 
-    fn put(&self, seq: usize, area: usize, bytes: &[u8]) -> Result<u32, DriverError> {
+    /// Writes `bytes` into `area` and its length beside the seq word at `seq_at`, then
+    /// publishes it as `seq`.
+    fn put(&self, seq_at: usize, area: usize, bytes: &[u8], seq: u32) -> Result<(), DriverError> {
         if bytes.len() > AREA {
             return Err(DriverError::new(Errno::E2BIG, "cuda: a message larger than the mailbox"));
         }
         self.area(area).write(0, bytes)?;
-        self.word(seq + 4).store(bytes.len() as u32, Ordering::Relaxed);
-        let next = self.word(seq).load(Ordering::Relaxed).wrapping_add(1);
-        self.word(seq).store(next, Ordering::Release);
-        Ok(next)
+        self.word(seq_at + 4).store(bytes.len() as u32, Ordering::Relaxed);
+        self.word(seq_at).store(seq, Ordering::Release);
+        Ok(())
     }
 
     fn take(&self, seq: usize, area: usize, want: impl Fn(u32) -> bool, out: &mut Vec<u8>) -> Option<u32> {
@@ -103,7 +104,8 @@ impl Mailbox {
 
     /// Publishes a request (daemon); returns its seq.
     pub(crate) fn put_request(&self, bytes: &[u8]) -> Result<u32, DriverError> {
-        self.put(REQUEST_SEQ, REQUEST, bytes)
+        let seq = self.request_seq().wrapping_add(1);
+        self.put(REQUEST_SEQ, REQUEST, bytes, seq).map(|()| seq)
     }
 
     /// The reply to request `seq` into `out`, if it came (daemon).
@@ -129,13 +131,7 @@ impl Mailbox {
 
     /// Publishes the reply to request `seq` (worker).
     pub(crate) fn put_reply(&self, seq: u32, bytes: &[u8]) -> Result<(), DriverError> {
-        if bytes.len() > AREA {
-            return Err(DriverError::new(Errno::E2BIG, "cuda worker: a reply larger than the mailbox"));
-        }
-        self.area(REPLY).write(0, bytes)?;
-        self.word(REPLY_SEQ + 4).store(bytes.len() as u32, Ordering::Relaxed);
-        self.word(REPLY_SEQ).store(seq, Ordering::Release);
-        Ok(())
+        self.put(REPLY_SEQ, REPLY, bytes, seq)
     }
 
     /// After publishing: whether the worker sleeps and must be woken (daemon).

@@ -219,66 +219,54 @@ fn reply_poll() -> std::time::Duration {
     })
 }
 
+thread_local! {
+    // One receive buffer per thread: zeroing 64 KiB per message would cost microseconds.
+    static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; MAX_MESSAGE + 1]);
+}
+
+/// What a receive into `buf` got, decoded; `Gone` when the peer closed the socket.
+fn decode<T: for<'de> Deserialize<'de>>(
+    received: rustix::io::Result<Option<transport::Received>>,
+    buf: &[u8],
+) -> Result<(T, Vec<OwnedFd>), Broken> {
+    let got = match received {
+        Ok(Some(r)) if !r.truncated => r,
+        Ok(Some(_)) => return Err(Broken::Local("an oversized message".into())),
+        Ok(None) | Err(_) => return Err(Broken::Gone),
+    };
+    let msg = postcard::from_bytes(&buf[..got.len]).map_err(|e| Broken::Local(e.to_string()))?;
+    Ok((msg, got.fds))
+}
+
 /// Receives one message from `sock`; `Gone` when the peer closed it. Polls for [`POLL`]
 /// first, then blocks.
 pub(crate) fn recv<T: for<'de> Deserialize<'de>>(sock: &OwnedFd) -> Result<(T, Vec<OwnedFd>), Broken> {
-    recv_polling(sock, POLL, &|| false).map(|r| r.unwrap_or_else(|| unreachable!("never done early")))
+    recv_polling(sock, POLL)
 }
 
-/// [`recv`], polling for `poll` before it blocks; `None` as soon as `done_early` says so
-/// while polling (the message is then still to come).
+/// [`recv`], polling for `poll` before it blocks.
 fn recv_polling<T: for<'de> Deserialize<'de>>(
     sock: &OwnedFd,
     poll: std::time::Duration,
-    done_early: &dyn Fn() -> bool,
-) -> Result<Option<(T, Vec<OwnedFd>)>, Broken> {
-    thread_local! {
-        // One receive buffer per thread: zeroing 64 KiB per message would cost microseconds.
-        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; MAX_MESSAGE + 1]);
-    }
+) -> Result<(T, Vec<OwnedFd>), Broken> {
     BUF.with_borrow_mut(|buf| {
         let start = std::time::Instant::now();
-        let mut polls = 0u32;
         let received = loop {
-            // A look at memory is cheaper than a look at the socket: several per syscall.
-            if done_early() {
-                return Ok(None);
-            }
-            polls = polls.wrapping_add(1);
-            if !polls.is_multiple_of(8) {
-                std::hint::spin_loop();
-                continue;
-            }
             match transport::try_recv(sock.as_fd(), buf) {
                 Err(rustix::io::Errno::AGAIN) if start.elapsed() < poll => std::hint::spin_loop(),
                 Err(rustix::io::Errno::AGAIN) => break transport::recv(sock.as_fd(), buf),
                 other => break other,
             }
         };
-        let got = match received {
-            Ok(Some(r)) if !r.truncated => r,
-            Ok(Some(_)) => return Err(Broken::Local("an oversized message".into())),
-            Ok(None) | Err(_) => return Err(Broken::Gone),
-        };
-        let msg = postcard::from_bytes(&buf[..got.len]).map_err(|e| Broken::Local(e.to_string()))?;
-        Ok(Some((msg, got.fds)))
+        decode(received, buf)
     })
 }
 
 /// A message waiting on `sock`, if one is; `Gone` when the peer closed it.
 pub(crate) fn try_recv<T: for<'de> Deserialize<'de>>(sock: &OwnedFd) -> Result<Option<(T, Vec<OwnedFd>)>, Broken> {
-    thread_local! {
-        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; MAX_MESSAGE + 1]);
-    }
-    BUF.with_borrow_mut(|buf| {
-        let got = match transport::try_recv(sock.as_fd(), buf) {
-            Err(rustix::io::Errno::AGAIN) => return Ok(None),
-            Ok(Some(r)) if !r.truncated => r,
-            Ok(Some(_)) => return Err(Broken::Local("an oversized message".into())),
-            Ok(None) | Err(_) => return Err(Broken::Gone),
-        };
-        let msg = postcard::from_bytes(&buf[..got.len]).map_err(|e| Broken::Local(e.to_string()))?;
-        Ok(Some((msg, got.fds)))
+    BUF.with_borrow_mut(|buf| match transport::try_recv(sock.as_fd(), buf) {
+        Err(rustix::io::Errno::AGAIN) => Ok(None),
+        received => decode(received, buf).map(Some),
     })
 }
 
@@ -290,10 +278,9 @@ pub(crate) fn call(
 ) -> Result<(Reply, Vec<OwnedFd>), Broken> {
     send(sock, req, fds)?;
     loop {
-        match recv_polling(sock, reply_poll(), &|| false)? {
-            Some((Reply::Wake, _)) => continue,
-            Some(reply) => return Ok(reply),
-            None => unreachable!("never done early"),
+        match recv_polling(sock, reply_poll())? {
+            (Reply::Wake, _) => continue,
+            reply => return Ok(reply),
         }
     }
 }

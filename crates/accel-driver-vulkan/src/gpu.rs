@@ -345,7 +345,7 @@ impl Gpu {
         keep: Box<dyn std::any::Any + Send>,
         record: impl FnOnce(&ash::Device, &Recorder, &mut Vec<Owned>) -> Result<(), DriverError>,
     ) -> Result<(), DriverError> {
-        if self.lost.load(Ordering::Acquire) {
+        if self.is_lost() {
             return Err(DriverError::device_lost("vulkan: the device was lost"));
         }
         let e = &self.engines[engine];
@@ -375,7 +375,7 @@ impl Gpu {
             match unsafe { self.device.wait_semaphores(&wait, Duration::from_millis(20).as_nanos() as u64) } {
                 Ok(()) => break,
                 Err(vk::Result::TIMEOUT) => {
-                    if self.lost.load(Ordering::Acquire) {
+                    if self.is_lost() {
                         // Lost while it ran (a reset for another job's timeout): the device
                         // will not finish it.
                         lock(&e.zombies).push((value, rec, owned, keep));

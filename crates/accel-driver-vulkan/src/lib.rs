@@ -132,11 +132,6 @@ impl VulkanDevice {
         self.now().gpu.clone()
     }
 
-    /// Logical devices made after losses so far.
-    pub fn recreated(&self) -> u64 {
-        self.recreated.load(Ordering::Relaxed)
-    }
-
     /// Bytes of device-local memory (the largest device-local heap).
     fn vram_bytes(&self) -> u64 {
         self.gpu().props.heaps.iter().filter(|h| h.1).map(|h| h.0).max().unwrap_or(0)
