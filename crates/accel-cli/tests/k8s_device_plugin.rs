@@ -44,11 +44,10 @@ async fn channel(path: &Path) -> tonic::transport::Channel {
     accel_cli::grpc::connect(path).await.unwrap()
 }
 
-fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("accel-dp-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A short directory under the temporary directory (socket paths must stay short), removed when
+/// the test ends.
+fn tempdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("accel-dp-{name}-")).tempdir().unwrap()
 }
 
 /// Serves the kubelet's registration socket in `plugins`, starts the plugin with `args`, and
@@ -84,7 +83,8 @@ async fn start(d: &Daemon, plugins: &Path, cdi: &Path, args: &[&str], n: usize) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kubelet_sees_devices_health_and_gets_namespaced_allocations() {
     let d = Daemon::start(&["testdev", "cpu"]);
-    let (plugins, cdi) = (tempdir("plugins"), tempdir("cdi"));
+    let (plugins_dir, cdi_dir) = (tempdir("plugins"), tempdir("cdi"));
+    let (plugins, cdi) = (plugins_dir.path().to_path_buf(), cdi_dir.path().to_path_buf());
     let (_plugin, mut regs) = start(&d, &plugins, &cdi, &["--poll-ms", "200"], 2).await;
     regs.sort_by(|a, b| a.resource_name.cmp(&b.resource_name));
     let names: Vec<_> = regs.iter().map(|r| (r.resource_name.as_str(), r.endpoint.as_str())).collect();
@@ -260,7 +260,8 @@ fn the_manifests_validate_against_kubernetes_schemas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shares_are_a_resource_of_their_own_with_a_slice_of_the_device() {
     let d = Daemon::start(&["testdev"]);
-    let (plugins, cdi) = (tempdir("share-plugins"), tempdir("share-cdi"));
+    let (plugins_dir, cdi_dir) = (tempdir("share-plugins"), tempdir("share-cdi"));
+    let (plugins, cdi) = (plugins_dir.path().to_path_buf(), cdi_dir.path().to_path_buf());
     let (_plugin, regs) = start(&d, &plugins, &cdi, &["--share", "testdev=4"], 2).await;
     let mut names: Vec<_> = regs.into_iter().map(|r| r.resource_name).collect();
     names.sort();

@@ -147,8 +147,8 @@ fn fds(pid: u32) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_become_namespaces_and_go_with_their_clients() {
     let d = Daemon::start(&["testdev", "cpu"]);
-    let dirs: PathBuf = std::env::temp_dir().join(format!("accel-dra-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dirs);
+    let tmp = tempfile::Builder::new().prefix("accel-dra-").tempdir().unwrap();
+    let dirs: PathBuf = tmp.path().to_path_buf();
     std::fs::create_dir_all(dirs.join("cdi")).unwrap();
     let claims: Claims = Arc::default();
     claims.lock().unwrap().insert("default/c1".into(), claim_json("uid-1", "c1", &["accel0"], 1 << 20, 300));
