@@ -17,7 +17,7 @@
 use netlink_packet_core::{
     emit_u32, emit_u64, parse_string, parse_u32, parse_u64, parse_u8, DecodeError, Emitable, ErrorContext,
     ErrorMessage, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, NlaBuffer,
-    NlasIterator, ParseableParametrized, NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST,
+    NlasIterator, ParseableParametrized, NLA_TYPE_MASK, NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST,
 };
 use netlink_packet_generic::ctrl::nlas::{GenlCtrlAttrs, McastGrpAttrs, OpAttrs};
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
@@ -165,17 +165,27 @@ type Ctor = fn(Value) -> Option<RasAttr>;
 
 /// Each set's attributes (id, name, type, constructor), looked up by id when a message is
 /// parsed: the names are matched once, not for every attribute of every message.
-fn by_id(set: AttrSet) -> &'static [(u16, &'static str, AttrType, Ctor)] {
-    type Table = Vec<(u16, &'static str, AttrType, Ctor)>;
+fn by_id(set: AttrSet, id: u16) -> Option<&'static (&'static str, AttrType, Ctor)> {
+    /// A slot per id: the kernel's from 0, accel's from [`ACCEL_ATTR_BASE`] after them.
+    const KERNEL_IDS: usize = 64;
+    const SLOTS: usize = 2 * KERNEL_IDS;
+    fn slot(id: u16) -> Option<usize> {
+        match id.checked_sub(ACCEL_ATTR_BASE) {
+            Some(ext) => Some(KERNEL_IDS + ext as usize).filter(|&s| s < SLOTS),
+            None => Some(id as usize).filter(|&s| s < KERNEL_IDS),
+        }
+    }
+    type Table = [Option<(&'static str, AttrType, Ctor)>; SLOTS];
     static TABLES: std::sync::OnceLock<[Table; 4]> = std::sync::OnceLock::new();
     let tables = TABLES.get_or_init(|| {
-        let mut t: [Table; 4] = Default::default();
+        let mut t: [Table; 4] = [[None; SLOTS]; 4];
         for &(s, name, id, ty) in ATTRIBUTES {
-            t[s as usize].push((id, name, ty, RasAttr::ctor(name)));
+            let at = slot(id).expect("attribute ids fit the table");
+            t[s as usize][at] = Some((name, ty, RasAttr::ctor(name)));
         }
         t
     });
-    &tables[set as usize]
+    tables[set as usize][slot(id)?].as_ref()
 }
 
 /// The entry of attribute `id` in `set`.
@@ -500,7 +510,7 @@ impl RasAttr {
 
     fn parse(set: AttrSet, kind: u16, v: &[u8]) -> Result<Option<RasAttr>, DecodeError> {
         // Unknown attributes are skipped, as netlink does, so newer peers interoperate.
-        let Some(&(_, name, ty, ctor)) = by_id(set).iter().find(|a| a.0 == kind) else { return Ok(None) };
+        let Some(&(name, ty, ctor)) = by_id(set, kind) else { return Ok(None) };
         let value = match ty {
             AttrType::Flag if v.is_empty() => Value::Flag,
             AttrType::Flag => return Err(DecodeError::from(format!("{name}: a flag carries no payload"))),
@@ -687,9 +697,187 @@ fn to_bytes<T: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug>(
     buf
 }
 
-/// Encodes a family message with the given netlink flags and sequence number.
+/// Bytes of a netlink message header (`struct nlmsghdr`).
+const NLMSG_HDRLEN: usize = 16;
+/// Bytes of a generic netlink header (`struct genlmsghdr`).
+const GENL_HDRLEN: usize = 4;
+
+/// A family message being written: headers first, then attributes, framed in place in one
+/// buffer; [`Frame::finish`] fills in the length.
+struct Frame(Vec<u8>);
+
+impl Frame {
+    fn new(cmd: RasCmd, flags: u16, seq: u32, body: usize) -> Frame {
+        let mut buf = Vec::with_capacity(NLMSG_HDRLEN + GENL_HDRLEN + body);
+        buf.extend_from_slice(&[0; 4]); // nlmsg_len, filled in by finish
+        buf.extend_from_slice(&FAMILY_ID.to_ne_bytes());
+        buf.extend_from_slice(&flags.to_ne_bytes());
+        buf.extend_from_slice(&seq.to_ne_bytes());
+        // Port id 0: the sender is the daemon, as the kernel is.
+        buf.extend_from_slice(&[0; 4]);
+        buf.extend_from_slice(&[cmd as u8, FAMILY_VERSION, 0, 0]);
+        Frame(buf)
+    }
+
+    /// An attribute of `id` with `payload`, padded to 4 bytes.
+    fn put(&mut self, id: u16, payload: &[u8]) {
+        let len = 4 + payload.len();
+        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.0.extend_from_slice(&id.to_ne_bytes());
+        self.0.extend_from_slice(payload);
+        self.0.resize(self.0.len() + (len.next_multiple_of(4) - len), 0);
+    }
+
+    /// A string attribute (NUL-terminated, as the kernel's `string` type).
+    fn put_str(&mut self, id: u16, s: &str) {
+        let len = 4 + s.len() + 1;
+        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.0.extend_from_slice(&id.to_ne_bytes());
+        self.0.extend_from_slice(s.as_bytes());
+        self.0.resize(self.0.len() + 1 + (len.next_multiple_of(4) - len), 0);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        let len = self.0.len() as u32;
+        self.0[0..4].copy_from_slice(&len.to_ne_bytes());
+        self.0
+    }
+}
+
+/// Encodes a family message with the given netlink flags and sequence number. The family's
+/// frames are laid out here directly, into one buffer (every reply and event is encoded
+/// here); netlink-packet decodes them to the same message (tests).
 pub fn encode(msg: RasMsg, flags: u16, seq: u32) -> Vec<u8> {
-    to_bytes(NetlinkMessage::from(GenlMessage::from_payload(msg)), flags, seq)
+    let mut frame = Frame::new(msg.cmd, flags, seq, msg.buffer_len());
+    let at = frame.0.len();
+    frame.0.resize(at + msg.buffer_len(), 0);
+    msg.emit(&mut frame.0[at..]);
+    frame.finish()
+}
+
+/// The fields of one `error-event`, borrowed from the daemon's state: encoded straight into
+/// a frame ([`ErrorEvent::encode`]), as every subscriber gets every event, or made a message
+/// ([`ErrorEvent::msg`]); both give the same bytes (tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorEvent<'a> {
+    /// `device-name` as the receiver numbers devices.
+    pub device_name: &'a str,
+    /// `node-id`.
+    pub node_id: u32,
+    /// `node-name`.
+    pub node_name: &'a str,
+    /// `error-id`.
+    pub error_id: u32,
+    /// `error-name`.
+    pub error_name: &'a str,
+    /// The counter's value after the event (`error-value` saturates to u32).
+    pub value: u64,
+    /// `severity` index.
+    pub severity: u32,
+    /// `event-seq`.
+    pub seq: u64,
+    /// `event-timestamp`.
+    pub timestamp_ns: u64,
+    /// `event-kind`.
+    pub kind: u32,
+    /// `event-delta`.
+    pub delta: u64,
+}
+
+impl ErrorEvent<'_> {
+    /// The event's attributes, accel's included.
+    fn attrs(&self) -> [RasAttr; 12] {
+        [
+            RasAttr::DeviceName(String::new()),
+            RasAttr::NodeId(self.node_id),
+            RasAttr::NodeName(String::new()),
+            RasAttr::ErrorId(self.error_id),
+            RasAttr::ErrorName(String::new()),
+            RasAttr::ErrorValue(u32::try_from(self.value).unwrap_or(u32::MAX)),
+            RasAttr::ErrorValueU64(self.value),
+            RasAttr::Severity(self.severity),
+            RasAttr::EventSeq(self.seq),
+            RasAttr::EventTimestamp(self.timestamp_ns),
+            RasAttr::EventKind(self.kind),
+            RasAttr::EventDelta(self.delta),
+        ]
+    }
+
+    /// The text of a string attribute of [`Self::attrs`] (its value there is left empty, so
+    /// listing the attributes allocates nothing).
+    fn text(&self, a: &RasAttr) -> Option<&str> {
+        match a {
+            RasAttr::DeviceName(_) => Some(self.device_name),
+            RasAttr::NodeName(_) => Some(self.node_name),
+            RasAttr::ErrorName(_) => Some(self.error_name),
+            _ => None,
+        }
+    }
+
+    /// The event as a `cmd` message (`error-event`, or a `dump-events` part).
+    pub fn msg(&self, cmd: RasCmd) -> RasMsg {
+        let attrs = self
+            .attrs()
+            .into_iter()
+            .map(|a| match (self.text(&a), a) {
+                (Some(t), RasAttr::DeviceName(_)) => RasAttr::DeviceName(t.into()),
+                (Some(t), RasAttr::NodeName(_)) => RasAttr::NodeName(t.into()),
+                (Some(t), RasAttr::ErrorName(_)) => RasAttr::ErrorName(t.into()),
+                (_, a) => a,
+            })
+            .collect();
+        RasMsg::new(cmd, attrs)
+    }
+
+    /// The event encoded as `encode(self.msg(cmd), flags, seq)` would (with only the kernel's
+    /// attributes unless `ext`), written straight into one buffer: the attributes' ids (and
+    /// whether each is accel's) are looked up once per command, not per event.
+    pub fn encode(&self, cmd: RasCmd, ext: bool, flags: u16, seq: u32) -> Vec<u8> {
+        type Ids = [Option<(u16, bool)>; 12];
+        static IDS: std::sync::OnceLock<Vec<(RasCmd, Ids)>> = std::sync::OnceLock::new();
+        let ids = IDS.get_or_init(|| {
+            let blank = ErrorEvent { device_name: "", node_name: "", error_name: "", ..*self };
+            COMMANDS
+                .iter()
+                .filter_map(|c| RasCmd::from_id(c.1))
+                .map(|cmd| {
+                    let set = cmd.attr_set();
+                    let kernel = (cmd as u8) < ACCEL_CMD_BASE;
+                    (cmd, blank.attrs().map(|a| a.id(set).map(|id| (id, kernel && a.is_extension(set)))))
+                })
+                .collect()
+        });
+        let Some((_, ids)) = ids.iter().find(|(c, _)| *c == cmd) else { return encode(self.msg(cmd), flags, seq) };
+        let value32 = u32::try_from(self.value).unwrap_or(u32::MAX);
+        let mut frame = Frame::new(cmd, flags, seq, 160);
+        // In the order of `attrs`.
+        let payloads: [&[u8]; 12] = [
+            &[],
+            &self.node_id.to_ne_bytes(),
+            &[],
+            &self.error_id.to_ne_bytes(),
+            &[],
+            &value32.to_ne_bytes(),
+            &self.value.to_ne_bytes(),
+            &self.severity.to_ne_bytes(),
+            &self.seq.to_ne_bytes(),
+            &self.timestamp_ns.to_ne_bytes(),
+            &self.kind.to_ne_bytes(),
+            &self.delta.to_ne_bytes(),
+        ];
+        let texts = [Some(self.device_name), None, Some(self.node_name), None, Some(self.error_name)];
+        for (i, slot) in ids.iter().enumerate() {
+            let Some((id, extension)) = *slot else { continue };
+            if extension && !ext {
+                continue;
+            }
+            match texts.get(i).copied().flatten() {
+                Some(t) => frame.put_str(id, t),
+                None => frame.put(id, payloads[i]),
+            }
+        }
+        frame.finish()
+    }
 }
 
 /// A request: `NLM_F_REQUEST | NLM_F_ACK`, plus `NLM_F_DUMP` for dumps.
@@ -810,6 +998,55 @@ pub enum Parsed {
 
 /// Decodes one netlink message of the family. Never panics on any input.
 pub fn decode(bytes: &[u8]) -> Result<Parsed, DecodeError> {
+    match bytes.get(4..6) {
+        Some(&[a, b]) if u16::from_ne_bytes([a, b]) == FAMILY_ID => decode_family(bytes),
+        _ => decode_netlink(bytes),
+    }
+}
+
+/// A message of the family, parsed straight from its frame: the generic layers cost more
+/// than the message itself, and every event a subscriber gets comes through here. It checks
+/// what netlink-packet checks (lengths of the netlink and generic headers and of every
+/// attribute; unknown attributes skipped) and agrees with it on every input (tests).
+fn decode_family(bytes: &[u8]) -> Result<Parsed, DecodeError> {
+    let u16_at = |b: &[u8], at: usize| u16::from_ne_bytes([b[at], b[at + 1]]);
+    let u32_at = |b: &[u8], at: usize| u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    if bytes.len() < NLMSG_HDRLEN {
+        return Err(DecodeError::from(format!(
+            "a netlink message of {} bytes is shorter than its header",
+            bytes.len()
+        )));
+    }
+    let len = u32_at(bytes, 0) as usize;
+    if !(NLMSG_HDRLEN..=bytes.len()).contains(&len) {
+        return Err(DecodeError::from(format!("netlink length field {len} for a buffer of {} bytes", bytes.len())));
+    }
+    let (flags, seq) = (u16_at(bytes, 6), u32_at(bytes, 8));
+    let payload = &bytes[NLMSG_HDRLEN..len];
+    let Some((header, mut rest)) = payload.split_at_checked(GENL_HDRLEN) else {
+        return Err(DecodeError::from(format!(
+            "a generic netlink header needs {GENL_HDRLEN} bytes, not {}",
+            payload.len()
+        )));
+    };
+    let cmd = RasCmd::from_id(header[0]).ok_or_else(|| DecodeError::from(format!("unknown command {}", header[0])))?;
+    let set = cmd.attr_set();
+    let mut attrs = Vec::with_capacity(16);
+    while !rest.is_empty() {
+        let nla_len = if rest.len() < 4 { 0 } else { u16_at(rest, 0) as usize };
+        if nla_len < 4 || nla_len > rest.len() {
+            return Err(DecodeError::from("malformed attribute"));
+        }
+        if let Some(a) = RasAttr::parse(set, u16_at(rest, 2) & NLA_TYPE_MASK, &rest[4..nla_len])? {
+            attrs.push(a);
+        }
+        rest = &rest[nla_len.next_multiple_of(4).min(rest.len())..];
+    }
+    Ok(Parsed::Msg { msg: RasMsg { cmd, attrs }, flags, seq })
+}
+
+/// Decodes any netlink message through netlink-packet: acks, errors, the end of a dump.
+fn decode_netlink(bytes: &[u8]) -> Result<Parsed, DecodeError> {
     let nl = RasNetlink::deserialize(bytes)?;
     if nl.header.message_type >= 16 && nl.header.message_type != FAMILY_ID {
         return Err(DecodeError::from(format!("not the {FAMILY_NAME} family (type {})", nl.header.message_type)));
@@ -1039,6 +1276,107 @@ mod tests {
             let _ = decode(&bytes);
             let _ = ctrl_decode(&bytes);
             let _ = request_header(&bytes);
+        }
+    }
+
+    /// A family message as netlink-packet's generic layers encode it: the reference the
+    /// direct encoder is held to.
+    fn reference_encode(msg: RasMsg, flags: u16, seq: u32) -> Vec<u8> {
+        to_bytes(NetlinkMessage::from(GenlMessage::from_payload(msg)), flags, seq)
+    }
+
+    /// Any attribute of `set` (or of another set: those are not emitted) with any value.
+    fn any_attr() -> impl proptest::strategy::Strategy<Value = RasAttr> {
+        use proptest::prelude::*;
+        (0..ATTRIBUTES.len(), any::<u64>(), "[a-z0-9-]{0,24}").prop_map(|(i, n, text)| {
+            let (_, name, _, ty) = ATTRIBUTES[i];
+            let v = match ty {
+                AttrType::Flag => Value::Flag,
+                AttrType::U8 => Value::U8(n as u8),
+                AttrType::U32 => Value::U32(n as u32),
+                AttrType::U64 => Value::U64(n),
+                AttrType::String => Value::Str(text),
+            };
+            RasAttr::ctor(name)(v).unwrap()
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_direct_encoder_writes_what_netlink_packet_writes(
+            cmd in proptest::sample::select(COMMANDS.iter().map(|c| c.1).collect::<Vec<u8>>()),
+            attrs in proptest::collection::vec(any_attr(), 0..16),
+            flags: u16,
+            seq: u32,
+        ) {
+            let msg = RasMsg::new(RasCmd::from_id(cmd).unwrap(), attrs);
+            let bytes = encode(msg.clone(), flags, seq);
+            proptest::prop_assert_eq!(&bytes, &reference_encode(msg.clone(), flags, seq));
+            let set = msg.cmd.attr_set();
+            let emitted: Vec<RasAttr> = msg.attrs.iter().filter(|a| a.id(set).is_some()).cloned().collect();
+            let expect = Parsed::Msg { msg: RasMsg::new(msg.cmd, emitted), flags, seq };
+            proptest::prop_assert_eq!(decode(&bytes).unwrap(), expect.clone());
+            proptest::prop_assert_eq!(decode_netlink(&bytes).unwrap(), expect);
+        }
+
+        #[test]
+        fn the_direct_decoder_agrees_with_netlink_packet_on_any_frame(
+            len_delta in -8i32..8,
+            cmd in proptest::prop_oneof![proptest::sample::select(COMMANDS.iter().map(|c| c.1).collect::<Vec<u8>>()), proptest::prelude::any::<u8>()],
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96),
+            attrs in proptest::collection::vec(any_attr(), 0..6),
+            mangle in proptest::option::of((0usize..128, proptest::prelude::any::<u8>())),
+            cut in 0usize..8,
+        ) {
+            // A well-formed frame of the family, then damaged: its length field, its command,
+            // bytes overwritten, bytes appended, the end cut off.
+            let cmd_ok = RasCmd::from_id(cmd).unwrap_or(RasCmd::ListNodes);
+            let mut bytes = encode(RasMsg::new(cmd_ok, attrs), 0, 9);
+            bytes[NLMSG_HDRLEN] = cmd;
+            bytes.extend_from_slice(&body);
+            let len = (bytes.len() as i32 - body.len() as i32 + len_delta).max(0) as u32;
+            bytes[0..4].copy_from_slice(&len.to_ne_bytes());
+            if let Some((at, byte)) = mangle {
+                if at < bytes.len() && !(4..6).contains(&at) {
+                    bytes[at] = byte;
+                }
+            }
+            bytes.truncate(bytes.len().saturating_sub(cut).max(6));
+            let (direct, generic) = (decode_family(&bytes), decode_netlink(&bytes));
+            proptest::prop_assert_eq!(direct.is_ok(), generic.is_ok(), "{:?} vs {:?} on {:?}", direct, generic, bytes);
+            if let (Ok(d), Ok(g)) = (direct, generic) {
+                proptest::prop_assert_eq!(d, g);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn an_error_event_encodes_as_its_message_does(
+            names in ("[a-z0-9]{0,12}", "[a-z0-9-]{0,20}", "[a-z0-9-]{0,24}"),
+            ids: (u32, u32, u32, u32),
+            numbers: (u64, u64, u64, u64),
+            ext: bool,
+            dump: bool,
+            header: (u16, u32),
+        ) {
+            let (flags, seq) = header;
+            let ev = ErrorEvent {
+                device_name: &names.0,
+                node_id: ids.0,
+                node_name: &names.1,
+                error_id: ids.1,
+                error_name: &names.2,
+                value: numbers.0 >> (numbers.1 % 64),
+                severity: ids.2,
+                seq: numbers.1,
+                timestamp_ns: numbers.2,
+                kind: ids.3,
+                delta: numbers.3,
+            };
+            let cmd = if dump { RasCmd::DumpEvents } else { RasCmd::ErrorEvent };
+            let msg = if ext { ev.msg(cmd) } else { ev.msg(cmd).kernel_only() };
+            proptest::prop_assert_eq!(ev.encode(cmd, ext, flags, seq), reference_encode(msg, flags, seq));
         }
     }
 }

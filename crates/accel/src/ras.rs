@@ -110,26 +110,23 @@ impl Ras {
 #[derive(Debug)]
 pub struct RasEvents {
     conn: Connection,
-    /// Events of the last frame not handed out yet (a frame may carry several).
-    pending: std::collections::VecDeque<RasMsg>,
+    /// Messages of the last frame not handed out yet (a frame carries up to 256), each
+    /// decoded when it is asked for: the first is handed out before the rest are decoded.
+    pending: std::collections::VecDeque<Vec<u8>>,
 }
 
 impl RasEvents {
     /// Blocks for the next event.
     pub fn next_event(&mut self) -> Result<RasMsg> {
         loop {
-            if let Some(m) = self.pending.pop_front() {
-                return Ok(m);
+            if let Some(bytes) = self.pending.pop_front() {
+                return match nl::decode(&bytes).map_err(|e| Error::new(Errno::EPROTO, format!("bad event: {e}")))? {
+                    Parsed::Msg { msg, .. } => Ok(msg),
+                    other => Err(Error::new(Errno::EPROTO, format!("unexpected event {other:?}"))),
+                };
             }
             match self.conn.recv_reply()?.0 {
-                Reply::Netlink(frames) => {
-                    for bytes in frames {
-                        match nl::decode(&bytes).map_err(|e| Error::new(Errno::EPROTO, format!("bad event: {e}")))? {
-                            Parsed::Msg { msg, .. } => self.pending.push_back(msg),
-                            other => return Err(Error::new(Errno::EPROTO, format!("unexpected event {other:?}"))),
-                        }
-                    }
-                }
+                Reply::Netlink(frames) => self.pending.extend(frames),
                 other => return Err(unexpected(&other)),
             }
         }

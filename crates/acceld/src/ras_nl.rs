@@ -13,7 +13,7 @@
 use accel_core::ras::{EventKind, RasCore, RasEvent, RasNode};
 use accel_core::{Error, Result};
 use accel_uapi::ras::{
-    self as nl, ctrl_decode, Parsed, RasAttr, RasCmd, RasMsg, RequestHeader, GENL_ID_CTRL, NLM_F_ACK,
+    self as nl, ctrl_decode, ErrorEvent, Parsed, RasAttr, RasCmd, RasMsg, RequestHeader, GENL_ID_CTRL, NLM_F_ACK,
     NODE_TYPE_ERROR_COUNTER,
 };
 use accel_uapi::{Errno, Health, Severity};
@@ -50,11 +50,11 @@ impl View {
         self.local(n.device).is_some()
     }
 
-    fn device_name(&self, n: &RasNode) -> String {
+    fn device_name<'a>(&self, n: &'a RasNode) -> std::borrow::Cow<'a, str> {
         match (&self.devices, self.local(n.device)) {
-            (None, _) => n.device_name.clone(),
-            (Some(_), Some(local)) => format!("accel{local}"),
-            (Some(_), None) => String::new(),
+            (None, _) => (&n.device_name).into(),
+            (Some(_), Some(local)) => format!("accel{local}").into(),
+            (Some(_), None) => "".into(),
         }
     }
 }
@@ -76,7 +76,7 @@ fn node_msg(ras: &RasCore, view: &View, n: &RasNode) -> RasMsg {
         RasCmd::ListNodes,
         vec![
             RasAttr::NodeId(n.id),
-            RasAttr::DeviceName(view.device_name(n)),
+            RasAttr::DeviceName(view.device_name(n).into_owned()),
             RasAttr::NodeName(n.name.clone()),
             RasAttr::NodeType(NODE_TYPE_ERROR_COUNTER),
             RasAttr::NodeHealth(health_idx(n.health())),
@@ -106,36 +106,43 @@ fn counter_msg(n: &RasNode, error_id: u32) -> Result<RasMsg> {
     ))
 }
 
-/// An `error-event` message for `ev` as `view` sees it (`None` if it does not see the device).
-pub fn event_msg(ras: &RasCore, view: &View, ev: &RasEvent, cmd: RasCmd) -> Option<RasMsg> {
+/// `ev` as `view` sees it, handed to `f` (`None` if it does not see the device).
+pub fn with_event<R>(ras: &RasCore, view: &View, ev: &RasEvent, f: impl FnOnce(ErrorEvent<'_>) -> R) -> Option<R> {
     let node = ras.node(ev.node_id).ok()?;
     if !view.sees(node) {
         return None;
     }
-    let name = node.counter(ev.error_id).map(|c| c.name.clone()).unwrap_or_default();
+    let device_name = view.device_name(node);
     let kind = match ev.kind {
         EventKind::Error => 0,
         EventKind::Cleared => 1,
         EventKind::ThresholdSet => 2,
         EventKind::Recovered => 3,
     };
-    Some(RasMsg::new(
-        cmd,
-        vec![
-            RasAttr::DeviceName(view.device_name(node)),
-            RasAttr::NodeId(ev.node_id),
-            RasAttr::NodeName(node.name.clone()),
-            RasAttr::ErrorId(ev.error_id),
-            RasAttr::ErrorName(name),
-            RasAttr::ErrorValue(sat32(ev.value)),
-            RasAttr::ErrorValueU64(ev.value),
-            RasAttr::Severity(severity_idx(ev.severity)),
-            RasAttr::EventSeq(ev.seq),
-            RasAttr::EventTimestamp(ev.timestamp_ns),
-            RasAttr::EventKind(kind),
-            RasAttr::EventDelta(ev.delta),
-        ],
-    ))
+    Some(f(ErrorEvent {
+        device_name: &device_name,
+        node_id: ev.node_id,
+        node_name: &node.name,
+        error_id: ev.error_id,
+        error_name: node.counter(ev.error_id).map_or("", |c| &c.name),
+        value: ev.value,
+        severity: severity_idx(ev.severity),
+        seq: ev.seq,
+        timestamp_ns: ev.timestamp_ns,
+        kind,
+        delta: ev.delta,
+    }))
+}
+
+/// An `error-event` (or `dump-events`) message for `ev` as `view` sees it.
+pub fn event_msg(ras: &RasCore, view: &View, ev: &RasEvent, cmd: RasCmd) -> Option<RasMsg> {
+    with_event(ras, view, ev, |e| e.msg(cmd))
+}
+
+/// `ev` encoded for a subscriber with `view` (accel's attributes too if `ext`), straight
+/// into its frame: every subscriber gets every event.
+pub fn event_frame(ras: &RasCore, view: &View, ev: &RasEvent, ext: bool) -> Option<Vec<u8>> {
+    with_event(ras, view, ev, |e| e.encode(RasCmd::ErrorEvent, ext, 0, 0))
 }
 
 fn health_msg(n: &RasNode) -> RasMsg {

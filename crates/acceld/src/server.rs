@@ -192,15 +192,13 @@ impl Worker {
             Post::Revoke(conn) => self.revoke(conn),
             Post::Ras(conn, events) => {
                 let Some((view, ext)) = self.conns.get(&conn).and_then(|c| c.ras_view.clone()) else { return };
-                let cmd = accel_uapi::ras::RasCmd::ErrorEvent;
                 // Events that arrived together travel together: frames of up to 256 netlink
                 // messages, as a netlink socket's read returns several; each frame goes out as
                 // soon as it is encoded, so the subscriber decodes one while the next is made.
                 for chunk in events.chunks(256) {
                     let msgs: Vec<Vec<u8>> = chunk
                         .iter()
-                        .filter_map(|ev| crate::ras_nl::event_msg(self.sub.ras(), &view, ev, cmd))
-                        .map(|m| accel_uapi::ras::encode(if ext { m } else { m.kernel_only() }, 0, 0))
+                        .filter_map(|ev| crate::ras_nl::event_frame(self.sub.ras(), &view, ev, ext))
                         .collect();
                     if !msgs.is_empty() {
                         self.reply(conn, 0, Reply::Netlink(msgs), Vec::new());

@@ -209,13 +209,14 @@ enum Target {
     Recoveries(usize),
 }
 
-/// An event waiting for the log.
+/// An event waiting for the log (its record is made by the log thread, for the few events a
+/// batch keeps: see [`coalesced`]).
 struct Pending {
-    rec: LogRecord,
     event: RasEvent,
     target: Target,
     old: u64,
-    done: Arc<Done>,
+    /// Where the emitter waits, if it does.
+    done: Option<Arc<Done>>,
 }
 
 /// Where an emitter waits for its batch's fate.
@@ -334,7 +335,9 @@ impl RasCore {
 
     /// Node by id.
     pub fn node(&self, id: u32) -> Result<&RasNode> {
-        self.nodes.iter().find(|n| n.id == id).ok_or_else(|| Error::new(Errno::ENOENT, format!("no RAS node {id}")))
+        // Nodes are numbered from 1 in order.
+        let at = (id as usize).wrapping_sub(1);
+        self.nodes.get(at).filter(|n| n.id == id).ok_or_else(|| Error::new(Errno::ENOENT, format!("no RAS node {id}")))
     }
 
     /// Health of a device: the worst of its nodes.
@@ -420,22 +423,17 @@ impl RasCore {
             publish(&mut ev, vec![event.clone()]);
             return Ok(event);
         };
-        let rec = LogRecord {
-            seq: event.seq,
-            timestamp_ns: event.timestamp_ns,
-            device: node.device_name.clone(),
-            node: node.name.clone(),
-            error: counter.map_or(String::new(), |c| c.name.clone()),
-            kind: kind.into(),
-            value,
-        };
-        let done = Arc::new(Done::default());
-        lock(&log.queue).0.push(Pending { rec, event: event.clone(), target, old, done: done.clone() });
-        log.cv.notify_one();
-        drop(ev);
-        if !wait {
-            return Ok(event);
+        let done = wait.then(|| Arc::new(Done::default()));
+        let mut queue = lock(&log.queue);
+        queue.0.push(Pending { event: event.clone(), target, old, done: done.clone() });
+        // The log thread takes the whole queue at once, so only the first event of a batch
+        // needs to wake it (a condvar notify is a system call, even with no one waiting).
+        if queue.0.len() == 1 {
+            log.cv.notify_one();
         }
+        drop(queue);
+        drop(ev);
+        let Some(done) = done else { return Ok(event) };
         match done.wait() {
             Ok(()) => Ok(event),
             Err(e) => bail!(EIO, "{e}; the change was not made"),
@@ -614,20 +612,31 @@ fn publish(ev: &mut Events, events: Vec<RasEvent>) {
 
 /// The records that make a batch durable: of a batch's errors on one counter only the last
 /// (it carries the counter's value after all of them, which is what a restart needs), every
-/// other record as it is. A storm of 1,000 errors on one counter writes one record, not 1,000:
+/// other event as it is. A storm of 1,000 errors on one counter writes one record, not 1,000:
 /// the sync of a page, not of 25. The history replayed after a restart keeps that last event.
-fn coalesced(batch: &[&LogRecord]) -> Vec<LogRecord> {
-    let mut last: HashMap<(&str, &str, &str), usize> = HashMap::new();
-    for (i, r) in batch.iter().enumerate() {
-        if r.kind == LogKind::Error {
-            last.insert((&r.device, &r.node, &r.error), i);
+fn coalesced(nodes: &[RasNode], batch: &[&RasEvent]) -> Vec<LogRecord> {
+    let mut last: HashMap<(u32, u32), usize> = HashMap::new();
+    for (i, e) in batch.iter().enumerate() {
+        if e.kind == EventKind::Error {
+            last.insert((e.node_id, e.error_id), i);
         }
     }
     batch
         .iter()
         .enumerate()
-        .filter(|(i, r)| r.kind != LogKind::Error || last.get(&(&*r.device, &*r.node, &*r.error)) == Some(i))
-        .map(|(_, r)| (*r).clone())
+        .filter(|(i, e)| e.kind != EventKind::Error || last.get(&(e.node_id, e.error_id)) == Some(i))
+        .filter_map(|(_, e)| {
+            let node = nodes.iter().find(|n| n.id == e.node_id)?;
+            Some(LogRecord {
+                seq: e.seq,
+                timestamp_ns: e.timestamp_ns,
+                device: node.device_name.clone(),
+                node: node.name.clone(),
+                error: node.counter(e.error_id).map_or(String::new(), |c| c.name.clone()),
+                kind: e.kind.into(),
+                value: e.value,
+            })
+        })
         .collect()
 }
 
@@ -646,20 +655,24 @@ fn commit_loop(c: &Committer, core: &Weak<RasCore>) {
             }
             std::mem::take(&mut q.0)
         };
-        let recs = coalesced(&batch.iter().map(|p| &p.rec).collect::<Vec<_>>());
-        let written = lock(&c.log).append_batch(&recs);
         let Some(core) = core.upgrade() else {
             for p in batch {
-                p.done.set(Err("the RAS core is gone".into()));
+                if let Some(d) = &p.done {
+                    d.set(Err("the RAS core is gone".into()));
+                }
             }
             return;
         };
+        let recs = coalesced(&core.nodes, &batch.iter().map(|p| &p.event).collect::<Vec<_>>());
+        let written = lock(&c.log).append_batch(&recs);
         let mut ev = lock(&core.events);
         match written {
             Ok(()) => {
                 publish(&mut ev, batch.iter().map(|p| p.event.clone()).collect());
                 for p in batch {
-                    p.done.set(Ok(()));
+                    if let Some(d) = &p.done {
+                        d.set(Ok(()));
+                    }
                 }
             }
             Err(e) => {
@@ -672,7 +685,9 @@ fn commit_loop(c: &Committer, core: &Weak<RasCore>) {
                 }
                 ev.seq = all[0].event.seq - 1;
                 for p in all {
-                    p.done.set(Err(format!("RAS log {path}: {e}")));
+                    if let Some(d) = &p.done {
+                        d.set(Err(format!("RAS log {path}: {e}")));
+                    }
                 }
             }
         }
@@ -895,26 +910,35 @@ mod tests {
 
     #[test]
     fn a_batch_keeps_the_last_error_of_each_counter_and_every_other_record() {
-        let rec = |seq, node: &str, kind, value| LogRecord {
+        let ras = core(None);
+        // Node 1 is memory (counters 1 and 2), node 2 compute.
+        let event = |seq, node_id, error_id, kind, value| RasEvent {
             seq,
             timestamp_ns: seq,
-            device: "accel0".into(),
-            node: node.into(),
-            error: "e".into(),
+            node_id,
+            error_id,
             kind,
+            severity: Severity::Corrected,
+            delta: 1,
             value,
         };
         let batch = [
-            rec(1, "a", LogKind::Error, 1),
-            rec(2, "b", LogKind::Error, 1),
-            rec(3, "a", LogKind::Error, 2),
-            rec(4, "a", LogKind::ThresholdSet, 10),
-            rec(5, "a", LogKind::Error, 3),
-            rec(6, "a", LogKind::Cleared, 0),
-            rec(7, "b", LogKind::Error, 2),
+            event(1, 1, 1, EventKind::Error, 1),
+            event(2, 2, 1, EventKind::Error, 1),
+            event(3, 1, 1, EventKind::Error, 2),
+            event(4, 1, 1, EventKind::ThresholdSet, 10),
+            event(5, 1, 1, EventKind::Error, 3),
+            event(6, 1, 1, EventKind::Cleared, 0),
+            event(7, 2, 1, EventKind::Error, 2),
+            event(8, 1, 2, EventKind::Error, 1),
         ];
-        let kept: Vec<u64> = coalesced(&batch.iter().collect::<Vec<_>>()).iter().map(|r| r.seq).collect();
-        assert_eq!(kept, vec![4, 5, 6, 7]);
+        let kept = coalesced(ras.nodes(), &batch.iter().collect::<Vec<_>>());
+        let seqs: Vec<u64> = kept.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![4, 5, 6, 7, 8]);
+        let r = &kept[4];
+        assert_eq!((r.device.as_str(), r.node.as_str(), r.error.as_str()), ("accel0", "memory", "ecc-uncorrected"));
+        assert_eq!((r.kind, r.value), (LogKind::Error, 1));
+        assert_eq!((kept[3].node.as_str(), kept[3].error.as_str()), ("compute", "hang"));
     }
 
     #[test]
