@@ -15,9 +15,9 @@
 //! `error-report` group with [`crate::Request::RasSubscribe`].
 
 use netlink_packet_core::{
-    emit_u32, emit_u64, parse_string, parse_u32, parse_u64, parse_u8, DecodeError, Emitable, ErrorContext,
-    ErrorMessage, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, NlaBuffer,
-    NlasIterator, ParseableParametrized, NLA_TYPE_MASK, NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST,
+    emit_u32, emit_u64, parse_string, DecodeError, Emitable, ErrorContext, ErrorMessage, NetlinkDeserializable,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, NlaBuffer, NlasIterator, ParseableParametrized,
+    NLA_TYPE_MASK, NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST,
 };
 use netlink_packet_generic::ctrl::nlas::{GenlCtrlAttrs, McastGrpAttrs, OpAttrs};
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
@@ -160,12 +160,13 @@ pub fn attr_by_name(set: AttrSet, name: &str) -> Option<&'static (AttrSet, &'sta
     ATTRIBUTES.iter().find(|a| a.0 == set && a.1 == name)
 }
 
-/// How a parsed value becomes an attribute (see `RasAttr::ctor`).
-type Ctor = fn(Value) -> Option<RasAttr>;
+/// How an attribute's payload becomes the attribute (see `RasAttr::parser`): `None` if the
+/// payload is malformed.
+type Parse = fn(&[u8]) -> Option<RasAttr>;
 
-/// Each set's attributes (id, name, type, constructor), looked up by id when a message is
+/// Each set's attributes (id, name, type, parser), looked up by id when a message is
 /// parsed: the names are matched once, not for every attribute of every message.
-fn by_id(set: AttrSet, id: u16) -> Option<&'static (&'static str, AttrType, Ctor)> {
+fn by_id(set: AttrSet, id: u16) -> Option<&'static (&'static str, AttrType, Parse)> {
     /// A slot per id: the kernel's from 0, accel's from [`ACCEL_ATTR_BASE`] after them.
     const KERNEL_IDS: usize = 64;
     const SLOTS: usize = 2 * KERNEL_IDS;
@@ -175,13 +176,13 @@ fn by_id(set: AttrSet, id: u16) -> Option<&'static (&'static str, AttrType, Ctor
             None => Some(id as usize).filter(|&s| s < KERNEL_IDS),
         }
     }
-    type Table = [Option<(&'static str, AttrType, Ctor)>; SLOTS];
+    type Table = [Option<(&'static str, AttrType, Parse)>; SLOTS];
     static TABLES: std::sync::OnceLock<[Table; 4]> = std::sync::OnceLock::new();
     let tables = TABLES.get_or_init(|| {
         let mut t: [Table; 4] = [[None; SLOTS]; 4];
         for &(s, name, id, ty) in ATTRIBUTES {
             let at = slot(id).expect("attribute ids fit the table");
-            t[s as usize][at] = Some((name, ty, RasAttr::ctor(name)));
+            t[s as usize][at] = Some((name, ty, RasAttr::parser(name)));
         }
         t
     });
@@ -305,15 +306,6 @@ pub enum RasAttr {
     DiagKey(String),
     /// `diag-value`.
     DiagValue(String),
-}
-
-/// A decoded attribute payload.
-enum Value {
-    Flag,
-    U8(u8),
-    U32(u32),
-    U64(u64),
-    Str(String),
 }
 
 impl RasAttr {
@@ -475,51 +467,61 @@ impl RasAttr {
         set == AttrSet::Reporter || self.id(set).is_some_and(|id| id >= ACCEL_ATTR_BASE)
     }
 
-    /// How a value of attribute `name` becomes its variant (`None`: a value of another type).
-    fn ctor(name: &str) -> Ctor {
+    /// How a payload of attribute `name` becomes its variant: numbers of exactly their size
+    /// (native byte order), strings with one trailing NUL dropped and checked UTF-8, flags
+    /// empty. A plain function per attribute, so parsing goes through no intermediate value.
+    fn parser(name: &str) -> Parse {
         use RasAttr::*;
+        fn u8_of(v: &[u8]) -> Option<u8> {
+            <[u8; 1]>::try_from(v).ok().map(|b| b[0])
+        }
+        fn u32_of(v: &[u8]) -> Option<u32> {
+            v.try_into().ok().map(u32::from_ne_bytes)
+        }
+        fn u64_of(v: &[u8]) -> Option<u64> {
+            v.try_into().ok().map(u64::from_ne_bytes)
+        }
+        fn text(v: &[u8]) -> Option<String> {
+            std::str::from_utf8(v.strip_suffix(&[0]).unwrap_or(v)).ok().map(str::to_owned)
+        }
         match name {
-            "accel-ext" => |v| matches!(v, Value::Flag).then_some(AccelExt),
-            "auto-recover" => |v| if let Value::U8(x) = v { Some(AutoRecover(x)) } else { None },
-            "healthy" => |v| if let Value::U8(x) = v { Some(Healthy(x)) } else { None },
-            "node-id" => |v| if let Value::U32(x) = v { Some(NodeId(x)) } else { None },
-            "node-type" => |v| if let Value::U32(x) = v { Some(NodeType(x)) } else { None },
-            "node-health" => |v| if let Value::U32(x) = v { Some(NodeHealth(x)) } else { None },
-            "device-health" => |v| if let Value::U32(x) = v { Some(DeviceHealth(x)) } else { None },
-            "error-id" => |v| if let Value::U32(x) = v { Some(ErrorId(x)) } else { None },
-            "error-value" => |v| if let Value::U32(x) = v { Some(ErrorValue(x)) } else { None },
-            "error-threshold" => |v| if let Value::U32(x) = v { Some(ErrorThreshold(x)) } else { None },
-            "severity" => |v| if let Value::U32(x) = v { Some(Severity(x)) } else { None },
-            "event-kind" => |v| if let Value::U32(x) = v { Some(EventKind(x)) } else { None },
-            "error-value-u64" => |v| if let Value::U64(x) = v { Some(ErrorValueU64(x)) } else { None },
-            "event-seq" => |v| if let Value::U64(x) = v { Some(EventSeq(x)) } else { None },
-            "event-timestamp" => |v| if let Value::U64(x) = v { Some(EventTimestamp(x)) } else { None },
-            "event-delta" => |v| if let Value::U64(x) = v { Some(EventDelta(x)) } else { None },
-            "count" => |v| if let Value::U64(x) = v { Some(Count(x)) } else { None },
-            "error-count" => |v| if let Value::U64(x) = v { Some(ErrorCount(x)) } else { None },
-            "recovery-count" => |v| if let Value::U64(x) = v { Some(RecoveryCount(x)) } else { None },
-            "grace-period-ms" => |v| if let Value::U64(x) = v { Some(GracePeriodMs(x)) } else { None },
-            "device-name" => |v| if let Value::Str(x) = v { Some(DeviceName(x)) } else { None },
-            "node-name" => |v| if let Value::Str(x) = v { Some(NodeName(x)) } else { None },
-            "error-name" => |v| if let Value::Str(x) = v { Some(ErrorName(x)) } else { None },
-            "diag-key" => |v| if let Value::Str(x) = v { Some(DiagKey(x)) } else { None },
-            "diag-value" => |v| if let Value::Str(x) = v { Some(DiagValue(x)) } else { None },
+            "accel-ext" => |v| v.is_empty().then_some(AccelExt),
+            "auto-recover" => |v| Some(AutoRecover(u8_of(v)?)),
+            "healthy" => |v| Some(Healthy(u8_of(v)?)),
+            "node-id" => |v| Some(NodeId(u32_of(v)?)),
+            "node-type" => |v| Some(NodeType(u32_of(v)?)),
+            "node-health" => |v| Some(NodeHealth(u32_of(v)?)),
+            "device-health" => |v| Some(DeviceHealth(u32_of(v)?)),
+            "error-id" => |v| Some(ErrorId(u32_of(v)?)),
+            "error-value" => |v| Some(ErrorValue(u32_of(v)?)),
+            "error-threshold" => |v| Some(ErrorThreshold(u32_of(v)?)),
+            "severity" => |v| Some(Severity(u32_of(v)?)),
+            "event-kind" => |v| Some(EventKind(u32_of(v)?)),
+            "error-value-u64" => |v| Some(ErrorValueU64(u64_of(v)?)),
+            "event-seq" => |v| Some(EventSeq(u64_of(v)?)),
+            "event-timestamp" => |v| Some(EventTimestamp(u64_of(v)?)),
+            "event-delta" => |v| Some(EventDelta(u64_of(v)?)),
+            "count" => |v| Some(Count(u64_of(v)?)),
+            "error-count" => |v| Some(ErrorCount(u64_of(v)?)),
+            "recovery-count" => |v| Some(RecoveryCount(u64_of(v)?)),
+            "grace-period-ms" => |v| Some(GracePeriodMs(u64_of(v)?)),
+            "device-name" => |v| Some(DeviceName(text(v)?)),
+            "node-name" => |v| Some(NodeName(text(v)?)),
+            "error-name" => |v| Some(ErrorName(text(v)?)),
+            "diag-key" => |v| Some(DiagKey(text(v)?)),
+            "diag-value" => |v| Some(DiagValue(text(v)?)),
             _ => |_| None,
         }
     }
 
     fn parse(set: AttrSet, kind: u16, v: &[u8]) -> Result<Option<RasAttr>, DecodeError> {
         // Unknown attributes are skipped, as netlink does, so newer peers interoperate.
-        let Some(&(name, ty, ctor)) = by_id(set, kind) else { return Ok(None) };
-        let value = match ty {
-            AttrType::Flag if v.is_empty() => Value::Flag,
-            AttrType::Flag => return Err(DecodeError::from(format!("{name}: a flag carries no payload"))),
-            AttrType::U8 => Value::U8(parse_u8(v).context(name)?),
-            AttrType::U32 => Value::U32(parse_u32(v).context(name)?),
-            AttrType::U64 => Value::U64(parse_u64(v).context(name)?),
-            AttrType::String => Value::Str(parse_string(v).context(name)?),
-        };
-        Ok(ctor(value))
+        let Some(&(name, ty, parse)) = by_id(set, kind) else { return Ok(None) };
+        match parse(v) {
+            Some(a) => Ok(Some(a)),
+            None if ty == AttrType::String => Err(DecodeError::from(format!("{name}: not UTF-8"))),
+            None => Err(DecodeError::from(format!("{name}: {} bytes are no {}", v.len(), ty.name()))),
+        }
     }
 }
 
@@ -814,6 +816,47 @@ impl ErrorEvent<'_> {
         }
     }
 
+    /// Attribute `id` of the `error-event` set with payload `v`, if it is one of an event's
+    /// and well-formed (anything else goes to the generic parser): the mirror of
+    /// [`ErrorEvent::encode`], with the ids resolved once.
+    fn parse(id: u16, v: &[u8]) -> Option<RasAttr> {
+        static IDS: std::sync::OnceLock<[Option<u16>; 12]> = std::sync::OnceLock::new();
+        let ids = IDS.get_or_init(|| {
+            let blank = ErrorEvent {
+                device_name: "",
+                node_id: 0,
+                node_name: "",
+                error_id: 0,
+                error_name: "",
+                value: 0,
+                severity: 0,
+                seq: 0,
+                timestamp_ns: 0,
+                kind: 0,
+                delta: 0,
+            };
+            blank.attrs().map(|a| a.id(AttrSet::ErrorEvent))
+        });
+        let u32_of = |v: &[u8]| v.try_into().ok().map(u32::from_ne_bytes);
+        let u64_of = |v: &[u8]| v.try_into().ok().map(u64::from_ne_bytes);
+        let text = |v: &[u8]| std::str::from_utf8(v.strip_suffix(&[0]).unwrap_or(v)).ok().map(str::to_owned);
+        // In the order of `attrs`.
+        Some(match ids.iter().position(|i| *i == Some(id))? {
+            0 => RasAttr::DeviceName(text(v)?),
+            1 => RasAttr::NodeId(u32_of(v)?),
+            2 => RasAttr::NodeName(text(v)?),
+            3 => RasAttr::ErrorId(u32_of(v)?),
+            4 => RasAttr::ErrorName(text(v)?),
+            5 => RasAttr::ErrorValue(u32_of(v)?),
+            6 => RasAttr::ErrorValueU64(u64_of(v)?),
+            7 => RasAttr::Severity(u32_of(v)?),
+            8 => RasAttr::EventSeq(u64_of(v)?),
+            9 => RasAttr::EventTimestamp(u64_of(v)?),
+            10 => RasAttr::EventKind(u32_of(v)?),
+            _ => RasAttr::EventDelta(u64_of(v)?),
+        })
+    }
+
     /// The event as a `cmd` message (`error-event`, or a `dump-events` part).
     pub fn msg(&self, cmd: RasCmd) -> RasMsg {
         let attrs = self
@@ -1037,7 +1080,10 @@ fn decode_family(bytes: &[u8]) -> Result<Parsed, DecodeError> {
         if nla_len < 4 || nla_len > rest.len() {
             return Err(DecodeError::from("malformed attribute"));
         }
-        if let Some(a) = RasAttr::parse(set, u16_at(rest, 2) & NLA_TYPE_MASK, &rest[4..nla_len])? {
+        let (kind, value) = (u16_at(rest, 2) & NLA_TYPE_MASK, &rest[4..nla_len]);
+        // An event's attributes (every subscriber reads every event) by their own parser.
+        let event = if set == AttrSet::ErrorEvent { ErrorEvent::parse(kind, value) } else { None };
+        if let Some(a) = event.map_or_else(|| RasAttr::parse(set, kind, value), |a| Ok(Some(a)))? {
             attrs.push(a);
         }
         rest = &rest[nla_len.next_multiple_of(4).min(rest.len())..];
@@ -1155,15 +1201,21 @@ pub fn ctrl_decode(bytes: &[u8]) -> Result<(GenlCtrlCmd, Vec<GenlCtrlAttrs>), De
 mod tests {
     use super::*;
 
+    /// A payload of type `ty`: `n` in its size, `text` NUL-terminated.
+    fn payload(ty: AttrType, n: u64, text: &str) -> Vec<u8> {
+        match ty {
+            AttrType::Flag => vec![],
+            AttrType::U8 => vec![n as u8],
+            AttrType::U32 => (n as u32).to_ne_bytes().to_vec(),
+            AttrType::U64 => n.to_ne_bytes().to_vec(),
+            AttrType::String => [text.as_bytes(), &[0]].concat(),
+        }
+    }
+
     fn sample(name: &str, ty: AttrType) -> RasAttr {
-        let v = match ty {
-            AttrType::Flag => Value::Flag,
-            AttrType::U8 => Value::U8(1),
-            AttrType::U32 => Value::U32(7),
-            AttrType::U64 => Value::U64(u64::MAX),
-            AttrType::String => Value::Str(format!("{name}-value")),
-        };
-        RasAttr::ctor(name)(v).unwrap_or_else(|| panic!("{name} has no variant"))
+        let n = if ty == AttrType::U64 { u64::MAX } else { 7 };
+        RasAttr::parser(name)(&payload(ty, n, &format!("{name}-value")))
+            .unwrap_or_else(|| panic!("{name} has no variant"))
     }
 
     #[test]
@@ -1290,14 +1342,7 @@ mod tests {
         use proptest::prelude::*;
         (0..ATTRIBUTES.len(), any::<u64>(), "[a-z0-9-]{0,24}").prop_map(|(i, n, text)| {
             let (_, name, _, ty) = ATTRIBUTES[i];
-            let v = match ty {
-                AttrType::Flag => Value::Flag,
-                AttrType::U8 => Value::U8(n as u8),
-                AttrType::U32 => Value::U32(n as u32),
-                AttrType::U64 => Value::U64(n),
-                AttrType::String => Value::Str(text),
-            };
-            RasAttr::ctor(name)(v).unwrap()
+            RasAttr::parser(name)(&payload(ty, n, &text)).unwrap()
         })
     }
 

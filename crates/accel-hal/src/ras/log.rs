@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -129,12 +129,21 @@ impl Durable {
 /// once, so later records never follow a torn one. At open, a corrupt frame (a crash
 /// mid-write, or damage) is skipped by scanning for the next valid frame: records after
 /// it are kept, and only a torn tail is cut off.
+///
+/// The file is kept zero-filled ahead of its records ([`RESERVE_BYTES`] at a time, written,
+/// not sparse), as databases preallocate their write-ahead logs: an append then overwrites
+/// allocated blocks without changing the file's size, so its `fdatasync` writes the data
+/// alone, with no journal commit of block allocations and sizes (on ext4 on a virtual disk:
+/// ~1.3 ms for the first append to a new file, ~0.3 ms for later growing appends). Zeros are
+/// no frame (a frame's length is never 0), so reading stops where they start.
 #[derive(Debug)]
 pub struct RasLog {
     file: File,
     path: PathBuf,
     /// Bytes of whole records: where the next append starts.
     len: u64,
+    /// Bytes of the file: `len` and the zeros reserved after it.
+    reserved: u64,
     /// Compact once the log is larger than this.
     max_bytes: u64,
     durable: Durable,
@@ -148,6 +157,8 @@ pub struct RasLog {
 pub const DEFAULT_MAX_BYTES: u64 = 16 << 20;
 
 pub(super) const FRAME_HEADER: usize = 8;
+/// Zeros written ahead of the records at a time (less for a log bounded below 16 MiB).
+pub const RESERVE_BYTES: u64 = 1 << 20;
 const MAX_RECORD: usize = 64 * 1024;
 
 /// The record framed at the start of `bytes`, and the frame's length.
@@ -176,6 +187,8 @@ impl RasLog {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let mut records = Vec::new();
+        // Past the last non-zero byte only reserved zeros (or the zero end of a record) lie.
+        let zeros_from = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
         let (mut at, mut end, mut skipped) = (0, 0, 0);
         while at < bytes.len() {
             match parse_frame(&bytes[at..]) {
@@ -184,18 +197,21 @@ impl RasLog {
                     at += n;
                     end = at;
                 }
+                None if at >= zeros_from => break,
                 None => {
                     at += 1;
                     skipped += 1;
                 }
             }
         }
-        if end < bytes.len() {
-            tracing::warn!("RAS log {}: cutting {} bytes of torn tail", path.display(), bytes.len() - end);
+        let mut reserved = bytes.len() as u64;
+        if end < zeros_from {
+            tracing::warn!("RAS log {}: cutting {} bytes of torn tail", path.display(), zeros_from - end);
             file.set_len(end as u64)?;
             file.sync_all()?;
+            reserved = end as u64;
         }
-        let damaged = skipped - (bytes.len() - end);
+        let damaged = skipped - zeros_from.saturating_sub(end).min(skipped);
         if damaged > 0 {
             tracing::warn!("RAS log {}: skipped {damaged} damaged bytes; later records kept", path.display());
         }
@@ -203,8 +219,18 @@ impl RasLog {
         for r in &records {
             durable.note(r);
         }
-        let log =
-            RasLog { file, path: path.to_path_buf(), len: end as u64, max_bytes, durable, syncs: 0, rotations: 0 };
+        let mut log = RasLog {
+            file,
+            path: path.to_path_buf(),
+            len: end as u64,
+            reserved,
+            max_bytes,
+            durable,
+            syncs: 0,
+            rotations: 0,
+        };
+        log.reserve(log.len + 1)?;
+        log.file.sync_all()?;
         Ok((log, records))
     }
 
@@ -219,15 +245,33 @@ impl RasLog {
         Ok(out)
     }
 
+    /// Zero-fills the file up to at least `upto` bytes, a whole reservation at a time (the
+    /// next `fdatasync` makes it durable with the records that needed it).
+    fn reserve(&mut self, upto: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if upto <= self.reserved {
+            return Ok(());
+        }
+        let step = (self.max_bytes / 16).clamp(4096, RESERVE_BYTES);
+        let target = upto.next_multiple_of(step);
+        let zeros = vec![0u8; (target - self.reserved).min(64 << 10) as usize];
+        while self.reserved < target {
+            let n = (target - self.reserved).min(zeros.len() as u64) as usize;
+            self.file.write_all_at(&zeros[..n], self.reserved)?;
+            self.reserved += n as u64;
+        }
+        Ok(())
+    }
+
     /// Appends records with one write and one `fdatasync`. On failure nothing of the batch
     /// stays: the file is cut back to the last whole record (which also frees the blocks a
     /// full disk needs).
     pub(super) fn append_batch(&mut self, recs: &[LogRecord]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
         let bytes = Self::frames(recs)?;
         let written = self
-            .file
-            .seek(SeekFrom::Start(self.len))
-            .and_then(|_| self.file.write_all(&bytes))
+            .reserve(self.len + bytes.len() as u64)
+            .and_then(|_| self.file.write_all_at(&bytes, self.len))
             .and_then(|_| self.file.sync_data());
         self.syncs += 1;
         match written {
@@ -248,6 +292,7 @@ impl RasLog {
             }
             Err(e) => {
                 let _ = self.file.set_len(self.len);
+                self.reserved = self.len;
                 Err(e)
             }
         }
@@ -269,8 +314,17 @@ impl RasLog {
         }
         self.file = f;
         self.len = bytes.len() as u64;
+        self.reserved = self.len;
         self.rotations += 1;
+        // Reserved again by the next append if this fails.
+        let _ = self.reserve(self.len + 1);
         Ok(())
+    }
+
+    /// Bytes of whole records (the file is longer by the zeros reserved after them).
+    #[cfg(test)]
+    pub(super) fn len(&self) -> u64 {
+        self.len
     }
 
     /// `fdatasync` calls and compactions so far.

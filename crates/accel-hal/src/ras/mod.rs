@@ -810,7 +810,7 @@ mod tests {
         let (after_first, last_seq) = {
             let ras = core(Some(&path));
             ras.report(1, 1, 7).unwrap();
-            let len = std::fs::metadata(&path).unwrap().len();
+            let len = lock(&ras.log.as_ref().unwrap().log).len();
             for _ in 0..100 {
                 ras.report(2, 1, 1).unwrap();
             }
@@ -825,6 +825,54 @@ mod tests {
         assert_eq!(ras.node(2).unwrap().counters[0].value(), 100, "the 99 records after the damage are kept");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), bytes.len() as u64, "nothing valid was cut");
         assert_eq!(ras.report(1, 1, 1).unwrap().seq, last_seq + 1);
+    }
+
+    #[test]
+    fn appends_overwrite_the_reserved_zeros_and_a_record_ending_in_zeros_survives() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ras.log");
+        let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+        let (reserved, records_end) = {
+            let ras = core(Some(&path));
+            let reserved = size(&path);
+            assert!(reserved >= log::RESERVE_BYTES, "a new log reserves its first {} bytes", log::RESERVE_BYTES);
+            for _ in 0..50 {
+                ras.report(1, 1, 1).unwrap();
+            }
+            assert_eq!(size(&path), reserved, "appends do not grow the file");
+            // A cleared counter's record ends in a zero byte (its value), like the reserve.
+            ras.clear(1, 1).unwrap();
+            let len = lock(&ras.log.as_ref().unwrap().log).len();
+            (reserved, len)
+        };
+        let ras = core(Some(&path));
+        assert_eq!(size(&path), reserved, "the reserve is no torn tail");
+        assert_eq!(ras.node(1).unwrap().counters[0].value(), 0);
+        assert_eq!(ras.recent().last().unwrap().kind, EventKind::Cleared, "the record ending in zeros was read");
+        assert_eq!(lock(&ras.log.as_ref().unwrap().log).len(), records_end);
+        let seq = ras.report(1, 1, 5).unwrap().seq;
+        drop(ras);
+        // A crash mid-append inside the reserve: half a frame, zeros after it.
+        let end = {
+            let ras = core(Some(&path));
+            let end = lock(&ras.log.as_ref().unwrap().log).len();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .write_all_at(&[40, 0, 0, 0, 9, 9], end)
+                .unwrap();
+            drop(ras);
+            end
+        };
+        let ras = core(Some(&path));
+        assert_eq!(ras.node(1).unwrap().counters[0].value(), 5);
+        assert_eq!(ras.last_seq(), seq);
+        assert_eq!(lock(&ras.log.as_ref().unwrap().log).len(), end, "the torn frame was cut");
+        ras.report(1, 1, 1).unwrap();
+        drop(ras);
+        assert_eq!(core(Some(&path)).node(1).unwrap().counters[0].value(), 6, "the next append replaced it");
     }
 
     #[test]
@@ -863,7 +911,9 @@ mod tests {
             }
             let (syncs, rotations) = ras.log_stats();
             assert!((4..syncs / 4).contains(&rotations), "compacted {rotations} times in {syncs} appends");
-            assert!(std::fs::metadata(&path).unwrap().len() <= 4096 + 64, "the log stays within its bound");
+            let log = lock(&ras.log.as_ref().unwrap().log);
+            assert!(log.len() <= 4096 + 64, "the log stays within its bound");
+            assert!(std::fs::metadata(&path).unwrap().len() <= 2 * 4096, "and so does its reserve");
             ras.last_seq()
         };
         let ras = core_at(Some(&path), 4096);
