@@ -159,6 +159,19 @@ fn tenants_see_their_own_devices_renumbered_and_change_nothing() {
         ],
         "exactly the kernel's error-event attributes"
     );
+    // Read in place: the recovery the uncorrected error set off (node-wide: no counter; its
+    // value the recovery count), then a corrected error, with the kernel's fields (accel's 0).
+    let e = events.next_error_event().unwrap();
+    assert_eq!(
+        (e.device_name, e.node_id, e.node_name, e.error_id, e.error_name, e.value),
+        ("accel0", 3, "memory", 0, "", 1)
+    );
+    inject(&mut root, 3, 1, 2).unwrap();
+    let e = events.next_error_event().unwrap();
+    assert_eq!(
+        (e.device_name, e.node_id, e.node_name, e.error_id, e.error_name, e.value, e.seq),
+        ("accel0", 3, "memory", 1, "ecc-corrected", 2, 0)
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@
 use std::path::Path;
 
 use accel_uapi::ras::{self as nl, Parsed};
-pub use accel_uapi::ras::{RasAttr, RasCmd, RasMsg};
+pub use accel_uapi::ras::{ErrorEvent, RasAttr, RasCmd, RasMsg};
 use accel_uapi::{Errno, Reply, Request};
 
 use crate::conn::unexpected;
@@ -100,7 +100,7 @@ impl Ras {
 
     fn join(mut self, req: Request) -> Result<RasEvents> {
         match self.conn.call(&req)? {
-            Reply::Ok => Ok(RasEvents { conn: self.conn, pending: Default::default() }),
+            Reply::Ok => Ok(RasEvents { conn: self.conn, pending: Default::default(), current: Vec::new() }),
             other => Err(unexpected(&other)),
         }
     }
@@ -113,17 +113,33 @@ pub struct RasEvents {
     /// Messages of the last frame not handed out yet (a frame carries up to 256), each
     /// decoded when it is asked for: the first is handed out before the rest are decoded.
     pending: std::collections::VecDeque<Vec<u8>>,
+    /// The message the last [`RasEvents::next_error_event`] borrows from.
+    current: Vec<u8>,
 }
 
 impl RasEvents {
     /// Blocks for the next event.
     pub fn next_event(&mut self) -> Result<RasMsg> {
+        let bytes = self.next_message()?;
+        match nl::decode(&bytes).map_err(|e| Error::new(Errno::EPROTO, format!("bad event: {e}")))? {
+            Parsed::Msg { msg, .. } => Ok(msg),
+            other => Err(Error::new(Errno::EPROTO, format!("unexpected event {other:?}"))),
+        }
+    }
+
+    /// Blocks for the next event and reads it in place, allocating nothing: names borrow the
+    /// stream until the next call (see [`ErrorEvent::decode`] for attributes a subscriber
+    /// without `accel-ext` does not get). For monitors that keep up with storms.
+    pub fn next_error_event(&mut self) -> Result<ErrorEvent<'_>> {
+        self.current = self.next_message()?;
+        ErrorEvent::decode(&self.current).map_err(|e| Error::new(Errno::EPROTO, format!("bad event: {e}")))
+    }
+
+    /// The next netlink message of the group, as it arrived.
+    fn next_message(&mut self) -> Result<Vec<u8>> {
         loop {
             if let Some(bytes) = self.pending.pop_front() {
-                return match nl::decode(&bytes).map_err(|e| Error::new(Errno::EPROTO, format!("bad event: {e}")))? {
-                    Parsed::Msg { msg, .. } => Ok(msg),
-                    other => Err(Error::new(Errno::EPROTO, format!("unexpected event {other:?}"))),
-                };
+                return Ok(bytes);
             }
             match self.conn.recv_reply()?.0 {
                 Reply::Netlink(frames) => self.pending.extend(frames),

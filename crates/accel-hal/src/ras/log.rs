@@ -130,7 +130,7 @@ impl Durable {
 /// mid-write, or damage) is skipped by scanning for the next valid frame: records after
 /// it are kept, and only a torn tail is cut off.
 ///
-/// The file is kept zero-filled ahead of its records ([`RESERVE_BYTES`] at a time, written,
+/// The file is kept zero-filled ahead of its records (1 MiB at a time, written,
 /// not sparse), as databases preallocate their write-ahead logs: an append then overwrites
 /// allocated blocks without changing the file's size, so its `fdatasync` writes the data
 /// alone, with no journal commit of block allocations and sizes (on ext4 on a virtual disk:
