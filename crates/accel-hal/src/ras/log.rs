@@ -229,8 +229,9 @@ impl RasLog {
             syncs: 0,
             rotations: 0,
         };
-        log.reserve(log.len + 1)?;
-        log.file.sync_all()?;
+        if log.reserve(log.len + 1) {
+            log.file.sync_all()?;
+        }
         Ok((log, records))
     }
 
@@ -246,21 +247,36 @@ impl RasLog {
     }
 
     /// Zero-fills the file up to at least `upto` bytes, a whole reservation at a time (the
-    /// next `fdatasync` makes it durable with the records that needed it).
-    fn reserve(&mut self, upto: u64) -> std::io::Result<()> {
+    /// next `fdatasync` makes it durable with the records that needed it). Best effort: only
+    /// with four times the reservation free on the filesystem (the log must not take the
+    /// last of a filling disk from its records and the daemon's other state), and a write that
+    /// fails gives its space back; without a reserve, appends grow the file as they did.
+    /// Whether it reserved.
+    fn reserve(&mut self, upto: u64) -> bool {
         use std::os::unix::fs::FileExt;
         if upto <= self.reserved {
-            return Ok(());
+            return false;
         }
         let step = (self.max_bytes / 16).clamp(4096, RESERVE_BYTES);
         let target = upto.next_multiple_of(step);
-        let zeros = vec![0u8; (target - self.reserved).min(64 << 10) as usize];
-        while self.reserved < target {
-            let n = (target - self.reserved).min(zeros.len() as u64) as usize;
-            self.file.write_all_at(&zeros[..n], self.reserved)?;
-            self.reserved += n as u64;
+        let free = rustix::fs::fstatvfs(&self.file).map_or(0, |s| s.f_bavail.saturating_mul(s.f_frsize));
+        if free / 4 < target - self.reserved {
+            return false;
         }
-        Ok(())
+        let zeros = vec![0u8; (target - self.reserved).min(64 << 10) as usize];
+        debug_assert!(self.reserved >= self.len, "the reserve starts after the records");
+        let mut at = self.reserved;
+        while at < target {
+            let n = (target - at).min(zeros.len() as u64) as usize;
+            if let Err(e) = self.file.write_all_at(&zeros[..n], at) {
+                tracing::debug!("RAS log {}: no reserve ahead of the records: {e}", self.path.display());
+                let _ = self.file.set_len(self.reserved);
+                return false;
+            }
+            at += n as u64;
+        }
+        self.reserved = target;
+        true
     }
 
     /// Appends records with one write and one `fdatasync`. On failure nothing of the batch
@@ -269,14 +285,14 @@ impl RasLog {
     pub(super) fn append_batch(&mut self, recs: &[LogRecord]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         let bytes = Self::frames(recs)?;
-        let written = self
-            .reserve(self.len + bytes.len() as u64)
-            .and_then(|_| self.file.write_all_at(&bytes, self.len))
-            .and_then(|_| self.file.sync_data());
+        self.reserve(self.len + bytes.len() as u64);
+        let written = self.file.write_all_at(&bytes, self.len).and_then(|_| self.file.sync_data());
         self.syncs += 1;
         match written {
             Ok(()) => {
                 self.len += bytes.len() as u64;
+                // An append past the reserve grew the file.
+                self.reserved = self.reserved.max(self.len);
                 for r in recs {
                     self.durable.note(r);
                 }
@@ -316,8 +332,8 @@ impl RasLog {
         self.len = bytes.len() as u64;
         self.reserved = self.len;
         self.rotations += 1;
-        // Reserved again by the next append if this fails.
-        let _ = self.reserve(self.len + 1);
+        // Reserved again by the next append if this cannot.
+        self.reserve(self.len + 1);
         Ok(())
     }
 
