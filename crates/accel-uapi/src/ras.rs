@@ -787,6 +787,21 @@ pub struct ErrorEvent<'a> {
 }
 
 impl ErrorEvent<'_> {
+    /// No names, every number 0.
+    pub const EMPTY: ErrorEvent<'static> = ErrorEvent {
+        device_name: "",
+        node_id: 0,
+        node_name: "",
+        error_id: 0,
+        error_name: "",
+        value: 0,
+        severity: 0,
+        seq: 0,
+        timestamp_ns: 0,
+        kind: 0,
+        delta: 0,
+    };
+
     /// The event's attributes, accel's included.
     fn attrs(&self) -> [RasAttr; 12] {
         [
@@ -843,22 +858,7 @@ impl ErrorEvent<'_> {
     /// Where attribute `id` of the `error-event` set is in [`Self::attrs`], if it is there.
     fn slot(id: u16) -> Option<usize> {
         static IDS: std::sync::OnceLock<[Option<u16>; 12]> = std::sync::OnceLock::new();
-        let ids = IDS.get_or_init(|| {
-            let blank = ErrorEvent {
-                device_name: "",
-                node_id: 0,
-                node_name: "",
-                error_id: 0,
-                error_name: "",
-                value: 0,
-                severity: 0,
-                seq: 0,
-                timestamp_ns: 0,
-                kind: 0,
-                delta: 0,
-            };
-            blank.attrs().map(|a| a.id(AttrSet::ErrorEvent))
-        });
+        let ids = IDS.get_or_init(|| Self::EMPTY.attrs().map(|a| a.id(AttrSet::ErrorEvent)));
         ids.iter().position(|i| *i == Some(id))
     }
 
@@ -875,19 +875,7 @@ impl ErrorEvent<'_> {
         if cmd.attr_set() != AttrSet::ErrorEvent {
             return Err(DecodeError::from(format!("{} is no event", cmd.name())));
         }
-        let mut e = ErrorEvent {
-            device_name: "",
-            node_id: 0,
-            node_name: "",
-            error_id: 0,
-            error_name: "",
-            value: 0,
-            severity: 0,
-            seq: 0,
-            timestamp_ns: 0,
-            kind: 0,
-            delta: 0,
-        };
+        let mut e = Self::EMPTY;
         let (mut value32, mut value64) = (None, None);
         for_each_attr(attrs, |kind, v| {
             let bad = || DecodeError::from(format!("attribute {kind}: malformed payload of {} bytes", v.len()));
@@ -939,14 +927,13 @@ impl ErrorEvent<'_> {
         type Ids = [Option<(u16, bool)>; 12];
         static IDS: std::sync::OnceLock<Vec<(RasCmd, Ids)>> = std::sync::OnceLock::new();
         let ids = IDS.get_or_init(|| {
-            let blank = ErrorEvent { device_name: "", node_name: "", error_name: "", ..*self };
             COMMANDS
                 .iter()
                 .filter_map(|c| RasCmd::from_id(c.1))
                 .map(|cmd| {
                     let set = cmd.attr_set();
                     let kernel = (cmd as u8) < ACCEL_CMD_BASE;
-                    (cmd, blank.attrs().map(|a| a.id(set).map(|id| (id, kernel && a.is_extension(set)))))
+                    (cmd, Self::EMPTY.attrs().map(|a| a.id(set).map(|id| (id, kernel && a.is_extension(set)))))
                 })
                 .collect()
         });
@@ -1476,6 +1463,27 @@ mod tests {
         }
     }
 
+    /// An event of the given names and numbers (values of any width).
+    fn any_event(
+        names: &(String, String, String),
+        ids: (u32, u32, u32, u32),
+        numbers: (u64, u64, u64, u64),
+    ) -> ErrorEvent<'_> {
+        ErrorEvent {
+            device_name: &names.0,
+            node_id: ids.0,
+            node_name: &names.1,
+            error_id: ids.1,
+            error_name: &names.2,
+            value: numbers.0 >> (numbers.1 % 64),
+            severity: ids.2,
+            seq: numbers.1,
+            timestamp_ns: numbers.2,
+            kind: ids.3,
+            delta: numbers.3,
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn an_error_event_encodes_as_its_message_does(
@@ -1487,19 +1495,7 @@ mod tests {
             header: (u16, u32),
         ) {
             let (flags, seq) = header;
-            let ev = ErrorEvent {
-                device_name: &names.0,
-                node_id: ids.0,
-                node_name: &names.1,
-                error_id: ids.1,
-                error_name: &names.2,
-                value: numbers.0 >> (numbers.1 % 64),
-                severity: ids.2,
-                seq: numbers.1,
-                timestamp_ns: numbers.2,
-                kind: ids.3,
-                delta: numbers.3,
-            };
+            let ev = any_event(&names, ids, numbers);
             let cmd = if dump { RasCmd::DumpEvents } else { RasCmd::ErrorEvent };
             let msg = if ext { ev.msg(cmd) } else { ev.msg(cmd).kernel_only() };
             proptest::prop_assert_eq!(ev.encode(cmd, ext, flags, seq), reference_encode(msg, flags, seq));
@@ -1515,19 +1511,7 @@ mod tests {
             ext: bool,
             cut in proptest::option::of(0usize..160),
         ) {
-            let ev = ErrorEvent {
-                device_name: &names.0,
-                node_id: ids.0,
-                node_name: &names.1,
-                error_id: ids.1,
-                error_name: &names.2,
-                value: numbers.0 >> (numbers.1 % 64),
-                severity: ids.2,
-                seq: numbers.1,
-                timestamp_ns: numbers.2,
-                kind: ids.3,
-                delta: numbers.3,
-            };
+            let ev = any_event(&names, ids, numbers);
             let mut bytes = ev.encode(RasCmd::ErrorEvent, ext, 0, 1);
             if let Some(at) = cut {
                 // A damaged frame fails here exactly when it fails the full decoder.
