@@ -12,9 +12,24 @@
 Errors raise :class:`accel.Error`, an :class:`OSError` whose ``errno`` is the Linux errno.
 """
 
-from ._accel import Buffer, Device, Error, Fence, Program, Queue, Ring, Syncobj, stats
+from ._accel import Buffer, Device, Error, Fence, Program, Queue, RasEvent, RasEvents, Ring, Syncobj, ras_events, stats
 
-__all__ = ["Buffer", "Device", "Error", "Fence", "Program", "Queue", "Ring", "Syncobj", "array", "from_dlpack", "stats"]
+__all__ = [
+    "Buffer",
+    "Device",
+    "Error",
+    "Fence",
+    "Program",
+    "Queue",
+    "RasEvent",
+    "RasEvents",
+    "Ring",
+    "Syncobj",
+    "array",
+    "from_dlpack",
+    "ras_events",
+    "stats",
+]
 
 
 def array(buf, dtype="uint8", shape=None):

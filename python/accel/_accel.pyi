@@ -160,3 +160,23 @@ class Ring:
     def nop_sync(self, timeout: Optional[float] = None) -> int: ...
 
 def stats(socket: Optional[Union[str, os.PathLike[str]]] = None) -> dict[str, int]: ...
+
+class RasEvent:
+    device: str
+    node_id: int
+    node: str
+    error_id: int
+    error: str
+    value: int
+    severity: int
+    seq: int
+    timestamp_ns: int
+    kind: int
+    delta: int
+
+class RasEvents:
+    def __iter__(self) -> RasEvents: ...
+    def __next__(self) -> RasEvent: ...
+    def next(self, timeout: Optional[float] = None) -> RasEvent: ...
+
+def ras_events(socket: Optional[Union[str, os.PathLike[str]]] = None, ext: bool = True) -> RasEvents: ...

@@ -306,3 +306,23 @@ def test_a_client_killed_mid_job_leaves_nothing_behind(daemon):
     while objects() != before and time.monotonic() < deadline:
         time.sleep(0.02)
     assert objects() == before
+
+
+def test_ras_events_arrive_in_order_with_their_counters(daemon):
+    # testdev (accel1) reports a storm of corrected memory errors through its RAS monitor.
+    OP_RAS_STORM = 9
+    events = accel.ras_events()
+    kernel_only = accel.ras_events(ext=False)
+    q = accel.Device(1).queue()
+    q.driver(OP_RAS_STORM, (5, 0, 0, 0)).wait(5)
+    got = [events.next(5) for _ in range(5)]
+    assert [(e.device, e.node, e.error, e.kind, e.delta) for e in got] == [("accel1", "memory", "ecc-corrected", 0, 1)] * 5
+    assert [e.seq for e in got] == list(range(got[0].seq, got[0].seq + 5)), "consecutive sequence numbers"
+    assert [e.value for e in got] == list(range(got[0].value, got[0].value + 5)), "the counter after each"
+    assert all(a.timestamp_ns <= b.timestamp_ns for a, b in zip(got, got[1:]))
+    first = next(iter(kernel_only))
+    assert (first.node, first.error, first.value, first.seq, first.timestamp_ns) == ("memory", "ecc-corrected", got[0].value, 0, 0)
+    assert "ecc-corrected" in repr(first)
+    with pytest.raises(accel.Error) as e:
+        events.next(0.05)
+    assert e.value.errno == errno.ETIMEDOUT

@@ -172,6 +172,8 @@ fn tenants_see_their_own_devices_renumbered_and_change_nothing() {
         (e.device_name, e.node_id, e.node_name, e.error_id, e.error_name, e.value, e.seq),
         ("accel0", 3, "memory", 1, "ecc-corrected", 2, 0)
     );
+    let quiet = events.next_error_event_timeout(Duration::from_millis(50)).unwrap_err();
+    assert_eq!(quiet.code, Errno::ETIMEDOUT, "{quiet}");
 }
 
 #[test]

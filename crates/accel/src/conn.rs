@@ -173,6 +173,25 @@ impl Connection {
         self.recv_reply()
     }
 
+    /// Whether a frame is there to receive, waiting up to `timeout` for one (a dead
+    /// connection counts: receiving reports it).
+    pub(crate) fn readable_within(&self, timeout: std::time::Duration) -> Result<bool> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        {
+            let rx = lock(&self.rx);
+            if !rx.parked.is_empty() || rx.dead.is_some() {
+                return Ok(true);
+            }
+        }
+        let mut fds = [PollFd::new(&self.sock, PollFlags::IN)];
+        let t = Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: timeout.subsec_nanos() as i64 };
+        match poll(&mut fds, Some(&t)) {
+            Ok(n) => Ok(n > 0),
+            Err(rustix::io::Errno::INTR) => Ok(false),
+            Err(e) => Err(Error::os("poll the daemon connection", e)),
+        }
+    }
+
     /// Reads the next reply, whatever its sequence number: a further frame of a multi-frame
     /// reply (RAS dumps) or an event on a subscribed connection.
     pub fn recv_reply(&mut self) -> Result<(Reply, Vec<OwnedFd>)> {

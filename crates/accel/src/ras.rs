@@ -135,6 +135,15 @@ impl RasEvents {
         ErrorEvent::decode(&self.current).map_err(|e| Error::new(Errno::EPROTO, format!("bad event: {e}")))
     }
 
+    /// Like [`RasEvents::next_error_event`], failing with `ETIMEDOUT` if no event arrives
+    /// within `timeout`.
+    pub fn next_error_event_timeout(&mut self, timeout: std::time::Duration) -> Result<ErrorEvent<'_>> {
+        if self.pending.is_empty() && !self.conn.readable_within(timeout)? {
+            return Err(Error::new(Errno::ETIMEDOUT, format!("no RAS event within {timeout:?}")));
+        }
+        self.next_error_event()
+    }
+
     /// The next netlink message of the group, as it arrived.
     fn next_message(&mut self) -> Result<Vec<u8>> {
         loop {
