@@ -164,6 +164,26 @@ pub fn attr_by_name(set: AttrSet, name: &str) -> Option<&'static (AttrSet, &'sta
 /// payload is malformed.
 type Parse = fn(&[u8]) -> Option<RasAttr>;
 
+/// A `u8` payload: exactly one byte.
+fn u8_of(v: &[u8]) -> Option<u8> {
+    <[u8; 1]>::try_from(v).ok().map(|b| b[0])
+}
+
+/// A `u32` payload: exactly four bytes, native byte order.
+fn u32_of(v: &[u8]) -> Option<u32> {
+    v.try_into().ok().map(u32::from_ne_bytes)
+}
+
+/// A `u64` payload: exactly eight bytes, native byte order.
+fn u64_of(v: &[u8]) -> Option<u64> {
+    v.try_into().ok().map(u64::from_ne_bytes)
+}
+
+/// A `string` payload: UTF-8, one trailing NUL dropped.
+fn text_of(v: &[u8]) -> Option<&str> {
+    std::str::from_utf8(v.strip_suffix(&[0]).unwrap_or(v)).ok()
+}
+
 /// Each set's attributes (id, name, type, parser), looked up by id when a message is
 /// parsed: the names are matched once, not for every attribute of every message.
 fn by_id(set: AttrSet, id: u16) -> Option<&'static (&'static str, AttrType, Parse)> {
@@ -472,17 +492,8 @@ impl RasAttr {
     /// empty. A plain function per attribute, so parsing goes through no intermediate value.
     fn parser(name: &str) -> Parse {
         use RasAttr::*;
-        fn u8_of(v: &[u8]) -> Option<u8> {
-            <[u8; 1]>::try_from(v).ok().map(|b| b[0])
-        }
-        fn u32_of(v: &[u8]) -> Option<u32> {
-            v.try_into().ok().map(u32::from_ne_bytes)
-        }
-        fn u64_of(v: &[u8]) -> Option<u64> {
-            v.try_into().ok().map(u64::from_ne_bytes)
-        }
         fn text(v: &[u8]) -> Option<String> {
-            std::str::from_utf8(v.strip_suffix(&[0]).unwrap_or(v)).ok().map(str::to_owned)
+            text_of(v).map(str::to_owned)
         }
         match name {
             "accel-ext" => |v| v.is_empty().then_some(AccelExt),
@@ -730,7 +741,8 @@ impl Frame {
         self.0.resize(self.0.len() + (len.next_multiple_of(4) - len), 0);
     }
 
-    /// A string attribute (NUL-terminated, as the kernel's `string` type).
+    /// A string attribute (NUL-terminated, as the kernel's `string` type): [`Frame::put`] of
+    /// the text and a NUL, without making that payload first.
     fn put_str(&mut self, id: u16, s: &str) {
         let len = 4 + s.len() + 1;
         self.0.extend_from_slice(&(len as u16).to_ne_bytes());
@@ -750,9 +762,10 @@ impl Frame {
 /// frames are laid out here directly, into one buffer (every reply and event is encoded
 /// here); netlink-packet decodes them to the same message (tests).
 pub fn encode(msg: RasMsg, flags: u16, seq: u32) -> Vec<u8> {
-    let mut frame = Frame::new(msg.cmd, flags, seq, msg.buffer_len());
+    let body = msg.buffer_len();
+    let mut frame = Frame::new(msg.cmd, flags, seq, body);
     let at = frame.0.len();
-    frame.0.resize(at + msg.buffer_len(), 0);
+    frame.0.resize(at + body, 0);
     msg.emit(&mut frame.0[at..]);
     frame.finish()
 }
@@ -831,30 +844,6 @@ impl ErrorEvent<'_> {
         }
     }
 
-    /// Attribute `id` of the `error-event` set with payload `v`, if it is one of an event's
-    /// and well-formed (anything else goes to the generic parser): the mirror of
-    /// [`ErrorEvent::encode`], with the ids resolved once.
-    fn parse(id: u16, v: &[u8]) -> Option<RasAttr> {
-        let u32_of = |v: &[u8]| v.try_into().ok().map(u32::from_ne_bytes);
-        let u64_of = |v: &[u8]| v.try_into().ok().map(u64::from_ne_bytes);
-        let text = |v: &[u8]| std::str::from_utf8(v.strip_suffix(&[0]).unwrap_or(v)).ok().map(str::to_owned);
-        // In the order of `attrs`.
-        Some(match Self::slot(id)? {
-            0 => RasAttr::DeviceName(text(v)?),
-            1 => RasAttr::NodeId(u32_of(v)?),
-            2 => RasAttr::NodeName(text(v)?),
-            3 => RasAttr::ErrorId(u32_of(v)?),
-            4 => RasAttr::ErrorName(text(v)?),
-            5 => RasAttr::ErrorValue(u32_of(v)?),
-            6 => RasAttr::ErrorValueU64(u64_of(v)?),
-            7 => RasAttr::Severity(u32_of(v)?),
-            8 => RasAttr::EventSeq(u64_of(v)?),
-            9 => RasAttr::EventTimestamp(u64_of(v)?),
-            10 => RasAttr::EventKind(u32_of(v)?),
-            _ => RasAttr::EventDelta(u64_of(v)?),
-        })
-    }
-
     /// Where attribute `id` of the `error-event` set is in [`Self::attrs`], if it is there.
     fn slot(id: u16) -> Option<usize> {
         static IDS: std::sync::OnceLock<[Option<u16>; 12]> = std::sync::OnceLock::new();
@@ -868,7 +857,7 @@ impl ErrorEvent<'_> {
     /// number, timestamp, kind or delta); `value` is the 64-bit value, else the 32-bit one.
     /// Fails as [`decode`] does on a malformed frame, and on another command.
     pub fn decode(bytes: &[u8]) -> Result<ErrorEvent<'_>, DecodeError> {
-        if bytes.get(4..6).map(|t| u16_at(t, 0)) != Some(FAMILY_ID) {
+        if !of_family(bytes) {
             return Err(DecodeError::from(format!("not a {FAMILY_NAME} message")));
         }
         let (_, _, cmd, attrs) = family_frame(bytes)?;
@@ -879,22 +868,22 @@ impl ErrorEvent<'_> {
         let (mut value32, mut value64) = (None, None);
         for_each_attr(attrs, |kind, v| {
             let bad = || DecodeError::from(format!("attribute {kind}: malformed payload of {} bytes", v.len()));
-            let text = || std::str::from_utf8(v.strip_suffix(&[0]).unwrap_or(v)).map_err(|_| bad());
-            let u32_of = || v.try_into().map(u32::from_ne_bytes).map_err(|_| bad());
-            let u64_of = || v.try_into().map(u64::from_ne_bytes).map_err(|_| bad());
+            let text = || text_of(v).ok_or_else(bad);
+            let u32 = || u32_of(v).ok_or_else(bad);
+            let u64 = || u64_of(v).ok_or_else(bad);
             match Self::slot(kind) {
                 Some(0) => e.device_name = text()?,
-                Some(1) => e.node_id = u32_of()?,
+                Some(1) => e.node_id = u32()?,
                 Some(2) => e.node_name = text()?,
-                Some(3) => e.error_id = u32_of()?,
+                Some(3) => e.error_id = u32()?,
                 Some(4) => e.error_name = text()?,
-                Some(5) => value32 = Some(u32_of()?),
-                Some(6) => value64 = Some(u64_of()?),
-                Some(7) => e.severity = u32_of()?,
-                Some(8) => e.seq = u64_of()?,
-                Some(9) => e.timestamp_ns = u64_of()?,
-                Some(10) => e.kind = u32_of()?,
-                Some(11) => e.delta = u64_of()?,
+                Some(5) => value32 = Some(u32()?),
+                Some(6) => value64 = Some(u64()?),
+                Some(7) => e.severity = u32()?,
+                Some(8) => e.seq = u64()?,
+                Some(9) => e.timestamp_ns = u64()?,
+                Some(10) => e.kind = u32()?,
+                Some(11) => e.delta = u64()?,
                 // The rest (a request's `accel-ext`, newer attributes) the full decoder
                 // checks; here they are skipped, as netlink skips what it does not know.
                 _ => {}
@@ -1088,9 +1077,10 @@ pub enum Parsed {
 
 /// Decodes one netlink message of the family. Never panics on any input.
 pub fn decode(bytes: &[u8]) -> Result<Parsed, DecodeError> {
-    match bytes.get(4..6) {
-        Some(&[a, b]) if u16::from_ne_bytes([a, b]) == FAMILY_ID => decode_family(bytes),
-        _ => decode_netlink(bytes),
+    if of_family(bytes) {
+        decode_family(bytes)
+    } else {
+        decode_netlink(bytes)
     }
 }
 
@@ -1103,9 +1093,7 @@ fn decode_family(bytes: &[u8]) -> Result<Parsed, DecodeError> {
     let set = cmd.attr_set();
     let mut attrs = Vec::with_capacity(16);
     for_each_attr(attrs_bytes, |kind, value| {
-        // An event's attributes (every subscriber reads every event) by their own parser.
-        let event = if set == AttrSet::ErrorEvent { ErrorEvent::parse(kind, value) } else { None };
-        if let Some(a) = event.map_or_else(|| RasAttr::parse(set, kind, value), |a| Ok(Some(a)))? {
+        if let Some(a) = RasAttr::parse(set, kind, value)? {
             attrs.push(a);
         }
         Ok(())
@@ -1115,6 +1103,11 @@ fn decode_family(bytes: &[u8]) -> Result<Parsed, DecodeError> {
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_ne_bytes([b[at], b[at + 1]])
+}
+
+/// Whether `bytes` carry a message of the family (its netlink type is the family's id).
+fn of_family(bytes: &[u8]) -> bool {
+    bytes.len() >= 6 && u16_at(bytes, 4) == FAMILY_ID
 }
 
 /// The netlink flags, sequence number, command and attribute bytes of a frame of the family,
@@ -1463,12 +1456,21 @@ mod tests {
         }
     }
 
+    /// Names, ids and numbers of an event ([`any_event`] makes it).
+    type EventParts = ((String, String, String), (u32, u32, u32, u32), (u64, u64, u64, u64));
+
+    fn event_parts() -> impl proptest::strategy::Strategy<Value = EventParts> {
+        use proptest::prelude::*;
+        (
+            ("[a-z0-9]{0,12}", "[a-z0-9-]{0,20}", "[a-z0-9-]{0,24}"),
+            any::<(u32, u32, u32, u32)>(),
+            any::<(u64, u64, u64, u64)>(),
+        )
+    }
+
     /// An event of the given names and numbers (values of any width).
-    fn any_event(
-        names: &(String, String, String),
-        ids: (u32, u32, u32, u32),
-        numbers: (u64, u64, u64, u64),
-    ) -> ErrorEvent<'_> {
+    fn any_event((names, ids, numbers): &EventParts) -> ErrorEvent<'_> {
+        let (ids, numbers) = (*ids, *numbers);
         ErrorEvent {
             device_name: &names.0,
             node_id: ids.0,
@@ -1487,15 +1489,13 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn an_error_event_encodes_as_its_message_does(
-            names in ("[a-z0-9]{0,12}", "[a-z0-9-]{0,20}", "[a-z0-9-]{0,24}"),
-            ids: (u32, u32, u32, u32),
-            numbers: (u64, u64, u64, u64),
+            parts in event_parts(),
             ext: bool,
             dump: bool,
             header: (u16, u32),
         ) {
             let (flags, seq) = header;
-            let ev = any_event(&names, ids, numbers);
+            let ev = any_event(&parts);
             let cmd = if dump { RasCmd::DumpEvents } else { RasCmd::ErrorEvent };
             let msg = if ext { ev.msg(cmd) } else { ev.msg(cmd).kernel_only() };
             proptest::prop_assert_eq!(ev.encode(cmd, ext, flags, seq), reference_encode(msg, flags, seq));
@@ -1505,13 +1505,11 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn an_error_event_reads_in_place_as_it_was_written(
-            names in ("[a-z0-9]{0,12}", "[a-z0-9-]{0,20}", "[a-z0-9-]{0,24}"),
-            ids: (u32, u32, u32, u32),
-            numbers: (u64, u64, u64, u64),
+            parts in event_parts(),
             ext: bool,
             cut in proptest::option::of(0usize..160),
         ) {
-            let ev = any_event(&names, ids, numbers);
+            let ev = any_event(&parts);
             let mut bytes = ev.encode(RasCmd::ErrorEvent, ext, 0, 1);
             if let Some(at) = cut {
                 // A damaged frame fails here exactly when it fails the full decoder.

@@ -614,7 +614,7 @@ fn publish(ev: &mut Events, events: Vec<RasEvent>) {
 /// (it carries the counter's value after all of them, which is what a restart needs), every
 /// other event as it is. A storm of 1,000 errors on one counter writes one record, not 1,000:
 /// the sync of a page, not of 25. The history replayed after a restart keeps that last event.
-fn coalesced(nodes: &[RasNode], batch: &[&RasEvent]) -> Vec<LogRecord> {
+fn coalesced(core: &RasCore, batch: &[&RasEvent]) -> Vec<LogRecord> {
     let mut last: HashMap<(u32, u32), usize> = HashMap::new();
     for (i, e) in batch.iter().enumerate() {
         if e.kind == EventKind::Error {
@@ -626,7 +626,7 @@ fn coalesced(nodes: &[RasNode], batch: &[&RasEvent]) -> Vec<LogRecord> {
         .enumerate()
         .filter(|(i, e)| e.kind != EventKind::Error || last.get(&(e.node_id, e.error_id)) == Some(i))
         .filter_map(|(_, e)| {
-            let node = nodes.iter().find(|n| n.id == e.node_id)?;
+            let node = core.node(e.node_id).ok()?;
             Some(LogRecord {
                 seq: e.seq,
                 timestamp_ns: e.timestamp_ns,
@@ -663,7 +663,7 @@ fn commit_loop(c: &Committer, core: &Weak<RasCore>) {
             }
             return;
         };
-        let recs = coalesced(&core.nodes, &batch.iter().map(|p| &p.event).collect::<Vec<_>>());
+        let recs = coalesced(&core, &batch.iter().map(|p| &p.event).collect::<Vec<_>>());
         let written = lock(&c.log).append_batch(&recs);
         let mut ev = lock(&core.events);
         match written {
@@ -982,7 +982,7 @@ mod tests {
             event(7, 2, 1, EventKind::Error, 2),
             event(8, 1, 2, EventKind::Error, 1),
         ];
-        let kept = coalesced(ras.nodes(), &batch.iter().collect::<Vec<_>>());
+        let kept = coalesced(&ras, &batch.iter().collect::<Vec<_>>());
         let seqs: Vec<u64> = kept.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, vec![4, 5, 6, 7, 8]);
         let r = &kept[4];
