@@ -248,6 +248,33 @@ fn counters_survive_log_compaction_a_sigkill_and_a_restart() {
     assert_eq!(counter(&mut ras, ECC_CE.0, ECC_CE.1), 301);
 }
 
+/// A monitor's storm (reports that do not wait for the disk) is told to subscribers once
+/// written to the log: every event a subscriber saw survives a SIGKILL right after.
+#[test]
+fn every_event_of_a_storm_a_subscriber_saw_survives_a_sigkill() {
+    const EVENTS: u64 = 5000;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let args = ["--state-dir", state.to_str().unwrap()];
+    let mut d = Daemon::start_with(&["testdev"], &args);
+    let mut sub = Ras::connect(d.socket()).unwrap().subscribe_ext().unwrap();
+    let dev = accel::Device::open_at(d.socket(), 0).unwrap();
+    let q = dev.create_queue().unwrap();
+    let storm = accel::Op::Driver { code: accel_driver_testdev::OP_RAS_STORM, args: [EVENTS, 0, 0, 0] };
+    let job = q.submit(storm).unwrap();
+    let (mut seen, mut value) = (0, 0);
+    while seen < EVENTS {
+        let e = sub.next_error_event_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!((e.seq, e.error_name), (seen + 1, "ecc-corrected"), "in order, none missed");
+        (seen, value) = (e.seq, e.value);
+    }
+    d.kill();
+    drop((job, q, dev, sub));
+    let d = Daemon::start_with(&["testdev"], &args);
+    let mut ras = Ras::connect(d.socket()).unwrap();
+    assert_eq!((value, counter(&mut ras, ECC_CE.0, ECC_CE.1)), (EVENTS, EVENTS), "every event seen was kept");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -233,6 +233,11 @@ fn exposition(sub: &Subsystem) -> Exposition {
         x.family("accel_workload_clients", Gauge, "Connected clients of a namespace, pod and container, by device");
     let events = x.family("accel_ras_events", Counter, "RAS events since the log began");
     let syncs = x.family("accel_ras_log_syncs", Counter, "fdatasync calls of the RAS log (one per batch of events)");
+    let unsynced = x.family(
+        "accel_ras_log_unsynced_events",
+        Gauge,
+        "RAS events written to the log but not yet synced to disk (growing: the disk does not keep up)",
+    );
     let compactions = x.family("accel_ras_log_compactions", Counter, "Compactions of the RAS log");
     let objects = x.family("accel_objects", Gauge, "Live objects in the daemon, by kind");
 
@@ -330,6 +335,7 @@ fn exposition(sub: &Subsystem) -> Exposition {
     x.sample(events, &[], ras.last_seq());
     let (s, c) = ras.log_stats();
     x.sample(syncs, &[], s);
+    x.sample(unsynced, &[], ras.log_unsynced());
     x.sample(compactions, &[], c);
     for (kind, v) in sub.stats().fields() {
         x.sample(objects, &[("kind", kind)], v);

@@ -106,7 +106,7 @@ struct Conn {
     subscribed: bool,
     /// What the subscription sees, and whether its events carry accel's attributes.
     ras_view: Option<(crate::ras_nl::View, bool)>,
-    /// Cleared on close, so the subscription's forwarding thread ends.
+    /// Cleared on close, so the subscription ends with the next batch.
     subscription: Option<Arc<std::sync::atomic::AtomicBool>>,
     _held: Box<dyn Send>,
 }
@@ -333,33 +333,24 @@ impl Worker {
                 self.watch_lease(id, open, minor);
             }
             Action::Subscribe(view, ext) => {
-                // Subscribe before acknowledging, so no event after the ack is missed.
-                let rx = self.sub.ras().subscribe();
-                self.reply(id, seq, Reply::Ok, Vec::new());
+                // Subscribe before acknowledging, so no event after the ack is missed. The
+                // thread that publishes a batch hands it straight to this loop (one wake-up per
+                // batch, no thread per subscriber), which frames it after the ack; the
+                // subscription ends with the connection.
                 let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+                let (me, live) = (self.me.clone(), alive.clone());
+                self.sub.ras().subscribe_with(move |batch| {
+                    let alive = live.load(std::sync::atomic::Ordering::Acquire);
+                    if alive {
+                        me.post(Post::Ras(id, batch.to_vec()));
+                    }
+                    alive
+                });
+                self.reply(id, seq, Reply::Ok, Vec::new());
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.subscribed = true;
                     c.ras_view = Some((view, ext));
-                    c.subscription = Some(alive.clone());
-                }
-                let me = self.me.clone();
-                // One forwarding thread per subscriber (an admin's monitoring tool, not a
-                // client load): it ends within a second of the connection closing.
-                let spawned = std::thread::Builder::new().name("ras-sub".into()).spawn(move || {
-                    use std::sync::mpsc::RecvTimeoutError;
-                    while alive.load(std::sync::atomic::Ordering::Acquire) {
-                        match rx.recv_timeout(Duration::from_secs(1)) {
-                            Ok(mut batch) => {
-                                batch.extend(rx.try_iter().flatten());
-                                me.post(Post::Ras(id, batch));
-                            }
-                            Err(RecvTimeoutError::Timeout) => {}
-                            Err(RecvTimeoutError::Disconnected) => break,
-                        }
-                    }
-                });
-                if let Err(e) = spawned {
-                    tracing::warn!("cannot start a RAS subscription: {e}");
+                    c.subscription = Some(alive);
                 }
             }
         }

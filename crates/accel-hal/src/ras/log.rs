@@ -1,5 +1,5 @@
 //! The RAS log: an append-only, checksummed, fsync'd record of every RAS change, written
-//! in batches (one `fdatasync` for every record a batch holds) and compacted when it grows
+//! in batches (one `fdatasync` covers every record written before it) and compacted when it grows
 //! past its bound: the current state as snapshot records plus the recent events go to a new
 //! file that atomically replaces the old one, so counters survive rotation, a crash at any
 //! point of it, and restarts.
@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -67,7 +68,7 @@ pub(super) struct LogRecord {
 }
 
 /// What the log holds, as compaction needs it: the latest value of each piece of state and
-/// the recent events. Kept from the records that reached the disk only.
+/// the recent events. Kept from the records written to the file (a compaction syncs them all).
 #[derive(Debug, Default)]
 pub(super) struct Durable {
     seq: u64,
@@ -138,7 +139,8 @@ impl Durable {
 /// no frame (a frame's length is never 0), so reading stops where they start.
 #[derive(Debug)]
 pub struct RasLog {
-    file: File,
+    /// Shared with the thread that syncs written batches in the background.
+    file: Arc<File>,
     path: PathBuf,
     /// Bytes of whole records: where the next append starts.
     len: u64,
@@ -220,7 +222,7 @@ impl RasLog {
             durable.note(r);
         }
         let mut log = RasLog {
-            file,
+            file: Arc::new(file),
             path: path.to_path_buf(),
             len: end as u64,
             reserved,
@@ -279,15 +281,20 @@ impl RasLog {
         true
     }
 
-    /// Appends records with one write and one `fdatasync`. On failure nothing of the batch
-    /// stays: the file is cut back to the last whole record (which also frees the blocks a
-    /// full disk needs).
-    pub(super) fn append_batch(&mut self, recs: &[LogRecord]) -> std::io::Result<()> {
+    /// Appends records with one write, and one `fdatasync` if `sync` (else the caller syncs
+    /// later, through [`RasLog::sync_handle`]). On failure nothing of the batch stays: the file
+    /// is cut back to the last whole record (which also frees the blocks a full disk needs),
+    /// and after a failed sync the log is rewritten whole, since the kernel may have dropped
+    /// earlier written pages with the error.
+    pub(super) fn append_batch(&mut self, recs: &[LogRecord], sync: bool) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         let bytes = Self::frames(recs)?;
         self.reserve(self.len + bytes.len() as u64);
-        let written = self.file.write_all_at(&bytes, self.len).and_then(|_| self.file.sync_data());
-        self.syncs += 1;
+        let mut written = self.file.write_all_at(&bytes, self.len);
+        if sync && written.is_ok() {
+            self.syncs += 1;
+            written = self.file.sync_data().inspect_err(|e| self.resecure(e));
+        }
         match written {
             Ok(()) => {
                 self.len += bytes.len() as u64;
@@ -328,13 +335,40 @@ impl RasLog {
         if let Some(dir) = self.path.parent() {
             File::open(dir)?.sync_all()?;
         }
-        self.file = f;
+        self.file = Arc::new(f);
         self.len = bytes.len() as u64;
         self.reserved = self.len;
         self.rotations += 1;
         // Reserved again by the next append if this cannot.
         self.reserve(self.len + 1);
         Ok(())
+    }
+
+    /// The file to `fdatasync` for the records written so far, outside the log's lock (a
+    /// compaction meanwhile syncs its new file itself).
+    pub(super) fn sync_handle(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
+    /// Counts a background sync; after a failed one, rewrites the log whole.
+    pub(super) fn synced(&mut self, result: &std::io::Result<()>) {
+        self.syncs += 1;
+        if let Err(e) = result {
+            self.resecure(e);
+        }
+    }
+
+    /// After a failed `fdatasync`: the kernel may have dropped written pages and reports the
+    /// error once, so a later sync would succeed over the hole. Write every record the log
+    /// has taken to a new file, as compaction does; if that fails too, say so.
+    fn resecure(&mut self, e: &std::io::Error) {
+        tracing::error!("RAS log {}: fdatasync failed ({e}); rewriting the log", self.path.display());
+        if let Err(e) = self.compact() {
+            tracing::error!(
+                "RAS log {}: rewriting failed, recent records may not survive a power loss: {e}",
+                self.path.display()
+            );
+        }
     }
 
     /// Bytes of whole records (the file is longer by the zeros reserved after them).

@@ -10,6 +10,10 @@
 //! replayed at start so counters survive a daemon crash. A change is logged before it
 //! takes effect: if the log cannot be written (disk full) the request fails with `EIO`
 //! and nothing changes, and a partly written record is cut back before the next append.
+//! A change someone waits for (an admin's command, [`RasSink::report`]) is also synced to
+//! disk before subscribers hear of it; a monitor's reports ([`RasSink::report_async`]) are
+//! told once written — safe from a crash of the daemon — and synced right after by a
+//! second thread, one `fdatasync` for everything written meanwhile.
 //!
 //! Drivers report through one API, [`RasSink::report`].
 
@@ -176,11 +180,23 @@ mod log;
 pub use log::RasLog;
 use log::{LogKind, LogRecord};
 
+/// What is published: the history and who hears of new events. Apart from the sequence
+/// numbers, so the log thread publishes a batch while a storm's reporter goes on taking them.
 struct Events {
-    seq: u64,
     recent: VecDeque<RasEvent>,
-    subscribers: Vec<SyncSender<Vec<RasEvent>>>,
+    subscribers: Vec<Subscriber>,
 }
+
+/// Where [`publish`] tells a subscriber of new events.
+enum Subscriber {
+    /// A channel of batches, read on the subscriber's own thread.
+    Channel(SyncSender<Vec<RasEvent>>),
+    /// Called with each batch on the log thread; `false` ends the subscription.
+    Callback(Tell),
+}
+
+/// A callback subscriber: told each batch, `false` when it is gone.
+type Tell = Box<dyn FnMut(&[RasEvent]) -> bool + Send>;
 
 /// What RAS needs of a device's driver: attaching its sink, recovering a node, injecting
 /// errors. The driver layer implements it for every driver, so RAS sits below drivers.
@@ -197,6 +213,9 @@ pub trait RasHooks: Send + Sync {
 pub struct RasCore {
     nodes: Vec<RasNode>,
     drivers: Vec<Arc<dyn RasHooks>>,
+    /// The last sequence number handed out; held while an event changes state and is queued,
+    /// so events reach the log in sequence order.
+    seq: Mutex<u64>,
     events: Mutex<Events>,
     log: Option<Arc<Committer>>,
 }
@@ -243,12 +262,32 @@ impl Done {
     }
 }
 
-/// Group commit: emitters queue their records and wait; one thread writes whatever is queued
-/// with one `fdatasync`, so a burst of events costs a few syncs, not one each.
+/// Group commit: emitters queue their records; one thread writes whatever is queued with one
+/// write, so a burst of events costs a few writes and syncs, not one each. A batch with an
+/// emitter that waits (an admin's change, a driver's [`RasSink::report`]) is synced before
+/// anyone hears of it; one without (a monitor's storm, [`RasSink::report_async`]) is told
+/// once written (it survives a crash of the daemon) and synced by a second thread right
+/// after, so a storm's events do not wait for the disk's flushes.
 struct Committer {
     queue: Mutex<(Vec<Pending>, bool)>,
     cv: std::sync::Condvar,
     log: Mutex<RasLog>,
+    sync: Mutex<SyncState>,
+    sync_cv: std::sync::Condvar,
+}
+
+/// Where the background sync stands, by event sequence number.
+#[derive(Default)]
+struct SyncState {
+    /// The last event whose record is written.
+    written: u64,
+    /// The last event whose record is synced.
+    synced: u64,
+    /// The log thread ended: sync what is written, then end.
+    stop: bool,
+    /// The sync thread sleeps (else it is syncing, and looks for more once done: waking it
+    /// would be a system call for nothing).
+    idle: bool,
 }
 
 impl RasCore {
@@ -295,32 +334,41 @@ impl RasCore {
                 });
             }
         }
-        let mut events = Events { seq: 0, recent: VecDeque::new(), subscribers: Vec::new() };
+        let (mut seq, mut events) = (0, Events { recent: VecDeque::new(), subscribers: Vec::new() });
         let log = match log_path {
             None => None,
             Some(path) => {
                 let (log, records) = RasLog::open(path, max_bytes)
                     .map_err(|e| Error::new(Errno::EIO, format!("opening RAS log {}: {e}", path.display())))?;
-                replay(&nodes, &records, &mut events);
+                replay(&nodes, &records, &mut seq, &mut events);
+                let at = seq;
                 Some(Arc::new(Committer {
                     queue: Mutex::new((Vec::new(), false)),
                     cv: std::sync::Condvar::new(),
                     log: Mutex::new(log),
+                    sync: Mutex::new(SyncState { written: at, synced: at, stop: false, idle: false }),
+                    sync_cv: std::sync::Condvar::new(),
                 }))
             }
         };
         let core = Arc::new(RasCore {
             nodes,
             drivers: devices.iter().map(|(d, _)| d.clone()).collect(),
+            seq: Mutex::new(seq),
             events: Mutex::new(events),
             log,
         });
         if let Some(c) = &core.log {
-            let (c, weak) = (c.clone(), Arc::downgrade(&core));
+            let (c2, weak) = (c.clone(), Arc::downgrade(&core));
             std::thread::Builder::new()
                 .name("ras-log".into())
-                .spawn(move || commit_loop(&c, &weak))
+                .spawn(move || commit_loop(&c2, &weak))
                 .map_err(|e| Error::new(Errno::EAGAIN, format!("starting the RAS log thread: {e}")))?;
+            let c = c.clone();
+            std::thread::Builder::new()
+                .name("ras-sync".into())
+                .spawn(move || sync_loop(&c))
+                .map_err(|e| Error::new(Errno::EAGAIN, format!("starting the RAS sync thread: {e}")))?;
         }
         for (minor, driver) in core.drivers.iter().enumerate() {
             driver.ras_attach(RasSink { core: Arc::downgrade(&core), device: minor as u32 });
@@ -347,7 +395,7 @@ impl RasCore {
 
     /// The last sequence number handed out.
     pub fn last_seq(&self) -> u64 {
-        lock(&self.events).seq
+        *lock(&self.seq)
     }
 
     /// The most recent events (at most [`RECENT_EVENTS`]), oldest first.
@@ -355,13 +403,22 @@ impl RasCore {
         lock(&self.events).recent.iter().cloned().collect()
     }
 
-    /// A stream of every future event, in batches (the events one log write made durable,
+    /// A stream of every future event, in batches (the events one log write took,
     /// in order). If the receiver falls more than [`SUBSCRIBER_BACKLOG`] batches behind it
     /// misses events (and sees the gap in `seq`).
     pub fn subscribe(&self) -> Receiver<Vec<RasEvent>> {
         let (tx, rx) = sync_channel(SUBSCRIBER_BACKLOG);
-        lock(&self.events).subscribers.push(tx);
+        lock(&self.events).subscribers.push(Subscriber::Channel(tx));
         rx
+    }
+
+    /// Calls `tell` with every future batch of events, in order, until it returns `false`.
+    /// It runs on the thread that publishes (the log's; the reporter's without a log) under
+    /// the core's event lock, so it must only hand the events on (an event loop's queue and
+    /// wake-up) and never call back into the core. Saves a subscriber a thread and a wake-up
+    /// per batch.
+    pub fn subscribe_with(&self, tell: impl FnMut(&[RasEvent]) -> bool + Send + 'static) {
+        lock(&self.events).subscribers.push(Subscriber::Callback(Box::new(tell)));
     }
 
     fn get(&self, t: Target) -> u64 {
@@ -404,11 +461,11 @@ impl RasCore {
         compute: impl FnOnce(u64) -> u64,
     ) -> Result<RasEvent> {
         let target = self.target(node, counter, kind);
-        let mut ev = lock(&self.events);
+        let mut seq = lock(&self.seq);
         let old = self.get(target);
         let value = compute(old);
         let event = RasEvent {
-            seq: ev.seq + 1,
+            seq: *seq + 1,
             timestamp_ns: monotonic_ns(),
             node_id: node.id,
             error_id: counter.map_or(0, |c| c.id),
@@ -417,10 +474,10 @@ impl RasCore {
             delta,
             value,
         };
-        ev.seq = event.seq;
+        *seq = event.seq;
         self.set(target, value);
         let Some(log) = &self.log else {
-            publish(&mut ev, vec![event.clone()]);
+            publish(&mut lock(&self.events), vec![event.clone()]);
             return Ok(event);
         };
         let done = wait.then(|| Arc::new(Done::default()));
@@ -432,7 +489,7 @@ impl RasCore {
             log.cv.notify_one();
         }
         drop(queue);
-        drop(ev);
+        drop(seq);
         let Some(done) = done else { return Ok(event) };
         match done.wait() {
             Ok(()) => Ok(event),
@@ -443,6 +500,15 @@ impl RasCore {
     /// The log's `fdatasync` calls and compactions so far (zeros without a log).
     pub fn log_stats(&self) -> (u64, u64) {
         self.log.as_ref().map_or((0, 0), |l| lock(&l.log).stats())
+    }
+
+    /// Events whose records are written to the log but not yet synced: the ones a power
+    /// loss could take (a growing number means the disk does not keep up).
+    pub fn log_unsynced(&self) -> u64 {
+        self.log.as_ref().map_or(0, |l| {
+            let s = lock(&l.sync);
+            s.written.saturating_sub(s.synced)
+        })
     }
 
     /// Counts `delta` errors on a counter; updates the reporter and may run recovery. Returns
@@ -565,9 +631,9 @@ impl RasCore {
     }
 }
 
-fn replay(nodes: &[RasNode], records: &[LogRecord], events: &mut Events) {
+fn replay(nodes: &[RasNode], records: &[LogRecord], seq: &mut u64, events: &mut Events) {
     for rec in records {
-        events.seq = events.seq.max(rec.seq);
+        *seq = (*seq).max(rec.seq);
         let Some(node) = nodes.iter().find(|n| n.device_name == rec.device && n.name == rec.node) else { continue };
         let counter = node.counters.iter().find(|c| c.name == rec.error);
         match (rec.kind, counter) {
@@ -598,7 +664,7 @@ fn replay(nodes: &[RasNode], records: &[LogRecord], events: &mut Events) {
     }
 }
 
-/// Adds durable events to the history and tells the subscribers, all in one message each.
+/// Adds logged events to the history and tells the subscribers, all in one message each.
 fn publish(ev: &mut Events, events: Vec<RasEvent>) {
     for event in &events {
         if ev.recent.len() == RECENT_EVENTS {
@@ -607,7 +673,10 @@ fn publish(ev: &mut Events, events: Vec<RasEvent>) {
         ev.recent.push_back(event.clone());
     }
     // A full subscriber misses these events (and notices the gap); a gone one is dropped.
-    ev.subscribers.retain(|s| !matches!(s.try_send(events.clone()), Err(TrySendError::Disconnected(_))));
+    ev.subscribers.retain_mut(|s| match s {
+        Subscriber::Channel(tx) => !matches!(tx.try_send(events.clone()), Err(TrySendError::Disconnected(_))),
+        Subscriber::Callback(tell) => tell(&events),
+    });
 }
 
 /// The records that make a batch durable: of a batch's errors on one counter only the last
@@ -642,8 +711,14 @@ fn coalesced(core: &RasCore, batch: &[&RasEvent]) -> Vec<LogRecord> {
 
 /// The log thread: writes every queued record in one batch, then publishes the batch (or
 /// undoes it, and everything queued after it, if the disk refused it). Ends when the core
-/// is dropped.
+/// is dropped, and then ends the sync thread.
 fn commit_loop(c: &Committer, core: &Weak<RasCore>) {
+    commit_batches(c, core);
+    lock(&c.sync).stop = true;
+    c.sync_cv.notify_one();
+}
+
+fn commit_batches(c: &Committer, core: &Weak<RasCore>) {
     loop {
         let batch = {
             let mut q = lock(&c.queue);
@@ -664,11 +739,21 @@ fn commit_loop(c: &Committer, core: &Weak<RasCore>) {
             return;
         };
         let recs = coalesced(&core, &batch.iter().map(|p| &p.event).collect::<Vec<_>>());
-        let written = lock(&c.log).append_batch(&recs);
-        let mut ev = lock(&core.events);
+        let waited = batch.iter().any(|p| p.done.is_some());
+        let written = lock(&c.log).append_batch(&recs, waited);
         match written {
             Ok(()) => {
-                publish(&mut ev, batch.iter().map(|p| p.event.clone()).collect());
+                // Counted as written before anyone hears of it, so `log_unsynced` covers it.
+                let last = batch[batch.len() - 1].event.seq;
+                let mut s = lock(&c.sync);
+                s.written = last;
+                if waited {
+                    s.synced = last;
+                } else if s.idle {
+                    c.sync_cv.notify_one();
+                }
+                drop(s);
+                publish(&mut lock(&core.events), batch.iter().map(|p| p.event.clone()).collect());
                 for p in batch {
                     if let Some(d) = &p.done {
                         d.set(Ok(()));
@@ -678,12 +763,14 @@ fn commit_loop(c: &Committer, core: &Weak<RasCore>) {
             Err(e) => {
                 tracing::error!("RAS log append failed: {e}");
                 let path = lock(&c.log).path().display().to_string();
+                // Emitters wait while this batch and everything queued after it are undone.
+                let mut seq = lock(&core.seq);
                 let mut all = batch;
                 all.append(&mut lock(&c.queue).0);
                 for p in all.iter().rev() {
                     core.set(p.target, p.old);
                 }
-                ev.seq = all[0].event.seq - 1;
+                *seq = all[0].event.seq - 1;
                 for p in all {
                     if let Some(d) = &p.done {
                         d.set(Err(format!("RAS log {path}: {e}")));
@@ -691,6 +778,33 @@ fn commit_loop(c: &Committer, core: &Weak<RasCore>) {
                 }
             }
         }
+    }
+}
+
+/// The sync thread: `fdatasync`s the log whenever records were written since its last sync
+/// (one sync for everything written meanwhile), outside the log's lock so the log thread
+/// keeps writing. Ends after the log thread, with a last sync.
+fn sync_loop(c: &Committer) {
+    loop {
+        let target = {
+            let mut s = lock(&c.sync);
+            while s.synced >= s.written && !s.stop {
+                s.idle = true;
+                s = c.sync_cv.wait(s).unwrap_or_else(|e| e.into_inner());
+                s.idle = false;
+            }
+            if s.synced >= s.written {
+                return;
+            }
+            s.written
+        };
+        // Taken after the records up to `target` were written; a compaction since then has
+        // synced its own file, so syncing the old one is harmless.
+        let file = lock(&c.log).sync_handle();
+        let result = file.sync_data();
+        lock(&c.log).synced(&result);
+        let mut s = lock(&c.sync);
+        s.synced = s.synced.max(target);
     }
 }
 
@@ -719,9 +833,11 @@ impl RasSink {
     }
 
     /// Like [`RasSink::report`], returning as soon as the event is queued: a monitor that
-    /// sees a storm of errors reports them all and the log writes them with a few syncs.
-    /// Subscribers still hear of each only once it is on disk; one the disk refuses is undone
-    /// (and logged), as with `report`.
+    /// sees a storm of errors reports them all and the log writes them with a few writes.
+    /// Subscribers hear of each once it is written to the log (it survives a crash of the
+    /// daemon), and the log is synced right after (a power loss within that one
+    /// `fdatasync` may take it); one the log cannot write is undone (and logged), as with
+    /// `report`.
     pub fn report_async(&self, node: &str, error: &str, count: u64) -> Result<RasEvent> {
         let core = self.core.upgrade().ok_or_else(|| Error::new(Errno::ENODEV, "RAS core is gone"))?;
         let (node_id, error_id) = core.find(self.device, node, error)?;
@@ -941,6 +1057,29 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_background_sync_rewrites_the_log_whole() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ras.log");
+        let ras = core(Some(&path));
+        for _ in 0..10 {
+            ras.report_with(1, 1, 1, false).unwrap();
+        }
+        ras.report(1, 2, 1).unwrap();
+        let before = std::fs::metadata(&path).unwrap().ino();
+        // The kernel may drop the written pages with the error (and report it once): what the
+        // log took is written again, to a new file.
+        let eio = Err(std::io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error()));
+        lock(&ras.log.as_ref().unwrap().log).synced(&eio);
+        assert_ne!(std::fs::metadata(&path).unwrap().ino(), before, "a new file took the log's place");
+        assert_eq!(ras.log_stats().1, 1, "counted as a compaction");
+        drop(ras);
+        let ras = core(Some(&path));
+        let values: Vec<u64> = ras.node(1).unwrap().counters.iter().map(|c| c.value()).collect();
+        assert_eq!(values, [10, 1]);
+    }
+
+    #[test]
     fn a_storm_on_one_counter_logs_its_last_event_and_restores_every_count() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ras.log");
@@ -989,6 +1128,37 @@ mod tests {
         assert_eq!((r.device.as_str(), r.node.as_str(), r.error.as_str()), ("accel0", "memory", "ecc-uncorrected"));
         assert_eq!((r.kind, r.value), (LogKind::Error, 1));
         assert_eq!((kept[3].node.as_str(), kept[3].error.as_str()), ("compute", "hang"));
+    }
+
+    #[test]
+    fn a_monitors_reports_are_told_once_written_and_synced_right_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ras.log");
+        let ras = core(Some(&path));
+        let rx = ras.subscribe();
+        for _ in 0..1000 {
+            ras.report_with(1, 1, 1, false).unwrap();
+        }
+        let mut seen = 0;
+        while seen < 1000 {
+            seen += rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap().len();
+        }
+        let t = std::time::Instant::now();
+        while ras.log_unsynced() > 0 {
+            assert!(t.elapsed().as_secs() < 5, "{} events never synced", ras.log_unsynced());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let (syncs, _) = ras.log_stats();
+        assert!((1..1000).contains(&syncs), "1000 reports took {syncs} background syncs");
+        // A waiting emitter's batch is synced before it returns, with everything before it.
+        for _ in 0..100 {
+            ras.report_with(1, 1, 1, false).unwrap();
+        }
+        let last = ras.report(1, 1, 1).unwrap();
+        assert_eq!((ras.log_unsynced(), last.value), (0, 1101));
+        drop((rx, ras));
+        let ras = core(Some(&path));
+        assert_eq!((ras.node(1).unwrap().counters[0].value(), ras.last_seq()), (1101, 1101));
     }
 
     #[test]
