@@ -142,6 +142,11 @@ enum Cmd {
         /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
+        /// Push the same metrics to an OpenTelemetry collector over OTLP/HTTP (protobuf), e.g.
+        /// http://127.0.0.1:4318/v1/metrics; without it, OTEL_EXPORTER_OTLP_(METRICS_)ENDPOINT and
+        /// the other OTEL_* variables configure it as for any OpenTelemetry SDK.
+        #[arg(long, value_name = "URL")]
+        otlp_endpoint: Option<String>,
         /// TOML config file (namespace placement rules).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -241,8 +246,12 @@ fn run() -> Result<()> {
     }
     let socket = cli.socket.unwrap_or_else(accel::default_socket_path);
     match cli.cmd {
-        Cmd::Daemon { devices, job_timeout_ms, hang_limit, state_dir, metrics, config } => {
-            run_daemon(socket, &devices, job_timeout_ms, hang_limit, state_dir, metrics, config)
+        Cmd::Daemon { devices, job_timeout_ms, hang_limit, state_dir, metrics, otlp_endpoint, config } => {
+            let telemetry = Telemetry {
+                metrics,
+                otlp: acceld::otlp::Config::from_env(otlp_endpoint.as_deref()).map_err(anyhow::Error::msg)?,
+            };
+            run_daemon(socket, &devices, job_timeout_ms, hang_limit, state_dir, telemetry, config)
         }
         Cmd::Ns { cmd } => ns::run(&socket, cmd),
         Cmd::Cdi { cmd: CdiCommand::Generate { namespaces, output } } => cdi::generate(&socket, &namespaces, &output),
@@ -288,13 +297,19 @@ fn default_state_dir() -> PathBuf {
     }
 }
 
+/// Where the daemon's metrics go: served for Prometheus, pushed over OTLP.
+struct Telemetry {
+    metrics: Option<std::net::SocketAddr>,
+    otlp: Option<acceld::otlp::Config>,
+}
+
 fn run_daemon(
     socket: PathBuf,
     specs: &[String],
     job_timeout_ms: u64,
     hang_limit: u32,
     state_dir: Option<PathBuf>,
-    metrics: Option<std::net::SocketAddr>,
+    telemetry: Telemetry,
     config_path: Option<PathBuf>,
 ) -> Result<()> {
     let config = config_path.as_deref().map(acceld::Config::load).transpose()?.unwrap_or_default();
@@ -317,9 +332,13 @@ fn run_daemon(
     let daemon = std::sync::Arc::new(daemon);
     tracing::info!("state in {}", state_dir.display());
     tracing::debug!("descriptor budget {}", daemon.subsystem().limits().fds_total);
-    if let Some(addr) = metrics {
+    if let Some(addr) = telemetry.metrics {
         let bound = acceld::metrics::serve(daemon.subsystem().clone(), addr)?;
         tracing::info!("metrics on http://{bound}/metrics");
+    }
+    if let Some(otlp) = telemetry.otlp {
+        tracing::info!("OTLP metrics to {} every {:?}", otlp.url, otlp.interval);
+        acceld::otlp::start(daemon.subsystem().clone(), otlp)?;
     }
     let reloading = daemon.clone();
     acceld::handle_signals(bound_here.then(|| socket.clone()), move || match &config_path {

@@ -275,6 +275,81 @@ fn every_event_of_a_storm_a_subscriber_saw_survives_a_sigkill() {
     assert_eq!((value, counter(&mut ras, ECC_CE.0, ECC_CE.1)), (EVENTS, EVENTS), "every event seen was kept");
 }
 
+/// The daemon pushes its metrics over OTLP/HTTP to a collector (here a loopback server that
+/// decodes each export with the protocol's generated types): OpenTelemetry names and units,
+/// counters as cumulative monotonic sums, an injected error's count, the resource, and it
+/// keeps exporting after the collector failed one.
+#[test]
+fn metrics_reach_an_opentelemetry_collector_over_otlp() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
+    use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value, Metric};
+    use prost::Message;
+
+    let collector = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1/metrics", collector.server_addr().to_ip().unwrap());
+    let envs = [("OTEL_METRIC_EXPORT_INTERVAL", "100"), ("OTEL_RESOURCE_ATTRIBUTES", "k8s.node.name=n1")];
+    let d = Daemon::start_env(&["testdev"], &["--otlp-endpoint", &url], &envs);
+    let mut ras = Ras::connect(d.socket()).unwrap();
+    inject(&mut ras, ECC_CE.0, ECC_CE.1, 3).unwrap();
+
+    let text = |kv: &[KeyValue], key: &str| {
+        kv.iter().find(|a| a.key == key).and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        })
+    };
+    let find = |req: &ExportMetricsServiceRequest, name: &str| -> Option<Metric> {
+        req.resource_metrics[0].scope_metrics[0].metrics.iter().find(|m| m.name == name).cloned()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (mut exports, mut refused) = (0, false);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut req = collector.recv_timeout(left).unwrap().expect("an export within 20 s");
+        assert_eq!((req.method(), req.url()), (&tiny_http::Method::Post, "/v1/metrics"));
+        let ctype = req.headers().iter().find(|h| h.field.equiv("Content-Type")).map(|h| h.value.to_string());
+        assert_eq!(ctype.as_deref(), Some("application/x-protobuf"));
+        let mut body = Vec::new();
+        req.as_reader().read_to_end(&mut body).unwrap();
+        if !refused {
+            // The first export fails; the exporter must go on.
+            refused = true;
+            req.respond(tiny_http::Response::empty(503)).unwrap();
+            continue;
+        }
+        req.respond(tiny_http::Response::empty(200)).unwrap();
+        exports += 1;
+        let export = ExportMetricsServiceRequest::decode(body.as_slice()).unwrap();
+        let resource = export.resource_metrics[0].resource.as_ref().unwrap();
+        assert_eq!(text(&resource.attributes, "service.name").as_deref(), Some("accel"));
+        assert_eq!(text(&resource.attributes, "k8s.node.name").as_deref(), Some("n1"));
+        let limit = find(&export, "hw.gpu.memory.limit").expect("hw.gpu.memory.limit");
+        assert_eq!(limit.unit, "By");
+        assert!(matches!(limit.data, Some(Data::Gauge(ref g)) if !g.data_points.is_empty()));
+        let Some(Data::Sum(errors)) = find(&export, "hw.errors").and_then(|m| m.data) else {
+            panic!("hw.errors is a sum")
+        };
+        assert!(errors.is_monotonic);
+        assert_eq!(errors.aggregation_temporality, 2, "cumulative");
+        let ecc = errors
+            .data_points
+            .iter()
+            .find(|p| {
+                text(&p.attributes, "hw.id").as_deref() == Some("accel0")
+                    && text(&p.attributes, "block").as_deref() == Some("memory")
+                    && text(&p.attributes, "error.type").as_deref() == Some("ecc-corrected")
+            })
+            .expect("accel0 memory ecc-corrected");
+        assert!(ecc.start_time_unix_nano > 0 && ecc.time_unix_nano >= ecc.start_time_unix_nano);
+        if ecc.value == Some(Value::AsInt(3)) {
+            break;
+        }
+        assert_eq!(ecc.value, Some(Value::AsInt(0)), "before the injection");
+    }
+    assert!(exports >= 1);
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -14,6 +14,7 @@
 
 mod dispatch;
 pub mod metrics;
+pub mod otlp;
 pub mod ras_nl;
 mod server;
 pub mod systemd;

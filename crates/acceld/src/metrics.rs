@@ -17,25 +17,68 @@ use accel_uapi::Health;
 
 /// A metric's type.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Counter,
     Gauge,
 }
 
-/// One family: its samples with their rendered label sets.
-struct Family {
-    name: &'static str,
-    kind: Kind,
-    help: &'static str,
-    samples: Vec<(String, String)>,
+/// A sample's value: counts and sizes as integers, measurements as floats.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Value {
+    Int(u64),
+    Float(f64),
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Int(v) => v.fmt(f),
+            Value::Float(v) => v.fmt(f),
+        }
+    }
+}
+
+macro_rules! int_values {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Value {
+            fn from(v: $t) -> Value {
+                Value::Int(v as u64)
+            }
+        }
+    )*};
+}
+int_values!(u8, u32, u64, usize);
+
+impl From<i32> for Value {
+    fn from(v: i32) -> Value {
+        Value::Int(v.max(0) as u64)
+    }
+}
+
+impl From<f64> for Value {
+    fn from(v: f64) -> Value {
+        Value::Float(v)
+    }
+}
+
+/// One family: its samples with their rendered label sets (and, for OTLP, the labels as
+/// pairs).
+pub(crate) struct Family {
+    pub(crate) name: &'static str,
+    pub(crate) kind: Kind,
+    pub(crate) help: &'static str,
+    samples: Vec<(String, Value)>,
+    pub(crate) points: Vec<(Vec<(String, String)>, Value)>,
 }
 
 /// The exposition being built: families in registration order. Written by hand because a
 /// scrape of 64 devices must stay within a few milliseconds (a registry of label-set hash
 /// maps cost four times as much per series).
 #[derive(Default)]
-struct Exposition {
-    families: Vec<Family>,
+pub(crate) struct Exposition {
+    pub(crate) families: Vec<Family>,
+    /// Keep each sample's labels as pairs (for OTLP) instead of rendering them.
+    pairs: bool,
 }
 
 fn escape(v: &str, out: &mut String) {
@@ -72,12 +115,17 @@ fn labels(pairs: &[(&str, &str)]) -> String {
 impl Exposition {
     /// Registers a family; returns its index.
     fn family(&mut self, name: &'static str, kind: Kind, help: &'static str) -> usize {
-        self.families.push(Family { name, kind, help, samples: Vec::new() });
+        self.families.push(Family { name, kind, help, samples: Vec::new(), points: Vec::new() });
         self.families.len() - 1
     }
 
-    fn sample(&mut self, family: usize, pairs: &[(&str, &str)], value: impl std::fmt::Display) {
-        self.families[family].samples.push((labels(pairs), value.to_string()));
+    fn sample(&mut self, family: usize, pairs: &[(&str, &str)], value: impl Into<Value>) {
+        let f = &mut self.families[family];
+        if self.pairs {
+            f.points.push((pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), value.into()));
+        } else {
+            f.samples.push((labels(pairs), value.into()));
+        }
     }
 
     /// OpenMetrics 1.0 (`openmetrics`) or the Prometheus text format 0.0.4: counter samples
@@ -177,8 +225,17 @@ pub fn render_text(sub: &Subsystem) -> String {
 /// `hw_id` = `accelN`, `hw_type` = `accelerator`); accel's own keep the `accel_` prefix.
 /// docs/OPERATING.md maps each to its OpenTelemetry and dcgm-exporter counterpart.
 fn exposition(sub: &Subsystem) -> Exposition {
+    build(sub, false)
+}
+
+/// The same metrics with each sample's labels as pairs, for the OTLP exporter.
+pub(crate) fn points(sub: &Subsystem) -> Exposition {
+    build(sub, true)
+}
+
+fn build(sub: &Subsystem, pairs: bool) -> Exposition {
     use Kind::{Counter, Gauge};
-    let mut x = Exposition::default();
+    let mut x = Exposition { pairs, ..Exposition::default() };
     let errors =
         x.family("hw_errors", Counter, "Hardware errors counted (OTel hw.errors), by block, error type and severity");
     let thresholds = x.family("accel_ras_error_threshold", Gauge, "RAS counter threshold (0: none)");
@@ -328,9 +385,9 @@ fn exposition(sub: &Subsystem) -> Exposition {
     for ((minor, ns, pod, container), (mem, engine_ns, n)) in &workloads {
         let id = format!("accel{minor}");
         let l = [("hw_id", id.as_str()), TYPE, ("namespace", ns), ("pod", pod), ("container", container)];
-        x.sample(wl_mem, &l, mem);
+        x.sample(wl_mem, &l, *mem);
         x.sample(wl_engine, &l, *engine_ns as f64 / 1e9);
-        x.sample(wl_clients, &l, n);
+        x.sample(wl_clients, &l, *n);
     }
     x.sample(events, &[], ras.last_seq());
     let (s, c) = ras.log_stats();
