@@ -237,6 +237,11 @@ pub(crate) fn request(x: Exposition, cfg: &Config, start: SystemTime, now: Syste
     }
 }
 
+/// The body of one export of `sub`'s metrics now, counted since `start`.
+pub fn body(sub: &Subsystem, cfg: &Config, start: SystemTime) -> Vec<u8> {
+    request(crate::metrics::points(sub), cfg, start, SystemTime::now()).encode_to_vec()
+}
+
 /// One export: POSTs `body`; what the collector refused, if anything.
 fn post(agent: &ureq::Agent, cfg: &Config, body: &[u8]) -> Result<(), String> {
     let mut req = agent.post(&cfg.url).set("Content-Type", "application/x-protobuf");
@@ -265,7 +270,7 @@ pub fn start(sub: Arc<Subsystem>, cfg: Config) -> std::io::Result<()> {
     std::thread::Builder::new().name("otlp".into()).spawn(move || {
         let mut failing = false;
         loop {
-            let body = request(crate::metrics::points(&sub), &cfg, start, SystemTime::now()).encode_to_vec();
+            let body = body(&sub, &cfg, start);
             match post(&agent, &cfg, &body) {
                 Ok(()) if failing => {
                     tracing::info!("OTLP export to {} works again", cfg.url);

@@ -149,14 +149,25 @@ pub(super) fn run(events: usize, devices: usize, scrapes: usize) -> Result<()> {
     let (render_p50, _, _) = percentiles(sample(scrapes, || {
         std::hint::black_box(acceld::metrics::render_text(&local));
     }));
+    // The same metrics as one OTLP export's protobuf body.
+    let otlp = acceld::otlp::Config::from(Some("http://127.0.0.1:4318/v1/metrics"), &|_| None)
+        .map_err(anyhow::Error::msg)?
+        .context("an OTLP configuration")?;
+    let start = std::time::SystemTime::now();
+    let otlp_bytes = acceld::otlp::body(&local, &otlp, start).len();
+    let (otlp_p50, _, _) = percentiles(sample(scrapes, || {
+        std::hint::black_box(acceld::otlp::body(&local, &otlp, start));
+    }));
     println!(
         "{{\"bench\":\"ras\",\"event_latency_ns\":{ev},\"socket_rtt_p50_ns\":{sock_p50},\"event_p50_vs_socket_rtt\":{:.2},\
 \"event_p99_under_1ms\":{},\"devices\":{devices},\"scrape_bytes\":{bytes},\"scrape_ns\":{scrape_lat},\
-\"render_inproc_p50_ns\":{render_p50},\"scrape_p50_vs_render\":{:.2},\"scrape_p99_under_5ms\":{}}}",
+\"render_inproc_p50_ns\":{render_p50},\"scrape_p50_vs_render\":{:.2},\"scrape_p99_under_5ms\":{},\
+\"otlp_body_bytes\":{otlp_bytes},\"otlp_body_p50_ns\":{otlp_p50},\"otlp_body_vs_render\":{:.2}}}",
         ev_p50 as f64 / sock_p50 as f64,
         ev_p99 < 1_000_000,
         scrape_p50 as f64 / render_p50 as f64,
         scrape_p99 < 5_000_000,
+        otlp_p50 as f64 / render_p50 as f64,
     );
     Ok(())
 }
