@@ -716,12 +716,20 @@ const NLMSG_HDRLEN: usize = 16;
 const GENL_HDRLEN: usize = 4;
 
 /// A family message being written: headers first, then attributes, framed in place in one
-/// buffer; [`Frame::finish`] fills in the length.
-struct Frame(Vec<u8>);
+/// buffer (after what it held before, from `start`); [`Frame::finish`] fills in the length.
+struct Frame {
+    buf: Vec<u8>,
+    start: usize,
+}
 
 impl Frame {
     fn new(cmd: RasCmd, flags: u16, seq: u32, body: usize) -> Frame {
-        let mut buf = Vec::with_capacity(NLMSG_HDRLEN + GENL_HDRLEN + body);
+        Self::after(Vec::with_capacity(NLMSG_HDRLEN + GENL_HDRLEN + body), cmd, flags, seq)
+    }
+
+    /// A message written at the end of `buf`.
+    fn after(mut buf: Vec<u8>, cmd: RasCmd, flags: u16, seq: u32) -> Frame {
+        let start = buf.len();
         buf.extend_from_slice(&[0; 4]); // nlmsg_len, filled in by finish
         buf.extend_from_slice(&FAMILY_ID.to_ne_bytes());
         buf.extend_from_slice(&flags.to_ne_bytes());
@@ -729,32 +737,32 @@ impl Frame {
         // Port id 0: the sender is the daemon, as the kernel is.
         buf.extend_from_slice(&[0; 4]);
         buf.extend_from_slice(&[cmd as u8, FAMILY_VERSION, 0, 0]);
-        Frame(buf)
+        Frame { buf, start }
     }
 
     /// An attribute of `id` with `payload`, padded to 4 bytes.
     fn put(&mut self, id: u16, payload: &[u8]) {
         let len = 4 + payload.len();
-        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.0.extend_from_slice(&id.to_ne_bytes());
-        self.0.extend_from_slice(payload);
-        self.0.resize(self.0.len() + (len.next_multiple_of(4) - len), 0);
+        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.buf.extend_from_slice(&id.to_ne_bytes());
+        self.buf.extend_from_slice(payload);
+        self.buf.resize(self.buf.len() + (len.next_multiple_of(4) - len), 0);
     }
 
     /// A string attribute (NUL-terminated, as the kernel's `string` type): [`Frame::put`] of
     /// the text and a NUL, without making that payload first.
     fn put_str(&mut self, id: u16, s: &str) {
         let len = 4 + s.len() + 1;
-        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.0.extend_from_slice(&id.to_ne_bytes());
-        self.0.extend_from_slice(s.as_bytes());
-        self.0.resize(self.0.len() + 1 + (len.next_multiple_of(4) - len), 0);
+        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.buf.extend_from_slice(&id.to_ne_bytes());
+        self.buf.extend_from_slice(s.as_bytes());
+        self.buf.resize(self.buf.len() + 1 + (len.next_multiple_of(4) - len), 0);
     }
 
     fn finish(mut self) -> Vec<u8> {
-        let len = self.0.len() as u32;
-        self.0[0..4].copy_from_slice(&len.to_ne_bytes());
-        self.0
+        let len = (self.buf.len() - self.start) as u32;
+        self.buf[self.start..self.start + 4].copy_from_slice(&len.to_ne_bytes());
+        self.buf
     }
 }
 
@@ -764,9 +772,9 @@ impl Frame {
 pub fn encode(msg: RasMsg, flags: u16, seq: u32) -> Vec<u8> {
     let body = msg.buffer_len();
     let mut frame = Frame::new(msg.cmd, flags, seq, body);
-    let at = frame.0.len();
-    frame.0.resize(at + body, 0);
-    msg.emit(&mut frame.0[at..]);
+    let at = frame.buf.len();
+    frame.buf.resize(at + body, 0);
+    msg.emit(&mut frame.buf[at..]);
     frame.finish()
 }
 
@@ -913,6 +921,12 @@ impl ErrorEvent<'_> {
     /// attributes unless `ext`), written straight into one buffer: the attributes' ids (and
     /// whether each is accel's) are looked up once per command, not per event.
     pub fn encode(&self, cmd: RasCmd, ext: bool, flags: u16, seq: u32) -> Vec<u8> {
+        self.encode_after(Vec::with_capacity(NLMSG_HDRLEN + GENL_HDRLEN + 160), cmd, ext, flags, seq)
+    }
+
+    /// [`ErrorEvent::encode`] at the end of `buf` (which is returned with the message after
+    /// what it held): many events framed in one buffer, with no allocation each.
+    pub fn encode_after(&self, buf: Vec<u8>, cmd: RasCmd, ext: bool, flags: u16, seq: u32) -> Vec<u8> {
         type Ids = [Option<(u16, bool)>; 12];
         static IDS: std::sync::OnceLock<Vec<(RasCmd, Ids)>> = std::sync::OnceLock::new();
         let ids = IDS.get_or_init(|| {
@@ -926,9 +940,13 @@ impl ErrorEvent<'_> {
                 })
                 .collect()
         });
-        let Some((_, ids)) = ids.iter().find(|(c, _)| *c == cmd) else { return encode(self.msg(cmd), flags, seq) };
+        let Some((_, ids)) = ids.iter().find(|(c, _)| *c == cmd) else {
+            let mut buf = buf;
+            buf.extend_from_slice(&encode(self.msg(cmd), flags, seq));
+            return buf;
+        };
         let value32 = u32::try_from(self.value).unwrap_or(u32::MAX);
-        let mut frame = Frame::new(cmd, flags, seq, 160);
+        let mut frame = Frame::after(buf, cmd, flags, seq);
         // In the order of `attrs`.
         let payloads: [&[u8]; 12] = [
             &[],
@@ -1498,7 +1516,13 @@ mod tests {
             let ev = any_event(&parts);
             let cmd = if dump { RasCmd::DumpEvents } else { RasCmd::ErrorEvent };
             let msg = if ext { ev.msg(cmd) } else { ev.msg(cmd).kernel_only() };
-            proptest::prop_assert_eq!(ev.encode(cmd, ext, flags, seq), reference_encode(msg, flags, seq));
+            let bytes = ev.encode(cmd, ext, flags, seq);
+            proptest::prop_assert_eq!(&bytes, &reference_encode(msg, flags, seq));
+            // Framed after other bytes in one buffer, it is the same message.
+            let before = format!("{:?}", parts.1).into_bytes();
+            let both = ev.encode_after(before.clone(), cmd, ext, flags, seq);
+            proptest::prop_assert_eq!(&both[..before.len()], &before[..]);
+            proptest::prop_assert_eq!(&both[before.len()..], &bytes[..]);
         }
     }
 

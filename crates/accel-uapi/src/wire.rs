@@ -137,6 +137,39 @@ pub fn encode<T: Message>(kind: Kind, seq: u32, body: &T) -> Result<Vec<u8>, Err
     Ok(out)
 }
 
+/// Encodes `empty` — a variant whose last field is an empty sequence of byte strings, such as
+/// `Reply::Netlink(vec![])` — with that sequence holding `items`, laid end to end in one
+/// buffer, `ends[i]` where the `i`-th ends: the bytes [`encode`] gives for the variant holding
+/// them, with no buffer per item and no second pass (a subscriber's events travel this way).
+/// Fails as `encode` does, and with `EINVAL` if `empty` does not end in an empty sequence.
+pub fn encode_with_items<T: Message>(
+    kind: Kind,
+    seq: u32,
+    empty: &T,
+    items: &[u8],
+    ends: &[usize],
+) -> Result<Vec<u8>, Errno> {
+    let head = encode(kind, seq, empty)?;
+    // An empty sequence is its length, the varint 0, last.
+    let Some((&0, prefix)) = head.split_last() else { return Err(Errno::EINVAL) };
+    let mut out = Vec::with_capacity(head.len() + items.len() + 3 * ends.len() + 4);
+    out.extend_from_slice(prefix);
+    write_varint(u32::try_from(ends.len()).map_err(|_| Errno::EMSGSIZE)?, &mut out);
+    let mut start = 0;
+    for &end in ends {
+        let item = items.get(start..end).ok_or(Errno::EINVAL)?;
+        write_varint(item.len() as u32, &mut out);
+        out.extend_from_slice(item);
+        start = end;
+    }
+    if out.len() > MAX_MESSAGE {
+        return Err(Errno::EMSGSIZE);
+    }
+    let header = Header::new(kind, seq, (out.len() - HEADER_LEN) as u32);
+    out[..HEADER_LEN].copy_from_slice(header.as_bytes());
+    Ok(out)
+}
+
 /// Decodes one message of the given kind. Never panics on any input.
 pub fn decode<T: Message>(kind: Kind, bytes: &[u8]) -> Result<(u32, T), DecodeError> {
     let fail = |seq, code, message: String| DecodeError { seq, code, message };
@@ -185,6 +218,34 @@ mod tests {
     use super::*;
     use crate::proto::{BoHandle, Reply, Request};
     use proptest::prelude::*;
+
+    proptest! {
+        /// A reply of netlink messages written from one buffer is the reply encoded whole.
+        #[test]
+        fn items_written_in_place_give_the_encoded_reply(
+            msgs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..200),
+            seq in any::<u32>(),
+        ) {
+            let (mut items, mut ends) = (Vec::new(), Vec::new());
+            for m in &msgs {
+                items.extend_from_slice(m);
+                ends.push(items.len());
+            }
+            let whole = encode(Kind::Reply, seq, &Reply::Netlink(msgs.clone()));
+            let in_place = encode_with_items(Kind::Reply, seq, &Reply::Netlink(Vec::new()), &items, &ends);
+            prop_assert_eq!(&in_place, &whole);
+            if let Ok(bytes) = in_place {
+                prop_assert_eq!(decode::<Reply>(Kind::Reply, &bytes).unwrap(), (seq, Reply::Netlink(msgs)));
+            }
+        }
+    }
+
+    #[test]
+    fn items_need_a_variant_ending_in_an_empty_sequence() {
+        let not_a_sequence = Reply::Ok;
+        assert_eq!(encode_with_items(Kind::Reply, 1, &not_a_sequence, b"ab", &[2]), Err(Errno::EINVAL));
+        assert_eq!(encode_with_items(Kind::Reply, 1, &Reply::Netlink(Vec::new()), b"ab", &[3]), Err(Errno::EINVAL));
+    }
 
     #[test]
     fn request_round_trips() {

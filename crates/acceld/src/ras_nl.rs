@@ -145,6 +145,12 @@ pub fn event_frame(ras: &RasCore, view: &View, ev: &RasEvent, ext: bool) -> Opti
     with_event(ras, view, ev, |e| e.encode(RasCmd::ErrorEvent, ext, 0, 0))
 }
 
+/// [`event_frame`] at the end of `buf`; whether the subscriber sees the event (else `buf`
+/// is left as it was).
+pub fn event_frame_after(ras: &RasCore, view: &View, ev: &RasEvent, ext: bool, buf: &mut Vec<u8>) -> bool {
+    with_event(ras, view, ev, |e| *buf = e.encode_after(std::mem::take(buf), RasCmd::ErrorEvent, ext, 0, 0)).is_some()
+}
+
 fn health_msg(n: &RasNode) -> RasMsg {
     let r = n.reporter();
     RasMsg::new(

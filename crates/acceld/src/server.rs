@@ -190,20 +190,36 @@ impl Worker {
             Post::Fence { conn, wait } => self.check_wait(conn, wait, false),
             Post::Lease { conn, open } => self.retry_open(conn, open),
             Post::Revoke(conn) => self.revoke(conn),
-            Post::Ras(conn, events) => {
-                let Some((view, ext)) = self.conns.get(&conn).and_then(|c| c.ras_view.clone()) else { return };
-                // Events that arrived together travel together: frames of up to 256 netlink
-                // messages, as a netlink socket's read returns several; each frame goes out as
-                // soon as it is encoded, so the subscriber decodes one while the next is made.
-                for chunk in events.chunks(256) {
-                    let msgs: Vec<Vec<u8>> = chunk
-                        .iter()
-                        .filter_map(|ev| crate::ras_nl::event_frame(self.sub.ras(), &view, ev, ext))
-                        .collect();
-                    if !msgs.is_empty() {
-                        self.reply(conn, 0, Reply::Netlink(msgs), Vec::new());
-                    }
+            Post::Ras(conn, events) => self.send_events(conn, &events),
+        }
+    }
+
+    /// Events that arrived together travel together: frames of up to 256 netlink messages
+    /// (and well under the message limit), as a netlink socket's read returns several. Each
+    /// event is framed straight into one buffer and the reply written from it, and each frame
+    /// goes out as soon as it is made, so the subscriber decodes one while the next is made.
+    fn send_events(&mut self, conn: u64, events: &[accel_core::ras::RasEvent]) {
+        const MOST: usize = 256;
+        let budget = MAX_MESSAGE - 8 * 1024;
+        let Some((view, ext)) = self.conns.get(&conn).and_then(|c| c.ras_view.clone()) else { return };
+        let (mut items, mut ends) = (Vec::with_capacity(MOST * 176), Vec::with_capacity(MOST));
+        let mut events = events.iter().peekable();
+        while events.peek().is_some() {
+            items.clear();
+            ends.clear();
+            while ends.len() < MOST && items.len() < budget {
+                let Some(ev) = events.next() else { break };
+                if crate::ras_nl::event_frame_after(self.sub.ras(), &view, ev, ext, &mut items) {
+                    ends.push(items.len());
                 }
+            }
+            if ends.is_empty() {
+                continue;
+            }
+            let empty = Reply::Netlink(Vec::new());
+            match accel_uapi::wire::encode_with_items(accel_uapi::wire::Kind::Reply, 0, &empty, &items, &ends) {
+                Ok(bytes) => self.send_encoded(conn, bytes),
+                Err(e) => tracing::warn!("RAS events for a subscriber could not be framed ({e}); dropped"),
             }
         }
     }
@@ -484,6 +500,13 @@ impl Worker {
     fn reply(&mut self, id: u64, seq: u32, reply: Reply, fds: Vec<OwnedFd>) {
         let Some(c) = self.conns.get_mut(&id) else { return };
         c.out.push_back((encode_reply(seq, &reply), fds));
+        self.flush(id);
+    }
+
+    /// Sends a reply already encoded.
+    fn send_encoded(&mut self, id: u64, bytes: Vec<u8>) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        c.out.push_back((bytes, Vec::new()));
         self.flush(id);
     }
 
