@@ -34,19 +34,24 @@ fn properties(ordinal: i32) -> sys::CUmemAllocationProp {
     prop
 }
 
+/// `len` bytes (at least one) rounded up to the allocation granularity of `prop`.
+fn rounded(prop: &sys::CUmemAllocationProp, len: u64) -> Result<usize, DriverError> {
+    let mut gran = 0usize;
+    let minimum = sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM;
+    // SAFETY: valid pointers to a local and to the caller's property struct.
+    check(unsafe { sys::cuMemGetAllocationGranularity(&mut gran, prop, minimum) }, "cuMemGetAllocationGranularity")?;
+    usize::try_from(len.max(1))
+        .ok()
+        .and_then(|len| len.checked_next_multiple_of(gran.max(1)))
+        .ok_or_else(|| DriverError::new(Errno::ENOMEM, "allocation too large"))
+}
+
 impl CudaMem {
     /// Allocates `len` bytes (rounded up to the granularity); returns the memory and its
     /// exported descriptor.
     pub(crate) fn new(gpu: &Gpu, len: u64) -> Result<(CudaMem, OwnedFd), DriverError> {
         let prop = properties(gpu.ordinal);
-        let mut gran = 0usize;
-        let minimum = sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM;
-        // SAFETY: valid pointers to locals.
-        let r = unsafe { sys::cuMemGetAllocationGranularity(&mut gran, &prop, minimum) };
-        check(r, "cuMemGetAllocationGranularity")?;
-        let size = usize::try_from(len.max(1))
-            .map_err(|_| DriverError::new(Errno::ENOMEM, "allocation too large"))?
-            .next_multiple_of(gran.max(1));
+        let size = rounded(&prop, len)?;
         let mut handle = 0;
         // SAFETY: valid property and out pointer.
         check(unsafe { sys::cuMemCreate(&mut handle, size, &prop, 0) }, "cuMemCreate")?;
@@ -72,6 +77,8 @@ impl CudaMem {
     /// Maps the allocation behind `fd` (exported by [`CudaMem::new`], maybe by an earlier
     /// worker) of at least `len` bytes.
     pub(crate) fn import(gpu: &Gpu, fd: &OwnedFd, len: u64) -> Result<CudaMem, DriverError> {
+        // Sized before the import, so a failure leaves no handle to release.
+        let size = rounded(&properties(gpu.ordinal), len)?;
         let mut handle = 0;
         let os_handle = fd.as_raw_fd() as usize as *mut c_void;
         check(
@@ -79,13 +86,6 @@ impl CudaMem {
             unsafe { sys::cuMemImportFromShareableHandle(&mut handle, os_handle, POSIX_FD) },
             "cuMemImportFromShareableHandle",
         )?;
-        let prop = properties(gpu.ordinal);
-        let mut gran = 0usize;
-        let minimum = sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM;
-        // SAFETY: valid pointers to locals.
-        let r = unsafe { sys::cuMemGetAllocationGranularity(&mut gran, &prop, minimum) };
-        check(r, "cuMemGetAllocationGranularity")?;
-        let size = (len.max(1) as usize).next_multiple_of(gran.max(1));
         let ptr = map(handle, size, gpu.ordinal)?;
         Ok(CudaMem { ptr, size, handle })
     }

@@ -191,7 +191,7 @@ struct Events {
 enum Subscriber {
     /// A channel of batches, read on the subscriber's own thread.
     Channel(SyncSender<Vec<RasEvent>>),
-    /// Called with each batch on the log thread; `false` ends the subscription.
+    /// Called with each batch on the publishing thread; `false` ends the subscription.
     Callback(Tell),
 }
 
