@@ -340,8 +340,8 @@ fn run_daemon(
         tracing::info!("OTLP metrics to {} every {:?}", otlp.url, otlp.interval);
         acceld::otlp::start(daemon.subsystem().clone(), otlp)?;
     }
-    let reloading = daemon.clone();
-    acceld::handle_signals(bound_here.then(|| socket.clone()), move || match &config_path {
+    let (reloading, stopping) = (daemon.clone(), daemon.clone());
+    let reload = move || match &config_path {
         Some(path) => {
             match acceld::Config::load(path).map_err(anyhow::Error::from).and_then(|c| Ok(reloading.reload(c)?)) {
                 Ok(()) => tracing::info!("reloaded {}", path.display()),
@@ -349,7 +349,14 @@ fn run_daemon(
             }
         }
         None => tracing::info!("SIGHUP: no config file to reload"),
-    })?;
+    };
+    // RAS events a driver's monitor reported that are not yet on disk are written first.
+    let stop = move || {
+        if !stopping.subsystem().ras().flush(std::time::Duration::from_secs(2)) {
+            tracing::warn!("the RAS log was not flushed within 2 s; recent events may be lost");
+        }
+    };
+    acceld::handle_signals(bound_here.then(|| socket.clone()), reload, stop)?;
     acceld::start_watchdog()?;
     for d in daemon.subsystem().list_devices() {
         tracing::info!("accel{}: {} ({}), {}", d.minor, d.driver, d.name, d.category.name());

@@ -350,6 +350,28 @@ fn metrics_reach_an_opentelemetry_collector_over_otlp() {
     assert!(exports >= 1);
 }
 
+/// A daemon stopped by SIGTERM right after a storm was reported writes what was still queued
+/// before it exits: the restarted daemon has every error.
+#[test]
+fn a_storm_reported_just_before_sigterm_is_kept() {
+    const EVENTS: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let args = ["--state-dir", state.to_str().unwrap()];
+    for round in 1..=3 {
+        let mut d = Daemon::start_with(&["testdev"], &args);
+        let dev = accel::Device::open_at(d.socket(), 0).unwrap();
+        let q = dev.create_queue().unwrap();
+        let storm = accel::Op::Driver { code: accel_driver_testdev::OP_RAS_STORM, args: [EVENTS, 0, 0, 0] };
+        q.submit(storm).unwrap().wait().unwrap();
+        d.terminate();
+        drop((q, dev));
+        let d = Daemon::start_with(&["testdev"], &args);
+        let mut ras = Ras::connect(d.socket()).unwrap();
+        assert_eq!(counter(&mut ras, ECC_CE.0, ECC_CE.1), EVENTS * round, "round {round}");
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -469,9 +469,14 @@ pub fn raise_fd_limit() -> u64 {
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
-/// Exits on SIGTERM or SIGINT (telling systemd it is stopping, and removing `socket` if the
-/// daemon bound it), and calls `reload` on SIGHUP.
-pub fn handle_signals(socket: Option<PathBuf>, reload: impl Fn() + Send + 'static) -> std::io::Result<()> {
+/// Exits on SIGTERM or SIGINT (telling systemd it is stopping, calling `stop` — which writes
+/// what must survive, such as RAS events still queued — and removing `socket` if the daemon
+/// bound it), and calls `reload` on SIGHUP.
+pub fn handle_signals(
+    socket: Option<PathBuf>,
+    reload: impl Fn() + Send + 'static,
+    stop: impl Fn() + Send + 'static,
+) -> std::io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     std::thread::Builder::new().name("signals".into()).spawn(move || {
@@ -484,6 +489,7 @@ pub fn handle_signals(socket: Option<PathBuf>, reload: impl Fn() + Send + 'stati
             }
             tracing::info!("signal {sig}: shutting down");
             systemd::notify("STOPPING=1");
+            stop();
             if let Some(path) = &socket {
                 let _ = std::fs::remove_file(path);
             }

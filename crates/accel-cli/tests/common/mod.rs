@@ -102,6 +102,14 @@ impl Daemon {
     }
 
     /// Kills the daemon with SIGKILL (no chance to clean up) and waits for it.
+    /// Stops the daemon as systemd does (SIGTERM) and waits for it to exit.
+    #[allow(dead_code)]
+    pub fn terminate(&mut self) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("a child's pid");
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let _ = self.child.wait();
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

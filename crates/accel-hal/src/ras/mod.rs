@@ -269,7 +269,8 @@ impl Done {
 /// once written (it survives a crash of the daemon) and synced by a second thread right
 /// after, so a storm's events do not wait for the disk's flushes.
 struct Committer {
-    queue: Mutex<(Vec<Pending>, bool)>,
+    /// Queued events, whether the core is gone, whether the log thread is writing a batch.
+    queue: Mutex<(Vec<Pending>, bool, bool)>,
     cv: std::sync::Condvar,
     log: Mutex<RasLog>,
     sync: Mutex<SyncState>,
@@ -343,7 +344,7 @@ impl RasCore {
                 replay(&nodes, &records, &mut seq, &mut events);
                 let at = seq;
                 Some(Arc::new(Committer {
-                    queue: Mutex::new((Vec::new(), false)),
+                    queue: Mutex::new((Vec::new(), false, false)),
                     cv: std::sync::Condvar::new(),
                     log: Mutex::new(log),
                     sync: Mutex::new(SyncState { written: at, synced: at, stop: false, idle: false }),
@@ -500,6 +501,30 @@ impl RasCore {
     /// The log's `fdatasync` calls and compactions so far (zeros without a log).
     pub fn log_stats(&self) -> (u64, u64) {
         self.log.as_ref().map_or((0, 0), |l| lock(&l.log).stats())
+    }
+
+    /// Waits until every event reported so far is written to the log and synced (a daemon
+    /// stopping calls it before it exits), at most `timeout`; whether it got there.
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        let Some(c) = &self.log else { return true };
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let idle = {
+                let q = lock(&c.queue);
+                q.0.is_empty() && !q.2
+            };
+            let synced = {
+                let s = lock(&c.sync);
+                s.synced >= s.written
+            };
+            if idle && synced {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// Events whose records are written to the log but not yet synced: the ones a power
@@ -720,7 +745,10 @@ fn commit_loop(c: &Committer, core: &Weak<RasCore>) {
 
 fn commit_batches(c: &Committer, core: &Weak<RasCore>) {
     loop {
-        let batch = {
+        // A batch is taken only while the core is held, so once the core is gone what is
+        // queued is all that is left, and its drop writes that.
+        // (Never dropped under the queue's lock: its drop takes that lock.)
+        let (batch, core) = {
             let mut q = lock(&c.queue);
             while q.0.is_empty() && !q.1 {
                 q = c.cv.wait(q).unwrap_or_else(|e| e.into_inner());
@@ -728,15 +756,9 @@ fn commit_batches(c: &Committer, core: &Weak<RasCore>) {
             if q.0.is_empty() {
                 return;
             }
-            std::mem::take(&mut q.0)
-        };
-        let Some(core) = core.upgrade() else {
-            for p in batch {
-                if let Some(d) = &p.done {
-                    d.set(Err("the RAS core is gone".into()));
-                }
-            }
-            return;
+            let Some(core) = core.upgrade() else { return };
+            q.2 = true;
+            (std::mem::take(&mut q.0), core)
         };
         let recs = coalesced(&core, &batch.iter().map(|p| &p.event).collect::<Vec<_>>());
         let waited = batch.iter().any(|p| p.done.is_some());
@@ -778,6 +800,7 @@ fn commit_batches(c: &Committer, core: &Weak<RasCore>) {
                 }
             }
         }
+        lock(&c.queue).2 = false;
     }
 }
 
@@ -809,10 +832,28 @@ fn sync_loop(c: &Committer) {
 }
 
 impl Drop for RasCore {
+    /// Writes (and syncs) what is still queued — a monitor's reports nobody waited for — and
+    /// ends the log and sync threads.
     fn drop(&mut self) {
-        if let Some(c) = &self.log {
-            lock(&c.queue).1 = true;
-            c.cv.notify_all();
+        let Some(c) = &self.log else { return };
+        let rest = {
+            let mut q = lock(&c.queue);
+            q.1 = true;
+            std::mem::take(&mut q.0)
+        };
+        c.cv.notify_all();
+        if rest.is_empty() {
+            return;
+        }
+        let recs = coalesced(self, &rest.iter().map(|p| &p.event).collect::<Vec<_>>());
+        let written = lock(&c.log).append_batch(&recs, true).map_err(|e| e.to_string());
+        if let Err(e) = &written {
+            tracing::error!("RAS log: {} events queued when the daemon stopped were not written: {e}", rest.len());
+        }
+        for p in rest {
+            if let Some(d) = &p.done {
+                d.set(written.clone());
+            }
         }
     }
 }
@@ -1054,6 +1095,54 @@ mod tests {
         std::fs::write(path.with_extension("log.new"), [1, 2, 3]).unwrap();
         let ras = core(Some(&path));
         assert_eq!(ras.node(1).unwrap().counters[0].value(), 42);
+    }
+
+    #[test]
+    fn a_monitors_storm_across_compactions_keeps_every_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ras.log");
+        let last = {
+            let ras = core_at(Some(&path), 4096);
+            // A waiting report every 25 cuts the storm into batches, so the log grows past its
+            // bound again and again while the sync thread syncs behind the writes.
+            for i in 0..3000 {
+                if i % 25 == 0 {
+                    ras.report(1, 2, 1).unwrap();
+                }
+                ras.report_with(1 + (i % 2), 1, 1, false).unwrap();
+            }
+            assert!(ras.flush(std::time::Duration::from_secs(10)), "flushed");
+            assert_eq!(ras.log_unsynced(), 0);
+            assert!(ras.log_stats().1 > 1, "compacted meanwhile: {:?}", ras.log_stats());
+            ras.last_seq()
+        };
+        let ras = core_at(Some(&path), 4096);
+        let values: Vec<u64> = [(1, 0), (2, 0), (1, 1)].map(|(n, c)| ras.node(n).unwrap().counters[c].value()).into();
+        assert_eq!((values, ras.last_seq()), (vec![1500, 1500, 120], last));
+    }
+
+    #[test]
+    fn reports_still_queued_are_written_when_the_core_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ras.log");
+        for round in 1..=20u64 {
+            let ras = core(Some(&path));
+            assert_eq!(ras.node(1).unwrap().counters[0].value(), 200 * (round - 1), "round {round}");
+            for _ in 0..200 {
+                ras.report_with(1, 1, 1, false).unwrap();
+            }
+            // Dropped at once, reports still queued: the last holder of the core (this
+            // thread, or the log thread finishing a batch) writes them on its way out; the
+            // log's threads end after that.
+            let committer = Arc::downgrade(ras.log.as_ref().unwrap());
+            drop(ras);
+            let t = std::time::Instant::now();
+            while committer.strong_count() > 0 {
+                assert!(t.elapsed().as_secs() < 5, "the log's threads did not end");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        assert_eq!(core(Some(&path)).node(1).unwrap().counters[0].value(), 4000);
     }
 
     #[test]
