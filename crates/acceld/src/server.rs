@@ -218,7 +218,7 @@ impl Worker {
             }
             let empty = Reply::Netlink(Vec::new());
             match accel_uapi::wire::encode_with_items(accel_uapi::wire::Kind::Reply, 0, &empty, &items, &ends) {
-                Ok(bytes) => self.send_encoded(conn, bytes),
+                Ok(bytes) => self.send_encoded(conn, bytes, Vec::new()),
                 Err(e) => tracing::warn!("RAS events for a subscriber could not be framed ({e}); dropped"),
             }
         }
@@ -498,15 +498,13 @@ impl Worker {
     }
 
     fn reply(&mut self, id: u64, seq: u32, reply: Reply, fds: Vec<OwnedFd>) {
-        let Some(c) = self.conns.get_mut(&id) else { return };
-        c.out.push_back((encode_reply(seq, &reply), fds));
-        self.flush(id);
+        self.send_encoded(id, encode_reply(seq, &reply), fds);
     }
 
     /// Sends a reply already encoded.
-    fn send_encoded(&mut self, id: u64, bytes: Vec<u8>) {
+    fn send_encoded(&mut self, id: u64, bytes: Vec<u8>, fds: Vec<OwnedFd>) {
         let Some(c) = self.conns.get_mut(&id) else { return };
-        c.out.push_back((bytes, Vec::new()));
+        c.out.push_back((bytes, fds));
         self.flush(id);
     }
 

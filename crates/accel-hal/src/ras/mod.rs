@@ -20,7 +20,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, TrySendError};
 use std::sync::{Arc, Mutex, Weak};
 
 use accel_uapi::{Errno, Health, Severity};
@@ -184,18 +184,10 @@ use log::{LogKind, LogRecord};
 /// numbers, so the log thread publishes a batch while a storm's reporter goes on taking them.
 struct Events {
     recent: VecDeque<RasEvent>,
-    subscribers: Vec<Subscriber>,
+    subscribers: Vec<Tell>,
 }
 
-/// Where [`publish`] tells a subscriber of new events.
-enum Subscriber {
-    /// A channel of batches, read on the subscriber's own thread.
-    Channel(SyncSender<Vec<RasEvent>>),
-    /// Called with each batch on the publishing thread; `false` ends the subscription.
-    Callback(Tell),
-}
-
-/// A callback subscriber: told each batch, `false` when it is gone.
+/// A subscriber: told each batch on the publishing thread, `false` when it is gone.
 type Tell = Box<dyn FnMut(&[RasEvent]) -> bool + Send>;
 
 /// What RAS needs of a device's driver: attaching its sink, recovering a node, injecting
@@ -269,8 +261,8 @@ impl Done {
 /// once written (it survives a crash of the daemon) and synced by a second thread right
 /// after, so a storm's events do not wait for the disk's flushes.
 struct Committer {
-    /// Queued events, whether the core is gone, whether the log thread is writing a batch.
-    queue: Mutex<(Vec<Pending>, bool, bool)>,
+    /// Queued events, and whether the core is gone.
+    queue: Mutex<(Vec<Pending>, bool)>,
     cv: std::sync::Condvar,
     log: Mutex<RasLog>,
     sync: Mutex<SyncState>,
@@ -289,6 +281,15 @@ struct SyncState {
     /// The sync thread sleeps (else it is syncing, and looks for more once done: waking it
     /// would be a system call for nothing).
     idle: bool,
+}
+
+impl Committer {
+    /// Writes the records `batch` makes (see [`coalesced`]) with one write, and one
+    /// `fdatasync` if `sync`.
+    fn write(&self, core: &RasCore, batch: &[Pending], sync: bool) -> std::io::Result<()> {
+        let recs = coalesced(core, &batch.iter().map(|p| &p.event).collect::<Vec<_>>());
+        lock(&self.log).append_batch(&recs, sync)
+    }
 }
 
 impl RasCore {
@@ -344,10 +345,10 @@ impl RasCore {
                 replay(&nodes, &records, &mut seq, &mut events);
                 let at = seq;
                 Some(Arc::new(Committer {
-                    queue: Mutex::new((Vec::new(), false, false)),
+                    queue: Mutex::new((Vec::new(), false)),
                     cv: std::sync::Condvar::new(),
                     log: Mutex::new(log),
-                    sync: Mutex::new(SyncState { written: at, synced: at, stop: false, idle: false }),
+                    sync: Mutex::new(SyncState { written: at, synced: at, ..SyncState::default() }),
                     sync_cv: std::sync::Condvar::new(),
                 }))
             }
@@ -409,7 +410,8 @@ impl RasCore {
     /// misses events (and sees the gap in `seq`).
     pub fn subscribe(&self) -> Receiver<Vec<RasEvent>> {
         let (tx, rx) = sync_channel(SUBSCRIBER_BACKLOG);
-        lock(&self.events).subscribers.push(Subscriber::Channel(tx));
+        // A full subscriber misses these events (and notices the gap); a gone one is dropped.
+        self.subscribe_with(move |events| !matches!(tx.try_send(events.to_vec()), Err(TrySendError::Disconnected(_))));
         rx
     }
 
@@ -419,7 +421,7 @@ impl RasCore {
     /// wake-up) and never call back into the core. Saves a subscriber a thread and a wake-up
     /// per batch.
     pub fn subscribe_with(&self, tell: impl FnMut(&[RasEvent]) -> bool + Send + 'static) {
-        lock(&self.events).subscribers.push(Subscriber::Callback(Box::new(tell)));
+        lock(&self.events).subscribers.push(Box::new(tell));
     }
 
     fn get(&self, t: Target) -> u64 {
@@ -507,24 +509,17 @@ impl RasCore {
     /// stopping calls it before it exits), at most `timeout`; whether it got there.
     pub fn flush(&self, timeout: std::time::Duration) -> bool {
         let Some(c) = &self.log else { return true };
+        // Every event up to the last handed out is queued; it is on disk once synced passes it
+        // (or the sequence went back below it: a batch the disk refused was undone).
+        let target = self.last_seq();
         let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let idle = {
-                let q = lock(&c.queue);
-                q.0.is_empty() && !q.2
-            };
-            let synced = {
-                let s = lock(&c.sync);
-                s.synced >= s.written
-            };
-            if idle && synced {
-                return true;
-            }
+        while lock(&c.sync).synced < target.min(self.last_seq()) {
             if std::time::Instant::now() >= deadline {
                 return false;
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        true
     }
 
     /// Events whose records are written to the log but not yet synced: the ones a power
@@ -697,11 +692,7 @@ fn publish(ev: &mut Events, events: Vec<RasEvent>) {
         }
         ev.recent.push_back(event.clone());
     }
-    // A full subscriber misses these events (and notices the gap); a gone one is dropped.
-    ev.subscribers.retain_mut(|s| match s {
-        Subscriber::Channel(tx) => !matches!(tx.try_send(events.clone()), Err(TrySendError::Disconnected(_))),
-        Subscriber::Callback(tell) => tell(&events),
-    });
+    ev.subscribers.retain_mut(|tell| tell(&events));
 }
 
 /// The records that make a batch durable: of a batch's errors on one counter only the last
@@ -757,12 +748,10 @@ fn commit_batches(c: &Committer, core: &Weak<RasCore>) {
                 return;
             }
             let Some(core) = core.upgrade() else { return };
-            q.2 = true;
             (std::mem::take(&mut q.0), core)
         };
-        let recs = coalesced(&core, &batch.iter().map(|p| &p.event).collect::<Vec<_>>());
         let waited = batch.iter().any(|p| p.done.is_some());
-        let written = lock(&c.log).append_batch(&recs, waited);
+        let written = c.write(&core, &batch, waited);
         match written {
             Ok(()) => {
                 // Counted as written before anyone hears of it, so `log_unsynced` covers it.
@@ -800,7 +789,6 @@ fn commit_batches(c: &Committer, core: &Weak<RasCore>) {
                 }
             }
         }
-        lock(&c.queue).2 = false;
     }
 }
 
@@ -845,8 +833,7 @@ impl Drop for RasCore {
         if rest.is_empty() {
             return;
         }
-        let recs = coalesced(self, &rest.iter().map(|p| &p.event).collect::<Vec<_>>());
-        let written = lock(&c.log).append_batch(&recs, true).map_err(|e| e.to_string());
+        let written = c.write(self, &rest, true).map_err(|e| e.to_string());
         if let Err(e) = &written {
             tracing::error!("RAS log: {} events queued when the daemon stopped were not written: {e}", rest.len());
         }
@@ -1232,11 +1219,7 @@ mod tests {
         while seen < 1000 {
             seen += rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap().len();
         }
-        let t = std::time::Instant::now();
-        while ras.log_unsynced() > 0 {
-            assert!(t.elapsed().as_secs() < 5, "{} events never synced", ras.log_unsynced());
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        assert!(ras.flush(std::time::Duration::from_secs(5)), "{} events never synced", ras.log_unsynced());
         let (syncs, _) = ras.log_stats();
         assert!((1..1000).contains(&syncs), "1000 reports took {syncs} background syncs");
         // A waiting emitter's batch is synced before it returns, with everything before it.
