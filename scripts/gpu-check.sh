@@ -39,6 +39,8 @@ PARTS=" ${PARTS:-vulkan cuda bench cudabench torch} "
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 status=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+# What the daemon's NVML monitor logs at start ("rows remapped …") should match.
+nvidia-smi --query-remapped-rows=gpu_uuid,remapped_rows.correctable,remapped_rows.uncorrectable,remapped_rows.pending,remapped_rows.failure --format=csv || true
 
 # cuBLAS: the driver tries libcublas.so.13/.12 through the linker and /usr/local/cuda; an
 # image with only a Python wheel's copy gets it named here.

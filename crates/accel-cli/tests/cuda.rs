@@ -339,6 +339,9 @@ fn nvml_health_and_sensors_reach_ras_and_metrics() {
         assert!(m.contains(&format!("block=\"{block}\"")), "no RAS block {block} in /metrics");
     }
     assert!(m.contains("error_type=\"xid-31\""), "the XID counters are series");
+    for error in ["remapped-rows-corrected", "remapped-rows-uncorrected", "row-remap-pending", "row-remap-failure"] {
+        assert!(m.contains(&format!("error_type=\"{error}\"")), "no row-remapping series {error}");
+    }
     let temperature = m.lines().find(|l| l.starts_with("hw_temperature_celsius{")).expect("a temperature gauge");
     let celsius: f64 = temperature.rsplit(' ').next().unwrap().parse().unwrap();
     assert!((5.0..110.0).contains(&celsius), "{temperature}");

@@ -3,8 +3,10 @@
 //!
 //! A monitor thread per GPU reads the error counters every poll (1 s; `$ACCEL_NVML_POLL_MS`)
 //! and reports what grew since the last read into the drm-ras nodes of [`ras_nodes`]: ECC
-//! (volatile counts: they grow while the daemon watches), retired pages, the PCIe replay
-//! counter, NVLink CRC/replay/recovery counters where there are links, and the start of each
+//! (volatile counts: they grow while the daemon watches), retired pages (before Ampere),
+//! remapped rows (Ampere on: rows remapped for correctable and uncorrectable errors, and the
+//! start of a pending remap — it takes effect at the next GPU reset — or of a failed one,
+//! after which the GPU has no spare rows left: fatal), the PCIe replay counter, NVLink CRC/replay/recovery counters where there are links, and the start of each
 //! thermal or power throttling episode. Critical XID events arrive through an NVML event set
 //! and count in the `xid` node under their code; the XIDs a client's own kernel causes (13,
 //! 31, 43, 45: exceptions and MMU faults, contained by the worker) count as corrected — the
@@ -55,7 +57,15 @@ pub(crate) fn ras_nodes() -> Vec<RasNodeDesc> {
     vec![
         RasNodeDesc::new(
             "memory",
-            &[("ecc-corrected", Corrected), ("ecc-uncorrected", Uncorrected), ("retired-pages", Corrected)],
+            &[
+                ("ecc-corrected", Corrected),
+                ("ecc-uncorrected", Uncorrected),
+                ("retired-pages", Corrected),
+                ("remapped-rows-corrected", Corrected),
+                ("remapped-rows-uncorrected", Uncorrected),
+                ("row-remap-pending", Uncorrected),
+                ("row-remap-failure", Fatal),
+            ],
         ),
         RasNodeDesc::new("pcie", &[("replay", Corrected)]),
         RasNodeDesc::new("nvlink", &[("crc", Corrected), ("replay", Corrected), ("recovery", Uncorrected)]),
@@ -107,13 +117,60 @@ struct Readings {
     ecc_corrected: Option<u64>,
     ecc_uncorrected: Option<u64>,
     retired_pages: Option<u64>,
+    remapped: Option<RemappedRows>,
     pcie_replay: Option<u64>,
     nvlink: [Option<u64>; 3],
     thermal: bool,
     power: bool,
 }
 
-fn read(dev: &Device<'_>, links: u32) -> Readings {
+/// `nvmlDeviceGetRemappedRows`'s answer (Ampere and later).
+#[derive(Default, Clone, Copy, PartialEq, Debug)]
+struct RemappedRows {
+    /// Rows remapped because of correctable errors.
+    corrected: u64,
+    /// Rows remapped because of uncorrectable errors.
+    uncorrected: u64,
+    /// A remap waits for the next GPU reset.
+    pending: bool,
+    /// A remap failed: no spare rows left.
+    failed: bool,
+}
+
+type GetRemappedRows = unsafe extern "C" fn(*mut std::ffi::c_void, *mut u32, *mut u32, *mut u32, *mut u32) -> u32;
+
+/// `nvmlDeviceGetRemappedRows`, which nvml-wrapper does not wrap: looked up in the library
+/// NVML already loaded (`dlopen` of a loaded library hands back the same one).
+struct RemapQuery {
+    get: libloading::Symbol<'static, GetRemappedRows>,
+}
+
+impl RemapQuery {
+    fn load() -> Option<RemapQuery> {
+        // SAFETY: the library is NVML, already loaded and initialised by `Nvml::init`; it is
+        // leaked, so the symbol stays valid for the process's life.
+        unsafe {
+            let lib: &'static libloading::Library =
+                Box::leak(Box::new(libloading::Library::new("libnvidia-ml.so.1").ok()?));
+            Some(RemapQuery { get: lib.get(b"nvmlDeviceGetRemappedRows\0").ok()? })
+        }
+    }
+
+    fn read(&self, dev: &Device<'_>) -> Option<RemappedRows> {
+        let (mut corrected, mut uncorrected, mut pending, mut failed) = (0u32, 0u32, 0u32, 0u32);
+        // SAFETY: the device handle comes from the live `Nvml`; the outputs are plain u32s.
+        let rc =
+            unsafe { (self.get)(dev.handle().cast(), &mut corrected, &mut uncorrected, &mut pending, &mut failed) };
+        (rc == 0).then_some(RemappedRows {
+            corrected: u64::from(corrected),
+            uncorrected: u64::from(uncorrected),
+            pending: pending != 0,
+            failed: failed != 0,
+        })
+    }
+}
+
+fn read(dev: &Device<'_>, links: u32, remap: Option<&RemapQuery>) -> Readings {
     let ok = |r: Result<u64, NvmlError>| r.ok();
     let retired = [RetirementCause::MultipleSingleBitEccErrors, RetirementCause::DoubleBitEccError]
         .into_iter()
@@ -136,11 +193,42 @@ fn read(dev: &Device<'_>, links: u32) -> Readings {
         ecc_corrected: ok(dev.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile)),
         ecc_uncorrected: ok(dev.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)),
         retired_pages: retired,
+        remapped: remap.and_then(|q| q.read(dev)),
         pcie_replay: dev.pcie_replay_counter().ok().map(u64::from),
         nvlink,
         thermal: throttle.intersects(ThrottleReasons::HW_THERMAL_SLOWDOWN | ThrottleReasons::SW_THERMAL_SLOWDOWN),
         power: throttle.intersects(ThrottleReasons::SW_POWER_CAP | ThrottleReasons::HW_POWER_BRAKE_SLOWDOWN),
     }
+}
+
+/// What grew between two readings, as RAS reports (node, error, count): counters by their
+/// growth, conditions (throttling, a pending or failed row remap) when they begin.
+fn changes(last: &Readings, now: &Readings) -> Vec<(&'static str, &'static str, u64)> {
+    let grew = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) if b > a => b - a,
+        _ => 0,
+    };
+    let began = |a: bool, b: bool| u64::from(b && !a);
+    let rows = |r: &Readings| r.remapped.unwrap_or_default();
+    let (was, is) = (rows(last), rows(now));
+    let remap = |f: fn(&RemappedRows) -> u64| grew(last.remapped.as_ref().map(f), now.remapped.as_ref().map(f));
+    let mut out = vec![
+        ("memory", "ecc-corrected", grew(last.ecc_corrected, now.ecc_corrected)),
+        ("memory", "ecc-uncorrected", grew(last.ecc_uncorrected, now.ecc_uncorrected)),
+        ("memory", "retired-pages", grew(last.retired_pages, now.retired_pages)),
+        ("memory", "remapped-rows-corrected", remap(|r| r.corrected)),
+        ("memory", "remapped-rows-uncorrected", remap(|r| r.uncorrected)),
+        ("memory", "row-remap-pending", began(was.pending, is.pending)),
+        ("memory", "row-remap-failure", began(was.failed, is.failed)),
+        ("pcie", "replay", grew(last.pcie_replay, now.pcie_replay)),
+    ];
+    for (i, name) in ["crc", "replay", "recovery"].into_iter().enumerate() {
+        out.push(("nvlink", name, grew(last.nvlink[i], now.nvlink[i])));
+    }
+    out.push(("thermal", "thermal-throttle", began(last.thermal, now.thermal)));
+    out.push(("power", "power-throttle", began(last.power, now.power)));
+    out.retain(|c| c.2 > 0);
+    out
 }
 
 /// Throttle reasons by name, for telemetry.
@@ -171,7 +259,17 @@ fn watch(uuid: &str, telemetry: &Mutex<Telemetry>, stop: &AtomicBool, sink: &Ras
             tracing::info!("cuda: {uuid}: {n} {what} ECC errors over the GPU's lifetime (aggregate)");
         }
     }
-    let mut last = read(&dev, links);
+    let remap = RemapQuery::load();
+    let mut last = read(&dev, links, remap.as_ref());
+    if let Some(r) = last.remapped {
+        tracing::info!(
+            "cuda: {uuid}: rows remapped {} (correctable) and {} (uncorrectable){}{}",
+            r.corrected,
+            r.uncorrected,
+            if r.pending { ", a remap pending until the next GPU reset" } else { "" },
+            if r.failed { ", a remap FAILED: the GPU has no spare rows left" } else { "" }
+        );
+    }
     tracing::info!(
         "cuda: NVML health for {uuid}, every {poll} ms, XID events {}",
         if events.is_some() { "on" } else { "off" }
@@ -183,27 +281,12 @@ fn watch(uuid: &str, telemetry: &Mutex<Telemetry>, stop: &AtomicBool, sink: &Ras
             t.power_w = dev.power_usage().ok().map(|mw| f64::from(mw) / 1000.0);
             t.throttle_reasons = dev.current_throttle_reasons().map(reasons).unwrap_or_default();
         }
-        let now = read(&dev, links);
-        let grew = |a: Option<u64>, b: Option<u64>| match (a, b) {
-            (Some(a), Some(b)) if b > a => b - a,
-            _ => 0,
-        };
-        let report = |node: &str, error: &str, n: u64| {
-            if n > 0 {
-                if let Err(e) = sink.report_async(node, error, n) {
-                    tracing::warn!("cuda: RAS {node}/{error}: {e}");
-                }
+        let now = read(&dev, links, remap.as_ref());
+        for (node, error, n) in changes(&last, &now) {
+            if let Err(e) = sink.report_async(node, error, n) {
+                tracing::warn!("cuda: RAS {node}/{error}: {e}");
             }
-        };
-        report("memory", "ecc-corrected", grew(last.ecc_corrected, now.ecc_corrected));
-        report("memory", "ecc-uncorrected", grew(last.ecc_uncorrected, now.ecc_uncorrected));
-        report("memory", "retired-pages", grew(last.retired_pages, now.retired_pages));
-        report("pcie", "replay", grew(last.pcie_replay, now.pcie_replay));
-        for (i, name) in ["crc", "replay", "recovery"].iter().enumerate() {
-            report("nvlink", name, grew(last.nvlink[i], now.nvlink[i]));
         }
-        report("thermal", "thermal-throttle", u64::from(now.thermal && !last.thermal));
-        report("power", "power-throttle", u64::from(now.power && !last.power));
         last = now;
         match &events {
             Some(set) => match set.wait(poll) {
@@ -215,7 +298,9 @@ fn watch(uuid: &str, telemetry: &Mutex<Telemetry>, stop: &AtomicBool, sink: &Ras
                     let name =
                         if XIDS.iter().any(|(x, _)| *x == code) { format!("xid-{code}") } else { "xid-other".into() };
                     tracing::warn!("cuda: {uuid}: XID {code}");
-                    report("xid", &name, 1);
+                    if let Err(e) = sink.report_async("xid", &name, 1) {
+                        tracing::warn!("cuda: RAS xid/{name}: {e}");
+                    }
                 }
                 Err(NvmlError::Timeout) => {}
                 Err(e) => {
@@ -227,4 +312,83 @@ fn watch(uuid: &str, telemetry: &Mutex<Telemetry>, stop: &AtomicBool, sink: &Ras
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readings(remapped: Option<RemappedRows>) -> Readings {
+        Readings {
+            ecc_corrected: Some(10),
+            ecc_uncorrected: Some(0),
+            retired_pages: None,
+            remapped,
+            pcie_replay: Some(3),
+            nvlink: [None; 3],
+            thermal: false,
+            power: false,
+        }
+    }
+
+    #[test]
+    fn counters_report_their_growth_and_conditions_their_start() {
+        let rows = RemappedRows { corrected: 2, uncorrected: 0, pending: false, failed: false };
+        let last = readings(Some(rows));
+        assert_eq!(changes(&last, &last), vec![], "nothing grew");
+        let mut now = readings(Some(RemappedRows { corrected: 3, uncorrected: 1, pending: true, failed: false }));
+        now.ecc_corrected = Some(14);
+        now.thermal = true;
+        assert_eq!(
+            changes(&last, &now),
+            vec![
+                ("memory", "ecc-corrected", 4),
+                ("memory", "remapped-rows-corrected", 1),
+                ("memory", "remapped-rows-uncorrected", 1),
+                ("memory", "row-remap-pending", 1),
+                ("thermal", "thermal-throttle", 1),
+            ]
+        );
+        // A condition that goes on is reported once; one that ends and begins again, again.
+        assert_eq!(changes(&now, &now), vec![]);
+        let mut failed = now.clone();
+        failed.remapped = Some(RemappedRows { failed: true, ..now.remapped.unwrap() });
+        assert_eq!(changes(&now, &failed), vec![("memory", "row-remap-failure", 1)]);
+    }
+
+    #[test]
+    fn a_counter_the_gpu_lacks_or_that_went_back_reports_nothing() {
+        // No remapping on this GPU (before Ampere), or a query that failed once.
+        let rows = RemappedRows { corrected: 5, uncorrected: 5, pending: true, failed: true };
+        assert_eq!(
+            changes(&readings(None), &readings(Some(rows))),
+            vec![("memory", "row-remap-pending", 1), ("memory", "row-remap-failure", 1)]
+        );
+        assert_eq!(changes(&readings(Some(rows)), &readings(None)), vec![]);
+        // Volatile ECC counts start again at a GPU reset: a smaller reading is no error.
+        let mut reset = readings(None);
+        reset.ecc_corrected = Some(0);
+        assert_eq!(changes(&readings(None), &reset), vec![]);
+    }
+
+    #[test]
+    fn every_reported_error_is_a_registered_one() {
+        let nodes = ras_nodes();
+        let mut all = readings(Some(RemappedRows { corrected: 1, uncorrected: 1, pending: true, failed: true }));
+        all.ecc_corrected = Some(11);
+        all.ecc_uncorrected = Some(1);
+        all.retired_pages = Some(1);
+        all.pcie_replay = Some(4);
+        all.nvlink = [Some(1); 3];
+        (all.thermal, all.power) = (true, true);
+        let mut from = readings(Some(RemappedRows::default()));
+        from.retired_pages = Some(0);
+        from.nvlink = [Some(0); 3];
+        let reported = changes(&from, &all);
+        assert_eq!(reported.len(), 13, "every counter and condition");
+        for (node, error, _) in reported {
+            let n = nodes.iter().find(|n| n.name == node).unwrap_or_else(|| panic!("no node {node}"));
+            assert!(n.counters.iter().any(|(e, _)| e == error), "{node}/{error} is not registered");
+        }
+    }
 }
