@@ -92,15 +92,21 @@ except ImportError:
 if not torch.cuda.is_available():
     print(json.dumps({"bench": "torch-matmul", "skipped": "no CUDA device"})); raise SystemExit(0)
 torch.backends.cuda.matmul.allow_tf32 = False
+# 16-bit matmuls summed in f32 throughout, as accel's cuBLAS handles are set up.
+torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
 import os
 for n in [int(s) for s in os.environ.get('SIZES', '1024,4096,8192').split(',')]:
-    a = torch.randn(n, n, device="cuda"); b = torch.randn(n, n, device="cuda")
-    torch.matmul(a, b); torch.cuda.synchronize()
-    ts = []
-    for _ in range(int(os.environ.get('REPS', '10'))):
-        t = time.perf_counter(); torch.matmul(a, b); torch.cuda.synchronize(); ts.append(time.perf_counter() - t)
-    ts.sort()
-    print(json.dumps({"bench": "torch-matmul", "n": n, "device": torch.cuda.get_device_name(),
-                      "gflops": round(2 * n**3 / ts[len(ts) // 2] / 1e9, 1)}))
+    # f32 (no TF32), then the 16-bit types the accel bench's gpu-gemm16 lines compare with.
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        a = torch.randn(n, n, device="cuda", dtype=dtype); b = torch.randn(n, n, device="cuda", dtype=dtype)
+        torch.matmul(a, b); torch.cuda.synchronize()
+        ts = []
+        for _ in range(int(os.environ.get('REPS', '10'))):
+            t = time.perf_counter(); torch.matmul(a, b); torch.cuda.synchronize(); ts.append(time.perf_counter() - t)
+        ts.sort()
+        print(json.dumps({"bench": "torch-matmul", "n": n, "dtype": str(dtype).split('.')[-1],
+                          "device": torch.cuda.get_device_name(),
+                          "gflops": round(2 * n**3 / ts[len(ts) // 2] / 1e9, 1)}))
 PY
 exit $status

@@ -32,6 +32,14 @@
 enum { N = 64 };
 static const uint64_t SECOND = 1000000000ull;
 
+/* bfloat16 is the top half of an f32: rounded to nearest even on the way down. */
+static uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
 int main(void) {
     accel_device *dev;
     CHECK(accel_device_open(NULL, 0, &dev));
@@ -82,6 +90,33 @@ int main(void) {
         }
     }
     printf("gemm %dx%dx%d behind a fill: correct\n", N, N, N);
+
+    /* The same product in bfloat16 (2-byte elements; summed in f32, rounded once). */
+    accel_buffer *a16, *b16, *c16;
+    CHECK(accel_buffer_alloc(dev, N * N * 2, &a16));
+    CHECK(accel_buffer_alloc(dev, N * N * 2, &b16));
+    CHECK(accel_buffer_alloc(dev, N * N * 2, &c16));
+    uint16_t *ha = accel_buffer_data(a16), *hb = accel_buffer_data(b16), *hc = accel_buffer_data(c16);
+    for (int i = 0; i < N * N; i++) {
+        ha[i] = to_bf16(fa[i]); /* small integers and halves: exact */
+        hb[i] = to_bf16(fb[i]);
+    }
+    accel_op bf16 = {.kind = ACCEL_OP_KIND_GEMM_BF16, .m = N, .n = N, .k = N,
+                     .a = {a16, 0, N}, .b = {b16, 0, N}, .c = {c16, 0, N}, .alpha = 1.0f, .beta = 0.0f};
+    accel_fence *f16;
+    CHECK(accel_submit(q, &bf16, NULL, 0, NULL, 0, &f16));
+    CHECK(accel_fence_wait(f16, 10 * SECOND));
+    accel_fence_free(f16);
+    for (int i = 0; i < N * N; i++) {
+        if (hc[i] != to_bf16(fc[i] - 0.5f)) {
+            fprintf(stderr, "bf16 C[%d] = 0x%04x, want 0x%04x\n", i, hc[i], to_bf16(fc[i] - 0.5f));
+            return 1;
+        }
+    }
+    accel_buffer_free(a16);
+    accel_buffer_free(b16);
+    accel_buffer_free(c16);
+    printf("gemm bf16 %dx%dx%d: correct to the bit\n", N, N, N);
 
     /* A fence exported as an eventfd. */
     int efd;

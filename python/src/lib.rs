@@ -602,10 +602,12 @@ impl Queue {
         submit(slf, accel::Op::Copy { src, dst }, wait, signal)
     }
 
-    /// C = alpha·A·B + beta·C in f32, row-major, A m×k, B k×n, C m×n, each starting at its
-    /// byte offset with its row stride in elements (default: packed).
+    /// C = alpha·A·B + beta·C, row-major, A m×k, B k×n, C m×n, each starting at its byte
+    /// offset with its row stride in elements (default: packed). `dtype` is the elements'
+    /// type: "float32" (default), "float16" or "bfloat16" (the 16-bit ones summed in f32 and
+    /// rounded once, as torch.matmul does).
     #[pyo3(signature = (a, b, c, m, n, k, alpha = 1.0, beta = 0.0, a_offset = 0, b_offset = 0, c_offset = 0,
-                        lda = None, ldb = None, ldc = None, *, wait = None, signal = None))]
+                        lda = None, ldb = None, ldc = None, *, dtype = "float32", wait = None, signal = None))]
     #[allow(clippy::too_many_arguments)]
     fn gemm(
         slf: &Bound<'_, Self>,
@@ -623,20 +625,25 @@ impl Queue {
         lda: Option<u64>,
         ldb: Option<u64>,
         ldc: Option<u64>,
+        dtype: &str,
         wait: Option<Vec<Bound<'_, PyAny>>>,
         signal: Option<Vec<(Bound<'_, Syncobj>, u64)>>,
     ) -> PyResult<Fence> {
-        let g = accel::GemmF32 {
-            m,
-            n,
-            k,
-            a: mat(&*buffer_of(a)?, a_offset, lda.unwrap_or(k)),
-            b: mat(&*buffer_of(b)?, b_offset, ldb.unwrap_or(n)),
-            c: mat(&*buffer_of(c)?, c_offset, ldc.unwrap_or(n)),
-            alpha,
-            beta,
+        let (a, b, c) = (
+            mat(&*buffer_of(a)?, a_offset, lda.unwrap_or(k)),
+            mat(&*buffer_of(b)?, b_offset, ldb.unwrap_or(n)),
+            mat(&*buffer_of(c)?, c_offset, ldc.unwrap_or(n)),
+        );
+        let ty = match dtype {
+            "float32" | "f32" => {
+                let g = accel::GemmF32 { m, n, k, a, b, c, alpha, beta };
+                return submit(slf, accel::Op::GemmF32(g), wait, signal);
+            }
+            "float16" | "f16" => accel::Float16::F16,
+            "bfloat16" | "bf16" => accel::Float16::Bf16,
+            other => return Err(PyValueError::new_err(format!("dtype {other:?}: not float32, float16 or bfloat16"))),
         };
-        submit(slf, accel::Op::GemmF32(g), wait, signal)
+        submit(slf, accel::Op::Gemm16(accel::Gemm16 { m, n, k, a, b, c, alpha, beta, ty }), wait, signal)
     }
 
     /// Launches entry `entry` of `program` over `grid` with `args`: Buffers (whole) and

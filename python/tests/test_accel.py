@@ -89,6 +89,45 @@ def test_gemm_matches_numpy(daemon):
     np.testing.assert_allclose(accel.array(c, np.float32, (m, n)), want, rtol=1e-4, atol=1e-4)
 
 
+def _bf16_bits(x):
+    """float32 → bfloat16 bits, rounded to nearest even (NumPy has no bfloat16)."""
+    u = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def _bf16_value(bits):
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def test_gemm_in_float16_and_bfloat16_sums_in_float32(daemon):
+    dev = accel.Device(0)
+    rng = np.random.default_rng(2)
+    m, n, k = 64, 48, 96
+    a32 = rng.standard_normal((m, k), dtype=np.float32)
+    b32 = rng.standard_normal((k, n), dtype=np.float32)
+    q = dev.queue()
+    # float16: NumPy's own type.
+    a, b, c = dev.alloc(m * k * 2), dev.alloc(k * n * 2), dev.alloc(m * n * 2)
+    ah, bh = a32.astype(np.float16), b32.astype(np.float16)
+    accel.array(a, np.float16, (m, k))[:] = ah
+    accel.array(b, np.float16, (k, n))[:] = bh
+    q.gemm(a, b, c, m, n, k, dtype="float16").wait(10)
+    want = (ah.astype(np.float32) @ bh.astype(np.float32)).astype(np.float16)
+    got = accel.array(c, np.float16, (m, n))
+    # f32 sums in another order: at most one 16-bit rounding step apart.
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=2**-10, atol=2**-14)
+    # bfloat16, as bits.
+    ab, bb = _bf16_bits(a32), _bf16_bits(b32)
+    accel.array(a, np.uint16, (m, k))[:] = ab
+    accel.array(b, np.uint16, (k, n))[:] = bb
+    q.gemm(a, b, c, m, n, k, dtype="bfloat16").wait(10)
+    want = _bf16_value(_bf16_bits(_bf16_value(ab) @ _bf16_value(bb)))
+    got = _bf16_value(accel.array(c, np.uint16, (m, n)))
+    np.testing.assert_allclose(got, want, rtol=2**-7, atol=2**-30)
+    with pytest.raises(ValueError, match="float64"):
+        q.gemm(a, b, c, m, n, k, dtype="float64")
+
+
 def test_dependencies_through_syncobjs(daemon):
     dev = accel.Device(0)
     q = dev.queue()

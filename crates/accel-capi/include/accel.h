@@ -62,6 +62,11 @@ typedef enum accel_op_kind {
   ACCEL_OP_KIND_DRIVER = 4,
   // A program launch: `program`, `entry`, `grid`, `n_args`, `args`.
   ACCEL_OP_KIND_LAUNCH = 5,
+  // As `GemmF32` on IEEE half floats (2-byte elements, strides in elements), summed in
+  // f32 and rounded once.
+  ACCEL_OP_KIND_GEMM_F16 = 6,
+  // As `GemmF16` on bfloat16.
+  ACCEL_OP_KIND_GEMM_BF16 = 7,
 } accel_op_kind;
 
 // What an [`accel_arg`] holds.

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use accel::{
-    BufView, Buffer, Cqe, Device, Errno, Fence, GemmF32, LaunchArg, MatView, Op, Priority, Queue, QueueOptions, Ring,
-    Syncobj,
+    BufView, Buffer, Cqe, Device, Errno, Fence, Float16, Gemm16, GemmF32, LaunchArg, MatView, Op, Priority, Queue,
+    QueueOptions, Ring, Syncobj,
 };
 
 thread_local! {
@@ -150,6 +150,11 @@ pub enum accel_op_kind {
     Driver = 4,
     /// A program launch: `program`, `entry`, `grid`, `n_args`, `args`.
     Launch = 5,
+    /// As `GemmF32` on IEEE half floats (2-byte elements, strides in elements), summed in
+    /// f32 and rounded once.
+    GemmF16 = 6,
+    /// As `GemmF16` on bfloat16.
+    GemmBf16 = 7,
 }
 
 /// What an [`accel_arg`] holds.
@@ -327,16 +332,23 @@ unsafe fn to_op(op: *const accel_op) -> Outcome<Op> {
         accel_op_kind::Nop => Op::Nop,
         accel_op_kind::Fill => Op::Fill { dst: v(&op.dst)?, pattern: op.pattern },
         accel_op_kind::Copy => Op::Copy { src: v(&op.src)?, dst: v(&op.dst)? },
-        accel_op_kind::GemmF32 => Op::GemmF32(GemmF32 {
-            m: op.m,
-            n: op.n,
-            k: op.k,
-            a: m(&op.a)?,
-            b: m(&op.b)?,
-            c: m(&op.c)?,
-            alpha: op.alpha,
-            beta: op.beta,
-        }),
+        accel_op_kind::GemmF32 | accel_op_kind::GemmF16 | accel_op_kind::GemmBf16 => {
+            let g = GemmF32 {
+                m: op.m,
+                n: op.n,
+                k: op.k,
+                a: m(&op.a)?,
+                b: m(&op.b)?,
+                c: m(&op.c)?,
+                alpha: op.alpha,
+                beta: op.beta,
+            };
+            match op.kind {
+                accel_op_kind::GemmF16 => Op::Gemm16(Gemm16::of(g, Float16::F16)),
+                accel_op_kind::GemmBf16 => Op::Gemm16(Gemm16::of(g, Float16::Bf16)),
+                _ => Op::GemmF32(g),
+            }
+        }
         accel_op_kind::Driver => Op::Driver { code: op.driver_code, args: op.driver_args },
         accel_op_kind::Launch => {
             // SAFETY: the program is live by the caller's contract.

@@ -90,6 +90,7 @@ fn c_example_runs_against_a_real_daemon() {
     assert!(out.status.success(), "demo failed: {}\n{stdout}{}", out.status, String::from_utf8_lossy(&out.stderr));
     assert!(
         stdout.contains("gemm 64x64x64 behind a fill: correct")
+            && stdout.contains("gemm bf16 64x64x64: correct to the bit")
             && stdout.contains("syncobjs: out-of-order points, wait-for-submit, a ring sync entry, a sync file")
             && stdout.contains("launch: builtin axpy over 64 floats")
             && stdout.ends_with("demo OK\n"),

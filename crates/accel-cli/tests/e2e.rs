@@ -5,7 +5,7 @@ mod common;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use accel::{Connection, Device, Errno, FenceStatus, GemmF32, ObjectCounts, Op, WaitPoint};
+use accel::{Connection, Device, Errno, FenceStatus, Float16, Gemm16, GemmF32, ObjectCounts, Op, WaitPoint};
 use accel_driver_testdev::{OP_DELAY, OP_FAIL, OP_HANG};
 use accel_uapi::wire::{self, Header, Kind, ABI_MAJOR};
 use accel_uapi::{BoHandle, BufView, Request};
@@ -111,6 +111,107 @@ fn gemm_matches_naive_reference() {
             }
         }
     }
+}
+
+/// A 16-bit float's bits from an f32 (round to nearest even) and back.
+fn to16(ty: Float16, v: f32) -> u16 {
+    match ty {
+        Float16::F16 => half::f16::from_f32(v).to_bits(),
+        Float16::Bf16 => half::bf16::from_f32(v).to_bits(),
+    }
+}
+
+fn from16(ty: Float16, bits: u16) -> f32 {
+    match ty {
+        Float16::F16 => half::f16::from_bits(bits).to_f32(),
+        Float16::Bf16 => half::bf16::from_bits(bits).to_f32(),
+    }
+}
+
+fn bytes16(v: &[u16]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+#[test]
+fn gemm_f16_and_bf16_match_the_reference_to_the_last_bit() {
+    let d = Daemon::start(&["cpu", "testdev"]);
+    let dev = d.open(0);
+    let ops = dev.info().ops.clone();
+    assert!(ops.contains(&accel::OpKind::GemmF16) && ops.contains(&accel::OpKind::GemmBf16), "{ops:?}");
+    let q = dev.create_queue().unwrap();
+    // Strided operands, C at an offset of one element (2-byte aligned only), alpha and beta.
+    let (m, n, k, lda, ldb, ldc) = (32usize, 29usize, 41usize, 64usize, 30usize, 31usize);
+    // Multiples of 1/8 in [-1, 1]: exact in both types, and every product and sum of them is
+    // exact in f32, so the f32-summed result rounded once is the f64 reference rounded once.
+    let gen =
+        |len: usize, s: usize| -> Vec<f32> { (0..len).map(|i| ((i * 7 + s * 3) % 17) as f32 / 8.0 - 1.0).collect() };
+    let (av, bv, cv) = (gen(m * lda, 1), gen(k * ldb, 2), gen(m * ldc, 3));
+    for ty in [Float16::F16, Float16::Bf16] {
+        let enc = |v: &[f32]| bytes16(&v.iter().map(|x| to16(ty, *x)).collect::<Vec<_>>());
+        // A fills its 4 KiB buffer exactly: bounds count 2 bytes an element.
+        let (a, b, c) = (
+            dev.alloc((m * lda * 2) as u64).unwrap(),
+            dev.alloc((k * ldb * 2) as u64).unwrap(),
+            dev.alloc((m * ldc * 2 + 2) as u64).unwrap(),
+        );
+        a.write(0, &enc(&av)).unwrap();
+        b.write(0, &enc(&bv)).unwrap();
+        c.write(2, &enc(&cv)).unwrap();
+        let g = Gemm16 {
+            m: m as u64,
+            n: n as u64,
+            k: k as u64,
+            a: a.matrix(0, lda as u64),
+            b: b.matrix(0, ldb as u64),
+            c: c.matrix(2, ldc as u64),
+            alpha: 1.5,
+            beta: -0.5,
+            ty,
+        };
+        q.submit(Op::Gemm16(g)).unwrap().wait().unwrap();
+        let mut raw = vec![0u8; m * ldc * 2];
+        c.read(2, &mut raw).unwrap();
+        let got: Vec<u16> = raw.chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]])).collect();
+        let mut want = cv.clone();
+        naive_gemm(m, n, k, &av, lda, &bv, ldb, &mut want, ldc, 1.5, -0.5);
+        for i in 0..m {
+            for j in 0..ldc {
+                let at = i * ldc + j;
+                let w = if j < n { to16(ty, want[at]) } else { to16(ty, cv[at]) };
+                assert_eq!(got[at], w, "{ty:?} C[{i}][{j}] = {}, want {}", from16(ty, got[at]), from16(ty, w));
+            }
+        }
+        // beta = 0 does not read C (NaNs there stay out of the result).
+        c.write(2, &bytes16(&vec![0x7fff; m * ldc])).unwrap();
+        q.submit(Op::Gemm16(Gemm16 { beta: 0.0, ..g })).unwrap().wait().unwrap();
+        c.read(2, &mut raw).unwrap();
+        let mut want = vec![0f32; m * ldc];
+        naive_gemm(m, n, k, &av, lda, &bv, ldb, &mut want, ldc, 1.5, 0.0);
+        assert_eq!(u16::from_le_bytes([raw[0], raw[1]]), to16(ty, want[0]));
+        // Refused with reasons: an odd offset, a matrix past its buffer's end.
+        let odd = Gemm16 { a: a.matrix(1, lda as u64), ..g };
+        assert_eq!(code(q.submit(Op::Gemm16(odd))), Errno::EINVAL);
+        let past = Gemm16 { m: m as u64 + 1, c: c.matrix(0, ldc as u64), ..g };
+        let err = q.submit(Op::Gemm16(past)).unwrap_err();
+        assert_eq!(err.code, Errno::ERANGE, "{err}");
+        assert!(err.message.contains("matrix A"), "{err}");
+    }
+    // A device without 16-bit GEMM says so.
+    let testdev = d.open(1);
+    let buf = testdev.alloc(4096).unwrap();
+    let g = Gemm16 {
+        m: 4,
+        n: 4,
+        k: 4,
+        a: buf.matrix(0, 4),
+        b: buf.matrix(64, 4),
+        c: buf.matrix(128, 4),
+        alpha: 1.0,
+        beta: 0.0,
+        ty: Float16::Bf16,
+    };
+    let err = testdev.create_queue().unwrap().submit(Op::Gemm16(g)).unwrap_err();
+    assert!(err.message.contains("gemm-bf16"), "{err}");
 }
 
 #[test]

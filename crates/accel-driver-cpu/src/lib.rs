@@ -12,7 +12,8 @@ pub use builtin::Builtin;
 use accel_hal::bo::BoMatrix;
 use accel_hal::driver::{host, Driver, DriverError, DriverInfo, JobCtx, JobOp, Program};
 use accel_hal::ras::{RasNodeDesc, RasSink};
-use accel_uapi::{Category, EngineInfo, Errno, OpKind, Severity};
+use accel_uapi::{Category, EngineInfo, Errno, Float16, OpKind, Severity};
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 /// How often the RAS monitor reads EDAC counters and thermal zones.
 const RAS_POLL: Duration = Duration::from_secs(2);
@@ -187,6 +188,53 @@ fn gemm_job(a: &BoMatrix, b: &BoMatrix, c: &BoMatrix, alpha: f32, beta: f32, thr
     Ok(())
 }
 
+/// A 16-bit float matrix's elements, row after row, as f32 (packed: `cols` apart).
+fn widen(m: &BoMatrix, ty: Float16) -> Result<Vec<f32>, Errno> {
+    let host = m.range.host().ok_or(Errno::EINVAL)?;
+    let (mut bytes, mut out) = (vec![0u8; m.cols * 2], vec![0f32; m.rows * m.cols]);
+    let mut bits = vec![0u16; m.cols];
+    for (r, row) in out.chunks_exact_mut(m.cols).enumerate() {
+        host.read(r * m.row_stride * 2, &mut bytes)?;
+        for (b, pair) in bits.iter_mut().zip(bytes.chunks_exact(2)) {
+            *b = u16::from_le_bytes([pair[0], pair[1]]);
+        }
+        match ty {
+            Float16::F16 => bits.reinterpret_cast::<half::f16>().convert_to_f32_slice(row),
+            Float16::Bf16 => bits.reinterpret_cast::<half::bf16>().convert_to_f32_slice(row),
+        }
+    }
+    Ok(out)
+}
+
+/// Rounds packed f32 rows to the nearest 16-bit float (ties to even) into `m`.
+fn narrow(m: &BoMatrix, ty: Float16, values: &[f32]) -> Result<(), Errno> {
+    let host = m.range.host().ok_or(Errno::EINVAL)?;
+    let (mut bits, mut bytes) = (vec![0u16; m.cols], vec![0u8; m.cols * 2]);
+    for (r, row) in values.chunks_exact(m.cols).enumerate() {
+        match ty {
+            Float16::F16 => bits.reinterpret_cast_mut::<half::f16>().convert_from_f32_slice(row),
+            Float16::Bf16 => bits.reinterpret_cast_mut::<half::bf16>().convert_from_f32_slice(row),
+        }
+        for (pair, b) in bytes.chunks_exact_mut(2).zip(&bits) {
+            pair.copy_from_slice(&b.to_le_bytes());
+        }
+        host.write(r * m.row_stride * 2, &bytes)?;
+    }
+    Ok(())
+}
+
+/// `C = alpha·A·B + beta·C` on 16-bit floats: the operands widened to f32, one f32 GEMM
+/// (products summed in f32), the result rounded once — what cuBLAS's `CUBLAS_COMPUTE_32F`
+/// gives, so both drivers agree to the last rounding.
+fn gemm16_job([a, b, c]: [&BoMatrix; 3], alpha: f32, beta: f32, ty: Float16, threads: usize) -> Result<(), Errno> {
+    let (wa, wb) = (widen(a, ty)?, widen(b, ty)?);
+    let mut wc = if beta != 0.0 { widen(c, ty)? } else { vec![0f32; c.rows * c.cols] };
+    let (m, n, k) = (c.rows, c.cols, a.cols);
+    // SAFETY: packed vectors of exactly m×k, k×n and m×n elements, C apart from A and B.
+    unsafe { sgemm(m, n, k, wa.as_ptr(), k, wb.as_ptr(), n, wc.as_mut_ptr(), n, alpha, beta, threads) };
+    narrow(c, ty, &wc)
+}
+
 impl Driver for CpuDevice {
     fn info(&self) -> DriverInfo {
         let (name, vendor) = cpu_model();
@@ -195,7 +243,15 @@ impl Driver for CpuDevice {
             name,
             vendor,
             categories: vec![Category::Shared, Category::Exclusive, Category::Oneshot],
-            ops: vec![OpKind::Nop, OpKind::Fill, OpKind::Copy, OpKind::GemmF32, OpKind::Launch],
+            ops: vec![
+                OpKind::Nop,
+                OpKind::Fill,
+                OpKind::Copy,
+                OpKind::GemmF32,
+                OpKind::GemmF16,
+                OpKind::GemmBf16,
+                OpKind::Launch,
+            ],
             memory_bytes: self.memory_bytes,
             compute_units: self.threads as u32,
             // One job at a time: a GEMM already spreads over every thread.
@@ -230,6 +286,7 @@ impl Driver for CpuDevice {
             JobOp::Fill { dst, pattern } => host::fill(dst, *pattern)?,
             JobOp::Copy { src, dst } => host::copy(src, dst)?,
             JobOp::GemmF32 { a, b, c, alpha, beta } => gemm_job(a, b, c, *alpha, *beta, self.threads)?,
+            JobOp::Gemm16 { a, b, c, alpha, beta, ty } => gemm16_job([a, b, c], *alpha, *beta, *ty, self.threads)?,
             JobOp::Driver { .. } => return Err(Errno::EOPNOTSUPP.into()),
             JobOp::Launch { program, entry, args, .. } => {
                 let builtin = program.as_any().downcast_ref::<Builtin>().ok_or(Errno::EINVAL)?;

@@ -62,9 +62,10 @@ use accel_hal::driver::{
 };
 use accel_hal::lock;
 use accel_hal::mem::HostMemory;
-use accel_uapi::{Category, EngineInfo, EntryInfo, Errno, OpKind, ParamKind, RegionKind};
+use accel_uapi::{Category, EngineInfo, EntryInfo, Errno, Float16, OpKind, ParamKind, RegionKind};
 use cudarc::driver::sys;
 
+use cublas::Elem;
 pub use ptx::{entries as ptx_entries, DEFAULT_BLOCK};
 use wire::{Broken, Identity, Reply, Request, CONTROL, MAX_CHANNELS};
 
@@ -457,6 +458,18 @@ impl Shared {
                 c: self.matrix(c, chan, generation)?,
                 alpha: *alpha,
                 beta: *beta,
+                ty: Elem::F32,
+            },
+            JobOp::Gemm16 { a, b, c, alpha, beta, ty } => wire::Op::Gemm {
+                a: self.matrix(a, chan, generation)?,
+                b: self.matrix(b, chan, generation)?,
+                c: self.matrix(c, chan, generation)?,
+                alpha: *alpha,
+                beta: *beta,
+                ty: match ty {
+                    Float16::F16 => Elem::F16,
+                    Float16::Bf16 => Elem::Bf16,
+                },
             },
             JobOp::Launch { program, entry, grid, args } => {
                 let p = program
@@ -728,11 +741,25 @@ impl Driver for CudaDevice {
             ),
             vendor: "NVIDIA".into(),
             categories: vec![Category::Shared, Category::Exclusive, Category::Oneshot],
-            // GEMM only where cuBLAS was found (else the op is refused with the reason).
-            ops: [OpKind::Nop, OpKind::Fill, OpKind::Copy, OpKind::GemmF32, OpKind::Launch]
-                .into_iter()
-                .filter(|op| *op != OpKind::GemmF32 || id.no_gemm.is_none())
-                .collect(),
+            // GEMM only where cuBLAS was found (else the op is refused with the reason), and
+            // 16-bit GEMM on the GPUs cuBLAS runs it on: f16 from sm_53, bf16 from sm_80.
+            ops: [
+                OpKind::Nop,
+                OpKind::Fill,
+                OpKind::Copy,
+                OpKind::GemmF32,
+                OpKind::GemmF16,
+                OpKind::GemmBf16,
+                OpKind::Launch,
+            ]
+            .into_iter()
+            .filter(|op| match op {
+                OpKind::GemmF32 => id.no_gemm.is_none(),
+                OpKind::GemmF16 => id.no_gemm.is_none() && id.capability >= (5, 3),
+                OpKind::GemmBf16 => id.no_gemm.is_none() && id.capability >= (8, 0),
+                _ => true,
+            })
+            .collect(),
             memory_bytes: id.memory,
             compute_units: id.sms,
             engines: vec![

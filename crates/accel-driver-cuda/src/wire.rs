@@ -81,7 +81,7 @@ pub(crate) enum Arg {
 pub(crate) enum Op {
     Fill { dst: Range, pattern: u32 },
     Copy { src: Range, dst: Range },
-    Gemm { a: Matrix, b: Matrix, c: Matrix, alpha: f32, beta: f32 },
+    Gemm { a: Matrix, b: Matrix, c: Matrix, alpha: f32, beta: f32, ty: crate::cublas::Elem },
     Launch { program: u64, entry: u32, grid: [u32; 3], args: Vec<Arg> },
 }
 

@@ -17,6 +17,7 @@ use accel_hal::mem::{HostMemory, VolatileSlice};
 use accel_uapi::Errno;
 use cudarc::driver::sys;
 
+use crate::cublas::Elem;
 use crate::gpu::Gpu;
 use crate::mailbox::{self, Mailbox};
 use crate::memory::CudaMem;
@@ -424,7 +425,7 @@ impl Worker {
                 let (s, d) = (self.place(src, &mut held)?, self.place(dst, &mut held)?);
                 self.copy(s, d, src.len() as usize, stream, &mut held)?;
             }
-            Op::Gemm { a, b, c, alpha, beta } => self.gemm(stream, (a, b, c), *alpha, *beta, &mut held)?,
+            Op::Gemm { a, b, c, alpha, beta, ty } => self.gemm(stream, *ty, (a, b, c), *alpha, *beta, &mut held)?,
             Op::Launch { program, entry, grid, args } => {
                 self.launch(stream, *program, *entry, *grid, args, &mut held)?
             }
@@ -488,9 +489,11 @@ impl Worker {
         self.gpu.sync(stream)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn gemm(
         &self,
         stream: usize,
+        ty: Elem,
         (a, b, c): (&Matrix, &Matrix, &Matrix),
         alpha: f32,
         beta: f32,
@@ -516,17 +519,7 @@ impl Worker {
             let handle = lock(handle);
             // SAFETY: the handle is ours (locked); every pointer spans its matrix (checked by
             // the core).
-            unsafe {
-                blas.sgemm_row_major(
-                    *handle,
-                    (m, n, k),
-                    alpha,
-                    (pa as *const f32, lda),
-                    (pb as *const f32, ldb),
-                    beta,
-                    (pc as *mut f32, ldc),
-                )
-            }?;
+            unsafe { blas.gemm_row_major(*handle, ty, (m, n, k), alpha, (pa, lda), (pb, ldb), beta, (pc, ldc)) }?;
         }
         // Only C was written; staged A and B go back unchanged (in `finish`), which is harmless.
         Ok(())

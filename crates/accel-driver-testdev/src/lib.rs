@@ -162,7 +162,7 @@ impl TestDevice {
                 self.lose.store(true, Ordering::Release);
                 Ok(())
             }
-            JobOp::GemmF32 { .. } => Err(Errno::EOPNOTSUPP),
+            JobOp::GemmF32 { .. } | JobOp::Gemm16 { .. } => Err(Errno::EOPNOTSUPP),
             JobOp::Driver { code: OP_DELAY, args } => {
                 // Cut short by a reset, the job's work is not done: it runs again.
                 if ctx.abort.sleep(Duration::from_millis(args[0])) {

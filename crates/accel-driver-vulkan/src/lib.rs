@@ -286,6 +286,9 @@ impl VulkanDevice {
                 p.record(d, rec, *entry, *grid, &buffers, &scalars)?;
             }
             JobOp::Nop => {}
+            JobOp::Gemm16 { .. } => {
+                return Err(DriverError::new(Errno::EOPNOTSUPP, "vulkan: no 16-bit GEMM (not advertised)"))
+            }
             JobOp::Driver { code, .. } => {
                 return Err(DriverError::new(Errno::EOPNOTSUPP, format!("vulkan: no driver op {code}")))
             }

@@ -197,10 +197,11 @@ impl BoTable {
         Ok(BoRange { bo: bo.clone(), offset: to_usize(v.offset, "offset")?, len: to_usize(v.len, "length")? })
     }
 
-    /// A bounds-checked row-major f32 matrix of `rows` × `cols` in a buffer.
-    pub fn matrix(&self, name: &str, v: &MatView, rows: u64, cols: u64) -> Result<BoMatrix> {
-        if !v.offset.is_multiple_of(4) {
-            bail!(EINVAL, "matrix {name}: offset {} is not 4-byte aligned", v.offset);
+    /// A bounds-checked row-major matrix of `rows` × `cols` elements of `elem` bytes (4 for
+    /// f32, 2 for f16/bf16) in a buffer.
+    pub fn matrix(&self, name: &str, v: &MatView, rows: u64, cols: u64, elem: u64) -> Result<BoMatrix> {
+        if !v.offset.is_multiple_of(elem) {
+            bail!(EINVAL, "matrix {name}: offset {} is not {elem}-byte aligned", v.offset);
         }
         if v.row_stride < cols {
             bail!(EINVAL, "matrix {name}: row stride {} is below its {cols} columns", v.row_stride);
@@ -208,7 +209,7 @@ impl BoTable {
         let span = (rows - 1)
             .checked_mul(v.row_stride)
             .and_then(|e| e.checked_add(cols))
-            .and_then(|e| e.checked_mul(4))
+            .and_then(|e| e.checked_mul(elem))
             .ok_or_else(|| Error::new(Errno::EOVERFLOW, format!("matrix {name}: size overflows")))?;
         let range = self
             .range(&BufView { bo: v.bo, offset: v.offset, len: span })

@@ -12,7 +12,7 @@ use std::any::Any;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use accel_uapi::{Category, EngineInfo, EntryInfo, Errno, OpKind, RegionKind};
+use accel_uapi::{Category, EngineInfo, EntryInfo, Errno, Float16, OpKind, RegionKind};
 
 use crate::bo::{BoMatrix, BoRange};
 use crate::lock;
@@ -136,6 +136,22 @@ pub enum JobOp {
         alpha: f32,
         /// C scale.
         beta: f32,
+    },
+    /// `C = alpha·A·B + beta·C` on 16-bit floats of type `ty`, summed in f32; C does not
+    /// overlap A or B.
+    Gemm16 {
+        /// m×k.
+        a: BoMatrix,
+        /// k×n.
+        b: BoMatrix,
+        /// m×n.
+        c: BoMatrix,
+        /// Product scale.
+        alpha: f32,
+        /// C scale.
+        beta: f32,
+        /// Element type of A, B and C.
+        ty: Float16,
     },
     /// Driver-private operation.
     Driver {

@@ -285,6 +285,10 @@ pub enum OpKind {
     Driver,
     /// A program launch.
     Launch,
+    /// IEEE half-precision (f16) general matrix multiply, f32 accumulation.
+    GemmF16,
+    /// bfloat16 general matrix multiply, f32 accumulation.
+    GemmBf16,
 }
 
 impl OpKind {
@@ -297,6 +301,8 @@ impl OpKind {
             OpKind::GemmF32 => "gemm-f32",
             OpKind::Driver => "driver",
             OpKind::Launch => "launch",
+            OpKind::GemmF16 => "gemm-f16",
+            OpKind::GemmBf16 => "gemm-bf16",
         }
     }
 }
@@ -351,12 +357,12 @@ pub struct BufView {
     pub len: u64,
 }
 
-/// A row-major f32 matrix operand inside a buffer object.
+/// A row-major matrix operand inside a buffer object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MatView {
     /// Buffer object.
     pub bo: BoHandle,
-    /// Byte offset of element (0, 0); must be 4-byte aligned.
+    /// Byte offset of element (0, 0); must be aligned to the element's size.
     pub offset: u64,
     /// Distance between rows, in elements (≥ the number of columns).
     pub row_stride: u64,
@@ -381,6 +387,59 @@ pub struct GemmF32 {
     pub alpha: f32,
     /// Scale of the existing C.
     pub beta: f32,
+}
+
+/// A 16-bit floating-point element type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Float16 {
+    /// IEEE 754 binary16: 5 exponent bits, 10 mantissa bits.
+    F16,
+    /// bfloat16: f32's 8 exponent bits, 7 mantissa bits.
+    Bf16,
+}
+
+impl Float16 {
+    /// The operation kind of a GEMM on this type.
+    pub fn gemm_kind(self) -> OpKind {
+        match self {
+            Float16::F16 => OpKind::GemmF16,
+            Float16::Bf16 => OpKind::GemmBf16,
+        }
+    }
+}
+
+/// `C = alpha * A·B + beta * C` on 16-bit floats: A m×k, B k×n, C m×n, all row-major of
+/// type `ty` (each [`MatView`] offset 2-byte aligned, strides in elements). Products are
+/// summed in f32 and the result rounded to `ty` once, as cuBLAS's `CUBLAS_COMPUTE_32F` and
+/// `torch.matmul` on such tensors do.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Gemm16 {
+    /// Rows of A and C.
+    pub m: u64,
+    /// Columns of B and C.
+    pub n: u64,
+    /// Columns of A, rows of B.
+    pub k: u64,
+    /// Left operand.
+    pub a: MatView,
+    /// Right operand.
+    pub b: MatView,
+    /// Destination (read when beta ≠ 0).
+    pub c: MatView,
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Scale of the existing C.
+    pub beta: f32,
+    /// Element type of A, B and C.
+    pub ty: Float16,
+}
+
+impl Gemm16 {
+    /// The product `g` describes, on operands of 16-bit type `ty` (same views and scales).
+    pub fn of(g: GemmF32, ty: Float16) -> Gemm16 {
+        let GemmF32 { m, n, k, a, b, c, alpha, beta } = g;
+        Gemm16 { m, n, k, a, b, c, alpha, beta, ty }
+    }
 }
 
 /// The work a job does.
@@ -413,6 +472,8 @@ pub enum Op {
     },
     /// Run an entry point of a loaded program (ABI 3.0).
     Launch(Launch),
+    /// 16-bit float GEMM (ABI 3.3).
+    Gemm16(Gemm16),
 }
 
 impl Op {
@@ -425,6 +486,7 @@ impl Op {
             Op::GemmF32(_) => OpKind::GemmF32,
             Op::Driver { .. } => OpKind::Driver,
             Op::Launch(_) => OpKind::Launch,
+            Op::Gemm16(g) => g.ty.gemm_kind(),
         }
     }
 }

@@ -36,7 +36,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::shm::Mapping;
 use crate::{
-    BoHandle, BufView, Errno, GemmF32, Launch, LaunchArg, MatView, Op, ProgramHandle, SyncobjHandle, MAX_LAUNCH_ARGS,
+    BoHandle, BufView, Errno, Float16, Gemm16, GemmF32, Launch, LaunchArg, MatView, Op, ProgramHandle, SyncobjHandle,
+    MAX_LAUNCH_ARGS,
 };
 
 /// `"ARNG"`: first word of the ring info.
@@ -94,6 +95,8 @@ pub mod opcode {
     /// 1 buffer, 2 u32, 3 u64, 4 f32), grid x | y << 32, grid z, then the argument values
     /// (a buffer takes bo, offset, len; a scalar one word), ten words at most.
     pub const LAUNCH: u16 = 6;
+    /// [`crate::Op::Gemm16`]: args as [`GEMM_F32`]'s, then the element type (0 f16, 1 bf16).
+    pub const GEMM16: u16 = 7;
 }
 
 /// Most wait and signal points of one [`opcode::SYNC`] entry, together.
@@ -152,6 +155,28 @@ fn mat_from(a: &[u64]) -> MatView {
     MatView { bo: BoHandle(a[0]), offset: a[1], row_stride: a[2] }
 }
 
+/// A GEMM's words: m, n, k, then A, B, C, then alpha | beta << 32 (f32 bits).
+fn gemm_args(args: &mut [u64; 14], g: &GemmF32) {
+    args[..3].copy_from_slice(&[g.m, g.n, g.k]);
+    args[3..6].copy_from_slice(&mat_args(&g.a));
+    args[6..9].copy_from_slice(&mat_args(&g.b));
+    args[9..12].copy_from_slice(&mat_args(&g.c));
+    args[12] = u64::from(g.alpha.to_bits()) | u64::from(g.beta.to_bits()) << 32;
+}
+
+fn gemm_from(a: &[u64; 14]) -> GemmF32 {
+    GemmF32 {
+        m: a[0],
+        n: a[1],
+        k: a[2],
+        a: mat_from(&a[3..6]),
+        b: mat_from(&a[6..9]),
+        c: mat_from(&a[9..12]),
+        alpha: f32::from_bits(a[12] as u32),
+        beta: f32::from_bits((a[12] >> 32) as u32),
+    }
+}
+
 impl Sqe {
     /// Encodes an operation. A launch whose arguments do not fit ([`Sqe::try_encode`])
     /// becomes an entry of an unknown opcode, which completes with `EINVAL`.
@@ -174,12 +199,17 @@ impl Sqe {
                 opcode::COPY
             }
             Op::GemmF32(g) => {
-                args[..3].copy_from_slice(&[g.m, g.n, g.k]);
-                args[3..6].copy_from_slice(&mat_args(&g.a));
-                args[6..9].copy_from_slice(&mat_args(&g.b));
-                args[9..12].copy_from_slice(&mat_args(&g.c));
-                args[12] = u64::from(g.alpha.to_bits()) | u64::from(g.beta.to_bits()) << 32;
+                gemm_args(&mut args, g);
                 opcode::GEMM_F32
+            }
+            Op::Gemm16(g) => {
+                let Gemm16 { m, n, k, a, b, c, alpha, beta, ty } = *g;
+                gemm_args(&mut args, &GemmF32 { m, n, k, a, b, c, alpha, beta });
+                args[13] = match ty {
+                    Float16::F16 => 0,
+                    Float16::Bf16 => 1,
+                };
+                opcode::GEMM16
             }
             Op::Driver { code, args: a } => {
                 args[0] = u64::from(*code);
@@ -256,16 +286,15 @@ impl Sqe {
             opcode::NOP => Op::Nop,
             opcode::FILL => Op::Fill { dst: view(0), pattern: u32::try_from(a[3]).map_err(|_| Errno::EINVAL)? },
             opcode::COPY => Op::Copy { src: view(0), dst: view(3) },
-            opcode::GEMM_F32 => Op::GemmF32(GemmF32 {
-                m: a[0],
-                n: a[1],
-                k: a[2],
-                a: mat_from(&a[3..6]),
-                b: mat_from(&a[6..9]),
-                c: mat_from(&a[9..12]),
-                alpha: f32::from_bits(a[12] as u32),
-                beta: f32::from_bits((a[12] >> 32) as u32),
-            }),
+            opcode::GEMM_F32 => Op::GemmF32(gemm_from(a)),
+            opcode::GEMM16 => Op::Gemm16(Gemm16::of(
+                gemm_from(a),
+                match a[13] {
+                    0 => Float16::F16,
+                    1 => Float16::Bf16,
+                    _ => return Err(Errno::EINVAL),
+                },
+            )),
             opcode::DRIVER => {
                 Op::Driver { code: u32::try_from(a[0]).map_err(|_| Errno::EINVAL)?, args: [a[1], a[2], a[3], a[4]] }
             }
@@ -441,7 +470,7 @@ impl RingMem {
         // other process may write concurrently (a torn entry just decodes to an error).
         bytes[..LINE].copy_from_slice(&unsafe { p.cast::<[u8; LINE]>().read_volatile() });
         let mut sqe = Sqe::read_from_bytes(&bytes).unwrap_or_else(|_| unreachable!("SQE_SIZE bytes"));
-        if matches!(sqe.opcode, opcode::GEMM_F32 | opcode::SYNC | opcode::LAUNCH) {
+        if matches!(sqe.opcode, opcode::GEMM_F32 | opcode::GEMM16 | opcode::SYNC | opcode::LAUNCH) {
             // SAFETY: the second half of the same in-bounds slot.
             bytes[LINE..].copy_from_slice(&unsafe { p.add(LINE).cast::<[u8; LINE]>().read_volatile() });
             sqe = Sqe::read_from_bytes(&bytes).unwrap_or_else(|_| unreachable!("SQE_SIZE bytes"));
@@ -521,6 +550,10 @@ mod tests {
         assert_eq!(flagged.decode(), Err(Errno::EINVAL));
         let fill = Sqe { opcode: opcode::FILL, args: [1, 0, 4, u64::MAX, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], ..bad };
         assert_eq!(fill.decode(), Err(Errno::EINVAL));
+        let gemm16 = Sqe { opcode: opcode::GEMM16, args: [1; 14], ..bad };
+        assert!(gemm16.decode().is_ok());
+        let unknown_type = Sqe { opcode: opcode::GEMM16, args: [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 2], ..bad };
+        assert_eq!(unknown_type.decode(), Err(Errno::EINVAL), "no element type 2");
     }
 
     fn view() -> impl Strategy<Value = BufView> {
@@ -553,6 +586,21 @@ mod tests {
                 })
             }),
             (any::<u32>(), any::<[u64; 4]>()).prop_map(|(code, args)| Op::Driver { code, args }),
+            (any::<[u64; 3]>(), mat(), mat(), mat(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(
+                |(d, a, b, c, al, be, bf)| {
+                    Op::Gemm16(Gemm16 {
+                        m: d[0],
+                        n: d[1],
+                        k: d[2],
+                        a,
+                        b,
+                        c,
+                        alpha: f32::from_bits(al),
+                        beta: f32::from_bits(be),
+                        ty: if bf { Float16::Bf16 } else { Float16::F16 },
+                    })
+                }
+            ),
         ]
     }
 

@@ -30,6 +30,7 @@ fn registry() -> Registry {
         Severity,
         Health,
         OpKind,
+        Float16,
         RegionKind,
         ParamKind,
         LaunchArg,

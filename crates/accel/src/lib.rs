@@ -33,8 +33,8 @@ use std::time::Duration;
 /// `QUERY_LAST_SUBMITTED`, and accel's `WAIT_RELATIVE`.
 pub use accel_uapi::syncobj;
 pub use accel_uapi::{
-    BufView, Category, ClientUsage, DeviceInfo, EngineInfo, EntryInfo, Errno, FenceStatus, GemmF32, LaunchArg, MatView,
-    ObjectCounts, Op, OpKind, ParamKind, Priority, RegionInfo, RegionKind, SignalPoint, WaitPoint,
+    BufView, Category, ClientUsage, DeviceInfo, EngineInfo, EntryInfo, Errno, FenceStatus, Float16, Gemm16, GemmF32,
+    LaunchArg, MatView, ObjectCounts, Op, OpKind, ParamKind, Priority, RegionInfo, RegionKind, SignalPoint, WaitPoint,
 };
 pub use accel_uapi::{Launch, ProgramHandle, SyncobjHandle};
 use accel_uapi::{Reply, Request};

@@ -1,6 +1,7 @@
 //! `accel bench vulkan`: GEMM f32 through the vulkan driver (or, with `--device cuda:N`, the
-//! cuda driver's cuBLAS) against the cpu driver in the same daemon, and a null launch's round
-//! trip against a null job on the cpu device.
+//! cuda driver's cuBLAS) against the cpu driver in the same daemon, 16-bit GEMM (f16, bf16) in
+//! device memory where the device runs it, and a null launch's round trip against a null job
+//! on the cpu device.
 //!
 //! On lavapipe (Vulkan on the CPU, what CI has) the GEMM figure is correctness and overhead,
 //! not a race: both run on the same cores, the cpu driver with a tuned GEMM, lavapipe with the
@@ -8,21 +9,51 @@
 
 use std::time::Instant;
 
-use accel::{Buffer, Device, LaunchArg, Op};
+use accel::{Buffer, Device, Float16, Gemm16, LaunchArg, Op, OpKind};
 use anyhow::{ensure, Result};
 
 use super::{median, percentiles};
 use crate::demo::pseudo_random;
 use crate::spawn::SpawnedDaemon;
 
-/// Median seconds of `reps` GEMMs (after one warm-up) on `dev`, operands in `region`, and
-/// the first row of C.
-fn time_gemm(dev: &Device, n: usize, reps: usize, region: u32) -> Result<(f64, Vec<f32>)> {
+/// `values` as 16-bit floats of type `ty`, little-endian bytes.
+fn to16(ty: Float16, values: &[f32]) -> Vec<u8> {
+    values
+        .iter()
+        .flat_map(|v| match ty {
+            Float16::F16 => half::f16::from_f32(*v).to_bits().to_le_bytes(),
+            Float16::Bf16 => half::bf16::from_f32(*v).to_bits().to_le_bytes(),
+        })
+        .collect()
+}
+
+fn from16(ty: Float16, bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(2)
+        .map(|p| {
+            let bits = u16::from_le_bytes([p[0], p[1]]);
+            match ty {
+                Float16::F16 => half::f16::from_bits(bits).to_f32(),
+                Float16::Bf16 => half::bf16::from_bits(bits).to_f32(),
+            }
+        })
+        .collect()
+}
+
+/// Median seconds of `reps` GEMMs (after one warm-up) on `dev`, operands in `region` of f32
+/// (`ty` None) or a 16-bit type, and the first row of C.
+fn time_gemm(dev: &Device, n: usize, reps: usize, region: u32, ty: Option<Float16>) -> Result<(f64, Vec<f32>)> {
     let q = dev.create_queue()?;
-    let bytes = (n * n * 4) as u64;
+    let elem = if ty.is_some() { 2 } else { 4 };
+    let bytes = (n * n * elem) as u64;
     let host: Vec<Buffer> = (0..3).map(|_| dev.alloc(bytes)).collect::<accel::Result<_>>()?;
-    host[0].write_f32(0, &pseudo_random(n * n, 3))?;
-    host[1].write_f32(0, &pseudo_random(n * n, 4))?;
+    for (buf, seed) in host.iter().zip([3, 4]) {
+        let values = pseudo_random(n * n, seed);
+        match ty {
+            None => buf.write_f32(0, &values)?,
+            Some(ty) => buf.write(0, &to16(ty, &values))?,
+        }
+    }
     let vram: Vec<Buffer> = if region == 0 {
         Vec::new()
     } else {
@@ -33,7 +64,14 @@ fn time_gemm(dev: &Device, n: usize, reps: usize, region: u32) -> Result<(f64, V
         v
     };
     let ops = if region == 0 { &host } else { &vram };
-    let op = super::square_gemm(&ops[0], &ops[1], &ops[2], n as u64);
+    let op = match ty {
+        None => super::square_gemm(&ops[0], &ops[1], &ops[2], n as u64),
+        Some(ty) => {
+            let nn = n as u64;
+            let (a, b, c) = (ops[0].matrix(0, nn), ops[1].matrix(0, nn), ops[2].matrix(0, nn));
+            Op::Gemm16(Gemm16 { m: nn, n: nn, k: nn, a, b, c, alpha: 1.0, beta: 0.0, ty })
+        }
+    };
     // Waited for by spinning on the ring where cores allow, as `torch.cuda.synchronize`
     // spins there (CUDA's default): the baselines wait the same way.
     let mut ring = q.into_ring(4)?;
@@ -51,7 +89,15 @@ fn time_gemm(dev: &Device, n: usize, reps: usize, region: u32) -> Result<(f64, V
     if region != 0 {
         ring.queue().submit(Op::Copy { src: ops[2].whole(), dst: host[2].whole() })?.wait()?;
     }
-    Ok((median(t), host[2].read_f32(0, n)?))
+    let row = match ty {
+        None => host[2].read_f32(0, n)?,
+        Some(ty) => {
+            let mut raw = vec![0u8; n * 2];
+            host[2].read(0, &mut raw)?;
+            from16(ty, &raw)
+        }
+    };
+    Ok((median(t), row))
 }
 
 /// Round trips of one job submitted and waited for.
@@ -86,9 +132,9 @@ pub fn run(device: &str, sizes: &[usize], reps: usize, iters: usize) -> Result<(
         let flops = 2.0 * (n as f64).powi(3);
         // The cpu driver's baseline (and the results' check) up to 4096³: beyond, it takes
         // minutes, and the host and vram results are checked against each other instead.
-        let baseline = if n <= CPU_MAX_N { Some(time_gemm(&cpu, n, reps, 0)?) } else { None };
-        let (host_s, got_host) = time_gemm(&vk, n, reps, 0)?;
-        let (vram_s, got_vram) = time_gemm(&vk, n, reps, 1)?;
+        let baseline = if n <= CPU_MAX_N { Some(time_gemm(&cpu, n, reps, 0, None)?) } else { None };
+        let (host_s, got_host) = time_gemm(&vk, n, reps, 0, None)?;
+        let (vram_s, got_vram) = time_gemm(&vk, n, reps, 1, None)?;
         let want = baseline.as_ref().map_or(&got_host, |(_, w)| w);
         let worst =
             |got: &[f32]| got.iter().zip(want).map(|(g, w)| (g - w).abs() / w.abs().max(1.0)).fold(0f32, f32::max);
@@ -106,6 +152,29 @@ pub fn run(device: &str, sizes: &[usize], reps: usize, iters: usize) -> Result<(
             g(host_s),
             g(vram_s),
         );
+        // 16-bit GEMM in device memory where the device runs it, checked against the f32
+        // result: rounding the inputs to 16 bits moves a sum of n products by about
+        // 2^-mantissa·√n of a term's size, and the row's largest value is of order √n terms,
+        // so the error stays near 2^-mantissa of the row's scale (8× that is the bound; a
+        // wrong layout or type is off by the scale itself).
+        let ops = vk.info().ops.clone();
+        for (ty, kind, mantissa) in [(Float16::F16, OpKind::GemmF16, 10), (Float16::Bf16, OpKind::GemmBf16, 7)] {
+            if !ops.contains(&kind) {
+                continue;
+            }
+            let (s16, got) = time_gemm(&vk, n, reps, 1, Some(ty))?;
+            let scale = want.iter().map(|w| w.abs()).fold(0f32, f32::max).max(1.0);
+            let off = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max) / scale;
+            let bound = 8.0 * 2f32.powi(-mantissa);
+            ensure!(off < bound, "{driver} {ty:?} GEMM {n}: off by {off} of the row's scale (bound {bound})");
+            println!(
+                "{{\"bench\":\"gpu-gemm16\",\"driver\":\"{driver}\",\"device\":\"{name}\",\"n\":{n},\"reps\":{reps},\"type\":\"{}\",\"vram_gflops\":{:.2},\"f32_vram_gflops\":{:.2},\"ratio_f32\":{:.2},\"max_error_of_scale\":{off:.2e}}}",
+                kind.name(),
+                g(s16),
+                g(vram_s),
+                vram_s / s16,
+            );
+        }
     }
     // A null launch (one empty work group) against a null job on the cpu device: what a
     // launch through Vulkan adds to accel's round trip.
