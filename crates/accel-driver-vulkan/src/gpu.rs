@@ -12,6 +12,8 @@ use accel_hal::lock;
 use accel_uapi::Errno;
 use ash::vk;
 
+use crate::fault::{self, FaultQuery};
+
 /// A Vulkan call's failure as a driver error: `VK_ERROR_DEVICE_LOST` is device loss (the
 /// core wedges the device), out-of-memory is `ENOMEM`, the rest `EIO`; the message names
 /// the call and Vulkan's result.
@@ -115,6 +117,8 @@ pub struct Gpu {
     pub host_import: Option<ash::ext::external_memory_host::Device>,
     /// `VK_KHR_external_memory_fd`, when the device has it.
     pub memory_fd: Option<ash::khr::external_memory_fd::Device>,
+    /// `VK_EXT_device_fault`, when the device has it: details of a loss.
+    pub fault: Option<FaultQuery>,
     /// Set once a call returned `VK_ERROR_DEVICE_LOST`.
     pub lost: AtomicBool,
 }
@@ -199,6 +203,7 @@ impl Gpu {
                 }
                 let host_import = ext.0.then(|| ash::ext::external_memory_host::Device::new(&instance, &device));
                 let memory_fd = ext.1.then(|| ash::khr::external_memory_fd::Device::new(&instance, &device));
+                let fault = ext.2.then(|| FaultQuery::new(&instance, &device));
                 Ok(Gpu {
                     _entry: entry,
                     instance,
@@ -209,6 +214,7 @@ impl Gpu {
                     staging_type: types.1,
                     host_import,
                     memory_fd,
+                    fault,
                     lost: AtomicBool::new(false),
                 })
             }
@@ -224,7 +230,7 @@ impl Gpu {
     fn open_on(
         instance: &ash::Instance,
         index: usize,
-    ) -> Result<(ash::Device, Props, Vec<u32>, (u32, u32), (bool, bool)), DriverError> {
+    ) -> Result<(ash::Device, Props, Vec<u32>, (u32, u32), (bool, bool, bool)), DriverError> {
         // SAFETY: a live instance.
         let physical =
             unsafe { instance.enumerate_physical_devices() }.map_err(vk_err("vkEnumeratePhysicalDevices"))?;
@@ -296,7 +302,11 @@ impl Gpu {
             .collect();
         let host_ext = has_ext(&exts, ash::ext::external_memory_host::NAME);
         let fd_ext = has_ext(&exts, ash::khr::external_memory_fd::NAME);
+        let fault_ext = fault::supported(instance, phys, has_ext(&exts, ash::ext::device_fault::NAME));
         let mut enabled = Vec::new();
+        if fault_ext {
+            enabled.push(ash::ext::device_fault::NAME.as_ptr());
+        }
         if host_ext {
             enabled.push(ash::ext::external_memory_host::NAME.as_ptr());
         }
@@ -312,10 +322,14 @@ impl Gpu {
             engine_families.push(t);
         }
         let mut v12 = vk::PhysicalDeviceVulkan12Features::default().timeline_semaphore(true);
-        let info = vk::DeviceCreateInfo::default()
+        let mut fault_on = vk::PhysicalDeviceFaultFeaturesEXT::default().device_fault(true);
+        let mut info = vk::DeviceCreateInfo::default()
             .queue_create_infos(&queues)
             .enabled_extension_names(&enabled)
             .push_next(&mut v12);
+        if fault_ext {
+            info = info.push_next(&mut fault_on);
+        }
         // SAFETY: `phys` came from this instance; the create info outlives the call.
         let device = unsafe { instance.create_device(phys, &info, None) }.map_err(vk_err("vkCreateDevice"))?;
         let props = Props {
@@ -332,7 +346,7 @@ impl Gpu {
             max_alloc,
             uuid,
         };
-        Ok((device, props, engine_families, (device_type, staging_type), (host_ext, fd_ext)))
+        Ok((device, props, engine_families, (device_type, staging_type), (host_ext, fd_ext, fault_ext)))
     }
 
     /// Records a job's commands with `record` and runs them on `engine`, returning once

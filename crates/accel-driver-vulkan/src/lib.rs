@@ -22,15 +22,18 @@
 //!   the same way (Vulkan cannot cancel submitted work): the device is taken for lost and
 //!   re-created, the job fails with `ETIME` and the core resubmits the others; the lost
 //!   device, which may still run that job, is left to the process's end rather than
-//!   destroyed under it.
+//!   destroyed under it. Where the device has `VK_EXT_device_fault`, what it reports about a
+//!   loss (description, faulting addresses, vendor codes) goes to the log and into the
+//!   culprit's error.
 
+mod fault;
 mod gpu;
 mod memory;
 mod program;
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use accel_hal::bo::BoMatrix;
 use accel_hal::driver::{
@@ -82,13 +85,21 @@ pub struct VulkanDevice {
 struct Generation {
     gpu: Arc<Gpu>,
     gemm: VkProgram,
+    /// `VK_EXT_device_fault`'s report, once the device was lost.
+    fault: OnceLock<Option<String>>,
 }
 
 impl Generation {
     fn open(index: usize) -> Result<Generation, DriverError> {
         let gpu = Arc::new(Gpu::open(index)?);
         let gemm = VkProgram::load(&gpu, GEMM_SPV, usize::MAX)?;
-        Ok(Generation { gpu, gemm })
+        Ok(Generation { gpu, gemm, fault: OnceLock::new() })
+    }
+
+    /// What the device reported about its loss, asked once (the logical device stays alive
+    /// while anyone holds the generation).
+    fn fault(&self) -> Option<String> {
+        self.fault.get_or_init(|| self.gpu.fault.as_ref().and_then(|q| q.report())).clone()
     }
 }
 
@@ -111,9 +122,19 @@ fn einval(message: impl Into<String>) -> DriverError {
 impl VulkanDevice {
     /// Opens Vulkan physical device `index`.
     pub fn open(index: usize) -> Result<VulkanDevice, DriverError> {
+        let first = Generation::open(index)?;
+        let (g, on) = (&first.gpu, |b: bool| if b { "on" } else { "off" });
+        tracing::info!(
+            "vulkan{index}: {} ({}): host memory import {}, memory export {}, fault details {}",
+            g.props.name,
+            g.props.driver_name,
+            on(g.host_import.is_some()),
+            on(g.memory_fd.is_some()),
+            on(g.fault.is_some())
+        );
         Ok(VulkanDevice {
             index,
-            current: RwLock::new(Arc::new(Generation::open(index)?)),
+            current: RwLock::new(Arc::new(first)),
             solo: RwLock::new(()),
             ras: Mutex::new(None),
             exports: Default::default(),
@@ -139,10 +160,15 @@ impl VulkanDevice {
 
     /// The device `lost` was lost: report it once, and make a new logical device (unless
     /// another job did already). An error here is a device loss for good (the core wedges).
-    fn recreate(&self, lost: &Arc<Generation>, why: &str) -> Result<(), DriverError> {
+    /// Returns what the device said about the loss (`VK_EXT_device_fault`), if anything.
+    fn recreate(&self, lost: &Arc<Generation>, why: &str) -> Result<Option<String>, DriverError> {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         if !Arc::ptr_eq(&current, lost) {
-            return Ok(());
+            return Ok(lost.fault());
+        }
+        let fault = lost.fault();
+        if let Some(f) = &fault {
+            tracing::warn!("vulkan{}: the lost device reports: {f}", self.index);
         }
         if let Some(sink) = lock(&self.ras).clone() {
             let _ = sink.report("device", "device-lost", 1);
@@ -155,7 +181,7 @@ impl VulkanDevice {
         *current = Arc::new(fresh);
         let n = self.recreated.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!("vulkan{}: device lost ({why}); re-created it ({n} so far)", self.index);
-        Ok(())
+        Ok(fault)
     }
 
     /// Records and runs one job on logical device `g`.
@@ -345,7 +371,7 @@ impl Driver for VulkanDevice {
             let g = self.now();
             match self.run_on(&g, engine, op, ctx) {
                 Err(e) if e.lost => {
-                    self.recreate(&g, &e.message)?;
+                    let fault = self.recreate(&g, &e.message)?;
                     if ctx.abort.is_aborted() {
                         // A reset for a timeout (this job's or another's): the core decides.
                         return Err(DriverError::new(Errno::ECANCELED, "vulkan: job aborted by a device reset"));
@@ -354,8 +380,9 @@ impl Driver for VulkanDevice {
                         return Err(DriverError::new(
                             Errno::EIO,
                             format!(
-                                "{} (this job's: it lost the device again alone on it; the device was re-created)",
-                                e.message
+                                "{} (this job's: it lost the device again alone on it; the device was re-created){}",
+                                e.message,
+                                fault.map(|f| format!("; the device reported: {f}")).unwrap_or_default()
                             ),
                         ));
                     }
@@ -379,7 +406,7 @@ impl Driver for VulkanDevice {
     fn timedout_job(&self, _engine: usize, _guilty: &JobCtx) -> Result<(), Errno> {
         let g = self.now();
         g.gpu.lose();
-        self.recreate(&g, "a job timeout").map_err(|e| {
+        self.recreate(&g, "a job timeout").map(drop).map_err(|e| {
             tracing::error!("{}", e.message);
             Errno::EIO
         })
