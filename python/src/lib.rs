@@ -750,6 +750,13 @@ impl Fence {
         Ok(py.detach(|| self.inner.sync_fd()).map_err(raise)?.into_raw_fd())
     }
 
+    /// The device's own fence for this job as a kernel sync_file descriptor (yours to close),
+    /// for consumers outside accel; None once the job is done (nothing to wait for). Raises
+    /// EOPNOTSUPP on devices that make none, EAGAIN while the job waits to reach its device.
+    fn native_sync_file(&self, py: Python<'_>) -> PyResult<Option<i32>> {
+        Ok(py.detach(|| self.inner.native_sync_file()).map_err(raise)?.map(|fd| fd.into_raw_fd()))
+    }
+
     /// The job's device sequence number.
     #[getter]
     fn seqno(&self) -> u64 {

@@ -128,6 +128,13 @@ def test_gemm_in_float16_and_bfloat16_sums_in_float32(daemon):
         q.gemm(a, b, c, m, n, k, dtype="float64")
 
 
+def test_native_sync_file_is_refused_by_the_cpu_device_and_none_once_done(daemon):
+    dev = accel.Device(0)
+    f = dev.queue().fill(dev.alloc(4096), 1)
+    f.wait(5)
+    assert f.native_sync_file() is None
+
+
 def test_dependencies_through_syncobjs(daemon):
     dev = accel.Device(0)
     q = dev.queue()

@@ -367,6 +367,16 @@ int accel_fence_wait(const struct accel_fence *f, uint64_t timeout_ns);
 // `f` is live; `fd` is valid for a write.
 int accel_fence_sync_fd(const struct accel_fence *f, int *fd);
 
+// The device's own fence for the job as a kernel `sync_file` in `*fd` (the caller closes
+// it), for `vkImportSemaphoreFdKHR` with `VK_EXTERNAL_SEMAPHORE_HANDLE_TYPE_SYNC_FD_BIT` or
+// a display's `IN_FENCE_FD`; `*fd` is -1 when the job is done already (Vulkan's
+// convention: nothing to wait for). `-EOPNOTSUPP` on devices that make none, `-EAGAIN`
+// while the job waits to reach its device.
+//
+// # Safety
+// `f` is live; `fd` is valid for a write.
+int accel_fence_native_sync_file(const struct accel_fence *f, int *fd);
+
 // The job's device sequence number (0 for NULL).
 //
 // # Safety

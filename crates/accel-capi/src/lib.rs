@@ -760,6 +760,25 @@ pub unsafe extern "C" fn accel_fence_sync_fd(f: *const accel_fence, fd: *mut c_i
     })
 }
 
+/// The device's own fence for the job as a kernel `sync_file` in `*fd` (the caller closes
+/// it), for `vkImportSemaphoreFdKHR` with `VK_EXTERNAL_SEMAPHORE_HANDLE_TYPE_SYNC_FD_BIT` or
+/// a display's `IN_FENCE_FD`; `*fd` is -1 when the job is done already (Vulkan's
+/// convention: nothing to wait for). `-EOPNOTSUPP` on devices that make none, `-EAGAIN`
+/// while the job waits to reach its device.
+///
+/// # Safety
+/// `f` is live; `fd` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn accel_fence_native_sync_file(f: *const accel_fence, fd: *mut c_int) -> c_int {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let native = unsafe { obj(f, "fence") }?.inner.native_sync_file()?;
+        // SAFETY: forwarded contract.
+        unsafe { put(fd, native.map_or(-1, |o| o.into_raw_fd())) }?;
+        Ok(0)
+    })
+}
+
 /// The job's device sequence number (0 for NULL).
 ///
 /// # Safety

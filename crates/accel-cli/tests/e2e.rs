@@ -215,6 +215,25 @@ fn gemm_f16_and_bf16_match_the_reference_to_the_last_bit() {
 }
 
 #[test]
+fn a_device_without_native_sync_files_says_so_and_a_done_job_needs_none() {
+    let d = Daemon::start(&["testdev"]);
+    let dev = d.open(0);
+    let q = dev.create_queue().unwrap();
+    let slow = q.submit(driver_op(OP_DELAY, 300)).unwrap();
+    let err = slow.native_sync_file().unwrap_err();
+    assert_eq!(err.code, Errno::EOPNOTSUPP, "{err}");
+    assert!(err.message.contains("VK_KHR_external_semaphore_fd"), "{err}");
+    let tl = dev.create_syncobj(true).unwrap();
+    let behind = q.submit_with(Op::Nop, &[], &[tl.signal_point(1)]).unwrap();
+    assert_eq!(tl.native_sync_file(1).unwrap_err().code, Errno::EOPNOTSUPP);
+    assert_eq!(tl.native_sync_file(2).unwrap_err().code, Errno::EINVAL, "a point not submitted");
+    behind.wait().unwrap();
+    // Done: nothing to wait for (Vulkan's -1), on any device.
+    assert!(slow.native_sync_file().unwrap().is_none());
+    assert!(tl.native_sync_file(1).unwrap().is_none());
+}
+
+#[test]
 fn failed_job_error_propagates_to_fence_syncobj_and_dependents() {
     let d = Daemon::start(&["testdev"]);
     let dev = d.open(0);

@@ -188,6 +188,83 @@ fn gemm_matches_the_cpu_driver_in_every_region() {
     }
 }
 
+/// `struct sync_file_info` (linux/sync_file.h), for `SYNC_IOC_FILE_INFO`.
+#[repr(C)]
+#[derive(Default)]
+struct SyncFileInfo {
+    name: [u8; 32],
+    status: i32,
+    flags: u32,
+    num_fences: u32,
+    pad: u32,
+    sync_fence_info: u64,
+}
+
+/// `SYNC_IOC_FILE_INFO` on `fd`: `Some(status)` (1 signalled, 0 active, < 0 error) when it
+/// is a kernel sync_file, `None` when the kernel says it is not.
+fn sync_file_status(fd: &std::os::fd::OwnedFd) -> Option<i32> {
+    use rustix::ioctl::{opcode, Updater};
+    let mut info = SyncFileInfo::default();
+    // SAFETY: SYNC_IOC_FILE_INFO takes a sync_file_info (with no fence array: num_fences 0).
+    let r = unsafe {
+        rustix::ioctl::ioctl(fd, Updater::<{ opcode::read_write::<SyncFileInfo>(b'>', 4) }, _>::new(&mut info))
+    };
+    r.ok().map(|()| info.status)
+}
+
+#[test]
+fn a_job_exports_the_devices_own_sync_file_where_the_device_can() {
+    if !vulkan() {
+        return;
+    }
+    let d = Daemon::start(&["vulkan:0"]);
+    let dev = d.open(0);
+    let q = dev.create_queue().unwrap();
+    let lavapipe = dev.info().name.contains("llvmpipe");
+    // Jobs long enough to be caught running on a GPU: 2048³ GEMMs back to back on one queue
+    // (~1.4 ms each at 12 TFLOP/s). Lavapipe refuses at once: one small job does.
+    let (n, jobs) = if lavapipe { (64u64, 1) } else { (2048u64, 16) };
+    let bufs: Vec<Buffer> = (0..3).map(|_| dev.alloc_in(n * n * 4, VRAM).unwrap()).collect();
+    let gemm = GemmF32 {
+        m: n,
+        n,
+        k: n,
+        a: bufs[0].matrix(0, n),
+        b: bufs[1].matrix(0, n),
+        c: bufs[2].matrix(0, n),
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    let fences: Vec<_> = (0..jobs).map(|_| q.submit(Op::GemmF32(gemm)).unwrap()).collect();
+    let last = fences.last().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let file = loop {
+        match last.native_sync_file() {
+            // Until the job reaches the device.
+            Err(e) if e.code == Errno::EAGAIN && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_micros(200))
+            }
+            other => break other,
+        }
+    };
+    if lavapipe {
+        // Mesa's lavapipe has no VK_KHR_external_semaphore_fd.
+        assert_eq!(file.unwrap_err().code, Errno::EOPNOTSUPP);
+        last.wait().unwrap();
+        return;
+    }
+    let file = file.expect("a device with VK_KHR_external_semaphore_fd exports a sync file");
+    let file = file.expect("the GEMMs still running (make the jobs longer if this GPU is that fast)");
+    let status = sync_file_status(&file).expect("a kernel sync_file (SYNC_IOC_FILE_INFO answers)");
+    println!("sync file status while the job ran: {status}");
+    last.wait().unwrap();
+    let mut fds = [rustix::event::PollFd::new(&file, rustix::event::PollFlags::IN)];
+    let ready = rustix::event::poll(&mut fds, Some(&rustix::time::Timespec { tv_sec: 5, tv_nsec: 0 })).unwrap();
+    assert_eq!(ready, 1, "the sync file signals once the job is done");
+    assert_eq!(sync_file_status(&file), Some(1), "signalled without error");
+    assert!(last.native_sync_file().unwrap().is_none(), "a done job needs none");
+}
+
 #[test]
 fn spirv_programs_launch_with_buffers_and_scalars() {
     if !vulkan() {

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use accel_uapi::{Errno, FenceStatus, Priority};
 
 use crate::counters::{Counters, Kind, Tracked};
-use crate::driver::{AbortToken, Driver, DriverError, JobCtx, JobOp};
+use crate::driver::{AbortToken, Driver, DriverError, JobCtx, JobOp, NativeFence};
 use crate::fence::Fence;
 use crate::{bail, lock, Result};
 
@@ -204,6 +204,8 @@ struct Shared {
     dispatched: Vec<AtomicU64>,
     /// How long an idle slot thread spins for its next job before it sleeps.
     slot_spin: Duration,
+    /// The driver makes native sync files for its jobs.
+    native: bool,
 }
 
 /// How long idle slot threads spin before sleeping: `$ACCEL_SLOT_SPIN_US` microseconds, else
@@ -267,6 +269,7 @@ impl Scheduler {
         let shared = Arc::new(Shared {
             dispatched,
             slot_spin: slot_spin(),
+            native: driver.native_sync_files(),
             driver,
             busy_ns,
             last_error: Mutex::new((0, 0)),
@@ -332,6 +335,9 @@ impl Scheduler {
     /// Queues a job on an entity. A failed push leaves the job unsignalled; the caller decides.
     pub fn push(&self, entity: EntityId, mut job: Job) -> Result<()> {
         job.engine = self.shared.driver.engine_for(&job.op);
+        if self.shared.native {
+            job.fence.await_native();
+        }
         // Wake the scheduler when a dependency signals. Registered before taking the lock:
         // an already-signalled fence runs the callback at once, and it takes the lock.
         for dep in &job.deps {
@@ -686,7 +692,11 @@ impl Shared {
             };
             let run_id = st.next_run;
             st.next_run += 1;
-            let ctx = JobCtx { abort: AbortToken::default(), client_id: d.client_id };
+            let ctx = JobCtx {
+                abort: AbortToken::default(),
+                client_id: d.client_id,
+                native: NativeFence::new(d.job.fence.clone()),
+            };
             let timeout = st.entities.get(&d.entity).map(|e| e.params.timeout);
             let start = Instant::now();
             let deadline = timeout.and_then(|t| start.checked_add(t));

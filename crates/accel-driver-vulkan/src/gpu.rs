@@ -13,6 +13,7 @@ use accel_uapi::Errno;
 use ash::vk;
 
 use crate::fault::{self, FaultQuery};
+use crate::native::{self, SemaphoreFd};
 
 /// A Vulkan call's failure as a driver error: `VK_ERROR_DEVICE_LOST` is device loss (the
 /// core wedges the device), out-of-memory is `ENOMEM`, the rest `EIO`; the message names
@@ -63,10 +64,13 @@ pub struct Props {
 pub struct Engine {
     /// Queue family.
     pub family: u32,
-    queue: Mutex<vk::Queue>,
+    pub(crate) queue: Mutex<vk::Queue>,
     /// Signalled with each job's value when the job's commands are done.
-    timeline: vk::Semaphore,
-    next: AtomicU64,
+    pub(crate) timeline: vk::Semaphore,
+    /// The last timeline value handed out (jobs, sync-file batches).
+    pub(crate) next: AtomicU64,
+    /// Semaphores exported as sync files, destroyed once the timeline reaches their value.
+    pub(crate) retired: Mutex<Vec<(u64, vk::Semaphore)>>,
     /// Command pools ready for reuse.
     idle: Mutex<Vec<Recorder>>,
     /// Work abandoned by aborted jobs, freed once the timeline passes its value.
@@ -119,6 +123,8 @@ pub struct Gpu {
     pub memory_fd: Option<ash::khr::external_memory_fd::Device>,
     /// `VK_EXT_device_fault`, when the device has it: details of a loss.
     pub fault: Option<FaultQuery>,
+    /// `VK_KHR_external_semaphore_fd` with `SYNC_FD` export, when the device has it.
+    pub semaphore_fd: Option<SemaphoreFd>,
     /// Set once a call returned `VK_ERROR_DEVICE_LOST`.
     pub lost: AtomicBool,
 }
@@ -204,6 +210,7 @@ impl Gpu {
                 let host_import = ext.0.then(|| ash::ext::external_memory_host::Device::new(&instance, &device));
                 let memory_fd = ext.1.then(|| ash::khr::external_memory_fd::Device::new(&instance, &device));
                 let fault = ext.2.then(|| FaultQuery::new(&instance, &device));
+                let semaphore_fd = ext.3.then(|| SemaphoreFd::new(&instance, &device));
                 Ok(Gpu {
                     _entry: entry,
                     instance,
@@ -215,6 +222,7 @@ impl Gpu {
                     host_import,
                     memory_fd,
                     fault,
+                    semaphore_fd,
                     lost: AtomicBool::new(false),
                 })
             }
@@ -230,7 +238,7 @@ impl Gpu {
     fn open_on(
         instance: &ash::Instance,
         index: usize,
-    ) -> Result<(ash::Device, Props, Vec<u32>, (u32, u32), (bool, bool, bool)), DriverError> {
+    ) -> Result<(ash::Device, Props, Vec<u32>, (u32, u32), (bool, bool, bool, bool)), DriverError> {
         // SAFETY: a live instance.
         let physical =
             unsafe { instance.enumerate_physical_devices() }.map_err(vk_err("vkEnumeratePhysicalDevices"))?;
@@ -303,7 +311,11 @@ impl Gpu {
         let host_ext = has_ext(&exts, ash::ext::external_memory_host::NAME);
         let fd_ext = has_ext(&exts, ash::khr::external_memory_fd::NAME);
         let fault_ext = fault::supported(instance, phys, has_ext(&exts, ash::ext::device_fault::NAME));
+        let sync_fd_ext = native::supported(instance, phys, has_ext(&exts, ash::khr::external_semaphore_fd::NAME));
         let mut enabled = Vec::new();
+        if sync_fd_ext {
+            enabled.push(ash::khr::external_semaphore_fd::NAME.as_ptr());
+        }
         if fault_ext {
             enabled.push(ash::ext::device_fault::NAME.as_ptr());
         }
@@ -346,11 +358,12 @@ impl Gpu {
             max_alloc,
             uuid,
         };
-        Ok((device, props, engine_families, (device_type, staging_type), (host_ext, fd_ext, fault_ext)))
+        Ok((device, props, engine_families, (device_type, staging_type), (host_ext, fd_ext, fault_ext, sync_fd_ext)))
     }
 
     /// Records a job's commands with `record` and runs them on `engine`, returning once
-    /// they completed (the engine's timeline reached the job's value). An abort stops the
+    /// they completed (the engine's timeline reached the job's value); `submitted` learns
+    /// that value as soon as the device has the job. An abort stops the
     /// wait: the job's objects are kept until the device is done with them.
     pub fn submit(
         &self,
@@ -358,6 +371,7 @@ impl Gpu {
         abort: &AbortToken,
         keep: Box<dyn std::any::Any + Send>,
         record: impl FnOnce(&ash::Device, &Recorder, &mut Vec<Owned>) -> Result<(), DriverError>,
+        submitted: impl FnOnce(u64),
     ) -> Result<(), DriverError> {
         if self.is_lost() {
             return Err(DriverError::device_lost("vulkan: the device was lost"));
@@ -378,6 +392,7 @@ impl Gpu {
                 return Err(self.note(err));
             }
         };
+        submitted(value);
         // An aborted job (timeout, client gone) still waits a grace period: Vulkan cannot
         // take back submitted work, and what it uses must outlive it.
         let mut aborted_at = None;
@@ -421,6 +436,11 @@ impl Gpu {
     /// Marks the device lost, as `VK_ERROR_DEVICE_LOST` does: every later submission fails.
     pub fn lose(&self) {
         self.lost.store(true, Ordering::Release);
+    }
+
+    /// Marks the device lost when `e` says so; returns `e`.
+    pub(crate) fn note_lost(&self, e: DriverError) -> DriverError {
+        self.note(e)
     }
 
     fn note(&self, e: DriverError) -> DriverError {
@@ -477,14 +497,24 @@ impl Gpu {
         Ok(value)
     }
 
-    /// Frees what aborted jobs left once the device is done with it.
+    /// Frees what aborted jobs and sync-file exports left once the device is done with it.
     fn reap(&self, e: &Engine) {
         let mut zombies = lock(&e.zombies);
-        if zombies.is_empty() {
+        let mut retired = lock(&e.retired);
+        if zombies.is_empty() && retired.is_empty() {
             return;
         }
         // SAFETY: a live semaphore of this device.
         let Ok(done) = (unsafe { self.device.get_semaphore_counter_value(e.timeline) }) else { return };
+        retired.retain(|&(mark, sem)| {
+            let keep = mark > done;
+            if !keep {
+                // SAFETY: the batch that signalled it has run (the timeline passed its mark).
+                unsafe { self.device.destroy_semaphore(sem, None) };
+            }
+            keep
+        });
+        drop(retired);
         let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut *zombies).into_iter().partition(|z| z.0 <= done);
         *zombies = keep;
         drop(zombies);
@@ -642,6 +672,7 @@ impl Engine {
             next: AtomicU64::new(0),
             idle: Mutex::new(Vec::new()),
             zombies: Mutex::new(Vec::new()),
+            retired: Mutex::new(Vec::new()),
         })
     }
 
@@ -654,6 +685,9 @@ impl Engine {
             for (_, r, owned, _keep) in lock(&self.zombies).drain(..) {
                 r.destroy(device);
                 free_owned(device, owned);
+            }
+            for (_, sem) in lock(&self.retired).drain(..) {
+                device.destroy_semaphore(sem, None);
             }
             device.destroy_semaphore(self.timeline, None);
         }

@@ -8,7 +8,8 @@
 //!   imported in place with `VK_EXT_external_memory_host`, else staged.
 //! - **Engines**: the compute queue, and a transfer-only queue as the copy engine where the
 //!   device has one. Each job is one command buffer completed through the engine's timeline
-//!   semaphore.
+//!   semaphore. Where the device exports `SYNC_FD` semaphores (`VK_KHR_external_semaphore_fd`)
+//!   a job's fence is also the device's own kernel sync file on request (`native.rs`).
 //! - **Ops**: fill and copy as transfer commands, GEMM f32 as a tiled compute shader written in
 //!   WGSL and compiled to SPIR-V at build time by naga, and launches of `spirv` programs.
 //! - **Faults**: `VK_ERROR_DEVICE_LOST` is reported to RAS (`device`/`device-lost`, fatal)
@@ -29,6 +30,7 @@
 mod fault;
 mod gpu;
 mod memory;
+mod native;
 mod program;
 
 use std::os::fd::OwnedFd;
@@ -125,11 +127,12 @@ impl VulkanDevice {
         let first = Generation::open(index)?;
         let (g, on) = (&first.gpu, |b: bool| if b { "on" } else { "off" });
         tracing::info!(
-            "vulkan{index}: {} ({}): host memory import {}, memory export {}, fault details {}",
+            "vulkan{index}: {} ({}): host memory import {}, memory export {}, sync file export {}, fault details {}",
             g.props.name,
             g.props.driver_name,
             on(g.host_import.is_some()),
             on(g.memory_fd.is_some()),
+            on(g.semaphore_fd.is_some()),
             on(g.fault.is_some())
         );
         Ok(VulkanDevice {
@@ -187,11 +190,24 @@ impl VulkanDevice {
     /// Records and runs one job on logical device `g`.
     fn run_on(&self, g: &Generation, engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), DriverError> {
         let mut binder = Binder::new(&g.gpu);
-        let result = g.gpu.submit(engine, &ctx.abort, Box::new(op.clone()), |d, rec, owned| {
+        let record = |d: &ash::Device, rec: &gpu::Recorder, owned: &mut Vec<gpu::Owned>| {
             let r = self.record(g, d, rec, &mut binder, op);
             owned.append(&mut binder.owned);
             r
-        });
+        };
+        // Once the device has the job, its fence can be exported as the device's own sync file.
+        let submitted = |value: u64| {
+            if g.gpu.semaphore_fd.is_some() {
+                let gpu = Arc::downgrade(&g.gpu);
+                ctx.native.set(Arc::new(move || match gpu.upgrade() {
+                    Some(gpu) => {
+                        gpu.export_sync_file(engine, value).map_err(|e| accel_hal::Error::new(e.code, e.message))
+                    }
+                    None => Err(accel_hal::Error::new(Errno::EAGAIN, "vulkan: the device was replaced: try again")),
+                }));
+            }
+        };
+        let result = g.gpu.submit(engine, &ctx.abort, Box::new(op.clone()), record, submitted);
         if result.is_ok() {
             binder.finish();
         }
@@ -324,6 +340,10 @@ impl VulkanDevice {
 }
 
 impl Driver for VulkanDevice {
+    fn native_sync_files(&self) -> bool {
+        self.gpu().semaphore_fd.is_some()
+    }
+
     fn info(&self) -> DriverInfo {
         let gpu = self.gpu();
         let p = &gpu.props;

@@ -74,11 +74,17 @@ impl DeviceMemory for VkMem {
 
     fn zero(&self) -> Result<(), DriverError> {
         let (buffer, len) = (self.buffer, self.len);
-        self.gpu.submit(0, &Default::default(), Box::new(()), |d, rec, _| {
-            // SAFETY: recording into this job's command buffer; the buffer is live.
-            unsafe { d.cmd_fill_buffer(rec.cmd, buffer, 0, len & !3, 0) };
-            Ok(())
-        })
+        self.gpu.submit(
+            0,
+            &Default::default(),
+            Box::new(()),
+            |d, rec, _| {
+                // SAFETY: recording into this job's command buffer; the buffer is live.
+                unsafe { d.cmd_fill_buffer(rec.cmd, buffer, 0, len & !3, 0) };
+                Ok(())
+            },
+            |_| {},
+        )
     }
 
     fn export(&self) -> Result<OwnedFd, DriverError> {

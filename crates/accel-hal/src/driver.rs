@@ -15,6 +15,7 @@ use std::time::Duration;
 use accel_uapi::{Category, EngineInfo, EntryInfo, Errno, Float16, OpKind, RegionKind};
 
 use crate::bo::{BoMatrix, BoRange};
+use crate::fence::{Fence, NativeExport};
 use crate::lock;
 pub use crate::mem::{DeviceMemory, DriverError};
 use crate::ras::{RasHooks, RasNodeDesc, RasSink};
@@ -204,6 +205,33 @@ pub struct JobCtx {
     pub abort: AbortToken,
     /// Client that submitted the job.
     pub client_id: u64,
+    /// The job's fence, for a driver that makes native sync files to hand its exporter
+    /// to ([`NativeFence::set`]).
+    pub native: NativeFence,
+}
+
+/// The one thing a driver may do with a job's fence: say how to make the device's own
+/// sync file for it once the device has the job ([`Driver::native_sync_files`]).
+#[derive(Debug, Clone)]
+pub struct NativeFence(Option<Arc<Fence>>);
+
+impl NativeFence {
+    /// For the job whose fence is `fence`.
+    pub fn new(fence: Arc<Fence>) -> NativeFence {
+        NativeFence(Some(fence))
+    }
+
+    /// For work that has no fence (tests, internal jobs).
+    pub fn none() -> NativeFence {
+        NativeFence(None)
+    }
+
+    /// The device has the job: `export` makes its sync file from now until it completes.
+    pub fn set(&self, export: NativeExport) {
+        if let Some(f) = &self.0 {
+            f.set_native(export);
+        }
+    }
 }
 
 /// Memory a driver imported: its region (an index into [`Driver::regions`]) and the memory.
@@ -217,6 +245,12 @@ pub trait Driver: Send + Sync + 'static {
     /// Which engine (index into [`DriverInfo::engines`]) runs `op`. Default: engine 0.
     fn engine_for(&self, _op: &JobOp) -> usize {
         0
+    }
+
+    /// Whether the device makes native sync files for its jobs (kernel `sync_file`s, handed
+    /// to [`JobCtx::native`] once a job is submitted). Asked once, at device creation.
+    fn native_sync_files(&self) -> bool {
+        false
     }
 
     /// Runs a job to completion on the calling slot thread of `engine`. Up to the

@@ -15,6 +15,25 @@ use crate::{bail, lock, Result};
 
 type Callback = Box<dyn FnOnce(FenceStatus) + Send>;
 
+/// Makes the device's own fence for a job as a sync file: a kernel `sync_file` another
+/// driver or process can wait on without accel (a Vulkan app through
+/// `vkImportSemaphoreFdKHR`, a display through `IN_FENCE_FD`). `None` when the device knows
+/// the job is done already (Vulkan's `-1`).
+pub type NativeExport = Arc<dyn Fn() -> Result<Option<std::os::fd::OwnedFd>> + Send + Sync>;
+
+/// Where a fence stands with a native sync file.
+#[derive(Default)]
+enum Native {
+    /// Its device has none (or it is no job's fence).
+    #[default]
+    None,
+    /// Its job is queued for a device that makes them: the exporter comes once the device
+    /// has the job.
+    Awaited,
+    /// The device has the job.
+    Ready(NativeExport),
+}
+
 struct FenceState {
     status: FenceStatus,
     /// Why it failed, in the driver's words (none for most errors).
@@ -22,6 +41,7 @@ struct FenceState {
     /// `CLOCK_MONOTONIC` ns at signal time; 0 while pending.
     timestamp: u64,
     callbacks: Vec<Callback>,
+    native: Native,
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds (the clock fence timestamps use).
@@ -51,6 +71,7 @@ impl Fence {
                 message: None,
                 timestamp: 0,
                 callbacks: Vec::new(),
+                native: Native::None,
             }),
             _tracked: Tracked::new(counters, Kind::Fence),
         })
@@ -111,6 +132,7 @@ impl Fence {
             s.status = status;
             s.message = message.filter(|m| !m.is_empty() && result.is_err());
             s.timestamp = monotonic_ns();
+            s.native = Native::None;
             std::mem::take(&mut s.callbacks)
         };
         // Outside the lock: a callback may take other fences' locks.
@@ -133,6 +155,45 @@ impl Fence {
     /// When the fence signalled (`CLOCK_MONOTONIC` ns), or 0 while pending.
     pub fn timestamp(&self) -> u64 {
         lock(&self.state).timestamp
+    }
+
+    /// The job behind this fence is queued for a device that makes native sync files
+    /// ([`crate::driver::Driver::native_sync_files`]).
+    pub fn await_native(&self) {
+        let mut s = lock(&self.state);
+        if s.status == FenceStatus::Pending {
+            s.native = Native::Awaited;
+        }
+    }
+
+    /// The device has the job: `export` makes its native sync file (until the fence
+    /// signals; a job run again gives a new one).
+    pub fn set_native(&self, export: NativeExport) {
+        let mut s = lock(&self.state);
+        if s.status == FenceStatus::Pending {
+            s.native = Native::Ready(export);
+        }
+    }
+
+    /// The device's own sync file for this fence: `None` once it signalled; `EAGAIN` while
+    /// its job waits to reach the device; `EOPNOTSUPP` when no device makes one for it.
+    pub fn native_sync_file(&self) -> Result<Option<std::os::fd::OwnedFd>> {
+        let export = {
+            let s = lock(&self.state);
+            if s.status != FenceStatus::Pending {
+                return Ok(None);
+            }
+            match &s.native {
+                Native::None => bail!(
+                    EOPNOTSUPP,
+                    "no native sync file: the fence is not a job's on a device that makes them (a vulkan device with VK_KHR_external_semaphore_fd)"
+                ),
+                Native::Awaited => bail!(EAGAIN, "the job has not reached its device yet: try again once it runs"),
+                Native::Ready(e) => e.clone(),
+            }
+        };
+        // Outside the lock: the driver submits work to make it.
+        export()
     }
 
     /// Runs `cb` once the fence signals (at once, on this thread, if it already has).
@@ -231,6 +292,29 @@ mod tests {
         let c = counters();
         let err = wait_fences(&[Fence::new(&c)], true, Duration::from_millis(20)).unwrap_err();
         assert_eq!(err.code, Errno::ETIMEDOUT);
+    }
+
+    #[test]
+    fn a_native_sync_file_comes_from_the_device_while_the_job_is_pending() {
+        let c = counters();
+        let f = Fence::new(&c);
+        assert_eq!(f.native_sync_file().unwrap_err().code, Errno::EOPNOTSUPP);
+        f.await_native();
+        assert_eq!(f.native_sync_file().unwrap_err().code, Errno::EAGAIN);
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = calls.clone();
+        f.set_native(Arc::new(move || {
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (r, _w) = rustix::pipe::pipe().map_err(|e| crate::Error::new(Errno::EIO, e.to_string()))?;
+            Ok(Some(r))
+        }));
+        assert!(f.native_sync_file().unwrap().is_some());
+        f.signal(Ok(()));
+        // Signalled: nothing to wait for, and the exporter (and what it holds) is gone.
+        assert!(f.native_sync_file().unwrap().is_none());
+        f.set_native(Arc::new(|| unreachable!("a signalled fence asks no device")));
+        assert!(f.native_sync_file().unwrap().is_none());
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]

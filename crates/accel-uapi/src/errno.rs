@@ -65,6 +65,7 @@ errnos! {
     ENOTCONN = 107, "transport endpoint is not connected";
     ETIMEDOUT = 110, "timed out";
     ECONNREFUSED = 111, "connection refused";
+    EALREADY = 114, "already done";
     ECANCELED = 125, "operation canceled";
 }
 

@@ -947,6 +947,17 @@ pub enum Request {
         /// The queue whose ring it is.
         queue: QueueHandle,
     },
+    /// The device's own fence for the job behind `point`, as a kernel `sync_file` (ABI
+    /// 3.3): what `vkGetSemaphoreFdKHR` with `SYNC_FD` gives, for a consumer outside accel —
+    /// another Vulkan instance (`vkImportSemaphoreFdKHR`), a display (`IN_FENCE_FD`), any
+    /// driver that takes sync files. [`Reply::Fd`]. `EALREADY` when the point has signalled
+    /// (nothing to wait for: Vulkan's `-1`), `EAGAIN` while its job waits to reach the
+    /// device, `EOPNOTSUPP` when its device makes none (only accel's own
+    /// [`Request::SyncobjExportSyncFile`] then).
+    ExportNativeSyncFile {
+        /// What to export.
+        point: WaitPoint,
+    },
 }
 
 /// Why one ring entry failed (ABI 3.1).

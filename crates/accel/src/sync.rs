@@ -147,10 +147,26 @@ impl Fence {
     pub fn sync_fd(&self) -> Result<OwnedFd> {
         export_sync_fd(&self.dev, self.point())
     }
+
+    /// The device's own fence for this job as a kernel `sync_file`, for consumers outside
+    /// accel (`vkImportSemaphoreFdKHR` with `SYNC_FD`, a display's `IN_FENCE_FD`): `None`
+    /// once the job is done (nothing to wait for, Vulkan's `-1`). `EOPNOTSUPP` on devices
+    /// that make none, `EAGAIN` while the job waits to reach its device.
+    pub fn native_sync_file(&self) -> Result<Option<OwnedFd>> {
+        export_native_sync_file(&self.dev, self.point())
+    }
 }
 
 fn export_sync_fd(dev: &Shared, point: WaitPoint) -> Result<OwnedFd> {
     dev.call_for_fd(&Request::ExportSyncFd { point })
+}
+
+fn export_native_sync_file(dev: &Shared, point: WaitPoint) -> Result<Option<OwnedFd>> {
+    match dev.call_for_fd(&Request::ExportNativeSyncFile { point }) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.code == Errno::EALREADY => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 impl std::fmt::Debug for Fence {
@@ -284,6 +300,11 @@ impl Syncobj {
     /// An eventfd that becomes readable when `point` is reached.
     pub fn sync_fd(&self, point: u64) -> Result<OwnedFd> {
         export_sync_fd(&self.dev, self.point(point))
+    }
+
+    /// The device's own fence at `point` as a kernel `sync_file` ([`Fence::native_sync_file`]).
+    pub fn native_sync_file(&self, point: u64) -> Result<Option<OwnedFd>> {
+        export_native_sync_file(&self.dev, self.point(point))
     }
 }
 

@@ -213,6 +213,9 @@ fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<Ow
         }
         Request::FenceClose { handle } => c.fence_close(handle).and(ok(Reply::Ok)),
         Request::ExportSyncFd { point } => Ok(Action::Reply(Box::new(Reply::Fd), vec![c.export_sync_fd(&point)?])),
+        Request::ExportNativeSyncFile { point } => {
+            Ok(Action::Reply(Box::new(Reply::Fd), vec![c.export_native_sync_file(&point)?]))
+        }
         // Every syncobj takes binary and timeline operations, as in DRM: `timeline` is kept
         // for ABI 2.1 and changes nothing.
         Request::SyncobjCreate { timeline: _, signaled } => ok(Reply::Syncobj(c.syncobj_create(signaled)?)),

@@ -540,6 +540,18 @@ impl Client {
     }
 }
 
+impl Client {
+    /// The device's own fence for the job behind `p` as a kernel sync file
+    /// ([`accel_uapi::Request::ExportNativeSyncFile`]): `EALREADY` once it signalled.
+    pub fn export_native_sync_file(&self, p: &WaitPoint) -> Result<OwnedFd> {
+        let fence = self.resolve_wait(p, Unsubmitted::Refuse)?;
+        match fence.native_sync_file()? {
+            Some(fd) => Ok(fd),
+            None => bail!(EALREADY, "the fence has signalled: nothing to wait for"),
+        }
+    }
+}
+
 impl Drop for Client {
     fn drop(&mut self) {
         if let Some(share) = &self.share {
