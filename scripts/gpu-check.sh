@@ -34,8 +34,8 @@ fi
 BIN=${BIN:-gpu-bin}
 # Each step has its own time limit, so a hang costs one step, not the run.
 STEP=${STEP:-150}
-# PARTS picks steps (default all): vulkan cuda bench cudabench torch; DEVS the benchmarked devices.
-PARTS=" ${PARTS:-vulkan cuda bench cudabench torch} "
+# PARTS picks steps (default all): vulkan cuda bench cudabench green torch; DEVS the benchmarked devices.
+PARTS=" ${PARTS:-vulkan cuda bench cudabench green torch} "
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 status=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -80,6 +80,11 @@ done
 if part cudabench; then
     echo "== bench cuda (launch overhead, many clients vs a context per process, containment)"
     timeout "$STEP" "$BIN/accel" bench cuda --clients "${CLIENTS:-1,4,16}" --seconds 2 || status=1
+fi
+
+if part green; then
+    echo "== bench cuda-green (green contexts against streams of one context; a fault in one green context)"
+    timeout "$STEP" "$BIN/accel" bench cuda-green --threads "${GREEN_THREADS:-4,16}" --seconds 2 || status=1
 fi
 
 part torch && echo "== torch.matmul baseline (same GPU)"

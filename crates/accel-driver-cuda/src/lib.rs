@@ -41,6 +41,7 @@
 mod cublas;
 pub mod direct;
 mod gpu;
+pub mod green;
 mod mailbox;
 mod memory;
 mod nvml;

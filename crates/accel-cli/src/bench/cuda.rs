@@ -272,3 +272,45 @@ pub fn child(target: &str, seconds: f64) -> Result<()> {
     println!("{kernels} {failed} {lost} {extra}");
     Ok(())
 }
+
+/// `accel bench cuda-green`: option (c) of the context model against (b), in one process —
+/// threads launching 10 µs kernels on green contexts of their own (the SMs split as many
+/// ways) and on streams of one context; then the fault check in a child process.
+pub fn green(threads: &[usize], seconds: f64) -> Result<()> {
+    for &n in threads {
+        let run = |green: bool| {
+            accel_driver_cuda::green::throughput(0, n, green, SHORT_NS, seconds)
+                .map_err(|e| anyhow::anyhow!("{}", e.message))
+        };
+        let (streams, green) = (run(false)?, run(true)?);
+        println!(
+            "{{\"bench\":\"cuda-green\",\"threads\":{n},\"kernel_us\":{},\"seconds\":{seconds},\"green_contexts\":{},\"sms_each\":{},\"green_kernels_per_s\":{:.0},\"streams_kernels_per_s\":{:.0},\"ratio\":{:.3}}}",
+            SHORT_NS / 1000,
+            green.contexts,
+            green.sms_each,
+            green.kernels_per_s,
+            streams.kernels_per_s,
+            green.kernels_per_s / streams.kernels_per_s
+        );
+    }
+    let exe = std::env::current_exe().context("locating the accel binary")?;
+    let out = Command::new(exe).args(["bench", "cuda-green", "--fault-child"]).output()?;
+    let line = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "the fault check failed: {line}{}", String::from_utf8_lossy(&out.stderr));
+    print!("{line}");
+    Ok(())
+}
+
+/// The fault check of [`green`], in a process of its own.
+pub fn green_fault_child() -> Result<()> {
+    let (fault, other) =
+        accel_driver_cuda::green::fault_in_one_green_context().map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let quote = |s: &str| s.replace('"', "'");
+    println!(
+        "{{\"bench\":\"cuda-green-fault\",\"fault\":\"{}\",\"other_green_context_spared\":{},\"other_green_context_error\":\"{}\"}}",
+        quote(&fault),
+        other.is_none(),
+        quote(other.as_deref().unwrap_or(""))
+    );
+    Ok(())
+}

@@ -173,6 +173,20 @@ pub enum Which {
         #[arg(long, hide = true)]
         child: Option<String>,
     },
+    /// Green contexts (SM partitions, CUDA 12.4 on) against streams of one context, in one
+    /// process: threads launching 10 µs kernels, each on a green context of its own or a
+    /// stream of its own; then whether a fault in one green context spares another.
+    CudaGreen {
+        /// Thread counts.
+        #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "4,16")]
+        threads: Vec<usize>,
+        /// Seconds each run lasts.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Internal: run the fault check (it poisons its process).
+        #[arg(long, hide = true)]
+        fault_child: bool,
+    },
     /// Noisy neighbour: a good tenant's GEMM throughput and null-job latency with a hostile
     /// tenant idle, then at every limit at once (allocation churn, connection flood,
     /// malformed input, hung jobs); reports the ratios.
@@ -210,6 +224,8 @@ pub fn run(which: Which) -> Result<()> {
         Which::Syncobj { rounds, points, peer: None, .. } => syncobj::run(rounds.max(10), points.max(6)),
         Which::Cuda { child: Some(target), seconds, .. } => cuda::child(&target, seconds),
         Which::Cuda { clients, seconds, iters, child: None } => cuda::run(&clients, seconds.max(0.5), iters.max(10)),
+        Which::CudaGreen { fault_child: true, .. } => cuda::green_fault_child(),
+        Which::CudaGreen { threads, seconds, .. } => cuda::green(&threads, seconds.max(0.5)),
         Which::Isolation { seconds, load, hostile: Some(socket) } => isolation::hostile(&socket, seconds, &load),
         Which::Isolation { seconds, load, hostile: None } => isolation::run(seconds.max(0.5), &load),
     }
