@@ -12,9 +12,22 @@ use common::Daemon;
 /// The `vram` region of a cuda device.
 const VRAM: u32 = 1;
 
+/// What the importing process stamps at the start of the memory.
+const STAMP: &[u8] = b"written by another process";
+
 /// Entry point of child client processes; a no-op in the normal test run.
 #[test]
 fn child_entry() {
+    if std::env::var("ACCEL_TEST_ROLE").as_deref() == Ok("cuda-import") {
+        // Another process with a CUDA context of its own takes a vram export, zero-copy.
+        let raw: i32 = std::env::var("ACCEL_TEST_FD").unwrap().parse().unwrap();
+        let len: usize = std::env::var("ACCEL_TEST_LEN").unwrap().parse().unwrap();
+        // SAFETY: the parent passed this descriptor to us, open and owned by nobody else here.
+        let fd = unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) };
+        let seen = accel_driver_cuda::direct::import_read_write(0, &fd, len, STAMP).unwrap();
+        assert!(seen.chunks(4).all(|w| w == 0x0a11_ce55u32.to_le_bytes()), "the importer saw other bytes");
+        std::process::exit(0);
+    }
     common::child_entry();
 }
 
@@ -260,9 +273,22 @@ fn device_memory_is_scrubbed_and_exportable() {
     let mut seen = vec![1u8; 2 << 20];
     out.read(0, &mut seen).unwrap();
     assert!(seen.iter().all(|b| *b == 0), "a new device buffer reads as zeros");
-    // Export gives a POSIX descriptor another process can import into its own context.
+    // Export gives a POSIX descriptor another process imports into its own CUDA context
+    // (cuMemImportFromShareableHandle): it reads what accel wrote and its write shows here.
+    qb.submit(Op::Fill { dst: fresh.whole(), pattern: 0x0a11_ce55 }).unwrap().wait().unwrap();
     let fd = fresh.export().unwrap();
-    assert!(std::os::fd::AsRawFd::as_raw_fd(&fd) >= 0);
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).unwrap();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd).to_string();
+    let child = common::spawn_role(
+        "cuda-import",
+        d.socket(),
+        &[("ACCEL_TEST_FD", raw), ("ACCEL_TEST_LEN", (2 << 20).to_string())],
+    );
+    common::assert_child_ok(child);
+    qb.submit(Op::Copy { src: fresh.whole(), dst: out.whole() }).unwrap().wait().unwrap();
+    out.read(0, &mut seen).unwrap();
+    assert_eq!(&seen[..STAMP.len()], STAMP, "the importer's write is in accel's buffer");
+    assert!(seen[32..].chunks(4).all(|w| w == 0x0a11_ce55u32.to_le_bytes()), "and the rest is untouched");
 }
 
 /// A client with the test kernels loaded and a vram counter the `spin` kernel increments.

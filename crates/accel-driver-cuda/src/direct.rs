@@ -183,6 +183,42 @@ pub fn ptx_to_cubin(ordinal: usize, text: &str) -> Result<Vec<u8>, DriverError> 
     }
 }
 
+/// What another process does with a `vram` export — zero-copy, as a framework would take it
+/// (the path to DLPack `kDLCUDA`): in a CUDA context of this process's own, imports the
+/// descriptor (`cuMemImportFromShareableHandle`), maps it, reads its first `len` bytes and
+/// then writes `stamp` at its start.
+pub fn import_read_write(
+    ordinal: usize,
+    fd: &std::os::fd::OwnedFd,
+    len: usize,
+    stamp: &[u8],
+) -> Result<Vec<u8>, DriverError> {
+    if ordinal >= device_count()? {
+        return Err(DriverError::new(Errno::ENODEV, format!("cuda: no device {ordinal}")));
+    }
+    let mut out = vec![0u8; len];
+    // SAFETY: out pointers to locals; the copies stay inside the mapping (`len` and the
+    // stamp within the imported size, checked below); the context outlives the memory.
+    unsafe {
+        let mut dev = 0;
+        check(sys::cuDeviceGet(&mut dev, ordinal as i32), "cuDeviceGet")?;
+        let mut ctx = std::ptr::null_mut();
+        check(sys::cuCtxCreate_v2(&mut ctx, 0, dev), "cuCtxCreate")?;
+        let done = (|| {
+            let mem = crate::memory::CudaMem::import_on(ordinal as i32, fd, len as u64)?;
+            if len.max(stamp.len()) > mem.size {
+                return Err(DriverError::new(Errno::ERANGE, "cuda: beyond the imported memory"));
+            }
+            check(sys::cuMemcpyDtoH_v2(out.as_mut_ptr().cast(), mem.ptr, len), "cuMemcpyDtoH")?;
+            check(sys::cuMemcpyHtoD_v2(mem.ptr, stamp.as_ptr().cast(), stamp.len()), "cuMemcpyHtoD")?;
+            check(sys::cuCtxSynchronize(), "cuCtxSynchronize")
+        })();
+        sys::cuCtxDestroy_v2(ctx);
+        done?;
+    }
+    Ok(out)
+}
+
 impl Drop for Direct {
     fn drop(&mut self) {
         // SAFETY: our context; everything in it goes with it.

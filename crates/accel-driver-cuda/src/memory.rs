@@ -77,8 +77,14 @@ impl CudaMem {
     /// Maps the allocation behind `fd` (exported by [`CudaMem::new`], maybe by an earlier
     /// worker) of at least `len` bytes.
     pub(crate) fn import(gpu: &Gpu, fd: &OwnedFd, len: u64) -> Result<CudaMem, DriverError> {
+        Self::import_on(gpu.ordinal, fd, len)
+    }
+
+    /// [`CudaMem::import`] on device `ordinal`, in the current context (any process's: a
+    /// descriptor carries the allocation itself).
+    pub(crate) fn import_on(ordinal: i32, fd: &OwnedFd, len: u64) -> Result<CudaMem, DriverError> {
         // Sized before the import, so a failure leaves no handle to release.
-        let size = rounded(&properties(gpu.ordinal), len)?;
+        let size = rounded(&properties(ordinal), len)?;
         let mut handle = 0;
         let os_handle = fd.as_raw_fd() as usize as *mut c_void;
         check(
@@ -86,7 +92,7 @@ impl CudaMem {
             unsafe { sys::cuMemImportFromShareableHandle(&mut handle, os_handle, POSIX_FD) },
             "cuMemImportFromShareableHandle",
         )?;
-        let ptr = map(handle, size, gpu.ordinal)?;
+        let ptr = map(handle, size, ordinal)?;
         Ok(CudaMem { ptr, size, handle })
     }
 }
