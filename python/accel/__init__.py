@@ -38,7 +38,7 @@ def array(buf, dtype="uint8", shape=None):
     import numpy as np
 
     dtype = np.dtype(dtype)
-    raw = np.asarray(buf)
+    raw = np.asarray(memoryview(buf))  # memoryview: BufferError for unmapped memory
     if shape is None:
         count = raw.nbytes // dtype.itemsize
         return raw[: count * dtype.itemsize].view(dtype)

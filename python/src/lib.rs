@@ -233,6 +233,19 @@ impl Buffer {
         Buffer { inner: Arc::new(b) }
     }
 
+    /// The buffer's pages in this process; `BufferError` for memory of a region clients
+    /// cannot map (a device's `vram`), which jobs copy to and from host buffers instead.
+    fn mapped(&self) -> PyResult<*mut u8> {
+        if self.inner.is_mapped() {
+            return Ok(self.inner.as_ptr());
+        }
+        Err(PyBufferError::new_err(format!(
+            "accel buffer {:#x} is in region {}, which is not mapped into this process: copy it to a host buffer (region 0) with a job",
+            self.inner.handle().0,
+            self.inner.region()
+        )))
+    }
+
     fn view(&self, offset: u64, len: Option<u64>) -> PyResult<accel::BufView> {
         let size = self.inner.size();
         let len = len.unwrap_or(size.saturating_sub(offset));
@@ -380,16 +393,16 @@ fn export_capsule<'py, M: Managed>(
 }
 
 impl Buffer {
-    fn dl_tensor(&self) -> DLTensor {
-        DLTensor {
-            data: self.inner.as_ptr().cast(),
+    fn dl_tensor(&self) -> PyResult<DLTensor> {
+        Ok(DLTensor {
+            data: self.mapped()?.cast(),
             device: DLDevice { device_type: DL_CPU, device_id: 0 },
             ndim: 1,
             dtype: DLDataType { code: DL_UINT, bits: 8, lanes: 1 },
             shape: std::ptr::null_mut(),
             strides: std::ptr::null_mut(),
             byte_offset: 0,
-        }
+        })
     }
 }
 
@@ -407,7 +420,7 @@ impl Buffer {
         self.inner.handle().0
     }
 
-    /// Address of the mapping in this process.
+    /// Address of the mapping in this process (0 for memory this process cannot map).
     #[getter]
     fn address(&self) -> usize {
         self.inner.as_ptr() as usize
@@ -429,8 +442,8 @@ impl Buffer {
             return Err(PyBufferError::new_err("view is null"));
         }
         let (ptr, len) = {
-            let b = &slf.get().inner;
-            (b.as_ptr(), b.size() as isize)
+            let b = slf.get();
+            (b.mapped()?, b.inner.size() as isize)
         };
         // SAFETY: `view` is a valid Py_buffer to fill (CPython's contract); the mapping stays
         // alive as long as `obj` (this Buffer) does, which the view holds a reference to.
@@ -490,12 +503,12 @@ impl Buffer {
                 manager_ctx: std::ptr::null_mut(),
                 deleter: Some(dlpack_versioned_deleter),
                 flags: 0,
-                dl_tensor: self.dl_tensor(),
+                dl_tensor: self.dl_tensor()?,
             };
             return export_capsule(py, &self.inner, managed, DLTENSOR_VERSIONED, dlpack_versioned_capsule_destructor);
         }
         let managed = DLManagedTensor {
-            dl_tensor: self.dl_tensor(),
+            dl_tensor: self.dl_tensor()?,
             manager_ctx: std::ptr::null_mut(),
             deleter: Some(dlpack_deleter),
         };

@@ -195,6 +195,22 @@ def test_drm_syncobj_semantics(daemon):
     assert tl.query() == 0 and tl.last_submitted() == 0
 
 
+def test_device_memory_is_not_handed_out_as_host_memory(daemon):
+    dev = accel.Device(1)  # testdev: its vram is daemon memory no client maps
+    vram, host = dev.alloc(4096, 1), dev.alloc(4096)
+    for view in (memoryview, np.from_dlpack, lambda b: accel.array(b, np.uint8)):
+        with pytest.raises(BufferError, match="not mapped into this process"):
+            view(vram)
+    assert vram.address == 0
+    # Jobs move it: host -> vram -> host.
+    accel.array(host, np.uint32)[:] = np.arange(1024, dtype=np.uint32)
+    q = dev.queue()
+    q.copy(host, vram)
+    q.fill(host, 0).wait(5)
+    q.copy(vram, host).wait(5)
+    np.testing.assert_array_equal(accel.array(host, np.uint32), np.arange(1024, dtype=np.uint32))
+
+
 def test_builtin_kernels_and_device_regions(daemon):
     dev = accel.Device(0)
     assert [r["name"] for r in dev.regions()] == ["host"]
