@@ -3,6 +3,7 @@
 # here and carried over, and prints every figure as JSON lines. Build first, here:
 #
 #   cargo build --release && cargo test --release -p accel-cli --test vulkan --test cuda --no-run
+#   pip install ./python                # the Python module (the dlpack part uses it)
 #   scripts/gpu-check.sh --stage        # copies the binaries into gpu-bin/ (carried)
 #
 # then, on the device machine, from the repository root (gpu-bin/ and .gl/ are git-ignored:
@@ -27,15 +28,23 @@ if [ "${1:-}" = "--stage" ]; then
         test_bin=$(ls -t target/release/deps/$t-* 2>/dev/null | grep -v '\.d$' | head -1)
         [ -n "$test_bin" ] && strip -o "gpu-bin/$t-tests" "$test_bin"
     done
-    ls -la gpu-bin
+    # The Python package as installed here (built for this Python: the dlpack part runs only
+    # where the GPU machine's python3 is the same version).
+    if pkg=$(cd /tmp && python3 -c 'import accel, os; print(os.path.dirname(accel.__file__))' 2>/dev/null); then
+        rm -rf gpu-bin/python && mkdir -p gpu-bin/python/accel
+        cp "$pkg"/*.py gpu-bin/python/accel/
+        for so in "$pkg"/_accel*.so; do strip -o "gpu-bin/python/accel/$(basename "$so")" "$so"; done
+        python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' > gpu-bin/python/version
+    fi
+    ls -la gpu-bin gpu-bin/python/accel 2>/dev/null
     exit 0
 fi
 
 BIN=${BIN:-gpu-bin}
 # Each step has its own time limit, so a hang costs one step, not the run.
 STEP=${STEP:-150}
-# PARTS picks steps (default all): vulkan cuda bench cudabench green torch; DEVS the benchmarked devices.
-PARTS=" ${PARTS:-vulkan cuda bench cudabench green torch} "
+# PARTS picks steps (default all): vulkan cuda dlpack bench cudabench green torch; DEVS the benchmarked devices.
+PARTS=" ${PARTS:-vulkan cuda dlpack bench cudabench green torch} "
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 status=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -70,6 +79,17 @@ for t in vulkan cuda; do
         echo "no $BIN/$t-tests: run scripts/gpu-check.sh --stage after building"; status=1
     fi
 done
+
+# A cuda device's vram as a PyTorch CUDA tensor through DLPack (kDLCUDA), no copy.
+if part dlpack; then
+    echo "== dlpack (torch.from_dlpack of a cuda vram buffer)"
+    here=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+    if [ -f "$BIN/python/version" ] && [ "$(cat "$BIN/python/version")" = "$here" ]; then
+        ACCEL_BIN="$PWD/$BIN/accel" PYTHONPATH="$PWD/$BIN/python" timeout "$STEP" python3 python/tests/test_cuda_dlpack.py || status=1
+    else
+        echo "skipped: the staged module is for Python $(cat "$BIN/python/version" 2>/dev/null || echo '(none)'), this is $here"
+    fi
+fi
 
 part bench || DEVS=" "
 for dev in ${DEVS:-vulkan:0 cuda:0}; do

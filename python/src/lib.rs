@@ -38,6 +38,13 @@ struct Device {
     inner: Arc<accel::Device>,
 }
 
+impl Device {
+    /// Whether the device is a GPU of the cuda driver (its `vram` goes to DLPack as `kDLCUDA`).
+    fn is_cuda(&self) -> bool {
+        self.inner.info().driver == "cuda"
+    }
+}
+
 #[pymethods]
 impl Device {
     /// Opens device `minor` through the daemon at `socket` (default: `$ACCEL_SOCKET`, else the
@@ -85,7 +92,7 @@ impl Device {
     #[pyo3(signature = (size, region = 0))]
     fn alloc(&self, py: Python<'_>, size: u64, region: u32) -> PyResult<Buffer> {
         let b = py.detach(|| self.inner.alloc_in(size, region)).map_err(raise)?;
-        Ok(Buffer::new(b))
+        Ok(Buffer::new(b, self.is_cuda()))
     }
 
     /// The device's memory regions: dicts with id, name, kind, size, used, mappable,
@@ -126,7 +133,7 @@ impl Device {
         // SAFETY: the caller passes an open descriptor it keeps open during the call.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         let b = py.detach(|| self.inner.import(fd)).map_err(raise)?;
-        Ok(Buffer::new(b))
+        Ok(Buffer::new(b, self.is_cuda()))
     }
 
     /// Creates a queue: `priority` is "low", "normal", "high" or "kernel" (the last two
@@ -222,15 +229,46 @@ impl Device {
 /// A buffer object: device-visible memory mapped into this process.
 ///
 /// `memoryview(buf)`, `numpy.asarray(buf)` (bytes) and `numpy.from_dlpack(buf)` are
-/// views of the same pages, not copies.
+/// views of the same pages, not copies. A cuda device's `vram` buffer is a DLPack `kDLCUDA`
+/// tensor instead: `torch.from_dlpack(buf)` and `cupy.from_dlpack(buf)` use the GPU memory
+/// itself, mapped into this process on first use.
 #[pyclass(module = "accel", frozen)]
 struct Buffer {
     inner: Arc<accel::Buffer>,
+    /// The buffer is a cuda device's.
+    cuda: bool,
+    /// Its device memory mapped here, once a DLPack consumer asked.
+    mapping: std::sync::Mutex<Option<Arc<accel_driver_cuda::direct::DeviceMapping>>>,
 }
 
+/// `kDLCUDA`.
+const DL_CUDA: i32 = 2;
+
 impl Buffer {
-    fn new(b: accel::Buffer) -> Buffer {
-        Buffer { inner: Arc::new(b) }
+    fn new(b: accel::Buffer, cuda: bool) -> Buffer {
+        Buffer { inner: Arc::new(b), cuda, mapping: std::sync::Mutex::new(None) }
+    }
+
+    /// For a cuda device's unmapped buffer: its memory mapped into this process (exported by
+    /// the daemon, imported with `cuMemImportFromShareableHandle`), made once.
+    fn device_mapping(&self, py: Python<'_>) -> PyResult<Option<Arc<accel_driver_cuda::direct::DeviceMapping>>> {
+        if self.inner.is_mapped() || !self.cuda {
+            return Ok(None);
+        }
+        let mut slot = self.mapping.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = &*slot {
+            return Ok(Some(m.clone()));
+        }
+        let inner = self.inner.clone();
+        let m = py
+            .detach(|| {
+                let fd = inner.export().map_err(|e| e.to_string())?;
+                accel_driver_cuda::direct::DeviceMapping::new(&fd, inner.size()).map_err(|e| e.message)
+            })
+            .map_err(|why| PyBufferError::new_err(format!("accel buffer {:#x}: {why}", self.inner.handle().0)))?;
+        let m = Arc::new(m);
+        *slot = Some(m.clone());
+        Ok(Some(m))
     }
 
     /// The buffer's pages in this process; `BufferError` for memory of a region clients
@@ -253,9 +291,11 @@ impl Buffer {
     }
 }
 
-/// What a DLPack capsule keeps alive: the buffer, the shape array and the tensor.
+/// What a DLPack capsule keeps alive: the buffer (and its device mapping), the shape array
+/// and the tensor.
 struct DlpackCtx<M> {
     _buffer: Arc<accel::Buffer>,
+    _mapping: Option<Arc<accel_driver_cuda::direct::DeviceMapping>>,
     shape: [i64; 1],
     managed: M,
 }
@@ -372,12 +412,13 @@ impl Managed for DLManagedTensorVersioned {
 fn export_capsule<'py, M: Managed>(
     py: Python<'py>,
     buffer: &Arc<accel::Buffer>,
+    mapping: Option<Arc<accel_driver_cuda::direct::DeviceMapping>>,
     managed: M,
     name: &'static CStr,
     destructor: unsafe extern "C" fn(*mut ffi::PyObject),
 ) -> PyResult<Bound<'py, PyCapsule>> {
     let shape = [buffer.size() as i64];
-    let raw = Box::into_raw(Box::new(DlpackCtx { _buffer: buffer.clone(), shape, managed }));
+    let raw = Box::into_raw(Box::new(DlpackCtx { _buffer: buffer.clone(), _mapping: mapping, shape, managed }));
     // SAFETY: `raw` is a live Box; the tensor points at its shape and back at its owner,
     // which the deleter frees.
     let managed = unsafe {
@@ -393,10 +434,15 @@ fn export_capsule<'py, M: Managed>(
 }
 
 impl Buffer {
-    fn dl_tensor(&self) -> PyResult<DLTensor> {
+    /// The tensor over the buffer: its host pages, or its memory on the GPU (`mapping`).
+    fn dl_tensor(&self, mapping: Option<&accel_driver_cuda::direct::DeviceMapping>) -> PyResult<DLTensor> {
+        let (data, device) = match mapping {
+            Some(m) => (m.ptr() as *mut c_void, DLDevice { device_type: DL_CUDA, device_id: m.ordinal() }),
+            None => (self.mapped()?.cast(), DLDevice { device_type: DL_CPU, device_id: 0 }),
+        };
         Ok(DLTensor {
-            data: self.mapped()?.cast(),
-            device: DLDevice { device_type: DL_CPU, device_id: 0 },
+            data,
+            device,
             ndim: 1,
             dtype: DLDataType { code: DL_UINT, bits: 8, lanes: 1 },
             shape: std::ptr::null_mut(),
@@ -474,8 +520,11 @@ impl Buffer {
 
     unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {}
 
-    /// DLPack export (host memory, uint8, 1-D): `numpy.from_dlpack(buf)`,
-    /// `torch.from_dlpack(buf)` share the pages.
+    /// DLPack export (uint8, 1-D, no copy): host memory as `kDLCPU` (`numpy.from_dlpack(buf)`,
+    /// `torch.from_dlpack(buf)` share the pages), a cuda device's `vram` as `kDLCUDA` on its
+    /// GPU (`torch.from_dlpack(buf)` is a CUDA tensor over the same memory). The memory is as
+    /// the last job that wrote it left it once that job's fence signalled, so no stream
+    /// synchronisation is asked of the consumer.
     #[pyo3(signature = (*, stream = None, max_version = None, dl_device = None, copy = None))]
     fn __dlpack__<'py>(
         &self,
@@ -486,12 +535,18 @@ impl Buffer {
         copy: Option<bool>,
     ) -> PyResult<Bound<'py, PyCapsule>> {
         let _ = stream;
-        if dl_device.is_some_and(|d| d != (DL_CPU, 0)) {
-            return Err(PyBufferError::new_err("accel host buffers export to the CPU device only"));
+        let mapping = self.device_mapping(py)?;
+        let here = mapping.as_ref().map_or((DL_CPU, 0), |m| (DL_CUDA, m.ordinal()));
+        if dl_device.is_some_and(|d| d != here) {
+            return Err(PyBufferError::new_err(format!(
+                "accel buffer {:#x} lives on DLPack device {here:?}, exported without a copy",
+                self.inner.handle().0
+            )));
         }
         if copy == Some(true) {
             return Err(PyBufferError::new_err("accel buffers are exported without a copy"));
         }
+        let tensor = self.dl_tensor(mapping.as_deref())?;
         // A consumer that speaks DLPack 1.x gets a versioned (and writable) tensor.
         let versioned = match max_version {
             Some(v) => v.extract::<(u32, u32)>().map(|(major, _)| major >= 1).unwrap_or(false),
@@ -503,20 +558,24 @@ impl Buffer {
                 manager_ctx: std::ptr::null_mut(),
                 deleter: Some(dlpack_versioned_deleter),
                 flags: 0,
-                dl_tensor: self.dl_tensor()?,
+                dl_tensor: tensor,
             };
-            return export_capsule(py, &self.inner, managed, DLTENSOR_VERSIONED, dlpack_versioned_capsule_destructor);
+            return export_capsule(
+                py,
+                &self.inner,
+                mapping,
+                managed,
+                DLTENSOR_VERSIONED,
+                dlpack_versioned_capsule_destructor,
+            );
         }
-        let managed = DLManagedTensor {
-            dl_tensor: self.dl_tensor()?,
-            manager_ctx: std::ptr::null_mut(),
-            deleter: Some(dlpack_deleter),
-        };
-        export_capsule(py, &self.inner, managed, DLTENSOR, dlpack_capsule_destructor)
+        let managed =
+            DLManagedTensor { dl_tensor: tensor, manager_ctx: std::ptr::null_mut(), deleter: Some(dlpack_deleter) };
+        export_capsule(py, &self.inner, mapping, managed, DLTENSOR, dlpack_capsule_destructor)
     }
 
-    fn __dlpack_device__(&self) -> (i32, i32) {
-        (DL_CPU, 0)
+    fn __dlpack_device__(&self, py: Python<'_>) -> PyResult<(i32, i32)> {
+        Ok(self.device_mapping(py)?.map_or((DL_CPU, 0), |m| (DL_CUDA, m.ordinal())))
     }
 
     fn __repr__(&self) -> String {

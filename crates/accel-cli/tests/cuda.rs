@@ -24,7 +24,7 @@ fn child_entry() {
         let len: usize = std::env::var("ACCEL_TEST_LEN").unwrap().parse().unwrap();
         // SAFETY: the parent passed this descriptor to us, open and owned by nobody else here.
         let fd = unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) };
-        let seen = accel_driver_cuda::direct::import_read_write(0, &fd, len, STAMP).unwrap();
+        let seen = accel_driver_cuda::direct::import_read_write(&fd, len, STAMP).unwrap();
         assert!(seen.chunks(4).all(|w| w == 0x0a11_ce55u32.to_le_bytes()), "the importer saw other bytes");
         std::process::exit(0);
     }

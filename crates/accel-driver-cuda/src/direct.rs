@@ -183,39 +183,98 @@ pub fn ptx_to_cubin(ordinal: usize, text: &str) -> Result<Vec<u8>, DriverError> 
     }
 }
 
-/// What another process does with a `vram` export — zero-copy, as a framework would take it
-/// (the path to DLPack `kDLCUDA`): in a CUDA context of this process's own, imports the
-/// descriptor (`cuMemImportFromShareableHandle`), maps it, reads its first `len` bytes and
+/// Device memory another process exported (accel's `vram`), mapped into this process on the
+/// GPU that holds it, at an address valid in that GPU's primary context — the one PyTorch and
+/// CuPy use — so a DLPack `kDLCUDA` tensor can point at it without a copy. Unmapped on drop.
+pub struct DeviceMapping {
+    mem: Option<crate::memory::CudaMem>,
+    ordinal: i32,
+    dev: sys::CUdevice,
+}
+
+// SAFETY: the mapping is an address range of the process and a device number; CUDA allows
+// using and releasing them from any thread.
+unsafe impl Send for DeviceMapping {}
+// SAFETY: as above; nothing in it changes after it is made.
+unsafe impl Sync for DeviceMapping {}
+
+impl DeviceMapping {
+    /// Maps the allocation behind `fd` (at least `len` bytes), retaining its GPU's primary
+    /// context for as long as the mapping lives.
+    pub fn new(fd: &std::os::fd::OwnedFd, len: u64) -> Result<DeviceMapping, DriverError> {
+        device_count()?;
+        let (mem, ordinal) = crate::memory::import_anywhere(fd, len)?;
+        let mut dev = 0;
+        let mut ctx = std::ptr::null_mut();
+        // SAFETY: out pointers to locals; the ordinal came from the driver.
+        unsafe {
+            check(sys::cuDeviceGet(&mut dev, ordinal), "cuDeviceGet")?;
+            check(sys::cuDevicePrimaryCtxRetain(&mut ctx, dev), "cuDevicePrimaryCtxRetain")?;
+        }
+        Ok(DeviceMapping { mem: Some(mem), ordinal, dev })
+    }
+
+    /// The device address of the memory's first byte.
+    pub fn ptr(&self) -> u64 {
+        self.mem.as_ref().map_or(0, |m| m.ptr)
+    }
+
+    /// Bytes mapped (the allocation's size, at least the length asked for).
+    pub fn len(&self) -> usize {
+        self.mem.as_ref().map_or(0, |m| m.size)
+    }
+
+    /// Whether nothing is mapped (never, for a mapping that was made).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The GPU's ordinal in this process.
+    pub fn ordinal(&self) -> i32 {
+        self.ordinal
+    }
+
+    /// Runs `f` with the GPU's primary context current on this thread.
+    fn in_context<T>(&self, f: impl FnOnce() -> Result<T, DriverError>) -> Result<T, DriverError> {
+        let mut ctx = std::ptr::null_mut();
+        // SAFETY: the primary context is retained by this mapping; pushed and popped here.
+        unsafe {
+            check(sys::cuDevicePrimaryCtxRetain(&mut ctx, self.dev), "cuDevicePrimaryCtxRetain")?;
+            check(sys::cuCtxPushCurrent_v2(ctx), "cuCtxPushCurrent")?;
+            let r = f();
+            let mut popped = std::ptr::null_mut();
+            sys::cuCtxPopCurrent_v2(&mut popped);
+            sys::cuDevicePrimaryCtxRelease_v2(self.dev);
+            r
+        }
+    }
+}
+
+impl Drop for DeviceMapping {
+    fn drop(&mut self) {
+        drop(self.mem.take());
+        // SAFETY: retained in `new`.
+        unsafe { sys::cuDevicePrimaryCtxRelease_v2(self.dev) };
+    }
+}
+
+/// What another process does with a `vram` export — zero-copy, as a framework would take it:
+/// maps it ([`DeviceMapping`]), reads its first `len` bytes in the GPU's primary context,
 /// then writes `stamp` at its start.
-pub fn import_read_write(
-    ordinal: usize,
-    fd: &std::os::fd::OwnedFd,
-    len: usize,
-    stamp: &[u8],
-) -> Result<Vec<u8>, DriverError> {
-    if ordinal >= device_count()? {
-        return Err(DriverError::new(Errno::ENODEV, format!("cuda: no device {ordinal}")));
+pub fn import_read_write(fd: &std::os::fd::OwnedFd, len: usize, stamp: &[u8]) -> Result<Vec<u8>, DriverError> {
+    let m = DeviceMapping::new(fd, len as u64)?;
+    if len.max(stamp.len()) > m.len() {
+        return Err(DriverError::new(Errno::ERANGE, "cuda: beyond the imported memory"));
     }
     let mut out = vec![0u8; len];
-    // SAFETY: out pointers to locals; the copies stay inside the mapping (`len` and the
-    // stamp within the imported size, checked below); the context outlives the memory.
-    unsafe {
-        let mut dev = 0;
-        check(sys::cuDeviceGet(&mut dev, ordinal as i32), "cuDeviceGet")?;
-        let mut ctx = std::ptr::null_mut();
-        check(sys::cuCtxCreate_v2(&mut ctx, 0, dev), "cuCtxCreate")?;
-        let done = (|| {
-            let mem = crate::memory::CudaMem::import_on(ordinal as i32, fd, len as u64)?;
-            if len.max(stamp.len()) > mem.size {
-                return Err(DriverError::new(Errno::ERANGE, "cuda: beyond the imported memory"));
-            }
-            check(sys::cuMemcpyDtoH_v2(out.as_mut_ptr().cast(), mem.ptr, len), "cuMemcpyDtoH")?;
-            check(sys::cuMemcpyHtoD_v2(mem.ptr, stamp.as_ptr().cast(), stamp.len()), "cuMemcpyHtoD")?;
+    m.in_context(|| {
+        // SAFETY: both copies stay inside the mapping (checked above).
+        unsafe {
+            check(sys::cuMemcpyDtoH_v2(out.as_mut_ptr().cast(), m.ptr(), len), "cuMemcpyDtoH")?;
+            check(sys::cuMemcpyHtoD_v2(m.ptr(), stamp.as_ptr().cast(), stamp.len()), "cuMemcpyHtoD")?;
             check(sys::cuCtxSynchronize(), "cuCtxSynchronize")
-        })();
-        sys::cuCtxDestroy_v2(ctx);
-        done?;
-    }
+        }
+    })?;
     Ok(out)
 }
 

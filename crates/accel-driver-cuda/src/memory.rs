@@ -77,14 +77,8 @@ impl CudaMem {
     /// Maps the allocation behind `fd` (exported by [`CudaMem::new`], maybe by an earlier
     /// worker) of at least `len` bytes.
     pub(crate) fn import(gpu: &Gpu, fd: &OwnedFd, len: u64) -> Result<CudaMem, DriverError> {
-        Self::import_on(gpu.ordinal, fd, len)
-    }
-
-    /// [`CudaMem::import`] on device `ordinal`, in the current context (any process's: a
-    /// descriptor carries the allocation itself).
-    pub(crate) fn import_on(ordinal: i32, fd: &OwnedFd, len: u64) -> Result<CudaMem, DriverError> {
         // Sized before the import, so a failure leaves no handle to release.
-        let size = rounded(&properties(ordinal), len)?;
+        let size = rounded(&properties(gpu.ordinal), len)?;
         let mut handle = 0;
         let os_handle = fd.as_raw_fd() as usize as *mut c_void;
         check(
@@ -92,9 +86,41 @@ impl CudaMem {
             unsafe { sys::cuMemImportFromShareableHandle(&mut handle, os_handle, POSIX_FD) },
             "cuMemImportFromShareableHandle",
         )?;
-        let ptr = map(handle, size, ordinal)?;
+        let ptr = map(handle, size, gpu.ordinal)?;
         Ok(CudaMem { ptr, size, handle })
     }
+}
+
+/// Maps an allocation another process exported as `fd` (at least `len` bytes) on whichever
+/// GPU holds it — found from the allocation itself, in this process's numbering of devices
+/// — and returns it with that device's ordinal. Needs no current context.
+pub(crate) fn import_anywhere(fd: &OwnedFd, len: u64) -> Result<(CudaMem, i32), DriverError> {
+    let mut handle = 0;
+    let os_handle = fd.as_raw_fd() as usize as *mut c_void;
+    check(
+        // SAFETY: a descriptor of a POSIX-fd-exportable allocation; out pointer to a local.
+        unsafe { sys::cuMemImportFromShareableHandle(&mut handle, os_handle, POSIX_FD) },
+        "cuMemImportFromShareableHandle",
+    )?;
+    // SAFETY: a zeroed property struct is valid to overwrite; the handle is live.
+    let mut prop: sys::CUmemAllocationProp = unsafe { std::mem::zeroed() };
+    let sized = check(
+        // SAFETY: as above.
+        unsafe { sys::cuMemGetAllocationPropertiesFromHandle(&mut prop, handle) },
+        "cuMemGetAllocationPropertiesFromHandle",
+    )
+    .and_then(|()| rounded(&prop, len));
+    let size = match sized {
+        Ok(size) => size,
+        Err(e) => {
+            // SAFETY: imported above, not mapped.
+            unsafe { sys::cuMemRelease(handle) };
+            return Err(e);
+        }
+    };
+    let ordinal = prop.location.id;
+    let ptr = map(handle, size, ordinal)?;
+    Ok((CudaMem { ptr, size, handle }, ordinal))
 }
 
 /// Reserves address space for `size` bytes and maps `handle` there, read-write for device
