@@ -6,28 +6,11 @@ script on the lent GPU machine (scripts/gpu-check.sh, which has no pytest there)
     ACCEL_BIN=gpu-bin/accel PYTHONPATH=gpu-bin/python python3 python/tests/test_cuda_dlpack.py
 """
 
-import os
-import pathlib
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from _daemon import Daemon, accel_binary
+
 PATTERN = 0x0A11CE55
-
-
-def _binary():
-    explicit = os.environ.get("ACCEL_BIN")
-    if explicit:
-        return explicit
-    for profile in ("release", "debug"):
-        candidate = ROOT / "target" / profile / "accel"
-        if candidate.exists():
-            return str(candidate)
-    return shutil.which("accel")
 
 
 def _why_not():
@@ -38,7 +21,7 @@ def _why_not():
         return "no PyTorch here"
     if not torch.cuda.is_available():
         return "PyTorch has no CUDA device here"
-    if not _binary():
+    if not accel_binary():
         return "no accel binary (build it, or set ACCEL_BIN)"
     return None
 
@@ -47,23 +30,9 @@ def vram_is_a_cuda_tensor_over_the_same_memory():
     import accel
     import torch
 
-    tmp = tempfile.mkdtemp(prefix="accel-dlpack-")
-    sock = os.path.join(tmp, "accel.sock")
-    proc = subprocess.Popen(
-        [_binary(), "daemon", "--socket", sock, "--state-dir", os.path.join(tmp, "state"), "--device", "cuda:0"],
-        env={**os.environ, "ACCEL_LOG": "error"},
-    )
+    d = Daemon(["cuda:0"], timeout=30)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
-                    s.connect(sock)
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "accel daemon did not start"
-                time.sleep(0.05)
-        dev = accel.Device(0, socket=sock)
+        dev = accel.Device(0, socket=d.socket)
         n = 1 << 20
         vram, host = dev.alloc(n, 1), dev.alloc(n)
         q = dev.queue()
@@ -84,9 +53,7 @@ def vram_is_a_cuda_tensor_over_the_same_memory():
         # Host buffers stay kDLCPU.
         assert host.__dlpack_device__() == (1, 0)
     finally:
-        proc.kill()
-        proc.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+        d.stop()
 
 
 def test_vram_is_a_cuda_tensor_over_the_same_memory():
