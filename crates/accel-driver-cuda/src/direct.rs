@@ -190,10 +190,12 @@ pub struct DeviceMapping {
     mem: Option<crate::memory::CudaMem>,
     ordinal: i32,
     dev: sys::CUdevice,
+    /// The GPU's primary context, retained while the mapping lives.
+    ctx: sys::CUcontext,
 }
 
-// SAFETY: the mapping is an address range of the process and a device number; CUDA allows
-// using and releasing them from any thread.
+// SAFETY: the mapping is an address range of the process, a device number and a retained
+// primary context; CUDA allows using and releasing them from any thread.
 unsafe impl Send for DeviceMapping {}
 // SAFETY: as above; nothing in it changes after it is made.
 unsafe impl Sync for DeviceMapping {}
@@ -211,7 +213,7 @@ impl DeviceMapping {
             check(sys::cuDeviceGet(&mut dev, ordinal), "cuDeviceGet")?;
             check(sys::cuDevicePrimaryCtxRetain(&mut ctx, dev), "cuDevicePrimaryCtxRetain")?;
         }
-        Ok(DeviceMapping { mem: Some(mem), ordinal, dev })
+        Ok(DeviceMapping { mem: Some(mem), ordinal, dev, ctx })
     }
 
     /// The device address of the memory's first byte.
@@ -236,15 +238,12 @@ impl DeviceMapping {
 
     /// Runs `f` with the GPU's primary context current on this thread.
     fn in_context<T>(&self, f: impl FnOnce() -> Result<T, DriverError>) -> Result<T, DriverError> {
-        let mut ctx = std::ptr::null_mut();
         // SAFETY: the primary context is retained by this mapping; pushed and popped here.
         unsafe {
-            check(sys::cuDevicePrimaryCtxRetain(&mut ctx, self.dev), "cuDevicePrimaryCtxRetain")?;
-            check(sys::cuCtxPushCurrent_v2(ctx), "cuCtxPushCurrent")?;
+            check(sys::cuCtxPushCurrent_v2(self.ctx), "cuCtxPushCurrent")?;
             let r = f();
             let mut popped = std::ptr::null_mut();
             sys::cuCtxPopCurrent_v2(&mut popped);
-            sys::cuDevicePrimaryCtxRelease_v2(self.dev);
             r
         }
     }

@@ -79,22 +79,14 @@ impl CudaMem {
     pub(crate) fn import(gpu: &Gpu, fd: &OwnedFd, len: u64) -> Result<CudaMem, DriverError> {
         // Sized before the import, so a failure leaves no handle to release.
         let size = rounded(&properties(gpu.ordinal), len)?;
-        let mut handle = 0;
-        let os_handle = fd.as_raw_fd() as usize as *mut c_void;
-        check(
-            // SAFETY: a descriptor of a POSIX-fd-exportable allocation; out pointer to a local.
-            unsafe { sys::cuMemImportFromShareableHandle(&mut handle, os_handle, POSIX_FD) },
-            "cuMemImportFromShareableHandle",
-        )?;
+        let handle = import_handle(fd)?;
         let ptr = map(handle, size, gpu.ordinal)?;
         Ok(CudaMem { ptr, size, handle })
     }
 }
 
-/// Maps an allocation another process exported as `fd` (at least `len` bytes) on whichever
-/// GPU holds it — found from the allocation itself, in this process's numbering of devices
-/// — and returns it with that device's ordinal. Needs no current context.
-pub(crate) fn import_anywhere(fd: &OwnedFd, len: u64) -> Result<(CudaMem, i32), DriverError> {
+/// The allocation behind an exported descriptor (to map, then release).
+fn import_handle(fd: &OwnedFd) -> Result<sys::CUmemGenericAllocationHandle, DriverError> {
     let mut handle = 0;
     let os_handle = fd.as_raw_fd() as usize as *mut c_void;
     check(
@@ -102,6 +94,14 @@ pub(crate) fn import_anywhere(fd: &OwnedFd, len: u64) -> Result<(CudaMem, i32), 
         unsafe { sys::cuMemImportFromShareableHandle(&mut handle, os_handle, POSIX_FD) },
         "cuMemImportFromShareableHandle",
     )?;
+    Ok(handle)
+}
+
+/// Maps an allocation another process exported as `fd` (at least `len` bytes) on whichever
+/// GPU holds it — found from the allocation itself, in this process's numbering of devices
+/// — and returns it with that device's ordinal. Needs no current context.
+pub(crate) fn import_anywhere(fd: &OwnedFd, len: u64) -> Result<(CudaMem, i32), DriverError> {
+    let handle = import_handle(fd)?;
     // SAFETY: a zeroed property struct is valid to overwrite; the handle is live.
     let mut prop: sys::CUmemAllocationProp = unsafe { std::mem::zeroed() };
     let sized = check(
