@@ -177,6 +177,19 @@ pub fn count() -> Result<usize, DriverError> {
     n.map_err(vk_err("vkEnumeratePhysicalDevices"))
 }
 
+/// The optional device extensions a physical device has; each is enabled where it is.
+#[derive(Debug, Clone, Copy)]
+struct Extensions {
+    /// `VK_EXT_external_memory_host`.
+    host_import: bool,
+    /// `VK_KHR_external_memory_fd`.
+    memory_fd: bool,
+    /// `VK_EXT_device_fault` with its `deviceFault` feature.
+    fault: bool,
+    /// `VK_KHR_external_semaphore_fd` with `SYNC_FD` export.
+    sync_fd: bool,
+}
+
 fn has_ext(exts: &[vk::ExtensionProperties], name: &CStr) -> bool {
     exts.iter().any(|e| e.extension_name_as_c_str().is_ok_and(|n| n == name))
 }
@@ -207,10 +220,11 @@ impl Gpu {
                         }
                     }
                 }
-                let host_import = ext.0.then(|| ash::ext::external_memory_host::Device::new(&instance, &device));
-                let memory_fd = ext.1.then(|| ash::khr::external_memory_fd::Device::new(&instance, &device));
-                let fault = ext.2.then(|| FaultQuery::new(&instance, &device));
-                let semaphore_fd = ext.3.then(|| SemaphoreFd::new(&instance, &device));
+                let host_import =
+                    ext.host_import.then(|| ash::ext::external_memory_host::Device::new(&instance, &device));
+                let memory_fd = ext.memory_fd.then(|| ash::khr::external_memory_fd::Device::new(&instance, &device));
+                let fault = ext.fault.then(|| FaultQuery::new(&instance, &device));
+                let semaphore_fd = ext.sync_fd.then(|| SemaphoreFd::new(&instance, &device));
                 Ok(Gpu {
                     _entry: entry,
                     instance,
@@ -238,7 +252,7 @@ impl Gpu {
     fn open_on(
         instance: &ash::Instance,
         index: usize,
-    ) -> Result<(ash::Device, Props, Vec<u32>, (u32, u32), (bool, bool, bool, bool)), DriverError> {
+    ) -> Result<(ash::Device, Props, Vec<u32>, (u32, u32), Extensions), DriverError> {
         // SAFETY: a live instance.
         let physical =
             unsafe { instance.enumerate_physical_devices() }.map_err(vk_err("vkEnumeratePhysicalDevices"))?;
@@ -308,23 +322,22 @@ impl Gpu {
             .iter()
             .map(|h| (h.size, h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL)))
             .collect();
-        let host_ext = has_ext(&exts, ash::ext::external_memory_host::NAME);
-        let fd_ext = has_ext(&exts, ash::khr::external_memory_fd::NAME);
-        let fault_ext = fault::supported(instance, phys, has_ext(&exts, ash::ext::device_fault::NAME));
-        let sync_fd_ext = native::supported(instance, phys, has_ext(&exts, ash::khr::external_semaphore_fd::NAME));
-        let mut enabled = Vec::new();
-        if sync_fd_ext {
-            enabled.push(ash::khr::external_semaphore_fd::NAME.as_ptr());
-        }
-        if fault_ext {
-            enabled.push(ash::ext::device_fault::NAME.as_ptr());
-        }
-        if host_ext {
-            enabled.push(ash::ext::external_memory_host::NAME.as_ptr());
-        }
-        if fd_ext {
-            enabled.push(ash::khr::external_memory_fd::NAME.as_ptr());
-        }
+        let ext = Extensions {
+            host_import: has_ext(&exts, ash::ext::external_memory_host::NAME),
+            memory_fd: has_ext(&exts, ash::khr::external_memory_fd::NAME),
+            fault: fault::supported(instance, phys, has_ext(&exts, ash::ext::device_fault::NAME)),
+            sync_fd: native::supported(instance, phys, has_ext(&exts, ash::khr::external_semaphore_fd::NAME)),
+        };
+        let enabled: Vec<_> = [
+            (ext.sync_fd, ash::khr::external_semaphore_fd::NAME),
+            (ext.fault, ash::ext::device_fault::NAME),
+            (ext.host_import, ash::ext::external_memory_host::NAME),
+            (ext.memory_fd, ash::khr::external_memory_fd::NAME),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| name.as_ptr())
+        .collect();
         let priorities = [1.0f32];
         let mut queues =
             vec![vk::DeviceQueueCreateInfo::default().queue_family_index(compute).queue_priorities(&priorities)];
@@ -339,7 +352,7 @@ impl Gpu {
             .queue_create_infos(&queues)
             .enabled_extension_names(&enabled)
             .push_next(&mut v12);
-        if fault_ext {
+        if ext.fault {
             info = info.push_next(&mut fault_on);
         }
         // SAFETY: `phys` came from this instance; the create info outlives the call.
@@ -352,13 +365,13 @@ impl Gpu {
             api_version: version(p.api_version),
             heaps,
             storage_align: p.limits.min_storage_buffer_offset_alignment.max(4),
-            host_import_align: if host_ext { host_props.max(1) } else { 0 },
+            host_import_align: if ext.host_import { host_props.max(1) } else { 0 },
             max_groups: p.limits.max_compute_work_group_count,
             max_push: p.limits.max_push_constants_size,
             max_alloc,
             uuid,
         };
-        Ok((device, props, engine_families, (device_type, staging_type), (host_ext, fd_ext, fault_ext, sync_fd_ext)))
+        Ok((device, props, engine_families, (device_type, staging_type), ext))
     }
 
     /// Records a job's commands with `record` and runs them on `engine`, returning once
@@ -439,11 +452,7 @@ impl Gpu {
     }
 
     /// Marks the device lost when `e` says so; returns `e`.
-    pub(crate) fn note_lost(&self, e: DriverError) -> DriverError {
-        self.note(e)
-    }
-
-    fn note(&self, e: DriverError) -> DriverError {
+    pub(crate) fn note(&self, e: DriverError) -> DriverError {
         if e.lost {
             self.lost.store(true, Ordering::Release);
         }

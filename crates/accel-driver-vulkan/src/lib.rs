@@ -166,10 +166,10 @@ impl VulkanDevice {
     /// Returns what the device said about the loss (`VK_EXT_device_fault`), if anything.
     fn recreate(&self, lost: &Arc<Generation>, why: &str) -> Result<Option<String>, DriverError> {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        if !Arc::ptr_eq(&current, lost) {
-            return Ok(lost.fault());
-        }
         let fault = lost.fault();
+        if !Arc::ptr_eq(&current, lost) {
+            return Ok(fault);
+        }
         if let Some(f) = &fault {
             tracing::warn!("vulkan{}: the lost device reports: {f}", self.index);
         }

@@ -87,7 +87,7 @@ impl Gpu {
             // with no pending operation.
             unsafe { self.device.queue_submit(*queue, &[submit], vk::Fence::null()) }
                 .map(|()| mark)
-                .map_err(|r| self.note_lost(vk_err("vkQueueSubmit (sync file)")(r)))
+                .map_err(|r| self.note(vk_err("vkQueueSubmit (sync file)")(r)))
         };
         let mark = match submitted {
             Ok(mark) => mark,
@@ -108,7 +108,7 @@ impl Gpu {
             // SAFETY: a new descriptor the call handed over.
             Ok(fd) if fd >= 0 => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) })),
             Ok(_) => Ok(None),
-            Err(r) => Err(self.note_lost(vk_err("vkGetSemaphoreFdKHR (SYNC_FD)")(r))),
+            Err(r) => Err(self.note(vk_err("vkGetSemaphoreFdKHR (SYNC_FD)")(r))),
         }
     }
 }
