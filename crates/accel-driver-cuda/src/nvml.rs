@@ -6,7 +6,8 @@
 //! (volatile counts: they grow while the daemon watches), retired pages (before Ampere),
 //! remapped rows (Ampere on: rows remapped for correctable and uncorrectable errors, and the
 //! start of a pending remap — it takes effect at the next GPU reset — or of a failed one,
-//! after which the GPU has no spare rows left: fatal), the PCIe replay counter, NVLink CRC/replay/recovery counters where there are links, and the start of each
+//! after which the GPU has no spare rows left: fatal), the PCIe replay counter, NVLink
+//! CRC/replay/recovery counters where there are links, and the start of each
 //! thermal or power throttling episode. Critical XID events arrive through an NVML event set
 //! and count in the `xid` node under their code; the XIDs a client's own kernel causes (13,
 //! 31, 43, 45: exceptions and MMU faults, contained by the worker) count as corrected — the
@@ -281,11 +282,14 @@ fn watch(uuid: &str, telemetry: &Mutex<Telemetry>, stop: &AtomicBool, sink: &Ras
             t.power_w = dev.power_usage().ok().map(|mw| f64::from(mw) / 1000.0);
             t.throttle_reasons = dev.current_throttle_reasons().map(reasons).unwrap_or_default();
         }
-        let now = read(&dev, links, remap.as_ref());
-        for (node, error, n) in changes(&last, &now) {
+        let report = |node: &str, error: &str, n: u64| {
             if let Err(e) = sink.report_async(node, error, n) {
                 tracing::warn!("cuda: RAS {node}/{error}: {e}");
             }
+        };
+        let now = read(&dev, links, remap.as_ref());
+        for (node, error, n) in changes(&last, &now) {
+            report(node, error, n);
         }
         last = now;
         match &events {
@@ -298,9 +302,7 @@ fn watch(uuid: &str, telemetry: &Mutex<Telemetry>, stop: &AtomicBool, sink: &Ras
                     let name =
                         if XIDS.iter().any(|(x, _)| *x == code) { format!("xid-{code}") } else { "xid-other".into() };
                     tracing::warn!("cuda: {uuid}: XID {code}");
-                    if let Err(e) = sink.report_async("xid", &name, 1) {
-                        tracing::warn!("cuda: RAS xid/{name}: {e}");
-                    }
+                    report("xid", &name, 1);
                 }
                 Err(NvmlError::Timeout) => {}
                 Err(e) => {
