@@ -440,6 +440,12 @@ impl Gemm16 {
         let GemmF32 { m, n, k, a, b, c, alpha, beta } = g;
         Gemm16 { m, n, k, a, b, c, alpha, beta, ty }
     }
+
+    /// The inverse of [`Gemm16::of`]: the product's shape, views and scales, and the type.
+    pub fn split(self) -> (GemmF32, Float16) {
+        let Gemm16 { m, n, k, a, b, c, alpha, beta, ty } = self;
+        (GemmF32 { m, n, k, a, b, c, alpha, beta }, ty)
+    }
 }
 
 /// The work a job does.

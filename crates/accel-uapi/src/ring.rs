@@ -203,8 +203,8 @@ impl Sqe {
                 opcode::GEMM_F32
             }
             Op::Gemm16(g) => {
-                let Gemm16 { m, n, k, a, b, c, alpha, beta, ty } = *g;
-                gemm_args(&mut args, &GemmF32 { m, n, k, a, b, c, alpha, beta });
+                let (shape, ty) = g.split();
+                gemm_args(&mut args, &shape);
                 args[13] = match ty {
                     Float16::F16 => 0,
                     Float16::Bf16 => 1,
