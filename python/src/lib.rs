@@ -255,20 +255,21 @@ impl Buffer {
         if self.inner.is_mapped() || !self.cuda {
             return Ok(None);
         }
-        let mut slot = self.mapping.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = &*slot {
+        let slot = || self.mapping.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = &*slot() {
             return Ok(Some(m.clone()));
         }
+        // Made without the lock: the GIL is released meanwhile, and a thread that took the
+        // GIL and then waited for the lock would keep this one from taking the GIL back.
         let inner = self.inner.clone();
-        let m = py
+        let made = py
             .detach(|| {
                 let fd = inner.export().map_err(|e| e.to_string())?;
                 accel_driver_cuda::direct::DeviceMapping::new(&fd, inner.size()).map_err(|e| e.message)
             })
             .map_err(|why| PyBufferError::new_err(format!("accel buffer {:#x}: {why}", self.inner.handle().0)))?;
-        let m = Arc::new(m);
-        *slot = Some(m.clone());
-        Ok(Some(m))
+        // Two threads may both have made one: the first kept wins, the other is unmapped.
+        Ok(Some(slot().get_or_insert_with(|| Arc::new(made)).clone()))
     }
 
     /// The buffer's pages in this process; `BufferError` for memory of a region clients
