@@ -213,24 +213,17 @@ pub struct JobCtx {
 /// The one thing a driver may do with a job's fence: say how to make the device's own
 /// sync file for it once the device has the job ([`Driver::native_sync_files`]).
 #[derive(Debug, Clone)]
-pub struct NativeFence(Option<Arc<Fence>>);
+pub struct NativeFence(Arc<Fence>);
 
 impl NativeFence {
     /// For the job whose fence is `fence`.
     pub fn new(fence: Arc<Fence>) -> NativeFence {
-        NativeFence(Some(fence))
-    }
-
-    /// For work that has no fence (tests, internal jobs).
-    pub fn none() -> NativeFence {
-        NativeFence(None)
+        NativeFence(fence)
     }
 
     /// The device has the job: `export` makes its sync file from now until it completes.
     pub fn set(&self, export: NativeExport) {
-        if let Some(f) = &self.0 {
-            f.set_native(export);
-        }
+        self.0.set_native(export);
     }
 }
 
