@@ -44,7 +44,12 @@ fn devices_list_their_regions_and_program_formats() {
     let r = &testdev.info().regions;
     assert_eq!(
         r.iter().map(|r| (r.id, r.name.as_str(), r.kind)).collect::<Vec<_>>(),
-        vec![(0, "host", RegionKind::Host), (1, "vram", RegionKind::Device), (2, "shared", RegionKind::Device)]
+        vec![
+            (0, "host", RegionKind::Host),
+            (1, "vram", RegionKind::Device),
+            (2, "shared", RegionKind::Device),
+            (3, "opaque", RegionKind::Device)
+        ]
     );
     assert!(r[0].mappable && r[0].exportable && !r[1].mappable && !r[1].exportable);
     assert!(!r[2].mappable && r[2].exportable);
@@ -263,7 +268,7 @@ fn region_capacity_and_namespace_quotas_apply_per_region() {
         other => panic!("{other:?}"),
     };
     let ns = list.iter().find(|n| n.name == "t").unwrap();
-    assert_eq!(ns.devices[0].region_used, vec![1 << 20, 1 << 20, 0]);
+    assert_eq!(ns.devices[0].region_used, vec![1 << 20, 1 << 20, 0, 0]);
     let me = root.clients().unwrap().into_iter().find(|c| c.client_id == t.client_id()).unwrap();
     assert_eq!((me.memory_bytes, me.device_memory_bytes), (1 << 20, 1 << 20));
 }
@@ -419,4 +424,51 @@ fn exportable_device_memory_keeps_prime_semantics() {
     tenant(&d, "other", "tok", 0, 0, 0);
     let stranger = Device::open_with_token(d.socket(), 0, "tok").unwrap();
     assert_eq!(stranger.import(&fd).unwrap_err().code, Errno::ENOENT);
+}
+
+/// testdev's region whose exports are anonymous descriptors, as NVIDIA's are.
+const OPAQUE: u32 = 3;
+
+#[test]
+fn exports_that_share_one_inode_import_as_their_own_buffer() {
+    // Every descriptor NVIDIA's drivers export (an opaque Vulkan descriptor, a CUDA POSIX
+    // handle) shares one inode with all the others, as every eventfd does with every other:
+    // the inode cannot say which buffer a descriptor is.
+    let d = Daemon::start(&["testdev"]);
+    let (a, b) = (d.open(0), d.open(0));
+    let (qa, qb) = (a.create_queue().unwrap(), b.create_queue().unwrap());
+    let bufs: Vec<Buffer> = (0..3).map(|_| a.alloc_in(4096, OPAQUE).unwrap()).collect();
+    let mut fds = Vec::new();
+    for (i, buf) in bufs.iter().enumerate() {
+        qa.submit(Op::Fill { dst: buf.whole(), pattern: 100 + i as u32 }).unwrap().wait().unwrap();
+        fds.push(buf.export().unwrap());
+    }
+    let inode = |fd: &std::os::fd::OwnedFd| rustix::fs::fstat(fd).unwrap().st_ino;
+    assert!(fds.iter().all(|fd| inode(fd) == inode(&fds[0])), "one inode for every export");
+    // Each import is the buffer its descriptor was exported from (the first one too, not the
+    // newest export), and exporting again gives the same open file.
+    let again = bufs[0].export().unwrap();
+    let out = b.alloc(4096).unwrap();
+    for (i, fd) in fds.iter().chain([&again]).enumerate() {
+        let theirs = b.import(fd).unwrap();
+        assert_eq!(theirs.region(), OPAQUE);
+        qb.submit(Op::Copy { src: theirs.whole(), dst: out.whole() }).unwrap().wait().unwrap();
+        assert_eq!(read_u32s(&out, 1), vec![100 + (i % 3) as u32], "import of export {i}");
+    }
+    // A descriptor of the same kind that no buffer was exported as names none of them.
+    let stranger = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+    assert_eq!(inode(&stranger), inode(&fds[0]));
+    assert_eq!(b.import(&stranger).unwrap_err().code, Errno::EINVAL);
+    // Another namespace still cannot import one.
+    tenant(&d, "other", "tok", 0, 0, 0);
+    let other = Device::open_with_token(d.socket(), 0, "tok").unwrap();
+    assert_eq!(other.import(&fds[1]).unwrap_err().code, Errno::ENOENT);
+    // Freed, its descriptor names nothing any more (the import falls to host memory, which
+    // an eventfd is not).
+    drop(bufs);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.import(&fds[2]).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(b.import(&fds[2]).unwrap_err().code, Errno::EINVAL);
 }

@@ -29,7 +29,7 @@ pub mod syncfile;
 pub mod syncobj;
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -269,7 +269,7 @@ impl Subsystem {
     }
 
     fn find_buffer(&self, fd: &OwnedFd, ns: &str) -> Result<Option<Arc<BufferObject>>> {
-        self.exports.find(fd, ns)
+        self.exports.find(fd, ns, |bo, fd| bo.is_exported_as(fd))
     }
 
     /// A descriptor naming `so`: an empty sealed memfd whose inode is the key.
@@ -283,7 +283,7 @@ impl Subsystem {
     fn import_syncobj(&self, fd: &OwnedFd, ns: &str) -> Result<Arc<Syncobj>> {
         // DRM's FD_TO_HANDLE says EINVAL for any descriptor that is not a syncobj; so does
         // accel for one of another namespace, which it must not tell apart.
-        self.syncobj_exports.find(fd, ns).ok().flatten().ok_or_else(|| {
+        self.syncobj_exports.find(fd, ns, |_, _| false).ok().flatten().ok_or_else(|| {
             Error::new(
                 accel_uapi::Errno::EINVAL,
                 "descriptor is not an exported syncobj, or every handle to it was closed",
@@ -298,13 +298,21 @@ fn inode(fd: &OwnedFd) -> rustix::io::Result<Inode> {
     Ok((st.st_dev, st.st_ino))
 }
 
-/// Objects reachable by descriptor, found again by the descriptor's inode (PRIME-style
-/// import returns the same object), each with the namespace it belongs to. Holds weak
-/// references: being registered keeps nothing alive.
-struct ExportTable<T>(Mutex<HashMap<Inode, (Weak<T>, String)>>);
+/// Objects reachable by descriptor, found again by the descriptor (PRIME-style import
+/// returns the same object), each with the namespace it belongs to. Holds weak references:
+/// being registered keeps nothing alive.
+///
+/// A regular file (a memfd) is known by its inode, which no other file shares. Other files
+/// are not: every descriptor NVIDIA's drivers export (an opaque Vulkan descriptor, a CUDA
+/// POSIX handle) and every anonymous inode share one inode with all the others of its kind,
+/// so there the object must recognise the very open file it was exported as.
+struct ExportTable<T>(Mutex<HashMap<Inode, Vec<Exported<T>>>>);
 
 /// (device, inode) of a file.
 type Inode = (u64, u64);
+
+/// One exported object and its namespace.
+type Exported<T> = (Weak<T>, String);
 
 impl<T> Default for ExportTable<T> {
     fn default() -> Self {
@@ -315,23 +323,40 @@ impl<T> Default for ExportTable<T> {
 impl<T> ExportTable<T> {
     fn insert(&self, key: Inode, obj: &Arc<T>, ns: &str) {
         let mut map = lock(&self.0);
-        // Dead entries are dropped whenever the table doubles, so inserts stay O(1) amortised.
+        // Dead entries are dropped whenever the table doubles, so inserts stay O(1) amortised
+        // (and from an inode's own list whenever it gets another).
         if map.len() >= 64 && map.len().is_power_of_two() {
-            map.retain(|_, (w, _)| w.strong_count() > 0);
+            map.retain(|_, entries| {
+                entries.retain(|(w, _)| w.strong_count() > 0);
+                !entries.is_empty()
+            });
         }
-        map.insert(key, (Arc::downgrade(obj), ns.to_string()));
+        let weak = Arc::downgrade(obj);
+        let entries = map.entry(key).or_default();
+        entries.retain(|(w, _)| w.strong_count() > 0 && !w.ptr_eq(&weak));
+        entries.push((weak, ns.to_string()));
     }
 
     /// The object behind `fd`: `Ok(None)` if the descriptor names none, `ENOENT` if it
-    /// belongs to another namespace (which must not even learn that it exists).
-    fn find(&self, fd: &OwnedFd, ns: &str) -> Result<Option<Arc<T>>> {
+    /// belongs to another namespace (which must not even learn that it exists). A
+    /// descriptor that is not a regular file names an object of its inode only where
+    /// `same(object, fd)` says it is the object's own open file.
+    fn find(&self, fd: &OwnedFd, ns: &str, same: impl Fn(&T, BorrowedFd<'_>) -> bool) -> Result<Option<Arc<T>>> {
         let Ok(key) = inode(fd) else { return Ok(None) };
-        match lock(&self.0).get(&key) {
-            Some((w, owner)) => match w.upgrade() {
-                Some(obj) if owner == ns => Ok(Some(obj)),
-                Some(_) => Err(Error::new(accel_uapi::Errno::ENOENT, "descriptor is not importable in this namespace")),
-                None => Ok(None),
-            },
+        let regular = accel_hal::mem::is_regular_file(fd.as_fd());
+        let found = lock(&self.0).get(&key).and_then(|entries| {
+            entries
+                .iter()
+                .rev()
+                .filter_map(|(w, owner)| Some((w.upgrade()?, owner)))
+                .find(|(obj, _)| regular || same(obj, fd.as_fd()))
+                .map(|(obj, owner)| (obj, owner == ns))
+        });
+        match found {
+            Some((obj, true)) => Ok(Some(obj)),
+            Some((_, false)) => {
+                Err(Error::new(accel_uapi::Errno::ENOENT, "descriptor is not importable in this namespace"))
+            }
             None => Ok(None),
         }
     }

@@ -253,7 +253,7 @@ impl Driver for TestDevice {
             exportable,
             coherent: false,
         };
-        vec![device("vram", false), device("shared", true)]
+        vec![device("vram", false), device("shared", true), device("opaque", true)]
     }
 
     fn alloc(&self, region: usize, size: u64) -> Result<Arc<dyn DeviceMemory>, DriverError> {
@@ -263,6 +263,7 @@ impl Driver for TestDevice {
                 accel_hal::mem::HostMemory::new("testdev-shared", size)
                     .map_err(|e| DriverError::new(e.code, e.message))?,
             ))),
+            2 => Ok(self.pool.alloc_opaque(size)?),
             r => Err(DriverError::new(Errno::EINVAL, format!("testdev has no region {}", r + 1))),
         }
     }

@@ -1,6 +1,8 @@
 //! The test device's own memory: daemon RAM the clients cannot map, handed out from a
 //! pool of freed blocks first (so a block a client gets may hold another client's data
-//! until the core's zeroing hook runs, as on real hardware).
+//! until the core's zeroing hook runs, as on real hardware). Blocks of the `opaque` region
+//! export as a GPU runtime's do: descriptors that share one anonymous inode with every other
+//! (NVIDIA's opaque Vulkan descriptors and CUDA's POSIX handles), known only as open files.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -26,6 +28,8 @@ pub struct VramBuf {
     ptr: *mut u8,
     len: u64,
     pool: Weak<Pool>,
+    /// What the block exports as (`opaque` blocks): an eventfd, an anonymous inode.
+    handle: Option<std::os::fd::OwnedFd>,
 }
 
 // SAFETY: the block is owned by this value and only reached through raw pointers by jobs
@@ -43,11 +47,26 @@ impl std::fmt::Debug for VramBuf {
 impl Pool {
     /// A block of `len` bytes: a freed one if there is one (not zeroed), else a new one.
     pub fn alloc(self: &Arc<Self>, len: u64) -> Result<Arc<VramBuf>, DriverError> {
+        self.alloc_with(len, None)
+    }
+
+    /// A block of `len` bytes that exports as an anonymous descriptor (the `opaque` region).
+    pub fn alloc_opaque(self: &Arc<Self>, len: u64) -> Result<Arc<VramBuf>, DriverError> {
+        let handle = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)
+            .map_err(|e| DriverError::new(Errno::EMFILE, format!("eventfd: {e}")))?;
+        self.alloc_with(len, Some(handle))
+    }
+
+    fn alloc_with(
+        self: &Arc<Self>,
+        len: u64,
+        handle: Option<std::os::fd::OwnedFd>,
+    ) -> Result<Arc<VramBuf>, DriverError> {
         let size = usize::try_from(len).map_err(|_| DriverError::new(Errno::ENOMEM, "block too large"))?;
         let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&len).and_then(Vec::pop);
         let mut block = reused.unwrap_or_else(|| vec![0u8; size].into_boxed_slice());
         let ptr = block.as_mut_ptr();
-        Ok(Arc::new(VramBuf { block: Some(block), ptr, len, pool: Arc::downgrade(self) }))
+        Ok(Arc::new(VramBuf { block: Some(block), ptr, len, pool: Arc::downgrade(self), handle }))
     }
 }
 
@@ -75,6 +94,13 @@ impl DeviceMemory for VramBuf {
         // SAFETY: the block is `len` bytes and owned by self.
         unsafe { std::ptr::write_bytes(self.ptr, 0, self.len as usize) };
         Ok(())
+    }
+
+    fn export(&self) -> Result<std::os::fd::OwnedFd, DriverError> {
+        match &self.handle {
+            Some(h) => h.try_clone().map_err(|e| DriverError::new(Errno::EMFILE, format!("dup: {e}"))),
+            None => Err(DriverError::new(Errno::EOPNOTSUPP, "this driver cannot export its memory")),
+        }
     }
 
     fn as_any(&self) -> &dyn Any {

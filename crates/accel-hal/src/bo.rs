@@ -1,6 +1,7 @@
 //! Buffer objects (GEM objects) and the views jobs take of them.
 
-use std::sync::{Arc, RwLock};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, RwLock};
 
 use accel_uapi::{BoHandle, BufView, Errno, MatView};
 use slotmap::SlotMap;
@@ -30,6 +31,8 @@ pub enum Backing {
 pub struct BufferObject {
     backing: Backing,
     region: u32,
+    /// The descriptor its driver exported it as, kept once made (device memory only).
+    exported: Mutex<Option<OwnedFd>>,
     _charges: Vec<Charge>,
     _tracked: Tracked,
 }
@@ -50,6 +53,7 @@ impl BufferObject {
         Arc::new(BufferObject {
             backing,
             region,
+            exported: Mutex::new(None),
             _charges: charges,
             _tracked: Tracked::with_bytes(counters, Kind::Buffer, bytes),
         })
@@ -87,6 +91,29 @@ impl BufferObject {
             Backing::Device(m) => Some(m),
             Backing::Host(_) => None,
         }
+    }
+
+    /// A descriptor of the buffer's export: the first call keeps what `make` (the driver's
+    /// export) gives, every call returns a duplicate of it. One open file thus names the
+    /// buffer however often it is exported, and [`BufferObject::is_exported_as`] knows it
+    /// again even where a runtime's descriptors all share one inode.
+    pub fn export_with(&self, make: impl FnOnce() -> Result<OwnedFd>) -> Result<OwnedFd> {
+        let mut kept = crate::lock(&self.exported);
+        let fd = match &mut *kept {
+            Some(fd) => fd,
+            slot => slot.insert(make()?),
+        };
+        rustix::io::fcntl_dupfd_cloexec(&*fd, 0).map_err(|e| Error::new(Errno::EMFILE, format!("dup: {e}")))
+    }
+
+    /// Keeps `fd` as the buffer's export (one it was imported from), unless it has one.
+    pub fn keep_export(&self, fd: OwnedFd) {
+        crate::lock(&self.exported).get_or_insert(fd);
+    }
+
+    /// Whether `fd` is the open file this buffer was exported as.
+    pub fn is_exported_as(&self, fd: BorrowedFd<'_>) -> bool {
+        crate::lock(&self.exported).as_ref().is_some_and(|kept| crate::mem::same_open_file(kept.as_fd(), fd))
     }
 }
 

@@ -104,6 +104,24 @@ impl HostMemory {
     }
 }
 
+/// Whether two descriptors are the same open file (`kcmp(2)` with `KCMP_FILE`): how a
+/// runtime's exported descriptor is recognised where its files share one inode (an opaque
+/// Vulkan descriptor of NVIDIA's driver, a CUDA POSIX handle, any anonymous inode), so the
+/// inode names no one export. False where the kernel has no `kcmp`.
+pub fn same_open_file(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
+    use std::os::fd::AsRawFd;
+    const KCMP_FILE: libc::c_int = 0;
+    let pid = rustix::process::getpid().as_raw_nonzero().get();
+    // SAFETY: kcmp reads two descriptor numbers of this process; it touches no memory.
+    unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a.as_raw_fd(), b.as_raw_fd()) == 0 }
+}
+
+/// Whether a descriptor is a regular file (a memfd): its inode is its identity, shared by
+/// every descriptor of it and by no other file.
+pub fn is_regular_file(fd: BorrowedFd<'_>) -> bool {
+    rustix::fs::fstat(fd).is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file())
+}
+
 /// An error from a driver hook, with the driver's own words (a compiler's or a runtime's
 /// message reaches the client).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -149,9 +149,9 @@ impl Client {
         let (Some(mem), true) = (bo.device(), exportable) else {
             bail!(EOPNOTSUPP, "the driver cannot export memory of region {}", self.region_name(&bo));
         };
-        let fd = mem.export()?;
-        // Registered under the descriptor's inode, so an import in this daemon finds this
-        // very buffer (PRIME), not a second one.
+        // Kept by the buffer and registered, so an import in this daemon finds this very
+        // buffer (PRIME), not a second one.
+        let fd = bo.export_with(|| Ok(mem.export()?))?;
         self.sub.register_export(&bo, &fd, &self.ns.name);
         Ok(fd)
     }
@@ -172,6 +172,7 @@ impl Client {
                 let charges = self.charge_memory(mem.len(), region)?;
                 let bo = BufferObject::with_backing(&self.sub.counters, Backing::Device(mem), region, charges);
                 self.sub.register_export(&bo, &fd, &self.ns.name);
+                bo.keep_export(fd);
                 bo
             }
             None => {
