@@ -291,6 +291,49 @@ fn device_memory_is_scrubbed_and_exportable() {
     assert!(seen[32..].chunks(4).all(|w| w == 0x0a11_ce55u32.to_le_bytes()), "and the rest is untouched");
 }
 
+#[test]
+fn memory_another_cuda_application_exported_is_shared_not_copied() {
+    if !cuda() {
+        return;
+    }
+    let d = Daemon::start(&["cuda:0"]);
+    let dev = d.open(0);
+    let q = dev.create_queue().unwrap();
+    // This process is the other application: memory of its own on the same GPU, exported as
+    // a POSIX descriptor (cuMemExportToShareableHandle), written with its own context.
+    let size = 2u64 << 20;
+    let (peer, fd) = accel_driver_cuda::direct::DeviceMapping::allocate(0, size).unwrap();
+    peer.write(0, &vec![0x5a; size as usize]).unwrap();
+    let buf = dev.import_external(&fd, VRAM, size).unwrap();
+    assert_eq!((buf.region(), buf.size()), (VRAM, size));
+    let out = dev.alloc(4096).unwrap();
+    q.submit(Op::Copy { src: buf.view(size - 4096, 4096), dst: out.whole() }).unwrap().wait().unwrap();
+    let mut seen = vec![0u8; 4096];
+    out.read(0, &mut seen).unwrap();
+    assert!(seen.iter().all(|b| *b == 0x5a), "accel reads what the peer wrote: not zeroed, not a copy");
+    q.submit(Op::Fill { dst: buf.view(4096, 8), pattern: 0x600d_600d }).unwrap().wait().unwrap();
+    let mut word = [0u8; 8];
+    peer.read(4096, &mut word).unwrap();
+    assert_eq!(word, [0x0d, 0x60, 0x0d, 0x60, 0x0d, 0x60, 0x0d, 0x60], "the peer reads what accel wrote");
+    // Another client imports accel's export of it: the same memory.
+    let other = d.open(0);
+    let theirs = other.import(buf.export().unwrap()).unwrap();
+    other.create_queue().unwrap().submit(Op::Fill { dst: theirs.view(0, 4), pattern: 0xc0de }).unwrap().wait().unwrap();
+    peer.read(0, &mut word[..4]).unwrap();
+    assert_eq!(u32::from_le_bytes(word[..4].try_into().unwrap()), 0xc0de);
+    // Refusals: not a CUDA export, larger than the allocation, the host region.
+    let memfd = accel_uapi::shm::sealed_memfd("not-cuda", 4096).unwrap();
+    let e = dev.import_external(&memfd, VRAM, 4096).unwrap_err();
+    assert_eq!(e.code, Errno::EINVAL, "{e}");
+    let e = dev.import_external(&fd, VRAM, size * 2).unwrap_err();
+    assert_eq!(e.code, Errno::EINVAL, "{e}");
+    assert_eq!(dev.import_external(&fd, 0, size).unwrap_err().code, Errno::EINVAL);
+    // Freed by accel, the memory stays the peer's.
+    drop((buf, theirs));
+    peer.read(size as usize - 4, &mut word[..4]).unwrap();
+    assert_eq!(word[..4], [0x5a; 4]);
+}
+
 /// A client with the test kernels loaded and a vram counter the `spin` kernel increments.
 struct Spinner {
     dev: Device,

@@ -472,3 +472,69 @@ fn exports_that_share_one_inode_import_as_their_own_buffer() {
     }
     assert_eq!(b.import(&fds[2]).unwrap_err().code, Errno::EINVAL);
 }
+
+/// testdev's `shared` region: the one that imports other runtimes' memory (memfds).
+const SHARED: u32 = 2;
+
+#[test]
+fn external_memory_imports_as_the_exporters_own_pages() {
+    use rustix::io::{pread, pwrite};
+    let d = Daemon::start(&["testdev", "cpu"]);
+    let dev = d.open(0);
+    let q = dev.create_queue().unwrap();
+    // Another runtime's memory: a sealed memfd this process writes.
+    let size = 1u64 << 20;
+    let theirs = accel_uapi::shm::sealed_memfd("runtime", size).unwrap();
+    pwrite(&theirs, &0xfeed_f00d_u32.to_ne_bytes(), 4096).unwrap();
+    let buf = dev.import_external(&theirs, SHARED, size).unwrap();
+    assert_eq!((buf.region(), buf.size()), (SHARED, size));
+    // Not zeroed, not copied: accel reads what the exporter wrote, and the exporter sees
+    // what accel writes.
+    let out = dev.alloc(4).unwrap();
+    q.submit(Op::Copy { src: buf.view(4096, 4), dst: out.view(0, 4) }).unwrap().wait().unwrap();
+    assert_eq!(read_u32s(&out, 1), vec![0xfeed_f00d]);
+    q.submit(Op::Fill { dst: buf.view(0, 8), pattern: 0x1234_5678 }).unwrap().wait().unwrap();
+    let mut word = [0u8; 4];
+    pread(&theirs, &mut word, 4).unwrap();
+    assert_eq!(u32::from_ne_bytes(word), 0x1234_5678);
+    // Importing the same descriptor again, or the buffer's export, is the same buffer.
+    let again = dev.import_external(&theirs, SHARED, size).unwrap();
+    q.submit(Op::Fill { dst: again.view(8, 4), pattern: 0xabcd }).unwrap().wait().unwrap();
+    q.submit(Op::Copy { src: buf.view(8, 4), dst: out.view(0, 4) }).unwrap().wait().unwrap();
+    assert_eq!(read_u32s(&out, 1), vec![0xabcd]);
+    assert_eq!(d.stats().buffers, 2, "the import and a host buffer");
+    let exported = buf.export().unwrap();
+    assert_eq!(d.open(0).import(&exported).unwrap().region(), SHARED);
+    assert_eq!(dev.import_external(&theirs, SHARED, 4096).unwrap_err().code, Errno::EINVAL, "another size");
+    // Charged like a created buffer.
+    let used = |dev: &Device| dev.info().regions[SHARED as usize].used;
+    assert_eq!(used(&d.open(0)), size);
+
+    // Refusals, each with its errno, and nothing left behind.
+    let other = accel_uapi::shm::sealed_memfd("runtime", 4096).unwrap();
+    assert_eq!(dev.import_external(&other, 0, 4096).unwrap_err().code, Errno::EINVAL, "host is BoImport's");
+    assert_eq!(dev.import_external(&other, VRAM, 4096).unwrap_err().code, Errno::EOPNOTSUPP);
+    assert_eq!(dev.import_external(&other, SHARED, 0).unwrap_err().code, Errno::EINVAL, "empty");
+    assert_eq!(dev.import_external(&other, SHARED, 8192).unwrap_err().code, Errno::EINVAL, "past its end");
+    assert_eq!(dev.import_external(&other, 9, 4096).unwrap_err().code, Errno::EINVAL, "no region 9");
+    let unsealed = rustix::fs::memfd_create("loose", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&unsealed, 4096).unwrap();
+    assert_eq!(dev.import_external(&unsealed, SHARED, 4096).unwrap_err().code, Errno::EINVAL, "could shrink");
+    let no_fd = dev.request(&Request::BoImportExternal { region: SHARED, size: 4096 });
+    assert_eq!(code(no_fd), Errno::EBADF);
+    let cpu = d.open(1);
+    assert_eq!(cpu.import_external(&other, 1, 4096).unwrap_err().code, Errno::EINVAL, "the cpu device has no region 1");
+    // A namespace's quota holds for imports too.
+    tenant(&d, "small", "tok-small", 0, 1 << 16, 0);
+    let small = Device::open_with_token(d.socket(), 0, "tok-small").unwrap();
+    let kept = small.import_external(&other, SHARED, 4096).unwrap();
+    assert_eq!(kept.size(), 4096);
+    let big = accel_uapi::shm::sealed_memfd("runtime", 1 << 20).unwrap();
+    assert_eq!(small.import_external(&big, SHARED, 1 << 20).unwrap_err().code, Errno::ENOSPC);
+    assert_eq!(used(&d.open(0)), size + 4096, "the refused import charged nothing");
+    // Freed by accel, the memory stays the exporter's.
+    drop((buf, again));
+    let mut word = [0u8; 4];
+    pread(&theirs, &mut word, 4096).unwrap();
+    assert_eq!(u32::from_ne_bytes(word), 0xfeed_f00d);
+}

@@ -7,6 +7,8 @@
 //! re-created, what lived on it gone, the culprit found by running alone.
 
 mod common;
+#[path = "common/vk_peer.rs"]
+mod vk_peer;
 
 use std::time::Duration;
 
@@ -513,4 +515,62 @@ fn a_kernel_that_never_ends_fails_only_its_own_job_and_the_device_is_recreated()
     dev.create_queue().unwrap().submit(Op::Fill { dst: host.whole(), pattern: 5 }).unwrap().wait().unwrap();
     assert_eq!(read_u32(&host), 5);
     assert_eq!(losses(&d), 1, "the reset is in RAS");
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+#[test]
+fn memory_another_vulkan_instance_exported_is_shared_not_copied() {
+    if !vulkan() {
+        return;
+    }
+    let d = Daemon::start(&["vulkan:0"]);
+    let dev = d.open(0);
+    let size = 1 << 20;
+    let stranger = accel_uapi::shm::sealed_memfd("not-vulkan", 4096).unwrap();
+    let Some(peer) = vk_peer::Peer::new(size) else {
+        eprintln!("the device exports no opaque descriptors: checking the refusal only");
+        assert_eq!(dev.import_external(&stranger, VRAM, 4096).unwrap_err().code, Errno::EOPNOTSUPP);
+        return;
+    };
+    peer.fill(0, size, 0x0bad_cafe);
+    let buf = dev.import_external(peer.export(), VRAM, size).unwrap();
+    assert_eq!((buf.region(), buf.size()), (VRAM, size));
+    let q = dev.create_queue().unwrap();
+    let out = dev.alloc(4096).unwrap();
+    q.submit(Op::Copy { src: buf.view(size - 4096, 4096), dst: out.whole() }).unwrap().wait().unwrap();
+    assert_eq!(read_u32(&out), 0x0bad_cafe, "accel reads what the peer wrote: not zeroed, not a copy");
+    q.submit(Op::Fill { dst: buf.view(4096, 4), pattern: 0x600d }).unwrap().wait().unwrap();
+    assert_eq!(peer.read(4096), 0x600d, "the peer reads what accel wrote");
+    // A kernel runs on it as on any vram buffer: y = 2·x + y over the first 64 words.
+    let program = dev.load_program("spirv", &spirv(SAXPY)).unwrap();
+    let x = dev.alloc(256).unwrap();
+    x.write_f32(0, &[1.0; 64]).unwrap();
+    peer.fill(8192, 256, 1.5f32.to_bits());
+    let args =
+        [LaunchArg::Buffer(x.whole()), LaunchArg::Buffer(buf.view(8192, 256)), LaunchArg::U32(64), LaunchArg::F32(2.0)];
+    q.submit(program.launch("main", [1, 1, 1], &args).unwrap()).unwrap().wait().unwrap();
+    assert_eq!(f32::from_bits(peer.read(8192 + 63 * 4)), 3.5);
+    // Another client imports accel's export of it: the same memory again.
+    let other = d.open(0);
+    let theirs = other.import(buf.export().unwrap()).unwrap();
+    other.create_queue().unwrap().submit(Op::Fill { dst: theirs.view(0, 4), pattern: 0xc0de }).unwrap().wait().unwrap();
+    assert_eq!(peer.read(0), 0xc0de);
+    assert_eq!(d.open(0).info().regions[1].used, size, "charged once, like a created buffer");
+
+    // Refusals, and no descriptor left behind in the daemon by any of them.
+    let before = open_fds(d.pid());
+    for _ in 0..20 {
+        let e = dev.import_external(&stranger, VRAM, 4096).unwrap_err();
+        assert_eq!(e.code, Errno::EINVAL, "{e}");
+        let e = dev.import_external(peer.export(), VRAM, size * 2).unwrap_err();
+        assert!(matches!(e.code, Errno::EINVAL | Errno::ENOMEM), "{e}");
+    }
+    assert_eq!(dev.import_external(peer.export(), 0, size).unwrap_err().code, Errno::EINVAL, "host is BoImport's");
+    assert_eq!(open_fds(d.pid()), before, "failed imports close what they took, once");
+    // Freed by accel, the memory stays the peer's.
+    drop((buf, theirs));
+    assert_eq!(peer.read(size - 4), 0x0bad_cafe);
 }

@@ -206,6 +206,11 @@ impl DeviceMapping {
     pub fn new(fd: &std::os::fd::OwnedFd, len: u64) -> Result<DeviceMapping, DriverError> {
         device_count()?;
         let (mem, ordinal) = crate::memory::import_anywhere(fd, len)?;
+        Self::retaining(mem, ordinal)
+    }
+
+    /// The mapping of `mem`, on device `ordinal`, with that device's primary context retained.
+    fn retaining(mem: crate::memory::CudaMem, ordinal: i32) -> Result<DeviceMapping, DriverError> {
         let mut dev = 0;
         let mut ctx = std::ptr::null_mut();
         // SAFETY: out pointers to locals; the ordinal came from the driver.
@@ -214,6 +219,49 @@ impl DeviceMapping {
             check(sys::cuDevicePrimaryCtxRetain(&mut ctx, dev), "cuDevicePrimaryCtxRetain")?;
         }
         Ok(DeviceMapping { mem: Some(mem), ordinal, dev, ctx })
+    }
+
+    /// Allocates `len` bytes (rounded up to the allocation granularity) on device `ordinal`
+    /// with the virtual memory management API, exportable as a POSIX descriptor, as another
+    /// CUDA application would share memory with accel (`BoImportExternal`). Returns the
+    /// mapping and the descriptor.
+    pub fn allocate(ordinal: usize, len: u64) -> Result<(DeviceMapping, std::os::fd::OwnedFd), DriverError> {
+        if ordinal >= device_count()? {
+            return Err(DriverError::new(Errno::ENODEV, format!("cuda: no device {ordinal}")));
+        }
+        let (mem, fd) = crate::memory::CudaMem::new_on(ordinal as i32, len)?;
+        Ok((Self::retaining(mem, ordinal as i32)?, fd))
+    }
+
+    /// Copies `out.len()` bytes at `offset` of the memory to `out`.
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), DriverError> {
+        self.check_range(offset, out.len())?;
+        self.in_context(|| {
+            // SAFETY: inside the mapping (checked above).
+            check(
+                unsafe { sys::cuMemcpyDtoH_v2(out.as_mut_ptr().cast(), self.ptr() + offset as u64, out.len()) },
+                "cuMemcpyDtoH",
+            )
+        })
+    }
+
+    /// Copies `bytes` to `offset` of the memory.
+    pub fn write(&self, offset: usize, bytes: &[u8]) -> Result<(), DriverError> {
+        self.check_range(offset, bytes.len())?;
+        self.in_context(|| {
+            // SAFETY: inside the mapping (checked above); synchronous copy.
+            check(
+                unsafe { sys::cuMemcpyHtoD_v2(self.ptr() + offset as u64, bytes.as_ptr().cast(), bytes.len()) },
+                "cuMemcpyHtoD",
+            )
+        })
+    }
+
+    fn check_range(&self, offset: usize, len: usize) -> Result<(), DriverError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len() => Ok(()),
+            _ => Err(DriverError::new(Errno::ERANGE, "cuda: beyond the mapped memory")),
+        }
     }
 
     /// The device address of the memory's first byte.

@@ -894,6 +894,20 @@ impl Driver for CudaDevice {
         Ok(Arc::new(CudaMem { shared: self.shared.clone(), record }))
     }
 
+    /// An allocation another process on this GPU exported as a POSIX descriptor
+    /// (`cuMemExportToShareableHandle`), in `vram`: the worker maps it as it maps its own
+    /// (and a new worker maps it again from the descriptor kept here).
+    fn import_external(&self, region: usize, fd: OwnedFd, size: u64) -> Result<Arc<dyn DeviceMemory>, DriverError> {
+        if region != 0 {
+            return Err(DriverError::new(Errno::EINVAL, format!("cuda has no region {}", region + 1)));
+        }
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        self.shared.control(&Request::Import { id, len: size }, &[fd.as_fd()])?;
+        let record = Arc::new(MemRecord { id, fd, len: size });
+        lock(&self.shared.mems).insert(id, Arc::downgrade(&record));
+        Ok(Arc::new(CudaMem { shared: self.shared.clone(), record }))
+    }
+
     fn program_formats(&self) -> Vec<String> {
         vec![FORMAT.into(), CUBIN.into()]
     }

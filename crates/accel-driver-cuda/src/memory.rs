@@ -50,7 +50,12 @@ impl CudaMem {
     /// Allocates `len` bytes (rounded up to the granularity); returns the memory and its
     /// exported descriptor.
     pub(crate) fn new(gpu: &Gpu, len: u64) -> Result<(CudaMem, OwnedFd), DriverError> {
-        let prop = properties(gpu.ordinal);
+        Self::new_on(gpu.ordinal, len)
+    }
+
+    /// [`CudaMem::new`] on device `ordinal` of this process (needs no current context).
+    pub(crate) fn new_on(ordinal: i32, len: u64) -> Result<(CudaMem, OwnedFd), DriverError> {
+        let prop = properties(ordinal);
         let size = rounded(&prop, len)?;
         let mut handle = 0;
         // SAFETY: valid property and out pointer.
@@ -70,38 +75,38 @@ impl CudaMem {
         }
         // SAFETY: the driver handed over a new descriptor.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let ptr = map(handle, size, gpu.ordinal)?;
+        let ptr = map(handle, size, ordinal)?;
         Ok((CudaMem { ptr, size, handle }, fd))
     }
 
-    /// Maps the allocation behind `fd` (exported by [`CudaMem::new`], maybe by an earlier
-    /// worker) of at least `len` bytes.
+    /// Maps the allocation behind `fd` of at least `len` bytes: exported by [`CudaMem::new`]
+    /// (maybe by an earlier worker), or by another process on this GPU (an external
+    /// import). An allocation of another GPU, or a descriptor that is none, is `EINVAL`.
     pub(crate) fn import(gpu: &Gpu, fd: &OwnedFd, len: u64) -> Result<CudaMem, DriverError> {
-        // Sized before the import, so a failure leaves no handle to release.
-        let size = rounded(&properties(gpu.ordinal), len)?;
-        let handle = import_handle(fd)?;
-        let ptr = map(handle, size, gpu.ordinal)?;
-        Ok(CudaMem { ptr, size, handle })
+        import_on(fd, len, Some(gpu.ordinal)).map(|(mem, _)| mem)
     }
-}
-
-/// The allocation behind an exported descriptor (to map, then release).
-fn import_handle(fd: &OwnedFd) -> Result<sys::CUmemGenericAllocationHandle, DriverError> {
-    let mut handle = 0;
-    let os_handle = fd.as_raw_fd() as usize as *mut c_void;
-    check(
-        // SAFETY: a descriptor of a POSIX-fd-exportable allocation; out pointer to a local.
-        unsafe { sys::cuMemImportFromShareableHandle(&mut handle, os_handle, POSIX_FD) },
-        "cuMemImportFromShareableHandle",
-    )?;
-    Ok(handle)
 }
 
 /// Maps an allocation another process exported as `fd` (at least `len` bytes) on whichever
 /// GPU holds it — found from the allocation itself, in this process's numbering of devices
 /// — and returns it with that device's ordinal. Needs no current context.
 pub(crate) fn import_anywhere(fd: &OwnedFd, len: u64) -> Result<(CudaMem, i32), DriverError> {
-    let handle = import_handle(fd)?;
+    import_on(fd, len, None)
+}
+
+/// Imports and maps the allocation behind `fd` on the GPU that holds it, which must be
+/// `want` where given.
+fn import_on(fd: &OwnedFd, len: u64, want: Option<i32>) -> Result<(CudaMem, i32), DriverError> {
+    let mut handle = 0;
+    let os_handle = fd.as_raw_fd() as usize as *mut c_void;
+    check(
+        // SAFETY: any descriptor (the driver checks it is an export); out pointer to a local.
+        unsafe { sys::cuMemImportFromShareableHandle(&mut handle, os_handle, POSIX_FD) },
+        "cuMemImportFromShareableHandle",
+    )
+    .map_err(|e| {
+        DriverError::new(Errno::EINVAL, format!("{} (not a CUDA allocation's POSIX descriptor)", e.message))
+    })?;
     // SAFETY: a zeroed property struct is valid to overwrite; the handle is live.
     let mut prop: sys::CUmemAllocationProp = unsafe { std::mem::zeroed() };
     let sized = check(
@@ -109,7 +114,16 @@ pub(crate) fn import_anywhere(fd: &OwnedFd, len: u64) -> Result<(CudaMem, i32), 
         unsafe { sys::cuMemGetAllocationPropertiesFromHandle(&mut prop, handle) },
         "cuMemGetAllocationPropertiesFromHandle",
     )
-    .and_then(|()| rounded(&prop, len));
+    .and_then(|()| {
+        let on_device = prop.location.type_ == sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE;
+        match want {
+            Some(ordinal) if !on_device || prop.location.id != ordinal => Err(DriverError::new(
+                Errno::EINVAL,
+                format!("cuda: the allocation is memory of device {}, not of device {ordinal}", prop.location.id),
+            )),
+            _ => rounded(&prop, len),
+        }
+    });
     let size = match sized {
         Ok(size) => size,
         Err(e) => {
@@ -119,6 +133,7 @@ pub(crate) fn import_anywhere(fd: &OwnedFd, len: u64) -> Result<(CudaMem, i32), 
         }
     };
     let ordinal = prop.location.id;
+    // A mapping past the allocation's end is CUDA_ERROR_INVALID_VALUE: EINVAL.
     let ptr = map(handle, size, ordinal)?;
     Ok((CudaMem { ptr, size, handle }, ordinal))
 }

@@ -17,6 +17,7 @@
 pub mod cmdbuf;
 pub mod vram;
 
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -266,6 +267,23 @@ impl Driver for TestDevice {
             2 => Ok(self.pool.alloc_opaque(size)?),
             r => Err(DriverError::new(Errno::EINVAL, format!("testdev has no region {}", r + 1))),
         }
+    }
+
+    /// The `shared` region takes memfds another process made (as a GPU runtime's memory, a
+    /// file the daemon maps): sealed against shrinking and at least `size` bytes long.
+    fn import_external(&self, region: usize, fd: OwnedFd, size: u64) -> Result<Arc<dyn DeviceMemory>, DriverError> {
+        if region != 1 {
+            return Err(DriverError::new(
+                Errno::EOPNOTSUPP,
+                "testdev imports external memory into its shared region only",
+            ));
+        }
+        let err = |e: accel_hal::Error| DriverError::new(e.code, e.message);
+        let have = accel_hal::mem::HostMemory::importable_size(&fd).map_err(err)?;
+        if have < size {
+            return Err(DriverError::new(Errno::EINVAL, format!("the memfd has {have} bytes, not {size}")));
+        }
+        Ok(Arc::new(vram::SharedBuf(accel_hal::mem::HostMemory::import_exact(fd, size).map_err(err)?)))
     }
 
     fn program_formats(&self) -> Vec<String> {

@@ -3,6 +3,7 @@
 //! semaphore — the same semantics as a drm_syncobj timeline).
 
 use std::ffi::CStr;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use accel_uapi::Errno;
 use ash::vk;
 
 use crate::fault::{self, FaultQuery};
+use crate::memory::OpaqueImport;
 use crate::native::{self, SemaphoreFd};
 
 /// A Vulkan call's failure as a driver error: `VK_ERROR_DEVICE_LOST` is device loss (the
@@ -121,6 +123,8 @@ pub struct Gpu {
     pub host_import: Option<ash::ext::external_memory_host::Device>,
     /// `VK_KHR_external_memory_fd`, when the device has it.
     pub memory_fd: Option<ash::khr::external_memory_fd::Device>,
+    /// How the device imports other runtimes' opaque descriptors, where it can.
+    pub opaque_import: Option<OpaqueImport>,
     /// `VK_EXT_device_fault`, when the device has it: details of a loss.
     pub fault: Option<FaultQuery>,
     /// `VK_KHR_external_semaphore_fd` with `SYNC_FD` export, when the device has it.
@@ -184,6 +188,8 @@ struct Extensions {
     host_import: bool,
     /// `VK_KHR_external_memory_fd`.
     memory_fd: bool,
+    /// Buffers importable from opaque descriptors (with `memory_fd`).
+    opaque_import: Option<OpaqueImport>,
     /// `VK_EXT_device_fault` with its `deviceFault` feature.
     fault: bool,
     /// `VK_KHR_external_semaphore_fd` with `SYNC_FD` export.
@@ -235,6 +241,7 @@ impl Gpu {
                     staging_type: types.1,
                     host_import,
                     memory_fd,
+                    opaque_import: ext.opaque_import,
                     fault,
                     semaphore_fd,
                     lost: AtomicBool::new(false),
@@ -272,7 +279,7 @@ impl Gpu {
                 .push_next(&mut ids);
             instance.get_physical_device_properties2(phys, &mut p2);
             let p = p2.properties;
-            let driver = (cstr(&driver.driver_name), cstr(&driver.driver_info));
+            let driver = (cstr(&driver.driver_name), cstr(&driver.driver_info), driver.driver_id);
             let host_align = host_props.min_imported_host_pointer_alignment;
             let max_alloc = maint3.max_memory_allocation_size;
             let u = ids.device_uuid;
@@ -322,9 +329,11 @@ impl Gpu {
             .iter()
             .map(|h| (h.size, h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL)))
             .collect();
+        let memory_fd = has_ext(&exts, ash::khr::external_memory_fd::NAME);
         let ext = Extensions {
             host_import: has_ext(&exts, ash::ext::external_memory_host::NAME),
-            memory_fd: has_ext(&exts, ash::khr::external_memory_fd::NAME),
+            memory_fd,
+            opaque_import: OpaqueImport::query(instance, phys, memory_fd, driver.2),
             fault: fault::supported(instance, phys, has_ext(&exts, ash::ext::device_fault::NAME)),
             sync_fd: native::supported(instance, phys, has_ext(&exts, ash::khr::external_semaphore_fd::NAME)),
         };
@@ -582,6 +591,77 @@ impl Gpu {
                 // SAFETY: unused buffer.
                 unsafe { self.device.destroy_buffer(buffer, None) };
                 return Err(self.note(vk_err("vkAllocateMemory")(r)));
+            }
+        };
+        // SAFETY: fresh buffer and memory, large enough.
+        if let Err(r) = unsafe { self.device.bind_buffer_memory(buffer, memory, 0) } {
+            self.free(vec![Owned::Buffer(buffer, Some(memory))]);
+            return Err(vk_err("vkBindBufferMemory")(r));
+        }
+        Ok((buffer, memory))
+    }
+
+    /// A buffer over memory another runtime exported as an opaque descriptor, `size` bytes
+    /// as allocated there, imported into the device-local memory type
+    /// (`VkImportMemoryFdInfoKHR`). The descriptor is the driver's once imported.
+    pub fn import_opaque(&self, fd: OwnedFd, size: u64) -> Result<(vk::Buffer, vk::DeviceMemory), DriverError> {
+        let how = self
+            .opaque_import
+            .ok_or_else(|| DriverError::new(Errno::EOPNOTSUPP, "vulkan: the device imports no opaque descriptors"))?;
+        let handle = vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD;
+        let mut ext_buf = vk::ExternalMemoryBufferCreateInfo::default().handle_types(handle);
+        let info = vk::BufferCreateInfo::default().size(size).usage(buffer_usage()).push_next(&mut ext_buf);
+        // SAFETY: valid create info.
+        let buffer = unsafe { self.device.create_buffer(&info, None) }.map_err(vk_err("vkCreateBuffer"))?;
+        // SAFETY: a buffer just made.
+        let req = unsafe { self.device.get_buffer_memory_requirements(buffer) };
+        let unusable = if req.memory_type_bits & (1 << self.device_type) == 0 {
+            Some(DriverError::new(Errno::EIO, "vulkan: buffers cannot live in the device-local memory type"))
+        } else if req.size > size {
+            Some(DriverError::new(
+                Errno::EINVAL,
+                format!("vulkan: a buffer over {size} bytes needs {} bytes of memory here", req.size),
+            ))
+        } else {
+            None
+        };
+        if let Some(e) = unusable {
+            // SAFETY: unused buffer.
+            unsafe { self.device.destroy_buffer(buffer, None) };
+            return Err(e);
+        }
+        let raw = fd.into_raw_fd();
+        let mut import = vk::ImportMemoryFdInfoKHR::default().handle_type(handle).fd(raw);
+        let mut dedicated = vk::MemoryDedicatedAllocateInfo::default().buffer(buffer);
+        let mut alloc = vk::MemoryAllocateInfo::default()
+            .allocation_size(size)
+            .memory_type_index(self.device_type)
+            .push_next(&mut import);
+        if how.dedicated {
+            alloc = alloc.push_next(&mut dedicated);
+        }
+        // SAFETY: valid allocate info; on success the descriptor is the implementation's.
+        let memory = match unsafe { self.device.allocate_memory(&alloc, None) } {
+            Ok(m) => m,
+            Err(r) => {
+                if !how.closes_on_failure {
+                    // SAFETY: a failed import leaves the descriptor the caller's (the spec).
+                    drop(unsafe { OwnedFd::from_raw_fd(raw) });
+                }
+                // SAFETY: unused buffer.
+                unsafe { self.device.destroy_buffer(buffer, None) };
+                let e = self.note(vk_err("vkAllocateMemory (opaque descriptor)")(r));
+                return Err(match r {
+                    vk::Result::ERROR_INVALID_EXTERNAL_HANDLE => DriverError::new(
+                        Errno::EINVAL,
+                        format!("{}: not memory of this device exported as an opaque descriptor", e.message),
+                    ),
+                    vk::Result::ERROR_OUT_OF_DEVICE_MEMORY => DriverError::new(
+                        Errno::ENOMEM,
+                        format!("{}: out of device memory, or the export is smaller than {size} bytes", e.message),
+                    ),
+                    _ => e,
+                });
             }
         };
         // SAFETY: fresh buffer and memory, large enough.

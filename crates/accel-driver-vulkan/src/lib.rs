@@ -469,6 +469,15 @@ impl Driver for VulkanDevice {
         Ok(exports.get(&ino).and_then(Weak::upgrade).map(|m| (0, m as Arc<dyn DeviceMemory>)))
     }
 
+    /// Memory another Vulkan instance on this physical device exported as an opaque
+    /// descriptor (`vkGetMemoryFdKHR`), in `vram`.
+    fn import_external(&self, region: usize, fd: OwnedFd, size: u64) -> Result<Arc<dyn DeviceMemory>, DriverError> {
+        if region != 0 {
+            return Err(einval(format!("vulkan has no region {}", region + 1)));
+        }
+        Ok(VkMem::import(&self.gpu(), fd, size, &self.exports)?)
+    }
+
     fn program_formats(&self) -> Vec<String> {
         vec![FORMAT.into()]
     }

@@ -12,6 +12,7 @@ use accel_hal::bo::BoRange;
 use accel_hal::driver::{DeviceMemory, DriverError};
 use accel_uapi::Errno;
 use ash::vk;
+use rustix::fs::SealFlags;
 
 use crate::gpu::{vk_err, Gpu, Owned};
 
@@ -54,6 +55,84 @@ impl VkMem {
             memory,
             len,
             exportable,
+            exports: exports.clone(),
+            me: me.clone(),
+        }))
+    }
+}
+
+/// How a device imports other runtimes' opaque descriptors (`VK_KHR_external_memory_fd`).
+#[derive(Debug, Clone, Copy)]
+pub struct OpaqueImport {
+    /// The import must be a dedicated allocation of its buffer.
+    pub dedicated: bool,
+    /// The driver closes the descriptor of a failed import too. The spec leaves it the
+    /// caller's, and closing it again would close whatever descriptor took its number in
+    /// between; lavapipe closes it.
+    pub closes_on_failure: bool,
+}
+
+impl OpaqueImport {
+    /// Whether buffers of a physical device can be imported from opaque descriptors, and how.
+    pub fn query(
+        instance: &ash::Instance,
+        phys: vk::PhysicalDevice,
+        memory_fd: bool,
+        driver: vk::DriverId,
+    ) -> Option<OpaqueImport> {
+        if !memory_fd {
+            return None;
+        }
+        let info = vk::PhysicalDeviceExternalBufferInfo::default()
+            .usage(crate::gpu::buffer_usage())
+            .handle_type(vk::ExternalMemoryHandleTypeFlags::OPAQUE_FD);
+        let mut props = vk::ExternalBufferProperties::default();
+        // SAFETY: `phys` came from `instance` (Vulkan 1.1 core, which the driver requires).
+        unsafe { instance.get_physical_device_external_buffer_properties(phys, &info, &mut props) };
+        let features = props.external_memory_properties.external_memory_features;
+        features.contains(vk::ExternalMemoryFeatureFlags::IMPORTABLE).then_some(OpaqueImport {
+            dedicated: features.contains(vk::ExternalMemoryFeatureFlags::DEDICATED_ONLY),
+            closes_on_failure: driver == vk::DriverId::MESA_LLVMPIPE,
+        })
+    }
+}
+
+impl VkMem {
+    /// Imports `size` bytes of memory another runtime exported as an opaque descriptor. A
+    /// descriptor that is a memfd (lavapipe's memory) is sealed against shrinking first: its
+    /// exporter could otherwise truncate it under the daemon's mapping.
+    pub fn import(gpu: &Arc<Gpu>, fd: OwnedFd, size: u64, exports: &Exports) -> Result<Arc<VkMem>, DriverError> {
+        if size > gpu.props.max_alloc {
+            return Err(DriverError::new(
+                Errno::EINVAL,
+                format!("vulkan: {size} bytes exceed the device's largest allocation ({})", gpu.props.max_alloc),
+            ));
+        }
+        let st = rustix::fs::fstat(&fd).map_err(|e| DriverError::new(Errno::EBADF, format!("vulkan: fstat: {e}")))?;
+        let file = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile;
+        if file && (st.st_size as u64) < size {
+            return Err(DriverError::new(
+                Errno::EINVAL,
+                format!("vulkan: the descriptor's file has {} bytes, fewer than {size}", st.st_size),
+            ));
+        }
+        if let Ok(seals) = rustix::fs::fcntl_get_seals(&fd) {
+            if !seals.contains(SealFlags::SHRINK) {
+                rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK).map_err(|e| {
+                    DriverError::new(
+                        Errno::EINVAL,
+                        format!("vulkan: the memfd cannot be sealed against shrinking: {e}"),
+                    )
+                })?;
+            }
+        }
+        let (buffer, memory) = gpu.import_opaque(fd, size)?;
+        Ok(Arc::new_cyclic(|me| VkMem {
+            gpu: gpu.clone(),
+            buffer,
+            memory,
+            len: size,
+            exportable: false,
             exports: exports.clone(),
             me: me.clone(),
         }))

@@ -304,6 +304,20 @@ pub trait Driver: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Imports device memory another runtime exported (`BoImportExternal`): a Vulkan opaque
+    /// descriptor, a CUDA POSIX handle, of `size` bytes as its exporter allocated them, into
+    /// region `region` (an index into [`Driver::regions`]). The memory is the exporter's,
+    /// shared, never copied, and never zeroed (its contents are the point). A descriptor the
+    /// driver cannot take is `EINVAL`; a driver that imports none (the default) `EOPNOTSUPP`.
+    fn import_external(
+        &self,
+        _region: usize,
+        _fd: std::os::fd::OwnedFd,
+        _size: u64,
+    ) -> Result<Arc<dyn DeviceMemory>, DriverError> {
+        Err(DriverError::new(Errno::EOPNOTSUPP, "this driver imports no memory of other runtimes"))
+    }
+
     /// Program formats [`Driver::load_program`] takes (`builtin`, `spirv`, ...). Default: none.
     fn program_formats(&self) -> Vec<String> {
         Vec::new()

@@ -92,7 +92,7 @@ const fn req(tag: u32, name: &'static str, reply: u32, fds_in: u8, fds_out: u8) 
 /// Every request, in the declaration order of [`Request`]. Tags are grouped by area:
 /// 1–15 connection and devices, 16–31 buffers, 32–47 queues and submission, 48–63 fences,
 /// 64–79 syncobjs, 80–95 RAS, 96–111 namespaces, 112–127 statistics.
-pub const REQUESTS: [RequestSpec; 49] = [
+pub const REQUESTS: [RequestSpec; 50] = [
     req(1, "Hello", HELLO, 0, 0),
     req(2, "ListDevices", DEVICES, 0, 0),
     req(3, "DeviceInfo", DEVICE, 0, 0),
@@ -142,6 +142,7 @@ pub const REQUESTS: [RequestSpec; 49] = [
     req(82, "RasSubscribeExt", OK, 0, 0),
     req(40, "RingErrors", RING_ERRORS, 0, 0),
     req(51, "ExportNativeSyncFile", FD, 0, 1),
+    req(22, "BoImportExternal", BO, 1, 0),
 ];
 
 /// The tags of a spec table, in its order.

@@ -964,6 +964,21 @@ pub enum Request {
         /// What to export.
         point: WaitPoint,
     },
+    /// Import device memory another runtime on this machine exported, whose descriptor
+    /// travels with this message (ABI 3.4): a Vulkan opaque descriptor
+    /// (`vkGetMemoryFdKHR`, `VK_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD_BIT`) on a vulkan device, a
+    /// CUDA POSIX handle (`cuMemExportToShareableHandle`) on a cuda device, allocated on the
+    /// same physical device. Such a descriptor does not say how large its memory is, so the
+    /// importer does, as Vulkan's and CUDA's imports take it. The buffer is the exporter's
+    /// memory, not a copy, charged like a created one. [`Reply::Bo`]. `EOPNOTSUPP` where the
+    /// device imports none; `EINVAL` for a descriptor its driver refuses (another device's,
+    /// not an export, smaller than `size`).
+    BoImportExternal {
+        /// The device region to import into (not 0: host memory is `BoImport`).
+        region: u32,
+        /// The size the exporter allocated, in bytes.
+        size: u64,
+    },
 }
 
 /// Why one ring entry failed (ABI 3.1).

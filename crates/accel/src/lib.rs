@@ -302,6 +302,19 @@ impl Device {
         }
     }
 
+    /// Imports device memory another runtime on this machine exported — a Vulkan opaque
+    /// descriptor (`vkGetMemoryFdKHR`) on a vulkan device, a CUDA POSIX handle
+    /// (`cuMemExportToShareableHandle`) on a cuda device, of the same physical device — as a
+    /// buffer of device region `region`. `size` is the size the exporter allocated. The
+    /// buffer is the exporter's memory, not a copy: writes through either side reach the
+    /// other once ordered (a fence, a semaphore).
+    pub fn import_external(&self, fd: impl AsFd, region: u32, size: u64) -> Result<Buffer> {
+        match self.shared.call_fd(&Request::BoImportExternal { region, size }, Some(fd.as_fd()))?.0 {
+            Reply::Bo { handle, size, region } => self.buffer(handle, size, region),
+            other => Err(conn::unexpected(&other)),
+        }
+    }
+
     /// Creates a normal-priority queue with the default weight and job timeout.
     pub fn create_queue(&self) -> Result<Queue> {
         self.create_queue_with(QueueOptions::default())

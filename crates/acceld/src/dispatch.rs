@@ -133,6 +133,7 @@ fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<Ow
     let takes_fd = matches!(
         req,
         Request::BoImport
+            | Request::BoImportExternal { .. }
             | Request::SyncobjImport
             | Request::SyncobjEventfd { .. }
             | Request::SyncobjImportSyncFile { .. }
@@ -184,6 +185,11 @@ fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<Ow
         Request::BoImport => {
             let fd = fd.ok_or_else(|| Error::new(Errno::EBADF, "BoImport needs a descriptor"))?;
             let (handle, size, region) = c.bo_import(fd)?;
+            ok(Reply::Bo { handle, size, region })
+        }
+        Request::BoImportExternal { region, size } => {
+            let fd = fd.ok_or_else(|| Error::new(Errno::EBADF, "BoImportExternal needs a descriptor"))?;
+            let handle = c.bo_import_external(fd, region, size)?;
             ok(Reply::Bo { handle, size, region })
         }
         Request::QueueCreate { timeout_ms, priority, weight } => {

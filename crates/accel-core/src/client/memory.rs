@@ -188,4 +188,38 @@ impl Client {
         let h = self.add_bo(bo)?;
         Ok((h, size, region))
     }
+
+    /// Imports device memory another runtime exported (`BoImportExternal`) into device
+    /// region `region`: `size` bytes as the exporter allocated them, charged like a created
+    /// buffer (before the driver maps anything), shared with the exporter, not zeroed. An
+    /// import of it afterwards (`BoImport` of the same open file, or of its export) is this
+    /// very buffer. Returns the handle.
+    pub fn bo_import_external(&mut self, fd: OwnedFd, region: u32, size: u64) -> Result<BoHandle> {
+        self.check_live()?;
+        let dev = self.device()?;
+        if region == 0 {
+            bail!(EINVAL, "region 0 is host memory: import a memfd with BoImport");
+        }
+        if size == 0 {
+            bail!(EINVAL, "an imported buffer's size must be non-zero");
+        }
+        if let Some(bo) = self.sub.find_buffer(&fd, &self.ns.name)? {
+            if (bo.region(), bo.size()) != (region, size) {
+                bail!(
+                    EINVAL,
+                    "descriptor is buffer of {} bytes in region {}, not {size} bytes in region {region}",
+                    bo.size(),
+                    bo.region()
+                );
+            }
+            return self.add_bo(bo);
+        }
+        let charges = self.charge_memory(size, region)?;
+        let keep = fd.try_clone().map_err(|e| crate::Error::new(accel_uapi::Errno::EMFILE, format!("dup: {e}")))?;
+        let mem = dev.driver.import_external(region as usize - 1, fd, size)?;
+        let bo = BufferObject::with_backing(&self.sub.counters, Backing::Device(mem), region, charges);
+        self.sub.register_export(&bo, &keep, &self.ns.name);
+        bo.keep_export(keep);
+        self.add_bo(bo)
+    }
 }
