@@ -138,6 +138,10 @@ int main(void) {
     CHECK(accel_buffer_export(a, &fd));
     accel_buffer *a2;
     CHECK(accel_buffer_import(dev2, fd, &a2));
+    /* Another runtime's device memory (a Vulkan or CUDA export) imports into a device
+     * region; the cpu device has none, and says so. */
+    accel_buffer *ext;
+    EXPECT(accel_buffer_import_external(dev2, fd, 1, bytes, &ext) == -EINVAL);
     close(fd);
     EXPECT(memcmp(accel_buffer_data(a2), fa, bytes) == 0);
     fa[0] = 42.0f;

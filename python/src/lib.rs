@@ -136,6 +136,20 @@ impl Device {
         Ok(Buffer::new(b, self.is_cuda()))
     }
 
+    /// Imports device memory another runtime exported (a Vulkan opaque descriptor on a
+    /// vulkan device, a CUDA POSIX handle on a cuda device) into device region `region`;
+    /// `size` is what the exporter allocated. The buffer is that memory, not a copy; `fd`
+    /// stays yours.
+    fn import_external(&self, py: Python<'_>, fd: i32, region: u32, size: u64) -> PyResult<Buffer> {
+        if fd < 0 {
+            return Err(PyValueError::new_err("negative descriptor"));
+        }
+        // SAFETY: the caller passes an open descriptor it keeps open during the call.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let b = py.detach(|| self.inner.import_external(fd, region, size)).map_err(raise)?;
+        Ok(Buffer::new(b, self.is_cuda()))
+    }
+
     /// Creates a queue: `priority` is "low", "normal", "high" or "kernel" (the last two
     /// need an admin), `weight` 1..=10000, `timeout` per job in seconds (default: the
     /// device's).

@@ -211,6 +211,35 @@ def test_device_memory_is_not_handed_out_as_host_memory(daemon):
     np.testing.assert_array_equal(accel.array(host, np.uint32), np.arange(1024, dtype=np.uint32))
 
 
+def test_external_memory_is_the_exporters_own(daemon):
+    # testdev's `shared` region (2) takes another runtime's memory as a sealed memfd, as a
+    # vulkan device takes an opaque descriptor and a cuda device a POSIX handle.
+    import fcntl
+
+    dev = accel.Device(1)
+    fd = os.memfd_create("runtime", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, 8192)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+        os.pwrite(fd, np.arange(8, dtype=np.uint32).tobytes(), 0)
+        buf = dev.import_external(fd, 2, 8192)
+        assert buf.size == 8192
+        host = dev.alloc(4096)
+        q = dev.queue()
+        q.copy(buf, host, length=32).wait(5)
+        np.testing.assert_array_equal(accel.array(host, np.uint32)[:8], np.arange(8, dtype=np.uint32))
+        q.fill(buf, 7).wait(5)
+        assert np.frombuffer(os.pread(fd, 8, 8184), dtype=np.uint32).tolist() == [7, 7]
+        with pytest.raises(accel.Error) as e:
+            dev.import_external(fd, 2, 1 << 20)  # past the memfd's end
+        assert e.value.errno == errno.EINVAL
+        with pytest.raises(accel.Error) as e:
+            accel.Device(0).import_external(fd, 1, 8192)  # the cpu device has no region 1
+        assert e.value.errno == errno.EINVAL
+    finally:
+        os.close(fd)
+
+
 def test_builtin_kernels_and_device_regions(daemon):
     dev = accel.Device(0)
     assert [r["name"] for r in dev.regions()] == ["host"]

@@ -298,6 +298,20 @@ void accel_program_free(struct accel_program *p);
 // `dev` is live; `fd` is an open descriptor; `out` is valid for a write.
 int accel_buffer_import(const struct accel_device *dev, int fd, struct accel_buffer **out);
 
+// Imports device memory another runtime exported — a Vulkan opaque descriptor
+// (`vkGetMemoryFdKHR`) on a vulkan device, a CUDA POSIX handle
+// (`cuMemExportToShareableHandle`) on a cuda device, of the same physical device — as a
+// buffer of device region `region`; `size` is what the exporter allocated. The buffer is the
+// exporter's memory, not a copy. `fd` stays the caller's.
+//
+// # Safety
+// `dev` is live; `fd` is an open descriptor; `out` is valid for a write.
+int accel_buffer_import_external(const struct accel_device *dev,
+                                 int fd,
+                                 uint32_t region,
+                                 uint64_t size,
+                                 struct accel_buffer **out);
+
 // Exports the buffer: a new descriptor (the caller closes it) another client may import.
 //
 // # Safety

@@ -579,6 +579,36 @@ pub unsafe extern "C" fn accel_buffer_import(
     })
 }
 
+/// Imports device memory another runtime exported — a Vulkan opaque descriptor
+/// (`vkGetMemoryFdKHR`) on a vulkan device, a CUDA POSIX handle
+/// (`cuMemExportToShareableHandle`) on a cuda device, of the same physical device — as a
+/// buffer of device region `region`; `size` is what the exporter allocated. The buffer is the
+/// exporter's memory, not a copy. `fd` stays the caller's.
+///
+/// # Safety
+/// `dev` is live; `fd` is an open descriptor; `out` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn accel_buffer_import_external(
+    dev: *const accel_device,
+    fd: c_int,
+    region: u32,
+    size: u64,
+    out: *mut *mut accel_buffer,
+) -> c_int {
+    guard(|| {
+        if fd < 0 {
+            return Err(err(Errno::EBADF, "negative descriptor"));
+        }
+        // SAFETY: the caller's contract: fd is open for the duration of the call.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        // SAFETY: forwarded contract.
+        let b = unsafe { obj(dev, "device") }?.inner.import_external(fd, region, size)?;
+        // SAFETY: forwarded contract.
+        unsafe { put(out, boxed(accel_buffer { inner: b })) }?;
+        Ok(0)
+    })
+}
+
 /// Exports the buffer: a new descriptor (the caller closes it) another client may import.
 ///
 /// # Safety
