@@ -147,9 +147,15 @@ struct RemapQuery {
 }
 
 impl RemapQuery {
+    /// The query, looked up once per process (every GPU's monitor shares it).
+    fn shared() -> Option<&'static RemapQuery> {
+        static QUERY: std::sync::OnceLock<Option<RemapQuery>> = std::sync::OnceLock::new();
+        QUERY.get_or_init(Self::load).as_ref()
+    }
+
     fn load() -> Option<RemapQuery> {
         // SAFETY: the library is NVML, already loaded and initialised by `Nvml::init`; it is
-        // leaked, so the symbol stays valid for the process's life.
+        // kept for the process's life (one handle, made once), so the symbol stays valid.
         unsafe {
             let lib: &'static libloading::Library =
                 Box::leak(Box::new(libloading::Library::new("libnvidia-ml.so.1").ok()?));
@@ -260,8 +266,8 @@ fn watch(uuid: &str, telemetry: &Mutex<Telemetry>, stop: &AtomicBool, sink: &Ras
             tracing::info!("cuda: {uuid}: {n} {what} ECC errors over the GPU's lifetime (aggregate)");
         }
     }
-    let remap = RemapQuery::load();
-    let mut last = read(&dev, links, remap.as_ref());
+    let remap = RemapQuery::shared();
+    let mut last = read(&dev, links, remap);
     if let Some(r) = last.remapped {
         tracing::info!(
             "cuda: {uuid}: rows remapped {} (correctable) and {} (uncorrectable){}{}",
@@ -287,7 +293,7 @@ fn watch(uuid: &str, telemetry: &Mutex<Telemetry>, stop: &AtomicBool, sink: &Ras
                 tracing::warn!("cuda: RAS {node}/{error}: {e}");
             }
         };
-        let now = read(&dev, links, remap.as_ref());
+        let now = read(&dev, links, remap);
         for (node, error, n) in changes(&last, &now) {
             report(node, error, n);
         }
