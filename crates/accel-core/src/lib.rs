@@ -371,6 +371,9 @@ pub(crate) mod testing {
 
     use accel_uapi::{Category, EngineInfo, Errno, OpKind};
 
+    use accel_hal::driver::{DeviceMemory, DriverError};
+    use accel_hal::mem::HostMemory;
+
     use crate::device::DeviceConfig;
     use crate::driver::{Driver, DriverInfo, JobCtx, JobOp};
 
@@ -410,6 +413,58 @@ pub(crate) mod testing {
                 _ => {}
             }
             Ok(())
+        }
+
+        /// One device region, `dev`: host memory behind the driver's back, exportable as its
+        /// memfd, and importing sealed memfds as other runtimes' memory.
+        fn regions(&self) -> Vec<accel_hal::driver::RegionDesc> {
+            vec![accel_hal::driver::RegionDesc {
+                name: "dev".into(),
+                kind: accel_uapi::RegionKind::Device,
+                size: 1 << 30,
+                mappable: false,
+                exportable: true,
+                coherent: false,
+            }]
+        }
+
+        fn alloc(&self, _region: usize, size: u64) -> Result<Arc<dyn DeviceMemory>, DriverError> {
+            Ok(Arc::new(FakeMem(HostMemory::new("fake-dev", size).map_err(|e| DriverError::new(e.code, e.message))?)))
+        }
+
+        fn import_external(
+            &self,
+            _region: usize,
+            fd: std::os::fd::OwnedFd,
+            size: u64,
+        ) -> Result<Arc<dyn DeviceMemory>, DriverError> {
+            let err = |e: crate::Error| DriverError::new(e.code, e.message);
+            if HostMemory::importable_size(&fd).map_err(err)? < size {
+                return Err(DriverError::new(Errno::EINVAL, "smaller than the size given"));
+            }
+            Ok(Arc::new(FakeMem(HostMemory::import_exact(fd, size).map_err(err)?)))
+        }
+    }
+
+    /// Memory of the fake device's region.
+    #[derive(Debug)]
+    pub struct FakeMem(HostMemory);
+
+    impl DeviceMemory for FakeMem {
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+
+        fn zero(&self) -> Result<(), DriverError> {
+            Ok(())
+        }
+
+        fn export(&self) -> Result<std::os::fd::OwnedFd, DriverError> {
+            self.0.dup_fd().map_err(|e| DriverError::new(e.code, e.message))
+        }
+
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
         }
     }
 

@@ -260,6 +260,8 @@ fn unsupported_category_is_refused() {
 enum Step {
     Create { client: usize, pages: u64 },
     ImportForeign { client: usize, pages: u64 },
+    CreateDevice { client: usize, pages: u64 },
+    ImportExternal { client: usize, pages: u64, short: bool },
     ShareWithOther { from: usize, index: usize },
     Close { client: usize, index: usize },
     Ring { client: usize, entries_log2: u32 },
@@ -272,6 +274,12 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
     prop_oneof![
         (0..2usize, 1..64u64).prop_map(|(client, pages)| Step::Create { client, pages }),
         (0..2usize, 1..64u64).prop_map(|(client, pages)| Step::ImportForeign { client, pages }),
+        (0..2usize, 1..64u64).prop_map(|(client, pages)| Step::CreateDevice { client, pages }),
+        (0..2usize, 1..64u64, proptest::bool::weighted(0.2)).prop_map(|(client, pages, short)| Step::ImportExternal {
+            client,
+            pages,
+            short
+        }),
         (0..2usize, 0..8usize).prop_map(|(from, index)| Step::ShareWithOther { from, index }),
         (0..2usize, 0..8usize).prop_map(|(client, index)| Step::Close { client, index }),
         (0..2usize, 0..13u32).prop_map(|(client, entries_log2)| Step::Ring { client, entries_log2 }),
@@ -283,8 +291,9 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
 
-    /// No sequence of creates, foreign imports, shares between clients, closes, rings
-    /// and reconnects takes a namespace past its quota, and all of it is returned.
+    /// No sequence of creates, foreign imports, device buffers, external imports, shares
+    /// between clients, closes, rings and reconnects takes a namespace past its quota in any
+    /// region, and all of it is returned.
     #[test]
     fn no_request_sequence_exceeds_a_quota(steps in proptest::collection::vec(step(), 1..40)) {
         use crate::namespace::{Placement, Revoke, Share};
@@ -304,6 +313,7 @@ proptest::proptest! {
         let mut handles: [Vec<BoHandle>; 2] = [Vec::new(), Vec::new()];
         let mut queues: [Vec<QueueHandle>; 2] = [Vec::new(), Vec::new()];
         let used = || ns.devices()[0].memory_used();
+        let region_used = || ns.devices()[0].region_used();
         for s in steps {
             match s {
                 Step::Create { client, pages } => {
@@ -318,12 +328,29 @@ proptest::proptest! {
                         Err(e) => proptest::prop_assert!(matches!(e.code, Errno::ENOSPC | Errno::ENOMEM)),
                     }
                 }
+                Step::CreateDevice { client, pages } => {
+                    if let Ok((h, _)) = clients[client].bo_create(pages * page, 1) {
+                        handles[client].push(h);
+                    }
+                }
+                Step::ImportExternal { client, pages, short } => {
+                    let have = if short { pages - 1 } else { pages };
+                    let fd = accel_uapi::shm::sealed_memfd("runtime", have.max(1) * page).unwrap();
+                    let before = region_used();
+                    match clients[client].bo_import_external(fd, 1, pages * page) {
+                        Ok(h) => handles[client].push(h),
+                        Err(e) => {
+                            proptest::prop_assert!(matches!(e.code, Errno::ENOSPC | Errno::EINVAL), "{e:?}");
+                            proptest::prop_assert_eq!(region_used(), before, "a refused import keeps no charge");
+                        }
+                    }
+                }
                 Step::ShareWithOther { from, index } => {
                     if let Some(h) = handles[from].get(index).copied() {
                         let fd = clients[from].bo_export(h).unwrap();
-                        let before = used();
+                        let before = region_used();
                         let (h2, ..) = clients[1 - from].bo_import(fd).unwrap();
-                        proptest::prop_assert_eq!(used(), before, "sharing an object charges nothing more");
+                        proptest::prop_assert_eq!(region_used(), before, "sharing an object charges nothing more");
                         handles[1 - from].push(h2);
                     }
                 }
@@ -349,7 +376,9 @@ proptest::proptest! {
                     queues[client].clear();
                 }
             }
-            proptest::prop_assert!(used() <= quota, "{} bytes used of a {quota} byte quota", used());
+            for (region, bytes) in region_used().into_iter().enumerate() {
+                proptest::prop_assert!(bytes <= quota, "{bytes} bytes used in region {region} of a {quota} byte quota");
+            }
         }
         drop(clients);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -357,6 +386,7 @@ proptest::proptest! {
             std::thread::sleep(Duration::from_millis(1));
         }
         proptest::prop_assert_eq!(used(), 0, "every charge was returned");
+        proptest::prop_assert_eq!(region_used(), vec![0, 0], "in every region");
         proptest::prop_assert_eq!(sub.fds_held(), 0, "every descriptor charge was returned");
     }
 }
