@@ -35,12 +35,10 @@ mod program;
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use accel_hal::bo::BoMatrix;
-use accel_hal::driver::{
-    DeviceMemory, Driver, DriverError, DriverInfo, Imported, JobArg, JobCtx, JobOp, Program, RegionDesc,
-};
+use accel_hal::driver::{DeviceMemory, Driver, DriverError, DriverInfo, JobArg, JobCtx, JobOp, Program, RegionDesc};
 use accel_hal::lock;
 use accel_hal::ras::{RasNodeDesc, RasSink};
 use accel_uapi::{Category, EngineInfo, Errno, OpKind, RegionKind, Severity};
@@ -76,7 +74,6 @@ pub struct VulkanDevice {
     /// Jobs take it shared; a job run again after a loss takes it alone.
     solo: RwLock<()>,
     ras: Mutex<Option<RasSink>>,
-    exports: memory::Exports,
     /// Logical devices made after losses.
     recreated: AtomicU64,
     /// Injected losses still to come: each new logical device is lost at once while any are.
@@ -140,7 +137,6 @@ impl VulkanDevice {
             current: RwLock::new(Arc::new(first)),
             solo: RwLock::new(()),
             ras: Mutex::new(None),
-            exports: Default::default(),
             recreated: AtomicU64::new(0),
             injected: AtomicU64::new(0),
         })
@@ -459,14 +455,7 @@ impl Driver for VulkanDevice {
         if region != 0 {
             return Err(einval(format!("vulkan has no region {}", region + 1)));
         }
-        Ok(VkMem::new(&self.gpu(), size, &self.exports)?)
-    }
-
-    fn import_memory(&self, fd: &OwnedFd) -> Result<Option<Imported>, DriverError> {
-        let Some(ino) = memory::inode(fd) else { return Ok(None) };
-        let mut exports = lock(&self.exports);
-        exports.retain(|_, m| m.strong_count() > 0);
-        Ok(exports.get(&ino).and_then(Weak::upgrade).map(|m| (0, m as Arc<dyn DeviceMemory>)))
+        Ok(VkMem::new(&self.gpu(), size)?)
     }
 
     /// Memory another Vulkan instance on this physical device exported as an opaque
@@ -475,7 +464,7 @@ impl Driver for VulkanDevice {
         if region != 0 {
             return Err(einval(format!("vulkan has no region {}", region + 1)));
         }
-        Ok(VkMem::import(&self.gpu(), fd, size, &self.exports)?)
+        Ok(VkMem::import(&self.gpu(), fd, size)?)
     }
 
     fn program_formats(&self) -> Vec<String> {

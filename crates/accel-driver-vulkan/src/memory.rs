@@ -6,7 +6,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use accel_hal::bo::BoRange;
 use accel_hal::driver::{DeviceMemory, DriverError};
@@ -24,12 +24,7 @@ pub struct VkMem {
     memory: vk::DeviceMemory,
     len: u64,
     exportable: bool,
-    exports: Exports,
-    me: Weak<VkMem>,
 }
-
-/// Memory a device exported, by its descriptor's inode, so an import finds it again.
-pub type Exports = Arc<Mutex<HashMap<(u64, u64), Weak<VkMem>>>>;
 
 impl std::fmt::Debug for VkMem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -40,7 +35,7 @@ impl std::fmt::Debug for VkMem {
 impl VkMem {
     /// Allocates `len` bytes of device-local memory (exportable where the device has
     /// `VK_KHR_external_memory_fd`).
-    pub fn new(gpu: &Arc<Gpu>, len: u64, exports: &Exports) -> Result<Arc<VkMem>, DriverError> {
+    pub fn new(gpu: &Arc<Gpu>, len: u64) -> Result<Arc<VkMem>, DriverError> {
         if len > gpu.props.max_alloc {
             return Err(DriverError::new(
                 Errno::ENOMEM,
@@ -49,15 +44,7 @@ impl VkMem {
         }
         let exportable = gpu.memory_fd.is_some();
         let (buffer, memory) = gpu.buffer(len, gpu.device_type, exportable)?;
-        Ok(Arc::new_cyclic(|me| VkMem {
-            gpu: gpu.clone(),
-            buffer,
-            memory,
-            len,
-            exportable,
-            exports: exports.clone(),
-            me: me.clone(),
-        }))
+        Ok(Arc::new(VkMem { gpu: gpu.clone(), buffer, memory, len, exportable }))
     }
 }
 
@@ -101,7 +88,7 @@ impl VkMem {
     /// Imports `size` bytes of memory another runtime exported as an opaque descriptor. A
     /// descriptor that is a memfd (lavapipe's memory) is sealed against shrinking first: its
     /// exporter could otherwise truncate it under the daemon's mapping.
-    pub fn import(gpu: &Arc<Gpu>, fd: OwnedFd, size: u64, exports: &Exports) -> Result<Arc<VkMem>, DriverError> {
+    pub fn import(gpu: &Arc<Gpu>, fd: OwnedFd, size: u64) -> Result<Arc<VkMem>, DriverError> {
         if size > gpu.props.max_alloc {
             return Err(DriverError::new(
                 Errno::EINVAL,
@@ -127,15 +114,7 @@ impl VkMem {
             }
         }
         let (buffer, memory) = gpu.import_opaque(fd, size)?;
-        Ok(Arc::new_cyclic(|me| VkMem {
-            gpu: gpu.clone(),
-            buffer,
-            memory,
-            len: size,
-            exportable: false,
-            exports: exports.clone(),
-            me: me.clone(),
-        }))
+        Ok(Arc::new(VkMem { gpu: gpu.clone(), buffer, memory, len: size, exportable: false }))
     }
 }
 
@@ -183,13 +162,6 @@ impl DeviceMemory for VkMem {
         let fd = unsafe { ext.get_memory_fd(&info) }.map_err(vk_err("vkGetMemoryFdKHR"))?;
         // SAFETY: vkGetMemoryFdKHR hands ownership of a new descriptor to the caller.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // Only a file of its own (a memfd, as lavapipe's) identifies the memory; anonymous
-        // inodes are shared by unrelated descriptors, so those imports go to the runtime.
-        if let Some(ino) = inode(&fd) {
-            let mut exports = accel_hal::lock(&self.exports);
-            exports.retain(|_, m| m.strong_count() > 0);
-            exports.insert(ino, self.me.clone());
-        }
         Ok(fd)
     }
 
@@ -293,12 +265,4 @@ impl<'a> Binder<'a> {
             }
         }
     }
-}
-
-/// The `(st_dev, st_ino)` of a descriptor, to recognise memory this driver exported.
-/// `None` unless it is a regular file (memfds are; anonymous inodes are not).
-pub fn inode(fd: &OwnedFd) -> Option<(u64, u64)> {
-    let st = rustix::fs::fstat(fd).ok()?;
-    (rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile)
-        .then_some((st.st_dev, st.st_ino))
 }
