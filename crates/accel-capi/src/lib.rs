@@ -565,6 +565,20 @@ pub unsafe extern "C" fn accel_buffer_import(
     fd: c_int,
     out: *mut *mut accel_buffer,
 ) -> c_int {
+    // SAFETY: forwarded contract.
+    unsafe { import_with(dev, fd, out, |dev, fd| dev.import(fd)) }
+}
+
+/// Imports `fd` into a new buffer through `import`, for the two import calls.
+///
+/// # Safety
+/// As theirs: `dev` is live; `fd` is an open descriptor; `out` is valid for a write.
+unsafe fn import_with(
+    dev: *const accel_device,
+    fd: c_int,
+    out: *mut *mut accel_buffer,
+    import: impl FnOnce(&accel::Device, BorrowedFd<'_>) -> accel::Result<accel::Buffer>,
+) -> c_int {
     guard(|| {
         if fd < 0 {
             return Err(err(Errno::EBADF, "negative descriptor"));
@@ -572,7 +586,7 @@ pub unsafe extern "C" fn accel_buffer_import(
         // SAFETY: the caller's contract: fd is open for the duration of the call.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         // SAFETY: forwarded contract.
-        let b = unsafe { obj(dev, "device") }?.inner.import(fd)?;
+        let b = import(&unsafe { obj(dev, "device") }?.inner, fd)?;
         // SAFETY: forwarded contract.
         unsafe { put(out, boxed(accel_buffer { inner: b })) }?;
         Ok(0)
@@ -595,18 +609,8 @@ pub unsafe extern "C" fn accel_buffer_import_external(
     size: u64,
     out: *mut *mut accel_buffer,
 ) -> c_int {
-    guard(|| {
-        if fd < 0 {
-            return Err(err(Errno::EBADF, "negative descriptor"));
-        }
-        // SAFETY: the caller's contract: fd is open for the duration of the call.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        // SAFETY: forwarded contract.
-        let b = unsafe { obj(dev, "device") }?.inner.import_external(fd, region, size)?;
-        // SAFETY: forwarded contract.
-        unsafe { put(out, boxed(accel_buffer { inner: b })) }?;
-        Ok(0)
-    })
+    // SAFETY: forwarded contract.
+    unsafe { import_with(dev, fd, out, |dev, fd| dev.import_external(fd, region, size)) }
 }
 
 /// Exports the buffer: a new descriptor (the caller closes it) another client may import.
