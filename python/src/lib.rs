@@ -481,6 +481,12 @@ impl Buffer {
         self.inner.handle().0
     }
 
+    /// The memory region it lives in (0: host; see `Device.regions()`).
+    #[getter]
+    fn region(&self) -> u32 {
+        self.inner.region()
+    }
+
     /// Address of the mapping in this process (0 for memory this process cannot map).
     #[getter]
     fn address(&self) -> usize {

@@ -198,6 +198,7 @@ def test_drm_syncobj_semantics(daemon):
 def test_device_memory_is_not_handed_out_as_host_memory(daemon):
     dev = accel.Device(1)  # testdev: its vram is daemon memory no client maps
     vram, host = dev.alloc(4096, 1), dev.alloc(4096)
+    assert (vram.region, host.region) == (1, 0)
     for view in (memoryview, np.from_dlpack, lambda b: accel.array(b, np.uint8)):
         with pytest.raises(BufferError, match="not mapped into this process"):
             view(vram)
@@ -223,7 +224,7 @@ def test_external_memory_is_the_exporters_own(daemon):
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
         os.pwrite(fd, np.arange(8, dtype=np.uint32).tobytes(), 0)
         buf = dev.import_external(fd, 2, 8192)
-        assert buf.size == 8192
+        assert (buf.size, buf.region) == (8192, 2)
         host = dev.alloc(4096)
         q = dev.queue()
         q.copy(buf, host, length=32).wait(5)
