@@ -574,3 +574,16 @@ fn memory_another_vulkan_instance_exported_is_shared_not_copied() {
     drop((buf, theirs));
     assert_eq!(peer.read(size - 4), 0x0bad_cafe);
 }
+
+#[test]
+fn the_benchmarks_direct_baseline_dispatches_on_the_same_device() {
+    if !vulkan() {
+        return;
+    }
+    // `accel bench vulkan`'s baseline: the empty kernel through Vulkan alone, in-process.
+    let mut direct = accel_driver_vulkan::direct::Direct::new(0).unwrap();
+    for _ in 0..3 {
+        direct.launch_sync().unwrap();
+    }
+    assert_eq!(accel_driver_vulkan::direct::Direct::new(99).err().unwrap().code, Errno::ENODEV);
+}

@@ -27,6 +27,7 @@
 //!   loss (description, faulting addresses, vendor codes) goes to the log and into the
 //!   culprit's error.
 
+pub mod direct;
 mod fault;
 mod gpu;
 mod memory;

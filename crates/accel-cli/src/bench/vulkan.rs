@@ -1,7 +1,8 @@
 //! `accel bench vulkan`: GEMM f32 through the vulkan driver (or, with `--device cuda:N`, the
 //! cuda driver's cuBLAS) against the cpu driver in the same daemon, 16-bit GEMM (f16, bf16) in
-//! device memory where the device runs it, and a null launch's round trip against a null job
-//! on the cpu device.
+//! device memory where the device runs it, and a null launch's round trip against the same
+//! empty kernel through the GPU's own API in this process (`direct`: what accel adds) and a
+//! null job on the cpu device.
 //!
 //! On lavapipe (Vulkan on the CPU, what CI has) the GEMM figure is correctness and overhead,
 //! not a race: both run on the same cores, the cpu driver with a tuned GEMM, lavapipe with the
@@ -10,7 +11,7 @@
 use std::time::Instant;
 
 use accel::{Buffer, Device, Float16, Gemm16, LaunchArg, Op, OpKind};
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 use super::{median, percentiles};
 use crate::demo::pseudo_random;
@@ -186,13 +187,68 @@ pub fn run(device: &str, sizes: &[usize], reps: usize, iters: usize) -> Result<(
     let launch = program.launch("main", [1, 1, 1], &[LaunchArg::Buffer(scratch.whole())])?;
     let (l50, l99, _) = percentiles(round_trips(&vk, launch, iters)?);
     let (n50, n99, _) = percentiles(round_trips(&cpu, Op::Nop, iters)?);
+    // Through the ring too (submit and wait without a socket round trip).
+    let mut ring = vk.create_queue()?.into_ring(16)?;
+    ring.set_wait_mode(if std::env::var_os("RING_BLOCK").is_some() {
+        accel::WaitMode::Block
+    } else {
+        super::gpu_wait_mode()
+    });
+    let mut ring_launch = || -> Result<(), accel_core::driver::DriverError> {
+        let done = ring
+            .submit_wait(&launch, std::time::Duration::from_secs(10))
+            .map_err(|e| accel_core::driver::DriverError::new(e.code, e.message))?;
+        done.status().map_err(|code| accel_core::driver::DriverError::new(code, "the null launch failed"))
+    };
+    let (r50, r99, _) = percentiles(direct_round_trips(iters, &mut ring_launch)?);
+    // The same empty kernel through the GPU's own API in this process: what accel adds.
+    let index: usize = match device.split_once(':') {
+        Some((_, n)) => n.parse().with_context(|| format!("device {device:?}"))?,
+        None => 0,
+    };
+    let (d50, d99, _) = percentiles(match driver.as_str() {
+        "cuda" => {
+            let mut d = accel_driver_cuda::direct::Direct::new(index, NULL_PTX, "main").map_err(driver_error)?;
+            direct_round_trips(iters, || d.launch_sync(0))?
+        }
+        _ => {
+            let mut d = accel_driver_vulkan::direct::Direct::new(index).map_err(driver_error)?;
+            direct_round_trips(iters, || d.launch_sync())?
+        }
+    });
+    let us = |ns: u64| ns as f64 / 1e3;
     println!(
-        "{{\"bench\":\"gpu-launch\",\"driver\":\"{driver}\",\"device\":\"{name}\",\"iters\":{iters},\"launch_p50_us\":{:.1},\"launch_p99_us\":{:.1},\"cpu_nop_p50_us\":{:.1},\"cpu_nop_p99_us\":{:.1},\"ratio_p50\":{:.2}}}",
-        l50 as f64 / 1e3,
-        l99 as f64 / 1e3,
-        n50 as f64 / 1e3,
-        n99 as f64 / 1e3,
+        "{{\"bench\":\"gpu-launch\",\"driver\":\"{driver}\",\"device\":\"{name}\",\"iters\":{iters},\"launch_p50_us\":{:.1},\"launch_p99_us\":{:.1},\"ring_p50_us\":{:.1},\"ring_p99_us\":{:.1},\"direct_p50_us\":{:.1},\"direct_p99_us\":{:.1},\"ring_overhead_p50\":{:.2},\"cpu_nop_p50_us\":{:.1},\"cpu_nop_p99_us\":{:.1},\"ratio_p50\":{:.2}}}",
+        us(l50),
+        us(l99),
+        us(r50),
+        us(r99),
+        us(d50),
+        us(d99),
+        r50 as f64 / d50.max(1) as f64 - 1.0,
+        us(n50),
+        us(n99),
         l50 as f64 / n50.max(1) as f64
     );
     Ok(())
+}
+
+fn driver_error(e: accel_core::driver::DriverError) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", e.code, e.message)
+}
+
+/// Round trips of `launch` (after a tenth as many to warm up), nanoseconds.
+fn direct_round_trips(
+    iters: usize,
+    mut launch: impl FnMut() -> Result<(), accel_core::driver::DriverError>,
+) -> Result<Vec<u64>> {
+    let mut ns = Vec::with_capacity(iters);
+    for i in 0..iters + iters / 10 {
+        let t = Instant::now();
+        launch().map_err(driver_error)?;
+        if i >= iters / 10 {
+            ns.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    Ok(ns)
 }
