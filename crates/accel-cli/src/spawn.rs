@@ -1,4 +1,5 @@
-//! A daemon started as a child process on a private socket, stopped on drop.
+//! A daemon started as a child process on a private socket, stopped on drop (or, should
+//! this process end without dropping it, when this process's starting thread ends).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,6 +43,15 @@ impl SpawnedDaemon {
             cmd.arg("--device").arg(d);
         }
         cmd.args(extra);
+        // The daemon goes when this process does, however it ends: `accel bench … | head`
+        // ends it by SIGPIPE (main.rs restores the default action), and Drop never runs.
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
+                Ok(())
+            });
+        }
         let child = cmd.spawn().context("starting accel daemon")?;
         let mut daemon = SpawnedDaemon { child, dir, socket };
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -353,3 +353,32 @@ fn the_cdi_schema_rejects_what_runtimes_reject() {
     let bad = serde_json::json!({"cdiVersion": "0.3.0", "kind": "accel.dev/device", "devices": [{"name": "x"}]});
     assert!(!cdi_schema().is_valid(&bad), "a device without containerEdits must be refused");
 }
+
+#[test]
+fn a_benchmark_cut_short_by_a_closed_pipe_takes_its_daemon_with_it() {
+    // `accel bench … | head -1`: the bench dies of SIGPIPE at its next line (the CLI keeps
+    // the default action), so nothing of it runs Drop; its daemon must not stay behind.
+    let mut bench = Command::new(common::accel_bin())
+        .args(["bench", "gemm", "--sizes", "64,512,512,512", "--reps", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(bench.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains("\"bench\":\"gemm\""), "{first}");
+    let status = bench.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGPIPE));
+    let tag = format!("accel-{}-", bench.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alive = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .any(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&tag)))
+    };
+    while alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(), "the bench's daemon ({tag}) outlived it");
+}

@@ -113,7 +113,8 @@ pub enum Which {
         rounds: usize,
     },
     /// GEMM f32 through the vulkan driver (host and vram operands) against the cpu driver in
-    /// the same daemon, and a null launch's round trip against a null job on the cpu device.
+    /// the same daemon, and a null launch's round trip (socket and ring) against the same
+    /// empty kernel through the GPU's own API in this process and a null job on the cpu device.
     Vulkan {
         /// Matrix sizes n (n×n×n).
         #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "256,512,1024")]
