@@ -206,6 +206,11 @@ pub fn run(device: &str, sizes: &[usize], reps: usize, iters: usize) -> Result<(
         Some((_, n)) => n.parse().with_context(|| format!("device {device:?}"))?,
         None => 0,
     };
+    // And the driver's own job path in this process (no daemon, no IPC), for a vulkan device.
+    let in_process = match driver.as_str() {
+        "cuda" => None,
+        _ => Some(percentiles(driver_round_trips(index, iters)?)),
+    };
     let (d50, d99, _) = percentiles(match driver.as_str() {
         "cuda" => {
             let mut d = accel_driver_cuda::direct::Direct::new(index, NULL_PTX, "main").map_err(driver_error)?;
@@ -217,8 +222,9 @@ pub fn run(device: &str, sizes: &[usize], reps: usize, iters: usize) -> Result<(
         }
     });
     let us = |ns: u64| ns as f64 / 1e3;
+    let driver_p50 = in_process.map_or("null".to_string(), |(p50, _, _)| format!("{:.1}", us(p50)));
     println!(
-        "{{\"bench\":\"gpu-launch\",\"driver\":\"{driver}\",\"device\":\"{name}\",\"iters\":{iters},\"launch_p50_us\":{:.1},\"launch_p99_us\":{:.1},\"ring_p50_us\":{:.1},\"ring_p99_us\":{:.1},\"direct_p50_us\":{:.1},\"direct_p99_us\":{:.1},\"ring_overhead_p50\":{:.2},\"cpu_nop_p50_us\":{:.1},\"cpu_nop_p99_us\":{:.1},\"ratio_p50\":{:.2}}}",
+        "{{\"bench\":\"gpu-launch\",\"driver\":\"{driver}\",\"device\":\"{name}\",\"iters\":{iters},\"launch_p50_us\":{:.1},\"launch_p99_us\":{:.1},\"ring_p50_us\":{:.1},\"ring_p99_us\":{:.1},\"direct_p50_us\":{:.1},\"direct_p99_us\":{:.1},\"driver_in_process_p50_us\":{driver_p50},\"ring_overhead_p50\":{:.2},\"cpu_nop_p50_us\":{:.1},\"cpu_nop_p99_us\":{:.1},\"ratio_p50\":{:.2}}}",
         us(l50),
         us(l99),
         us(r50),
@@ -231,6 +237,33 @@ pub fn run(device: &str, sizes: &[usize], reps: usize, iters: usize) -> Result<(
         l50 as f64 / n50.max(1) as f64
     );
     Ok(())
+}
+
+/// Round trips of the empty kernel through the vulkan driver's `run_job` in this process, on
+/// a device of its own: the driver's path without the daemon around it.
+fn driver_round_trips(index: usize, iters: usize) -> Result<Vec<u64>> {
+    use accel_core::bo::{Backing, BoRange, BufferObject};
+    use accel_core::driver::{AbortToken, Driver, JobArg, JobCtx, JobOp, NativeFence};
+    let dev = accel_driver_vulkan::VulkanDevice::open(index).map_err(driver_error)?;
+    let counters = std::sync::Arc::new(accel_core::counters::Counters::default());
+    let mem = dev.alloc(0, 4096).map_err(driver_error)?;
+    let bo = BufferObject::with_backing(&counters, Backing::Device(mem), 1, Vec::new());
+    let program =
+        dev.load_program(accel_driver_vulkan::FORMAT, accel_driver_vulkan::NULL_SPIRV).map_err(driver_error)?;
+    let op = JobOp::Launch {
+        program,
+        entry: 0,
+        grid: [1, 1, 1],
+        args: vec![JobArg::Buffer(BoRange { bo, offset: 0, len: 4096 })],
+    };
+    direct_round_trips(iters, || {
+        let ctx = JobCtx {
+            abort: AbortToken::default(),
+            client_id: 0,
+            native: NativeFence::new(accel_core::fence::Fence::new(&counters)),
+        };
+        dev.run_job(0, &op, &ctx)
+    })
 }
 
 fn driver_error(e: accel_core::driver::DriverError) -> anyhow::Error {
