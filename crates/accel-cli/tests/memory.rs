@@ -506,9 +506,14 @@ fn external_memory_imports_as_the_exporters_own_pages() {
     let exported = buf.export().unwrap();
     assert_eq!(d.open(0).import(&exported).unwrap().region(), SHARED);
     assert_eq!(dev.import_external(&theirs, SHARED, 4096).unwrap_err().code, Errno::EINVAL, "another size");
-    // Charged like a created buffer.
+    // Charged like a created buffer: in whole pages.
     let used = |dev: &Device| dev.info().regions[SHARED as usize].used;
     assert_eq!(used(&d.open(0)), size);
+    let small = accel_uapi::shm::sealed_memfd("runtime", 100).unwrap();
+    let tiny = dev.import_external(&small, SHARED, 100).unwrap();
+    assert_eq!(tiny.size(), 100);
+    assert_eq!(used(&d.open(0)), size + rustix::param::page_size() as u64);
+    drop(tiny);
 
     // Refusals, each with its errno, and nothing left behind.
     let other = accel_uapi::shm::sealed_memfd("runtime", 4096).unwrap();

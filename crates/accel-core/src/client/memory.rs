@@ -191,7 +191,8 @@ impl Client {
 
     /// Imports device memory another runtime exported (`BoImportExternal`) into device
     /// region `region`: `size` bytes as the exporter allocated them, charged like a created
-    /// buffer (before the driver maps anything), shared with the exporter, not zeroed. An
+    /// buffer (whole pages, and the descriptor kept, before the driver maps anything), shared
+    /// with the exporter, not zeroed. An
     /// import of it afterwards (`BoImport` of the same open file, or of its export) is this
     /// very buffer. Returns the handle.
     pub fn bo_import_external(&mut self, fd: OwnedFd, region: u32, size: u64) -> Result<BoHandle> {
@@ -214,7 +215,13 @@ impl Client {
             }
             return self.add_bo(bo);
         }
-        let charges = self.charge_memory(size, region)?;
+        // Charged in whole pages, as a created buffer, plus the descriptor the daemon keeps.
+        let page = rustix::param::page_size() as u64;
+        let Some(charged) = size.checked_next_multiple_of(page) else {
+            bail!(EOVERFLOW, "buffer size {size} overflows")
+        };
+        let mut charges = self.charge_memory(charged, region)?;
+        charges.extend(self.charge_fds(1)?);
         let keep = fd.try_clone().map_err(|e| crate::Error::new(accel_uapi::Errno::EMFILE, format!("dup: {e}")))?;
         let mem = dev.driver.import_external(region as usize - 1, fd, size)?;
         let bo = BufferObject::with_backing(&self.sub.counters, Backing::Device(mem), region, charges);
