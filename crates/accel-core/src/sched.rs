@@ -199,7 +199,9 @@ struct Shared {
     last_error: Mutex<(u32, u64)>,
     state: Mutex<State>,
     sched_cond: Condvar,
-    slot_cond: Condvar,
+    /// Per engine: what its idle slot threads sleep on. One per engine, so a dispatch wakes
+    /// one slot of the job's engine, not every slot thread of the device.
+    slot_conds: Vec<Condvar>,
     /// Jobs handed to each engine's slots so far: what an idle slot spins on.
     dispatched: Vec<AtomicU64>,
     /// How long an idle slot thread spins for its next job before it sleeps.
@@ -266,6 +268,7 @@ impl Scheduler {
             engines.iter().enumerate().flat_map(|(i, e)| (0..e.credits).map(move |s| (i, s))).collect();
         let busy_ns = engines.iter().map(|_| AtomicU64::new(0)).collect();
         let dispatched = engines.iter().map(|_| AtomicU64::new(0)).collect();
+        let slot_conds = engines.iter().map(|_| Condvar::new()).collect();
         let shared = Arc::new(Shared {
             dispatched,
             slot_spin: slot_spin(),
@@ -289,7 +292,7 @@ impl Scheduler {
                 sched_wakes_at: Instant::now(),
             }),
             sched_cond: Condvar::new(),
-            slot_cond: Condvar::new(),
+            slot_conds,
         });
         let mut threads = Vec::new();
         let s = shared.clone();
@@ -474,7 +477,9 @@ impl Drop for Scheduler {
             drain_all(&mut st, Errno::ECANCELED)
         };
         self.shared.sched_cond.notify_all();
-        self.shared.slot_cond.notify_all();
+        for c in &self.shared.slot_conds {
+            c.notify_all();
+        }
         signal_failed(failed);
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -593,7 +598,8 @@ impl Shared {
             let engine_idx = job.engine;
             engine.ring.push_back(Dispatched { entity: id, client_id, usage, job, charged });
             self.dispatched[engine_idx].fetch_add(1, Ordering::Release);
-            self.slot_cond.notify_all();
+            // Under the state lock, so a slot about to wait cannot miss it; one job, one slot.
+            self.slot_conds[engine_idx].notify_one();
         }
         failed
     }
@@ -687,7 +693,7 @@ impl Shared {
                     st = lock(&self.state);
                     continue;
                 }
-                st = self.slot_cond.wait(st).unwrap_or_else(|e| e.into_inner());
+                st = self.slot_conds[engine_idx].wait(st).unwrap_or_else(|e| e.into_inner());
                 spun = false;
             };
             let run_id = st.next_run;
@@ -739,8 +745,8 @@ impl Shared {
             if disposition == Some(Disposition::Resubmit) && !st.shutdown {
                 st.engines[engine_idx].ring.push_front(d);
                 self.dispatched[engine_idx].fetch_add(1, Ordering::Release);
+                self.slot_conds[engine_idx].notify_one();
                 drop(st);
-                self.slot_cond.notify_all();
                 continue;
             }
             let lost = matches!(&result, Err(e) if e.lost) && disposition.is_none();
