@@ -543,3 +543,21 @@ fn external_memory_imports_as_the_exporters_own_pages() {
     pread(&theirs, &mut word, 4096).unwrap();
     assert_eq!(u32::from_ne_bytes(word), 0xfeed_f00d);
 }
+
+#[test]
+fn device_memory_does_not_cross_to_another_device() {
+    // Two devices of one driver: an export of one's device memory is not the other's (its
+    // driver would take it for its own), while host memory goes anywhere.
+    let d = Daemon::start(&["testdev", "testdev"]);
+    let (a, b) = (d.open(0), d.open(1));
+    let mine = a.alloc_in(4096, SHARED).unwrap();
+    let fd = mine.export().unwrap();
+    let e = b.import(&fd).unwrap_err();
+    assert_eq!(e.code, Errno::EINVAL, "{e}");
+    assert!(e.message.contains("device memory of accel0"), "{e}");
+    let e = b.import_external(&fd, SHARED, 4096).unwrap_err();
+    assert_eq!(e.code, Errno::EINVAL, "{e}");
+    assert_eq!(d.open(0).import(&fd).unwrap().region(), SHARED, "its own device takes it");
+    let host = a.alloc(4096).unwrap();
+    assert_eq!(b.import(host.export().unwrap()).unwrap().region(), 0);
+}

@@ -31,6 +31,8 @@ pub enum Backing {
 pub struct BufferObject {
     backing: Backing,
     region: u32,
+    /// The device whose memory it is (its minor), for device memory.
+    device: Option<u32>,
     /// The descriptor its driver exported it as, kept once made (device memory only).
     exported: Mutex<Option<OwnedFd>>,
     _charges: Vec<Charge>,
@@ -41,11 +43,18 @@ impl BufferObject {
     /// Wraps host memory; `charges` are what it counts against (device memory, a
     /// namespace's share), released when the buffer is freed.
     pub fn new(counters: &Arc<Counters>, mem: HostMemory, charges: Vec<Charge>) -> Arc<Self> {
-        Self::with_backing(counters, Backing::Host(mem), 0, charges)
+        Self::with_backing(counters, Backing::Host(mem), 0, None, charges)
     }
 
-    /// Wraps memory of region `region`.
-    pub fn with_backing(counters: &Arc<Counters>, backing: Backing, region: u32, charges: Vec<Charge>) -> Arc<Self> {
+    /// Wraps memory of region `region`; `device` is the device (minor) whose memory it is,
+    /// for device memory (host memory belongs to none: any device's jobs may use it).
+    pub fn with_backing(
+        counters: &Arc<Counters>,
+        backing: Backing,
+        region: u32,
+        device: Option<u32>,
+        charges: Vec<Charge>,
+    ) -> Arc<Self> {
         let bytes = match &backing {
             Backing::Host(m) => m.len() as u64,
             Backing::Device(m) => m.len(),
@@ -53,6 +62,7 @@ impl BufferObject {
         Arc::new(BufferObject {
             backing,
             region,
+            device,
             exported: Mutex::new(None),
             _charges: charges,
             _tracked: Tracked::with_bytes(counters, Kind::Buffer, bytes),
@@ -70,6 +80,11 @@ impl BufferObject {
     /// The region the buffer lives in (0: host).
     pub fn region(&self) -> u32 {
         self.region
+    }
+
+    /// The device (minor) whose memory it is; `None` for host memory.
+    pub fn device_minor(&self) -> Option<u32> {
+        self.device
     }
 
     /// The backing memory.

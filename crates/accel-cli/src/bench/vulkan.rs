@@ -247,7 +247,7 @@ fn driver_round_trips(index: usize, iters: usize) -> Result<Vec<u64>> {
     let dev = accel_driver_vulkan::VulkanDevice::open(index).map_err(driver_error)?;
     let counters = std::sync::Arc::new(accel_core::counters::Counters::default());
     let mem = dev.alloc(0, 4096).map_err(driver_error)?;
-    let bo = BufferObject::with_backing(&counters, Backing::Device(mem), 1, Vec::new());
+    let bo = BufferObject::with_backing(&counters, Backing::Device(mem), 1, Some(0), Vec::new());
     let program =
         dev.load_program(accel_driver_vulkan::FORMAT, accel_driver_vulkan::NULL_SPIRV).map_err(driver_error)?;
     let op = JobOp::Launch {

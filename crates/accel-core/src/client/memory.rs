@@ -83,14 +83,17 @@ impl Client {
             self.sub.register_buffer(&bo, &self.ns.name);
             bo
         } else {
-            let driver = self.device()?.driver.clone();
+            let (driver, dev_minor) = {
+                let dev = self.device()?;
+                (dev.driver.clone(), dev.minor)
+            };
             let mem = driver.alloc(region as usize - 1, size)?;
             if mem.len() < size {
                 bail!(EIO, "the driver allocated {} bytes for {size}", mem.len());
             }
             // No client may see what the memory held before.
             mem.zero()?;
-            BufferObject::with_backing(&self.sub.counters, Backing::Device(mem), region, charges)
+            BufferObject::with_backing(&self.sub.counters, Backing::Device(mem), region, Some(dev_minor), charges)
         };
         let h = self.add_bo(bo)?;
         Ok((h, size))
@@ -166,11 +169,12 @@ impl Client {
         self.check_live()?;
         let driver = self.device()?.driver.clone();
         let bo = match self.sub.find_buffer(&fd, &self.ns.name)? {
-            Some(bo) => bo,
+            Some(bo) => self.same_device(bo)?,
             None if let Some((region, mem)) = driver.import_memory(&fd)? => {
                 let region = region as u32 + 1;
                 let charges = self.charge_memory(mem.len(), region)?;
-                let bo = BufferObject::with_backing(&self.sub.counters, Backing::Device(mem), region, charges);
+                let minor = Some(self.device()?.minor);
+                let bo = BufferObject::with_backing(&self.sub.counters, Backing::Device(mem), region, minor, charges);
                 self.sub.register_export(&bo, &fd, &self.ns.name);
                 bo.keep_export(fd);
                 bo
@@ -189,6 +193,19 @@ impl Client {
         Ok((h, size, region))
     }
 
+    /// `bo`, if this client's device may use it: host memory any device's may, device memory
+    /// only its own device's (another device's driver would take it for its own: `EINVAL`).
+    fn same_device(&self, bo: Arc<BufferObject>) -> Result<Arc<BufferObject>> {
+        let minor = self.device()?.minor;
+        match bo.device_minor() {
+            Some(owner) if owner != minor => bail!(
+                EINVAL,
+                "descriptor is device memory of accel{owner}, not of this client's accel{minor}: copy it through host memory"
+            ),
+            _ => Ok(bo),
+        }
+    }
+
     /// Imports device memory another runtime exported (`BoImportExternal`) into device
     /// region `region`: `size` bytes as the exporter allocated them, charged like a created
     /// buffer (whole pages, and the descriptor kept, before the driver maps anything), shared
@@ -205,6 +222,7 @@ impl Client {
             bail!(EINVAL, "an imported buffer's size must be non-zero");
         }
         if let Some(bo) = self.sub.find_buffer(&fd, &self.ns.name)? {
+            let bo = self.same_device(bo)?;
             if (bo.region(), bo.size()) != (region, size) {
                 bail!(
                     EINVAL,
@@ -224,7 +242,7 @@ impl Client {
         charges.extend(self.charge_fds(1)?);
         let keep = fd.try_clone().map_err(|e| crate::Error::new(accel_uapi::Errno::EMFILE, format!("dup: {e}")))?;
         let mem = dev.driver.import_external(region as usize - 1, fd, size)?;
-        let bo = BufferObject::with_backing(&self.sub.counters, Backing::Device(mem), region, charges);
+        let bo = BufferObject::with_backing(&self.sub.counters, Backing::Device(mem), region, Some(dev.minor), charges);
         self.sub.register_export(&bo, &keep, &self.ns.name);
         bo.keep_export(keep);
         self.add_bo(bo)
