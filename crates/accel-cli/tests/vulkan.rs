@@ -561,15 +561,23 @@ fn memory_another_vulkan_instance_exported_is_shared_not_copied() {
     assert_eq!(d.open(0).info().regions[1].used, size, "charged once, like a created buffer");
 
     // Refusals, and no descriptor left behind in the daemon by any of them.
+    // (The daemon's own descriptors may change by one or two meanwhile — a connection reaped,
+    // a file opened lazily — so after a warm-up round the check is that 40 refusals leave
+    // no trace beyond that, where one kept descriptor each would leave 40.)
+    let refuse = |rounds: usize| {
+        for _ in 0..rounds {
+            let e = dev.import_external(&stranger, VRAM, 4096).unwrap_err();
+            assert_eq!(e.code, Errno::EINVAL, "{e}");
+            let e = dev.import_external(peer.export(), VRAM, size * 2).unwrap_err();
+            assert!(matches!(e.code, Errno::EINVAL | Errno::ENOMEM), "{e}");
+        }
+    };
+    refuse(2);
     let before = open_fds(d.pid());
-    for _ in 0..20 {
-        let e = dev.import_external(&stranger, VRAM, 4096).unwrap_err();
-        assert_eq!(e.code, Errno::EINVAL, "{e}");
-        let e = dev.import_external(peer.export(), VRAM, size * 2).unwrap_err();
-        assert!(matches!(e.code, Errno::EINVAL | Errno::ENOMEM), "{e}");
-    }
+    refuse(20);
     assert_eq!(dev.import_external(peer.export(), 0, size).unwrap_err().code, Errno::EINVAL, "host is BoImport's");
-    assert_eq!(open_fds(d.pid()), before, "failed imports close what they took, once");
+    let after = open_fds(d.pid());
+    assert!(after <= before + 2, "failed imports close what they took: {before} descriptors before, {after} after");
     // Freed by accel, the memory stays the peer's.
     drop((buf, theirs));
     assert_eq!(peer.read(size - 4), 0x0bad_cafe);
