@@ -227,9 +227,6 @@ impl NativeFence {
     }
 }
 
-/// Memory a driver imported: its region (an index into [`Driver::regions`]) and the memory.
-pub type Imported = (usize, Arc<dyn DeviceMemory>);
-
 /// One accelerator driver.
 pub trait Driver: Send + Sync + 'static {
     /// Describes the device.
@@ -294,14 +291,6 @@ pub trait Driver: Send + Sync + 'static {
     /// 0). The core zeroes it ([`DeviceMemory::zero`]) before a client sees it.
     fn alloc(&self, _region: usize, _size: u64) -> Result<Arc<dyn DeviceMemory>, DriverError> {
         Err(DriverError::new(Errno::EOPNOTSUPP, "this driver has no memory of its own"))
-    }
-
-    /// Imports device memory from a descriptor ([`DeviceMemory::export`] of this driver, or
-    /// of another process's runtime): the region (an index into [`Driver::regions`]) and the
-    /// memory, or `None` if the descriptor is not memory this driver can import (the core then
-    /// tries host memory). Default: none.
-    fn import_memory(&self, _fd: &std::os::fd::OwnedFd) -> Result<Option<Imported>, DriverError> {
-        Ok(None)
     }
 
     /// Imports device memory another runtime exported (`BoImportExternal`): a Vulkan opaque

@@ -167,18 +167,9 @@ impl Client {
     /// handle, the size and the region.
     pub fn bo_import(&mut self, fd: OwnedFd) -> Result<(BoHandle, u64, u32)> {
         self.check_live()?;
-        let driver = self.device()?.driver.clone();
+        self.device()?;
         let bo = match self.sub.find_buffer(&fd, &self.ns.name)? {
             Some(bo) => self.same_device(bo)?,
-            None if let Some((region, mem)) = driver.import_memory(&fd)? => {
-                let region = region as u32 + 1;
-                let charges = self.charge_memory(mem.len(), region)?;
-                let minor = Some(self.device()?.minor);
-                let bo = BufferObject::with_backing(&self.sub.counters, Backing::Device(mem), region, minor, charges);
-                self.sub.register_export(&bo, &fd, &self.ns.name);
-                bo.keep_export(fd);
-                bo
-            }
             None => {
                 let size = HostMemory::importable_size(&fd)?;
                 let mut charges = self.charge_memory(size, 0)?;
