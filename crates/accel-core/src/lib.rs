@@ -342,8 +342,10 @@ impl<T> ExportTable<T> {
     /// descriptor that is not a regular file names an object of its inode only where
     /// `same(object, fd)` says it is the object's own open file.
     fn find(&self, fd: &OwnedFd, ns: &str, same: impl Fn(&T, BorrowedFd<'_>) -> bool) -> Result<Option<Arc<T>>> {
-        let Ok(key) = inode(fd) else { return Ok(None) };
-        let regular = accel_hal::mem::is_regular_file(fd.as_fd());
+        let Ok(st) = rustix::fs::fstat(fd) else { return Ok(None) };
+        let key = (st.st_dev, st.st_ino);
+        // A regular file's inode is its identity, shared by every descriptor of it alone.
+        let regular = rustix::fs::FileType::from_raw_mode(st.st_mode).is_file();
         let found = lock(&self.0).get(&key).and_then(|entries| {
             entries
                 .iter()
@@ -438,11 +440,8 @@ pub(crate) mod testing {
             fd: std::os::fd::OwnedFd,
             size: u64,
         ) -> Result<Arc<dyn DeviceMemory>, DriverError> {
-            let err = |e: crate::Error| DriverError::new(e.code, e.message);
-            if HostMemory::importable_size(&fd).map_err(err)? < size {
-                return Err(DriverError::new(Errno::EINVAL, "smaller than the size given"));
-            }
-            Ok(Arc::new(FakeMem(HostMemory::import_exact(fd, size).map_err(err)?)))
+            let mem = HostMemory::import_prefix(fd, size).map_err(|e| DriverError::new(e.code, e.message))?;
+            Ok(Arc::new(FakeMem(mem)))
         }
     }
 

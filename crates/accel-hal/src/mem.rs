@@ -59,6 +59,16 @@ impl HostMemory {
         Self::import_exact(fd, size)
     }
 
+    /// Maps the first `size` bytes of a memfd sealed against shrinking, which must have
+    /// them (`EINVAL` otherwise): memory another process made, imported at the size it says.
+    pub fn import_prefix(fd: OwnedFd, size: u64) -> Result<Self> {
+        let have = Self::importable_size(&fd)?;
+        if have < size {
+            bail!(EINVAL, "the memfd has {have} bytes, not {size}");
+        }
+        Self::import_exact(fd, size)
+    }
+
     /// Maps the first `size` bytes of a memfd that [`HostMemory::importable_size`] checked.
     /// The memfd cannot shrink below them, and growing it later changes nothing here.
     pub fn import_exact(fd: OwnedFd, size: u64) -> Result<Self> {
@@ -114,12 +124,6 @@ pub fn same_open_file(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
     let pid = rustix::process::getpid().as_raw_nonzero().get();
     // SAFETY: kcmp reads two descriptor numbers of this process; it touches no memory.
     unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a.as_raw_fd(), b.as_raw_fd()) == 0 }
-}
-
-/// Whether a descriptor is a regular file (a memfd): its inode is its identity, shared by
-/// every descriptor of it and by no other file.
-pub fn is_regular_file(fd: BorrowedFd<'_>) -> bool {
-    rustix::fs::fstat(fd).is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file())
 }
 
 /// An error from a driver hook, with the driver's own words (a compiler's or a runtime's
