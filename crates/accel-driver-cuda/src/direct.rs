@@ -245,15 +245,19 @@ impl DeviceMapping {
         })
     }
 
-    /// Copies `bytes` to `offset` of the memory.
+    /// Copies `bytes` to `offset` of the memory, and waits until the device has them (a copy
+    /// from pageable memory may return before its DMA ends): other processes see them then.
     pub fn write(&self, offset: usize, bytes: &[u8]) -> Result<(), DriverError> {
         self.check_range(offset, bytes.len())?;
         self.in_context(|| {
-            // SAFETY: inside the mapping (checked above); synchronous copy.
-            check(
-                unsafe { sys::cuMemcpyHtoD_v2(self.ptr() + offset as u64, bytes.as_ptr().cast(), bytes.len()) },
-                "cuMemcpyHtoD",
-            )
+            // SAFETY: inside the mapping (checked above).
+            unsafe {
+                check(
+                    sys::cuMemcpyHtoD_v2(self.ptr() + offset as u64, bytes.as_ptr().cast(), bytes.len()),
+                    "cuMemcpyHtoD",
+                )?;
+                check(sys::cuCtxSynchronize(), "cuCtxSynchronize")
+            }
         })
     }
 
@@ -310,18 +314,9 @@ impl Drop for DeviceMapping {
 /// then writes `stamp` at its start.
 pub fn import_read_write(fd: &std::os::fd::OwnedFd, len: usize, stamp: &[u8]) -> Result<Vec<u8>, DriverError> {
     let m = DeviceMapping::new(fd, len as u64)?;
-    if len.max(stamp.len()) > m.len() {
-        return Err(DriverError::new(Errno::ERANGE, "cuda: beyond the imported memory"));
-    }
     let mut out = vec![0u8; len];
-    m.in_context(|| {
-        // SAFETY: both copies stay inside the mapping (checked above).
-        unsafe {
-            check(sys::cuMemcpyDtoH_v2(out.as_mut_ptr().cast(), m.ptr(), len), "cuMemcpyDtoH")?;
-            check(sys::cuMemcpyHtoD_v2(m.ptr(), stamp.as_ptr().cast(), stamp.len()), "cuMemcpyHtoD")?;
-            check(sys::cuCtxSynchronize(), "cuCtxSynchronize")
-        }
-    })?;
+    m.read(0, &mut out)?;
+    m.write(0, stamp)?;
     Ok(out)
 }
 
