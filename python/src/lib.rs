@@ -43,6 +43,23 @@ impl Device {
     fn is_cuda(&self) -> bool {
         self.inner.info().driver == "cuda"
     }
+
+    /// Imports descriptor `fd` (the caller's, open during the call) through `import`, for
+    /// the two import methods.
+    fn import_with(
+        &self,
+        py: Python<'_>,
+        fd: i32,
+        import: impl FnOnce(&accel::Device, BorrowedFd<'_>) -> accel::Result<accel::Buffer> + Send,
+    ) -> PyResult<Buffer> {
+        if fd < 0 {
+            return Err(PyValueError::new_err("negative descriptor"));
+        }
+        // SAFETY: the caller passes an open descriptor it keeps open during the call.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let b = py.detach(|| import(&self.inner, fd)).map_err(raise)?;
+        Ok(Buffer::new(b, self.is_cuda()))
+    }
 }
 
 #[pymethods]
@@ -127,13 +144,7 @@ impl Device {
 
     /// Imports a buffer descriptor (an exported buffer or a sealed memfd); `fd` stays yours.
     fn import_fd(&self, py: Python<'_>, fd: i32) -> PyResult<Buffer> {
-        if fd < 0 {
-            return Err(PyValueError::new_err("negative descriptor"));
-        }
-        // SAFETY: the caller passes an open descriptor it keeps open during the call.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let b = py.detach(|| self.inner.import(fd)).map_err(raise)?;
-        Ok(Buffer::new(b, self.is_cuda()))
+        self.import_with(py, fd, |dev, fd| dev.import(fd))
     }
 
     /// Imports device memory another runtime exported (a Vulkan opaque descriptor on a
@@ -141,13 +152,7 @@ impl Device {
     /// `size` is what the exporter allocated. The buffer is that memory, not a copy; `fd`
     /// stays yours.
     fn import_external(&self, py: Python<'_>, fd: i32, region: u32, size: u64) -> PyResult<Buffer> {
-        if fd < 0 {
-            return Err(PyValueError::new_err("negative descriptor"));
-        }
-        // SAFETY: the caller passes an open descriptor it keeps open during the call.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let b = py.detach(|| self.inner.import_external(fd, region, size)).map_err(raise)?;
-        Ok(Buffer::new(b, self.is_cuda()))
+        self.import_with(py, fd, |dev, fd| dev.import_external(fd, region, size))
     }
 
     /// Creates a queue: `priority` is "low", "normal", "high" or "kernel" (the last two

@@ -100,17 +100,8 @@ fn path_floors(socket: &Path, client: &mut Client, direct: &mut Direct, iters: u
 }
 
 /// Median and 99th percentile of `iters` round trips of `f`, nanoseconds.
-fn time(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<(u64, u64)> {
-    for _ in 0..iters / 10 {
-        f()?;
-    }
-    let mut ns = Vec::with_capacity(iters);
-    for _ in 0..iters {
-        let t = Instant::now();
-        f()?;
-        ns.push(t.elapsed().as_nanos() as u64);
-    }
-    let (p50, p99, _) = percentiles(ns);
+fn time(iters: usize, f: impl FnMut() -> Result<()>) -> Result<(u64, u64)> {
+    let (p50, p99, _) = percentiles(super::try_sample(iters, f)?);
     Ok((p50, p99))
 }
 

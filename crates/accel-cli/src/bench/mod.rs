@@ -402,6 +402,20 @@ fn sample(iters: usize, mut f: impl FnMut()) -> Vec<u64> {
         .collect()
 }
 
+/// [`sample`] of a step that can fail: the first error ends the run.
+fn try_sample(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<u64>> {
+    for _ in 0..iters / 10 {
+        f()?;
+    }
+    (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            f()?;
+            Ok(t.elapsed().as_nanos() as u64)
+        })
+        .collect()
+}
+
 /// Null jobs per second when the ring code runs in-process: the client side writes
 /// entries into a ring and the daemon's own `RingQueue::process_into` takes them on the same
 /// thread. No second process, no cross-core traffic, no wake-ups.

@@ -13,7 +13,7 @@ use std::time::Instant;
 use accel::{Buffer, Device, Float16, Gemm16, LaunchArg, Op, OpKind};
 use anyhow::{ensure, Context, Result};
 
-use super::{median, percentiles};
+use super::{median, percentiles, try_sample};
 use crate::demo::pseudo_random;
 use crate::spawn::SpawnedDaemon;
 
@@ -104,16 +104,7 @@ fn time_gemm(dev: &Device, n: usize, reps: usize, region: u32, ty: Option<Float1
 /// Round trips of one job submitted and waited for.
 fn round_trips(dev: &Device, op: Op, iters: usize) -> Result<Vec<u64>> {
     let q = dev.create_queue()?;
-    for _ in 0..iters / 10 {
-        q.submit(op)?.wait()?;
-    }
-    let mut ns = Vec::with_capacity(iters);
-    for _ in 0..iters {
-        let t = Instant::now();
-        q.submit(op)?.wait()?;
-        ns.push(t.elapsed().as_nanos() as u64);
-    }
-    Ok(ns)
+    try_sample(iters, || Ok(q.submit(op)?.wait()?))
 }
 
 /// An empty PTX kernel, for the cuda driver's null launch.
@@ -189,18 +180,11 @@ pub fn run(device: &str, sizes: &[usize], reps: usize, iters: usize) -> Result<(
     let (n50, n99, _) = percentiles(round_trips(&cpu, Op::Nop, iters)?);
     // Through the ring too (submit and wait without a socket round trip).
     let mut ring = vk.create_queue()?.into_ring(16)?;
-    ring.set_wait_mode(if std::env::var_os("RING_BLOCK").is_some() {
-        accel::WaitMode::Block
-    } else {
-        super::gpu_wait_mode()
-    });
-    let mut ring_launch = || -> Result<(), accel_core::driver::DriverError> {
-        let done = ring
-            .submit_wait(&launch, std::time::Duration::from_secs(10))
-            .map_err(|e| accel_core::driver::DriverError::new(e.code, e.message))?;
-        done.status().map_err(|code| accel_core::driver::DriverError::new(code, "the null launch failed"))
-    };
-    let (r50, r99, _) = percentiles(direct_round_trips(iters, &mut ring_launch)?);
+    ring.set_wait_mode(super::gpu_wait_mode());
+    let (r50, r99, _) = percentiles(try_sample(iters, || {
+        let done = ring.submit_wait(&launch, std::time::Duration::from_secs(10))?;
+        done.status().map_err(|code| anyhow::anyhow!("the null launch failed: {code:?}"))
+    })?);
     // The same empty kernel through the GPU's own API in this process: what accel adds.
     let index: usize = match device.split_once(':') {
         Some((_, n)) => n.parse().with_context(|| format!("device {device:?}"))?,
@@ -214,11 +198,11 @@ pub fn run(device: &str, sizes: &[usize], reps: usize, iters: usize) -> Result<(
     let (d50, d99, _) = percentiles(match driver.as_str() {
         "cuda" => {
             let mut d = accel_driver_cuda::direct::Direct::new(index, NULL_PTX, "main").map_err(driver_error)?;
-            direct_round_trips(iters, || d.launch_sync(0))?
+            try_sample(iters, || d.launch_sync(0).map_err(driver_error))?
         }
         _ => {
             let mut d = accel_driver_vulkan::direct::Direct::new(index).map_err(driver_error)?;
-            direct_round_trips(iters, || d.launch_sync())?
+            try_sample(iters, || d.launch_sync().map_err(driver_error))?
         }
     });
     let us = |ns: u64| ns as f64 / 1e3;
@@ -256,32 +240,16 @@ fn driver_round_trips(index: usize, iters: usize) -> Result<Vec<u64>> {
         grid: [1, 1, 1],
         args: vec![JobArg::Buffer(BoRange { bo, offset: 0, len: 4096 })],
     };
-    direct_round_trips(iters, || {
+    try_sample(iters, || {
         let ctx = JobCtx {
             abort: AbortToken::default(),
             client_id: 0,
             native: NativeFence::new(accel_core::fence::Fence::new(&counters)),
         };
-        dev.run_job(0, &op, &ctx)
+        dev.run_job(0, &op, &ctx).map_err(driver_error)
     })
 }
 
 fn driver_error(e: accel_core::driver::DriverError) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", e.code, e.message)
-}
-
-/// Round trips of `launch` (after a tenth as many to warm up), nanoseconds.
-fn direct_round_trips(
-    iters: usize,
-    mut launch: impl FnMut() -> Result<(), accel_core::driver::DriverError>,
-) -> Result<Vec<u64>> {
-    let mut ns = Vec::with_capacity(iters);
-    for i in 0..iters + iters / 10 {
-        let t = Instant::now();
-        launch().map_err(driver_error)?;
-        if i >= iters / 10 {
-            ns.push(t.elapsed().as_nanos() as u64);
-        }
-    }
-    Ok(ns)
 }
