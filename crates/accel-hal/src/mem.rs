@@ -255,9 +255,26 @@ impl<'a> VolatileSlice<'a> {
     /// leading bytes).
     pub fn fill_u32(&self, pattern: u32) {
         let bytes = pattern.to_le_bytes();
-        for i in 0..self.len {
-            // SAFETY: i < len.
-            unsafe { self.ptr.add(i).write_volatile(bytes[i % 4]) };
+        if bytes.iter().all(|&b| b == bytes[0]) {
+            // SAFETY: the view's bytes (memset).
+            unsafe { std::ptr::write_bytes(self.ptr, bytes[0], self.len) };
+            return;
+        }
+        // The pattern over a block, copied in block by block: a block is a whole number of
+        // words, so each copy starts in phase. (Byte by byte this ran at a quarter of the
+        // memory's speed.)
+        const BLOCK: usize = 4096;
+        let mut block = [0u8; BLOCK];
+        let used = self.len.min(BLOCK).next_multiple_of(4);
+        for word in block[..used].chunks_exact_mut(4) {
+            word.copy_from_slice(&bytes);
+        }
+        let mut offset = 0;
+        while offset < self.len {
+            let n = (self.len - offset).min(BLOCK);
+            // SAFETY: `offset + n <= len`; the block is this function's own.
+            unsafe { std::ptr::copy_nonoverlapping(block.as_ptr(), self.ptr.add(offset), n) };
+            offset += n;
         }
     }
 
@@ -304,6 +321,24 @@ mod volatile_tests {
         v.read(0, &mut out).unwrap();
         assert_eq!(out[..4], [0; 4]);
         assert_eq!(out[4..12], [0xdd, 0xcc, 0xbb, 0xaa, 0xdd, 0xcc, 0xbb, 0xaa]);
+        // Every length and start, across blocks, against the pattern byte by byte; and a
+        // pattern of equal bytes (a memset).
+        let mut big = vec![0u8; 3 * 4096 + 64];
+        for (start, len) in
+            (0..8).flat_map(|s| [0, 1, 3, 4, 5, 7, 4095, 4096, 4097, 8193, 3 * 4096 + 50].map(|l| (s, l)))
+        {
+            for pattern in [0x0403_0201u32, 0x7f7f_7f7f] {
+                big.fill(0xee);
+                // SAFETY: the vector outlives the view.
+                let view = unsafe { VolatileSlice::new(big.as_mut_ptr(), big.len()) };
+                view.subslice(start, len).unwrap().fill_u32(pattern);
+                let p = pattern.to_le_bytes();
+                for (i, &b) in big.iter().enumerate() {
+                    let want = if (start..start + len).contains(&i) { p[(i - start) % 4] } else { 0xee };
+                    assert_eq!(b, want, "byte {i} of a fill of {len} at {start} with {pattern:#x}");
+                }
+            }
+        }
         // Overlapping copy (memmove) within one view.
         v.subslice(4, 8).unwrap().copy_to(&v.subslice(6, 8).unwrap());
         v.read(0, &mut out).unwrap();

@@ -76,17 +76,37 @@ pub fn run(mib: usize, reps: usize) -> Result<()> {
         Ok(())
     })?;
     let overlap = together.as_secs_f64() / copy_alone.max(compute_alone).as_secs_f64();
+
+    // Fills: a pattern whose bytes differ (so no plain memset), in host memory and in vram,
+    // against filling the same number of u32 words in this process.
+    let pattern = 0x0102_0304u32;
+    let mut words = vec![0u32; bytes / 4];
+    let fill_base = timed(reps, || {
+        std::hint::black_box(&mut words).fill(pattern);
+        std::hint::black_box(&words);
+        Ok(())
+    })?;
+    let fill = |b: &accel::Buffer| timed(reps, || Ok(q.submit(Op::Fill { dst: b.whole(), pattern })?.wait()?));
+    let (fill_host, fill_vram) = (fill(&host)?, fill(&vram)?);
+    let mut head = [0u8; 8];
+    host.read(0, &mut head)?;
+    anyhow::ensure!(head == [4, 3, 2, 1, 4, 3, 2, 1], "the fill wrote {head:?}");
+    let (fb, fh, fv) = (gbps(bytes, fill_base), gbps(bytes, fill_host), gbps(bytes, fill_vram));
+
     let (base, h, dd, d) = (gbps(bytes, memcpy), gbps(bytes, h2d), gbps(bytes, d2h), gbps(bytes, d2d));
     println!(
         "{{\"bench\":\"copy\",\"bytes\":{bytes},\"memcpy_gbps\":{base:.2},\"h2d_gbps\":{h:.2},\"d2h_gbps\":{dd:.2},\"d2d_gbps\":{d:.2},\
 \"h2d_vs_memcpy\":{:.3},\"d2h_vs_memcpy\":{:.3},\"d2d_vs_memcpy\":{:.3},\"copy_alone_ms\":{:.2},\"compute_alone_ms\":{:.2},\
-\"together_ms\":{:.2},\"overlap_ratio\":{overlap:.3}}}",
+\"together_ms\":{:.2},\"overlap_ratio\":{overlap:.3},\"fill_inproc_gbps\":{fb:.2},\"fill_host_gbps\":{fh:.2},\"fill_vram_gbps\":{fv:.2},\
+\"fill_host_vs_inproc\":{:.3},\"fill_vram_vs_inproc\":{:.3}}}",
         h / base,
         dd / base,
         d / base,
         copy_alone.as_secs_f64() * 1e3,
         compute_alone.as_secs_f64() * 1e3,
         together.as_secs_f64() * 1e3,
+        fh / fb,
+        fv / fb,
     );
     Ok(())
 }
