@@ -260,20 +260,24 @@ impl<'a> VolatileSlice<'a> {
             unsafe { std::ptr::write_bytes(self.ptr, bytes[0], self.len) };
             return;
         }
-        // The pattern over a block, copied in block by block: a block is a whole number of
-        // words, so each copy starts in phase. (Byte by byte this ran at a quarter of the
-        // memory's speed.)
+        // Small fills are written directly; large ones copy a block of the pattern in (the
+        // library's copy uses the widest stores). Both keep each word in phase with the view's
+        // start. (Byte by byte, volatile, fills ran at a quarter of the memory's speed.)
         const BLOCK: usize = 4096;
-        let mut block = [0u8; BLOCK];
-        let used = self.len.min(BLOCK).next_multiple_of(4);
-        for word in block[..used].chunks_exact_mut(4) {
-            word.copy_from_slice(&bytes);
+        if self.len <= BLOCK {
+            // SAFETY: the view's bytes.
+            unsafe { fill_pattern(self.ptr, self.len, bytes) };
+            return;
         }
+        let mut block = std::mem::MaybeUninit::<[u8; BLOCK]>::uninit();
+        let block = block.as_mut_ptr().cast::<u8>();
+        // SAFETY: the block's bytes, this function's own.
+        unsafe { fill_pattern(block, BLOCK, bytes) };
         let mut offset = 0;
         while offset < self.len {
             let n = (self.len - offset).min(BLOCK);
-            // SAFETY: `offset + n <= len`; the block is this function's own.
-            unsafe { std::ptr::copy_nonoverlapping(block.as_ptr(), self.ptr.add(offset), n) };
+            // SAFETY: `offset + n <= len`; the block's bytes are written above.
+            unsafe { std::ptr::copy_nonoverlapping(block, self.ptr.add(offset), n) };
             offset += n;
         }
     }
@@ -301,6 +305,26 @@ impl<'a> VolatileSlice<'a> {
     /// caller keeps to `len` bytes and to the lifetime of the view.
     pub fn as_mut_ptr(&self) -> *mut u8 {
         self.ptr
+    }
+}
+
+/// Writes `len` bytes at `ptr` with `bytes` repeated from `ptr` on: eight bytes at a time (the
+/// compiler widens the loop to vector stores), then the tail.
+///
+/// # Safety
+/// `ptr..ptr + len` is valid for writes.
+unsafe fn fill_pattern(ptr: *mut u8, len: usize, bytes: [u8; 4]) {
+    let word = u64::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let whole = len - len % 8;
+    let mut i = 0;
+    while i < whole {
+        // SAFETY: `i + 8 <= len`.
+        unsafe { ptr.add(i).cast::<u64>().write_unaligned(word) };
+        i += 8;
+    }
+    for i in whole..len {
+        // SAFETY: `i < len`.
+        unsafe { ptr.add(i).write(bytes[i % 4]) };
     }
 }
 
