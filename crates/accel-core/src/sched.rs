@@ -16,6 +16,12 @@
 //! - **Dependencies** are fences from anywhere (any queue, client or device). A job is
 //!   ready when all have signalled; if one failed, the job fails with that error without
 //!   running.
+//! - **Cost.** Only queues that can run now are looked at: each engine keeps its ready queues
+//!   per class, ordered as selection wants them (as `drm_sched`'s run queues keep an
+//!   rb-tree), and a queue is looked at again only when something that could make it ready
+//!   happens — a job submitted to it, a dependency of its jobs signalled, its running job
+//!   done. Idle queues, queues waiting on a fence and queues with a job running cost a
+//!   dispatch nothing, however many a tenant creates.
 //! - **Timeouts.** A scheduler thread watches running jobs. When one passes its queue's
 //!   timeout it is the guilty job: its fence gets `ETIME`, its entity gains karma and is
 //!   banned (`ECANCELED` for queued and future jobs) once karma reaches the hang limit.
@@ -26,7 +32,7 @@
 //! Fences are always signalled outside the scheduler lock: signalling runs callbacks,
 //! and a callback may kick the scheduler.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -132,6 +138,10 @@ struct Entity {
     in_flight: u32,
     karma: u32,
     banned: bool,
+    /// Where the queue sits in the ready sets (its head job's engine, its class, its key),
+    /// if it is ready: its head job's dependencies have signalled, none of its jobs is
+    /// running, and it is not banned.
+    ready: Option<(usize, usize, u128)>,
 }
 
 impl Entity {
@@ -173,9 +183,19 @@ struct Engine {
     running: Vec<Running>,
 }
 
+/// Ready queues of one engine, per class: (key, entity), the first to serve first. The key
+/// is the queue's virtual runtime, or its head job's submission order on FIFO devices.
+type ReadySets = [BTreeSet<(u128, EntityId)>; 4];
+
 struct State {
     entities: BTreeMap<EntityId, Entity>,
     engines: Vec<Engine>,
+    /// Per engine: the queues whose head job may run on it now.
+    ready: Vec<ReadySets>,
+    /// Queues to look at again (a dependency of one of their jobs signalled).
+    woken: Vec<EntityId>,
+    /// Queues looked at so far (see [`Scheduler::looks`]).
+    looks: u64,
     next_entity: EntityId,
     next_run: u64,
     next_seq: u64,
@@ -279,6 +299,9 @@ impl Scheduler {
             config: SchedConfig { hang_limit: config.hang_limit.max(1), ..config },
             state: Mutex::new(State {
                 entities: BTreeMap::new(),
+                ready: engines.iter().map(|_| ReadySets::default()).collect(),
+                woken: Vec::new(),
+                looks: 0,
                 engines,
                 next_entity: 1,
                 next_run: 1,
@@ -330,6 +353,7 @@ impl Scheduler {
                 in_flight: 0,
                 karma: 0,
                 banned: false,
+                ready: None,
             },
         );
         id
@@ -341,13 +365,13 @@ impl Scheduler {
         if self.shared.native {
             job.fence.await_native();
         }
-        // Wake the scheduler when a dependency signals. Registered before taking the lock:
-        // an already-signalled fence runs the callback at once, and it takes the lock.
+        // Look at the queue again when a dependency signals. Registered before taking the
+        // lock: an already-signalled fence runs the callback at once, and it takes the lock.
         for dep in &job.deps {
             let weak = Arc::downgrade(&self.shared);
             dep.on_signal(move |_| {
                 if let Some(s) = weak.upgrade() {
-                    s.kick();
+                    s.wake(entity);
                 }
             });
         }
@@ -378,6 +402,7 @@ impl Scheduler {
             e.vruntime = e.vruntime.max(floor);
         }
         e.jobs.push_back(job);
+        st.woken.push(entity);
         // Dispatch here rather than waking the scheduler thread: one thread hand-off fewer
         // between a submission and its engine slot.
         let failed = self.shared.pump(&mut st);
@@ -413,6 +438,7 @@ impl Scheduler {
             let gone: Vec<EntityId> =
                 st.entities.iter().filter(|(id, e)| matches(**id, e.client_id)).map(|(id, _)| *id).collect();
             for id in &gone {
+                unready(&mut st, *id);
                 if let Some(e) = st.entities.remove(id) {
                     failed.extend(e.jobs.into_iter().map(|j| (j, errno)));
                 }
@@ -459,6 +485,13 @@ impl Scheduler {
         self.state().entities.get(&entity).is_some_and(|e| e.jobs.is_empty() && e.in_flight == 0 && !e.banned)
     }
 
+    /// How many times the scheduler has looked at a queue to see whether it may run: a
+    /// submission, a completion or a signalled dependency each looks at one queue, so this
+    /// grows with the work done, not with the queues that exist.
+    pub fn looks(&self) -> u64 {
+        self.state().looks
+    }
+
     /// Whether a queue was banned for hanging.
     pub fn is_banned(&self, entity: EntityId) -> bool {
         self.state().entities.get(&entity).is_some_and(|e| e.banned)
@@ -492,6 +525,10 @@ fn drain_all(st: &mut State, err: Errno) -> Failed {
     let mut failed = Failed::new();
     for e in st.entities.values_mut() {
         failed.extend(e.jobs.drain(..).map(|j| (j, err)));
+        e.ready = None;
+    }
+    for sets in &mut st.ready {
+        sets.iter_mut().for_each(BTreeSet::clear);
     }
     for engine in &mut st.engines {
         engine.in_flight -= engine.ring.len() as u32;
@@ -501,8 +538,13 @@ fn drain_all(st: &mut State, err: Errno) -> Failed {
 }
 
 impl Shared {
-    fn kick(&self) {
-        lock(&self.state).dirty = true;
+    /// A dependency of a job of `entity` signalled: the scheduler thread looks at the queue
+    /// again.
+    fn wake(&self, entity: EntityId) {
+        let mut st = lock(&self.state);
+        st.woken.push(entity);
+        st.dirty = true;
+        drop(st);
         self.sched_cond.notify_one();
     }
 
@@ -558,41 +600,40 @@ impl Shared {
         if st.wedged {
             return drain_all(st, Errno::EIO);
         }
+        let fifo = self.config.fifo;
+        for id in std::mem::take(&mut st.woken) {
+            refresh(st, id, fifo, &mut failed);
+        }
         loop {
-            // Ready candidates: (class, entity, vruntime, seq of head job).
-            let mut ready: Vec<(usize, EntityId, u128, u64)> = Vec::new();
-            let State { entities, engines, .. } = &mut *st;
-            for (id, e) in entities.iter_mut() {
-                while let Some(job) = e.jobs.front() {
-                    match job.deps_state() {
-                        None => break,
-                        Some(Some(err)) => {
-                            let job = e.jobs.pop_front().expect("front exists");
-                            failed.push((job, err));
-                        }
-                        Some(None) => {
-                            let engine = &engines[job.engine];
-                            // In order per queue: the next job waits for the previous one to finish.
-                            if !e.banned && e.in_flight == 0 && engine.in_flight < engine.credits {
-                                ready.push((e.params.priority as usize, *id, e.vruntime, job.seq));
-                            }
-                            break;
-                        }
+            // The classes with a ready queue on an engine with credits.
+            let mut has = [false; 4];
+            for (engine, sets) in st.engines.iter().zip(&st.ready) {
+                if engine.in_flight < engine.credits {
+                    for (has, set) in has.iter_mut().zip(sets) {
+                        *has |= !set.is_empty();
                     }
                 }
             }
-            let Some(class) = self.pick_class(st, &ready) else { break };
-            let candidates = ready.iter().filter(|r| r.0 == class);
-            let chosen =
-                if self.config.fifo { candidates.min_by_key(|r| r.3) } else { candidates.min_by_key(|r| (r.2, r.1)) };
-            let Some(&(_, id, vruntime, _)) = chosen else { break };
-            st.floor[class] = st.floor[class].max(vruntime);
+            let Some(class) = pick_class(st, has) else { break };
+            // The first of that class over those engines: least virtual runtime (ties to the
+            // older queue), or the oldest head job on FIFO devices.
+            let chosen = st
+                .engines
+                .iter()
+                .zip(&st.ready)
+                .filter(|(engine, _)| engine.in_flight < engine.credits)
+                .filter_map(|(_, sets)| sets[class].first().copied())
+                .min();
+            let Some((_, id)) = chosen else { break };
+            unready(st, id);
             let e = st.entities.get_mut(&id).expect("ready entity exists");
+            let vruntime = e.vruntime;
             let job = e.jobs.pop_front().expect("ready entity has a job");
             let charged = e.vcost(e.avg_ns);
             e.vruntime += charged;
             e.in_flight += 1;
             let (client_id, usage) = (e.client_id, e.usage.clone());
+            st.floor[class] = st.floor[class].max(vruntime);
             let engine = &mut st.engines[job.engine];
             engine.in_flight += 1;
             let engine_idx = job.engine;
@@ -602,22 +643,6 @@ impl Shared {
             self.slot_conds[engine_idx].notify_one();
         }
         failed
-    }
-
-    /// Chooses the class to serve and updates the starvation counters.
-    fn pick_class(&self, st: &mut State, ready: &[(usize, EntityId, u128, u64)]) -> Option<usize> {
-        let mut has = [false; 4];
-        for r in ready {
-            has[r.0] = true;
-        }
-        let starved =
-            (0..4).filter(|&c| has[c] && st.starve[c] >= STARVATION_LIMIT).max_by_key(|&c| (st.starve[c], 4 - c));
-        let class = starved.or_else(|| (0..4).rev().find(|&c| has[c]))?;
-        for (starve, _) in st.starve.iter_mut().zip(has).take(class).filter(|(_, ready)| *ready) {
-            *starve += 1;
-        }
-        st.starve[class] = 0;
-        Some(class)
     }
 
     /// Marks timed-out jobs guilty, the other jobs on their engine for resubmission, and
@@ -646,6 +671,7 @@ impl Shared {
                 r.ctx.abort.abort();
             }
             st.resets += 1;
+            unready(st, entity);
             if let Some(e) = st.entities.get_mut(&entity) {
                 e.karma += 1;
                 tracing::warn!(client = e.client_id, karma = e.karma, "job timed out; resetting engine {engine_idx}");
@@ -791,6 +817,7 @@ impl Shared {
                 let actual = e.vcost(elapsed);
                 e.vruntime = e.vruntime.saturating_sub(d.charged) + actual;
                 e.avg_ns = (e.avg_ns * 7 + elapsed) / 8;
+                st.woken.push(d.entity);
             }
             // Dispatch the next ready job here (often to this very slot, which takes it at
             // once) rather than through the scheduler thread.
@@ -800,3 +827,55 @@ impl Shared {
         }
     }
 }
+
+/// Chooses the class to serve among those with ready work (`has`) and updates the
+/// starvation counters.
+fn pick_class(st: &mut State, has: [bool; 4]) -> Option<usize> {
+    let starved = (0..4).filter(|&c| has[c] && st.starve[c] >= STARVATION_LIMIT).max_by_key(|&c| (st.starve[c], 4 - c));
+    let class = starved.or_else(|| (0..4).rev().find(|&c| has[c]))?;
+    for (starve, _) in st.starve.iter_mut().zip(has).take(class).filter(|(_, ready)| *ready) {
+        *starve += 1;
+    }
+    st.starve[class] = 0;
+    Some(class)
+}
+
+/// Takes queue `id` out of the ready sets, if it is in one.
+fn unready(st: &mut State, id: EntityId) {
+    if let Some((engine, class, key)) = st.entities.get_mut(&id).and_then(|e| e.ready.take()) {
+        st.ready[engine][class].remove(&(key, id));
+    }
+}
+
+/// Looks at queue `id` again: its head jobs whose dependency failed fail (into `failed`),
+/// and it joins its head job's engine's ready set if that job may run now.
+fn refresh(st: &mut State, id: EntityId, fifo: bool, failed: &mut Failed) {
+    st.looks += 1;
+    unready(st, id);
+    let State { entities, ready, .. } = st;
+    let Some(e) = entities.get_mut(&id) else { return };
+    while let Some(job) = e.jobs.front() {
+        match job.deps_state() {
+            // Waiting on a fence: its signal wakes the queue.
+            None => return,
+            Some(Some(err)) => {
+                let job = e.jobs.pop_front().expect("front exists");
+                failed.push((job, err));
+            }
+            Some(None) => {
+                // In order per queue: the next job waits for the previous one to finish
+                // (whose completion wakes the queue).
+                if !e.banned && e.in_flight == 0 {
+                    let key = if fifo { u128::from(job.seq) } else { e.vruntime };
+                    let class = e.params.priority as usize;
+                    ready[job.engine][class].insert((key, id));
+                    e.ready = Some((job.engine, class, key));
+                }
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,218 @@
+//! Scheduler unit tests: what a dispatch costs with many queues, and that every job whose
+//! dependencies signal runs (or fails with their error), once, in its queue's order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use accel_uapi::{Errno, FenceStatus, Priority};
+use proptest::prelude::*;
+
+use super::*;
+use crate::counters::Counters;
+use crate::fence::wait_fences;
+use crate::testing::FakeDriver;
+
+fn tag(t: u64) -> JobOp {
+    JobOp::Driver { code: 1, args: [t, 0, 0, 0] }
+}
+
+fn params(priority: Priority, weight: u32) -> EntityParams {
+    EntityParams { priority, weight, timeout: Duration::from_secs(30) }
+}
+
+fn status(fence: &Arc<Fence>) -> FenceStatus {
+    match wait_fences(std::slice::from_ref(fence), true, Duration::from_secs(10)) {
+        Ok((_, s)) => s[0],
+        Err(e) => panic!("a job's fence never signalled ({e}): a queue was not looked at again"),
+    }
+}
+
+#[test]
+fn a_dispatch_looks_only_at_queues_that_may_run() {
+    let drv = Arc::new(FakeDriver::default());
+    let sched = Scheduler::new(drv.clone(), "t", SchedConfig::default()).unwrap();
+    let counters = Arc::new(Counters::default());
+    let gate = Fence::new(&counters);
+    // 1,000 idle queues, and 10,000 whose job waits on a fence nobody has signalled.
+    for _ in 0..1000 {
+        sched.create_entity(1, params(Priority::Normal, DEFAULT_WEIGHT), Arc::default());
+    }
+    let blocked: Vec<Arc<Fence>> = (0..10_000)
+        .map(|t| {
+            let e = sched.create_entity(1, params(Priority::Normal, DEFAULT_WEIGHT), Arc::default());
+            let fence = Fence::new(&counters);
+            sched.push(e, Job::new(&counters, tag(t), vec![gate.clone()], fence.clone())).unwrap();
+            fence
+        })
+        .collect();
+    let busy = sched.create_entity(2, params(Priority::Normal, DEFAULT_WEIGHT), Arc::default());
+    let before = sched.looks();
+    for t in 0..200 {
+        let fence = Fence::new(&counters);
+        sched.push(busy, Job::new(&counters, tag(100_000 + t), vec![], fence.clone())).unwrap();
+        assert_eq!(status(&fence), FenceStatus::Signaled);
+    }
+    // One look when a job is submitted, one when it completes: not one per queue.
+    let looks = sched.looks() - before;
+    assert!(looks <= 2 * 200, "200 jobs beside 11,000 waiting or idle queues looked at {looks} queues");
+    gate.signal(Ok(()));
+    for f in &blocked {
+        assert_eq!(status(f), FenceStatus::Signaled);
+    }
+    let mut ran = drv.ran.lock().unwrap().clone();
+    ran.sort_unstable();
+    let want: Vec<u64> = (0..10_000).chain(100_000..100_200).collect();
+    assert_eq!(ran, want, "every job ran once");
+}
+
+/// One job of a generated workload.
+#[derive(Debug, Clone)]
+struct Spec {
+    queue: usize,
+    /// Earlier jobs it waits for.
+    after: Vec<usize>,
+    /// Gates it waits for.
+    gates: Vec<usize>,
+    /// Fails on the device (`EIO`) instead of running.
+    faulty: bool,
+}
+
+/// Steps: submit the next job, or signal a gate (with an error when `Some`).
+#[derive(Debug, Clone)]
+enum Step {
+    Submit,
+    Signal(usize, Option<Errno>),
+}
+
+/// Queues (class, weight), jobs, steps, and whether the device is FIFO.
+type Workload = (Vec<(Priority, u32)>, Vec<Spec>, Vec<Step>, bool);
+
+fn workload() -> impl Strategy<Value = Workload> {
+    let queues = prop::collection::vec(
+        (prop::sample::select(vec![Priority::Low, Priority::Normal, Priority::High]), 1u32..=400),
+        1..6,
+    );
+    (queues, 1usize..40, 0usize..4, any::<bool>()).prop_flat_map(|(queues, jobs, gates, fifo)| {
+        let nq = queues.len();
+        let specs = (0..jobs)
+            .map(|i| {
+                (
+                    0..nq,
+                    prop::collection::vec(0..i.max(1), 0..3),
+                    prop::collection::vec(0..gates.max(1), 0..(if gates == 0 { 1 } else { 3 })),
+                    prop::bool::weighted(0.1),
+                )
+                    .prop_map(move |(queue, after, g, faulty)| Spec {
+                        queue,
+                        after: if i == 0 { vec![] } else { after },
+                        gates: if gates == 0 { vec![] } else { g },
+                        faulty,
+                    })
+            })
+            .collect::<Vec<_>>();
+        let signals = prop::collection::vec(
+            prop::option::weighted(0.3, prop::sample::select(vec![Errno::EINVAL, Errno::ENOENT])),
+            gates,
+        );
+        // Where each gate's signal falls among the submissions.
+        let at = prop::collection::vec(0..=jobs, gates);
+        (Just(queues), specs, signals, at, Just(fifo)).prop_map(move |(queues, specs, signals, at, fifo)| {
+            let mut steps = Vec::new();
+            for j in 0..=jobs {
+                for (g, err) in signals.iter().enumerate() {
+                    if at[g] == j {
+                        steps.push(Step::Signal(g, *err));
+                    }
+                }
+                if j < jobs {
+                    steps.push(Step::Submit);
+                }
+            }
+            (queues, specs, steps, fifo)
+        })
+    })
+}
+
+/// What a job's fence ends as: the error of its first failed dependency (in the order given:
+/// earlier jobs, then gates), else `EIO` if it is faulty, else success.
+fn expected(specs: &[Spec], gates: &[Option<Errno>], i: usize, memo: &mut BTreeMap<usize, FenceStatus>) -> FenceStatus {
+    if let Some(s) = memo.get(&i) {
+        return *s;
+    }
+    let deps = specs[i]
+        .after
+        .iter()
+        .map(|&j| expected(specs, gates, j, memo))
+        .chain(specs[i].gates.iter().map(|&g| gates[g].map_or(FenceStatus::Signaled, FenceStatus::Error)))
+        .collect::<Vec<_>>();
+    let s = match deps.iter().find(|s| matches!(s, FenceStatus::Error(_))) {
+        Some(e) => *e,
+        None if specs[i].faulty => FenceStatus::Error(Errno::EIO),
+        None => FenceStatus::Signaled,
+    };
+    memo.insert(i, s);
+    s
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Jobs with dependencies on each other and on gates signalled at any point: every job
+    /// ends (no queue is forgotten), as its dependencies say, and the jobs that ran did so
+    /// once each and in their queue's order.
+    #[test]
+    fn every_job_ends_as_its_dependencies_say_in_queue_order((queues, specs, steps, fifo) in workload()) {
+        let drv = Arc::new(FakeDriver::default());
+        let sched = Scheduler::new(drv.clone(), "t", SchedConfig { fifo, ..SchedConfig::default() }).unwrap();
+        let counters = Arc::new(Counters::default());
+        let entities: Vec<EntityId> =
+            queues.iter().map(|&(p, w)| sched.create_entity(1, params(p, w), Arc::default())).collect();
+        let gate_fences: Vec<Arc<Fence>> = (0..4).map(|_| Fence::new(&counters)).collect();
+        let mut gate_results = vec![None; 4];
+        let mut fences: Vec<Arc<Fence>> = Vec::new();
+        for step in &steps {
+            match step {
+                Step::Submit => {
+                    let i = fences.len();
+                    let spec = &specs[i];
+                    let deps = spec
+                        .after
+                        .iter()
+                        .map(|&j| fences[j].clone())
+                        .chain(spec.gates.iter().map(|&g| gate_fences[g].clone()))
+                        .collect();
+                    let op = if spec.faulty { JobOp::Driver { code: 2, args: [0; 4] } } else { tag(i as u64) };
+                    let fence = Fence::new(&counters);
+                    sched.push(entities[spec.queue], Job::new(&counters, op, deps, fence.clone())).unwrap();
+                    fences.push(fence);
+                }
+                Step::Signal(g, err) => {
+                    gate_results[*g] = *err;
+                    gate_fences[*g].signal(err.map_or(Ok(()), Err));
+                }
+            }
+        }
+        // Gates the steps never signalled (none: every gate has a place), just in case.
+        for (g, f) in gate_fences.iter().enumerate() {
+            if f.status() == FenceStatus::Pending {
+                prop_assert!(specs.iter().all(|s| !s.gates.contains(&g)));
+                f.signal(Ok(()));
+            }
+        }
+        let mut memo = BTreeMap::new();
+        for (i, f) in fences.iter().enumerate() {
+            prop_assert_eq!(status(f), expected(&specs, &gate_results, i, &mut memo), "job {}", i);
+        }
+        let ran = drv.ran.lock().unwrap().clone();
+        let should_run: Vec<u64> =
+            (0..specs.len()).filter(|&i| memo[&i] == FenceStatus::Signaled).map(|i| i as u64).collect();
+        let mut sorted = ran.clone();
+        sorted.sort_unstable();
+        prop_assert_eq!(sorted, should_run, "each job that may run ran once");
+        for q in 0..queues.len() {
+            let order: Vec<u64> = ran.iter().copied().filter(|&t| specs[t as usize].queue == q).collect();
+            prop_assert!(order.windows(2).all(|w| w[0] < w[1]), "queue {} ran out of order: {:?}", q, order);
+        }
+    }
+}
