@@ -1,6 +1,8 @@
 //! `accel bench isolation`: a well-behaved tenant's GEMM throughput and null-job latency,
 //! first with a hostile tenant idle, then with it at every limit at once (allocation
-//! churn, connection flood, malformed messages, hung jobs). The hostile tenant is a
+//! churn, connection flood, malformed messages, hung jobs, queues by the thousand on the
+//! good tenant's device, each with a job waiting on a fence that never signals). The
+//! hostile tenant is a
 //! separate process, run as an unprivileged user when the bench runs as root (so the
 //! per-user caps apply to it) and at nice 19 (the OS, not accel, divides CPU between
 //! processes; accel must not let it take anything else).
@@ -88,7 +90,10 @@ fn good_tenant(socket: &Path, seconds: f64) -> Result<Phase> {
 /// The benchmark: sets up both tenants, runs the quiet and the hostile phase.
 pub fn run(seconds: f64, load: &[String]) -> Result<()> {
     for l in load {
-        anyhow::ensure!(["alloc", "conn", "garbage", "hang"].contains(&l.as_str()), "unknown hostile load {l:?}");
+        anyhow::ensure!(
+            ["alloc", "conn", "garbage", "hang", "queues"].contains(&l.as_str()),
+            "unknown hostile load {l:?}"
+        );
     }
     let config = std::env::temp_dir().join(format!("accel-isolation-{}.toml", std::process::id()));
     std::fs::write(
@@ -171,7 +176,7 @@ pub fn run(seconds: f64, load: &[String]) -> Result<()> {
 pub fn hostile(socket: &Path, seconds: f64, load: &[String]) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let live = move || Instant::now() < deadline;
-    let counts: Arc<[AtomicU64; 8]> = Arc::new(Default::default());
+    let counts: Arc<[AtomicU64; 10]> = Arc::new(Default::default());
     const ALLOCS: usize = 0;
     const ALLOC_REFUSED: usize = 1;
     const CONNS: usize = 2;
@@ -180,7 +185,9 @@ pub fn hostile(socket: &Path, seconds: f64, load: &[String]) -> Result<()> {
     const HANGS: usize = 5;
     const HANG_ERRORS: usize = 6;
     const OTHER_ERRORS: usize = 7;
-    let bump = |c: &Arc<[AtomicU64; 8]>, i: usize| {
+    const QUEUES: usize = 8;
+    const QUEUE_REFUSED: usize = 9;
+    let bump = |c: &Arc<[AtomicU64; 10]>, i: usize| {
         c[i].fetch_add(1, Ordering::Relaxed);
     };
     let mut threads = Vec::new();
@@ -284,13 +291,41 @@ pub fn hostile(socket: &Path, seconds: f64, load: &[String]) -> Result<()> {
             Ok(())
         }));
     }
+    if does("queues")
+    // Queues until a cap refuses, on the good tenant's device, each with a job waiting on a
+    // timeline point nobody signals: what a dispatch must not have to look through.
+    {
+        let (socket, c) = (socket.to_path_buf(), counts.clone());
+        threads.push(std::thread::spawn(move || -> Result<()> {
+            let dev = Device::open_with_token(&socket, 0, "hostile-token")?;
+            let never = dev.create_syncobj(true)?;
+            let mut held = Vec::new();
+            while live() && held.len() < 20_000 {
+                let queued = dev.create_queue().and_then(|q| Ok((q.submit_with(Op::Nop, &[never.point(1)], &[])?, q)));
+                match queued {
+                    Ok(pair) => {
+                        held.push(pair);
+                        bump(&c, QUEUES);
+                    }
+                    Err(_) => {
+                        bump(&c, QUEUE_REFUSED);
+                        break;
+                    }
+                }
+            }
+            while live() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(())
+        }));
+    }
     println!("ready");
     for t in threads {
         t.join().map_err(|_| anyhow::anyhow!("hostile thread panicked"))??;
     }
     let get = |i: usize| counts[i].load(Ordering::Relaxed);
     println!(
-        "{{\"allocs\":{},\"allocs_refused\":{},\"connections\":{},\"connections_refused\":{},\"garbage_messages\":{},\"hung_jobs\":{},\"hung_job_errors\":{},\"unexpected\":{}}}",
+        "{{\"allocs\":{},\"allocs_refused\":{},\"connections\":{},\"connections_refused\":{},\"garbage_messages\":{},\"hung_jobs\":{},\"hung_job_errors\":{},\"waiting_queues\":{},\"queues_refused\":{},\"unexpected\":{}}}",
         get(ALLOCS),
         get(ALLOC_REFUSED),
         get(CONNS),
@@ -298,6 +333,8 @@ pub fn hostile(socket: &Path, seconds: f64, load: &[String]) -> Result<()> {
         get(GARBAGE),
         get(HANGS),
         get(HANG_ERRORS),
+        get(QUEUES),
+        get(QUEUE_REFUSED),
         get(OTHER_ERRORS)
     );
     Ok(())

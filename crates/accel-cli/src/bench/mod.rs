@@ -190,13 +190,13 @@ pub enum Which {
     },
     /// Noisy neighbour: a good tenant's GEMM throughput and null-job latency with a hostile
     /// tenant idle, then at every limit at once (allocation churn, connection flood,
-    /// malformed input, hung jobs); reports the ratios.
+    /// malformed input, hung jobs, thousands of queues waiting on a fence); reports the ratios.
     Isolation {
         /// Measured seconds per phase.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
-        /// What the hostile tenant does, any of alloc, conn, garbage, hang (default: all).
-        #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "alloc,conn,garbage,hang")]
+        /// What the hostile tenant does, any of alloc, conn, garbage, hang, queues (default: all).
+        #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "alloc,conn,garbage,hang,queues")]
         load: Vec<String>,
         /// Internal: run as the hostile tenant against this socket.
         #[arg(long, hide = true)]
