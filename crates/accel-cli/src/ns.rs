@@ -28,7 +28,8 @@ pub enum NsCommand {
         /// Memory limit in bytes (0: no limit).
         #[arg(long, default_value_t = 0)]
         memory: u64,
-        /// Compute weight (100 = 1×).
+        /// Compute weight: the namespace's share of the device against other namespaces',
+        /// however many queues its clients open (100 = 1×).
         #[arg(long, default_value_t = 100)]
         weight: u32,
         /// Most clients at once (0: no limit).

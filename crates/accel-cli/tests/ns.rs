@@ -187,13 +187,14 @@ fn memory_is_zeroed_for_the_next_tenant() {
     }
 }
 
-#[test]
-fn share_weights_divide_the_device_between_namespaces() {
+/// Engine time two namespaces got over 1.2 s, each a client keeping `queues` in-order queues
+/// busy with 2 ms jobs on a testdev (two slots), with the namespace's compute weight.
+fn engine_time_of(tenants: [(&str, u32, usize); 2]) -> (f64, f64) {
     use accel_driver_testdev::OP_DELAY;
     use std::collections::VecDeque;
     let d = Daemon::start(&["testdev"]);
     let mut a = admin(&d);
-    for (name, weight) in [("light", 100), ("heavy", 300)] {
+    for (name, weight, _) in tenants {
         a.call(&Request::NsCreate { name: name.into(), token: Some(name.into()) }).unwrap();
         a.call(&Request::NsAssign {
             name: name.into(),
@@ -206,16 +207,16 @@ fn share_weights_divide_the_device_between_namespaces() {
         .unwrap();
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let workers: Vec<_> = ["light", "heavy"]
+    let workers: Vec<_> = tenants
         .into_iter()
-        .map(|token| {
+        .map(|(token, _, queues)| {
             let dev = Device::open_with_token(d.socket(), 0, token).unwrap();
             let id = dev.client_id();
             let stop = stop.clone();
             let t = std::thread::spawn(move || {
-                // Two in-order queues fill the device's two slots; equal queue weights.
-                let qs: Vec<_> = (0..2).map(|_| dev.create_queue().unwrap()).collect();
-                let mut pending: Vec<VecDeque<accel::Fence>> = vec![VecDeque::new(), VecDeque::new()];
+                // Equal queue weights; at least two in-order queues fill the device's two slots.
+                let qs: Vec<_> = (0..queues).map(|_| dev.create_queue().unwrap()).collect();
+                let mut pending: Vec<VecDeque<accel::Fence>> = (0..queues).map(|_| VecDeque::new()).collect();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     for (q, p) in qs.iter().zip(&mut pending) {
                         if p.len() < 3 {
@@ -238,10 +239,24 @@ fn share_weights_divide_the_device_between_namespaces() {
     std::thread::sleep(std::time::Duration::from_millis(1200));
     let after = usage(&mut a);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (light, heavy) = ((after[0] - before[0]) as f64, (after[1] - before[1]) as f64);
-    let ratio = heavy / light;
-    assert!((2.6..3.4).contains(&ratio), "heavy/light engine time {ratio:.2}, want 3 (weights 300:100)");
     for (_, t) in workers {
         t.join().unwrap();
     }
+    ((after[0] - before[0]) as f64, (after[1] - before[1]) as f64)
+}
+
+#[test]
+fn share_weights_divide_the_device_between_namespaces() {
+    let (light, heavy) = engine_time_of([("light", 100, 2), ("heavy", 300, 2)]);
+    let ratio = heavy / light;
+    assert!((2.6..3.4).contains(&ratio), "heavy/light engine time {ratio:.2}, want 3 (weights 300:100)");
+}
+
+#[test]
+fn a_namespace_does_not_get_more_by_opening_more_queues() {
+    // Equal weights; one tenant opens four times the queues. Each queue on its own would
+    // get an equal part: 8 to 2, so 4x the engine time. The namespaces share it evenly.
+    let (few, many) = engine_time_of([("few", 100, 2), ("many", 100, 8)]);
+    let ratio = many / few;
+    assert!((0.8..1.25).contains(&ratio), "8 queues against 2 got {ratio:.2}x the engine time, want 1");
 }

@@ -13,6 +13,10 @@
 //!   down under load but never starve. Within a class the entity with the least virtual
 //!   runtime (engine time ÷ weight) goes first, which converges to shares proportional to
 //!   weights. Oneshot devices skip fair share: FIFO by submission within a class.
+//! - **Groups.** Fair share is two-level, as CFS's group scheduling is: queues belong to a
+//!   group (a namespace's share of the device), groups share a class by their weights, and a
+//!   group's queues share what it gets by theirs. So a tenant's share does not grow with the
+//!   queues it opens.
 //! - **Dependencies** are fences from anywhere (any queue, client or device). A job is
 //!   ready when all have signalled; if one failed, the job fails with that error without
 //!   running.
@@ -127,8 +131,45 @@ impl Default for SchedConfig {
 /// Scheduler-wide id of an entity.
 pub type EntityId = u64;
 
+/// A queue's group: what shares the device with other groups by weight (a namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Group {
+    /// Identity: queues with the same id are one group.
+    pub id: u64,
+    /// The group's weight (1..); the latest queue created in the group sets it.
+    pub weight: u32,
+}
+
+impl Default for Group {
+    /// The one group of queues created without one.
+    fn default() -> Self {
+        Group { id: 0, weight: DEFAULT_WEIGHT }
+    }
+}
+
+/// A group's scheduling state.
+struct GroupState {
+    weight: u32,
+    /// Virtual runtime per class (engine time ÷ the group's weight).
+    vruntime: [u128; 4],
+    /// Per class: where an idle queue of the group rejoins (the largest virtual runtime a
+    /// queue of the group was dispatched at).
+    floor: [u128; 4],
+    /// Queues of the group with jobs waiting or running.
+    busy: u32,
+    /// Queues of the group.
+    queues: u32,
+}
+
+fn vcost(ns: u64, weight: u32) -> u128 {
+    u128::from(ns) * VRUNTIME_SCALE / u128::from(weight.max(1))
+}
+
 struct Entity {
     client_id: u64,
+    group: u64,
+    /// Counted in its group's `busy`.
+    busy: bool,
     params: EntityParams,
     usage: Arc<UsageCounters>,
     jobs: VecDeque<Job>,
@@ -146,7 +187,7 @@ struct Entity {
 
 impl Entity {
     fn vcost(&self, ns: u64) -> u128 {
-        u128::from(ns) * VRUNTIME_SCALE / u128::from(self.params.weight)
+        vcost(ns, self.params.weight)
     }
 }
 
@@ -165,6 +206,8 @@ struct Dispatched {
     job: Job,
     /// Virtual runtime charged at dispatch, corrected at completion.
     charged: u128,
+    /// Likewise, to the queue's group.
+    group_charged: u128,
 }
 
 struct Running {
@@ -183,9 +226,10 @@ struct Engine {
     running: Vec<Running>,
 }
 
-/// Ready queues of one engine, per class: (key, entity), the first to serve first. The key
-/// is the queue's virtual runtime, or its head job's submission order on FIFO devices.
-type ReadySets = [BTreeSet<(u128, EntityId)>; 4];
+/// Ready queues of one engine, per class and group: (key, entity), the first to serve first.
+/// The key is the queue's virtual runtime, or its head job's submission order on FIFO
+/// devices. Groups without ready queues have no entry.
+type ReadySets = [BTreeMap<u64, BTreeSet<(u128, EntityId)>>; 4];
 
 struct State {
     entities: BTreeMap<EntityId, Entity>,
@@ -196,10 +240,12 @@ struct State {
     woken: Vec<EntityId>,
     /// Queues looked at so far (see [`Scheduler::looks`]).
     looks: u64,
+    groups: BTreeMap<u64, GroupState>,
     next_entity: EntityId,
     next_run: u64,
     next_seq: u64,
     starve: [u32; 4],
+    /// Per class: where an idle group rejoins (the largest group virtual runtime dispatched at).
     floor: [u128; 4],
     resets: u64,
     wedged: bool,
@@ -302,6 +348,7 @@ impl Scheduler {
                 ready: engines.iter().map(|_| ReadySets::default()).collect(),
                 woken: Vec::new(),
                 looks: 0,
+                groups: BTreeMap::new(),
                 engines,
                 next_entity: 1,
                 next_run: 1,
@@ -335,16 +382,39 @@ impl Scheduler {
         lock(&self.shared.state)
     }
 
-    /// Registers a queue of `client_id`.
+    /// Registers a queue of `client_id` in the default group.
     pub fn create_entity(&self, client_id: u64, params: EntityParams, usage: Arc<UsageCounters>) -> EntityId {
+        self.create_entity_in(Group::default(), client_id, params, usage)
+    }
+
+    /// Registers a queue of `client_id` in `group`.
+    pub fn create_entity_in(
+        &self,
+        group: Group,
+        client_id: u64,
+        params: EntityParams,
+        usage: Arc<UsageCounters>,
+    ) -> EntityId {
         let mut st = self.state();
         let id = st.next_entity;
         st.next_entity += 1;
-        let vruntime = st.floor[params.priority as usize];
+        let floor = st.floor;
+        let g = st.groups.entry(group.id).or_insert_with(|| GroupState {
+            weight: group.weight,
+            vruntime: floor,
+            floor: [0; 4],
+            busy: 0,
+            queues: 0,
+        });
+        g.weight = group.weight.max(1);
+        g.queues += 1;
+        let vruntime = g.floor[params.priority as usize];
         st.entities.insert(
             id,
             Entity {
                 client_id,
+                group: group.id,
+                busy: false,
                 params,
                 usage,
                 jobs: VecDeque::new(),
@@ -385,7 +455,7 @@ impl Scheduler {
         }
         let floor = {
             let Some(e) = st.entities.get(&entity) else { bail!(ENOENT, "queue is gone") };
-            st.floor[e.params.priority as usize]
+            st.groups.get(&e.group).map_or(0, |g| g.floor[e.params.priority as usize])
         };
         job.seq = st.next_seq;
         st.next_seq += 1;
@@ -440,6 +510,7 @@ impl Scheduler {
             for id in &gone {
                 unready(&mut st, *id);
                 if let Some(e) = st.entities.remove(id) {
+                    leave_group(&mut st, &e);
                     failed.extend(e.jobs.into_iter().map(|j| (j, errno)));
                 }
             }
@@ -528,7 +599,7 @@ fn drain_all(st: &mut State, err: Errno) -> Failed {
         e.ready = None;
     }
     for sets in &mut st.ready {
-        sets.iter_mut().for_each(BTreeSet::clear);
+        sets.iter_mut().for_each(BTreeMap::clear);
     }
     for engine in &mut st.engines {
         engine.in_flight -= engine.ring.len() as u32;
@@ -615,16 +686,7 @@ impl Shared {
                 }
             }
             let Some(class) = pick_class(st, has) else { break };
-            // The first of that class over those engines: least virtual runtime (ties to the
-            // older queue), or the oldest head job on FIFO devices.
-            let chosen = st
-                .engines
-                .iter()
-                .zip(&st.ready)
-                .filter(|(engine, _)| engine.in_flight < engine.credits)
-                .filter_map(|(_, sets)| sets[class].first().copied())
-                .min();
-            let Some((_, id)) = chosen else { break };
+            let Some(id) = choose(st, class, fifo) else { break };
             unready(st, id);
             let e = st.entities.get_mut(&id).expect("ready entity exists");
             let vruntime = e.vruntime;
@@ -632,12 +694,17 @@ impl Shared {
             let charged = e.vcost(e.avg_ns);
             e.vruntime += charged;
             e.in_flight += 1;
-            let (client_id, usage) = (e.client_id, e.usage.clone());
-            st.floor[class] = st.floor[class].max(vruntime);
+            let (client_id, usage, avg_ns, group) = (e.client_id, e.usage.clone(), e.avg_ns, e.group);
+            let g = st.groups.get_mut(&group).expect("a queue's group exists");
+            g.floor[class] = g.floor[class].max(vruntime);
+            let group_vruntime = g.vruntime[class];
+            let group_charged = vcost(avg_ns, g.weight);
+            g.vruntime[class] += group_charged;
+            st.floor[class] = st.floor[class].max(group_vruntime);
             let engine = &mut st.engines[job.engine];
             engine.in_flight += 1;
             let engine_idx = job.engine;
-            engine.ring.push_back(Dispatched { entity: id, client_id, usage, job, charged });
+            engine.ring.push_back(Dispatched { entity: id, client_id, usage, job, charged, group_charged });
             self.dispatched[engine_idx].fetch_add(1, Ordering::Release);
             // Under the state lock, so a slot about to wait cannot miss it; one job, one slot.
             self.slot_conds[engine_idx].notify_one();
@@ -817,6 +884,10 @@ impl Shared {
                 let actual = e.vcost(elapsed);
                 e.vruntime = e.vruntime.saturating_sub(d.charged) + actual;
                 e.avg_ns = (e.avg_ns * 7 + elapsed) / 8;
+                let (group, class) = (e.group, e.params.priority as usize);
+                if let Some(g) = st.groups.get_mut(&group) {
+                    g.vruntime[class] = g.vruntime[class].saturating_sub(d.group_charged) + vcost(elapsed, g.weight);
+                }
                 st.woken.push(d.entity);
             }
             // Dispatch the next ready job here (often to this very slot, which takes it at
@@ -840,10 +911,67 @@ fn pick_class(st: &mut State, has: [bool; 4]) -> Option<usize> {
     Some(class)
 }
 
+/// The queue to serve next in `class`, over the engines with credits: in the group with the
+/// least virtual runtime (ties to the older group), the queue with the least (ties to the
+/// older queue); on FIFO devices the oldest head job of any group.
+fn choose(st: &State, class: usize, fifo: bool) -> Option<EntityId> {
+    let open =
+        || st.engines.iter().zip(&st.ready).filter(|(e, _)| e.in_flight < e.credits).map(|(_, sets)| &sets[class]);
+    let first_of = |group: u64| open().filter_map(|groups| groups.get(&group)?.first().copied()).min();
+    if fifo {
+        return open().flat_map(|groups| groups.values().filter_map(|q| q.first().copied())).min().map(|(_, id)| id);
+    }
+    let group = open()
+        .flat_map(|groups| groups.keys())
+        .min_by_key(|&&g| (st.groups.get(&g).map_or(0, |g| g.vruntime[class]), g))?;
+    first_of(*group).map(|(_, id)| id)
+}
+
 /// Takes queue `id` out of the ready sets, if it is in one.
 fn unready(st: &mut State, id: EntityId) {
-    if let Some((engine, class, key)) = st.entities.get_mut(&id).and_then(|e| e.ready.take()) {
-        st.ready[engine][class].remove(&(key, id));
+    let Some(e) = st.entities.get_mut(&id) else { return };
+    if let Some((engine, class, key)) = e.ready.take() {
+        let groups = &mut st.ready[engine][class];
+        if let Some(queues) = groups.get_mut(&e.group) {
+            queues.remove(&(key, id));
+            if queues.is_empty() {
+                groups.remove(&e.group);
+            }
+        }
+    }
+}
+
+/// A queue leaves its group (the group goes with its last queue).
+fn leave_group(st: &mut State, e: &Entity) {
+    if let Some(g) = st.groups.get_mut(&e.group) {
+        g.busy -= u32::from(e.busy);
+        g.queues -= 1;
+        if g.queues == 0 {
+            st.groups.remove(&e.group);
+        }
+    }
+}
+
+/// Counts queue `id` in or out of its group's busy queues. A group that had none rejoins each
+/// class at that class's floor: an idle group banks no credit, as an idle queue does not.
+fn settle(st: &mut State, id: EntityId) {
+    let State { entities, groups, floor, .. } = st;
+    let Some(e) = entities.get_mut(&id) else { return };
+    let busy = !e.jobs.is_empty() || e.in_flight > 0;
+    if busy == e.busy {
+        return;
+    }
+    e.busy = busy;
+    let Some(g) = groups.get_mut(&e.group) else { return };
+    if busy {
+        if g.busy == 0 {
+            for (v, f) in g.vruntime.iter_mut().zip(floor.iter()) {
+                *v = (*v).max(*f);
+            }
+        }
+        g.busy += 1;
+    } else {
+        g.busy -= 1;
     }
 }
 
@@ -852,6 +980,13 @@ fn unready(st: &mut State, id: EntityId) {
 fn refresh(st: &mut State, id: EntityId, fifo: bool, failed: &mut Failed) {
     st.looks += 1;
     unready(st, id);
+    enqueue(st, id, fifo, failed);
+    settle(st, id);
+}
+
+/// [`refresh`]'s look at the head job: fails those whose dependency failed, and puts the
+/// queue in its ready set if its head may run.
+fn enqueue(st: &mut State, id: EntityId, fifo: bool, failed: &mut Failed) {
     let State { entities, ready, .. } = st;
     let Some(e) = entities.get_mut(&id) else { return };
     while let Some(job) = e.jobs.front() {
@@ -868,7 +1003,7 @@ fn refresh(st: &mut State, id: EntityId, fifo: bool, failed: &mut Failed) {
                 if !e.banned && e.in_flight == 0 {
                     let key = if fifo { u128::from(job.seq) } else { e.vruntime };
                     let class = e.params.priority as usize;
-                    ready[job.engine][class].insert((key, id));
+                    ready[job.engine][class].entry(e.group).or_default().insert((key, id));
                     e.ready = Some((job.engine, class, key));
                 }
                 return;

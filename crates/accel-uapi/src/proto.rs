@@ -802,7 +802,8 @@ pub enum Request {
         device: u32,
         /// Memory limit in bytes (0: the whole device).
         memory_limit: u64,
-        /// Compute weight (100 = 1×; 0: 100).
+        /// Compute weight: the namespace's share of the device against other namespaces',
+        /// however many queues it opens (100 = 1×; 0: 100).
         weight: u32,
         /// Most clients at once (0: no limit).
         max_clients: u32,

@@ -336,10 +336,10 @@ impl Client {
         if self.queues.len() >= MAX_HANDLES {
             bail!(ENOSPC, "too many queue handles (limit {MAX_HANDLES})");
         }
-        // The namespace's compute weight scales every queue of it.
-        let weight = self.share()?.scale_weight(weight);
+        // The queue shares its namespace's part of the device with the namespace's other
+        // queues; namespaces share the device by their compute weights.
         let params = EntityParams { priority, weight, timeout };
-        let entity = dev.sched.create_entity(self.id, params, self.record.usage.clone());
+        let entity = dev.sched.create_entity_in(self.share()?.group(), self.id, params, self.record.usage.clone());
         let q = Queue {
             entity,
             device: dev,

@@ -46,7 +46,8 @@ pub struct Share {
     /// Bytes of buffers the namespace may hold on the device.
     #[serde(default)]
     pub memory_limit: u64,
-    /// Compute weight: multiplies the weights of the namespace's queues (100 = 1×).
+    /// Compute weight: the namespace's share of the device's engines against other
+    /// namespaces' (100 = the default), however many queues its clients open.
     #[serde(default)]
     pub weight: u32,
     /// Clients of the namespace that may have the device open at once.
@@ -65,7 +66,12 @@ pub struct NsDevice {
     /// applies to each region on its own.
     pub(crate) region_used: Vec<Arc<AtomicU64>>,
     clients: AtomicU32,
+    /// The scheduler group of the namespace's queues on the device.
+    group: u64,
 }
+
+/// Scheduler group ids, one per namespace and device.
+static NEXT_GROUP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl NsDevice {
     fn new(device: Arc<Device>, share: Share) -> Arc<NsDevice> {
@@ -73,7 +79,15 @@ impl NsDevice {
         let region_used = std::iter::once(mem_used.clone())
             .chain((1..device.regions.len()).map(|_| Arc::new(AtomicU64::new(0))))
             .collect();
-        Arc::new(NsDevice { device, share: Mutex::new(share), mem_used, region_used, clients: AtomicU32::new(0) })
+        let group = NEXT_GROUP.fetch_add(1, Ordering::Relaxed);
+        Arc::new(NsDevice {
+            device,
+            share: Mutex::new(share),
+            mem_used,
+            region_used,
+            clients: AtomicU32::new(0),
+            group,
+        })
     }
 
     /// The share (changes apply to clients already placed).
@@ -105,13 +119,14 @@ impl NsDevice {
         }
     }
 
-    /// Scales a queue weight by the share's compute weight.
-    pub fn scale_weight(&self, weight: u32) -> u32 {
-        let share = match self.share().weight {
+    /// The scheduler group the namespace's queues on the device join: its compute weight
+    /// shares the device with other namespaces, however many queues they open.
+    pub fn group(&self) -> crate::sched::Group {
+        let weight = match self.share().weight {
             0 => DEFAULT_SHARE_WEIGHT,
             w => w,
         };
-        (u64::from(weight) * u64::from(share) / u64::from(DEFAULT_SHARE_WEIGHT)).clamp(1, u64::from(u32::MAX)) as u32
+        crate::sched::Group { id: self.group, weight }
     }
 
     /// Counts a client in; `EUSERS` past `max_clients`.
@@ -585,14 +600,13 @@ mod tests {
     }
 
     #[test]
-    fn share_weight_scales_queue_weights() {
+    fn each_share_is_a_scheduler_group_with_its_weight() {
         let d = NsDevice::new(devices(1).remove(0), Share { weight: 300, ..Default::default() });
-        assert_eq!(d.scale_weight(100), 300);
-        assert_eq!(d.scale_weight(1), 3);
-        let default = NsDevice::new(devices(1).remove(0), Share::default());
-        assert_eq!(default.scale_weight(250), 250);
-        let tiny = NsDevice::new(devices(1).remove(0), Share { weight: 1, ..Default::default() });
-        assert_eq!(tiny.scale_weight(1), 1, "never zero");
+        let other = NsDevice::new(devices(1).remove(0), Share::default());
+        assert_eq!(d.group().weight, 300);
+        assert_eq!(other.group().weight, DEFAULT_SHARE_WEIGHT, "no weight is the default");
+        assert_ne!(d.group().id, other.group().id);
+        assert_eq!(d.group().id, d.group().id);
     }
 
     #[test]

@@ -66,6 +66,45 @@ fn a_dispatch_looks_only_at_queues_that_may_run() {
     assert_eq!(ran, want, "every job ran once");
 }
 
+/// Runs `group_a` (queues, weight) against `group_b` with every queue backlogged with 1 ms
+/// jobs on one engine slot, and returns how many of the first 60 jobs were group a's.
+fn first_60_of_a(group_a: (usize, u32), group_b: (usize, u32)) -> usize {
+    let drv = Arc::new(FakeDriver::default());
+    let sched = Scheduler::new(drv.clone(), "t", SchedConfig::default()).unwrap();
+    let counters = Arc::new(Counters::default());
+    let mut fences = Vec::new();
+    for (gid, (queues, weight), base) in [(1, group_a, 0u64), (2, group_b, 1_000_000)] {
+        let group = Group { id: gid, weight };
+        for q in 0..queues as u64 {
+            let e = sched.create_entity_in(group, 1, params(Priority::Normal, DEFAULT_WEIGHT), Arc::default());
+            for j in 0..60 {
+                let fence = Fence::new(&counters);
+                let op = JobOp::Driver { code: 4, args: [base + q * 1000 + j, 1000, 0, 0] };
+                sched.push(e, Job::new(&counters, op, vec![], fence.clone())).unwrap();
+                fences.push(fence);
+            }
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while drv.ran.lock().unwrap().len() < 60 {
+        assert!(std::time::Instant::now() < deadline, "60 jobs did not run");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ran = drv.ran.lock().unwrap().clone();
+    ran[..60].iter().filter(|&&t| t < 1_000_000).count()
+}
+
+#[test]
+fn groups_share_by_weight_however_many_queues_they_open() {
+    // One queue against eight, equal weights: half each (flat per-queue fair share gave the
+    // one queue a ninth).
+    let a = first_60_of_a((1, 100), (8, 100));
+    assert!((24..=36).contains(&a), "one queue got {a} of 60 jobs against a group of eight");
+    // Weights 100 and 300, four queues each: a quarter and three quarters.
+    let a = first_60_of_a((4, 100), (4, 300));
+    assert!((9..=21).contains(&a), "weight 100 got {a} of 60 jobs against weight 300");
+}
+
 /// One job of a generated workload.
 #[derive(Debug, Clone)]
 struct Spec {
@@ -85,12 +124,12 @@ enum Step {
     Signal(usize, Option<Errno>),
 }
 
-/// Queues (class, weight), jobs, steps, and whether the device is FIFO.
-type Workload = (Vec<(Priority, u32)>, Vec<Spec>, Vec<Step>, bool);
+/// Queues (class, weight, group), jobs, steps, and whether the device is FIFO.
+type Workload = (Vec<(Priority, u32, u64)>, Vec<Spec>, Vec<Step>, bool);
 
 fn workload() -> impl Strategy<Value = Workload> {
     let queues = prop::collection::vec(
-        (prop::sample::select(vec![Priority::Low, Priority::Normal, Priority::High]), 1u32..=400),
+        (prop::sample::select(vec![Priority::Low, Priority::Normal, Priority::High]), 1u32..=400, 0u64..3),
         1..6,
     );
     (queues, 1usize..40, 0usize..4, any::<bool>()).prop_flat_map(|(queues, jobs, gates, fifo)| {
@@ -166,8 +205,12 @@ proptest! {
         let drv = Arc::new(FakeDriver::default());
         let sched = Scheduler::new(drv.clone(), "t", SchedConfig { fifo, ..SchedConfig::default() }).unwrap();
         let counters = Arc::new(Counters::default());
-        let entities: Vec<EntityId> =
-            queues.iter().map(|&(p, w)| sched.create_entity(1, params(p, w), Arc::default())).collect();
+        let entities: Vec<EntityId> = queues
+            .iter()
+            .map(|&(p, w, g)| {
+                sched.create_entity_in(Group { id: g, weight: 50 * (g as u32 + 1) }, 1, params(p, w), Arc::default())
+            })
+            .collect();
         let gate_fences: Vec<Arc<Fence>> = (0..4).map(|_| Fence::new(&counters)).collect();
         let mut gate_results = vec![None; 4];
         let mut fences: Vec<Arc<Fence>> = Vec::new();
