@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use accel::{Connection, Device, GemmF32, Op, QueueOptions};
+use accel_uapi::Request;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 
@@ -35,8 +36,9 @@ pub enum Which {
         #[arg(long, default_value_t = 7)]
         reps: usize,
     },
-    /// N clients saturate one device, first with equal weights, then 1:2:4; prints each
-    /// client's share of engine time against its weight, and Jain's fairness index.
+    /// N clients saturate one device, first with equal weights, then 1:2:4, then as tenants
+    /// (namespaces of equal weight, one with four times the queues of the others); prints each
+    /// client's share of engine time against its entitlement, and Jain's fairness index.
     Fairness {
         /// Number of clients (separate connections).
         #[arg(long, default_value_t = 3)]
@@ -308,31 +310,65 @@ const FAIRNESS_DEPTH: usize = 4;
 
 fn fairness(clients: usize, seconds: f64, job_ms: u64) -> Result<()> {
     let daemon = SpawnedDaemon::start(&["testdev"])?;
+    // Queues are in order (one job at a time), so a client that wants to fill the device
+    // uses as many queues as the engine has credits.
+    let credits = Device::open_at(daemon.socket(), 0)?.info().engines.first().map_or(1, |e| e.credits) as usize;
     let equal = vec![1u32; clients];
     let skewed: Vec<u32> = (0..clients).map(|i| [1, 2, 4][i % 3]).collect();
     for weights in [equal, skewed] {
-        fairness_run(&daemon, &weights, seconds, job_ms)?;
+        let load: Vec<FairClient> =
+            weights.iter().map(|&w| FairClient { token: None, queue_weight: w * 100, queues: credits }).collect();
+        fairness_run(&daemon, &load, &weights, "queue", seconds, job_ms)?;
     }
-    Ok(())
+    // Tenants: each client in a namespace of its own, all of equal compute weight; the first
+    // opens four times the queues. Each is entitled to an equal share all the same.
+    let mut admin = Connection::connect(daemon.socket())?;
+    let mut load = Vec::new();
+    for i in 0..clients.max(2) {
+        let (name, token) = (format!("fair{i}"), format!("fair-token-{i}"));
+        admin.call(&Request::NsCreate { name: name.clone(), token: Some(token.clone()) })?;
+        let assign = Request::NsAssign { name, device: 0, memory_limit: 0, weight: 100, max_clients: 0, evict: false };
+        admin.call(&assign)?;
+        let queues = if i == 0 { 4 * credits } else { credits };
+        load.push(FairClient { token: Some(token), queue_weight: 100, queues });
+    }
+    fairness_run(&daemon, &load, &vec![1; load.len()], "namespace", seconds, job_ms)
+}
+
+/// One client of a fairness scenario.
+struct FairClient {
+    /// Namespace token (`None`: the root namespace).
+    token: Option<String>,
+    queue_weight: u32,
+    queues: usize,
 }
 
 fn engine_ns(conn: &mut Connection) -> Result<HashMap<u64, u64>> {
     Ok(conn.clients()?.into_iter().map(|c| (c.client_id, c.engine_ns)).collect())
 }
 
-fn fairness_run(daemon: &SpawnedDaemon, weights: &[u32], seconds: f64, job_ms: u64) -> Result<()> {
+/// Runs `load` against the device; `entitled` is each client's weight (of queues or of
+/// namespaces, as `by` says) that its share is measured against.
+fn fairness_run(
+    daemon: &SpawnedDaemon,
+    load: &[FairClient],
+    entitled: &[u32],
+    by: &str,
+    seconds: f64,
+    job_ms: u64,
+) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     let mut ids = Vec::new();
-    for &w in weights {
-        let dev = Device::open_at(daemon.socket(), 0)?;
+    for c in load {
+        let dev = match &c.token {
+            Some(token) => Device::open_with_token(daemon.socket(), 0, token)?,
+            None => Device::open_at(daemon.socket(), 0)?,
+        };
         ids.push(dev.client_id());
-        // Queues are in order (one job at a time), so a client that wants to fill the
-        // device uses as many queues as the engine has credits, all with its weight.
-        let queues = dev.info().engines.first().map_or(1, |e| e.credits) as usize;
-        let stop = stop.clone();
+        let (queues, stop) = (c.queues, stop.clone());
+        let opts = QueueOptions { weight: c.queue_weight, ..Default::default() };
         threads.push(std::thread::spawn(move || -> accel::Result<()> {
-            let opts = QueueOptions { weight: w * 100, ..Default::default() };
             let qs = (0..queues).map(|_| dev.create_queue_with(opts)).collect::<accel::Result<Vec<_>>>()?;
             let op = Op::Driver { code: accel_driver_testdev::OP_DELAY, args: [job_ms, 0, 0, 0] };
             let mut inflight: Vec<VecDeque<accel::Fence>> = qs.iter().map(|_| VecDeque::new()).collect();
@@ -362,17 +398,19 @@ fn fairness_run(daemon: &SpawnedDaemon, weights: &[u32], seconds: f64, job_ms: u
         .map(|id| Ok((after.get(id).context("client vanished")? - before.get(id).context("client vanished")?) as f64))
         .collect::<Result<_>>()?;
     let total: f64 = used.iter().sum();
-    let wsum: f64 = weights.iter().map(|w| f64::from(*w)).sum();
+    let wsum: f64 = entitled.iter().map(|w| f64::from(*w)).sum();
     let shares: Vec<f64> = used.iter().map(|u| u / total).collect();
-    let expected: Vec<f64> = weights.iter().map(|w| f64::from(*w) / wsum).collect();
+    let expected: Vec<f64> = entitled.iter().map(|w| f64::from(*w) / wsum).collect();
     let norm: Vec<f64> = shares.iter().zip(&expected).map(|(s, e)| s / e).collect();
     let jain = norm.iter().sum::<f64>().powi(2) / (norm.len() as f64 * norm.iter().map(|x| x * x).sum::<f64>());
     let max_err = norm.iter().map(|x| (x - 1.0).abs()).fold(0.0, f64::max);
     let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(",");
+    let queues: Vec<usize> = load.iter().map(|c| c.queues).collect();
     println!(
-        "{{\"bench\":\"fairness\",\"clients\":{},\"weights\":{:?},\"job_ms\":{job_ms},\"seconds\":{seconds},\"shares\":[{}],\"expected\":[{}],\"jain\":{jain:.4},\"max_share_error\":{max_err:.4},\"engine_busy\":{:.3}}}",
-        weights.len(),
-        weights,
+        "{{\"bench\":\"fairness\",\"clients\":{},\"weights_of\":\"{by}\",\"weights\":{:?},\"queues\":{:?},\"job_ms\":{job_ms},\"seconds\":{seconds},\"shares\":[{}],\"expected\":[{}],\"jain\":{jain:.4},\"max_share_error\":{max_err:.4},\"engine_busy\":{:.3}}}",
+        load.len(),
+        entitled,
+        queues,
         fmt(&shares),
         fmt(&expected),
         total / 1e9 / seconds,
