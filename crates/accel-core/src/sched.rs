@@ -240,6 +240,8 @@ struct State {
     woken: Vec<EntityId>,
     /// Queues looked at so far (see [`Scheduler::looks`]).
     looks: u64,
+    /// Jobs waiting in queues, all queues together.
+    queued: usize,
     groups: BTreeMap<u64, GroupState>,
     next_entity: EntityId,
     next_run: u64,
@@ -348,6 +350,7 @@ impl Scheduler {
                 ready: engines.iter().map(|_| ReadySets::default()).collect(),
                 woken: Vec::new(),
                 looks: 0,
+                queued: 0,
                 groups: BTreeMap::new(),
                 engines,
                 next_entity: 1,
@@ -472,6 +475,7 @@ impl Scheduler {
             e.vruntime = e.vruntime.max(floor);
         }
         e.jobs.push_back(job);
+        st.queued += 1;
         st.woken.push(entity);
         // Dispatch here rather than waking the scheduler thread: one thread hand-off fewer
         // between a submission and its engine slot.
@@ -511,6 +515,7 @@ impl Scheduler {
                 unready(&mut st, *id);
                 if let Some(e) = st.entities.remove(id) {
                     leave_group(&mut st, &e);
+                    st.queued -= e.jobs.len();
                     failed.extend(e.jobs.into_iter().map(|j| (j, errno)));
                 }
             }
@@ -535,9 +540,11 @@ impl Scheduler {
         signal_failed(failed);
     }
 
-    /// Jobs waiting to be dispatched, over all queues.
+    /// Jobs waiting to be dispatched, over all queues (kept as a count: a device's
+    /// description, which `DeviceInfo` and every metrics scrape ask for, must not walk a
+    /// tenant's thousands of queues under the scheduler's lock).
     pub fn queued(&self) -> usize {
-        self.state().entities.values().map(|e| e.jobs.len()).sum()
+        self.state().queued
     }
 
     /// Engine resets so far.
@@ -598,6 +605,7 @@ fn drain_all(st: &mut State, err: Errno) -> Failed {
         failed.extend(e.jobs.drain(..).map(|j| (j, err)));
         e.ready = None;
     }
+    st.queued = 0;
     for sets in &mut st.ready {
         sets.iter_mut().for_each(BTreeMap::clear);
     }
@@ -691,6 +699,7 @@ impl Shared {
             let e = st.entities.get_mut(&id).expect("ready entity exists");
             let vruntime = e.vruntime;
             let job = e.jobs.pop_front().expect("ready entity has a job");
+            st.queued -= 1;
             let charged = e.vcost(e.avg_ns);
             e.vruntime += charged;
             e.in_flight += 1;
@@ -744,6 +753,7 @@ impl Shared {
                 tracing::warn!(client = e.client_id, karma = e.karma, "job timed out; resetting engine {engine_idx}");
                 if e.karma >= self.config.hang_limit && !e.banned {
                     e.banned = true;
+                    st.queued -= e.jobs.len();
                     failed.extend(e.jobs.drain(..).map(|j| (j, Errno::ECANCELED)));
                 }
             }
@@ -987,7 +997,7 @@ fn refresh(st: &mut State, id: EntityId, fifo: bool, failed: &mut Failed) {
 /// [`refresh`]'s look at the head job: fails those whose dependency failed, and puts the
 /// queue in its ready set if its head may run.
 fn enqueue(st: &mut State, id: EntityId, fifo: bool, failed: &mut Failed) {
-    let State { entities, ready, .. } = st;
+    let State { entities, ready, queued, .. } = st;
     let Some(e) = entities.get_mut(&id) else { return };
     while let Some(job) = e.jobs.front() {
         match job.deps_state() {
@@ -995,6 +1005,7 @@ fn enqueue(st: &mut State, id: EntityId, fifo: bool, failed: &mut Failed) {
             None => return,
             Some(Some(err)) => {
                 let job = e.jobs.pop_front().expect("front exists");
+                *queued -= 1;
                 failed.push((job, err));
             }
             Some(None) => {

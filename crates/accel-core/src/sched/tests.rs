@@ -46,6 +46,7 @@ fn a_dispatch_looks_only_at_queues_that_may_run() {
             fence
         })
         .collect();
+    assert_eq!(sched.queued(), 10_000);
     let busy = sched.create_entity(2, params(Priority::Normal, DEFAULT_WEIGHT), Arc::default());
     let before = sched.looks();
     for t in 0..200 {
@@ -60,6 +61,7 @@ fn a_dispatch_looks_only_at_queues_that_may_run() {
     for f in &blocked {
         assert_eq!(status(f), FenceStatus::Signaled);
     }
+    assert_eq!(sched.queued(), 0);
     let mut ran = drv.ran.lock().unwrap().clone();
     ran.sort_unstable();
     let want: Vec<u64> = (0..10_000).chain(100_000..100_200).collect();
@@ -247,6 +249,7 @@ proptest! {
         for (i, f) in fences.iter().enumerate() {
             prop_assert_eq!(status(f), expected(&specs, &gate_results, i, &mut memo), "job {}", i);
         }
+        prop_assert_eq!(sched.queued(), 0, "every job left its queue");
         let ran = drv.ran.lock().unwrap().clone();
         let should_run: Vec<u64> =
             (0..specs.len()).filter(|&i| memo[&i] == FenceStatus::Signaled).map(|i| i as u64).collect();
