@@ -487,7 +487,9 @@ impl Scheduler {
 
     /// Removes a queue: its waiting jobs fail with `ECANCELED`, running ones are aborted.
     pub fn destroy_entity(&self, entity: EntityId) {
-        self.cancel(|id, _| id == entity);
+        // By its id, not a walk over every queue: a tenant creating and destroying queues
+        // must not hold the scheduler's lock for as long as its other queues are many.
+        self.cancel_with(Some(entity), |id, _| id == entity, Errno::ECANCELED);
     }
 
     /// Removes every queue of a client (on close or crash).
@@ -498,19 +500,19 @@ impl Scheduler {
     /// Removes every queue of a client, failing its jobs with `errno` (`ENODEV` when the
     /// client is evicted from its namespace).
     pub fn cancel_client_with(&self, client_id: u64, errno: Errno) {
-        self.cancel_with(|_, c| c == client_id, errno);
+        self.cancel_with(None, |_, c| c == client_id, errno);
     }
 
-    fn cancel(&self, matches: impl Fn(EntityId, u64) -> bool) {
-        self.cancel_with(matches, Errno::ECANCELED);
-    }
-
-    fn cancel_with(&self, matches: impl Fn(EntityId, u64) -> bool, errno: Errno) {
+    /// Removes the queues `matches` names (`only` that one, else a walk over all of them)
+    /// and fails or aborts their jobs with `errno`.
+    fn cancel_with(&self, only: Option<EntityId>, matches: impl Fn(EntityId, u64) -> bool, errno: Errno) {
         let mut failed = Failed::new();
         {
             let mut st = self.state();
-            let gone: Vec<EntityId> =
-                st.entities.iter().filter(|(id, e)| matches(**id, e.client_id)).map(|(id, _)| *id).collect();
+            let gone: Vec<EntityId> = match only {
+                Some(id) => vec![id],
+                None => st.entities.iter().filter(|(id, e)| matches(**id, e.client_id)).map(|(id, _)| *id).collect(),
+            };
             for id in &gone {
                 unready(&mut st, *id);
                 if let Some(e) = st.entities.remove(id) {
