@@ -243,6 +243,8 @@ struct State {
     /// Jobs waiting in queues, all queues together.
     queued: usize,
     groups: BTreeMap<u64, GroupState>,
+    /// Each client's queues.
+    by_client: BTreeMap<u64, BTreeSet<EntityId>>,
     next_entity: EntityId,
     next_run: u64,
     next_seq: u64,
@@ -291,6 +293,13 @@ pub fn slot_spin() -> Duration {
     } else {
         Duration::ZERO
     }
+}
+
+/// What [`Scheduler::cancel_with`] removes.
+#[derive(Clone, Copy)]
+enum Gone {
+    Queue(EntityId),
+    Client(u64),
 }
 
 /// Jobs to signal once the lock is dropped.
@@ -352,6 +361,7 @@ impl Scheduler {
                 looks: 0,
                 queued: 0,
                 groups: BTreeMap::new(),
+                by_client: BTreeMap::new(),
                 engines,
                 next_entity: 1,
                 next_run: 1,
@@ -412,6 +422,7 @@ impl Scheduler {
         g.weight = group.weight.max(1);
         g.queues += 1;
         let vruntime = g.floor[params.priority as usize];
+        st.by_client.entry(client_id).or_default().insert(id);
         st.entities.insert(
             id,
             Entity {
@@ -489,7 +500,7 @@ impl Scheduler {
     pub fn destroy_entity(&self, entity: EntityId) {
         // By its id, not a walk over every queue: a tenant creating and destroying queues
         // must not hold the scheduler's lock for as long as its other queues are many.
-        self.cancel_with(Some(entity), |id, _| id == entity, Errno::ECANCELED);
+        self.cancel_with(Gone::Queue(entity), Errno::ECANCELED);
     }
 
     /// Removes every queue of a client (on close or crash).
@@ -500,22 +511,32 @@ impl Scheduler {
     /// Removes every queue of a client, failing its jobs with `errno` (`ENODEV` when the
     /// client is evicted from its namespace).
     pub fn cancel_client_with(&self, client_id: u64, errno: Errno) {
-        self.cancel_with(None, |_, c| c == client_id, errno);
+        self.cancel_with(Gone::Client(client_id), errno);
     }
 
-    /// Removes the queues `matches` names (`only` that one, else a walk over all of them)
-    /// and fails or aborts their jobs with `errno`.
-    fn cancel_with(&self, only: Option<EntityId>, matches: impl Fn(EntityId, u64) -> bool, errno: Errno) {
+    /// Removes a queue or every queue of a client, and fails or aborts their jobs with
+    /// `errno`.
+    fn cancel_with(&self, what: Gone, errno: Errno) {
+        let matches = |entity: EntityId, client: u64| match what {
+            Gone::Queue(id) => entity == id,
+            Gone::Client(c) => client == c,
+        };
         let mut failed = Failed::new();
         {
             let mut st = self.state();
-            let gone: Vec<EntityId> = match only {
-                Some(id) => vec![id],
-                None => st.entities.iter().filter(|(id, e)| matches(**id, e.client_id)).map(|(id, _)| *id).collect(),
+            let gone: Vec<EntityId> = match what {
+                Gone::Queue(id) => vec![id],
+                Gone::Client(c) => st.by_client.get(&c).map(|ids| ids.iter().copied().collect()).unwrap_or_default(),
             };
             for id in &gone {
                 unready(&mut st, *id);
                 if let Some(e) = st.entities.remove(id) {
+                    if let Some(ids) = st.by_client.get_mut(&e.client_id) {
+                        ids.remove(id);
+                        if ids.is_empty() {
+                            st.by_client.remove(&e.client_id);
+                        }
+                    }
                     leave_group(&mut st, &e);
                     st.queued -= e.jobs.len();
                     failed.extend(e.jobs.into_iter().map(|j| (j, errno)));
