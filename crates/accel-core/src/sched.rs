@@ -45,9 +45,12 @@ use std::time::{Duration, Instant};
 use accel_uapi::{Errno, FenceStatus, Priority};
 
 use crate::counters::{Counters, Kind, Tracked};
-use crate::driver::{AbortToken, Driver, DriverError, JobCtx, JobOp, NativeFence};
+use crate::driver::{Driver, JobCtx, JobOp};
 use crate::fence::Fence;
 use crate::{bail, lock, Result};
+
+pub use ready::Group;
+use ready::{choose, leave_group, pick_class, refresh, unready, vcost, GroupState, ReadySets};
 
 /// Passed-over dispatches after which a class with ready work is served next.
 pub const STARVATION_LIMIT: u32 = 16;
@@ -131,40 +134,6 @@ impl Default for SchedConfig {
 /// Scheduler-wide id of an entity.
 pub type EntityId = u64;
 
-/// A queue's group: what shares the device with other groups by weight (a namespace).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Group {
-    /// Identity: queues with the same id are one group.
-    pub id: u64,
-    /// The group's weight (1..); the latest queue created in the group sets it.
-    pub weight: u32,
-}
-
-impl Default for Group {
-    /// The one group of queues created without one.
-    fn default() -> Self {
-        Group { id: 0, weight: DEFAULT_WEIGHT }
-    }
-}
-
-/// A group's scheduling state.
-struct GroupState {
-    weight: u32,
-    /// Virtual runtime per class (engine time ÷ the group's weight).
-    vruntime: [u128; 4],
-    /// Per class: where an idle queue of the group rejoins (the largest virtual runtime a
-    /// queue of the group was dispatched at).
-    floor: [u128; 4],
-    /// Queues of the group with jobs waiting or running.
-    busy: u32,
-    /// Queues of the group.
-    queues: u32,
-}
-
-fn vcost(ns: u64, weight: u32) -> u128 {
-    u128::from(ns) * VRUNTIME_SCALE / u128::from(weight.max(1))
-}
-
 struct Entity {
     client_id: u64,
     group: u64,
@@ -225,11 +194,6 @@ struct Engine {
     ring: VecDeque<Dispatched>,
     running: Vec<Running>,
 }
-
-/// Ready queues of one engine, per class and group: (key, entity), the first to serve first.
-/// The key is the queue's virtual runtime, or its head job's submission order on FIFO
-/// devices. Groups without ready queues have no entry.
-type ReadySets = [BTreeMap<u64, BTreeSet<(u128, EntityId)>>; 4];
 
 struct State {
     entities: BTreeMap<EntityId, Entity>,
@@ -784,267 +748,9 @@ impl Shared {
         }
         resets
     }
-
-    /// Spins until a job is handed to `engine_idx` after `seen`, for at most the slot spin.
-    fn spin_for_job(&self, engine_idx: usize, seen: u64) {
-        let start = Instant::now();
-        let mut polls = 0u32;
-        while self.dispatched[engine_idx].load(Ordering::Acquire) == seen {
-            polls = polls.wrapping_add(1);
-            if polls.is_multiple_of(64) && start.elapsed() >= self.slot_spin {
-                return;
-            }
-            std::hint::spin_loop();
-        }
-    }
-
-    fn slot_loop(&self, engine_idx: usize) {
-        loop {
-            let mut st = lock(&self.state);
-            let mut spun = false;
-            let d = loop {
-                if st.shutdown {
-                    return;
-                }
-                if let Some(d) = st.engines[engine_idx].ring.pop_front() {
-                    break d;
-                }
-                if !spun && !self.slot_spin.is_zero() {
-                    // The next job often comes within microseconds (a client submitting as
-                    // soon as its last job completed): a futex wake-up costs more.
-                    let seen = self.dispatched[engine_idx].load(Ordering::Acquire);
-                    drop(st);
-                    self.spin_for_job(engine_idx, seen);
-                    spun = true;
-                    st = lock(&self.state);
-                    continue;
-                }
-                st = self.slot_conds[engine_idx].wait(st).unwrap_or_else(|e| e.into_inner());
-                spun = false;
-            };
-            let run_id = st.next_run;
-            st.next_run += 1;
-            let ctx = JobCtx {
-                abort: AbortToken::default(),
-                client_id: d.client_id,
-                native: NativeFence::new(d.job.fence.clone()),
-            };
-            let timeout = st.entities.get(&d.entity).map(|e| e.params.timeout);
-            let start = Instant::now();
-            let deadline = timeout.and_then(|t| start.checked_add(t));
-            st.engines[engine_idx].running.push(Running {
-                run_id,
-                entity: d.entity,
-                client_id: d.client_id,
-                deadline,
-                ctx: ctx.clone(),
-                // A queue destroyed between dispatch and start: do not run its job.
-                disposition: timeout.is_none().then_some(Disposition::Fail(Errno::ECANCELED)),
-            });
-            // The scheduler thread must look at this deadline before it passes; it need not
-            // wake up now if it wakes up earlier anyway.
-            let wake = deadline.is_some_and(|d| d < st.sched_wakes_at);
-            st.dirty = true;
-            drop(st);
-            if wake {
-                self.sched_cond.notify_one();
-            }
-
-            let result = if ctx.abort.is_aborted() || timeout.is_none() {
-                Err(DriverError::from(Errno::ECANCELED))
-            } else {
-                self.driver.run_job(engine_idx, &d.job.op, &ctx)
-            };
-            let elapsed = start.elapsed().as_nanos() as u64;
-
-            let mut st = lock(&self.state);
-            let running = &mut st.engines[engine_idx].running;
-            let disposition =
-                running.iter().position(|r| r.run_id == run_id).and_then(|i| running.remove(i).disposition);
-            // A job marked for resubmission that completed anyway (its work was done before
-            // the reset reached it) is done, as drm_sched drops jobs whose hardware fence
-            // signalled from the ones it re-runs.
-            let disposition = match (disposition, &result) {
-                (Some(Disposition::Resubmit), Ok(())) => None,
-                (d, _) => d,
-            };
-            if disposition == Some(Disposition::Resubmit) && !st.shutdown {
-                st.engines[engine_idx].ring.push_front(d);
-                self.dispatched[engine_idx].fetch_add(1, Ordering::Release);
-                self.slot_conds[engine_idx].notify_one();
-                drop(st);
-                continue;
-            }
-            let lost = matches!(&result, Err(e) if e.lost) && disposition.is_none();
-            let (result, message) = match disposition {
-                Some(Disposition::Fail(e)) => (Err(e), None),
-                Some(Disposition::Resubmit) => (Err(Errno::ECANCELED), None),
-                None => match result {
-                    Ok(()) => (Ok(()), None),
-                    Err(e) => (Err(e.code), Some(e.message)),
-                },
-            };
-            // A lost device is wedged: every other running job is aborted and fails with
-            // EIO, every queued one too, and new work is refused.
-            let lost_jobs = if lost {
-                tracing::error!("accel device lost ({}); device wedged", message.as_deref().unwrap_or(""));
-                st.wedged = true;
-                for r in st.engines.iter_mut().flat_map(|e| e.running.iter_mut()) {
-                    r.disposition = Some(Disposition::Fail(Errno::EIO));
-                    r.ctx.abort.abort();
-                }
-                drain_all(&mut st, Errno::EIO)
-            } else {
-                Failed::new()
-            };
-            drop(st);
-            signal_failed(lost_jobs);
-            d.usage.engine_ns.fetch_add(elapsed, Ordering::Relaxed);
-            d.usage.jobs_completed.fetch_add(1, Ordering::Relaxed);
-            self.busy_ns[engine_idx].fetch_add(elapsed, Ordering::Relaxed);
-            if let (Err(code), Some(_)) = (&result, &message) {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-                *lock(&self.last_error) = (code.raw(), now.as_nanos() as u64);
-            }
-            // Signal before the queue's next job may start: a queue's fences (and ring
-            // completions) then signal in submission order, as a hardware ring's do.
-            d.job.fence.signal_with(result, message);
-            self.driver.free_job(&d.job.op);
-            let mut st = lock(&self.state);
-            st.engines[engine_idx].in_flight -= 1;
-            if let Some(e) = st.entities.get_mut(&d.entity) {
-                e.in_flight -= 1;
-                let actual = e.vcost(elapsed);
-                e.vruntime = e.vruntime.saturating_sub(d.charged) + actual;
-                e.avg_ns = (e.avg_ns * 7 + elapsed) / 8;
-                let (group, class) = (e.group, e.params.priority as usize);
-                if let Some(g) = st.groups.get_mut(&group) {
-                    g.vruntime[class] = g.vruntime[class].saturating_sub(d.group_charged) + vcost(elapsed, g.weight);
-                }
-                st.woken.push(d.entity);
-            }
-            // Dispatch the next ready job here (often to this very slot, which takes it at
-            // once) rather than through the scheduler thread.
-            let failed = self.pump(&mut st);
-            drop(st);
-            signal_failed(failed);
-        }
-    }
 }
 
-/// Chooses the class to serve among those with ready work (`has`) and updates the
-/// starvation counters.
-fn pick_class(st: &mut State, has: [bool; 4]) -> Option<usize> {
-    let starved = (0..4).filter(|&c| has[c] && st.starve[c] >= STARVATION_LIMIT).max_by_key(|&c| (st.starve[c], 4 - c));
-    let class = starved.or_else(|| (0..4).rev().find(|&c| has[c]))?;
-    for (starve, _) in st.starve.iter_mut().zip(has).take(class).filter(|(_, ready)| *ready) {
-        *starve += 1;
-    }
-    st.starve[class] = 0;
-    Some(class)
-}
-
-/// The queue to serve next in `class`, over the engines with credits: in the group with the
-/// least virtual runtime (ties to the older group), the queue with the least (ties to the
-/// older queue); on FIFO devices the oldest head job of any group.
-fn choose(st: &State, class: usize, fifo: bool) -> Option<EntityId> {
-    let open =
-        || st.engines.iter().zip(&st.ready).filter(|(e, _)| e.in_flight < e.credits).map(|(_, sets)| &sets[class]);
-    let first_of = |group: u64| open().filter_map(|groups| groups.get(&group)?.first().copied()).min();
-    if fifo {
-        return open().flat_map(|groups| groups.values().filter_map(|q| q.first().copied())).min().map(|(_, id)| id);
-    }
-    let group = open()
-        .flat_map(|groups| groups.keys())
-        .min_by_key(|&&g| (st.groups.get(&g).map_or(0, |g| g.vruntime[class]), g))?;
-    first_of(*group).map(|(_, id)| id)
-}
-
-/// Takes queue `id` out of the ready sets, if it is in one.
-fn unready(st: &mut State, id: EntityId) {
-    let Some(e) = st.entities.get_mut(&id) else { return };
-    if let Some((engine, class, key)) = e.ready.take() {
-        let groups = &mut st.ready[engine][class];
-        if let Some(queues) = groups.get_mut(&e.group) {
-            queues.remove(&(key, id));
-            if queues.is_empty() {
-                groups.remove(&e.group);
-            }
-        }
-    }
-}
-
-/// A queue leaves its group (the group goes with its last queue).
-fn leave_group(st: &mut State, e: &Entity) {
-    if let Some(g) = st.groups.get_mut(&e.group) {
-        g.busy -= u32::from(e.busy);
-        g.queues -= 1;
-        if g.queues == 0 {
-            st.groups.remove(&e.group);
-        }
-    }
-}
-
-/// Counts queue `id` in or out of its group's busy queues. A group that had none rejoins each
-/// class at that class's floor: an idle group banks no credit, as an idle queue does not.
-fn settle(st: &mut State, id: EntityId) {
-    let State { entities, groups, floor, .. } = st;
-    let Some(e) = entities.get_mut(&id) else { return };
-    let busy = !e.jobs.is_empty() || e.in_flight > 0;
-    if busy == e.busy {
-        return;
-    }
-    e.busy = busy;
-    let Some(g) = groups.get_mut(&e.group) else { return };
-    if busy {
-        if g.busy == 0 {
-            for (v, f) in g.vruntime.iter_mut().zip(floor.iter()) {
-                *v = (*v).max(*f);
-            }
-        }
-        g.busy += 1;
-    } else {
-        g.busy -= 1;
-    }
-}
-
-/// Looks at queue `id` again: its head jobs whose dependency failed fail (into `failed`),
-/// and it joins its head job's engine's ready set if that job may run now.
-fn refresh(st: &mut State, id: EntityId, fifo: bool, failed: &mut Failed) {
-    st.looks += 1;
-    unready(st, id);
-    enqueue(st, id, fifo, failed);
-    settle(st, id);
-}
-
-/// [`refresh`]'s look at the head job: fails those whose dependency failed, and puts the
-/// queue in its ready set if its head may run.
-fn enqueue(st: &mut State, id: EntityId, fifo: bool, failed: &mut Failed) {
-    let State { entities, ready, queued, .. } = st;
-    let Some(e) = entities.get_mut(&id) else { return };
-    while let Some(job) = e.jobs.front() {
-        match job.deps_state() {
-            // Waiting on a fence: its signal wakes the queue.
-            None => return,
-            Some(Some(err)) => {
-                let job = e.jobs.pop_front().expect("front exists");
-                *queued -= 1;
-                failed.push((job, err));
-            }
-            Some(None) => {
-                // In order per queue: the next job waits for the previous one to finish
-                // (whose completion wakes the queue).
-                if !e.banned && e.in_flight == 0 {
-                    let key = if fifo { u128::from(job.seq) } else { e.vruntime };
-                    let class = e.params.priority as usize;
-                    ready[job.engine][class].entry(e.group).or_default().insert((key, id));
-                    e.ready = Some((job.engine, class, key));
-                }
-                return;
-            }
-        }
-    }
-}
-
+mod ready;
+mod slot;
 #[cfg(test)]
 mod tests;
