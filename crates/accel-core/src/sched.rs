@@ -594,7 +594,7 @@ fn drain_all(st: &mut State, err: Errno) -> Failed {
     }
     st.queued = 0;
     for sets in &mut st.ready {
-        sets.iter_mut().for_each(BTreeMap::clear);
+        sets.iter_mut().for_each(ready::Ready::clear);
     }
     for engine in &mut st.engines {
         engine.in_flight -= engine.ring.len() as u32;
@@ -667,16 +667,19 @@ impl Shared {
             return drain_all(st, Errno::EIO);
         }
         let fifo = self.config.fifo;
-        for id in std::mem::take(&mut st.woken) {
+        // By index, keeping the list's capacity (a refresh adds nothing to it).
+        for i in 0..st.woken.len() {
+            let id = st.woken[i];
             refresh(st, id, fifo, &mut failed);
         }
+        st.woken.clear();
         loop {
             // The classes with a ready queue on an engine with credits.
             let mut has = [false; 4];
             for (engine, sets) in st.engines.iter().zip(&st.ready) {
                 if engine.in_flight < engine.credits {
                     for (has, set) in has.iter_mut().zip(sets) {
-                        *has |= !set.is_empty();
+                        *has |= set.count > 0;
                     }
                 }
             }

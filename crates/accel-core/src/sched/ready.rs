@@ -39,10 +39,32 @@ pub(super) fn vcost(ns: u64, weight: u32) -> u128 {
     u128::from(ns) * VRUNTIME_SCALE / u128::from(weight.max(1))
 }
 
-/// Ready queues of one engine, per class and group: (key, entity), the first to serve first.
-/// The key is the queue's virtual runtime, or its head job's submission order on FIFO
-/// devices. Groups without ready queues have no entry.
-pub(super) type ReadySets = [BTreeMap<u64, BTreeSet<(u128, EntityId)>>; 4];
+/// Ready queues of one engine in one class.
+#[derive(Default)]
+pub(super) struct Ready {
+    /// Ready queues, all groups together.
+    pub(super) count: usize,
+    /// Per group: (key, entity), the first to serve first. The key is the queue's virtual
+    /// runtime, or its head job's submission order on FIFO devices. A group's set stays when
+    /// it empties (until the group goes), so a queue that comes and goes allocates nothing.
+    groups: BTreeMap<u64, BTreeSet<(u128, EntityId)>>,
+}
+
+impl Ready {
+    /// Groups with ready queues, and their queues.
+    fn groups(&self) -> impl Iterator<Item = (&u64, &BTreeSet<(u128, EntityId)>)> {
+        self.groups.iter().filter(|(_, queues)| !queues.is_empty())
+    }
+
+    /// Takes every queue out.
+    pub(super) fn clear(&mut self) {
+        self.groups.clear();
+        self.count = 0;
+    }
+}
+
+/// Per class: an engine's ready queues.
+pub(super) type ReadySets = [Ready; 4];
 
 /// Chooses the class to serve among those with ready work (`has`) and updates the
 /// starvation counters.
@@ -62,12 +84,12 @@ pub(super) fn pick_class(st: &mut State, has: [bool; 4]) -> Option<usize> {
 pub(super) fn choose(st: &State, class: usize, fifo: bool) -> Option<EntityId> {
     let open =
         || st.engines.iter().zip(&st.ready).filter(|(e, _)| e.in_flight < e.credits).map(|(_, sets)| &sets[class]);
-    let first_of = |group: u64| open().filter_map(|groups| groups.get(&group)?.first().copied()).min();
+    let first_of = |group: u64| open().filter_map(|r| r.groups.get(&group)?.first().copied()).min();
     if fifo {
-        return open().flat_map(|groups| groups.values().filter_map(|q| q.first().copied())).min().map(|(_, id)| id);
+        return open().flat_map(|r| r.groups().filter_map(|(_, q)| q.first().copied())).min().map(|(_, id)| id);
     }
     let group = open()
-        .flat_map(|groups| groups.keys())
+        .flat_map(|r| r.groups().map(|(g, _)| g))
         .min_by_key(|&&g| (st.groups.get(&g).map_or(0, |g| g.vruntime[class]), g))?;
     first_of(*group).map(|(_, id)| id)
 }
@@ -76,12 +98,9 @@ pub(super) fn choose(st: &State, class: usize, fifo: bool) -> Option<EntityId> {
 pub(super) fn unready(st: &mut State, id: EntityId) {
     let Some(e) = st.entities.get_mut(&id) else { return };
     if let Some((engine, class, key)) = e.ready.take() {
-        let groups = &mut st.ready[engine][class];
-        if let Some(queues) = groups.get_mut(&e.group) {
-            queues.remove(&(key, id));
-            if queues.is_empty() {
-                groups.remove(&e.group);
-            }
+        let ready = &mut st.ready[engine][class];
+        if ready.groups.get_mut(&e.group).is_some_and(|queues| queues.remove(&(key, id))) {
+            ready.count -= 1;
         }
     }
 }
@@ -93,6 +112,9 @@ pub(super) fn leave_group(st: &mut State, e: &Entity) {
         g.queues -= 1;
         if g.queues == 0 {
             st.groups.remove(&e.group);
+            for ready in st.ready.iter_mut().flatten() {
+                ready.groups.remove(&e.group);
+            }
         }
     }
 }
@@ -149,7 +171,10 @@ fn enqueue(st: &mut State, id: EntityId, fifo: bool, failed: &mut Failed) {
                 if !e.banned && e.in_flight == 0 {
                     let key = if fifo { u128::from(job.seq) } else { e.vruntime };
                     let class = e.params.priority as usize;
-                    ready[job.engine][class].entry(e.group).or_default().insert((key, id));
+                    let r = &mut ready[job.engine][class];
+                    if r.groups.entry(e.group).or_default().insert((key, id)) {
+                        r.count += 1;
+                    }
                     e.ready = Some((job.engine, class, key));
                 }
                 return;
