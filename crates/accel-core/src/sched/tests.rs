@@ -107,6 +107,32 @@ fn groups_share_by_weight_however_many_queues_they_open() {
     assert!((9..=21).contains(&a), "weight 100 got {a} of 60 jobs against weight 300");
 }
 
+/// The fake driver with two engines, the first taking two jobs at once: tagged jobs go to
+/// engine `tag % 2`, faulting ones to engine 0.
+#[derive(Default)]
+struct TwoEngines(FakeDriver);
+
+impl Driver for TwoEngines {
+    fn info(&self) -> crate::driver::DriverInfo {
+        let engines = vec![
+            accel_uapi::EngineInfo { name: "compute".into(), credits: 2 },
+            accel_uapi::EngineInfo { name: "copy".into(), credits: 1 },
+        ];
+        crate::driver::DriverInfo { engines, ..self.0.info() }
+    }
+
+    fn engine_for(&self, op: &JobOp) -> usize {
+        match op {
+            JobOp::Driver { code: 1, args } => (args[0] % 2) as usize,
+            _ => 0,
+        }
+    }
+
+    fn run_job(&self, engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), crate::driver::DriverError> {
+        self.0.run_job(engine, op, ctx)
+    }
+}
+
 /// One job of a generated workload.
 #[derive(Debug, Clone)]
 struct Spec {
@@ -197,15 +223,21 @@ fn expected(specs: &[Spec], gates: &[Option<Errno>], i: usize, memo: &mut BTreeM
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
-    /// Jobs with dependencies on each other and on gates signalled at any point: every job
-    /// ends (no queue is forgotten), as its dependencies say, and the jobs that ran did so
-    /// once each and in their queue's order.
+    /// Jobs with dependencies on each other and on gates signalled at any point, on one
+    /// engine or two (one taking two jobs at once): every job ends (no queue is forgotten),
+    /// as its dependencies say, and the jobs that ran did so once each and in their queue's
+    /// order.
     #[test]
-    fn every_job_ends_as_its_dependencies_say_in_queue_order((queues, specs, steps, fifo) in workload()) {
-        let drv = Arc::new(FakeDriver::default());
-        let sched = Scheduler::new(drv.clone(), "t", SchedConfig { fifo, ..SchedConfig::default() }).unwrap();
+    fn every_job_ends_as_its_dependencies_say_in_queue_order(
+        (queues, specs, steps, fifo) in workload(),
+        two_engines in any::<bool>(),
+    ) {
+        let (one, two) = (Arc::new(FakeDriver::default()), Arc::new(TwoEngines::default()));
+        let (driver, fake): (Arc<dyn Driver>, &FakeDriver) =
+            if two_engines { (two.clone(), &two.0) } else { (one.clone(), &one) };
+        let sched = Scheduler::new(driver.clone(), "t", SchedConfig { fifo, ..SchedConfig::default() }).unwrap();
         let counters = Arc::new(Counters::default());
         let entities: Vec<EntityId> = queues
             .iter()
@@ -250,7 +282,7 @@ proptest! {
             prop_assert_eq!(status(f), expected(&specs, &gate_results, i, &mut memo), "job {}", i);
         }
         prop_assert_eq!(sched.queued(), 0, "every job left its queue");
-        let ran = drv.ran.lock().unwrap().clone();
+        let ran = fake.ran.lock().unwrap().clone();
         let should_run: Vec<u64> =
             (0..specs.len()).filter(|&i| memo[&i] == FenceStatus::Signaled).map(|i| i as u64).collect();
         let mut sorted = ran.clone();
