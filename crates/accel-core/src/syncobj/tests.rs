@@ -295,3 +295,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn waits_given_up_on_are_swept_and_live_ones_kept() {
+    let c = counters();
+    let t = Syncobj::new(&c, false);
+    // 10,000 waits on a point nobody submitted, their fences dropped (timed out), and every
+    // hundredth one kept.
+    let mut kept = Vec::new();
+    for i in 0..10_000 {
+        let f = t.fence_for(1, Unsubmitted::WaitSubmit).unwrap();
+        if i % 100 == 0 {
+            kept.push(f);
+        }
+    }
+    let held = lock(&t.state).watchers.len();
+    assert!(held <= 2 * PRUNE_MIN + 2 * kept.len(), "{held} watchers held for {} live waits", kept.len());
+    t.add_point(1, Fence::signaled(&c, Ok(())));
+    assert!(kept.iter().all(|f| f.status() == FenceStatus::Signaled), "every live wait resolved");
+    assert!(lock(&t.state).watchers.is_empty());
+}
