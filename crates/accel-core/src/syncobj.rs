@@ -262,12 +262,58 @@ fn eventfd_signal(fd: &OwnedFd) {
 /// Fewest watchers a syncobj sweeps its dead ones at.
 const PRUNE_MIN: usize = 64;
 
+/// A syncobj's watchers by point, so a change of the head looks only at the points it
+/// resolves (a deep pipeline waits on many future points; walking all of them on every
+/// submission made N submissions cost N² steps).
+struct Watchers {
+    by_point: BTreeMap<u64, Vec<Watcher>>,
+    len: usize,
+    /// Count at which dead ones are dropped next (doubling, so adding stays O(1) amortised
+    /// however many waits are pending; a sweep per wait made 20,000 waits on one point take
+    /// 20,000² steps).
+    prune_at: usize,
+}
+
+impl Watchers {
+    fn new() -> Watchers {
+        Watchers { by_point: BTreeMap::new(), len: 0, prune_at: PRUNE_MIN }
+    }
+
+    fn add(&mut self, w: Watcher) {
+        self.by_point.entry(w.point()).or_default().push(w);
+        self.len += 1;
+        // Waits that timed out leave dead proxies behind.
+        if self.len >= self.prune_at {
+            self.by_point.retain(|_, ws| {
+                ws.retain(|w| !w.dead());
+                !ws.is_empty()
+            });
+            self.len = self.by_point.values().map(Vec::len).sum();
+            self.prune_at = (2 * self.len).max(PRUNE_MIN);
+        }
+    }
+
+    /// Takes the watchers of points up to `upto`.
+    fn take_upto(&mut self, upto: u64) -> BTreeMap<u64, Vec<Watcher>> {
+        let rest = match upto.checked_add(1) {
+            Some(next) => self.by_point.split_off(&next),
+            None => BTreeMap::new(),
+        };
+        let due = std::mem::replace(&mut self.by_point, rest);
+        self.len -= due.values().map(Vec::len).sum::<usize>();
+        due
+    }
+
+    /// Takes them all.
+    fn take_all(&mut self) -> impl Iterator<Item = Watcher> {
+        self.len = 0;
+        std::mem::take(&mut self.by_point).into_values().flatten()
+    }
+}
+
 struct State {
     head: Head,
-    watchers: Vec<Watcher>,
-    /// Watcher count at which dead ones are dropped next (doubling, so adding stays O(1)
-    /// amortised however many waits are pending).
-    prune_at: usize,
+    watchers: Watchers,
 }
 
 /// How a wait treats a point nothing was submitted for yet.
@@ -299,7 +345,7 @@ impl Syncobj {
     pub fn new(counters: &Arc<Counters>, signaled: bool) -> Syncobj {
         let head = if signaled { Head::Fence(Fence::signaled(counters, Ok(()))) } else { Head::Empty };
         Syncobj {
-            state: Mutex::new(State { head, watchers: Vec::new(), prune_at: PRUNE_MIN }),
+            state: Mutex::new(State { head, watchers: Watchers::new() }),
             counters: counters.clone(),
             _tracked: Tracked::new(counters, Kind::Syncobj),
         }
@@ -341,17 +387,10 @@ impl Syncobj {
         }
         let proxy = Fence::new(&self.counters);
         let weak = Arc::downgrade(&proxy);
-        s.watchers.push(match unsubmitted {
+        s.watchers.add(match unsubmitted {
             Unsubmitted::WaitSubmit => Watcher::Submit { point, proxy: weak },
             _ => Watcher::Available { point, proxy: weak },
         });
-        // Waits that timed out leave dead proxies behind; drop them as new ones come, each
-        // time the list has doubled (a sweep per wait made 20,000 waits on one point take
-        // 20,000² steps).
-        if s.watchers.len() >= s.prune_at {
-            s.watchers.retain(|w| !w.dead());
-            s.prune_at = (2 * s.watchers.len()).max(PRUNE_MIN);
-        }
         Ok(proxy)
     }
 
@@ -363,7 +402,7 @@ impl Syncobj {
             match self.find_locked(&s.head, point) {
                 Some(f) => Some(f),
                 None => {
-                    s.watchers.push(w);
+                    s.watchers.add(w);
                     return;
                 }
             }
@@ -424,15 +463,20 @@ impl Syncobj {
             let mut s = lock(&self.state);
             let old = std::mem::replace(&mut s.head, Head::Empty);
             s.head = f(old);
+            // The points the new head has a fence for: 0 for a plain fence, up to the last
+            // point for a chain.
+            let upto = match &s.head {
+                Head::Empty => None,
+                Head::Fence(_) => Some(0),
+                Head::Chain(c) => Some(lock(c).head().0),
+            };
             let mut resolved = Vec::new();
-            let watchers = std::mem::take(&mut s.watchers);
-            for w in watchers {
-                if w.dead() {
-                    continue;
-                }
-                match self.find_locked(&s.head, w.point()) {
-                    Some(fence) => resolved.push((w, fence)),
-                    None => s.watchers.push(w),
+            for (point, ws) in upto.map(|upto| s.watchers.take_upto(upto)).unwrap_or_default() {
+                for w in ws.into_iter().filter(|w| !w.dead()) {
+                    match self.find_locked(&s.head, point) {
+                        Some(fence) => resolved.push((w, fence)),
+                        None => s.watchers.add(w),
+                    }
                 }
             }
             resolved
@@ -499,7 +543,7 @@ fn register(chain: &Arc<Mutex<Chain>>, fence: Arc<Fence>, pos: u64) {
 impl Drop for Syncobj {
     fn drop(&mut self) {
         // No one can submit to this syncobj any more: a wait for submission would never end.
-        let watchers = std::mem::take(&mut self.state.get_mut().unwrap_or_else(|e| e.into_inner()).watchers);
+        let watchers = self.state.get_mut().unwrap_or_else(|e| e.into_inner()).watchers.take_all();
         for w in watchers {
             if let Watcher::Submit { proxy, .. } | Watcher::Available { proxy, .. } = w {
                 if let Some(p) = proxy.upgrade() {

@@ -309,9 +309,32 @@ fn waits_given_up_on_are_swept_and_live_ones_kept() {
             kept.push(f);
         }
     }
-    let held = lock(&t.state).watchers.len();
+    let held = lock(&t.state).watchers.len;
     assert!(held <= 2 * PRUNE_MIN + 2 * kept.len(), "{held} watchers held for {} live waits", kept.len());
     t.add_point(1, Fence::signaled(&c, Ok(())));
     assert!(kept.iter().all(|f| f.status() == FenceStatus::Signaled), "every live wait resolved");
-    assert!(lock(&t.state).watchers.is_empty());
+    assert_eq!(lock(&t.state).watchers.len, 0);
+}
+
+#[test]
+fn waits_on_future_points_resolve_as_their_points_are_submitted_and_not_before() {
+    let c = counters();
+    let t = Syncobj::new(&c, false);
+    // 1,000 waits on points 1..=1000, in a scrambled order; then the points are submitted
+    // (already signalled) one by one.
+    let mut waits: Vec<(u64, Arc<Fence>)> = (1..=1000u64)
+        .map(|i| (i * 7919 % 1000 + 1, ()))
+        .map(|(p, ())| (p, t.fence_for(p, Unsubmitted::WaitSubmit).unwrap()))
+        .collect();
+    waits.sort_by_key(|(p, _)| *p);
+    for k in 1..=1000u64 {
+        t.add_point(k, Fence::signaled(&c, Ok(())));
+        if k % 97 == 0 || k == 1000 {
+            for (p, f) in &waits {
+                let want = if *p <= k { FenceStatus::Signaled } else { FenceStatus::Pending };
+                assert_eq!(f.status(), want, "the wait on point {p} after point {k} was submitted");
+            }
+            assert_eq!(lock(&t.state).watchers.len, (1000 - k) as usize);
+        }
+    }
 }
