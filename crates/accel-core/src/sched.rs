@@ -50,7 +50,7 @@ use crate::fence::Fence;
 use crate::{bail, lock, Result};
 
 pub use ready::Group;
-use ready::{choose, leave_group, pick_class, refresh, unready, vcost, GroupState, ReadySets};
+use ready::{choose, leave_group, pick_class, ready_classes, refresh, unready, vcost, GroupState, ReadySets};
 
 /// Passed-over dispatches after which a class with ready work is served next.
 pub const STARVATION_LIMIT: u32 = 16;
@@ -377,12 +377,13 @@ impl Scheduler {
         st.next_entity += 1;
         let floor = st.floor;
         let g = st.groups.entry(group.id).or_insert_with(|| GroupState {
-            weight: group.weight,
+            weight: 0,
             vruntime: floor,
             floor: [0; 4],
             busy: 0,
             queues: 0,
         });
+        // The latest queue's group weight is the group's (a namespace's share may change).
         g.weight = group.weight.max(1);
         g.queues += 1;
         let vruntime = g.floor[params.priority as usize];
@@ -674,15 +675,7 @@ impl Shared {
         }
         st.woken.clear();
         loop {
-            // The classes with a ready queue on an engine with credits.
-            let mut has = [false; 4];
-            for (engine, sets) in st.engines.iter().zip(&st.ready) {
-                if engine.in_flight < engine.credits {
-                    for (has, set) in has.iter_mut().zip(sets) {
-                        *has |= set.count > 0;
-                    }
-                }
-            }
+            let has = ready_classes(st);
             let Some(class) = pick_class(st, has) else { break };
             let Some(id) = choose(st, class, fifo) else { break };
             unready(st, id);

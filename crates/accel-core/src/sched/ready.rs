@@ -43,7 +43,7 @@ pub(super) fn vcost(ns: u64, weight: u32) -> u128 {
 #[derive(Default)]
 pub(super) struct Ready {
     /// Ready queues, all groups together.
-    pub(super) count: usize,
+    count: usize,
     /// Per group: (key, entity), the first to serve first. The key is the queue's virtual
     /// runtime, or its head job's submission order on FIFO devices. A group's set stays when
     /// it empties (until the group goes), so a queue that comes and goes allocates nothing.
@@ -78,12 +78,27 @@ pub(super) fn pick_class(st: &mut State, has: [bool; 4]) -> Option<usize> {
     Some(class)
 }
 
+/// The ready sets of the engines with credits left: where a dispatch may go now.
+fn open(st: &State) -> impl Iterator<Item = &ReadySets> {
+    st.engines.iter().zip(&st.ready).filter(|(e, _)| e.in_flight < e.credits).map(|(_, sets)| sets)
+}
+
+/// The classes with a ready queue on an engine with credits left.
+pub(super) fn ready_classes(st: &State) -> [bool; 4] {
+    let mut has = [false; 4];
+    for sets in open(st) {
+        for (has, ready) in has.iter_mut().zip(sets) {
+            *has |= ready.count > 0;
+        }
+    }
+    has
+}
+
 /// The queue to serve next in `class`, over the engines with credits: in the group with the
 /// least virtual runtime (ties to the older group), the queue with the least (ties to the
 /// older queue); on FIFO devices the oldest head job of any group.
 pub(super) fn choose(st: &State, class: usize, fifo: bool) -> Option<EntityId> {
-    let open =
-        || st.engines.iter().zip(&st.ready).filter(|(e, _)| e.in_flight < e.credits).map(|(_, sets)| &sets[class]);
+    let open = || open(st).map(|sets| &sets[class]);
     let first_of = |group: u64| open().filter_map(|r| r.groups.get(&group)?.first().copied()).min();
     if fifo {
         return open().flat_map(|r| r.groups().filter_map(|(_, q)| q.first().copied())).min().map(|(_, id)| id);
