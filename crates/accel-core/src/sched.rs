@@ -33,6 +33,10 @@
 //!   ([`Driver::timedout_job`]); innocent jobs that were running are resubmitted and run
 //!   again, queued ones are untouched. Only a failed reset wedges the device (`EIO`).
 //!
+//! - **Hand-offs.** Whoever makes a job ready dispatches it: the submitting thread, the
+//!   slot that completed the job before it, the thread that signalled its dependency. The
+//!   scheduler thread only watches deadlines. Slots are woken after the lock is dropped.
+//!
 //! Fences are always signalled outside the scheduler lock: signalling runs callbacks,
 //! and a callback may kick the scheduler.
 
@@ -193,6 +197,15 @@ struct Engine {
     in_flight: u32,
     ring: VecDeque<Dispatched>,
     running: Vec<Running>,
+    /// Slot threads asleep on the engine's condvar: a dispatch wakes at most that many (a
+    /// wake-up is a system call even when nobody sleeps).
+    sleeping: u32,
+}
+
+impl Engine {
+    fn new(credits: u32) -> Engine {
+        Engine { credits, in_flight: 0, ring: VecDeque::new(), running: Vec::new(), sleeping: 0 }
+    }
 }
 
 struct State {
@@ -269,6 +282,27 @@ enum Gone {
 /// Jobs to signal once the lock is dropped.
 type Failed = Vec<(Job, Errno)>;
 
+/// What a dispatch leaves for after the lock: jobs whose dependency failed, and per engine
+/// how many jobs its slots were given and how many sleeping slots to wake for them.
+struct Dispatch {
+    failed: Failed,
+    slots: Vec<(usize, u32, u32)>,
+}
+
+thread_local! {
+    /// This thread is dispatching ([`Shared::settle`]): a queue woken meanwhile is left to it.
+    static SETTLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Clears [`SETTLING`] when the outermost dispatch of a thread ends.
+struct Settling;
+
+impl Drop for Settling {
+    fn drop(&mut self) {
+        SETTLING.set(false);
+    }
+}
+
 fn signal_failed(failed: Failed) {
     for (job, err) in failed {
         job.fence.signal(Err(err));
@@ -294,17 +328,8 @@ impl Scheduler {
 
     /// Starts the scheduler thread and one slot thread per engine credit.
     pub fn new(driver: Arc<dyn Driver>, name: &str, config: SchedConfig) -> std::io::Result<Scheduler> {
-        let engines: Vec<Engine> = driver
-            .info()
-            .engines
-            .iter()
-            .map(|e| Engine { credits: e.credits.max(1), in_flight: 0, ring: VecDeque::new(), running: Vec::new() })
-            .collect();
-        let engines = if engines.is_empty() {
-            vec![Engine { credits: 1, in_flight: 0, ring: VecDeque::new(), running: Vec::new() }]
-        } else {
-            engines
-        };
+        let engines: Vec<Engine> = driver.info().engines.iter().map(|e| Engine::new(e.credits.max(1))).collect();
+        let engines = if engines.is_empty() { vec![Engine::new(1)] } else { engines };
         let slots: Vec<(usize, u32)> =
             engines.iter().enumerate().flat_map(|(i, e)| (0..e.credits).map(move |s| (i, s))).collect();
         let busy_ns = engines.iter().map(|_| AtomicU64::new(0)).collect();
@@ -455,9 +480,7 @@ impl Scheduler {
         st.woken.push(entity);
         // Dispatch here rather than waking the scheduler thread: one thread hand-off fewer
         // between a submission and its engine slot.
-        let failed = self.shared.pump(&mut st);
-        drop(st);
-        signal_failed(failed);
+        self.shared.settle(st);
         Ok(())
     }
 
@@ -605,21 +628,61 @@ fn drain_all(st: &mut State, err: Errno) -> Failed {
 }
 
 impl Shared {
-    /// A dependency of a job of `entity` signalled: the scheduler thread looks at the queue
-    /// again.
+    /// A dependency of a job of `entity` signalled: the queue is looked at again and what is
+    /// ready dispatched, here on the signalling thread (a slot completing a job, a client's
+    /// host signal), not through the scheduler thread: one thread hand-off fewer between a
+    /// job and the job that waits for it.
     fn wake(&self, entity: EntityId) {
         let mut st = lock(&self.state);
         st.woken.push(entity);
-        st.dirty = true;
-        drop(st);
-        self.sched_cond.notify_one();
+        if SETTLING.get() {
+            // A fence signalled by a dispatch on this thread (a dependency that failed): the
+            // dispatch looks at the queue when it is done, rather than recursing (a chain of
+            // failed dependencies would recurse once per job).
+            return;
+        }
+        self.settle(st);
+    }
+
+    /// Dispatches what is ready, drops the lock, then wakes the slots that got jobs and
+    /// signals the jobs whose dependency failed; again while those signals woke queues.
+    ///
+    /// Slots are woken after the lock is dropped: a slot woken under it would find the lock
+    /// taken and sleep once more on it (two context switches per job instead of one), and
+    /// a spinning one would contend for it. Every idle slot looks for work under the lock
+    /// before it sleeps, so a wake-up after the lock cannot be missed.
+    fn settle<'a>(&'a self, mut st: MutexGuard<'a, State>) {
+        let outer = !SETTLING.replace(true);
+        // Cleared however this returns (a fence callback that panics included).
+        let _settling = outer.then_some(Settling);
+        loop {
+            let Dispatch { failed, slots } = self.pump(&mut st);
+            drop(st);
+            for (engine, jobs, wake) in slots {
+                self.dispatched[engine].fetch_add(u64::from(jobs), Ordering::Release);
+                for _ in 0..wake {
+                    self.slot_conds[engine].notify_one();
+                }
+            }
+            let any = !failed.is_empty();
+            signal_failed(failed);
+            if !outer || !any {
+                break;
+            }
+            st = lock(&self.state);
+            if st.woken.is_empty() {
+                break;
+            }
+        }
     }
 
     fn scheduler_loop(&self) {
         let mut st = lock(&self.state);
         while !st.shutdown {
             st.dirty = false;
-            let mut failed = self.pump(&mut st);
+            self.settle(st);
+            st = lock(&self.state);
+            let mut failed = Failed::new();
             let resets = self.check_timeouts(&mut st, &mut failed);
             if !failed.is_empty() || !resets.is_empty() {
                 drop(st);
@@ -661,11 +724,13 @@ impl Shared {
         }
     }
 
-    /// Dispatches ready jobs while engines have credits. Returns jobs whose dependency failed.
-    fn pump(&self, st: &mut State) -> Failed {
+    /// Dispatches ready jobs while engines have credits. Returns the jobs whose dependency
+    /// failed and the slots to wake, for after the lock (see [`Shared::settle`]).
+    fn pump(&self, st: &mut State) -> Dispatch {
         let mut failed = Failed::new();
+        let mut slots: Vec<(usize, u32, u32)> = Vec::new();
         if st.wedged {
-            return drain_all(st, Errno::EIO);
+            return Dispatch { failed: drain_all(st, Errno::EIO), slots };
         }
         let fifo = self.config.fifo;
         // By index, keeping the list's capacity (a refresh adds nothing to it).
@@ -697,11 +762,18 @@ impl Shared {
             engine.in_flight += 1;
             let engine_idx = job.engine;
             engine.ring.push_back(Dispatched { entity: id, client_id, usage, job, charged, group_charged });
-            self.dispatched[engine_idx].fetch_add(1, Ordering::Release);
-            // Under the state lock, so a slot about to wait cannot miss it; one job, one slot.
-            self.slot_conds[engine_idx].notify_one();
+            // One job, one slot to wake if one sleeps (the others take it when they are done
+            // or see it while they spin: they look at the ring under the lock before sleeping).
+            let sleeping = engine.sleeping;
+            match slots.last_mut() {
+                Some((e, n, w)) if *e == engine_idx => {
+                    *n += 1;
+                    *w = (*w + 1).min(sleeping);
+                }
+                _ => slots.push((engine_idx, 1, sleeping.min(1))),
+            }
         }
-        failed
+        Dispatch { failed, slots }
     }
 
     /// Marks timed-out jobs guilty, the other jobs on their engine for resubmission, and

@@ -547,9 +547,18 @@ fn submit(iters: usize, seconds: f64, ring_entries: u32) -> Result<()> {
     // engine slot thread and back), which a null job skips.
     let page = dev.alloc(4096)?;
     let fill = Op::Fill { dst: page.whole(), pattern: 7 };
+    // What each of those jobs costs the engine's slot thread: CPU time and context switches.
+    let slot_before = thread_sched(daemon.pid(), "accel0-e0s0");
     let (job_p50, job_p99, _) = percentiles(sample(iters / 10, || {
         let _ = ring.submit_wait(&fill, Duration::from_secs(5));
     }));
+    let jobs = (iters / 10 + iters / 100) as f64;
+    let (slot_cpu, slot_switches) = match (slot_before, thread_sched(daemon.pid(), "accel0-e0s0")) {
+        (Some(a), Some(b)) => {
+            (format!("{:.0}", (b.0 - a.0) as f64 / jobs), format!("{:.2}", (b.1 - a.1) as f64 / jobs))
+        }
+        _ => ("null".to_string(), "null".to_string()),
+    };
     let batched = batched_rate(&mut ring, seconds)?;
     let queue = dev.create_queue()?;
     let (_, _, socket_path) = percentiles(sample(iters / 10, || {
@@ -569,7 +578,7 @@ fn submit(iters: usize, seconds: f64, ring_entries: u32) -> Result<()> {
     let ring_floor = hs_p50 as f64 + clock_ns + job_ns;
     println!(
         "{{\"bench\":\"submit\",\"shm_spin_rtt_ns\":{shm},\"socket_rtt_ns\":{sock},\"accel_ring_sync_rtt_ns\":{sync},\
-\"accel_socket_sync_rtt_ns\":{socket_path},\"accel_ring_job_rtt_p50_ns\":{job_p50},\"accel_ring_job_rtt_p99_ns\":{job_p99},\"accel_socket_run_rtt_ns\":{socket_run},\"inproc_jobs_per_s\":{inproc:.0},\"ring_batched_jobs_per_s\":{batched:.0},\
+\"accel_socket_sync_rtt_ns\":{socket_path},\"accel_ring_job_rtt_p50_ns\":{job_p50},\"accel_ring_job_rtt_p99_ns\":{job_p99},\"ring_job_slot_cpu_ns\":{slot_cpu},\"ring_job_slot_switches\":{slot_switches},\"accel_socket_run_rtt_ns\":{socket_run},\"inproc_jobs_per_s\":{inproc:.0},\"ring_batched_jobs_per_s\":{batched:.0},\
 \"sync_p50_vs_shm_p50\":{:.2},\"sync_p99_vs_shm_p99\":{:.2},\"run_p50_vs_socket_p50\":{:.2},\"run_p99_vs_socket_p99\":{:.2},\"socket_p50_vs_shm_p50\":{:.1},\"batched_vs_inproc\":{:.3},\
 \"floor\":{{\"handshake_rtt_ns\":{handshake},\"clock_read_ns\":{clock_ns:.1},\"inproc_job_ns\":{job_ns:.1},\"ring_floor_p50_ns\":{ring_floor:.0},\
 \"protocol_rtt_ns\":{proto},\"handshake_p50_vs_shm_p50\":{:.2},\"handshake_p99_vs_shm_p99\":{:.2},\"sync_p50_vs_ring_floor\":{:.2},\
@@ -588,6 +597,24 @@ fn submit(iters: usize, seconds: f64, ring_entries: u32) -> Result<()> {
         run_p99 as f64 / proto_p99 as f64,
     );
     Ok(())
+}
+
+/// (CPU time in ns, context switches) of the thread of process `pid` named `comm`, from
+/// `/proc` (`schedstat` and `status`); `None` where that cannot be read.
+fn thread_sched(pid: u32, comm: &str) -> Option<(u64, u64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let task = tasks
+        .flatten()
+        .map(|t| t.path())
+        .find(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim_end() == comm))?;
+    let cpu_ns = std::fs::read_to_string(task.join("schedstat")).ok()?.split_whitespace().next()?.parse().ok()?;
+    let status = std::fs::read_to_string(task.join("status")).ok()?;
+    let switches = status
+        .lines()
+        .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    Some((cpu_ns, switches))
 }
 
 /// (VmRSS in KiB, thread count) of a process.

@@ -45,7 +45,9 @@ impl Shared {
                     st = lock(&self.state);
                     continue;
                 }
+                st.engines[engine_idx].sleeping += 1;
                 st = self.slot_conds[engine_idx].wait(st).unwrap_or_else(|e| e.into_inner());
+                st.engines[engine_idx].sleeping -= 1;
                 spun = false;
             };
             let run_id = st.next_run;
@@ -96,9 +98,9 @@ impl Shared {
             };
             if disposition == Some(Disposition::Resubmit) && !st.shutdown {
                 st.engines[engine_idx].ring.push_front(d);
+                drop(st);
                 self.dispatched[engine_idx].fetch_add(1, Ordering::Release);
                 self.slot_conds[engine_idx].notify_one();
-                drop(st);
                 continue;
             }
             let lost = matches!(&result, Err(e) if e.lost) && disposition.is_none();
@@ -151,9 +153,7 @@ impl Shared {
             }
             // Dispatch the next ready job here (often to this very slot, which takes it at
             // once) rather than through the scheduler thread.
-            let failed = self.pump(&mut st);
-            drop(st);
-            signal_failed(failed);
+            self.settle(st);
         }
     }
 }

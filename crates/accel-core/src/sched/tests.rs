@@ -294,3 +294,61 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_signalled_dependency_dispatches_its_job_before_the_signal_returns() {
+    let drv = Arc::new(FakeDriver::default());
+    let sched = Scheduler::new(drv.clone(), "t", SchedConfig::default()).unwrap();
+    let counters = Arc::new(Counters::default());
+    for t in 0..100 {
+        let e = sched.create_entity(1, params(Priority::Normal, DEFAULT_WEIGHT), Arc::default());
+        let gate = Fence::new(&counters);
+        let fence = Fence::new(&counters);
+        sched.push(e, Job::new(&counters, tag(t), vec![gate.clone()], fence.clone())).unwrap();
+        assert_eq!(sched.queued(), 1);
+        // A host signal (a client's request on a daemon thread): the waiting job is handed
+        // to its engine by the signalling thread, not left for the scheduler thread.
+        gate.signal(Ok(()));
+        assert_eq!(sched.queued(), 0, "job {t} was still waiting when its dependency's signal returned");
+        assert_eq!(status(&fence), FenceStatus::Signaled);
+        // The slot retires the job after signalling it; then the engine has its credit back.
+        while !sched.entity_idle(e) {
+            std::thread::yield_now();
+        }
+    }
+}
+
+#[test]
+fn a_failed_dependency_fails_a_chain_of_100_000_jobs_without_recursing() {
+    let drv = Arc::new(FakeDriver::default());
+    let sched = Scheduler::new(drv.clone(), "t", SchedConfig::default()).unwrap();
+    let counters = Arc::new(Counters::default());
+    let queues = [
+        sched.create_entity(1, params(Priority::Normal, DEFAULT_WEIGHT), Arc::default()),
+        sched.create_entity(1, params(Priority::Normal, DEFAULT_WEIGHT), Arc::default()),
+    ];
+    // Each job waits for the one before, on the other queue: the first one's failure fails
+    // the next, whose failure fails the next, and so on.
+    let gate = Fence::new(&counters);
+    let mut prev = gate.clone();
+    let mut fences = Vec::new();
+    for t in 0..100_000u64 {
+        let fence = Fence::new(&counters);
+        sched.push(queues[t as usize % 2], Job::new(&counters, tag(t), vec![prev], fence.clone())).unwrap();
+        prev = fence.clone();
+        fences.push(fence);
+    }
+    // Signalled on a thread with a small stack: a dispatch that recursed into the next
+    // failure would overflow it.
+    std::thread::Builder::new()
+        .stack_size(128 << 10)
+        .spawn(move || gate.signal(Err(Errno::EIO)))
+        .unwrap()
+        .join()
+        .unwrap();
+    for f in &fences {
+        assert_eq!(status(f), FenceStatus::Error(Errno::EIO));
+    }
+    assert_eq!(sched.queued(), 0);
+    assert!(drv.ran.lock().unwrap().is_empty(), "no job of the chain ran");
+}
