@@ -150,7 +150,16 @@ fn watch(socket: &Path) -> Result<()> {
     let mut events = ras.subscribe_ext()?;
     let mut last_seq = None;
     loop {
-        let e = events.next_event().context("event stream ended")?;
+        let e = match events.next_event() {
+            Ok(e) => e,
+            // The daemon dropped events while this terminal was not keeping up: say so and go
+            // on (the gap in seq says which).
+            Err(e) if e.code == accel::Errno::ENOBUFS => {
+                println!("# {}", e.message);
+                continue;
+            }
+            Err(e) => return Err(e).context("event stream ended"),
+        };
         let seq = e.event_seq().unwrap_or(0);
         if let Some(last) = last_seq {
             if seq != last + 1 {

@@ -478,3 +478,42 @@ fn metrics_exposition_is_valid_and_complete() {
         Err(e) => panic!("CI must provide promtool (Debian package prometheus): {e}"),
     }
 }
+
+/// A subscriber that does not read loses events, as a netlink socket's reader does, and is
+/// told so with `ENOBUFS`; the daemon keeps a bounded backlog for it, not the storm.
+#[test]
+fn a_subscriber_that_does_not_keep_up_gets_enobufs_and_the_daemon_stays_bounded() {
+    const EVENTS: u64 = 300_000;
+    let d = Daemon::start(&["testdev"]);
+    let mut sub = Ras::connect(d.socket()).unwrap().subscribe_ext().unwrap();
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let before = rss();
+    let dev = accel::Device::open_at(d.socket(), 0).unwrap();
+    let q = dev.create_queue().unwrap();
+    let storm = |n: u64| accel::Op::Driver { code: accel_driver_testdev::OP_RAS_STORM, args: [n, 0, 0, 0] };
+    q.submit(storm(EVENTS)).unwrap().wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = rss().saturating_sub(before);
+    eprintln!("{EVENTS} events to a subscriber that reads none: the daemon grew by {grown} KiB");
+    assert!(grown < 24 << 10, "the daemon grew by {grown} KiB");
+    // What was kept comes in order, then the overrun, then events go on.
+    let mut last = 0;
+    let lost = loop {
+        match sub.next_error_event_timeout(Duration::from_secs(10)) {
+            Ok(e) => {
+                assert!(e.seq > last, "in order");
+                last = e.seq;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(lost.code, Errno::ENOBUFS, "{lost}");
+    assert!(last < EVENTS, "only a backlog's worth was kept ({last} of {EVENTS})");
+    q.submit(storm(1)).unwrap().wait().unwrap();
+    let next = sub.next_error_event_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(next.seq, EVENTS + 1, "the stream goes on after the overrun");
+}

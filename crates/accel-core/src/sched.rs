@@ -86,13 +86,16 @@ pub struct Job {
     pub fence: Arc<Fence>,
     engine: usize,
     seq: u64,
+    /// Keeps its callbacks on its dependencies wanted: a job cancelled before they signal
+    /// leaves nothing on them (they may never signal).
+    alive: Option<Arc<dyn std::any::Any + Send + Sync>>,
     _tracked: Tracked,
 }
 
 impl Job {
     /// Builds a job, counted as live until it is freed.
     pub fn new(counters: &Arc<Counters>, op: JobOp, deps: Vec<Arc<Fence>>, fence: Arc<Fence>) -> Job {
-        Job { op, deps, fence, engine: 0, seq: 0, _tracked: Tracked::new(counters, Kind::Job) }
+        Job { op, deps, fence, engine: 0, seq: 0, alive: None, _tracked: Tracked::new(counters, Kind::Job) }
     }
 
     /// `Some(error)` if a dependency failed, `None` if all signalled, or pending otherwise.
@@ -441,13 +444,17 @@ impl Scheduler {
         }
         // Look at the queue again when a dependency signals. Registered before taking the
         // lock: an already-signalled fence runs the callback at once, and it takes the lock.
-        for dep in &job.deps {
-            let weak = Arc::downgrade(&self.shared);
-            dep.on_signal(move |_| {
-                if let Some(s) = weak.upgrade() {
-                    s.wake(entity);
-                }
-            });
+        if !job.deps.is_empty() {
+            let token: Arc<dyn std::any::Any + Send + Sync> = Arc::new(());
+            let alive = Arc::downgrade(job.alive.insert(token));
+            for dep in &job.deps {
+                let weak = Arc::downgrade(&self.shared);
+                dep.on_signal_while(alive.clone(), move |_| {
+                    if let Some(s) = weak.upgrade() {
+                        s.wake(entity);
+                    }
+                });
+            }
         }
         let mut st = self.state();
         if st.wedged {

@@ -15,6 +15,24 @@ use crate::{bail, lock, Result};
 
 type Callback = Box<dyn FnOnce(FenceStatus) + Send>;
 
+/// What keeps a callback registered with [`Fence::on_signal_while`] wanted.
+pub type Liveness = Weak<dyn std::any::Any + Send + Sync>;
+
+/// A registered callback, and what it is wanted for (`None`: until the fence signals).
+struct Registered {
+    alive: Option<Liveness>,
+    cb: Callback,
+}
+
+impl Registered {
+    fn dead(&self) -> bool {
+        self.alive.as_ref().is_some_and(|w| w.strong_count() == 0)
+    }
+}
+
+/// Fewest callbacks a fence sweeps its unwanted ones at.
+const PRUNE_MIN: usize = 64;
+
 /// Makes the device's own fence for a job as a sync file: a kernel `sync_file` another
 /// driver or process can wait on without accel (a Vulkan app through
 /// `vkImportSemaphoreFdKHR`, a display through `IN_FENCE_FD`). `None` when the device knows
@@ -40,7 +58,10 @@ struct FenceState {
     message: Option<String>,
     /// `CLOCK_MONOTONIC` ns at signal time; 0 while pending.
     timestamp: u64,
-    callbacks: Vec<Callback>,
+    callbacks: Vec<Registered>,
+    /// Count at which unwanted callbacks are dropped next (doubling: adding stays O(1)
+    /// amortised, and waits given up on a fence that never signals do not pile up).
+    prune_at: usize,
     native: Native,
 }
 
@@ -71,6 +92,7 @@ impl Fence {
                 message: None,
                 timestamp: 0,
                 callbacks: Vec::new(),
+                prune_at: PRUNE_MIN,
                 native: Native::None,
             }),
             _tracked: Tracked::new(counters, Kind::Fence),
@@ -136,8 +158,10 @@ impl Fence {
             std::mem::take(&mut s.callbacks)
         };
         // Outside the lock: a callback may take other fences' locks.
-        for cb in callbacks {
-            cb(status);
+        for r in callbacks {
+            if !r.dead() {
+                (r.cb)(status);
+            }
         }
         true
     }
@@ -198,14 +222,39 @@ impl Fence {
 
     /// Runs `cb` once the fence signals (at once, on this thread, if it already has).
     pub fn on_signal(&self, cb: impl FnOnce(FenceStatus) + Send + 'static) {
+        self.register(None, Box::new(cb));
+    }
+
+    /// Like [`Fence::on_signal`], for as long as `alive` lives: a wait that gives up (a
+    /// timeout, a closed connection) drops what `alive` points to, and its callback neither
+    /// runs nor stays on a fence that may never signal.
+    pub fn on_signal_while(&self, alive: Liveness, cb: impl FnOnce(FenceStatus) + Send + 'static) {
+        self.register(Some(alive), Box::new(cb));
+    }
+
+    fn register(&self, alive: Option<Liveness>, cb: Callback) {
         let mut s = lock(&self.state);
-        if s.status == FenceStatus::Pending {
-            s.callbacks.push(Box::new(cb));
-        } else {
+        if s.status != FenceStatus::Pending {
             let status = s.status;
             drop(s);
-            cb(status);
+            return cb(status);
         }
+        s.callbacks.push(Registered { alive, cb });
+        if s.callbacks.len() < s.prune_at {
+            return;
+        }
+        let (live, dead): (Vec<Registered>, Vec<Registered>) =
+            std::mem::take(&mut s.callbacks).into_iter().partition(|r| !r.dead());
+        s.callbacks = live;
+        s.prune_at = (2 * s.callbacks.len()).max(PRUNE_MIN);
+        drop(s);
+        // Dropped outside the lock, as they would have run.
+        drop(dead);
+    }
+
+    /// Callbacks registered and not dropped yet (diagnostics and tests).
+    pub fn callbacks_pending(&self) -> usize {
+        lock(&self.state).callbacks.len()
     }
 }
 
@@ -232,7 +281,9 @@ pub fn wait_fences(fences: &[Arc<Fence>], all: bool, timeout: Duration) -> Resul
     let waker = Arc::new((Mutex::new(()), Condvar::new()));
     for f in fences {
         let weak: Weak<(Mutex<()>, Condvar)> = Arc::downgrade(&waker);
-        f.on_signal(move |_| {
+        // Wanted while this wait lasts: one that times out leaves nothing on the fence.
+        let alive: Liveness = weak.clone();
+        f.on_signal_while(alive, move |_| {
             if let Some(w) = weak.upgrade() {
                 let _g = lock(&w.0);
                 w.1.notify_all();
@@ -326,5 +377,39 @@ mod tests {
         assert_eq!(all.status(), FenceStatus::Pending);
         b.signal(Ok(()));
         assert_eq!(all.status(), FenceStatus::Error(Errno::ETIME));
+    }
+
+    #[test]
+    fn callbacks_given_up_on_are_swept_and_live_ones_run_once() {
+        let c = counters();
+        let f = Fence::new(&c);
+        let ran = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let mut keep = Vec::new();
+        for i in 0..10_000 {
+            let alive: Arc<dyn std::any::Any + Send + Sync> = Arc::new(());
+            let r = ran.clone();
+            f.on_signal_while(Arc::downgrade(&alive), move |_| {
+                r.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            });
+            // One in a hundred waits is still on when the fence signals.
+            if i % 100 == 0 {
+                keep.push(alive);
+            }
+        }
+        // Plain callbacks stay until the signal.
+        let r = ran.clone();
+        f.on_signal(move |_| {
+            r.fetch_add(1000, std::sync::atomic::Ordering::Relaxed);
+        });
+        assert!(f.callbacks_pending() <= 2 * PRUNE_MIN + 101, "{} callbacks kept", f.callbacks_pending());
+        f.signal(Ok(()));
+        assert_eq!(ran.load(std::sync::atomic::Ordering::Relaxed), 100 + 1000, "live ones ran once, dead ones not");
+        assert_eq!(f.callbacks_pending(), 0);
+        // A wait that times out leaves nothing on a fence that never signals.
+        let never = Fence::new(&c);
+        for _ in 0..1000 {
+            assert!(wait_fences(std::slice::from_ref(&never), true, Duration::ZERO).is_err());
+        }
+        assert!(never.callbacks_pending() <= 2 * PRUNE_MIN);
     }
 }

@@ -62,6 +62,7 @@ errnos! {
     EUSERS = 87, "too many users";
     EMSGSIZE = 90, "message too long";
     EOPNOTSUPP = 95, "operation not supported";
+    ENOBUFS = 105, "no buffer space available";
     ENOTCONN = 107, "transport endpoint is not connected";
     ETIMEDOUT = 110, "timed out";
     ECONNREFUSED = 111, "connection refused";

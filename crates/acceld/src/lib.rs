@@ -17,6 +17,10 @@ pub mod metrics;
 pub mod otlp;
 pub mod ras_nl;
 mod server;
+
+/// Waits one connection may have pending at once (each holds a callback on its fences and a
+/// timer); more are refused with `EAGAIN`.
+pub const MAX_PENDING_WAITS: usize = 4096;
 pub mod systemd;
 
 use std::collections::HashMap;

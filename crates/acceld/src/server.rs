@@ -28,6 +28,14 @@ use crate::dispatch::{self, encode_reply, error_reply, Action, Session};
 const WAKER: Token = Token(0);
 /// How long an evicted client's jobs get to report `ENODEV` before its connection closes.
 const SETTLE: Duration = Duration::from_secs(2);
+/// Replies a connection may have waiting to be sent (its socket full: the client does not read
+/// them) before its requests are no longer read, as a socket's buffer stops a sender; reading
+/// resumes once a quarter of that is left. A subscriber over it loses events (as a netlink
+/// socket's reader does) and is told how many with `ENOBUFS`.
+const BACKLOG: usize = 256;
+/// Likewise in bytes.
+const BACKLOG_BYTES: usize = 1 << 20;
+use crate::MAX_PENDING_WAITS;
 
 /// Something posted to a worker from another thread.
 pub(crate) enum Post {
@@ -82,6 +90,8 @@ struct PendingWait {
     expired: Errno,
     /// Its timeout's key in the timer map, removed when the wait ends first.
     timer: Option<(Instant, u64)>,
+    /// What keeps its fence callbacks wanted (see [`Fence::on_signal_while`]).
+    _alive: Arc<dyn std::any::Any + Send + Sync>,
 }
 
 struct PendingOpen {
@@ -96,6 +106,12 @@ struct Conn {
     sock: OwnedFd,
     session: Session,
     out: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+    /// Bytes in `out`.
+    out_bytes: usize,
+    /// Not read while its replies back up (see [`BACKLOG`]).
+    backlogged: bool,
+    /// RAS events dropped for a subscriber that did not keep up, not reported yet.
+    dropped_events: u64,
     writable: bool,
     waits: HashMap<u64, PendingWait>,
     opens: HashMap<u64, PendingOpen>,
@@ -120,6 +136,19 @@ struct Worker {
     timers: BTreeMap<(Instant, u64), (u64, Timer)>,
     next_id: u64,
     buf: Vec<u8>,
+    /// Connections whose replies drained: read them again (edge-triggered, their requests
+    /// raise no new event).
+    resume: Vec<u64>,
+}
+
+impl Conn {
+    fn backed_up(&self) -> bool {
+        self.out.len() >= BACKLOG || self.out_bytes >= BACKLOG_BYTES
+    }
+
+    fn drained(&self) -> bool {
+        self.out.len() <= BACKLOG / 4 && self.out_bytes <= BACKLOG_BYTES / 4
+    }
 }
 
 /// Starts `n` workers; returns their handles.
@@ -139,6 +168,7 @@ pub(crate) fn start_workers(sub: &Arc<Subsystem>, n: usize) -> std::io::Result<V
                 timers: BTreeMap::new(),
                 next_id: 1,
                 buf: vec![0; MAX_MESSAGE + 1],
+                resume: Vec::new(),
             };
             std::thread::Builder::new().name(format!("worker{i}")).spawn(move || w.run())?;
             Ok(me)
@@ -171,6 +201,9 @@ impl Worker {
             }
             while let Ok(p) = self.rx.try_recv() {
                 self.posted(p);
+            }
+            for id in std::mem::take(&mut self.resume) {
+                self.read(id);
             }
             self.fire_timers();
         }
@@ -216,6 +249,10 @@ impl Worker {
             if ends.is_empty() {
                 continue;
             }
+            if let Some(c) = self.conns.get_mut(&conn).filter(|c| c.backed_up()) {
+                c.dropped_events += ends.len() as u64;
+                continue;
+            }
             let empty = Reply::Netlink(Vec::new());
             match accel_uapi::wire::encode_with_items(accel_uapi::wire::Kind::Reply, 0, &empty, &items, &ends) {
                 Ok(bytes) => self.send_encoded(conn, bytes, Vec::new()),
@@ -241,6 +278,9 @@ impl Worker {
             sock: c.sock,
             session: Session { client: None, peer: c.peer, admin },
             out: VecDeque::new(),
+            out_bytes: 0,
+            backlogged: false,
+            dropped_events: 0,
             writable: false,
             waits: HashMap::new(),
             opens: HashMap::new(),
@@ -269,6 +309,21 @@ impl Worker {
                     if matches!(rustix::net::recv(&c.sock, &mut probe, rustix::net::RecvFlags::DONTWAIT), Ok((0, _))) {
                         self.close(id);
                     }
+                }
+                return;
+            }
+            if c.backlogged || c.backed_up() {
+                // Its replies are not read: leave its requests in its socket (so its sends
+                // block) until they are. A hang-up still closes it.
+                let mut probe = [0u8; 1];
+                let flags = rustix::net::RecvFlags::DONTWAIT | rustix::net::RecvFlags::PEEK;
+                match rustix::net::recv(&c.sock, &mut probe, flags) {
+                    Ok((0, _)) => return self.hang_up(id),
+                    Err(e) if e != rustix::io::Errno::AGAIN => return self.hang_up(id),
+                    _ => {}
+                }
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.backlogged = true;
                 }
                 return;
             }
@@ -327,15 +382,25 @@ impl Worker {
                     let messages = fences.iter().map(|f| f.message().unwrap_or_default()).collect();
                     return self.reply(id, seq, Reply::Waited { first, status, timestamps, messages }, Vec::new());
                 }
+                if self.conns.get(&id).is_some_and(|c| c.waits.len() >= MAX_PENDING_WAITS) {
+                    let e = accel_core::Error::new(
+                        Errno::EAGAIN,
+                        format!("{MAX_PENDING_WAITS} waits are pending on this connection; wait for some to end"),
+                    );
+                    return self.reply(id, seq, error_reply(e), Vec::new());
+                }
                 let wait = self.next_id;
                 self.next_id += 1;
+                // Its callbacks are wanted while the wait is pending: one that times out or
+                // whose connection closes leaves nothing on a fence that may never signal.
+                let alive: Arc<dyn std::any::Any + Send + Sync> = Arc::new(());
                 for f in &fences {
                     let me = self.me.clone();
-                    f.on_signal(move |_| me.post(Post::Fence { conn: id, wait }));
+                    f.on_signal_while(Arc::downgrade(&alive), move |_| me.post(Post::Fence { conn: id, wait }));
                 }
                 let timer = Instant::now().checked_add(timeout).map(|at| self.timer(at, id, Timer::Wait(wait)));
                 if let Some(c) = self.conns.get_mut(&id) {
-                    c.waits.insert(wait, PendingWait { seq, fences, all, expired, timer });
+                    c.waits.insert(wait, PendingWait { seq, fences, all, expired, timer, _alive: alive });
                 }
                 self.check_wait(id, wait, false);
             }
@@ -504,6 +569,7 @@ impl Worker {
     /// Sends a reply already encoded.
     fn send_encoded(&mut self, id: u64, bytes: Vec<u8>, fds: Vec<OwnedFd>) {
         let Some(c) = self.conns.get_mut(&id) else { return };
+        c.out_bytes += bytes.len();
         c.out.push_back((bytes, fds));
         self.flush(id);
     }
@@ -515,7 +581,25 @@ impl Worker {
             let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
             match transport::send(c.sock.as_fd(), bytes, &borrowed) {
                 Ok(()) => {
+                    c.out_bytes -= bytes.len();
                     c.out.pop_front();
+                    if c.drained() {
+                        if c.backlogged {
+                            c.backlogged = false;
+                            self.resume.push(id);
+                        }
+                        if c.dropped_events > 0 {
+                            // Netlink's overrun: the reader learns that it lost events.
+                            let lost = std::mem::take(&mut c.dropped_events);
+                            let e = accel_core::Error::new(
+                                Errno::ENOBUFS,
+                                format!("{lost} RAS event message(s) dropped: the subscriber did not keep up"),
+                            );
+                            let bytes = encode_reply(0, &error_reply(e));
+                            c.out_bytes += bytes.len();
+                            c.out.push_back((bytes, Vec::new()));
+                        }
+                    }
                 }
                 Err(rustix::io::Errno::AGAIN) => {
                     if !c.writable {

@@ -352,3 +352,21 @@ fn a_failed_dependency_fails_a_chain_of_100_000_jobs_without_recursing() {
     assert_eq!(sched.queued(), 0);
     assert!(drv.ran.lock().unwrap().is_empty(), "no job of the chain ran");
 }
+
+#[test]
+fn jobs_cancelled_before_their_dependency_signals_leave_nothing_on_it() {
+    let drv = Arc::new(FakeDriver::default());
+    let sched = Scheduler::new(drv.clone(), "t", SchedConfig::default()).unwrap();
+    let counters = Arc::new(Counters::default());
+    // A fence that never signals, and a tenant submitting a job waiting on it and destroying
+    // the queue, again and again.
+    let never = Fence::new(&counters);
+    for t in 0..10_000 {
+        let e = sched.create_entity(1, params(Priority::Normal, DEFAULT_WEIGHT), Arc::default());
+        let fence = Fence::new(&counters);
+        sched.push(e, Job::new(&counters, tag(t), vec![never.clone()], fence.clone())).unwrap();
+        sched.destroy_entity(e);
+        assert_eq!(status(&fence), FenceStatus::Error(Errno::ECANCELED));
+    }
+    assert!(never.callbacks_pending() <= 2 * 64, "{} callbacks left on the fence", never.callbacks_pending());
+}
