@@ -343,6 +343,33 @@ impl Raw {
 }
 
 #[test]
+fn a_connection_has_one_open_waiting_at_most() {
+    let d = Daemon::start(&["testdev:exclusive"]);
+    let _holder = d.open(0);
+    let sock = accel_uapi::transport::connect(d.socket()).unwrap();
+    let mut raw = Raw { sock, seq: 0, buf: vec![0u8; wire::MAX_MESSAGE + 1] };
+    raw.call(&Request::Hello {
+        abi_major: wire::ABI_MAJOR,
+        abi_minor: wire::ABI_MINOR,
+        name: "raw".into(),
+        token: None,
+    });
+    // The device is held: the first open waits (up to 60 s), the others are refused at once.
+    let first = raw.send(&Request::Open { minor: 0, wait_ms: 60_000 });
+    for _ in 0..1000 {
+        raw.send(&Request::Open { minor: 0, wait_ms: 60_000 });
+    }
+    for _ in 0..1000 {
+        let (seq, reply) = raw.recv();
+        assert!(seq > first && matches!(reply, Reply::Error { code: Errno::EALREADY, .. }), "{seq}: {reply:?}");
+    }
+    // The waiting one gets the device when the holder lets go.
+    drop(_holder);
+    let (seq, reply) = raw.recv();
+    assert!(seq == first && matches!(reply, Reply::Device(_)), "{seq}: {reply:?}");
+}
+
+#[test]
 fn pending_waits_per_connection_are_capped_and_the_ones_admitted_all_end() {
     let d = Daemon::start(&["cpu"]);
     let mut raw = Raw::open(&d);
@@ -389,4 +416,66 @@ fn waits_that_time_out_on_a_fence_that_never_signals_leave_nothing_behind() {
     let grown = rss_kib(d.pid()).saturating_sub(before);
     eprintln!("200,000 expired waits on one pending fence: the daemon grew by {grown} KiB");
     assert!(grown < 4 << 10, "the daemon grew by {grown} KiB for 200,000 waits that ended");
+}
+
+#[test]
+fn a_client_cannot_park_more_jobs_than_its_budget_even_without_their_fences() {
+    let d = Daemon::start(&["cpu"]);
+    let mut raw = Raw::open(&d);
+    let (tl, _) = raw.pending_fence();
+    let queues: Vec<QueueHandle> = (0..2)
+        .map(|_| {
+            match raw.call(&Request::QueueCreate { timeout_ms: 0, priority: accel::Priority::Normal, weight: 0 }) {
+                Reply::Queue(q) => q,
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    // Jobs waiting on a point nobody signals, each fence handle closed at once: the client
+    // holds no handle for them, but the daemon holds the jobs. The first job (pending_fence's)
+    // counts too.
+    let budget = accel_core::limits::Limits::default().jobs_per_client;
+    let wait = || vec![WaitPoint::Syncobj { handle: tl, point: 1 }];
+    let before = rss_kib(d.pid());
+    let (mut refused, mut left) = (0, budget + 99);
+    while left > 0 {
+        // In batches, pipelined: a round trip each would make this take long.
+        let n = left.min(500);
+        left -= n;
+        for i in 0..n {
+            raw.send(&Request::Submit { queue: queues[i as usize % 2], op: Op::Nop, wait: wait(), signal: vec![] });
+        }
+        let mut fences = Vec::new();
+        for _ in 0..n {
+            match raw.recv().1 {
+                Reply::Submitted { fence, .. } => fences.push(fence),
+                Reply::Error { code: Errno::EAGAIN, message } => {
+                    assert!(message.contains("jobs_per_client"), "{message}");
+                    refused += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        for &handle in &fences {
+            raw.send(&Request::FenceClose { handle });
+        }
+        for _ in &fences {
+            assert_eq!(raw.recv().1, Reply::Ok);
+        }
+    }
+    eprintln!("{budget} parked jobs: the daemon grew by {} KiB", rss_kib(d.pid()).saturating_sub(before));
+    assert_eq!(refused, 100, "the budget is {budget} jobs, the first included");
+    // Once they are done, the budget is back.
+    assert_eq!(raw.call(&Request::SyncobjSignal { handle: tl, point: 1 }), Reply::Ok);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match raw.call(&Request::Submit { queue: queues[0], op: Op::Nop, wait: vec![], signal: vec![] }) {
+            Reply::Submitted { .. } => break,
+            Reply::Error { code: Errno::EAGAIN, .. } if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_serving(&d);
 }

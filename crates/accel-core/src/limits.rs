@@ -26,6 +26,9 @@ pub struct Limits {
     pub objects_per_client: u64,
     /// Handles one non-root namespace's clients may hold together.
     pub objects_per_namespace: u64,
+    /// Jobs one client may have submitted and not yet done, socket and rings together (each
+    /// holds daemon memory while it waits, whether or not the client kept its fence).
+    pub jobs_per_client: u64,
     /// Largest single buffer (created or imported), in bytes.
     pub max_buffer_bytes: u64,
     /// Descriptors the daemon may use in all (set from `RLIMIT_NOFILE` by the daemon).
@@ -44,6 +47,7 @@ impl Default for Limits {
             fds_per_namespace: 4096,
             objects_per_client: 65536,
             objects_per_namespace: 262_144,
+            jobs_per_client: 16384,
             max_buffer_bytes: 64 << 30,
             fds_total: u64::MAX,
             admin_reserve: 0,
@@ -98,6 +102,39 @@ pub(crate) fn charge_fds(
     }
     charges.push(charge_daemon(limits, n, daemon, admin)?);
     Ok(charges)
+}
+
+/// A client's jobs submitted and not yet done: each job holds a charge until it is freed.
+#[derive(Debug, Clone)]
+pub struct JobBudget {
+    used: Arc<AtomicU64>,
+    limit: u64,
+}
+
+impl JobBudget {
+    /// A budget of `limit` jobs (0: no cap).
+    pub fn new(limit: u64) -> JobBudget {
+        JobBudget { used: Arc::default(), limit }
+    }
+
+    /// Charges one job, or fails with `EAGAIN` when the client has `limit` not yet done.
+    pub fn charge(&self) -> Result<Charge> {
+        let cap = if self.limit == 0 { u64::MAX } else { self.limit };
+        Charge::try_new(&self.used, 1, cap).ok_or_else(|| {
+            Error::new(
+                Errno::EAGAIN,
+                format!(
+                    "this client has {} jobs submitted and not yet done (jobs_per_client); wait for some to finish",
+                    self.limit
+                ),
+            )
+        })
+    }
+
+    /// Jobs charged now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
 }
 
 /// Charges `n` descriptors to the daemon's budget alone; non-admins may not take the

@@ -74,6 +74,8 @@ pub struct RingQueue {
     /// The client's programs, weakly, for launches.
     programs: Weak<ProgramTable>,
     counters: Arc<Counters>,
+    /// The client's job budget: a ring's jobs count with its socket ones.
+    jobs: crate::limits::JobBudget,
     /// Next completion slot. Producers that run beside others (job completions on slot
     /// threads) hold `cq_lock`; the poller writes inline completions without it, which
     /// is safe only while `inflight` is 0 (then it is the only producer).
@@ -118,6 +120,7 @@ impl RingQueue {
         syncobjs: &Arc<SyncobjTable>,
         programs: &Arc<ProgramTable>,
         counters: &Arc<Counters>,
+        jobs: &crate::limits::JobBudget,
     ) -> Result<NewRing> {
         let layout = RingLayout::new(sq_entries)
             .map_err(|code| Error::new(code, format!("ring size {sq_entries} is not a power of two in 1..=4096")))?;
@@ -134,6 +137,7 @@ impl RingQueue {
             syncobjs: Arc::downgrade(syncobjs),
             programs: Arc::downgrade(programs),
             counters: counters.clone(),
+            jobs: jobs.clone(),
             cq_tail: AtomicU32::new(0),
             cq_lock: Mutex::new(()),
             inflight: AtomicU32::new(0),
@@ -268,6 +272,10 @@ impl RingQueue {
             Ok(j) => j,
             Err(e) => return self.refuse(user_data, e),
         };
+        let charge = match self.jobs.charge() {
+            Ok(c) => c,
+            Err(e) => return self.refuse(user_data, e),
+        };
         let seqno = dev.next_seqno();
         let fence = Fence::new(&self.counters);
         // Signal points first: their callbacks then run before the completion's, so a client
@@ -290,7 +298,8 @@ impl RingQueue {
             ring.complete(user_data, result, seqno);
             ring.inflight.fetch_sub(1, Ordering::AcqRel);
         });
-        if let Err(e) = dev.sched.push(self.entity, Job::new(&self.counters, job_op, deps, fence.clone())) {
+        let job = Job::new(&self.counters, job_op, deps, fence.clone()).charged(charge);
+        if let Err(e) = dev.sched.push(self.entity, job) {
             fence.signal_with(Err(e.code), Some(e.message));
         }
     }

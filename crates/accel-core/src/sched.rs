@@ -89,13 +89,30 @@ pub struct Job {
     /// Keeps its callbacks on its dependencies wanted: a job cancelled before they signal
     /// leaves nothing on them (they may never signal).
     alive: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    /// Its place in its client's job budget, returned when the job is freed.
+    _charge: Option<crate::limits::Charge>,
     _tracked: Tracked,
 }
 
 impl Job {
     /// Builds a job, counted as live until it is freed.
     pub fn new(counters: &Arc<Counters>, op: JobOp, deps: Vec<Arc<Fence>>, fence: Arc<Fence>) -> Job {
-        Job { op, deps, fence, engine: 0, seq: 0, alive: None, _tracked: Tracked::new(counters, Kind::Job) }
+        Job {
+            op,
+            deps,
+            fence,
+            engine: 0,
+            seq: 0,
+            alive: None,
+            _charge: None,
+            _tracked: Tracked::new(counters, Kind::Job),
+        }
+    }
+
+    /// The job, holding `charge` (its client's job budget) until it is freed.
+    pub fn charged(mut self, charge: crate::limits::Charge) -> Job {
+        self._charge = Some(charge);
+        self
     }
 
     /// `Some(error)` if a dependency failed, `None` if all signalled, or pending otherwise.

@@ -87,6 +87,7 @@ pub enum DaemonError {
 /// fds_per_namespace = 4096
 /// objects_per_client = 65536      # handles of every kind
 /// objects_per_namespace = 262144
+/// jobs_per_client = 16384         # submitted and not yet done, socket and rings together
 /// max_buffer_bytes = 68719476736
 /// ras_log_max_bytes = 16777216    # RAS log size before compaction
 ///

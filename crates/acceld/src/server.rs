@@ -30,11 +30,13 @@ const WAKER: Token = Token(0);
 const SETTLE: Duration = Duration::from_secs(2);
 /// Replies a connection may have waiting to be sent (its socket full: the client does not read
 /// them) before its requests are no longer read, as a socket's buffer stops a sender; reading
-/// resumes once a quarter of that is left. A subscriber over it loses events (as a netlink
+/// resumes once a quarter of that is left. Room for a client that pipelines thousands of
+/// requests before it reads (as many as it may have waits pending); one that never reads
+/// costs the daemon this much and no more. A subscriber over it loses events (as a netlink
 /// socket's reader does) and is told how many with `ENOBUFS`.
-const BACKLOG: usize = 256;
+const BACKLOG: usize = 4096;
 /// Likewise in bytes.
-const BACKLOG_BYTES: usize = 1 << 20;
+const BACKLOG_BYTES: usize = 4 << 20;
 use crate::MAX_PENDING_WAITS;
 
 /// Something posted to a worker from another thread.
@@ -405,6 +407,11 @@ impl Worker {
                 self.check_wait(id, wait, false);
             }
             Action::Open { minor, wait } => {
+                if self.conns.get(&id).is_some_and(|c| !c.opens.is_empty()) {
+                    // One open file per connection, and so one open waiting at most.
+                    let e = accel_core::Error::new(Errno::EALREADY, "an open is already waiting on this connection");
+                    return self.reply(id, seq, error_reply(e), Vec::new());
+                }
                 let open = self.next_id;
                 self.next_id += 1;
                 let deadline = Instant::now() + wait;

@@ -460,6 +460,7 @@ fn try_sample(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<u64
 fn inproc_rate(seconds: f64, ring_entries: u32) -> Result<f64> {
     use accel_core::bo::BoTable;
     use accel_core::device::DeviceConfig;
+    use accel_core::limits::JobBudget;
     use accel_core::ring::RingQueue;
     use accel_core::sched::{EntityParams, UsageCounters};
     use accel_uapi::ring::{RingMem, Sqe};
@@ -471,7 +472,7 @@ fn inproc_rate(seconds: f64, ring_entries: u32) -> Result<f64> {
     let bos = Arc::new(BoTable::default());
     let (syncobjs, programs) = (Arc::default(), Arc::default());
     let (ring, mut consumer, memfd, _) =
-        RingQueue::new(ring_entries, entity, bos.clone(), &syncobjs, &programs, sub.counters())?;
+        RingQueue::new(ring_entries, entity, bos.clone(), &syncobjs, &programs, sub.counters(), &JobBudget::new(0))?;
     let client = RingMem::open(&memfd)?;
     let nop = Sqe::encode(&Op::Nop, 0);
     let (mut tail, mut head, mut done) = (0u32, 0u32, 0u64);

@@ -127,12 +127,15 @@ pub struct Client {
     programs: Arc<crate::program::ProgramTable>,
     /// Handles counted against the namespace's object cap.
     ns_objects: u64,
+    /// Its jobs submitted and not yet done (`jobs_per_client`).
+    jobs: crate::limits::JobBudget,
     _tracked: Tracked,
 }
 
 impl Client {
     pub(crate) fn new(id: u64, sub: Arc<Subsystem>, ns: Arc<Namespace>, record: Arc<ClientRecord>) -> Client {
         let tracked = Tracked::new(&sub.counters, Kind::Client);
+        let jobs = crate::limits::JobBudget::new(sub.limits().jobs_per_client);
         Client {
             id,
             sub,
@@ -145,6 +148,7 @@ impl Client {
             syncobjs: Arc::default(),
             programs: Arc::default(),
             ns_objects: 0,
+            jobs,
             _tracked: tracked,
         }
     }
@@ -373,7 +377,7 @@ impl Client {
             bail!(EBUSY, "queue {:#x} already has a ring", h.0);
         }
         let (ring, consumer, memfd, completion) =
-            RingQueue::new(entries, q.entity, bos, &self.syncobjs, &self.programs, &counters)?;
+            RingQueue::new(entries, q.entity, bos, &self.syncobjs, &self.programs, &counters, &self.jobs)?;
         let doorbell = ring.doorbell_for_client()?;
         let poller = self.sub.poller(q.device.minor);
         poller.register(&q.device, ring.clone(), consumer)?;
@@ -467,6 +471,7 @@ impl Client {
         };
         // Wait-before-signal: a syncobj point nothing was submitted for yet is waited for.
         let deps = self.resolve_waits(wait, Unsubmitted::WaitSubmit)?;
+        let charge = self.jobs.charge()?;
         if signal.len() > MAX_POINTS {
             bail!(E2BIG, "{} signal points exceed the limit of {MAX_POINTS}", signal.len());
         }
@@ -490,7 +495,7 @@ impl Client {
             fence.signal(Ok(()));
             return Ok((fence, seqno));
         }
-        let job = Job::new(&self.sub.counters, job_op, deps, fence.clone());
+        let job = Job::new(&self.sub.counters, job_op, deps, fence.clone()).charged(charge);
         if let Err(e) = dev.sched.push(entity, job) {
             // Lost a race with a ban or a wedge: the fence already sits in syncobjs, so it
             // must still signal, with the reason.
