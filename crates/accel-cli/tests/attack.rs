@@ -479,3 +479,57 @@ fn a_client_cannot_park_more_jobs_than_its_budget_even_without_their_fences() {
     }
     assert_serving(&d);
 }
+
+#[test]
+fn a_connection_that_floods_requests_does_not_starve_others_on_its_worker() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let d = Daemon::start(&["cpu"]);
+    // The flood: requests written as fast as the daemon takes them, replies read by another
+    // thread, so its socket always has requests waiting and its replies never back up.
+    let raw = Raw::open(&d);
+    let hang_up = raw.sock.try_clone().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (sock, stop) = (raw.sock.try_clone().unwrap(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; wire::MAX_MESSAGE + 1];
+            let mut got = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                use std::os::fd::AsFd;
+                if accel_uapi::transport::recv(sock.as_fd(), &mut buf).is_ok() {
+                    got += 1;
+                }
+            }
+            got
+        })
+    };
+    let writer = {
+        let (mut raw, stop) = (raw, stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                raw.send(&Request::ListDevices);
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    // Clients connected after it: the workers take connections in turn, so one of them
+    // shares its worker.
+    let mut worst = Duration::ZERO;
+    let mut good: Vec<Connection> = (0..4).map(|_| Connection::connect(d.socket()).unwrap()).collect();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        for c in &mut good {
+            let t = Instant::now();
+            c.list_devices().unwrap();
+            worst = worst.max(t.elapsed());
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    // The daemon answers what was sent, then closes: the reader's last read ends.
+    rustix::net::shutdown(&hang_up, rustix::net::Shutdown::Write).unwrap();
+    let flooded = reader.join().unwrap();
+    eprintln!("flood: {flooded} replies; the slowest request of the other clients took {worst:?}");
+    assert!(worst < Duration::from_millis(500), "a request of another client took {worst:?}");
+}
