@@ -24,6 +24,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::dispatch::{self, encode_reply, error_reply, Action, Session};
+use crate::MAX_PENDING_WAITS;
 
 const WAKER: Token = Token(0);
 /// How long an evicted client's jobs get to report `ENODEV` before its connection closes.
@@ -37,10 +38,9 @@ const SETTLE: Duration = Duration::from_secs(2);
 const BACKLOG: usize = 4096;
 /// Likewise in bytes.
 const BACKLOG_BYTES: usize = 4 << 20;
-use crate::MAX_PENDING_WAITS;
 /// Requests read from one connection before the worker turns to its other connections (the
 /// rest wait for its next turn): one client writing requests as fast as they are served must
-/// not hold its worker (before, another client's request on that worker took up to 0.5 s).
+/// not hold its worker (before, another client's request on that worker took 0.4–1.6 s).
 const READ_BUDGET: usize = 64;
 
 /// Something posted to a worker from another thread.

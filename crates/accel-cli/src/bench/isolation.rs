@@ -1,7 +1,8 @@
 //! `accel bench isolation`: a well-behaved tenant's GEMM throughput and null-job latency,
 //! first with a hostile tenant idle, then with it at every limit at once (allocation
 //! churn, connection flood, malformed messages, hung jobs, queues by the thousand on the
-//! good tenant's device, each with a job waiting on a fence that never signals). The
+//! good tenant's device, each with a job waiting on a fence that never signals, requests as
+//! fast as the daemon serves them and a connection that never reads its replies). The
 //! hostile tenant is a
 //! separate process, run as an unprivileged user when the bench runs as root (so the
 //! per-user caps apply to it) and at nice 19 (the OS, not accel, divides CPU between
@@ -91,7 +92,7 @@ fn good_tenant(socket: &Path, seconds: f64) -> Result<Phase> {
 pub fn run(seconds: f64, load: &[String]) -> Result<()> {
     for l in load {
         anyhow::ensure!(
-            ["alloc", "conn", "garbage", "hang", "queues"].contains(&l.as_str()),
+            ["alloc", "conn", "garbage", "hang", "queues", "flood"].contains(&l.as_str()),
             "unknown hostile load {l:?}"
         );
     }
@@ -176,7 +177,7 @@ pub fn run(seconds: f64, load: &[String]) -> Result<()> {
 pub fn hostile(socket: &Path, seconds: f64, load: &[String]) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let live = move || Instant::now() < deadline;
-    let counts: Arc<[AtomicU64; 10]> = Arc::new(Default::default());
+    let counts: Arc<[AtomicU64; 12]> = Arc::new(Default::default());
     const ALLOCS: usize = 0;
     const ALLOC_REFUSED: usize = 1;
     const CONNS: usize = 2;
@@ -187,7 +188,9 @@ pub fn hostile(socket: &Path, seconds: f64, load: &[String]) -> Result<()> {
     const OTHER_ERRORS: usize = 7;
     const QUEUES: usize = 8;
     const QUEUE_REFUSED: usize = 9;
-    let bump = |c: &Arc<[AtomicU64; 10]>, i: usize| {
+    const FLOODED: usize = 10;
+    const DEAF: usize = 11;
+    let bump = |c: &Arc<[AtomicU64; 12]>, i: usize| {
         c[i].fetch_add(1, Ordering::Relaxed);
     };
     let mut threads = Vec::new();
@@ -319,13 +322,58 @@ pub fn hostile(socket: &Path, seconds: f64, load: &[String]) -> Result<()> {
             Ok(())
         }));
     }
+    if does("flood")
+    // Requests as fast as the daemon serves them, on four connections whose replies another
+    // thread reads, and on one connection that never reads its replies.
+    {
+        for _ in 0..4 {
+            let (socket, c) = (socket.to_path_buf(), counts.clone());
+            threads.push(std::thread::spawn(move || -> Result<()> {
+                let Some(sock) = raw_connection(&socket, &live) else { return Ok(()) };
+                let reader = {
+                    let (sock, c) = (sock.try_clone()?, c.clone());
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; accel_uapi::wire::MAX_MESSAGE + 1];
+                        while let Ok(Some(_)) = accel_uapi::transport::recv(std::os::fd::AsFd::as_fd(&sock), &mut buf) {
+                            c[FLOODED].fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                };
+                let req = accel_uapi::wire::encode(accel_uapi::wire::Kind::Request, 2, &Request::ListDevices)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                while live() {
+                    for _ in 0..64 {
+                        rustix::net::send(&sock, &req, rustix::net::SendFlags::empty())?;
+                    }
+                }
+                // The daemon answers what came, then closes: the reader ends.
+                rustix::net::shutdown(&sock, rustix::net::Shutdown::Write)?;
+                let _ = reader.join();
+                Ok(())
+            }));
+        }
+        let (socket, c) = (socket.to_path_buf(), counts.clone());
+        threads.push(std::thread::spawn(move || -> Result<()> {
+            let Some(sock) = raw_connection(&socket, &live) else { return Ok(()) };
+            let req = accel_uapi::wire::encode(accel_uapi::wire::Kind::Request, 2, &Request::ListDevices)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            while live() {
+                match rustix::net::send(&sock, &req, rustix::net::SendFlags::DONTWAIT) {
+                    Ok(_) => bump(&c, DEAF),
+                    Err(rustix::io::Errno::AGAIN) => std::thread::sleep(Duration::from_millis(1)),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        }));
+    }
     println!("ready");
     for t in threads {
         t.join().map_err(|_| anyhow::anyhow!("hostile thread panicked"))??;
     }
     let get = |i: usize| counts[i].load(Ordering::Relaxed);
     println!(
-        "{{\"allocs\":{},\"allocs_refused\":{},\"connections\":{},\"connections_refused\":{},\"garbage_messages\":{},\"hung_jobs\":{},\"hung_job_errors\":{},\"waiting_queues\":{},\"queues_refused\":{},\"unexpected\":{}}}",
+        "{{\"allocs\":{},\"allocs_refused\":{},\"connections\":{},\"connections_refused\":{},\"garbage_messages\":{},\"hung_jobs\":{},\"hung_job_errors\":{},\"waiting_queues\":{},\"queues_refused\":{},\"flood_replies\":{},\"deaf_requests_taken\":{},\"unexpected\":{}}}",
         get(ALLOCS),
         get(ALLOC_REFUSED),
         get(CONNS),
@@ -335,7 +383,41 @@ pub fn hostile(socket: &Path, seconds: f64, load: &[String]) -> Result<()> {
         get(HANG_ERRORS),
         get(QUEUES),
         get(QUEUE_REFUSED),
+        get(FLOODED),
+        get(DEAF),
         get(OTHER_ERRORS)
     );
     Ok(())
+}
+
+/// A connection past its handshake as the hostile tenant, for requests written by hand; tried
+/// again while the tenant's own connection flood holds its user's every connection.
+fn raw_connection(socket: &Path, live: &dyn Fn() -> bool) -> Option<std::os::fd::OwnedFd> {
+    while live() {
+        match handshake(socket) {
+            Ok(sock) => return Some(sock),
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    None
+}
+
+fn handshake(socket: &Path) -> Result<std::os::fd::OwnedFd> {
+    use accel_uapi::wire::{self, Kind};
+    let sock = accel_uapi::transport::connect(socket)?;
+    let hello = Request::Hello {
+        abi_major: wire::ABI_MAJOR,
+        abi_minor: wire::ABI_MINOR,
+        name: "flood".into(),
+        token: Some("hostile-token".into()),
+    };
+    let fd = std::os::fd::AsFd::as_fd(&sock);
+    let bytes = wire::encode(Kind::Request, 1, &hello).map_err(|e| anyhow::anyhow!("{e}"))?;
+    accel_uapi::transport::send(fd, &bytes, &[])?;
+    let mut buf = vec![0u8; wire::MAX_MESSAGE + 1];
+    let r = accel_uapi::transport::recv(fd, &mut buf)?.context("the daemon closed the connection")?;
+    match wire::decode::<Reply>(Kind::Reply, &buf[..r.len]).map_err(|e| anyhow::anyhow!("{e}"))? {
+        (_, Reply::Hello { .. }) => Ok(sock),
+        (_, other) => anyhow::bail!("handshake refused: {other:?}"),
+    }
 }

@@ -197,8 +197,8 @@ pub enum Which {
         /// Measured seconds per phase.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
-        /// What the hostile tenant does, any of alloc, conn, garbage, hang, queues (default: all).
-        #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "alloc,conn,garbage,hang,queues")]
+        /// What the hostile tenant does, any of alloc, conn, garbage, hang, queues, flood (default: all).
+        #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "alloc,conn,garbage,hang,queues,flood")]
         load: Vec<String>,
         /// Internal: run as the hostile tenant against this socket.
         #[arg(long, hide = true)]
