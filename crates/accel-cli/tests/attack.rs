@@ -533,3 +533,55 @@ fn a_connection_that_floods_requests_does_not_starve_others_on_its_worker() {
     eprintln!("flood: {flooded} replies; the slowest request of the other clients took {worst:?}");
     assert!(worst < Duration::from_millis(500), "a request of another client took {worst:?}");
 }
+
+/// The nice value of each thread of `pid`, by name.
+fn thread_nices(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let (Ok(comm), Ok(stat)) =
+            (std::fs::read_to_string(t.path().join("comm")), std::fs::read_to_string(t.path().join("stat")))
+        else {
+            continue;
+        };
+        // Field 19 (nice), counted after the parenthesised name.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice = after.split_whitespace().nth(16).unwrap().parse().unwrap();
+        out.push((comm.trim_end().to_string(), nice));
+    }
+    out
+}
+
+#[test]
+fn a_client_at_a_lower_priority_is_served_at_its_priority() {
+    let d = Daemon::start(&["cpu"]);
+    let own = thread_nices(d.pid()).iter().find(|(name, _)| name == "worker0").map(|w| w.1).unwrap();
+    if own >= 19 {
+        eprintln!("skipped: the daemon already runs at nice {own}, no client can run lower");
+        return;
+    }
+    // A client process at nice 19 that stays connected (it watches RAS events).
+    let mut client = std::process::Command::new("nice")
+        .args(["-n", "19"])
+        .arg(common::accel_bin())
+        .args(["ras", "--socket"])
+        .arg(d.socket())
+        .arg("watch")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let served = loop {
+        let nices = thread_nices(d.pid());
+        if let Some(w) = nices.iter().find(|(name, _)| name.starts_with("worker-nice")) {
+            break w.clone();
+        }
+        assert!(Instant::now() < deadline, "no worker at the client's priority: {nices:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(served, ("worker-nice19".to_string(), 19));
+    // The daemon's other workers keep its own priority.
+    assert!(thread_nices(d.pid()).iter().any(|(name, nice)| name == "worker0" && *nice == own));
+    client.kill().unwrap();
+    client.wait().unwrap();
+    assert_serving(&d);
+}

@@ -368,6 +368,10 @@ impl Daemon {
         let n = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
         let workers = server::start_workers(&self.sub, n)?;
         let mut next = 0usize;
+        // Clients that run at a lower priority than the daemon are served by a worker at their
+        // priority (one per nice level, made when first needed).
+        let own_nice = rustix::process::getpriority_process(None).unwrap_or(0);
+        let mut niced: HashMap<i32, server::WorkerHandle> = HashMap::new();
         loop {
             let conn = match rustix::net::accept_with(&self.listener, rustix::net::SocketFlags::CLOEXEC) {
                 Ok(c) => c,
@@ -402,8 +406,31 @@ impl Daemon {
             let peer = PeerInfo::of(cred);
             let handshake = Duration::from_millis(self.conn_limits.handshake_timeout_ms.max(1));
             let new = server::NewConn { sock: conn, peer, held: server::held(slot, charges), handshake };
-            workers[next % workers.len()].post(server::Post::Conn(Box::new(new)));
-            next = next.wrapping_add(1);
+            let pid = rustix::process::Pid::from_raw(cred.pid);
+            let nice = pid.and_then(|p| rustix::process::getpriority_process(Some(p)).ok()).unwrap_or(own_nice);
+            let worker = if nice > own_nice {
+                match niced.entry(nice) {
+                    std::collections::hash_map::Entry::Occupied(w) => Some(w.into_mut()),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        match server::start_worker(&self.sub, format!("worker-nice{nice}"), Some(nice)) {
+                            Ok(w) => Some(v.insert(w)),
+                            Err(e) => {
+                                tracing::warn!("cannot start a worker at nice {nice}: {e}");
+                                None
+                            }
+                        }
+                    }
+                }
+            } else {
+                None
+            };
+            match worker {
+                Some(w) => w.post(server::Post::Conn(Box::new(new))),
+                None => {
+                    workers[next % workers.len()].post(server::Post::Conn(Box::new(new)));
+                    next = next.wrapping_add(1);
+                }
+            }
         }
     }
 

@@ -159,27 +159,38 @@ impl Conn {
 
 /// Starts `n` workers; returns their handles.
 pub(crate) fn start_workers(sub: &Arc<Subsystem>, n: usize) -> std::io::Result<Vec<WorkerHandle>> {
-    (0..n.max(1))
-        .map(|i| {
-            let poll = Poll::new()?;
-            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-            let (tx, rx) = channel();
-            let me = WorkerHandle { tx, waker };
-            let mut w = Worker {
-                sub: sub.clone(),
-                poll,
-                me: me.clone(),
-                rx,
-                conns: HashMap::new(),
-                timers: BTreeMap::new(),
-                next_id: 1,
-                buf: vec![0; MAX_MESSAGE + 1],
-                resume: Vec::new(),
-            };
-            std::thread::Builder::new().name(format!("worker{i}")).spawn(move || w.run())?;
-            Ok(me)
-        })
-        .collect()
+    (0..n.max(1)).map(|i| start_worker(sub, format!("worker{i}"), None)).collect()
+}
+
+/// Starts a worker that serves its connections at `nice` (this process's nice if `None`):
+/// the worker for clients that run at a lower priority than the daemon, so that the CPU
+/// their requests take is taken at their priority, as their ioctls would be in the kernel.
+pub(crate) fn start_worker(sub: &Arc<Subsystem>, name: String, nice: Option<i32>) -> std::io::Result<WorkerHandle> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = channel();
+    let me = WorkerHandle { tx, waker };
+    let mut w = Worker {
+        sub: sub.clone(),
+        poll,
+        me: me.clone(),
+        rx,
+        conns: HashMap::new(),
+        timers: BTreeMap::new(),
+        next_id: 1,
+        buf: vec![0; MAX_MESSAGE + 1],
+        resume: Vec::new(),
+    };
+    std::thread::Builder::new().name(name).spawn(move || {
+        if let Some(nice) = nice {
+            // Linux keeps a nice value per thread: this sets this worker's alone.
+            if let Err(e) = rustix::process::setpriority_process(None, nice) {
+                tracing::warn!("cannot lower a worker's priority to nice {nice}: {e}");
+            }
+        }
+        w.run()
+    })?;
+    Ok(me)
 }
 
 impl Worker {
