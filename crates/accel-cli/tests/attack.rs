@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use accel::{Connection, Device, Errno, GemmF32, MatView, ObjectCounts, Op, WaitPoint};
 use accel_uapi::wire::{self, Kind};
 use accel_uapi::{BoHandle, BufView, FenceHandle, QueueHandle, Reply, Request, SignalPoint, SyncobjHandle};
-use common::{code, Daemon};
+use common::{code, rss_kib, Daemon};
 
 /// Tiny deterministic generator (xorshift64*), so failures reproduce.
 struct Rng(u64);
@@ -224,13 +224,6 @@ fn a_tenant_cannot_reach_devices_outside_its_namespace() {
     assert_serving(&d);
 }
 
-/// Resident memory of a process, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[test]
 fn a_client_that_never_reads_its_replies_is_not_read_either_and_loses_none() {
     use accel_uapi::transport;
@@ -290,13 +283,19 @@ struct Raw {
 }
 
 impl Raw {
-    /// Connected and past the handshake, with device 0 open.
-    fn open(d: &Daemon) -> Raw {
+    /// Connected and past the handshake.
+    fn connect(d: &Daemon) -> Raw {
         let sock = accel_uapi::transport::connect(d.socket()).unwrap();
         let mut raw = Raw { sock, seq: 0, buf: vec![0u8; wire::MAX_MESSAGE + 1] };
         let hello =
             Request::Hello { abi_major: wire::ABI_MAJOR, abi_minor: wire::ABI_MINOR, name: "raw".into(), token: None };
         raw.call(&hello);
+        raw
+    }
+
+    /// Connected and past the handshake, with device 0 open.
+    fn open(d: &Daemon) -> Raw {
+        let mut raw = Raw::connect(d);
         raw.call(&Request::Open { minor: 0, wait_ms: 0 });
         raw
     }
@@ -346,14 +345,7 @@ impl Raw {
 fn a_connection_has_one_open_waiting_at_most() {
     let d = Daemon::start(&["testdev:exclusive"]);
     let _holder = d.open(0);
-    let sock = accel_uapi::transport::connect(d.socket()).unwrap();
-    let mut raw = Raw { sock, seq: 0, buf: vec![0u8; wire::MAX_MESSAGE + 1] };
-    raw.call(&Request::Hello {
-        abi_major: wire::ABI_MAJOR,
-        abi_minor: wire::ABI_MINOR,
-        name: "raw".into(),
-        token: None,
-    });
+    let mut raw = Raw::connect(&d);
     // The device is held: the first open waits (up to 60 s), the others are refused at once.
     let first = raw.send(&Request::Open { minor: 0, wait_ms: 60_000 });
     for _ in 0..1000 {

@@ -486,11 +486,7 @@ fn a_subscriber_that_does_not_keep_up_gets_enobufs_and_the_daemon_stays_bounded(
     const EVENTS: u64 = 300_000;
     let d = Daemon::start(&["testdev"]);
     let mut sub = Ras::connect(d.socket()).unwrap().subscribe_ext().unwrap();
-    let rss = || -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    };
+    let rss = || common::rss_kib(d.pid());
     let before = rss();
     let dev = accel::Device::open_at(d.socket(), 0).unwrap();
     let q = dev.create_queue().unwrap();

@@ -79,7 +79,6 @@ pub(crate) fn charge_fds(
     daemon: &FdCount,
     admin: bool,
 ) -> Result<Vec<Charge>> {
-    let cap = |c: u64| if c == 0 { u64::MAX } else { c };
     let full = |what: &str, used: &FdCount, limit: u64| {
         Error::new(
             Errno::EMFILE,
@@ -119,8 +118,7 @@ impl JobBudget {
 
     /// Charges one job, or fails with `EAGAIN` when the client has `limit` not yet done.
     pub fn charge(&self) -> Result<Charge> {
-        let cap = if self.limit == 0 { u64::MAX } else { self.limit };
-        Charge::try_new(&self.used, 1, cap).ok_or_else(|| {
+        Charge::try_new(&self.used, 1, cap(self.limit)).ok_or_else(|| {
             Error::new(
                 Errno::EAGAIN,
                 format!(
@@ -130,10 +128,14 @@ impl JobBudget {
             )
         })
     }
+}
 
-    /// Jobs charged now.
-    pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
+/// A per-client or per-namespace limit as a bound: zero means no cap.
+fn cap(limit: u64) -> u64 {
+    if limit == 0 {
+        u64::MAX
+    } else {
+        limit
     }
 }
 

@@ -17,11 +17,11 @@ pub mod metrics;
 pub mod otlp;
 pub mod ras_nl;
 mod server;
+pub mod systemd;
 
 /// Waits one connection may have pending at once (each holds a callback on its fences and a
 /// timer); more are refused with `EAGAIN`.
 pub const MAX_PENDING_WAITS: usize = 4096;
-pub mod systemd;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -408,23 +408,16 @@ impl Daemon {
             let new = server::NewConn { sock: conn, peer, held: server::held(slot, charges), handshake };
             let pid = rustix::process::Pid::from_raw(cred.pid);
             let nice = pid.and_then(|p| rustix::process::getpriority_process(Some(p)).ok()).unwrap_or(own_nice);
-            let worker = if nice > own_nice {
-                match niced.entry(nice) {
-                    std::collections::hash_map::Entry::Occupied(w) => Some(w.into_mut()),
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        match server::start_worker(&self.sub, format!("worker-nice{nice}"), Some(nice)) {
-                            Ok(w) => Some(v.insert(w)),
-                            Err(e) => {
-                                tracing::warn!("cannot start a worker at nice {nice}: {e}");
-                                None
-                            }
-                        }
+            if nice > own_nice && !niced.contains_key(&nice) {
+                match server::start_worker(&self.sub, format!("worker-nice{nice}"), Some(nice)) {
+                    Ok(w) => {
+                        niced.insert(nice, w);
                     }
+                    Err(e) => tracing::warn!("cannot start a worker at nice {nice}: {e}"),
                 }
-            } else {
-                None
-            };
-            match worker {
+            }
+            // Only levels below the daemon's are in `niced`.
+            match niced.get(&nice) {
                 Some(w) => w.post(server::Post::Conn(Box::new(new))),
                 None => {
                     workers[next % workers.len()].post(server::Post::Conn(Box::new(new)));

@@ -328,23 +328,16 @@ impl Worker {
             let Some(c) = self.conns.get(&id) else { return };
             if c.closing.is_some() || c.subscribed || c.paused_until.is_some_and(|t| t > Instant::now()) {
                 // A subscribed connection only streams; a read still notices its hang-up.
-                if c.subscribed {
-                    let mut probe = [0u8; 1];
-                    if matches!(rustix::net::recv(&c.sock, &mut probe, rustix::net::RecvFlags::DONTWAIT), Ok((0, _))) {
-                        self.close(id);
-                    }
+                if c.subscribed && hung_up(&c.sock) {
+                    self.close(id);
                 }
                 return;
             }
             if c.backlogged || c.backed_up() {
                 // Its replies are not read: leave its requests in its socket (so its sends
                 // block) until they are. A hang-up still closes it.
-                let mut probe = [0u8; 1];
-                let flags = rustix::net::RecvFlags::DONTWAIT | rustix::net::RecvFlags::PEEK;
-                match rustix::net::recv(&c.sock, &mut probe, flags) {
-                    Ok((0, _)) => return self.hang_up(id),
-                    Err(e) if e != rustix::io::Errno::AGAIN => return self.hang_up(id),
-                    _ => {}
+                if hung_up(&c.sock) {
+                    return self.hang_up(id);
                 }
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.backlogged = true;
@@ -655,6 +648,17 @@ impl Worker {
             let fd = c.sock.as_raw_fd();
             let _ = self.poll.registry().reregister(&mut SourceFd(&fd), Token(id as usize), Interest::READABLE);
         }
+    }
+}
+
+/// Whether a connection's peer has gone (end of file, or a broken socket), looked at without
+/// taking any message it sent: for connections whose requests are not read now.
+fn hung_up(sock: &OwnedFd) -> bool {
+    let mut probe = [0u8; 1];
+    let flags = rustix::net::RecvFlags::DONTWAIT | rustix::net::RecvFlags::PEEK;
+    match rustix::net::recv(sock, &mut probe, flags) {
+        Ok((n, _)) => n == 0,
+        Err(e) => e != rustix::io::Errno::AGAIN,
     }
 }
 
