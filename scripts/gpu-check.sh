@@ -43,8 +43,9 @@ fi
 BIN=${BIN:-gpu-bin}
 # Each step has its own time limit, so a hang costs one step, not the run.
 STEP=${STEP:-150}
-# PARTS picks steps (default all): vulkan cuda dlpack bench cudabench green torch; DEVS the benchmarked devices.
-PARTS=" ${PARTS:-vulkan cuda dlpack bench cudabench green torch} "
+# PARTS picks steps (default all): vulkan cuda dlpack bench vkblocked cudabench green torch; DEVS the
+# benchmarked devices.
+PARTS=" ${PARTS:-vulkan cuda dlpack bench vkblocked cudabench green torch} "
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 status=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -96,6 +97,12 @@ for dev in ${DEVS:-vulkan:0 cuda:0}; do
     echo "== bench $dev (GEMM f32 against the cpu driver; null launch round trip)"
     timeout "$STEP" "$BIN/accel" bench vulkan --device "$dev" --sizes "${SIZES:-1024,4096,8192}" --reps "${REPS:-10}" --iters 2000 || status=1
 done
+
+# The vulkan driver's other GEMM shader (GPUs take the tiled one): the figure that chose it.
+if part vkblocked; then
+    echo "== bench vulkan:0 with the blocked GEMM shader (ACCEL_VULKAN_GEMM=blocked)"
+    ACCEL_VULKAN_GEMM=blocked timeout "$STEP" "$BIN/accel" bench vulkan --device vulkan:0 --sizes "${SIZES:-1024,4096,8192}" --reps "${REPS:-10}" --iters 200 || status=1
+fi
 
 if part cudabench; then
     echo "== bench cuda (launch overhead, many clients vs a context per process, containment)"

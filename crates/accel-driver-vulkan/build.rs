@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 /// The shaders in `shaders/`, by name.
-const SHADERS: &[&str] = &["gemm", "null"];
+const SHADERS: &[&str] = &["gemm", "gemm_tiled", "null"];
 
 fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

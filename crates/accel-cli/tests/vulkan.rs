@@ -140,54 +140,62 @@ fn fills_and_copies_move_data_between_regions() {
 }
 
 #[test]
-fn gemm_matches_the_cpu_driver_in_every_region() {
+fn gemm_matches_the_cpu_driver_in_every_region_with_either_shader() {
     if !vulkan() {
         return;
     }
-    let d = Daemon::start(&["vulkan:0", "cpu"]);
-    let (vk, cpu) = (d.open(0), d.open(1));
-    let (m, k, n) = (37usize, 53usize, 29usize);
-    let (a, b) = (f32s(m * k, 1), f32s(k * n, 2));
-    let c0 = f32s(m * n, 3);
-    let gemm = |dev: &Device, region: u32, offset: u64| {
-        let q = dev.create_queue().unwrap();
-        let bytes = |e: usize| offset + (e * 4) as u64;
-        let (ha, hb, hc) =
-            (dev.alloc(bytes(m * k)).unwrap(), dev.alloc(bytes(k * n)).unwrap(), dev.alloc(bytes(m * n)).unwrap());
-        ha.write_f32(offset as usize, &a).unwrap();
-        hb.write_f32(offset as usize, &b).unwrap();
-        hc.write_f32(offset as usize, &c0).unwrap();
-        let (da, db, dc) = if region == 0 {
-            (ha, hb, hc)
-        } else {
-            let up = |h: &Buffer| {
-                let v = dev.alloc_in(h.size(), region).unwrap();
-                q.submit(Op::Copy { src: h.whole(), dst: v.whole() }).unwrap();
-                v
-            };
-            (up(&ha), up(&hb), up(&hc))
-        };
-        let op = GemmF32 {
-            m: m as u64,
-            n: n as u64,
-            k: k as u64,
-            a: da.matrix(offset, k as u64),
-            b: db.matrix(offset, n as u64),
-            c: dc.matrix(offset, n as u64),
-            alpha: 1.5,
-            beta: 0.5,
-        };
-        q.submit(Op::GemmF32(op)).unwrap().wait().unwrap();
-        let out = dev.alloc(dc.size()).unwrap();
-        q.submit(Op::Copy { src: dc.whole(), dst: out.whole() }).unwrap().wait().unwrap();
-        out.read_f32(offset as usize, m * n).unwrap()
-    };
-    let want = gemm(&cpu, 0, 0);
-    for (region, offset) in [(0, 0), (VRAM, 0), (0, 4), (VRAM, 20)] {
-        let got = gemm(&vk, region, offset);
-        let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
-        assert!(worst < 1e-3, "region {region} offset {offset}: off by {worst}");
+    // Shapes inside one tile of either shader, and across the tiled shader's 128×128 tiles
+    // and its steps of 8 along K (partial tiles on every edge).
+    let shapes = [(37usize, 53usize, 29usize), (130, 19, 259)];
+    for shader in ["blocked", "tiled"] {
+        let d = Daemon::start_env(&["vulkan:0", "cpu"], &[], &[("ACCEL_VULKAN_GEMM", shader)]);
+        let (vk, cpu) = (d.open(0), d.open(1));
+        for (m, k, n) in shapes {
+            let want = gemm_in(&cpu, (m, k, n), 0, 0);
+            for (region, offset) in [(0, 0), (VRAM, 0), (0, 4), (VRAM, 20)] {
+                let got = gemm_in(&vk, (m, k, n), region, offset);
+                let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+                assert!(worst < 1e-3, "{shader} {m}x{k}x{n}, region {region} offset {offset}: off by {worst}");
+            }
+        }
     }
+}
+
+/// C = 1.5·A·B + 0.5·C for an m×k A and a k×n B (fixed pseudo-random values) on `dev`, the
+/// operands in `region` at `offset` bytes from their buffers' starts; C read back.
+fn gemm_in(dev: &Device, (m, k, n): (usize, usize, usize), region: u32, offset: u64) -> Vec<f32> {
+    let (a, b, c0) = (f32s(m * k, 1), f32s(k * n, 2), f32s(m * n, 3));
+    let q = dev.create_queue().unwrap();
+    let bytes = |e: usize| offset + (e * 4) as u64;
+    let (ha, hb, hc) =
+        (dev.alloc(bytes(m * k)).unwrap(), dev.alloc(bytes(k * n)).unwrap(), dev.alloc(bytes(m * n)).unwrap());
+    ha.write_f32(offset as usize, &a).unwrap();
+    hb.write_f32(offset as usize, &b).unwrap();
+    hc.write_f32(offset as usize, &c0).unwrap();
+    let (da, db, dc) = if region == 0 {
+        (ha, hb, hc)
+    } else {
+        let up = |h: &Buffer| {
+            let v = dev.alloc_in(h.size(), region).unwrap();
+            q.submit(Op::Copy { src: h.whole(), dst: v.whole() }).unwrap();
+            v
+        };
+        (up(&ha), up(&hb), up(&hc))
+    };
+    let op = GemmF32 {
+        m: m as u64,
+        n: n as u64,
+        k: k as u64,
+        a: da.matrix(offset, k as u64),
+        b: db.matrix(offset, n as u64),
+        c: dc.matrix(offset, n as u64),
+        alpha: 1.5,
+        beta: 0.5,
+    };
+    q.submit(Op::GemmF32(op)).unwrap().wait().unwrap();
+    let out = dev.alloc(dc.size()).unwrap();
+    q.submit(Op::Copy { src: dc.whole(), dst: out.whole() }).unwrap().wait().unwrap();
+    out.read_f32(offset as usize, m * n).unwrap()
 }
 
 /// `struct sync_file_info` (linux/sync_file.h), for `SYNC_IOC_FILE_INFO`.

@@ -34,7 +34,7 @@ pub fn vk_err(what: &str) -> impl Fn(vk::Result) -> DriverError + '_ {
 }
 
 /// What a physical device says about itself.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Props {
     /// `deviceName`.
     pub name: String,
@@ -60,6 +60,10 @@ pub struct Props {
     pub max_alloc: u64,
     /// `deviceUUID`, as text.
     pub uuid: String,
+    /// Whether the device is the CPU (`VK_PHYSICAL_DEVICE_TYPE_CPU`: lavapipe, SwiftShader).
+    pub cpu: bool,
+    /// Most invocations in one work group.
+    pub max_invocations: u32,
 }
 
 /// A queue the device exposes as an accel engine.
@@ -379,6 +383,8 @@ impl Gpu {
             max_push: p.limits.max_push_constants_size,
             max_alloc,
             uuid,
+            cpu: p.device_type == vk::PhysicalDeviceType::CPU,
+            max_invocations: p.limits.max_compute_work_group_invocations,
         };
         Ok((device, props, engine_families, (device_type, staging_type), ext))
     }

@@ -11,7 +11,9 @@
 //!   semaphore. Where the device exports `SYNC_FD` semaphores (`VK_KHR_external_semaphore_fd`)
 //!   a job's fence is also the device's own kernel sync file on request (`native.rs`).
 //! - **Ops**: fill and copy as transfer commands, GEMM f32 as a tiled compute shader written in
-//!   WGSL and compiled to SPIR-V at build time by naga, and launches of `spirv` programs.
+//!   WGSL and compiled to SPIR-V at build time by naga (one for GPUs, through workgroup
+//!   memory; one for CPU implementations, without barriers: [`GemmShader`]), and launches of
+//!   `spirv` programs.
 //! - **Faults**: `VK_ERROR_DEVICE_LOST` is reported to RAS (`device`/`device-lost`, fatal)
 //!   and the logical device is re-created on the same physical device (a GPU reset). As
 //!   Vulkan has it, what lived on the lost device is gone: device memory and programs made
@@ -51,15 +53,81 @@ use program::VkProgram;
 
 pub use program::FORMAT;
 
-/// The GEMM shader, compiled from `shaders/gemm.wgsl` by the build script.
+/// The GEMM shader without workgroup memory, compiled from `shaders/gemm.wgsl` by the build
+/// script.
 static GEMM_SPV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gemm.spv"));
+
+/// The GEMM shader through workgroup memory, from `shaders/gemm_tiled.wgsl`.
+static GEMM_TILED_SPV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gemm_tiled.spv"));
 
 /// SPIR-V of an empty kernel (`main`, one storage buffer it does not touch), for clients
 /// that measure a launch's round trip (`accel bench vulkan`).
 pub static NULL_SPIRV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/null.spv"));
 
-/// Side of the tile of C one GEMM work group computes (8×8 invocations of 4×4 each).
-const GEMM_TILE: usize = 32;
+/// Which of the driver's GEMM shaders a device runs.
+///
+/// GPUs take [`GemmShader::Tiled`]: each element of A and B a work group loads from device
+/// memory is read 16 times from workgroup memory. CPU implementations (lavapipe) take
+/// [`GemmShader::Blocked`]: they run workgroup barriers slowly (on lavapipe at n = 512, 16×16
+/// tiles through workgroup memory reached 0.10 GFLOP/s, 4×4 register blocks with no barriers
+/// 0.65), and their caches serve the reuse. `ACCEL_VULKAN_GEMM=tiled` or `blocked` in the
+/// daemon's environment overrides the choice (to measure one against the other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmShader {
+    /// `gemm.wgsl`: a 4×4 block of C per invocation in registers, A and B read from device
+    /// memory; 8×8 invocations cover a 32×32 tile.
+    Blocked,
+    /// `gemm_tiled.wgsl`: 256 invocations cover a 128×128 tile, loading A and B through
+    /// workgroup memory 8 columns (rows) at a time; an 8×8 block of C per invocation.
+    Tiled,
+}
+
+impl GemmShader {
+    /// Invocations in one of the tiled shader's work groups.
+    const TILED_INVOCATIONS: u32 = 256;
+
+    /// The shader for a device with `props`: `setting` (`ACCEL_VULKAN_GEMM`) where set, else
+    /// blocked on a CPU implementation or a device whose work groups cannot hold 256
+    /// invocations, tiled elsewhere.
+    fn choose(props: &gpu::Props, setting: Option<&str>) -> Result<GemmShader, DriverError> {
+        let fits = props.max_invocations >= Self::TILED_INVOCATIONS;
+        match setting {
+            None | Some("") => Ok(if props.cpu || !fits { GemmShader::Blocked } else { GemmShader::Tiled }),
+            Some("blocked") => Ok(GemmShader::Blocked),
+            Some("tiled") if fits => Ok(GemmShader::Tiled),
+            Some("tiled") => Err(einval(format!(
+                "ACCEL_VULKAN_GEMM=tiled: {} allows {} invocations per work group, the tiled shader needs {}",
+                props.name,
+                props.max_invocations,
+                Self::TILED_INVOCATIONS
+            ))),
+            Some(other) => Err(einval(format!("ACCEL_VULKAN_GEMM={other}: `tiled` or `blocked`"))),
+        }
+    }
+
+    /// Its name (`blocked`, `tiled`).
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmShader::Blocked => "blocked",
+            GemmShader::Tiled => "tiled",
+        }
+    }
+
+    fn spirv(self) -> &'static [u8] {
+        match self {
+            GemmShader::Blocked => GEMM_SPV,
+            GemmShader::Tiled => GEMM_TILED_SPV,
+        }
+    }
+
+    /// Side of the tile of C one work group computes.
+    fn tile(self) -> usize {
+        match self {
+            GemmShader::Blocked => 32,
+            GemmShader::Tiled => 128,
+        }
+    }
+}
 
 /// How many Vulkan devices this machine has; `ENODEV` with the reason when there is no
 /// loader.
@@ -85,6 +153,7 @@ pub struct VulkanDevice {
 struct Generation {
     gpu: Arc<Gpu>,
     gemm: VkProgram,
+    gemm_shader: GemmShader,
     /// `VK_EXT_device_fault`'s report, once the device was lost.
     fault: OnceLock<Option<String>>,
 }
@@ -92,8 +161,9 @@ struct Generation {
 impl Generation {
     fn open(index: usize) -> Result<Generation, DriverError> {
         let gpu = Arc::new(Gpu::open(index)?);
-        let gemm = VkProgram::load(&gpu, GEMM_SPV, usize::MAX)?;
-        Ok(Generation { gpu, gemm, fault: OnceLock::new() })
+        let gemm_shader = GemmShader::choose(&gpu.props, std::env::var("ACCEL_VULKAN_GEMM").ok().as_deref())?;
+        let gemm = VkProgram::load(&gpu, gemm_shader.spirv(), usize::MAX)?;
+        Ok(Generation { gpu, gemm, gemm_shader, fault: OnceLock::new() })
     }
 
     /// What the device reported about its loss, asked once (the logical device stays alive
@@ -125,13 +195,14 @@ impl VulkanDevice {
         let first = Generation::open(index)?;
         let (g, on) = (&first.gpu, |b: bool| if b { "on" } else { "off" });
         tracing::info!(
-            "vulkan{index}: {} ({}): host memory import {}, memory export {}, sync file export {}, fault details {}",
+            "vulkan{index}: {} ({}): host memory import {}, memory export {}, sync file export {}, fault details {}, GEMM shader {}",
             g.props.name,
             g.props.driver_name,
             on(g.host_import.is_some()),
             on(g.memory_fd.is_some()),
             on(g.semaphore_fd.is_some()),
-            on(g.fault.is_some())
+            on(g.fault.is_some()),
+            first.gemm_shader.name()
         );
         Ok(VulkanDevice {
             index,
@@ -141,6 +212,11 @@ impl VulkanDevice {
             recreated: AtomicU64::new(0),
             injected: AtomicU64::new(0),
         })
+    }
+
+    /// The GEMM shader this device runs.
+    pub fn gemm_shader(&self) -> GemmShader {
+        self.now().gemm_shader
     }
 
     /// The logical device now.
@@ -300,7 +376,8 @@ impl VulkanDevice {
                     JobArg::F32(*alpha),
                     JobArg::F32(*beta),
                 ]);
-                let grid = [c.cols.div_ceil(GEMM_TILE) as u32, c.rows.div_ceil(GEMM_TILE) as u32, 1];
+                let tile = g.gemm_shader.tile();
+                let grid = [c.cols.div_ceil(tile) as u32, c.rows.div_ceil(tile) as u32, 1];
                 g.gemm.record(d, rec, 0, grid, &[ba, bb, bc], &scalars)?;
             }
             JobOp::Launch { program, entry, grid, args } => {
@@ -477,5 +554,28 @@ impl Driver for VulkanDevice {
             return Err(DriverError::new(Errno::EOPNOTSUPP, format!("vulkan loads {FORMAT}, not {format:?}")));
         }
         Ok(Arc::new(VkProgram::load(&self.gpu(), bytes, accel_uapi::MAX_LAUNCH_ARGS)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpus_take_the_tiled_gemm_and_cpu_implementations_the_blocked_one() {
+        let gpu = gpu::Props { name: "gpu".into(), max_invocations: 1024, ..Default::default() };
+        let cpu = gpu::Props { name: "llvmpipe".into(), cpu: true, ..gpu.clone() };
+        let small = gpu::Props { name: "small".into(), max_invocations: 128, ..Default::default() };
+        assert_eq!(GemmShader::choose(&gpu, None).unwrap(), GemmShader::Tiled);
+        assert_eq!(GemmShader::choose(&gpu, Some("")).unwrap(), GemmShader::Tiled);
+        assert_eq!(GemmShader::choose(&cpu, None).unwrap(), GemmShader::Blocked);
+        assert_eq!(GemmShader::choose(&small, None).unwrap(), GemmShader::Blocked);
+        assert_eq!(GemmShader::choose(&gpu, Some("blocked")).unwrap(), GemmShader::Blocked);
+        assert_eq!(GemmShader::choose(&cpu, Some("tiled")).unwrap(), GemmShader::Tiled);
+        let e = GemmShader::choose(&small, Some("tiled")).unwrap_err();
+        assert_eq!(e.code, Errno::EINVAL);
+        assert!(e.message.contains("small allows 128 invocations"), "{}", e.message);
+        let e = GemmShader::choose(&gpu, Some("fast")).unwrap_err();
+        assert_eq!((e.code, e.message.as_str()), (Errno::EINVAL, "ACCEL_VULKAN_GEMM=fast: `tiled` or `blocked`"));
     }
 }

@@ -120,6 +120,16 @@ pub fn run(device: &str, sizes: &[usize], reps: usize, iters: usize) -> Result<(
     let vk = Device::open_at(daemon.socket(), 1)?;
     let name = vk.info().name.replace('"', "'");
     let driver = vk.info().driver.clone();
+    let index: usize = match device.split_once(':') {
+        Some((_, n)) => n.parse().with_context(|| format!("device {device:?}"))?,
+        None => 0,
+    };
+    // What computes the f32 GEMM: the vulkan driver's shader for this device (as the daemon,
+    // with this environment, chose it), or cuBLAS.
+    let gemm_by = match driver.as_str() {
+        "cuda" => "cublas",
+        _ => accel_driver_vulkan::VulkanDevice::open(index).map_err(driver_error)?.gemm_shader().name(),
+    };
     for &n in sizes {
         let flops = 2.0 * (n as f64).powi(3);
         // The cpu driver's baseline (and the results' check) up to 4096³: beyond, it takes
@@ -139,7 +149,7 @@ pub fn run(device: &str, sizes: &[usize], reps: usize, iters: usize) -> Result<(
             None => ("null".into(), "null".into(), "null".into()),
         };
         println!(
-            "{{\"bench\":\"gpu-gemm\",\"driver\":\"{driver}\",\"device\":\"{name}\",\"n\":{n},\"reps\":{reps},\"wait\":\"{:?}\",\"cpu_gflops\":{cpu},\"host_gflops\":{:.2},\"vram_gflops\":{:.2},\"ratio_host\":{ratio_host},\"ratio_vram\":{ratio_vram}}}",
+            "{{\"bench\":\"gpu-gemm\",\"driver\":\"{driver}\",\"device\":\"{name}\",\"n\":{n},\"reps\":{reps},\"gemm\":\"{gemm_by}\",\"wait\":\"{:?}\",\"cpu_gflops\":{cpu},\"host_gflops\":{:.2},\"vram_gflops\":{:.2},\"ratio_host\":{ratio_host},\"ratio_vram\":{ratio_vram}}}",
             super::gpu_wait_mode(),
             g(host_s),
             g(vram_s),
@@ -186,10 +196,6 @@ pub fn run(device: &str, sizes: &[usize], reps: usize, iters: usize) -> Result<(
         done.status().map_err(|code| anyhow::anyhow!("the null launch failed: {code:?}"))
     })?);
     // The same empty kernel through the GPU's own API in this process: what accel adds.
-    let index: usize = match device.split_once(':') {
-        Some((_, n)) => n.parse().with_context(|| format!("device {device:?}"))?,
-        None => 0,
-    };
     // And the driver's own job path in this process (no daemon, no IPC), for a vulkan device.
     let in_process = match driver.as_str() {
         "cuda" => None,
