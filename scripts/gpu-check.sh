@@ -43,9 +43,9 @@ fi
 BIN=${BIN:-gpu-bin}
 # Each step has its own time limit, so a hang costs one step, not the run.
 STEP=${STEP:-150}
-# PARTS picks steps (default all): vulkan cuda dlpack bench vkblocked cudabench green torch; DEVS the
-# benchmarked devices.
-PARTS=" ${PARTS:-vulkan cuda dlpack bench vkblocked cudabench green torch} "
+# PARTS picks steps (default all): vulkan cuda dlpack bench vkblocked cudabench green torch mps;
+# DEVS the benchmarked devices.
+PARTS=" ${PARTS:-vulkan cuda dlpack bench vkblocked cudabench green torch mps} "
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 status=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -141,4 +141,12 @@ for n in [int(s) for s in os.environ.get('SIZES', '1024,4096,8192').split(',')]:
                           "device": torch.cuda.get_device_name(),
                           "gflops": round(2 * n**3 / ts[len(ts) // 2] / 1e9, 1)}))
 PY
+# NVIDIA's MPS beside accel and time-slicing (last: MPS must not be running during the others).
+if part mps; then
+    echo "== bench cuda-mps (MPS against accel and time-slicing; a fault among MPS clients)"
+    timeout "$STEP" "$BIN/accel" bench cuda-mps --clients "${CLIENTS:-1,4,16}" --seconds 2 --dir /tmp/accel-mps || status=1
+    # Whatever happened to the bench, MPS is told to quit (an error if it already did).
+    echo quit | CUDA_MPS_PIPE_DIRECTORY=/tmp/accel-mps/pipe timeout 10 nvidia-cuda-mps-control >/dev/null 2>&1 || true
+fi
+
 exit $status

@@ -24,7 +24,7 @@ use super::percentiles;
 use crate::spawn::SpawnedDaemon;
 
 /// The short kernel of the clients and containment runs.
-const SHORT_NS: u32 = 10_000;
+pub(super) const SHORT_NS: u32 = 10_000;
 /// The long kernel of the launch-overhead figure.
 const LONG_NS: u32 = 100_000;
 
@@ -138,8 +138,8 @@ pub fn run(clients: &[usize], seconds: f64, iters: usize) -> Result<()> {
 
     // Many small clients: accel's shared context against a context per process.
     for &n in clients {
-        let accel = kernels_per_s(n, seconds, Some(socket), None)?;
-        let direct = kernels_per_s(n, seconds, None, None)?;
+        let accel = kernels_per_s(n, seconds, Some(socket), None, &[])?;
+        let direct = kernels_per_s(n, seconds, None, None, &[])?;
         println!(
             "{{\"bench\":\"cuda-clients\",\"device\":\"{name}\",\"clients\":{n},\"kernel_us\":{},\"seconds\":{seconds},\"accel_kernels_per_s\":{:.0},\"timeslice_kernels_per_s\":{:.0},\"accel_failed\":{},\"ratio\":{:.3}}}",
             SHORT_NS / 1000,
@@ -151,7 +151,7 @@ pub fn run(clients: &[usize], seconds: f64, iters: usize) -> Result<()> {
     }
 
     // Containment: a faulting and a hanging client beside 4 innocent ones.
-    let (_, innocent_failed, lost, extra) = kernels_per_s(4, seconds.max(4.0), Some(socket), Some(socket))?;
+    let (_, innocent_failed, lost, extra) = kernels_per_s(4, seconds.max(4.0), Some(socket), Some(socket), &[])?;
     let recoveries = Client::open(socket, None).and_then(|mut c| Ok(c.launch("spin", 1_000)?)).is_ok();
     println!(
         "{{\"bench\":\"cuda-containment\",\"device\":\"{name}\",\"innocent_clients\":4,\"kernel_us\":{},\"innocent_failed\":{innocent_failed},\"innocent_increments_lost\":{lost},\"innocent_increments_extra\":{extra},\"device_usable_after\":{recoveries}}}",
@@ -160,34 +160,89 @@ pub fn run(clients: &[usize], seconds: f64, iters: usize) -> Result<()> {
     Ok(())
 }
 
+/// Client processes of this bench (`accel bench cuda --child <target>`), started and each
+/// waiting for `go`.
+pub(super) struct Clients {
+    children: Vec<(Child, std::io::Lines<BufReader<std::process::ChildStdout>>)>,
+}
+
+/// What a client process said when it ended: its report line (`None`: it said nothing, or
+/// was killed at the deadline), and whether it exited successfully.
+pub(super) struct Report {
+    pub line: Option<String>,
+    pub ok: bool,
+}
+
+impl Clients {
+    /// Starts `n` clients of `target` (a daemon socket, `direct`, or `direct-fault`) that run
+    /// for `seconds` once told to go, with `envs` added to their environment.
+    pub(super) fn spawn(n: usize, seconds: f64, target: &str, envs: &[(&str, &Path)]) -> Result<Clients> {
+        let exe = std::env::current_exe().context("locating the accel binary")?;
+        let mut children = Vec::new();
+        for _ in 0..n {
+            let mut cmd = Command::new(&exe);
+            cmd.args(["bench", "cuda", "--seconds", &seconds.to_string(), "--child", target]);
+            cmd.envs(envs.iter().copied()).stdin(Stdio::piped()).stdout(Stdio::piped());
+            let mut child = cmd.spawn().context("starting a client")?;
+            let lines = BufReader::new(child.stdout.take().context("client stdout")?).lines();
+            children.push((child, lines));
+        }
+        for (_, lines) in &mut children {
+            ensure!(lines.next().transpose()?.as_deref() == Some("ready"), "a client did not start");
+        }
+        Ok(Clients { children })
+    }
+
+    /// Tells every client to go.
+    pub(super) fn go(&mut self) -> Result<()> {
+        for (c, _) in &mut self.children {
+            writeln!(c.stdin.as_mut().context("client stdin")?, "go")?;
+        }
+        Ok(())
+    }
+
+    /// Each client's report, in order; one still running at `deadline` is killed.
+    pub(super) fn reports(self, deadline: Instant) -> Vec<Report> {
+        let pids: Vec<i32> = self.children.iter().map(|(c, _)| c.id() as i32).collect();
+        let (done, stop) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if stop.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_err() {
+                for pid in pids {
+                    // SAFETY: kill(2) on our own child, not yet reaped (waited for below).
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        });
+        let reports = self
+            .children
+            .into_iter()
+            .map(|(mut c, mut lines)| {
+                let line = lines.next().and_then(|l| l.ok());
+                let ok = c.wait().is_ok_and(|s| s.success());
+                Report { line, ok }
+            })
+            .collect();
+        drop(done);
+        let _ = watchdog.join();
+        reports
+    }
+}
+
 /// Runs `n` client processes (through the daemon at `socket`, else CUDA directly) launching
-/// short kernels for `seconds`; with `culprit`, this process meanwhile makes a fault and a
-/// hang through it. Returns (aggregate kernels/s, failed jobs, increments lost, increments
-/// beyond the kernels that succeeded: a job run again after its work was done).
-fn kernels_per_s(
+/// short kernels for `seconds`, with `envs` added to their environment; with `culprit`, this
+/// process meanwhile makes a fault and a hang through it. Returns (aggregate kernels/s, failed
+/// jobs, increments lost, increments beyond the kernels that succeeded: a job run again after
+/// its work was done).
+pub(super) fn kernels_per_s(
     n: usize,
     seconds: f64,
     socket: Option<&Path>,
     culprit: Option<&Path>,
+    envs: &[(&str, &Path)],
 ) -> Result<(f64, u64, u64, u64)> {
-    let exe = std::env::current_exe().context("locating the accel binary")?;
-    let mut children: Vec<Child> = (0..n)
-        .map(|_| {
-            let mut cmd = Command::new(&exe);
-            cmd.args(["bench", "cuda", "--seconds", &seconds.to_string(), "--child"]);
-            cmd.arg(socket.map_or("direct".into(), |s| s.display().to_string()));
-            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().context("starting a client")
-        })
-        .collect::<Result<_>>()?;
-    let mut outs = Vec::new();
-    for c in &mut children {
-        let mut lines = BufReader::new(c.stdout.take().context("client stdout")?).lines();
-        ensure!(lines.next().transpose()?.as_deref() == Some("ready"), "a client did not start");
-        outs.push(lines);
-    }
-    for c in &mut children {
-        writeln!(c.stdin.as_mut().context("client stdin")?, "go")?;
-    }
+    let target = socket.map_or("direct".into(), |s| s.display().to_string());
+    let mut clients = Clients::spawn(n, seconds, &target, envs)?;
+    clients.go()?;
     if let Some(socket) = culprit {
         std::thread::sleep(Duration::from_secs_f64(seconds / 4.0));
         // The faulting client's queue has no timeout (a fault is no hang, and its recovery
@@ -204,19 +259,25 @@ fn kernels_per_s(
         println!("{{\"bench\":\"cuda-culprit\",\"fault\":\"{fault}\",\"hang\":\"{hang}\",\"want\":\"EFAULT, ETIME\"}}");
     }
     let (mut kernels, mut failed, mut lost, mut extra) = (0u64, 0u64, 0u64, 0u64);
-    for (mut c, mut lines) in children.into_iter().zip(outs) {
-        let report = lines.next().transpose()?.unwrap_or_default();
-        ensure!(c.wait()?.success(), "a client failed: {report}");
-        let v: Vec<u64> = report.split_whitespace().map(|w| w.parse()).collect::<Result<_, _>>()?;
-        ensure!(v.len() == 4, "a client said {report:?}");
+    for r in clients.reports(Instant::now() + Duration::from_secs_f64(seconds + 60.0)) {
+        let report = r.line.unwrap_or_default();
+        ensure!(r.ok, "a client failed: {report}");
+        let v = parse_report(&report)?;
         (kernels, failed, lost, extra) = (kernels + v[0], failed + v[1], lost + v[2], extra + v[3]);
     }
     Ok((kernels as f64 / seconds, failed, lost, extra))
 }
 
-/// A client process: `ready`, waits for `go`, launches short kernels for `seconds`, prints
-/// "kernels failed lost extra" (lost: increments its device counter missed; extra: ones
-/// beyond its kernels).
+/// A client's "kernels failed lost extra".
+pub(super) fn parse_report(report: &str) -> Result<[u64; 4]> {
+    let v: Vec<u64> = report.split_whitespace().map(|w| w.parse()).collect::<Result<_, _>>()?;
+    v.try_into().map_err(|_| anyhow::anyhow!("a client said {report:?}"))
+}
+
+/// A client process: `ready`, waits for `go`, launches short kernels for `seconds` (through
+/// the daemon at `target`, or CUDA directly for `direct`), prints "kernels failed lost extra"
+/// (lost: increments its device counter missed; extra: ones beyond its kernels). With
+/// `direct-fault` it launches one kernel that faults instead and prints CUDA's answer.
 pub fn child(target: &str, seconds: f64) -> Result<()> {
     let mut stdin = std::io::stdin().lock();
     let go = |stdin: &mut dyn BufRead| -> Result<()> {
@@ -228,6 +289,16 @@ pub fn child(target: &str, seconds: f64) -> Result<()> {
     };
     let (mut kernels, mut failed) = (0u64, 0u64);
     let (mut lost, mut extra) = (0, 0);
+    if target == "direct-fault" {
+        // One kernel that stores to an unmapped address; prints how CUDA answered.
+        let mut direct = Direct::new(0, KERNELS_PTX, "fault").map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        go(&mut stdin)?;
+        match direct.launch_sync(0) {
+            Ok(()) => println!("ok"),
+            Err(e) => println!("{:?} {}", e.code, e.message.replace('"', "'")),
+        }
+        return Ok(());
+    }
     if target == "direct" {
         let mut direct = Direct::new(0, KERNELS_PTX, "spin").map_err(|e| anyhow::anyhow!("{}", e.message))?;
         go(&mut stdin)?;

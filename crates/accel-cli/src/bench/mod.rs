@@ -19,6 +19,7 @@ mod copy;
 mod cuda;
 mod floor;
 mod isolation;
+mod mps;
 mod ras;
 mod syncobj;
 mod vulkan;
@@ -172,9 +173,23 @@ pub enum Which {
         /// Launch round trips timed per kernel length.
         #[arg(long, default_value_t = 2000)]
         iters: usize,
-        /// Internal: run as a client process (a daemon socket, or `direct`).
+        /// Internal: run as a client process (a daemon socket, `direct`, or `direct-fault`).
         #[arg(long, hide = true)]
         child: Option<String>,
+    },
+    /// NVIDIA's MPS beside accel and time-slicing on the same GPU: N client processes
+    /// launching 10 µs kernels through each, then 4 innocent MPS clients beside one whose
+    /// kernel faults. Skips the MPS figures with the reason where MPS cannot start.
+    CudaMps {
+        /// Client process counts.
+        #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "1,4,16")]
+        clients: Vec<usize>,
+        /// Seconds each client-count run lasts.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// MPS's pipe and log directories go under this one.
+        #[arg(long, default_value = "/tmp/accel-mps")]
+        dir: std::path::PathBuf,
     },
     /// Green contexts (SM partitions, CUDA 12.4 on) against streams of one context, in one
     /// process: threads launching 10 µs kernels, each on a green context of its own or a
@@ -227,6 +242,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Syncobj { rounds, points, peer: None, .. } => syncobj::run(rounds.max(10), points.max(6)),
         Which::Cuda { child: Some(target), seconds, .. } => cuda::child(&target, seconds),
         Which::Cuda { clients, seconds, iters, child: None } => cuda::run(&clients, seconds.max(0.5), iters.max(10)),
+        Which::CudaMps { clients, seconds, dir } => mps::run(&clients, seconds.max(0.5), &dir),
         Which::CudaGreen { fault_child: true, .. } => cuda::green_fault_child(),
         Which::CudaGreen { threads, seconds, .. } => cuda::green(&threads, seconds.max(0.5)),
         Which::Isolation { seconds, load, hostile: Some(socket) } => isolation::hostile(&socket, seconds, &load),
