@@ -111,8 +111,15 @@ fn fills_and_copies_move_data_between_regions() {
     if !vulkan() {
         return;
     }
-    let d = Daemon::start(&["vulkan:0"]);
-    let dev = d.open(0);
+    // Completions waited for by blocking (this machine's default on few CPUs) and by polling
+    // the timeline first (the default with cores to spare).
+    for poll_us in ["0", "2000"] {
+        let d = Daemon::start_env(&["vulkan:0"], &[], &[("ACCEL_VULKAN_WAIT_SPIN_US", poll_us)]);
+        fills_and_copies_on(&d.open(0));
+    }
+}
+
+fn fills_and_copies_on(dev: &Device) {
     let q = dev.create_queue().unwrap();
     let data: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
     let (h, v, out) = (dev.alloc(65536).unwrap(), dev.alloc_in(65536, VRAM).unwrap(), dev.alloc(65536).unwrap());
@@ -147,8 +154,9 @@ fn gemm_matches_the_cpu_driver_in_every_region_with_either_shader() {
     // Shapes inside one tile of either shader, and across the tiled shader's 128×128 tiles
     // and its steps of 8 along K (partial tiles on every edge).
     let shapes = [(37usize, 53usize, 29usize), (130, 19, 259)];
-    for shader in ["blocked", "tiled"] {
-        let d = Daemon::start_env(&["vulkan:0", "cpu"], &[], &[("ACCEL_VULKAN_GEMM", shader)]);
+    for (shader, poll_us) in [("blocked", "0"), ("tiled", "2000")] {
+        let envs = [("ACCEL_VULKAN_GEMM", shader), ("ACCEL_VULKAN_WAIT_SPIN_US", poll_us)];
+        let d = Daemon::start_env(&["vulkan:0", "cpu"], &[], &envs);
         let (vk, cpu) = (d.open(0), d.open(1));
         for (m, k, n) in shapes {
             let want = gemm_in(&cpu, (m, k, n), 0, 0);

@@ -37,7 +37,7 @@ use accel_uapi::{ClientUsage, DeviceInfo, ObjectCounts};
 
 pub(crate) use accel_hal::{bail, lock};
 /// The driver interface and what lies below it, from `accel-hal`.
-pub use accel_hal::{bo, counters, driver, fence, files, handles, mem, ras};
+pub use accel_hal::{bo, counters, driver, fence, files, handles, mem, ras, spin};
 pub use accel_hal::{Error, Result};
 
 use bo::BufferObject;

@@ -277,19 +277,11 @@ struct Shared {
     native: bool,
 }
 
-/// How long idle slot threads spin before sleeping: `$ACCEL_SLOT_SPIN_US` microseconds, else
-/// (like CUDA's `CU_CTX_SCHED_AUTO`) 50 µs on machines with at least 8 CPUs and none on
-/// smaller ones, where a spinning slot would take the core its submitter needs.
+/// How long idle slot threads spin before sleeping: `$ACCEL_SLOT_SPIN_US` microseconds (at
+/// most 10 ms), else 50 µs on machines with cores to spare and none on smaller ones, where a
+/// spinning slot would take the core its submitter needs ([`accel_hal::spin::budget`]).
 pub fn slot_spin() -> Duration {
-    if let Some(us) = std::env::var("ACCEL_SLOT_SPIN_US").ok().and_then(|v| v.parse::<u64>().ok()) {
-        return Duration::from_micros(us.min(10_000));
-    }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cpus >= 8 {
-        Duration::from_micros(50)
-    } else {
-        Duration::ZERO
-    }
+    accel_hal::spin::budget("ACCEL_SLOT_SPIN_US", Duration::from_micros(50), Duration::ZERO, Duration::from_millis(10))
 }
 
 /// What [`Scheduler::cancel_with`] removes.

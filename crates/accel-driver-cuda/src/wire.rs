@@ -203,19 +203,14 @@ pub(crate) fn send<T: Serialize>(sock: &OwnedFd, msg: &T, fds: &[std::os::fd::Bo
 pub(crate) const POLL: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// How long the daemon polls for a job's reply before it blocks: `$ACCEL_CUDA_REPLY_SPIN_US`
-/// microseconds, else 5 ms on machines with at least 8 CPUs (the worker's own stream
-/// synchronisation spins the same way, as CUDA's `CU_CTX_SCHED_AUTO` does there) and
+/// microseconds (at most 100 ms), else 5 ms on machines with cores to spare (the worker's own
+/// stream synchronisation spins the same way, as CUDA's `CU_CTX_SCHED_AUTO` does there) and
 /// [`POLL`] on smaller ones, where spinning would take the core the worker needs.
 fn reply_poll() -> std::time::Duration {
     static POLL_FOR: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
     *POLL_FOR.get_or_init(|| {
-        if let Some(us) = std::env::var("ACCEL_CUDA_REPLY_SPIN_US").ok().and_then(|v| v.parse::<u64>().ok()) {
-            return std::time::Duration::from_micros(us.min(100_000));
-        }
-        match std::thread::available_parallelism().map_or(1, |n| n.get()) {
-            8.. => std::time::Duration::from_millis(5),
-            _ => POLL,
-        }
+        let (large, max) = (std::time::Duration::from_millis(5), std::time::Duration::from_millis(100));
+        accel_hal::spin::budget("ACCEL_CUDA_REPLY_SPIN_US", large, POLL, max)
     })
 }
 

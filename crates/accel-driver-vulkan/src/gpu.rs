@@ -33,6 +33,22 @@ pub fn vk_err(what: &str) -> impl Fn(vk::Result) -> DriverError + '_ {
     }
 }
 
+/// How long a job's thread polls the engine's timeline before it blocks on it:
+/// `$ACCEL_VULKAN_WAIT_SPIN_US` microseconds (at most 100 ms), else 5 ms on machines with cores
+/// to spare (as the cuda driver polls its completion marks) and none on smaller ones, where
+/// the poll would take a core from the device itself when it runs on the CPU (lavapipe).
+fn completion_poll() -> Duration {
+    static POLL: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *POLL.get_or_init(|| {
+        accel_hal::spin::budget(
+            "ACCEL_VULKAN_WAIT_SPIN_US",
+            Duration::from_millis(5),
+            Duration::ZERO,
+            Duration::from_millis(100),
+        )
+    })
+}
+
 /// What a physical device says about itself.
 #[derive(Debug, Clone, Default)]
 pub struct Props {
@@ -424,13 +440,14 @@ impl Gpu {
         // An aborted job (timeout, client gone) still waits a grace period: Vulkan cannot
         // take back submitted work, and what it uses must outlive it.
         let mut aborted_at = None;
-        loop {
+        let mut done = self.poll_timeline(e.timeline, value);
+        while !done {
             let sems = [e.timeline];
             let values = [value];
             let wait = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
             // SAFETY: a live semaphore of this device.
             match unsafe { self.device.wait_semaphores(&wait, Duration::from_millis(20).as_nanos() as u64) } {
-                Ok(()) => break,
+                Ok(()) => done = true,
                 Err(vk::Result::TIMEOUT) => {
                     if self.is_lost() {
                         // Lost while it ran (a reset for another job's timeout): the device
@@ -459,6 +476,25 @@ impl Gpu {
             return Err(DriverError::new(Errno::ECANCELED, "vulkan: job aborted"));
         }
         Ok(())
+    }
+
+    /// Polls `timeline` for `value` for [`completion_poll`]'s time at most: whether it got
+    /// there. A blocked wait's wake-up costs tens of microseconds, more than many jobs take;
+    /// an error is left to the blocking wait after this to report.
+    fn poll_timeline(&self, timeline: vk::Semaphore, value: u64) -> bool {
+        let poll = completion_poll();
+        if poll.is_zero() {
+            return false;
+        }
+        let start = std::time::Instant::now();
+        loop {
+            // SAFETY: a live semaphore of this device.
+            match unsafe { self.device.get_semaphore_counter_value(timeline) } {
+                Ok(now) if now >= value => return true,
+                Ok(_) if start.elapsed() < poll => std::hint::spin_loop(),
+                _ => return false,
+            }
+        }
     }
 
     /// Marks the device lost, as `VK_ERROR_DEVICE_LOST` does: every later submission fails.

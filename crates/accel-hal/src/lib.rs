@@ -17,6 +17,7 @@ pub mod files;
 pub mod handles;
 pub mod mem;
 pub mod ras;
+pub mod spin;
 
 use std::sync::{Mutex, MutexGuard};
 

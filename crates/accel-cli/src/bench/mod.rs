@@ -265,11 +265,12 @@ fn square_gemm(a: &accel::Buffer, b: &accel::Buffer, c: &accel::Buffer, n: u64) 
 }
 
 /// How GPU benchmarks wait for their jobs: spinning where the machine has cores to spare
-/// (at least 8, where CUDA's default spins too, and so do the baselines), else the default.
+/// (where CUDA's default spins too, and so do the baselines), else the default.
 fn gpu_wait_mode() -> accel::WaitMode {
-    match std::thread::available_parallelism().map_or(1, |n| n.get()) {
-        8.. => accel::WaitMode::Spin,
-        _ => accel::WaitMode::Auto,
+    if accel_core::spin::cores_to_spare() {
+        accel::WaitMode::Spin
+    } else {
+        accel::WaitMode::Auto
     }
 }
 
