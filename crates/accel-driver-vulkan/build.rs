@@ -18,9 +18,15 @@ fn main() {
             naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::PUSH_CONSTANT)
                 .validate(&module)
                 .unwrap_or_else(|e| panic!("{src}: {}", e.emit_to_string(&text)));
+        // The driver's own shaders: every loop is bounded by its parameters and workgroup
+        // memory is written before it is read, so neither naga's loop-bounding counters (an
+        // extra counter in every loop, the GEMM's inner ones included) nor its zeroing of
+        // workgroup memory (a prologue and a barrier per work group) is needed.
         let options = naga::back::spv::Options {
             lang_version: (1, 3),
             flags: naga::back::spv::WriterFlags::empty(),
+            force_loop_bounding: false,
+            zero_initialize_workgroup_memory: naga::back::spv::ZeroInitializeWorkgroupMemoryMode::None,
             ..Default::default()
         };
         let words = naga::back::spv::write_vec(&module, &info, &options, None).unwrap_or_else(|e| panic!("{src}: {e}"));

@@ -1,9 +1,9 @@
-// C = alpha·A·B + beta·C over row-major f32 matrices with row strides. Each invocation
-// computes a 4×4 block of C in registers, reading A and B straight from memory (the caches
-// serve the reuse): no workgroup barriers, which CPU implementations such as lavapipe run
-// slowly, and enough independent work per invocation for GPUs. A work group of 8×8
-// invocations covers a 32×32 tile of C. Offsets are in elements from each binding's start
-// (bindings start where the device's alignment allows; the remainder comes here).
+// C = alpha·A·B + beta·C over row-major f32 matrices with row strides, for devices whose work
+// groups cannot hold the 256 invocations of `gemm_tiled.wgsl`. Each invocation computes a 4×4
+// block of C in registers, reading A and B straight from memory (the caches serve the reuse,
+// no workgroup memory). A work group of 8×8 invocations covers a 32×32 tile of C. Offsets are
+// in elements from each binding's start (bindings start where the device's alignment allows;
+// the remainder comes here).
 
 struct Params {
     m: u32,

@@ -3,8 +3,8 @@
 // group loads the 128×8 slice of A and the 8×128 slice of B into workgroup memory once
 // (each element of them is then read by 16 invocations from there instead of from device
 // memory), and each invocation accumulates an 8×8 block of C in registers from 8 values of
-// A and 8 of B per step (64 multiply-adds for 4 vector loads). CPU implementations run the
-// barriers this needs slowly; they take `gemm.wgsl`. Same parameters and bindings as it.
+// A and 8 of B per step (64 multiply-adds for 4 vector loads). Devices whose work groups
+// cannot hold 256 invocations take `gemm.wgsl`; same parameters and bindings as it.
 
 struct Params {
     m: u32,
@@ -91,12 +91,26 @@ fn gemm(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) group: v
         }
         workgroupBarrier();
     }
+    // Constant indices only, so compilers keep `acc` in registers (an index they cannot
+    // resolve would move the whole array to memory).
     let row = row0 + tr * 4u;
     let col = col0 + tc * 4u;
-    for (var i = 0u; i < 8u; i++) {
-        store(row + i, col, acc[2u * i]);
-        store(row + i, col + 4u, acc[2u * i + 1u]);
-    }
+    store(row + 0u, col, acc[0]);
+    store(row + 0u, col + 4u, acc[1]);
+    store(row + 1u, col, acc[2]);
+    store(row + 1u, col + 4u, acc[3]);
+    store(row + 2u, col, acc[4]);
+    store(row + 2u, col + 4u, acc[5]);
+    store(row + 3u, col, acc[6]);
+    store(row + 3u, col + 4u, acc[7]);
+    store(row + 4u, col, acc[8]);
+    store(row + 4u, col + 4u, acc[9]);
+    store(row + 5u, col, acc[10]);
+    store(row + 5u, col + 4u, acc[11]);
+    store(row + 6u, col, acc[12]);
+    store(row + 6u, col + 4u, acc[13]);
+    store(row + 7u, col, acc[14]);
+    store(row + 7u, col + 4u, acc[15]);
 }
 
 fn store(row: u32, col0: u32, v: vec4<f32>) {

@@ -62,8 +62,6 @@ pub struct Props {
     pub max_alloc: u64,
     /// `deviceUUID`, as text.
     pub uuid: String,
-    /// Whether the device is the CPU (`VK_PHYSICAL_DEVICE_TYPE_CPU`: lavapipe, SwiftShader).
-    pub cpu: bool,
     /// Most invocations in one work group.
     pub max_invocations: u32,
 }
@@ -342,7 +340,6 @@ impl Gpu {
             max_push: p.limits.max_push_constants_size,
             max_alloc,
             uuid,
-            cpu: p.device_type == vk::PhysicalDeviceType::CPU,
             max_invocations: p.limits.max_compute_work_group_invocations,
         };
         Ok((device, props, engine_families, (device_type, staging_type), ext))
