@@ -4,15 +4,20 @@
 
 use std::path::PathBuf;
 
-/// The shaders in `shaders/`, by name.
-const SHADERS: &[&str] = &["gemm", "gemm_tiled", "null"];
+/// The shaders in `shaders/`, by name, each with the files put before it (WGSL has no
+/// includes).
+const SHADERS: &[(&str, &[&str])] = &[("gemm", &["gemm_common"]), ("gemm_tiled", &["gemm_common"]), ("null", &[])];
 
 fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for name in SHADERS {
+    for (name, before) in SHADERS {
         let src = format!("shaders/{name}.wgsl");
-        println!("cargo:rerun-if-changed={src}");
-        let text = std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("{src}: {e}"));
+        let mut text = String::new();
+        for file in before.iter().chain([name]) {
+            let path = format!("shaders/{file}.wgsl");
+            println!("cargo:rerun-if-changed={path}");
+            text += &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        }
         let module = naga::front::wgsl::parse_str(&text).unwrap_or_else(|e| panic!("{}", e.emit_to_string(&text)));
         let info =
             naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::PUSH_CONSTANT)

@@ -3,27 +3,7 @@
 // block of C in registers, reading A and B straight from memory (the caches serve the reuse,
 // no workgroup memory). A work group of 8×8 invocations covers a 32×32 tile of C. Offsets are
 // in elements from each binding's start (bindings start where the device's alignment allows;
-// the remainder comes here).
-
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    a_off: u32,
-    b_off: u32,
-    c_off: u32,
-    alpha: f32,
-    beta: f32,
-}
-
-var<push_constant> p: Params;
-
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+// the remainder comes here). Parameters, bindings and the store of C: `gemm_common.wgsl`.
 
 @compute @workgroup_size(8, 8, 1)
 fn gemm(@builtin(global_invocation_id) id: vec3<u32>) {
@@ -58,21 +38,4 @@ fn gemm(@builtin(global_invocation_id) id: vec3<u32>) {
     store(row0 + 1u, col0, acc1);
     store(row0 + 2u, col0, acc2);
     store(row0 + 3u, col0, acc3);
-}
-
-fn store(row: u32, col0: u32, v: vec4<f32>) {
-    if (row >= p.m) {
-        return;
-    }
-    for (var j = 0u; j < 4u; j++) {
-        let col = col0 + j;
-        if (col < p.n) {
-            let at = p.c_off + row * p.ldc + col;
-            if (p.beta == 0.0) {
-                c[at] = p.alpha * v[j];
-            } else {
-                c[at] = p.alpha * v[j] + p.beta * c[at];
-            }
-        }
-    }
 }

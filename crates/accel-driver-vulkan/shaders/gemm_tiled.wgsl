@@ -4,27 +4,8 @@
 // (each element of them is then read by 16 invocations from there instead of from device
 // memory), and each invocation accumulates an 8×8 block of C in registers from 8 values of
 // A and 8 of B per step (64 multiply-adds for 4 vector loads). Devices whose work groups
-// cannot hold 256 invocations take `gemm.wgsl`; same parameters and bindings as it.
-
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    a_off: u32,
-    b_off: u32,
-    c_off: u32,
-    alpha: f32,
-    beta: f32,
-}
-
-var<push_constant> p: Params;
-
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+// cannot hold 256 invocations take `gemm.wgsl`. Parameters, bindings and the store of C:
+// `gemm_common.wgsl`.
 
 /// Rows of C a work group computes.
 const BM: u32 = 128u;
@@ -111,21 +92,4 @@ fn gemm(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) group: v
     store(row + 6u, col + 4u, acc[13]);
     store(row + 7u, col, acc[14]);
     store(row + 7u, col + 4u, acc[15]);
-}
-
-fn store(row: u32, col0: u32, v: vec4<f32>) {
-    if (row >= p.m) {
-        return;
-    }
-    for (var j = 0u; j < 4u; j++) {
-        let col = col0 + j;
-        if (col < p.n) {
-            let at = p.c_off + row * p.ldc + col;
-            if (p.beta == 0.0) {
-                c[at] = p.alpha * v[j];
-            } else {
-                c[at] = p.alpha * v[j] + p.beta * c[at];
-            }
-        }
-    }
 }
