@@ -4,16 +4,22 @@
 
 use std::path::PathBuf;
 
-/// The shaders in `shaders/`, by name, each with the files put before it (WGSL has no
-/// includes).
-const SHADERS: &[(&str, &[&str])] = &[("gemm", &["gemm_common"]), ("gemm_tiled", &["gemm_common"]), ("null", &[])];
+/// The shaders built, by name, each from files in `shaders/` put one after the other (WGSL
+/// has no includes): each GEMM kernel with each kind of operands.
+const SHADERS: &[(&str, &[&str])] = &[
+    ("gemm", &["gemm_params", "gemm_f32", "gemm"]),
+    ("gemm_tiled", &["gemm_params", "gemm_f32", "gemm_tiled"]),
+    ("gemm16", &["gemm_params", "gemm_16", "gemm"]),
+    ("gemm16_tiled", &["gemm_params", "gemm_16", "gemm_tiled"]),
+    ("null", &["null"]),
+];
 
 fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for (name, before) in SHADERS {
-        let src = format!("shaders/{name}.wgsl");
+    for (name, files) in SHADERS {
+        let src = format!("{name} (shaders/{}.wgsl)", files.join(".wgsl + "));
         let mut text = String::new();
-        for file in before.iter().chain([name]) {
+        for file in *files {
             let path = format!("shaders/{file}.wgsl");
             println!("cargo:rerun-if-changed={path}");
             text += &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));

@@ -1,9 +1,9 @@
-// C = alpha·A·B + beta·C over row-major f32 matrices with row strides, for devices whose work
+// C = alpha·A·B + beta·C over row-major matrices with row strides, for devices whose work
 // groups cannot hold the 256 invocations of `gemm_tiled.wgsl`. Each invocation computes a 4×4
 // block of C in registers, reading A and B straight from memory (the caches serve the reuse,
-// no workgroup memory). A work group of 8×8 invocations covers a 32×32 tile of C. Offsets are
-// in elements from each binding's start (bindings start where the device's alignment allows;
-// the remainder comes here). Parameters, bindings and the store of C: `gemm_common.wgsl`.
+// no workgroup memory). A work group of 8×8 invocations covers a 32×32 tile of C. Parameters:
+// `gemm_params.wgsl`; the operands (`load_a`, `load_b`, `store`): `gemm_f32.wgsl` or
+// `gemm_16.wgsl`.
 
 @compute @workgroup_size(8, 8, 1)
 fn gemm(@builtin(global_invocation_id) id: vec3<u32>) {
@@ -28,11 +28,11 @@ fn gemm(@builtin(global_invocation_id) id: vec3<u32>) {
     var acc3 = vec4<f32>(0.0);
     for (var kk = 0u; kk < p.k; kk++) {
         let bo = p.b_off + kk * p.ldb;
-        let bv = vec4<f32>(b[bo + c0], b[bo + c1], b[bo + c2], b[bo + c3]);
-        acc0 += a[r0 + kk] * bv;
-        acc1 += a[r1 + kk] * bv;
-        acc2 += a[r2 + kk] * bv;
-        acc3 += a[r3 + kk] * bv;
+        let bv = vec4<f32>(load_b(bo + c0), load_b(bo + c1), load_b(bo + c2), load_b(bo + c3));
+        acc0 += load_a(r0 + kk) * bv;
+        acc1 += load_a(r1 + kk) * bv;
+        acc2 += load_a(r2 + kk) * bv;
+        acc3 += load_a(r3 + kk) * bv;
     }
     store(row0, col0, acc0);
     store(row0 + 1u, col0, acc1);

@@ -1,11 +1,10 @@
-// C = alpha·A·B + beta·C over row-major f32 matrices with row strides, for GPUs: a work
-// group of 256 invocations computes a 128×128 tile of C. It walks K in steps of 8: the
-// group loads the 128×8 slice of A and the 8×128 slice of B into workgroup memory once
+// C = alpha·A·B + beta·C over row-major matrices with row strides: a work group of 256
+// invocations computes a 128×128 tile of C. It walks K in steps of 8: the group loads the 128×8 slice of A and the 8×128 slice of B into workgroup memory once
 // (each element of them is then read by 16 invocations from there instead of from device
 // memory), and each invocation accumulates an 8×8 block of C in registers from 8 values of
 // A and 8 of B per step (64 multiply-adds for 4 vector loads). Devices whose work groups
-// cannot hold 256 invocations take `gemm.wgsl`. Parameters, bindings and the store of C:
-// `gemm_common.wgsl`.
+// cannot hold 256 invocations take `gemm.wgsl`. Parameters: `gemm_params.wgsl`; the operands
+// (`load_a`, `load_b`, `store`): `gemm_f32.wgsl` or `gemm_16.wgsl`.
 
 /// Rows of C a work group computes.
 const BM: u32 = 128u;
@@ -36,14 +35,14 @@ fn gemm(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) group: v
             let ak = e % BK;
             var av = 0.0;
             if (row0 + ar < p.m && k0 + ak < p.k) {
-                av = a[p.a_off + (row0 + ar) * p.lda + k0 + ak];
+                av = load_a(p.a_off + (row0 + ar) * p.lda + k0 + ak);
             }
             tile_a[(ak * BM + ar) / 4u][ar % 4u] = av;
             let bk = e / BN;
             let bc = e % BN;
             var bv = 0.0;
             if (k0 + bk < p.k && col0 + bc < p.n) {
-                bv = b[p.b_off + (k0 + bk) * p.ldb + col0 + bc];
+                bv = load_b(p.b_off + (k0 + bk) * p.ldb + col0 + bc);
             }
             tile_b[(bk * BN + bc) / 4u][bc % 4u] = bv;
         }

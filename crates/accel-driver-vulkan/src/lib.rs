@@ -10,10 +10,10 @@
 //!   device has one. Each job is one command buffer completed through the engine's timeline
 //!   semaphore. Where the device exports `SYNC_FD` semaphores (`VK_KHR_external_semaphore_fd`)
 //!   a job's fence is also the device's own kernel sync file on request (`native.rs`).
-//! - **Ops**: fill and copy as transfer commands, GEMM f32 as a tiled compute shader written in
-//!   WGSL and compiled to SPIR-V at build time by naga (one for GPUs, through workgroup
-//!   memory; one without it for devices with small work groups: [`GemmShader`]), and launches of
-//!   `spirv` programs.
+//! - **Ops**: fill and copy as transfer commands, GEMM (f32, and f16/bf16 operands summed in
+//!   f32) as a tiled compute shader written in WGSL and compiled to SPIR-V at build time by
+//!   naga (through workgroup memory; without it for devices with small work groups:
+//!   [`GemmShader`]), and launches of `spirv` programs.
 //! - **Faults**: `VK_ERROR_DEVICE_LOST` is reported to RAS (`device`/`device-lost`, fatal)
 //!   and the logical device is re-created on the same physical device (a GPU reset). As
 //!   Vulkan has it, what lived on the lost device is gone: device memory and programs made
@@ -44,7 +44,7 @@ use accel_hal::bo::BoMatrix;
 use accel_hal::driver::{DeviceMemory, Driver, DriverError, DriverInfo, JobArg, JobCtx, JobOp, Program, RegionDesc};
 use accel_hal::lock;
 use accel_hal::ras::{RasNodeDesc, RasSink};
-use accel_uapi::{Category, EngineInfo, Errno, OpKind, RegionKind, Severity};
+use accel_uapi::{Category, EngineInfo, Errno, Float16, OpKind, RegionKind, Severity};
 use ash::vk;
 
 use gpu::{Gpu, Recorder};
@@ -53,12 +53,16 @@ use program::VkProgram;
 
 pub use program::FORMAT;
 
-/// The GEMM shader without workgroup memory, compiled from `shaders/gemm.wgsl` by the build
-/// script.
+/// The GEMM shader without workgroup memory, compiled from `shaders/gemm.wgsl` (with the
+/// f32 operands of `gemm_f32.wgsl`) by the build script.
 static GEMM_SPV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gemm.spv"));
 
 /// The GEMM shader through workgroup memory, from `shaders/gemm_tiled.wgsl`.
 static GEMM_TILED_SPV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gemm_tiled.spv"));
+
+/// The same two kernels on 16-bit operands (f16, bf16; `shaders/gemm_16.wgsl`).
+static GEMM16_SPV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gemm16.spv"));
+static GEMM16_TILED_SPV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gemm16_tiled.spv"));
 
 /// SPIR-V of an empty kernel (`main`, one storage buffer it does not touch), for clients
 /// that measure a launch's round trip (`accel bench vulkan`).
@@ -113,10 +117,11 @@ impl GemmShader {
         }
     }
 
-    fn spirv(self) -> &'static [u8] {
+    /// The kernel on f32 operands and on 16-bit ones.
+    fn spirv(self) -> [&'static [u8]; 2] {
         match self {
-            GemmShader::Blocked => GEMM_SPV,
-            GemmShader::Tiled => GEMM_TILED_SPV,
+            GemmShader::Blocked => [GEMM_SPV, GEMM16_SPV],
+            GemmShader::Tiled => [GEMM_TILED_SPV, GEMM16_TILED_SPV],
         }
     }
 
@@ -153,6 +158,8 @@ pub struct VulkanDevice {
 struct Generation {
     gpu: Arc<Gpu>,
     gemm: VkProgram,
+    /// The same kernel on f16 and bf16 operands.
+    gemm16: VkProgram,
     gemm_shader: GemmShader,
     /// `VK_EXT_device_fault`'s report, once the device was lost.
     fault: OnceLock<Option<String>>,
@@ -162,8 +169,10 @@ impl Generation {
     fn open(index: usize) -> Result<Generation, DriverError> {
         let gpu = Arc::new(Gpu::open(index)?);
         let gemm_shader = GemmShader::choose(&gpu.props, std::env::var("ACCEL_VULKAN_GEMM").ok().as_deref())?;
-        let gemm = VkProgram::load(&gpu, gemm_shader.spirv(), usize::MAX)?;
-        Ok(Generation { gpu, gemm, gemm_shader, fault: OnceLock::new() })
+        let [f32_spv, f16_spv] = gemm_shader.spirv();
+        let gemm = VkProgram::load(&gpu, f32_spv, usize::MAX)?;
+        let gemm16 = VkProgram::load(&gpu, f16_spv, usize::MAX)?;
+        Ok(Generation { gpu, gemm, gemm16, gemm_shader, fault: OnceLock::new() })
     }
 
     /// What the device reported about its loss, asked once (the logical device stays alive
@@ -288,15 +297,67 @@ impl VulkanDevice {
     }
 
     /// A matrix operand bound at an offset storage buffers allow, with the rest in elements.
-    fn bind_matrix(&self, g: &Generation, binder: &mut Binder<'_>, m: &BoMatrix) -> Result<(Bound, u32), DriverError> {
+    /// Binds a matrix of `elem`-byte elements from the nearest offset the device's alignment
+    /// allows; the elements before it the shader skips. The binding covers whole 32-bit words
+    /// (16-bit operands are read two to a word) where the buffer has them.
+    fn bind_matrix(
+        &self,
+        g: &Generation,
+        binder: &mut Binder<'_>,
+        m: &BoMatrix,
+        elem: u64,
+    ) -> Result<(Bound, u32), DriverError> {
         let b = binder.bind(&m.range)?;
         let base = b.offset - b.offset % g.gpu.props.storage_align;
         let skew = b.offset - base;
-        if !skew.is_multiple_of(4) {
-            return Err(einval(format!("vulkan: a matrix at byte offset {} is not f32-aligned", m.range.offset)));
+        if !skew.is_multiple_of(elem) {
+            return Err(einval(format!(
+                "vulkan: a matrix at byte offset {} is not aligned to its {elem}-byte elements",
+                m.range.offset
+            )));
         }
-        let elems = u32::try_from(skew / 4).map_err(|_| einval("vulkan: offset too large"))?;
-        Ok((Bound { buffer: b.buffer, offset: base, len: b.len + skew }, elems))
+        let elems = u32::try_from(skew / elem).map_err(|_| einval("vulkan: offset too large"))?;
+        let len = (b.len + skew).next_multiple_of(4).min(b.size - base);
+        Ok((Bound { buffer: b.buffer, offset: base, len, size: b.size }, elems))
+    }
+
+    /// Records a GEMM (`program`: f32 or 16-bit) of `a`·`b` into `c`.
+    #[allow(clippy::too_many_arguments)]
+    fn record_gemm(
+        &self,
+        g: &Generation,
+        d: &ash::Device,
+        rec: &Recorder,
+        binder: &mut Binder<'_>,
+        program: &VkProgram,
+        [a, b, c]: [&BoMatrix; 3],
+        [alpha, beta]: [f32; 2],
+        ty: Option<Float16>,
+    ) -> Result<(), DriverError> {
+        let dims = [a.rows, b.cols, a.cols, a.row_stride, b.row_stride, c.row_stride];
+        let dims: Vec<u32> = dims
+            .iter()
+            .map(|v| u32::try_from(*v).map_err(|_| einval("vulkan: a GEMM dimension over 2^32")))
+            .collect::<Result<_, _>>()?;
+        let elem = if ty.is_some() { 2 } else { 4 };
+        let (ba, oa) = self.bind_matrix(g, binder, a, elem)?;
+        let (bb, ob) = self.bind_matrix(g, binder, b, elem)?;
+        let (bc, oc) = self.bind_matrix(g, binder, c, elem)?;
+        let mut scalars: Vec<JobArg> = dims.iter().map(|v| JobArg::U32(*v)).collect();
+        scalars.extend([
+            JobArg::U32(oa),
+            JobArg::U32(ob),
+            JobArg::U32(oc),
+            JobArg::F32(alpha),
+            JobArg::F32(beta),
+            JobArg::U32(match ty {
+                Some(Float16::Bf16) => 1,
+                _ => 0,
+            }),
+        ]);
+        let tile = g.gemm_shader.tile();
+        let grid = [c.cols.div_ceil(tile) as u32, c.rows.div_ceil(tile) as u32, 1];
+        program.record(d, rec, 0, grid, &[ba, bb, bc], &scalars)
     }
 
     fn record(
@@ -360,25 +421,10 @@ impl VulkanDevice {
                 }
             }
             JobOp::GemmF32 { a, b, c, alpha, beta } => {
-                let dims = [a.rows, b.cols, a.cols, a.row_stride, b.row_stride, c.row_stride];
-                let dims: Vec<u32> = dims
-                    .iter()
-                    .map(|v| u32::try_from(*v).map_err(|_| einval("vulkan: a GEMM dimension over 2^32")))
-                    .collect::<Result<_, _>>()?;
-                let (ba, oa) = self.bind_matrix(g, binder, a)?;
-                let (bb, ob) = self.bind_matrix(g, binder, b)?;
-                let (bc, oc) = self.bind_matrix(g, binder, c)?;
-                let mut scalars: Vec<JobArg> = dims.iter().map(|v| JobArg::U32(*v)).collect();
-                scalars.extend([
-                    JobArg::U32(oa),
-                    JobArg::U32(ob),
-                    JobArg::U32(oc),
-                    JobArg::F32(*alpha),
-                    JobArg::F32(*beta),
-                ]);
-                let tile = g.gemm_shader.tile();
-                let grid = [c.cols.div_ceil(tile) as u32, c.rows.div_ceil(tile) as u32, 1];
-                g.gemm.record(d, rec, 0, grid, &[ba, bb, bc], &scalars)?;
+                self.record_gemm(g, d, rec, binder, &g.gemm, [a, b, c], [*alpha, *beta], None)?;
+            }
+            JobOp::Gemm16 { a, b, c, alpha, beta, ty } => {
+                self.record_gemm(g, d, rec, binder, &g.gemm16, [a, b, c], [*alpha, *beta], Some(*ty))?;
             }
             JobOp::Launch { program, entry, grid, args } => {
                 let p = program
@@ -402,9 +448,6 @@ impl VulkanDevice {
                 p.record(d, rec, *entry, *grid, &buffers, &scalars)?;
             }
             JobOp::Nop => {}
-            JobOp::Gemm16 { .. } => {
-                return Err(DriverError::new(Errno::EOPNOTSUPP, "vulkan: no 16-bit GEMM (not advertised)"))
-            }
             JobOp::Driver { code, .. } => {
                 return Err(DriverError::new(Errno::EOPNOTSUPP, format!("vulkan: no driver op {code}")))
             }
@@ -430,7 +473,15 @@ impl Driver for VulkanDevice {
             name: format!("{} ({} {}, Vulkan {})", p.name, p.driver_name, p.driver_info, p.api_version),
             vendor: vendor_name(p.vendor_id).into(),
             categories: vec![Category::Shared, Category::Exclusive, Category::Oneshot],
-            ops: vec![OpKind::Nop, OpKind::Fill, OpKind::Copy, OpKind::GemmF32, OpKind::Launch],
+            ops: vec![
+                OpKind::Nop,
+                OpKind::Fill,
+                OpKind::Copy,
+                OpKind::GemmF32,
+                OpKind::GemmF16,
+                OpKind::GemmBf16,
+                OpKind::Launch,
+            ],
             memory_bytes: self.vram_bytes(),
             compute_units: 1,
             engines,

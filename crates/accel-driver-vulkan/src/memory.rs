@@ -23,6 +23,9 @@ pub struct VkMem {
     pub buffer: vk::Buffer,
     memory: vk::DeviceMemory,
     len: u64,
+    /// Bytes of the buffer: `len` rounded up to whole 32-bit words for the driver's own
+    /// allocations (Vulkan fills, and 16-bit GEMM operands are read, by the word).
+    size: u64,
     exportable: bool,
 }
 
@@ -43,8 +46,9 @@ impl VkMem {
             ));
         }
         let exportable = gpu.memory_fd.is_some();
-        let (buffer, memory) = gpu.buffer(len, gpu.device_type, exportable)?;
-        Ok(Arc::new(VkMem { gpu: gpu.clone(), buffer, memory, len, exportable }))
+        let size = len.max(4).next_multiple_of(4);
+        let (buffer, memory) = gpu.buffer(size, gpu.device_type, exportable)?;
+        Ok(Arc::new(VkMem { gpu: gpu.clone(), buffer, memory, len, size, exportable }))
     }
 }
 
@@ -114,7 +118,7 @@ impl VkMem {
             }
         }
         let (buffer, memory) = gpu.import_opaque(fd, size)?;
-        Ok(Arc::new(VkMem { gpu: gpu.clone(), buffer, memory, len: size, exportable: false }))
+        Ok(Arc::new(VkMem { gpu: gpu.clone(), buffer, memory, len: size, size, exportable: false }))
     }
 }
 
@@ -131,7 +135,8 @@ impl DeviceMemory for VkMem {
     }
 
     fn zero(&self) -> Result<(), DriverError> {
-        let (buffer, len) = (self.buffer, self.len);
+        // The whole buffer: the last bytes of a length that is not whole words too.
+        let (buffer, len) = (self.buffer, self.size);
         self.gpu.submit(
             0,
             &Default::default(),
@@ -179,6 +184,8 @@ pub struct Bound {
     pub offset: u64,
     /// Length in bytes.
     pub len: u64,
+    /// Bytes of the whole buffer (a binding may reach past `len` up to it).
+    pub size: u64,
 }
 
 /// Host memory staged through a host-visible buffer: copied in before the job, out after.
@@ -215,14 +222,14 @@ impl<'a> Binder<'a> {
                     "vulkan: the buffer's device memory was lost with the device (a device reset): allocate it again",
                 ));
             }
-            return Ok(Bound { buffer: mem.buffer, offset: r.offset as u64, len: r.len as u64 });
+            return Ok(Bound { buffer: mem.buffer, offset: r.offset as u64, len: r.len as u64, size: mem.size });
         }
         let host = r.bo.host().ok_or_else(|| DriverError::new(Errno::EINVAL, "vulkan: a buffer with no memory"))?;
         let (ptr, whole) = (host.as_ptr(), host.len() as u64);
         let align = self.gpu.props.host_import_align;
         if align > 0 && (ptr as u64).is_multiple_of(align) && whole.is_multiple_of(align) {
             if let Some(&buffer) = self.imported.get(&(ptr as usize)) {
-                return Ok(Bound { buffer, offset: r.offset as u64, len: r.len as u64 });
+                return Ok(Bound { buffer, offset: r.offset as u64, len: r.len as u64, size: whole });
             }
             // SAFETY: the job holds the buffer object (and so its mapping) until it completed,
             // and the imported memory is freed with the job.
@@ -230,7 +237,7 @@ impl<'a> Binder<'a> {
                 Ok((buffer, memory)) => {
                     self.owned.push(Owned::Buffer(buffer, Some(memory)));
                     self.imported.insert(ptr as usize, buffer);
-                    return Ok(Bound { buffer, offset: r.offset as u64, len: r.len as u64 });
+                    return Ok(Bound { buffer, offset: r.offset as u64, len: r.len as u64, size: whole });
                 }
                 Err(e) => tracing::debug!("host memory staged, not imported: {}", e.message),
             }
@@ -252,7 +259,7 @@ impl<'a> Binder<'a> {
         let dst = unsafe { accel_hal::mem::VolatileSlice::new(ptr, r.len) };
         src.copy_to(&dst);
         self.staged.push(Staged { range: r.clone(), ptr });
-        Ok(Bound { buffer, offset: 0, len: r.len as u64 })
+        Ok(Bound { buffer, offset: 0, len: r.len as u64, size })
     }
 
     /// Copies staged operands back to host memory after the job succeeded.

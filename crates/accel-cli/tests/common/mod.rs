@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use accel::{Connection, Device, Errno, ObjectCounts, Op};
+use accel::{Buffer, Connection, Device, Errno, Float16, Gemm16, ObjectCounts, Op};
 use accel_driver_testdev::OP_HANG;
 
 /// An admin connection (the tests run as root or as the daemon's user).
@@ -276,4 +276,63 @@ pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// GEMM on f16 and bf16 operands (each of `types`) on `dev`, operands in each of `regions`,
+/// equals the cpu device's to the bit: strided, C at a 2-byte offset (elements that share
+/// 32-bit words with others), alpha and beta. Multiples of 1/8: every product and sum is
+/// exact in f32, so whatever order a device sums in, one rounding gives the same bits.
+pub fn gemm16_equals_the_cpu_drivers(dev: &Device, cpu: &Device, regions: &[u32], types: &[Float16]) {
+    let (m, n, k, lda, ldb, ldc) = (67usize, 45usize, 39usize, 40usize, 50usize, 47usize);
+    let eighths =
+        |len: usize, s: usize| -> Vec<f32> { (0..len).map(|i| ((i * 7 + s * 3) % 17) as f32 / 8.0 - 1.0).collect() };
+    let (av, bv, cv) = (eighths(m * lda, 1), eighths(k * ldb, 2), eighths(m * ldc, 3));
+    for &ty in types {
+        let enc = |v: &[f32]| -> Vec<u8> {
+            v.iter()
+                .flat_map(|x| match ty {
+                    Float16::F16 => half::f16::from_f32(*x).to_bits().to_le_bytes(),
+                    Float16::Bf16 => half::bf16::from_f32(*x).to_bits().to_le_bytes(),
+                })
+                .collect()
+        };
+        let run = |dev: &Device, region: u32| -> Vec<u8> {
+            let q = dev.create_queue().unwrap();
+            let put = |bytes: &[u8], at: u64| {
+                let host = dev.alloc(bytes.len() as u64 + at).unwrap();
+                host.write(at as usize, bytes).unwrap();
+                if region == 0 {
+                    return host;
+                }
+                let v = dev.alloc_in(host.size(), region).unwrap();
+                q.submit(Op::Copy { src: host.whole(), dst: v.whole() }).unwrap();
+                v
+            };
+            let (ba, bb, bc) = (put(&enc(&av), 0), put(&enc(&bv), 0), put(&enc(&cv), 2));
+            let op = Gemm16 {
+                m: m as u64,
+                n: n as u64,
+                k: k as u64,
+                a: ba.matrix(0, lda as u64),
+                b: bb.matrix(0, ldb as u64),
+                c: bc.matrix(2, ldc as u64),
+                alpha: 1.5,
+                beta: -0.5,
+                ty,
+            };
+            q.submit(Op::Gemm16(op)).unwrap().wait().unwrap();
+            let back: Buffer = dev.alloc(bc.size()).unwrap();
+            q.submit(Op::Copy { src: bc.whole(), dst: back.whole() }).unwrap().wait().unwrap();
+            let mut out = vec![0u8; m * ldc * 2];
+            back.read(2, &mut out).unwrap();
+            out
+        };
+        let want = run(cpu, 0);
+        assert_ne!(want, enc(&cv), "the cpu driver computed something");
+        for &region in regions {
+            let got = run(dev, region);
+            let differ = got.chunks(2).zip(want.chunks(2)).filter(|(g, w)| g != w).count();
+            assert_eq!(differ, 0, "{ty:?} region {region}: {differ} of {} elements differ", m * ldc);
+        }
+    }
 }
