@@ -342,6 +342,58 @@ fn spirv_programs_launch_with_buffers_and_scalars() {
 }
 
 #[test]
+fn a_buffer_larger_than_one_binding_of_the_device_is_refused_with_the_limit() {
+    if !vulkan() {
+        return;
+    }
+    // What one storage binding covers (lavapipe: 128 MiB); past it a binding is undefined
+    // behaviour in the Vulkan driver, so accel refuses it with the limit in the message.
+    let max = accel_driver_vulkan::VulkanDevice::open(0).unwrap().max_binding();
+    if max > 1 << 30 {
+        println!("skipped: this device binds up to {max} bytes, more than this test allocates");
+        return;
+    }
+    let d = Daemon::start(&["vulkan:0"]);
+    let dev = d.open(0);
+    let q = dev.create_queue().unwrap();
+    let big = dev.alloc_in(max + (1 << 20), VRAM).unwrap();
+    let small = dev.alloc_in(4096, VRAM).unwrap();
+    let p = dev.load_program("spirv", &spirv(SAXPY)).unwrap();
+    // A launch: refused at submit, naming the argument.
+    let args =
+        [LaunchArg::Buffer(small.whole()), LaunchArg::Buffer(big.whole()), LaunchArg::U32(4), LaunchArg::F32(1.0)];
+    let e = q.submit(p.launch("main", [1, 1, 1], &args).unwrap()).unwrap_err();
+    assert_eq!(e.code, Errno::E2BIG, "{e}");
+    assert!(e.message.contains(&format!("argument 1 spans {} bytes", max + (1 << 20))), "{e}");
+    assert!(e.message.contains(&format!("at most {max} bytes")), "{e}");
+    // Its first `max` bytes are fine.
+    let args =
+        [LaunchArg::Buffer(small.whole()), LaunchArg::Buffer(big.view(0, max)), LaunchArg::U32(4), LaunchArg::F32(1.0)];
+    q.submit(p.launch("main", [1, 1, 1], &args).unwrap()).unwrap().wait().unwrap();
+    // A GEMM whose B spans more than one binding: the job fails with the same reason.
+    let cols = 4096u64;
+    let rows = (max / 4).div_ceil(cols) + 1;
+    let (a, c) = (dev.alloc_in(rows * 4, VRAM).unwrap(), dev.alloc_in(cols * 4, VRAM).unwrap());
+    let op = GemmF32 {
+        m: 1,
+        n: cols,
+        k: rows,
+        a: a.matrix(0, rows),
+        b: big.matrix(0, cols),
+        c: c.matrix(0, cols),
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    let code = q.submit(Op::GemmF32(op)).map(|f| f.wait());
+    let e = match code {
+        Ok(r) => r.unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(e.code, Errno::E2BIG, "{e}");
+    assert!(e.message.contains(&format!("at most {max} bytes")), "{e}");
+}
+
+#[test]
 fn device_memory_is_scrubbed_and_exported_with_prime_semantics() {
     if !vulkan() {
         return;

@@ -204,14 +204,15 @@ impl VulkanDevice {
         let first = Generation::open(index)?;
         let (g, on) = (&first.gpu, |b: bool| if b { "on" } else { "off" });
         tracing::info!(
-            "vulkan{index}: {} ({}): host memory import {}, memory export {}, sync file export {}, fault details {}, GEMM shader {}",
+            "vulkan{index}: {} ({}): host memory import {}, memory export {}, sync file export {}, fault details {}, GEMM shader {}, storage bindings up to {} bytes",
             g.props.name,
             g.props.driver_name,
             on(g.host_import.is_some()),
             on(g.memory_fd.is_some()),
             on(g.semaphore_fd.is_some()),
             on(g.fault.is_some()),
-            first.gemm_shader.name()
+            first.gemm_shader.name(),
+            g.props.max_storage_range
         );
         Ok(VulkanDevice {
             index,
@@ -226,6 +227,12 @@ impl VulkanDevice {
     /// The GEMM shader this device runs.
     pub fn gemm_shader(&self) -> GemmShader {
         self.now().gemm_shader
+    }
+
+    /// Bytes one storage-buffer binding covers at most (`maxStorageBufferRange`): a launch
+    /// argument or GEMM operand beyond it fails with `E2BIG`.
+    pub fn max_binding(&self) -> u64 {
+        self.gpu().props.max_storage_range
     }
 
     /// The logical device now.

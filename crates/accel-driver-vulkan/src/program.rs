@@ -215,6 +215,9 @@ impl VkProgram {
         if buffers.len() != self.bindings.len() || scalars.len() != self.push.len() {
             return Err(invalid("spirv: the arguments do not match the entry's parameters"));
         }
+        for (i, b) in buffers.iter().enumerate() {
+            check_range(&self.gpu, &format!("buffer binding {i}"), b.len)?;
+        }
         let set = rec.descriptor_set(d, self.set_layout)?;
         let infos: Vec<_> = buffers
             .iter()
@@ -273,6 +276,20 @@ impl VkProgram {
     }
 }
 
+/// `E2BIG` where `len` bytes exceed what one storage-buffer binding of the device covers
+/// (`maxStorageBufferRange`: 128 MiB on some devices): a larger binding is undefined
+/// behaviour in the driver, not an error it reports.
+fn check_range(gpu: &Gpu, what: &str, len: u64) -> Result<(), DriverError> {
+    let max = gpu.props.max_storage_range;
+    if len > max {
+        return Err(DriverError::new(
+            Errno::E2BIG,
+            format!("vulkan: {what} spans {len} bytes; this device binds at most {max} bytes as one storage buffer"),
+        ));
+    }
+    Ok(())
+}
+
 impl Program for VkProgram {
     fn entries(&self) -> &[EntryInfo] {
         &self.entries
@@ -292,6 +309,7 @@ impl Program for VkProgram {
                         r.offset
                     )));
                 }
+                check_range(&self.gpu, &format!("argument {i}"), r.len as u64)?;
             }
         }
         Ok(())

@@ -58,6 +58,8 @@ pub struct Props {
     pub max_groups: [u32; 3],
     /// Largest push-constant block.
     pub max_push: u32,
+    /// Largest range one storage-buffer binding covers (`maxStorageBufferRange`).
+    pub max_storage_range: u64,
     /// Largest single allocation.
     pub max_alloc: u64,
     /// `deviceUUID`, as text.
@@ -338,6 +340,7 @@ impl Gpu {
             host_import_align: if ext.host_import { host_props.max(1) } else { 0 },
             max_groups: p.limits.max_compute_work_group_count,
             max_push: p.limits.max_push_constants_size,
+            max_storage_range: u64::from(p.limits.max_storage_buffer_range),
             max_alloc,
             uuid,
             max_invocations: p.limits.max_compute_work_group_invocations,
