@@ -20,6 +20,16 @@
 // Most arguments of one launch.
 #define ACCEL_MAX_LAUNCH_ARGS 8
 
+// `accel_ring_set_wait_mode`: spin briefly (50 µs), then block (the default).
+#define ACCEL_WAIT_AUTO 0
+
+// `accel_ring_set_wait_mode`: spin until the completions come (lowest latency, a core busy;
+// the daemon's poller keeps watching the ring while its jobs run).
+#define ACCEL_WAIT_SPIN 1
+
+// `accel_ring_set_wait_mode`: block at once.
+#define ACCEL_WAIT_BLOCK 2
+
 // `accel_syncobj_create_flags`: create the syncobj signalled (`DRM_SYNCOBJ_CREATE_SIGNALED`).
 #define ACCEL_SYNCOBJ_CREATE_SIGNALED 1
 
@@ -37,16 +47,6 @@
 
 // Query the last submitted point (`DRM_SYNCOBJ_QUERY_FLAGS_LAST_SUBMITTED`).
 #define ACCEL_SYNCOBJ_QUERY_LAST_SUBMITTED 1
-
-// `accel_ring_set_wait_mode`: spin briefly (50 µs), then block (the default).
-#define ACCEL_WAIT_AUTO 0
-
-// `accel_ring_set_wait_mode`: spin until the completions come (lowest latency, a core busy;
-// the daemon's poller keeps watching the ring while its jobs run).
-#define ACCEL_WAIT_SPIN 1
-
-// `accel_ring_set_wait_mode`: block at once.
-#define ACCEL_WAIT_BLOCK 2
 
 // Which operation an [`accel_op`] describes.
 typedef enum accel_op_kind {
@@ -403,6 +403,76 @@ uint64_t accel_fence_seqno(const struct accel_fence *f);
 // `f` is NULL or from [`accel_submit`], not yet freed.
 void accel_fence_free(struct accel_fence *f);
 
+// Creates a queue with a shared-memory ring of `entries` submissions (a power of two up
+// to 4096): jobs then cost no syscall while the daemon is busy.
+//
+// # Safety
+// `dev` is live; `out` is valid for a write.
+int accel_ring_create(const struct accel_device *dev, uint32_t entries, struct accel_ring **out);
+
+// Publishes a job (no syscall); `-EAGAIN` when the ring is full. Call
+// [`accel_ring_flush`] after a batch.
+//
+// # Safety
+// `r` and `op` are live, and so are the op's buffers.
+int accel_ring_push(struct accel_ring *r, const struct accel_op *op, uint64_t user_data);
+
+// Queues a sync entry: a null job that waits for `n_waits` syncobj points (one not
+// submitted yet is waited for) and then signals `n_signals` points; later entries wait with
+// it. At most six points in all (`-E2BIG`).
+//
+// # Safety
+// `r` is live; `wait_objs`/`wait_points` hold `n_waits` live syncobjs and points, and
+// `signal_objs`/`signal_points` `n_signals` (points arrays may be NULL for all 0).
+int accel_ring_push_sync(struct accel_ring *r,
+                         const struct accel_syncobj *const *wait_objs,
+                         const uint64_t *wait_points,
+                         uint32_t n_waits,
+                         const struct accel_syncobj *const *signal_objs,
+                         const uint64_t *signal_points,
+                         uint32_t n_signals,
+                         uint64_t user_data);
+
+// Wakes the daemon if it sleeps (a syscall only then).
+//
+// # Safety
+// `r` is live.
+int accel_ring_flush(struct accel_ring *r);
+
+// Chooses how [`accel_ring_wait`] and [`accel_ring_submit_wait`] wait: `ACCEL_WAIT_AUTO`,
+// `ACCEL_WAIT_SPIN` or `ACCEL_WAIT_BLOCK` (CUDA's context scheduling flags, for a ring);
+// `-EINVAL` for anything else.
+//
+// # Safety
+// `r` is live.
+int accel_ring_set_wait_mode(struct accel_ring *r, int mode);
+
+// Waits up to `timeout_ns` until at least `min` completions are available, then copies
+// up to `max` into `out`; returns how many (or `-ETIMEDOUT`, `-EPIPE` if the daemon died).
+//
+// # Safety
+// `r` is live; `out` has room for `max` entries.
+int accel_ring_wait(struct accel_ring *r,
+                    struct accel_completion *out,
+                    uintptr_t max,
+                    uintptr_t min,
+                    uint64_t timeout_ns);
+
+// Submits one job and waits for its completion: the synchronous round trip.
+//
+// # Safety
+// `r`, `op` and the op's buffers are live; `out` is valid for a write.
+int accel_ring_submit_wait(struct accel_ring *r,
+                           const struct accel_op *op,
+                           uint64_t timeout_ns,
+                           struct accel_completion *out);
+
+// Frees a ring and its queue.
+//
+// # Safety
+// `r` is NULL or from [`accel_ring_create`], not yet freed.
+void accel_ring_free(struct accel_ring *r);
+
 // Creates a syncobj. Every syncobj takes binary (point 0) and timeline operations, as in
 // DRM; `timeline` only documents the intent.
 //
@@ -532,76 +602,6 @@ int accel_syncobj_export_sync_file(const struct accel_syncobj *s, uint64_t point
 // # Safety
 // `s` is live; `fd` is open for the call.
 int accel_syncobj_import_sync_file(const struct accel_syncobj *s, uint64_t point, int fd);
-
-// Creates a queue with a shared-memory ring of `entries` submissions (a power of two up
-// to 4096): jobs then cost no syscall while the daemon is busy.
-//
-// # Safety
-// `dev` is live; `out` is valid for a write.
-int accel_ring_create(const struct accel_device *dev, uint32_t entries, struct accel_ring **out);
-
-// Publishes a job (no syscall); `-EAGAIN` when the ring is full. Call
-// [`accel_ring_flush`] after a batch.
-//
-// # Safety
-// `r` and `op` are live, and so are the op's buffers.
-int accel_ring_push(struct accel_ring *r, const struct accel_op *op, uint64_t user_data);
-
-// Queues a sync entry: a null job that waits for `n_waits` syncobj points (one not
-// submitted yet is waited for) and then signals `n_signals` points; later entries wait with
-// it. At most six points in all (`-E2BIG`).
-//
-// # Safety
-// `r` is live; `wait_objs`/`wait_points` hold `n_waits` live syncobjs and points, and
-// `signal_objs`/`signal_points` `n_signals` (points arrays may be NULL for all 0).
-int accel_ring_push_sync(struct accel_ring *r,
-                         const struct accel_syncobj *const *wait_objs,
-                         const uint64_t *wait_points,
-                         uint32_t n_waits,
-                         const struct accel_syncobj *const *signal_objs,
-                         const uint64_t *signal_points,
-                         uint32_t n_signals,
-                         uint64_t user_data);
-
-// Wakes the daemon if it sleeps (a syscall only then).
-//
-// # Safety
-// `r` is live.
-int accel_ring_flush(struct accel_ring *r);
-
-// Chooses how [`accel_ring_wait`] and [`accel_ring_submit_wait`] wait: `ACCEL_WAIT_AUTO`,
-// `ACCEL_WAIT_SPIN` or `ACCEL_WAIT_BLOCK` (CUDA's context scheduling flags, for a ring);
-// `-EINVAL` for anything else.
-//
-// # Safety
-// `r` is live.
-int accel_ring_set_wait_mode(struct accel_ring *r, int mode);
-
-// Waits up to `timeout_ns` until at least `min` completions are available, then copies
-// up to `max` into `out`; returns how many (or `-ETIMEDOUT`, `-EPIPE` if the daemon died).
-//
-// # Safety
-// `r` is live; `out` has room for `max` entries.
-int accel_ring_wait(struct accel_ring *r,
-                    struct accel_completion *out,
-                    uintptr_t max,
-                    uintptr_t min,
-                    uint64_t timeout_ns);
-
-// Submits one job and waits for its completion: the synchronous round trip.
-//
-// # Safety
-// `r`, `op` and the op's buffers are live; `out` is valid for a write.
-int accel_ring_submit_wait(struct accel_ring *r,
-                           const struct accel_op *op,
-                           uint64_t timeout_ns,
-                           struct accel_completion *out);
-
-// Frees a ring and its queue.
-//
-// # Safety
-// `r` is NULL or from [`accel_ring_create`], not yet freed.
-void accel_ring_free(struct accel_ring *r);
 
 #ifdef __cplusplus
 }  // extern "C"
