@@ -92,9 +92,10 @@ impl GemmShader {
     const TILED_INVOCATIONS: u32 = 256;
 
     /// The shader for a device with `props`: `setting` (`ACCEL_VULKAN_GEMM`) where set, else
-    /// tiled where its work groups hold 256 invocations and blocked where they cannot.
+    /// tiled where its work groups hold 256 invocations (in one row) and blocked where they
+    /// cannot.
     fn choose(props: &gpu::Props, setting: Option<&str>) -> Result<GemmShader, DriverError> {
-        let fits = props.max_invocations >= Self::TILED_INVOCATIONS;
+        let fits = props.max_invocations.min(props.max_group_width) >= Self::TILED_INVOCATIONS;
         match setting {
             None | Some("") => Ok(if fits { GemmShader::Tiled } else { GemmShader::Blocked }),
             Some("blocked") => Ok(GemmShader::Blocked),
@@ -102,7 +103,7 @@ impl GemmShader {
             Some("tiled") => Err(einval(format!(
                 "ACCEL_VULKAN_GEMM=tiled: {} allows {} invocations per work group, the tiled shader needs {}",
                 props.name,
-                props.max_invocations,
+                props.max_invocations.min(props.max_group_width),
                 Self::TILED_INVOCATIONS
             ))),
             Some(other) => Err(einval(format!("ACCEL_VULKAN_GEMM={other}: `tiled` or `blocked`"))),
@@ -621,13 +622,19 @@ mod tests {
 
     #[test]
     fn devices_take_the_tiled_gemm_where_their_work_groups_hold_it() {
-        let gpu = gpu::Props { name: "gpu".into(), max_invocations: 1024, ..Default::default() };
-        let exact = gpu::Props { name: "exact".into(), max_invocations: 256, ..Default::default() };
-        let small = gpu::Props { name: "small".into(), max_invocations: 128, ..Default::default() };
+        let props = |name: &str, max_invocations, max_group_width| gpu::Props {
+            name: name.into(),
+            max_invocations,
+            max_group_width,
+            ..Default::default()
+        };
+        let (gpu, exact) = (props("gpu", 1024, 1024), props("exact", 256, 256));
+        let (small, narrow) = (props("small", 128, 1024), props("narrow", 1024, 128));
         assert_eq!(GemmShader::choose(&gpu, None).unwrap(), GemmShader::Tiled);
         assert_eq!(GemmShader::choose(&gpu, Some("")).unwrap(), GemmShader::Tiled);
         assert_eq!(GemmShader::choose(&exact, None).unwrap(), GemmShader::Tiled);
         assert_eq!(GemmShader::choose(&small, None).unwrap(), GemmShader::Blocked);
+        assert_eq!(GemmShader::choose(&narrow, None).unwrap(), GemmShader::Blocked);
         assert_eq!(GemmShader::choose(&gpu, Some("blocked")).unwrap(), GemmShader::Blocked);
         assert_eq!(GemmShader::choose(&small, Some("blocked")).unwrap(), GemmShader::Blocked);
         let e = GemmShader::choose(&small, Some("tiled")).unwrap_err();

@@ -66,6 +66,8 @@ pub struct Props {
     pub uuid: String,
     /// Most invocations in one work group.
     pub max_invocations: u32,
+    /// Widest work group (`maxComputeWorkGroupSize[0]`).
+    pub max_group_width: u32,
 }
 
 /// A Vulkan device and what the driver keeps of it.
@@ -344,6 +346,7 @@ impl Gpu {
             max_alloc,
             uuid,
             max_invocations: p.limits.max_compute_work_group_invocations,
+            max_group_width: p.limits.max_compute_work_group_size[0],
         };
         Ok((device, props, engine_families, (device_type, staging_type), ext))
     }
