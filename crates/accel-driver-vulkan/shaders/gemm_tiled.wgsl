@@ -1,9 +1,10 @@
 // C = alpha·A·B + beta·C over row-major matrices with row strides: a work group of 256
-// invocations computes a 128×128 tile of C. It walks K in steps of 8: the group loads the 128×8 slice of A and the 8×128 slice of B into workgroup memory once
-// (each element of them is then read by 16 invocations from there instead of from device
-// memory), and each invocation accumulates an 8×8 block of C in registers from 8 values of
-// A and 8 of B per step (64 multiply-adds for 4 vector loads). Devices whose work groups
-// cannot hold 256 invocations take `gemm.wgsl`. Parameters: `gemm_params.wgsl`; the operands
+// invocations computes a 128×128 tile of C. It walks K in steps of 8: the group loads the
+// 128×8 slice of A and the 8×128 slice of B into workgroup memory once (each element of them
+// is then read by 16 invocations from there instead of from device memory), and each
+// invocation accumulates an 8×8 block of C in registers from 8 values of A and 8 of B per
+// step (64 multiply-adds for 4 vector loads). Devices whose work groups cannot hold 256
+// invocations in a row take `gemm.wgsl`. Parameters: `gemm_params.wgsl`; the operands
 // (`load_a`, `load_b`, `store`): `gemm_f32.wgsl` or `gemm_16.wgsl`.
 
 /// Rows of C a work group computes.
