@@ -178,12 +178,21 @@ impl Clients {
     /// for `seconds` once told to go, with `envs` added to their environment.
     pub(super) fn spawn(n: usize, seconds: f64, target: &str, envs: &[(&str, &Path)]) -> Result<Clients> {
         let exe = std::env::current_exe().context("locating the accel binary")?;
-        let mut children = Vec::new();
-        for _ in 0..n {
+        let commands = (0..n).map(|_| {
             let mut cmd = Command::new(&exe);
             cmd.args(["bench", "cuda", "--seconds", &seconds.to_string(), "--child", target]);
-            cmd.envs(envs.iter().copied()).stdin(Stdio::piped()).stdout(Stdio::piped());
-            let mut child = cmd.spawn().context("starting a client")?;
+            cmd.envs(envs.iter().copied());
+            cmd
+        });
+        Clients::start(commands)
+    }
+
+    /// Starts `commands`, each a client that says `ready`, waits for `go`, and prints its
+    /// report.
+    fn start(commands: impl IntoIterator<Item = Command>) -> Result<Clients> {
+        let mut children = Vec::new();
+        for mut cmd in commands {
+            let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().context("starting a client")?;
             let lines = BufReader::new(child.stdout.take().context("client stdout")?).lines();
             children.push((child, lines));
         }
@@ -201,30 +210,35 @@ impl Clients {
         Ok(())
     }
 
-    /// Each client's report, in order; one still running at `deadline` is killed.
+    /// Each client's report, in order; one that has not reported by `deadline` is killed
+    /// (through its handle, so no other process can be hit) and reports nothing.
     pub(super) fn reports(self, deadline: Instant) -> Vec<Report> {
-        let pids: Vec<i32> = self.children.iter().map(|(c, _)| c.id() as i32).collect();
-        let (done, stop) = std::sync::mpsc::channel::<()>();
-        let watchdog = std::thread::spawn(move || {
-            if stop.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_err() {
-                for pid in pids {
-                    // SAFETY: kill(2) on our own child, not yet reaped (waited for below).
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        });
-        let reports = self
-            .children
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut children = Vec::new();
+        for (i, (child, mut lines)) in self.children.into_iter().enumerate() {
+            let tx = tx.clone();
+            // Ends when the client prints its line or its stdout closes (it exited or was killed).
+            std::thread::spawn(move || {
+                let _ = tx.send((i, lines.next().and_then(|l| l.ok())));
+            });
+            children.push(child);
+        }
+        drop(tx);
+        let mut lines: Vec<Option<String>> = vec![None; children.len()];
+        while let Ok((i, line)) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            lines[i] = line;
+        }
+        children
             .into_iter()
-            .map(|(mut c, mut lines)| {
-                let line = lines.next().and_then(|l| l.ok());
+            .zip(lines)
+            .map(|(mut c, line)| {
+                if line.is_none() {
+                    let _ = c.kill();
+                }
                 let ok = c.wait().is_ok_and(|s| s.success());
                 Report { line, ok }
             })
-            .collect();
-        drop(done);
-        let _ = watchdog.join();
-        reports
+            .collect()
     }
 }
 
@@ -375,4 +389,33 @@ pub fn green_fault_child() -> Result<()> {
         quote(other.as_deref().unwrap_or(""))
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        cmd
+    }
+
+    #[test]
+    fn a_client_that_does_not_report_by_the_deadline_is_killed_and_the_others_report() {
+        let mut clients = Clients::start([
+            sh("echo ready; read go; echo 7 0 0 0"),
+            sh("echo ready; read go; exec sleep 60"),
+            sh("echo ready; read go; exit 3"),
+        ])
+        .unwrap();
+        clients.go().unwrap();
+        let start = Instant::now();
+        let reports = clients.reports(Instant::now() + Duration::from_millis(500));
+        assert!(start.elapsed() < Duration::from_secs(10), "the stuck client held the reports");
+        let seen: Vec<(Option<&str>, bool)> = reports.iter().map(|r| (r.line.as_deref(), r.ok)).collect();
+        assert_eq!(seen, [(Some("7 0 0 0"), true), (None, false), (None, false)]);
+        assert_eq!(parse_report(reports[0].line.as_deref().unwrap()).unwrap(), [7, 0, 0, 0]);
+        assert!(parse_report("7 0 0").is_err());
+    }
 }
