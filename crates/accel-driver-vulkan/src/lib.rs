@@ -304,10 +304,9 @@ impl VulkanDevice {
         result
     }
 
-    /// A matrix operand bound at an offset storage buffers allow, with the rest in elements.
-    /// Binds a matrix of `elem`-byte elements from the nearest offset the device's alignment
-    /// allows; the elements before it the shader skips. The binding covers whole 32-bit words
-    /// (16-bit operands are read two to a word) where the buffer has them.
+    /// Binds a matrix operand of `elem`-byte elements from the nearest offset the device's
+    /// alignment allows; the elements before it the shader skips. The binding covers whole
+    /// 32-bit words (16-bit operands are read two to a word) where the buffer has them.
     fn bind_matrix(
         &self,
         g: &Generation,
@@ -329,7 +328,7 @@ impl VulkanDevice {
         Ok((Bound { buffer: b.buffer, offset: base, len, size: b.size }, elems))
     }
 
-    /// Records a GEMM (`program`: f32 or 16-bit) of `a`·`b` into `c`.
+    /// Records a GEMM of `a`·`b` into `c`: on f32 operands, or 16-bit ones of type `ty`.
     #[allow(clippy::too_many_arguments)]
     fn record_gemm(
         &self,
@@ -337,7 +336,6 @@ impl VulkanDevice {
         d: &ash::Device,
         rec: &Recorder,
         binder: &mut Binder<'_>,
-        program: &VkProgram,
         [a, b, c]: [&BoMatrix; 3],
         [alpha, beta]: [f32; 2],
         ty: Option<Float16>,
@@ -347,7 +345,7 @@ impl VulkanDevice {
             .iter()
             .map(|v| u32::try_from(*v).map_err(|_| einval("vulkan: a GEMM dimension over 2^32")))
             .collect::<Result<_, _>>()?;
-        let elem = if ty.is_some() { 2 } else { 4 };
+        let (program, elem) = if ty.is_some() { (&g.gemm16, 2) } else { (&g.gemm, 4) };
         let (ba, oa) = self.bind_matrix(g, binder, a, elem)?;
         let (bb, ob) = self.bind_matrix(g, binder, b, elem)?;
         let (bc, oc) = self.bind_matrix(g, binder, c, elem)?;
@@ -429,10 +427,10 @@ impl VulkanDevice {
                 }
             }
             JobOp::GemmF32 { a, b, c, alpha, beta } => {
-                self.record_gemm(g, d, rec, binder, &g.gemm, [a, b, c], [*alpha, *beta], None)?;
+                self.record_gemm(g, d, rec, binder, [a, b, c], [*alpha, *beta], None)?;
             }
             JobOp::Gemm16 { a, b, c, alpha, beta, ty } => {
-                self.record_gemm(g, d, rec, binder, &g.gemm16, [a, b, c], [*alpha, *beta], Some(*ty))?;
+                self.record_gemm(g, d, rec, binder, [a, b, c], [*alpha, *beta], Some(*ty))?;
             }
             JobOp::Launch { program, entry, grid, args } => {
                 let p = program

@@ -124,12 +124,13 @@ pub fn run(device: &str, sizes: &[usize], reps: usize, iters: usize) -> Result<(
         Some((_, n)) => n.parse().with_context(|| format!("device {device:?}"))?,
         None => 0,
     };
-    // What computes the f32 GEMM: the vulkan driver's shader for this device (as the daemon,
-    // with this environment, chose it), or cuBLAS.
-    let gemm_by = match driver.as_str() {
-        "cuda" => "cublas",
-        _ => accel_driver_vulkan::VulkanDevice::open(index).map_err(driver_error)?.gemm_shader().name(),
+    // A vulkan device of this process's own: the driver's job path without the daemon (timed
+    // below), and which GEMM shader it runs (the daemon, with this environment, chose the same).
+    let own = match driver.as_str() {
+        "cuda" => None,
+        _ => Some(accel_driver_vulkan::VulkanDevice::open(index).map_err(driver_error)?),
     };
+    let gemm_by = own.as_ref().map_or("cublas", |d| d.gemm_shader().name());
     for &n in sizes {
         let flops = 2.0 * (n as f64).powi(3);
         // The cpu driver's baseline (and the results' check) up to 4096³: beyond, it takes
@@ -197,9 +198,9 @@ pub fn run(device: &str, sizes: &[usize], reps: usize, iters: usize) -> Result<(
     })?);
     // The same empty kernel through the GPU's own API in this process: what accel adds.
     // And the driver's own job path in this process (no daemon, no IPC), for a vulkan device.
-    let in_process = match driver.as_str() {
-        "cuda" => None,
-        _ => Some(percentiles(driver_round_trips(index, iters)?)),
+    let in_process = match &own {
+        Some(dev) => Some(percentiles(driver_round_trips(dev, iters)?)),
+        None => None,
     };
     let (d50, d99, _) = percentiles(match driver.as_str() {
         "cuda" => {
@@ -231,10 +232,9 @@ pub fn run(device: &str, sizes: &[usize], reps: usize, iters: usize) -> Result<(
 
 /// Round trips of the empty kernel through the vulkan driver's `run_job` in this process, on
 /// a device of its own: the driver's path without the daemon around it.
-fn driver_round_trips(index: usize, iters: usize) -> Result<Vec<u64>> {
+fn driver_round_trips(dev: &accel_driver_vulkan::VulkanDevice, iters: usize) -> Result<Vec<u64>> {
     use accel_core::bo::{Backing, BoRange, BufferObject};
     use accel_core::driver::{AbortToken, Driver, JobArg, JobCtx, JobOp, NativeFence};
-    let dev = accel_driver_vulkan::VulkanDevice::open(index).map_err(driver_error)?;
     let counters = std::sync::Arc::new(accel_core::counters::Counters::default());
     let mem = dev.alloc(0, 4096).map_err(driver_error)?;
     let bo = BufferObject::with_backing(&counters, Backing::Device(mem), 1, Some(0), Vec::new());
