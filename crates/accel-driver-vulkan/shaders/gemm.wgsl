@@ -2,7 +2,7 @@
 // groups cannot hold the 256 invocations of `gemm_tiled.wgsl`. Each invocation computes a 4×4
 // block of C in registers, reading A and B straight from memory (the caches serve the reuse,
 // no workgroup memory). A work group of 8×8 invocations covers a 32×32 tile of C. Parameters:
-// `gemm_params.wgsl`; the operands (`load_a`, `load_b`, `store`): `gemm_f32.wgsl` or
+// `gemm_params.wgsl`; the operands (`load_a`, `load_b`, `put`): `gemm_f32.wgsl` or
 // `gemm_16.wgsl`.
 
 @compute @workgroup_size(8, 8, 1)

@@ -42,24 +42,15 @@ fn load_b(at: u32) -> f32 {
     return widen(half_of(b[at >> 1u], at));
 }
 
-/// Four elements of C from `col0` on in `row`: alpha·v + beta·C, past the matrix's edge nothing.
-fn store(row: u32, col0: u32, v: vec4<f32>) {
-    if (row >= p.m) {
-        return;
+/// Element `at` of C becomes `x` + beta·C, rounded to the type.
+fn put(at: u32, x: f32) {
+    let word = at >> 1u;
+    let shift = (at & 1u) * 16u;
+    var y = x;
+    if (p.beta != 0.0) {
+        // Only this invocation writes this half; the other may change meanwhile.
+        y += p.beta * widen(half_of(atomicLoad(&c[word]), at));
     }
-    for (var j = 0u; j < 4u; j++) {
-        let col = col0 + j;
-        if (col < p.n) {
-            let at = p.c_off + row * p.ldc + col;
-            let word = at >> 1u;
-            let shift = (at & 1u) * 16u;
-            var x = p.alpha * v[j];
-            if (p.beta != 0.0) {
-                // Only this invocation writes this half; the other may change meanwhile.
-                x += p.beta * widen(half_of(atomicLoad(&c[word]), at));
-            }
-            atomicAnd(&c[word], ~(0xffffu << shift));
-            atomicOr(&c[word], narrow(x) << shift);
-        }
-    }
+    atomicAnd(&c[word], ~(0xffffu << shift));
+    atomicOr(&c[word], narrow(y) << shift);
 }

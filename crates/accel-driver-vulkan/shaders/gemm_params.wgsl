@@ -1,8 +1,8 @@
-// The GEMM shaders' parameters, as push constants (the build script puts this file first,
-// then the operands' file, `gemm_f32.wgsl` or `gemm_16.wgsl`, then the kernel, `gemm.wgsl` or
-// `gemm_tiled.wgsl`). Dimensions and strides in elements; offsets in elements from each
-// binding's start (bindings start where the device's alignment allows; the remainder comes
-// here).
+// The GEMM shaders' parameters, as push constants, and the store of C every kernel and
+// operand type shares (the build script puts this file first, then the operands' file,
+// `gemm_f32.wgsl` or `gemm_16.wgsl`, then the kernel, `gemm.wgsl` or `gemm_tiled.wgsl`).
+// Dimensions and strides in elements; offsets in elements from each binding's start (bindings
+// start where the device's alignment allows; the remainder comes here).
 
 struct Params {
     m: u32,
@@ -21,3 +21,17 @@ struct Params {
 }
 
 var<push_constant> p: Params;
+
+/// Four elements of C from `col0` on in `row`: alpha·v + beta·C (the operands' `put`), past
+/// the matrix's edge nothing.
+fn store(row: u32, col0: u32, v: vec4<f32>) {
+    if (row >= p.m) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let col = col0 + j;
+        if (col < p.n) {
+            put(p.c_off + row * p.ldc + col, p.alpha * v[j]);
+        }
+    }
+}

@@ -5,7 +5,7 @@
 // invocation accumulates an 8×8 block of C in registers from 8 values of A and 8 of B per
 // step (64 multiply-adds for 4 vector loads). Devices whose work groups cannot hold 256
 // invocations in a row take `gemm.wgsl`. Parameters: `gemm_params.wgsl`; the operands
-// (`load_a`, `load_b`, `store`): `gemm_f32.wgsl` or `gemm_16.wgsl`.
+// (`load_a`, `load_b`, `put`): `gemm_f32.wgsl` or `gemm_16.wgsl`.
 
 /// Rows of C a work group computes.
 const BM: u32 = 128u;
