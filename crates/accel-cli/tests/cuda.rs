@@ -142,16 +142,7 @@ fn copies_fills_gemm_and_launches_are_right() {
     let (a, b) = (f32s(m * k, 1), f32s(k * n, 2));
     let gemm = |dev: &Device, region: u32| -> Vec<f32> {
         let q = dev.create_queue().unwrap();
-        let put = |vals: &[f32]| {
-            let host = dev.alloc((vals.len() * 4) as u64).unwrap();
-            host.write_f32(0, vals).unwrap();
-            if region == 0 {
-                return host;
-            }
-            let v = dev.alloc_in(host.size(), region).unwrap();
-            q.submit(Op::Copy { src: host.whole(), dst: v.whole() }).unwrap();
-            v
-        };
+        let put = |vals: &[f32]| common::uploaded(dev, &q, &common::f32_bytes(vals), 0, region);
         let (ba, bb, bc) = (put(&a), put(&b), put(&vec![0.0; m * n]));
         let op = GemmF32 {
             m: m as u64,

@@ -188,22 +188,8 @@ fn gemm_in_f16_and_bf16_equals_the_cpu_driver_to_the_bit_with_either_shader() {
 fn gemm_in(dev: &Device, (m, k, n): (usize, usize, usize), region: u32, offset: u64) -> Vec<f32> {
     let (a, b, c0) = (f32s(m * k, 1), f32s(k * n, 2), f32s(m * n, 3));
     let q = dev.create_queue().unwrap();
-    let bytes = |e: usize| offset + (e * 4) as u64;
-    let (ha, hb, hc) =
-        (dev.alloc(bytes(m * k)).unwrap(), dev.alloc(bytes(k * n)).unwrap(), dev.alloc(bytes(m * n)).unwrap());
-    ha.write_f32(offset as usize, &a).unwrap();
-    hb.write_f32(offset as usize, &b).unwrap();
-    hc.write_f32(offset as usize, &c0).unwrap();
-    let (da, db, dc) = if region == 0 {
-        (ha, hb, hc)
-    } else {
-        let up = |h: &Buffer| {
-            let v = dev.alloc_in(h.size(), region).unwrap();
-            q.submit(Op::Copy { src: h.whole(), dst: v.whole() }).unwrap();
-            v
-        };
-        (up(&ha), up(&hb), up(&hc))
-    };
+    let up = |values: &[f32]| common::uploaded(dev, &q, &common::f32_bytes(values), offset, region);
+    let (da, db, dc) = (up(&a), up(&b), up(&c0));
     let op = GemmF32 {
         m: m as u64,
         n: n as u64,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use accel::{Buffer, Connection, Device, Errno, Float16, Gemm16, ObjectCounts, Op};
+use accel::{Buffer, Connection, Device, Errno, Float16, Gemm16, ObjectCounts, Op, Queue};
 use accel_driver_testdev::OP_HANG;
 
 /// An admin connection (the tests run as root or as the daemon's user).
@@ -278,6 +278,24 @@ pub fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// `bytes` at byte `at` of a new host buffer of `dev` and, for a `region` other than host
+/// memory, copied by `q` into a new buffer of the same size there: an operand in that region.
+pub fn uploaded(dev: &Device, q: &Queue, bytes: &[u8], at: u64, region: u32) -> Buffer {
+    let host = dev.alloc(bytes.len() as u64 + at).unwrap();
+    host.write(at as usize, bytes).unwrap();
+    if region == 0 {
+        return host;
+    }
+    let there = dev.alloc_in(host.size(), region).unwrap();
+    q.submit(Op::Copy { src: host.whole(), dst: there.whole() }).unwrap();
+    there
+}
+
+/// `values` as little-endian bytes.
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
 /// GEMM on f16 and bf16 operands (each of `types`) on `dev`, operands in each of `regions`,
 /// equals the cpu device's to the bit: strided, C at a 2-byte offset (elements that share
 /// 32-bit words with others), alpha and beta. Multiples of 1/8: every product and sum is
@@ -298,16 +316,7 @@ pub fn gemm16_equals_the_cpu_drivers(dev: &Device, cpu: &Device, regions: &[u32]
         };
         let run = |dev: &Device, region: u32| -> Vec<u8> {
             let q = dev.create_queue().unwrap();
-            let put = |bytes: &[u8], at: u64| {
-                let host = dev.alloc(bytes.len() as u64 + at).unwrap();
-                host.write(at as usize, bytes).unwrap();
-                if region == 0 {
-                    return host;
-                }
-                let v = dev.alloc_in(host.size(), region).unwrap();
-                q.submit(Op::Copy { src: host.whole(), dst: v.whole() }).unwrap();
-                v
-            };
+            let put = |bytes: &[u8], at: u64| uploaded(dev, &q, bytes, at, region);
             let (ba, bb, bc) = (put(&enc(&av), 0), put(&enc(&bv), 0), put(&enc(&cv), 2));
             let op = Gemm16 {
                 m: m as u64,
