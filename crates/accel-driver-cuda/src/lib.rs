@@ -38,6 +38,7 @@
 //! (NVML's wrapper lacks the call). `scripts/gpu-check.sh` runs this crate's tests on a lent
 //! GPU.
 
+mod cubin;
 mod cublas;
 pub mod direct;
 mod gpu;

@@ -8,7 +8,7 @@ use accel_uapi::Errno;
 use cudarc::driver::sys;
 
 use crate::wire::Entry;
-use crate::{check, ptx};
+use crate::{check, cubin, ptx};
 
 /// A loaded module.
 pub(crate) struct Module {
@@ -45,14 +45,16 @@ impl Module {
 
 impl Module {
     /// Loads a cubin or fatbin in the current context; its entries, named and sized by the
-    /// driver (sorted by name). The block is the function's own thread limit where it has
-    /// one below 1024 (`.reqntid`/`.maxntid`), else [`ptx::DEFAULT_BLOCK`].
+    /// driver (sorted by name). The block is the one the kernel states in the image
+    /// (`.reqntid`, `.maxntid`: [`cubin::blocks`]), else the function's own thread limit where
+    /// it is below 1024, else [`ptx::DEFAULT_BLOCK`].
     pub(crate) fn load_image(image: &[u8]) -> Result<(Module, Vec<Entry>), DriverError> {
         let mut module = std::ptr::null_mut();
         // SAFETY: the driver validates the image (its headers carry its sizes); `image`
         // stays alive for the call.
         check(unsafe { sys::cuModuleLoadData(&mut module, image.as_ptr().cast()) }, "cuModuleLoadData")?;
         let mut m = Module { module, functions: Vec::new(), blocks: Vec::new() };
+        let stated = cubin::blocks(image);
         let mut count = 0u32;
         // SAFETY: a loaded module; out pointer to a local.
         check(unsafe { sys::cuModuleGetFunctionCount(&mut count, module) }, "cuModuleGetFunctionCount")?;
@@ -86,6 +88,7 @@ impl Module {
                 }
                 params.push(size as u32);
             }
+            let stated = stated.get(&name).map(|b| b.shape());
             let mut max = 0;
             use sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK;
             // SAFETY: out pointer to a local.
@@ -94,12 +97,13 @@ impl Module {
                 unsafe { sys::cuFuncGetAttribute(&mut max, CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, f) },
                 "cuFuncGetAttribute",
             )?;
-            // A cubin does not carry `.reqntid`; a kernel built with one (or `.maxntid`, or
-            // held down by its registers) reports fewer threads per block than any GPU's
-            // 1024, and runs with that many; others with the default.
-            let block = match max {
-                1..1024 => [max as u32, 1, 1],
-                _ => ptx::DEFAULT_BLOCK,
+            // The block the kernel states (`.reqntid`, else `.maxntid`, read from the image);
+            // else one held down by its registers reports fewer threads per block than any
+            // GPU's 1024, and runs with that many; others with the default.
+            let block = match (stated, max) {
+                (Some(block), _) => block,
+                (None, 1..1024) => [max as u32, 1, 1],
+                (None, _) => ptx::DEFAULT_BLOCK,
             };
             entries.push((Entry { name, params, block }, f));
         }
