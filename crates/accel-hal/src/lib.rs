@@ -17,7 +17,8 @@ pub mod files;
 pub mod handles;
 pub mod mem;
 pub mod ras;
-pub mod spin;
+/// How long waiting threads poll before they block (shared with the client library).
+pub use accel_uapi::spin;
 
 use std::sync::{Mutex, MutexGuard};
 

@@ -11,6 +11,7 @@ pub mod proto;
 pub mod ras;
 pub mod ring;
 pub mod shm;
+pub mod spin;
 pub mod syncobj;
 pub mod transport;
 pub mod wire;

@@ -1,6 +1,6 @@
 //! How long a thread polls for an event before it blocks: one policy for every thread of
 //! accel that waits on another (the scheduler's idle slots, the cuda driver's replies, the
-//! vulkan driver's completions). As CUDA's `CU_CTX_SCHED_AUTO` chooses between spinning and
+//! vulkan driver's completions, a client's ring in its default wait mode). As CUDA's `CU_CTX_SCHED_AUTO` chooses between spinning and
 //! blocking by the machine's size: a wake-up from a blocked wait costs tens of microseconds,
 //! a poll only the core it runs on — which small machines cannot spare.
 

@@ -27,14 +27,22 @@ use rustix::event::{PollFd, PollFlags};
 use crate::{Error, Queue, Result, Syncobj};
 
 /// How long a waiting client spins on the completion ring before it blocks
-/// ([`WaitMode::Auto`]).
+/// ([`WaitMode::Auto`]) on machines with few cores; on those with cores to spare,
+/// [`WAIT_SPIN_SPARE`]. `$ACCEL_WAIT_SPIN_US` sets it (up to [`WAIT_SPIN_MAX`]).
 pub const WAIT_SPIN: Duration = Duration::from_micros(50);
+/// How long [`WaitMode::Auto`] spins on machines with cores to spare
+/// ([`accel_uapi::spin::cores_to_spare`]): as CUDA's `CU_CTX_SCHED_AUTO` spins there, so a
+/// job of up to a few milliseconds completes without a wake-up's tens of microseconds.
+pub const WAIT_SPIN_SPARE: Duration = Duration::from_millis(5);
+/// The most `$ACCEL_WAIT_SPIN_US` sets.
+pub const WAIT_SPIN_MAX: Duration = Duration::from_millis(100);
 
 /// How [`Ring::wait`] waits for completions: CUDA's context scheduling flags
 /// (`CU_CTX_SCHED_AUTO`, `_SPIN`, `_BLOCKING_SYNC`) for accel's rings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WaitMode {
-    /// Spin 50 µs, then block on the completion eventfd (the default).
+    /// Spin briefly, then block on the completion eventfd (the default): 50 µs on machines
+    /// with few cores, 5 ms on those with cores to spare ([`WAIT_SPIN`]).
     #[default]
     Auto,
     /// Spin until the completions arrive (or the wait times out): the lowest latency, a
@@ -65,6 +73,8 @@ pub struct Ring {
     cq_head: u32,
     scratch: Vec<Cqe>,
     mode: WaitMode,
+    /// How long [`WaitMode::Auto`] spins here.
+    auto_spin: Duration,
 }
 
 impl std::fmt::Debug for Ring {
@@ -93,6 +103,7 @@ impl Ring {
             cq_head: 0,
             scratch: Vec::with_capacity(1),
             mode: WaitMode::Auto,
+            auto_spin: accel_uapi::spin::budget("ACCEL_WAIT_SPIN_US", WAIT_SPIN_SPARE, WAIT_SPIN, WAIT_SPIN_MAX),
         })
     }
 
@@ -190,7 +201,7 @@ impl Ring {
         let mut got = self.reap(out);
         let mut spins = 0u32;
         let spin_for = match self.mode {
-            WaitMode::Auto => WAIT_SPIN,
+            WaitMode::Auto => self.auto_spin,
             WaitMode::Spin => timeout,
             WaitMode::Block => Duration::ZERO,
         };
