@@ -100,7 +100,19 @@ impl VkMem {
             ));
         }
         let st = rustix::fs::fstat(&fd).map_err(|e| DriverError::new(Errno::EBADF, format!("vulkan: fstat: {e}")))?;
-        let file = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile;
+        let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+        // Drivers tell a stranger descriptor from a short export badly (NVIDIA's says "out of
+        // device memory" for a memfd): one of another kind than this device's own exports
+        // is refused here.
+        if let Some(own) = *gpu.export_kind.get_or_init(|| VkMem::export_kind(gpu)) {
+            if kind != own {
+                return Err(DriverError::new(
+                    Errno::EINVAL,
+                    format!("vulkan: not memory of this device exported as an opaque descriptor (a {kind:?}; its exports are a {own:?})"),
+                ));
+            }
+        }
+        let file = kind == rustix::fs::FileType::RegularFile;
         if file && (st.st_size as u64) < size {
             return Err(DriverError::new(
                 Errno::EINVAL,
@@ -119,6 +131,17 @@ impl VkMem {
         }
         let (buffer, memory) = gpu.import_opaque(fd, size)?;
         Ok(Arc::new(VkMem { gpu: gpu.clone(), buffer, memory, len: size, size, exportable: false }))
+    }
+
+    /// The kind of file an opaque export of `gpu` is (from one of a small allocation), if
+    /// it exports.
+    fn export_kind(gpu: &Arc<Gpu>) -> Option<rustix::fs::FileType> {
+        let probe = VkMem::new(gpu, 4096).ok()?;
+        let fd = probe.export().ok()?;
+        let st = rustix::fs::fstat(&fd).ok()?;
+        let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+        tracing::info!("vulkan: the device's opaque memory exports are {kind:?} files; imports of others are refused");
+        Some(kind)
     }
 }
 

@@ -30,6 +30,36 @@ const USAGE: vk::BufferUsageFlags = vk::BufferUsageFlags::from_raw(
         | vk::BufferUsageFlags::TRANSFER_DST.as_raw(),
 );
 
+/// Whether physical device 0 says it exports binary semaphores as sync files
+/// (`VK_KHR_external_semaphore_fd` listed and `SYNC_FD` exportable), asked of Vulkan here,
+/// apart from the daemon. (Not on Mesa's lavapipe; not where the kernel has no sync files,
+/// as under gVisor, where NVIDIA's driver says no.)
+pub fn exports_sync_files() -> bool {
+    // SAFETY: the system's loader; the instance is destroyed before returning.
+    unsafe {
+        let Ok(entry) = ash::Entry::load() else { return false };
+        let app = vk::ApplicationInfo::default().api_version(vk::API_VERSION_1_2);
+        let Ok(instance) = entry.create_instance(&vk::InstanceCreateInfo::default().application_info(&app), None)
+        else {
+            return false;
+        };
+        let phys = instance.enumerate_physical_devices().unwrap_or_default().first().copied();
+        let can = phys.is_some_and(|phys| {
+            let name = ash::khr::external_semaphore_fd::NAME;
+            let listed = instance
+                .enumerate_device_extension_properties(phys)
+                .is_ok_and(|exts| exts.iter().any(|e| e.extension_name_as_c_str() == Ok(name)));
+            let info = vk::PhysicalDeviceExternalSemaphoreInfo::default()
+                .handle_type(vk::ExternalSemaphoreHandleTypeFlags::SYNC_FD);
+            let mut props = vk::ExternalSemaphoreProperties::default();
+            instance.get_physical_device_external_semaphore_properties(phys, &info, &mut props);
+            listed && props.external_semaphore_features.contains(vk::ExternalSemaphoreFeatureFlags::EXPORTABLE)
+        });
+        instance.destroy_instance(None);
+        can
+    }
+}
+
 impl Peer {
     /// `size` bytes of exportable memory on physical device 0, in its first device-local
     /// memory type (the one accel's `vram` uses), or `None` where the device cannot export

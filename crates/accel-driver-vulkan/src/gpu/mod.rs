@@ -90,6 +90,9 @@ pub struct Gpu {
     pub memory_fd: Option<ash::khr::external_memory_fd::Device>,
     /// How the device imports other runtimes' opaque descriptors, where it can.
     pub opaque_import: Option<OpaqueImport>,
+    /// The kind of file the device's own opaque exports are (learned at the first import):
+    /// those of another instance of its driver are the same kind.
+    pub export_kind: std::sync::OnceLock<Option<rustix::fs::FileType>>,
     /// `VK_EXT_device_fault`, when the device has it: details of a loss.
     pub fault: Option<FaultQuery>,
     /// `VK_KHR_external_semaphore_fd` with `SYNC_FD` export, when the device has it.
@@ -207,6 +210,7 @@ impl Gpu {
                     host_import,
                     memory_fd,
                     opaque_import: ext.opaque_import,
+                    export_kind: std::sync::OnceLock::new(),
                     fault,
                     semaphore_fd,
                     lost: AtomicBool::new(false),
