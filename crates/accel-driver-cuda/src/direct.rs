@@ -74,6 +74,9 @@ pub struct Direct {
     function: sys::CUfunction,
     block: [u32; 3],
     scratch: sys::CUdeviceptr,
+    /// A page-locked host page mapped for the GPU (its device address), made on first use by
+    /// [`Direct::launch_sync_marked`].
+    mark: Option<(*mut c_void, sys::CUdeviceptr)>,
 }
 
 impl Direct {
@@ -106,12 +109,43 @@ impl Direct {
             let mut scratch = 0;
             check(sys::cuMemAlloc_v2(&mut scratch, 4096), "cuMemAlloc")?;
             check(sys::cuMemsetD32_v2(scratch, 0, 1024), "cuMemsetD32")?;
-            Ok(Direct { ctx, stream, function, block, scratch })
+            Ok(Direct { ctx, stream, function, block, scratch, mark: None })
         }
     }
 
     /// Launches the entry on one block with (scratch, `value`) and waits for it.
     pub fn launch_sync(&mut self, value: u32) -> Result<(), DriverError> {
+        self.launch_then(value, None)
+    }
+
+    /// [`Direct::launch_sync`] with what the accel worker adds on the GPU after each job: the
+    /// write of `token` to a page-locked host page (`cuStreamWriteValue64`), which tells the
+    /// daemon which jobs were done should the context die. What that write costs.
+    pub fn launch_sync_marked(&mut self, value: u32, token: u64) -> Result<(), DriverError> {
+        let at = match self.mark {
+            Some((_, device)) => device,
+            None => {
+                let (mut host, mut device) = (std::ptr::null_mut(), 0);
+                // SAFETY: our context; out pointers to locals; the page is freed on drop (or here,
+                // when it cannot be mapped).
+                unsafe {
+                    check(sys::cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")?;
+                    check(sys::cuMemHostAlloc(&mut host, 4096, sys::CU_MEMHOSTALLOC_DEVICEMAP), "cuMemHostAlloc")?;
+                    let r = sys::cuMemHostGetDevicePointer_v2(&mut device, host, 0);
+                    if let Err(e) = check(r, "cuMemHostGetDevicePointer") {
+                        sys::cuMemFreeHost(host);
+                        return Err(e);
+                    }
+                }
+                self.mark = Some((host, device));
+                device
+            }
+        };
+        self.launch_then(value, Some((at, token)))
+    }
+
+    /// Launches, then (where given) writes a token to a device address, then waits.
+    fn launch_then(&mut self, value: u32, mark: Option<(sys::CUdeviceptr, u64)>) -> Result<(), DriverError> {
         let (mut p, mut v) = (self.scratch, value);
         let mut params: [*mut c_void; 2] = [(&mut p as *mut u64).cast(), (&mut v as *mut u32).cast()];
         let b = self.block;
@@ -134,6 +168,9 @@ impl Direct {
                 ),
                 "cuLaunchKernel",
             )?;
+            if let Some((at, token)) = mark {
+                check(sys::cuStreamWriteValue64_v2(self.stream, at, token, 0), "cuStreamWriteValue64")?;
+            }
             check(sys::cuStreamSynchronize(self.stream), "cuStreamSynchronize")
         }
     }
@@ -322,7 +359,12 @@ pub fn import_read_write(fd: &std::os::fd::OwnedFd, len: usize, stamp: &[u8]) ->
 
 impl Drop for Direct {
     fn drop(&mut self) {
-        // SAFETY: our context; everything in it goes with it.
-        unsafe { sys::cuCtxDestroy_v2(self.ctx) };
+        // SAFETY: our context and our page; everything in the context goes with it.
+        unsafe {
+            if let Some((host, _)) = self.mark {
+                sys::cuMemFreeHost(host);
+            }
+            sys::cuCtxDestroy_v2(self.ctx)
+        };
     }
 }

@@ -20,11 +20,11 @@ use crate::mailbox::Mailbox;
 /// The channel of control requests.
 pub(crate) const CONTROL: usize = 0;
 /// Most compute streams a worker has.
-pub(crate) const MAX_COMPUTE: usize = 8;
+pub(crate) const MAX_COMPUTE: usize = 16;
 /// Most channels a worker has: control, compute, copy.
 pub(crate) const MAX_CHANNELS: usize = MAX_COMPUTE + 2;
 
-/// How many compute streams (and channels) a worker gets: `$ACCEL_CUDA_STREAMS` (1 to 8),
+/// How many compute streams (and channels) a worker gets: `$ACCEL_CUDA_STREAMS` (1 to 16),
 /// else 4: enough for short kernels of several clients to overlap, few enough that the
 /// daemon's slot threads stay cheap.
 pub(crate) fn compute_streams() -> usize {

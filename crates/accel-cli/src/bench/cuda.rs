@@ -93,8 +93,14 @@ fn path_floors(socket: &Path, client: &mut Client, direct: &mut Direct, iters: u
     }))?;
     let accel_empty = p50(time(iters, || Ok(client.launch("spin", 0)?)))?;
     let direct_empty = p50(time(iters, || direct.launch_sync(0).map_err(|e| anyhow::anyhow!("{}", e.message))))?;
+    // The same with the completion mark the worker writes after each job.
+    let mut token = 0;
+    let direct_marked = p50(time(iters, || {
+        token += 1;
+        direct.launch_sync_marked(0, token).map_err(|e| anyhow::anyhow!("{}", e.message))
+    }))?;
     println!(
-        "{{\"bench\":\"cuda-path\",\"device\":\"{name}\",\"wait\":\"{mode:?}\",\"iters\":{iters},\"ring_nop_p50_us\":{nop:.1},\"cpu_fill_p50_us\":{cpu_fill:.1},\"cuda_host_fill_p50_us\":{cuda_fill:.1},\"accel_empty_kernel_p50_us\":{accel_empty:.1},\"direct_empty_kernel_p50_us\":{direct_empty:.1}}}"
+        "{{\"bench\":\"cuda-path\",\"device\":\"{name}\",\"wait\":\"{mode:?}\",\"iters\":{iters},\"ring_nop_p50_us\":{nop:.1},\"cpu_fill_p50_us\":{cpu_fill:.1},\"cuda_host_fill_p50_us\":{cuda_fill:.1},\"accel_empty_kernel_p50_us\":{accel_empty:.1},\"direct_empty_kernel_p50_us\":{direct_empty:.1},\"direct_marked_kernel_p50_us\":{direct_marked:.1}}}"
     );
     Ok(())
 }
