@@ -3,7 +3,9 @@
 # here and carried over, and prints every figure as JSON lines. Build first, here:
 #
 #   cargo build --release && cargo test --release -p accel-cli --test vulkan --test cuda --no-run
-#   pip install ./python                # the Python module (the dlpack part uses it)
+#   pip install ./python                # the Python module (the dlpack part uses it; for the
+#                                       # GPU machine's Python, install with that version and
+#                                       # stage with PYTHON=python3.12)
 #   scripts/gpu-check.sh --stage        # copies the binaries into gpu-bin/ (carried)
 #
 # then, on the device machine, from the repository root (gpu-bin/ and .gl/ are git-ignored:
@@ -30,11 +32,13 @@ if [ "${1:-}" = "--stage" ]; then
     done
     # The Python package as installed here (built for this Python: the dlpack part runs only
     # where the GPU machine's python3 is the same version).
-    if pkg=$(cd /tmp && python3 -c 'import accel, os; print(os.path.dirname(accel.__file__))' 2>/dev/null); then
+    # PYTHON names another interpreter (the GPU machine's version) the module was installed for.
+    py=${PYTHON:-python3}
+    if pkg=$(cd /tmp && "$py" -c 'import accel, os; print(os.path.dirname(accel.__file__))' 2>/dev/null); then
         rm -rf gpu-bin/python && mkdir -p gpu-bin/python/accel
         cp "$pkg"/*.py gpu-bin/python/accel/
         for so in "$pkg"/_accel*.so; do strip -o "gpu-bin/python/accel/$(basename "$so")" "$so"; done
-        python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' > gpu-bin/python/version
+        "$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])' > gpu-bin/python/version
     fi
     ls -la gpu-bin gpu-bin/python/accel 2>/dev/null
     exit 0

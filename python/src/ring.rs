@@ -44,7 +44,7 @@ impl Ring {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).push_sync(&w, &s, user_data).map_err(raise)
     }
 
-    /// How `wait` waits: `"auto"` (spin 50 µs, 5 ms on machines of 8+ CPUs, then block; the
+    /// How `wait` waits: `"auto"` (spin 50 µs, `$ACCEL_WAIT_SPIN_US`, then block; the
     /// default), `"spin"` (until the completions come: the lowest latency, a core busy) or
     /// `"block"`.
     #[getter]

@@ -20,8 +20,8 @@
 // Most arguments of one launch.
 #define ACCEL_MAX_LAUNCH_ARGS 8
 
-// `accel_ring_set_wait_mode`: spin briefly (50 µs; 5 ms on machines of 8+ CPUs;
-// `$ACCEL_WAIT_SPIN_US`), then block (the default).
+// `accel_ring_set_wait_mode`: spin briefly (50 µs, `$ACCEL_WAIT_SPIN_US`), then block (the
+// default).
 #define ACCEL_WAIT_AUTO 0
 
 // `accel_ring_set_wait_mode`: spin until the completions come (lowest latency, a core busy;

@@ -81,8 +81,8 @@ pub unsafe extern "C" fn accel_ring_flush(r: *mut accel_ring) -> c_int {
     })
 }
 
-/// `accel_ring_set_wait_mode`: spin briefly (50 µs; 5 ms on machines of 8+ CPUs;
-/// `$ACCEL_WAIT_SPIN_US`), then block (the default).
+/// `accel_ring_set_wait_mode`: spin briefly (50 µs, `$ACCEL_WAIT_SPIN_US`), then block (the
+/// default).
 pub const ACCEL_WAIT_AUTO: c_int = 0;
 /// `accel_ring_set_wait_mode`: spin until the completions come (lowest latency, a core busy;
 /// the daemon's poller keeps watching the ring while its jobs run).
