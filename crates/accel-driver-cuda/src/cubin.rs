@@ -128,6 +128,24 @@ mod tests {
         assert_eq!(block_of(&records).unwrap().shape(), [256, 1, 1]);
     }
 
+    /// The saxpy kernel of the cuda tests (`.reqntid 256, 1, 1`), as `ptxas -arch=sm_90`
+    /// (CUDA 13) built it on the lent H200 machine.
+    const SAXPY_SM90: &[u8] = include_bytes!("testdata/saxpy_sm90.cubin");
+
+    #[test]
+    fn a_real_cubin_states_its_required_block() {
+        let found = blocks(SAXPY_SM90);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found["saxpy"], Block::Required([256, 1, 1]));
+        // Inside a larger image (as in a fatbin, after its headers) it is found the same way.
+        let mut wrapped = vec![0u8; 77];
+        wrapped.extend_from_slice(SAXPY_SM90);
+        wrapped.extend_from_slice(b"trailing bytes");
+        assert_eq!(blocks(&wrapped)["saxpy"], Block::Required([256, 1, 1]));
+        // Cut short, it states nothing rather than garbage.
+        assert!(blocks(&SAXPY_SM90[..SAXPY_SM90.len() / 3]).values().all(|b| *b == Block::Required([256, 1, 1])));
+    }
+
     #[test]
     fn records_that_cannot_be_framed_state_nothing() {
         assert_eq!(block_of(&[]), None);
