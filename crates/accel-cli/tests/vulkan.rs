@@ -419,6 +419,12 @@ fn device_memory_is_scrubbed_and_exported_with_prime_semantics() {
             // Another namespace cannot import it.
             let stranger = Device::open_with_token(d.socket(), 0, "tok-other").unwrap();
             assert_eq!(common::code(stranger.import(&fd)), Errno::ENOENT);
+            // Where the export is a memfd (lavapipe's memory), its holder cannot shrink it
+            // under the device's mapping (the daemon would fault on the next job).
+            if rustix::fs::fcntl_get_seals(&fd).is_ok() {
+                assert_eq!(rustix::fs::ftruncate(&fd, 0), Err(rustix::io::Errno::PERM), "sealed against shrinking");
+                qa.submit(Op::Fill { dst: shared.whole(), pattern: 8 }).unwrap().wait().unwrap();
+            }
         }
         Err(e) => assert!(!exportable && e.code == Errno::EOPNOTSUPP, "{e:?}"),
     }

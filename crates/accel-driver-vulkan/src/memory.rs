@@ -119,16 +119,7 @@ impl VkMem {
                 format!("vulkan: the descriptor's file has {} bytes, fewer than {size}", st.st_size),
             ));
         }
-        if let Ok(seals) = rustix::fs::fcntl_get_seals(&fd) {
-            if !seals.contains(SealFlags::SHRINK) {
-                rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK).map_err(|e| {
-                    DriverError::new(
-                        Errno::EINVAL,
-                        format!("vulkan: the memfd cannot be sealed against shrinking: {e}"),
-                    )
-                })?;
-            }
-        }
+        seal_shrinking(&fd)?;
         let (buffer, memory) = gpu.import_opaque(fd, size)?;
         Ok(Arc::new(VkMem { gpu: gpu.clone(), buffer, memory, len: size, size, exportable: false }))
     }
@@ -143,6 +134,19 @@ impl VkMem {
         tracing::info!("vulkan: the device's opaque memory exports are {kind:?} files; imports of others are refused");
         Some(kind)
     }
+}
+
+/// Seals a memfd against shrinking (a descriptor of another kind is left as it is): whoever
+/// holds it can then not truncate memory the daemon or the device maps.
+fn seal_shrinking(fd: &OwnedFd) -> Result<(), DriverError> {
+    if let Ok(seals) = rustix::fs::fcntl_get_seals(fd) {
+        if !seals.contains(SealFlags::SHRINK) {
+            rustix::fs::fcntl_add_seals(fd, SealFlags::SHRINK).map_err(|e| {
+                DriverError::new(Errno::EINVAL, format!("vulkan: the memfd cannot be sealed against shrinking: {e}"))
+            })?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for VkMem {
@@ -190,6 +194,8 @@ impl DeviceMemory for VkMem {
         let fd = unsafe { ext.get_memory_fd(&info) }.map_err(vk_err("vkGetMemoryFdKHR"))?;
         // SAFETY: vkGetMemoryFdKHR hands ownership of a new descriptor to the caller.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Whoever imports it must not truncate memory the device maps (lavapipe's memfds).
+        seal_shrinking(&fd)?;
         Ok(fd)
     }
 
