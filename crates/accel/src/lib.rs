@@ -41,7 +41,7 @@ use accel_uapi::{Reply, Request};
 
 pub use buffer::Buffer;
 pub use conn::Connection;
-pub use ring::{Cqe, Ring, WaitMode};
+pub use ring::{Cqe, Ring, WaitMode, WAIT_SPIN, WAIT_SPIN_MAX};
 pub use sync::{Fence, Queue, Syncobj};
 
 /// An error from the daemon (or from reaching it): errno-style code plus message.
