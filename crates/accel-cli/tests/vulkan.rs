@@ -93,8 +93,15 @@ fn the_device_shows_its_driver_regions_and_formats() {
     assert_eq!(info.driver, "vulkan");
     assert!(info.name.contains("Vulkan 1."), "{}", info.name);
     let kinds: Vec<_> = info.regions.iter().map(|r| (r.name.as_str(), r.kind, r.mappable)).collect();
-    assert_eq!(kinds, [("host", RegionKind::Host, true), ("vram", RegionKind::Device, false)]);
-    assert!(info.regions[1].size > 0);
+    // A `visible` region where the device's exports map (lavapipe's; not NVIDIA's).
+    let mut want = vec![("host", RegionKind::Host, true), ("vram", RegionKind::Device, false)];
+    if info.name.contains("llvmpipe") {
+        want.push(("visible", RegionKind::DeviceMappable, true));
+    }
+    assert_eq!(kinds[..2], want[..2]);
+    assert!(kinds.len() == 2 || kinds[2..] == [("visible", RegionKind::DeviceMappable, true)], "{kinds:?}");
+    assert!(kinds.len() >= want.len(), "{kinds:?}");
+    assert!(info.regions.iter().skip(1).all(|r| r.size > 0));
     assert_eq!(info.program_formats, vec!["spirv".to_string()]);
     // A device that is not there is a clear error at start-up.
     let out = std::process::Command::new(common::accel_bin())
@@ -428,6 +435,81 @@ fn device_memory_is_scrubbed_and_exported_with_prime_semantics() {
         }
         Err(e) => assert!(!exportable && e.code == Errno::EOPNOTSUPP, "{e:?}"),
     }
+}
+
+#[test]
+fn visible_memory_is_mapped_by_clients_and_reached_by_the_device_in_place() {
+    if !vulkan() {
+        return;
+    }
+    let d = Daemon::start(&["vulkan:0"]);
+    let dev = d.open(0);
+    let lavapipe = dev.info().name.contains("llvmpipe");
+    let Some(region) = dev.info().regions.iter().find(|r| r.name == "visible").cloned() else {
+        // NVIDIA's opaque descriptors map nothing: no region clients could map.
+        assert!(!lavapipe, "lavapipe's exports are memfds: it has a visible region");
+        eprintln!("the device's memory exports cannot be mapped: no visible region");
+        return;
+    };
+    let flags = (region.kind, region.mappable, region.exportable, region.coherent);
+    assert_eq!(flags, (RegionKind::DeviceMappable, true, true, true));
+    let q = dev.create_queue().unwrap();
+    // Zeroed and mapped, a length that is not whole words too.
+    let n = 1000;
+    let size = (n * 4 + 2) as u64;
+    let y = dev.alloc_in(size, region.id).unwrap();
+    assert_eq!(y.region(), region.id);
+    let mut bytes = vec![1u8; size as usize];
+    y.read(0, &mut bytes).unwrap();
+    assert!(bytes.iter().all(|b| *b == 0), "a new buffer reads as zeros through the mapping");
+    assert_eq!(d.open(0).info().regions[region.id as usize].used, y.size(), "charged to the region, in whole pages");
+    // The client writes through its mapping, a kernel updates the memory in place, and the
+    // client reads the result through its mapping: no copy job anywhere.
+    let (xs, ys) = (f32s(n, 7), f32s(n, 8));
+    let x = host_f32s(&dev, &xs);
+    y.write_f32(0, &ys).unwrap();
+    let p = dev.load_program("spirv", &spirv(SAXPY)).unwrap();
+    let args =
+        [LaunchArg::Buffer(x.whole()), LaunchArg::Buffer(y.whole()), LaunchArg::U32(n as u32), LaunchArg::F32(2.0)];
+    q.submit(p.launch("main", [(n as u32).div_ceil(64), 1, 1], &args).unwrap()).unwrap().wait().unwrap();
+    let got = y.read_f32(0, n).unwrap();
+    assert!(got.iter().zip(xs.iter().zip(&ys)).all(|(g, (x, y))| (g - (2.0 * x + y)).abs() < 1e-5));
+    // Device writes (a fill) and copies to and from other regions reach the same memory.
+    q.submit(Op::Fill { dst: y.view(16, 8), pattern: 0x5eed }).unwrap().wait().unwrap();
+    let filled: Vec<u32> = y.read_f32(16, 2).unwrap().iter().map(|f| f.to_bits()).collect();
+    assert_eq!(filled, [0x5eed, 0x5eed]);
+    let v = dev.alloc_in(size, VRAM).unwrap();
+    q.submit(Op::Copy { src: y.whole(), dst: v.whole() }).unwrap();
+    q.submit(Op::Fill { dst: y.view(0, 4000), pattern: 0 }).unwrap();
+    q.submit(Op::Copy { src: v.view(0, 16), dst: y.view(3984, 16) }).unwrap().wait().unwrap();
+    assert_eq!(y.read_f32(3984, 4).unwrap(), got[..4]);
+    assert!(y.read_f32(0, 996).unwrap().iter().all(|f| *f == 0.0), "the fill before the copy");
+    // BoMmap hands out only memory that starts at its descriptor's first byte: not
+    // lavapipe's, which starts past the driver's header in its memfd (BoMapping says where).
+    if lavapipe {
+        let e = dev.request(&accel_uapi::Request::BoMmap { handle: y.handle() }).unwrap_err();
+        assert_eq!(e.code, Errno::EINVAL, "{e}");
+        assert!(e.message.contains("BoMapping"), "{e}");
+    }
+    // Another client imports its export and maps the same pages; neither can shrink them.
+    let fd = y.export().unwrap();
+    let other = d.open(0);
+    let theirs = other.import(&fd).unwrap();
+    assert_eq!(theirs.region(), region.id);
+    theirs.write_f32(0, &[6.5]).unwrap();
+    assert_eq!(y.read_f32(0, 1).unwrap(), [6.5]);
+    assert_eq!(rustix::fs::ftruncate(&fd, 0), Err(rustix::io::Errno::PERM));
+    // Only vram takes other runtimes' memory.
+    let stranger = accel_uapi::shm::sealed_memfd("stranger", 4096).unwrap();
+    assert_eq!(common::code(dev.import_external(&stranger, region.id, 4096)), Errno::EINVAL);
+    // Closed by both clients (the export too), the memory is the region's again.
+    drop((y, theirs, fd));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let used = || d.open(0).info().regions[region.id as usize].used;
+    while used() != 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(used(), 0);
 }
 
 #[test]

@@ -4,8 +4,9 @@
 //! - **Loader at run time** (`ash`'s `loaded`): the daemon builds and runs with no Vulkan
 //!   installed; opening a vulkan device then fails with the reason.
 //! - **Memory**: a `vram` region of device-local memory (exportable as an opaque fd where the
-//!   device has `VK_KHR_external_memory_fd`); host memory (region 0, the clients' memfds) is
-//!   imported in place with `VK_EXT_external_memory_host`, else staged.
+//!   device has `VK_KHR_external_memory_fd`); a `visible` region of host-visible memory that
+//!   clients map, where the device's exports map it; host memory (region 0, the clients'
+//!   memfds) is imported in place with `VK_EXT_external_memory_host`, else staged.
 //! - **Engines**: the compute queue, and a transfer-only queue as the copy engine where the
 //!   device has one. Each job is one command buffer completed through the engine's timeline
 //!   semaphore. Where the device exports `SYNC_FD` semaphores (`VK_KHR_external_semaphore_fd`)
@@ -48,7 +49,7 @@ use accel_uapi::{Category, EngineInfo, Errno, Float16, OpKind, RegionKind, Sever
 use ash::vk;
 
 use gpu::{Gpu, Recorder};
-use memory::{Binder, Bound, VkMem};
+use memory::{Binder, Bound, Place, VkMem};
 use program::VkProgram;
 
 pub use program::FORMAT;
@@ -153,6 +154,8 @@ pub struct VulkanDevice {
     recreated: AtomicU64,
     /// Injected losses still to come: each new logical device is lost at once while any are.
     injected: AtomicU64,
+    /// Whether the device has a `visible` region (clients map its memory).
+    visible: bool,
 }
 
 /// One logical device and the driver's own program on it.
@@ -204,12 +207,14 @@ impl VulkanDevice {
     pub fn open(index: usize) -> Result<VulkanDevice, DriverError> {
         let first = Generation::open(index)?;
         let (g, on) = (&first.gpu, |b: bool| if b { "on" } else { "off" });
+        let visible = memory::visible_maps(g);
         tracing::info!(
-            "vulkan{index}: {} ({}): host memory import {}, memory export {}, sync file export {}, fault details {}, GEMM shader {}, storage bindings up to {} bytes",
+            "vulkan{index}: {} ({}): host memory import {}, memory export {}, mapped visible memory {}, sync file export {}, fault details {}, GEMM shader {}, storage bindings up to {} bytes",
             g.props.name,
             g.props.driver_name,
             on(g.host_import.is_some()),
             on(g.memory_fd.is_some()),
+            on(visible),
             on(g.semaphore_fd.is_some()),
             on(g.fault.is_some()),
             first.gemm_shader.name(),
@@ -222,6 +227,7 @@ impl VulkanDevice {
             ras: Mutex::new(None),
             recreated: AtomicU64::new(0),
             injected: AtomicU64::new(0),
+            visible,
         })
     }
 
@@ -575,22 +581,38 @@ impl Driver for VulkanDevice {
         Ok(())
     }
 
+    /// `vram` (device-local memory), and `visible` where clients can map host-visible memory
+    /// (`memory::visible_maps`): coherent memory the device and its clients both reach in
+    /// place, a BAR's where the device has device-local host-visible memory.
     fn regions(&self) -> Vec<RegionDesc> {
-        vec![RegionDesc {
+        let gpu = self.gpu();
+        let mut regions = vec![RegionDesc {
             name: "vram".into(),
             kind: RegionKind::Device,
             size: self.vram_bytes(),
             mappable: false,
-            exportable: self.gpu().memory_fd.is_some(),
+            exportable: gpu.memory_fd.is_some(),
             coherent: false,
-        }]
+        }];
+        if self.visible {
+            regions.push(RegionDesc {
+                name: "visible".into(),
+                kind: RegionKind::DeviceMappable,
+                size: gpu.props.visible_heap,
+                mappable: true,
+                exportable: true,
+                coherent: true,
+            });
+        }
+        regions
     }
 
     fn alloc(&self, region: usize, size: u64) -> Result<Arc<dyn DeviceMemory>, DriverError> {
-        if region != 0 {
-            return Err(einval(format!("vulkan has no region {}", region + 1)));
+        match region {
+            0 => Ok(VkMem::new(&self.gpu(), size)?),
+            1 if self.visible => Ok(VkMem::new_in(&self.gpu(), size, Place::Visible)?),
+            _ => Err(einval(format!("vulkan has no region {}", region + 1))),
         }
-        Ok(VkMem::new(&self.gpu(), size)?)
     }
 
     /// Memory another Vulkan instance on this physical device exported as an opaque

@@ -1,4 +1,5 @@
-//! Memory: device-local buffers (the `vram` region), and how a job's operands become
+//! Memory: device-local buffers (the `vram` region), host-visible ones clients map (the
+//! `visible` region, where the device's exports map), and how a job's operands become
 //! Vulkan buffers — device memory as it is, host memory (memfds) imported in place through
 //! `VK_EXT_external_memory_host`, or staged through host-visible memory where the device
 //! cannot import it.
@@ -16,7 +17,16 @@ use rustix::fs::SealFlags;
 
 use crate::gpu::{vk_err, Gpu, Owned};
 
-/// A device-local allocation: one buffer over all of it.
+/// Where a driver allocation lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Device-local memory (`vram`).
+    Vram,
+    /// Host-visible, coherent memory that clients map (`visible`).
+    Visible,
+}
+
+/// A device allocation: one buffer over all of it.
 pub struct VkMem {
     gpu: Arc<Gpu>,
     /// The buffer jobs bind.
@@ -27,6 +37,10 @@ pub struct VkMem {
     /// allocations (Vulkan fills, and 16-bit GEMM operands are read, by the word).
     size: u64,
     exportable: bool,
+    place: Place,
+    /// `visible` memory: where it starts in its export's file (lavapipe's memfds begin with a
+    /// header of the driver's own).
+    map_offset: u64,
 }
 
 impl std::fmt::Debug for VkMem {
@@ -39,6 +53,12 @@ impl VkMem {
     /// Allocates `len` bytes of device-local memory (exportable where the device has
     /// `VK_KHR_external_memory_fd`).
     pub fn new(gpu: &Arc<Gpu>, len: u64) -> Result<Arc<VkMem>, DriverError> {
+        VkMem::new_in(gpu, len, Place::Vram)
+    }
+
+    /// Allocates `len` bytes in `place` (exportable where the device has
+    /// `VK_KHR_external_memory_fd`: clients map `visible` memory through its export).
+    pub fn new_in(gpu: &Arc<Gpu>, len: u64, place: Place) -> Result<Arc<VkMem>, DriverError> {
         if len > gpu.props.max_alloc {
             return Err(DriverError::new(
                 Errno::ENOMEM,
@@ -47,8 +67,16 @@ impl VkMem {
         }
         let exportable = gpu.memory_fd.is_some();
         let size = len.max(4).next_multiple_of(4);
-        let (buffer, memory) = gpu.buffer(size, gpu.device_type, exportable)?;
-        Ok(Arc::new(VkMem { gpu: gpu.clone(), buffer, memory, len, size, exportable }))
+        let memory_type = match place {
+            Place::Vram => gpu.device_type,
+            Place::Visible => gpu.visible_type,
+        };
+        let (buffer, memory) = gpu.buffer(size, memory_type, exportable)?;
+        let mut mem = VkMem { gpu: gpu.clone(), buffer, memory, len, size, exportable, place, map_offset: 0 };
+        if place == Place::Visible {
+            mem.map_offset = mem.offset_in_export()?;
+        }
+        Ok(Arc::new(mem))
     }
 }
 
@@ -121,7 +149,17 @@ impl VkMem {
         }
         seal_shrinking(&fd)?;
         let (buffer, memory) = gpu.import_opaque(fd, size)?;
-        Ok(Arc::new(VkMem { gpu: gpu.clone(), buffer, memory, len: size, size, exportable: false }))
+        let place = Place::Vram;
+        Ok(Arc::new(VkMem {
+            gpu: gpu.clone(),
+            buffer,
+            memory,
+            len: size,
+            size,
+            exportable: false,
+            place,
+            map_offset: 0,
+        }))
     }
 
     /// The kind of file an opaque export of `gpu` is (from one of a small allocation), if
@@ -133,6 +171,69 @@ impl VkMem {
         let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
         tracing::info!("vulkan: the device's opaque memory exports are {kind:?} files; imports of others are refused");
         Some(kind)
+    }
+}
+
+impl VkMem {
+    /// Where this host-visible memory starts in its export's file: found from the device's
+    /// own mapping of it (`vkMapMemory`) in `/proc/self/maps` where that maps the export's
+    /// file itself (lavapipe's memfds), else 0 (a dma-buf, whose mapping is the memory).
+    fn offset_in_export(&self) -> Result<u64, DriverError> {
+        let fd = self.export()?;
+        // SAFETY: host-visible memory of ours, not mapped elsewhere; unmapped below.
+        let ptr = unsafe { self.gpu.device.map_memory(self.memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()) }
+            .map_err(vk_err("vkMapMemory"))?;
+        let offset = file_offset(ptr as usize, &fd);
+        // SAFETY: mapped just above.
+        unsafe { self.gpu.device.unmap_memory(self.memory) };
+        Ok(offset.unwrap_or(0))
+    }
+}
+
+/// Where address `ptr` of this process lies in the file `fd` is open on, if
+/// `/proc/self/maps` shows it inside a mapping of that very file (same device and inode).
+fn file_offset(ptr: usize, fd: &OwnedFd) -> Option<u64> {
+    let st = rustix::fs::fstat(fd).ok()?;
+    let dev = (rustix::fs::major(st.st_dev), rustix::fs::minor(st.st_dev));
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines().find_map(|line| {
+        // start-end perms offset major:minor inode [path]
+        let mut fields = line.split_whitespace();
+        let (range, _, offset, device, inode) =
+            (fields.next()?, fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+        let (start, end) = range.split_once('-')?;
+        let (start, end) = (usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?);
+        let (major, minor) = device.split_once(':')?;
+        let same = inode.parse::<u64>().ok()? == st.st_ino as u64
+            && (u32::from_str_radix(major, 16).ok()?, u32::from_str_radix(minor, 16).ok()?) == dev;
+        if !same || !(start..end).contains(&ptr) {
+            return None;
+        }
+        u64::from_str_radix(offset, 16).ok().map(|o| o + (ptr - start) as u64)
+    })
+}
+
+/// Whether clients can map `visible` memory of `gpu`: its export (at the offset found) maps
+/// the memory itself. Tried on a page: a word written through such a mapping must be what
+/// the device's own mapping of the memory (`vkMapMemory`) reads. Lavapipe's memfds map (past
+/// their header); NVIDIA's opaque descriptors map nothing.
+pub fn visible_maps(gpu: &Arc<Gpu>) -> bool {
+    if gpu.memory_fd.is_none() {
+        return false;
+    }
+    let Ok(mem) = VkMem::new_in(gpu, 4096, Place::Visible) else { return false };
+    let Ok((fd, offset)) = mem.map_fd() else { return false };
+    let Ok(mapping) = accel_uapi::shm::Mapping::new_at(&fd, 4096, offset) else { return false };
+    let stamp = 0x7e57_ab1eu32;
+    // SAFETY: word 7 of a page mapped above; the device's mapping of the same memory, read
+    // while nothing else uses it, and unmapped at once.
+    unsafe {
+        mapping.as_ptr().cast::<u32>().add(7).write_volatile(stamp);
+        let flags = vk::MemoryMapFlags::empty();
+        let Ok(seen) = gpu.device.map_memory(mem.memory, 0, 4096, flags) else { return false };
+        let seen = seen.cast::<u32>().add(7).read_volatile();
+        gpu.device.unmap_memory(mem.memory);
+        seen == stamp
     }
 }
 
@@ -197,6 +298,15 @@ impl DeviceMemory for VkMem {
         // Whoever imports it must not truncate memory the device maps (lavapipe's memfds).
         seal_shrinking(&fd)?;
         Ok(fd)
+    }
+
+    /// `visible` memory's export and where the memory starts in it: the client maps the
+    /// memory itself, and cannot shrink it under the device (the export is sealed).
+    fn map_fd(&self) -> Result<(OwnedFd, u64), DriverError> {
+        if self.place != Place::Visible {
+            return Err(DriverError::new(Errno::EINVAL, "vulkan: only visible memory is mapped by clients"));
+        }
+        Ok((self.export()?, self.map_offset))
     }
 
     fn as_any(&self) -> &dyn Any {

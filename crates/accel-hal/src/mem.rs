@@ -186,6 +186,15 @@ pub trait DeviceMemory: Send + Sync + std::fmt::Debug + 'static {
         Err(DriverError::new(Errno::EOPNOTSUPP, "this driver cannot export its memory"))
     }
 
+    /// A descriptor a client maps (`MAP_SHARED`) to reach this very memory, and where in the
+    /// descriptor's file it starts (a multiple of the page size), for memory of a region the
+    /// driver calls mappable ([`crate::driver::RegionDesc`]). The client must not be able to
+    /// shrink what the daemon or the device maps through it (a memfd sealed against
+    /// shrinking, a dma-buf). Other memory: `EOPNOTSUPP`.
+    fn map_fd(&self) -> Result<(std::os::fd::OwnedFd, u64), DriverError> {
+        Err(DriverError::new(Errno::EOPNOTSUPP, "clients cannot map this driver's memory"))
+    }
+
     /// The driver's own type.
     fn as_any(&self) -> &dyn Any;
 }

@@ -39,7 +39,7 @@ const fn rep(tag: u32, name: &'static str) -> ReplySpec {
 }
 
 /// Every reply, in the declaration order of [`Reply`].
-pub const REPLIES: [ReplySpec; 20] = [
+pub const REPLIES: [ReplySpec; 21] = [
     rep(256, "Hello"),
     rep(257, "Ok"),
     rep(258, "Devices"),
@@ -60,6 +60,7 @@ pub const REPLIES: [ReplySpec; 20] = [
     rep(273, "Points"),
     rep(274, "Program"),
     rep(275, "RingErrors"),
+    rep(276, "Mapping"),
 ];
 
 /// Tag of [`Reply::Error`].
@@ -84,6 +85,7 @@ const TOKEN: u32 = 272;
 const POINTS: u32 = 273;
 const PROGRAM: u32 = 274;
 const RING_ERRORS: u32 = 275;
+const MAPPING: u32 = 276;
 
 const fn req(tag: u32, name: &'static str, reply: u32, fds_in: u8, fds_out: u8) -> RequestSpec {
     RequestSpec { tag, name, reply, fds_in, fds_out }
@@ -92,7 +94,7 @@ const fn req(tag: u32, name: &'static str, reply: u32, fds_in: u8, fds_out: u8) 
 /// Every request, in the declaration order of [`Request`]. Tags are grouped by area:
 /// 1–15 connection and devices, 16–31 buffers, 32–47 queues and submission, 48–63 fences,
 /// 64–79 syncobjs, 80–95 RAS, 96–111 namespaces, 112–127 statistics.
-pub const REQUESTS: [RequestSpec; 50] = [
+pub const REQUESTS: [RequestSpec; 51] = [
     req(1, "Hello", HELLO, 0, 0),
     req(2, "ListDevices", DEVICES, 0, 0),
     req(3, "DeviceInfo", DEVICE, 0, 0),
@@ -143,6 +145,7 @@ pub const REQUESTS: [RequestSpec; 50] = [
     req(40, "RingErrors", RING_ERRORS, 0, 0),
     req(51, "ExportNativeSyncFile", FD, 0, 1),
     req(22, "BoImportExternal", BO, 1, 0),
+    req(23, "BoMapping", MAPPING, 0, 1),
 ];
 
 /// The tags of a spec table, in its order.

@@ -36,14 +36,19 @@ impl Mapping {
     /// The caller must make sure the file cannot shrink below `len` while mapped
     /// (accel's memfds carry `F_SEAL_SHRINK`), or access past the new end faults.
     pub fn new(fd: impl AsFd, len: usize) -> rustix::io::Result<Mapping> {
+        Mapping::new_at(fd, len, 0)
+    }
+
+    /// Maps `len` bytes of `fd` from `offset` (a multiple of the page size) read-write and
+    /// shared; as [`Mapping::new`].
+    pub fn new_at(fd: impl AsFd, len: usize, offset: u64) -> rustix::io::Result<Mapping> {
         if len == 0 {
             return Err(rustix::io::Errno::INVAL);
         }
+        let rw = ProtFlags::READ | ProtFlags::WRITE;
         // SAFETY: a new shared mapping at a kernel-chosen address (null hint) overlaps no
         // existing Rust object.
-        let ptr = unsafe {
-            rustix::mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, fd, 0)?
-        };
+        let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, rw, MapFlags::SHARED, fd, offset)? };
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(rustix::io::Errno::NOMEM)?;
         Ok(Mapping { ptr, len })
     }

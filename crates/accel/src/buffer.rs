@@ -4,9 +4,9 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use accel_uapi::shm::Mapping;
-use accel_uapi::{BoHandle, BufView, Errno, MatView, Request};
+use accel_uapi::{BoHandle, BufView, Errno, MatView, Reply, Request};
 
-use crate::{Error, Result, Shared};
+use crate::{conn, Error, Result, Shared};
 
 /// A buffer object, mapped read-write into this process.
 ///
@@ -35,9 +35,20 @@ impl std::fmt::Debug for Buffer {
 }
 
 impl Buffer {
-    pub(crate) fn map(dev: Arc<Shared>, handle: BoHandle, size: u64) -> Result<Buffer> {
-        let fd = match dev.call_for_fd(&Request::BoMmap { handle }) {
-            Ok(fd) => fd,
+    pub(crate) fn map(dev: Arc<Shared>, handle: BoHandle, size: u64, region: u32) -> Result<Buffer> {
+        // Host memory starts at its memfd's first byte (`BoMmap`, which every daemon of ABI 3
+        // answers); a driver's mappable memory may start further in (`BoMapping`, ABI 3.5).
+        let got = if region == 0 {
+            dev.call_for_fd(&Request::BoMmap { handle }).map(|fd| (fd, 0))
+        } else {
+            match dev.call_fd(&Request::BoMapping { handle }, None) {
+                Ok((Reply::Mapping { offset }, mut fds)) if fds.len() == 1 => Ok((fds.remove(0), offset)),
+                Ok((other, _)) => Err(conn::unexpected(&other)),
+                Err(e) => Err(e),
+            }
+        };
+        let (fd, offset) = match got {
+            Ok(got) => got,
             Err(e) => {
                 dev.release(&Request::BoClose { handle });
                 return Err(e);
@@ -45,9 +56,10 @@ impl Buffer {
         };
         let len =
             usize::try_from(size).map_err(|_| Error::new(Errno::EOVERFLOW, "buffer larger than address space"))?;
-        // The daemon seals buffer memfds against shrinking, so the mapping stays valid.
-        match Mapping::new(&fd, len) {
-            Ok(map) => Ok(Buffer { dev, handle, map: Some(map), size, region: 0 }),
+        // The daemon seals buffer memfds against shrinking, and drivers hand out memory
+        // clients cannot shrink, so the mapping stays valid.
+        match Mapping::new_at(&fd, len, offset) {
+            Ok(map) => Ok(Buffer { dev, handle, map: Some(map), size, region }),
             Err(e) => {
                 dev.release(&Request::BoClose { handle });
                 Err(Error::os("mmap of buffer", e))

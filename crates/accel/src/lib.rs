@@ -278,7 +278,7 @@ impl Device {
     fn buffer(&self, handle: accel_uapi::BoHandle, size: u64, region: u32) -> Result<Buffer> {
         let mappable = self.shared.info.regions.get(region as usize).is_none_or(|r| r.mappable);
         if mappable {
-            Buffer::map(self.shared.clone(), handle, size)
+            Buffer::map(self.shared.clone(), handle, size, region)
         } else {
             Ok(Buffer::unmapped(self.shared.clone(), handle, size, region))
         }

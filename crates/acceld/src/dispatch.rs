@@ -181,6 +181,10 @@ fn handle(sub: &Arc<Subsystem>, session: &mut Session, req: Request, fds: Vec<Ow
         }
         Request::BoClose { handle } => c.bo_close(handle).and(ok(Reply::Ok)),
         Request::BoMmap { handle } => Ok(Action::Reply(Box::new(Reply::Fd), vec![c.bo_mmap(handle)?])),
+        Request::BoMapping { handle } => {
+            let (fd, offset) = c.bo_mapping(handle)?;
+            Ok(Action::Reply(Box::new(Reply::Mapping { offset }), vec![fd]))
+        }
         Request::BoExport { handle } => Ok(Action::Reply(Box::new(Reply::Fd), vec![c.bo_export(handle)?])),
         Request::BoImport => {
             let fd = fd.ok_or_else(|| Error::new(Errno::EBADF, "BoImport needs a descriptor"))?;

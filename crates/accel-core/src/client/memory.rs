@@ -124,13 +124,28 @@ impl Client {
             .map_or_else(|| format!("{}", bo.region()), |r| r.desc.name.clone())
     }
 
-    /// A descriptor the client maps to reach the buffer; `EINVAL` for memory clients
-    /// cannot map (device memory: reach it with copies).
+    /// A descriptor the client maps to reach the buffer (`BoMmap`): memory that starts at
+    /// its descriptor's first byte ([`Client::bo_mapping`] for any).
     pub fn bo_mmap(&self, h: BoHandle) -> Result<OwnedFd> {
+        match self.bo_mapping(h)? {
+            (fd, 0) => Ok(fd),
+            (_, offset) => {
+                bail!(EINVAL, "buffer {:#x} starts {offset} bytes into its descriptor: map it with BoMapping", h.0)
+            }
+        }
+    }
+
+    /// A descriptor the client maps to reach the buffer, and where the memory starts in it:
+    /// host memory's memfd (at 0), or the driver's descriptor for memory of a region it calls
+    /// mappable; `EINVAL` for memory clients cannot map (device memory: reach it with copies).
+    pub fn bo_mapping(&self, h: BoHandle) -> Result<(OwnedFd, u64)> {
         let bo = self.bo(h)?;
-        match bo.host() {
-            Some(m) => m.dup_fd(),
-            None => bail!(
+        let mappable =
+            || self.device().is_ok_and(|d| d.regions.get(bo.region() as usize).is_some_and(|r| r.desc.mappable));
+        match (bo.host(), bo.device()) {
+            (Some(m), _) => Ok((m.dup_fd()?, 0)),
+            (None, Some(mem)) if mappable() => Ok(mem.map_fd()?),
+            _ => bail!(
                 EINVAL,
                 "buffer {:#x} is in region {}, which clients cannot map: copy it to a host buffer",
                 h.0,

@@ -50,6 +50,8 @@ pub struct Props {
     pub api_version: String,
     /// Memory heaps: size and whether device-local.
     pub heaps: Vec<(u64, bool)>,
+    /// The size of the heap of [`Gpu::visible_type`].
+    pub visible_heap: u64,
     /// Storage-buffer binding offsets must be multiples of this.
     pub storage_align: u64,
     /// Imported host pointers and sizes must be multiples of this (0: no import).
@@ -84,6 +86,9 @@ pub struct Gpu {
     pub device_type: u32,
     /// Memory type for staging (host-visible and coherent).
     pub staging_type: u32,
+    /// Memory type of the `visible` region: host-visible and coherent, device-local too
+    /// where the device has such a type (a BAR), else [`Gpu::staging_type`].
+    pub visible_type: u32,
     /// `VK_EXT_external_memory_host`, when the device has it.
     pub host_import: Option<ash::ext::external_memory_host::Device>,
     /// `VK_KHR_external_memory_fd`, when the device has it.
@@ -207,6 +212,7 @@ impl Gpu {
                     engines,
                     device_type: types.0,
                     staging_type: types.1,
+                    visible_type: types.2,
                     host_import,
                     memory_fd,
                     opaque_import: ext.opaque_import,
@@ -228,7 +234,7 @@ impl Gpu {
     fn open_on(
         instance: &ash::Instance,
         index: usize,
-    ) -> Result<(ash::Device, Props, Vec<u32>, (u32, u32), Extensions), DriverError> {
+    ) -> Result<(ash::Device, Props, Vec<u32>, (u32, u32, u32), Extensions), DriverError> {
         // SAFETY: a live instance.
         let physical =
             unsafe { instance.enumerate_physical_devices() }.map_err(vk_err("vkEnumeratePhysicalDevices"))?;
@@ -291,9 +297,11 @@ impl Gpu {
         let find = |want: vk::MemoryPropertyFlags| types.iter().position(|t| t.property_flags.contains(want));
         let device_type = find(vk::MemoryPropertyFlags::DEVICE_LOCAL)
             .ok_or_else(|| no_vulkan("vulkan: no device-local memory type".into()))? as u32;
-        let staging_type = find(vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT)
-            .ok_or_else(|| no_vulkan("vulkan: no host-visible coherent memory type".into()))?
-            as u32;
+        let coherent = vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT;
+        let staging_type =
+            find(coherent).ok_or_else(|| no_vulkan("vulkan: no host-visible coherent memory type".into()))? as u32;
+        let visible_type = find(coherent | vk::MemoryPropertyFlags::DEVICE_LOCAL).map_or(staging_type, |t| t as u32);
+        let visible_heap = mem.memory_heaps[types[visible_type as usize].heap_index as usize].size;
         let heaps = mem.memory_heaps[..mem.memory_heap_count as usize]
             .iter()
             .map(|h| (h.size, h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL)))
@@ -351,8 +359,9 @@ impl Gpu {
             uuid,
             max_invocations: p.limits.max_compute_work_group_invocations,
             max_group_width: p.limits.max_compute_work_group_size[0],
+            visible_heap,
         };
-        Ok((device, props, engine_families, (device_type, staging_type), ext))
+        Ok((device, props, engine_families, (device_type, staging_type, visible_type), ext))
     }
 
     /// Marks the device lost, as `VK_ERROR_DEVICE_LOST` does: every later submission fails.

@@ -399,6 +399,14 @@ pub enum Request {
         /// The size the exporter allocated, in bytes.
         size: u64,
     },
+    /// Get a descriptor the client can `mmap` to reach the buffer's memory, and where in
+    /// the descriptor's file the memory starts (ABI 3.5): any buffer of a mappable region,
+    /// host memory (at 0, as [`Request::BoMmap`] gives it) and a driver's mappable memory,
+    /// which need not start at its file's first byte. [`Reply::Mapping`].
+    BoMapping {
+        /// The buffer.
+        handle: BoHandle,
+    },
 }
 
 /// Why one ring entry failed (ABI 3.1).
@@ -501,6 +509,12 @@ pub enum Reply {
         errors: Vec<RingError>,
         /// Older messages dropped since the last take because more failed than are kept.
         dropped: u64,
+    },
+    /// A descriptor travels with this reply; the buffer's memory starts `offset` bytes into
+    /// its file, a multiple of the page size (ABI 3.5).
+    Mapping {
+        /// Where the memory starts in the descriptor's file.
+        offset: u64,
     },
 }
 
