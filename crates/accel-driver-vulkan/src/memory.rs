@@ -6,7 +6,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use accel_hal::bo::BoRange;
@@ -216,13 +216,22 @@ fn file_offset(ptr: usize, fd: &OwnedFd) -> Option<u64> {
 /// Whether clients can map `visible` memory of `gpu`: its export (at the offset found) maps
 /// the memory itself. Tried on a page: a word written through such a mapping must be what
 /// the device's own mapping of the memory (`vkMapMemory`) reads. Lavapipe's memfds map (past
-/// their header); NVIDIA's opaque descriptors map nothing.
+/// their header); NVIDIA's opaque descriptors are not memory files, and are not tried.
 pub fn visible_maps(gpu: &Arc<Gpu>) -> bool {
     if gpu.memory_fd.is_none() {
         return false;
     }
     let Ok(mem) = VkMem::new_in(gpu, 4096, Place::Visible) else { return false };
     let Ok((fd, offset)) = mem.map_fd() else { return false };
+    // Only files that map memory are tried: a memfd, a dma-buf. Another runtime's special
+    // file (NVIDIA's descriptors are its device's) is not written through a mapping.
+    let memory_file = rustix::fs::fstat(&fd)
+        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile)
+        || std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .is_ok_and(|target| target.to_string_lossy().contains("dmabuf"));
+    if !memory_file {
+        return false;
+    }
     let Ok(mapping) = accel_uapi::shm::Mapping::new_at(&fd, 4096, offset) else { return false };
     let stamp = 0x7e57_ab1eu32;
     // SAFETY: word 7 of a page mapped above; the device's mapping of the same memory, read
