@@ -241,6 +241,40 @@ def test_external_memory_is_the_exporters_own(daemon):
         os.close(fd)
 
 
+def test_vulkan_visible_memory_is_a_numpy_array_the_device_updates_in_place():
+    # A daemon of its own with a vulkan device (Mesa's lavapipe in CI): its `visible`
+    # region is memory the device reaches in place and this process maps.
+    from _daemon import Daemon, accel_binary
+
+    if not accel_binary():
+        pytest.skip("no accel binary: build it (cargo build) or set ACCEL_BIN")
+    try:
+        d = Daemon(["vulkan:0"])
+    except Exception as e:  # no Vulkan loader or device here
+        pytest.skip(f"no vulkan device: {e}")
+    try:
+        dev = accel.Device(0, socket=d.socket)
+        visible = [r for r in dev.regions() if r["name"] == "visible"]
+        if not visible:
+            pytest.skip("this Vulkan driver's exports cannot be mapped: no visible region")
+        region = visible[0]
+        assert (region["kind"], region["mappable"], region["coherent"]) == ("devicemappable", True, True)
+        buf = dev.alloc(4096, region["id"])
+        words = accel.array(buf, np.uint32)
+        assert words.ctypes.data == buf.address != 0 and not words.any()
+        # NumPy writes, the device copies from the very pages; the device fills, NumPy sees it.
+        words[:] = np.arange(1024, dtype=np.uint32)
+        host = dev.alloc(4096)
+        q = dev.queue()
+        q.copy(buf, host).wait(5)
+        np.testing.assert_array_equal(accel.array(host, np.uint32), np.arange(1024, dtype=np.uint32))
+        q.fill(buf, 0x5EED).wait(5)
+        assert (words == 0x5EED).all()
+        np.testing.assert_array_equal(np.from_dlpack(buf).view(np.uint32), words)
+    finally:
+        d.stop()
+
+
 def test_builtin_kernels_and_device_regions(daemon):
     dev = accel.Device(0)
     assert [r["name"] for r in dev.regions()] == ["host"]

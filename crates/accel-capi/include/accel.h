@@ -258,8 +258,9 @@ int accel_device_get_info(const struct accel_device *dev, struct accel_device_in
 // `dev` is live; `out` is valid for a write.
 int accel_buffer_alloc(const struct accel_device *dev, uint64_t size, struct accel_buffer **out);
 
-// Allocates a zeroed buffer in memory region `region` (0: host memory, mapped; the device's
-// own regions are not mapped: [`accel_buffer_data`] is NULL and copies reach them).
+// Allocates a zeroed buffer in memory region `region` (0: host memory, mapped; a device
+// region is mapped where it is mappable, as the vulkan driver's `visible` memory is; others
+// are not: [`accel_buffer_data`] is NULL and copies reach them).
 //
 // # Safety
 // `dev` is live; `out` is valid for a write.

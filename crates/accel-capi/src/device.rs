@@ -72,8 +72,9 @@ pub unsafe extern "C" fn accel_buffer_alloc(dev: *const accel_device, size: u64,
     })
 }
 
-/// Allocates a zeroed buffer in memory region `region` (0: host memory, mapped; the device's
-/// own regions are not mapped: [`accel_buffer_data`] is NULL and copies reach them).
+/// Allocates a zeroed buffer in memory region `region` (0: host memory, mapped; a device
+/// region is mapped where it is mappable, as the vulkan driver's `visible` memory is; others
+/// are not: [`accel_buffer_data`] is NULL and copies reach them).
 ///
 /// # Safety
 /// `dev` is live; `out` is valid for a write.
