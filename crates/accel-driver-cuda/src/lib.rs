@@ -43,6 +43,7 @@ mod cublas;
 pub mod direct;
 mod gpu;
 pub mod green;
+mod inbox;
 mod mailbox;
 mod memory;
 mod nvml;
