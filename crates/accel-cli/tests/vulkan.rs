@@ -2,11 +2,14 @@
 //! CI, where `ACCEL_REQUIRE_VULKAN=1` makes a missing Vulkan a failure instead of a skip):
 //! device info, fills and copies between regions, GEMM against the cpu driver, SPIR-V programs
 //! compiled by naga and launched with buffer and scalar arguments, bad programs refused with
-//! the driver's reason, scrubbing, PRIME export/import of device memory, object counts
+//! the driver's reason, scrubbing, PRIME export/import of device memory, `visible` memory
+//! clients map, another Vulkan instance's memory imported, object counts
 //! after a client is killed mid-launch, and device loss (injected through RAS): the device
 //! re-created, what lived on it gone, the culprit found by running alone.
 
 mod common;
+#[path = "common/vk.rs"]
+mod vk;
 #[path = "common/vk_peer.rs"]
 mod vk_peer;
 
@@ -14,6 +17,7 @@ use std::time::Duration;
 
 use accel::{Buffer, Device, Errno, Float16, GemmF32, LaunchArg, Op, OpKind, ParamKind, RegionKind};
 use common::{spawn_role, tenant, wait_ready, Daemon};
+use vk::{f32s, host_f32s, spirv, sync_file_status, vulkan, SAXPY};
 
 /// The `vram` region of a vulkan device.
 const VRAM: u32 = 1;
@@ -42,44 +46,6 @@ fn child_entry() {
         }
     }
     common::child_entry();
-}
-
-/// Whether the tests can run: a Vulkan loader and device, or a skip with the reason
-/// (a failure where CI requires Vulkan).
-fn vulkan() -> bool {
-    common::device_or_skip(accel_driver_vulkan::device_count(), "ACCEL_REQUIRE_VULKAN")
-}
-
-/// y = a·x + y over n elements, 64 per work group.
-const SAXPY: &str = r#"
-struct Params { n: u32, a: f32 }
-var<push_constant> p: Params;
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) id: vec3<u32>) {
-    if (id.x < p.n) { y[id.x] = p.a * x[id.x] + y[id.x]; }
-}
-"#;
-
-/// SPIR-V of a WGSL module, compiled by naga (as a frontend compiler would hand it over).
-fn spirv(wgsl: &str) -> Vec<u8> {
-    let module = naga::front::wgsl::parse_str(wgsl).unwrap();
-    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
-        .validate(&module)
-        .unwrap();
-    let words = naga::back::spv::write_vec(&module, &info, &Default::default(), None).unwrap();
-    words.iter().flat_map(|w| w.to_le_bytes()).collect()
-}
-
-fn f32s(n: usize, seed: u32) -> Vec<f32> {
-    (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0).collect()
-}
-
-fn host_f32s(dev: &Device, values: &[f32]) -> Buffer {
-    let b = dev.alloc((values.len() * 4) as u64).unwrap();
-    b.write_f32(0, values).unwrap();
-    b
 }
 
 #[test]
@@ -211,30 +177,6 @@ fn gemm_in(dev: &Device, (m, k, n): (usize, usize, usize), region: u32, offset: 
     let out = dev.alloc(dc.size()).unwrap();
     q.submit(Op::Copy { src: dc.whole(), dst: out.whole() }).unwrap().wait().unwrap();
     out.read_f32(offset as usize, m * n).unwrap()
-}
-
-/// `struct sync_file_info` (linux/sync_file.h), for `SYNC_IOC_FILE_INFO`.
-#[repr(C)]
-#[derive(Default)]
-struct SyncFileInfo {
-    name: [u8; 32],
-    status: i32,
-    flags: u32,
-    num_fences: u32,
-    pad: u32,
-    sync_fence_info: u64,
-}
-
-/// `SYNC_IOC_FILE_INFO` on `fd`: `Some(status)` (1 signalled, 0 active, < 0 error) when it
-/// is a kernel sync_file, `None` when the kernel says it is not.
-fn sync_file_status(fd: &std::os::fd::OwnedFd) -> Option<i32> {
-    use rustix::ioctl::{opcode, Updater};
-    let mut info = SyncFileInfo::default();
-    // SAFETY: SYNC_IOC_FILE_INFO takes a sync_file_info (with no fence array: num_fences 0).
-    let r = unsafe {
-        rustix::ioctl::ioctl(fd, Updater::<{ opcode::read_write::<SyncFileInfo>(b'>', 4) }, _>::new(&mut info))
-    };
-    r.ok().map(|()| info.status)
 }
 
 #[test]
