@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod ras_nl;
 mod server;
+mod subscription;
 pub mod systemd;
 
 /// Waits one connection may have pending at once (each holds a callback on its fences and a

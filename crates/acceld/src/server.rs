@@ -24,6 +24,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::dispatch::{self, encode_reply, error_reply, Action, Session};
+use crate::subscription::Subscription;
 use crate::MAX_PENDING_WAITS;
 
 const WAKER: Token = Token(0);
@@ -128,8 +129,8 @@ struct Conn {
     subscribed: bool,
     /// What the subscription sees, and whether its events carry accel's attributes.
     ras_view: Option<(crate::ras_nl::View, bool)>,
-    /// Cleared on close, so the subscription ends with the next batch.
-    subscription: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Shared with the thread that publishes events.
+    subscription: Option<Arc<Subscription>>,
     _held: Box<dyn Send>,
 }
 
@@ -154,6 +155,22 @@ impl Conn {
 
     fn drained(&self) -> bool {
         self.out.len() <= BACKLOG / 4 && self.out_bytes <= BACKLOG_BYTES / 4
+    }
+
+    /// Netlink's overrun: queues `ENOBUFS` with the count of the events this subscriber lost,
+    /// if it lost any since the last report.
+    fn report_dropped(&mut self) {
+        if self.dropped_events == 0 {
+            return;
+        }
+        let lost = std::mem::take(&mut self.dropped_events);
+        let e = accel_core::Error::new(
+            Errno::ENOBUFS,
+            format!("{lost} RAS event message(s) dropped: the subscriber did not keep up"),
+        );
+        let bytes = encode_reply(0, &error_reply(e));
+        self.out_bytes += bytes.len();
+        self.out.push_back((bytes, Vec::new()));
     }
 }
 
@@ -258,6 +275,9 @@ impl Worker {
         const MOST: usize = 256;
         let budget = MAX_MESSAGE - 8 * 1024;
         let Some((view, ext)) = self.conns.get(&conn).and_then(|c| c.ras_view.clone()) else { return };
+        if let Some(s) = self.conns.get(&conn).and_then(|c| c.subscription.as_ref()) {
+            s.queued.fetch_sub(events.len(), std::sync::atomic::Ordering::AcqRel);
+        }
         let (mut items, mut ends) = (Vec::with_capacity(MOST * 176), Vec::with_capacity(MOST));
         let mut events = events.iter().peekable();
         while events.peek().is_some() {
@@ -280,6 +300,19 @@ impl Worker {
             match accel_uapi::wire::encode_with_items(accel_uapi::wire::Kind::Reply, 0, &empty, &items, &ends) {
                 Ok(bytes) => self.send_encoded(conn, bytes, Vec::new()),
                 Err(e) => tracing::warn!("RAS events for a subscriber could not be framed ({e}); dropped"),
+            }
+        }
+        // Once every event handed over before a drop is framed, the overrun is reported after
+        // them, as netlink's comes after what the socket kept.
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if let Some(s) =
+                c.subscription.as_ref().filter(|s| s.queued.load(std::sync::atomic::Ordering::Acquire) == 0)
+            {
+                c.dropped_events += s.dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
+            }
+            if c.dropped_events > 0 && c.out.is_empty() {
+                c.report_dropped();
+                self.flush(conn);
             }
         }
     }
@@ -442,20 +475,17 @@ impl Worker {
                 // thread that publishes a batch hands it straight to this loop (one wake-up per
                 // batch, no thread per subscriber), which frames it after the ack; the
                 // subscription ends with the connection.
-                let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
-                let (me, live) = (self.me.clone(), alive.clone());
-                self.sub.ras().subscribe_with(move |batch| {
-                    let alive = live.load(std::sync::atomic::Ordering::Acquire);
-                    if alive {
-                        me.post(Post::Ras(id, batch.to_vec()));
-                    }
-                    alive
-                });
+                let subscription = Arc::new(Subscription::default());
+                subscription.alive.store(true, std::sync::atomic::Ordering::Release);
+                let (me, shared) = (self.me.clone(), subscription.clone());
+                self.sub
+                    .ras()
+                    .subscribe_with(move |batch| shared.offer(batch, |events| me.post(Post::Ras(id, events))));
                 self.reply(id, seq, Reply::Ok, Vec::new());
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.subscribed = true;
                     c.ras_view = Some((view, ext));
-                    c.subscription = Some(alive);
+                    c.subscription = Some(subscription);
                 }
             }
         }
@@ -572,8 +602,8 @@ impl Worker {
     /// Drops the connection: the client and everything only it held go with it.
     fn close(&mut self, id: u64) {
         if let Some(c) = self.conns.remove(&id) {
-            if let Some(alive) = &c.subscription {
-                alive.store(false, std::sync::atomic::Ordering::Release);
+            if let Some(subscription) = &c.subscription {
+                subscription.alive.store(false, std::sync::atomic::Ordering::Release);
             }
             let fd = c.sock.as_raw_fd();
             let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
@@ -612,17 +642,7 @@ impl Worker {
                             c.backlogged = false;
                             self.resume.push(id);
                         }
-                        if c.dropped_events > 0 {
-                            // Netlink's overrun: the reader learns that it lost events.
-                            let lost = std::mem::take(&mut c.dropped_events);
-                            let e = accel_core::Error::new(
-                                Errno::ENOBUFS,
-                                format!("{lost} RAS event message(s) dropped: the subscriber did not keep up"),
-                            );
-                            let bytes = encode_reply(0, &error_reply(e));
-                            c.out_bytes += bytes.len();
-                            c.out.push_back((bytes, Vec::new()));
-                        }
+                        c.report_dropped();
                     }
                 }
                 Err(rustix::io::Errno::AGAIN) => {
