@@ -275,10 +275,8 @@ impl Worker {
         const MOST: usize = 256;
         let budget = MAX_MESSAGE - 8 * 1024;
         let Some((view, ext)) = self.conns.get(&conn).and_then(|c| c.ras_view.clone()) else { return };
-        if let Some(s) = self.conns.get(&conn).and_then(|c| c.subscription.as_ref()) {
-            s.queued.fetch_sub(events.len(), std::sync::atomic::Ordering::AcqRel);
-        }
         let (mut items, mut ends) = (Vec::with_capacity(MOST * 176), Vec::with_capacity(MOST));
+        let handed = events.len();
         let mut events = events.iter().peekable();
         while events.peek().is_some() {
             items.clear();
@@ -305,11 +303,7 @@ impl Worker {
         // Once every event handed over before a drop is framed, the overrun is reported after
         // them, as netlink's comes after what the socket kept.
         if let Some(c) = self.conns.get_mut(&conn) {
-            if let Some(s) =
-                c.subscription.as_ref().filter(|s| s.queued.load(std::sync::atomic::Ordering::Acquire) == 0)
-            {
-                c.dropped_events += s.dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
-            }
+            c.dropped_events += c.subscription.as_ref().map_or(0, |s| s.framed(handed));
             if c.dropped_events > 0 && c.out.is_empty() {
                 c.report_dropped();
                 self.flush(conn);
@@ -475,8 +469,7 @@ impl Worker {
                 // thread that publishes a batch hands it straight to this loop (one wake-up per
                 // batch, no thread per subscriber), which frames it after the ack; the
                 // subscription ends with the connection.
-                let subscription = Arc::new(Subscription::default());
-                subscription.alive.store(true, std::sync::atomic::Ordering::Release);
+                let subscription = Arc::new(Subscription::new());
                 let (me, shared) = (self.me.clone(), subscription.clone());
                 self.sub
                     .ras()
@@ -603,7 +596,7 @@ impl Worker {
     fn close(&mut self, id: u64) {
         if let Some(c) = self.conns.remove(&id) {
             if let Some(subscription) = &c.subscription {
-                subscription.alive.store(false, std::sync::atomic::Ordering::Release);
+                subscription.end();
             }
             let fd = c.sock.as_raw_fd();
             let _ = self.poll.registry().deregister(&mut SourceFd(&fd));

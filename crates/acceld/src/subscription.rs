@@ -2,7 +2,7 @@
 //! loop that frames them for the subscriber: a bounded queue, so a storm costs the daemon a
 //! bounded amount per subscriber, not a copy of the storm.
 
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 
 use accel_core::ras::RasEvent;
@@ -12,17 +12,37 @@ use accel_core::ras::RasEvent;
 pub(crate) const RAS_QUEUED: usize = 65_536;
 
 /// A RAS subscription's side shared with the thread that publishes the events.
-#[derive(Default)]
 pub(crate) struct Subscription {
     /// Cleared on close, so the subscription ends with the next batch.
-    pub(crate) alive: AtomicBool,
+    alive: AtomicBool,
     /// Events handed to the worker and not yet framed (at most about [`RAS_QUEUED`], as one thread offers).
-    pub(crate) queued: AtomicUsize,
+    queued: AtomicUsize,
     /// Events dropped for want of room in that queue, not yet counted by the worker.
-    pub(crate) dropped: AtomicU64,
+    dropped: AtomicU64,
 }
 
 impl Subscription {
+    /// A live subscription with nothing queued.
+    pub(crate) fn new() -> Subscription {
+        Subscription { alive: AtomicBool::new(true), queued: AtomicUsize::new(0), dropped: AtomicU64::new(0) }
+    }
+
+    /// Ends it: the publisher drops it with its next batch.
+    pub(crate) fn end(&self) {
+        self.alive.store(false, Release);
+    }
+
+    /// The worker framed `n` of the events handed to it. Returns the events dropped since the
+    /// last report once every event handed over before them is framed (the overrun is due
+    /// then, after what was kept), else 0.
+    pub(crate) fn framed(&self, n: usize) -> u64 {
+        if self.queued.fetch_sub(n, AcqRel) == n {
+            self.dropped.swap(0, Relaxed)
+        } else {
+            0
+        }
+    }
+
     /// Hands the events of `batch` that fit in the queue to the worker's loop; drops the
     /// rest (the newest), and says so once, so the worker reports the overrun. False once
     /// the subscription ended.
@@ -65,12 +85,13 @@ mod tests {
 
     #[test]
     fn a_subscriber_gets_a_bounded_queue_and_one_wake_up_per_overrun() {
-        let s = Subscription::default();
         let mut posted: Vec<Vec<RasEvent>> = Vec::new();
         // Ended: nothing is offered.
-        assert!(!s.offer(&events(1, 4), |e| posted.push(e)));
+        let ended = Subscription::new();
+        ended.end();
+        assert!(!ended.offer(&events(1, 4), |e| posted.push(e)));
         assert!(posted.is_empty());
-        s.alive.store(true, Relaxed);
+        let s = Subscription::new();
         // Room for a whole batch, then for part of one: the oldest of it go, the rest drop.
         assert!(s.offer(&events(1, RAS_QUEUED - 10), |e| posted.push(e)));
         assert!(s.offer(&events(RAS_QUEUED as u64 - 9, 25), |e| posted.push(e)));
@@ -80,13 +101,17 @@ mod tests {
         // Full: further batches drop whole, with no more posts (the first drop's went).
         assert!(s.offer(&events(RAS_QUEUED as u64 + 16, 100), |e| posted.push(e)));
         assert_eq!((posted.len(), s.dropped.load(Relaxed)), (2, 115));
-        // The worker took the drops into account and framed everything: the next drop in a
-        // full queue posts one empty batch, so the worker reports that overrun too.
-        s.dropped.swap(0, Relaxed);
-        assert!(s.offer(&events(1_000_000, 3), |e| posted.push(e)));
-        assert_eq!((posted.len(), posted[2].len()), (3, 0));
-        s.queued.fetch_sub(RAS_QUEUED, AcqRel);
+        // The overrun is due once everything handed over before it is framed, not sooner.
+        assert_eq!(s.framed(posted[0].len()), 0);
+        assert_eq!(s.framed(posted[1].len()), 115);
+        assert_eq!((s.queued.load(Relaxed), s.dropped.load(Relaxed)), (0, 0));
+        // Reported, the next drop in a full queue posts one empty batch, so the worker
+        // reports that overrun too.
+        assert!(s.offer(&events(1_000_000, RAS_QUEUED), |e| posted.push(e)));
         assert!(s.offer(&events(2_000_000, 3), |e| posted.push(e)));
-        assert_eq!((posted[3].len(), s.queued.load(Relaxed)), (3, 3));
+        assert_eq!((posted.len(), posted[3].len()), (4, 0));
+        assert_eq!(s.framed(RAS_QUEUED), 3);
+        assert!(s.offer(&events(3_000_000, 3), |e| posted.push(e)));
+        assert_eq!((posted[4].len(), s.queued.load(Relaxed)), (3, 3));
     }
 }
