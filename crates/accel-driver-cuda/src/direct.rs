@@ -77,6 +77,20 @@ pub struct Direct {
     /// A page-locked host page mapped for the GPU (its device address), made on first use by
     /// [`Direct::launch_sync_marked`].
     mark: Option<(*mut c_void, sys::CUdeviceptr)>,
+    /// An event without timing, made on first use by [`Direct::launch_sync_evented`].
+    event: Option<sys::CUevent>,
+}
+
+/// How [`Direct::launch_then`] learns that the kernel is done.
+#[derive(Clone, Copy)]
+enum Then {
+    /// `cuStreamSynchronize` right after the launch.
+    Sync,
+    /// The token written to the mark after the kernel, then `cuStreamSynchronize`.
+    Mark(sys::CUdeviceptr, u64),
+    /// An event recorded after the kernel, the token written to the mark after it, then
+    /// `cuEventSynchronize` and the token stored to the mark by the CPU.
+    Event(sys::CUevent, *mut c_void, sys::CUdeviceptr, u64),
 }
 
 impl Direct {
@@ -109,21 +123,51 @@ impl Direct {
             let mut scratch = 0;
             check(sys::cuMemAlloc_v2(&mut scratch, 4096), "cuMemAlloc")?;
             check(sys::cuMemsetD32_v2(scratch, 0, 1024), "cuMemsetD32")?;
-            Ok(Direct { ctx, stream, function, block, scratch, mark: None })
+            Ok(Direct { ctx, stream, function, block, scratch, mark: None, event: None })
         }
     }
 
     /// Launches the entry on one block with (scratch, `value`) and waits for it.
     pub fn launch_sync(&mut self, value: u32) -> Result<(), DriverError> {
-        self.launch_then(value, None)
+        self.launch_then(value, Then::Sync)
     }
 
     /// [`Direct::launch_sync`] with what the accel worker adds on the GPU after each job: the
     /// write of `token` to a page-locked host page (`cuStreamWriteValue64`), which tells the
     /// daemon which jobs were done should the context die. What that write costs.
     pub fn launch_sync_marked(&mut self, value: u32, token: u64) -> Result<(), DriverError> {
-        let at = match self.mark {
-            Some((_, device)) => device,
+        let (_, at) = self.mark_page()?;
+        self.launch_then(value, Then::Mark(at, token))
+    }
+
+    /// What the accel worker does after each job: an event recorded after the kernel, the
+    /// GPU's write of `token` to the mark after that, and as soon as the event completes the
+    /// CPU's store of the same token (which the daemon sees at once). Returns once the store
+    /// is done: what the daemon waits for.
+    pub fn launch_sync_evented(&mut self, value: u32, token: u64) -> Result<(), DriverError> {
+        let (host, at) = self.mark_page()?;
+        let event = match self.event {
+            Some(e) => e,
+            None => {
+                let mut e = std::ptr::null_mut();
+                // SAFETY: our context; an out pointer to a local.
+                unsafe {
+                    check(sys::cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")?;
+                    check(
+                        sys::cuEventCreate(&mut e, sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32),
+                        "cuEventCreate",
+                    )?;
+                }
+                *self.event.insert(e)
+            }
+        };
+        self.launch_then(value, Then::Event(event, host, at, token))
+    }
+
+    /// The mark page (host address, device address), made on first use.
+    fn mark_page(&mut self) -> Result<(*mut c_void, sys::CUdeviceptr), DriverError> {
+        match self.mark {
+            Some(page) => Ok(page),
             None => {
                 let (mut host, mut device) = (std::ptr::null_mut(), 0);
                 // SAFETY: our context; out pointers to locals; the page is freed on drop (or here,
@@ -137,15 +181,13 @@ impl Direct {
                         return Err(e);
                     }
                 }
-                self.mark = Some((host, device));
-                device
+                Ok(*self.mark.insert((host, device)))
             }
-        };
-        self.launch_then(value, Some((at, token)))
+        }
     }
 
-    /// Launches, then (where given) writes a token to a device address, then waits.
-    fn launch_then(&mut self, value: u32, mark: Option<(sys::CUdeviceptr, u64)>) -> Result<(), DriverError> {
+    /// Launches, then waits as `then` says.
+    fn launch_then(&mut self, value: u32, then: Then) -> Result<(), DriverError> {
         let (mut p, mut v) = (self.scratch, value);
         let mut params: [*mut c_void; 2] = [(&mut p as *mut u64).cast(), (&mut v as *mut u32).cast()];
         let b = self.block;
@@ -168,8 +210,20 @@ impl Direct {
                 ),
                 "cuLaunchKernel",
             )?;
-            if let Some((at, token)) = mark {
-                check(sys::cuStreamWriteValue64_v2(self.stream, at, token, 0), "cuStreamWriteValue64")?;
+            match then {
+                Then::Sync => {}
+                Then::Mark(at, token) => {
+                    check(sys::cuStreamWriteValue64_v2(self.stream, at, token, 0), "cuStreamWriteValue64")?
+                }
+                Then::Event(event, host, at, token) => {
+                    check(sys::cuEventRecord(event, self.stream), "cuEventRecord")?;
+                    check(sys::cuStreamWriteValue64_v2(self.stream, at, token, 0), "cuStreamWriteValue64")?;
+                    check(sys::cuEventSynchronize(event), "cuEventSynchronize")?;
+                    // The page is page-aligned, so 8-byte aligned; the GPU's write of the
+                    // same token may land before or after this one.
+                    (*host.cast::<std::sync::atomic::AtomicU64>()).store(token, std::sync::atomic::Ordering::Release);
+                    return Ok(());
+                }
             }
             check(sys::cuStreamSynchronize(self.stream), "cuStreamSynchronize")
         }
@@ -363,6 +417,9 @@ impl Drop for Direct {
         unsafe {
             if let Some((host, _)) = self.mark {
                 sys::cuMemFreeHost(host);
+            }
+            if let Some(event) = self.event {
+                sys::cuEventDestroy_v2(event);
             }
             sys::cuCtxDestroy_v2(self.ctx)
         };

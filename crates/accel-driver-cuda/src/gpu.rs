@@ -24,6 +24,8 @@ pub(crate) struct Gpu {
     pub(crate) ctx: sys::CUcontext,
     /// The compute streams (one per compute channel), then the copy stream.
     pub(crate) streams: Vec<sys::CUstream>,
+    /// An event per stream (no timing), recorded after each job's work: see [`Gpu::finished`].
+    events: Vec<sys::CUevent>,
     /// cuBLAS and a handle per compute stream, or why GEMM cannot run.
     pub(crate) blas: Result<(Cublas, Vec<std::sync::Mutex<Handle>>), String>,
 }
@@ -44,6 +46,10 @@ impl Gpu {
             let mut streams = vec![std::ptr::null_mut(); compute + 1];
             for s in &mut streams {
                 check(sys::cuStreamCreate(s, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32), "cuStreamCreate")?;
+            }
+            let mut events = vec![std::ptr::null_mut(); streams.len()];
+            for e in &mut events {
+                check(sys::cuEventCreate(e, sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32), "cuEventCreate")?;
             }
             let blas = match Cublas::load() {
                 Ok(lib) => {
@@ -69,7 +75,7 @@ impl Gpu {
                     Err(why)
                 }
             };
-            Ok(Gpu { ordinal, ctx, streams, blas })
+            Ok(Gpu { ordinal, ctx, streams, events, blas })
         }
     }
 
@@ -77,6 +83,20 @@ impl Gpu {
     pub(crate) fn enter(&self) -> Result<(), DriverError> {
         // SAFETY: a live context.
         check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")
+    }
+
+    /// Marks the end of the work enqueued on `stream` so far, for [`Gpu::finished`].
+    pub(crate) fn record(&self, stream: usize) -> Result<(), DriverError> {
+        // SAFETY: a live event and stream of this context.
+        check(unsafe { sys::cuEventRecord(self.events[stream], self.streams[stream]) }, "cuEventRecord")
+    }
+
+    /// Waits until the work recorded last on `stream` ([`Gpu::record`]) is done, though what
+    /// was enqueued after it may not be: how the worker learns a job's end before its
+    /// completion mark (enqueued after the record) has landed.
+    pub(crate) fn finished(&self, stream: usize) -> Result<(), DriverError> {
+        // SAFETY: a live event of this context.
+        check(unsafe { sys::cuEventSynchronize(self.events[stream]) }, "cuEventSynchronize")
     }
 
     /// Waits for stream `stream` to drain. A kernel that never ends blocks here until the

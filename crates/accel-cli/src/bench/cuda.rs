@@ -70,7 +70,8 @@ impl Client {
 /// ring (the poller completes it: client and poller only), a 4-byte fill of host memory on
 /// the cpu device (the whole job path of the core, with a driver that does nothing to speak
 /// of), the same fill on the cuda device (the core plus the worker: a CPU fill there, the
-/// completion mark on the GPU), and an empty kernel through accel and directly.
+/// completion mark on the GPU), and an empty kernel through accel and directly (with nothing
+/// after it, with the GPU's mark, and with the worker's event and store before that mark).
 fn path_floors(socket: &Path, client: &mut Client, direct: &mut Direct, iters: usize, name: &str) -> Result<()> {
     let mode = super::gpu_wait_mode();
     client.ring.set_wait_mode(mode);
@@ -99,8 +100,14 @@ fn path_floors(socket: &Path, client: &mut Client, direct: &mut Direct, iters: u
         token += 1;
         direct.launch_sync_marked(0, token).map_err(|e| anyhow::anyhow!("{}", e.message))
     }))?;
+    // And with what the worker does since: an event before the mark, whose completion the
+    // worker relays with a store of its own.
+    let direct_evented = p50(time(iters, || {
+        token += 1;
+        direct.launch_sync_evented(0, token).map_err(|e| anyhow::anyhow!("{}", e.message))
+    }))?;
     println!(
-        "{{\"bench\":\"cuda-path\",\"device\":\"{name}\",\"wait\":\"{mode:?}\",\"iters\":{iters},\"ring_nop_p50_us\":{nop:.1},\"cpu_fill_p50_us\":{cpu_fill:.1},\"cuda_host_fill_p50_us\":{cuda_fill:.1},\"accel_empty_kernel_p50_us\":{accel_empty:.1},\"direct_empty_kernel_p50_us\":{direct_empty:.1},\"direct_marked_kernel_p50_us\":{direct_marked:.1}}}"
+        "{{\"bench\":\"cuda-path\",\"device\":\"{name}\",\"wait\":\"{mode:?}\",\"iters\":{iters},\"ring_nop_p50_us\":{nop:.1},\"cpu_fill_p50_us\":{cpu_fill:.1},\"cuda_host_fill_p50_us\":{cuda_fill:.1},\"accel_empty_kernel_p50_us\":{accel_empty:.1},\"direct_empty_kernel_p50_us\":{direct_empty:.1},\"direct_marked_kernel_p50_us\":{direct_marked:.1},\"direct_evented_kernel_p50_us\":{direct_evented:.1}}}"
     );
     Ok(())
 }
