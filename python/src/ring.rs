@@ -44,8 +44,8 @@ impl Ring {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).push_sync(&w, &s, user_data).map_err(raise)
     }
 
-    /// How `wait` waits: `"auto"` (spin 50 µs, `$ACCEL_WAIT_SPIN_US`, then block; the
-    /// default), `"spin"` (until the completions come: the lowest latency, a core busy) or
+    /// How `wait` waits: `"auto"` (spin as long as the daemon suggests for the machine's
+    /// load, 5 ms or 50 µs, `$ACCEL_WAIT_SPIN_US` overriding, then block; the default), `"spin"` (until the completions come: the lowest latency, a core busy) or
     /// `"block"`.
     #[getter]
     fn get_wait_mode(&self) -> &'static str {

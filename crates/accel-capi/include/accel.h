@@ -20,8 +20,9 @@
 // Most arguments of one launch.
 #define ACCEL_MAX_LAUNCH_ARGS 8
 
-// `accel_ring_set_wait_mode`: spin briefly (50 µs, `$ACCEL_WAIT_SPIN_US`), then block (the
-// default).
+// `accel_ring_set_wait_mode`: spin as long as the daemon suggests for the machine's load (5 ms
+// while the busy rings and their relays fit the CPUs, else 50 µs; `$ACCEL_WAIT_SPIN_US`
+// overrides), then block (the default).
 #define ACCEL_WAIT_AUTO 0
 
 // `accel_ring_set_wait_mode`: spin until the completions come (lowest latency, a core busy;

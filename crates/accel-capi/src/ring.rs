@@ -81,8 +81,9 @@ pub unsafe extern "C" fn accel_ring_flush(r: *mut accel_ring) -> c_int {
     })
 }
 
-/// `accel_ring_set_wait_mode`: spin briefly (50 µs, `$ACCEL_WAIT_SPIN_US`), then block (the
-/// default).
+/// `accel_ring_set_wait_mode`: spin as long as the daemon suggests for the machine's load (5 ms
+/// while the busy rings and their relays fit the CPUs, else 50 µs; `$ACCEL_WAIT_SPIN_US`
+/// overrides), then block (the default).
 pub const ACCEL_WAIT_AUTO: c_int = 0;
 /// `accel_ring_set_wait_mode`: spin until the completions come (lowest latency, a core busy;
 /// the daemon's poller keeps watching the ring while its jobs run).

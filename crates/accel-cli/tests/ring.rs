@@ -300,3 +300,48 @@ fn spin_and_block_wait_modes_complete_the_same_jobs_and_time_out_the_same_way() 
         assert_eq!(out[0].user_data, 7);
     }
 }
+
+#[test]
+fn the_daemon_suggests_how_long_clients_spin_by_the_rings_busy_and_the_cpus() {
+    use accel_uapi::spin::{cpus, ring_wait};
+    let us = |d: Duration| d.as_micros() as u32;
+    let d = Daemon::start(&["testdev"]);
+    let (_conn, ring, doorbell) = raw_ring(&d, 8);
+    assert_eq!(ring.spin_budget().load(Ordering::SeqCst), 0, "nothing suggested before the first submission");
+    let submit = |ring: &RingMem, doorbell: &std::os::fd::OwnedFd, index: u32, ms: u64| {
+        ring.write_sqe(index, &Sqe::encode(&driver_op(OP_DELAY, ms), u64::from(index)));
+        if ring.peer_sleeps(ring.poller_sleeping()) {
+            rustix::io::write(doorbell, &1u64.to_ne_bytes()).unwrap();
+        }
+    };
+    // One ring busy (this one): long where the machine has CPUs to spare, else short.
+    submit(&ring, &doorbell, 0, 1);
+    assert_eq!(raw_wait(&ring, 1)[0].status(), Ok(()));
+    assert_eq!(ring.spin_budget().load(Ordering::SeqCst), us(ring_wait(1, cpus())));
+
+    // As many other rings with a job running as leave no CPU for one more spinning client
+    // and its relays: the next submission here is told to spin briefly.
+    let others = cpus() / (1 + accel_uapi::spin::RELAY_THREADS) + 1;
+    let busy: Vec<_> = (0..others)
+        .map(|_| {
+            let (conn, r, bell) = raw_ring(&d, 8);
+            submit(&r, &bell, 0, 2_000);
+            (conn, r, bell)
+        })
+        .collect();
+    for (_, r, _) in &busy {
+        await_flag(r.sq_head(), 1, "a busy ring's submission taken");
+    }
+    submit(&ring, &doorbell, 1, 1);
+    assert_eq!(raw_wait(&ring, 2)[1].status(), Ok(()));
+    assert_eq!(ring.spin_budget().load(Ordering::SeqCst), us(accel_uapi::spin::RING_WAIT_SHORT));
+
+    // The client library's default wait reads it (the variable unset; the rule is the
+    // library's unit test): the other rings' jobs still run (2 s), so short.
+    if std::env::var_os("ACCEL_WAIT_SPIN_US").is_none() {
+        let dev = d.open(0);
+        let mut lib = dev.create_queue().unwrap().into_ring(8).unwrap();
+        lib.submit_wait(&driver_op(OP_DELAY, 1), SECOND).unwrap();
+        assert_eq!(lib.auto_spin(), accel_uapi::spin::RING_WAIT_SHORT);
+    }
+}

@@ -22,7 +22,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -45,6 +45,19 @@ pub const RING_BUDGET: u32 = 256;
 /// How long the poller keeps spinning after it last found work before it sleeps.
 pub const POLL_SPIN: Duration = Duration::from_micros(100);
 
+/// Rings with jobs in flight, in this process: the clients that may be spinning for their
+/// completions, which the spin budget each ring's header suggests is judged by.
+static BUSY_RINGS: AtomicUsize = AtomicUsize::new(0);
+
+/// How long a ring client's default wait should spin now, in microseconds
+/// ([`accel_uapi::spin::ring_wait`] for the rings busy now and this process's CPUs).
+fn spin_budget_us() -> u32 {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cpus = *CPUS.get_or_init(accel_uapi::spin::cpus);
+    let budget = accel_uapi::spin::ring_wait(BUSY_RINGS.load(Ordering::Relaxed), cpus);
+    u32::try_from(budget.as_micros()).unwrap_or(u32::MAX)
+}
+
 /// The consuming side of a ring: where the daemon is in the submission ring. Exactly
 /// one exists per ring (returned by [`RingQueue::new`]), so consumption needs no lock.
 #[derive(Debug)]
@@ -56,6 +69,8 @@ pub struct RingConsumer {
     /// Entries consumed whose completion may not have been read yet: CQ space is
     /// reserved at consumption, so completions never overwrite unread ones.
     cq_reserved: u32,
+    /// The spin budget last written to the ring's header (µs; 0: none yet).
+    spin_budget: u32,
 }
 
 /// One queue's ring.
@@ -144,7 +159,7 @@ impl RingQueue {
             errors: Mutex::new((VecDeque::new(), 0)),
             _tracked: Tracked::new(counters, Kind::Ring),
         });
-        let consumer = RingConsumer { sq_head: 0, cq_head_seen: 0, cq_reserved: 0 };
+        let consumer = RingConsumer { sq_head: 0, cq_head_seen: 0, cq_reserved: 0, spin_budget: 0 };
         Ok((ring, consumer, memfd, completion_for_client))
     }
 
@@ -223,6 +238,13 @@ impl RingQueue {
         for sqe in &batch[inline..] {
             self.start(dev, sqe);
         }
+        // For the client's wait that follows: written only when it changes (the client
+        // reads the line once per wait).
+        let budget = spin_budget_us();
+        if budget != c.spin_budget {
+            c.spin_budget = budget;
+            self.mem.spin_budget().store(budget, Ordering::Relaxed);
+        }
         taken
     }
 
@@ -283,7 +305,9 @@ impl RingQueue {
         for (so, point) in signals {
             so.add_point(point, fence.clone());
         }
-        self.inflight.fetch_add(1, Ordering::AcqRel);
+        if self.inflight.fetch_add(1, Ordering::AcqRel) == 0 {
+            BUSY_RINGS.fetch_add(1, Ordering::Relaxed);
+        }
         let ring = self.clone();
         let weak = Arc::downgrade(&fence);
         fence.on_signal(move |status| {
@@ -296,7 +320,9 @@ impl RingQueue {
                 _ => Ok(()),
             };
             ring.complete(user_data, result, seqno);
-            ring.inflight.fetch_sub(1, Ordering::AcqRel);
+            if ring.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+                BUSY_RINGS.fetch_sub(1, Ordering::Relaxed);
+            }
         });
         let job = Job::new(&self.counters, job_op, deps, fence.clone()).charged(charge);
         if let Err(e) = dev.sched.push(self.entity, job) {

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! offset 0    header: four u32 counters/flags, each on its own 64-byte cache line, then ring
-//!             info, then the client's spin hint on its own line
+//!             info, then the client's spin hint and the daemon's spin budget, each on its
+//!             own line
 //! offset 512  SQ: sq_entries × 128-byte Sqe   (client writes, daemon reads)
 //! then        CQ: cq_entries × 32-byte Cqe    (daemon writes, client reads)
 //! ```
@@ -66,6 +67,11 @@ pub const INFO: usize = 4 * LINE;
 /// spins for its completions rather than blocking, so the poller keeps watching the ring
 /// while the ring has jobs in flight (the next submission then needs no doorbell).
 pub const CLIENT_SPINS: usize = 5 * LINE;
+/// Byte offset of `spin_budget` (u32, written by the daemon; 0 until its first submission):
+/// how many microseconds the client's default wait should spin before it blocks, as the
+/// daemon judges from how many rings have jobs in flight on how many CPUs
+/// ([`crate::spin::ring_wait`]).
+pub const SPIN_BUDGET: usize = 6 * LINE;
 /// Byte offset of `seq` inside both entry types.
 pub const SEQ_OFFSET: usize = 8;
 const _: () = assert!(std::mem::offset_of!(Sqe, seq) == SEQ_OFFSET && std::mem::offset_of!(Cqe, seq) == SEQ_OFFSET);
@@ -443,6 +449,10 @@ impl RingMem {
     /// Non-zero while the client spins for completions (a hint to the poller).
     pub fn client_spins(&self) -> &AtomicU32 {
         self.word(CLIENT_SPINS)
+    }
+    /// Microseconds the daemon suggests a client's default wait spins (0: no suggestion).
+    pub fn spin_budget(&self) -> &AtomicU32 {
+        self.word(SPIN_BUDGET)
     }
 
     /// Raw pointer to the submission slot of counter `index` (masked), for tools and

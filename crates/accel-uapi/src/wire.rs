@@ -18,7 +18,7 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"ACCL");
 /// ABI major version: changes break compatibility.
 pub const ABI_MAJOR: u16 = 3;
 /// ABI minor version: additions only.
-pub const ABI_MINOR: u16 = 5;
+pub const ABI_MINOR: u16 = 6;
 /// Largest message either side accepts, header included.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Most descriptors one message may carry.

@@ -158,7 +158,7 @@ fn render() -> String {
     }
 
     out.push_str("\n### Constants\n\n| name | value |\n|---|---|\n");
-    let consts: [(&str, u64); 19] = [
+    let consts: [(&str, u64); 20] = [
         ("header magic (`ACCL` little-endian)", u64::from(wire::MAGIC)),
         ("header length", HEADER_LEN as u64),
         ("ABI major", u64::from(wire::ABI_MAJOR)),
@@ -175,6 +175,7 @@ fn render() -> String {
         ("ring `client_waiting` offset", ring::CLIENT_WAITING as u64),
         ("ring info offset (magic, sq_entries, cq_entries)", ring::INFO as u64),
         ("ring `client_spins` offset", ring::CLIENT_SPINS as u64),
+        ("ring `spin_budget` offset", ring::SPIN_BUDGET as u64),
         ("SQE size", ring::SQE_SIZE as u64),
         ("CQE size", ring::CQE_SIZE as u64),
         ("largest ring (SQ entries)", u64::from(ring::MAX_RING_ENTRIES)),

@@ -27,11 +27,15 @@ use rustix::event::{PollFd, PollFlags};
 use crate::{Error, Queue, Result, Syncobj};
 
 /// How long a waiting client spins on the completion ring before it blocks
-/// ([`WaitMode::Auto`]), on any machine; `$ACCEL_WAIT_SPIN_US` sets it (up to
-/// [`WAIT_SPIN_MAX`]). Not longer where cores are many, as CUDA's `CU_CTX_SCHED_AUTO` would:
-/// the daemon needs cores to relay the jobs of the clients that spin. On the H200 machine (16
-/// CPUs), 5 ms there took one client's 100 µs kernels from 20.6 % over CUDA in-process to
-/// 10.5 %, and 16 clients' 10 µs kernels from 101,634 to 21,172 a second.
+/// ([`WaitMode::Auto`]) where the daemon suggests nothing (a daemon before ABI 3.6).
+///
+/// The daemon suggests a budget in each ring's header, as CUDA's `CU_CTX_SCHED_AUTO` decides
+/// between spinning and blocking by its contexts and the CPUs, but across processes: long
+/// (5 ms) while the rings with jobs in flight and the daemon's threads relaying their jobs
+/// fit the machine's CPUs, and this long otherwise ([`accel_uapi::spin::ring_wait`]). A fixed
+/// 5 ms on the H200 machine (16 CPUs) took one client's 100 µs kernels from 20.6 % over CUDA
+/// in-process to 10.5 %, and 16 clients' 10 µs kernels from 101,634 to 21,172 a second.
+/// `$ACCEL_WAIT_SPIN_US` overrides both (up to [`WAIT_SPIN_MAX`]).
 pub const WAIT_SPIN: Duration = Duration::from_micros(50);
 /// The most `$ACCEL_WAIT_SPIN_US` sets.
 pub const WAIT_SPIN_MAX: Duration = Duration::from_millis(100);
@@ -40,7 +44,8 @@ pub const WAIT_SPIN_MAX: Duration = Duration::from_millis(100);
 /// (`CU_CTX_SCHED_AUTO`, `_SPIN`, `_BLOCKING_SYNC`) for accel's rings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WaitMode {
-    /// Spin briefly ([`WAIT_SPIN`]), then block on the completion eventfd (the default).
+    /// Spin as long as the daemon suggests for the machine's load ([`WAIT_SPIN`]), then
+    /// block on the completion eventfd (the default).
     #[default]
     Auto,
     /// Spin until the completions arrive (or the wait times out): the lowest latency, a
@@ -50,6 +55,14 @@ pub enum WaitMode {
     Spin,
     /// Block at once: no CPU spent waiting, a wake-up's latency on every wait.
     Block,
+}
+
+/// [`Ring::auto_spin`] for `$ACCEL_WAIT_SPIN_US` (`set`) and the daemon's suggestion (µs).
+fn auto_spin(set: Option<Duration>, suggested_us: u32) -> Duration {
+    set.unwrap_or(match suggested_us {
+        0 => WAIT_SPIN,
+        us => Duration::from_micros(u64::from(us)).min(WAIT_SPIN_MAX),
+    })
 }
 
 /// How often a spinning wait looks whether the daemon went away.
@@ -71,8 +84,10 @@ pub struct Ring {
     cq_head: u32,
     scratch: Vec<Cqe>,
     mode: WaitMode,
-    /// How long [`WaitMode::Auto`] spins here.
-    auto_spin: Duration,
+    /// How long [`WaitMode::Auto`] spins here, where `$ACCEL_WAIT_SPIN_US` says.
+    auto_spin: Option<Duration>,
+    /// What this side last stored to the ring's `client_spins` hint.
+    spins_hinted: bool,
 }
 
 impl std::fmt::Debug for Ring {
@@ -101,14 +116,30 @@ impl Ring {
             cq_head: 0,
             scratch: Vec::with_capacity(1),
             mode: WaitMode::Auto,
-            auto_spin: accel_uapi::spin::budget("ACCEL_WAIT_SPIN_US", WAIT_SPIN, WAIT_SPIN, WAIT_SPIN_MAX),
+            auto_spin: std::env::var("ACCEL_WAIT_SPIN_US")
+                .is_ok()
+                .then(|| accel_uapi::spin::budget("ACCEL_WAIT_SPIN_US", WAIT_SPIN, WAIT_SPIN, WAIT_SPIN_MAX)),
+            spins_hinted: false,
         })
     }
 
     /// Chooses how [`Ring::wait`] waits (see [`WaitMode`]).
     pub fn set_wait_mode(&mut self, mode: WaitMode) {
         self.mode = mode;
-        self.mem.client_spins().store(u32::from(mode == WaitMode::Spin), Ordering::Release);
+        self.hint_spins(mode == WaitMode::Spin);
+    }
+
+    /// Tells the daemon's poller whether this side spins for its completions.
+    fn hint_spins(&mut self, spins: bool) {
+        self.spins_hinted = spins;
+        self.mem.client_spins().store(u32::from(spins), Ordering::Release);
+    }
+
+    /// How long a wait in [`WaitMode::Auto`] spins now before it blocks: `$ACCEL_WAIT_SPIN_US`
+    /// where set, else the daemon's suggestion for the machine's load as of this ring's last
+    /// submission, else [`WAIT_SPIN`].
+    pub fn auto_spin(&self) -> Duration {
+        auto_spin(self.auto_spin, self.mem.spin_budget().load(Ordering::Relaxed))
     }
 
     /// How [`Ring::wait`] waits.
@@ -199,7 +230,15 @@ impl Ring {
         let mut got = self.reap(out);
         let mut spins = 0u32;
         let spin_for = match self.mode {
-            WaitMode::Auto => self.auto_spin,
+            WaitMode::Auto => {
+                // Spinning longer than a wake-up costs: the poller may as well keep watching
+                // this ring while its jobs run, as for WaitMode::Spin.
+                let spin = self.auto_spin();
+                if (spin > WAIT_SPIN) != self.spins_hinted {
+                    self.hint_spins(spin > WAIT_SPIN);
+                }
+                spin
+            }
             WaitMode::Spin => timeout,
             WaitMode::Block => Duration::ZERO,
         };
@@ -293,5 +332,21 @@ impl Ring {
         let result = self.wait(&mut out, 1, timeout).map(|_| out[0]);
         self.scratch = out;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_wait_spins_as_the_variable_else_the_daemon_else_briefly_says() {
+        let ms = Duration::from_millis;
+        assert_eq!(auto_spin(None, 0), WAIT_SPIN, "a daemon before ABI 3.6 suggests nothing");
+        assert_eq!(auto_spin(None, 5_000), ms(5));
+        assert_eq!(auto_spin(None, 50), Duration::from_micros(50));
+        assert_eq!(auto_spin(None, u32::MAX), WAIT_SPIN_MAX, "a scribbled suggestion is capped");
+        assert_eq!(auto_spin(Some(Duration::ZERO), 5_000), Duration::ZERO, "the variable wins");
+        assert_eq!(auto_spin(Some(ms(1)), 0), ms(1));
     }
 }
