@@ -54,7 +54,7 @@ use crate::fence::Fence;
 use crate::{bail, lock, Result};
 
 pub use ready::Group;
-use ready::{choose, leave_group, pick_class, ready_classes, refresh, unready, vcost, GroupState, ReadySets};
+use ready::{leave_group, unready, vcost, GroupState, ReadySets};
 
 /// Passed-over dispatches after which a class with ready work is served next.
 pub const STARVATION_LIMIT: u32 = 16;
@@ -293,27 +293,6 @@ enum Gone {
 
 /// Jobs to signal once the lock is dropped.
 type Failed = Vec<(Job, Errno)>;
-
-/// What a dispatch leaves for after the lock: jobs whose dependency failed, and per engine
-/// how many jobs its slots were given and how many sleeping slots to wake for them.
-struct Dispatch {
-    failed: Failed,
-    slots: Vec<(usize, u32, u32)>,
-}
-
-thread_local! {
-    /// This thread is dispatching ([`Shared::settle`]): a queue woken meanwhile is left to it.
-    static SETTLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Clears [`SETTLING`] when the outermost dispatch of a thread ends.
-struct Settling;
-
-impl Drop for Settling {
-    fn drop(&mut self) {
-        SETTLING.set(false);
-    }
-}
 
 fn signal_failed(failed: Failed) {
     for (job, err) in failed {
@@ -643,108 +622,7 @@ fn drain_all(st: &mut State, err: Errno) -> Failed {
     failed
 }
 
-impl Shared {
-    /// A dependency of a job of `entity` signalled: the queue is looked at again and what is
-    /// ready dispatched, here on the signalling thread (a slot completing a job, a client's
-    /// host signal), not through the scheduler thread: one thread hand-off fewer between a
-    /// job and the job that waits for it.
-    fn wake(&self, entity: EntityId) {
-        let mut st = lock(&self.state);
-        st.woken.push(entity);
-        if SETTLING.get() {
-            // A fence signalled by a dispatch on this thread (a dependency that failed): the
-            // dispatch looks at the queue when it is done, rather than recursing (a chain of
-            // failed dependencies would recurse once per job).
-            return;
-        }
-        self.settle(st);
-    }
-
-    /// Dispatches what is ready, drops the lock, then wakes the slots that got jobs and
-    /// signals the jobs whose dependency failed; again while those signals woke queues.
-    ///
-    /// Slots are woken after the lock is dropped: a slot woken under it would find the lock
-    /// taken and sleep once more on it (two context switches per job instead of one), and
-    /// a spinning one would contend for it. Every idle slot looks for work under the lock
-    /// before it sleeps, so a wake-up after the lock cannot be missed.
-    fn settle<'a>(&'a self, mut st: MutexGuard<'a, State>) {
-        let outer = !SETTLING.replace(true);
-        // Cleared however this returns (a fence callback that panics included).
-        let _settling = outer.then_some(Settling);
-        loop {
-            let Dispatch { failed, slots } = self.pump(&mut st);
-            drop(st);
-            for (engine, jobs, wake) in slots {
-                self.dispatched[engine].fetch_add(u64::from(jobs), Ordering::Release);
-                for _ in 0..wake {
-                    self.slot_conds[engine].notify_one();
-                }
-            }
-            let any = !failed.is_empty();
-            signal_failed(failed);
-            if !outer || !any {
-                break;
-            }
-            st = lock(&self.state);
-            if st.woken.is_empty() {
-                break;
-            }
-        }
-    }
-
-    /// Dispatches ready jobs while engines have credits. Returns the jobs whose dependency
-    /// failed and the slots to wake, for after the lock (see [`Shared::settle`]).
-    fn pump(&self, st: &mut State) -> Dispatch {
-        let mut failed = Failed::new();
-        let mut slots: Vec<(usize, u32, u32)> = Vec::new();
-        if st.wedged {
-            return Dispatch { failed: drain_all(st, Errno::EIO), slots };
-        }
-        let fifo = self.config.fifo;
-        // By index, keeping the list's capacity (a refresh adds nothing to it).
-        for i in 0..st.woken.len() {
-            let id = st.woken[i];
-            refresh(st, id, fifo, &mut failed);
-        }
-        st.woken.clear();
-        loop {
-            let has = ready_classes(st);
-            let Some(class) = pick_class(st, has) else { break };
-            let Some(id) = choose(st, class, fifo) else { break };
-            unready(st, id);
-            let e = st.entities.get_mut(&id).expect("ready entity exists");
-            let vruntime = e.vruntime;
-            let job = e.jobs.pop_front().expect("ready entity has a job");
-            st.queued -= 1;
-            let charged = e.vcost(e.avg_ns);
-            e.vruntime += charged;
-            e.in_flight += 1;
-            let (client_id, usage, avg_ns, group) = (e.client_id, e.usage.clone(), e.avg_ns, e.group);
-            let g = st.groups.get_mut(&group).expect("a queue's group exists");
-            g.floor[class] = g.floor[class].max(vruntime);
-            let group_vruntime = g.vruntime[class];
-            let group_charged = vcost(avg_ns, g.weight);
-            g.vruntime[class] += group_charged;
-            st.floor[class] = st.floor[class].max(group_vruntime);
-            let engine = &mut st.engines[job.engine];
-            engine.in_flight += 1;
-            let engine_idx = job.engine;
-            engine.ring.push_back(Dispatched { entity: id, client_id, usage, job, charged, group_charged });
-            // One job, one slot to wake if one sleeps (the others take it when they are done
-            // or see it while they spin: they look at the ring under the lock before sleeping).
-            let sleeping = engine.sleeping;
-            match slots.last_mut() {
-                Some((e, n, w)) if *e == engine_idx => {
-                    *n += 1;
-                    *w = (*w + 1).min(sleeping);
-                }
-                _ => slots.push((engine_idx, 1, sleeping.min(1))),
-            }
-        }
-        Dispatch { failed, slots }
-    }
-}
-
+mod dispatch;
 mod ready;
 mod slot;
 #[cfg(test)]
