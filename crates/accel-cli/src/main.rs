@@ -127,7 +127,7 @@ enum Cmd {
     },
     /// Run the daemon in the foreground.
     Daemon {
-        /// Device to register, `DRIVER[:INDEX][:CATEGORY]` (cpu, testdev, vulkan, cuda — every such device, or `vulkan:N`/`cuda:N`; shared, exclusive, oneshot). Repeatable.
+        /// Device to register, `DRIVER[:INDEX][:CATEGORY]` (cpu, testdev, testdev-async, vulkan, cuda — every such device, or `vulkan:N`/`cuda:N`; shared, exclusive, oneshot). Repeatable.
         #[arg(long = "device", default_values = ["cpu"])]
         devices: Vec<String>,
         /// Default job timeout in milliseconds.

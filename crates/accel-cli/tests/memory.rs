@@ -373,7 +373,17 @@ fn a_client_killed_mid_launch_leaves_exact_counts() {
 
 #[test]
 fn a_lost_device_is_wedged_and_every_job_fails() {
-    let d = Daemon::start(&["testdev"]);
+    a_lost_device_is_wedged_and_every_job_fails_on("testdev");
+}
+
+/// The same on `testdev-async`: the engine completes its jobs itself, no slot thread waits.
+#[test]
+fn a_lost_device_is_wedged_and_every_job_fails_on_an_asynchronous_engine() {
+    a_lost_device_is_wedged_and_every_job_fails_on("testdev-async");
+}
+
+fn a_lost_device_is_wedged_and_every_job_fails_on(testdev: &str) {
+    let d = Daemon::start(&[testdev]);
     let dev = d.open(0);
     let (q, other) = (dev.create_queue().unwrap(), dev.create_queue().unwrap());
     // A long job already running on the other queue; then the next job to start finds the

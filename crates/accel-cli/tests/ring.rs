@@ -63,7 +63,17 @@ fn a_full_ring_pushes_back_with_eagain() {
 
 #[test]
 fn ring_jobs_do_real_work_and_report_errors_per_entry() {
-    let d = Daemon::start(&["testdev"]);
+    ring_jobs_do_real_work_and_report_errors_per_entry_on("testdev");
+}
+
+/// The same on `testdev-async`: the engine completes its jobs itself, no slot thread waits.
+#[test]
+fn ring_jobs_do_real_work_and_report_errors_per_entry_on_an_asynchronous_engine() {
+    ring_jobs_do_real_work_and_report_errors_per_entry_on("testdev-async");
+}
+
+fn ring_jobs_do_real_work_and_report_errors_per_entry_on(testdev: &str) {
+    let d = Daemon::start(&[testdev]);
     let dev = d.open(0);
     let buf = dev.alloc(4096).unwrap();
     let mut ring = dev.create_queue().unwrap().into_ring(16).unwrap();
@@ -95,6 +105,11 @@ fn ring_jobs_do_real_work_and_report_errors_per_entry() {
     // The nop queued behind real work completed after it, not before.
     let pos = |id| out.iter().position(|c| c.user_data == id).unwrap();
     assert!(pos(6) > pos(2));
+    // Who ran the jobs: the core's slot threads, or (asynchronous) the device's own units.
+    let threads = d.thread_names();
+    let (slots, units) =
+        (threads.iter().any(|t| t.contains("-e0s")), threads.iter().any(|t| t.starts_with("testdev-unit")));
+    assert_eq!((slots, units), (testdev == "testdev", testdev == "testdev-async"), "{threads:?}");
 }
 
 /// A raw ring: the client side mapped by hand, so the test can write anything.

@@ -32,7 +32,17 @@ fn now_ns() -> u64 {
 
 #[test]
 fn hang_resets_engine_innocent_jobs_complete_and_guilty_is_banned() {
-    let d = Daemon::start_with(&["testdev"], &["--hang-limit", "1"]);
+    hang_resets_engine_innocent_jobs_complete_and_guilty_is_banned_on("testdev");
+}
+
+/// The same on `testdev-async`: the engine completes its jobs itself, no slot thread waits.
+#[test]
+fn hang_resets_engine_innocent_jobs_complete_and_guilty_is_banned_on_an_asynchronous_engine() {
+    hang_resets_engine_innocent_jobs_complete_and_guilty_is_banned_on("testdev-async");
+}
+
+fn hang_resets_engine_innocent_jobs_complete_and_guilty_is_banned_on(testdev: &str) {
+    let d = Daemon::start_with(&[testdev], &["--hang-limit", "1"]);
     let (guilty, innocent) = (d.open(0), d.open(0));
     let gq = queue(&guilty, Priority::Normal, Some(Duration::from_millis(300)));
     let iq = queue(&innocent, Priority::Normal, None);
@@ -62,7 +72,17 @@ fn hang_resets_engine_innocent_jobs_complete_and_guilty_is_banned() {
 
 #[test]
 fn karma_below_the_hang_limit_does_not_ban() {
-    let d = Daemon::start_with(&["testdev"], &["--hang-limit", "2"]);
+    karma_below_the_hang_limit_does_not_ban_on("testdev");
+}
+
+/// The same on `testdev-async`: the engine completes its jobs itself, no slot thread waits.
+#[test]
+fn karma_below_the_hang_limit_does_not_ban_on_an_asynchronous_engine() {
+    karma_below_the_hang_limit_does_not_ban_on("testdev-async");
+}
+
+fn karma_below_the_hang_limit_does_not_ban_on(testdev: &str) {
+    let d = Daemon::start_with(&[testdev], &["--hang-limit", "2"]);
     let dev = d.open(0);
     let q = queue(&dev, Priority::Normal, Some(Duration::from_millis(100)));
     assert_eq!(q.submit(driver_op(OP_HANG, 0)).unwrap().wait().unwrap_err().code, Errno::ETIME);
@@ -147,7 +167,17 @@ fn high_priority_needs_privilege_and_weights_are_bounded() {
 
 #[test]
 fn crashed_client_with_queued_work_does_not_fail_others() {
-    let d = Daemon::start(&["testdev"]);
+    crashed_client_with_queued_work_does_not_fail_others_on("testdev");
+}
+
+/// The same on `testdev-async`: the engine completes its jobs itself, no slot thread waits.
+#[test]
+fn crashed_client_with_queued_work_does_not_fail_others_on_an_asynchronous_engine() {
+    crashed_client_with_queued_work_does_not_fail_others_on("testdev-async");
+}
+
+fn crashed_client_with_queued_work_does_not_fail_others_on(testdev: &str) {
+    let d = Daemon::start(&[testdev]);
     let dev = d.open(0);
     let q = dev.create_queue().unwrap();
     let before = q.submit(Op::Nop).unwrap();
@@ -217,7 +247,17 @@ fn new_lease_holder_finds_only_zeroed_memory() {
 
 #[test]
 fn failed_reset_wedges_the_device() {
-    let d = Daemon::start(&["testdev"]);
+    failed_reset_wedges_the_device_on("testdev");
+}
+
+/// The same on `testdev-async`: the engine completes its jobs itself, no slot thread waits.
+#[test]
+fn failed_reset_wedges_the_device_on_an_asynchronous_engine() {
+    failed_reset_wedges_the_device_on("testdev-async");
+}
+
+fn failed_reset_wedges_the_device_on(testdev: &str) {
+    let d = Daemon::start(&[testdev]);
     let dev = d.open(0);
     let q = queue(&dev, Priority::Normal, Some(Duration::from_millis(100)));
     q.submit(driver_op(OP_BREAK_RESET, 0)).unwrap().wait().unwrap();

@@ -380,10 +380,46 @@ pub(crate) mod testing {
     use crate::driver::{Driver, DriverInfo, JobCtx, JobOp};
 
     /// `Driver { code: 1, args[0] = tag }` records the tag; code 2 fails with EIO; code 3 hangs;
-    /// code 4 sleeps `args[1]` µs, then records `args[0]`.
+    /// code 4 sleeps `args[1]` µs, then records `args[0]`; code 5 likewise, but fails with
+    /// `ECANCELED` if aborted meanwhile.
+    ///
+    /// `asynchronous`: its engine completes jobs by itself, quick ones (codes 1 and 2, and
+    /// ops) inside `submit_job`, the others from a thread of their own, as a device's
+    /// interrupt would.
     #[derive(Default)]
     pub struct FakeDriver {
-        pub ran: Mutex<Vec<u64>>,
+        pub ran: Arc<Mutex<Vec<u64>>>,
+        pub asynchronous: bool,
+        /// Jobs its engine runs at once (0: 1).
+        pub credits: u32,
+    }
+
+    impl FakeDriver {
+        /// A fake device whose engine completes jobs by itself, `credits` at once.
+        pub fn async_engine(credits: u32) -> FakeDriver {
+            FakeDriver { asynchronous: true, credits, ..FakeDriver::default() }
+        }
+    }
+
+    /// What the fake device does with `op`, recording into `ran`.
+    fn run(ran: &Mutex<Vec<u64>>, op: &JobOp, ctx: &JobCtx) -> Result<(), DriverError> {
+        match op {
+            JobOp::Driver { code: 1, args } => ran.lock().unwrap().push(args[0]),
+            JobOp::Driver { code: 2, .. } => return Err(DriverError::new(Errno::EIO, "fake device fault at 0x1000")),
+            JobOp::Driver { code: 3, .. } => while !ctx.abort.sleep(Duration::from_secs(60)) {},
+            JobOp::Driver { code: 4, args } => {
+                std::thread::sleep(Duration::from_micros(args[1]));
+                ran.lock().unwrap().push(args[0]);
+            }
+            JobOp::Driver { code: 5, args } => {
+                if ctx.abort.sleep(Duration::from_micros(args[1])) {
+                    return Err(DriverError::new(Errno::ECANCELED, "fake job aborted"));
+                }
+                ran.lock().unwrap().push(args[0]);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     impl Driver for FakeDriver {
@@ -396,25 +432,26 @@ pub(crate) mod testing {
                 ops: vec![OpKind::Nop, OpKind::Fill, OpKind::Driver],
                 memory_bytes: 1 << 24,
                 compute_units: 1,
-                engines: vec![EngineInfo { name: "compute".into(), credits: 1 }],
+                engines: vec![EngineInfo { name: "compute".into(), credits: self.credits.max(1) }],
                 ras_nodes: Vec::new(),
             }
         }
 
         fn run_job(&self, _engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), crate::driver::DriverError> {
-            match op {
-                JobOp::Driver { code: 1, args } => self.ran.lock().unwrap().push(args[0]),
-                JobOp::Driver { code: 2, .. } => {
-                    return Err(crate::driver::DriverError::new(Errno::EIO, "fake device fault at 0x1000"))
-                }
-                JobOp::Driver { code: 3, .. } => while !ctx.abort.sleep(Duration::from_secs(60)) {},
-                JobOp::Driver { code: 4, args } => {
-                    std::thread::sleep(Duration::from_micros(args[1]));
-                    self.ran.lock().unwrap().push(args[0]);
-                }
-                _ => {}
+            run(&self.ran, op, ctx)
+        }
+
+        fn asynchronous(&self, _engine: usize) -> bool {
+            self.asynchronous
+        }
+
+        fn submit_job(&self, _engine: usize, op: &JobOp, ctx: &JobCtx, done: crate::driver::JobDone) {
+            if matches!(op, JobOp::Driver { code: 3..=5, .. }) {
+                let (ran, op, ctx) = (self.ran.clone(), op.clone(), ctx.clone());
+                std::thread::spawn(move || done.complete(run(&ran, &op, &ctx)));
+            } else {
+                done.complete(run(&self.ran, op, ctx));
             }
-            Ok(())
         }
 
         /// One device region, `dev`: host memory behind the driver's back, exportable as its

@@ -275,6 +275,12 @@ struct Shared {
     slot_spin: Duration,
     /// The driver makes native sync files for its jobs.
     native: bool,
+    /// Per engine: it completes jobs by itself ([`Driver::asynchronous`]).
+    asynchronous: Vec<bool>,
+    /// What [`Scheduler`]'s drop waits on for asynchronous engines' jobs to end.
+    idle_cond: Condvar,
+    /// This, for asynchronous jobs' completions to hold.
+    me: std::sync::Weak<Shared>,
 }
 
 /// How long idle slot threads spin before sleeping: `$ACCEL_SLOT_SPIN_US` microseconds (at
@@ -326,7 +332,11 @@ impl Scheduler {
         let busy_ns = engines.iter().map(|_| AtomicU64::new(0)).collect();
         let dispatched = engines.iter().map(|_| AtomicU64::new(0)).collect();
         let slot_conds = engines.iter().map(|_| Condvar::new()).collect();
-        let shared = Arc::new(Shared {
+        let asynchronous: Vec<bool> = (0..engines.len()).map(|e| driver.asynchronous(e)).collect();
+        let shared = Arc::new_cyclic(|me| Shared {
+            me: me.clone(),
+            asynchronous: asynchronous.clone(),
+            idle_cond: Condvar::new(),
             dispatched,
             slot_spin: slot_spin(),
             native: driver.native_sync_files(),
@@ -360,7 +370,9 @@ impl Scheduler {
         let mut threads = Vec::new();
         let s = shared.clone();
         threads.push(std::thread::Builder::new().name(format!("{name}-sched")).spawn(move || s.scheduler_loop())?);
-        for (engine, slot) in slots {
+        // An asynchronous engine has no slot threads: its jobs start where they are
+        // dispatched and end when the driver says.
+        for (engine, slot) in slots.into_iter().filter(|(e, _)| !asynchronous[*e]) {
             let s = shared.clone();
             threads.push(
                 std::thread::Builder::new()
@@ -601,8 +613,23 @@ impl Drop for Scheduler {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // The asynchronous engines' jobs were aborted: wait for the driver to end them (as
+        // the slot threads' were waited for), for a while.
+        let asynchronous = &self.shared.asynchronous;
+        let mut st = self.state();
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while st.engines.iter().enumerate().any(|(i, e)| asynchronous[i] && !e.running.is_empty()) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                tracing::error!("jobs of an asynchronous engine still running {SHUTDOWN_GRACE:?} after shutdown");
+                break;
+            };
+            st = self.shared.idle_cond.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
     }
 }
+
+/// How long dropping a scheduler waits for the jobs an asynchronous engine still runs.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Takes every waiting and dispatched-but-not-started job out, to fail with `err`.
 fn drain_all(st: &mut State, err: Errno) -> Failed {

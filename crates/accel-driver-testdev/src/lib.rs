@@ -13,16 +13,25 @@
 //! the next copy or the next touch of `vram` fail as a hardware fault would, reported
 //! through RAS ([`OP_COPY_FAULT`], [`OP_VRAM_ECC`]). GEMM is refused, which exercises the
 //! "not supported" path.
+//!
+//! `testdev-async` ([`TestDevice::asynchronous`]) is the same device with engines that
+//! complete jobs by themselves ([`Driver::asynchronous`]): the core hands each job over with
+//! [`Driver::submit_job`] and keeps no thread waiting on it; the device's own execution units
+//! run it and report its end, as a device's interrupt would. Every fault above works the same
+//! through it, which is how the core's asynchronous path is tested end to end.
 
 pub mod cmdbuf;
 pub mod vram;
 
+use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use accel_hal::driver::{DeviceMemory, Driver, DriverError, DriverInfo, JobArg, JobCtx, JobOp, Program, RegionDesc};
+use accel_hal::driver::{
+    DeviceMemory, Driver, DriverError, DriverInfo, JobArg, JobCtx, JobDone, JobOp, Program, RegionDesc,
+};
 use accel_hal::ras::{RasNodeDesc, RasSink};
 use accel_uapi::{Category, EngineInfo, Errno, OpKind, RegionKind, Severity};
 
@@ -72,6 +81,80 @@ pub struct TestDevice {
     copy_fault: AtomicBool,
     vram_ecc: AtomicBool,
     lose: AtomicBool,
+    /// `testdev-async`: the execution units jobs are handed to.
+    units: Option<Execution>,
+}
+
+/// The execution units of a `testdev-async` device and the device for their jobs; they stop
+/// with it.
+#[derive(Debug)]
+struct Execution {
+    units: Arc<Units>,
+    device: Weak<TestDevice>,
+}
+
+/// A job handed to the execution units.
+type Task = Box<dyn FnOnce() + Send>;
+
+/// The execution units of `testdev-async`: threads of the device's own, one per job its
+/// engines may have in flight, each running a job handed over and completing it.
+#[derive(Default)]
+struct Units {
+    queue: Mutex<VecDeque<Task>>,
+    work: Condvar,
+    stop: AtomicBool,
+}
+
+impl std::fmt::Debug for Units {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Units")
+    }
+}
+
+impl Units {
+    /// Starts `count` execution units.
+    fn start(count: u32) -> Arc<Units> {
+        let units = Arc::new(Units::default());
+        for i in 0..count {
+            let u = units.clone();
+            // Without them the device completes nothing: a machine that cannot start a thread
+            // cannot run the daemon either.
+            std::thread::Builder::new()
+                .name(format!("testdev-unit{i}"))
+                .spawn(move || u.run())
+                .expect("starting a testdev execution unit");
+        }
+        units
+    }
+
+    fn run(&self) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(task) = q.pop_front() {
+                drop(q);
+                task();
+                q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            } else if self.stop.load(Ordering::Acquire) {
+                return;
+            } else {
+                q = self.work.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }
+
+    fn push(&self, task: Task) {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(task);
+        self.work.notify_one();
+    }
+}
+
+impl Drop for Execution {
+    fn drop(&mut self) {
+        self.units.stop.store(true, Ordering::Release);
+        // Under the queue's lock: a unit between its last look and its wait still sees it.
+        let _q = self.units.queue.lock().unwrap_or_else(|e| e.into_inner());
+        self.units.work.notify_all();
+    }
 }
 
 /// The RAS blocks of the test device: one of each kind, every severity.
@@ -98,9 +181,22 @@ impl TestDevice {
         Self::with_credits(DEFAULT_CREDITS)
     }
 
+    /// A test device whose engines complete jobs by themselves (`testdev-async`), with
+    /// [`DEFAULT_CREDITS`].
+    pub fn asynchronous() -> Arc<Self> {
+        let credits = DEFAULT_CREDITS;
+        // As many execution units as jobs the engines may have in flight (compute and copy).
+        let units = Units::start(credits + 1);
+        Arc::new_cyclic(|me| TestDevice {
+            units: Some(Execution { units, device: me.clone() }),
+            ..Self::with_credits(credits)
+        })
+    }
+
     /// A test device whose engine runs `credits` jobs at once.
     pub fn with_credits(credits: u32) -> Self {
         TestDevice {
+            units: None,
             credits: credits.max(1),
             resets: AtomicU64::new(0),
             break_reset: AtomicBool::new(false),
@@ -293,6 +389,23 @@ impl Driver for TestDevice {
             other => {
                 Err(DriverError::new(Errno::EOPNOTSUPP, format!("testdev loads {}, not {other:?}", cmdbuf::FORMAT)))
             }
+        }
+    }
+
+    fn asynchronous(&self, _engine: usize) -> bool {
+        self.units.is_some()
+    }
+
+    fn submit_job(&self, engine: usize, op: &JobOp, ctx: &JobCtx, done: JobDone) {
+        match &self.units {
+            Some(Execution { units, device }) => match device.upgrade() {
+                Some(me) => {
+                    let (op, ctx) = (op.clone(), ctx.clone());
+                    units.push(Box::new(move || done.complete(me.run_job(engine, &op, &ctx))));
+                }
+                None => done.complete(Err(DriverError::new(Errno::ENODEV, "testdev: the device is gone"))),
+            },
+            None => done.complete(self.run_job(engine, op, ctx)),
         }
     }
 

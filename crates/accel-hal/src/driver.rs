@@ -3,7 +3,10 @@
 //!
 //! The hooks mirror `drm_sched_backend_ops`: [`Driver::run_job`] runs one job on
 //! the engine, [`Driver::timedout_job`] resets the engine after the watchdog
-//! fired. Region 0 of every device is host memory the core allocates (memfd), so a
+//! fired. An engine that completes jobs by itself (a hardware ring with a fence write and
+//! an interrupt) can instead be [`Driver::asynchronous`]: [`Driver::submit_job`] hands the
+//! job to the device and returns, and the job's [`JobDone`] reports its end, as
+//! drm_sched's `run_job` returns the hardware fence it waits on. Region 0 of every device is host memory the core allocates (memfd), so a
 //! host-memory driver needs no allocator of its own; a driver with memory of its own
 //! declares more regions ([`Driver::regions`]) and allocates them ([`Driver::alloc`]),
 //! and one that runs userspace programs loads them ([`Driver::load_program`]).
@@ -210,6 +213,46 @@ pub struct JobCtx {
     pub native: NativeFence,
 }
 
+/// How a job handed to an asynchronous engine ([`Driver::submit_job`]) reports its end:
+/// once, from any thread (a completion thread, an interrupt handler's). The result is what
+/// [`Driver::run_job`] would have returned. Dropped without a result, the job fails with
+/// `ECANCELED`, so a job is never lost.
+///
+/// Complete it without holding a lock that [`Driver::submit_job`] takes: completing a job
+/// may dispatch the next one, on this thread.
+pub struct JobDone(Option<Finish>);
+
+/// What a [`JobDone`] calls with the job's result.
+type Finish = Box<dyn FnOnce(Result<(), DriverError>) + Send>;
+
+impl JobDone {
+    /// A completion that calls `f` with the job's result.
+    pub fn new(f: impl FnOnce(Result<(), DriverError>) + Send + 'static) -> JobDone {
+        JobDone(Some(Box::new(f)))
+    }
+
+    /// The job ended with `result`.
+    pub fn complete(mut self, result: Result<(), DriverError>) {
+        if let Some(f) = self.0.take() {
+            f(result);
+        }
+    }
+}
+
+impl Drop for JobDone {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(Err(DriverError::new(Errno::ECANCELED, "the driver dropped the job")));
+        }
+    }
+}
+
+impl std::fmt::Debug for JobDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "JobDone(pending)" } else { "JobDone(done)" })
+    }
+}
+
 /// The one thing a driver may do with a job's fence: say how to make the device's own
 /// sync file for it once the device has the job ([`Driver::native_sync_files`]).
 #[derive(Debug, Clone)]
@@ -250,6 +293,27 @@ pub trait Driver: Send + Sync + 'static {
     /// words) reaches the client beside the errno. Work that can take long must
     /// return once `ctx.abort` is set (timeout, reset, or the client went away).
     fn run_job(&self, engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), DriverError>;
+
+    /// Whether `engine` completes its jobs by itself: the core then starts each job with
+    /// [`Driver::submit_job`] on the thread that dispatches it, keeps no thread waiting for
+    /// it, and finishes it when its [`JobDone`] completes. Asked once, at device creation.
+    /// Default: no (jobs run on the core's slot threads through [`Driver::run_job`]).
+    fn asynchronous(&self, _engine: usize) -> bool {
+        false
+    }
+
+    /// Starts a job on an asynchronous engine and returns without waiting for it; `done`
+    /// reports its end. Up to the engine's credits are in flight at once.
+    ///
+    /// It runs on the thread that dispatched the job (a ring's poller, a client's
+    /// connection, the thread that finished the job before), so it must not block for
+    /// long. The rules of [`Driver::run_job`] hold for the result, and for aborts: once
+    /// `ctx.abort` is set the job must end soon, and after [`Driver::timedout_job`] every
+    /// aborted job must still complete its `done` (with any result: the core decides).
+    /// Default: runs [`Driver::run_job`] here.
+    fn submit_job(&self, engine: usize, op: &JobOp, ctx: &JobCtx, done: JobDone) {
+        done.complete(self.run_job(engine, op, ctx));
+    }
 
     /// Called after a job on `engine` exceeded its timeout (`guilty` is its context).
     /// Every job running on that engine has been aborted; reset the engine. The core

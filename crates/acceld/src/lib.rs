@@ -61,7 +61,7 @@ pub enum DaemonError {
         message: String,
     },
     /// A device spec on the command line was wrong.
-    #[error("bad device spec {0:?}: expected DRIVER[:INDEX][:CATEGORY], DRIVER one of cpu, testdev, vulkan, cuda")]
+    #[error("bad device spec {0:?}: expected DRIVER[:INDEX][:CATEGORY], DRIVER one of cpu, testdev, testdev-async, vulkan, cuda")]
     BadDeviceSpec(String),
     /// A device named on the command line cannot be opened.
     #[error("device {spec}: {message}")]
@@ -183,6 +183,7 @@ pub fn parse_device_specs(spec: &str) -> Result<Vec<DeviceConfig>, DaemonError> 
     let drivers: Vec<Arc<dyn accel_core::driver::Driver>> = match (driver, index) {
         ("cpu", None) => vec![Arc::new(accel_driver_cpu::CpuDevice::new())],
         ("testdev", None) => vec![Arc::new(accel_driver_testdev::TestDevice::new())],
+        ("testdev-async", None) => vec![accel_driver_testdev::TestDevice::asynchronous()],
         ("vulkan", _) => gpus(index, accel_driver_vulkan::device_count, |i| {
             Ok(Arc::new(accel_driver_vulkan::VulkanDevice::open(i)?))
         })

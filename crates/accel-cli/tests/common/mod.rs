@@ -121,6 +121,17 @@ impl Daemon {
         self.child.id()
     }
 
+    /// The names of the daemon's threads.
+    #[allow(dead_code)]
+    pub fn thread_names(&self) -> Vec<String> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).expect("the daemon's threads");
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|n| n.trim().to_string())
+            .collect()
+    }
+
     pub fn stats(&self) -> ObjectCounts {
         Connection::connect(self.socket()).unwrap().stats().unwrap()
     }

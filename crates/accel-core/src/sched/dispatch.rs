@@ -1,13 +1,18 @@
 //! Dispatch: whoever makes a job ready (a submission, a completion, a signalled dependency)
-//! hands it to an engine slot on its own thread, then wakes the slot after the lock.
+//! hands it to an engine slot on its own thread, then wakes the slot after the lock; or,
+//! on an asynchronous engine, starts it there and then through the driver.
 
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::MutexGuard;
+use std::sync::{Arc, MutexGuard};
 
 use accel_uapi::Errno;
 
 use super::ready::{choose, pick_class, ready_classes, refresh, unready, vcost};
+use super::slot::Started;
 use super::{drain_all, signal_failed, Dispatched, EntityId, Failed, Shared, State};
+use crate::driver::DriverError;
 use crate::lock;
 
 /// What a dispatch leaves for after the lock: jobs whose dependency failed, and per engine
@@ -15,11 +20,31 @@ use crate::lock;
 struct Dispatch {
     failed: Failed,
     slots: Vec<(usize, u32, u32)>,
+    /// Jobs of asynchronous engines, started, to hand to the driver.
+    starts: Vec<Started>,
+    /// A started job's deadline comes before the scheduler thread wakes up.
+    wake_sched: bool,
 }
+
+/// A job's end, left for the dispatch running on this thread.
+type Completion = Box<dyn FnOnce()>;
 
 thread_local! {
     /// This thread is dispatching ([`Shared::settle`]): a queue woken meanwhile is left to it.
-    static SETTLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static SETTLING: Cell<bool> = const { Cell::new(false) };
+    /// Jobs that ended while this thread dispatched (a driver completing a job inside
+    /// `submit_job`): finished by the outermost dispatch, in order, rather than by recursion
+    /// (a queue of quick jobs would recurse once per job).
+    static DEFERRED: RefCell<VecDeque<Completion>> = const { RefCell::new(VecDeque::new()) };
+}
+
+/// An asynchronous engine's job ended: finished here, or by the dispatch this thread is in.
+pub(super) fn completed(shared: Arc<Shared>, job: Started, result: Result<(), DriverError>) {
+    if SETTLING.get() {
+        DEFERRED.with(|d| d.borrow_mut().push_back(Box::new(move || shared.finish(job, result))));
+    } else {
+        shared.finish(job, result);
+    }
 }
 
 /// Clears [`SETTLING`] when the outermost dispatch of a thread ends.
@@ -57,19 +82,35 @@ impl Shared {
     /// before it sleeps, so a wake-up after the lock cannot be missed.
     pub(super) fn settle<'a>(&'a self, mut st: MutexGuard<'a, State>) {
         let outer = !SETTLING.replace(true);
-        // Cleared however this returns (a fence callback that panics included).
-        let _settling = outer.then_some(Settling);
+        // Cleared however this returns (a fence callback that panics included); made only
+        // by the outermost (`then_some` would make one here too, and its drop clear the flag
+        // under the outer dispatch).
+        let _settling = outer.then(|| Settling);
         loop {
-            let Dispatch { failed, slots } = self.pump(&mut st);
+            let Dispatch { failed, slots, starts, wake_sched } = self.pump(&mut st);
             drop(st);
+            if wake_sched {
+                self.sched_cond.notify_one();
+            }
             for (engine, jobs, wake) in slots {
                 self.dispatched[engine].fetch_add(u64::from(jobs), Ordering::Release);
                 for _ in 0..wake {
                     self.slot_conds[engine].notify_one();
                 }
             }
-            let any = !failed.is_empty();
+            let mut any = !failed.is_empty();
+            for job in starts {
+                self.submit(job);
+            }
             signal_failed(failed);
+            if outer {
+                // Finishing a job dispatches the next (a nested dispatch, which leaves its
+                // own quick completions here too).
+                while let Some(finish) = DEFERRED.with(|d| d.borrow_mut().pop_front()) {
+                    finish();
+                    any = true;
+                }
+            }
             if !outer || !any {
                 break;
             }
@@ -85,8 +126,9 @@ impl Shared {
     fn pump(&self, st: &mut State) -> Dispatch {
         let mut failed = Failed::new();
         let mut slots: Vec<(usize, u32, u32)> = Vec::new();
+        let (mut starts, mut wake_sched) = (Vec::new(), false);
         if st.wedged {
-            return Dispatch { failed: drain_all(st, Errno::EIO), slots };
+            return Dispatch { failed: drain_all(st, Errno::EIO), slots, starts, wake_sched };
         }
         let fifo = self.config.fifo;
         // By index, keeping the list's capacity (a refresh adds nothing to it).
@@ -118,6 +160,9 @@ impl Shared {
             engine.in_flight += 1;
             let engine_idx = job.engine;
             engine.ring.push_back(Dispatched { entity: id, client_id, usage, job, charged, group_charged });
+            if self.asynchronous[engine_idx] {
+                continue;
+            }
             // One job, one slot to wake if one sleeps (the others take it when they are done
             // or see it while they spin: they look at the ring under the lock before sleeping).
             let sleeping = engine.sleeping;
@@ -129,6 +174,15 @@ impl Shared {
                 _ => slots.push((engine_idx, 1, sleeping.min(1))),
             }
         }
-        Dispatch { failed, slots }
+        // An asynchronous engine's jobs start here (resubmitted ones too), to be handed to
+        // the driver once the lock is dropped.
+        for engine_idx in (0..st.engines.len()).filter(|&e| self.asynchronous[e]) {
+            while let Some(d) = st.engines[engine_idx].ring.pop_front() {
+                let (job, wake) = self.begin(st, engine_idx, d);
+                starts.push(job);
+                wake_sched |= wake;
+            }
+        }
+        Dispatch { failed, slots, starts, wake_sched }
     }
 }

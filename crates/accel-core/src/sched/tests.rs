@@ -30,7 +30,16 @@ fn status(fence: &Arc<Fence>) -> FenceStatus {
 
 #[test]
 fn a_dispatch_looks_only_at_queues_that_may_run() {
-    let drv = Arc::new(FakeDriver::default());
+    dispatch_looks_only_at_queues_that_may_run(FakeDriver::default());
+}
+
+#[test]
+fn an_asynchronous_engine_dispatch_looks_only_at_queues_that_may_run() {
+    dispatch_looks_only_at_queues_that_may_run(FakeDriver::async_engine(1));
+}
+
+fn dispatch_looks_only_at_queues_that_may_run(drv: FakeDriver) {
+    let drv = Arc::new(drv);
     let sched = Scheduler::new(drv.clone(), "t", SchedConfig::default()).unwrap();
     let counters = Arc::new(Counters::default());
     let gate = Fence::new(&counters);
@@ -131,6 +140,15 @@ impl Driver for TwoEngines {
     fn run_job(&self, engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), crate::driver::DriverError> {
         self.0.run_job(engine, op, ctx)
     }
+
+    /// The compute engine as the fake's is; the copy engine runs on slot threads.
+    fn asynchronous(&self, engine: usize) -> bool {
+        engine == 0 && self.0.asynchronous
+    }
+
+    fn submit_job(&self, engine: usize, op: &JobOp, ctx: &JobCtx, done: crate::driver::JobDone) {
+        self.0.submit_job(engine, op, ctx, done)
+    }
 }
 
 /// One job of a generated workload.
@@ -226,15 +244,18 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     /// Jobs with dependencies on each other and on gates signalled at any point, on one
-    /// engine or two (one taking two jobs at once): every job ends (no queue is forgotten),
-    /// as its dependencies say, and the jobs that ran did so once each and in their queue's
-    /// order.
+    /// engine or two (one taking two jobs at once), run by slot threads or completed by the
+    /// device itself (the two-engine device's compute engine then, its copy engine on slot
+    /// threads): every job ends (no queue is forgotten), as its dependencies say, and the
+    /// jobs that ran did so once each and in their queue's order.
     #[test]
     fn every_job_ends_as_its_dependencies_say_in_queue_order(
         (queues, specs, steps, fifo) in workload(),
         two_engines in any::<bool>(),
+        asynchronous in any::<bool>(),
     ) {
-        let (one, two) = (Arc::new(FakeDriver::default()), Arc::new(TwoEngines::default()));
+        let fake = || FakeDriver { asynchronous, ..FakeDriver::default() };
+        let (one, two) = (Arc::new(fake()), Arc::new(TwoEngines(fake())));
         let (driver, fake): (Arc<dyn Driver>, &FakeDriver) =
             if two_engines { (two.clone(), &two.0) } else { (one.clone(), &one) };
         let sched = Scheduler::new(driver.clone(), "t", SchedConfig { fifo, ..SchedConfig::default() }).unwrap();
@@ -369,4 +390,78 @@ fn jobs_cancelled_before_their_dependency_signals_leave_nothing_on_it() {
         assert_eq!(status(&fence), FenceStatus::Error(Errno::ECANCELED));
     }
     assert!(never.callbacks_pending() <= 2 * 64, "{} callbacks left on the fence", never.callbacks_pending());
+}
+
+/// A queue of `n` quick jobs behind a gate, on a device that completes them inside
+/// `submit_job`: each completion dispatches the next.
+#[test]
+fn quick_completions_of_an_asynchronous_engine_run_60_000_jobs_in_order_without_recursing() {
+    let drv = Arc::new(FakeDriver::async_engine(1));
+    let sched = Scheduler::new(drv.clone(), "t", SchedConfig::default()).unwrap();
+    let counters = Arc::new(Counters::default());
+    let queue = sched.create_entity(1, params(Priority::Normal, DEFAULT_WEIGHT), Arc::default());
+    let gate = Fence::new(&counters);
+    let fences: Vec<Arc<Fence>> = (0..60_000u64)
+        .map(|t| {
+            let fence = Fence::new(&counters);
+            let deps = if t == 0 { vec![gate.clone()] } else { vec![] };
+            sched.push(queue, Job::new(&counters, tag(t), deps, fence.clone())).unwrap();
+            fence
+        })
+        .collect();
+    assert!(drv.ran.lock().unwrap().is_empty());
+    // Signalled on a thread with a small stack: finishing each job inside the dispatch of
+    // the next would overflow it.
+    std::thread::Builder::new().stack_size(128 << 10).spawn(move || gate.signal(Ok(()))).unwrap().join().unwrap();
+    for f in &fences {
+        assert_eq!(status(f), FenceStatus::Signaled);
+    }
+    assert_eq!(*drv.ran.lock().unwrap(), (0..60_000).collect::<Vec<u64>>(), "every job once, in order");
+}
+
+/// drm_sched's timeout on an engine that completes its jobs itself: the hung job fails with
+/// `ETIME` and bans nothing yet; the innocent job beside it, aborted by the reset, is
+/// submitted again and completes; the engine serves the next job.
+#[test]
+fn an_asynchronous_engine_times_out_the_guilty_and_resubmits_the_innocent() {
+    let drv = Arc::new(FakeDriver::async_engine(2));
+    let sched = Scheduler::new(drv.clone(), "t", SchedConfig::default()).unwrap();
+    let counters = Arc::new(Counters::default());
+    let short = EntityParams { timeout: Duration::from_millis(100), ..params(Priority::Normal, DEFAULT_WEIGHT) };
+    let guilty = sched.create_entity(1, short, Arc::default());
+    let innocent = sched.create_entity(2, params(Priority::Normal, DEFAULT_WEIGHT), Arc::default());
+    let hang = Fence::new(&counters);
+    sched.push(guilty, Job::new(&counters, JobOp::Driver { code: 3, args: [0; 4] }, vec![], hang.clone())).unwrap();
+    // 400 ms, failing if aborted meanwhile: the reset (at 100 ms) catches it.
+    let work = Fence::new(&counters);
+    let op = JobOp::Driver { code: 5, args: [7, 400_000, 0, 0] };
+    sched.push(innocent, Job::new(&counters, op, vec![], work.clone())).unwrap();
+    assert_eq!(status(&hang), FenceStatus::Error(Errno::ETIME));
+    assert_eq!(status(&work), FenceStatus::Signaled, "the innocent job ran again");
+    assert_eq!(*drv.ran.lock().unwrap(), vec![7], "its second run completed, its first did not");
+    assert_eq!(sched.resets(), 1);
+    assert!(!sched.is_banned(guilty), "one hang is under the limit");
+    let next = Fence::new(&counters);
+    sched.push(guilty, Job::new(&counters, tag(8), vec![], next.clone())).unwrap();
+    assert_eq!(status(&next), FenceStatus::Signaled);
+}
+
+/// Dropping a scheduler aborts what an asynchronous engine still runs and waits for the
+/// device to end it, as it joins slot threads.
+#[test]
+fn dropping_the_scheduler_ends_an_asynchronous_engines_jobs_before_it_returns() {
+    let drv = Arc::new(FakeDriver::async_engine(1));
+    let sched = Scheduler::new(drv.clone(), "t", SchedConfig::default()).unwrap();
+    let counters = Arc::new(Counters::default());
+    let queue = sched.create_entity(1, params(Priority::Normal, DEFAULT_WEIGHT), Arc::default());
+    let (hang, queued) = (Fence::new(&counters), Fence::new(&counters));
+    sched.push(queue, Job::new(&counters, JobOp::Driver { code: 3, args: [0; 4] }, vec![], hang.clone())).unwrap();
+    sched.push(queue, Job::new(&counters, tag(1), vec![], queued.clone())).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let start = std::time::Instant::now();
+    drop(sched);
+    assert!(start.elapsed() < Duration::from_secs(5), "the drop waited {:?}", start.elapsed());
+    assert_eq!(hang.status(), FenceStatus::Error(Errno::ECANCELED), "ended before the drop returned");
+    assert_eq!(queued.status(), FenceStatus::Error(Errno::ECANCELED));
+    assert!(drv.ran.lock().unwrap().is_empty());
 }
