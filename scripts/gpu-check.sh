@@ -48,7 +48,8 @@ BIN=${BIN:-gpu-bin}
 # Each step has its own time limit, so a hang costs one step, not the run.
 STEP=${STEP:-150}
 # PARTS picks steps (default all): vulkan cuda dlpack bench vkblocked cudabench green torch mps;
-# DEVS the benchmarked devices.
+# `launch` (not in the default) is the launch-overhead figure alone, ROUNDS times (10), with
+# its median; DEVS the benchmarked devices.
 PARTS=" ${PARTS:-vulkan cuda dlpack bench vkblocked cudabench green torch mps} "
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 status=0
@@ -111,6 +112,11 @@ fi
 if part cudabench; then
     echo "== bench cuda (launch overhead, many clients vs a context per process, containment)"
     timeout "$STEP" "$BIN/accel" bench cuda --clients "${CLIENTS:-1,4,16}" --seconds 2 || status=1
+fi
+
+if part launch; then
+    echo "== bench cuda --launch-only (launch overhead, ${ROUNDS:-10} rounds, and the path's parts)"
+    timeout "$STEP" "$BIN/accel" bench cuda --launch-only --rounds "${ROUNDS:-10}" --iters "${ITERS:-1000}" || status=1
 fi
 
 if part green; then

@@ -20,7 +20,7 @@ use accel::{Device, Errno, LaunchArg, Op};
 use accel_driver_cuda::direct::{Direct, KERNELS_PTX};
 use anyhow::{ensure, Context, Result};
 
-use super::percentiles;
+use super::{median, percentiles};
 use crate::spawn::SpawnedDaemon;
 
 /// The short kernel of the clients and containment runs.
@@ -118,7 +118,8 @@ fn time(iters: usize, f: impl FnMut() -> Result<()>) -> Result<(u64, u64)> {
     Ok((p50, p99))
 }
 
-pub fn run(clients: &[usize], seconds: f64, iters: usize) -> Result<()> {
+/// `clients` empty: the launch figures only.
+pub fn run(clients: &[usize], seconds: f64, iters: usize, rounds: usize) -> Result<()> {
     let daemon = SpawnedDaemon::start(&["cuda:0", "cpu"])?;
     let socket = daemon.socket();
     let name = Device::open_at(socket, 0)?.info().name.replace('"', "'");
@@ -132,22 +133,44 @@ pub fn run(clients: &[usize], seconds: f64, iters: usize) -> Result<()> {
     if modes[0] != accel::WaitMode::Auto {
         modes.push(accel::WaitMode::Auto);
     }
-    for (mode, ns) in modes.iter().flat_map(|m| [(*m, SHORT_NS), (*m, LONG_NS)]) {
-        client.ring.set_wait_mode(mode);
-        let (a50, a99) = time(iters, || Ok(client.launch("spin", ns)?))?;
-        let (d50, d99) = time(iters, || direct.launch_sync(ns).map_err(|e| anyhow::anyhow!("{}", e.message)))?;
-        println!(
-            "{{\"bench\":\"cuda-launch\",\"device\":\"{name}\",\"wait\":\"{mode:?}\",\"kernel_us\":{},\"iters\":{iters},\"accel_p50_us\":{:.1},\"accel_p99_us\":{:.1},\"direct_p50_us\":{:.1},\"direct_p99_us\":{:.1},\"overhead_p50\":{:.3}}}",
-            ns / 1000,
-            a50 as f64 / 1e3,
-            a99 as f64 / 1e3,
-            d50 as f64 / 1e3,
-            d99 as f64 / 1e3,
-            a50 as f64 / d50 as f64 - 1.0
-        );
+    // Per (mode, kernel): each round's overhead, for the summary.
+    let mut overheads: Vec<((accel::WaitMode, u32), Vec<f64>)> = Vec::new();
+    for round in 0..rounds {
+        for (mode, ns) in modes.iter().flat_map(|m| [(*m, SHORT_NS), (*m, LONG_NS)]) {
+            client.ring.set_wait_mode(mode);
+            let (a50, a99) = time(iters, || Ok(client.launch("spin", ns)?))?;
+            let (d50, d99) = time(iters, || direct.launch_sync(ns).map_err(|e| anyhow::anyhow!("{}", e.message)))?;
+            let overhead = a50 as f64 / d50 as f64 - 1.0;
+            println!(
+                "{{\"bench\":\"cuda-launch\",\"device\":\"{name}\",\"wait\":\"{mode:?}\",\"kernel_us\":{},\"round\":{round},\"iters\":{iters},\"accel_p50_us\":{:.1},\"accel_p99_us\":{:.1},\"direct_p50_us\":{:.1},\"direct_p99_us\":{:.1},\"overhead_p50\":{overhead:.3}}}",
+                ns / 1000,
+                a50 as f64 / 1e3,
+                a99 as f64 / 1e3,
+                d50 as f64 / 1e3,
+                d99 as f64 / 1e3,
+            );
+            match overheads.iter_mut().find(|(k, _)| *k == (mode, ns)) {
+                Some((_, v)) => v.push(overhead),
+                None => overheads.push(((mode, ns), vec![overhead])),
+            }
+        }
+    }
+    if rounds > 1 {
+        for ((mode, ns), v) in overheads {
+            let (least, most) =
+                (v.iter().copied().fold(f64::MAX, f64::min), v.iter().copied().fold(f64::MIN, f64::max));
+            println!(
+                "{{\"bench\":\"cuda-launch-rounds\",\"device\":\"{name}\",\"wait\":\"{mode:?}\",\"kernel_us\":{},\"rounds\":{rounds},\"overhead_median\":{:.3},\"overhead_min\":{least:.3},\"overhead_max\":{most:.3}}}",
+                ns / 1000,
+                median(v)
+            );
+        }
     }
     path_floors(socket, &mut client, &mut direct, iters, &name)?;
     drop((client, direct));
+    if clients.is_empty() {
+        return Ok(());
+    }
 
     // Many small clients: accel's shared context against a context per process.
     for &n in clients {

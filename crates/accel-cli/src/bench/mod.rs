@@ -174,6 +174,13 @@ pub enum Which {
         /// Launch round trips timed per kernel length.
         #[arg(long, default_value_t = 2000)]
         iters: usize,
+        /// Times the launch round trips are measured (each a line), then a summary line
+        /// with the median, least and most overhead: one run's figure moves by a few percent.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        /// Only the launch round trips and the path's parts, not the clients or containment.
+        #[arg(long)]
+        launch_only: bool,
         /// Internal: run as a client process (a daemon socket, `direct`, or `direct-fault`).
         #[arg(long, hide = true)]
         child: Option<String>,
@@ -242,7 +249,10 @@ pub fn run(which: Which) -> Result<()> {
         Which::Syncobj { peer: Some(socket), objs, .. } => syncobj::peer(&socket, &objs),
         Which::Syncobj { rounds, points, peer: None, .. } => syncobj::run(rounds.max(10), points.max(6)),
         Which::Cuda { child: Some(target), seconds, .. } => cuda::child(&target, seconds),
-        Which::Cuda { clients, seconds, iters, child: None } => cuda::run(&clients, seconds.max(0.5), iters.max(10)),
+        Which::Cuda { clients, seconds, iters, rounds, launch_only, child: None } => {
+            let clients: &[usize] = if launch_only { &[] } else { &clients };
+            cuda::run(clients, seconds.max(0.5), iters.max(10), rounds.max(1))
+        }
         Which::CudaMps { clients, seconds, dir } => mps::run(&clients, seconds.max(0.5), &dir),
         Which::CudaGreen { fault_child: true, .. } => cuda::green_fault_child(),
         Which::CudaGreen { threads, seconds, .. } => cuda::green(&threads, seconds.max(0.5)),
