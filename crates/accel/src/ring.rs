@@ -264,6 +264,10 @@ impl Ring {
             let Some(left) = timeout.checked_sub(start.elapsed()) else {
                 return Err(Error::new(Errno::ETIMEDOUT, format!("{got} of {min} completions after {timeout:?}")));
             };
+            if self.mode == WaitMode::Auto && self.spins_hinted {
+                // A long job: the poller need not keep watching the ring while it runs.
+                self.hint_spins(false);
+            }
             // Announce the sleep, then look again: the daemon checks the flag after publishing.
             self.mem.client_waiting().store(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
