@@ -410,7 +410,7 @@ impl Driver for CudaDevice {
             let token = shared.next_id.fetch_add(1, Ordering::Relaxed);
             let sock = lock(&chan.sock);
             // The job is done when its completion mark says so, as a hardware fence is; the
-            // worker's reply (once its stream drained) may come later, before its next job.
+            // worker's reply (once the work is done) may come later, before its next job.
             let done = || shared.mark(index) == token;
             let reply = shared.op(op, &sock, generation).and_then(|op| match (op, &chan.mailbox) {
                 (None, _) => Ok(Some(Reply::Ok)),

@@ -492,7 +492,9 @@ impl Worker {
 
     /// After a job's work on `stream`: copies staged operands back to host memory, writes
     /// `token` to the stream's completion mark (from here as soon as the work is done, and
-    /// from the GPU after it: see [`Marks`]), and waits for the stream.
+    /// from the GPU after it: see [`Marks`]), and waits for the work (with marks: not for the
+    /// GPU's write after it, so the reply, which the channel's next job waits for, goes at
+    /// once; the stream's next job is enqueued behind that write).
     fn finish(&self, stream: usize, held: &Held, token: u64) -> Result<(), DriverError> {
         for (mem, host, len) in &held.staged {
             // SAFETY: `len` bytes of a held mapping and of a staged allocation.
@@ -504,6 +506,7 @@ impl Worker {
             marks.write(self.gpu.streams[stream], stream, token)?;
             self.gpu.finished(stream)?;
             marks.store(stream, token);
+            return Ok(());
         }
         self.gpu.sync(stream)
     }
