@@ -371,16 +371,7 @@ fn a_client_killed_mid_launch_leaves_exact_counts() {
     assert_eq!(d.open(0).info().regions[1].used, 0, "vram is given back");
 }
 
-#[test]
-fn a_lost_device_is_wedged_and_every_job_fails() {
-    a_lost_device_is_wedged_and_every_job_fails_on("testdev");
-}
-
-/// The same on `testdev-async`: the engine completes its jobs itself, no slot thread waits.
-#[test]
-fn a_lost_device_is_wedged_and_every_job_fails_on_an_asynchronous_engine() {
-    a_lost_device_is_wedged_and_every_job_fails_on("testdev-async");
-}
+on_testdev_and_async!(a_lost_device_is_wedged_and_every_job_fails_on: a_lost_device_is_wedged_and_every_job_fails, a_lost_device_is_wedged_and_every_job_fails_on_an_asynchronous_engine);
 
 fn a_lost_device_is_wedged_and_every_job_fails_on(testdev: &str) {
     let d = Daemon::start(&[testdev]);

@@ -61,16 +61,7 @@ fn a_full_ring_pushes_back_with_eagain() {
     ring.push(&Op::Nop, 99).unwrap();
 }
 
-#[test]
-fn ring_jobs_do_real_work_and_report_errors_per_entry() {
-    ring_jobs_do_real_work_and_report_errors_per_entry_on("testdev");
-}
-
-/// The same on `testdev-async`: the engine completes its jobs itself, no slot thread waits.
-#[test]
-fn ring_jobs_do_real_work_and_report_errors_per_entry_on_an_asynchronous_engine() {
-    ring_jobs_do_real_work_and_report_errors_per_entry_on("testdev-async");
-}
+on_testdev_and_async!(ring_jobs_do_real_work_and_report_errors_per_entry_on: ring_jobs_do_real_work_and_report_errors_per_entry, ring_jobs_do_real_work_and_report_errors_per_entry_on_an_asynchronous_engine);
 
 fn ring_jobs_do_real_work_and_report_errors_per_entry_on(testdev: &str) {
     let d = Daemon::start(&[testdev]);

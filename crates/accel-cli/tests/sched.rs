@@ -30,16 +30,7 @@ fn now_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
-#[test]
-fn hang_resets_engine_innocent_jobs_complete_and_guilty_is_banned() {
-    hang_resets_engine_innocent_jobs_complete_and_guilty_is_banned_on("testdev");
-}
-
-/// The same on `testdev-async`: the engine completes its jobs itself, no slot thread waits.
-#[test]
-fn hang_resets_engine_innocent_jobs_complete_and_guilty_is_banned_on_an_asynchronous_engine() {
-    hang_resets_engine_innocent_jobs_complete_and_guilty_is_banned_on("testdev-async");
-}
+on_testdev_and_async!(hang_resets_engine_innocent_jobs_complete_and_guilty_is_banned_on: hang_resets_engine_innocent_jobs_complete_and_guilty_is_banned, hang_resets_engine_innocent_jobs_complete_and_guilty_is_banned_on_an_asynchronous_engine);
 
 fn hang_resets_engine_innocent_jobs_complete_and_guilty_is_banned_on(testdev: &str) {
     let d = Daemon::start_with(&[testdev], &["--hang-limit", "1"]);
@@ -70,16 +61,7 @@ fn hang_resets_engine_innocent_jobs_complete_and_guilty_is_banned_on(testdev: &s
     assert_eq!((now.resets, now.wedged), (1, false));
 }
 
-#[test]
-fn karma_below_the_hang_limit_does_not_ban() {
-    karma_below_the_hang_limit_does_not_ban_on("testdev");
-}
-
-/// The same on `testdev-async`: the engine completes its jobs itself, no slot thread waits.
-#[test]
-fn karma_below_the_hang_limit_does_not_ban_on_an_asynchronous_engine() {
-    karma_below_the_hang_limit_does_not_ban_on("testdev-async");
-}
+on_testdev_and_async!(karma_below_the_hang_limit_does_not_ban_on: karma_below_the_hang_limit_does_not_ban, karma_below_the_hang_limit_does_not_ban_on_an_asynchronous_engine);
 
 fn karma_below_the_hang_limit_does_not_ban_on(testdev: &str) {
     let d = Daemon::start_with(&[testdev], &["--hang-limit", "2"]);
@@ -165,16 +147,7 @@ fn high_priority_needs_privilege_and_weights_are_bounded() {
     assert_eq!(dev.create_queue_with(too_heavy).unwrap_err().code, Errno::EINVAL);
 }
 
-#[test]
-fn crashed_client_with_queued_work_does_not_fail_others() {
-    crashed_client_with_queued_work_does_not_fail_others_on("testdev");
-}
-
-/// The same on `testdev-async`: the engine completes its jobs itself, no slot thread waits.
-#[test]
-fn crashed_client_with_queued_work_does_not_fail_others_on_an_asynchronous_engine() {
-    crashed_client_with_queued_work_does_not_fail_others_on("testdev-async");
-}
+on_testdev_and_async!(crashed_client_with_queued_work_does_not_fail_others_on: crashed_client_with_queued_work_does_not_fail_others, crashed_client_with_queued_work_does_not_fail_others_on_an_asynchronous_engine);
 
 fn crashed_client_with_queued_work_does_not_fail_others_on(testdev: &str) {
     let d = Daemon::start(&[testdev]);
@@ -245,16 +218,7 @@ fn new_lease_holder_finds_only_zeroed_memory() {
     assert!(bytes.iter().all(|b| *b == 0));
 }
 
-#[test]
-fn failed_reset_wedges_the_device() {
-    failed_reset_wedges_the_device_on("testdev");
-}
-
-/// The same on `testdev-async`: the engine completes its jobs itself, no slot thread waits.
-#[test]
-fn failed_reset_wedges_the_device_on_an_asynchronous_engine() {
-    failed_reset_wedges_the_device_on("testdev-async");
-}
+on_testdev_and_async!(failed_reset_wedges_the_device_on: failed_reset_wedges_the_device, failed_reset_wedges_the_device_on_an_asynchronous_engine);
 
 fn failed_reset_wedges_the_device_on(testdev: &str) {
     let d = Daemon::start(&[testdev]);

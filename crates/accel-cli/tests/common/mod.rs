@@ -356,3 +356,21 @@ pub fn gemm16_equals_the_cpu_drivers(dev: &Device, cpu: &Device, regions: &[u32]
         }
     }
 }
+
+/// Two tests of `$run` (a `fn(&str)` given the test device's spec): on `testdev`, whose jobs
+/// run on the core's slot threads, and on `testdev-async`, whose engines complete their jobs
+/// themselves (the core's asynchronous path: no slot thread waits on a job).
+#[macro_export]
+macro_rules! on_testdev_and_async {
+    ($run:ident: $sync:ident, $asynchronous:ident) => {
+        #[test]
+        fn $sync() {
+            $run("testdev");
+        }
+
+        #[test]
+        fn $asynchronous() {
+            $run("testdev-async");
+        }
+    };
+}
