@@ -85,9 +85,13 @@ fn fills_and_copies_move_data_between_regions() {
         return;
     }
     // Completions waited for by blocking (this machine's default on few CPUs) and by polling
-    // the timeline first (the default with cores to spare).
-    for poll_us in ["0", "2000"] {
-        let d = Daemon::start_env(&["vulkan:0"], &[], &[("ACCEL_VULKAN_WAIT_SPIN_US", poll_us)]);
+    // the timeline first (the default with cores to spare); then with every host operand
+    // staged through host-visible memory instead of imported (devices without
+    // VK_EXT_external_memory_host): copied in before the job and back after it.
+    for env in
+        [("ACCEL_VULKAN_WAIT_SPIN_US", "0"), ("ACCEL_VULKAN_WAIT_SPIN_US", "2000"), ("ACCEL_VULKAN_HOST_IMPORT", "0")]
+    {
+        let d = Daemon::start_env(&["vulkan:0"], &[], &[env]);
         fills_and_copies_on(&d.open(0));
     }
 }

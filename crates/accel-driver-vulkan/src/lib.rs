@@ -303,11 +303,7 @@ impl VulkanDevice {
                 }));
             }
         };
-        let result = g.gpu.submit(engine, &ctx.abort, Box::new(op.clone()), record, submitted);
-        if result.is_ok() {
-            binder.finish();
-        }
-        result
+        g.gpu.submit(engine, &ctx.abort, Box::new(op.clone()), record, submitted)
     }
 
     /// Binds a matrix operand of `elem`-byte elements from the nearest offset the device's

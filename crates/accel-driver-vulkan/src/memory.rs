@@ -336,25 +336,20 @@ pub struct Bound {
     pub size: u64,
 }
 
-/// Host memory staged through a host-visible buffer: copied in before the job, out after.
-struct Staged {
-    range: BoRange,
-    ptr: *mut u8,
-}
-
-/// Turns one job's operands into buffers, and finishes the staged ones.
+/// Turns one job's operands into buffers: device memory as it is, host memory imported in
+/// place or staged (copied in now, and out by the submission once the job succeeded:
+/// [`Owned::Staged`]).
 pub struct Binder<'a> {
     gpu: &'a Gpu,
     /// Buffers imported or staged for this job.
     pub owned: Vec<Owned>,
     imported: HashMap<usize, vk::Buffer>,
-    staged: Vec<Staged>,
 }
 
 impl<'a> Binder<'a> {
     /// A binder for one job on `gpu`.
     pub fn new(gpu: &'a Gpu) -> Binder<'a> {
-        Binder { gpu, owned: Vec::new(), imported: HashMap::new(), staged: Vec::new() }
+        Binder { gpu, owned: Vec::new(), imported: HashMap::new() }
     }
 
     /// The buffer, offset and length of `r`.
@@ -397,27 +392,19 @@ impl<'a> Binder<'a> {
         tracing::trace!("staging {} bytes", r.len);
         let size = (r.len as u64).max(4).next_multiple_of(4);
         let (buffer, memory) = self.gpu.buffer(size, self.gpu.staging_type, false)?;
-        self.owned.push(Owned::Buffer(buffer, Some(memory)));
         // SAFETY: host-visible memory just allocated; freeing it unmaps it.
-        let ptr = unsafe { self.gpu.device.map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()) }
-            .map_err(vk_err("vkMapMemory"))?
-            .cast::<u8>();
+        let ptr = match unsafe { self.gpu.device.map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty()) } {
+            Ok(p) => p.cast::<u8>(),
+            Err(r) => {
+                self.owned.push(Owned::Buffer(buffer, Some(memory)));
+                return Err(vk_err("vkMapMemory")(r));
+            }
+        };
+        self.owned.push(Owned::Staged { buffer, memory, ptr, range: r.clone() });
         let src = r.host().ok_or(Errno::EINVAL)?;
         // SAFETY: the mapping is `size >= r.len` bytes and this job's alone.
         let dst = unsafe { accel_hal::mem::VolatileSlice::new(ptr, r.len) };
         src.copy_to(&dst);
-        self.staged.push(Staged { range: r.clone(), ptr });
         Ok(Bound { buffer, offset: 0, len: r.len as u64, size })
-    }
-
-    /// Copies staged operands back to host memory after the job succeeded.
-    pub fn finish(&self) {
-        for s in &self.staged {
-            if let Some(dst) = s.range.host() {
-                // SAFETY: the staging mapping is `range.len` bytes at least and still alive.
-                let src = unsafe { accel_hal::mem::VolatileSlice::new(s.ptr, s.range.len) };
-                src.copy_to(&dst);
-            }
-        }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use accel_hal::bo::BoRange;
 use accel_hal::driver::{AbortToken, DriverError};
 use accel_hal::lock;
 use accel_uapi::Errno;
@@ -66,6 +67,26 @@ pub struct Recorder {
 pub enum Owned {
     /// A buffer and (when the job allocated it) its memory.
     Buffer(vk::Buffer, Option<vk::DeviceMemory>),
+    /// A host operand staged through host-visible memory (mapped at `ptr`): copied back to
+    /// `range` once the job succeeded, before it is freed.
+    Staged { buffer: vk::Buffer, memory: vk::DeviceMemory, ptr: *mut u8, range: BoRange },
+}
+
+// SAFETY: `ptr` is the mapping of `memory`, which the value owns (nothing else maps it) until
+// it is freed; it moves between the threads that submit and reap jobs, one at a time.
+unsafe impl Send for Owned {}
+
+/// Copies a succeeded job's staged operands back to host memory, while they are mapped.
+fn copy_back(owned: &[Owned]) {
+    for o in owned {
+        if let Owned::Staged { ptr, range, .. } = o {
+            if let Some(dst) = range.host() {
+                // SAFETY: the staging mapping is `range.len` bytes at least, alive until freed.
+                let src = unsafe { accel_hal::mem::VolatileSlice::new(*ptr, range.len) };
+                src.copy_to(&dst);
+            }
+        }
+    }
 }
 
 /// Most descriptor sets (and storage buffers per set) a job binds.
@@ -137,6 +158,9 @@ impl Gpu {
                     return Err(self.note(vk_err("vkWaitSemaphores")(r)));
                 }
             }
+        }
+        if aborted_at.is_none() {
+            copy_back(&owned);
         }
         self.free(owned);
         lock(&e.idle).push(rec);
@@ -260,6 +284,13 @@ fn free_owned(device: &ash::Device, owned: Vec<Owned>) {
                     if let Some(m) = m {
                         device.free_memory(m, None);
                     }
+                }
+            }
+            Owned::Staged { buffer, memory, .. } => {
+                // SAFETY: as above; freeing the memory unmaps it.
+                unsafe {
+                    device.destroy_buffer(buffer, None);
+                    device.free_memory(memory, None);
                 }
             }
         }

@@ -308,7 +308,10 @@ impl Gpu {
             .collect();
         let memory_fd = has_ext(&exts, ash::khr::external_memory_fd::NAME);
         let ext = Extensions {
-            host_import: has_ext(&exts, ash::ext::external_memory_host::NAME),
+            // `ACCEL_VULKAN_HOST_IMPORT=0` stages every host operand instead (a driver whose
+            // import misbehaves; the tests of the staged path).
+            host_import: has_ext(&exts, ash::ext::external_memory_host::NAME)
+                && std::env::var("ACCEL_VULKAN_HOST_IMPORT").map_or(true, |v| v.trim() != "0"),
             memory_fd,
             opaque_import: OpaqueImport::query(instance, phys, memory_fd, driver.2),
             fault: fault::supported(instance, phys, has_ext(&exts, ash::ext::device_fault::NAME)),
