@@ -69,6 +69,18 @@ fn the_device_shows_its_driver_regions_and_formats() {
     assert!(kinds.len() >= want.len(), "{kinds:?}");
     assert!(info.regions.iter().skip(1).all(|r| r.size > 0));
     assert_eq!(info.program_formats, vec!["spirv".to_string()]);
+    // Its engines complete jobs on a completion thread each: no slot thread waits per job
+    // (with ACCEL_VULKAN_ASYNC=0, the slot threads run them).
+    let buf = dev.alloc(4096).unwrap();
+    dev.create_queue().unwrap().submit(Op::Fill { dst: buf.whole(), pattern: 1 }).unwrap().wait().unwrap();
+    let threads = d.thread_names();
+    let slots = threads.iter().filter(|t| t.contains("-e0s")).count();
+    let completers = threads.iter().filter(|t| t.starts_with("vk-complete")).count();
+    if std::env::var("ACCEL_VULKAN_ASYNC").is_ok_and(|v| v.trim() == "0") {
+        assert!(slots > 0 && completers == 0, "{threads:?}");
+    } else {
+        assert!(slots == 0 && completers >= 1, "{threads:?}");
+    }
     // A device that is not there is a clear error at start-up.
     let out = std::process::Command::new(common::accel_bin())
         .args(["daemon", "--socket", "/nonexistent/s", "--device", "vulkan:99"])

@@ -9,8 +9,12 @@
 //!   memfds) is imported in place with `VK_EXT_external_memory_host`, else staged.
 //! - **Engines**: the compute queue, and a transfer-only queue as the copy engine where the
 //!   device has one. Each job is one command buffer completed through the engine's timeline
-//!   semaphore. Where the device exports `SYNC_FD` semaphores (`VK_KHR_external_semaphore_fd`)
-//!   a job's fence is also the device's own kernel sync file on request (`native.rs`).
+//!   semaphore. The engines are the core's asynchronous kind: a job is recorded and submitted
+//!   on the thread that dispatches it, and one completion thread per engine waits on the
+//!   timeline for all its jobs (none per job; `ACCEL_VULKAN_ASYNC=0` runs each job on a slot
+//!   thread of the core instead). Where the device exports `SYNC_FD` semaphores
+//!   (`VK_KHR_external_semaphore_fd`) a job's fence is also the device's own kernel sync file
+//!   on request (`native.rs`).
 //! - **Ops**: fill and copy as transfer commands, GEMM (f32, and f16/bf16 operands summed in
 //!   f32) as a tiled compute shader written in WGSL and compiled to SPIR-V at build time by
 //!   naga (through workgroup memory; without it for devices with small work groups:
@@ -36,20 +40,19 @@ mod gpu;
 mod memory;
 mod native;
 mod program;
+mod record;
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockWriteGuard, Weak};
 
-use accel_hal::bo::BoMatrix;
-use accel_hal::driver::{DeviceMemory, Driver, DriverError, DriverInfo, JobArg, JobCtx, JobOp, Program, RegionDesc};
+use accel_hal::driver::{DeviceMemory, Driver, DriverError, DriverInfo, JobCtx, JobDone, JobOp, Program, RegionDesc};
 use accel_hal::lock;
 use accel_hal::ras::{RasNodeDesc, RasSink};
-use accel_uapi::{Category, EngineInfo, Errno, Float16, OpKind, RegionKind, Severity};
-use ash::vk;
+use accel_uapi::{Category, EngineInfo, Errno, OpKind, RegionKind, Severity};
 
-use gpu::{Gpu, Recorder};
-use memory::{Binder, Bound, Place, VkMem};
+use gpu::Gpu;
+use memory::{Binder, Place, VkMem};
 use program::VkProgram;
 
 pub use program::FORMAT;
@@ -156,6 +159,28 @@ pub struct VulkanDevice {
     injected: AtomicU64,
     /// Whether the device has a `visible` region (clients map its memory).
     visible: bool,
+    /// Its engines complete jobs on completion threads (`$ACCEL_VULKAN_ASYNC`, default on).
+    asynchronous: bool,
+    /// Jobs in flight on the completion threads: they hold no `solo` guard, so a run alone
+    /// waits for them to end.
+    beside: AtomicUsize,
+    /// Runs alone wanted or under way: new jobs then take the slow path (a thread of their
+    /// own through `run_job`, which waits its turn).
+    solo_wanted: AtomicUsize,
+    /// This device, for its jobs' completions.
+    me: Weak<VulkanDevice>,
+}
+
+/// A job's turn alone on the device: the `solo` lock, and no job beside it in flight.
+struct Alone<'a> {
+    _guard: RwLockWriteGuard<'a, ()>,
+    wanted: &'a AtomicUsize,
+}
+
+impl Drop for Alone<'_> {
+    fn drop(&mut self) {
+        self.wanted.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// One logical device and the driver's own program on it.
@@ -198,13 +223,24 @@ fn vendor_name(id: u32) -> &'static str {
     }
 }
 
+/// Nothing to submit: Vulkan refuses zero-sized fills and copies (the core allows them, and
+/// refuses zero GEMM dimensions).
+fn empty(op: &JobOp) -> bool {
+    match op {
+        JobOp::Nop => true,
+        JobOp::Fill { dst, .. } => dst.len == 0,
+        JobOp::Copy { src, .. } => src.len == 0,
+        _ => false,
+    }
+}
+
 fn einval(message: impl Into<String>) -> DriverError {
     DriverError::new(Errno::EINVAL, message)
 }
 
 impl VulkanDevice {
     /// Opens Vulkan physical device `index`.
-    pub fn open(index: usize) -> Result<VulkanDevice, DriverError> {
+    pub fn open(index: usize) -> Result<Arc<VulkanDevice>, DriverError> {
         let first = Generation::open(index)?;
         let (g, on) = (&first.gpu, |b: bool| if b { "on" } else { "off" });
         let visible = memory::visible_maps(g);
@@ -220,7 +256,8 @@ impl VulkanDevice {
             first.gemm_shader.name(),
             g.props.max_storage_range
         );
-        Ok(VulkanDevice {
+        let asynchronous = std::env::var("ACCEL_VULKAN_ASYNC").map_or(true, |v| v.trim() != "0");
+        Ok(Arc::new_cyclic(|me| VulkanDevice {
             index,
             current: RwLock::new(Arc::new(first)),
             solo: RwLock::new(()),
@@ -228,7 +265,22 @@ impl VulkanDevice {
             recreated: AtomicU64::new(0),
             injected: AtomicU64::new(0),
             visible,
-        })
+            asynchronous,
+            beside: AtomicUsize::new(0),
+            solo_wanted: AtomicUsize::new(0),
+            me: me.clone(),
+        }))
+    }
+
+    /// Takes the device alone: no job beside this one, on slot threads (the lock) or on the
+    /// completion threads (waited for).
+    fn alone(&self) -> Alone<'_> {
+        self.solo_wanted.fetch_add(1, Ordering::SeqCst);
+        let guard = self.solo.write().unwrap_or_else(|e| e.into_inner());
+        while self.beside.load(Ordering::SeqCst) > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        Alone { _guard: guard, wanted: &self.solo_wanted }
     }
 
     /// The GEMM shader this device runs.
@@ -255,6 +307,75 @@ impl VulkanDevice {
     /// Bytes of device-local memory (the largest device-local heap).
     fn vram_bytes(&self) -> u64 {
         self.gpu().props.heaps.iter().filter(|h| h.1).map(|h| h.0).max().unwrap_or(0)
+    }
+
+    /// Runs a job on this thread: beside other jobs (`solo` false) or alone on the device
+    /// (a run again after a loss), again alone if the device is lost under it.
+    fn run_sync(&self, engine: usize, op: &JobOp, ctx: &JobCtx, mut solo: bool) -> Result<(), DriverError> {
+        loop {
+            // A turn beside other jobs, or alone on the device (a run again after a loss).
+            let _beside = (!solo).then(|| self.solo.read().unwrap_or_else(|e| e.into_inner()));
+            let _alone = solo.then(|| self.alone());
+            let g = self.now();
+            match self.run_on(&g, engine, op, ctx) {
+                Err(e) if e.lost => {
+                    let fault = self.recreate(&g, &e.message)?;
+                    if ctx.abort.is_aborted() {
+                        // A reset for a timeout (this job's or another's): the core decides.
+                        return Err(DriverError::new(Errno::ECANCELED, "vulkan: job aborted by a device reset"));
+                    }
+                    if solo {
+                        return Err(DriverError::new(
+                            Errno::EIO,
+                            format!(
+                                "{} (this job's: it lost the device again alone on it; the device was re-created){}",
+                                e.message,
+                                fault.map(|f| format!("; the device reported: {f}")).unwrap_or_default()
+                            ),
+                        ));
+                    }
+                    solo = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A job the device was lost under (on generation `lost`): re-create the device (unless
+    /// done already) and run the job again alone, as `run_job` does.
+    fn recover(
+        &self,
+        lost: &Arc<Generation>,
+        engine: usize,
+        op: &JobOp,
+        ctx: &JobCtx,
+        e: DriverError,
+    ) -> Result<(), DriverError> {
+        self.recreate(lost, &e.message)?;
+        if ctx.abort.is_aborted() {
+            return Err(DriverError::new(Errno::ECANCELED, "vulkan: job aborted by a device reset"));
+        }
+        self.run_sync(engine, op, ctx, true)
+    }
+
+    /// Completes `done` with what `f` returns, on a thread of its own.
+    fn on_own_thread(
+        self: Arc<Self>,
+        done: JobDone,
+        f: impl FnOnce(&VulkanDevice) -> Result<(), DriverError> + Send + 'static,
+    ) {
+        let (slot, dev) = (Arc::new(Mutex::new(Some(done))), self);
+        let job = slot.clone();
+        let started = std::thread::Builder::new().name("vk-job".into()).spawn(move || {
+            if let Some(done) = lock(&job).take() {
+                done.complete(f(&dev));
+            }
+        });
+        if let Err(err) = started {
+            if let Some(done) = lock(&slot).take() {
+                done.complete(Err(DriverError::new(Errno::EAGAIN, format!("vulkan: no thread for the job: {err}"))));
+            }
+        }
     }
 
     /// The device `lost` was lost: report it once, and make a new logical device (unless
@@ -285,6 +406,12 @@ impl VulkanDevice {
 
     /// Records and runs one job on logical device `g`.
     fn run_on(&self, g: &Generation, engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), DriverError> {
+        let job = self.start_on(g, engine, op, ctx)?;
+        g.gpu.wait(job, &ctx.abort)
+    }
+
+    /// Records one job and hands it to logical device `g`.
+    fn start_on(&self, g: &Generation, engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<gpu::Submitted, DriverError> {
         let mut binder = Binder::new(&g.gpu);
         let record = |d: &ash::Device, rec: &gpu::Recorder, owned: &mut Vec<gpu::Owned>| {
             let r = self.record(g, d, rec, &mut binder, op);
@@ -303,164 +430,7 @@ impl VulkanDevice {
                 }));
             }
         };
-        g.gpu.submit(engine, &ctx.abort, Box::new(op.clone()), record, submitted)
-    }
-
-    /// Binds a matrix operand of `elem`-byte elements from the nearest offset the device's
-    /// alignment allows; the elements before it the shader skips. The binding covers whole
-    /// 32-bit words (16-bit operands are read two to a word) where the buffer has them.
-    fn bind_matrix(
-        &self,
-        g: &Generation,
-        binder: &mut Binder<'_>,
-        m: &BoMatrix,
-        elem: u64,
-    ) -> Result<(Bound, u32), DriverError> {
-        let b = binder.bind(&m.range)?;
-        let base = b.offset - b.offset % g.gpu.props.storage_align;
-        let skew = b.offset - base;
-        if !skew.is_multiple_of(elem) {
-            return Err(einval(format!(
-                "vulkan: a matrix at byte offset {} is not aligned to its {elem}-byte elements",
-                m.range.offset
-            )));
-        }
-        let elems = u32::try_from(skew / elem).map_err(|_| einval("vulkan: offset too large"))?;
-        let len = (b.len + skew).next_multiple_of(4).min(b.size - base);
-        Ok((Bound { buffer: b.buffer, offset: base, len, size: b.size }, elems))
-    }
-
-    /// Records a GEMM of `a`·`b` into `c`: on f32 operands, or 16-bit ones of type `ty`.
-    #[allow(clippy::too_many_arguments)]
-    fn record_gemm(
-        &self,
-        g: &Generation,
-        d: &ash::Device,
-        rec: &Recorder,
-        binder: &mut Binder<'_>,
-        [a, b, c]: [&BoMatrix; 3],
-        [alpha, beta]: [f32; 2],
-        ty: Option<Float16>,
-    ) -> Result<(), DriverError> {
-        let dims = [a.rows, b.cols, a.cols, a.row_stride, b.row_stride, c.row_stride];
-        let dims: Vec<u32> = dims
-            .iter()
-            .map(|v| u32::try_from(*v).map_err(|_| einval("vulkan: a GEMM dimension over 2^32")))
-            .collect::<Result<_, _>>()?;
-        let (program, elem) = if ty.is_some() { (&g.gemm16, 2) } else { (&g.gemm, 4) };
-        let (ba, oa) = self.bind_matrix(g, binder, a, elem)?;
-        let (bb, ob) = self.bind_matrix(g, binder, b, elem)?;
-        let (bc, oc) = self.bind_matrix(g, binder, c, elem)?;
-        let mut scalars: Vec<JobArg> = dims.iter().map(|v| JobArg::U32(*v)).collect();
-        scalars.extend([
-            JobArg::U32(oa),
-            JobArg::U32(ob),
-            JobArg::U32(oc),
-            JobArg::F32(alpha),
-            JobArg::F32(beta),
-            JobArg::U32(match ty {
-                Some(Float16::Bf16) => 1,
-                _ => 0,
-            }),
-        ]);
-        let tile = g.gemm_shader.tile();
-        let grid = [c.cols.div_ceil(tile) as u32, c.rows.div_ceil(tile) as u32, 1];
-        program.record(d, rec, 0, grid, &[ba, bb, bc], &scalars)
-    }
-
-    fn record(
-        &self,
-        g: &Generation,
-        d: &ash::Device,
-        rec: &Recorder,
-        binder: &mut Binder<'_>,
-        op: &JobOp,
-    ) -> Result<(), DriverError> {
-        let before = vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::MEMORY_WRITE | vk::AccessFlags::HOST_WRITE)
-            .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE);
-        let barrier = |src: vk::PipelineStageFlags| {
-            // SAFETY: recording into this job's command buffer.
-            unsafe {
-                d.cmd_pipeline_barrier(
-                    rec.cmd,
-                    src,
-                    vk::PipelineStageFlags::ALL_COMMANDS,
-                    vk::DependencyFlags::empty(),
-                    &[before],
-                    &[],
-                    &[],
-                )
-            }
-        };
-        let all = vk::PipelineStageFlags::ALL_COMMANDS | vk::PipelineStageFlags::HOST;
-        match op {
-            JobOp::Fill { dst, pattern } => {
-                let b = binder.bind(dst)?;
-                if b.offset % 4 != 0 {
-                    return Err(einval(format!(
-                        "vulkan: fill at byte offset {}: fills start at multiples of 4",
-                        dst.offset
-                    )));
-                }
-                barrier(all);
-                // SAFETY: recording; the range is inside the buffer (checked by the core).
-                unsafe { d.cmd_fill_buffer(rec.cmd, b.buffer, b.offset, b.len, *pattern) };
-            }
-            JobOp::Copy { src, dst } => {
-                let (s, t) = (binder.bind(src)?, binder.bind(dst)?);
-                barrier(all);
-                let overlap = s.buffer == t.buffer && s.offset < t.offset + t.len && t.offset < s.offset + s.len;
-                if overlap {
-                    // Vulkan copies must not overlap: go through a scratch buffer.
-                    let (tmp, mem) = g.gpu.buffer(s.len, g.gpu.device_type, false)?;
-                    binder.owned.push(gpu::Owned::Buffer(tmp, Some(mem)));
-                    let there = vk::BufferCopy { src_offset: s.offset, dst_offset: 0, size: s.len };
-                    let back = vk::BufferCopy { src_offset: 0, dst_offset: t.offset, size: s.len };
-                    // SAFETY: recording; ranges checked by the core.
-                    unsafe { d.cmd_copy_buffer(rec.cmd, s.buffer, tmp, &[there]) };
-                    barrier(vk::PipelineStageFlags::ALL_COMMANDS);
-                    // SAFETY: as above.
-                    unsafe { d.cmd_copy_buffer(rec.cmd, tmp, t.buffer, &[back]) };
-                } else {
-                    let region = vk::BufferCopy { src_offset: s.offset, dst_offset: t.offset, size: s.len };
-                    // SAFETY: recording; ranges checked by the core.
-                    unsafe { d.cmd_copy_buffer(rec.cmd, s.buffer, t.buffer, &[region]) };
-                }
-            }
-            JobOp::GemmF32 { a, b, c, alpha, beta } => {
-                self.record_gemm(g, d, rec, binder, [a, b, c], [*alpha, *beta], None)?;
-            }
-            JobOp::Gemm16 { a, b, c, alpha, beta, ty } => {
-                self.record_gemm(g, d, rec, binder, [a, b, c], [*alpha, *beta], Some(*ty))?;
-            }
-            JobOp::Launch { program, entry, grid, args } => {
-                let p = program
-                    .as_any()
-                    .downcast_ref::<VkProgram>()
-                    .ok_or_else(|| einval("vulkan: a program of another driver"))?;
-                if !p.is_on(&g.gpu) {
-                    return Err(DriverError::new(
-                        Errno::ENODEV,
-                        "vulkan: the program was lost with the device it was loaded on (a device reset): load it again",
-                    ));
-                }
-                let mut buffers = Vec::new();
-                let mut scalars = Vec::new();
-                for a in args {
-                    match a {
-                        JobArg::Buffer(r) => buffers.push(binder.bind(r)?),
-                        s => scalars.push(s.clone()),
-                    }
-                }
-                p.record(d, rec, *entry, *grid, &buffers, &scalars)?;
-            }
-            JobOp::Nop => {}
-            JobOp::Driver { code, .. } => {
-                return Err(DriverError::new(Errno::EOPNOTSUPP, format!("vulkan: no driver op {code}")))
-            }
-        }
-        Ok(())
+        g.gpu.start(engine, Box::new(op.clone()), record, submitted)
     }
 }
 
@@ -505,43 +475,56 @@ impl Driver for VulkanDevice {
     }
 
     fn run_job(&self, engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), DriverError> {
-        // Nothing to submit (Vulkan refuses zero-sized fills and copies; the core allows
-        // them, and refuses zero GEMM dimensions).
-        let empty = match op {
-            JobOp::Nop => true,
-            JobOp::Fill { dst, .. } => dst.len == 0,
-            JobOp::Copy { src, .. } => src.len == 0,
-            _ => false,
-        };
-        if empty {
+        if empty(op) {
             return Ok(());
         }
-        let mut solo = false;
-        loop {
-            // A turn beside other jobs, or alone on the device (a run again after a loss).
-            let _beside = (!solo).then(|| self.solo.read().unwrap_or_else(|e| e.into_inner()));
-            let _alone = solo.then(|| self.solo.write().unwrap_or_else(|e| e.into_inner()));
-            let g = self.now();
-            match self.run_on(&g, engine, op, ctx) {
-                Err(e) if e.lost => {
-                    let fault = self.recreate(&g, &e.message)?;
-                    if ctx.abort.is_aborted() {
-                        // A reset for a timeout (this job's or another's): the core decides.
-                        return Err(DriverError::new(Errno::ECANCELED, "vulkan: job aborted by a device reset"));
+        self.run_sync(engine, op, ctx, false)
+    }
+
+    fn asynchronous(&self, _engine: usize) -> bool {
+        self.asynchronous
+    }
+
+    /// Records and submits the job here and leaves it to the engine's completion thread; a
+    /// job lost with the device, or one arriving while another runs alone, goes on a thread
+    /// of its own through the path of `run_job` (rare and slow: a re-creation, a run alone).
+    fn submit_job(&self, engine: usize, op: &JobOp, ctx: &JobCtx, done: JobDone) {
+        if empty(op) {
+            return done.complete(Ok(()));
+        }
+        let Some(me) = self.me.upgrade() else {
+            return done.complete(Err(DriverError::new(Errno::ENODEV, "vulkan: the device is gone")));
+        };
+        self.beside.fetch_add(1, Ordering::SeqCst);
+        if self.solo_wanted.load(Ordering::SeqCst) > 0 {
+            self.beside.fetch_sub(1, Ordering::SeqCst);
+            let (op, ctx) = (op.clone(), ctx.clone());
+            return me.on_own_thread(done, move |dev| dev.run_job(engine, &op, &ctx));
+        }
+        let g = self.now();
+        match self.start_on(&g, engine, op, ctx) {
+            Ok(job) => {
+                let (op, ctx_then, lost_on) = (op.clone(), ctx.clone(), g.clone());
+                let then = Box::new(move |result: Result<(), DriverError>| {
+                    me.beside.fetch_sub(1, Ordering::SeqCst);
+                    match result {
+                        Err(e) if e.lost => {
+                            let dev = me.clone();
+                            dev.on_own_thread(done, move |dev| dev.recover(&lost_on, engine, &op, &ctx_then, e))
+                        }
+                        other => done.complete(other),
                     }
-                    if solo {
-                        return Err(DriverError::new(
-                            Errno::EIO,
-                            format!(
-                                "{} (this job's: it lost the device again alone on it; the device was re-created){}",
-                                e.message,
-                                fault.map(|f| format!("; the device reported: {f}")).unwrap_or_default()
-                            ),
-                        ));
-                    }
-                    solo = true;
+                });
+                g.gpu.complete_later(job, ctx.abort.clone(), then);
+            }
+            Err(e) => {
+                self.beside.fetch_sub(1, Ordering::SeqCst);
+                if e.lost {
+                    let (op, ctx) = (op.clone(), ctx.clone());
+                    me.on_own_thread(done, move |dev| dev.recover(&g, engine, &op, &ctx, e));
+                } else {
+                    done.complete(Err(e));
                 }
-                other => return other,
             }
         }
     }

@@ -184,10 +184,10 @@ pub fn parse_device_specs(spec: &str) -> Result<Vec<DeviceConfig>, DaemonError> 
         ("cpu", None) => vec![Arc::new(accel_driver_cpu::CpuDevice::new())],
         ("testdev", None) => vec![Arc::new(accel_driver_testdev::TestDevice::new())],
         ("testdev-async", None) => vec![accel_driver_testdev::TestDevice::asynchronous()],
-        ("vulkan", _) => gpus(index, accel_driver_vulkan::device_count, |i| {
-            Ok(Arc::new(accel_driver_vulkan::VulkanDevice::open(i)?))
-        })
-        .map_err(unavailable)?,
+        ("vulkan", _) => {
+            gpus(index, accel_driver_vulkan::device_count, |i| Ok(accel_driver_vulkan::VulkanDevice::open(i)?))
+                .map_err(unavailable)?
+        }
         ("cuda", _) => {
             gpus(index, accel_driver_cuda::device_count, |i| Ok(Arc::new(accel_driver_cuda::CudaDevice::open(i)?)))
                 .map_err(unavailable)?

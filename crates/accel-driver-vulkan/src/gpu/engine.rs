@@ -1,10 +1,11 @@
 //! The submission path: a command buffer per job on an engine (a queue), completion through
-//! the engine's timeline semaphore (polled, then waited for), and what aborted jobs leave
+//! the engine's timeline semaphore (polled, then waited for) — by the job's own thread, or
+//! for all of an engine's jobs by the engine's completion thread — and what aborted jobs leave
 //! behind until the device is done with it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use accel_hal::bo::BoRange;
 use accel_hal::driver::{AbortToken, DriverError};
@@ -45,6 +46,34 @@ pub struct Engine {
     idle: Mutex<Vec<Recorder>>,
     /// Work abandoned by aborted jobs, freed once the timeline passes its value.
     zombies: Mutex<Vec<Zombie>>,
+    /// Jobs the completion thread waits for ([`Gpu::complete_later`]).
+    pending: Mutex<Vec<Pending>>,
+    /// Tells the completion thread of a new pending job.
+    more: Condvar,
+    /// The completion thread, started with the first pending job.
+    completer: OnceLock<()>,
+}
+
+/// A job the device has: what it holds until its commands completed.
+pub struct Submitted {
+    engine: usize,
+    /// The engine's timeline reaches it when the job's commands are done.
+    value: u64,
+    rec: Recorder,
+    owned: Vec<Owned>,
+    keep: Box<dyn std::any::Any + Send>,
+}
+
+/// What a submitted job's end is reported to.
+pub type Then = Box<dyn FnOnce(Result<(), DriverError>) + Send>;
+
+/// A job left to the engine's completion thread.
+struct Pending {
+    job: Submitted,
+    abort: AbortToken,
+    /// When the completion thread saw the job aborted.
+    aborted_at: Option<Instant>,
+    then: Then,
 }
 
 /// An aborted job's objects (and what it holds alive: buffers, its program), freed once the
@@ -106,6 +135,20 @@ impl Gpu {
         record: impl FnOnce(&ash::Device, &Recorder, &mut Vec<Owned>) -> Result<(), DriverError>,
         submitted: impl FnOnce(u64),
     ) -> Result<(), DriverError> {
+        let job = self.start(engine, keep, record, submitted)?;
+        self.wait(job, abort)
+    }
+
+    /// Records a job's commands with `record` and hands them to `engine`; `submitted` learns
+    /// the job's timeline value. What it returns is waited for with [`Gpu::wait`] or
+    /// [`Gpu::complete_later`].
+    pub fn start(
+        &self,
+        engine: usize,
+        keep: Box<dyn std::any::Any + Send>,
+        record: impl FnOnce(&ash::Device, &Recorder, &mut Vec<Owned>) -> Result<(), DriverError>,
+        submitted: impl FnOnce(u64),
+    ) -> Result<Submitted, DriverError> {
         if self.is_lost() {
             return Err(DriverError::device_lost("vulkan: the device was lost"));
         }
@@ -126,8 +169,15 @@ impl Gpu {
             }
         };
         submitted(value);
-        // An aborted job (timeout, client gone) still waits a grace period: Vulkan cannot
-        // take back submitted work, and what it uses must outlive it.
+        Ok(Submitted { engine, value, rec, owned, keep })
+    }
+
+    /// Waits on this thread until a started job's commands completed, then frees what it
+    /// used. An aborted job (timeout, client gone) still waits a grace period: Vulkan cannot
+    /// take back submitted work, and what it uses must outlive it.
+    pub fn wait(&self, job: Submitted, abort: &AbortToken) -> Result<(), DriverError> {
+        let Submitted { engine, value, rec, owned, keep } = job;
+        let e = &self.engines[engine];
         let mut aborted_at = None;
         let mut done = self.poll_timeline(e.timeline, value);
         while !done {
@@ -168,6 +218,107 @@ impl Gpu {
             return Err(DriverError::new(Errno::ECANCELED, "vulkan: job aborted"));
         }
         Ok(())
+    }
+
+    /// Leaves a started job to its engine's completion thread, which reports its end to
+    /// `then` (as [`Gpu::wait`] would return it) and frees what it used: one thread per
+    /// engine waits for all its jobs, none per job.
+    pub fn complete_later(self: &Arc<Gpu>, job: Submitted, abort: AbortToken, then: Then) {
+        let e = &self.engines[job.engine];
+        let engine = job.engine;
+        lock(&e.pending).push(Pending { job, abort, aborted_at: None, then });
+        e.more.notify_one();
+        e.completer.get_or_init(|| {
+            let gpu = Arc::downgrade(self);
+            let started =
+                std::thread::Builder::new().name(format!("vk-complete{engine}")).spawn(move || completer(&gpu, engine));
+            if let Err(err) = started {
+                // Without it nothing pending ends: fail what is there (a machine that cannot
+                // start a thread cannot go on anyway).
+                tracing::error!("vulkan: no completion thread ({err})");
+                for p in std::mem::take(&mut *lock(&e.pending)) {
+                    (p.then)(Err(DriverError::new(Errno::EAGAIN, "vulkan: no completion thread")));
+                }
+            }
+        });
+    }
+
+    /// One round of an engine's completion thread: waits (polls, then blocks for at most
+    /// 20 ms) for the first pending job, then ends every job the timeline passed, fails them
+    /// all if the device was lost, and gives up on aborted ones after the grace period.
+    /// Returns false once the engine has nothing pending for a while.
+    fn complete_round(&self, engine: usize) -> bool {
+        let e = &self.engines[engine];
+        let first = {
+            let mut pending = lock(&e.pending);
+            if pending.is_empty() {
+                pending = e.more.wait_timeout(pending, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            match pending.iter().map(|p| p.job.value).min() {
+                Some(v) => v,
+                None => return false,
+            }
+        };
+        let mut lost = self.is_lost();
+        if !lost && !self.poll_timeline(e.timeline, first) {
+            let (sems, values) = ([e.timeline], [first]);
+            let wait = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
+            // SAFETY: a live semaphore of this device.
+            match unsafe { self.device.wait_semaphores(&wait, Duration::from_millis(20).as_nanos() as u64) } {
+                Ok(()) | Err(vk::Result::TIMEOUT) => {}
+                Err(r) => {
+                    let _ = self.note(vk_err("vkWaitSemaphores")(r));
+                    lost = self.is_lost();
+                }
+            }
+        }
+        // SAFETY: a live semaphore of this device.
+        let reached = unsafe { self.device.get_semaphore_counter_value(e.timeline) }.unwrap_or(0);
+        let lost = lost || self.is_lost();
+        let now = Instant::now();
+        let mut ended = Vec::new();
+        {
+            let mut pending = lock(&e.pending);
+            let mut i = 0;
+            while i < pending.len() {
+                let p = &mut pending[i];
+                if p.abort.is_aborted() && p.aborted_at.is_none() {
+                    p.aborted_at = Some(now);
+                }
+                let done = p.job.value <= reached;
+                let given_up = p.aborted_at.is_some_and(|t| now.duration_since(t) >= ABORT_GRACE);
+                if done || lost || given_up {
+                    ended.push((pending.swap_remove(i), done));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        for (p, done) in ended {
+            let Pending { job, aborted_at, then, .. } = p;
+            if !done {
+                // The device will not finish it (lost) or has not yet (given up on): what
+                // it uses stays until the timeline passes it.
+                lock(&e.zombies).push((job.value, job.rec, job.owned, job.keep));
+                then(Err(if lost {
+                    DriverError::device_lost("vulkan: the device was lost while the job ran")
+                } else {
+                    DriverError::new(Errno::ECANCELED, "vulkan: job aborted while the device ran it")
+                }));
+                continue;
+            }
+            if aborted_at.is_none() {
+                copy_back(&job.owned);
+            }
+            self.free(job.owned);
+            lock(&e.idle).push(job.rec);
+            drop(job.keep);
+            then(match aborted_at {
+                Some(_) => Err(DriverError::new(Errno::ECANCELED, "vulkan: job aborted")),
+                None => Ok(()),
+            });
+        }
+        true
     }
 
     /// Polls `timeline` for `value` for [`completion_poll`]'s time at most: whether it got
@@ -273,6 +424,15 @@ impl Gpu {
     }
 }
 
+/// An engine's completion thread: rounds of [`Gpu::complete_round`] while its device lives
+/// (it holds the device only during a round, so the device can go; what is still pending
+/// then was failed by the device's loss or ends with it).
+fn completer(gpu: &Weak<Gpu>, engine: usize) {
+    while let Some(g) = gpu.upgrade() {
+        g.complete_round(engine);
+    }
+}
+
 /// Destroys per-job objects the device is done with.
 fn free_owned(device: &ash::Device, owned: Vec<Owned>) {
     for o in owned {
@@ -317,6 +477,9 @@ impl Engine {
             idle: Mutex::new(Vec::new()),
             zombies: Mutex::new(Vec::new()),
             retired: Mutex::new(Vec::new()),
+            pending: Mutex::new(Vec::new()),
+            more: Condvar::new(),
+            completer: OnceLock::new(),
         })
     }
 

@@ -17,7 +17,7 @@ use crate::memory::OpaqueImport;
 use crate::native::{self, SemaphoreFd};
 
 pub use buffers::buffer_usage;
-pub use engine::{Engine, Owned, Recorder};
+pub use engine::{Engine, Owned, Recorder, Submitted};
 
 /// A Vulkan call's failure as a driver error: `VK_ERROR_DEVICE_LOST` is device loss (the
 /// core wedges the device), out-of-memory is `ENOMEM`, the rest `EIO`; the message names
