@@ -182,6 +182,11 @@ pub fn parse_device_specs(spec: &str) -> Result<Vec<DeviceConfig>, DaemonError> 
     };
     let drivers: Vec<Arc<dyn accel_core::driver::Driver>> = match (driver, index) {
         ("cpu", None) => vec![Arc::new(accel_driver_cpu::CpuDevice::new())],
+        // `$ACCEL_TESTDEV_ASYNC=1` makes every testdev the asynchronous kind: the whole test
+        // suite through the core's asynchronous path.
+        ("testdev", None) if std::env::var("ACCEL_TESTDEV_ASYNC").is_ok_and(|v| v.trim() == "1") => {
+            vec![accel_driver_testdev::TestDevice::asynchronous()]
+        }
         ("testdev", None) => vec![Arc::new(accel_driver_testdev::TestDevice::new())],
         ("testdev-async", None) => vec![accel_driver_testdev::TestDevice::asynchronous()],
         ("vulkan", _) => {
