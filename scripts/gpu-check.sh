@@ -49,7 +49,9 @@ BIN=${BIN:-gpu-bin}
 STEP=${STEP:-150}
 # PARTS picks steps (default all): vulkan cuda dlpack bench vkblocked cudabench green torch mps;
 # `launch` (not in the default) is the launch-overhead figure alone, ROUNDS times (10), with
-# its median; DEVS the benchmarked devices.
+# its median; `cudaasync` (not in the default) the cuda tests, that figure and the clients'
+# with the asynchronous compute engine (ACCEL_CUDA_ASYNC=1), to set against the same parts
+# run without it; DEVS the benchmarked devices.
 PARTS=" ${PARTS:-vulkan cuda dlpack bench vkblocked cudabench green torch mps} "
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 status=0
@@ -117,6 +119,14 @@ fi
 if part launch; then
     echo "== bench cuda --launch-only (launch overhead, ${ROUNDS:-10} rounds, and the path's parts)"
     timeout "$STEP" "$BIN/accel" bench cuda --launch-only --rounds "${ROUNDS:-10}" --iters "${ITERS:-1000}" || status=1
+fi
+
+if part cudaasync; then
+    echo "== cuda tests and bench cuda with ACCEL_CUDA_ASYNC=1 (the asynchronous compute engine)"
+    if [ -x "$BIN/cuda-tests" ]; then
+        ACCEL_CUDA_ASYNC=1 ACCEL_REQUIRE_CUDA=1 ACCEL_BIN="$PWD/$BIN/accel" timeout "$STEP" "$BIN/cuda-tests" --test-threads 1 || status=1
+    fi
+    ACCEL_CUDA_ASYNC=1 timeout "$STEP" "$BIN/accel" bench cuda --clients "${CLIENTS:-1,4,16}" --seconds 2 --rounds "${ROUNDS:-5}" --iters "${ITERS:-1000}" || status=1
 fi
 
 if part green; then

@@ -38,6 +38,7 @@
 //! (NVML's wrapper lacks the call). `scripts/gpu-check.sh` runs this crate's tests on a lent
 //! GPU.
 
+mod completer;
 mod cubin;
 mod cublas;
 pub mod direct;
@@ -303,6 +304,10 @@ impl CudaDevice {
                 compute,
                 marks,
                 solo: std::sync::RwLock::new(()),
+                beside: std::sync::atomic::AtomicUsize::new(0),
+                solo_wanted: std::sync::atomic::AtomicUsize::new(0),
+                asynchronous: std::env::var("ACCEL_CUDA_ASYNC").is_ok_and(|v| v.trim() == "1"),
+                completer: completer::Completer::default(),
                 identity,
                 worker: Mutex::new(worker),
                 mems: Mutex::new(HashMap::new()),
@@ -400,70 +405,16 @@ impl Driver for CudaDevice {
     /// runs again *alone* on the device: a fault then is its own (`EFAULT` with CUDA's
     /// words), and an innocent job caught in another's fault simply completes.
     fn run_job(&self, engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), DriverError> {
-        let shared = &self.shared;
-        let (mut replays, mut solo) = (0, false);
-        loop {
-            // A turn beside other jobs, or alone on the device (a run again after a loss).
-            let _beside = (!solo).then(|| shared.solo.read().unwrap_or_else(|e| e.into_inner()));
-            let _alone = solo.then(|| shared.solo.write().unwrap_or_else(|e| e.into_inner()));
-            let (chan, index, claim, generation) = shared.job_channel(engine);
-            let token = shared.next_id.fetch_add(1, Ordering::Relaxed);
-            let sock = lock(&chan.sock);
-            // The job is done when its completion mark says so, as a hardware fence is; the
-            // worker's reply (once the work is done) may come later, before its next job.
-            let done = || shared.mark(index) == token;
-            let reply = shared.op(op, &sock, generation).and_then(|op| match (op, &chan.mailbox) {
-                (None, _) => Ok(Some(Reply::Ok)),
-                (Some(op), Some(mailbox)) => wire::call_mailbox(&sock, mailbox, &Request::Run { op, token }, &done),
-                (Some(op), None) => wire::call(&sock, &Request::Run { op, token }, &[]).map(|(r, _)| Some(r)),
-            });
-            drop(sock);
-            drop(claim);
-            let lost = match reply {
-                Ok(None) | Ok(Some(Reply::Ok)) => return Ok(()),
-                Ok(Some(Reply::Err { code, message, fatal: true })) => Some((code, message)),
-                Ok(Some(Reply::Err { code, message, .. })) => return Err(DriverError::new(code, message)),
-                Ok(Some(other)) => {
-                    return Err(DriverError::new(Errno::EPROTO, format!("cuda: unexpected reply {other:?}")))
-                }
-                Err(Broken::Local(why)) => return Err(DriverError::new(Errno::EINVAL, why)),
-                Err(Broken::Gone) if ctx.abort.is_aborted() => {
-                    // The worker was killed for a timeout (this job's or another's) or this
-                    // job's client left: the core decides, unless the job's work was done.
-                    if done() {
-                        return Ok(());
-                    }
-                    return Err(DriverError::new(Errno::ECANCELED, "cuda: job aborted"));
-                }
-                Err(Broken::Gone) => None,
-            };
-            let done = done();
-            let why = lost.as_ref().map_or("the worker exited", |(_, m)| m.as_str());
-            shared.restart(generation, why)?;
-            if done {
-                // Its work was done before the context went: nothing to run again.
-                return Ok(());
-            }
-            match lost {
-                Some((code, message)) if solo => {
-                    let code = if code == Errno::EIO { Errno::EFAULT } else { code };
-                    return Err(DriverError::new(
-                        code,
-                        format!(
-                            "{message} (this job's fault, alone on the device; its worker was replaced, other clients carry on)"
-                        ),
-                    ));
-                }
-                Some(_) => solo = true,
-                None => {
-                    solo = true;
-                    replays += 1;
-                    if replays > MAX_REPLAYS {
-                        return Err(DriverError::new(Errno::EIO, "cuda: the worker died under this job each time"));
-                    }
-                }
-            }
-        }
+        self.shared.run_sync(engine, op, ctx, false, 0)
+    }
+
+    /// The compute engine where `$ACCEL_CUDA_ASYNC=1`: see `completer.rs`.
+    fn asynchronous(&self, engine: usize) -> bool {
+        engine == 0 && self.shared.asynchronous
+    }
+
+    fn submit_job(&self, engine: usize, op: &JobOp, ctx: &JobCtx, done: accel_hal::driver::JobDone) {
+        self.shared.submit_async(engine, op, ctx, done);
     }
 
     /// A job outlived its timeout: its kernel may never end, and only the end of the worker

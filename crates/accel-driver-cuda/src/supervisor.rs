@@ -63,6 +63,15 @@ pub(crate) struct Shared {
     /// Jobs take it shared; a job run again alone after a context loss takes it exclusively,
     /// so that a fault then is its own.
     pub(crate) solo: std::sync::RwLock<()>,
+    /// Jobs in flight on the asynchronous path (they hold no `solo` guard: a run alone waits
+    /// for them to end).
+    pub(crate) beside: std::sync::atomic::AtomicUsize,
+    /// Runs alone wanted or under way: new jobs then take the slot path, which waits its turn.
+    pub(crate) solo_wanted: std::sync::atomic::AtomicUsize,
+    /// The compute engine completes jobs asynchronously (`$ACCEL_CUDA_ASYNC=1`).
+    pub(crate) asynchronous: bool,
+    /// The asynchronous path's jobs in flight and its completion thread.
+    pub(crate) completer: crate::completer::Completer,
     pub(crate) identity: Identity,
     pub(crate) worker: Mutex<Worker>,
     pub(crate) mems: Mutex<HashMap<u64, Weak<MemRecord>>>,
@@ -398,5 +407,126 @@ impl Shared {
             }
         }
         Err(DriverError::new(Errno::EIO, "cuda: the worker keeps exiting"))
+    }
+}
+
+/// A job's turn alone on the device: the `solo` lock, and no asynchronous job in flight.
+pub(crate) struct Alone<'a> {
+    _guard: std::sync::RwLockWriteGuard<'a, ()>,
+    wanted: &'a std::sync::atomic::AtomicUsize,
+}
+
+impl Drop for Alone<'_> {
+    fn drop(&mut self) {
+        self.wanted.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Shared {
+    /// Takes the device alone: no other job on the slot path (the lock) or the asynchronous
+    /// one (waited for).
+    pub(crate) fn alone(&self) -> Alone<'_> {
+        self.solo_wanted.fetch_add(1, Ordering::SeqCst);
+        let guard = self.solo.write().unwrap_or_else(|e| e.into_inner());
+        while self.beside.load(Ordering::SeqCst) > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        Alone { _guard: guard, wanted: &self.solo_wanted }
+    }
+
+    /// Runs a job in the worker on this thread (the slot path): beside other jobs, or alone
+    /// (`solo`: a run again after a loss, `replays` so far). When the worker's context is
+    /// lost under it, see [`Shared::after_loss`].
+    pub(crate) fn run_sync(
+        &self,
+        engine: usize,
+        op: &JobOp,
+        ctx: &JobCtx,
+        mut solo: bool,
+        mut replays: u32,
+    ) -> Result<(), DriverError> {
+        loop {
+            // A turn beside other jobs, or alone on the device (a run again after a loss).
+            let _beside = (!solo).then(|| self.solo.read().unwrap_or_else(|e| e.into_inner()));
+            let _alone = solo.then(|| self.alone());
+            let (chan, index, claim, generation) = self.job_channel(engine);
+            let token = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let sock = lock(&chan.sock);
+            // The job is done when its completion mark says so, as a hardware fence is; the
+            // worker's reply (once the work is done) may come later, before its next job.
+            let done = || self.mark(index) == token;
+            let reply = self.op(op, &sock, generation).and_then(|op| match (op, &chan.mailbox) {
+                (None, _) => Ok(Some(Reply::Ok)),
+                (Some(op), Some(mailbox)) => wire::call_mailbox(&sock, mailbox, &Request::Run { op, token }, &done),
+                (Some(op), None) => wire::call(&sock, &Request::Run { op, token }, &[]).map(|(r, _)| Some(r)),
+            });
+            drop(sock);
+            drop(claim);
+            let lost = match reply {
+                Ok(None) | Ok(Some(Reply::Ok)) => return Ok(()),
+                Ok(Some(Reply::Err { code, message, fatal: true })) => Some((code, message)),
+                Ok(Some(Reply::Err { code, message, .. })) => return Err(DriverError::new(code, message)),
+                Ok(Some(other)) => {
+                    return Err(DriverError::new(Errno::EPROTO, format!("cuda: unexpected reply {other:?}")))
+                }
+                Err(Broken::Local(why)) => return Err(DriverError::new(Errno::EINVAL, why)),
+                Err(Broken::Gone) if ctx.abort.is_aborted() => return self.aborted(index, token),
+                Err(Broken::Gone) => None,
+            };
+            if self.after_loss(generation, index, token, lost, solo, &mut replays)? {
+                return Ok(());
+            }
+            solo = true;
+        }
+    }
+
+    /// A job whose worker went while the job was aborted (killed for a timeout, this job's
+    /// or another's, or its client left): the core decides, unless its work was done.
+    pub(crate) fn aborted(&self, index: usize, token: u64) -> Result<(), DriverError> {
+        if self.mark(index) == token {
+            return Ok(());
+        }
+        Err(DriverError::new(Errno::ECANCELED, "cuda: job aborted"))
+    }
+
+    /// The context of worker `generation` was lost under a job (`lost`: the worker's fatal
+    /// error, or `None`: the worker died): replaces the worker (unless done already). True
+    /// when the job's mark says its work was done (it succeeded); false when it must run
+    /// again alone; an error when it is the culprit (alone already) or its worker kept dying.
+    pub(crate) fn after_loss(
+        &self,
+        generation: u64,
+        index: usize,
+        token: u64,
+        lost: Option<(Errno, String)>,
+        solo: bool,
+        replays: &mut u32,
+    ) -> Result<bool, DriverError> {
+        let done = self.mark(index) == token;
+        let why = lost.as_ref().map_or("the worker exited", |(_, m)| m.as_str());
+        self.restart(generation, why)?;
+        if done {
+            // Its work was done before the context went: nothing to run again.
+            return Ok(true);
+        }
+        match lost {
+            Some((code, message)) if solo => {
+                let code = if code == Errno::EIO { Errno::EFAULT } else { code };
+                Err(DriverError::new(
+                    code,
+                    format!(
+                        "{message} (this job's fault, alone on the device; its worker was replaced, other clients carry on)"
+                    ),
+                ))
+            }
+            Some(_) => Ok(false),
+            None => {
+                *replays += 1;
+                if *replays > MAX_REPLAYS {
+                    return Err(DriverError::new(Errno::EIO, "cuda: the worker died under this job each time"));
+                }
+                Ok(false)
+            }
+        }
     }
 }

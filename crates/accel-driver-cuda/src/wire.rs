@@ -206,7 +206,7 @@ pub(crate) const POLL: std::time::Duration = std::time::Duration::from_micros(10
 /// microseconds (at most 100 ms), else 5 ms on machines with cores to spare (the worker's own
 /// stream synchronisation spins the same way, as CUDA's `CU_CTX_SCHED_AUTO` does there) and
 /// [`POLL`] on smaller ones, where spinning would take the core the worker needs.
-fn reply_poll() -> std::time::Duration {
+pub(crate) fn reply_poll() -> std::time::Duration {
     static POLL_FOR: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
     *POLL_FOR.get_or_init(|| {
         let (large, max) = (std::time::Duration::from_millis(5), std::time::Duration::from_millis(100));
