@@ -176,8 +176,7 @@ impl Gpu {
     /// used. An aborted job (timeout, client gone) still waits a grace period: Vulkan cannot
     /// take back submitted work, and what it uses must outlive it.
     pub fn wait(&self, job: Submitted, abort: &AbortToken) -> Result<(), DriverError> {
-        let Submitted { engine, value, rec, owned, keep } = job;
-        let e = &self.engines[engine];
+        let (e, value) = (&self.engines[job.engine], job.value);
         let mut aborted_at = None;
         let mut done = self.poll_timeline(e.timeline, value);
         while !done {
@@ -191,7 +190,7 @@ impl Gpu {
                     if self.is_lost() {
                         // Lost while it ran (a reset for another job's timeout): the device
                         // will not finish it.
-                        lock(&e.zombies).push((value, rec, owned, keep));
+                        self.abandon(job);
                         return Err(DriverError::device_lost("vulkan: the device was lost while the job ran"));
                     }
                     if !abort.is_aborted() {
@@ -199,25 +198,38 @@ impl Gpu {
                     }
                     let since = *aborted_at.get_or_insert_with(std::time::Instant::now);
                     if since.elapsed() >= ABORT_GRACE {
-                        lock(&e.zombies).push((value, rec, owned, keep));
+                        self.abandon(job);
                         return Err(DriverError::new(Errno::ECANCELED, "vulkan: job aborted while the device ran it"));
                     }
                 }
                 Err(r) => {
-                    lock(&e.zombies).push((value, rec, owned, keep));
+                    self.abandon(job);
                     return Err(self.note(vk_err("vkWaitSemaphores")(r)));
                 }
             }
         }
-        if aborted_at.is_none() {
-            copy_back(&owned);
+        self.retire(job, aborted_at.is_some())
+    }
+
+    /// A job whose commands completed: copies its staged operands back (unless it was
+    /// aborted), frees what it used, and says how it ended.
+    fn retire(&self, job: Submitted, aborted: bool) -> Result<(), DriverError> {
+        if !aborted {
+            copy_back(&job.owned);
         }
-        self.free(owned);
-        lock(&e.idle).push(rec);
-        if aborted_at.is_some() {
+        self.free(job.owned);
+        lock(&self.engines[job.engine].idle).push(job.rec);
+        drop(job.keep);
+        if aborted {
             return Err(DriverError::new(Errno::ECANCELED, "vulkan: job aborted"));
         }
         Ok(())
+    }
+
+    /// A job the device will not finish (lost) or has not yet (given up on): what it uses
+    /// stays until the engine's timeline passes it.
+    fn abandon(&self, job: Submitted) {
+        lock(&self.engines[job.engine].zombies).push((job.value, job.rec, job.owned, job.keep));
     }
 
     /// Leaves a started job to its engine's completion thread, which reports its end to
@@ -297,9 +309,7 @@ impl Gpu {
         for (p, done) in ended {
             let Pending { job, aborted_at, then, .. } = p;
             if !done {
-                // The device will not finish it (lost) or has not yet (given up on): what
-                // it uses stays until the timeline passes it.
-                lock(&e.zombies).push((job.value, job.rec, job.owned, job.keep));
+                self.abandon(job);
                 then(Err(if lost {
                     DriverError::device_lost("vulkan: the device was lost while the job ran")
                 } else {
@@ -307,16 +317,7 @@ impl Gpu {
                 }));
                 continue;
             }
-            if aborted_at.is_none() {
-                copy_back(&job.owned);
-            }
-            self.free(job.owned);
-            lock(&e.idle).push(job.rec);
-            drop(job.keep);
-            then(match aborted_at {
-                Some(_) => Err(DriverError::new(Errno::ECANCELED, "vulkan: job aborted")),
-                None => Ok(()),
-            });
+            then(self.retire(job, aborted_at.is_some()));
         }
         true
     }
