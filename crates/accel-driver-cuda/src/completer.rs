@@ -74,11 +74,8 @@ enum Outcome {
 impl Shared {
     /// Starts a job on the asynchronous path (see the module's text).
     pub(crate) fn submit_async(self: &Arc<Self>, engine: usize, op: &JobOp, ctx: &JobCtx, done: JobDone) {
-        self.beside.fetch_add(1, Ordering::SeqCst);
-        if self.solo_wanted.load(Ordering::SeqCst) > 0 {
-            self.beside.fetch_sub(1, Ordering::SeqCst);
-            let (op, ctx) = (op.clone(), ctx.clone());
-            return self.clone().on_own_thread(done, move |s| s.run_sync(engine, &op, &ctx, false, 0));
+        if !self.turns.start_async() {
+            return self.clone().on_slot_path(done, engine, op, ctx);
         }
         match self.start_async(engine, op, ctx, done) {
             Start::Sent(job) => {
@@ -91,27 +88,26 @@ impl Shared {
                     {
                         tracing::error!("cuda: no completion thread ({e}); jobs in flight fail");
                         for job in std::mem::take(&mut *lock(&self.completer.jobs)) {
-                            self.beside.fetch_sub(1, Ordering::SeqCst);
+                            self.turns.end_async();
                             job.done.complete(Err(DriverError::new(Errno::EAGAIN, "cuda: no completion thread")));
                         }
                     }
                 });
             }
             Start::Nothing(done) => {
-                self.beside.fetch_sub(1, Ordering::SeqCst);
+                self.turns.end_async();
                 done.complete(Ok(()));
             }
             Start::Slot(done) => {
-                self.beside.fetch_sub(1, Ordering::SeqCst);
-                let (op, ctx) = (op.clone(), ctx.clone());
-                self.clone().on_own_thread(done, move |s| s.run_sync(engine, &op, &ctx, false, 0));
+                self.turns.end_async();
+                self.clone().on_slot_path(done, engine, op, ctx);
             }
             Start::Failed(done, e) => {
-                self.beside.fetch_sub(1, Ordering::SeqCst);
+                self.turns.end_async();
                 done.complete(Err(e));
             }
             Start::Gone(done, generation, index, token) => {
-                self.beside.fetch_sub(1, Ordering::SeqCst);
+                self.turns.end_async();
                 self.clone().lost(done, engine, op.clone(), ctx.clone(), (generation, index, token), None);
             }
         }
@@ -149,7 +145,7 @@ impl Shared {
 
     /// An in-flight job ended.
     fn finish_async(self: &Arc<Self>, job: InFlight, outcome: Outcome) {
-        self.beside.fetch_sub(1, Ordering::SeqCst);
+        self.turns.end_async();
         let InFlight { chan, _claim: claim, generation, index, token, engine, op, ctx, done, .. } = job;
         // The channel is free before the job completes: completing it dispatches the next,
         // which wants a free channel.
@@ -186,33 +182,19 @@ impl Shared {
         (generation, index, token): (u64, usize, u64),
         lost: Option<(Errno, String)>,
     ) {
-        self.on_own_thread(done, move |s| {
+        done.complete_on_thread("cuda", move || {
             let mut replays = 0;
-            if s.after_loss(generation, index, token, lost, false, &mut replays)? {
+            if self.after_loss(generation, index, token, lost, false, &mut replays)? {
                 return Ok(());
             }
-            s.run_sync(engine, &op, &ctx, true, replays)
+            self.run_sync(engine, &op, &ctx, true, replays)
         });
     }
 
-    /// Completes `done` with what `f` returns, on a thread of its own.
-    fn on_own_thread(
-        self: Arc<Self>,
-        done: JobDone,
-        f: impl FnOnce(&Shared) -> Result<(), DriverError> + Send + 'static,
-    ) {
-        let slot = Arc::new(Mutex::new(Some(done)));
-        let job = slot.clone();
-        let started = std::thread::Builder::new().name("cuda-job".into()).spawn(move || {
-            if let Some(done) = lock(&job).take() {
-                done.complete(f(&self));
-            }
-        });
-        if let Err(e) = started {
-            if let Some(done) = lock(&slot).take() {
-                done.complete(Err(DriverError::new(Errno::EAGAIN, format!("cuda: no thread for the job: {e}"))));
-            }
-        }
+    /// Runs a job through the slot path, on a thread of its own.
+    fn on_slot_path(self: Arc<Self>, done: JobDone, engine: usize, op: &JobOp, ctx: &JobCtx) {
+        let (op, ctx) = (op.clone(), ctx.clone());
+        done.complete_on_thread("cuda", move || self.run_sync(engine, &op, &ctx, false, 0));
     }
 }
 

@@ -60,14 +60,9 @@ pub(crate) struct Shared {
     /// The completion marks each worker's streams write (see `worker.rs`): one u64 per
     /// channel after control, at 64-byte strides; kept across workers.
     pub(crate) marks: HostMemory,
-    /// Jobs take it shared; a job run again alone after a context loss takes it exclusively,
-    /// so that a fault then is its own.
-    pub(crate) solo: std::sync::RwLock<()>,
-    /// Jobs in flight on the asynchronous path (they hold no `solo` guard: a run alone waits
-    /// for them to end).
-    pub(crate) beside: std::sync::atomic::AtomicUsize,
-    /// Runs alone wanted or under way: new jobs then take the slot path, which waits its turn.
-    pub(crate) solo_wanted: std::sync::atomic::AtomicUsize,
+    /// Jobs run beside each other; a job run again after a context loss runs alone, so that
+    /// a fault then is its own.
+    pub(crate) turns: accel_hal::turns::Turns,
     /// The compute engine completes jobs asynchronously (`$ACCEL_CUDA_ASYNC=1`).
     pub(crate) asynchronous: bool,
     /// The asynchronous path's jobs in flight and its completion thread.
@@ -410,30 +405,7 @@ impl Shared {
     }
 }
 
-/// A job's turn alone on the device: the `solo` lock, and no asynchronous job in flight.
-pub(crate) struct Alone<'a> {
-    _guard: std::sync::RwLockWriteGuard<'a, ()>,
-    wanted: &'a std::sync::atomic::AtomicUsize,
-}
-
-impl Drop for Alone<'_> {
-    fn drop(&mut self) {
-        self.wanted.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 impl Shared {
-    /// Takes the device alone: no other job on the slot path (the lock) or the asynchronous
-    /// one (waited for).
-    pub(crate) fn alone(&self) -> Alone<'_> {
-        self.solo_wanted.fetch_add(1, Ordering::SeqCst);
-        let guard = self.solo.write().unwrap_or_else(|e| e.into_inner());
-        while self.beside.load(Ordering::SeqCst) > 0 {
-            std::thread::sleep(std::time::Duration::from_micros(200));
-        }
-        Alone { _guard: guard, wanted: &self.solo_wanted }
-    }
-
     /// Runs a job in the worker on this thread (the slot path): beside other jobs, or alone
     /// (`solo`: a run again after a loss, `replays` so far). When the worker's context is
     /// lost under it, see [`Shared::after_loss`].
@@ -447,8 +419,8 @@ impl Shared {
     ) -> Result<(), DriverError> {
         loop {
             // A turn beside other jobs, or alone on the device (a run again after a loss).
-            let _beside = (!solo).then(|| self.solo.read().unwrap_or_else(|e| e.into_inner()));
-            let _alone = solo.then(|| self.alone());
+            let _beside = (!solo).then(|| self.turns.beside());
+            let _alone = solo.then(|| self.turns.alone());
             let (chan, index, claim, generation) = self.job_channel(engine);
             let token = self.next_id.fetch_add(1, Ordering::Relaxed);
             let sock = lock(&chan.sock);

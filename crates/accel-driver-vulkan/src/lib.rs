@@ -43,12 +43,13 @@ mod program;
 mod record;
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockWriteGuard, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use accel_hal::driver::{DeviceMemory, Driver, DriverError, DriverInfo, JobCtx, JobDone, JobOp, Program, RegionDesc};
 use accel_hal::lock;
 use accel_hal::ras::{RasNodeDesc, RasSink};
+use accel_hal::turns::Turns;
 use accel_uapi::{Category, EngineInfo, Errno, OpKind, RegionKind, Severity};
 
 use gpu::Gpu;
@@ -150,8 +151,8 @@ pub struct VulkanDevice {
     index: usize,
     /// The logical device now, replaced after a loss.
     current: RwLock<Arc<Generation>>,
-    /// Jobs take it shared; a job run again after a loss takes it alone.
-    solo: RwLock<()>,
+    /// Jobs run beside each other; a job run again after a loss runs alone.
+    turns: Turns,
     ras: Mutex<Option<RasSink>>,
     /// Logical devices made after losses.
     recreated: AtomicU64,
@@ -161,26 +162,8 @@ pub struct VulkanDevice {
     visible: bool,
     /// Its engines complete jobs on completion threads (`$ACCEL_VULKAN_ASYNC`, default on).
     asynchronous: bool,
-    /// Jobs in flight on the completion threads: they hold no `solo` guard, so a run alone
-    /// waits for them to end.
-    beside: AtomicUsize,
-    /// Runs alone wanted or under way: new jobs then take the slow path (a thread of their
-    /// own through `run_job`, which waits its turn).
-    solo_wanted: AtomicUsize,
     /// This device, for its jobs' completions.
     me: Weak<VulkanDevice>,
-}
-
-/// A job's turn alone on the device: the `solo` lock, and no job beside it in flight.
-struct Alone<'a> {
-    _guard: RwLockWriteGuard<'a, ()>,
-    wanted: &'a AtomicUsize,
-}
-
-impl Drop for Alone<'_> {
-    fn drop(&mut self) {
-        self.wanted.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// One logical device and the driver's own program on it.
@@ -260,27 +243,14 @@ impl VulkanDevice {
         Ok(Arc::new_cyclic(|me| VulkanDevice {
             index,
             current: RwLock::new(Arc::new(first)),
-            solo: RwLock::new(()),
+            turns: Turns::default(),
             ras: Mutex::new(None),
             recreated: AtomicU64::new(0),
             injected: AtomicU64::new(0),
             visible,
             asynchronous,
-            beside: AtomicUsize::new(0),
-            solo_wanted: AtomicUsize::new(0),
             me: me.clone(),
         }))
-    }
-
-    /// Takes the device alone: no job beside this one, on slot threads (the lock) or on the
-    /// completion threads (waited for).
-    fn alone(&self) -> Alone<'_> {
-        self.solo_wanted.fetch_add(1, Ordering::SeqCst);
-        let guard = self.solo.write().unwrap_or_else(|e| e.into_inner());
-        while self.beside.load(Ordering::SeqCst) > 0 {
-            std::thread::sleep(std::time::Duration::from_micros(200));
-        }
-        Alone { _guard: guard, wanted: &self.solo_wanted }
     }
 
     /// The GEMM shader this device runs.
@@ -314,8 +284,8 @@ impl VulkanDevice {
     fn run_sync(&self, engine: usize, op: &JobOp, ctx: &JobCtx, mut solo: bool) -> Result<(), DriverError> {
         loop {
             // A turn beside other jobs, or alone on the device (a run again after a loss).
-            let _beside = (!solo).then(|| self.solo.read().unwrap_or_else(|e| e.into_inner()));
-            let _alone = solo.then(|| self.alone());
+            let _beside = (!solo).then(|| self.turns.beside());
+            let _alone = solo.then(|| self.turns.alone());
             let g = self.now();
             match self.run_on(&g, engine, op, ctx) {
                 Err(e) if e.lost => {
@@ -356,26 +326,6 @@ impl VulkanDevice {
             return Err(DriverError::new(Errno::ECANCELED, "vulkan: job aborted by a device reset"));
         }
         self.run_sync(engine, op, ctx, true)
-    }
-
-    /// Completes `done` with what `f` returns, on a thread of its own.
-    fn on_own_thread(
-        self: Arc<Self>,
-        done: JobDone,
-        f: impl FnOnce(&VulkanDevice) -> Result<(), DriverError> + Send + 'static,
-    ) {
-        let (slot, dev) = (Arc::new(Mutex::new(Some(done))), self);
-        let job = slot.clone();
-        let started = std::thread::Builder::new().name("vk-job".into()).spawn(move || {
-            if let Some(done) = lock(&job).take() {
-                done.complete(f(&dev));
-            }
-        });
-        if let Err(err) = started {
-            if let Some(done) = lock(&slot).take() {
-                done.complete(Err(DriverError::new(Errno::EAGAIN, format!("vulkan: no thread for the job: {err}"))));
-            }
-        }
     }
 
     /// The device `lost` was lost: report it once, and make a new logical device (unless
@@ -495,22 +445,19 @@ impl Driver for VulkanDevice {
         let Some(me) = self.me.upgrade() else {
             return done.complete(Err(DriverError::new(Errno::ENODEV, "vulkan: the device is gone")));
         };
-        self.beside.fetch_add(1, Ordering::SeqCst);
-        if self.solo_wanted.load(Ordering::SeqCst) > 0 {
-            self.beside.fetch_sub(1, Ordering::SeqCst);
+        if !self.turns.start_async() {
             let (op, ctx) = (op.clone(), ctx.clone());
-            return me.on_own_thread(done, move |dev| dev.run_job(engine, &op, &ctx));
+            return done.complete_on_thread("vulkan", move || me.run_job(engine, &op, &ctx));
         }
         let g = self.now();
         match self.start_on(&g, engine, op, ctx) {
             Ok(job) => {
                 let (op, ctx_then, lost_on) = (op.clone(), ctx.clone(), g.clone());
                 let then = Box::new(move |result: Result<(), DriverError>| {
-                    me.beside.fetch_sub(1, Ordering::SeqCst);
+                    me.turns.end_async();
                     match result {
                         Err(e) if e.lost => {
-                            let dev = me.clone();
-                            dev.on_own_thread(done, move |dev| dev.recover(&lost_on, engine, &op, &ctx_then, e))
+                            done.complete_on_thread("vulkan", move || me.recover(&lost_on, engine, &op, &ctx_then, e))
                         }
                         other => done.complete(other),
                     }
@@ -518,10 +465,10 @@ impl Driver for VulkanDevice {
                 g.gpu.complete_later(job, ctx.abort.clone(), then);
             }
             Err(e) => {
-                self.beside.fetch_sub(1, Ordering::SeqCst);
+                self.turns.end_async();
                 if e.lost {
                     let (op, ctx) = (op.clone(), ctx.clone());
-                    me.on_own_thread(done, move |dev| dev.recover(&g, engine, &op, &ctx, e));
+                    done.complete_on_thread("vulkan", move || me.recover(&g, engine, &op, &ctx, e));
                 } else {
                     done.complete(Err(e));
                 }

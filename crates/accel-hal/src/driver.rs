@@ -237,6 +237,24 @@ impl JobDone {
             f(result);
         }
     }
+
+    /// Completes the job with what `f` returns, on a thread of its own (`{driver}-job`): for
+    /// what may take long, a device's re-creation or a run alone. `EAGAIN` if no thread starts.
+    pub fn complete_on_thread(self, driver: &str, f: impl FnOnce() -> Result<(), DriverError> + Send + 'static) {
+        // The completion is taken back should the thread not start.
+        let slot = Arc::new(Mutex::new(Some(self)));
+        let job = slot.clone();
+        let started = std::thread::Builder::new().name(format!("{driver}-job")).spawn(move || {
+            if let Some(done) = lock(&job).take() {
+                done.complete(f());
+            }
+        });
+        if let Err(e) = started {
+            if let Some(done) = lock(&slot).take() {
+                done.complete(Err(DriverError::new(Errno::EAGAIN, format!("{driver}: no thread for the job: {e}"))));
+            }
+        }
+    }
 }
 
 impl Drop for JobDone {

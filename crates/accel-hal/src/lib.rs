@@ -17,6 +17,7 @@ pub mod files;
 pub mod handles;
 pub mod mem;
 pub mod ras;
+pub mod turns;
 /// How long waiting threads poll before they block (shared with the client library).
 pub use accel_uapi::spin;
 
