@@ -577,3 +577,36 @@ fn a_client_at_a_lower_priority_is_served_at_its_priority() {
     client.wait().unwrap();
     assert_serving(&d);
 }
+
+on_testdev_and_async!(driver_bugs_fail_alone_on: a_driver_that_panics_fails_only_that_job_or_request, a_driver_that_panics_fails_only_that_job_or_request_on_an_asynchronous_engine);
+
+/// A panic in a driver (a bug the client's request met: a program its parser chokes on, a job
+/// its code mishandles) fails that job or request with `EIO`, as a kernel oops fails the system
+/// call that met it; the engine, the daemon's threads and every other connection go on.
+fn driver_bugs_fail_alone_on(device: &str) {
+    use accel_driver_testdev::cmdbuf::{encode, Command, CMD_FILL};
+    use accel_driver_testdev::{OP_PANIC, OP_PANIC_NEXT_LOAD};
+
+    let d = Daemon::start(&[device]);
+    let dev = d.open(0);
+    // More connections than the daemon has threads serving them: some share the culprit's.
+    let others: Vec<Device> = (0..8).map(|_| d.open(0)).collect();
+    let q = dev.create_queue().unwrap();
+    for _ in 0..3 {
+        let e = q.submit(common::driver_op(OP_PANIC, 0)).unwrap().wait().unwrap_err();
+        assert_eq!(e.code, Errno::EIO, "{e}");
+        assert!(e.message.contains("the driver panicked"), "{e}");
+        q.submit(Op::Nop).unwrap().wait().unwrap();
+    }
+    let program = encode(1, &[Command { op: CMD_FILL, a: 0, a_off: 0, b: 0, b_off: 0, len: 4 }]);
+    q.submit(common::driver_op(OP_PANIC_NEXT_LOAD, 0)).unwrap().wait().unwrap();
+    let e = dev.load_program("testdev-cmdbuf", &program).unwrap_err();
+    assert_eq!(e.code, Errno::EIO, "{e}");
+    assert!(e.message.contains("injected bug") && e.message.contains("this connection is closed"), "{e}");
+    assert_eq!(code(dev.create_queue()), Errno::EPIPE);
+    for other in &others {
+        other.load_program("testdev-cmdbuf", &program).unwrap();
+        other.create_queue().unwrap().submit(Op::Nop).unwrap().wait().unwrap();
+    }
+    assert_serving(&d);
+}

@@ -293,6 +293,39 @@ fn spirv_programs_launch_with_buffers_and_scalars() {
     assert_eq!(common::code(q.submit(p.launch("main", [u32::MAX, 1, 1], &args).unwrap())), Errno::EINVAL);
 }
 
+/// 40 bytes of SPIR-V on which naga 25's parser panics instead of answering (found by the
+/// fuzz target `load_spirv`): a header, an `OpTypeFloat` of width 0, then an `OpTypeStruct`,
+/// whose layout of that float is unwrapped.
+const PANICS_NAGA: [u8; 40] = [
+    0x03, 0x02, 0x23, 0x07, 0x00, 0x03, 0x04, 0x00, 0x03, 0x00, 0x00, 0x1e, 0x00, 0x0e, 0xfd, 0x00, 0x01, 0x00, 0x00,
+    0x00, 0x16, 0x00, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x1e, 0x00, 0x0e, 0xfd, 0x00, 0x01,
+    0x00, 0x00,
+];
+
+#[test]
+fn a_module_the_parser_panics_on_is_refused_and_the_daemon_serves_on() {
+    if !vulkan() {
+        return;
+    }
+    let d = Daemon::start(&["vulkan:0"]);
+    let (dev, other) = (d.open(0), d.open(0));
+    for _ in 0..3 {
+        let e = dev.load_program("spirv", &PANICS_NAGA).unwrap_err();
+        assert_eq!(e.code, Errno::EINVAL, "{e}");
+        assert!(e.message.starts_with("spirv:") && e.message.contains("parser"), "{}", e.message);
+    }
+    // The same client, and another, are served as before.
+    for dev in [&dev, &other] {
+        let p = dev.load_program("spirv", &spirv(SAXPY)).unwrap();
+        assert_eq!(p.entries()[0].name, "main");
+        let q = dev.create_queue().unwrap();
+        let b = dev.alloc(4096).unwrap();
+        q.submit(Op::Fill { dst: b.whole(), pattern: 7 }).unwrap().wait().unwrap();
+        assert_eq!(read_u32(&b), 7);
+    }
+    assert!(d.open(0).load_program("spirv", &spirv(SAXPY)).is_ok());
+}
+
 #[test]
 fn a_buffer_larger_than_one_binding_of_the_device_is_refused_with_the_limit() {
     if !vulkan() {

@@ -38,7 +38,7 @@ use accel_uapi::{ClientUsage, DeviceInfo, ObjectCounts};
 pub(crate) use accel_hal::{bail, lock};
 /// The driver interface and what lies below it, from `accel-hal`.
 pub use accel_hal::{bo, counters, driver, fence, files, handles, mem, ras, spin};
-pub use accel_hal::{Error, Result};
+pub use accel_hal::{catch_panic, Error, Result};
 
 use bo::BufferObject;
 use client::{Client, ClientRecord, PeerCred};

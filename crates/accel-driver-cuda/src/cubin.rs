@@ -5,6 +5,9 @@
 //! attribute records: `EIATTR_REQNTID` (`.reqntid x, y, z`) and `EIATTR_MAX_THREADS`
 //! (`.maxntid x, y, z`), each three little-endian 32-bit words.
 //!
+//! The worker reads it after its driver loaded the image, so only images the driver accepts
+//! get here; [`blocks`] is public for the fuzz target `load_cuda_program` all the same.
+//!
 //! A fatbin holds cubins for several GPUs; those stored uncompressed are read (the block a
 //! kernel requires is the same in each). Compressed ones are not: their kernels fall back on
 //! the driver's thread limit.
@@ -27,7 +30,7 @@ const ATTR_REQNTID: u8 = 0x10;
 
 /// The block shape a kernel states, if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Block {
+pub enum Block {
     /// Launches must use exactly this shape.
     Required([u32; 3]),
     /// Launches may use at most this shape.
@@ -36,7 +39,7 @@ pub(crate) enum Block {
 
 impl Block {
     /// The shape a launch uses.
-    pub(crate) fn shape(self) -> [u32; 3] {
+    pub fn shape(self) -> [u32; 3] {
         match self {
             Block::Required(b) | Block::AtMost(b) => b,
         }
@@ -45,7 +48,7 @@ impl Block {
 
 /// The stated block of each kernel in `image` (a cubin, or a fatbin's uncompressed cubins),
 /// by kernel name; kernels that state none, and images that cannot be read, give none.
-pub(crate) fn blocks(image: &[u8]) -> HashMap<String, Block> {
+pub fn blocks(image: &[u8]) -> HashMap<String, Block> {
     let mut out = HashMap::new();
     let mut at = 0;
     while let Some(i) = find(&image[at..], b"\x7fELF") {

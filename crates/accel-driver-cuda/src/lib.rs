@@ -34,12 +34,13 @@
 //! - **Health** ([`nvml`](nvml.rs)): NVML in the daemon feeds drm-ras nodes (ECC, retired
 //!   pages, PCIe replay, NVLink, throttling, critical XIDs by code) and `/metrics` sensors.
 //!
-//! Not done yet: imports of other processes' exports, green contexts, remapped-row counts
-//! (NVML's wrapper lacks the call). `scripts/gpu-check.sh` runs this crate's tests on a lent
-//! GPU.
+//! Also here: imports of memory other CUDA applications exported (`import_external`), green
+//! contexts measured against streams ([`green`]: they divide SMs, not faults), the in-process
+//! baselines the benchmarks compare against ([`direct`]). `scripts/gpu-check.sh` runs this
+//! crate's tests and benchmarks on a lent GPU.
 
 mod completer;
-mod cubin;
+pub mod cubin;
 mod cublas;
 pub mod direct;
 mod gpu;
@@ -130,6 +131,23 @@ pub fn device_count() -> Result<usize, DriverError> {
     // SAFETY: out pointer to a local.
     check(unsafe { sys::cuDeviceGetCount(&mut n) }, "cuDeviceGetCount")?;
     Ok(n.max(0) as usize)
+}
+
+/// The wire's name of a program format a client named.
+fn program_format(format: &str) -> Result<wire::ProgramFormat, DriverError> {
+    match format {
+        FORMAT => Ok(wire::ProgramFormat::Ptx),
+        CUBIN => Ok(wire::ProgramFormat::Cubin),
+        _ => Err(DriverError::new(Errno::EOPNOTSUPP, format!("cuda loads {FORMAT} and {CUBIN}, not {format:?}"))),
+    }
+}
+
+/// What a load checks of a client's program in the daemon, before the worker's driver sees
+/// it: `ptx` text's entries, read here (`Some`), or a `cubin`/fatbin's header (`None`: the
+/// driver reports its entries). The `EINVAL` or `EOPNOTSUPP` a load gives otherwise. Needs no
+/// GPU; the fuzz target `load_cuda_program` runs it.
+pub fn check_program(format: &str, bytes: &[u8]) -> Result<Option<Vec<EntryInfo>>, DriverError> {
+    check_image(program_format(format)?, bytes)
 }
 
 /// Checks a program image before it goes to the worker: PTX text, whose entries are read
@@ -474,16 +492,7 @@ impl Driver for CudaDevice {
     }
 
     fn load_program(&self, format: &str, bytes: &[u8]) -> Result<Arc<dyn Program>, DriverError> {
-        let format = match format {
-            FORMAT => wire::ProgramFormat::Ptx,
-            CUBIN => wire::ProgramFormat::Cubin,
-            _ => {
-                return Err(DriverError::new(
-                    Errno::EOPNOTSUPP,
-                    format!("cuda loads {FORMAT} and {CUBIN}, not {format:?}"),
-                ))
-            }
-        };
+        let format = program_format(format)?;
         let entries = check_image(format, bytes)?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let memfd = image_memfd(bytes)?;

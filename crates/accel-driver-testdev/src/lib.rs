@@ -11,7 +11,8 @@
 //! watchdog resets the engine ([`OP_HANG`]), make the next reset fail
 //! ([`OP_BREAK_RESET`]), cap the copy engine's bandwidth ([`OP_COPY_BANDWIDTH`]), or make
 //! the next copy or the next touch of `vram` fail as a hardware fault would, reported
-//! through RAS ([`OP_COPY_FAULT`], [`OP_VRAM_ECC`]). GEMM is refused, which exercises the
+//! through RAS ([`OP_COPY_FAULT`], [`OP_VRAM_ECC`]), or panic as a driver's bug would
+//! ([`OP_PANIC`], [`OP_PANIC_NEXT_LOAD`]). GEMM is refused, which exercises the
 //! "not supported" path.
 //!
 //! `testdev-async` ([`TestDevice::asynchronous`]) is the same device with engines that
@@ -59,6 +60,12 @@ pub const OP_LOSE_DEVICE: u32 = 8;
 /// Driver op: report `args[0]` corrected memory errors one by one, as a monitor seeing an
 /// error storm does (`RasSink::report_async`: queued, written in batches).
 pub const OP_RAS_STORM: u32 = 9;
+/// The job panics in the driver, as a driver's bug would (in `run_job`, or in `submit_job`
+/// on `testdev-async`): the core fails it with `EIO` and the engine runs on.
+pub const OP_PANIC: u32 = 10;
+/// The next program load panics in the driver, as a driver's bug would: the daemon fails
+/// that request with `EIO` and closes its connection; the others are served on.
+pub const OP_PANIC_NEXT_LOAD: u32 = 11;
 
 /// Engine index of the compute engine.
 pub const COMPUTE_ENGINE: usize = 0;
@@ -81,6 +88,8 @@ pub struct TestDevice {
     copy_fault: AtomicBool,
     vram_ecc: AtomicBool,
     lose: AtomicBool,
+    /// [`OP_PANIC_NEXT_LOAD`] was run.
+    panic_load: AtomicBool,
     /// `testdev-async`: the execution units jobs are handed to.
     units: Option<Execution>,
 }
@@ -108,6 +117,13 @@ struct Units {
 impl std::fmt::Debug for Units {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Units")
+    }
+}
+
+/// [`OP_PANIC`]: panics in the driver's entry point `call`.
+fn panic_if_asked(op: &JobOp, call: &str) {
+    if matches!(op, JobOp::Driver { code: OP_PANIC, .. }) {
+        panic!("testdev: an injected bug in {call}");
     }
 }
 
@@ -206,6 +222,7 @@ impl TestDevice {
             copy_fault: AtomicBool::new(false),
             vram_ecc: AtomicBool::new(false),
             lose: AtomicBool::new(false),
+            panic_load: AtomicBool::new(false),
         }
     }
 
@@ -257,6 +274,10 @@ impl TestDevice {
             }
             JobOp::Driver { code: OP_LOSE_DEVICE, .. } => {
                 self.lose.store(true, Ordering::Release);
+                Ok(())
+            }
+            JobOp::Driver { code: OP_PANIC_NEXT_LOAD, .. } => {
+                self.panic_load.store(true, Ordering::Release);
                 Ok(())
             }
             JobOp::GemmF32 { .. } | JobOp::Gemm16 { .. } => Err(Errno::EOPNOTSUPP),
@@ -384,6 +405,9 @@ impl Driver for TestDevice {
     }
 
     fn load_program(&self, format: &str, bytes: &[u8]) -> Result<Arc<dyn Program>, DriverError> {
+        if self.panic_load.swap(false, Ordering::AcqRel) {
+            panic!("testdev: an injected bug in load_program");
+        }
         match format {
             cmdbuf::FORMAT => Ok(Arc::new(cmdbuf::CmdBuf::load(bytes)?)),
             other => {
@@ -397,6 +421,7 @@ impl Driver for TestDevice {
     }
 
     fn submit_job(&self, engine: usize, op: &JobOp, ctx: &JobCtx, done: JobDone) {
+        panic_if_asked(op, "submit_job");
         match &self.units {
             Some(Execution { units, device }) => match device.upgrade() {
                 Some(me) => {
@@ -410,6 +435,7 @@ impl Driver for TestDevice {
     }
 
     fn run_job(&self, _engine: usize, op: &JobOp, ctx: &JobCtx) -> Result<(), DriverError> {
+        panic_if_asked(op, "run_job");
         if !matches!(op, JobOp::Driver { code: OP_LOSE_DEVICE, .. }) && self.lose.swap(false, Ordering::AcqRel) {
             self.report("compute", "fatal");
             return Err(DriverError::device_lost("testdev: the device fell off the bus"));

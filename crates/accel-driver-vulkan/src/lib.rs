@@ -56,7 +56,7 @@ use gpu::Gpu;
 use memory::{Binder, Place, VkMem};
 use program::VkProgram;
 
-pub use program::FORMAT;
+pub use program::{check as check_spirv, FORMAT};
 
 /// The GEMM shader without workgroup memory, compiled from `shaders/gemm.wgsl` (with the
 /// f32 operands of `gemm_f32.wgsl`) by the build script.

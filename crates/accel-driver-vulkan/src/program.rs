@@ -45,15 +45,29 @@ fn invalid(message: impl Into<String>) -> DriverError {
 /// What a module asks for: buffer bindings, push-constant members, its size, entry names.
 type Reflected = (Vec<u32>, Vec<(u32, ParamKind)>, u32, Vec<String>);
 
+/// What a load checks of a client's bytes before Vulkan sees them: naga parses and validates
+/// the module, then its interface is read (storage buffers in set 0, a push-constant block of
+/// 32-bit scalars or u64s, at least one compute entry point). The names of its compute entry
+/// points, or the `EINVAL` a load gives. Needs no device; the fuzz target `load_spirv` runs it.
+pub fn check(bytes: &[u8]) -> Result<Vec<String>, DriverError> {
+    reflect(bytes).map(|(_, _, _, names)| names)
+}
+
 fn reflect(bytes: &[u8]) -> Result<Reflected, DriverError> {
     if !bytes.len().is_multiple_of(4) || bytes.len() < 20 {
         return Err(invalid(format!("spirv: {} bytes is not a SPIR-V module", bytes.len())));
     }
-    let options = naga::front::spv::Options { adjust_coordinate_space: false, ..Default::default() };
-    let module = naga::front::spv::parse_u8_slice(bytes, &options).map_err(|e| invalid(format!("spirv: {e}")))?;
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
-        .validate(&module)
-        .map_err(|e| invalid(format!("spirv: invalid module: {}", e.into_inner())))?;
+    // naga's parser panics on some malformed modules (an `OpTypeStruct` of a float of width 0
+    // does, in naga 25): that is an invalid module too, not a daemon thread's end.
+    let module = accel_hal::catch_panic(|| {
+        let options = naga::front::spv::Options { adjust_coordinate_space: false, ..Default::default() };
+        let module = naga::front::spv::parse_u8_slice(bytes, &options).map_err(|e| invalid(format!("spirv: {e}")))?;
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+            .validate(&module)
+            .map_err(|e| invalid(format!("spirv: invalid module: {}", e.into_inner())))?;
+        Ok::<_, DriverError>(module)
+    })
+    .map_err(|why| invalid(format!("spirv: the parser failed on this module ({why})")))??;
     let mut buffers = Vec::new();
     let mut push = Vec::new();
     let mut push_size = 0;

@@ -216,7 +216,7 @@ pub struct JobCtx {
 /// How a job handed to an asynchronous engine ([`Driver::submit_job`]) reports its end:
 /// once, from any thread (a completion thread, an interrupt handler's). The result is what
 /// [`Driver::run_job`] would have returned. Dropped without a result, the job fails with
-/// `ECANCELED`, so a job is never lost.
+/// `ECANCELED` (`EIO` when a panic dropped it), so a job is never lost.
 ///
 /// Complete it without holding a lock that [`Driver::submit_job`] takes: completing a job
 /// may dispatch the next one, on this thread.
@@ -260,7 +260,12 @@ impl JobDone {
 impl Drop for JobDone {
     fn drop(&mut self) {
         if let Some(f) = self.0.take() {
-            f(Err(DriverError::new(Errno::ECANCELED, "the driver dropped the job")));
+            f(Err(if std::thread::panicking() {
+                // Dropped by a panic in the driver (the core caught it): a driver's bug.
+                DriverError::new(Errno::EIO, "the driver panicked with the job")
+            } else {
+                DriverError::new(Errno::ECANCELED, "the driver dropped the job")
+            }));
         }
     }
 }

@@ -30,3 +30,31 @@ pub use error::{Error, Result};
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Runs `f`, turning a panic inside it into `Err` with the panic's message: for code that
+/// handles a client's bytes or calls a driver and must not take a daemon thread down with
+/// it (a third-party parser's bug, a driver's). The panic hook has reported it already.
+///
+/// Only for calls whose state stays consistent at every unlock point, as [`lock`] assumes.
+pub fn catch_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_caught_panic_is_its_message() {
+        // (The default hook prints each panic; the other tests' hooks are left alone.)
+        assert_eq!(super::catch_panic(|| 7), Ok(7));
+        assert_eq!(super::catch_panic(|| -> u32 { panic!("static words") }), Err("static words".into()));
+        let n = 3;
+        assert_eq!(super::catch_panic(|| -> u32 { panic!("formatted {n}") }), Err("formatted 3".into()));
+        assert_eq!(super::catch_panic(|| std::panic::panic_any(5u8)), Err::<(), _>("a panic without a message".into()));
+    }
+}

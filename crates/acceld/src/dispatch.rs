@@ -42,6 +42,8 @@ pub(crate) enum Action {
     },
     /// Answer `Ok`, then stream RAS events on this connection.
     Subscribe(crate::ras_nl::View, bool),
+    /// Serving the request panicked: answer with this error, then close the connection.
+    Failed(Error),
 }
 
 /// A connection's protocol state.
@@ -100,7 +102,11 @@ pub(crate) fn dispatch(
         Ok(r) => r,
         Err(e) => return (e.seq.unwrap_or(0), Err(Error::new(e.code, e.message)), true),
     };
-    let outcome = match (&session.client, req) {
+    // A panic in serving it (a bug: the daemon's, a driver's, a library's) fails this request
+    // and closes its connection, as a process whose system call met a kernel oops; the
+    // thread serves its other connections on.
+    let pid = session.peer.cred.pid;
+    let outcome = accel_core::catch_panic(|| match (&session.client, req) {
         // Evicted: nothing more, until the connection closes (after its jobs report ENODEV).
         (Some(c), _) if c.is_revoked() => {
             Err(Error::new(Errno::ENODEV, format!("this client was evicted from namespace {:?}", c.namespace().name)))
@@ -111,7 +117,14 @@ pub(crate) fn dispatch(
         (Some(c), Request::RasSubscribe) => Ok(Action::Subscribe(ras_view(c), false)),
         (Some(c), Request::RasSubscribeExt) => Ok(Action::Subscribe(ras_view(c), true)),
         (_, req) => handle(sub, session, req, received.fds),
-    };
+    })
+    .unwrap_or_else(|why| {
+        tracing::error!(pid, "a request met a bug in the daemon and failed ({why}); its connection is closed");
+        Ok(Action::Failed(Error::new(
+            Errno::EIO,
+            format!("the daemon failed on this request ({why}); this connection is closed"),
+        )))
+    });
     let abusive = outcome.as_ref().is_err_and(|e| is_abuse(e.code));
     (seq, outcome, abusive)
 }

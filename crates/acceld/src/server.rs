@@ -415,6 +415,10 @@ impl Worker {
     fn act(&mut self, id: u64, seq: u32, action: Action) {
         match action {
             Action::Reply(r, fds) => self.reply(id, seq, *r, fds),
+            Action::Failed(e) => {
+                self.reply(id, seq, error_reply(e), Vec::new());
+                self.close(id);
+            }
             Action::Netlink(frames) => {
                 for f in frames {
                     self.reply(id, seq, Reply::Netlink(f), Vec::new());

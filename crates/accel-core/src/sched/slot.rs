@@ -100,7 +100,9 @@ impl Shared {
             let result = if job.ctx.abort.is_aborted() || job.cancelled {
                 Err(DriverError::from(Errno::ECANCELED))
             } else {
-                self.driver.run_job(engine_idx, &job.d.job.op, &job.ctx)
+                // A driver's bug fails its job, not the engine's slot.
+                accel_hal::catch_panic(|| self.driver.run_job(engine_idx, &job.d.job.op, &job.ctx))
+                    .unwrap_or_else(|why| Err(driver_bug("run_job", why)))
             };
             self.finish(job, result);
         }
@@ -119,7 +121,11 @@ impl Shared {
         if cancelled || ctx.abort.is_aborted() {
             done.complete(Err(DriverError::from(Errno::ECANCELED)));
         } else {
-            self.driver.submit_job(engine, &op, &ctx, done);
+            // A panic drops `done` on the way out, which fails the job (`EIO`, "the driver
+            // panicked with the job"); the dispatching thread goes on.
+            if let Err(why) = accel_hal::catch_panic(|| self.driver.submit_job(engine, &op, &ctx, done)) {
+                tracing::error!("the driver panicked in submit_job ({why}); the job failed");
+            }
         }
     }
 
@@ -209,4 +215,10 @@ impl Shared {
         // once) rather than through the scheduler thread.
         self.settle(st);
     }
+}
+
+/// A driver's panic in `call`, as the job's error.
+fn driver_bug(call: &str, why: String) -> DriverError {
+    tracing::error!("the driver panicked in {call} ({why}); the job failed");
+    DriverError::new(Errno::EIO, format!("the driver panicked running this job ({why})"))
 }
