@@ -69,6 +69,19 @@ pub(crate) fn encode_reply(seq: u32, reply: &Reply) -> Vec<u8> {
     }
 }
 
+/// The answer to a wait that is satisfied already, if it is.
+pub(crate) fn waited_now(fences: &[Arc<Fence>], all: bool) -> Option<Reply> {
+    let (first, status) = accel_core::fence::poll_fences(fences, all)?;
+    let timestamps = fences.iter().map(|f| f.timestamp()).collect();
+    let messages = fences.iter().map(|f| f.message().unwrap_or_default()).collect();
+    Some(Reply::Waited { first, status, timestamps, messages })
+}
+
+/// The answer to a wait whose time ran out (`code`: `ETIMEDOUT`, or `ETIME` for syncobjs).
+pub(crate) fn wait_expired(code: Errno) -> Reply {
+    error_reply(Error::new(code, "wait timed out"))
+}
+
 pub(crate) fn error_reply(e: Error) -> Reply {
     Reply::Error { code: e.code, message: e.message }
 }

@@ -13,6 +13,7 @@
 //! [`ConnectionLimits::handshake_timeout_ms`] is dropped.
 
 mod dispatch;
+pub mod loopback;
 pub mod metrics;
 pub mod otlp;
 pub mod ras_nl;

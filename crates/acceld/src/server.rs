@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use accel_core::bo::Charge;
-use accel_core::fence::{poll_fences, Fence};
+use accel_core::fence::Fence;
 use accel_core::Subsystem;
 use accel_uapi::wire::MAX_MESSAGE;
 use accel_uapi::{transport, Errno, Reply};
@@ -427,10 +427,8 @@ impl Worker {
             Action::Wait { fences, all, timeout, expired } => {
                 // Already satisfied (the common case for short jobs): answer now, with no
                 // callbacks, timer or wake-up.
-                if let Some((first, status)) = poll_fences(&fences, all) {
-                    let timestamps = fences.iter().map(|f| f.timestamp()).collect();
-                    let messages = fences.iter().map(|f| f.message().unwrap_or_default()).collect();
-                    return self.reply(id, seq, Reply::Waited { first, status, timestamps, messages }, Vec::new());
+                if let Some(reply) = dispatch::waited_now(&fences, all) {
+                    return self.reply(id, seq, reply, Vec::new());
                 }
                 if self.conns.get(&id).is_some_and(|c| c.waits.len() >= MAX_PENDING_WAITS) {
                     let e = accel_core::Error::new(
@@ -492,13 +490,9 @@ impl Worker {
     fn check_wait(&mut self, id: u64, wait: u64, expired: bool) {
         let Some(c) = self.conns.get_mut(&id) else { return };
         let Some(w) = c.waits.get(&wait) else { return };
-        let reply = match poll_fences(&w.fences, w.all) {
-            Some((first, status)) => {
-                let timestamps = w.fences.iter().map(|f| f.timestamp()).collect();
-                let messages = w.fences.iter().map(|f| f.message().unwrap_or_default()).collect();
-                Reply::Waited { first, status, timestamps, messages }
-            }
-            None if expired => error_reply(accel_core::Error::new(w.expired, "wait timed out".to_string())),
+        let reply = match dispatch::waited_now(&w.fences, w.all) {
+            Some(reply) => reply,
+            None if expired => dispatch::wait_expired(w.expired),
             None => return,
         };
         let (seq, timer) = (w.seq, w.timer);
