@@ -294,6 +294,12 @@ impl NativeFence {
 }
 
 /// One accelerator driver.
+///
+/// Errors are `DriverError`s, never panics. A panic is contained all the same, as a bug: one
+/// in [`Driver::run_job`] or [`Driver::submit_job`] fails that job with `EIO` and the engine
+/// goes on; one while serving a client's request (a program load, an allocation) fails that
+/// request with `EIO` and closes the client's connection. Wrap third-party code that may panic
+/// on hostile input (a shader parser) in [`crate::catch_panic`] and answer `EINVAL` instead.
 pub trait Driver: Send + Sync + 'static {
     /// Describes the device.
     fn info(&self) -> DriverInfo;
