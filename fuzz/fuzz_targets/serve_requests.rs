@@ -10,12 +10,10 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use accel_core::credentials::PeerCred;
-use accel_core::namespace::PeerInfo;
 use accel_core::Subsystem;
 use accel_uapi::wire::{decode, encode, Kind, ABI_MAJOR, ABI_MINOR};
 use accel_uapi::{ObjectCounts, Reply, Request};
-use acceld::loopback::{tenant_subsystem, unframe, Loopback};
+use acceld::loopback::{tenant_peer, tenant_subsystem, unframe, Loopback};
 use libfuzzer_sys::fuzz_target;
 
 static SUB: OnceLock<(Arc<Subsystem>, ObjectCounts)> = OnceLock::new();
@@ -26,9 +24,7 @@ fuzz_target!(|data: &[u8]| {
         let idle = sub.stats();
         (sub, idle)
     });
-    let cred = PeerCred { pid: std::process::id() as i32, uid: 4242, gid: 4242 };
-    let peer = PeerInfo { cred, groups: Vec::new(), cgroup: None, userns: None, pidns: None };
-    let mut client = Loopback::new(sub, peer).with_wait_limit(Duration::from_millis(20));
+    let mut client = Loopback::new(sub, tenant_peer()).with_wait_limit(Duration::from_millis(20));
     let hello = Request::Hello { abi_major: ABI_MAJOR, abi_minor: ABI_MINOR, name: "fuzz".into(), token: None };
     let replies = client.serve(&encode(Kind::Request, 0, &hello).expect("a hello encodes"));
     assert!(matches!(decode::<Reply>(Kind::Reply, &replies[0]), Ok((0, Reply::Hello { .. }))));

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use accel_core::credentials::PeerCred;
 use accel_core::fence::wait_fences;
-use accel_core::namespace::{PeerInfo, Revoke, Share};
+use accel_core::namespace::{PeerInfo, Revoke, Share, DEFAULT_SHARE_WEIGHT};
 use accel_core::Subsystem;
 use accel_uapi::transport::Received;
 use accel_uapi::Reply;
@@ -72,9 +73,16 @@ impl Loopback {
 pub fn tenant_subsystem(specs: &str, memory_limit: u64) -> Result<Arc<Subsystem>, String> {
     let devices = crate::parse_device_specs(specs).map_err(|e| e.to_string())?;
     let sub = Subsystem::new(devices).map_err(|e| e.to_string())?;
-    let share = Share { memory_limit, weight: 100, max_clients: 0 };
+    let share = Share { memory_limit, weight: DEFAULT_SHARE_WEIGHT, max_clients: 0 };
     sub.assign_share(accel_core::namespace::DEFAULT, 0, share, Revoke::Refuse).map_err(|e| e.to_string())?;
     Ok(sub)
+}
+
+/// A peer of no admin group (neither root nor this process's user), which
+/// [`tenant_subsystem`]'s daemon places in its default namespace.
+pub fn tenant_peer() -> PeerInfo {
+    let uid = rustix::process::geteuid().as_raw().wrapping_add(4242).max(1);
+    PeerInfo { cred: PeerCred { pid: std::process::id() as i32, uid, gid: uid }, ..PeerInfo::default() }
 }
 
 /// Frames messages for the fuzz target `serve_requests`: each as a little-endian u16 length,
@@ -82,8 +90,9 @@ pub fn tenant_subsystem(specs: &str, memory_limit: u64) -> Result<Arc<Subsystem>
 pub fn frame(messages: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::new();
     for m in messages {
-        out.extend_from_slice(&(m.len().min(usize::from(u16::MAX)) as u16).to_le_bytes());
-        out.extend_from_slice(&m[..m.len().min(usize::from(u16::MAX))]);
+        let m = &m[..m.len().min(usize::from(u16::MAX))];
+        out.extend_from_slice(&(m.len() as u16).to_le_bytes());
+        out.extend_from_slice(m);
     }
     out
 }
@@ -103,17 +112,10 @@ pub fn unframe(mut bytes: &[u8]) -> Vec<&[u8]> {
 mod tests {
     use std::time::Instant;
 
-    use accel_core::credentials::PeerCred;
     use accel_uapi::wire::{self, Kind, ABI_MAJOR, ABI_MINOR};
     use accel_uapi::{BufView, GemmF32, MatView, Op, Priority, Request, SignalPoint, WaitPoint};
 
     use super::*;
-
-    /// A user of no admin group.
-    fn user() -> PeerInfo {
-        let cred = PeerCred { pid: std::process::id() as i32, uid: 4242, gid: 4242 };
-        PeerInfo { cred, groups: Vec::new(), cgroup: None, userns: None, pidns: None }
-    }
 
     struct Script {
         lb: Loopback,
@@ -141,7 +143,7 @@ mod tests {
     fn a_session_is_served_as_on_a_socket_and_leaves_nothing_behind() {
         let sub = tenant_subsystem("cpu", 16 << 20).unwrap();
         let before = sub.stats();
-        let mut lb = Loopback::new(&sub, user());
+        let mut lb = Loopback::new(&sub, tenant_peer());
         let hello = Request::Hello { abi_major: ABI_MAJOR, abi_minor: ABI_MINOR, name: "loop".into(), token: None };
         assert_eq!(lb.serve(&wire::encode(Kind::Request, 0, &hello).unwrap()).len(), 1);
         let mut s = Script { lb, seq: 0, sent: Vec::new() };
